@@ -8,8 +8,9 @@ loopback forwarding that makes external IPs and load-balancer IPs answer.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,95 @@
+"""Loopback forwarding: what makes an external IP or a load balancer's IP answer.
+
+One asyncio loop in a background thread carries every listener. A listener
+on ``ip:port`` asks its ``pick`` function for a backend at each new
+connection and pipes bytes both ways (TLS passes through untouched, so a
+client verifies the replica's own certificate, as through a GCE access
+config or a network load balancer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import threading
+from collections.abc import Callable
+
+Backend = tuple[str, int]
+Pick = Callable[[], Backend | None]
+
+
+def require_loopback(ip: str) -> None:
+    if not ipaddress.ip_address(ip).is_loopback:
+        raise ValueError(f"refusing to bind {ip}: the emulator binds only inside 127.0.0.0/8")
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, asyncio.CancelledError):
+        pass
+    finally:
+        try:
+            writer.close()
+        except RuntimeError:
+            pass
+
+
+class Forwarder:
+    """TCP listeners on loopback addresses, each forwarding to a backend chosen per connection."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="forwarder", daemon=True)
+        self._thread.start()
+        self._servers: dict[Backend, asyncio.AbstractServer] = {}
+        self._lock = threading.Lock()
+
+    def listen(self, ip: str, port: int, pick: Pick) -> None:
+        """Forward connections to ``ip:port`` to ``pick()``; replaces an existing listener there."""
+        require_loopback(ip)
+        self.close(ip, port)
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            target = await asyncio.to_thread(pick)
+            if target is None:
+                writer.close()
+                return
+            try:
+                up_reader, up_writer = await asyncio.wait_for(asyncio.open_connection(*target), 5)
+            except (TimeoutError, OSError):
+                writer.close()
+                return
+            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+
+        async def start() -> asyncio.AbstractServer:
+            return await asyncio.start_server(handle, ip, port, reuse_address=True)
+
+        server = asyncio.run_coroutine_threadsafe(start(), self._loop).result(10)
+        with self._lock:
+            self._servers[(ip, port)] = server
+
+    def close(self, ip: str, port: int) -> None:
+        with self._lock:
+            server = self._servers.pop((ip, port), None)
+        if server is not None:
+            async def stop() -> None:
+                server.close()
+                try:
+                    await asyncio.wait_for(server.wait_closed(), 2)
+                except TimeoutError:
+                    pass
+
+            asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
+
+    def listening(self) -> list[Backend]:
+        with self._lock:
+            return sorted(self._servers)
+
+    def shutdown(self) -> None:
+        for ip, port in self.listening():
+            self.close(ip, port)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
