@@ -1,0 +1,434 @@
+"""The Compute Engine adapter: the real ``google.cloud.compute_v1`` clients, typed and resumable.
+
+* Every mutating call is a *submit*: it uses the ``*_unary`` method, carries a
+  caller-supplied ``request_id`` (GCE ignores a repeat of a completed request)
+  and returns an :class:`OpRef` — the operation's name and scope, which a
+  checkpoint can keep so that a crashed run resumes the same wait.
+* :meth:`Gce.wait` polls with our own ``*OperationsClient`` built with the same
+  endpoint (``ExtendedOperation.result()`` would poll the public endpoint:
+  DESIGN.md, fact 1).
+* Reads return frozen dataclasses that never carry private-key metadata values.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from google.api_core import exceptions as gexc
+from google.cloud import compute_v1
+
+from haplane.node import public_metadata
+
+REQUEST_NAMESPACE = uuid.UUID("6f1c8a52-4d0e-4b59-9a57-0c8e2f0a7d11")
+ACCESS_CONFIG_NAME = "external-nat"
+NIC = "nic0"
+
+
+def request_id(*parts: str) -> str:
+    """A deterministic GCE requestId for one logical step (``cluster, change, step``)."""
+    return str(uuid.uuid5(REQUEST_NAMESPACE, "/".join(parts)))
+
+
+class GceOperationError(RuntimeError):
+    """A GCE operation finished with an error."""
+
+    def __init__(self, op: OpRef, code: str, message: str) -> None:
+        super().__init__(f"GCE operation {op.name} ({op.kind} on {op.target or op.location}) failed: "
+                         f"{code}: {message}")
+        self.op, self.code, self.message = op, code, message
+
+
+class GceTimeout(TimeoutError):
+    def __init__(self, op: OpRef, waited: float) -> None:
+        super().__init__(f"GCE operation {op.name} ({op.kind}) still not DONE after {waited:.0f}s; "
+                         "run the flow again to resume waiting on the same operation")
+        self.op = op
+
+
+@dataclass(frozen=True)
+class OpRef:
+    """A submitted operation: enough to wait for it later, from another process."""
+
+    name: str
+    scope: Literal["zone", "region", "global"]
+    location: str | None = None
+    kind: str = ""
+    target: str = ""
+    done: bool = False
+
+
+@dataclass(frozen=True)
+class Instance:
+    name: str
+    zone: str
+    status: str
+    internal_ip: str
+    external_ip: str | None
+    labels: dict[str, str]
+    metadata: dict[str, str]  # private keys redacted
+    metadata_fingerprint: str
+    self_link: str
+    id: str
+
+
+@dataclass(frozen=True)
+class Address:
+    name: str
+    region: str
+    address: str
+    status: str
+    users: tuple[str, ...]
+    self_link: str
+
+
+@dataclass(frozen=True)
+class TargetPool:
+    name: str
+    region: str
+    instances: tuple[str, ...]
+    health_checks: tuple[str, ...]
+    self_link: str
+
+
+@dataclass(frozen=True)
+class ForwardingRule:
+    name: str
+    region: str
+    ip: str
+    target: str
+    self_link: str
+
+
+@dataclass(frozen=True)
+class Firewall:
+    name: str
+    source_ranges: tuple[str, ...]
+    source_tags: tuple[str, ...]
+    target_tags: tuple[str, ...]
+    ports: tuple[str, ...]
+    self_link: str
+
+
+def _status_name(value: Any, enum: Any) -> str:
+    if isinstance(value, str):
+        return value
+    try:
+        return enum(value).name
+    except ValueError:
+        return str(value)
+
+
+@dataclass
+class Gce:
+    """Compute Engine for one project, real or emulated (``endpoint``)."""
+
+    project: str
+    endpoint: str | None = None
+    credentials: Any = None
+    _clients: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_env(cls, project: str | None = None, endpoint: str | None = None, credentials: Any = None) -> Gce:
+        """Endpoint and project from arguments, else ``HAPLANE_GCE_ENDPOINT`` / ``HAPLANE_PROJECT``.
+
+        No endpoint means real GCE with the given credentials or application default credentials.
+        """
+        project = project or os.environ.get("HAPLANE_PROJECT")
+        if not project:
+            raise ValueError("no GCE project: pass project=... or set HAPLANE_PROJECT")
+        return cls(project=project, endpoint=endpoint or os.environ.get("HAPLANE_GCE_ENDPOINT") or None,
+                   credentials=credentials)
+
+    def _client(self, cls: type) -> Any:
+        name = cls.__name__
+        if name not in self._clients:
+            kwargs: dict[str, Any] = {}
+            if self.endpoint:
+                from google.auth.credentials import AnonymousCredentials
+
+                kwargs["client_options"] = {"api_endpoint": self.endpoint}
+                kwargs["credentials"] = self.credentials or AnonymousCredentials()
+            elif self.credentials is not None:
+                kwargs["credentials"] = self.credentials
+            self._clients[name] = cls(**kwargs)
+        return self._clients[name]
+
+    @property
+    def instances(self) -> compute_v1.InstancesClient:
+        return self._client(compute_v1.InstancesClient)
+
+    @property
+    def addresses(self) -> compute_v1.AddressesClient:
+        return self._client(compute_v1.AddressesClient)
+
+    @property
+    def target_pools(self) -> compute_v1.TargetPoolsClient:
+        return self._client(compute_v1.TargetPoolsClient)
+
+    @property
+    def forwarding_rules(self) -> compute_v1.ForwardingRulesClient:
+        return self._client(compute_v1.ForwardingRulesClient)
+
+    @property
+    def firewalls(self) -> compute_v1.FirewallsClient:
+        return self._client(compute_v1.FirewallsClient)
+
+    @property
+    def health_checks(self) -> compute_v1.HttpHealthChecksClient:
+        return self._client(compute_v1.HttpHealthChecksClient)
+
+    # --- operations -------------------------------------------------------
+    def _ref(self, op: compute_v1.Operation, scope: str, location: str | None) -> OpRef:
+        return OpRef(name=op.name, scope=scope, location=location, kind=op.operation_type,
+                     target=op.target_link.rsplit("/", 1)[-1] if op.target_link else "",
+                     done=_status_name(op.status, compute_v1.Operation.Status) == "DONE")
+
+    def _op_get(self, ref: OpRef, wait: bool) -> compute_v1.Operation:
+        verb = "wait" if wait else "get"
+        if ref.scope == "zone":
+            client = self._client(compute_v1.ZoneOperationsClient)
+            return getattr(client, verb)(project=self.project, zone=ref.location, operation=ref.name)
+        if ref.scope == "region":
+            client = self._client(compute_v1.RegionOperationsClient)
+            return getattr(client, verb)(project=self.project, region=ref.location, operation=ref.name)
+        client = self._client(compute_v1.GlobalOperationsClient)
+        return getattr(client, verb)(project=self.project, operation=ref.name)
+
+    def wait(self, ref: OpRef, timeout: float = 600.0, on_progress: Any = None) -> OpRef:
+        """Wait until the operation is DONE; raise :class:`GceOperationError` if it failed."""
+        start = time.monotonic()
+        while True:
+            try:
+                op = self._op_get(ref, wait=True)
+            except (gexc.ServiceUnavailable, gexc.TooManyRequests, gexc.InternalServerError):
+                time.sleep(1.0)
+                op = None
+            if op is not None:
+                if _status_name(op.status, compute_v1.Operation.Status) == "DONE":
+                    if op.error and op.error.errors:
+                        err = op.error.errors[0]
+                        raise GceOperationError(ref, err.code, err.message)
+                    return OpRef(**{**ref.__dict__, "done": True})
+                if on_progress is not None:
+                    on_progress(op, time.monotonic() - start)
+            waited = time.monotonic() - start
+            if waited > timeout:
+                raise GceTimeout(ref, waited)
+
+    # --- reads ------------------------------------------------------------
+    @staticmethod
+    def _missing(call: Any, **kwargs: Any) -> Any:
+        try:
+            return call(**kwargs)
+        except gexc.NotFound:
+            return None
+
+    def _instance(self, raw: compute_v1.Instance, zone: str) -> Instance:
+        nic = raw.network_interfaces[0] if raw.network_interfaces else None
+        nat = nic.access_configs[0].nat_i_p if nic and nic.access_configs else None
+        items = {i.key: i.value for i in raw.metadata.items} if raw.metadata else {}
+        return Instance(
+            name=raw.name, zone=zone, status=_status_name(raw.status, compute_v1.Instance.Status),
+            internal_ip=nic.network_i_p if nic else "", external_ip=nat or None,
+            labels=dict(raw.labels), metadata=public_metadata(items),
+            metadata_fingerprint=raw.metadata.fingerprint if raw.metadata else "",
+            self_link=raw.self_link, id=str(raw.id),
+        )
+
+    def get_instance(self, zone: str, name: str) -> Instance | None:
+        raw = self._missing(self.instances.get, project=self.project, zone=zone, instance=name)
+        return None if raw is None else self._instance(raw, zone)
+
+    def list_instances(self, zones: list[str], labels: dict[str, str] | None = None) -> list[Instance]:
+        flt = " AND ".join(f'labels.{k} = "{v}"' for k, v in sorted((labels or {}).items())) or None
+        out: list[Instance] = []
+        for zone in zones:
+            req = compute_v1.ListInstancesRequest(project=self.project, zone=zone, filter=flt)
+            out.extend(self._instance(raw, zone) for raw in self.instances.list(request=req))
+        return sorted(out, key=lambda i: (i.zone, i.name))
+
+    def list_zones(self, region: str) -> list[str]:
+        raw = self._client(compute_v1.RegionsClient).get(project=self.project, region=region)
+        return sorted(z.rsplit("/", 1)[-1] for z in raw.zones)
+
+    def zone_exists(self, zone: str) -> bool:
+        client = self._client(compute_v1.ZonesClient)
+        return self._missing(client.get, project=self.project, zone=zone) is not None
+
+    def get_address(self, region: str, name: str) -> Address | None:
+        raw = self._missing(self.addresses.get, project=self.project, region=region, address=name)
+        if raw is None:
+            return None
+        return Address(name=raw.name, region=region, address=raw.address,
+                       status=_status_name(raw.status, compute_v1.Address.Status),
+                       users=tuple(raw.users), self_link=raw.self_link)
+
+    def get_target_pool(self, region: str, name: str) -> TargetPool | None:
+        raw = self._missing(self.target_pools.get, project=self.project, region=region, target_pool=name)
+        if raw is None:
+            return None
+        return TargetPool(name=raw.name, region=region, instances=tuple(raw.instances),
+                          health_checks=tuple(raw.health_checks), self_link=raw.self_link)
+
+    def get_forwarding_rule(self, region: str, name: str) -> ForwardingRule | None:
+        raw = self._missing(self.forwarding_rules.get, project=self.project, region=region,
+                            forwarding_rule=name)
+        if raw is None:
+            return None
+        return ForwardingRule(name=raw.name, region=region, ip=raw.I_p_address, target=raw.target,
+                              self_link=raw.self_link)
+
+    def get_firewall(self, name: str) -> Firewall | None:
+        raw = self._missing(self.firewalls.get, project=self.project, firewall=name)
+        if raw is None:
+            return None
+        ports = tuple(p for rule in raw.allowed for p in rule.ports)
+        return Firewall(name=raw.name, source_ranges=tuple(raw.source_ranges),
+                        source_tags=tuple(raw.source_tags), target_tags=tuple(raw.target_tags),
+                        ports=ports, self_link=raw.self_link)
+
+    def health_check_exists(self, name: str) -> bool:
+        return self._missing(self.health_checks.get, project=self.project, http_health_check=name) is not None
+
+    def instance_link(self, zone: str, name: str) -> str:
+        base = self.endpoint.rstrip("/") if self.endpoint else "https://www.googleapis.com"
+        return f"{base}/compute/v1/projects/{self.project}/zones/{zone}/instances/{name}"
+
+    # --- submits: instances -----------------------------------------------
+    def insert_instance(self, zone: str, name: str, *, machine_type: str, labels: dict[str, str],
+                        metadata: dict[str, str], tags: list[str], external_ip: bool, rid: str,
+                        nat_ip: str | None = None,
+                        image: str = "projects/debian-cloud/global/images/family/debian-12") -> OpRef:
+        nic = compute_v1.NetworkInterface(network=f"projects/{self.project}/global/networks/default")
+        if external_ip:
+            access = compute_v1.AccessConfig(name=ACCESS_CONFIG_NAME, type_="ONE_TO_ONE_NAT")
+            if nat_ip:
+                access.nat_i_p = nat_ip
+            nic.access_configs = [access]
+        body = compute_v1.Instance(
+            name=name, machine_type=f"zones/{zone}/machineTypes/{machine_type}", labels=labels,
+            tags=compute_v1.Tags(items=tags),
+            metadata=compute_v1.Metadata(items=[compute_v1.Items(key=k, value=v) for k, v in metadata.items()]),
+            network_interfaces=[nic],
+            disks=[compute_v1.AttachedDisk(boot=True, auto_delete=True, initialize_params=compute_v1.AttachedDiskInitializeParams(source_image=image))],
+        )
+        req = compute_v1.InsertInstanceRequest(project=self.project, zone=zone, instance_resource=body,
+                                               request_id=rid)
+        return self._ref(self.instances.insert_unary(request=req), "zone", zone)
+
+    def delete_instance(self, zone: str, name: str, *, rid: str) -> OpRef:
+        req = compute_v1.DeleteInstanceRequest(project=self.project, zone=zone, instance=name, request_id=rid)
+        return self._ref(self.instances.delete_unary(request=req), "zone", zone)
+
+    def set_metadata(self, zone: str, name: str, items: dict[str, str], *, rid: str) -> OpRef:
+        """Merge ``items`` into the instance's metadata (GCE replaces the whole set; we read it first)."""
+        raw = self.instances.get(project=self.project, zone=zone, instance=name)
+        merged = {i.key: i.value for i in raw.metadata.items}
+        merged.update(items)
+        body = compute_v1.Metadata(fingerprint=raw.metadata.fingerprint,
+                                   items=[compute_v1.Items(key=k, value=v) for k, v in merged.items()])
+        req = compute_v1.SetMetadataInstanceRequest(project=self.project, zone=zone, instance=name,
+                                                    metadata_resource=body, request_id=rid)
+        return self._ref(self.instances.set_metadata_unary(request=req), "zone", zone)
+
+    def add_access_config(self, zone: str, name: str, *, nat_ip: str | None, rid: str) -> OpRef:
+        body = compute_v1.AccessConfig(name=ACCESS_CONFIG_NAME, type_="ONE_TO_ONE_NAT")
+        if nat_ip:
+            body.nat_i_p = nat_ip
+        req = compute_v1.AddAccessConfigInstanceRequest(
+            project=self.project, zone=zone, instance=name, network_interface=NIC,
+            access_config_resource=body, request_id=rid)
+        return self._ref(self.instances.add_access_config_unary(request=req), "zone", zone)
+
+    def delete_access_config(self, zone: str, name: str, *, rid: str) -> OpRef:
+        req = compute_v1.DeleteAccessConfigInstanceRequest(
+            project=self.project, zone=zone, instance=name, network_interface=NIC,
+            access_config=ACCESS_CONFIG_NAME, request_id=rid)
+        return self._ref(self.instances.delete_access_config_unary(request=req), "zone", zone)
+
+    # --- submits: network -------------------------------------------------
+    def insert_address(self, region: str, name: str, *, address: str | None, rid: str) -> OpRef:
+        body = compute_v1.Address(name=name)
+        if address:
+            body.address = address
+        req = compute_v1.InsertAddressRequest(project=self.project, region=region, address_resource=body,
+                                              request_id=rid)
+        return self._ref(self.addresses.insert_unary(request=req), "region", region)
+
+    def delete_address(self, region: str, name: str, *, rid: str) -> OpRef:
+        req = compute_v1.DeleteAddressRequest(project=self.project, region=region, address=name,
+                                              request_id=rid)
+        return self._ref(self.addresses.delete_unary(request=req), "region", region)
+
+    def insert_firewall(self, name: str, *, ports: list[str], source_ranges: list[str],
+                        source_tags: list[str], target_tags: list[str], description: str, rid: str) -> OpRef:
+        body = compute_v1.Firewall(
+            name=name, network=f"projects/{self.project}/global/networks/default", direction="INGRESS",
+            description=description, allowed=[compute_v1.Allowed(I_p_protocol="tcp", ports=ports)],
+            source_ranges=source_ranges, source_tags=source_tags, target_tags=target_tags)
+        req = compute_v1.InsertFirewallRequest(project=self.project, firewall_resource=body, request_id=rid)
+        return self._ref(self.firewalls.insert_unary(request=req), "global", None)
+
+    def delete_firewall(self, name: str, *, rid: str) -> OpRef:
+        req = compute_v1.DeleteFirewallRequest(project=self.project, firewall=name, request_id=rid)
+        return self._ref(self.firewalls.delete_unary(request=req), "global", None)
+
+    def insert_health_check(self, name: str, *, port: int, path: str, rid: str) -> OpRef:
+        body = compute_v1.HttpHealthCheck(name=name, port=port, request_path=path,
+                                          check_interval_sec=2, timeout_sec=1)
+        req = compute_v1.InsertHttpHealthCheckRequest(project=self.project, http_health_check_resource=body,
+                                                      request_id=rid)
+        return self._ref(self.health_checks.insert_unary(request=req), "global", None)
+
+    def delete_health_check(self, name: str, *, rid: str) -> OpRef:
+        req = compute_v1.DeleteHttpHealthCheckRequest(project=self.project, http_health_check=name,
+                                                      request_id=rid)
+        return self._ref(self.health_checks.delete_unary(request=req), "global", None)
+
+    def insert_target_pool(self, region: str, name: str, *, instances: list[str], health_check: str,
+                           rid: str) -> OpRef:
+        hc = f"projects/{self.project}/global/httpHealthChecks/{health_check}"
+        body = compute_v1.TargetPool(name=name, instances=instances, health_checks=[hc])
+        req = compute_v1.InsertTargetPoolRequest(project=self.project, region=region,
+                                                 target_pool_resource=body, request_id=rid)
+        return self._ref(self.target_pools.insert_unary(request=req), "region", region)
+
+    def add_pool_instances(self, region: str, pool: str, instances: list[str], *, rid: str) -> OpRef:
+        body = compute_v1.TargetPoolsAddInstanceRequest(
+            instances=[compute_v1.InstanceReference(instance=i) for i in instances])
+        req = compute_v1.AddInstanceTargetPoolRequest(
+            project=self.project, region=region, target_pool=pool,
+            target_pools_add_instance_request_resource=body, request_id=rid)
+        return self._ref(self.target_pools.add_instance_unary(request=req), "region", region)
+
+    def remove_pool_instances(self, region: str, pool: str, instances: list[str], *, rid: str) -> OpRef:
+        body = compute_v1.TargetPoolsRemoveInstanceRequest(
+            instances=[compute_v1.InstanceReference(instance=i) for i in instances])
+        req = compute_v1.RemoveInstanceTargetPoolRequest(
+            project=self.project, region=region, target_pool=pool,
+            target_pools_remove_instance_request_resource=body, request_id=rid)
+        return self._ref(self.target_pools.remove_instance_unary(request=req), "region", region)
+
+    def delete_target_pool(self, region: str, name: str, *, rid: str) -> OpRef:
+        req = compute_v1.DeleteTargetPoolRequest(project=self.project, region=region, target_pool=name,
+                                                 request_id=rid)
+        return self._ref(self.target_pools.delete_unary(request=req), "region", region)
+
+    def insert_forwarding_rule(self, region: str, name: str, *, ip: str, pool: str, port: int,
+                               rid: str) -> OpRef:
+        body = compute_v1.ForwardingRule(
+            name=name, I_p_address=ip, I_p_protocol="TCP", port_range=f"{port}-{port}",
+            target=f"projects/{self.project}/regions/{region}/targetPools/{pool}",
+            load_balancing_scheme="EXTERNAL")
+        req = compute_v1.InsertForwardingRuleRequest(project=self.project, region=region,
+                                                     forwarding_rule_resource=body, request_id=rid)
+        return self._ref(self.forwarding_rules.insert_unary(request=req), "region", region)
+
+    def delete_forwarding_rule(self, region: str, name: str, *, rid: str) -> OpRef:
+        req = compute_v1.DeleteForwardingRuleRequest(project=self.project, region=region,
+                                                     forwarding_rule=name, request_id=rid)
+        return self._ref(self.forwarding_rules.delete_unary(request=req), "region", region)

@@ -1,0 +1,148 @@
+"""Pure rules about a cluster's shape: sizes, zones, and the names of what it owns.
+
+No I/O. The quorum arithmetic lives in :mod:`haplane.quorum`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+CLUSTER_SIZES = (1, 3, 5, 7)
+NAME_RE = re.compile(r"^[a-z]([-a-z0-9]{0,28}[a-z0-9])?$")
+
+LABEL_CLUSTER = "haplane-cluster"
+LABEL_ROLE = "haplane-role"
+LABEL_MULTIZONE = "haplane-multizone"
+LABEL_QUORUM_READS = "haplane-quorum-reads"
+ROLE_MASTER = "master"
+
+TWO_IS_WORSE = (
+    "two master replicas are worse than one: consensus needs both up to change persistent state, "
+    "so losing either puts the cluster in majority failure"
+)
+
+
+class TopologyError(ValueError):
+    """A request that does not fit the cluster's shape; nothing was changed."""
+
+
+def check_cluster_name(name: str) -> None:
+    if not NAME_RE.match(name or ""):
+        raise TopologyError(
+            f"cluster name {name!r} is not valid: use 1-30 lowercase letters, digits or '-', "
+            "starting with a letter and not ending with '-'"
+        )
+
+
+def check_cluster_size(replicas: int) -> None:
+    """Intended sizes are 1, 3, 5 or 7 (the seed: a single master, or an odd quorum)."""
+    if replicas == 2:
+        raise TopologyError(f"replicas=2 refused: {TWO_IS_WORSE}. Create 1 or 3.")
+    if replicas not in CLUSTER_SIZES:
+        hint = "an even count tolerates no more failures than the odd count below it" if replicas > 0 and \
+            replicas % 2 == 0 else "etcd needs an odd member count"
+        raise TopologyError(f"replicas={replicas} refused: {hint}. Use one of {list(CLUSTER_SIZES)}.")
+
+
+def region_of(zone: str) -> str:
+    region, sep, letter = zone.rpartition("-")
+    if not sep or not region or len(letter) != 1:
+        raise TopologyError(f"{zone!r} is not a GCE zone name like 'europe-west1-b'")
+    return region
+
+
+def check_zones(region: str, zones: Iterable[str], known: Iterable[str]) -> list[str]:
+    """Every zone is a known zone of ``region``; returns them deduplicated, in order."""
+    known_set = set(known)
+    out: list[str] = []
+    for zone in zones:
+        if zone not in known_set:
+            raise TopologyError(
+                f"zone {zone!r} is not a zone of region {region!r}; "
+                f"choose from {sorted(known_set)} (all replicas of a cluster are in one region)"
+            )
+        if zone not in out:
+            out.append(zone)
+    return out
+
+
+def next_zones(zones: list[str], existing: Iterable[str], count: int) -> list[str]:
+    """Zones for ``count`` new replicas: each goes to the zone with the fewest replicas so far.
+
+    Ties go to the zone listed first, so the choice is stable for a given input.
+    """
+    if not zones:
+        raise TopologyError("no zones to place replicas in")
+    load = Counter({z: 0 for z in zones})
+    load.update(z for z in existing if z in load)
+    chosen: list[str] = []
+    for _ in range(count):
+        zone = min(zones, key=lambda z: (load[z], zones.index(z)))
+        chosen.append(zone)
+        load[zone] += 1
+    return chosen
+
+
+def replica_name(cluster: str, change_id: str, slot: int) -> str:
+    """A replica's VM name, fixed by the change that creates it (so a resumed run finds it again)."""
+    digest = hashlib.sha256(f"{cluster}/{change_id}/{slot}".encode()).hexdigest()[:5]
+    return f"{cluster}-master-{digest}"
+
+
+@dataclass(frozen=True)
+class ClusterNames:
+    """Names of the GCE resources a cluster owns (besides its replica VMs)."""
+
+    cluster: str
+
+    @property
+    def tag(self) -> str:
+        return f"{self.cluster}-master"
+
+    @property
+    def address(self) -> str:
+        return f"{self.cluster}-master-ip"
+
+    @property
+    def health_check(self) -> str:
+        return f"{self.cluster}-master-hc"
+
+    @property
+    def target_pool(self) -> str:
+        return f"{self.cluster}-master-pool"
+
+    @property
+    def forwarding_rule(self) -> str:
+        return f"{self.cluster}-master-lb"
+
+    @property
+    def firewall_etcd_peer(self) -> str:
+        return f"{self.cluster}-etcd-peer"
+
+    @property
+    def firewall_etcd_client(self) -> str:
+        return f"{self.cluster}-etcd-client"
+
+    @property
+    def firewall_apiserver(self) -> str:
+        return f"{self.cluster}-apiserver"
+
+    @property
+    def pki_block(self) -> str:
+        return f"{self.cluster}-pki"
+
+    @property
+    def spec_block(self) -> str:
+        return f"{self.cluster}-spec"
+
+    def labels(self, multizone: bool, quorum_reads: bool) -> dict[str, str]:
+        return {
+            LABEL_CLUSTER: self.cluster,
+            LABEL_ROLE: ROLE_MASTER,
+            LABEL_MULTIZONE: str(multizone).lower(),
+            LABEL_QUORUM_READS: str(quorum_reads).lower(),
+        }
