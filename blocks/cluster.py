@@ -1,0 +1,75 @@
+"""Settings blocks: where a cluster lives and how to reach Compute Engine.
+
+Blocks hold settings and credentials only; the cluster's *state* is always
+observed from GCE (instance labels) and etcd (membership), never stored here.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import ClassVar
+
+from prefect.blocks.core import Block
+from prefect_gcp import GcpCredentials
+from pydantic import Field
+
+from haplane.gce import Gce
+
+
+class GceConnection(Block):
+    """How to reach Compute Engine: a project, and either real GCE or an endpoint (the emulator)."""
+
+    _block_type_name: ClassVar[str] = "haplane GCE Connection"
+    _block_type_slug: ClassVar[str] = "haplane-gce-connection"
+    _description: ClassVar[str] = (
+        "Project and endpoint for Compute Engine. Leave the endpoint empty for real GCE "
+        "(credentials from the GCP Credentials block, else application default credentials)."
+    )
+
+    project: str = Field(description="GCE project id")
+    endpoint: str | None = Field(
+        default=None, description="API endpoint, e.g. http://127.0.0.1:8787 for the haplane emulator; "
+                                  "empty for real GCE")
+    gcp_credentials: GcpCredentials | None = Field(
+        default=None, description="prefect-gcp credentials for real GCE (unused with an endpoint)")
+
+    def gce(self) -> Gce:
+        creds = None
+        if not self.endpoint and self.gcp_credentials is not None:
+            creds = self.gcp_credentials.get_credentials_from_service_account()
+        return Gce(project=self.project, endpoint=self.endpoint, credentials=creds)
+
+
+def resolve_gce(connection: str | None) -> Gce:
+    """A saved :class:`GceConnection` by name, else ``HAPLANE_GCE_ENDPOINT`` / ``HAPLANE_PROJECT``."""
+    if connection:
+        return GceConnection.load(connection).gce()
+    if not os.environ.get("HAPLANE_PROJECT"):
+        raise ValueError(
+            "no GCE connection: pass connection=<name of a haplane-gce-connection block>, "
+            "or set HAPLANE_PROJECT (and HAPLANE_GCE_ENDPOINT for the emulator)"
+        )
+    return Gce.from_env()
+
+
+class ClusterSpec(Block):
+    """The intended settings of one cluster, saved by create-cluster as ``<cluster>-spec``."""
+
+    _block_type_name: ClassVar[str] = "haplane Cluster Spec"
+    _block_type_slug: ClassVar[str] = "haplane-cluster-spec"
+    _description: ClassVar[str] = (
+        "Settings of one HA control plane: region, zones, MULTIZONE and quorum reads (inherited by "
+        "every replica added later), machine type and the ranges the firewall admits."
+    )
+
+    cluster: str = Field(description="Cluster name")
+    region: str = Field(description="GCE region: every replica is in one of its zones")
+    zones: list[str] = Field(description="Zones replicas are spread over")
+    multizone: bool = Field(default=True, description="MULTIZONE: keep kubelets in other zones")
+    quorum_reads: bool = Field(default=False, description="ENABLE_ETCD_QUORUM_READ: API reads go to the leader")
+    machine_type: str = Field(default="e2-standard-2", description="Machine type of each replica")
+    api_source_ranges: list[str] = Field(default_factory=lambda: ["0.0.0.0/0"],
+                                         description="Ranges allowed to reach the API server port")
+    operator_ranges: list[str] = Field(default_factory=lambda: ["127.0.0.0/8"],
+                                       description="Ranges the operator (Prefect worker) reaches etcd from")
+    service_cidr: str = Field(default="10.0.0.0/24", description="Kubernetes service range")
