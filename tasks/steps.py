@@ -1,0 +1,58 @@
+"""How haplane's tasks checkpoint: one logical change, one key per step.
+
+A mutating step is keyed by ``cluster / change id / step`` and its result
+(an operation reference, a member id — never a secret) is persisted, so a
+new run of the same change finds it and skips the call (DESIGN.md fact 4).
+Probes and waits use ``NO_CACHE``: within a run they must see the present.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from blocks.cluster import resolve_gce
+from haplane.gce import Gce, request_id
+
+
+@dataclass(frozen=True)
+class Change:
+    """One logical change to one cluster; ``change_id`` is what a resumed run must repeat."""
+
+    cluster: str
+    change_id: str
+    connection: str | None = None
+
+    def rid(self, step: str) -> str:
+        """The GCE requestId of ``step`` in this change."""
+        return request_id(self.cluster, self.change_id, step)
+
+    def gce(self) -> Gce:
+        return resolve_gce(self.connection)
+
+
+def step_key(context: Any, parameters: dict[str, Any]) -> str:
+    change: Change = parameters["change"]
+    return f"haplane/{change.cluster}/{change.change_id}/{parameters['step']}"
+
+
+def checkpoint(fn: Any = None, **options: Any) -> Any:
+    """A mutating task whose result is persisted under its change step."""
+    opts = dict(cache_key_fn=step_key, persist_result=True, retries=3, retry_delay_seconds=[1, 3, 10],
+                task_run_name="{step}")
+    opts.update(options)
+    if fn is None:
+        return lambda f: task(f, **opts)
+    return task(fn, **opts)
+
+
+def probe(fn: Any = None, **options: Any) -> Any:
+    """A read or a wait: never cached, safe to repeat."""
+    opts = dict(cache_policy=NO_CACHE, persist_result=False)
+    opts.update(options)
+    if fn is None:
+        return lambda f: task(f, **opts)
+    return task(fn, **opts)
