@@ -1,0 +1,57 @@
+"""Compute tasks: replica VMs. Each submit looks before it acts and returns the operation to wait on."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger
+
+from haplane.gce import GceOperationError, OpRef
+from tasks.steps import Change, checkpoint, probe
+
+
+@checkpoint
+def submit_create_vm(change: Change, step: str, zone: str, name: str, machine_type: str,
+                     labels: dict[str, str], tags: list[str], nat_ip: str | None = None) -> OpRef | None:
+    """Insert a replica VM (bare: its processes are configured once its IP is known)."""
+    gce = change.gce()
+    if gce.get_instance(zone, name) is not None:
+        get_run_logger().info("VM %s already exists in %s; not inserting it again", name, zone)
+        return None
+    labels = {**labels, "haplane-change": _label_value(change.change_id)}
+    return gce.insert_instance(zone, name, machine_type=machine_type, labels=labels, metadata={},
+                               tags=tags, external_ip=True, nat_ip=nat_ip, rid=change.rid(step))
+
+
+@checkpoint
+def submit_delete_vm(change: Change, step: str, zone: str, name: str) -> OpRef | None:
+    gce = change.gce()
+    if gce.get_instance(zone, name) is None:
+        get_run_logger().info("VM %s is already gone", name)
+        return None
+    return gce.delete_instance(zone, name, rid=change.rid(step))
+
+
+@probe(retries=2, retry_delay_seconds=2, task_run_name="wait {what}")
+def wait_op(change: Change, op: OpRef | None, what: str, timeout: float = 900.0) -> None:
+    """Wait for a submitted operation; ``None`` means there was nothing to do."""
+    if op is None or op.done:
+        return
+    logger = get_run_logger()
+    logger.info("waiting for %s (operation %s)", what, op.name)
+    try:
+        change.gce().wait(op, timeout=timeout)
+    except GceOperationError as exc:
+        logger.error("%s failed: %s", what, exc)
+        raise
+
+
+def wait_all(change: Change, ops: dict[str, OpRef | None], timeout: float = 900.0) -> None:
+    """Wait for several operations concurrently (one task run each)."""
+    futures = [wait_op.submit(change, op, what, timeout) for what, op in ops.items()]
+    for f in futures:
+        f.result()
+
+
+def _label_value(text: str) -> str:
+    """GCE label values: lowercase letters, digits, '-' and '_', at most 63 characters."""
+    out = "".join(c if c.isalnum() or c in "-_" else "-" for c in text.lower())
+    return out[:63]

@@ -1,0 +1,93 @@
+"""etcd tasks: membership changes (learner first) and quorum waits, over mutual TLS.
+
+Every task connects with the operator's client certificate from the cluster's
+PKI block, looks at the membership first, and does nothing when the change
+is already there.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import closing
+
+from prefect import get_run_logger
+
+from haplane.etcd import EtcdClient, EtcdError, promote_when_ready
+from haplane.node import client_url, peer_url
+from tasks.pki import operator_tls
+from tasks.steps import Change, checkpoint, probe
+
+
+def _client(cluster: str, ips: list[str], timeout: float = 5.0) -> EtcdClient:
+    return EtcdClient([client_url(ip) for ip in ips], tls=operator_tls(cluster), timeout=timeout)
+
+
+@checkpoint
+def add_learner(change: Change, step: str, member_ips: list[str], new_ip: str) -> int:
+    """Add the new replica as a non-voting learner; returns its member id."""
+    with closing(_client(change.cluster, member_ips)) as etcd:
+        for m in etcd.member_list():
+            if peer_url(new_ip) in m.peer_urls:
+                get_run_logger().info("member %s for %s already exists", m.hex_id, new_ip)
+                return m.id
+        added = etcd.member_add([peer_url(new_ip)], learner=True)
+        get_run_logger().info("added learner %s for %s", added.member.hex_id, new_ip)
+        return added.member.id
+
+
+@probe(retries=2, retry_delay_seconds=3, task_run_name="promote {name}")
+def promote(change: Change, member_ips: list[str], member_id: int, name: str, timeout: float = 120.0) -> None:
+    """Promote the learner once it has caught up with the leader (retried until then)."""
+    with closing(_client(change.cluster, member_ips)) as etcd:
+        member = next((m for m in etcd.member_list() if m.id == member_id), None)
+        if member is None:
+            raise RuntimeError(f"etcd member {member_id:x} ({name}) is not in the cluster")
+        if not member.is_learner:
+            return
+        promote_when_ready(etcd, member_id, timeout=timeout)
+        get_run_logger().info("promoted %s (%x) to a voting member", name, member_id)
+
+
+@probe(retries=2, retry_delay_seconds=3, task_run_name="move leadership away from {name}")
+def move_leader_away(change: Change, member_ips: list[str], member_id: int, name: str,
+                     healthy_ids: list[int]) -> None:
+    """If ``member_id`` leads, hand leadership to a healthy voting member first."""
+    with closing(_client(change.cluster, member_ips)) as etcd:
+        leader_id, _ = etcd.leader()
+        if leader_id != member_id:
+            return
+        target = next((i for i in healthy_ids if i != member_id), None)
+        if target is None:
+            raise RuntimeError(f"{name} leads etcd and no other healthy voting member can take over")
+        etcd.move_leader(target)
+        get_run_logger().info("moved etcd leadership from %s to %x", name, target)
+
+
+@checkpoint
+def remove_member(change: Change, step: str, member_ips: list[str], member_id: int, name: str) -> None:
+    with closing(_client(change.cluster, member_ips)) as etcd:
+        if not any(m.id == member_id for m in etcd.member_list()):
+            return
+        etcd.member_remove(member_id)
+        get_run_logger().info("removed etcd member %s (%x)", name, member_id)
+
+
+@probe(task_run_name="wait for etcd quorum of {expect_voting}")
+def wait_quorum(cluster: str, ips: list[str], expect_voting: int, timeout: float = 180.0) -> None:
+    """Wait until every endpoint answers a linearizable read and ``expect_voting`` members vote."""
+    deadline = time.monotonic() + timeout
+    last = "no answer yet"
+    while time.monotonic() < deadline:
+        try:
+            with closing(_client(cluster, ips, timeout=3.0)) as etcd:
+                members = etcd.member_list()
+                voting = [m for m in members if not m.is_learner and m.started]
+                unhealthy = [h.endpoint for h in (etcd.health(client_url(ip)) for ip in ips) if not h.healthy]
+                if len(voting) == expect_voting and not unhealthy:
+                    get_run_logger().info("etcd healthy: %d voting members", len(voting))
+                    return
+                last = f"{len(voting)} of {expect_voting} voting members started; unhealthy: {unhealthy or 'none'}"
+        except EtcdError as exc:
+            last = str(exc)
+        time.sleep(1.0)
+    raise TimeoutError(f"etcd of {cluster} not healthy after {timeout:.0f}s: {last}")
