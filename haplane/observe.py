@@ -17,7 +17,7 @@ from cryptography import x509
 from haplane.etcd import EndpointStatus, EtcdClient, EtcdError, EtcdTLS, Member
 from haplane.gce import Gce, Instance
 from haplane.node import APISERVER_PORT, client_url, peer_url
-from haplane.topology import LABEL_CLUSTER, LABEL_MULTIZONE, LABEL_QUORUM_READS, ClusterNames
+from haplane.topology import LABEL_CHANGE, LABEL_CLUSTER, LABEL_MULTIZONE, LABEL_QUORUM_READS, ClusterNames
 
 
 @dataclass(frozen=True)
@@ -170,7 +170,7 @@ def _replica(inst: Instance, member: Member | None, statuses: dict[str, Endpoint
              leader_id: int | None, ca_pem: str | None) -> ReplicaState:
     problems: list[str] = []
     state = ReplicaState(name=inst.name, zone=inst.zone, vm_status=inst.status, internal_ip=inst.internal_ip,
-                         external_ip=inst.external_ip, change=inst.labels.get("haplane-change"))
+                         external_ip=inst.external_ip, change=inst.labels.get(LABEL_CHANGE))
     if inst.status != "RUNNING":
         problems.append(f"VM is {inst.status}")
     if member is None:

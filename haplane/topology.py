@@ -11,20 +11,16 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-CLUSTER_SIZES = (1, 3, 5, 7)
+from haplane.quorum import check_target_size
+
 NAME_RE = re.compile(r"^[a-z]([-a-z0-9]{0,28}[a-z0-9])?$")
 
 LABEL_CLUSTER = "haplane-cluster"
 LABEL_ROLE = "haplane-role"
 LABEL_MULTIZONE = "haplane-multizone"
 LABEL_QUORUM_READS = "haplane-quorum-reads"
+LABEL_CHANGE = "haplane-change"
 ROLE_MASTER = "master"
-
-TWO_IS_WORSE = (
-    "two master replicas are worse than one: consensus needs both up to change persistent state, "
-    "so losing either puts the cluster in majority failure"
-)
-
 
 class TopologyError(ValueError):
     """A request that does not fit the cluster's shape; nothing was changed."""
@@ -40,12 +36,9 @@ def check_cluster_name(name: str) -> None:
 
 def check_cluster_size(replicas: int) -> None:
     """Intended sizes are 1, 3, 5 or 7 (the seed: a single master, or an odd quorum)."""
-    if replicas == 2:
-        raise TopologyError(f"replicas=2 refused: {TWO_IS_WORSE}. Create 1 or 3.")
-    if replicas not in CLUSTER_SIZES:
-        hint = "an even count tolerates no more failures than the odd count below it" if replicas > 0 and \
-            replicas % 2 == 0 else "etcd needs an odd member count"
-        raise TopologyError(f"replicas={replicas} refused: {hint}. Use one of {list(CLUSTER_SIZES)}.")
+    decision = check_target_size(replicas)
+    if not decision:
+        raise TopologyError(f"replicas={replicas} refused: {decision.reason}")
 
 
 def region_of(zone: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import get_run_logger
 
 from haplane.gce import GceOperationError, OpRef
+from haplane.topology import LABEL_CHANGE
 from tasks.steps import Change, checkpoint, probe
 
 
@@ -16,7 +17,7 @@ def submit_create_vm(change: Change, step: str, zone: str, name: str, machine_ty
     if gce.get_instance(zone, name) is not None:
         get_run_logger().info("VM %s already exists in %s; not inserting it again", name, zone)
         return None
-    labels = {**labels, "haplane-change": _label_value(change.change_id)}
+    labels = {**labels, LABEL_CHANGE: _label_value(change.change_id)}
     return gce.insert_instance(zone, name, machine_type=machine_type, labels=labels, metadata={},
                                tags=tags, external_ip=True, nat_ip=nat_ip, rid=change.rid(step))
 
