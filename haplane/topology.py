@@ -80,6 +80,11 @@ def next_zones(zones: list[str], existing: Iterable[str], count: int) -> list[st
     return chosen
 
 
+def label_value(text: str) -> str:
+    """``text`` as a GCE label value: lowercase letters, digits, '-' and '_', at most 63 characters."""
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in text.lower())[:63]
+
+
 def replica_name(cluster: str, change_id: str, slot: int) -> str:
     """A replica's VM name, fixed by the change that creates it (so a resumed run finds it again)."""
     digest = hashlib.sha256(f"{cluster}/{change_id}/{slot}".encode()).hexdigest()[:5]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import get_run_logger
 
 from haplane.gce import GceOperationError, OpRef
-from haplane.topology import LABEL_CHANGE
+from haplane.topology import LABEL_CHANGE, label_value
 from tasks.steps import Change, checkpoint, probe
 
 
@@ -17,7 +17,7 @@ def submit_create_vm(change: Change, step: str, zone: str, name: str, machine_ty
     if gce.get_instance(zone, name) is not None:
         get_run_logger().info("VM %s already exists in %s; not inserting it again", name, zone)
         return None
-    labels = {**labels, LABEL_CHANGE: _label_value(change.change_id)}
+    labels = {**labels, LABEL_CHANGE: label_value(change.change_id)}
     return gce.insert_instance(zone, name, machine_type=machine_type, labels=labels, metadata={},
                                tags=tags, external_ip=True, nat_ip=nat_ip, rid=change.rid(step))
 
@@ -50,9 +50,3 @@ def wait_all(change: Change, ops: dict[str, OpRef | None], timeout: float = 900.
     futures = [wait_op.submit(change, op, what, timeout) for what, op in ops.items()]
     for f in futures:
         f.result()
-
-
-def _label_value(text: str) -> str:
-    """GCE label values: lowercase letters, digits, '-' and '_', at most 63 characters."""
-    out = "".join(c if c.isalnum() or c in "-_" else "-" for c in text.lower())
-    return out[:63]
