@@ -1,0 +1,127 @@
+"""Cluster-wide tasks: observe, lock, and report.
+
+``cluster_lock`` is the one-mutating-flow-per-cluster rule: a Prefect global
+concurrency limit ``cluster-<name>`` of 1, taken with ``strict=True``. A
+second mutating flow on the same cluster **fails fast** (after
+``LOCK_WAIT_S``) with a message naming the cluster, instead of queueing
+behind a load-balancer wait of up to 20 minutes; its run can simply be
+started again later. A crashed holder's lease expires after ``LOCK_LEASE_S``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from prefect import get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.client.orchestration import get_client
+from prefect.concurrency.sync import concurrency
+
+from blocks.cluster import ClusterSpec, resolve_gce
+from haplane.observe import ClusterState, observe
+from haplane.plans import Plan
+from haplane.topology import ClusterNames
+from tasks.pki import load_cas
+from tasks.steps import probe
+
+LOCK_WAIT_S = 10.0
+LOCK_LEASE_S = 120.0
+
+
+class ClusterBusy(RuntimeError):
+    pass
+
+
+def lock_name(cluster: str) -> str:
+    return f"cluster-{cluster}"
+
+
+def ensure_lock(cluster: str) -> None:
+    with get_client(sync_client=True) as client:
+        client.upsert_global_concurrency_limit_by_name(lock_name(cluster), limit=1)
+
+
+@contextlib.contextmanager
+def cluster_lock(cluster: str) -> Iterator[None]:
+    """Hold the cluster's lock for the body; fail fast with :class:`ClusterBusy` if another flow has it."""
+    ensure_lock(cluster)
+    try:
+        ctx = concurrency(lock_name(cluster), occupy=1, strict=True, timeout_seconds=LOCK_WAIT_S,
+                          lease_duration=LOCK_LEASE_S)
+        ctx.__enter__()
+    except TimeoutError as exc:
+        raise ClusterBusy(
+            f"another mutating flow is running on cluster {cluster!r} (lock {lock_name(cluster)!r} is held); "
+            f"nothing was changed: wait for that run to finish, then start this one again") from exc
+    try:
+        yield
+    finally:
+        ctx.__exit__(None, None, None)
+
+
+def load_spec(cluster: str) -> ClusterSpec:
+    names = ClusterNames(cluster)
+    try:
+        return ClusterSpec.load(names.spec_block)
+    except ValueError as exc:
+        raise ValueError(f"cluster {cluster!r} is unknown: no block {names.spec_block!r} "
+                         f"(create it with create-cluster)") from exc
+
+
+@probe(task_run_name="observe {cluster}")
+def observe_cluster(cluster: str, region: str, connection: str | None) -> ClusterState:
+    """Rebuild the cluster's picture from GCE and etcd (never cached)."""
+    cas = load_cas(cluster)
+    from haplane.etcd import EtcdTLS
+
+    tls = EtcdTLS.from_cas(cas) if cas else None
+    return observe(resolve_gce(connection), cluster, region, tls, cas.ca.cert_pem if cas else None)
+
+
+@probe(task_run_name="zones of {region}")
+def zones_of(region: str, connection: str | None) -> list[str]:
+    try:
+        return resolve_gce(connection).list_zones(region)
+    except Exception as exc:  # NotFound and friends: say which region
+        raise ValueError(f"region {region!r} is unknown to GCE ({type(exc).__name__}); "
+                         f"pick a region such as europe-west1 or us-central1") from exc
+
+
+def publish_plan(plan: Plan) -> None:
+    text = plan.markdown()
+    get_run_logger().info("%s", text)
+    if plan.even_note:
+        get_run_logger().warning("%s", plan.even_note)
+    create_markdown_artifact(text, key=f"{plan.cluster}-plan", description=f"{plan.action} plan for {plan.cluster}")
+
+
+def replica_rows(state: ClusterState) -> list[dict[str, str]]:
+    return [{
+        "replica": r.name, "zone": r.zone, "internal IP": r.internal_ip or "-", "external IP": r.external_ip or "-",
+        "etcd member": format(r.member_id, "x") if r.member_id is not None else "-", "role": r.role,
+        "health": "healthy" if r.healthy else "; ".join(r.problems) or "unhealthy",
+        "cert expiry": (r.cert_not_after or "-")[:10], "endpoint IP": state.endpoint_ip or "-",
+    } for r in state.replicas]
+
+
+@probe(task_run_name="report {state.cluster}")
+def publish_report(state: ClusterState, note: str = "") -> list[dict[str, str]]:
+    """The cluster's replica table as a Prefect table artifact (key ``<cluster>-replicas``)."""
+    rows = replica_rows(state)
+    lb = "load balancer" if state.load_balancer else "single replica's static IP"
+    create_table_artifact(rows, key=f"{state.cluster}-replicas",
+                          description=f"Replicas of {state.cluster}; endpoint {state.endpoint_ip} ({lb}). {note}")
+    get_run_logger().info("replicas of %s (endpoint %s, %s):\n%s", state.cluster, state.endpoint_ip, lb,
+                          format_table(rows))
+    return rows
+
+
+def format_table(rows: list[dict[str, str]]) -> str:
+    if not rows:
+        return "(no replicas)"
+    cols = list(rows[0])
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
+    lines = ["  ".join(c.ljust(widths[c]) for c in cols)]
+    lines += ["  ".join(str(r[c]).ljust(widths[c]) for c in cols) for r in rows]
+    return "\n".join(lines)
