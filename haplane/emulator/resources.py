@@ -1,0 +1,177 @@
+"""What every resource handler shares: the call, the context, names, links, list replies."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass, field
+
+from haplane.emulator.catalog import Catalog
+from haplane.emulator.errors import OperationError, invalid, not_found, required
+from haplane.emulator.faults import Fault
+from haplane.emulator.latency import LatencyModel
+from haplane.emulator.operations import OperationBook, Phase
+from haplane.emulator.runtime import Runtime, VmView
+from haplane.emulator.store import Store, public
+
+NAME_RE = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+LINK_RE = re.compile(
+    r"(?:^|/)projects/(?P<project>[^/]+)/(?:(?P<scope_kind>zones|regions)/(?P<scope>[^/]+)|global)"
+    r"/(?P<collection>[A-Za-z]+)/(?P<name>[^/?]+)$"
+)
+
+
+@dataclass
+class Call:
+    """One Compute API request, after routing."""
+
+    verb: str
+    path: str
+    method: str  # API method id, e.g. compute.instances.insert
+    params: dict[str, str]
+    query: dict[str, str]
+    body: dict | None
+    fault: Fault | None = None
+    request_id: str | None = None
+
+    @property
+    def project(self) -> str:
+        return self.params["project"]
+
+    @property
+    def scope(self) -> str:
+        """``zones/Z``, ``regions/R`` or ``global``: where operations and requestIds live."""
+        if "zone" in self.params:
+            return f"zones/{self.params['zone']}"
+        if "region" in self.params:
+            return f"regions/{self.params['region']}"
+        return "global"
+
+    def json(self) -> dict:
+        if self.body is None:
+            return {}
+        if not isinstance(self.body, dict):
+            raise invalid("Request body must be a JSON object")
+        return self.body
+
+
+@dataclass
+class Ctx:
+    """The emulator's parts, as handlers see them."""
+
+    store: Store
+    ops: OperationBook
+    runtime: Runtime
+    catalog: Catalog
+    latency: LatencyModel
+    wait_timeout: float = 120.0
+    extra: dict = field(default_factory=dict)
+
+    def operation(self, call: Call, op_type: str, kind: str, target_link: str, target_id: str | None,
+                  phases: list[Phase], fail: OperationError | None = None) -> dict:
+        """Create the call's operation (remembering its requestId) and start it."""
+        hang = call.fault is not None and call.fault.mode == "hang"
+        op = self.ops.create(call.project, call.scope, op_type, target_link, target_id, call.request_id)
+        self.ops.run(op, kind, phases, hang=hang, fail=fail)
+        return op
+
+
+def check_name(name, what: str = "resource") -> str:
+    if name is None or name == "":
+        raise required(f"{what}.name")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise invalid(
+            f"Invalid value for field '{what}.name': '{name}'. "
+            "Must be a match of regex '(?:[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?)'"
+        )
+    return name
+
+
+def check_request_id(request_id: str | None) -> str | None:
+    if not request_id:
+        return None
+    try:
+        parsed = uuid.UUID(request_id)
+    except ValueError:
+        raise invalid(f"Invalid value for field 'requestId': '{request_id}'. Must be a valid UUID.") from None
+    if parsed.int == 0:
+        raise invalid("Invalid value for field 'requestId': the zero UUID is not supported.")
+    return request_id
+
+
+def parse_link(link: str) -> dict[str, str]:
+    """``.../projects/P/zones/Z/instances/N`` -> {project, scope_kind, scope, collection, name}."""
+    m = LINK_RE.search(link or "")
+    if not m:
+        raise invalid(f"Invalid resource link '{link}'")
+    return {k: v or "" for k, v in m.groupdict().items()}
+
+
+def resource_path(project: str, scope: str, collection: str, name: str) -> str:
+    return f"projects/{project}/{scope}/{collection}/{name}"
+
+
+def list_reply(ctx: Ctx, call: Call, kind: str, collection: str, resources, predicate) -> dict:
+    items = [public(r) for r in resources]
+    items = [r for r in items if predicate(r)]
+    items.sort(key=lambda r: r.get("name", ""))
+    reply = {
+        "kind": kind,
+        "id": f"projects/{call.project}/{call.scope}/{collection}",
+        "selfLink": ctx.store.link(f"projects/{call.project}/{call.scope}/{collection}"),
+    }
+    if items:
+        reply["items"] = items
+    return reply
+
+
+def get_or_404(table: dict, key: tuple, path: str) -> dict:
+    resource = table.get(key)
+    if resource is None:
+        raise not_found(path)
+    return resource
+
+
+def vm_view(inst: dict) -> VmView:
+    """The runtime's view of an instance (call under the store lock)."""
+    nic = inst["networkInterfaces"][0]
+    return VmView(
+        project=inst["_project"],
+        zone=inst["_zone"],
+        name=inst["name"],
+        internal_ip=nic["networkIP"],
+        external_ips=tuple(ac["natIP"] for ac in nic.get("accessConfigs", []) if ac.get("natIP")),
+        metadata={i["key"]: i.get("value", "") for i in inst["metadata"].get("items", [])},
+    )
+
+
+def refresh_address(store: Store, ip: str) -> None:
+    """Recompute an address's ``users`` and IN_USE/RESERVED status from who uses its IP (under lock)."""
+    for addr in store.addresses.values():
+        if addr.get("address") != ip:
+            continue
+        users = []
+        inst = store.instance_using_ip(ip)
+        if inst is not None:
+            users.append(inst["selfLink"])
+        rule = store.forwarding_rule_on_ip(ip)
+        if rule is not None:
+            users.append(rule["selfLink"])
+        if users:
+            addr["users"] = users
+        else:
+            addr.pop("users", None)
+        if addr["status"] != "RESERVING":
+            addr["status"] = "IN_USE" if users else "RESERVED"
+
+
+def release_ip(store: Store, ip: str) -> None:
+    """Hand ``ip`` back to its pool if nothing (address, instance, forwarding rule) holds it (under lock)."""
+    if any(a.get("address") == ip for a in store.addresses.values()):
+        refresh_address(store, ip)
+        return
+    if store.instance_using_ip(ip) or store.forwarding_rule_on_ip(ip):
+        return
+    for pool in (store.ephemeral_ips, store.static_ips, store.internal_ips):
+        if pool.contains(ip):
+            pool.release(ip)

@@ -1,0 +1,244 @@
+"""The GCE emulator: an HTTP server on loopback speaking Compute Engine's REST/JSON v1.
+
+In Python::
+
+    from haplane.emulator.server import Emulator
+    with Emulator(state_dir=tmp_path, profile="instant") as emu:
+        client = compute_v1.InstancesClient(
+            client_options={"api_endpoint": emu.url}, credentials=AnonymousCredentials())
+
+From the shell (``haplane emulator``, see :func:`add_cli`)::
+
+    haplane emulator --port 8787 --state-dir /tmp/emu --profile gce --time-scale 0.01
+
+prints ``haplane emulator ready on http://127.0.0.1:PORT`` once it serves, and
+stops cleanly (runtime closed, exit 0) on SIGINT/SIGTERM.
+
+Paths: ``/compute/v1/...`` the Compute API (:mod:`.api`), ``/_emulator/...``
+the admin API (:mod:`.control`, client :mod:`.admin`). Anything else: 404
+in Google's error shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import logging
+import signal
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
+
+from haplane.emulator.api import ComputeApi
+from haplane.emulator.calllog import CallLog
+from haplane.emulator.catalog import Catalog
+from haplane.emulator.control import Control
+from haplane.emulator.errors import ApiError
+from haplane.emulator.faults import FaultBook
+from haplane.emulator.latency import PROFILES, LatencyModel
+from haplane.emulator.operations import OperationBook, Timer
+from haplane.emulator.resources import Ctx
+from haplane.emulator.runtime import NullRuntime, Runtime
+from haplane.emulator.store import Store
+
+log = logging.getLogger(__name__)
+DEFAULT_PORT = 8787
+MAX_BODY = 8 * 1024 * 1024
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    emulator: Emulator
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format, *args):  # noqa: A002 - the stdlib's signature
+        log.debug("%s - %s", self.address_string(), format % args)
+
+    def _serve(self) -> None:
+        parts = urlsplit(self.path)
+        query = dict(parse_qsl(parts.query, keep_blank_values=True))
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > MAX_BODY:
+                raise ApiError(413, "invalid", "Request body too large")
+            raw = self.rfile.read(length) if length else b""
+            try:
+                body = json.loads(raw) if raw.strip() else None
+            except ValueError:
+                raise ApiError(400, "parseError", "Parse Error: the request body is not JSON") from None
+            emulator = self.server.emulator
+            if parts.path.startswith("/compute/v1/"):
+                status, reply = emulator.api.handle(self.command, parts.path, query, body)
+            elif parts.path.startswith("/_emulator/"):
+                status, reply = emulator.control.handle(self.command, parts.path, query, body)
+            else:
+                raise ApiError(404, "notFound", f"No such path: {self.command} {parts.path}")
+        except ApiError as exc:
+            status, reply = exc.code, exc.body()
+        except Exception as exc:  # never a silent success
+            log.exception("emulator request failed")
+            status, reply = 500, ApiError(500, "backendError", f"{type(exc).__name__}: {exc}").body()
+        data = json.dumps(reply).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=UTF-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = do_DELETE = do_PUT = do_PATCH = _serve
+
+
+def check_host(host: str) -> str:
+    """Refuse any address outside 127.0.0.0/8: the emulator is for this machine only."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"--host must be an IPv4 address in 127.0.0.0/8, got {host!r}") from None
+    if ip not in ipaddress.ip_network("127.0.0.0/8"):
+        raise ValueError(f"--host {host} is not in 127.0.0.0/8: the emulator only serves on loopback")
+    return host
+
+
+class Emulator:
+    """The emulator: ``start()`` serves in a background thread, ``stop()`` ends it and closes the runtime.
+
+    ``profile`` / ``time_scale``: the latency model (:mod:`.latency`); ``catalog``:
+    regions and zones (:mod:`.catalog`); ``wait_timeout``: how long
+    ``*Operations.wait`` long-polls before answering a still RUNNING operation
+    (GCE: about 2 minutes).
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, state_dir: Path | str | None = None,
+                 runtime: Runtime | None = None, profile: str = "instant", time_scale: float = 1.0,
+                 catalog: Catalog | None = None, wait_timeout: float = 120.0):
+        self.host = check_host(host)
+        self.port = port
+        self.state_dir = Path(state_dir) if state_dir is not None else None
+        self.runtime: Runtime = runtime if runtime is not None else NullRuntime()
+        self.latency = LatencyModel(profile, time_scale)
+        self.catalog = catalog or Catalog()
+        self.wait_timeout = wait_timeout
+        self.faults = FaultBook()
+        self.calls = CallLog()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._timer: Timer | None = None
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("the emulator is not started")
+        return f"http://{self.host}:{self._server.server_address[1]}"
+
+    def start(self) -> Emulator:
+        if self._server is not None:
+            return self
+        if self.state_dir is not None:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+        server = _Server((self.host, self.port), _Handler)
+        server.emulator = self
+        self._server = server
+        self._timer = Timer()
+        store = Store(self.url)
+        self.store = store
+        self.ops = OperationBook(store, self.latency, self._timer)
+        self.ctx = Ctx(store=store, ops=self.ops, runtime=self.runtime, catalog=self.catalog,
+                       latency=self.latency, wait_timeout=self.wait_timeout)
+        self.api = ComputeApi(self.ctx, self.faults, self.calls)
+        self.control = Control(self.ctx, self.faults, self.calls)
+        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
+                                        name="emulator-http", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        if self._timer is not None:
+            self._timer.close()
+            self._timer = None
+        store = getattr(self, "store", None)
+        if store is not None:
+            with store.changed:  # wake long-polling waits
+                store.changed.notify_all()
+        self.runtime.close()
+
+    def __enter__(self) -> Emulator:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+# --- command line ---------------------------------------------------------------------------------
+
+
+def add_cli(subparsers) -> argparse.ArgumentParser:
+    """Register the ``emulator`` subcommand on an argparse subparsers object."""
+    p = subparsers.add_parser("emulator", help="run the GCE emulator (Compute API on loopback)",
+                              description="Run the GCE emulator: Compute Engine's REST API on loopback, "
+                                          "with real processes per VM (or none with --bare).")
+    p.add_argument("--host", default="127.0.0.1", help="address in 127.0.0.0/8 to serve on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 = pick one)")
+    p.add_argument("--state-dir", type=Path, default=Path(".haplane/emulator"),
+                   help="directory for the VMs' data (default .haplane/emulator)")
+    p.add_argument("--profile", choices=sorted(PROFILES), default="instant", help="latency profile")
+    p.add_argument("--time-scale", type=float, default=1.0, help="multiply every latency by this")
+    p.add_argument("--catalog", type=Path, help='JSON file adding regions: {"regions": {"R": ["a", "b"]}}')
+    p.add_argument("--bare", action="store_true", help="run no processes for VMs (NullRuntime)")
+    return p
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """Serve in the foreground until SIGINT/SIGTERM; print one ready line; exit 0."""
+    try:
+        host = check_host(args.host)
+        catalog = Catalog.from_file(args.catalog) if args.catalog else None
+        if args.time_scale < 0:
+            raise ValueError("--time-scale must be >= 0")
+    except (ValueError, OSError) as exc:
+        print(f"haplane emulator: {exc}", file=sys.stderr)
+        return 2
+    state_dir = Path(args.state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    if args.bare:
+        runtime: Runtime = NullRuntime()
+    else:
+        from haplane.emulator.vm import ProcessRuntime
+
+        runtime = ProcessRuntime(state_dir)
+    emulator = Emulator(host=host, port=args.port, state_dir=state_dir, runtime=runtime,
+                        profile=args.profile, time_scale=args.time_scale, catalog=catalog)
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        try:
+            emulator.start()
+        except OSError as exc:
+            print(f"haplane emulator: cannot serve on {host}:{args.port}: {exc}", file=sys.stderr)
+            return 1
+        print(f"haplane emulator ready on {emulator.url}", flush=True)
+        while not stop.wait(0.5):
+            pass
+    finally:
+        emulator.stop()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return 0
