@@ -195,7 +195,8 @@ def plan_remove(state: ClusterState, zone: str, replica: str | None) -> Plan:
     remaining = [r for r in vms if r.name != victim.name]
     seconds = GCE_SECONDS["instance_delete"] + 5
     lb = "none"
-    if state.load_balancer and len(remaining) == 1:
+    # 2 -> 1, or a resumed one whose load balancer is already gone but whose IP is not handed back yet
+    if len(remaining) == 1 and (state.load_balancer or state.target_pool or state.address_status == "RESERVED"):
         lb = "delete"
         last = remaining[0].name
         steps += ["delete the forwarding rule (the load balancer; ~20 min on GCE): the endpoint stops answering",

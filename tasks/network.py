@@ -137,11 +137,12 @@ def submit_delete_forwarding_rule(change: Change, step: str, region: str) -> OpR
 
 @checkpoint
 def submit_drop_access_config(change: Change, step: str, zone: str, name: str,
-                              only_if_ip: str | None = None) -> OpRef | None:
-    """Remove a VM's external access config (only if it carries ``only_if_ip``, when given)."""
+                              only_if_ip: str | None = None, unless_ip: str | None = None) -> OpRef | None:
+    """Remove a VM's external access config: only if it carries ``only_if_ip``, never if ``unless_ip``."""
     gce = change.gce()
     vm = gce.get_instance(zone, name)
-    if vm is None or vm.external_ip is None or (only_if_ip and vm.external_ip != only_if_ip):
+    if vm is None or vm.external_ip is None or (only_if_ip and vm.external_ip != only_if_ip) \
+            or (unless_ip and vm.external_ip == unless_ip):
         return None
     return gce.delete_access_config(zone, name, rid=change.rid(step))
 

@@ -1,0 +1,66 @@
+"""delete-cluster: remove everything a cluster owns (the seed's full kube-down.sh).
+
+Load balancer first (forwarding rule, pool, health check), then the replica
+VMs, the endpoint IP, the firewall rules, and last the cluster's PKI and
+spec blocks. Every step looks first, so a failed run is simply run again.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from prefect import flow, get_run_logger
+from pydantic import Field
+
+from haplane.topology import ClusterNames, check_cluster_name
+from tasks.cluster import cluster_lock, load_spec, observe_cluster
+from tasks.compute import submit_delete_vm, wait_all, wait_op
+from tasks.network import (
+    firewall_rules,
+    submit_delete_firewall,
+    submit_delete_forwarding_rule,
+    submit_delete_health_check,
+    submit_delete_target_pool,
+    submit_release_address,
+)
+from tasks.pki import delete_cluster_pki
+from tasks.steps import Change
+
+
+@flow(name="delete-cluster", log_prints=True)
+def delete_cluster(
+    cluster: Annotated[str, Field(description="Cluster name")],
+    connection: Annotated[str | None, Field(description="Name of a haplane-gce-connection block")] = None,
+    change_id: Annotated[str | None, Field(description="Repeat to resume a failed run")] = None,
+) -> list[str]:
+    check_cluster_name(cluster)
+    spec = load_spec(cluster)
+    change = Change(cluster, change_id or "delete", connection)
+    names = ClusterNames(cluster)
+    with cluster_lock(cluster):
+        state = observe_cluster(cluster, spec.region, connection)
+        wait_op(change, submit_delete_forwarding_rule(change, "forwarding-rule", spec.region),
+                "delete the load balancer", timeout=3600)
+        wait_op(change, submit_delete_target_pool(change, "target-pool", spec.region), "delete target pool")
+        wait_op(change, submit_delete_health_check(change, "health-check"), "delete health check")
+        wait_all(change, {f"delete VM {r.name}": submit_delete_vm(change, f"vm/{r.name}", r.zone, r.name)
+                          for r in state.vms})
+        wait_op(change, submit_release_address(change, "address", spec.region), "release the endpoint IP")
+        rules = firewall_rules(cluster, spec.api_source_ranges, spec.operator_ranges)
+        wait_all(change, {f"delete firewall {n}": submit_delete_firewall(change, f"firewall/{n}", n) for n in rules})
+        delete_cluster_pki(cluster)
+        _delete_block(names.spec_block, "haplane-cluster-spec")
+    deleted = [r.name for r in state.vms]
+    get_run_logger().info("deleted cluster %s: VMs %s, endpoint %s", cluster, deleted, state.endpoint_ip)
+    return deleted
+
+
+def _delete_block(name: str, block_type: str) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.delete_block_document(client.read_block_document_by_name(name, block_type).id)
+        except ObjectNotFound:
+            pass
