@@ -148,6 +148,12 @@ ROUTES: list[Route] = [
           loadbalancer.hc_get),
     Route("DELETE", "{project}/global/httpHealthChecks/{httpHealthCheck}", "compute.httpHealthChecks.delete",
           loadbalancer.hc_delete, "health_check"),
+    Route("POST", "{project}/global/healthChecks", "compute.healthChecks.insert",
+          loadbalancer.hc_insert, "health_check"),
+    Route("GET", "{project}/global/healthChecks/{healthCheck}", "compute.healthChecks.get",
+          loadbalancer.hc_get),
+    Route("DELETE", "{project}/global/healthChecks/{healthCheck}", "compute.healthChecks.delete",
+          loadbalancer.hc_delete, "health_check"),
     Route("POST", "{project}/regions/{region}/targetPools", "compute.targetPools.insert",
           loadbalancer.tp_insert, "target_pool"),
     Route("GET", "{project}/regions/{region}/targetPools/{targetPool}", "compute.targetPools.get",
@@ -184,8 +190,8 @@ ROUTES: list[Route] = [
 
 # A path under one of these collections that no route serves is "not implemented", not "not found".
 KNOWN_COLLECTION = re.compile(
-    r"^/compute/v1/projects/[^/]+/(?:zones|regions|global)(?:/[^/]+/(?P<a>instances|addresses|targetPools|"
-    r"forwardingRules|operations)|/(?P<b>httpHealthChecks|firewalls|operations))?(?:/|$)"
+    r"^/compute/v1/projects/[^/]+/(?:(?:zones|regions)/[^/]+/(?P<a>instances|addresses|targetPools|"
+    r"forwardingRules|operations)|global/(?P<b>httpHealthChecks|healthChecks|firewalls|operations))(?:/|$)"
 )
 COMPILED = [(route, route.pattern()) for route in ROUTES]
 

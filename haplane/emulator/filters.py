@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from haplane.emulator.errors import invalid
 
-_TERM = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*(!=|=|:|\beq\b|\bne\b)\s*(.*?)\s*$")
+_TERM = re.compile(r"^\s*([A-Za-z_][\w.-]*)\s*(!=|=|:|\beq\b|\bne\b)\s*(.*?)\s*$")
 
 
 def _value(text: str) -> str:

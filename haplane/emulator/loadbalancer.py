@@ -38,58 +38,88 @@ from haplane.emulator.store import fingerprint, now_rfc3339, public
 
 IP_CONFLICT = "IP_IN_USE_BY_ANOTHER_RESOURCE"
 
-# --- httpHealthChecks -------------------------------------------------------------------------
+# --- httpHealthChecks (legacy, what target pools take) and healthChecks ------------------------
+# google-cloud-compute 1.57 has no HttpHealthChecksClient (the legacy API is not generated any more):
+# callers reach /global/httpHealthChecks with plain REST. /global/healthChecks (HealthChecksClient) is
+# served too, but target pools refuse it, as GCE does ("legacy HTTP health checks only").
+
+HC_KINDS = {"httpHealthChecks": "compute#httpHealthCheck", "healthChecks": "compute#healthCheck"}
 
 
-def _hc_path(call: Call, name: str | None = None) -> str:
-    return resource_path(call.project, "global", "httpHealthChecks", name or call.params["httpHealthCheck"])
+def _hc_collection(call: Call) -> str:
+    return "httpHealthChecks" if "/global/httpHealthChecks" in call.path else "healthChecks"
+
+
+def _hc_table(ctx: Ctx, collection: str) -> dict:
+    return ctx.store.http_health_checks if collection == "httpHealthChecks" else ctx.store.health_checks
+
+
+def _hc_path(call: Call, collection: str, name: str | None = None) -> str:
+    name = name or call.params.get("httpHealthCheck") or call.params["healthCheck"]
+    return resource_path(call.project, "global", collection, name)
 
 
 def hc_insert(ctx: Ctx, call: Call) -> dict:
     body = call.json()
+    collection = _hc_collection(call)
     name = check_name(body.get("name"))
     key = (call.project, name)
+    table = _hc_table(ctx, collection)
+    common = {
+        "checkIntervalSec": int(body.get("checkIntervalSec", 5)),
+        "timeoutSec": int(body.get("timeoutSec", 5)),
+        "unhealthyThreshold": int(body.get("unhealthyThreshold", 2)),
+        "healthyThreshold": int(body.get("healthyThreshold", 2)),
+    }
+    if collection == "httpHealthChecks":
+        spec = {"host": body.get("host", ""), "requestPath": body.get("requestPath", "/"),
+                "port": int(body.get("port", 80))}
+    else:
+        kind = body.get("type")
+        if kind not in ("HTTP", "HTTPS", "TCP", "SSL", "HTTP2", "GRPC"):
+            raise invalid(f"Invalid value for field 'resource.type': '{kind}'.")
+        field = {"HTTP": "httpHealthCheck", "HTTPS": "httpsHealthCheck", "TCP": "tcpHealthCheck",
+                 "SSL": "sslHealthCheck", "HTTP2": "http2HealthCheck", "GRPC": "grpcHealthCheck"}[kind]
+        spec = {"type": kind, field: body.get(field) or {}}
     with ctx.store.lock:
-        if key in ctx.store.http_health_checks:
-            raise already_exists(_hc_path(call, name))
-        hc_id, link = ctx.store.new_id(), ctx.store.link(_hc_path(call, name))
-        ctx.store.http_health_checks[key] = {
-            "kind": "compute#httpHealthCheck",
+        if key in table:
+            raise already_exists(_hc_path(call, collection, name))
+        hc_id, link = ctx.store.new_id(), ctx.store.link(_hc_path(call, collection, name))
+        table[key] = {
+            "kind": HC_KINDS[collection],
             "id": hc_id,
             "creationTimestamp": now_rfc3339(),
             "name": name,
             "description": body.get("description", ""),
-            "host": body.get("host", ""),
-            "requestPath": body.get("requestPath", "/"),
-            "port": int(body.get("port", 80)),
-            "checkIntervalSec": int(body.get("checkIntervalSec", 5)),
-            "timeoutSec": int(body.get("timeoutSec", 5)),
-            "unhealthyThreshold": int(body.get("unhealthyThreshold", 2)),
-            "healthyThreshold": int(body.get("healthyThreshold", 2)),
+            **spec,
+            **common,
             "selfLink": link,
         }
     return ctx.operation(call, "insert", "health_check", link, hc_id, [])
 
 
 def hc_get(ctx: Ctx, call: Call) -> dict:
+    collection = _hc_collection(call)
     with ctx.store.lock:
-        key = (call.project, call.params["httpHealthCheck"])
-        return public(get_or_404(ctx.store.http_health_checks, key, _hc_path(call)))
+        key = (call.project, _hc_path(call, collection).rsplit("/", 1)[1])
+        return public(get_or_404(_hc_table(ctx, collection), key, _hc_path(call, collection)))
 
 
 def hc_delete(ctx: Ctx, call: Call) -> dict:
-    key = (call.project, call.params["httpHealthCheck"])
+    collection = _hc_collection(call)
+    table = _hc_table(ctx, collection)
+    key = (call.project, _hc_path(call, collection).rsplit("/", 1)[1])
     with ctx.store.lock:
-        hc = get_or_404(ctx.store.http_health_checks, key, _hc_path(call))
+        hc = get_or_404(table, key, _hc_path(call, collection))
         for pool in ctx.store.target_pools.values():
             if hc["selfLink"] in pool.get("healthChecks", []):
-                raise in_use(f"httpHealthCheck '{_hc_path(call)}'", pool["selfLink"])
+                raise in_use(f"{collection} '{_hc_path(call, collection)}'", pool["selfLink"])
         hc_id, link = hc["id"], hc["selfLink"]
 
     def gone() -> None:
         with ctx.store.lock:
-            if ctx.store.http_health_checks.get(key, {}).get("id") == hc_id:
-                del ctx.store.http_health_checks[key]
+            if table.get(key, {}).get("id") == hc_id:
+                del table[key]
 
     return ctx.operation(call, "delete", "health_check", link, hc_id, [(1.0, gone)])
 
@@ -131,6 +161,9 @@ def tp_insert(ctx: Ctx, call: Call) -> dict:
         checks = []
         for link in body.get("healthChecks") or []:
             parts = parse_link(link)
+            if parts["collection"] == "healthChecks":
+                raise invalid(f"Invalid value for field 'resource.healthChecks': '{link}'. Target pools "
+                              "support legacy HTTP health checks (global/httpHealthChecks) only.")
             hc = ctx.store.http_health_checks.get((parts["project"], parts["name"]))
             if parts["collection"] != "httpHealthChecks" or hc is None:
                 raise not_found(resource_path(parts["project"], "global", "httpHealthChecks", parts["name"]))

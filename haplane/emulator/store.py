@@ -76,6 +76,7 @@ class Store:
         self.forwarding_rules: dict[tuple[str, str, str], dict] = {}
         self.firewalls: dict[tuple[str, str], dict] = {}
         self.http_health_checks: dict[tuple[str, str], dict] = {}
+        self.health_checks: dict[tuple[str, str], dict] = {}
         self.internal_ips = IpPool("127.10.0.0/16")
         self.ephemeral_ips = IpPool("127.20.0.0/16")
         self.static_ips = IpPool("127.30.0.0/16")
