@@ -348,10 +348,11 @@ class EtcdClient:
             is_learner=bool(d.get("isLearner", False)),
         )
 
-    def statuses(self) -> list[EndpointStatus | EndpointUnreachable]:
-        """Status of every endpoint; one that cannot be asked is reported, not raised."""
+    def statuses(self, endpoints: Iterable[str] | None = None) -> list[EndpointStatus | EndpointUnreachable]:
+        """Status of every endpoint (this client's, or those given, e.g. every member's client URL);
+        one that cannot be asked is reported, not raised."""
         out: list[EndpointStatus | EndpointUnreachable] = []
-        for endpoint in self.endpoints:
+        for endpoint in (self.endpoints if endpoints is None else [e.rstrip("/") for e in endpoints]):
             try:
                 out.append(self.status(endpoint))
             except EtcdError as e:
@@ -453,11 +454,20 @@ class EtcdClient:
         return _unb64(kvs[0].get("value", "")) if kvs else None
 
 
+_TRANSIENT_RECONFIG = (EtcdUnhealthyCluster, EtcdUnavailable)
+
+
+def _retry_deadline(deadline: float, interval: float) -> bool:
+    return time.monotonic() + interval <= deadline
+
+
 def promote_when_ready(client: EtcdClient, member_id: int, timeout: float = 60.0,
                        interval: float = 0.5) -> list[Member]:
     """Promote a learner, retrying while etcd says it has not caught up yet.
 
-    Idempotent: a member that is already voting counts as promoted (a resumed run).
+    Also retried: "unhealthy cluster" / "not enough started members" (etcd's strict
+    reconfiguration check wants every member connected for 5 s before a change) and
+    unreachable endpoints. Idempotent: a member that is already voting counts as promoted.
     """
     deadline = time.monotonic() + timeout
     while True:
@@ -465,8 +475,46 @@ def promote_when_ready(client: EtcdClient, member_id: int, timeout: float = 60.0
             return client.member_promote(member_id)
         except EtcdMemberNotLearner:
             return client.member_list()
-        except (EtcdNotLearnerReady, EtcdUnavailable) as e:
-            if time.monotonic() + interval > deadline:
+        except (EtcdNotLearnerReady, *_TRANSIENT_RECONFIG) as e:
+            if not _retry_deadline(deadline, interval):
                 raise EtcdNotLearnerReady(e.endpoint, f"learner {member_id:x} not promoted after {timeout:.0f}s: "
                                           f"{e.reason}", e.status_code) from None
+            time.sleep(interval)
+
+
+def add_member_when_ready(client: EtcdClient, peer_urls: list[str], learner: bool = True,
+                          timeout: float = 30.0, interval: float = 0.5) -> MemberAdded:
+    """Add a member, retrying etcd's transient refusals (a member that joined less than
+    5 s ago makes etcd answer "unhealthy cluster"). Idempotent: when a member with these
+    peer URLs already exists (a resumed run), that member is returned."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return client.member_add(peer_urls, learner=learner)
+        except EtcdMemberExists:
+            members = tuple(client.member_list())
+            existing = next((m for m in members if set(m.peer_urls) == set(peer_urls)), None)
+            if existing is None:
+                raise
+            return MemberAdded(member=existing, members=members)
+        except _TRANSIENT_RECONFIG:
+            if not _retry_deadline(deadline, interval):
+                raise
+            time.sleep(interval)
+
+
+def remove_member_when_ready(client: EtcdClient, member_id: int, timeout: float = 30.0,
+                             interval: float = 0.5) -> list[Member]:
+    """Remove a member, retrying etcd's transient refusals ("not enough started members").
+    Idempotent: a member already gone counts as removed. Quorum safety is the caller's
+    decision (:func:`haplane.quorum.can_remove`); etcd's own check is a second line."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return client.member_remove(member_id)
+        except EtcdMemberNotFound:
+            return client.member_list()
+        except _TRANSIENT_RECONFIG:
+            if not _retry_deadline(deadline, interval):
+                raise
             time.sleep(interval)

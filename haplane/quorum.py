@@ -211,10 +211,14 @@ def can_add(members: Sequence[MemberHealth]) -> Decision:
         return Decision(False, f"after the new member is promoted there would be {after - len(bad)} healthy of "
                                f"{after} voting members, below the quorum of {quorum(after)}: replace an "
                                f"unhealthy member first")
-    unhealthy_note = f"; still unhealthy: {_names(bad)}" if bad else ""
+    if bad:
+        return Decision(False, f"{len(bad)} voting member(s) are unhealthy ({_names(bad)}): remove them first; "
+                               f"etcd refuses to add a member unless every voting member is connected "
+                               f"(its strict reconfiguration check), and it advises removing a failed member "
+                               f"before adding its replacement")
     return Decision(True, f"adding a learner keeps quorum ({voting} voting, quorum {quorum(voting)}); once "
                           f"promoted the cluster has {after} voting members, quorum {quorum(after)}"
-                          + unhealthy_note + _two_note(after))
+                          + _two_note(after))
 
 
 def can_promote(members: Sequence[MemberHealth], member_id: int) -> Decision:
@@ -268,10 +272,13 @@ def can_remove(members: Sequence[MemberHealth], member_id: int) -> Decision:
 
 
 def can_replace(members: Sequence[MemberHealth], member_ids: Sequence[int]) -> Decision:
-    """Is it safe to replace these unhealthy members, one at a time (remove, add, promote each)?
+    """Is it safe to replace these unhealthy members, one change at a time?
 
-    Simulated step by step; every step must keep quorum. The new member is
-    assumed healthy once promoted (it is promoted only after catching up).
+    The order etcd allows: remove the failed members one by one (each removal
+    must keep quorum), then add and promote a replacement for each, one by one
+    (etcd refuses to add while a voting member is unreachable). Simulated step
+    by step; a replacement is assumed healthy once promoted (it is promoted
+    only after catching up).
     """
     if not member_ids:
         return Decision(True, "nothing to replace")
@@ -279,7 +286,8 @@ def can_replace(members: Sequence[MemberHealth], member_ids: Sequence[int]) -> D
         return Decision(False, "a member is listed twice")
     state = list(members)
     steps = []
-    for n, mid in enumerate(member_ids, 1):
+    voting_victims = 0
+    for mid in member_ids:
         victim = _find(state, mid)
         if victim is None:
             return Decision(False, f"there is no member {mid:x}")
@@ -287,22 +295,24 @@ def can_replace(members: Sequence[MemberHealth], member_ids: Sequence[int]) -> D
             return Decision(False, f"{victim.label} is healthy: replace only unhealthy members")
         d = can_remove(state, mid)
         if not d.allowed:
-            return Decision(False, f"step {n}: cannot remove {victim.label}: {d.reason}")
+            return Decision(False, f"step {len(steps) + 1}: cannot remove {victim.label}: {d.reason}")
         state = [m for m in state if m.id != mid]
-        if not victim.voting:  # a stuck learner: removing it is the whole replacement of a join
-            steps.append(f"remove learner {victim.label}")
-            continue
+        steps.append(f"remove {'learner ' if not victim.voting else ''}{victim.label}")
+        voting_victims += victim.voting
+    lowest = len(_voting(state))
+    for n in range(1, voting_victims + 1):
         d = can_add(state)
         if not d.allowed:
-            return Decision(False, f"step {n}: after removing {victim.label}, cannot add its replacement: {d.reason}")
+            return Decision(False, f"step {len(steps) + 1}: cannot add replacement {n}: {d.reason}")
         new = MemberHealth(id=-n, name=f"replacement-{n}", voting=False)
         state = [*state, new]
         d = can_promote(state, new.id)
         if not d.allowed:
-            return Decision(False, f"step {n}: cannot promote the replacement of {victim.label}: {d.reason}")
+            return Decision(False, f"step {len(steps) + 1}: cannot promote replacement {n}: {d.reason}")
         state = [replace(m, voting=True) if m.id == new.id else m for m in state]
-        steps.append(f"remove {victim.label}, add and promote its replacement")
-    voting = len(_voting(members))
-    return Decision(True, "quorum holds at every step, one member at a time: " + "; then ".join(steps)
-                          + (f" (the cluster passes through {voting - 1} voting members at each step"
-                             + (f"; {TWO_IS_WORSE}" if voting - 1 == 2 else "") + ")" if voting > 1 else ""))
+        steps.append(f"add and promote replacement {n}")
+    note = ""
+    if voting_victims:
+        note = f" (the cluster goes down to {lowest} voting member(s) before it grows back"
+        note += f"; {TWO_IS_WORSE})" if lowest == 2 else ")"
+    return Decision(True, "quorum holds at every step, one change at a time: " + "; then ".join(steps) + note)

@@ -101,9 +101,11 @@ ADD_TABLE = [
     ("HL", False, "already being added"),
     ("HHl", False, "already being added"),
     ("HU", False, "quorum is already lost"),
-    ("HHU", True, "still unhealthy"),
+    ("HHU", False, "remove them first"),     # etcd: every voting member must be connected to add
+    ("HHA", False, "strict reconfiguration"),
     ("HUU", False, "quorum is already lost"),
-    ("HHHHU", True, "6 voting members"),
+    ("HHHHU", False, "remove them first"),
+    ("HHHH", True, "5 voting members"),
 ]
 
 
@@ -132,10 +134,13 @@ def test_can_promote(spec, member, ok, words):
 
 
 REPLACE_TABLE = [
-    ("HHU", [3], True, "passes through 2"),
+    ("HHU", [3], True, "down to 2 voting"),
     ("HHU", [3], True, "two members are worse than one"),
-    ("HHHUU", [4, 5], True, "one member at a time"),
+    ("HHHUU", [4, 5], True, "remove m4 (4); then remove m5 (5); then add and promote replacement 1; "
+                              "then add and promote replacement 2"),
     ("HHHUU", [5, 4], True, "remove m5"),
+    ("HHHUU", [4], False, "remove them first"),   # m5 still down: etcd would refuse the add
+    ("HHHHU", [5], True, "one change at a time"),
     ("HUU", [2, 3], False, "quorum is already lost"),
     ("HHHHUUU", [5, 6, 7], True, "then"),
     ("HHHUU", [1], False, "healthy"),
