@@ -49,7 +49,7 @@ def create_cluster(
 ) -> Plan | list[dict[str, str]]:
     logger = get_run_logger()
     check_cluster_name(cluster)
-    change = Change(cluster, change_id or "create", connection)
+    change = Change(cluster, change_id or f"create-{flow_run.get_id()}", connection)
     names = ClusterNames(cluster)
 
     # Decide from what is there: nothing is changed before the plan is accepted.

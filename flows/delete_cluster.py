@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
 from pydantic import Field
 
 from haplane.topology import ClusterNames, check_cluster_name
@@ -35,7 +36,7 @@ def delete_cluster(
 ) -> list[str]:
     check_cluster_name(cluster)
     spec = load_spec(cluster)
-    change = Change(cluster, change_id or "delete", connection)
+    change = Change(cluster, change_id or f"delete-{flow_run.get_id()}", connection)
     names = ClusterNames(cluster)
     with cluster_lock(cluster):
         state = observe_cluster(cluster, spec.region, connection)

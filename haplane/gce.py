@@ -177,9 +177,34 @@ class Gce:
     def firewalls(self) -> compute_v1.FirewallsClient:
         return self._client(compute_v1.FirewallsClient)
 
-    @property
-    def health_checks(self) -> compute_v1.HttpHealthChecksClient:
-        return self._client(compute_v1.HttpHealthChecksClient)
+    def _legacy(self, method: str, path: str, body: dict | None = None, rid: str | None = None) -> dict | None:
+        """Plain REST for ``global/httpHealthChecks`` (the legacy checks target pools take), which
+        google-cloud-compute no longer wraps. ``None`` for a 404 on GET."""
+        if "legacy" not in self._clients:
+            if self.endpoint:
+                import requests
+
+                self._clients["legacy"] = requests.Session()
+            else:
+                import google.auth
+                from google.auth.transport.requests import AuthorizedSession
+
+                creds = self.credentials or google.auth.default(
+                    scopes=["https://www.googleapis.com/auth/compute"])[0]
+                self._clients["legacy"] = AuthorizedSession(creds)
+        base = (self.endpoint or "https://compute.googleapis.com").rstrip("/")
+        url = f"{base}/compute/v1/projects/{self.project}/{path}"
+        resp = self._clients["legacy"].request(method, url, json=body, params={"requestId": rid} if rid else None,
+                                               timeout=60)
+        if resp.status_code == 404 and method == "GET":
+            return None
+        if resp.status_code >= 400:
+            raise gexc.from_http_response(resp)
+        return resp.json()
+
+    def _legacy_op(self, data: dict) -> OpRef:
+        return OpRef(name=data["name"], scope="global", location=None, kind=data.get("operationType", ""),
+                     target=data.get("targetLink", "").rsplit("/", 1)[-1], done=data.get("status") == "DONE")
 
     # --- operations -------------------------------------------------------
     def _ref(self, op: compute_v1.Operation, scope: str, location: str | None) -> OpRef:
@@ -292,7 +317,7 @@ class Gce:
                         ports=ports, self_link=raw.self_link)
 
     def health_check_exists(self, name: str) -> bool:
-        return self._missing(self.health_checks.get, project=self.project, http_health_check=name) is not None
+        return self._legacy("GET", f"global/httpHealthChecks/{name}") is not None
 
     def instance_link(self, zone: str, name: str) -> str:
         base = self.endpoint.rstrip("/") if self.endpoint else "https://www.googleapis.com"
@@ -378,16 +403,11 @@ class Gce:
         return self._ref(self.firewalls.delete_unary(request=req), "global", None)
 
     def insert_health_check(self, name: str, *, port: int, path: str, rid: str) -> OpRef:
-        body = compute_v1.HttpHealthCheck(name=name, port=port, request_path=path,
-                                          check_interval_sec=2, timeout_sec=1)
-        req = compute_v1.InsertHttpHealthCheckRequest(project=self.project, http_health_check_resource=body,
-                                                      request_id=rid)
-        return self._ref(self.health_checks.insert_unary(request=req), "global", None)
+        body = {"name": name, "port": port, "requestPath": path, "checkIntervalSec": 2, "timeoutSec": 1}
+        return self._legacy_op(self._legacy("POST", "global/httpHealthChecks", body, rid))
 
     def delete_health_check(self, name: str, *, rid: str) -> OpRef:
-        req = compute_v1.DeleteHttpHealthCheckRequest(project=self.project, http_health_check=name,
-                                                      request_id=rid)
-        return self._ref(self.health_checks.delete_unary(request=req), "global", None)
+        return self._legacy_op(self._legacy("DELETE", f"global/httpHealthChecks/{name}", rid=rid))
 
     def insert_target_pool(self, region: str, name: str, *, instances: list[str], health_check: str,
                            rid: str) -> OpRef:

@@ -8,6 +8,7 @@ The result is plain data (:class:`ClusterState`) that the pure rules in
 from __future__ import annotations
 
 import datetime as dt
+import socket
 import ssl
 from dataclasses import dataclass, field, replace
 
@@ -90,22 +91,22 @@ def etcd_client(tls: EtcdTLS | None, endpoints: list[str], timeout: float = 3.0)
 
 
 def _api_probe(ip: str, ca_pem: str | None) -> tuple[bool, str | None, str | None]:
-    """(ready, certificate notAfter, problem) for the API server at ``ip``."""
+    """(ready, certificate notAfter, problem) for the API server at ``ip``, TLS verified against the CA."""
     if ca_pem is None:
         return False, None, "no cluster CA to verify the API server with"
     ctx = ssl.create_default_context(cadata=ca_pem)
     try:
+        with socket.create_connection((ip, APISERVER_PORT), timeout=2.0) as raw, \
+                ctx.wrap_socket(raw, server_hostname=ip) as tls:
+            der = tls.getpeercert(binary_form=True)
+        not_after = x509.load_der_x509_certificate(der).not_valid_after_utc.isoformat() if der else None
         with httpx.Client(verify=ctx, timeout=2.0) as http:
             resp = http.get(f"https://{ip}:{APISERVER_PORT}/readyz")
-            ready = resp.status_code == 200
-            problem = None if ready else f"API server not ready: {resp.text.strip()}"
-            der = resp.extensions["network_stream"].get_extra_info("ssl_object").getpeercert(binary_form=True)
-        not_after = x509.load_der_x509_certificate(der).not_valid_after_utc.isoformat() if der else None
-        return ready, not_after, problem
-    except httpx.HTTPError as exc:
+    except (OSError, httpx.HTTPError) as exc:
         return False, None, f"API server unreachable: {type(exc).__name__}"
-    except (KeyError, AttributeError):
-        return ready, None, problem
+    if resp.status_code != 200:
+        return False, not_after, f"API server not ready: {resp.text.strip()}"
+    return True, not_after, None
 
 
 def observe(gce: Gce, cluster: str, region: str, tls: EtcdTLS | None, ca_pem: str | None,

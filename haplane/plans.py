@@ -91,7 +91,10 @@ def plan_create(cluster: str, region: str, zones: list[str], replicas: int, chan
     check_cluster_size(replicas)
     zones = check_zones(region, zones, known_zones)
     if existing is not None and existing.replicas and not any(r.change == label_value(change_id) for r in existing.replicas):
-        raise PlanRefused(f"cluster {cluster!r} already exists with {len(existing.replicas)} replica(s); "
+        unfinished = sorted({r.change for r in existing.replicas if r.change and r.change.startswith("create-")})
+        hint = (f"if an earlier create-cluster run failed, resume it with change_id={unfinished[0]!r}; "
+                if unfinished else "")
+        raise PlanRefused(f"cluster {cluster!r} already exists with {len(existing.replicas)} replica(s); {hint}"
                           f"use add-replica / remove-replica to change it, or delete-cluster first")
     placed = next_zones(zones, [], replicas)
     new = tuple((replica_name(cluster, change_id, i), z) for i, z in enumerate(placed))
