@@ -12,7 +12,13 @@ from contextlib import closing
 
 from prefect import get_run_logger
 
-from haplane.etcd import EtcdClient, EtcdError, promote_when_ready
+from haplane.etcd import (
+    EtcdClient,
+    EtcdError,
+    add_member_when_ready,
+    promote_when_ready,
+    remove_member_when_ready,
+)
 from haplane.node import client_url, peer_url
 from tasks.pki import operator_tls
 from tasks.steps import Change, checkpoint, probe
@@ -30,7 +36,7 @@ def add_learner(change: Change, step: str, member_ips: list[str], new_ip: str) -
             if peer_url(new_ip) in m.peer_urls:
                 get_run_logger().info("member %s for %s already exists", m.hex_id, new_ip)
                 return m.id
-        added = etcd.member_add([peer_url(new_ip)], learner=True)
+        added = add_member_when_ready(etcd, [peer_url(new_ip)], learner=True)
         get_run_logger().info("added learner %s for %s", added.member.hex_id, new_ip)
         return added.member.id
 
@@ -68,7 +74,7 @@ def remove_member(change: Change, step: str, member_ips: list[str], member_id: i
     with closing(_client(change.cluster, member_ips)) as etcd:
         if not any(m.id == member_id for m in etcd.member_list()):
             return
-        etcd.member_remove(member_id)
+        remove_member_when_ready(etcd, member_id)
         get_run_logger().info("removed etcd member %s (%x)", name, member_id)
 
 

@@ -1,0 +1,141 @@
+"""The lifecycle flows end to end: emulator, real etcd with mutual TLS, a real Prefect server.
+
+Each test creates its own cluster; a canary key written before every
+operation must be read back after it, and the API server must answer
+through the endpoint IP with TLS verified against the cluster CA.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from flows.add_replica import add_replica
+from flows.create_cluster import create_cluster
+from flows.delete_cluster import delete_cluster
+from flows.remove_replica import remove_replica
+from flows.replace_replica import replace_replica
+from haplane.etcd import EtcdClient, EtcdTLS
+from haplane.node import client_url
+from haplane.topology import LABEL_CLUSTER
+from tasks.pki import load_cas
+from tests.fixtures.cluster import api_through
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+REGION = "europe-west1"
+ZONES = ["europe-west1-b", "europe-west1-c", "europe-west1-d"]
+
+
+def _name(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:5]}"
+
+
+class Canary:
+    """Writes a key before an operation and reads every key back after it."""
+
+    def __init__(self, cloud, cluster: str):
+        self.cloud, self.cluster, self.written = cloud, cluster, {}
+
+    def _client(self) -> EtcdClient:
+        cas = load_cas(self.cluster)
+        vms = self.cloud.gce.list_instances(ZONES, labels={LABEL_CLUSTER: self.cluster})
+        return EtcdClient([client_url(v.internal_ip) for v in vms if v.status == "RUNNING"],
+                          tls=EtcdTLS.from_cas(cas))
+
+    def write(self, label: str) -> None:
+        key, value = f"/canary/{label}", uuid.uuid4().hex
+        client = self._client()
+        try:
+            client.put(key, value)
+        finally:
+            client.close()
+        self.written[key] = value.encode()
+
+    def check(self) -> None:
+        client = self._client()
+        try:
+            for key, value in self.written.items():
+                assert client.get(key) == value, f"canary {key} lost"
+        finally:
+            client.close()
+
+
+def _endpoint_ok(cluster: str, rows: list[dict]) -> str:
+    endpoint = rows[0]["endpoint IP"]
+    resp = api_through(endpoint, load_cas(cluster).ca.cert_pem)
+    assert resp.status_code == 200, resp.text
+    return endpoint
+
+
+def test_seed_way_create_one_then_add_two_then_shrink_back(cloud):
+    cluster = _name("seed")
+    rows = create_cluster(cluster=cluster, region=REGION, zones=ZONES, replicas=1)
+    assert len(rows) == 1 and rows[0]["role"] == "leader" and rows[0]["health"] == "healthy"
+    endpoint = _endpoint_ok(cluster, rows)
+    # one replica: it carries the static endpoint IP itself, no load balancer
+    assert rows[0]["external IP"] == endpoint
+    assert cloud.gce.get_forwarding_rule(REGION, f"{cluster}-master-lb") is None
+    canary = Canary(cloud, cluster)
+
+    canary.write("before-add-1")
+    rows = add_replica(cluster=cluster, zone="europe-west1-c")
+    canary.check()
+    assert len(rows) == 2 and all(r["health"] == "healthy" for r in rows)
+    assert {r["zone"] for r in rows} == {"europe-west1-b", "europe-west1-c"}
+    # 1 -> 2: the first replica's IP became the load balancer's; it now has a new ephemeral IP
+    assert _endpoint_ok(cluster, rows) == endpoint
+    assert cloud.gce.get_forwarding_rule(REGION, f"{cluster}-master-lb").ip == endpoint
+    assert all(r["external IP"] not in ("-", endpoint) for r in rows)
+
+    canary.write("before-add-2")
+    rows = add_replica(cluster=cluster)  # no zone: the one with the fewest replicas
+    canary.check()
+    assert sorted(r["zone"] for r in rows) == ZONES
+    assert sorted(r["role"] for r in rows) == ["follower", "follower", "leader"]
+    _endpoint_ok(cluster, rows)
+
+    canary.write("before-remove-by-zone")
+    rows = remove_replica(cluster=cluster, zone="europe-west1-d")
+    canary.check()
+    assert sorted(r["zone"] for r in rows) == ["europe-west1-b", "europe-west1-c"]
+    _endpoint_ok(cluster, rows)
+
+    canary.write("before-remove-by-name")
+    victim = next(r["replica"] for r in rows if r["zone"] == "europe-west1-c")
+    rows = remove_replica(cluster=cluster, zone="europe-west1-c", replica_name=victim)
+    canary.check()
+    # 2 -> 1: the load balancer is gone and its IP is back on the last replica
+    assert [r["replica"] for r in rows] != [victim] and len(rows) == 1
+    assert rows[0]["external IP"] == endpoint
+    assert cloud.gce.get_forwarding_rule(REGION, f"{cluster}-master-lb") is None
+    assert cloud.gce.get_target_pool(REGION, f"{cluster}-master-pool") is None
+    _endpoint_ok(cluster, rows)
+
+    delete_cluster(cluster=cluster)
+    assert cloud.gce.list_instances(ZONES, labels={LABEL_CLUSTER: cluster}) == []
+    assert cloud.gce.get_address(REGION, f"{cluster}-master-ip") is None
+    assert cloud.processes() == []
+
+
+def test_create_three_at_once_and_replace_a_killed_replica(cloud):
+    cluster = _name("three")
+    rows = create_cluster(cluster=cluster, region=REGION, zones=ZONES, replicas=3)
+    assert sorted(r["zone"] for r in rows) == ZONES
+    assert all(r["health"] == "healthy" for r in rows)
+    endpoint = _endpoint_ok(cluster, rows)
+    assert cloud.gce.get_forwarding_rule(REGION, f"{cluster}-master-lb").ip == endpoint
+    canary = Canary(cloud, cluster)
+    canary.write("before-replace")
+
+    victim = next(r for r in rows if r["role"] == "follower")
+    cloud.admin.kill_vm("haplane-test", victim["zone"], victim["replica"])
+    rows = replace_replica(cluster=cluster, replica_name=victim["replica"])
+    canary.check()
+    assert victim["replica"] not in [r["replica"] for r in rows]
+    assert len(rows) == 3 and all(r["health"] == "healthy" for r in rows)
+    assert sorted(r["zone"] for r in rows) == ZONES  # the new one is in the failed one's zone
+    _endpoint_ok(cluster, rows)
+    delete_cluster(cluster=cluster)
+    assert cloud.processes() == []
