@@ -11,6 +11,7 @@ started again later. A crashed holder's lease expires after ``LOCK_LEASE_S``.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 from prefect import get_run_logger
@@ -26,7 +27,7 @@ from tasks.pki import load_cas
 from tasks.steps import probe
 
 LOCK_WAIT_S = 10.0
-LOCK_LEASE_S = 120.0
+LOCK_LEASE_S = float(os.environ.get("HAPLANE_LOCK_LEASE_S", "120"))
 
 
 class ClusterBusy(RuntimeError):
