@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import get_run_logger
 
 from haplane.gce import GceOperationError, OpRef
+from haplane.startup import render_startup_script
 from haplane.topology import LABEL_CHANGE, label_value
 from tasks.steps import Change, checkpoint, probe
 
@@ -12,13 +13,16 @@ from tasks.steps import Change, checkpoint, probe
 @checkpoint
 def submit_create_vm(change: Change, step: str, zone: str, name: str, machine_type: str,
                      labels: dict[str, str], tags: list[str], nat_ip: str | None = None) -> OpRef | None:
-    """Insert a replica VM (bare: its processes are configured once its IP is known)."""
+    """Insert a replica VM (bare: its processes are configured once its IP is known) with haplane's startup script."""
     gce = change.gce()
     if gce.get_instance(zone, name) is not None:
         get_run_logger().info("VM %s already exists in %s; not inserting it again", name, zone)
         return None
     labels = {**labels, LABEL_CHANGE: label_value(change.change_id)}
-    return gce.insert_instance(zone, name, machine_type=machine_type, labels=labels, metadata={},
+    # The startup script is the same for every replica and holds no secret: it reads the replica's spec
+    # and certificates from metadata at boot (real GCE; the emulator ignores the key).
+    return gce.insert_instance(zone, name, machine_type=machine_type, labels=labels,
+                               metadata={"startup-script": render_startup_script()},
                                tags=tags, external_ip=True, nat_ip=nat_ip, rid=change.rid(step))
 
 
