@@ -17,6 +17,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from pydantic import Field
 
+from flows.params import ClusterName, documented
 from haplane.node import ApiServerSpec, EtcdSpec, peer_url
 from haplane.observe import ClusterState
 from haplane.plans import Plan, plan_add
@@ -100,9 +101,10 @@ def move_ip_to_load_balancer(change: Change, state: ClusterState, new_name: str,
 
 
 @flow(name="add-replica", log_prints=True)
+@documented
 def add_replica(
-    cluster: Annotated[str, Field(description="Cluster name")],
-    zone: Annotated[str | None, Field(description="Zone of the cluster's region; empty: the zone with the fewest replicas")] = None,
+    cluster: ClusterName,
+    zone: Annotated[str | None, Field(description="Zone of the cluster's region; empty: the zone with the fewest replicas", pattern=r"^[a-z]+-[a-z]+[0-9]+-[a-z]$")] = None,
     connection: Annotated[str | None, Field(description="Name of a haplane-gce-connection block")] = None,
     change_id: Annotated[str | None, Field(description="Repeat to resume a failed run")] = None,
     dry_run: bool = False,

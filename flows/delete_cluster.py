@@ -13,6 +13,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from pydantic import Field
 
+from flows.params import ClusterName, documented
 from haplane.topology import ClusterNames, check_cluster_name
 from tasks.cluster import cluster_lock, load_spec, observe_cluster
 from tasks.compute import submit_delete_vm, wait_all, wait_op
@@ -29,8 +30,9 @@ from tasks.steps import Change
 
 
 @flow(name="delete-cluster", log_prints=True)
+@documented
 def delete_cluster(
-    cluster: Annotated[str, Field(description="Cluster name")],
+    cluster: ClusterName,
     connection: Annotated[str | None, Field(description="Name of a haplane-gce-connection block")] = None,
     change_id: Annotated[str | None, Field(description="Repeat to resume a failed run")] = None,
 ) -> list[str]:

@@ -16,6 +16,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from pydantic import Field
 
+from flows.params import ClusterName, Zone, documented
 from haplane.observe import ClusterState
 from haplane.plans import Plan, plan_remove
 from tasks.cluster import cluster_lock, load_spec, observe_cluster, publish_plan, publish_report
@@ -84,9 +85,10 @@ def move_ip_to_last_replica(change: Change, state: ClusterState, last: str, zone
 
 
 @flow(name="remove-replica", log_prints=True)
+@documented
 def remove_replica(
-    cluster: Annotated[str, Field(description="Cluster name")],
-    zone: Annotated[str, Field(description="Zone to remove a replica from")],
+    cluster: ClusterName,
+    zone: Annotated[Zone, Field(description="Zone to remove a replica from")],
     replica_name: Annotated[str | None, Field(description="The replica to remove; empty: one in the zone")] = None,
     delete_nodes: Annotated[bool, Field(description="KUBE_DELETE_NODES: haplane manages masters only and never deletes worker nodes")] = False,
     connection: Annotated[str | None, Field(description="Name of a haplane-gce-connection block")] = None,

@@ -14,6 +14,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 from pydantic import Field
 
+from flows.params import ClusterName, documented
 from flows.add_replica import join_replica
 from flows.remove_replica import leave_replica
 from haplane.plans import Plan, plan_add, plan_replace
@@ -22,8 +23,9 @@ from tasks.steps import Change
 
 
 @flow(name="replace-replica", log_prints=True)
+@documented
 def replace_replica(
-    cluster: Annotated[str, Field(description="Cluster name")],
+    cluster: ClusterName,
     replica_name: Annotated[str, Field(description="The failed replica to replace")],
     connection: Annotated[str | None, Field(description="Name of a haplane-gce-connection block")] = None,
     change_id: Annotated[str | None, Field(description="Repeat to resume a failed run")] = None,
@@ -44,7 +46,7 @@ def replace_replica(
             removal, _ = plan_replace(state, replica_name, change.change_id, known)
             publish_plan(removal)
             leave_replica(change, state, removal, prefix="remove/")
-            zone = removal.zone
+            zone = removal.zone if removal.zone != "?" else None  # a VM gone: its zone is unknown, take the least used
         else:  # resumed after the removal: the new replica goes where the old one was
             zone = _zone_of_change(state, change) or _recorded_zone(change)
         state = observe_cluster(cluster, spec.region, connection)

@@ -4,6 +4,7 @@
                       create-cluster flow, print its replica table, check the endpoint over
                       verified TLS, delete the cluster, stop everything.
 ``haplane emulator``  run the GCE emulator in the foreground (see haplane.emulator.server).
+``haplane setup-workspace``  set up a Prefect workspace: pool, blocks, limits, deployments, schedules.
 """
 
 from __future__ import annotations
@@ -93,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     from haplane.emulator.server import add_cli, run_cli
 
     add_cli(sub).set_defaults(run=run_cli)
+    from deployments.setup import add_cli as add_setup_cli
+    from deployments.setup import run_cli as run_setup_cli
+
+    add_setup_cli(sub).set_defaults(run=run_setup_cli)
     args = parser.parse_args(argv)
     return args.run(args)
 

@@ -10,4 +10,5 @@ pytest_plugins = [
     "tests.fixtures.etcd",
     "tests.fixtures.prefect",
     "tests.fixtures.cluster",
+    "tests.fixtures.worker",
 ]

@@ -1,0 +1,195 @@
+"""Set up a Prefect workspace for haplane, idempotently (``haplane setup-workspace``).
+
+Against whatever Prefect API the environment points at (``PREFECT_API_URL``: a local
+``prefect server start`` on SQLite, a production server, Prefect Cloud):
+
+1. the process work pool ``haplane`` (created if missing);
+2. haplane's block types: cluster spec, GCE connection (with prefect-gcp's credentials), cluster PKI;
+3. optionally a ``haplane-gce-connection`` block (``--connection``, ``--project``, ``--endpoint``);
+4. the variable ``haplane_repo``: the checkout the process worker runs flows from (prefect.yaml's pull step);
+5. per cluster, the global concurrency limits ``cluster-<name>`` (mutating flows) and
+   ``health-<name>`` (health checks), limit 1 each;
+6. the six deployments of ``prefect.yaml`` (``prefect --no-prompt deploy --all``);
+7. per cluster, a health-check schedule every ``--health-interval`` seconds (slug ``health-<name>``);
+8. the automation ``haplane-health-check-on-request``: an event ``haplane.health-check.requested``
+   on resource ``haplane.cluster.<name>`` (a monitor can post it to the events API) starts a health
+   check of that cluster at once.
+
+Running it again changes only what differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+POOL = "haplane"
+HEALTH_DEPLOYMENT = "health-check/health-check"
+AUTOMATION = "haplane-health-check-on-request"
+REQUEST_EVENT = "haplane.health-check.requested"
+
+
+def say(msg: str) -> None:
+    print(f"haplane setup-workspace: {msg}", flush=True)
+
+
+def ensure_pool(name: str = POOL) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+    from prefect.workers.process import ProcessWorker
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.create_work_pool(WorkPoolCreate(
+                name=name, type="process", description="haplane flows (process worker on a machine with the checkout)",
+                base_job_template=ProcessWorker.get_default_base_job_template()))
+            say(f"work pool {name!r} created")
+        except ObjectAlreadyExists:
+            say(f"work pool {name!r} exists")
+
+
+def ensure_block_types() -> None:
+    from blocks.cluster import ClusterSpec, GceConnection
+    from blocks.pki import ClusterPKI
+
+    for block in (GceConnection, ClusterSpec, ClusterPKI):
+        block.register_type_and_schema()
+    say("block types registered: haplane-gce-connection, haplane-cluster-spec, haplane-cluster-pki")
+
+
+def ensure_connection(name: str, project: str, endpoint: str | None) -> None:
+    from blocks.cluster import GceConnection
+
+    GceConnection(project=project, endpoint=endpoint or None).save(name, overwrite=True)
+    say(f"connection block {name!r}: project {project!r}, endpoint {endpoint or 'real GCE'}")
+
+
+def ensure_repo_variable(repo: Path) -> None:
+    from prefect.variables import Variable
+
+    Variable.set("haplane_repo", str(repo), overwrite=True)
+    say(f"variable haplane_repo = {repo}")
+
+
+def ensure_limits(clusters: list[str]) -> None:
+    from prefect.client.orchestration import get_client
+
+    from tasks.cluster import lock_name
+    from tasks.health import health_lock_name
+
+    with get_client(sync_client=True) as client:
+        for c in clusters:
+            for name in (lock_name(c), health_lock_name(c)):
+                client.upsert_global_concurrency_limit_by_name(name, limit=1)
+    if clusters:
+        say("concurrency limits (1 each): " + ", ".join(f"cluster-{c}, health-{c}" for c in clusters))
+
+
+def deploy(repo: Path) -> None:
+    prefect = Path(sys.executable).parent / "prefect"
+    cmd = [str(prefect) if prefect.exists() else "prefect", "--no-prompt", "deploy", "--all",
+           "--prefect-file", str(repo / "prefect.yaml")]
+    say("deploying prefect.yaml: " + " ".join(cmd[1:]))
+    out = subprocess.run(cmd, cwd=repo, env=dict(os.environ), stdin=subprocess.DEVNULL, capture_output=True,
+                         text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"prefect deploy failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    say("deployments: create-cluster, add-replica, remove-replica, replace-replica, delete-cluster, health-check")
+
+
+def ensure_health_schedules(clusters: list[str], interval_s: float, connection: str | None) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.schedules import IntervalSchedule
+
+    schedule = IntervalSchedule(interval=dt.timedelta(seconds=interval_s))
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(HEALTH_DEPLOYMENT)
+        existing = {s.slug: s for s in client.read_deployment_schedules(deployment.id)}
+        for c in clusters:
+            slug, params = f"health-{c}", {"cluster": c, "connection": connection}
+            if slug in existing:
+                client.update_deployment_schedule(deployment.id, existing[slug].id, active=True, schedule=schedule,
+                                                  parameters=params)
+            else:
+                client.create_deployment_schedules(deployment.id, [(schedule, True)], parameters=params, slug=slug)
+            say(f"health check of {c!r} every {interval_s:g} s (schedule {slug})")
+
+
+def ensure_automation() -> None:
+    from prefect.automations import Automation
+    from prefect.client.orchestration import get_client
+    from prefect.events.actions import RunDeployment
+    from prefect.events.schemas.automations import EventTrigger, Posture
+
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(HEALTH_DEPLOYMENT)
+    automation = Automation(
+        name=AUTOMATION,
+        description=f"On an event {REQUEST_EVENT} about resource haplane.cluster.<name>, run a health check of "
+                    f"that cluster now (the check's own lock keeps it from overlapping a scheduled one).",
+        trigger=EventTrigger(expect={REQUEST_EVENT}, match={"prefect.resource.id": "haplane.cluster.*"},
+                             posture=Posture.Reactive, threshold=1, within=dt.timedelta(0)),
+        actions=[RunDeployment(source="selected", deployment_id=deployment.id, parameters={
+            "cluster": {"__prefect_kind": "jinja", "template": "{{ event.resource['haplane.cluster'] }}"}})],
+    )
+    try:
+        current = Automation.read(name=AUTOMATION)
+    except ValueError:
+        current = None
+    if current is None:
+        automation.create()
+        say(f"automation {AUTOMATION!r} created")
+    else:
+        automation.id = current.id
+        automation.update()
+        say(f"automation {AUTOMATION!r} updated")
+
+
+def setup_workspace(clusters: list[str] | None = None, health_interval: float = 300.0, connection: str | None = None,
+                    project: str | None = None, endpoint: str | None = None, repo: Path = REPO,
+                    pool: str = POOL) -> dict[str, Any]:
+    """Everything above; returns what was set up."""
+    clusters = list(clusters or [])
+    from haplane.topology import check_cluster_name
+
+    for c in clusters:
+        check_cluster_name(c)
+    if project and not connection:
+        connection = "default"
+    ensure_pool(pool)
+    ensure_block_types()
+    if project:
+        ensure_connection(connection, project, endpoint)
+    ensure_repo_variable(repo)
+    ensure_limits(clusters)
+    deploy(repo)
+    ensure_health_schedules(clusters, health_interval, connection)
+    ensure_automation()
+    say("done: start a worker with `prefect worker start --pool haplane --type process`")
+    return {"pool": pool, "clusters": clusters, "connection": connection, "health_interval": health_interval}
+
+
+def add_cli(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser("setup-workspace", help="set up the Prefect workspace (pool, blocks, limits, deployments, "
+                                               "schedules, automation); idempotent",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cluster", action="append", default=[], help="a cluster to health-check (repeatable)")
+    p.add_argument("--health-interval", type=float, default=300.0, help="seconds between health checks (default 300)")
+    p.add_argument("--connection", help="name of the haplane-gce-connection block the flows use "
+                                        "(saved when --project is given; default name 'default')")
+    p.add_argument("--project", help="GCE project: save a connection block for it")
+    p.add_argument("--endpoint", help="GCE endpoint, e.g. http://127.0.0.1:8787 for the emulator (empty: real GCE)")
+    return p
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    setup_workspace(clusters=args.cluster, health_interval=args.health_interval, connection=args.connection,
+                    project=args.project, endpoint=args.endpoint)
+    return 0

@@ -1,0 +1,51 @@
+"""Typed flow parameters shared by the flows, so the UI's run form explains them and the API refuses bad values.
+
+A deployment built from these flows has ``enforce_parameter_schema``: a run whose parameters do
+not match (a cluster name GCE would refuse, 2 replicas, a zone outside any region's pattern) is
+refused by the Prefect API when it is created, before any worker starts it.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from haplane.topology import NAME_RE
+
+ClusterName = Annotated[str, Field(
+    description="Cluster name: 1-30 lowercase letters, digits or '-', starting with a letter",
+    pattern=NAME_RE.pattern, min_length=1, max_length=30)]
+Zone = Annotated[str, Field(description="GCE zone, e.g. europe-west1-b", pattern=r"^[a-z]+-[a-z]+[0-9]+-[a-z]$")]
+Size = Literal[1, 3, 5, 7]
+Connection = Annotated[str | None, Field(description="Name of a haplane-gce-connection block; empty: "
+                                                      "HAPLANE_GCE_ENDPOINT / HAPLANE_PROJECT of the worker")]
+
+
+def documented(fn):
+    """Copy each parameter's ``Field(description=...)`` into the docstring's ``Args:`` section.
+
+    Prefect 3.9 builds a deployment's parameter schema (the UI's run form) from the docstring and
+    drops the description of an ``Annotated[..., Field(description=...)]``; this keeps the one
+    description in the signature and shows it in the form. The flow's description is the first
+    line of its module's docstring.
+    """
+    import inspect
+    import sys
+    import typing
+
+    from pydantic.fields import FieldInfo
+
+    lines = []
+    for name, param in inspect.signature(fn).parameters.items():
+        ann = param.annotation
+        if isinstance(ann, str):
+            ann = typing.get_type_hints(fn, include_extras=True).get(name)
+        desc = next((m.description for m in getattr(ann, "__metadata__", ()) if isinstance(m, FieldInfo)
+                     and m.description), None)
+        if desc:
+            lines.append(f"    {name}: {desc}")
+    module_doc = (sys.modules[fn.__module__].__doc__ or "").strip().splitlines()
+    summary = fn.__doc__ or (module_doc[0] if module_doc else fn.__name__)
+    fn.__doc__ = summary.rstrip() + ("\n\nArgs:\n" + "\n".join(lines) + "\n" if lines else "")
+    return fn
