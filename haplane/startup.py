@@ -274,6 +274,10 @@ md_etag() {
 
 # md_wait ETAG: block until the attributes differ from ETAG (the server answers at the timeout).
 md_wait() {
+  if [[ -z "$1" ]]; then
+    sleep 5
+    return 0
+  fi
   md "attributes/?recursive=true&wait_for_change=true&timeout_sec=300&last_etag=$1" >/dev/null || sleep 5
 }
 
