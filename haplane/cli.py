@@ -5,6 +5,7 @@
                       verified TLS, delete the cluster, stop everything.
 ``haplane emulator``  run the GCE emulator in the foreground (see haplane.emulator.server).
 ``haplane setup-workspace``  set up a Prefect workspace: pool, blocks, limits, deployments, schedules.
+``haplane unlock C``  release cluster C's lock left behind by a killed flow run.
 """
 
 from __future__ import annotations
@@ -74,6 +75,16 @@ def _check_endpoint(cluster: str, ip: str) -> str:
         return f"failed: {exc}"
 
 
+def _unlock(args: argparse.Namespace) -> int:
+    from tasks.cluster import force_unlock, lock_name
+
+    if force_unlock(args.cluster):
+        print(f"released {lock_name(args.cluster)!r}; make sure no flow of {args.cluster!r} is still running")
+    else:
+        print(f"{lock_name(args.cluster)!r} was not held")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="haplane", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -90,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--state-dir", help="where the emulated VMs keep their disks (default: a temp dir)")
     demo.add_argument("--keep", action="store_true", help="do not delete the cluster at the end")
     demo.set_defaults(run=_demo)
+
+    unlock = sub.add_parser("unlock", help="release a cluster's lock left by a killed flow run")
+    unlock.add_argument("cluster")
+    unlock.set_defaults(run=_unlock)
 
     from haplane.emulator.server import add_cli, run_cli
 

@@ -142,7 +142,10 @@ def plan_add(state: ClusterState, zone: str | None, change_id: str, known_zones:
     voting = len(state.voting)
     steps = _join_steps(name, zone)
     seconds = GCE_SECONDS["instance_insert"] + 2 * GCE_SECONDS["instance_update"] + 15
-    if state.load_balancer:
+    # a replica without an external IP behind an existing load balancer means a 1 -> 2 move was
+    # interrupted after its forwarding rule: finish that move (each of its steps looks first)
+    unfinished_move = any(r.external_ip is None for r in state.vms if r.name != name)
+    if state.load_balancer and not unfinished_move:
         lb = "extend"
         steps.append(f"add {name} to the target pool")
         seconds += GCE_SECONDS["target_pool"]

@@ -5,7 +5,8 @@ concurrency limit ``cluster-<name>`` of 1, taken with ``strict=True``. A
 second mutating flow on the same cluster **fails fast** (after
 ``LOCK_WAIT_S``) with a message naming the cluster, instead of queueing
 behind a load-balancer wait of up to 20 minutes; its run can simply be
-started again later. A crashed holder's lease expires after ``LOCK_LEASE_S``.
+started again later. A killed holder's lease expires after ``LOCK_LEASE_S``
+(at least 60 s, Prefect's minimum); ``haplane unlock CLUSTER`` releases it at once.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from tasks.pki import load_cas
 from tasks.steps import probe
 
 LOCK_WAIT_S = 10.0
-LOCK_LEASE_S = float(os.environ.get("HAPLANE_LOCK_LEASE_S", "120"))
+LOCK_LEASE_S = max(60.0, float(os.environ.get("HAPLANE_LOCK_LEASE_S", "120")))  # Prefect's minimum is 60 s
 
 
 class ClusterBusy(RuntimeError):
@@ -41,6 +42,20 @@ def lock_name(cluster: str) -> str:
 def ensure_lock(cluster: str) -> None:
     with get_client(sync_client=True) as client:
         client.upsert_global_concurrency_limit_by_name(lock_name(cluster), limit=1)
+
+
+def force_unlock(cluster: str) -> bool:
+    """Release the cluster's lock held by a run that was killed, without waiting for its lease to
+    expire. Only for when no flow of that cluster is running: the limit is deleted (the dead run's
+    lease goes with it) and the next flow creates it again. Returns whether a lock existed."""
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.delete_global_concurrency_limit_by_name(lock_name(cluster))
+        except ObjectNotFound:
+            return False
+    return True
 
 
 @contextlib.contextmanager

@@ -17,10 +17,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import ipaddress
+import socket
 import json
 import random
 import threading
-from datetime import datetime, UTC
+from datetime import UTC, datetime
+
+from haplane.node import FORWARDED_PORTS, VM_PORTS
 
 
 def now_rfc3339() -> str:
@@ -36,8 +39,9 @@ def fingerprint(value) -> str:
 class IpPool:
     """Sequential allocator over a /16 (skips .0, .1, .255 hosts; never hands out an allocated IP)."""
 
-    def __init__(self, cidr: str):
+    def __init__(self, cidr: str, ports: tuple[int, ...] = ()):
         self.network = ipaddress.ip_network(cidr)
+        self.ports = ports  # an IP where another process on this host listens on one of these is skipped
         self.allocated: set[str] = set()
         self._cursor = 0
         self._size = self.network.num_addresses
@@ -50,10 +54,21 @@ class IpPool:
             ip = self.network.network_address + self._cursor
             self._cursor = (self._cursor + 1) % self._size
             text = str(ip)
-            if self._usable(ip) and text not in self.allocated:
+            if self._usable(ip) and text not in self.allocated and self._free_on_host(text):
                 self.allocated.add(text)
                 return text
         raise RuntimeError(f"IP pool {self.network} exhausted")
+
+    def _free_on_host(self, ip: str) -> bool:
+        """Not in use by another emulator (or anything else) on this machine: each port can be bound."""
+        for port in self.ports:
+            with socket.socket() as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind((ip, port))
+                except OSError:
+                    return False
+        return True
 
     def contains(self, ip: str) -> bool:
         try:
@@ -77,9 +92,9 @@ class Store:
         self.firewalls: dict[tuple[str, str], dict] = {}
         self.http_health_checks: dict[tuple[str, str], dict] = {}
         self.health_checks: dict[tuple[str, str], dict] = {}
-        self.internal_ips = IpPool("127.10.0.0/16")
-        self.ephemeral_ips = IpPool("127.20.0.0/16")
-        self.static_ips = IpPool("127.30.0.0/16")
+        self.internal_ips = IpPool("127.10.0.0/16", ports=VM_PORTS)
+        self.ephemeral_ips = IpPool("127.20.0.0/16", ports=FORWARDED_PORTS)
+        self.static_ips = IpPool("127.30.0.0/16", ports=FORWARDED_PORTS)
         self.failed_zones: set[str] = set()
         self._rng = random.Random()
 

@@ -28,10 +28,8 @@ import httpx
 
 from haplane.emulator.network import Forwarder
 from haplane.emulator.runtime import VmView
-from haplane.node import APISERVER_PORT, HEALTH_PORT, NodeSpec, client_url, etcd_argv, find_etcd, write_pki
+from haplane.node import APISERVER_PORT, FORWARDED_PORTS, HEALTH_PORT, NodeSpec, client_url, etcd_argv, find_etcd, write_pki
 
-# Ports an access config or a forwarding rule makes reachable on the external / LB IP.
-FORWARDED_PORTS = (APISERVER_PORT, HEALTH_PORT)
 BACKOFF_MAX_S = 5.0
 
 

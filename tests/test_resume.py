@@ -1,0 +1,125 @@
+"""Kill the flow's process at every step of add_replica, run it again, and get the same end state
+with no mutating GCE call sent twice.
+
+The kill is real: the flow runs in its own process (``python -c ...``) and gets
+SIGKILL while it waits on an operation the emulator holds (a "hang" fault on the
+step's method). By then the step's submit is checkpointed in Prefect's result
+store; the next run, with the same change id, must wait on that same operation
+instead of sending the call again.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from flows.create_cluster import create_cluster
+from haplane.topology import LABEL_CLUSTER
+from tasks.cluster import force_unlock
+from tasks.pki import load_cas
+from tests.fixtures.cluster import PROJECT, api_through
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+REGION = "europe-west1"
+ZONES = ["europe-west1-b", "europe-west1-c", "europe-west1-d"]
+
+# Every GCE call add_replica makes going 1 -> 2, in order. A hang on each one kills the flow
+# after the step before it has completed: VM insert; after the etcd learner add (setMetadata);
+# after the promotion (health check); the pool; taking the IP off; the load balancer; the new IP.
+ADD_STEPS = [
+    "compute.instances.insert",
+    "compute.instances.setMetadata",
+    "compute.httpHealthChecks.insert",
+    "compute.targetPools.insert",
+    "compute.instances.deleteAccessConfig",
+    "compute.forwardingRules.insert",
+    "compute.instances.addAccessConfig",
+]
+
+
+def _flow_process(prefect_api, cloud, code: str) -> subprocess.Popen:
+    env = prefect_api.env()
+    env.update(HAPLANE_GCE_ENDPOINT=cloud.emulator.url, HAPLANE_PROJECT=PROJECT, PREFECT_LOGGING_LEVEL="WARNING")
+    return subprocess.Popen([sys.executable, "-c", code], env=env, cwd=os.getcwd(), start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+
+
+def _waiting_tasks(prefect_api, since: str) -> list[str]:
+    """Names of wait tasks running now, started after ``since`` (earlier killed runs stay RUNNING)."""
+    body = {"task_runs": {"state": {"type": {"any_": ["RUNNING"]}}, "start_time": {"after_": since}}}
+    runs = httpx.post(f"{prefect_api.url}/task_runs/filter", json=body, timeout=10).json()
+    return [r["name"] for r in runs if r["name"].startswith("wait ")]
+
+
+def _wait_until_waiting_on(cloud, prefect_api, method: str, proc: subprocess.Popen, since: str,
+                           timeout: float = 90) -> dict:
+    """The held call of ``method`` was made (its submit is checkpointed) and the flow now waits on it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        held = [c for c in cloud.admin.calls() if c["method"] == method and c["outcome"] == "fault:hang"]
+        if held and _waiting_tasks(prefect_api, since):
+            return held[-1]
+        if proc.poll() is not None:
+            raise AssertionError(f"flow exited ({proc.returncode}) before reaching {method}:\n{proc.stdout.read()}")
+        time.sleep(0.2)
+    _kill(proc)
+    log = [(c["method"], c["outcome"]) for c in cloud.admin.calls()][-8:]
+    raise AssertionError(f"the flow never waited on {method}; last calls {log}; output:\n{proc.stdout.read()[-3000:]}")
+
+
+def test_add_replica_killed_at_every_step_resumes_without_repeating_a_call(cloud, prefect_api):
+    cluster = "resume-add"
+    create_cluster(cluster=cluster, region=REGION, zones=ZONES, replicas=1)
+    endpoint = cloud.gce.get_address(REGION, f"{cluster}-master-ip").address
+    cloud.admin.clear_calls()
+    code = f"from flows.add_replica import add_replica; add_replica(cluster={cluster!r}, zone='europe-west1-c', change_id='grow-1')"
+
+    killed = []
+    for method in ADD_STEPS:
+        cloud.admin.add_fault(method, "hang")
+        since = datetime.datetime.now(datetime.UTC).isoformat()
+        proc = _flow_process(prefect_api, cloud, code)
+        try:
+            call = _wait_until_waiting_on(cloud, prefect_api, method, proc, since)
+        finally:
+            _kill(proc)
+        killed.append(call["requestId"])
+        cloud.admin.clear_faults()  # the held operation now completes on its own
+        assert force_unlock(cluster)  # as the operator would, instead of waiting out the dead run's lease
+
+    final = _flow_process(prefect_api, cloud, code)
+    try:
+        out, _ = final.communicate(timeout=240)
+    finally:
+        _kill(final)
+    assert final.returncode == 0, out
+
+    # the same end state as an uninterrupted add: two healthy replicas behind the load balancer
+    vms = cloud.gce.list_instances(ZONES, labels={LABEL_CLUSTER: cluster})
+    assert sorted(v.zone for v in vms) == ["europe-west1-b", "europe-west1-c"]
+    assert cloud.gce.get_forwarding_rule(REGION, f"{cluster}-master-lb").ip == endpoint
+    assert all(v.external_ip and v.external_ip != endpoint for v in vms)
+    assert api_through(endpoint, load_cas(cluster).ca.cert_pem).status_code == 200
+
+    # no mutating call twice: every request id once, none answered as a duplicate
+    mutating = cloud.mutating_calls()
+    ids = [c["requestId"] for c in mutating]
+    assert len(ids) == len(set(ids)), [c for c in mutating if ids.count(c["requestId"]) > 1]
+    # each call carried out once: the held ones ("fault:hang") completed when released, the rest at once
+    assert [c["outcome"] for c in mutating] == ["fault:hang"] * len(ADD_STEPS), mutating
+    assert [c["method"] for c in mutating] == ADD_STEPS
+    assert set(killed) <= set(ids)
