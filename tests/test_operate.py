@@ -172,12 +172,18 @@ def test_scheduled_health_check_replaces_a_killed_replica(prefect_api, prefect_w
     health = artifacts(api, key={"any_": [f"{CLUSTER}-health"]})
     assert any("replace" in a["data"] and victim.name in a["data"] for a in health)
 
-    # events: unhealthy, then replaced
-    events = httpx.post(f"{api}/events/filter", json={"filter": {"event": {"prefix": ["haplane."]}}, "limit": 50},
-                        timeout=10).json()["events"]
-    seen = {(e["event"], e["resource"]["prefect.resource.id"]) for e in events}
+    # events: unhealthy, then replaced (the server stores events asynchronously: poll)
     rid = f"haplane.cluster.{CLUSTER}.replica.{victim.name}"
-    assert ("haplane.replica.unhealthy", rid) in seen and ("haplane.replica.replaced", rid) in seen
+    wanted = {("haplane.replica.unhealthy", rid), ("haplane.replica.replaced", rid)}
+    deadline = time.monotonic() + 30
+    while True:
+        events = httpx.post(f"{api}/events/filter", json={"filter": {"event": {"prefix": ["haplane."]}},
+                                                          "limit": 50}, timeout=10).json()["events"]
+        seen = {(e["event"], e["resource"]["prefect.resource.id"]) for e in events}
+        if wanted <= seen or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert wanted <= seen, seen
     assert not any("PRIVATE KEY" in str(e["payload"]) for e in events)
 
     # with nothing wrong, the next check changes nothing
