@@ -7,17 +7,31 @@ refused by the Prefect API when it is created, before any worker starts it.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
-from haplane.topology import NAME_RE
+from haplane.quorum import VALID_SIZES, check_target_size
+from haplane.topology import NAME_RE, check_cluster_name
 
-ClusterName = Annotated[str, Field(
+def _cluster_name(value: str) -> str:
+    check_cluster_name(value)
+    return value
+
+
+ClusterName = Annotated[str, AfterValidator(_cluster_name), Field(
     description="Cluster name: 1-30 lowercase letters, digits or '-', starting with a letter",
-    pattern=NAME_RE.pattern, min_length=1, max_length=30)]
+    json_schema_extra={"pattern": NAME_RE.pattern, "minLength": 1, "maxLength": 30})]
 Zone = Annotated[str, Field(description="GCE zone, e.g. europe-west1-b", pattern=r"^[a-z]+-[a-z]+[0-9]+-[a-z]$")]
-Size = Literal[1, 3, 5, 7]
+def _cluster_size(value: int) -> int:
+    decision = check_target_size(value)
+    if not decision.allowed:
+        raise ValueError(decision.reason)
+    return value
+
+
+# An int checked by the quorum rule (so 2 is refused with the seed's reason), shown as a choice in the UI.
+Size = Annotated[int, AfterValidator(_cluster_size), Field(json_schema_extra={"enum": list(VALID_SIZES)})]
 Connection = Annotated[str | None, Field(description="Name of a haplane-gce-connection block; empty: "
                                                       "HAPLANE_GCE_ENDPOINT / HAPLANE_PROJECT of the worker")]
 

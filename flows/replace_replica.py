@@ -19,7 +19,7 @@ from flows.add_replica import join_replica
 from flows.remove_replica import leave_replica
 from haplane.plans import Plan, plan_add, plan_replace
 from tasks.cluster import cluster_lock, load_spec, observe_cluster, publish_plan, publish_report, zones_of
-from tasks.steps import Change
+from tasks.steps import Change, remember
 
 
 @flow(name="replace-replica", log_prints=True)
@@ -46,9 +46,12 @@ def replace_replica(
             removal, _ = plan_replace(state, replica_name, change.change_id, known)
             publish_plan(removal)
             leave_replica(change, state, removal, prefix="remove/")
-            zone = removal.zone if removal.zone != "?" else None  # a VM gone: its zone is unknown, take the least used
+            # a VM gone: its zone is unknown, take the least used
+            zone = remember(change, "replaced-zone", removal.zone if removal.zone != "?" else None)
         else:  # resumed after the removal: the new replica goes where the old one was
-            zone = _zone_of_change(state, change) or _recorded_zone(change)
+            zone = remember(change, "replaced-zone", None)
+            if zone is None and _zone_of_change(state, change) is None:
+                plan_replace(state, replica_name, change.change_id, known)  # not a resumed replace: refuse
         state = observe_cluster(cluster, spec.region, connection)
         addition = plan_add(state, zone, change.change_id, known)
         publish_plan(addition)
@@ -62,8 +65,3 @@ def _zone_of_change(state, change: Change) -> str | None:
     from haplane.topology import label_value
 
     return next((r.zone for r in state.vms if r.change == label_value(change.change_id)), None)
-
-
-def _recorded_zone(change: Change) -> str:
-    raise RuntimeError(f"replica is already gone and change {change.change_id!r} has not added its replacement; "
-                       f"run add-replica with the zone of the removed replica")

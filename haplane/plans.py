@@ -133,7 +133,7 @@ def plan_add(state: ClusterState, zone: str | None, change_id: str, known_zones:
             raise PlanRefused(f"replica {r.name} is still being added (change {r.change}): run add-replica with "
                               f"change_id={r.change!r} to finish it, or remove it first; one change at a time")
         decision = can_add(member_health(state))
-        if not decision:
+        if not decision.allowed:
             raise PlanRefused(f"cannot add a replica to {state.cluster!r}: {decision.reason}")
         reason = decision.reason
     else:
@@ -188,7 +188,7 @@ def plan_remove(state: ClusterState, zone: str, replica: str | None) -> Plan:
     reason = "it is not an etcd member"
     if victim.member_id is not None:
         decision = can_remove(member_health(state), victim.member_id)
-        if not decision:
+        if not decision.allowed:
             raise PlanRefused(f"cannot remove {victim.name}: {decision.reason}")
         reason = decision.reason
     voting = len(state.voting)
@@ -234,7 +234,7 @@ def plan_replace(state: ClusterState, replica: str, change_id: str, known_zones:
             health = [MemberHealth(m.id, m.name, m.voting, (Reason.UNREACHABLE,)) if m.id == target.id else m
                       for m in health]
         decision = can_replace(health, [victim.member_id])
-        if not decision:
+        if not decision.allowed:
             raise PlanRefused(f"cannot replace {replica}: {decision.reason}")
     removal = plan_remove(state, victim.zone, replica)
     after_removal = ClusterState(

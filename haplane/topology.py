@@ -37,7 +37,7 @@ def check_cluster_name(name: str) -> None:
 def check_cluster_size(replicas: int) -> None:
     """Intended sizes are 1, 3, 5 or 7 (the seed: a single master, or an odd quorum)."""
     decision = check_target_size(replicas)
-    if not decision:
+    if not decision.allowed:
         raise TopologyError(f"replicas={replicas} refused: {decision.reason}")
 
 

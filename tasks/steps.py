@@ -56,3 +56,10 @@ def probe(fn: Any = None, **options: Any) -> Any:
     if fn is None:
         return lambda f: task(f, **opts)
     return task(fn, **opts)
+
+
+@checkpoint(retries=0, task_run_name="remember {step}")
+def remember(change: Change, step: str, value: Any) -> Any:
+    """Checkpoint a decision: the first run of a change stores ``value``; a resumed run gets the
+    stored one back, whatever it passes (e.g. the zone of a replica that has since been removed)."""
+    return value

@@ -208,3 +208,17 @@ def test_decisions_are_sentences():
     for d in (can_remove(cluster("H"), 1), can_add(cluster("HL")), can_replace(cluster("HUU"), [2])):
         assert not d.allowed
         assert d.reason[0].isalpha() and len(d.reason.split()) >= 5
+
+
+def test_decision_has_no_truth_value_trap():
+    """A refusal must be read from ``.allowed``; the rules' callers never test a Decision's truth."""
+    import ast
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    for path in [*root.glob("haplane/*.py"), *root.glob("flows/*.py"), *root.glob("tasks/*.py")]:
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not) and isinstance(node.operand, ast.Name) \
+                    and node.operand.id in ("decision", "d"):
+                raise AssertionError(f"{path.name}:{node.lineno} tests a Decision's truth; use .allowed")

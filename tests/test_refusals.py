@@ -1,0 +1,107 @@
+"""Refusals change nothing: a bad request is answered with a clear error and no mutating GCE call.
+
+Also: ``dry_run=True`` returns the plan and changes nothing, and a second mutating flow on a
+cluster whose lock is held fails fast.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from flows.add_replica import add_replica
+from flows.create_cluster import create_cluster
+from flows.delete_cluster import delete_cluster
+from flows.remove_replica import remove_replica
+from flows.replace_replica import replace_replica
+from haplane.plans import Plan
+from tests.fixtures.cluster import PROJECT
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+REGION = "europe-west1"
+ZONES = ["europe-west1-b", "europe-west1-c", "europe-west1-d"]
+
+
+def _refused(cloud, call, match: str) -> None:
+    cloud.admin.clear_calls()
+    with pytest.raises(Exception, match=match):
+        call()
+    assert cloud.mutating_calls() == [], "a refused request changed something"
+
+
+def test_create_refusals_change_nothing(cloud):
+    _refused(cloud, lambda: create_cluster(cluster="two", region=REGION, zones=ZONES, replicas=2),
+             "worse than one")
+    _refused(cloud, lambda: create_cluster(cluster="four", region=REGION, zones=ZONES, replicas=4),
+             "even count")
+    _refused(cloud, lambda: create_cluster(cluster="far", region=REGION, zones=["us-central1-a"], replicas=1),
+             "not a zone of region 'europe-west1'")
+    _refused(cloud, lambda: create_cluster(cluster="nozone", region=REGION, zones=["europe-west1-z"], replicas=1),
+             "not a zone of region")
+    _refused(cloud, lambda: create_cluster(cluster="noregion", region="mars-north1", zones=["mars-north1-a"]),
+             "region 'mars-north1' is unknown")
+    _refused(cloud, lambda: create_cluster(cluster="Bad_Name", region=REGION, zones=ZONES), "not valid")
+
+
+def test_refusals_on_a_cluster_change_nothing(cloud, prefect_api):
+    cluster = "refuse"
+    rows = create_cluster(cluster=cluster, region=REGION, zones=ZONES, replicas=3)
+    names = {r["zone"]: r["replica"] for r in rows}
+
+    # dry runs return the plan and change nothing
+    cloud.admin.clear_calls()
+    plan = add_replica(cluster=cluster, zone="europe-west1-b", dry_run=True)
+    assert isinstance(plan, Plan) and plan.voting_before == 3 and plan.voting_after == 4 and plan.lb == "extend"
+    assert "even count" in plan.even_note
+    plan = remove_replica(cluster=cluster, zone="europe-west1-c", dry_run=True)
+    assert plan.replica == names["europe-west1-c"] and plan.voting_after == 2
+    assert cloud.mutating_calls() == []
+
+    _refused(cloud, lambda: add_replica(cluster=cluster, zone="us-central1-a"), "not a zone of region")
+    _refused(cloud, lambda: add_replica(cluster="nosuch", zone="europe-west1-b"), "unknown")
+    _refused(cloud, lambda: remove_replica(cluster=cluster, zone="europe-west1-b", replica_name="nosuch"),
+             "no replica named 'nosuch'")
+    _refused(cloud, lambda: remove_replica(cluster=cluster, zone="europe-west1-f"), "no replica in zone")
+    _refused(cloud, lambda: replace_replica(cluster=cluster, replica_name="nosuch"), "no replica named")
+
+    # one replica down: removing a healthy one would leave 1 healthy of 2 voting, below quorum
+    cloud.admin.kill_vm(PROJECT, "europe-west1-b", names["europe-west1-b"])
+    _refused(cloud, lambda: remove_replica(cluster=cluster, zone="europe-west1-c"), "below the quorum")
+
+    # two mutating flows at once (two processes, as two workers would run them): the second fails
+    # fast while the first holds the lock, and changes nothing
+    cloud.admin.add_fault("compute.instances.delete", "hang")
+    env = prefect_api.env()
+    env.update(HAPLANE_GCE_ENDPOINT=cloud.emulator.url, HAPLANE_PROJECT=PROJECT, PREFECT_LOGGING_LEVEL="WARNING")
+    code = f"from flows.remove_replica import remove_replica; remove_replica(cluster={cluster!r}, zone='europe-west1-b')"
+    first = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while not cloud.admin.calls("compute.instances.delete") and time.monotonic() < deadline:
+            assert first.poll() is None, first.stdout.read()
+            time.sleep(0.2)
+        calls_before = len(cloud.mutating_calls())
+        with pytest.raises(Exception, match="another mutating flow is running on cluster 'refuse'"):
+            add_replica(cluster=cluster, zone="europe-west1-b")
+        assert len(cloud.mutating_calls()) == calls_before
+        cloud.admin.clear_faults()
+        out, _ = first.communicate(timeout=120)
+        assert first.returncode == 0, out
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait(10)
+
+    # the last replica is never removed
+    remove_replica(cluster=cluster, zone="europe-west1-c")
+    survivors = [r for r in cloud.gce.list_instances(ZONES, labels={"haplane-cluster": cluster})]
+    assert len(survivors) == 1
+    _refused(cloud, lambda: remove_replica(cluster=cluster, zone=survivors[0].zone), "last replica")
+    delete_cluster(cluster=cluster)
