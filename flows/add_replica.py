@@ -92,7 +92,7 @@ def move_ip_to_load_balancer(change: Change, state: ClusterState, new_name: str,
                                               only_if_ip=state.endpoint_ip), f"take {state.endpoint_ip} off {first.name}")
     logger.warning("endpoint %s is down until the load balancer answers", state.endpoint_ip)
     wait_op(change, submit_forwarding_rule(change, f"{prefix}forwarding-rule", region, state.endpoint_ip),
-            "load balancer (forwarding rule)", timeout=3600)
+            "load balancer (forwarding rule)", timeout=3600, progress_key=f"{change.cluster}-load-balancer")
     downtime = time.monotonic() - started
     logger.info("endpoint %s answers through the load balancer; it was down %.1f s", state.endpoint_ip, downtime)
     wait_op(change, submit_give_access_config(change, f"{prefix}ephemeral-ip/{first.name}", first.zone, first.name),

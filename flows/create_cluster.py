@@ -104,7 +104,7 @@ def create_cluster(
                     "target pool")
             logger.info("creating the load balancer on %s", endpoint_ip)
             wait_op(change, submit_forwarding_rule(change, "forwarding-rule", region, endpoint_ip),
-                    "load balancer (forwarding rule)", timeout=3600)
+                    "load balancer (forwarding rule)", timeout=3600, progress_key=f"{change.cluster}-load-balancer")
 
     state = observe_cluster(cluster, region, connection)
     return publish_report(state, f"created by run {flow_run.get_id()}")

@@ -70,7 +70,7 @@ def move_ip_to_last_replica(change: Change, state: ClusterState, last: str, zone
     logger = get_run_logger()
     started = time.monotonic()
     wait_op(change, submit_delete_forwarding_rule(change, f"{prefix}delete-forwarding-rule", state.region),
-            "delete the load balancer (forwarding rule)", timeout=3600)
+            "delete the load balancer (forwarding rule)", timeout=3600, progress_key=f"{change.cluster}-load-balancer")
     logger.warning("endpoint %s is down until %s carries it", state.endpoint_ip, last)
     wait_op(change, submit_drop_access_config(change, f"{prefix}drop-ephemeral/{last}", zone, last,
                                               unless_ip=state.endpoint_ip),

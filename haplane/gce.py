@@ -223,12 +223,15 @@ class Gce:
         client = self._client(compute_v1.GlobalOperationsClient)
         return getattr(client, verb)(project=self.project, operation=ref.name)
 
-    def wait(self, ref: OpRef, timeout: float = 600.0, on_progress: Any = None) -> OpRef:
-        """Wait until the operation is DONE; raise :class:`GceOperationError` if it failed."""
+    def wait(self, ref: OpRef, timeout: float = 600.0, on_progress: Any = None, poll_s: float | None = None) -> OpRef:
+        """Wait until the operation is DONE; raise :class:`GceOperationError` if it failed.
+
+        Long-polls with ``operations.wait``; with ``poll_s``, polls ``operations.get`` that often and
+        calls ``on_progress(op, seconds_waited)`` after each answer (for progress reports)."""
         start = time.monotonic()
         while True:
             try:
-                op = self._op_get(ref, wait=True)
+                op = self._op_get(ref, wait=poll_s is None)
             except (gexc.ServiceUnavailable, gexc.TooManyRequests, gexc.InternalServerError):
                 time.sleep(1.0)
                 op = None
@@ -240,6 +243,8 @@ class Gce:
                     return OpRef(**{**ref.__dict__, "done": True})
                 if on_progress is not None:
                     on_progress(op, time.monotonic() - start)
+                if poll_s is not None:
+                    time.sleep(poll_s)
             waited = time.monotonic() - start
             if waited > timeout:
                 raise GceTimeout(ref, waited)

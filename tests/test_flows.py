@@ -7,7 +7,10 @@ through the endpoint IP with TLS verified against the cluster CA.
 
 from __future__ import annotations
 
+import json
 import uuid
+
+import httpx
 
 import pytest
 
@@ -60,6 +63,16 @@ class Canary:
                 assert client.get(key) == value, f"canary {key} lost"
         finally:
             client.close()
+
+
+def _artifacts(prefect_api, cluster: str) -> dict[str, dict]:
+    """The latest artifact of each of the cluster's keys, read through the Prefect API."""
+    keys = [f"{cluster}-{k}" for k in ("plan", "replicas", "load-balancer")]
+    body = {"artifacts": {"key": {"any_": keys}}, "sort": "CREATED_DESC"}
+    found: dict[str, dict] = {}
+    for artifact in httpx.post(f"{prefect_api.url}/artifacts/filter", json=body, timeout=10).json():
+        found.setdefault(artifact["key"], artifact)
+    return found
 
 
 def _endpoint_ok(cluster: str, rows: list[dict]) -> str:
@@ -119,13 +132,20 @@ def test_seed_way_create_one_then_add_two_then_shrink_back(cloud):
     assert cloud.processes() == []
 
 
-def test_create_three_at_once_and_replace_a_killed_replica(cloud):
+def test_create_three_at_once_and_replace_a_killed_replica(cloud, prefect_api):
     cluster = _name("three")
     rows = create_cluster(cluster=cluster, region=REGION, zones=ZONES, replicas=3)
     assert sorted(r["zone"] for r in rows) == ZONES
     assert all(r["health"] == "healthy" for r in rows)
     endpoint = _endpoint_ok(cluster, rows)
     assert cloud.gce.get_forwarding_rule(REGION, f"{cluster}-master-lb").ip == endpoint
+    # the run left its plan, its replica table and the load balancer's progress for the UI
+    artifacts = _artifacts(prefect_api, cluster)
+    assert artifacts[f"{cluster}-load-balancer"]["data"] == 100.0
+    assert "create-cluster" in artifacts[f"{cluster}-plan"]["data"]
+    table = artifacts[f"{cluster}-replicas"]["data"]
+    assert sorted(row["replica"] for row in json.loads(table)) == sorted(r["replica"] for r in rows)
+    assert "PRIVATE KEY" not in json.dumps(artifacts)
     canary = Canary(cloud, cluster)
     canary.write("before-replace")
 
