@@ -6,7 +6,6 @@ cluster whose lock is held fails fast.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from flows.remove_replica import remove_replica
 from flows.replace_replica import replace_replica
 from haplane.plans import Plan
 from tests.fixtures.cluster import PROJECT
+from tests.fixtures.processes import stop_group
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -95,9 +95,7 @@ def test_refusals_on_a_cluster_change_nothing(cloud, prefect_api):
         out, _ = first.communicate(timeout=120)
         assert first.returncode == 0, out
     finally:
-        if first.poll() is None:
-            os.killpg(first.pid, signal.SIGKILL)
-            first.wait(10)
+        stop_group(first, sig=signal.SIGKILL)
 
     # the last replica is never removed
     remove_replica(cluster=cluster, zone="europe-west1-c")

@@ -25,6 +25,7 @@ from haplane.topology import LABEL_CLUSTER
 from tasks.cluster import force_unlock
 from tasks.pki import load_cas
 from tests.fixtures.cluster import PROJECT, api_through
+from tests.fixtures.processes import stop_group
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -53,9 +54,7 @@ def _flow_process(prefect_api, cloud, code: str) -> subprocess.Popen:
 
 
 def _kill(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(10)
+    stop_group(proc, sig=signal.SIGKILL)
 
 
 def _waiting_tasks(prefect_api, since: str) -> list[str]:
