@@ -159,3 +159,21 @@ def test_create_three_at_once_and_replace_a_killed_replica(cloud, prefect_api):
     _endpoint_ok(cluster, rows)
     delete_cluster(cluster=cluster)
     assert cloud.processes() == []
+    _assert_no_private_keys_in_prefect(prefect_api)
+
+
+def _assert_no_private_keys_in_prefect(prefect_api) -> None:
+    """No private key in the persisted task results, the run logs or the events of the workspace."""
+    results = [f for f in (prefect_api.home / "storage").rglob("*") if f.is_file()]
+    assert results, "no persisted results found: checkpoints are not being written"
+    for f in results:
+        assert b"PRIVATE KEY" not in f.read_bytes(), f"a private key is in the result {f}"
+    offset = 0
+    while True:
+        logs = httpx.post(f"{prefect_api.url}/logs/filter", json={"offset": offset, "limit": 200}, timeout=30).json()
+        assert not [entry for entry in logs if "PRIVATE KEY" in entry["message"]]
+        if len(logs) < 200:
+            break
+        offset += 200
+    events = httpx.post(f"{prefect_api.url}/events/filter", json={"limit": 200}, timeout=30).json()
+    assert "PRIVATE KEY" not in json.dumps(events)
