@@ -22,7 +22,7 @@ from haplane.node import ApiServerSpec, EtcdSpec, peer_url
 from haplane.observe import ClusterState
 from haplane.plans import Plan, plan_add
 from tasks.cluster import cluster_lock, load_spec, observe_cluster, publish_plan, publish_report, zones_of
-from tasks.compute import submit_create_vm, wait_op
+from tasks.compute import submit_create_vm
 from tasks.etcd import add_learner, promote, wait_quorum
 from tasks.network import (
     submit_drop_access_config,
@@ -32,6 +32,7 @@ from tasks.network import (
     submit_target_pool,
 )
 from tasks.pki import submit_configure_replica
+from tasks.operations import Step, apply
 from tasks.steps import Change
 
 
@@ -45,8 +46,8 @@ def join_replica(change: Change, state: ClusterState, plan: Plan, prefix: str = 
 
     # 1. The VM, bare, with the cluster's inherited settings as labels.
     labels = names.labels(spec.multizone, spec.quorum_reads)
-    wait_op(change, submit_create_vm(change, f"{prefix}vm/{name}", zone, name, spec.machine_type, labels,
-                                     [names.tag]), f"VM {name}")
+    apply(change, Step(submit_create_vm, f"{prefix}vm/{name}", f"VM {name}",
+                       (zone, name, spec.machine_type, labels, [names.tag])))
     vm = gce.get_instance(zone, name)
 
     # 2. etcd learns of it first, as a learner that does not vote.
@@ -57,8 +58,8 @@ def join_replica(change: Change, state: ClusterState, plan: Plan, prefix: str = 
     etcd = EtcdSpec(name=name, initial_cluster=initial, initial_cluster_state="existing",
                     initial_cluster_token=change.cluster)
     api = ApiServerSpec(quorum_reads=spec.quorum_reads, service_cluster_ip_range=spec.service_cidr)
-    wait_op(change, submit_configure_replica(change, f"{prefix}configure/{name}", zone, name, state.endpoint_ip,
-                                             etcd, api), f"configure {name}")
+    apply(change, Step(submit_configure_replica, f"{prefix}configure/{name}", f"configure {name}",
+                       (zone, name, state.endpoint_ip, etcd, api)))
 
     # 4. Promoted once caught up; then the cluster must be healthy with one more voter.
     promote(change, member_ips, member_id, name)
@@ -66,8 +67,8 @@ def join_replica(change: Change, state: ClusterState, plan: Plan, prefix: str = 
 
     figures: dict[str, float] = {}
     if plan.lb == "extend":
-        wait_op(change, submit_target_pool(change, f"{prefix}pool-add/{name}", state.region, [vm.self_link]),
-                f"add {name} to the target pool")
+        apply(change, Step(submit_target_pool, f"{prefix}pool-add/{name}", f"add {name} to the target pool",
+                           (state.region, [vm.self_link])))
     elif plan.lb == "create":
         figures = move_ip_to_load_balancer(change, state, name, [vm.self_link], prefix)
     return figures
@@ -84,19 +85,20 @@ def move_ip_to_load_balancer(change: Change, state: ClusterState, new_name: str,
     region, gce = state.region, change.gce()
     first = next(r for r in state.vms if r.name != new_name)
     first_link = gce.instance_link(first.zone, first.name)
-    wait_op(change, submit_health_check(change, f"{prefix}health-check"), "health check")
-    wait_op(change, submit_target_pool(change, f"{prefix}target-pool", region, [first_link, *new_links]), "target pool")
+    apply(change, Step(submit_health_check, f"{prefix}health-check", "health check"))
+    apply(change, Step(submit_target_pool, f"{prefix}target-pool", "target pool", (region, [first_link, *new_links])))
 
     started = time.monotonic()
-    wait_op(change, submit_drop_access_config(change, f"{prefix}release-ip/{first.name}", first.zone, first.name,
-                                              only_if_ip=state.endpoint_ip), f"take {state.endpoint_ip} off {first.name}")
+    apply(change, Step(submit_drop_access_config, f"{prefix}release-ip/{first.name}",
+                       f"take {state.endpoint_ip} off {first.name}", (first.zone, first.name),
+                       {"only_if_ip": state.endpoint_ip}))
     logger.warning("endpoint %s is down until the load balancer answers", state.endpoint_ip)
-    wait_op(change, submit_forwarding_rule(change, f"{prefix}forwarding-rule", region, state.endpoint_ip),
-            "load balancer (forwarding rule)", timeout=3600, progress_key=f"{change.cluster}-load-balancer")
+    apply(change, Step(submit_forwarding_rule, f"{prefix}forwarding-rule", "load balancer (forwarding rule)",
+                       (region, state.endpoint_ip), timeout=3600, progress_key=f"{change.cluster}-load-balancer"))
     downtime = time.monotonic() - started
     logger.info("endpoint %s answers through the load balancer; it was down %.1f s", state.endpoint_ip, downtime)
-    wait_op(change, submit_give_access_config(change, f"{prefix}ephemeral-ip/{first.name}", first.zone, first.name),
-            f"new ephemeral IP for {first.name}")
+    apply(change, Step(submit_give_access_config, f"{prefix}ephemeral-ip/{first.name}",
+                       f"new ephemeral IP for {first.name}", (first.zone, first.name)))
     return {"endpoint_downtime_s": downtime}
 
 

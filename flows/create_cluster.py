@@ -19,7 +19,7 @@ from haplane.node import ApiServerSpec, EtcdSpec, peer_url
 from haplane.plans import Plan, plan_create
 from haplane.topology import ClusterNames, check_cluster_name
 from tasks.cluster import cluster_lock, observe_cluster, publish_plan, publish_report, zones_of
-from tasks.compute import submit_create_vm, wait_all, wait_op
+from tasks.compute import submit_create_vm
 from tasks.etcd import wait_quorum
 from tasks.network import (
     firewall_rules,
@@ -30,6 +30,7 @@ from tasks.network import (
     submit_target_pool,
 )
 from tasks.pki import ensure_cluster_pki, submit_configure_replica
+from tasks.operations import Step, apply, apply_all
 from tasks.steps import Change
 
 
@@ -73,38 +74,37 @@ def create_cluster(
         ensure_cluster_pki(cluster)
 
         # The endpoint: a static IP, kept for the cluster's life (later the load balancer's IP).
-        wait_op(change, submit_reserve_address(change, "address", region), "endpoint IP")
+        apply(change, Step(submit_reserve_address, "address", "endpoint IP", (region,)))
         endpoint_ip = change.gce().get_address(region, names.address).address
 
         rules = firewall_rules(cluster, api_source_ranges or ["0.0.0.0/0"], operator_ranges or ["127.0.0.0/8"])
-        wait_all(change, {f"firewall {n}": submit_firewall(change, f"firewall/{n}", n, r) for n, r in rules.items()})
+        apply_all(change, [Step(submit_firewall, f"firewall/{n}", f"firewall {n}", (n, r)) for n, r in rules.items()])
 
         # The VMs, in parallel. A single replica carries the endpoint IP itself.
         labels = names.labels(multizone, quorum_reads)
         nat_ip = endpoint_ip if replicas == 1 else None
-        wait_all(change, {
-            f"VM {name}": submit_create_vm(change, f"vm/{name}", zone, name, machine_type, labels, [names.tag], nat_ip)
-            for name, zone in plan.new_replicas})
+        apply_all(change, [
+            Step(submit_create_vm, f"vm/{name}", f"VM {name}", (zone, name, machine_type, labels, [names.tag], nat_ip))
+            for name, zone in plan.new_replicas])
 
         # etcd forms with initial-cluster when the members start together.
         gce = change.gce()
         vms = {name: gce.get_instance(zone, name) for name, zone in plan.new_replicas}
         initial = ",".join(f"{name}={peer_url(vm.internal_ip)}" for name, vm in vms.items())
         api = ApiServerSpec(quorum_reads=quorum_reads)
-        wait_all(change, {
-            f"configure {name}": submit_configure_replica(
-                change, f"configure/{name}", zone, name, endpoint_ip,
-                EtcdSpec(name=name, initial_cluster=initial, initial_cluster_token=cluster), api)
-            for name, zone in plan.new_replicas})
+        apply_all(change, [
+            Step(submit_configure_replica, f"configure/{name}", f"configure {name}",
+                 (zone, name, endpoint_ip, EtcdSpec(name=name, initial_cluster=initial, initial_cluster_token=cluster), api))
+            for name, zone in plan.new_replicas])
         wait_quorum(cluster, [vm.internal_ip for vm in vms.values()], expect_voting=replicas)
 
         if replicas > 1:
-            wait_op(change, submit_health_check(change, "health-check"), "health check")
-            wait_op(change, submit_target_pool(change, "target-pool", region, [vm.self_link for vm in vms.values()]),
-                    "target pool")
+            apply(change, Step(submit_health_check, "health-check", "health check"))
+            apply(change, Step(submit_target_pool, "target-pool", "target pool",
+                               (region, [vm.self_link for vm in vms.values()])))
             logger.info("creating the load balancer on %s", endpoint_ip)
-            wait_op(change, submit_forwarding_rule(change, "forwarding-rule", region, endpoint_ip),
-                    "load balancer (forwarding rule)", timeout=3600, progress_key=f"{change.cluster}-load-balancer")
+            apply(change, Step(submit_forwarding_rule, "forwarding-rule", "load balancer (forwarding rule)",
+                               (region, endpoint_ip), timeout=3600, progress_key=f"{cluster}-load-balancer"))
 
     state = observe_cluster(cluster, region, connection)
     return publish_report(state, f"created by run {flow_run.get_id()}")

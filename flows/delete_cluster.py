@@ -16,7 +16,8 @@ from pydantic import Field
 from flows.params import ClusterName, documented
 from haplane.topology import ClusterNames, check_cluster_name
 from tasks.cluster import cluster_lock, load_spec, observe_cluster
-from tasks.compute import submit_delete_vm, wait_all, wait_op
+from tasks.compute import submit_delete_vm
+from tasks.operations import Step, apply, apply_all
 from tasks.network import (
     firewall_rules,
     submit_delete_firewall,
@@ -42,15 +43,15 @@ def delete_cluster(
     names = ClusterNames(cluster)
     with cluster_lock(cluster):
         state = observe_cluster(cluster, spec.region, connection)
-        wait_op(change, submit_delete_forwarding_rule(change, "forwarding-rule", spec.region),
-                "delete the load balancer", timeout=3600)
-        wait_op(change, submit_delete_target_pool(change, "target-pool", spec.region), "delete target pool")
-        wait_op(change, submit_delete_health_check(change, "health-check"), "delete health check")
-        wait_all(change, {f"delete VM {r.name}": submit_delete_vm(change, f"vm/{r.name}", r.zone, r.name)
-                          for r in state.vms})
-        wait_op(change, submit_release_address(change, "address", spec.region), "release the endpoint IP")
+        apply(change, Step(submit_delete_forwarding_rule, "forwarding-rule", "delete the load balancer",
+                           (spec.region,), timeout=3600, progress_key=f"{cluster}-load-balancer"))
+        apply(change, Step(submit_delete_target_pool, "target-pool", "delete target pool", (spec.region,)))
+        apply(change, Step(submit_delete_health_check, "health-check", "delete health check"))
+        apply_all(change, [Step(submit_delete_vm, f"vm/{r.name}", f"delete VM {r.name}", (r.zone, r.name))
+                          for r in state.vms])
+        apply(change, Step(submit_release_address, "address", "release the endpoint IP", (spec.region,)))
         rules = firewall_rules(cluster, spec.api_source_ranges, spec.operator_ranges)
-        wait_all(change, {f"delete firewall {n}": submit_delete_firewall(change, f"firewall/{n}", n) for n in rules})
+        apply_all(change, [Step(submit_delete_firewall, f"firewall/{n}", f"delete firewall {n}", (n,)) for n in rules])
         delete_cluster_pki(cluster)
         _delete_block(names.spec_block, "haplane-cluster-spec")
     deleted = [r.name for r in state.vms]

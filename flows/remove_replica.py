@@ -20,7 +20,7 @@ from flows.params import ClusterName, Zone, documented
 from haplane.observe import ClusterState
 from haplane.plans import Plan, plan_remove
 from tasks.cluster import cluster_lock, load_spec, observe_cluster, publish_plan, publish_report
-from tasks.compute import submit_delete_vm, wait_op
+from tasks.compute import submit_delete_vm
 from tasks.etcd import move_leader_away, remove_member, wait_quorum
 from tasks.network import (
     submit_delete_forwarding_rule,
@@ -30,6 +30,7 @@ from tasks.network import (
     submit_give_access_config,
     submit_pool_remove,
 )
+from tasks.operations import Step, apply
 from tasks.steps import Change
 
 
@@ -54,14 +55,14 @@ def leave_replica(change: Change, state: ClusterState, plan: Plan, prefix: str =
     if plan.lb == "delete":
         figures = move_ip_to_last_replica(change, state, survivors[0].name, survivors[0].zone, prefix)
     elif plan.lb == "shrink" and victim.vm_status != "MISSING":
-        wait_op(change, submit_pool_remove(change, f"{prefix}pool-remove/{victim.name}", state.region,
-                                           gce.instance_link(victim.zone, victim.name)),
-                f"take {victim.name} out of the target pool")
+        apply(change, Step(submit_pool_remove, f"{prefix}pool-remove/{victim.name}",
+                           f"take {victim.name} out of the target pool",
+                           (state.region, gce.instance_link(victim.zone, victim.name))))
 
     # 4. The VM itself.
     if victim.vm_status != "MISSING":
-        wait_op(change, submit_delete_vm(change, f"{prefix}delete-vm/{victim.name}", victim.zone, victim.name),
-                f"delete VM {victim.name}")
+        apply(change, Step(submit_delete_vm, f"{prefix}delete-vm/{victim.name}", f"delete VM {victim.name}",
+                           (victim.zone, victim.name)))
     return figures
 
 
@@ -69,18 +70,18 @@ def move_ip_to_last_replica(change: Change, state: ClusterState, last: str, zone
     """The seed's 2 -> 1 move: delete the load balancer and give its IP to the last replica."""
     logger = get_run_logger()
     started = time.monotonic()
-    wait_op(change, submit_delete_forwarding_rule(change, f"{prefix}delete-forwarding-rule", state.region),
-            "delete the load balancer (forwarding rule)", timeout=3600, progress_key=f"{change.cluster}-load-balancer")
+    apply(change, Step(submit_delete_forwarding_rule, f"{prefix}delete-forwarding-rule",
+                       "delete the load balancer (forwarding rule)", (state.region,), timeout=3600,
+                       progress_key=f"{change.cluster}-load-balancer"))
     logger.warning("endpoint %s is down until %s carries it", state.endpoint_ip, last)
-    wait_op(change, submit_drop_access_config(change, f"{prefix}drop-ephemeral/{last}", zone, last,
-                                              unless_ip=state.endpoint_ip),
-            f"drop {last}'s ephemeral IP")
-    wait_op(change, submit_give_access_config(change, f"{prefix}endpoint-ip/{last}", zone, last,
-                                              nat_ip=state.endpoint_ip), f"give {state.endpoint_ip} to {last}")
+    apply(change, Step(submit_drop_access_config, f"{prefix}drop-ephemeral/{last}", f"drop {last}'s ephemeral IP",
+                       (zone, last), {"unless_ip": state.endpoint_ip}))
+    apply(change, Step(submit_give_access_config, f"{prefix}endpoint-ip/{last}", f"give {state.endpoint_ip} to {last}",
+                       (zone, last), {"nat_ip": state.endpoint_ip}))
     downtime = time.monotonic() - started
     logger.info("endpoint %s answers from %s again after %.1f s", state.endpoint_ip, last, downtime)
-    wait_op(change, submit_delete_target_pool(change, f"{prefix}delete-target-pool", state.region), "delete target pool")
-    wait_op(change, submit_delete_health_check(change, f"{prefix}delete-health-check"), "delete health check")
+    apply(change, Step(submit_delete_target_pool, f"{prefix}delete-target-pool", "delete target pool", (state.region,)))
+    apply(change, Step(submit_delete_health_check, f"{prefix}delete-health-check", "delete health check"))
     return {"endpoint_downtime_s": downtime}
 
 

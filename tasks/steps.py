@@ -36,7 +36,10 @@ class Change:
 
 def step_key(context: Any, parameters: dict[str, Any]) -> str:
     change: Change = parameters["change"]
-    return f"haplane/{change.cluster}/{change.change_id}/{parameters['step']}"
+    # the key names a file in the result store: the step is one path component, so that a step
+    # and a step derived from it ("lb", "lb/after-op") never need a file and a folder of one name
+    step = parameters["step"].replace("/", "~")
+    return f"haplane/{change.cluster}/{change.change_id}/{step}"
 
 
 def checkpoint(fn: Any = None, **options: Any) -> Any:

@@ -1,0 +1,113 @@
+"""Run a GCE step: submit (checkpointed), then wait on its operation (never cached).
+
+``apply`` is how flows change GCE. When the operation ends in an error (quota,
+an internal error), the step is submitted again under a new step name made
+from the failed operation's name — so a fresh ``requestId`` (GCE answers a
+repeated one with the first, failed, operation) and a fresh checkpoint. The
+name is deterministic, so a resumed run replays the same chain and finds
+every checkpoint on it instead of sending the calls again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from prefect import get_run_logger
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+from haplane.gce import GceOperationError, OpRef
+from tasks.steps import Change, probe
+
+ATTEMPTS = 3  # failed operations of one step, in one run
+
+
+@probe(task_run_name="wait {what}")
+def wait_op(change: Change, op: OpRef | None, what: str, timeout: float = 900.0,
+            progress_key: str | None = None) -> None:
+    """Wait for a submitted operation; ``None`` means there was nothing to do.
+
+    With ``progress_key`` the wait is reported as a Prefect progress artifact (GCE's own
+    ``progress`` of the operation), for the long load-balancer waits people watch in the UI.
+    Transient API errors are retried inside :meth:`haplane.gce.Gce.wait`; an operation that
+    failed raises :class:`GceOperationError` at once (waiting again would not change it)."""
+    if op is None or op.done:
+        return
+    logger = get_run_logger()
+    logger.info("waiting for %s (operation %s)", what, op.name)
+    on_progress, poll_s = None, None
+    if progress_key:
+        artifact = create_progress_artifact(0.0, key=progress_key, description=f"{what}: operation {op.name}")
+        last = [0.0]
+
+        def on_progress(raw: object, waited: float) -> None:
+            value = float(getattr(raw, "progress", 0) or 0)
+            if value != last[0]:
+                last[0] = value
+                update_progress_artifact(artifact, value, description=f"{what}: {value:.0f}% after {waited:.0f} s")
+
+        poll_s = 2.0
+    try:
+        change.gce().wait(op, timeout=timeout, on_progress=on_progress, poll_s=poll_s)
+    except GceOperationError as exc:
+        logger.error("%s failed: %s", what, exc)
+        raise
+    if progress_key:
+        update_progress_artifact(artifact, 100.0, description=f"{what}: done")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One GCE step of a flow: a submit task, its checkpoint name, what to call it in logs, its arguments."""
+
+    submit: Callable[..., OpRef | None]
+    step: str
+    what: str
+    args: tuple = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    timeout: float = 900.0
+    progress_key: str | None = None
+
+    def retried_after(self, failed: OpRef) -> Step:
+        return Step(self.submit, f"{self.step}/after-{failed.name}", self.what, self.args, self.kwargs,
+                    self.timeout, self.progress_key)
+
+
+def _submit(change: Change, step: Step) -> tuple[OpRef | None, bool]:
+    """Run the step's submit task: (its operation, whether it came from an earlier run's checkpoint)."""
+    state = step.submit(change, step.step, *step.args, return_state=True, **step.kwargs)
+    return state.result(), state.name == "Cached"
+
+
+def apply(change: Change, step: Step) -> None:
+    """Submit ``step`` and wait for it. An operation that failed is submitted again (see module doc),
+    until ``ATTEMPTS`` operations have failed *in this run*: failures a resumed run finds on its
+    checkpoints are replayed, not counted, so a run started again after a failure gets fresh attempts."""
+    failed = 0
+    while True:
+        op, replayed = _submit(change, step)
+        try:
+            wait_op(change, op, step.what, step.timeout, step.progress_key)
+            return
+        except GceOperationError as exc:
+            failed += 0 if replayed else 1
+            if failed >= ATTEMPTS:
+                raise
+            get_run_logger().warning("%s: operation %s failed (%s); submitting it again", step.what,
+                                     exc.op.name, exc.code)
+            step = step.retried_after(exc.op)
+
+
+def apply_all(change: Change, steps: list[Step]) -> None:
+    """Several independent steps: all submitted, then waited on concurrently (one task run each);
+    one whose operation failed then goes through :func:`apply` on its own."""
+    ops = [(s, _submit(change, s)[0]) for s in steps]
+    futures = [(s, wait_op.submit(change, op, s.what, s.timeout, s.progress_key)) for s, op in ops]
+    for s, future in futures:
+        try:
+            future.result()
+        except GceOperationError as exc:
+            get_run_logger().warning("%s: operation %s failed (%s); submitting it again", s.what,
+                                     exc.op.name, exc.code)
+            apply(change, s.retried_after(exc.op))
