@@ -81,13 +81,13 @@ def _check(cluster: str, connection: str | None, dry_run: bool, policy: Policy) 
     summary: dict[str, Any] = {"action": verdict.action.value, "replica": verdict.replica, "reason": verdict.reason}
     if verdict.findings:
         publish_report(state, f"health check: {verdict.action.value}: {verdict.reason}")
-    if verdict.action is not Action.REPLACE or dry_run:
+    if verdict.action not in (Action.REPLACE, Action.RESUME) or dry_run:
         return Completed(message=verdict.reason[:500], data=summary)
 
     logger.warning("replacing %s of %s: %s", verdict.replica, cluster, verdict.reason)
     with tags(*remediation_tags(cluster, verdict.replica)):
         outcome = replace_replica(cluster=cluster, replica_name=verdict.replica, connection=connection,
-                                  return_state=True)
+                                  change_id=verdict.change_id, return_state=True)
     if outcome.is_completed():
         rows = outcome.result()
         before = {r.name for r in state.replicas}

@@ -18,6 +18,10 @@ flow holds the cluster's lock right now, and the recent remediation attempts
   the next try waits ``base * 2**(n-1)`` (capped); after ``max_failures`` in a
   row the replica is given up on (a person must act) until those failures age
   out of the history window.
+- **Finish what was started.** A replacement that removed its replica and then
+  failed to add the new one leaves the cluster a replica short, with nothing
+  unhealthy left to find: its change is run again (same change id, so it
+  resumes at the add), under the same back-off.
 - **Explain.** Every verdict carries a sentence per replica saying why it was,
   or was not, acted on.
 """
@@ -49,6 +53,7 @@ SEVERITY = list(Problem)  # most severe first: a dead VM before a slow API serve
 class Action(StrEnum):
     NOTHING = "nothing"  # healthy, or a change in progress: nothing to do now
     REPLACE = "replace"
+    RESUME = "resume"  # finish a replacement that removed its replica but failed to add the new one
     WAIT = "wait"  # failures it will act on later (back-off, one at a time)
     CANNOT = "cannot-remediate"  # failures it will not act on without a person
 
@@ -67,6 +72,7 @@ class Attempt:
     started: dt.datetime
     outcome: Outcome
     run: str = ""  # flow run name or id, for the explanation
+    change_id: str = ""  # the run's change id: running replace-replica again with it resumes that run
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,7 @@ class Verdict:
     action: Action
     reason: str
     replica: str | None = None
+    change_id: str | None = None  # with RESUME: the change to run again
     findings: tuple[Finding, ...] = ()
     notes: tuple[tuple[str, str], ...] = field(default_factory=tuple)  # (replica, why not acted on)
 
@@ -158,6 +165,16 @@ def failures_in_a_row(attempts: Iterable[Attempt], replica: str) -> list[Attempt
     return run
 
 
+def unfinished_replacement(state: ClusterState, attempts: Iterable[Attempt]) -> Attempt | None:
+    """The newest failed replacement whose replica is already gone from the cluster, if any."""
+    present = {r.name for r in state.replicas}
+    for replica in sorted({a.replica for a in attempts} - present):
+        failed = failures_in_a_row(attempts, replica)
+        if failed and failed[-1].change_id:
+            return failed[-1]
+    return None
+
+
 def _quorum_check(state: ClusterState, replica: ReplicaState) -> str | None:
     """None when replacing ``replica`` keeps quorum at every step; the refusal otherwise."""
     if replica.member_id is None or replica.learner:
@@ -186,11 +203,29 @@ def decide(state: ClusterState, attempts: Sequence[Attempt], now: dt.datetime, *
     if running:
         return Verdict(cluster, Action.WAIT, f"the replacement of {running[0].replica} ({running[0].run}) is still "
                                              f"running: one replacement at a time", findings=findings)
-    if not findings:
-        return Verdict(cluster, Action.NOTHING, f"all {len(state.replicas)} replica(s) of {cluster!r} are healthy")
-
     notes: list[tuple[str, str]] = []
     waiting = False
+    pending = unfinished_replacement(state, recent)
+    if pending is not None:
+        failed = failures_in_a_row(recent, pending.replica)
+        ready_at = failed[-1].started + dt.timedelta(seconds=policy.backoff_s(len(failed)))
+        if len(failed) >= policy.max_failures:
+            notes.append((pending.replica, f"{GIVEN_UP} after {len(failed)} failed replacements in a row; its "
+                                           f"replacement was never added (run replace-replica with "
+                                           f"change_id={pending.change_id!r}, or add-replica, by hand)"))
+        elif now < ready_at:
+            notes.append((pending.replica, f"{BACKING_OFF}: its replacement ({pending.run}) removed it but failed "
+                                           f"to add the new replica; trying again after "
+                                           f"{ready_at.isoformat(timespec='seconds')}"))
+            waiting = True
+        else:
+            return Verdict(cluster, Action.RESUME,
+                           f"finish replacing {pending.replica}: run {pending.run} removed it but failed before "
+                           f"its replacement was added; running change {pending.change_id} again",
+                           replica=pending.replica, change_id=pending.change_id, findings=findings)
+    if not findings and not notes:
+        return Verdict(cluster, Action.NOTHING, f"all {len(state.replicas)} replica(s) of {cluster!r} are healthy")
+
     for f in findings:
         replica = state.replica(f.replica)
         failed = failures_in_a_row(recent, f.replica)

@@ -107,7 +107,8 @@ def remediation_history(cluster: str, window_s: float, orphans_failed: bool = Tr
             continue
         outcome = _OUTCOMES.get(state, Outcome.FAILED if orphans_failed else Outcome.RUNNING)
         started = run.start_time or run.expected_start_time or run.created
-        attempts.append(Attempt(replica=replica, started=started, outcome=outcome, run=run.name))
+        change_id = (run.parameters or {}).get("change_id") or f"replace-{run.id}"
+        attempts.append(Attempt(replica=replica, started=started, outcome=outcome, run=run.name, change_id=change_id))
     return attempts
 
 

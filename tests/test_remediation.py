@@ -40,6 +40,10 @@ def failed(replica: str, minutes: float) -> Attempt:
     return Attempt(replica, ago(minutes), Outcome.FAILED, run=f"run-{minutes}")
 
 
+def unfinished(replica: str, minutes: float) -> Attempt:
+    return Attempt(replica, ago(minutes), Outcome.FAILED, run=f"run-{minutes}", change_id=f"replace-{minutes}")
+
+
 CASES = [
     # (id, replicas, attempts, busy, action, chosen replica, words in the reason)
     ("all healthy", [ok(0), ok(1), ok(2)], [], False, Action.NOTHING, None, "are healthy"),
@@ -82,6 +86,16 @@ CASES = [
      [failed("m1", 1)], False, Action.REPLACE, "m3", "replace m3"),
     ("failures of another replica do not count", [ok(0), ok(1, **KILLED), ok(2)],
      [failed("m7", 1), failed("m7", 2), failed("m7", 3)], False, Action.REPLACE, "m1", "replace m1"),
+    # a replacement removed m2 and then failed to add the new replica: finish it with its change id
+    ("an unfinished replacement is resumed", [ok(0), ok(1)], [unfinished("m2", 10)], False,
+     Action.RESUME, "m2", "finish replacing m2"),
+    ("an unfinished replacement backs off", [ok(0), ok(1)], [unfinished("m2", 1)], False,
+     Action.WAIT, None, "backing off"),
+    ("an unfinished replacement is given up", [ok(0), ok(1)],
+     [unfinished("m2", 300), unfinished("m2", 200), unfinished("m2", 100)], False, Action.CANNOT, None,
+     "never added"),
+    ("an unfinished replacement goes before a new failure", [ok(0), ok(1, **API_DOWN), ok(3)],
+     [unfinished("m2", 10)], False, Action.RESUME, "m2", "finish replacing m2"),
 ]
 
 
@@ -91,6 +105,7 @@ def test_decide(replicas, attempts, busy, action, chosen, words):
     verdict = decide(cluster(*replicas), attempts, NOW, busy=busy, policy=Policy())
     assert verdict.action is action, verdict.reason
     assert verdict.replica == chosen
+    assert (verdict.change_id is not None) == (action is Action.RESUME)
     assert words in verdict.reason, verdict.reason
     assert verdict.markdown().startswith(f"## Health check of `c`: {action.value}")
 

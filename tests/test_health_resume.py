@@ -1,0 +1,40 @@
+"""The health check finishes a replacement that removed its replica but failed to add the new one."""
+
+from __future__ import annotations
+
+import pytest
+
+from flows.create_cluster import create_cluster
+from flows.health_check import health_check
+from haplane.topology import LABEL_CLUSTER
+from tests.fixtures.cluster import PROJECT
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+REGION = "europe-west1"
+ZONES = ["europe-west1-b", "europe-west1-c", "europe-west1-d"]
+
+
+def test_health_check_resumes_a_replacement_whose_add_failed(cloud):
+    cluster = "heal"
+    rows = create_cluster(cluster=cluster, region=REGION, zones=ZONES, replicas=3)
+    victim = next(r for r in rows if r["role"] == "follower")
+    cloud.admin.kill_vm(PROJECT, victim["zone"], victim["replica"])
+
+    # the new replica's VM cannot be created: the replacement removes the dead one, then fails
+    cloud.admin.add_fault("compute.instances.insert", "operation_error", count=3, error_code="ZONE_RESOURCE_POOL_EXHAUSTED")
+    first = health_check(cluster=cluster, backoff_s=0, return_state=True)
+    assert first.is_failed(), first.message
+    vms = cloud.gce.list_instances(ZONES, labels={LABEL_CLUSTER: cluster})
+    assert len(vms) == 2 and victim["replica"] not in [v.name for v in vms]
+
+    # nothing unhealthy is left to find, but the cluster is a replica short: the next check resumes
+    cloud.admin.clear_faults()
+    second = health_check(cluster=cluster, backoff_s=0, return_state=True)
+    assert second.is_completed(), second.message
+    assert "replaced" in second.message
+    vms = cloud.gce.list_instances(ZONES, labels={LABEL_CLUSTER: cluster})
+    assert sorted(v.zone for v in vms) == ZONES  # the new replica is where the dead one was
+
+    third = health_check(cluster=cluster, backoff_s=0, return_state=True)
+    assert third.is_completed() and "healthy" in third.message, third.message
