@@ -14,6 +14,8 @@ from prefect.runtime import flow_run
 from pydantic import Field
 
 from flows.params import ClusterName, documented
+from blocks import delete_block_document
+from blocks.cluster import ClusterSpec
 from haplane.topology import ClusterNames, check_cluster_name
 from tasks.cluster import cluster_lock, load_spec, observe_cluster
 from tasks.compute import submit_delete_vm
@@ -53,18 +55,7 @@ def delete_cluster(
         rules = firewall_rules(cluster, spec.api_source_ranges, spec.operator_ranges)
         apply_all(change, [Step(submit_delete_firewall, f"firewall/{n}", f"delete firewall {n}", (n,)) for n in rules])
         delete_cluster_pki(cluster)
-        _delete_block(names.spec_block, "haplane-cluster-spec")
+        delete_block_document(names.spec_block, ClusterSpec.get_block_type_slug())
     deleted = [r.name for r in state.vms]
     get_run_logger().info("deleted cluster %s: VMs %s, endpoint %s", cluster, deleted, state.endpoint_ip)
     return deleted
-
-
-def _delete_block(name: str, block_type: str) -> None:
-    from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
-
-    with get_client(sync_client=True) as client:
-        try:
-            client.delete_block_document(client.read_block_document_by_name(name, block_type).id)
-        except ObjectNotFound:
-            pass

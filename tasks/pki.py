@@ -9,6 +9,7 @@ from __future__ import annotations
 from prefect import get_run_logger
 from prefect.exceptions import ObjectNotFound
 
+from blocks import delete_block_document
 from blocks.pki import ClusterPKI, block_name
 from haplane.etcd import EtcdTLS
 from haplane.gce import OpRef
@@ -42,14 +43,7 @@ def ensure_cluster_pki(cluster: str) -> str:
 
 @probe(task_run_name="delete cluster PKI")
 def delete_cluster_pki(cluster: str) -> None:
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        try:
-            doc = client.read_block_document_by_name(block_name(cluster), "haplane-cluster-pki")
-        except ObjectNotFound:
-            return
-        client.delete_block_document(doc.id)
+    delete_block_document(block_name(cluster), ClusterPKI.get_block_type_slug())
 
 
 @checkpoint

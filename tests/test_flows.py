@@ -129,6 +129,8 @@ def test_seed_way_create_one_then_add_two_then_shrink_back(cloud):
     delete_cluster(cluster=cluster)
     assert cloud.gce.list_instances(ZONES, labels={LABEL_CLUSTER: cluster}) == []
     assert cloud.gce.get_address(REGION, f"{cluster}-master-ip") is None
+    assert all(cloud.gce.get_firewall(f"{cluster}-{n}") is None for n in ("etcd-peer", "etcd-client", "apiserver"))
+    assert load_cas(cluster) is None  # its PKI block is gone too
     assert cloud.processes() == []
 
 
