@@ -29,8 +29,8 @@ import platform
 import re
 import shutil
 import signal
-import subprocess
 import ssl
+import subprocess
 import sys
 import tempfile
 import threading

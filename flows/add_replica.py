@@ -31,8 +31,8 @@ from tasks.network import (
     submit_health_check,
     submit_target_pool,
 )
-from tasks.pki import submit_configure_replica
 from tasks.operations import Step, apply
+from tasks.pki import submit_configure_replica
 from tasks.steps import Change
 
 

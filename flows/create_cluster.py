@@ -29,8 +29,8 @@ from tasks.network import (
     submit_reserve_address,
     submit_target_pool,
 )
-from tasks.pki import ensure_cluster_pki, submit_configure_replica
 from tasks.operations import Step, apply, apply_all
+from tasks.pki import ensure_cluster_pki, submit_configure_replica
 from tasks.steps import Change
 
 

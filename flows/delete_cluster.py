@@ -13,13 +13,12 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from pydantic import Field
 
-from flows.params import ClusterName, documented
 from blocks import delete_block_document
 from blocks.cluster import ClusterSpec
+from flows.params import ClusterName, documented
 from haplane.topology import ClusterNames, check_cluster_name
 from tasks.cluster import cluster_lock, load_spec, observe_cluster
 from tasks.compute import submit_delete_vm
-from tasks.operations import Step, apply, apply_all
 from tasks.network import (
     firewall_rules,
     submit_delete_firewall,
@@ -28,6 +27,7 @@ from tasks.network import (
     submit_delete_target_pool,
     submit_release_address,
 )
+from tasks.operations import Step, apply, apply_all
 from tasks.pki import delete_cluster_pki
 from tasks.steps import Change
 

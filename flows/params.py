@@ -14,6 +14,7 @@ from pydantic import AfterValidator, Field
 from haplane.quorum import VALID_SIZES, check_target_size
 from haplane.topology import NAME_RE, check_cluster_name
 
+
 def _cluster_name(value: str) -> str:
     check_cluster_name(value)
     return value

@@ -14,8 +14,8 @@ from prefect import flow
 from prefect.runtime import flow_run
 from pydantic import Field
 
-from flows.params import ClusterName, documented
 from flows.add_replica import join_replica
+from flows.params import ClusterName, documented
 from flows.remove_replica import leave_replica
 from haplane.plans import Plan, plan_add, plan_replace
 from tasks.cluster import cluster_lock, load_spec, observe_cluster, publish_plan, publish_report, zones_of

@@ -18,8 +18,8 @@ from haplane.etcd import (
     EtcdTLS,
     EtcdTLSError,
     EtcdTooManyLearners,
-    EtcdUnhealthyCluster,
     EtcdUnavailable,
+    EtcdUnhealthyCluster,
     promote_when_ready,
     remove_member_when_ready,
 )

@@ -11,7 +11,6 @@ import json
 import uuid
 
 import httpx
-
 import pytest
 
 from flows.add_replica import add_replica

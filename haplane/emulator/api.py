@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from haplane.emulator import addresses, firewalls, instances, loadbalancer
 from haplane.emulator.calllog import CallLog

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from datetime import datetime, UTC
+from datetime import UTC, datetime
 
 MAX_ENTRIES = 20_000
 

@@ -25,8 +25,8 @@ import logging
 import secrets
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from haplane.emulator.errors import HTTP_MESSAGES, ApiError, OperationError, not_found
 from haplane.emulator.latency import LatencyModel

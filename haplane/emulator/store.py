@@ -17,9 +17,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import ipaddress
-import socket
 import json
 import random
+import socket
 import threading
 from datetime import UTC, datetime
 

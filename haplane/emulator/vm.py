@@ -28,7 +28,16 @@ import httpx
 
 from haplane.emulator.network import Forwarder
 from haplane.emulator.runtime import VmView
-from haplane.node import APISERVER_PORT, FORWARDED_PORTS, HEALTH_PORT, NodeSpec, client_url, etcd_argv, find_etcd, write_pki
+from haplane.node import (
+    APISERVER_PORT,
+    FORWARDED_PORTS,
+    HEALTH_PORT,
+    NodeSpec,
+    client_url,
+    etcd_argv,
+    find_etcd,
+    write_pki,
+)
 
 BACKOFF_MAX_S = 5.0
 
