@@ -125,28 +125,35 @@ def test_add_replica_killed_at_every_step_resumes_without_repeating_a_call(cloud
     assert set(killed) <= set(ids)
 
 
-def test_failed_operations_are_submitted_again_and_a_failed_run_resumes(cloud):
+def test_failed_operations_are_submitted_again_and_a_failed_run_resumes(cloud, prefect_api):
     """An operation that ends in error is submitted again with a fresh requestId (GCE answers a
-    repeated one with the failed operation); a run that gave up is resumed by running it again."""
+    repeated one with the failed operation); a run that gave up is resumed with
+    ``prefect flow-run retry`` (same flow run, so the same default change id)."""
     cluster = "resume-err"
     create_cluster(cluster=cluster, region=REGION, zones=ZONES, replicas=1)
     endpoint = cloud.gce.get_address(REGION, f"{cluster}-master-ip").address
     cloud.admin.clear_calls()
 
     cloud.admin.add_fault("compute.forwardingRules.insert", "operation_error", count=3, error_code="QUOTA_EXCEEDED")
-    with pytest.raises(Exception, match="QUOTA_EXCEEDED"):
-        add_replica(cluster=cluster, zone="europe-west1-c", change_id="grow-err")
+    state = add_replica(cluster=cluster, zone="europe-west1-c", return_state=True)
+    assert state.is_failed() and "QUOTA_EXCEEDED" in state.message
     assert cloud.gce.get_forwarding_rule(REGION, f"{cluster}-master-lb") is None
 
     cloud.admin.clear_faults()
     cloud.admin.add_fault("compute.forwardingRules.insert", "operation_error", count=1, error_code="INTERNAL_ERROR")
-    add_replica(cluster=cluster, zone="europe-west1-c", change_id="grow-err")
+    env = prefect_api.env()
+    env.update(HAPLANE_GCE_ENDPOINT=cloud.emulator.url, HAPLANE_PROJECT=PROJECT)
+    prefect = os.path.join(os.path.dirname(sys.executable), "prefect")
+    retry = subprocess.run([prefect, "flow-run", "retry", str(state.state_details.flow_run_id),
+                            "--entrypoint", "flows/add_replica.py:add_replica"],
+                           env=env, capture_output=True, text=True, timeout=300)
+    assert retry.returncode == 0, retry.stdout + retry.stderr
 
     assert cloud.gce.get_forwarding_rule(REGION, f"{cluster}-master-lb").ip == endpoint
     assert api_through(endpoint, load_cas(cluster).ca.cert_pem).status_code == 200
     mutating = cloud.mutating_calls()
     rules = [c for c in mutating if c["method"] == "compute.forwardingRules.insert"]
-    assert len(rules) == 5  # 3 failed in the first run; in the second, 1 fresh failure, then success
+    assert len(rules) == 5  # 3 failed in the first run; in the retry, 1 fresh failure, then success
     ids = [c["requestId"] for c in mutating]
     assert len(ids) == len(set(ids)), [(c["method"], c["outcome"]) for c in mutating if ids.count(c["requestId"]) > 1]
     assert [c["method"] for c in mutating if c["method"] != "compute.forwardingRules.insert"] == \
