@@ -116,12 +116,12 @@ def add_replica(
     known = zones_of(spec.region, connection)
     if dry_run:
         plan = plan_add(observe_cluster(cluster, spec.region, connection), zone, change.change_id, known)
-        publish_plan(plan)
+        publish_plan(plan, change)
         return plan
     with cluster_lock(cluster):
         state = observe_cluster(cluster, spec.region, connection)
         plan = plan_add(state, zone, change.change_id, known)
-        publish_plan(plan)
+        publish_plan(plan, change)
         figures = join_replica(change, state, plan)
     note = "; ".join(f"{k}={v:.1f}" for k, v in figures.items())
     return publish_report(observe_cluster(cluster, spec.region, connection), note + ("; " + plan.even_note if plan.even_note else ""))

@@ -60,13 +60,13 @@ def create_cluster(
     if dry_run:
         plan = plan_create(cluster, region, zones, replicas, change.change_id, known,
                            observe_cluster(cluster, region, connection))
-        publish_plan(plan)
+        publish_plan(plan, change)
         return plan
 
     with cluster_lock(cluster):
         plan = plan_create(cluster, region, zones, replicas, change.change_id, known,
                            observe_cluster(cluster, region, connection))
-        publish_plan(plan)
+        publish_plan(plan, change)
         ClusterSpec(cluster=cluster, region=region, zones=list(zones), multizone=multizone,
                     quorum_reads=quorum_reads, machine_type=machine_type,
                     api_source_ranges=api_source_ranges or ["0.0.0.0/0"],

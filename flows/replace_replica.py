@@ -38,13 +38,13 @@ def replace_replica(
         plans = plan_replace(observe_cluster(cluster, spec.region, connection), replica_name,
                              change.change_id, known)
         for plan in plans:
-            publish_plan(plan)
+            publish_plan(plan, change)
         return plans
     with cluster_lock(cluster):
         state = observe_cluster(cluster, spec.region, connection)
         if state.replica(replica_name) is not None:
             removal, _ = plan_replace(state, replica_name, change.change_id, known)
-            publish_plan(removal)
+            publish_plan(removal, change)
             leave_replica(change, state, removal, prefix="remove/")
             # a VM gone: its zone is unknown, take the least used
             zone = remember(change, "replaced-zone", removal.zone if removal.zone != "?" else None)
@@ -54,7 +54,7 @@ def replace_replica(
                 plan_replace(state, replica_name, change.change_id, known)  # not a resumed replace: refuse
         state = observe_cluster(cluster, spec.region, connection)
         addition = plan_add(state, zone, change.change_id, known)
-        publish_plan(addition)
+        publish_plan(addition, change)
         join_replica(change, state, addition, prefix="add/")
     final = observe_cluster(cluster, spec.region, connection)
     return publish_report(final, f"replaced {replica_name} by {addition.replica}"

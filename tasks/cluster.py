@@ -25,7 +25,7 @@ from haplane.observe import ClusterState, observe
 from haplane.plans import Plan
 from haplane.topology import ClusterNames
 from tasks.pki import load_cas
-from tasks.steps import probe
+from tasks.steps import Change, probe
 
 LOCK_WAIT_S = 10.0
 LOCK_LEASE_S = max(60.0, float(os.environ.get("HAPLANE_LOCK_LEASE_S", "120")))  # Prefect's minimum is 60 s
@@ -104,8 +104,10 @@ def zones_of(region: str, connection: str | None) -> list[str]:
                          f"pick a region such as europe-west1 or us-central1") from exc
 
 
-def publish_plan(plan: Plan) -> None:
-    text = plan.markdown()
+def publish_plan(plan: Plan, change: Change) -> None:
+    """Log the plan and keep it as the markdown artifact ``<cluster>-plan``, with the change id to resume by."""
+    text = plan.markdown() + (f"\n- change id: `{change.change_id}` (a killed run is resumed by running the flow "
+                              f"again with this change_id)")
     get_run_logger().info("%s", text)
     if plan.even_note:
         get_run_logger().warning("%s", plan.even_note)
