@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -24,6 +25,7 @@ def _demo(args: argparse.Namespace) -> int:
     from haplane.emulator.server import Emulator
     from haplane.emulator.vm import ProcessRuntime
 
+    temporary = args.state_dir is None
     state_dir = Path(args.state_dir or tempfile.mkdtemp(prefix="haplane-demo-"))
     emulator = Emulator(state_dir=state_dir, runtime=ProcessRuntime(state_dir), profile=args.profile,
                         time_scale=args.time_scale)
@@ -54,6 +56,8 @@ def _demo(args: argparse.Namespace) -> int:
         return 0 if ok else 1
     finally:
         emulator.stop()
+        if temporary:
+            shutil.rmtree(state_dir, ignore_errors=True)
 
 
 def _check_endpoint(cluster: str, ip: str) -> str:
