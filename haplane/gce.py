@@ -19,12 +19,18 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from google.api_core import exceptions as gexc
+from google.api_core import retry as retries
 from google.cloud import compute_v1
 
 from haplane.node import public_metadata
 
 REQUEST_NAMESPACE = uuid.UUID("6f1c8a52-4d0e-4b59-9a57-0c8e2f0a7d11")
 ACCESS_CONFIG_NAME = "external-nat"
+# Reads retry transient errors (429, 503) for 30 s, not the client library's 600 s: a zone whose
+# API is down must surface as an error a flow can report, not as a ten-minute hang.
+READ_RETRY = retries.Retry(initial=0.5, maximum=5.0, multiplier=2.0, timeout=30.0,
+                           predicate=retries.if_exception_type(gexc.ServiceUnavailable, gexc.TooManyRequests,
+                                                               gexc.InternalServerError))
 NIC = "nic0"
 
 
@@ -253,7 +259,7 @@ class Gce:
     @staticmethod
     def _missing(call: Any, **kwargs: Any) -> Any:
         try:
-            return call(**kwargs)
+            return call(retry=READ_RETRY, **kwargs)
         except gexc.NotFound:
             return None
 
@@ -278,11 +284,11 @@ class Gce:
         out: list[Instance] = []
         for zone in zones:
             req = compute_v1.ListInstancesRequest(project=self.project, zone=zone, filter=flt)
-            out.extend(self._instance(raw, zone) for raw in self.instances.list(request=req))
+            out.extend(self._instance(raw, zone) for raw in self.instances.list(request=req, retry=READ_RETRY))
         return sorted(out, key=lambda i: (i.zone, i.name))
 
     def list_zones(self, region: str) -> list[str]:
-        raw = self._client(compute_v1.RegionsClient).get(project=self.project, region=region)
+        raw = self._client(compute_v1.RegionsClient).get(project=self.project, region=region, retry=READ_RETRY)
         return sorted(z.rsplit("/", 1)[-1] for z in raw.zones)
 
     def zone_exists(self, zone: str) -> bool:
@@ -356,7 +362,7 @@ class Gce:
 
     def set_metadata(self, zone: str, name: str, items: dict[str, str], *, rid: str) -> OpRef:
         """Merge ``items`` into the instance's metadata (GCE replaces the whole set; we read it first)."""
-        raw = self.instances.get(project=self.project, zone=zone, instance=name)
+        raw = self.instances.get(project=self.project, zone=zone, instance=name, retry=READ_RETRY)
         merged = {i.key: i.value for i in raw.metadata.items}
         merged.update(items)
         body = compute_v1.Metadata(fingerprint=raw.metadata.fingerprint,
