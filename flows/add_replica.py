@@ -115,12 +115,12 @@ def add_replica(
     change = Change(cluster, change_id or f"add-{flow_run.get_id()}", connection)
     known = zones_of(spec.region, connection)
     if dry_run:
-        plan = plan_add(observe_cluster(cluster, spec.region, connection), zone, change.change_id, known)
+        plan = plan_add(observe_cluster(cluster, spec.region, connection), zone, change.change_id, known, spec.zones)
         publish_plan(plan, change)
         return plan
     with cluster_lock(cluster):
         state = observe_cluster(cluster, spec.region, connection)
-        plan = plan_add(state, zone, change.change_id, known)
+        plan = plan_add(state, zone, change.change_id, known, spec.zones)
         publish_plan(plan, change)
         figures = join_replica(change, state, plan)
     note = "; ".join(f"{k}={v:.1f}" for k, v in figures.items())

@@ -53,7 +53,7 @@ def replace_replica(
             if zone is None and _zone_of_change(state, change) is None:
                 plan_replace(state, replica_name, change.change_id, known)  # not a resumed replace: refuse
         state = observe_cluster(cluster, spec.region, connection)
-        addition = plan_add(state, zone, change.change_id, known)
+        addition = plan_add(state, zone, change.change_id, known, spec.zones)
         publish_plan(addition, change)
         join_replica(change, state, addition, prefix="add/")
     final = observe_cluster(cluster, spec.region, connection)

@@ -118,7 +118,10 @@ def plan_create(cluster: str, region: str, zones: list[str], replicas: int, chan
                 reason=f"{replicas} voting member(s), quorum {quorum(replicas)}")
 
 
-def plan_add(state: ClusterState, zone: str | None, change_id: str, known_zones: list[str]) -> Plan:
+def plan_add(state: ClusterState, zone: str | None, change_id: str, known_zones: list[str],
+             spread_over: list[str] | None = None) -> Plan:
+    """Add one replica. ``zone`` must be in the cluster's region; without it, the zone with the fewest
+    replicas among ``spread_over`` (the zones the cluster was created over), else among the region's."""
     if not state.vms:
         raise PlanRefused(f"cluster {state.cluster!r} has no replicas in region {state.region}: create it first")
     if zone is not None:
@@ -138,7 +141,8 @@ def plan_add(state: ClusterState, zone: str | None, change_id: str, known_zones:
         reason = decision.reason
     else:
         reason = f"resuming the add of {name}"
-    zone = zone or (mine[0].zone if mine else next_zones(sorted(known_zones), [r.zone for r in state.vms], 1)[0])
+    candidates = [z for z in (spread_over or []) if z in known_zones] or sorted(known_zones)
+    zone = zone or (mine[0].zone if mine else next_zones(candidates, [r.zone for r in state.vms], 1)[0])
     voting = len(state.voting)
     steps = _join_steps(name, zone)
     seconds = GCE_SECONDS["instance_insert"] + 2 * GCE_SECONDS["instance_update"] + 15
