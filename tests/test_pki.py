@@ -20,6 +20,7 @@ from cryptography.x509.verification import DNSName, IPAddress, PolicyBuilder, St
 
 from blocks.pki import ClusterPKI, block_name
 from haplane import node, pki
+from haplane.emulator.network import can_bind
 
 INTERNAL_IP = "10.240.0.5"
 ENDPOINT_IP = "35.1.2.3"
@@ -201,18 +202,6 @@ def test_block_round_trip_and_secrecy(cas):
 _octets = itertools.count((os.getpid() * 13) % 200 + 20)
 
 
-def _free(ip: str, port: int) -> bool:
-    s = socket.socket()
-    try:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind((ip, port))
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
-
-
 class _Livez(BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802
         body = b"ok"
@@ -252,7 +241,7 @@ def test_real_tls_handshake(tmp_path):
     for _ in range(200):
         prefix = f"127.12.{next(_octets) % 250 + 1}"
         internal, endpoint, ephemeral = f"{prefix}.5", f"{prefix}.9", f"{prefix}.7"
-        if all(_free(ip, port) for ip in (internal, endpoint, ephemeral)):
+        if all(can_bind(ip, port) for ip in (internal, endpoint, ephemeral)):
             break
     cas = pki.create_cluster_cas("tls")
     replica = pki.issue_replica_certs(cas, hostname="tls-master", internal_ip=internal, endpoint_ip=endpoint)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import socket
 import threading
 from collections.abc import Callable
 
@@ -21,6 +22,17 @@ Pick = Callable[[], Backend | None]
 def require_loopback(ip: str) -> None:
     if not ipaddress.ip_address(ip).is_loopback:
         raise ValueError(f"refusing to bind {ip}: the emulator binds only inside 127.0.0.0/8")
+
+
+def can_bind(ip: str, port: int) -> bool:
+    """Whether ``ip:port`` is free on this host (nothing listens there; TIME_WAIT does not count)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((ip, port))
+        except OSError:
+            return False
+    return True
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -19,10 +19,10 @@ import hashlib
 import ipaddress
 import json
 import random
-import socket
 import threading
 from datetime import UTC, datetime
 
+from haplane.emulator.network import can_bind
 from haplane.node import FORWARDED_PORTS, VM_PORTS
 
 
@@ -61,14 +61,7 @@ class IpPool:
 
     def _free_on_host(self, ip: str) -> bool:
         """Not in use by another emulator (or anything else) on this machine: each port can be bound."""
-        for port in self.ports:
-            with socket.socket() as probe:
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                try:
-                    probe.bind((ip, port))
-                except OSError:
-                    return False
-        return True
+        return all(can_bind(ip, port) for port in self.ports)
 
     def contains(self, ip: str) -> bool:
         try:
