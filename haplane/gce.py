@@ -26,11 +26,25 @@ from haplane.node import public_metadata
 
 REQUEST_NAMESPACE = uuid.UUID("6f1c8a52-4d0e-4b59-9a57-0c8e2f0a7d11")
 ACCESS_CONFIG_NAME = "external-nat"
-# Reads retry transient errors (429, 503) for 30 s, not the client library's 600 s: a zone whose
-# API is down must surface as an error a flow can report, not as a ten-minute hang.
-READ_RETRY = retries.Retry(initial=0.5, maximum=5.0, multiplier=2.0, timeout=30.0,
-                           predicate=retries.if_exception_type(gexc.ServiceUnavailable, gexc.TooManyRequests,
-                                                               gexc.InternalServerError))
+TRANSIENT = (gexc.ServiceUnavailable, gexc.TooManyRequests, gexc.InternalServerError)
+
+
+def read_retry() -> retries.Retry:
+    """Reads retry transient errors (429, 500, 503) for ``HAPLANE_GCE_READ_RETRY_S`` seconds (30), not
+    the client library's 600 s: a zone whose API is down must surface as an error a flow can report,
+    not as a ten-minute hang."""
+    return retries.Retry(initial=0.5, maximum=5.0, multiplier=2.0,
+                         timeout=float(os.environ.get("HAPLANE_GCE_READ_RETRY_S", "30")),
+                         predicate=retries.if_exception_type(*TRANSIENT))
+
+
+class GceZoneUnavailable(RuntimeError):
+    """A zone's API does not answer: the cluster cannot be observed there, so nothing is changed."""
+
+    def __init__(self, zone: str, cause: Exception) -> None:
+        super().__init__(f"GCE zone {zone} does not answer ({cause}); the cluster's replicas there cannot be "
+                         f"seen, so nothing was changed: run this again when the zone's API is back")
+        self.zone = zone
 NIC = "nic0"
 
 
@@ -238,7 +252,7 @@ class Gce:
         while True:
             try:
                 op = self._op_get(ref, wait=poll_s is None)
-            except (gexc.ServiceUnavailable, gexc.TooManyRequests, gexc.InternalServerError):
+            except TRANSIENT:
                 time.sleep(1.0)
                 op = None
             if op is not None:
@@ -259,7 +273,7 @@ class Gce:
     @staticmethod
     def _missing(call: Any, **kwargs: Any) -> Any:
         try:
-            return call(retry=READ_RETRY, **kwargs)
+            return call(retry=read_retry(), **kwargs)
         except gexc.NotFound:
             return None
 
@@ -284,11 +298,14 @@ class Gce:
         out: list[Instance] = []
         for zone in zones:
             req = compute_v1.ListInstancesRequest(project=self.project, zone=zone, filter=flt)
-            out.extend(self._instance(raw, zone) for raw in self.instances.list(request=req, retry=READ_RETRY))
+            try:
+                out.extend(self._instance(raw, zone) for raw in self.instances.list(request=req, retry=read_retry()))
+            except (gexc.RetryError, *TRANSIENT) as exc:
+                raise GceZoneUnavailable(zone, exc) from exc
         return sorted(out, key=lambda i: (i.zone, i.name))
 
     def list_zones(self, region: str) -> list[str]:
-        raw = self._client(compute_v1.RegionsClient).get(project=self.project, region=region, retry=READ_RETRY)
+        raw = self._client(compute_v1.RegionsClient).get(project=self.project, region=region, retry=read_retry())
         return sorted(z.rsplit("/", 1)[-1] for z in raw.zones)
 
     def zone_exists(self, zone: str) -> bool:
@@ -362,7 +379,7 @@ class Gce:
 
     def set_metadata(self, zone: str, name: str, items: dict[str, str], *, rid: str) -> OpRef:
         """Merge ``items`` into the instance's metadata (GCE replaces the whole set; we read it first)."""
-        raw = self.instances.get(project=self.project, zone=zone, instance=name, retry=READ_RETRY)
+        raw = self.instances.get(project=self.project, zone=zone, instance=name, retry=read_retry())
         merged = {i.key: i.value for i in raw.metadata.items}
         merged.update(items)
         body = compute_v1.Metadata(fingerprint=raw.metadata.fingerprint,

@@ -103,3 +103,19 @@ def test_refusals_on_a_cluster_change_nothing(cloud, prefect_api):
     assert len(survivors) == 1
     _refused(cloud, lambda: remove_replica(cluster=cluster, zone=survivors[0].zone), "last replica")
     delete_cluster(cluster=cluster)
+
+
+def test_a_zone_whose_api_is_down_changes_nothing(cloud, monkeypatch):
+    """The cluster cannot be observed while a zone of its region does not answer: the flow says
+    which zone and changes nothing (no ten-minute hang in the client library's retries either)."""
+    cluster = "zonedown"
+    create_cluster(cluster=cluster, region=REGION, zones=ZONES, replicas=1)
+    monkeypatch.setenv("HAPLANE_GCE_READ_RETRY_S", "2")
+    cloud.admin.fail_zone("europe-west1-c")
+    try:
+        _refused(cloud, lambda: add_replica(cluster=cluster, zone="europe-west1-d"),
+                 "GCE zone europe-west1-c does not answer")
+    finally:
+        cloud.admin.restore_zone("europe-west1-c")
+    rows = add_replica(cluster=cluster, zone="europe-west1-d")
+    assert len(rows) == 2
