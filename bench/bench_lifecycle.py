@@ -50,6 +50,7 @@ from haplane.emulator.admin import EmulatorAdmin  # noqa: E402
 from haplane.emulator.server import Emulator  # noqa: E402
 from haplane.emulator.vm import ProcessRuntime  # noqa: E402
 from haplane.etcd import EtcdClient, EtcdTLS  # noqa: E402
+from haplane.processes import stop_group  # noqa: E402
 from tests.fixtures.etcd import allocate_subnet  # noqa: E402
 from tests.fixtures.prefect import PrefectServer  # noqa: E402
 
@@ -104,11 +105,7 @@ def floor(etcd_bin: str, root: Path, timeout: float = 60.0) -> float:
         return time.monotonic() - start
     finally:
         for p in procs:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            p.wait(10)
+            stop_group(p, sig=signal.SIGKILL)
 
 
 # --- endpoint downtime, seen from outside -------------------------------------------------------

@@ -25,8 +25,8 @@ from haplane.emulator.vm import ProcessRuntime
 from haplane.etcd import EtcdClient, EtcdTLS
 from haplane.node import ApiServerSpec, EtcdSpec, NodeSpec, client_url, peer_url
 from haplane.pki import create_cluster_cas, issue_replica_certs, node_tls
+from haplane.processes import stop_group
 from tests.fixtures.emulator import compute_clients, wait_op
-from tests.fixtures.processes import stop_group
 
 PROJECT = "vm-test"
 ZONES = ["us-central1-a", "us-central1-b", "us-central1-c"]

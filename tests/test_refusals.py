@@ -19,8 +19,8 @@ from flows.delete_cluster import delete_cluster
 from flows.remove_replica import remove_replica
 from flows.replace_replica import replace_replica
 from haplane.plans import Plan
+from haplane.processes import stop_group
 from tests.fixtures.cluster import PROJECT
-from tests.fixtures.processes import stop_group
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 

@@ -22,11 +22,11 @@ import pytest
 
 from flows.add_replica import add_replica
 from flows.create_cluster import create_cluster
+from haplane.processes import stop_group
 from haplane.topology import LABEL_CLUSTER
 from tasks.cluster import force_unlock
 from tasks.pki import load_cas
 from tests.fixtures.cluster import PROJECT, api_through
-from tests.fixtures.processes import stop_group
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 

@@ -13,7 +13,6 @@ handler threads only record what should run and wake it.
 from __future__ import annotations
 
 import itertools
-import os
 import shutil
 import signal
 import subprocess
@@ -38,6 +37,7 @@ from haplane.node import (
     find_etcd,
     write_pki,
 )
+from haplane.processes import stop_group
 
 BACKOFF_MAX_S = 5.0
 
@@ -63,17 +63,8 @@ class Proc:
             )
 
     def terminate(self, sig: int = signal.SIGTERM, grace: float = 5.0) -> None:
-        p = self.popen
-        if p is None or p.poll() is not None:
-            return
-        try:
-            os.killpg(p.pid, sig)
-            p.wait(grace)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait(5)
-        except ProcessLookupError:
-            pass
+        if self.popen is not None:
+            stop_group(self.popen, grace=grace, sig=sig)
 
     def state(self) -> dict:
         return {
