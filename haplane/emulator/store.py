@@ -43,8 +43,10 @@ class IpPool:
         self.network = ipaddress.ip_network(cidr)
         self.ports = ports  # an IP where another process on this host listens on one of these is skipped
         self.allocated: set[str] = set()
-        self._cursor = 0
         self._size = self.network.num_addresses
+        # a random start, so that emulators started at the same moment on one host (parallel test
+        # sessions) do not probe and take the same first addresses
+        self._cursor = random.randrange(self._size)
 
     def _usable(self, ip: ipaddress.IPv4Address) -> bool:
         return int(ip) & 0xFF not in (0, 1, 255)
