@@ -1,8 +1,11 @@
 """create-cluster: an HA-compatible control plane (the seed's `kube-up.sh` with MULTIZONE=true).
 
 1 replica, as the seed does, or 3/5/7 at once spread over the zones of one
-region. Certificates, firewall, a static endpoint IP; with more than one
-replica a load balancer (target pool + forwarding rule) on that IP.
+region. Certificates, firewall, a static endpoint IP, and a load balancer
+(health check, target pool, forwarding rule) on that IP: from the first
+replica in endpoint mode ``always`` (the default), from 2 replicas in
+``as-needed`` (the seed's). The load balancer is built beside the VMs, off the
+critical path; replicas join its pool once they are up.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ from prefect.runtime import flow_run
 from pydantic import Field
 
 from blocks.cluster import ClusterSpec
-from flows.params import ClusterName, Size, Zone, documented
+from flows.params import ClusterName, LoadBalancerMode, Size, Zone, documented
+from haplane.endpoint import EndpointMode
 from haplane.node import ApiServerSpec, EtcdSpec, peer_url
 from haplane.plans import Plan, plan_create
 from haplane.topology import ClusterNames, check_cluster_name
@@ -29,7 +33,7 @@ from tasks.network import (
     submit_reserve_address,
     submit_target_pool,
 )
-from tasks.operations import Step, apply, apply_all
+from tasks.operations import Step, apply, apply_all, finish, start
 from tasks.pki import ensure_cluster_pki, submit_configure_replica
 from tasks.steps import Change
 
@@ -41,6 +45,7 @@ def create_cluster(
     region: Annotated[str, Field(description="GCE region, e.g. europe-west1", pattern=r"^[a-z]+-[a-z]+[0-9]+$")],
     zones: Annotated[list[Zone], Field(description="Zones of that region to spread replicas over", min_length=1)],
     replicas: Annotated[Size, Field(description="1, 3, 5 or 7 (2 is refused: two replicas are worse than one)")] = 1,
+    load_balancer: LoadBalancerMode = EndpointMode.ALWAYS,
     multizone: Annotated[bool, Field(description="MULTIZONE: keep kubelets in other zones")] = True,
     quorum_reads: Annotated[bool, Field(description="ENABLE_ETCD_QUORUM_READ: API reads go to the etcd leader")] = False,
     machine_type: str = "e2-standard-2",
@@ -59,30 +64,42 @@ def create_cluster(
     known = zones_of(region, connection)
     if dry_run:
         plan = plan_create(cluster, region, zones, replicas, change.change_id, known,
-                           observe_cluster(cluster, region, connection))
+                           observe_cluster(cluster, region, connection), load_balancer)
         publish_plan(plan, change)
         return plan
 
     with cluster_lock(cluster):
         plan = plan_create(cluster, region, zones, replicas, change.change_id, known,
-                           observe_cluster(cluster, region, connection))
+                           observe_cluster(cluster, region, connection), load_balancer)
         publish_plan(plan, change)
         ClusterSpec(cluster=cluster, region=region, zones=list(zones), multizone=multizone,
                     quorum_reads=quorum_reads, machine_type=machine_type,
                     api_source_ranges=api_source_ranges or ["0.0.0.0/0"],
-                    operator_ranges=operator_ranges or ["127.0.0.0/8"]).save(names.spec_block, overwrite=True)
+                    operator_ranges=operator_ranges or ["127.0.0.0/8"],
+                    load_balancer=EndpointMode(load_balancer)).save(names.spec_block, overwrite=True)
         ensure_cluster_pki(cluster)
+        with_lb = plan.lb == "create"
 
-        # The endpoint: a static IP, kept for the cluster's life (later the load balancer's IP).
-        apply(change, Step(submit_reserve_address, "address", "endpoint IP", (region,)))
+        # The endpoint: a static IP, kept for the cluster's life; the firewall; the load balancer's check.
+        rules = firewall_rules(cluster, api_source_ranges or ["0.0.0.0/0"], operator_ranges or ["127.0.0.0/8"])
+        apply_all(change, [Step(submit_reserve_address, "address", "endpoint IP", (region,))]
+                  + [Step(submit_firewall, f"firewall/{n}", f"firewall {n}", (n, r)) for n, r in rules.items()]
+                  + ([Step(submit_health_check, "health-check", "health check")] if with_lb else []))
         endpoint_ip = change.gce().get_address(region, names.address).address
 
-        rules = firewall_rules(cluster, api_source_ranges or ["0.0.0.0/0"], operator_ranges or ["127.0.0.0/8"])
-        apply_all(change, [Step(submit_firewall, f"firewall/{n}", f"firewall {n}", (n, r)) for n, r in rules.items()])
+        # The load balancer, off the critical path: an empty pool, then the forwarding rule (the seed's
+        # ~20 minutes) is submitted and waited for last, while the VMs are built.
+        forwarding_rule = None
+        if with_lb:
+            apply(change, Step(submit_target_pool, "target-pool", "target pool", (region, [])))
+            logger.info("creating the load balancer on %s, beside the VMs", endpoint_ip)
+            forwarding_rule = start(change, Step(submit_forwarding_rule, "forwarding-rule",
+                                                 "load balancer (forwarding rule)", (region, endpoint_ip),
+                                                 timeout=3600, progress_key=f"{cluster}-load-balancer"))
 
-        # The VMs, in parallel. A single replica carries the endpoint IP itself.
+        # The VMs, in parallel. Without a load balancer the single replica carries the endpoint IP itself.
         labels = names.labels(multizone, quorum_reads)
-        nat_ip = endpoint_ip if replicas == 1 else None
+        nat_ip = None if with_lb else endpoint_ip
         apply_all(change, [
             Step(submit_create_vm, f"vm/{name}", f"VM {name}", (zone, name, machine_type, labels, [names.tag], nat_ip))
             for name, zone in plan.new_replicas])
@@ -96,15 +113,14 @@ def create_cluster(
             Step(submit_configure_replica, f"configure/{name}", f"configure {name}",
                  (zone, name, endpoint_ip, EtcdSpec(name=name, initial_cluster=initial, initial_cluster_token=cluster), api))
             for name, zone in plan.new_replicas])
-        wait_quorum(cluster, [vm.internal_ip for vm in vms.values()], expect_voting=replicas)
 
-        if replicas > 1:
-            apply(change, Step(submit_health_check, "health-check", "health check"))
-            apply(change, Step(submit_target_pool, "target-pool", "target pool",
+        if forwarding_rule is not None:
+            # the pool's health check admits each replica once its API server answers
+            apply(change, Step(submit_target_pool, "pool-members", "replicas into the target pool",
                                (region, [vm.self_link for vm in vms.values()])))
-            logger.info("creating the load balancer on %s", endpoint_ip)
-            apply(change, Step(submit_forwarding_rule, "forwarding-rule", "load balancer (forwarding rule)",
-                               (region, endpoint_ip), timeout=3600, progress_key=f"{cluster}-load-balancer"))
+        wait_quorum(cluster, [vm.internal_ip for vm in vms.values()], expect_voting=replicas)
+        if forwarding_rule is not None:
+            finish(change, forwarding_rule)
 
     state = observe_cluster(cluster, region, connection)
     return publish_report(state, f"created by run {flow_run.get_id()}")

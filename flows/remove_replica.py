@@ -102,12 +102,12 @@ def remove_replica(
                          "worker nodes; delete nodes with your node-pool tooling")
     change = Change(cluster, change_id or f"remove-{flow_run.get_id()}", connection)
     if dry_run:
-        plan = plan_remove(observe_cluster(cluster, spec.region, connection), zone, replica_name)
+        plan = plan_remove(observe_cluster(cluster, spec.region, connection), zone, replica_name, spec.load_balancer)
         publish_plan(plan, change)
         return plan
     with cluster_lock(cluster):
         state = observe_cluster(cluster, spec.region, connection)
-        plan = plan_remove(state, zone, replica_name)
+        plan = plan_remove(state, zone, replica_name, spec.load_balancer)
         publish_plan(plan, change)
         figures = leave_replica(change, state, plan)
     note = "; ".join(f"{k}={v:.1f}" for k, v in figures.items())

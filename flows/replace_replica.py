@@ -36,14 +36,14 @@ def replace_replica(
     known = zones_of(spec.region, connection)
     if dry_run:
         plans = plan_replace(observe_cluster(cluster, spec.region, connection), replica_name,
-                             change.change_id, known)
+                             change.change_id, known, spec.load_balancer)
         for plan in plans:
             publish_plan(plan, change)
         return plans
     with cluster_lock(cluster):
         state = observe_cluster(cluster, spec.region, connection)
         if state.replica(replica_name) is not None:
-            removal, _ = plan_replace(state, replica_name, change.change_id, known)
+            removal, _ = plan_replace(state, replica_name, change.change_id, known, spec.load_balancer)
             publish_plan(removal, change)
             leave_replica(change, state, removal, prefix="remove/")
             # a VM gone: its zone is unknown, take the least used
@@ -51,7 +51,7 @@ def replace_replica(
         else:  # resumed after the removal: the new replica goes where the old one was
             zone = remember(change, "replaced-zone", None)
             if zone is None and _zone_of_change(state, change) is None:
-                plan_replace(state, replica_name, change.change_id, known)  # not a resumed replace: refuse
+                plan_replace(state, replica_name, change.change_id, known, spec.load_balancer)  # not resumed: refuse
         state = observe_cluster(cluster, spec.region, connection)
         addition = plan_add(state, zone, change.change_id, known, spec.zones)
         publish_plan(addition, change)

@@ -16,7 +16,7 @@ import httpx
 from cryptography import x509
 
 from haplane.etcd import EndpointStatus, EtcdClient, EtcdError, EtcdTLS, Member
-from haplane.gce import Gce, Instance
+from haplane.gce import Gce, GceZoneUnavailable, Instance
 from haplane.node import APISERVER_PORT, client_url, peer_url
 from haplane.topology import LABEL_CHANGE, LABEL_CLUSTER, LABEL_MULTIZONE, LABEL_QUORUM_READS, ClusterNames
 
@@ -25,7 +25,7 @@ from haplane.topology import LABEL_CHANGE, LABEL_CLUSTER, LABEL_MULTIZONE, LABEL
 class ReplicaState:
     name: str
     zone: str
-    vm_status: str  # GCE status; "MISSING" for an etcd member whose VM is gone
+    vm_status: str  # GCE status; "MISSING" for an etcd member whose VM is gone; "UNKNOWN" when its zone is out
     internal_ip: str = ""
     external_ip: str | None = None
     change: str | None = None  # the change that created it (label)
@@ -62,6 +62,7 @@ class ClusterState:
     target_pool: bool = False
     pool_members: tuple[str, ...] = ()
     settings: dict[str, str] = field(default_factory=dict)
+    unavailable_zones: tuple[str, ...] = ()  # zones whose API did not answer (observed with tolerate_zones)
 
     @property
     def names(self) -> ClusterNames:
@@ -110,11 +111,25 @@ def _api_probe(ip: str, ca_pem: str | None) -> tuple[bool, str | None, str | Non
 
 
 def observe(gce: Gce, cluster: str, region: str, tls: EtcdTLS | None, ca_pem: str | None,
-            zones: list[str] | None = None) -> ClusterState:
-    """The cluster as GCE and etcd see it now."""
+            zones: list[str] | None = None, tolerate_zones: bool = False) -> ClusterState:
+    """The cluster as GCE and etcd see it now.
+
+    A zone whose API does not answer raises :class:`~haplane.gce.GceZoneUnavailable`, unless
+    ``tolerate_zones``: then it is listed in ``unavailable_zones`` and the etcd members without a VM
+    seen elsewhere are ``UNKNOWN`` (never ``MISSING``: unknown is not absent), in that zone if only one
+    zone is out."""
     names = ClusterNames(cluster)
     zones = zones or gce.list_zones(region)
-    instances = gce.list_instances(zones, labels={LABEL_CLUSTER: cluster})
+    unavailable: list[str] = []
+    if tolerate_zones:
+        instances = []
+        for zone in zones:
+            try:
+                instances.extend(gce.list_instances([zone], labels={LABEL_CLUSTER: cluster}))
+            except GceZoneUnavailable:
+                unavailable.append(zone)
+    else:
+        instances = gce.list_instances(zones, labels={LABEL_CLUSTER: cluster})
     address = gce.get_address(region, names.address)
     rule = gce.get_forwarding_rule(region, names.forwarding_rule)
     pool = gce.get_target_pool(region, names.target_pool)
@@ -147,8 +162,15 @@ def observe(gce: Gce, cluster: str, region: str, tls: EtcdTLS | None, ca_pem: st
                                  leader_id, ca_pem))
         if replicas[-1].member_id is not None:
             seen.add(replicas[-1].member_id)
-    for m in members:  # members whose VM is gone
+    for m in members:  # members whose VM is gone, or unseen in a zone that does not answer
         if m.id not in seen:
+            if unavailable:
+                ip = m.peer_urls[0].split("//", 1)[-1].rsplit(":", 1)[0] if m.peer_urls else ""
+                replicas.append(ReplicaState(
+                    name=m.name or m.hex_id, zone=unavailable[0] if len(unavailable) == 1 else "?",
+                    vm_status="UNKNOWN", internal_ip=ip, member_id=m.id, learner=m.is_learner, started=m.started,
+                    leader=m.id == leader_id, problems=(f"zone {', '.join(unavailable)} does not answer",)))
+                continue
             replicas.append(ReplicaState(
                 name=m.name or m.hex_id, zone="?", vm_status="MISSING", member_id=m.id, learner=m.is_learner,
                 started=m.started, leader=m.id == leader_id, problems=("VM is gone but its etcd member remains",)))
@@ -163,7 +185,7 @@ def observe(gce: Gce, cluster: str, region: str, tls: EtcdTLS | None, ca_pem: st
         cluster=cluster, region=region, replicas=tuple(replicas),
         endpoint_ip=address.address if address else None, address_status=address.status if address else None,
         load_balancer=rule is not None, target_pool=pool is not None, pool_members=pool_names,
-        settings=settings,
+        settings=settings, unavailable_zones=tuple(unavailable),
     )
 
 

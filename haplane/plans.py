@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from haplane.emulator.latency import PROFILES
+from haplane.endpoint import EndpointMode
 from haplane.observe import ClusterState, ReplicaState
 from haplane.quorum import Decision, MemberHealth, Reason, can_add, can_remove, can_replace, quorum
 from haplane.quorum import unhealthy_reasons as classify
@@ -44,6 +45,7 @@ class Plan:
     zone: str | None = None
     lb: str = "none"  # "create" | "extend" | "shrink" | "delete" | "none"
     new_replicas: tuple[tuple[str, str], ...] = field(default_factory=tuple)  # (name, zone)
+    downtime: str = ""  # when the plan takes the endpoint down, and for how long: said up front
 
     @property
     def even_note(self) -> str:
@@ -61,6 +63,8 @@ class Plan:
                   f"- expected duration on GCE: about {self.expected_seconds / 60:.1f} min"]
         if self.reason:
             lines.append(f"- quorum: {self.reason}")
+        if self.downtime:
+            lines.append(f"- endpoint downtime: {self.downtime}")
         if self.even_note:
             lines.append(f"- note: {self.even_note}")
         return "\n".join(lines)
@@ -87,9 +91,13 @@ def _join_steps(name: str, zone: str) -> list[str]:
 
 
 def plan_create(cluster: str, region: str, zones: list[str], replicas: int, change_id: str,
-                known_zones: list[str], existing: ClusterState | None) -> Plan:
+                known_zones: list[str], existing: ClusterState | None,
+                mode: EndpointMode = EndpointMode.AS_NEEDED) -> Plan:
+    """Create a cluster. The load balancer (when the mode has one at this size) is built in parallel
+    with the VMs, off the critical path: its forwarding rule is most of the wait on GCE."""
     check_cluster_size(replicas)
     zones = check_zones(region, zones, known_zones)
+    mode = EndpointMode(mode)
     if existing is not None and existing.replicas and not any(r.change == label_value(change_id) for r in existing.replicas):
         unfinished = sorted({r.change for r in existing.replicas if r.change and r.change.startswith("create-")})
         hint = (f"if an earlier create-cluster run failed, resume it with change_id={unfinished[0]!r}; "
@@ -98,24 +106,28 @@ def plan_create(cluster: str, region: str, zones: list[str], replicas: int, chan
                           f"use add-replica / remove-replica to change it, or delete-cluster first")
     placed = next_zones(zones, [], replicas)
     new = tuple((replica_name(cluster, change_id, i), z) for i, z in enumerate(placed))
+    with_lb = mode.has_load_balancer(replicas)
     steps = [f"create the cluster CA and etcd CA (block {cluster}-pki)",
-             "reserve the static endpoint IP", "create firewall rules (etcd peer, etcd client, API server)",
-             f"insert {replicas} VM(s) in parallel: " + ", ".join(f"{n} ({z})" for n, z in new),
-             "issue each replica's certificates; start etcd with initial-cluster of all members",
-             "wait for etcd quorum and every API server ready"]
+             "reserve the static endpoint IP; create firewall rules (etcd peer, etcd client, API server)"]
+    if with_lb:
+        steps += ["start the load balancer beside the VMs: HTTP health check, empty target pool, forwarding "
+                  "rule on the endpoint IP (~20 min on GCE; waited for last)"]
+    steps += [f"insert {replicas} VM(s) in parallel: " + ", ".join(f"{n} ({z})" for n, z in new)
+              + ("" if with_lb else " with the endpoint IP as its external IP"),
+              "issue each replica's certificates; start etcd with initial-cluster of all members",
+              "wait for etcd quorum and every API server ready"]
+    vm_path = GCE_SECONDS["instance_insert"] + GCE_SECONDS["instance_update"] + 10
+    seconds = GCE_SECONDS["address"] + GCE_SECONDS["firewall"] + vm_path
     lb = "none"
-    seconds = GCE_SECONDS["address"] + GCE_SECONDS["firewall"] + GCE_SECONDS["instance_insert"] + \
-        GCE_SECONDS["instance_update"] + 10
-    if replicas > 1:
+    if with_lb:
         lb = "create"
-        steps += ["create the HTTP health check and the target pool with every replica",
-                  "create the forwarding rule on the endpoint IP (the load balancer; ~20 min on GCE)"]
-        seconds += GCE_SECONDS["health_check"] + GCE_SECONDS["target_pool"] + GCE_SECONDS["forwarding_rule_insert"]
-    else:
-        steps[3] += " with the endpoint IP as its external IP"
+        steps += ["add the replicas to the target pool as they are ready (the pool's check admits each "
+                  "once its API server answers)", "wait for the forwarding rule: the endpoint answers"]
+        lb_path = GCE_SECONDS["health_check"] + GCE_SECONDS["target_pool"] + GCE_SECONDS["forwarding_rule_insert"]
+        seconds = GCE_SECONDS["address"] + max(GCE_SECONDS["firewall"] + vm_path + GCE_SECONDS["target_pool"], lb_path)
     return Plan(action="create-cluster", cluster=cluster, steps=tuple(steps), voting_before=0,
                 voting_after=replicas, expected_seconds=seconds, lb=lb, new_replicas=new,
-                reason=f"{replicas} voting member(s), quorum {quorum(replicas)}")
+                reason=f"{replicas} voting member(s), quorum {quorum(replicas)}; endpoint mode {mode.value}")
 
 
 def plan_add(state: ClusterState, zone: str | None, change_id: str, known_zones: list[str],
@@ -148,7 +160,7 @@ def plan_add(state: ClusterState, zone: str | None, change_id: str, known_zones:
     seconds = GCE_SECONDS["instance_insert"] + 2 * GCE_SECONDS["instance_update"] + 15
     # a replica without an external IP behind an existing load balancer means a 1 -> 2 move was
     # interrupted after its forwarding rule: finish that move (each of its steps looks first)
-    unfinished_move = any(r.external_ip is None for r in state.vms if r.name != name)
+    unfinished_move = any(r.external_ip is None for r in state.vms if r.name != name and r.vm_status != "UNKNOWN")
     if state.load_balancer and not unfinished_move:
         lb = "extend"
         steps.append(f"add {name} to the target pool")
@@ -161,9 +173,12 @@ def plan_add(state: ClusterState, zone: str | None, change_id: str, known_zones:
                   "give the first replica a new ephemeral external IP"]
         seconds += GCE_SECONDS["health_check"] + GCE_SECONDS["target_pool"] + 2 * GCE_SECONDS["instance_update"] + \
             GCE_SECONDS["forwarding_rule_insert"]
+    downtime = (f"the endpoint does not answer while the forwarding rule is created (about "
+                f"{GCE_SECONDS['forwarding_rule_insert'] / 60:.0f} min on GCE): the seed's IP move; "
+                f"set-load-balancer to 'always' avoids it") if lb == "create" else ""
     return Plan(action="add-replica", cluster=state.cluster, steps=tuple(steps), voting_before=voting,
                 voting_after=voting + 1, expected_seconds=seconds, reason=reason, replica=name, zone=zone, lb=lb,
-                new_replicas=((name, zone),))
+                new_replicas=((name, zone),), downtime=downtime)
 
 
 def choose_victim(state: ClusterState, zone: str, replica: str | None) -> ReplicaState:
@@ -183,7 +198,10 @@ def choose_victim(state: ClusterState, zone: str, replica: str | None) -> Replic
     return sorted(in_zone, key=lambda r: (r.healthy, r.leader, r.name))[0]
 
 
-def plan_remove(state: ClusterState, zone: str, replica: str | None) -> Plan:
+def plan_remove(state: ClusterState, zone: str, replica: str | None,
+                mode: EndpointMode = EndpointMode.AS_NEEDED) -> Plan:
+    """Remove one replica. In ``always`` mode the load balancer stays at one replica: 2 -> 1 only
+    shrinks the pool; in ``as-needed`` mode 2 -> 1 deletes it and hands its IP back (the seed's)."""
     victim = choose_victim(state, zone, replica)
     vms = state.vms
     if len(state.replicas) <= 1 or (len(vms) <= 1 and victim.vm_status != "MISSING"):
@@ -204,9 +222,11 @@ def plan_remove(state: ClusterState, zone: str, replica: str | None) -> Plan:
         steps.append(f"remove {victim.name} from etcd")
     remaining = [r for r in vms if r.name != victim.name]
     seconds = GCE_SECONDS["instance_delete"] + 5
-    lb = "none"
+    lb, downtime = "none", ""
     # 2 -> 1, or a resumed one whose load balancer is already gone but whose IP is not handed back yet
-    if len(remaining) == 1 and (state.load_balancer or state.target_pool or state.address_status == "RESERVED"):
+    keep_lb = EndpointMode(mode) is EndpointMode.ALWAYS
+    if not keep_lb and len(remaining) == 1 and (state.load_balancer or state.target_pool
+                                                or state.address_status == "RESERVED"):
         lb = "delete"
         last = remaining[0].name
         steps += ["delete the forwarding rule (the load balancer; ~20 min on GCE): the endpoint stops answering",
@@ -214,6 +234,8 @@ def plan_remove(state: ClusterState, zone: str, replica: str | None) -> Plan:
                   "delete the target pool and the health check"]
         seconds += GCE_SECONDS["forwarding_rule_delete"] + 2 * GCE_SECONDS["instance_update"] + \
             GCE_SECONDS["target_pool"] + GCE_SECONDS["health_check"]
+        downtime = (f"the endpoint does not answer from the forwarding rule's deletion until {last} carries the "
+                    f"IP (about {GCE_SECONDS['forwarding_rule_delete'] / 60:.0f} min on GCE): the seed's IP move")
     elif state.target_pool:
         lb = "shrink"
         steps.append(f"take {victim.name} out of the target pool")
@@ -222,10 +244,11 @@ def plan_remove(state: ClusterState, zone: str, replica: str | None) -> Plan:
         steps.append(f"delete VM {victim.name} in {victim.zone}")
     return Plan(action="remove-replica", cluster=state.cluster, steps=tuple(steps), voting_before=voting,
                 voting_after=after, expected_seconds=seconds, reason=reason, replica=victim.name,
-                zone=victim.zone, lb=lb)
+                zone=victim.zone, lb=lb, downtime=downtime)
 
 
-def plan_replace(state: ClusterState, replica: str, change_id: str, known_zones: list[str]) -> tuple[Plan, Plan]:
+def plan_replace(state: ClusterState, replica: str, change_id: str, known_zones: list[str],
+                 mode: EndpointMode = EndpointMode.AS_NEEDED) -> tuple[Plan, Plan]:
     """Remove then add in the same zone; refused unless quorum holds at every step."""
     victim = state.replica(replica)
     if victim is None:
@@ -240,7 +263,7 @@ def plan_replace(state: ClusterState, replica: str, change_id: str, known_zones:
         decision = can_replace(health, [victim.member_id])
         if not decision.allowed:
             raise PlanRefused(f"cannot replace {replica}: {decision.reason}")
-    removal = plan_remove(state, victim.zone, replica)
+    removal = plan_remove(state, victim.zone, replica, mode)
     after_removal = ClusterState(
         cluster=state.cluster, region=state.region, replicas=tuple(r for r in state.replicas if r.name != replica),
         endpoint_ip=state.endpoint_ip, address_status=state.address_status,
@@ -248,6 +271,53 @@ def plan_replace(state: ClusterState, replica: str, change_id: str, known_zones:
         target_pool=state.target_pool and removal.lb != "delete", settings=state.settings)
     addition = plan_add(after_removal, victim.zone, change_id, known_zones)
     return removal, addition
+
+
+def plan_set_load_balancer(state: ClusterState, current: EndpointMode, target: EndpointMode) -> Plan:
+    """Convert a cluster's endpoint mode. Only a 1-replica cluster changes anything in GCE (with more
+    replicas both modes have the load balancer): as-needed -> always is the seed's 1 -> 2 IP move without
+    the new replica, always -> as-needed its 2 -> 1 move; both have that move's one-time downtime."""
+    current, target = EndpointMode(current), EndpointMode(target)
+    if not state.vms:
+        raise PlanRefused(f"cluster {state.cluster!r} has no replicas in region {state.region}: create it first")
+    pending = [r for r in state.replicas if r.learner or (r.member_id is None and r.vm_status != "MISSING")]
+    if pending:
+        raise PlanRefused(f"replica {pending[0].name} is still being added (change {pending[0].change}): finish or "
+                          f"remove it first; one change at a time")
+    single = len(state.vms) == 1
+    voting = len(state.voting)
+    common = dict(action="set-load-balancer", cluster=state.cluster, voting_before=voting, voting_after=voting,
+                  reason=f"endpoint mode {current.value} -> {target.value}")
+    last = state.vms[0].name
+    # what GCE shows decides, not the spec alone: a conversion interrupted half-way is finished
+    needs_lb = target is EndpointMode.ALWAYS and single and not state.load_balancer
+    drops_lb = target is EndpointMode.AS_NEEDED and single and (state.load_balancer or state.target_pool)
+    if needs_lb:
+        steps = ("create the HTTP health check and the target pool with " + last,
+                 f"take the endpoint IP off {last} (its access config): the endpoint stops answering",
+                 "create the forwarding rule on the endpoint IP (~20 min on GCE): the endpoint answers again",
+                 f"give {last} a new ephemeral external IP", "record endpoint mode 'always' in the cluster's spec")
+        seconds = GCE_SECONDS["health_check"] + GCE_SECONDS["target_pool"] + 2 * GCE_SECONDS["instance_update"] + \
+            GCE_SECONDS["forwarding_rule_insert"]
+        downtime = (f"one time: the IP moves from {last} onto the forwarding rule; the endpoint does not answer "
+                    f"while the rule is created (about {GCE_SECONDS['forwarding_rule_insert'] / 60:.0f} min on GCE)")
+        return Plan(steps=steps, expected_seconds=seconds, lb="create", downtime=downtime, **common)
+    if drops_lb:
+        steps = ("delete the forwarding rule (~20 min on GCE): the endpoint stops answering",
+                 f"give {last} the endpoint IP as its external IP (dropping its ephemeral one): it answers again",
+                 "delete the target pool and the health check", "record endpoint mode 'as-needed' in the cluster's spec")
+        seconds = GCE_SECONDS["forwarding_rule_delete"] + 2 * GCE_SECONDS["instance_update"] + \
+            GCE_SECONDS["target_pool"] + GCE_SECONDS["health_check"]
+        downtime = (f"one time: the IP moves from the forwarding rule back onto {last}; the endpoint does not answer "
+                    f"while the rule is deleted (about {GCE_SECONDS['forwarding_rule_delete'] / 60:.0f} min on GCE)")
+        return Plan(steps=steps, expected_seconds=seconds, lb="delete", downtime=downtime, **common)
+    if current is target:
+        return Plan(steps=(f"nothing: the endpoint mode is already {target.value}",), expected_seconds=0, **common)
+    later = ("the load balancer stays while there are 2 or more replicas; going 2 -> 1 deletes it and hands its IP "
+             "back (the seed's move, with its downtime)" if target is EndpointMode.AS_NEEDED else
+             "the load balancer is already there; it now stays when the cluster shrinks to 1 replica")
+    return Plan(steps=(f"record endpoint mode {target.value!r} in the cluster's spec; {later}",),
+                expected_seconds=0, **common)
 
 
 def decision_text(decision: Decision) -> str:

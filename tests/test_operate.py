@@ -89,7 +89,7 @@ def test_workspace_has_pool_deployments_blocks_and_automation(prefect_api, works
     pool = httpx.get(f"{api}/work_pools/haplane", timeout=10).json()
     assert pool["type"] == "process"
     names = {d["name"] for d in httpx.post(f"{api}/deployments/filter", json={}, timeout=10).json()}
-    assert {"create-cluster", "add-replica", "remove-replica", "replace-replica", "delete-cluster",
+    assert {"create-cluster", "add-replica", "remove-replica", "replace-replica", "set-load-balancer", "delete-cluster",
             "health-check"} <= names
     types = {b["slug"] for b in httpx.post(f"{api}/block_types/filter", json={}, timeout=10).json()}
     assert {"haplane-gce-connection", "haplane-cluster-spec", "haplane-cluster-pki"} <= types
