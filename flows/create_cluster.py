@@ -19,6 +19,7 @@ from pydantic import Field
 from blocks.cluster import ClusterSpec
 from flows.params import ClusterName, LoadBalancerMode, Size, Zone, documented
 from haplane.endpoint import EndpointMode
+from haplane.model import LbChange
 from haplane.node import ApiServerSpec, EtcdSpec, peer_url
 from haplane.plans import Plan, plan_create
 from haplane.topology import ClusterNames, check_cluster_name
@@ -78,7 +79,7 @@ def create_cluster(
                     operator_ranges=operator_ranges or ["127.0.0.0/8"],
                     load_balancer=EndpointMode(load_balancer)).save(names.spec_block, overwrite=True)
         ensure_cluster_pki(cluster)
-        with_lb = plan.lb == "create"
+        with_lb = plan.lb is LbChange.CREATE
 
         # The endpoint: a static IP, kept for the cluster's life; the firewall; the load balancer's check.
         rules = firewall_rules(cluster, api_source_ranges or ["0.0.0.0/0"], operator_ranges or ["127.0.0.0/8"])

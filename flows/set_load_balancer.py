@@ -20,6 +20,7 @@ from flows.add_replica import move_ip_to_load_balancer
 from flows.params import ClusterName, Connection, LoadBalancerMode, documented
 from flows.remove_replica import move_ip_to_last_replica
 from haplane.endpoint import EndpointMode
+from haplane.model import LbChange
 from haplane.plans import Plan, plan_set_load_balancer
 from tasks.cluster import cluster_lock, load_spec, observe_cluster, publish_plan, publish_report
 from tasks.steps import Change
@@ -46,9 +47,9 @@ def set_load_balancer(
         state = observe_cluster(cluster, spec.region, connection)
         plan = plan_set_load_balancer(state, spec.load_balancer, mode)
         publish_plan(plan, change)
-        if plan.lb == "create":
+        if plan.lb is LbChange.CREATE:
             figures = move_ip_to_load_balancer(change, state, "", [], "")
-        elif plan.lb == "delete":
+        elif plan.lb is LbChange.DELETE:
             last = state.vms[0]
             figures = move_ip_to_last_replica(change, state, last.name, last.zone, "")
         spec = load_spec(cluster)
