@@ -17,7 +17,7 @@ from prefect.runtime import flow_run
 from pydantic import Field
 
 from flows.params import ClusterName, Zone, documented
-from haplane.model import ClusterState
+from haplane.model import MISSING, ZONE_OUT, ClusterState, LbChange
 from haplane.plans import Plan, plan_remove
 from tasks.cluster import cluster_lock, load_spec, observe_cluster, publish_plan, publish_report
 from tasks.compute import submit_delete_vm
@@ -41,7 +41,14 @@ def leave_replica(change: Change, state: ClusterState, plan: Plan, prefix: str =
     survivor_ips = [r.internal_ip for r in survivors if r.vm_status == "RUNNING"]
     gce = change.gce()
 
-    # 1-2. etcd first: leadership moves away, then the member goes.
+    # 0. Out of the load balancer's pool first, so no request through the endpoint reaches a replica
+    #    about to leave (with the load balancer kept at one replica, 2 -> 1 is only this).
+    if plan.lb is LbChange.SHRINK and victim.vm_status not in (MISSING, ZONE_OUT):
+        apply(change, Step(submit_pool_remove, f"{prefix}pool-remove/{victim.name}",
+                           f"take {victim.name} out of the target pool",
+                           (state.region, gce.instance_link(victim.zone, victim.name))))
+
+    # 1-2. etcd: leadership moves away, then the member goes.
     if victim.member_id is not None:
         healthy = [r.member_id for r in survivors if r.etcd_ok and not r.learner]
         if victim.leader:
@@ -50,14 +57,10 @@ def leave_replica(change: Change, state: ClusterState, plan: Plan, prefix: str =
         voters = sum(1 for r in survivors if not r.learner)
         wait_quorum(change.cluster, survivor_ips, expect_voting=voters)
 
-    # 3. The load balancer: shrink it, or hand its IP back to the last replica.
+    # 3. as-needed 2 -> 1: hand the load balancer's IP back to the last replica.
     figures: dict[str, float] = {}
     if plan.lb == "delete":
         figures = move_ip_to_last_replica(change, state, survivors[0].name, survivors[0].zone, prefix)
-    elif plan.lb == "shrink" and victim.vm_status != "MISSING":
-        apply(change, Step(submit_pool_remove, f"{prefix}pool-remove/{victim.name}",
-                           f"take {victim.name} out of the target pool",
-                           (state.region, gce.instance_link(victim.zone, victim.name))))
 
     # 4. The VM itself.
     if victim.vm_status != "MISSING":

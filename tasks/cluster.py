@@ -87,14 +87,15 @@ def load_spec(cluster: str) -> ClusterSpec:
 
 
 @probe(task_run_name="observe {cluster}")
-def observe_cluster(cluster: str, region: str, connection: str | None) -> ClusterState:
-    """Rebuild the cluster's picture from GCE and etcd (never cached)."""
+def observe_cluster(cluster: str, region: str, connection: str | None, tolerate_zones: bool = False) -> ClusterState:
+    """Rebuild the cluster's picture from GCE and etcd (never cached); with ``tolerate_zones`` a zone
+    whose API does not answer is recorded in ``unavailable_zones`` instead of failing the run."""
     cas, problem = read_cas(cluster)
     from haplane.etcd import EtcdTLS
 
     tls = EtcdTLS.from_cas(cas) if cas else None
     return observe(resolve_gce(connection), cluster, region, tls, cas.ca.cert_pem if cas else None,
-                   pki_problem=problem)
+                   pki_problem=problem, tolerate_zones=tolerate_zones)
 
 
 @probe(task_run_name="zones of {region}")
