@@ -33,7 +33,8 @@ class EndpointProbe:
     def __init__(self, ip: str, ca_pem: str, interval: float = 0.1):
         self.ip, self.interval = ip, interval
         self.ctx = ssl.create_default_context(cadata=ca_pem)
-        self.results: list[tuple[float, bool]] = []
+        self.results: list[tuple[float, bool]] = []  # (time, answered 200)
+        self.unanswered = 0  # probes that got no HTTP answer at all (connection refused, reset, timeout)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -45,6 +46,7 @@ class EndpointProbe:
                     ok = http.get(f"https://{self.ip}:6443/readyz").status_code == 200
                 except httpx.HTTPError:
                     ok = False
+                    self.unanswered += 1
                 self.results.append((t, ok))
                 self._stop.wait(max(0.0, self.interval - (time.monotonic() - t)))
 

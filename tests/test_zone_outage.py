@@ -122,9 +122,11 @@ def test_a_failed_zone_has_its_replica_moved_and_its_stranded_vm_deleted(cloud, 
 
     assert len(writer.results) > 20 and all(writer.results), \
         f"{writer.results.count(False)} of {len(writer.results)} etcd writes failed: quorum was lost"
-    # A request in flight to a VM at the instant its zone dies can fail (a real network load balancer
-    # does not retry either); the next one goes to a replica that answers: no two misses in a row.
-    assert len(probe.results) > 50 and probe.longest_gap() < 0.5 and probe.failures <= 2, \
-        f"the endpoint missed {probe.failures} of {len(probe.results)} probes, longest gap {probe.longest_gap():.2f} s"
+    # The API answered through the endpoint at every probe. When the dead zone held etcd's leader,
+    # /readyz (a linearizable read) says 503 during the one election that follows (etcd's election
+    # timeout is 1 s): that is the only readiness gap allowed.
+    assert len(probe.results) > 50 and probe.unanswered == 0, \
+        f"{probe.unanswered} of {len(probe.results)} probes got no answer through the endpoint"
+    assert probe.longest_gap() < 3.0, f"/readyz was not ready for {probe.longest_gap():.2f} s"
     delete_cluster(cluster=cluster)
     assert cloud.processes() == []
