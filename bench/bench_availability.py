@@ -24,6 +24,7 @@ critical path: goal <= 1.05). Everything it starts is stopped, even on failure.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -108,7 +109,8 @@ class RoleWatch:
 
     def __init__(self, tls: EtcdTLS, endpoints: list[str]):
         self.tls, self.endpoints = tls, list(endpoints)
-        self.samples: list[tuple[float, dict[str, str]]] = []
+        self.samples: list[tuple[float, dict[str, str]]] = []  # (time, {member id (hex): role})
+        self.names: dict[str, str] = {}  # member id (hex) -> name, once the member has one
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="roles", daemon=True)
 
@@ -122,7 +124,9 @@ class RoleWatch:
             statuses = {s.member_id: s for s in client.statuses(urls) if isinstance(s, EndpointStatus)}
             leader = next((s.leader_id for s in statuses.values() if s.leader_id), None)
             for m in members:
-                name = m.name or m.hex_id
+                name = m.hex_id
+                if m.name:
+                    self.names[name] = m.name
                 if m.id not in statuses:
                     roles[name] = "learner (down)" if m.is_learner else "down"
                 elif m.is_learner:
@@ -157,6 +161,7 @@ class Case:
     end: float = 0.0
     samples: list[Sample] = field(default_factory=list)
     roles: list[tuple[float, dict[str, str]]] = field(default_factory=list)
+    names: dict[str, str] = field(default_factory=dict)  # member id (hex) -> name
     steps: list[tuple[str, float, float]] = field(default_factory=list)  # (task run, start, end), wall clock
     marks: list[tuple[float, str]] = field(default_factory=list)  # (time, what happened)
 
@@ -185,9 +190,15 @@ def task_runs(since: float, until: float) -> list[tuple[str, float, float]]:
     from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterStartTime
 
     after = dt.datetime.fromtimestamp(since - 1, dt.UTC)
+    runs: list = []
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(task_run_filter=TaskRunFilter(start_time=TaskRunFilterStartTime(after_=after)),
-                                     limit=1000)
+        while True:
+            page = client.read_task_runs(
+                task_run_filter=TaskRunFilter(start_time=TaskRunFilterStartTime(after_=after)),
+                limit=200, offset=len(runs))
+            runs += page
+            if len(page) < 200:
+                break
     out = []
     for r in runs:
         if r.start_time is None:
@@ -209,7 +220,7 @@ def measure(case: Case, endpoint: str, ca_pem: str, tls: EtcdTLS, etcd_endpoints
         finally:
             case.end = time.time()
             time.sleep(1.0)
-    case.samples, case.roles = canary.samples, roles.samples
+    case.samples, case.roles, case.names = canary.samples, roles.samples, roles.names
     case.steps = task_runs(case.start, case.end)
     return case
 
@@ -230,16 +241,18 @@ def draw(case: Case, path: Path) -> None:
 
     t0 = case.samples[0].t if case.samples else case.start
     rel = lambda t: t - t0  # noqa: E731
-    members = sorted({n for _, r in case.roles for n in r})
+    members = sorted({n for _, r in case.roles for n in r}, key=lambda m: case.names.get(m, m))
     steps = [s for s in case.steps if not s[0].startswith(BORING)]
     lanes: list[float] = []
     placed = []
+    span = max(1.0, (case.samples[-1].t if case.samples else case.end) - t0)
     for name, s, e in steps:
+        label_end = s + span * (len(name[:60]) + 2) / 210  # room for the label, in seconds
         lane = next((i for i, end in enumerate(lanes) if end <= s), None)
         if lane is None:
-            lanes.append(e)
+            lanes.append(0.0)
             lane = len(lanes) - 1
-        lanes[lane] = max(e, s + 0.05 * max(1.0, case.end - case.start))
+        lanes[lane] = max(e, label_end)
         placed.append((name, s, e, lane))
     heights = [max(1.2, 0.35 * len(members) + 0.4), 0.6, 0.6, max(1.2, 0.22 * len(lanes) + 0.4)]
     fig, axes = plt.subplots(4, 1, figsize=(13, sum(heights) + 1.6), sharex=True,
@@ -254,11 +267,11 @@ def draw(case: Case, path: Path) -> None:
                 ax_roles.broken_barh([(rel(t), nxt[0] - t)], (i - 0.35, 0.7), color=ROLE_COLOURS.get(role, "grey"))
             prev = role
         del prev
-    ax_roles.set_yticks(range(len(members)), members, fontsize=7)
+    ax_roles.set_yticks(range(len(members)), [case.names.get(m, f"member {m}") for m in members], fontsize=7)
     ax_roles.set_ylim(-0.6, max(0.6, len(members) - 0.4))
     ax_roles.set_title("etcd members (role every 0.3 s)", fontsize=9, loc="left")
     ax_roles.legend(handles=[Patch(color=c, label=r) for r, c in ROLE_COLOURS.items()], fontsize=7,
-                    loc="upper right", ncol=5)
+                    loc="lower left", bbox_to_anchor=(0.55, 1.0), ncol=5, frameon=False)
 
     for ax, attr, label in ((ax_read, "read_ok", "endpoint /readyz"), (ax_write, "write_ok", "canary write")):
         ok = [rel(s.t) for s in case.samples if getattr(s, attr)]
@@ -266,7 +279,7 @@ def draw(case: Case, path: Path) -> None:
         ax.vlines(ok, 0, 1, color="#33a02c", linewidth=0.8)
         ax.vlines(bad, 0, 1, color="#e31a1c", linewidth=1.2)
         ax.set_yticks([])
-        ax.set_title(f"{label}: {case.ratio(attr) * 100:.2f} % answered, longest gap "
+        ax.set_title(f"{label}: {case.ratio(attr) * 100:.2f} % of {len(case.samples)} answered, longest gap "
                      f"{case.longest_gap(attr):.2f} s (green answered, red did not)", fontsize=9, loc="left")
 
     for name, s, e, lane in placed:
@@ -280,8 +293,9 @@ def draw(case: Case, path: Path) -> None:
         ax.axvspan(rel(case.start), rel(case.end), color="#ffff99", alpha=0.25, zorder=0)
         for t, _what in case.marks:
             ax.axvline(rel(t), color="black", linestyle=":", linewidth=0.8)
-    for t, what in case.marks:
-        ax_roles.text(rel(t), len(members) - 0.45, " " + what, fontsize=7, va="top")
+    for i, (t, what) in enumerate(case.marks):  # staggered, so that close marks do not overwrite each other
+        ax_roles.text(rel(t), len(members) - 0.45 - 0.5 * (i % 3), " " + what, fontsize=7, va="top",
+                      bbox={"facecolor": "white", "alpha": 0.7, "edgecolor": "none", "pad": 0.5})
     fig.suptitle(case.title, fontsize=11, x=0.01, ha="left")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -417,9 +431,26 @@ def run(time_scale: float, create_scale: float, out: Path, work: Path) -> None:
         admin.close()
         emulator.stop()
 
+    out.mkdir(parents=True, exist_ok=True)
+    raw = {"time_scale": time_scale, "create_scale": create_scale, "figures": figures,
+           "cases": [dataclasses.asdict(c) for c in cases]}
+    (out / "timelines.json").write_text(json.dumps(raw) + "\n")
+    redraw(out)
+
+
+def redraw(out: Path) -> None:
+    """Draw every case's PNG and print the report from ``out/timelines.json`` (what a run measured)."""
+    raw = json.loads((out / "timelines.json").read_text())
+    cases = []
+    for c in raw["cases"]:
+        c["samples"] = [Sample(**x) for x in c["samples"]]
+        c["roles"] = [tuple(x) for x in c["roles"]]
+        c["steps"] = [tuple(x) for x in c["steps"]]
+        c["marks"] = [tuple(x) for x in c["marks"]]
+        cases.append(Case(**c))
     for case in cases:
         draw(case, out / f"{case.key}.png")
-    report(cases, figures, time_scale, create_scale, out)
+    report(cases, raw["figures"], raw["time_scale"], raw["create_scale"], out)
 
 
 def wait_answering(ip: str, ca_pem: str, timeout: float = 120.0) -> None:
@@ -439,10 +470,12 @@ def report(cases: list[Case], f: dict[str, float], time_scale: float, create_sca
     print()
     print(f"haplane availability benchmark, {dt.date.today().isoformat()}, {platform.machine()}, "
           f"{os.cpu_count()} CPUs, Python {platform.python_version()}; canary every {PERIOD * 1000:.0f} ms")
-    head = f"{'case':<18} {'seconds':>8} {'writes ok':>10} {'longest':>8} {'reads ok':>10} {'longest':>8}  picture"
+    head = (f"{'case':<18} {'seconds':>8} {'probes':>7} {'writes ok':>10} {'longest':>8} {'reads ok':>10} "
+            f"{'longest':>8}  picture")
     print(head)
     for c in cases:
-        print(f"{c.key:<18} {c.end - c.start:8.1f} {c.ratio('write_ok') * 100:9.2f}% {c.longest_gap('write_ok'):7.2f}s "
+        print(f"{c.key:<18} {c.end - c.start:8.1f} {len(c.samples):7d} {c.ratio('write_ok') * 100:9.2f}% "
+              f"{c.longest_gap('write_ok'):7.2f}s "
               f"{c.ratio('read_ok') * 100:9.2f}% {c.longest_gap('read_ok'):7.2f}s  {out / (c.key + '.png')}")
     by = {c.key: c for c in cases}
     print()
@@ -468,7 +501,11 @@ def main(argv: list[str] | None = None) -> int:
                              "takes 120 s, so Prefect's own seconds do not hide the overlap)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "availability")
     parser.add_argument("--verbose", action="store_true", help="show the flows' logs")
+    parser.add_argument("--redraw", action="store_true", help="only draw the PNGs again from OUT/timelines.json")
     args = parser.parse_args(argv)
+    if args.redraw:
+        redraw(args.out)
+        return 0
 
     work = Path(tempfile.mkdtemp(prefix="haplane-avail-"))
     home = work / "prefect-home"

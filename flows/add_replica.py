@@ -18,10 +18,18 @@ from prefect.runtime import flow_run
 from pydantic import Field
 
 from flows.params import ClusterName, documented
-from haplane.model import ClusterState
+from haplane.model import ClusterState, LbChange
 from haplane.node import ApiServerSpec, EtcdSpec, peer_url
 from haplane.plans import Plan, plan_add
-from tasks.cluster import cluster_lock, load_spec, observe_cluster, publish_plan, publish_report, zones_of
+from tasks.cluster import (
+    cluster_lock,
+    load_spec,
+    observe_cluster,
+    publish_plan,
+    publish_report,
+    wait_api_ready,
+    zones_of,
+)
 from tasks.compute import submit_create_vm
 from tasks.etcd import add_learner, promote, wait_quorum
 from tasks.network import (
@@ -66,10 +74,11 @@ def join_replica(change: Change, state: ClusterState, plan: Plan, prefix: str = 
     wait_quorum(change.cluster, member_ips + [vm.internal_ip], expect_voting=len(members) + 1)
 
     figures: dict[str, float] = {}
-    if plan.lb == "extend":
+    if plan.lb is LbChange.EXTEND:
+        wait_api_ready(change.cluster, name, vm.internal_ip)  # joins the pool once it would pass its check
         apply(change, Step(submit_target_pool, f"{prefix}pool-add/{name}", f"add {name} to the target pool",
                            (state.region, [vm.self_link])))
-    elif plan.lb == "create":
+    elif plan.lb is LbChange.CREATE:
         figures = move_ip_to_load_balancer(change, state, name, [vm.self_link], prefix)
     return figures
 

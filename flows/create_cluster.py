@@ -23,7 +23,7 @@ from haplane.model import LbChange
 from haplane.node import ApiServerSpec, EtcdSpec, peer_url
 from haplane.plans import Plan, plan_create
 from haplane.topology import ClusterNames, check_cluster_name
-from tasks.cluster import cluster_lock, observe_cluster, publish_plan, publish_report, zones_of
+from tasks.cluster import cluster_lock, observe_cluster, publish_plan, publish_report, wait_api_ready, zones_of
 from tasks.compute import submit_create_vm
 from tasks.etcd import wait_quorum
 from tasks.network import (
@@ -115,12 +115,13 @@ def create_cluster(
                  (zone, name, endpoint_ip, EtcdSpec(name=name, initial_cluster=initial, initial_cluster_token=cluster), api))
             for name, zone in plan.new_replicas])
 
-        if forwarding_rule is not None:
-            # the pool's health check admits each replica once its API server answers
-            apply(change, Step(submit_target_pool, "pool-members", "replicas into the target pool",
-                               (region, [vm.self_link for vm in vms.values()])))
         wait_quorum(cluster, [vm.internal_ip for vm in vms.values()], expect_voting=replicas)
         if forwarding_rule is not None:
+            # each replica joins the pool once it would pass the pool's health check
+            for name, vm in vms.items():
+                wait_api_ready(cluster, name, vm.internal_ip)
+            apply(change, Step(submit_target_pool, "pool-members", "replicas into the target pool",
+                               (region, [vm.self_link for vm in vms.values()])))
             finish(change, forwarding_rule)
 
     state = observe_cluster(cluster, region, connection)

@@ -25,7 +25,7 @@ from haplane.model import ClusterState
 from haplane.observe import observe
 from haplane.plans import Plan
 from haplane.topology import ClusterNames
-from tasks.pki import read_cas
+from tasks.pki import load_cas, read_cas
 from tasks.steps import Change, probe
 
 LOCK_WAIT_S = 10.0
@@ -146,3 +146,32 @@ def format_table(rows: list[dict[str, str]]) -> str:
     lines = ["  ".join(c.ljust(widths[c]) for c in cols)]
     lines += ["  ".join(str(r[c]).ljust(widths[c]) for c in cols) for r in rows]
     return "\n".join(lines)
+
+
+@probe(task_run_name="wait for the API server of {name}")
+def wait_api_ready(cluster: str, name: str, ip: str, timeout: float = 180.0) -> None:
+    """Wait until the replica's API server answers /readyz (TLS verified against the cluster CA): a
+    replica joins the load balancer's pool once it would pass the pool's health check."""
+    import ssl
+    import time
+
+    import httpx
+
+    from haplane.node import APISERVER_PORT
+
+    cas = load_cas(cluster)
+    if cas is None:
+        raise RuntimeError(f"no PKI for cluster {cluster!r}: cannot verify {name}'s API server")
+    ctx = ssl.create_default_context(cadata=cas.ca.cert_pem)
+    deadline, last = time.monotonic() + timeout, "no answer yet"
+    with httpx.Client(verify=ctx, timeout=2.0) as http:
+        while time.monotonic() < deadline:
+            try:
+                resp = http.get(f"https://{ip}:{APISERVER_PORT}/readyz")
+                if resp.status_code == 200:
+                    return
+                last = f"{resp.status_code} {resp.text.strip()}"
+            except httpx.HTTPError as exc:
+                last = type(exc).__name__
+            time.sleep(0.2)
+    raise TimeoutError(f"the API server of {name} ({ip}) was not ready after {timeout:.0f} s: {last}")
