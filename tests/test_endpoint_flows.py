@@ -20,6 +20,8 @@ from flows.create_cluster import create_cluster
 from flows.delete_cluster import delete_cluster
 from flows.remove_replica import remove_replica
 from flows.set_load_balancer import set_load_balancer
+from haplane.etcd import EtcdClient, EtcdTLS
+from haplane.node import client_url
 from haplane.plans import Plan
 from tasks.pki import load_cas
 from tests.test_flows import REGION, ZONES, Canary
@@ -98,6 +100,7 @@ def test_always_mode_endpoint_answers_throughout_one_two_three_two_one(cloud):
     assert cloud.gce.get_forwarding_rule(REGION, f"{cluster}-master-lb").ip == endpoint
     assert rows[0]["external IP"] not in ("-", endpoint)
     wait_answering(endpoint, ca)
+    _canary_write_through(cluster, endpoint, ca, rows[0]["internal IP"])
     canary = Canary(cloud, cluster)
     with EndpointProbe(endpoint, ca) as probe:
         for step, change in enumerate([lambda: add_replica(cluster=cluster, zone="europe-west1-c"),
@@ -118,6 +121,21 @@ def test_always_mode_endpoint_answers_throughout_one_two_three_two_one(cloud):
     assert not [m for m in methods if m.endswith(("deleteAccessConfig", "addAccessConfig"))], methods
     delete_cluster(cluster=cluster)
     assert cloud.processes() == []
+
+
+def _canary_write_through(cluster: str, endpoint: str, ca: str, internal_ip: str) -> None:
+    """The API server's canary write (the availability benchmark's) lands in etcd; HTTPS only."""
+    value = uuid.uuid4().hex
+    resp = httpx.post(f"https://{endpoint}:6443/haplane/canary", json={"key": "t", "value": value},
+                      verify=ssl.create_default_context(cadata=ca), timeout=5)
+    assert resp.status_code == 200, resp.text
+    client = EtcdClient([client_url(internal_ip)], tls=EtcdTLS.from_cas(load_cas(cluster)))
+    try:
+        assert client.get("/haplane/canary/t") == value.encode()
+    finally:
+        client.close()
+    plain = httpx.post(f"http://{internal_ip}:8080/haplane/canary", json={"key": "t", "value": "x"}, timeout=5)
+    assert plain.status_code == 404  # the plain-HTTP health port does not take writes
 
 
 def test_as_needed_mode_moves_the_ip_and_conversion_both_ways(cloud):
