@@ -20,6 +20,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import concurrency
 
+from blocks import delete_block_document
 from blocks.cluster import ClusterSpec, resolve_gce
 from haplane.model import ClusterState
 from haplane.observe import observe
@@ -84,6 +85,17 @@ def load_spec(cluster: str) -> ClusterSpec:
     except ValueError as exc:
         raise ValueError(f"cluster {cluster!r} is unknown: no block {names.spec_block!r} "
                          f"(create it with create-cluster)") from exc
+
+
+@probe(task_run_name="{step}")
+def save_spec(cluster: str, spec: ClusterSpec, step: str = "spec") -> None:
+    """Save the cluster's intended settings as block ``<cluster>-spec`` (create-cluster)."""
+    spec.save(ClusterNames(cluster).spec_block, overwrite=True)
+
+
+@probe(task_run_name="{step}")
+def delete_spec(cluster: str, step: str = "spec") -> None:
+    delete_block_document(ClusterNames(cluster).spec_block, ClusterSpec.get_block_type_slug())
 
 
 @probe(task_run_name="observe {cluster}")
