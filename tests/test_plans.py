@@ -318,3 +318,16 @@ def test_every_step_kind_has_an_executor():
     from tasks.execute import GCE, LOCAL
 
     assert set(GCE) | set(LOCAL) == set(StepKind) and not set(GCE) & set(LOCAL)
+
+
+def test_side_by_side_steps_are_grouped_and_nothing_else():
+    """create 3: the three firewall rules, then the three VMs, then the three configurations run side by
+    side; every other step alone, in plan order."""
+    from tasks.execute import groups
+
+    plan = plan_create("c", REGION, KNOWN[:3], 3, "create-1", KNOWN, None)
+    shape = [(g[0].kind.value, len(g)) for g in groups(plan.steps)]
+    assert shape == [("save-spec", 1), ("create-pki", 1), ("reserve-address", 1), ("firewall", 3), ("create-vm", 3),
+                     ("configure", 3), ("wait-quorum", 1), ("health-check", 1), ("target-pool", 1),
+                     ("forwarding-rule", 1)]
+    assert [s.id for g in groups(plan.steps) for s in g] == list(plan.ids)
