@@ -20,6 +20,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import concurrency
 
+from blocks import delete_block_document
 from blocks.cluster import ClusterSpec, resolve_gce
 from haplane.model import ClusterState
 from haplane.observe import observe
@@ -86,6 +87,17 @@ def load_spec(cluster: str) -> ClusterSpec:
                          f"(create it with create-cluster)") from exc
 
 
+@probe(task_run_name="{step}")
+def save_spec(cluster: str, spec: ClusterSpec, step: str = "spec") -> None:
+    """Save the cluster's intended settings as block ``<cluster>-spec`` (create-cluster)."""
+    spec.save(ClusterNames(cluster).spec_block, overwrite=True)
+
+
+@probe(task_run_name="{step}")
+def delete_spec(cluster: str, step: str = "spec") -> None:
+    delete_block_document(ClusterNames(cluster).spec_block, ClusterSpec.get_block_type_slug())
+
+
 @probe(task_run_name="observe {cluster}")
 def observe_cluster(cluster: str, region: str, connection: str | None, tolerate_zones: bool = False) -> ClusterState:
     """Rebuild the cluster's picture from GCE and etcd (never cached); with ``tolerate_zones`` a zone
@@ -148,8 +160,8 @@ def format_table(rows: list[dict[str, str]]) -> str:
     return "\n".join(lines)
 
 
-@probe(task_run_name="wait for the API server of {name}")
-def wait_api_ready(cluster: str, name: str, ip: str, timeout: float = 180.0) -> None:
+@probe(task_run_name="{step}")
+def wait_api_ready(cluster: str, name: str, ip: str, step: str = "api-ready", timeout: float = 180.0) -> None:
     """Wait until the replica's API server answers /readyz (TLS verified against the cluster CA): a
     replica joins the load balancer's pool once it would pass the pool's health check."""
     import ssl
@@ -175,3 +187,36 @@ def wait_api_ready(cluster: str, name: str, ip: str, timeout: float = 180.0) -> 
                 last = type(exc).__name__
             time.sleep(0.2)
     raise TimeoutError(f"the API server of {name} ({ip}) was not ready after {timeout:.0f} s: {last}")
+
+
+# --- the stranded VMs of a zone outage (haplane.remediation.decide_zones), kept in the spec -------------
+
+def _update_stranded(cluster: str, update) -> None:
+    """Re-read the spec and save ``update(stranded)``; records that are done (deleted and replaced) go."""
+    names = ClusterNames(cluster)
+    spec = ClusterSpec.load(names.spec_block)
+    spec.stranded = [s for s in update(list(spec.stranded)) if not s.done]
+    spec.save(names.spec_block, overwrite=True)
+
+
+@probe(task_run_name="{step}")
+def record_stranded(cluster: str, name: str, zone: str, step: str) -> None:
+    from haplane.observe import now_utc
+    from haplane.remediation import StrandedVm
+
+    _update_stranded(cluster, lambda s: s if any(x.name == name for x in s) else
+                     [*s, StrandedVm(name, zone, now_utc().isoformat(timespec="seconds"))])
+
+
+@probe(task_run_name="{step}")
+def record_replacement(cluster: str, name: str, replacement: str, step: str) -> None:
+    from dataclasses import replace
+
+    _update_stranded(cluster, lambda s: [replace(x, replacement=replacement) if x.name == name else x for x in s])
+
+
+@probe(task_run_name="{step}")
+def record_deleted(cluster: str, names: list[str], step: str) -> None:
+    from dataclasses import replace
+
+    _update_stranded(cluster, lambda s: [replace(x, deleted=True) if x.name in names else x for x in s])

@@ -126,6 +126,12 @@ def start(change: Change, step: Step) -> Started:
     return Started(step, _submit(change, step)[0])
 
 
+@probe(task_run_name="{step}")
+def await_started(change: Change, started: Started, step: str) -> None:
+    """A plan's step that waits for one submitted earlier with :func:`start` (its own task run)."""
+    finish(change, started)
+
+
 def finish(change: Change, started: Started) -> None:
     """Wait for a step :func:`start` submitted; a failed operation goes through :func:`apply` again."""
     try:

@@ -28,12 +28,17 @@ TWO_LB = cluster(replica(0, "us-central1-a"), replica(1, "us-central1-b"))
 def test_create_has_a_load_balancer_from_the_first_replica_only_in_always_mode(mode, replicas, lb):
     plan = plan_create("c", REGION, ZONES, replicas, "create-1", KNOWN, None, mode)
     assert plan.lb == lb
-    text = plan.markdown()
-    if lb == "create":  # built beside the VMs, the forwarding rule waited for last
-        assert "beside the VMs" in text and "with the endpoint IP as its external IP" not in text
-        assert text.index("load balancer beside the VMs") < text.index("insert")
+    ids, text = list(plan.ids), plan.markdown()
+    if lb == "create":  # the forwarding rule is submitted before the VMs and waited for last
+        assert ids.index("forwarding-rule") < min(i for i, x in enumerate(ids) if x.startswith("vm/"))
+        assert ids[-1] == "forwarding-rule/wait"
+        fr = next(s for s in plan.steps if s.id == "forwarding-rule")
+        assert fr.arguments["background"] is True
+        # replicas join the pool once their API servers are ready
+        assert ids.index("pool-members") > max(i for i, x in enumerate(ids) if x.startswith("api-ready/"))
+        assert "with the endpoint IP as its external IP" not in text
     else:
-        assert "with the endpoint IP as its external IP" in text
+        assert "with the endpoint IP as its external IP" in text and "forwarding-rule" not in ids
 
 
 def test_create_three_expects_little_more_than_the_forwarding_rule_on_gce():
@@ -45,23 +50,25 @@ def test_create_three_expects_little_more_than_the_forwarding_rule_on_gce():
 def test_always_mode_scales_one_two_one_by_the_pool_alone_without_downtime():
     add = plan_add(ONE_LB, "us-central1-b", "add-1", KNOWN)
     assert add.lb == "extend" and add.downtime == ""
-    assert not any("endpoint IP off" in s for s in add.steps)
-    remove = plan_remove(TWO_LB, "us-central1-b", None, ALWAYS)
+    assert [s.kind.value for s in add.steps][-2:] == ["wait-api", "pool-add"]  # ready first, then the pool
+    assert not any(s.kind.value in ("release-ip", "forwarding-rule") for s in add.steps)
+    remove = plan_remove(TWO_LB, "us-central1-b", None, mode=ALWAYS)
     assert remove.lb == "shrink" and remove.downtime == ""
-    assert not any("forwarding rule" in s for s in remove.steps)
+    # out of the pool before etcd: no request through the endpoint reaches a leaving replica
+    assert [s.kind.value for s in remove.steps] == ["pool-remove", "remove-member", "wait-quorum", "delete-vm"]
 
 
 def test_as_needed_mode_keeps_the_seeds_ip_move_and_says_its_downtime():
     add = plan_add(ONE, "us-central1-b", "add-1", KNOWN)
     assert add.lb == "create" and "does not answer" in add.downtime
-    remove = plan_remove(TWO_LB, "us-central1-b", None, AS_NEEDED)
+    remove = plan_remove(TWO_LB, "us-central1-b", None, mode=AS_NEEDED)
     assert remove.lb == "delete" and "does not answer" in remove.downtime
     assert "endpoint downtime" in remove.markdown()
 
 
 def test_replace_at_three_in_always_mode_keeps_the_load_balancer():
     three = cluster(replica(0, "us-central1-a"), replica(1, "us-central1-b", **DEAD), replica(2, "us-central1-c"))
-    removal, addition = plan_replace(three, "c-master-1", "replace-1", KNOWN, ALWAYS)
+    removal, addition = plan_replace(three, "c-master-1", "replace-1", KNOWN, mode=ALWAYS)
     assert removal.lb == "shrink" and addition.lb == "extend"
 
 
@@ -79,6 +86,14 @@ def test_set_load_balancer_changes_gce_only_at_one_replica_and_says_the_downtime
     plan = plan_set_load_balancer(state, current, target)
     assert plan.lb == lb
     assert bool(plan.downtime) is downtime
+    kinds = [s.kind.value for s in plan.steps]
+    if lb == "create":
+        assert kinds == ["health-check", "target-pool", "release-ip", "forwarding-rule", "ephemeral-ip", "save-spec"]
+    elif lb == "delete":
+        assert kinds == ["delete-forwarding-rule", "drop-ephemeral-ip", "endpoint-ip", "delete-target-pool",
+                         "delete-health-check", "save-spec"]
+    else:
+        assert kinds in ([], ["save-spec"])
     if downtime:
         assert "one time" in plan.downtime and "endpoint downtime: one time" in plan.markdown()
 
@@ -205,3 +220,42 @@ def test_rebalance_back_to_one_per_zone_only_when_asked_and_healthy():
     sick = cluster(replica(0, "us-central1-a"), replica(2, "us-central1-c", **DEAD), replica(3, "us-central1-a"))
     assert decide(sick, rebalance=True).action is ZoneAction.NOTHING
     assert decide(THREE, rebalance=True).action is ZoneAction.NOTHING
+
+
+# --- zone-outage plans (what the health check executes) ---------------------------------------------
+
+def test_a_zone_move_records_the_stranded_vm_before_removing_its_member_then_adds_elsewhere():
+    from haplane.plans import plan_zone_move
+
+    state = out(THREE, "us-central1-b")
+    state = ClusterState(**{**state.__dict__, "pool_members": ("c-master-0", "c-master-1", "c-master-2")})
+    plan = plan_zone_move(state, "c-master-1", "us-central1-a", "zone-move-1", KNOWN, ZONES)
+    kinds = [s.kind.value for s in plan.steps]
+    assert kinds[:4] == ["strand", "remove-member", "pool-remove", "wait-quorum"]
+    assert kinds[4:9] == ["create-vm", "add-learner", "configure", "promote", "wait-quorum"]
+    assert kinds[-1] == "strand-replaced" and not any(k == "delete-vm" for k in kinds)  # its VM cannot be seen
+    assert plan.new_replicas[0][1] == "us-central1-a" and plan.voting_after == 3
+    # the member is removed through the members that answer only
+    remove = plan.steps[1].arguments
+    assert "127.10.0.3" not in remove["member_ips"] and len(remove["member_ips"]) == 2
+    # with another dead voter left, only the removal: etcd refuses to add while a voter is unreachable
+    only = plan_zone_move(state, "c-master-1", "us-central1-a", "zone-move-1", KNOWN, ZONES, add_now=False)
+    assert [s.kind.value for s in only.steps] == ["strand", "remove-member", "pool-remove", "wait-quorum"]
+
+
+def test_a_zone_move_is_refused_for_a_replica_that_can_be_seen():
+    from haplane.plans import plan_zone_move
+
+    with pytest.raises(PlanRefused, match="not an etcd member in a zone that does not answer"):
+        plan_zone_move(THREE, "c-master-1", "us-central1-a", "zone-move-1", KNOWN, ZONES)
+
+
+def test_stranded_vms_are_deleted_unless_they_are_members_again():
+    from haplane.plans import plan_delete_stranded
+
+    back = cluster(replica(0, "us-central1-a"), replica(2, "us-central1-c"), replica(3, "us-central1-a"),
+                   replica(1, "us-central1-b", member_id=None, **DEAD))
+    plan = plan_delete_stranded(back, [("c-master-1", "us-central1-b")])
+    assert [s.kind.value for s in plan.steps] == ["delete-vm", "strand-deleted"]
+    with pytest.raises(PlanRefused, match="etcd member again"):
+        plan_delete_stranded(THREE, [("c-master-1", "us-central1-b")])
