@@ -162,7 +162,7 @@ def test_as_needed_mode_moves_the_ip_and_conversion_both_ways(cloud):
 
     # back to as-needed at 2 replicas: only the spec; 2 -> 1 then hands the IP back (the seed's move)
     plan = set_load_balancer(cluster=cluster, mode="as-needed", dry_run=True)
-    assert plan.downtime == "" and "spec" in plan.steps[0]
+    assert plan.downtime == "" and plan.ids == ("spec",)
     set_load_balancer(cluster=cluster, mode="as-needed")
     rows = remove_replica(cluster=cluster, zone="europe-west1-c")
     assert len(rows) == 1 and rows[0]["external IP"] == endpoint
