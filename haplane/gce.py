@@ -23,6 +23,7 @@ from google.api_core import retry as retries
 from google.cloud import compute_v1
 
 from haplane.node import public_metadata
+from haplane.secrets import call_carrying_secrets
 
 REQUEST_NAMESPACE = uuid.UUID("6f1c8a52-4d0e-4b59-9a57-0c8e2f0a7d11")
 ACCESS_CONFIG_NAME = "external-nat"
@@ -386,7 +387,10 @@ class Gce:
                                    items=[compute_v1.Items(key=k, value=v) for k, v in merged.items()])
         req = compute_v1.SetMetadataInstanceRequest(project=self.project, zone=zone, instance=name,
                                                     metadata_resource=body, request_id=rid)
-        return self._ref(self.instances.set_metadata_unary(request=req), "zone", zone)
+        # the body holds private keys: an error must not carry the request or response onwards
+        op = call_carrying_secrets(f"setMetadata of instance {name} in {zone}", merged.values(),
+                                   self.instances.set_metadata_unary, request=req)
+        return self._ref(op, "zone", zone)
 
     def add_access_config(self, zone: str, name: str, *, nat_ip: str | None, rid: str) -> OpRef:
         body = compute_v1.AccessConfig(name=ACCESS_CONFIG_NAME, type_="ONE_TO_ONE_NAT")
