@@ -43,7 +43,14 @@ class GceConnection(Block):
 def resolve_gce(connection: str | None) -> Gce:
     """A saved :class:`GceConnection` by name, else ``HAPLANE_GCE_ENDPOINT`` / ``HAPLANE_PROJECT``."""
     if connection:
-        return GceConnection.load(connection).gce()
+        try:
+            block = GceConnection.load(connection)
+        except ValueError as exc:
+            raise ValueError(
+                f"no haplane-gce-connection block named {connection!r}: create it with `haplane setup-workspace "
+                f"--project PROJECT [--endpoint URL] --connection {connection}` (or under Blocks in the UI), or "
+                f"leave connection empty to use HAPLANE_PROJECT / HAPLANE_GCE_ENDPOINT of the worker") from exc
+        return block.gce()
     if not os.environ.get("HAPLANE_PROJECT"):
         raise ValueError(
             "no GCE connection: pass connection=<name of a haplane-gce-connection block>, "

@@ -152,6 +152,14 @@ def ensure_automation() -> None:
         say(f"automation {AUTOMATION!r} updated")
 
 
+def check_health_interval(seconds: float) -> None:
+    """A schedule every 0 s (or less) would be refused by Prefect half-way through the setup, or run
+    checks back to back: refused before anything is set up."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+        raise ValueError(f"--health-interval must be a positive number of seconds, got {seconds!r}: "
+                         f"pass e.g. --health-interval 300 (every 5 minutes)")
+
+
 def setup_workspace(clusters: list[str] | None = None, health_interval: float = 300.0, connection: str | None = None,
                     project: str | None = None, endpoint: str | None = None, repo: Path = REPO,
                     pool: str = POOL) -> dict[str, Any]:
@@ -161,6 +169,7 @@ def setup_workspace(clusters: list[str] | None = None, health_interval: float = 
 
     for c in clusters:
         check_cluster_name(c)
+    check_health_interval(health_interval)
     if project and not connection:
         connection = "default"
     ensure_pool(pool)

@@ -14,7 +14,7 @@ from prefect.runtime import flow_run
 from pydantic import Field
 
 from blocks.cluster import ClusterSpec
-from flows.params import ClusterName, Size, Zone, documented
+from flows.params import ClusterName, Size, Zones, documented
 from haplane.node import ApiServerSpec, EtcdSpec, peer_url
 from haplane.plans import Plan, plan_create
 from haplane.topology import ClusterNames, check_cluster_name
@@ -39,7 +39,7 @@ from tasks.steps import Change
 def create_cluster(
     cluster: ClusterName,
     region: Annotated[str, Field(description="GCE region, e.g. europe-west1", pattern=r"^[a-z]+-[a-z]+[0-9]+$")],
-    zones: Annotated[list[Zone], Field(description="Zones of that region to spread replicas over", min_length=1)],
+    zones: Annotated[Zones, Field(description="Zones of that region to spread replicas over, each once")],
     replicas: Annotated[Size, Field(description="1, 3, 5 or 7 (2 is refused: two replicas are worse than one)")] = 1,
     multizone: Annotated[bool, Field(description="MULTIZONE: keep kubelets in other zones")] = True,
     quorum_reads: Annotated[bool, Field(description="ENABLE_ETCD_QUORUM_READ: API reads go to the etcd leader")] = False,

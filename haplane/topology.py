@@ -48,6 +48,18 @@ def region_of(zone: str) -> str:
     return region
 
 
+def check_distinct_zones(zones: Iterable[str]) -> list[str]:
+    """A zone listed twice is refused, not collapsed: ``[b, b]`` with 3 replicas would put every replica
+    in one zone, which is not what the caller asked for."""
+    seen: list[str] = []
+    for zone in zones:
+        if zone in seen:
+            raise TopologyError(f"zone {zone!r} is listed twice in zones; list each zone once (replicas are "
+                                f"spread over the listed zones, fewest first)")
+        seen.append(zone)
+    return seen
+
+
 def check_zones(region: str, zones: Iterable[str], known: Iterable[str]) -> list[str]:
     """Every zone is a known zone of ``region``; returns them deduplicated, in order."""
     known_set = set(known)

@@ -15,6 +15,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 
+from google.api_core import exceptions as gexc
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.client.orchestration import get_client
@@ -99,11 +100,21 @@ def observe_cluster(cluster: str, region: str, connection: str | None) -> Cluste
 
 @probe(task_run_name="zones of {region}")
 def zones_of(region: str, connection: str | None) -> list[str]:
+    """The zones of ``region``. A region GCE does not know and a GCE that cannot be reached (no or a
+    wrong connection) are told apart: each names its own fix."""
+    gce = resolve_gce(connection)  # a missing connection says so itself
+    where = f"{gce.endpoint or 'real GCE (compute.googleapis.com)'}, project {gce.project!r}"
     try:
-        return resolve_gce(connection).list_zones(region)
-    except Exception as exc:  # NotFound and friends: say which region
-        raise ValueError(f"region {region!r} is unknown to GCE ({type(exc).__name__}); "
-                         f"pick a region such as europe-west1 or us-central1") from exc
+        return gce.list_zones(region)
+    except gexc.NotFound as exc:
+        raise ValueError(f"region {region!r} is unknown to GCE ({where}); pick a region such as europe-west1 "
+                         f"or us-central1") from exc
+    except Exception as exc:  # unreachable endpoint, no credentials, a zone API down
+        raise ValueError(
+            f"cannot reach GCE at {where} to list the zones of {region!r} ({type(exc).__name__}); nothing was "
+            f"changed. The GCE connection is missing or wrong: pass connection=<name of a haplane-gce-connection "
+            f"block> (connection={connection!r} was given), or set HAPLANE_GCE_ENDPOINT (the emulator's URL, "
+            f"e.g. http://127.0.0.1:8787) and HAPLANE_PROJECT in the worker's environment") from None
 
 
 def publish_plan(plan: Plan, change: Change) -> None:
