@@ -80,3 +80,5 @@ class ClusterSpec(Block):
     operator_ranges: list[str] = Field(default_factory=lambda: ["127.0.0.0/8"],
                                        description="Ranges the operator (Prefect worker) reaches etcd from")
     service_cidr: str = Field(default="10.0.0.0/24", description="Kubernetes service range")
+    project: str | None = Field(default=None, description="GCE project the cluster lives in (recorded at create; "
+                                                          "empty for clusters created before it was)")

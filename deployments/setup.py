@@ -122,6 +122,23 @@ def ensure_health_schedules(clusters: list[str], interval_s: float, connection: 
             say(f"health check of {c!r} every {interval_s:g} s (schedule {slug})")
 
 
+def remove_health_schedule(cluster: str) -> list[str]:
+    """Delete the cluster's health-check schedule (delete-cluster, once the cluster is gone); the slugs removed."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    slug = f"health-{cluster}"
+    with get_client(sync_client=True) as client:
+        try:
+            deployment = client.read_deployment_by_name(HEALTH_DEPLOYMENT)
+        except ObjectNotFound:
+            return []
+        gone = [s for s in client.read_deployment_schedules(deployment.id) if s.slug == slug]
+        for s in gone:
+            client.delete_deployment_schedule(deployment.id, s.id)
+    return [slug for _ in gone]
+
+
 def ensure_automation() -> None:
     from prefect.automations import Automation
     from prefect.client.orchestration import get_client

@@ -16,9 +16,18 @@ from pydantic import Field
 from blocks.cluster import ClusterSpec
 from flows.params import ClusterName, Size, Zones, documented
 from haplane.node import ApiServerSpec, EtcdSpec, peer_url
+from haplane.ownership import check_create
 from haplane.plans import Plan, plan_create
 from haplane.topology import ClusterNames, check_cluster_name
-from tasks.cluster import cluster_lock, observe_cluster, publish_plan, publish_report, zones_of
+from tasks.cluster import (
+    cluster_lock,
+    gce_footprint,
+    observe_cluster,
+    publish_plan,
+    publish_report,
+    spec_where,
+    zones_of,
+)
 from tasks.compute import submit_create_vm
 from tasks.etcd import wait_quorum
 from tasks.network import (
@@ -57,6 +66,9 @@ def create_cluster(
 
     # Decide from what is there: nothing is changed before the plan is accepted.
     known = zones_of(region, connection)
+    project = change.gce().project
+    where = spec_where(cluster)  # a name taken anywhere is refused before anything changes
+    check_create(cluster, region, project, where, [] if where else gce_footprint(cluster, region, connection))
     if dry_run:
         plan = plan_create(cluster, region, zones, replicas, change.change_id, known,
                            observe_cluster(cluster, region, connection))
@@ -70,7 +82,7 @@ def create_cluster(
         ClusterSpec(cluster=cluster, region=region, zones=list(zones), multizone=multizone,
                     quorum_reads=quorum_reads, machine_type=machine_type,
                     api_source_ranges=api_source_ranges or ["0.0.0.0/0"],
-                    operator_ranges=operator_ranges or ["127.0.0.0/8"]).save(names.spec_block, overwrite=True)
+                    operator_ranges=operator_ranges or ["127.0.0.0/8"], project=project).save(names.spec_block, overwrite=True)
         ensure_cluster_pki(cluster)
 
         # The endpoint: a static IP, kept for the cluster's life (later the load balancer's IP).

@@ -16,8 +16,9 @@ from pydantic import Field
 from blocks import delete_block_document
 from blocks.cluster import ClusterSpec
 from flows.params import ClusterName, documented
+from haplane.ownership import SpecWhere, check_delete
 from haplane.topology import ClusterNames, check_cluster_name
-from tasks.cluster import cluster_lock, load_spec, observe_cluster
+from tasks.cluster import cluster_lock, forget_cluster, gce_footprint, load_spec, observe_cluster
 from tasks.compute import submit_delete_vm
 from tasks.network import (
     firewall_rules,
@@ -38,12 +39,18 @@ def delete_cluster(
     cluster: ClusterName,
     connection: Annotated[str | None, Field(description="Name of a haplane-gce-connection block")] = None,
     change_id: Annotated[str | None, Field(description="Repeat to resume a failed run")] = None,
+    gone: Annotated[bool, Field(description="The cluster is truly gone from GCE: remove its spec, PKI, schedule "
+                                            "and locks although GCE shows nothing of it")] = False,
 ) -> list[str]:
     check_cluster_name(cluster)
     spec = load_spec(cluster)
     change = Change(cluster, change_id or f"delete-{flow_run.get_id()}", connection)
     names = ClusterNames(cluster)
+    project = change.gce().project
     with cluster_lock(cluster):
+        # a view that shows nothing may be a wrong connection: never delete the CA on it
+        check_delete(cluster, project, SpecWhere(spec.region, spec.project),
+                     gce_footprint(cluster, spec.region, connection), gone)
         state = observe_cluster(cluster, spec.region, connection)
         apply(change, Step(submit_delete_forwarding_rule, "forwarding-rule", "delete the load balancer",
                            (spec.region,), timeout=3600, progress_key=f"{cluster}-load-balancer"))
@@ -54,8 +61,14 @@ def delete_cluster(
         apply(change, Step(submit_release_address, "address", "release the endpoint IP", (spec.region,)))
         rules = firewall_rules(cluster, spec.api_source_ranges, spec.operator_ranges)
         apply_all(change, [Step(submit_delete_firewall, f"firewall/{n}", f"delete firewall {n}", (n,)) for n in rules])
+        left = gce_footprint(cluster, spec.region, connection)
+        if left:  # the blocks (the CA) go only once GCE holds nothing of the cluster
+            raise RuntimeError(f"cluster {cluster!r} still has {', '.join(left)} in GCE; its spec and PKI are kept: "
+                               f"run delete-cluster again")
         delete_cluster_pki(cluster)
         delete_block_document(names.spec_block, ClusterSpec.get_block_type_slug())
+    removed = forget_cluster(cluster)  # after the lock is released: its limit goes too
+    get_run_logger().info("removed %s", ", ".join(removed) or "no schedule or lock")
     deleted = [r.name for r in state.vms]
     get_run_logger().info("deleted cluster %s: VMs %s, endpoint %s", cluster, deleted, state.endpoint_ip)
     return deleted

@@ -24,8 +24,9 @@ from prefect.concurrency.sync import concurrency
 from blocks.cluster import ClusterSpec, resolve_gce
 from haplane.model import ClusterState
 from haplane.observe import observe
+from haplane.ownership import SpecWhere
 from haplane.plans import Plan
-from haplane.topology import ClusterNames
+from haplane.topology import LABEL_CLUSTER, ClusterNames
 from tasks.pki import read_cas
 from tasks.steps import Change, probe
 
@@ -156,3 +157,47 @@ def format_table(rows: list[dict[str, str]]) -> str:
     lines = ["  ".join(c.ljust(widths[c]) for c in cols)]
     lines += ["  ".join(str(r[c]).ljust(widths[c]) for c in cols) for r in rows]
     return "\n".join(lines)
+
+
+def spec_where(cluster: str) -> SpecWhere | None:
+    """Where the cluster's saved spec says it lives; None without a spec."""
+    try:
+        spec = ClusterSpec.load(ClusterNames(cluster).spec_block)
+    except ValueError:
+        return None
+    return SpecWhere(region=spec.region, project=spec.project)
+
+
+@probe(task_run_name="footprint of {cluster}")
+def gce_footprint(cluster: str, region: str, connection: str | None) -> list[str]:
+    """What GCE holds under the cluster's names: labelled VMs in the region's zones, the endpoint
+    address, the load balancer, and the global firewall rules and health check (global names also
+    catch a same-named cluster in another region of the project)."""
+    gce, names = resolve_gce(connection), ClusterNames(cluster)
+    found = [f"VM {i.name} ({i.zone})" for i in gce.list_instances(gce.list_zones(region),
+                                                                      labels={LABEL_CLUSTER: cluster})]
+    found += [f"address {names.address}"] if gce.get_address(region, names.address) else []
+    found += [f"forwarding rule {names.forwarding_rule}"] if gce.get_forwarding_rule(region, names.forwarding_rule) else []
+    found += [f"target pool {names.target_pool}"] if gce.get_target_pool(region, names.target_pool) else []
+    found += [f"health check {names.health_check}"] if gce.health_check_exists(names.health_check) else []
+    found += [f"firewall {n}" for n in (names.firewall_etcd_peer, names.firewall_etcd_client, names.firewall_apiserver)
+              if gce.get_firewall(n)]
+    return found
+
+
+def forget_cluster(cluster: str) -> list[str]:
+    """After a cluster is gone from GCE: its health schedule and its locks (the limits
+    ``cluster-<name>`` and ``health-<name>``). Returns what was removed."""
+    from prefect.exceptions import ObjectNotFound
+
+    from deployments.setup import remove_health_schedule
+
+    removed = [f"schedule {slug}" for slug in remove_health_schedule(cluster)]
+    with get_client(sync_client=True) as client:
+        for limit in (lock_name(cluster), f"health-{cluster}"):
+            try:
+                client.delete_global_concurrency_limit_by_name(limit)
+                removed.append(f"lock {limit}")
+            except ObjectNotFound:
+                pass
+    return removed
