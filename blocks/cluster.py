@@ -82,3 +82,5 @@ class ClusterSpec(Block):
     service_cidr: str = Field(default="10.0.0.0/24", description="Kubernetes service range")
     project: str | None = Field(default=None, description="GCE project the cluster lives in (recorded at create; "
                                                           "empty for clusters created before it was)")
+    uid: str | None = Field(default=None, description="The cluster's identity, stamped on everything it creates "
+                                                      "(empty for clusters created before uids)")

@@ -16,7 +16,7 @@ from pydantic import Field
 from blocks.cluster import ClusterSpec
 from flows.params import ClusterName, Size, Zones, documented
 from haplane.node import ApiServerSpec, EtcdSpec, peer_url
-from haplane.ownership import check_create
+from haplane.ownership import check_create, new_uid
 from haplane.plans import Plan, plan_create
 from haplane.topology import ClusterNames, check_cluster_name
 from tasks.cluster import (
@@ -82,7 +82,8 @@ def create_cluster(
         ClusterSpec(cluster=cluster, region=region, zones=list(zones), multizone=multizone,
                     quorum_reads=quorum_reads, machine_type=machine_type,
                     api_source_ranges=api_source_ranges or ["0.0.0.0/0"],
-                    operator_ranges=operator_ranges or ["127.0.0.0/8"], project=project).save(names.spec_block, overwrite=True)
+                    operator_ranges=operator_ranges or ["127.0.0.0/8"], project=project,
+                    uid=where.uid if where else new_uid()).save(names.spec_block, overwrite=True)
         ensure_cluster_pki(cluster)
 
         # The endpoint: a static IP, kept for the cluster's life (later the load balancer's IP).

@@ -50,7 +50,7 @@ def delete_cluster(
     with cluster_lock(cluster):
         # a view that shows nothing may be a wrong connection: never delete the CA on it
         check_delete(cluster, project, SpecWhere(spec.region, spec.project),
-                     gce_footprint(cluster, spec.region, connection), gone)
+                     gce_footprint(cluster, spec.region, connection, ours_only=True), gone)
         state = observe_cluster(cluster, spec.region, connection)
         apply(change, Step(submit_delete_forwarding_rule, "forwarding-rule", "delete the load balancer",
                            (spec.region,), timeout=3600, progress_key=f"{cluster}-load-balancer"))
@@ -61,7 +61,7 @@ def delete_cluster(
         apply(change, Step(submit_release_address, "address", "release the endpoint IP", (spec.region,)))
         rules = firewall_rules(cluster, spec.api_source_ranges, spec.operator_ranges)
         apply_all(change, [Step(submit_delete_firewall, f"firewall/{n}", f"delete firewall {n}", (n,)) for n in rules])
-        left = gce_footprint(cluster, spec.region, connection)
+        left = gce_footprint(cluster, spec.region, connection, ours_only=True)
         if left:  # the blocks (the CA) go only once GCE holds nothing of the cluster
             raise RuntimeError(f"cluster {cluster!r} still has {', '.join(left)} in GCE; its spec and PKI are kept: "
                                f"run delete-cluster again")

@@ -20,6 +20,7 @@ LABEL_ROLE = "haplane-role"
 LABEL_MULTIZONE = "haplane-multizone"
 LABEL_QUORUM_READS = "haplane-quorum-reads"
 LABEL_CHANGE = "haplane-change"
+LABEL_UID = "haplane-uid"  # the cluster's identity (haplane.ownership)
 ROLE_MASTER = "master"
 
 class TopologyError(ValueError):

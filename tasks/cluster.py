@@ -24,11 +24,11 @@ from prefect.concurrency.sync import concurrency
 from blocks.cluster import ClusterSpec, resolve_gce
 from haplane.model import ClusterState
 from haplane.observe import observe
-from haplane.ownership import SpecWhere
+from haplane.ownership import SpecWhere, owned, uid_in
 from haplane.plans import Plan
-from haplane.topology import LABEL_CLUSTER, ClusterNames
+from haplane.topology import LABEL_CLUSTER, LABEL_UID, ClusterNames
 from tasks.pki import read_cas
-from tasks.steps import Change, probe
+from tasks.steps import Change, cluster_uid, probe
 
 LOCK_WAIT_S = 10.0
 LOCK_LEASE_S = max(60.0, float(os.environ.get("HAPLANE_LOCK_LEASE_S", "120")))  # Prefect's minimum is 60 s
@@ -95,8 +95,12 @@ def observe_cluster(cluster: str, region: str, connection: str | None) -> Cluste
     from haplane.etcd import EtcdTLS
 
     tls = EtcdTLS.from_cas(cas) if cas else None
-    return observe(resolve_gce(connection), cluster, region, tls, cas.ca.cert_pem if cas else None,
-                   pki_problem=problem)
+    state = observe(resolve_gce(connection), cluster, region, tls, cas.ca.cert_pem if cas else None,
+                    pki_problem=problem, uid=cluster_uid(cluster))
+    if state.look_alikes:
+        get_run_logger().warning("VMs with cluster %s's label but not its uid (look-alikes, left alone): %s",
+                                 cluster, ", ".join(state.look_alikes))
+    return state
 
 
 @probe(task_run_name="zones of {region}")
@@ -165,23 +169,32 @@ def spec_where(cluster: str) -> SpecWhere | None:
         spec = ClusterSpec.load(ClusterNames(cluster).spec_block)
     except ValueError:
         return None
-    return SpecWhere(region=spec.region, project=spec.project)
+    return SpecWhere(region=spec.region, project=spec.project, uid=spec.uid)
 
 
 @probe(task_run_name="footprint of {cluster}")
-def gce_footprint(cluster: str, region: str, connection: str | None) -> list[str]:
+def gce_footprint(cluster: str, region: str, connection: str | None, ours_only: bool = False) -> list[str]:
     """What GCE holds under the cluster's names: labelled VMs in the region's zones, the endpoint
     address, the load balancer, and the global firewall rules and health check (global names also
-    catch a same-named cluster in another region of the project)."""
+    catch a same-named cluster in another region of the project). ``ours_only``: only what carries
+    the cluster's uid (look-alikes are left out)."""
     gce, names = resolve_gce(connection), ClusterNames(cluster)
+    uid = cluster_uid(cluster) if ours_only else None
+
+    def keep(found_uid: str | None) -> bool:
+        return not ours_only or owned(found_uid, uid)
+
     found = [f"VM {i.name} ({i.zone})" for i in gce.list_instances(gce.list_zones(region),
-                                                                      labels={LABEL_CLUSTER: cluster})]
-    found += [f"address {names.address}"] if gce.get_address(region, names.address) else []
-    found += [f"forwarding rule {names.forwarding_rule}"] if gce.get_forwarding_rule(region, names.forwarding_rule) else []
-    found += [f"target pool {names.target_pool}"] if gce.get_target_pool(region, names.target_pool) else []
-    found += [f"health check {names.health_check}"] if gce.health_check_exists(names.health_check) else []
-    found += [f"firewall {n}" for n in (names.firewall_etcd_peer, names.firewall_etcd_client, names.firewall_apiserver)
-              if gce.get_firewall(n)]
+                                                                      labels={LABEL_CLUSTER: cluster})
+             if keep(i.labels.get(LABEL_UID))]
+    named = [("address", names.address, region), ("forwarding_rule", names.forwarding_rule, region),
+             ("target_pool", names.target_pool, region), ("health_check", names.health_check, None),
+             *(("firewall", n, None) for n in (names.firewall_etcd_peer, names.firewall_etcd_client,
+                                               names.firewall_apiserver))]
+    for kind, name, where in named:
+        description = gce.description_of(kind, name, where)
+        if description is not None and keep(uid_in(description)):
+            found.append(f"{kind.replace('_', ' ')} {name}")
     return found
 
 

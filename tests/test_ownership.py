@@ -104,7 +104,8 @@ def test_names_are_owned_and_delete_cleans_up(cloud):
 
     cluster = f"own-{uuid.uuid4().hex[:5]}"
     create_cluster(cluster=cluster, region=REGION, zones=ZONES[:1], replicas=1)
-    assert spec_where(cluster) == SpecWhere(REGION, PROJECT)
+    where = spec_where(cluster)
+    assert (where.region, where.project) == (REGION, PROJECT) and len(where.uid) == 12
 
     # the same name in another region: refused, the spec is not overwritten
     refused(lambda: create_cluster(cluster=cluster, region="us-central1", zones=["us-central1-a"]),
@@ -144,3 +145,52 @@ def test_names_are_owned_and_delete_cleans_up(cloud):
     assert spec_where(cluster) is None and load_cas(cluster) is None
     assert not _health_schedule(cluster)
     assert not _limit_exists(f"cluster-{cluster}") and not _limit_exists(f"health-{cluster}")
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_look_alikes_are_reported_never_touched(cloud):
+    """Everything the cluster creates carries its uid; a VM with its label but not its uid, and a pool
+    with its pool's name, are left alone by observe and delete, and block a new cluster of that name."""
+    from flows.create_cluster import create_cluster
+    from flows.delete_cluster import delete_cluster
+    from haplane.ownership import uid_in
+    from haplane.topology import LABEL_CLUSTER, LABEL_UID, ClusterNames
+    from tasks.cluster import observe_cluster, spec_where
+
+    cluster = f"look-{uuid.uuid4().hex[:5]}"
+    names = ClusterNames(cluster)
+    create_cluster(cluster=cluster, region=REGION, zones=ZONES[:1], replicas=1)
+    uid = spec_where(cluster).uid
+    gce = cloud.gce
+    (vm,) = gce.list_instances(ZONES, labels={LABEL_CLUSTER: cluster})
+    assert vm.labels[LABEL_UID] == uid
+    for kind, name, region in (("address", names.address, REGION), ("firewall", names.firewall_etcd_peer, None),
+                               ("firewall", names.firewall_apiserver, None)):
+        assert uid_in(gce.description_of(kind, name, region)) == uid, f"{kind} {name} is not stamped"
+
+    # look-alikes: a VM with the cluster's label (no uid, or another one) and a pool under its name
+    for zone, extra in ((ZONES[1], {}), (ZONES[2], {LABEL_UID: "0123456789ab"})):
+        gce.wait(gce.insert_instance(zone, f"{cluster}-fake-{zone[-1]}", machine_type="e2-small",
+                                     labels={LABEL_CLUSTER: cluster, **extra}, metadata={}, tags=[],
+                                     external_ip=False, rid=str(uuid.uuid4())))
+    gce.wait(gce.insert_health_check(f"{cluster}-other-hc", port=8080, path="/", rid=str(uuid.uuid4())))
+    gce.wait(gce.insert_target_pool(REGION, names.target_pool, instances=[], health_check=f"{cluster}-other-hc",
+                                    rid=str(uuid.uuid4())))
+    state = observe_cluster(cluster, REGION, None)
+    assert [r.name for r in state.replicas] == [vm.name]
+    assert state.look_alikes == (f"{cluster}-fake-c ({ZONES[1]})", f"{cluster}-fake-d ({ZONES[2]})")
+
+    cloud.admin.clear_calls()
+    delete_cluster(cluster=cluster)
+    deleted = [c["path"] for c in cloud.admin.calls() if c["verb"] == "DELETE"]
+    assert not [p for p in deleted if "fake" in p or names.target_pool in p], deleted
+    left = sorted(i.name for i in gce.list_instances(ZONES, labels={LABEL_CLUSTER: cluster}))
+    assert left == [f"{cluster}-fake-c", f"{cluster}-fake-d"]
+    assert gce.get_target_pool(REGION, names.target_pool) is not None
+    assert gce.get_address(REGION, names.address) is None and spec_where(cluster) is None
+
+    # the look-alikes still hold the name: a new cluster of that name is refused
+    cloud.admin.clear_calls()
+    with pytest.raises(Exception, match="already has resources named for a cluster"):
+        create_cluster(cluster=cluster, region=REGION, zones=ZONES[:1], replicas=1)
+    assert cloud.mutating_calls() == []
