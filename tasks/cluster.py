@@ -12,6 +12,7 @@ started again later. A killed holder's lease expires after ``LOCK_LEASE_S``
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 from collections.abc import Iterator
 
@@ -61,9 +62,18 @@ def force_unlock(cluster: str) -> bool:
     return True
 
 
+# Locks this flow run (and the subflows it runs in its thread) holds: the health check takes the cluster
+# lock to decide and runs replace-replica under that same hold.
+_HELD: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar("haplane_held_locks", default=frozenset())
+
+
 @contextlib.contextmanager
 def cluster_lock(cluster: str) -> Iterator[None]:
-    """Hold the cluster's lock for the body; fail fast with :class:`ClusterBusy` if another flow has it."""
+    """Hold the cluster's lock for the body; fail fast with :class:`ClusterBusy` if another flow has it.
+    Re-entrant: a subflow of a flow that holds it runs under the same hold."""
+    if cluster in _HELD.get():
+        yield
+        return
     ensure_lock(cluster)
     try:
         ctx = concurrency(lock_name(cluster), occupy=1, strict=True, timeout_seconds=LOCK_WAIT_S,
@@ -73,9 +83,11 @@ def cluster_lock(cluster: str) -> Iterator[None]:
         raise ClusterBusy(
             f"another mutating flow is running on cluster {cluster!r} (lock {lock_name(cluster)!r} is held); "
             f"nothing was changed: wait for that run to finish, then start this one again") from exc
+    token = _HELD.set(_HELD.get() | {cluster})
     try:
         yield
     finally:
+        _HELD.reset(token)
         ctx.__exit__(None, None, None)
 
 
