@@ -51,6 +51,8 @@ def _cluster_size(value: int) -> int:
 Size = Annotated[int, BeforeValidator(_whole_number), AfterValidator(_cluster_size), Field(json_schema_extra={"enum": list(VALID_SIZES)})]
 Connection = Annotated[str | None, Field(description="Name of a haplane-gce-connection block; empty: "
                                                       "HAPLANE_GCE_ENDPOINT / HAPLANE_PROJECT of the worker")]
+ChangeId = Annotated[str | None, Field(description="Repeat to resume a failed run")]
+DryRun = Annotated[bool, Field(description="Plan and publish the plan, change nothing")]
 
 
 def documented(fn):

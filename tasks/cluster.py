@@ -22,6 +22,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import concurrency
 
+from blocks import delete_block_document
 from blocks.cluster import ClusterSpec, resolve_gce
 from haplane.model import ClusterState
 from haplane.observe import observe
@@ -98,6 +99,17 @@ def load_spec(cluster: str) -> ClusterSpec:
     except ValueError as exc:
         raise ValueError(f"cluster {cluster!r} is unknown: no block {names.spec_block!r} "
                          f"(create it with create-cluster)") from exc
+
+
+@probe(task_run_name="{step}")
+def save_spec(cluster: str, spec: ClusterSpec, step: str = "spec") -> None:
+    """Save the cluster's intended settings as block ``<cluster>-spec`` (create-cluster)."""
+    spec.save(ClusterNames(cluster).spec_block, overwrite=True)
+
+
+@probe(task_run_name="{step}")
+def delete_spec(cluster: str, step: str = "spec") -> None:
+    delete_block_document(ClusterNames(cluster).spec_block, ClusterSpec.get_block_type_slug())
 
 
 @probe(task_run_name="observe {cluster}")
@@ -208,6 +220,14 @@ def gce_footprint(cluster: str, region: str, connection: str | None, ours_only: 
         if description is not None and keep(uid_in(description)):
             found.append(f"{kind.replace('_', ' ')} {name}")
     return found
+
+
+def check_gone_from_gce(cluster: str, region: str, connection: str | None) -> None:
+    """Before delete-cluster removes the CA and the spec: nothing of the cluster may be left in GCE."""
+    left = gce_footprint(cluster, region, connection, ours_only=True)
+    if left:
+        raise RuntimeError(f"cluster {cluster!r} still has {', '.join(left)} in GCE; its spec and PKI are kept: "
+                           f"run delete-cluster again")
 
 
 def forget_cluster(cluster: str) -> list[str]:

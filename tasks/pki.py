@@ -48,8 +48,8 @@ def operator_tls(cluster: str) -> EtcdTLS | None:
     return EtcdTLS.from_cas(cas) if cas else None
 
 
-@probe(task_run_name="ensure cluster PKI")
-def ensure_cluster_pki(cluster: str) -> str:
+@probe(task_run_name="{step}")
+def ensure_cluster_pki(cluster: str, step: str = "pki") -> str:
     """Create the cluster CA and etcd CA once; later runs keep the saved ones. Returns the block name."""
     name = block_name(cluster)
     if load_cas(cluster) is None:
@@ -60,8 +60,8 @@ def ensure_cluster_pki(cluster: str) -> str:
     return name
 
 
-@probe(task_run_name="delete cluster PKI")
-def delete_cluster_pki(cluster: str) -> None:
+@probe(task_run_name="{step}")
+def delete_cluster_pki(cluster: str, step: str = "pki") -> None:
     delete_block_document(block_name(cluster), ClusterPKI.get_block_type_slug())
 
 
