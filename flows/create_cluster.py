@@ -17,7 +17,7 @@ from pydantic import Field
 
 from blocks.cluster import ClusterSpec
 from flows.change import run_change
-from flows.params import ChangeId, ClusterName, Connection, DryRun, Size, documented
+from flows.params import ChangeId, ClusterName, Connection, DryRun, Size, Zones, documented
 from haplane.ownership import check_create, new_uid
 from haplane.plans import Plan, plan_create
 from haplane.topology import check_cluster_name
