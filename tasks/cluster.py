@@ -196,7 +196,7 @@ def spec_where(cluster: str) -> SpecWhere | None:
     return SpecWhere(region=spec.region, project=spec.project, uid=spec.uid)
 
 
-@probe(task_run_name="footprint of {cluster}")
+@probe(task_run_name="observe the footprint of {cluster}")
 def gce_footprint(cluster: str, region: str, connection: str | None, ours_only: bool = False) -> list[str]:
     """What GCE holds under the cluster's names: labelled VMs in the region's zones, the endpoint
     address, the load balancer, and the global firewall rules and health check (global names also
