@@ -16,10 +16,10 @@ from __future__ import annotations
 import re
 
 from haplane.emulator.errors import ApiError, OperationError, already_exists, invalid
-from haplane.emulator.filters import compile_filter
 from haplane.emulator.resources import (
     Call,
     Ctx,
+    aggregated_reply,
     check_name,
     get_or_404,
     list_reply,
@@ -251,11 +251,16 @@ def get(ctx: Ctx, call: Call) -> dict:
 
 
 def list_(ctx: Ctx, call: Call) -> dict:
-    predicate = compile_filter(call.query.get("filter"))
     zone = call.params["zone"]
     with ctx.store.lock:
         found = [i for (p, z, _), i in ctx.store.instances.items() if p == call.project and z == zone]
-        return list_reply(ctx, call, "compute#instanceList", "instances", found, predicate)
+        return list_reply(ctx, call, "compute#instanceList", "instances", found)
+
+
+def aggregated_list(ctx: Ctx, call: Call) -> dict:
+    with ctx.store.lock:
+        return aggregated_reply(ctx, call, "compute#instanceAggregatedList", "instances", ctx.store.instances,
+                                ("zones",))
 
 
 def _free_instance_ips(ctx: Ctx, inst: dict) -> None:

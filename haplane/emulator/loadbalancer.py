@@ -25,8 +25,10 @@ from haplane.emulator.errors import OperationError, already_exists, in_use, inva
 from haplane.emulator.resources import (
     Call,
     Ctx,
+    aggregated_reply,
     check_name,
     get_or_404,
+    list_reply,
     parse_link,
     refresh_address,
     release_ip,
@@ -103,6 +105,20 @@ def hc_get(ctx: Ctx, call: Call) -> dict:
     with ctx.store.lock:
         key = (call.project, _hc_path(call, collection).rsplit("/", 1)[1])
         return public(get_or_404(_hc_table(ctx, collection), key, _hc_path(call, collection)))
+
+
+def hc_list(ctx: Ctx, call: Call) -> dict:
+    collection = _hc_collection(call)
+    with ctx.store.lock:
+        found = [hc for (p, _), hc in _hc_table(ctx, collection).items() if p == call.project]
+        return list_reply(ctx, call, HC_KINDS[collection] + "List", collection, found)
+
+
+def hc_aggregated_list(ctx: Ctx, call: Call) -> dict:
+    """healthChecks.aggregatedList (GCE has none for the legacy httpHealthChecks): global, and each region."""
+    with ctx.store.lock:
+        return aggregated_reply(ctx, call, "compute#healthChecksAggregatedList", "healthChecks",
+                                ctx.store.health_checks, ("global", "regions"))
 
 
 def hc_delete(ctx: Ctx, call: Call) -> dict:
@@ -192,6 +208,19 @@ def tp_insert(ctx: Ctx, call: Call) -> dict:
 def tp_get(ctx: Ctx, call: Call) -> dict:
     with ctx.store.lock:
         return public(get_or_404(ctx.store.target_pools, _tp_key(call), _tp_path(call)))
+
+
+def tp_list(ctx: Ctx, call: Call) -> dict:
+    region = call.params["region"]
+    with ctx.store.lock:
+        found = [t for (p, r, _), t in ctx.store.target_pools.items() if p == call.project and r == region]
+        return list_reply(ctx, call, "compute#targetPoolList", "targetPools", found)
+
+
+def tp_aggregated_list(ctx: Ctx, call: Call) -> dict:
+    with ctx.store.lock:
+        return aggregated_reply(ctx, call, "compute#targetPoolAggregatedList", "targetPools",
+                                ctx.store.target_pools, ("regions",))
 
 
 def tp_delete(ctx: Ctx, call: Call) -> dict:
@@ -391,6 +420,19 @@ def fr_insert(ctx: Ctx, call: Call) -> dict:
 def fr_get(ctx: Ctx, call: Call) -> dict:
     with ctx.store.lock:
         return public(get_or_404(ctx.store.forwarding_rules, _fr_key(call), _fr_path(call)))
+
+
+def fr_list(ctx: Ctx, call: Call) -> dict:
+    region = call.params["region"]
+    with ctx.store.lock:
+        found = [f for (p, r, _), f in ctx.store.forwarding_rules.items() if p == call.project and r == region]
+        return list_reply(ctx, call, "compute#forwardingRuleList", "forwardingRules", found)
+
+
+def fr_aggregated_list(ctx: Ctx, call: Call) -> dict:
+    with ctx.store.lock:
+        return aggregated_reply(ctx, call, "compute#forwardingRuleAggregatedList", "forwardingRules",
+                                ctx.store.forwarding_rules, ("regions",))
 
 
 def fr_delete(ctx: Ctx, call: Call) -> dict:

@@ -140,6 +140,10 @@ class OperationBook:
                 raise not_found(f"projects/{project}/{scope}/operations/{name}")
             return copy.deepcopy(op)
 
+    def table(self) -> dict[tuple[str, str, str], dict]:
+        """Every operation, keyed (project, scope, name) (call under the store lock; don't mutate)."""
+        return self._ops
+
     def wait(self, project: str, scope: str, name: str, timeout: float) -> dict:
         """Long-poll: the operation once DONE, or as it is after ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
