@@ -17,7 +17,7 @@ from google.cloud import compute_v1
 
 from haplane.emulator.admin import EmulatorAdmin
 from haplane.emulator.server import Emulator
-from tests.fixtures.emulator import compute_clients, wait_op
+from tests.fixtures.emulator import compute_clients
 
 P = "proj"
 ZONES = ["us-central1-a", "us-central1-b", "us-central1-c", "us-central1-f", "us-east1-b", "us-east1-c"]

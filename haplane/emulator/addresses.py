@@ -24,6 +24,7 @@ from haplane.emulator.resources import (
     aggregated_reply,
     check_name,
     get_or_404,
+    labelled,
     list_reply,
     refresh_address,
     release_ip,
@@ -89,6 +90,7 @@ def insert(ctx: Ctx, call: Call) -> dict:
             "selfLink": link,
             "networkTier": body.get("networkTier", "PREMIUM"),
             "addressType": "EXTERNAL",
+            **labelled(body.get("labels"), "resource.labels"),
         }
         refresh_address(ctx.store, ip)
 

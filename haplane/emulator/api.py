@@ -312,5 +312,4 @@ class ComputeApi:
                                fault.httpStatus)
         op = self.ctx.ops.create(call.project, call.scope, route.method.rsplit(".", 1)[1],
                                  self.ctx.store.link(target), None, None)
-        self.ctx.ops.run(op, route.kind or "default", [], fail=error)
-        return op
+        return self.ctx.ops.run(op, route.kind or "default", [], fail=error)

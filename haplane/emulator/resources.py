@@ -13,8 +13,10 @@ from haplane.emulator.faults import Fault
 from haplane.emulator.latency import LatencyModel
 from haplane.emulator.operations import OperationBook, Phase
 from haplane.emulator.runtime import Runtime, VmView
-from haplane.emulator.store import Store
+from haplane.emulator.store import Store, fingerprint
 
+LABEL_KEY_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+LABEL_VALUE_RE = re.compile(r"^[a-z0-9_-]{0,63}$")
 NAME_RE = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 LINK_RE = re.compile(
     r"(?:^|/)projects/(?P<project>[^/]+)/(?:(?P<scope_kind>zones|regions)/(?P<scope>[^/]+)|global)"
@@ -73,8 +75,7 @@ class Ctx:
         """Create the call's operation (remembering its requestId) and start it."""
         hang = call.fault is not None and call.fault.mode == "hang"
         op = self.ops.create(call.project, call.scope, op_type, target_link, target_id, call.request_id)
-        self.ops.run(op, kind, phases, hang=hang, fail=fail)
-        return op
+        return self.ops.run(op, kind, phases, hang=hang, fail=fail)
 
 
 def check_name(name, what: str = "resource") -> str:
@@ -86,6 +87,18 @@ def check_name(name, what: str = "resource") -> str:
             "Must be a match of regex '(?:[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?)'"
         )
     return name
+
+
+def labelled(value, field: str = "labels") -> dict:
+    """``labels`` (when any) and ``labelFingerprint``, as GCE serves them on labellable resources."""
+    if value is None:
+        value = {}
+    if not isinstance(value, dict) or not all(
+            LABEL_KEY_RE.match(str(k)) and LABEL_VALUE_RE.match(str(v)) for k, v in value.items()):
+        raise invalid(f"Invalid value for field '{field}': {value!r}. Label keys and values must be lowercase "
+                      "letters, digits, '_' or '-' (keys start with a letter).")
+    labels = {str(k): str(v) for k, v in value.items()}
+    return {**({"labels": labels} if labels else {}), "labelFingerprint": fingerprint(labels)}
 
 
 def check_request_id(request_id: str | None) -> str | None:
