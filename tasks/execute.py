@@ -28,6 +28,7 @@ from haplane.plans import Plan
 from haplane.steps import PlanStep, StepKind, resolve
 from haplane.topology import ClusterNames
 from tasks.cluster import (
+    check_gone_from_gce,
     delete_spec,
     record_deleted,
     record_replacement,
@@ -145,7 +146,9 @@ LOCAL: dict[StepKind, Callable[[Run, PlanStep, dict[str, Any]], dict[str, Any] |
                                                              a["name"], list(a["healthy_ids"]), step=s.id),
     StepKind.REMOVE_MEMBER: lambda run, s, a: remove_member(run.change, s.id, list(a["member_ips"]),
                                                             a["member_id"], a["name"]),
-    StepKind.DELETE_PKI: lambda run, s, a: delete_cluster_pki(run.change.cluster, step=s.id),
+    StepKind.DELETE_PKI: lambda run, s, a: (check_gone_from_gce(run.change.cluster, run.spec.region,
+                                                                run.change.connection),
+                                            delete_cluster_pki(run.change.cluster, step=s.id)),
     StepKind.DELETE_SPEC: lambda run, s, a: delete_spec(run.change.cluster, step=s.id),
     StepKind.WAIT_API: lambda run, s, a: wait_api_ready(run.change.cluster, a["name"], a["ip"], step=s.id),
     StepKind.AWAIT: lambda run, s, a: await_started(run.change, run.pending.pop(a["step"]), step=s.id),
