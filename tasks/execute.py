@@ -134,6 +134,12 @@ def _add_learner(run: Run, s: PlanStep, a: dict[str, Any]) -> dict[str, Any]:
     return {"member_id": add_learner(run.change, s.id, list(a["member_ips"]), a["ip"])}
 
 
+def _delete_pki(run: Run, s: PlanStep) -> None:
+    """The CA goes only once GCE holds nothing of the cluster (a wrong view must not cost the keys)."""
+    check_gone_from_gce(run.change.cluster, run.spec.region, run.change.connection)
+    delete_cluster_pki(run.change.cluster, step=s.id)
+
+
 LOCAL: dict[StepKind, Callable[[Run, PlanStep, dict[str, Any]], dict[str, Any] | None]] = {
     StepKind.SAVE_SPEC: lambda run, s, a: save_spec(run.change.cluster, run.spec, step=s.id),
     StepKind.CREATE_PKI: lambda run, s, a: ensure_cluster_pki(run.change.cluster, step=s.id) and None,
@@ -146,9 +152,7 @@ LOCAL: dict[StepKind, Callable[[Run, PlanStep, dict[str, Any]], dict[str, Any] |
                                                              a["name"], list(a["healthy_ids"]), step=s.id),
     StepKind.REMOVE_MEMBER: lambda run, s, a: remove_member(run.change, s.id, list(a["member_ips"]),
                                                             a["member_id"], a["name"]),
-    StepKind.DELETE_PKI: lambda run, s, a: (check_gone_from_gce(run.change.cluster, run.spec.region,
-                                                                run.change.connection),
-                                            delete_cluster_pki(run.change.cluster, step=s.id)),
+    StepKind.DELETE_PKI: lambda run, s, a: _delete_pki(run, s),
     StepKind.DELETE_SPEC: lambda run, s, a: delete_spec(run.change.cluster, step=s.id),
     StepKind.WAIT_API: lambda run, s, a: wait_api_ready(run.change.cluster, a["name"], a["ip"], step=s.id),
     StepKind.AWAIT: lambda run, s, a: await_started(run.change, run.pending.pop(a["step"]), step=s.id),
