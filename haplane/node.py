@@ -49,6 +49,10 @@ TLS_FILES: dict[str, str] = {
     "apiserver-key": "apiserver.key",
     "apiserver-etcd-client-cert": "apiserver-etcd-client.crt",
     "apiserver-etcd-client-key": "apiserver-etcd-client.key",
+    # the cluster's service-account signing key, and the public keys the API server accepts
+    # (current first, then the previous one during a rotation)
+    "service-account-key": "service-account.key",
+    "service-account-pub": "service-account.pub",
 }
 SECRET_SUFFIXES = frozenset(k for k in TLS_FILES if k.endswith("-key"))
 

@@ -38,6 +38,7 @@ import re
 import shlex
 from pathlib import Path
 
+from haplane import serviceaccount
 from haplane.node import (
     APISERVER_KEY,
     ETCD_KEY,
@@ -79,7 +80,7 @@ SELF_PATH = "/usr/local/sbin/haplane-node"
 IP_VAR = "HAPLANE_IP"
 ETCD_VAR_PREFIX = "HAPLANE_ETCD_"
 API_VAR_PREFIX = "HAPLANE_API_"
-SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
+SERVICE_ACCOUNT_ISSUER = serviceaccount.ISSUER
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _SAFE_WORD = re.compile(r"^[A-Za-z0-9=:/.,_${}+-]+$")
@@ -121,12 +122,12 @@ def apiserver_unit_argv() -> list[str]:
         f"--tls-private-key-file={pki / TLS_FILES['apiserver-key']}",
         f"--client-ca-file={pki / TLS_FILES['ca']}",
         f"--service-cluster-ip-range={_var(API_VAR_PREFIX + 'SERVICE_CLUSTER_IP_RANGE')}",
-        # Service-account tokens: signed with the replica's own API-server key for now, so a token
-        # minted by one replica is accepted by that replica only. A cluster-wide service-account
-        # key in the metadata contract (haplane.node.TLS_FILES) would lift that.
+        # Service-account tokens: one key pair per cluster, the same on every replica, so a token
+        # minted by one replica verifies on all; the public-key file lists the current key and,
+        # during a rotation, the previous one (kube-apiserver accepts any key in it).
         f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
-        f"--service-account-key-file={pki / TLS_FILES['apiserver-key']}",
-        f"--service-account-signing-key-file={pki / TLS_FILES['apiserver-key']}",
+        f"--service-account-key-file={pki / TLS_FILES['service-account-pub']}",
+        f"--service-account-signing-key-file={pki / TLS_FILES['service-account-key']}",
         "--authorization-mode=Node,RBAC",
         "--allow-privileged=true",
     ]

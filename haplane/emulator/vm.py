@@ -31,6 +31,7 @@ from haplane.node import (
     APISERVER_PORT,
     FORWARDED_PORTS,
     HEALTH_PORT,
+    TLS_FILES,
     NodeSpec,
     client_url,
     etcd_argv,
@@ -40,6 +41,15 @@ from haplane.node import (
 from haplane.processes import stop_group
 
 BACKOFF_MAX_S = 5.0
+
+
+def service_account_flags(tls: dict[str, str], pki: Path) -> list[str]:
+    """The stand-in's client-CA and service-account flags, as the startup script gives kube-apiserver."""
+    flags = ["--client-ca-file", str(pki / TLS_FILES["ca"])] if "ca" in tls else []
+    if "service-account-key" in tls and "service-account-pub" in tls:
+        flags += ["--service-account-key-file", str(pki / TLS_FILES["service-account-pub"]),
+                  "--service-account-signing-key-file", str(pki / TLS_FILES["service-account-key"])]
+    return flags
 
 
 @dataclass
@@ -216,6 +226,7 @@ class ProcessRuntime:
                     "--etcd-url", client_url(ip) if pki else client_url(ip).replace("https", "http")]
             if pki is not None:
                 argv += ["--pki-dir", str(pki)]
+                argv += service_account_flags(spec.tls, pki)
             wanted["apiserver"] = argv
         for name, argv in wanted.items():
             proc = m.procs.get(name)
