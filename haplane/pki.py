@@ -34,7 +34,6 @@ replica's ephemeral public IP").
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import ipaddress
 from collections.abc import Iterable
@@ -47,6 +46,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pydantic import SecretStr
 
 from haplane.node import TLS_FILES
+from haplane.serviceaccount import key_id
 
 CA_DAYS = 3650
 LEAF_DAYS = 365
@@ -202,15 +202,6 @@ class ServiceAccountKeys:
 
     def age(self, now: dt.datetime | None = None) -> dt.timedelta:
         return _now(now) - self.created
-
-
-def key_id(public_pem: str) -> str:
-    """kube-apiserver's ``kid`` of a public key: unpadded base64url of SHA-256 over its DER (PKIX)."""
-    key = serialization.load_pem_public_key(public_pem.encode())
-    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    digest = hashes.Hash(hashes.SHA256())
-    digest.update(der)
-    return base64.urlsafe_b64encode(digest.finalize()).rstrip(b"=").decode()
 
 
 def new_service_account_key(now: dt.datetime | None = None) -> ServiceAccountKeys:

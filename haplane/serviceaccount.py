@@ -28,8 +28,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
-from haplane.pki import key_id
-
 ISSUER = "https://kubernetes.default.svc.cluster.local"
 LEEWAY_S = 60  # kube-apiserver's clock-skew allowance for exp/nbf
 _PEM_BLOCK = re.compile(r"-----BEGIN PUBLIC KEY-----.+?-----END PUBLIC KEY-----", re.S)
@@ -49,6 +47,15 @@ class ServiceAccountUser:
     @property
     def username(self) -> str:
         return f"system:serviceaccount:{self.namespace}:{self.name}"
+
+
+def key_id(public_pem: str) -> str:
+    """kube-apiserver's ``kid`` of a public key: unpadded base64url of SHA-256 over its DER (PKIX)."""
+    key = serialization.load_pem_public_key(public_pem.encode())
+    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(der)
+    return _b64(digest.finalize())
 
 
 def _b64(data: bytes) -> str:

@@ -115,7 +115,12 @@ def test_three_vms_in_three_zones_form_one_etcd_cluster_with_mutual_tls(tmp_path
         # the API-server stand-in serves the replica's certificate: verified through the internal IP
         # and the endpoint IP, refused through an ephemeral public IP (no certificate is issued for one)
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and _handshake(ips[0], cas.ca.cert_pem).status_code != 200:
+        while time.monotonic() < deadline:
+            try:  # the stand-ins may not be listening yet
+                if all(_handshake(ip, cas.ca.cert_pem).status_code == 200 for ip in ips):
+                    break
+            except httpx.ConnectError:
+                pass
             time.sleep(0.3)
         assert _handshake(ips[0], cas.ca.cert_pem).status_code == 200
         assert _handshake(endpoint_ip, cas.ca.cert_pem).status_code == 200

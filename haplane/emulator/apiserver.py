@@ -158,6 +158,13 @@ def make_handler(etcd: httpx.Client, etcd_url: str, name: str,
 
         def do_POST(self) -> None:
             path = self.path.split("?", 1)[0]
+            # read the body first, whatever the answer: closing a socket with unread input resets
+            # the connection, and the client may lose the answer
+            try:
+                body = self._body()
+            except ValueError:
+                self._status(400, "BadRequest", "the body is not JSON")
+                return
             if not sa.enabled:
                 self._status(404, "NotFound", f"no such path {path}")
                 return
@@ -175,11 +182,6 @@ def make_handler(etcd: httpx.Client, etcd_url: str, name: str,
                 return
             if not self._admin():
                 self._status(401, "Unauthorized", "present a bearer token or a client certificate of the cluster CA")
-                return
-            try:
-                body = self._body()
-            except ValueError:
-                self._status(400, "BadRequest", "the body is not JSON")
                 return
             match = _TOKEN_REQUEST.match(path)
             if match:
