@@ -1,8 +1,8 @@
 """delete-cluster: remove everything a cluster owns (the seed's full kube-down.sh).
 
 Load balancer first (forwarding rule, pool, health check), then the replica
-VMs, the endpoint IP, the firewall rules, and last the cluster's PKI and
-spec blocks. Every step looks first, so a failed run is simply run again.
+VMs, the endpoint IP, the firewall rules, the replicas' secrets, and last
+the cluster's PKI and spec blocks. Every step looks first, so a failed run is simply run again.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from tasks.network import (
     submit_release_address,
 )
 from tasks.operations import Step, apply, apply_all
-from tasks.pki import delete_cluster_pki
+from tasks.pki import delete_cluster_pki, delete_cluster_secrets
 from tasks.steps import Change
 
 
@@ -54,6 +54,7 @@ def delete_cluster(
         apply(change, Step(submit_release_address, "address", "release the endpoint IP", (spec.region,)))
         rules = firewall_rules(cluster, spec.api_source_ranges, spec.operator_ranges)
         apply_all(change, [Step(submit_delete_firewall, f"firewall/{n}", f"delete firewall {n}", (n,)) for n in rules])
+        delete_cluster_secrets(change)  # the replicas' private keys, after their VMs
         delete_cluster_pki(cluster)
         delete_block_document(names.spec_block, ClusterSpec.get_block_type_slug())
     deleted = [r.name for r in state.vms]

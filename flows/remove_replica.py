@@ -31,6 +31,7 @@ from tasks.network import (
     submit_pool_remove,
 )
 from tasks.operations import Step, apply
+from tasks.pki import delete_replica_secrets
 from tasks.steps import Change
 
 
@@ -59,10 +60,11 @@ def leave_replica(change: Change, state: ClusterState, plan: Plan, prefix: str =
                            f"take {victim.name} out of the target pool",
                            (state.region, gce.instance_link(victim.zone, victim.name))))
 
-    # 4. The VM itself.
+    # 4. The VM itself, then its private keys.
     if victim.vm_status != "MISSING":
         apply(change, Step(submit_delete_vm, f"{prefix}delete-vm/{victim.name}", f"delete VM {victim.name}",
                            (victim.zone, victim.name)))
+    delete_replica_secrets(change, victim.name)
     return figures
 
 

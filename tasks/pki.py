@@ -1,10 +1,14 @@
-"""PKI tasks: the cluster's CAs (a Prefect block) and each replica's certificates (its VM metadata).
+"""PKI tasks: the cluster's CAs (a Prefect block) and each replica's certificates and keys.
 
 No task here returns key material: the CAs go straight into the ``<cluster>-pki``
-block, a replica's leaves straight into its instance metadata.
+block; a replica's certificates into its instance metadata and its private keys
+into Secret Manager, one secret per key readable by the replica's VM service
+account only (:mod:`haplane.secrets`); the metadata names the versions to read.
 """
 
 from __future__ import annotations
+
+import json
 
 from prefect import get_run_logger
 from prefect.exceptions import ObjectNotFound
@@ -12,8 +16,8 @@ from prefect.exceptions import ObjectNotFound
 from blocks import delete_block_document
 from blocks.pki import ClusterPKI, block_name
 from haplane.etcd import EtcdTLS
-from haplane.gce import OpRef
-from haplane.node import ApiServerSpec, EtcdSpec, NodeSpec
+from haplane.gce import Gce, Instance, OpRef
+from haplane.node import SECRET_SUFFIXES, SECRETS_KEY, ApiServerSpec, EtcdSpec, NodeSpec
 from haplane.pki import (
     ClusterCAs,
     create_cluster_cas,
@@ -23,6 +27,7 @@ from haplane.pki import (
     rotate_service_account_key,
     service_account_tls,
 )
+from haplane.secrets import SecretStore
 from tasks.steps import Change, checkpoint, probe
 
 
@@ -82,8 +87,47 @@ def submit_deliver_service_account(change: Change, step: str, zone: str, name: s
     if cas is None or cas.service_account is None:
         raise RuntimeError(f"cluster {change.cluster} has no service-account key in block {block_name(change.cluster)!r}")
     get_run_logger().info("delivering service-account key %s to %s", cas.service_account.kid, name)
-    return change.gce().set_metadata(zone, name, NodeSpec(None, None, service_account_tls(cas.service_account)).to_metadata(),
-                                     rid=change.rid(step))
+    gce = change.gce()
+    vm = gce.get_instance(zone, name)
+    if vm is None:
+        raise RuntimeError(f"VM {name} in {zone} does not exist; cannot deliver keys to it")
+    refs = json.loads(vm.metadata.get(SECRETS_KEY) or "{}")
+    spec = _keys_to_secrets(change, gce, vm, NodeSpec(None, None, service_account_tls(cas.service_account), refs))
+    return gce.set_metadata(zone, name, spec.to_metadata(), rid=change.rid(step))
+
+
+def _keys_to_secrets(change: Change, gce: Gce, vm: Instance, spec: NodeSpec) -> NodeSpec:
+    """``spec`` with its private keys moved into Secret Manager (readable by the VM's service
+    account alone) and replaced by the names of the versions to read. A VM created before
+    replicas had service accounts cannot read secrets: it keeps its keys in metadata, as before."""
+    keys = {s: pem for s, pem in spec.tls.items() if s in SECRET_SUFFIXES}
+    if not vm.service_accounts:
+        get_run_logger().warning("%s has no service account: its private keys stay in its instance metadata "
+                                 "(replace the replica to move them to Secret Manager)", vm.name)
+        return spec
+    store = SecretStore.for_gce(gce)
+    refs = dict(spec.secret_refs)
+    for suffix, pem in keys.items():
+        refs[suffix] = store.put(change.cluster, vm.name, suffix, pem, reader=vm.service_accounts[0])
+    public = {s: pem for s, pem in spec.tls.items() if s not in keys}
+    return NodeSpec(etcd=spec.etcd, apiserver=spec.apiserver, tls=public, secret_refs=refs)
+
+
+@probe(task_run_name="delete secrets of {replica}")
+def delete_replica_secrets(change: Change, replica: str) -> int:
+    """Destroy a removed replica's private keys (every secret labelled with it). Returns how many."""
+    store = SecretStore.for_gce(change.gce())
+    gone = sum(store.delete(n) for n in store.list(change.cluster, replica))
+    get_run_logger().info("deleted %d secrets of %s", gone, replica)
+    return gone
+
+
+@probe(task_run_name="delete secrets of cluster {change.cluster}")
+def delete_cluster_secrets(change: Change) -> int:
+    store = SecretStore.for_gce(change.gce())
+    gone = sum(store.delete(n) for n in store.list(change.cluster))
+    get_run_logger().info("deleted %d secrets of cluster %s", gone, change.cluster)
+    return gone
 
 
 @probe(task_run_name="delete cluster PKI")
@@ -108,7 +152,7 @@ def submit_configure_replica(change: Change, step: str, zone: str, name: str, en
         cas = load_cas(change.cluster)
     certs = issue_replica_certs(cas, hostname=name, internal_ip=vm.internal_ip, endpoint_ip=endpoint_ip,
                                 service_cidr=apiserver.service_cluster_ip_range)
-    spec = NodeSpec(etcd=etcd, apiserver=apiserver, tls=node_tls(cas, certs))
+    spec = _keys_to_secrets(change, gce, vm, NodeSpec(etcd=etcd, apiserver=apiserver, tls=node_tls(cas, certs)))
     get_run_logger().info("configuring %s: etcd member %s (%s), certificates for %s and %s",
                           name, etcd.name, etcd.initial_cluster_state, vm.internal_ip, endpoint_ip)
     return gce.set_metadata(zone, name, spec.to_metadata(), rid=change.rid(step))

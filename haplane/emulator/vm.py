@@ -43,10 +43,10 @@ from haplane.processes import stop_group
 BACKOFF_MAX_S = 5.0
 
 
-def service_account_flags(tls: dict[str, str], pki: Path) -> list[str]:
+def service_account_flags(files: set[str], pki: Path) -> list[str]:
     """The stand-in's client-CA and service-account flags, as the startup script gives kube-apiserver."""
-    flags = ["--client-ca-file", str(pki / TLS_FILES["ca"])] if "ca" in tls else []
-    if "service-account-key" in tls and "service-account-pub" in tls:
+    flags = ["--client-ca-file", str(pki / TLS_FILES["ca"])] if "ca" in files else []
+    if "service-account-key" in files and "service-account-pub" in files:
         flags += ["--service-account-key-file", str(pki / TLS_FILES["service-account-pub"]),
                   "--service-account-signing-key-file", str(pki / TLS_FILES["service-account-key"])]
     return flags
@@ -93,6 +93,14 @@ class Machine:
     procs: dict[str, Proc] = field(default_factory=dict)
     powered: bool = False  # RUNNING in GCE terms
     killed: bool = False  # admin fault: processes dead and not restarted
+    secrets_wanted: dict[str, str] = field(default_factory=dict)  # suffix -> version (metadata)
+    secrets_read: dict[str, str] = field(default_factory=dict)  # what is on its disk
+    secrets_error: str | None = None
+    next_read: float = 0.0
+
+    @property
+    def keys_ready(self) -> bool:
+        return self.secrets_wanted == self.secrets_read
 
 
 class ProcessRuntime:
@@ -110,8 +118,13 @@ class ProcessRuntime:
         self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
         self._closed = False
+        self.endpoint: str | None = None  # the emulator's URL: Secret Manager and the metadata server
         self._supervisor = threading.Thread(target=self._supervise, name="vm-supervisor", daemon=True)
         self._supervisor.start()
+
+    def attach(self, endpoint: str) -> None:
+        """Where the VMs find Secret Manager and the metadata server (the emulator, once it serves)."""
+        self.endpoint = endpoint
 
     # --- Runtime protocol -------------------------------------------------
     def start(self, vm: VmView) -> None:
@@ -216,6 +229,7 @@ class ProcessRuntime:
         pki = m.root / "pki" if spec.secure else None
         if pki is not None:
             write_pki(spec.tls, pki)
+        m.secrets_wanted = dict(spec.secret_refs)  # read by the supervisor, with the VM's identity
         ip = m.view.internal_ip
         wanted: dict[str, list[str]] = {}
         if spec.etcd is not None:
@@ -226,7 +240,7 @@ class ProcessRuntime:
                     "--etcd-url", client_url(ip) if pki else client_url(ip).replace("https", "http")]
             if pki is not None:
                 argv += ["--pki-dir", str(pki)]
-                argv += service_account_flags(spec.tls, pki)
+                argv += service_account_flags(set(spec.tls) | set(spec.secret_refs), pki)
             wanted["apiserver"] = argv
         for name, argv in wanted.items():
             proc = m.procs.get(name)
@@ -246,14 +260,43 @@ class ProcessRuntime:
             for port in FORWARDED_PORTS:
                 self.forwarder.listen(ip, port, lambda internal=internal, port=port: (internal, port))
 
+    def _read_secrets(self, m: Machine, wanted: dict[str, str]) -> None:
+        """What the VM does at boot and on a new ``haplane-secrets``: read its private keys from
+        Secret Manager as its own service account (a token from the metadata server, asked from
+        the VM's internal address), then write them to its disk. Runs outside the lock."""
+        from haplane.secrets import read_as_vm, vm_token
+
+        try:
+            if self.endpoint is None:
+                raise RuntimeError("no Secret Manager: the runtime is not attached to an emulator")
+            token = vm_token(self.endpoint, m.view.internal_ip)
+            write_pki({suffix: read_as_vm(self.endpoint, token, ref) for suffix, ref in wanted.items()},
+                      m.root / "pki")
+        except Exception as exc:  # refused, not there yet: try again, as a boot script would
+            with self._lock:
+                m.secrets_error = f"{type(exc).__name__}: {exc}"[:500]
+                m.next_read = time.monotonic() + 1.0
+            return
+        with self._lock:
+            m.secrets_read, m.secrets_error = wanted, None
+            self._wake.notify_all()
+
     def _supervise(self) -> None:
         while True:
             with self._lock:
                 if self._closed:
                     return
                 now = time.monotonic()
+                reads = [(m, dict(m.secrets_wanted)) for m in self._machines.values()
+                         if m.powered and not m.killed and not m.keys_ready and now >= m.next_read]
+            for m, wanted in reads:
+                self._read_secrets(m, wanted)
+            with self._lock:
+                if self._closed:
+                    return
+                now = time.monotonic()
                 for m in list(self._machines.values()):
-                    if not m.powered or m.killed:
+                    if not m.powered or m.killed or not m.keys_ready:
                         continue
                     for proc in m.procs.values():
                         if proc.running or now < proc.next_start:
