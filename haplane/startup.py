@@ -10,7 +10,9 @@ same on Debian 12:
 * installs itself as ``haplane-node.service``, which waits for the
   ``haplane-etcd`` metadata key (the flows write it after the VM boots, once
   every replica's IP is known), then writes the TLS files of
-  :data:`haplane.node.TLS_FILES` into ``/etc/haplane/pki`` (keys 0600), the
+  :data:`haplane.node.TLS_FILES` into ``/etc/haplane/pki`` (keys 0600; private keys
+  read from Secret Manager with the VM's own service-account token, see
+  :mod:`haplane.secrets`, certificates from metadata), the
   etcd and API-server settings, systemd units and an nginx ``/healthz`` for
   the target pool's legacy HTTP health check, starts them, and re-applies
   whenever the instance's metadata changes.
@@ -43,6 +45,7 @@ from haplane.node import (
     APISERVER_KEY,
     ETCD_KEY,
     SECRET_SUFFIXES,
+    SECRETS_KEY,
     TLS_FILES,
     TLS_PREFIX,
     ApiServerSpec,
@@ -192,6 +195,7 @@ def render_startup_script(*, etcd_version: str = ETCD_VERSION, etcd_sha256: str 
         "ETCD_KEY": ETCD_KEY,
         "APISERVER_KEY": APISERVER_KEY,
         "TLS_PREFIX": TLS_PREFIX,
+        "SECRETS_KEY": SECRETS_KEY,
         "TLS_TABLE": tls_table,
         "IP_VAR": IP_VAR,
         "ETCD_VAR_PREFIX": ETCD_VAR_PREFIX,
@@ -237,6 +241,8 @@ KUBE_APISERVER_URL="https://dl.k8s.io/release/${KUBERNETES_VERSION}/bin/linux/am
 KUBE_APISERVER_SHA256="@KUBE_APISERVER_SHA256@"
 
 MD_URL="http://metadata.google.internal/computeMetadata/v1/instance"
+SM_URL="https://secretmanager.googleapis.com/v1"
+SECRETS_KEY="@SECRETS_KEY@"
 BIN_DIR="@BIN_DIR@"
 CONF_DIR="@CONF_DIR@"
 PKI_DIR="@PKI_DIR@"
@@ -385,12 +391,26 @@ spec_env() {
       else error("metadata value of \(.key) is not a plain word: \($v)") end' <<<"$1"
 }
 
+# sm_access VERSION: a secret version's payload from Secret Manager, read as this VM's service
+# account (the metadata server's token); the VM's own IAM binding is what lets it read it.
+sm_access() {
+  local token
+  token=$(md "service-accounts/default/token" | jq -r .access_token) || return 1
+  curl -sf --retry 5 -H "Authorization: Bearer ${token}" "${SM_URL}/$1:access" | jq -er .payload.data | base64 -d
+}
+
 write_pki() {
-  local entry suffix file mode pem
+  local entry suffix file mode pem refs ref
   install -d -m 0700 "${DESTDIR}${PKI_DIR}"
+  refs=$(md "attributes/${SECRETS_KEY}" || echo '{}')
   for entry in "${TLS_FILES[@]}"; do
     IFS=: read -r suffix file mode <<<"$entry"
-    if pem=$(md "attributes/${TLS_PREFIX}${suffix}"); then
+    ref=$(jq -r --arg s "$suffix" '.[$s] // empty' <<<"$refs")
+    if [[ -n "$ref" ]]; then  # a private key: from Secret Manager, never from metadata
+      [[ "$ref" =~ ^projects/[^/]+/secrets/[A-Za-z0-9_-]+/versions/[0-9a-z]+$ ]] || die "bad secret name ${ref@Q}"
+      pem=$(sm_access "$ref") || die "cannot read ${ref} from Secret Manager as this VM's service account"
+      printf '%s\n' "$pem" | write_file "${PKI_DIR}/${file}" 0600
+    elif pem=$(md "attributes/${TLS_PREFIX}${suffix}"); then
       printf '%s\n' "$pem" | write_file "${PKI_DIR}/${file}" "$mode"
     fi
   done
