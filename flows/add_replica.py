@@ -18,8 +18,8 @@ from prefect.runtime import flow_run
 from pydantic import Field
 
 from flows.params import ClusterName, documented
+from haplane.model import ClusterState
 from haplane.node import ApiServerSpec, EtcdSpec, peer_url
-from haplane.observe import ClusterState
 from haplane.plans import Plan, plan_add
 from tasks.cluster import cluster_lock, load_spec, observe_cluster, publish_plan, publish_report, zones_of
 from tasks.compute import submit_create_vm

@@ -17,7 +17,7 @@ from prefect.runtime import flow_run
 from pydantic import Field
 
 from flows.params import ClusterName, Zone, documented
-from haplane.observe import ClusterState
+from haplane.model import ClusterState
 from haplane.plans import Plan, plan_remove
 from tasks.cluster import cluster_lock, load_spec, observe_cluster, publish_plan, publish_report
 from tasks.compute import submit_delete_vm

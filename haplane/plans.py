@@ -3,16 +3,21 @@
 A plan says which replica, in which zone, whether the load balancer is
 created, extended, shrunk or deleted, the etcd membership before and after,
 and whether quorum allows it. Flows execute plans; ``dry_run=True`` prints
-them. Expected durations use the published GCE figures of the emulator's
-"gce" latency profile.
+them. Expected durations use the published GCE figures of
+:mod:`haplane.gce_timings` (the emulator's "gce" latency profile uses the same).
+
+Unknown is not absent: a plan that would remove an etcd member or delete a
+VM is refused when the etcd membership or a member's health could not be
+observed (:attr:`haplane.model.ClusterState.etcd_unknowns`), naming what could
+not be seen and what to check.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from haplane.emulator.latency import PROFILES
-from haplane.observe import ClusterState, ReplicaState
+from haplane.gce_timings import GCE_SECONDS
+from haplane.model import MISSING, ClusterState, LbChange, ReplicaState, Unknown
 from haplane.quorum import Decision, MemberHealth, Reason, can_add, can_remove, can_replace, quorum
 from haplane.quorum import unhealthy_reasons as classify
 from haplane.topology import (
@@ -24,11 +29,17 @@ from haplane.topology import (
     replica_name,
 )
 
-GCE_SECONDS = PROFILES["gce"]
-
 
 class PlanRefused(TopologyError):
     """The rules refuse this change; nothing was changed."""
+
+
+def refuse_on_unknown(what: str, unknowns: tuple[Unknown, ...] | list[Unknown]) -> None:
+    """Refuse ``what`` when anything it depends on could not be observed."""
+    if unknowns:
+        raise PlanRefused(f"cannot {what}: " + "; ".join(u.text for u in unknowns) +
+                          ". Nothing was changed: haplane does not act on a view it could not verify "
+                          "(unknown is not absent); fix that and run again")
 
 
 @dataclass(frozen=True)
@@ -42,7 +53,7 @@ class Plan:
     reason: str = ""
     replica: str | None = None
     zone: str | None = None
-    lb: str = "none"  # "create" | "extend" | "shrink" | "delete" | "none"
+    lb: LbChange = LbChange.NONE
     new_replicas: tuple[tuple[str, str], ...] = field(default_factory=tuple)  # (name, zone)
 
     @property
@@ -103,11 +114,11 @@ def plan_create(cluster: str, region: str, zones: list[str], replicas: int, chan
              f"insert {replicas} VM(s) in parallel: " + ", ".join(f"{n} ({z})" for n, z in new),
              "issue each replica's certificates; start etcd with initial-cluster of all members",
              "wait for etcd quorum and every API server ready"]
-    lb = "none"
+    lb = LbChange.NONE
     seconds = GCE_SECONDS["address"] + GCE_SECONDS["firewall"] + GCE_SECONDS["instance_insert"] + \
         GCE_SECONDS["instance_update"] + 10
     if replicas > 1:
-        lb = "create"
+        lb = LbChange.CREATE
         steps += ["create the HTTP health check and the target pool with every replica",
                   "create the forwarding rule on the endpoint IP (the load balancer; ~20 min on GCE)"]
         seconds += GCE_SECONDS["health_check"] + GCE_SECONDS["target_pool"] + GCE_SECONDS["forwarding_rule_insert"]
@@ -124,13 +135,15 @@ def plan_add(state: ClusterState, zone: str | None, change_id: str, known_zones:
     replicas among ``spread_over`` (the zones the cluster was created over), else among the region's."""
     if not state.vms:
         raise PlanRefused(f"cluster {state.cluster!r} has no replicas in region {state.region}: create it first")
+    if state.membership_unknown is not None:  # the quorum check and the resume both need the member list
+        refuse_on_unknown(f"add a replica to {state.cluster!r}", [state.membership_unknown])
     if zone is not None:
         check_zones(state.region, [zone], known_zones)
     # an unfinished add of this change is resumed, another one blocks
     mine = [r for r in state.vms if r.change == label_value(change_id)]
     name = mine[0].name if mine else replica_name(state.cluster, change_id, 0)
     if not mine:
-        pending = [r for r in state.replicas if r.learner or (r.member_id is None and r.vm_status != "MISSING")]
+        pending = [r for r in state.replicas if r.learner or (r.member_id is None and r.vm_status != MISSING)]
         if pending:
             r = pending[0]
             raise PlanRefused(f"replica {r.name} is still being added (change {r.change}): run add-replica with "
@@ -150,11 +163,11 @@ def plan_add(state: ClusterState, zone: str | None, change_id: str, known_zones:
     # interrupted after its forwarding rule: finish that move (each of its steps looks first)
     unfinished_move = any(r.external_ip is None for r in state.vms if r.name != name)
     if state.load_balancer and not unfinished_move:
-        lb = "extend"
+        lb = LbChange.EXTEND
         steps.append(f"add {name} to the target pool")
         seconds += GCE_SECONDS["target_pool"]
     else:
-        lb = "create"
+        lb = LbChange.CREATE
         steps += ["create the HTTP health check and the target pool with both replicas",
                   "take the endpoint IP off the first replica (its access config): the endpoint stops answering",
                   "create the forwarding rule on the endpoint IP (~20 min on GCE): the endpoint answers again",
@@ -185,8 +198,9 @@ def choose_victim(state: ClusterState, zone: str, replica: str | None) -> Replic
 
 def plan_remove(state: ClusterState, zone: str, replica: str | None) -> Plan:
     victim = choose_victim(state, zone, replica)
+    refuse_on_unknown(f"remove {victim.name} from {state.cluster!r}", state.etcd_unknowns)
     vms = state.vms
-    if len(state.replicas) <= 1 or (len(vms) <= 1 and victim.vm_status != "MISSING"):
+    if len(state.replicas) <= 1 or (len(vms) <= 1 and victim.vm_status != MISSING):
         raise PlanRefused(f"{victim.name} is the last replica of {state.cluster!r}: never remove the last "
                           f"replica; use delete-cluster to remove the whole cluster")
     reason = "it is not an etcd member"
@@ -204,10 +218,10 @@ def plan_remove(state: ClusterState, zone: str, replica: str | None) -> Plan:
         steps.append(f"remove {victim.name} from etcd")
     remaining = [r for r in vms if r.name != victim.name]
     seconds = GCE_SECONDS["instance_delete"] + 5
-    lb = "none"
+    lb = LbChange.NONE
     # 2 -> 1, or a resumed one whose load balancer is already gone but whose IP is not handed back yet
     if len(remaining) == 1 and (state.load_balancer or state.target_pool or state.address_status == "RESERVED"):
-        lb = "delete"
+        lb = LbChange.DELETE
         last = remaining[0].name
         steps += ["delete the forwarding rule (the load balancer; ~20 min on GCE): the endpoint stops answering",
                   f"give {last} the endpoint IP as its external IP (dropping its ephemeral one): it answers again",
@@ -215,10 +229,10 @@ def plan_remove(state: ClusterState, zone: str, replica: str | None) -> Plan:
         seconds += GCE_SECONDS["forwarding_rule_delete"] + 2 * GCE_SECONDS["instance_update"] + \
             GCE_SECONDS["target_pool"] + GCE_SECONDS["health_check"]
     elif state.target_pool:
-        lb = "shrink"
+        lb = LbChange.SHRINK
         steps.append(f"take {victim.name} out of the target pool")
         seconds += GCE_SECONDS["target_pool"]
-    if victim.vm_status != "MISSING":
+    if victim.vm_status != MISSING:
         steps.append(f"delete VM {victim.name} in {victim.zone}")
     return Plan(action="remove-replica", cluster=state.cluster, steps=tuple(steps), voting_before=voting,
                 voting_after=after, expected_seconds=seconds, reason=reason, replica=victim.name,
@@ -231,6 +245,7 @@ def plan_replace(state: ClusterState, replica: str, change_id: str, known_zones:
     if victim is None:
         raise PlanRefused(f"cluster {state.cluster!r} has no replica named {replica!r}; replicas: "
                           f"{[r.name for r in state.replicas]}")
+    refuse_on_unknown(f"replace {replica} in {state.cluster!r}", state.etcd_unknowns)
     if victim.member_id is not None and not victim.learner:
         health = member_health(state)
         target = next(m for m in health if m.id == victim.member_id)
@@ -244,8 +259,8 @@ def plan_replace(state: ClusterState, replica: str, change_id: str, known_zones:
     after_removal = ClusterState(
         cluster=state.cluster, region=state.region, replicas=tuple(r for r in state.replicas if r.name != replica),
         endpoint_ip=state.endpoint_ip, address_status=state.address_status,
-        load_balancer=state.load_balancer and removal.lb != "delete",
-        target_pool=state.target_pool and removal.lb != "delete", settings=state.settings)
+        load_balancer=state.load_balancer and removal.lb is not LbChange.DELETE,
+        target_pool=state.target_pool and removal.lb is not LbChange.DELETE, settings=state.settings)
     addition = plan_add(after_removal, victim.zone, change_id, known_zones)
     return removal, addition
 

@@ -21,10 +21,11 @@ from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import concurrency
 
 from blocks.cluster import ClusterSpec, resolve_gce
-from haplane.observe import ClusterState, observe
+from haplane.model import ClusterState
+from haplane.observe import observe
 from haplane.plans import Plan
 from haplane.topology import ClusterNames
-from tasks.pki import load_cas
+from tasks.pki import read_cas
 from tasks.steps import Change, probe
 
 LOCK_WAIT_S = 10.0
@@ -88,11 +89,12 @@ def load_spec(cluster: str) -> ClusterSpec:
 @probe(task_run_name="observe {cluster}")
 def observe_cluster(cluster: str, region: str, connection: str | None) -> ClusterState:
     """Rebuild the cluster's picture from GCE and etcd (never cached)."""
-    cas = load_cas(cluster)
+    cas, problem = read_cas(cluster)
     from haplane.etcd import EtcdTLS
 
     tls = EtcdTLS.from_cas(cas) if cas else None
-    return observe(resolve_gce(connection), cluster, region, tls, cas.ca.cert_pem if cas else None)
+    return observe(resolve_gce(connection), cluster, region, tls, cas.ca.cert_pem if cas else None,
+                   pki_problem=problem)
 
 
 @probe(task_run_name="zones of {region}")

@@ -20,6 +20,9 @@ from flows.remove_replica import remove_replica
 from flows.replace_replica import replace_replica
 from haplane.etcd import EtcdClient, EtcdTLS
 from haplane.node import client_url
+from haplane.observe import observe
+from haplane.pki import create_cluster_cas
+from haplane.plans import PlanRefused, plan_remove
 from haplane.topology import LABEL_CLUSTER
 from tasks.pki import load_cas
 from tests.fixtures.cluster import api_through
@@ -149,6 +152,7 @@ def test_create_three_at_once_and_replace_a_killed_replica(cloud, prefect_api):
     assert "PRIVATE KEY" not in json.dumps(artifacts)
     canary = Canary(cloud, cluster)
     canary.write("before-replace")
+    _unknown_is_not_absent(cloud, cluster)
 
     victim = next(r for r in rows if r["role"] == "follower")
     cloud.admin.kill_vm("haplane-test", victim["zone"], victim["replica"])
@@ -161,6 +165,25 @@ def test_create_three_at_once_and_replace_a_killed_replica(cloud, prefect_api):
     delete_cluster(cluster=cluster)
     assert cloud.processes() == []
     _assert_no_private_keys_in_prefect(prefect_api)
+
+
+def _unknown_is_not_absent(cloud, cluster: str) -> None:
+    """A worker that cannot read etcd (its client certificate is not the cluster's, as when it expired)
+    or the PKI block sees the membership as unknown, not empty, and no removal is planned on it."""
+    cas = load_cas(cluster)
+    foreign = EtcdTLS.from_cas(create_cluster_cas("someone-else"))
+    views = [observe(cloud.gce, cluster, REGION, foreign, cas.ca.cert_pem),
+             observe(cloud.gce, cluster, REGION, None, None, pki_problem=f"the PKI block {cluster}-pki could not be read")]
+    for state in views:
+        assert len(state.vms) == 3 and state.membership_unknown is not None
+        assert all(r.etcd_unknown is not None and not r.etcd_ok for r in state.replicas)
+        with pytest.raises(PlanRefused, match="etcd membership .* could not be observed"):
+            plan_remove(state, state.replicas[0].zone, None)
+    assert "member list failed" in views[0].membership_unknown.reason
+    assert all(r.api_ready for r in views[0].replicas)  # the API servers answered: ready is known
+    assert all(r.api_unknown is not None for r in views[1].replicas)  # no CA to verify them with
+    seen = observe(cloud.gce, cluster, REGION, EtcdTLS.from_cas(cas), cas.ca.cert_pem)
+    assert seen.membership_unknown is None and len(seen.voting) == 3 and seen.unknowns == ()
 
 
 def _assert_no_private_keys_in_prefect(prefect_api) -> None:

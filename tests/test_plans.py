@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from haplane.observe import ClusterState, ReplicaState
+from haplane.model import ClusterState, ReplicaState
 from haplane.plans import PlanRefused, choose_victim, member_health, plan_add, plan_create, plan_remove, plan_replace
 from haplane.quorum import Reason
 from haplane.topology import (
