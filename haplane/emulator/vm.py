@@ -12,7 +12,9 @@ handler threads only record what should run and wake it.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import shutil
 import signal
 import subprocess
@@ -59,6 +61,7 @@ class Proc:
     popen: subprocess.Popen | None = None
     restarts: int = 0
     next_start: float = 0.0
+    files: str | None = None  # the pki files it started with (Machine.files_key)
     last_exit: int | None = None
 
     @property
@@ -93,14 +96,20 @@ class Machine:
     procs: dict[str, Proc] = field(default_factory=dict)
     powered: bool = False  # RUNNING in GCE terms
     killed: bool = False  # admin fault: processes dead and not restarted
+    tls_wanted: dict[str, str] = field(default_factory=dict)  # suffix -> PEM (from metadata)
     secrets_wanted: dict[str, str] = field(default_factory=dict)  # suffix -> version (metadata)
-    secrets_read: dict[str, str] = field(default_factory=dict)  # what is on its disk
+    files_applied: str | None = None  # files_key() of what is on its disk
     secrets_error: str | None = None
     next_read: float = 0.0
 
+    def files_key(self) -> str:
+        """Names what the VM's pki directory should hold (a digest, never the keys themselves)."""
+        blob = json.dumps([self.tls_wanted, self.secrets_wanted], sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()
+
     @property
     def keys_ready(self) -> bool:
-        return self.secrets_wanted == self.secrets_read
+        return self.files_applied == self.files_key()
 
 
 class ProcessRuntime:
@@ -227,9 +236,10 @@ class ProcessRuntime:
         """Write the VM's files and record the processes its metadata describes (not yet spawned)."""
         spec = NodeSpec.from_metadata(m.view.metadata)
         pki = m.root / "pki" if spec.secure else None
-        if pki is not None:
-            write_pki(spec.tls, pki)
-        m.secrets_wanted = dict(spec.secret_refs)  # read by the supervisor, with the VM's identity
+        # the files are written by the supervisor (with the keys it reads from Secret Manager as
+        # the VM), and the processes (re)started on them, as the startup script does on a real VM
+        m.tls_wanted = dict(spec.tls) if pki is not None else {}
+        m.secrets_wanted = dict(spec.secret_refs) if pki is not None else {}
         ip = m.view.internal_ip
         wanted: dict[str, list[str]] = {}
         if spec.etcd is not None:
@@ -260,25 +270,35 @@ class ProcessRuntime:
             for port in FORWARDED_PORTS:
                 self.forwarder.listen(ip, port, lambda internal=internal, port=port: (internal, port))
 
-    def _read_secrets(self, m: Machine, wanted: dict[str, str]) -> None:
-        """What the VM does at boot and on a new ``haplane-secrets``: read its private keys from
+    def _apply_files(self, m: Machine, key: str, tls: dict[str, str], refs: dict[str, str]) -> None:
+        """What the VM does at boot and whenever its metadata changes: read its private keys from
         Secret Manager as its own service account (a token from the metadata server, asked from
-        the VM's internal address), then write them to its disk. Runs outside the lock."""
+        the VM's internal address), write them and its certificates to its disk, and restart the
+        processes that run on older files (etcd and the API server reload their certificates).
+        Runs outside the lock."""
         from haplane.secrets import read_as_vm, vm_token
 
         try:
-            if self.endpoint is None:
-                raise RuntimeError("no Secret Manager: the runtime is not attached to an emulator")
-            token = vm_token(self.endpoint, m.view.internal_ip)
-            write_pki({suffix: read_as_vm(self.endpoint, token, ref) for suffix, ref in wanted.items()},
-                      m.root / "pki")
+            files = dict(tls)
+            if refs:
+                if self.endpoint is None:
+                    raise RuntimeError("no Secret Manager: the runtime is not attached to an emulator")
+                token = vm_token(self.endpoint, m.view.internal_ip)
+                files.update({suffix: read_as_vm(self.endpoint, token, ref) for suffix, ref in refs.items()})
+            write_pki(files, m.root / "pki")
         except Exception as exc:  # refused, not there yet: try again, as a boot script would
             with self._lock:
                 m.secrets_error = f"{type(exc).__name__}: {exc}"[:500]
                 m.next_read = time.monotonic() + 1.0
             return
         with self._lock:
-            m.secrets_read, m.secrets_error = wanted, None
+            m.files_applied, m.secrets_error = key, None
+            stale = [p for p in m.procs.values() if p.running and p.files not in (None, key)]
+        for p in stale:  # a reload: restart at once, not counted as a crash
+            p.terminate()
+            with self._lock:
+                p.popen, p.next_start = None, 0.0
+        with self._lock:
             self._wake.notify_all()
 
     def _supervise(self) -> None:
@@ -287,10 +307,11 @@ class ProcessRuntime:
                 if self._closed:
                     return
                 now = time.monotonic()
-                reads = [(m, dict(m.secrets_wanted)) for m in self._machines.values()
-                         if m.powered and not m.killed and not m.keys_ready and now >= m.next_read]
-            for m, wanted in reads:
-                self._read_secrets(m, wanted)
+                applies = [(m, m.files_key(), dict(m.tls_wanted), dict(m.secrets_wanted))
+                           for m in self._machines.values()
+                           if m.powered and not m.killed and not m.keys_ready and now >= m.next_read]
+            for m, key, tls, refs in applies:
+                self._apply_files(m, key, tls, refs)
             with self._lock:
                 if self._closed:
                     return
@@ -307,5 +328,6 @@ class ProcessRuntime:
                             proc.popen = None
                             proc.next_start = now + min(BACKOFF_MAX_S, 0.5 * 2 ** min(proc.restarts, 4))
                             continue
+                        proc.files = m.files_applied
                         proc.spawn()
                 self._wake.wait(0.25)
