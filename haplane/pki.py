@@ -318,11 +318,15 @@ def create_cluster_cas(cluster: str, *, lifetimes: Lifetimes = Lifetimes(),
     """Both CAs of a cluster and the operator's etcd client certificate. Done once per cluster."""
     ca = new_ca(f"{cluster}-ca", "cluster-ca", days=lifetimes.ca_days, now=now)
     etcd_ca = new_ca(f"{cluster}-etcd-ca", "etcd-ca", days=lifetimes.ca_days, now=now)
-    operator = issue(etcd_ca, role="operator-etcd-client", common_name="haplane-operator",
-                     organization="haplane", dns_names=["haplane-operator"], client=True,
-                     days=lifetimes.leaf_days, now=now)
+    operator = issue_operator(etcd_ca, days=lifetimes.leaf_days, now=now)
     return ClusterCAs(cluster=cluster, ca=ca, etcd_ca=etcd_ca, operator=operator, lifetimes=lifetimes,
                       service_account=new_service_account_key(now))
+
+
+def issue_operator(etcd_ca: CertKey, *, days: int = LEAF_DAYS, now: dt.datetime | None = None) -> CertKey:
+    """The operator's (Prefect worker's) etcd client certificate."""
+    return issue(etcd_ca, role="operator-etcd-client", common_name="haplane-operator",
+                 organization="haplane", dns_names=["haplane-operator"], client=True, days=days, now=now)
 
 
 def first_service_ip(service_cidr: str = DEFAULT_SERVICE_CIDR) -> str:

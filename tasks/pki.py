@@ -17,7 +17,7 @@ from blocks import delete_block_document
 from blocks.pki import ClusterPKI, block_name
 from haplane.etcd import EtcdTLS
 from haplane.gce import Gce, Instance, OpRef
-from haplane.node import SECRET_SUFFIXES, SECRETS_KEY, ApiServerSpec, EtcdSpec, NodeSpec
+from haplane.node import APISERVER_KEY, SECRET_SUFFIXES, SECRETS_KEY, ApiServerSpec, EtcdSpec, NodeSpec
 from haplane.pki import (
     ClusterCAs,
     create_cluster_cas,
@@ -127,6 +127,90 @@ def _keys_to_secrets(change: Change, gce: Gce, vm: Instance, spec: NodeSpec) -> 
         refs[suffix] = store.put(change.cluster, vm.name, suffix, pem, reader=vm.service_accounts[0])
     public = {s: pem for s, pem in spec.tls.items() if s not in keys}
     return NodeSpec(etcd=spec.etcd, apiserver=spec.apiserver, tls=public, secret_refs=refs)
+
+
+@checkpoint
+def submit_reissue_leaves(change: Change, step: str, zone: str, name: str, endpoint_ip: str) -> OpRef | None:
+    """New key pairs and certificates for one replica, with the same SANs, delivered to it (keys
+    to Secret Manager, certificates and version names to metadata); the VM reloads etcd and its
+    API server on them. Checkpointed per replica: a resumed rotation does not redo a replica."""
+    gce = change.gce()
+    vm = gce.get_instance(zone, name)
+    if vm is None:
+        raise RuntimeError(f"VM {name} in {zone} does not exist; cannot re-issue its certificates")
+    cas = load_cas(change.cluster)
+    if cas is None:
+        raise RuntimeError(f"cluster {change.cluster} has no PKI block {block_name(change.cluster)!r}")
+    if cas.service_account is None:
+        ensure_service_account_key(change.cluster)
+        cas = load_cas(change.cluster)
+    api = ApiServerSpec.from_json(vm.metadata[APISERVER_KEY]) if vm.metadata.get(APISERVER_KEY) else ApiServerSpec()
+    certs = issue_replica_certs(cas, hostname=name, internal_ip=vm.internal_ip, endpoint_ip=endpoint_ip,
+                                service_cidr=api.service_cluster_ip_range)
+    refs = json.loads(vm.metadata.get(SECRETS_KEY) or "{}")
+    spec = _keys_to_secrets(change, gce, vm, NodeSpec(None, None, node_tls(cas, certs), refs))
+    get_run_logger().info("re-issued the certificates of %s (API server until %s)", name,
+                          certs.apiserver.certificate.not_valid_after_utc.isoformat())
+    return gce.set_metadata(zone, name, spec.to_metadata(), rid=change.rid(step))
+
+
+@probe(task_run_name="wait for {name} to serve its new certificates")
+def wait_serving_new_certs(change: Change, zone: str, name: str, timeout: float = 120.0) -> None:
+    """Until the replica's etcd and API server present the certificates now in its metadata."""
+    import time
+
+    from haplane.node import APISERVER_PORT, ETCD_CLIENT_PORT, TLS_PREFIX
+
+    vm = change.gce().get_instance(zone, name)
+    if vm is None:
+        raise RuntimeError(f"VM {name} in {zone} is gone")
+    wanted = {port: _der(vm.metadata[TLS_PREFIX + suffix]) for port, suffix in
+              ((APISERVER_PORT, "apiserver-cert"), (ETCD_CLIENT_PORT, "etcd-server-cert"))}
+    deadline = time.monotonic() + timeout
+    served: dict[int, bytes | None] = {}
+    while time.monotonic() < deadline:
+        served = {port: _served_der(vm.internal_ip, port) for port in wanted}
+        if served == wanted:
+            return
+        time.sleep(0.5)
+    stale = [str(p) for p in wanted if served.get(p) != wanted[p]]
+    raise TimeoutError(f"{name} still serves its old certificate on port(s) {', '.join(stale)} after {timeout:.0f} s")
+
+
+def _der(pem: str) -> bytes:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return x509.load_pem_x509_certificate(pem.encode()).public_bytes(Encoding.DER)
+
+
+def _served_der(ip: str, port: int) -> bytes | None:
+    import socket
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # only to read which certificate is served
+    try:
+        with socket.create_connection((ip, port), timeout=2) as raw, ctx.wrap_socket(raw) as tls:
+            return tls.getpeercert(binary_form=True)
+    except OSError:
+        return None
+
+
+@checkpoint(retries=0)
+def renew_operator_cert(change: Change, step: str) -> str:
+    """A new etcd client certificate for the operator in the cluster's block (etcd trusts any
+    certificate of its CA, so nothing is delivered). Returns its expiry (public)."""
+    from haplane.pki import issue_operator
+
+    block = ClusterPKI.load(block_name(change.cluster))
+    cas = block.to_cas()
+    fresh = issue_operator(cas.etcd_ca, days=cas.lifetimes.leaf_days)
+    block.model_copy(update={"operator_cert": fresh.cert_pem, "operator_key": fresh.key_pem}).save(
+        block_name(change.cluster), overwrite=True)
+    expiry = fresh.certificate.not_valid_after_utc.isoformat()
+    get_run_logger().info("renewed the operator's etcd client certificate (until %s)", expiry)
+    return expiry
 
 
 @probe(task_run_name="delete secrets of {replica}")
