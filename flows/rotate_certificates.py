@@ -8,7 +8,7 @@
   has its full quorum healthy before it goes on to the next replica.
 - **The operator's etcd client certificate** (in the cluster's PKI block).
 - **The service-account key**: a new signing key in the PKI block, delivered to
-  every replica; the previous public key stays accepted until the next rotation,
+  every replica, one at a time (kube-apiserver restarts on it); the previous public key stays accepted until the next rotation,
   so tokens signed before keep working.
 
 The cluster's CAs are not rotated by this flow.
@@ -20,6 +20,7 @@ already done are not done again).
 
 from __future__ import annotations
 
+import time
 from typing import Annotated
 
 from prefect import flow, get_run_logger
@@ -27,18 +28,32 @@ from prefect.runtime import flow_run
 from pydantic import Field
 
 from flows.params import ClusterName, Connection, documented
+from haplane.model import ClusterState
 from haplane.rotation import rotation_order
 from tasks.cluster import cluster_lock, load_spec, observe_cluster, publish_report
 from tasks.etcd import wait_quorum
-from tasks.operations import Step, apply, apply_all
+from tasks.operations import Step, apply
 from tasks.pki import (
     renew_operator_cert,
     rotate_service_account,
     submit_deliver_service_account,
     submit_reissue_leaves,
+    wait_api_ready,
     wait_serving_new_certs,
 )
-from tasks.steps import Change
+from tasks.steps import Change, probe
+
+
+@probe(task_run_name="let {cluster} settle")
+def settled_state(cluster: str, region: str, connection: str | None, timeout: float = 90.0) -> ClusterState:
+    """The cluster once every replica is healthy, or as it is after ``timeout``: a resumed rotation
+    finds the replica it was rotating still reloading, and must not take that for a failure."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = observe_cluster.fn(cluster, region, connection)
+        if all(r.healthy for r in state.replicas) or time.monotonic() > deadline:
+            return state
+        time.sleep(2.0)
 
 
 @flow(name="rotate-certificates", log_prints=True)
@@ -57,7 +72,7 @@ def rotate_certificates(
     spec = load_spec(cluster)
     change = Change(cluster, change_id or f"rotate-{flow_run.get_id()}", connection)
     with cluster_lock(cluster):
-        state = observe_cluster(cluster, spec.region, connection)
+        state = settled_state(cluster, spec.region, connection)
         order = rotation_order(state)
         ips = [r.internal_ip for r in order]
         if leaves:
@@ -71,7 +86,9 @@ def rotate_certificates(
             renew_operator_cert(change, "operator")
         if service_account_key:
             kid = rotate_service_account(change, "service-account/rotate")
-            logger.info("delivering service-account key %s to %d replicas", kid, len(order))
-            apply_all(change, [Step(submit_deliver_service_account, f"service-account/deliver/{r.name}",
-                                    f"service-account key to {r.name}", (r.zone, r.name)) for r in order])
+            logger.info("delivering service-account key %s to %d replicas, one at a time", kid, len(order))
+            for r in order:  # kube-apiserver restarts on new key files: never all replicas at once
+                apply(change, Step(submit_deliver_service_account, f"service-account/deliver/{r.name}",
+                                   f"service-account key to {r.name}", (r.zone, r.name)))
+                wait_api_ready(cluster, r.internal_ip)
     return publish_report(observe_cluster(cluster, spec.region, connection), f"rotated by run {flow_run.get_id()}")

@@ -157,24 +157,59 @@ def submit_reissue_leaves(change: Change, step: str, zone: str, name: str, endpo
 @probe(task_run_name="wait for {name} to serve its new certificates")
 def wait_serving_new_certs(change: Change, zone: str, name: str, timeout: float = 120.0) -> None:
     """Until the replica's etcd and API server present the certificates now in its metadata."""
+    import ssl
     import time
 
     from haplane.node import APISERVER_PORT, ETCD_CLIENT_PORT, TLS_PREFIX
 
     vm = change.gce().get_instance(zone, name)
-    if vm is None:
-        raise RuntimeError(f"VM {name} in {zone} is gone")
-    wanted = {port: _der(vm.metadata[TLS_PREFIX + suffix]) for port, suffix in
-              ((APISERVER_PORT, "apiserver-cert"), (ETCD_CLIENT_PORT, "etcd-server-cert"))}
+    cas = load_cas(change.cluster)
+    if vm is None or cas is None:
+        raise RuntimeError(f"VM {name} in {zone} or the cluster's PKI block is gone")
+    etcd_ctx = EtcdTLS.from_cas(cas).ssl_context()  # etcd asks for a client certificate
+    api_ctx = ssl.create_default_context(cadata=cas.ca.cert_pem)
+    for ctx in (etcd_ctx, api_ctx):
+        ctx.check_hostname = False  # the chain is verified; the IP is in the SANs anyway
+    wanted = {ETCD_CLIENT_PORT: _der(vm.metadata[TLS_PREFIX + "etcd-server-cert"]),
+              APISERVER_PORT: _der(vm.metadata[TLS_PREFIX + "apiserver-cert"])}
+    contexts = {ETCD_CLIENT_PORT: etcd_ctx, APISERVER_PORT: api_ctx}
     deadline = time.monotonic() + timeout
     served: dict[int, bytes | None] = {}
     while time.monotonic() < deadline:
-        served = {port: _served_der(vm.internal_ip, port) for port in wanted}
+        served = {port: _served_der(vm.internal_ip, port, contexts[port]) for port in wanted}
         if served == wanted:
             return
         time.sleep(0.5)
     stale = [str(p) for p in wanted if served.get(p) != wanted[p]]
-    raise TimeoutError(f"{name} still serves its old certificate on port(s) {', '.join(stale)} after {timeout:.0f} s")
+    raise TimeoutError(f"{name} does not serve its new certificate on port(s) {', '.join(stale)} after "
+                       f"{timeout:.0f} s; its processes were not restarted on the new files (check the VM's logs)")
+
+
+@probe(task_run_name="wait for the API server on {ip}")
+def wait_api_ready(cluster: str, ip: str, timeout: float = 120.0) -> None:
+    """Until the API server on ``ip`` answers /readyz (TLS verified against the cluster CA)."""
+    import ssl
+    import time
+
+    import httpx
+
+    from haplane.node import APISERVER_PORT
+
+    cas = load_cas(cluster)
+    if cas is None:
+        raise RuntimeError(f"cluster {cluster} has no PKI block")
+    ctx = ssl.create_default_context(cadata=cas.ca.cert_pem)
+    deadline, last = time.monotonic() + timeout, "no answer"
+    while time.monotonic() < deadline:
+        try:
+            resp = httpx.get(f"https://{ip}:{APISERVER_PORT}/readyz", verify=ctx, timeout=3)
+            if resp.status_code == 200:
+                return
+            last = f"{resp.status_code} {resp.text.strip()}"
+        except httpx.HTTPError as exc:
+            last = type(exc).__name__
+        time.sleep(0.5)
+    raise TimeoutError(f"the API server on {ip} is not ready after {timeout:.0f} s: {last}")
 
 
 def _der(pem: str) -> bytes:
@@ -184,16 +219,14 @@ def _der(pem: str) -> bytes:
     return x509.load_pem_x509_certificate(pem.encode()).public_bytes(Encoding.DER)
 
 
-def _served_der(ip: str, port: int) -> bytes | None:
+def _served_der(ip: str, port: int, ctx) -> bytes | None:
     import socket
     import ssl
 
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # only to read which certificate is served
     try:
         with socket.create_connection((ip, port), timeout=2) as raw, ctx.wrap_socket(raw) as tls:
             return tls.getpeercert(binary_form=True)
-    except OSError:
+    except (OSError, ssl.SSLError):
         return None
 
 

@@ -43,6 +43,13 @@ from haplane.node import (
 from haplane.processes import stop_group
 
 BACKOFF_MAX_S = 5.0
+# The pki files each process reads at start: a change to one of them restarts it (a reload). The
+# service-account files are not here: the API-server stand-in re-reads them by itself.
+PROC_FILES: dict[str, frozenset[str]] = {
+    "etcd": frozenset({"etcd-ca", "etcd-peer-cert", "etcd-peer-key", "etcd-server-cert", "etcd-server-key"}),
+    "apiserver": frozenset({"ca", "etcd-ca", "apiserver-cert", "apiserver-key", "apiserver-etcd-client-cert",
+                            "apiserver-etcd-client-key"}),
+}
 
 
 def service_account_flags(files: set[str], pki: Path) -> list[str]:
@@ -102,9 +109,11 @@ class Machine:
     secrets_error: str | None = None
     next_read: float = 0.0
 
-    def files_key(self) -> str:
-        """Names what the VM's pki directory should hold (a digest, never the keys themselves)."""
-        blob = json.dumps([self.tls_wanted, self.secrets_wanted], sort_keys=True).encode()
+    def files_key(self, only: frozenset[str] | None = None) -> str:
+        """Names what the VM's pki directory should hold (a digest, never the keys themselves);
+        ``only``: the files one process reads."""
+        pick = (lambda d: d) if only is None else (lambda d: {k: v for k, v in d.items() if k in only})
+        blob = json.dumps([pick(self.tls_wanted), pick(self.secrets_wanted)], sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()
 
     @property
@@ -293,7 +302,8 @@ class ProcessRuntime:
             return
         with self._lock:
             m.files_applied, m.secrets_error = key, None
-            stale = [p for p in m.procs.values() if p.running and p.files not in (None, key)]
+            stale = [p for name, p in m.procs.items()
+                     if p.running and p.files not in (None, m.files_key(PROC_FILES.get(name)))]
         for p in stale:  # a reload: restart at once, not counted as a crash
             p.terminate()
             with self._lock:
@@ -319,7 +329,7 @@ class ProcessRuntime:
                 for m in list(self._machines.values()):
                     if not m.powered or m.killed or not m.keys_ready:
                         continue
-                    for proc in m.procs.values():
+                    for name, proc in m.procs.items():
                         if proc.running or now < proc.next_start:
                             continue
                         if proc.popen is not None:  # it ran and exited: restart with back-off
@@ -328,6 +338,6 @@ class ProcessRuntime:
                             proc.popen = None
                             proc.next_start = now + min(BACKOFF_MAX_S, 0.5 * 2 ** min(proc.restarts, 4))
                             continue
-                        proc.files = m.files_applied
+                        proc.files = m.files_key(PROC_FILES.get(name))
                         proc.spawn()
                 self._wake.wait(0.25)
