@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from haplane.model import ClusterState, ReplicaState
+from haplane.remediation import Attempt, Outcome, Policy
 
 WARN_DAYS = 30  # the health check warns (event + artifact) within this many days of an expiry
 ROTATE_DAYS = 14  # ... and starts rotate-certificates itself within this many
@@ -70,3 +71,38 @@ def expiry_decision(certs: Iterable[tuple[str, dt.datetime]], now: dt.datetime, 
     rotate = any(e.days_left <= rotate_days for e in warn if e.role.split("/")[-1] not in CA_ROLES)
     return ExpiryDecision(warn=warn, rotate=rotate,
                           ca_attention=tuple(e for e in warn if e.role in CA_ROLES))
+
+
+ROTATION_TARGET = "certificates"  # the "replica" an automatic rotation is recorded under
+
+
+@dataclass(frozen=True)
+class RotationGo:
+    allowed: bool
+    reason: str
+    change_id: str | None = None  # set: resume that failed rotation instead of starting afresh
+
+
+def may_rotate(attempts: Iterable[Attempt], now: dt.datetime, policy: Policy = Policy()) -> RotationGo:
+    """The replacements' back-off rules applied to automatic rotations: after a failed one, wait
+    ``policy.backoff_s(failures)`` and then resume it (same change id); give up after
+    ``policy.max_failures`` failures in a row, for a person to look."""
+    mine = sorted((a for a in attempts if a.replica == ROTATION_TARGET), key=lambda a: a.started)
+    failures = 0
+    for a in reversed(mine):
+        if a.outcome is not Outcome.FAILED:
+            break
+        failures += 1
+    if mine and mine[-1].outcome is Outcome.RUNNING:
+        return RotationGo(False, f"rotation {mine[-1].run} is still running")
+    if failures >= policy.max_failures:
+        return RotationGo(False, f"{failures} automatic rotations failed in a row (last: {mine[-1].run}); "
+                                 f"not trying again: run rotate-certificates by hand after looking at why")
+    if failures:
+        wait = policy.backoff_s(failures)
+        since = (now - mine[-1].started).total_seconds()
+        if since < wait:
+            return RotationGo(False, f"the last rotation ({mine[-1].run}) failed {since:.0f} s ago; backing off "
+                                     f"for {wait - since:.0f} s more")
+        return RotationGo(True, f"resuming the failed rotation {mine[-1].run}", mine[-1].change_id or None)
+    return RotationGo(True, "certificates are within the rotation threshold")

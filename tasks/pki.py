@@ -246,6 +246,36 @@ def renew_operator_cert(change: Change, step: str) -> str:
     return expiry
 
 
+@probe(task_run_name="certificate inventory of {cluster}")
+def certificate_inventory(cluster: str, zones: list[str], connection: str | None) -> list[dict[str, str]]:
+    """Every certificate of the cluster (CAs and operator from its block, each replica's leaves
+    from its metadata) and the service-account key's age, as rows without any key material."""
+    import datetime as dt
+
+    from blocks.cluster import resolve_gce
+    from haplane.node import TLS_PREFIX
+    from haplane.pki import describe
+    from haplane.topology import LABEL_CLUSTER
+
+    cas = load_cas(cluster)
+    if cas is None:
+        raise RuntimeError(f"cluster {cluster} has no PKI block {block_name(cluster)!r}: its certificates are unknown")
+    now = dt.datetime.now(dt.UTC)
+    infos = [cas.ca.info(), cas.etcd_ca.info(), cas.operator.info()]
+    for vm in resolve_gce(connection).list_instances(zones, labels={LABEL_CLUSTER: cluster}):
+        for key, pem in sorted(vm.metadata.items()):
+            if key.startswith(TLS_PREFIX) and key.endswith("-cert"):
+                infos.append(describe(pem, f"{vm.name}/{key[len(TLS_PREFIX):-len('-cert')]}"))
+    rows = [{"certificate": i.role, "subject": i.subject, "expires": i.not_after.strftime("%Y-%m-%d %H:%M UTC"),
+             "days left": f"{(i.not_after - now).total_seconds() / 86400:.1f}", "not_after": i.not_after.isoformat()}
+            for i in infos]
+    sa = cas.service_account
+    rows.append({"certificate": "service-account key", "subject": f"kid {sa.kid}" if sa else "(none yet)",
+                 "expires": "never (rotated by rotate-certificates)",
+                 "days left": f"age {sa.age(now).total_seconds() / 86400:.1f} days" if sa else "-", "not_after": ""})
+    return rows
+
+
 @probe(task_run_name="delete secrets of {replica}")
 def delete_replica_secrets(change: Change, replica: str) -> int:
     """Destroy a removed replica's private keys (every secret labelled with it). Returns how many."""

@@ -67,17 +67,33 @@ def test_expiry_warns_first_rotates_later_and_never_for_a_ca_alone():
 
 
 class Canary(threading.Thread):
-    """Writes a key every 50 ms until stopped; every failed write is recorded."""
+    """Writes a key every 50 ms until stopped, as an etcd client (clientv3) does: an attempt a
+    member refuses while it restarts is retried on the next member; a write counts as *failed*
+    only when no member took it within 10 s. Retried attempts are counted and printed."""
 
     def __init__(self, cluster: str, ips: list[str]):
         super().__init__(daemon=True)
-        self.client = EtcdClient([client_url(ip) for ip in ips], tls=EtcdTLS.from_cas(load_cas(cluster)), timeout=5)
-        self.stop_flag, self.writes, self.failures = threading.Event(), 0, []
+        tls = EtcdTLS.from_cas(load_cas(cluster))
+        self.clients = [EtcdClient([client_url(ip)], tls=tls, timeout=3) for ip in ips]
+        self.stop_flag, self.writes, self.retried, self.failures = threading.Event(), 0, 0, []
+
+    def _put(self, key: str, value: str) -> None:
+        deadline, i, last = time.monotonic() + 10, self.writes, None
+        while time.monotonic() < deadline:
+            client = self.clients[i % len(self.clients)]
+            try:
+                client.put(key, value)
+                return
+            except Exception as exc:  # noqa: BLE001 - the member is restarting: the next one
+                last, i = exc, i + 1
+                self.retried += 1
+                time.sleep(0.05)
+        raise RuntimeError(f"no member took {key}: {last}")
 
     def run(self) -> None:
         while not self.stop_flag.is_set():
             try:
-                self.client.put(f"/canary/{self.writes}", str(time.time()))
+                self._put(f"/canary/{self.writes}", str(time.time()))
                 self.writes += 1
             except Exception as exc:  # noqa: BLE001 - every failure counts
                 self.failures.append(f"{type(exc).__name__}: {exc}")
@@ -86,7 +102,8 @@ class Canary(threading.Thread):
     def finish(self) -> None:
         self.stop_flag.set()
         self.join(30)
-        self.client.close()
+        for c in self.clients:
+            c.close()
 
 
 def _leaves(cloud, cluster: str) -> dict[str, dict[str, x509.Certificate]]:
@@ -117,7 +134,7 @@ def test_rotation_renews_every_leaf_one_replica_at_a_time_with_no_failed_write(c
         finally:
             canary.finish()
         print(f"rotation of 3 replicas: {time.monotonic() - started:.1f} s, {canary.writes} canary writes, "
-              f"{len(canary.failures)} failed")
+              f"{canary.retried} attempts retried on another member, {len(canary.failures)} failed")
         assert canary.writes > 20 and canary.failures == [], canary.failures[:5]
         assert all(r["health"] == "healthy" for r in rows)
 
@@ -179,6 +196,54 @@ def test_a_rotation_killed_half_way_resumes_without_redoing_a_replica(cloud, pre
         final = {n: {s: c.serial_number for s, c in v.items()} for n, v in _leaves(cloud, cluster).items()}
         assert final[first] == done[first], "the resumed run re-issued a replica the killed run had finished"
         assert all(final[n][s] != original[n][s] for n in final for s in LEAVES)
+    finally:
+        delete_cluster(cluster=cluster)
+    assert cloud.processes() == []
+
+
+def test_health_check_warns_then_rotates_every_leaf_within_the_threshold(cloud, prefect_api):
+    """Leaves last a year: with thresholds above a year the health check sees every leaf "close to
+    expiry" and must rotate them all, one replica at a time, with no failed write meanwhile."""
+    import httpx
+
+    from flows.health_check import health_check
+
+    cluster = f"hrot-{uuid.uuid4().hex[:5]}"
+    create_cluster(cluster=cluster, region=REGION, zones=ZONES, replicas=3)
+    try:
+        before = {n: {s: c.serial_number for s, c in v.items()} for n, v in _leaves(cloud, cluster).items()}
+        health_check(cluster=cluster)  # defaults (30 / 14 days): a new cluster needs nothing
+        assert {n: {s: c.serial_number for s, c in v.items()} for n, v in _leaves(cloud, cluster).items()} == before
+
+        health_check(cluster=cluster, warn_days=400, rotate_days=0)  # warn only
+        assert {n: {s: c.serial_number for s, c in v.items()} for n, v in _leaves(cloud, cluster).items()} == before
+
+        ips = [vm.internal_ip for vm in cloud.gce.list_instances(ZONES, labels={LABEL_CLUSTER: cluster})]
+        canary = Canary(cluster, ips)
+        canary.start()
+        try:
+            rotated = health_check(cluster=cluster, warn_days=400, rotate_days=366)
+        finally:
+            canary.finish()
+        print(f"health-check rotation: {canary.writes} canary writes, {canary.retried} attempts retried on "
+              f"another member, {len(canary.failures)} failed")
+        assert canary.writes > 20 and canary.failures == [], canary.failures[:5]
+        after = {n: {s: c.serial_number for s, c in v.items()} for n, v in _leaves(cloud, cluster).items()}
+        assert all(after[n][s] != before[n][s] for n in before for s in LEAVES)
+        assert "rotated" in str(rotated), rotated
+
+        deadline, names = time.monotonic() + 60, []
+        while time.monotonic() < deadline and "haplane.certificates.rotated" not in names:  # events arrive async
+            events = httpx.post(f"{prefect_api.url}/events/filter", json={"filter": {"event": {"prefix": [
+                "haplane.certificates."]}}, "limit": 50}, timeout=30).json()["events"]
+            names = [e["event"] for e in events if e["resource"].get("haplane.cluster") == cluster]
+            time.sleep(1)
+        assert "haplane.certificates.expiring" in names and "haplane.certificates.rotated" in names
+        arts = httpx.post(f"{prefect_api.url}/artifacts/filter", json={"artifacts": {"key": {"any_": [
+            f"{cluster}-certificates", f"{cluster}-certificates-expiring"]}}}, timeout=10).json()
+        assert {a["key"] for a in arts} == {f"{cluster}-certificates", f"{cluster}-certificates-expiring"}
+        table = next(a for a in arts if a["key"] == f"{cluster}-certificates")["data"]
+        assert "service-account key" in table and "etcd-peer" in table and "PRIVATE" not in table
     finally:
         delete_cluster(cluster=cluster)
     assert cloud.processes() == []
