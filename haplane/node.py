@@ -12,7 +12,7 @@ Metadata keys
 ``haplane-tls-*``       PEM text, one key per file in :data:`TLS_FILES` (certificates; private
                         keys only on clusters made before Secret Manager held them).
 ``haplane-secrets``     JSON ``{suffix: secret version name}``: the replica's private keys, each
-                        in Secret Manager (:mod:`haplane.secrets`), read by the VM with its own
+                        in Secret Manager (:mod:`haplane.secretstore`), read by the VM with its own
                         service account's token; a new version name is how a rotation reaches it.
 
 A VM whose metadata has no ``haplane-etcd`` key boots nothing (a bare VM).

@@ -12,7 +12,7 @@ same on Debian 12:
   every replica's IP is known), then writes the TLS files of
   :data:`haplane.node.TLS_FILES` into ``/etc/haplane/pki`` (keys 0600; private keys
   read from Secret Manager with the VM's own service-account token, see
-  :mod:`haplane.secrets`, certificates from metadata), the
+  :mod:`haplane.secretstore`, certificates from metadata), the
   etcd and API-server settings, systemd units and an nginx ``/healthz`` for
   the target pool's legacy HTTP health check, starts them, and re-applies
   whenever the instance's metadata changes.

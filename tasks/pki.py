@@ -3,7 +3,7 @@
 No task here returns key material: the CAs go straight into the ``<cluster>-pki``
 block; a replica's certificates into its instance metadata and its private keys
 into Secret Manager, one secret per key readable by the replica's VM service
-account only (:mod:`haplane.secrets`); the metadata names the versions to read.
+account only (:mod:`haplane.secretstore`); the metadata names the versions to read.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from haplane.pki import (
     rotate_service_account_key,
     service_account_tls,
 )
-from haplane.secrets import SecretStore
+from haplane.secrets import call_carrying_secrets
+from haplane.secretstore import SecretStore
 from tasks.steps import Change, checkpoint, probe
 
 
@@ -60,12 +61,14 @@ def operator_tls(cluster: str) -> EtcdTLS | None:
     return EtcdTLS.from_cas(cas) if cas else None
 
 
-@probe(task_run_name="ensure cluster PKI")
-def ensure_cluster_pki(cluster: str) -> str:
+@probe(task_run_name="{step}")
+def ensure_cluster_pki(cluster: str, step: str = "pki") -> str:
     """Create the cluster CA and etcd CA once; later runs keep the saved ones. Returns the block name."""
     name = block_name(cluster)
     if load_cas(cluster) is None:
-        ClusterPKI.from_cas(create_cluster_cas(cluster)).save(name, overwrite=False)
+        # the request carries the CA keys: an error must not carry it onwards
+        call_carrying_secrets(f"saving block {name}", (), ClusterPKI.from_cas(create_cluster_cas(cluster)).save,
+                              name, overwrite=False)
         get_run_logger().info("created the cluster CA, the etcd CA and the service-account key in block %s", name)
     else:
         ensure_service_account_key(cluster)
@@ -76,7 +79,9 @@ def ensure_service_account_key(cluster: str) -> None:
     """Give a cluster saved before service-account keys existed its key pair (kept once made)."""
     block = ClusterPKI.load(block_name(cluster))
     if block.service_account_key is None:
-        block.with_service_account(new_service_account_key()).save(block_name(cluster), overwrite=True)
+        call_carrying_secrets(f"saving block {block_name(cluster)}", (),
+                              block.with_service_account(new_service_account_key()).save, block_name(cluster),
+                              overwrite=True)
         get_run_logger().info("added a service-account key pair to block %s", block_name(cluster))
 
 
@@ -89,7 +94,8 @@ def rotate_service_account(change: Change, step: str) -> str:
     old = block.to_cas().service_account
     assert old is not None
     new = rotate_service_account_key(old)
-    block.with_service_account(new).save(block_name(change.cluster), overwrite=True)
+    call_carrying_secrets(f"saving block {block_name(change.cluster)}", (), block.with_service_account(new).save,
+                          block_name(change.cluster), overwrite=True)
     get_run_logger().info("service-account key %s replaces %s (still accepted until the next rotation)",
                           new.kid, old.kid)
     return new.kid
@@ -239,8 +245,9 @@ def renew_operator_cert(change: Change, step: str) -> str:
     block = ClusterPKI.load(block_name(change.cluster))
     cas = block.to_cas()
     fresh = issue_operator(cas.etcd_ca, days=cas.lifetimes.leaf_days)
-    block.model_copy(update={"operator_cert": fresh.cert_pem, "operator_key": fresh.key_pem}).save(
-        block_name(change.cluster), overwrite=True)
+    call_carrying_secrets(f"saving block {block_name(change.cluster)}", (),
+                          block.model_copy(update={"operator_cert": fresh.cert_pem, "operator_key": fresh.key_pem}).save,
+                          block_name(change.cluster), overwrite=True)
     expiry = fresh.certificate.not_valid_after_utc.isoformat()
     get_run_logger().info("renewed the operator's etcd client certificate (until %s)", expiry)
     return expiry
@@ -293,8 +300,8 @@ def delete_cluster_secrets(change: Change) -> int:
     return gone
 
 
-@probe(task_run_name="delete cluster PKI")
-def delete_cluster_pki(cluster: str) -> None:
+@probe(task_run_name="{step}")
+def delete_cluster_pki(cluster: str, step: str = "pki") -> None:
     delete_block_document(block_name(cluster), ClusterPKI.get_block_type_slug())
 
 

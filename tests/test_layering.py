@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PURE = ["haplane.model", "haplane.gce_timings", "haplane.quorum", "haplane.topology", "haplane.plans",
+PURE = ["haplane.model", "haplane.gce_timings", "haplane.steps", "haplane.quorum", "haplane.topology", "haplane.plans",
         "haplane.remediation"]
 BLOCKED = ["httpx", "google", "prefect", "cryptography", "pydantic", "haplane.emulator"]
 

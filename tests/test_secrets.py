@@ -1,106 +1,151 @@
-"""Private keys out of instance metadata: each in Secret Manager, readable by its replica's VM alone.
+"""Key material cannot reach persistence: a failed call that carried private keys leaves no trace of them.
 
-The emulator serves the Secret Manager REST subset; the real ``google-cloud-secret-manager``
-client (REST transport) talks to it, both as the operator and as a VM with the token the
-emulator's metadata server hands that VM. The instances are read back with the real
-``google-cloud-compute`` client.
+``setMetadata`` carries a replica's private keys. When it fails, google-api-core's exception keeps
+the request (with the keys); Prefect persists a task's final exception and logs it. These tests make
+that call fail on the emulator and look for key material where Prefect keeps things: the server's
+database, the result storage, logs, artifacts and events.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
+import pickle
+import re
+import traceback
 import uuid
+from pathlib import Path
 
+import cloudpickle
+import httpx
 import pytest
-from google.api_core.exceptions import BadRequest, Forbidden
-from google.auth.credentials import AnonymousCredentials
+from google.api_core import exceptions as gexc
 from google.cloud import compute_v1
 
 from flows.create_cluster import create_cluster
 from flows.delete_cluster import delete_cluster
-from flows.remove_replica import remove_replica
-from haplane.emulator.server import Emulator
-from haplane.node import SECRET_SUFFIXES, SECRETS_KEY
-from haplane.secrets import SecretStore, read_as_vm, secret_id, service_account_email, vm_token
-from haplane.topology import LABEL_CLUSTER
+from haplane.gce import request_id
+from haplane.pki import new_ca
+from haplane.secrets import SecretCallFailed, scrub
 from tests.fixtures.cluster import PROJECT
 
 REGION = "europe-west1"
-ZONES = ["europe-west1-b", "europe-west1-c", "europe-west1-d"]
+ZONE = "europe-west1-b"
+PEM_MARKER = b"PRIVATE KEY-----"
+B64_RE = re.compile(rb"[A-Za-z0-9+/=]{80,}")
 
 
-def test_secret_manager_subset_with_the_real_client(tmp_path):
-    with Emulator(state_dir=tmp_path) as emu:
-        store = SecretStore("p", emu.url)
-        reader = "r1-master@p.iam.gserviceaccount.com"
-        v1 = store.put("c1", "r1-master", "etcd-peer-key", "one", reader)
-        v2 = store.put("c1", "r1-master", "etcd-peer-key", "two", reader)  # same secret, a new version
-        assert v1.endswith("/versions/1") and v2.endswith("/versions/2")
-        assert (store.read(v1), store.read(v2)) == ("one", "two")
-        assert store.read(v2.rsplit("/", 1)[0] + "/latest") == "two"
-        policy = store.client.get_iam_policy(request={"resource": store.name("r1-master-etcd-peer-key")})
-        assert [(b.role, list(b.members)) for b in policy.bindings] == [
-            ("roles/secretmanager.secretAccessor", [f"serviceAccount:{reader}"])]
-        store.put("c2", "r9-master", "etcd-peer-key", "other cluster", reader)
-        assert store.list("c1") == ["projects/p/secrets/r1-master-etcd-peer-key"]
-        store.client.destroy_secret_version(request={"name": v2})
-        with pytest.raises(BadRequest, match="DESTROYED"):
-            store.read(v2)
-        assert store.read(v2.rsplit("/", 1)[0] + "/latest") == "one"  # the newest enabled one
-        assert store.delete(store.name("r1-master-etcd-peer-key")) is True
-        assert store.delete(store.name("r1-master-etcd-peer-key")) is False
-        assert store.list("c1") == []
-        # a token the metadata server never issued is refused (401; the client then tries to refresh it)
-        with pytest.raises(Exception, match="401|refresh"):
-            read_as_vm(emu.url, "ya29.forged", v1)
+def _key_lines(pem: str) -> list[bytes]:
+    """The base64 lines of a PEM private key: any of them found anywhere means the key leaked."""
+    return [line.encode() for line in pem.strip().splitlines()[1:-1] if len(line) >= 40]
 
 
-def _instances(cloud, cluster: str) -> list[compute_v1.Instance]:
-    client = compute_v1.InstancesClient(client_options={"api_endpoint": cloud.emulator.url},
-                                        credentials=AnonymousCredentials())
-    return [i for z in ZONES for i in client.list(project=PROJECT, zone=z)
-            if i.labels.get(LABEL_CLUSTER) == cluster]
+def _leaks(blob: bytes, needles: list[bytes]) -> list[bytes]:
+    """Needles found in ``blob``, or in base64 text inside it (Prefect's result files hold the
+    pickled value as base64 with line breaks, inside JSON)."""
+    found = [n for n in needles if n in blob]
+    flat = blob.replace(b"\\n", b"").replace(b"\n", b"")
+    for chunk in B64_RE.findall(flat):
+        try:
+            decoded = base64.b64decode(chunk + b"=" * (-len(chunk) % 4))
+        except (binascii.Error, ValueError):
+            continue
+        found += [n for n in needles if n in decoded]
+    return found
 
 
-@pytest.mark.usefixtures("prefect_api")
-def test_no_private_key_in_metadata_and_a_vm_reads_only_its_own(cloud):
-    cluster = f"sec-{uuid.uuid4().hex[:5]}"
-    rows = create_cluster(cluster=cluster, region=REGION, zones=ZONES, replicas=3)
-    assert all(r["health"] == "healthy" for r in rows)  # etcd and the API servers run on keys read from secrets
-    store = SecretStore(PROJECT, cloud.emulator.url)
-    try:
-        instances = _instances(cloud, cluster)
-        assert len(instances) == 3
-        for inst in instances:
-            items = {i.key: i.value for i in inst.metadata.items}
-            assert not [k for k, v in items.items() if "PRIVATE KEY" in v], f"a private key in {inst.name}'s metadata"
-            assert not [k for k in items if k.startswith("haplane-tls-") and k.endswith("-key")]
-            assert set(__import__("json").loads(items[SECRETS_KEY])) == SECRET_SUFFIXES
-            assert [sa.email for sa in inst.service_accounts] == [service_account_email(PROJECT, inst.name)]
-        # one secret per replica and key
-        assert sorted(store.list(cluster)) == sorted(store.name(secret_id(i.name, s))
-                                                     for i in instances for s in SECRET_SUFFIXES)
+def test_scrub_removes_pem_blocks_and_secret_values():
+    pem = new_ca("x", "cluster-ca").key_pem.get_secret_value()
+    text = f"400 bad value '{pem}' and escaped {json.dumps(pem)} and plain secret-value-123"
+    out = scrub(text, [pem, "secret-value-123"])
+    assert "PRIVATE KEY" not in out and "secret-value-123" not in out
+    assert not _leaks(out.encode(), _key_lines(pem))
 
-        a, b = instances[0], instances[1]
-        token_a = vm_token(cloud.emulator.url, a.network_interfaces[0].network_i_p)
-        own = read_as_vm(cloud.emulator.url, token_a, store.name(secret_id(a.name, "etcd-peer-key")) + "/versions/latest")
-        assert own.startswith("-----BEGIN PRIVATE KEY-----")
-        with pytest.raises(Forbidden):
-            read_as_vm(cloud.emulator.url, token_a, store.name(secret_id(b.name, "etcd-peer-key")) + "/versions/latest")
-        with pytest.raises(Forbidden):  # nor may a VM manage secrets
-            from google.cloud import secretmanager_v1
-            from google.oauth2.credentials import Credentials
 
-            secretmanager_v1.SecretManagerServiceClient(
-                transport="rest", credentials=Credentials(token=token_a),
-                client_options={"api_endpoint": cloud.emulator.url}).delete_secret(
-                request={"name": store.name(secret_id(b.name, "etcd-peer-key"))})
+def test_a_failed_setmetadata_carries_no_key(cloud):
+    """The raw client's error keeps the key (the leak); haplane's error holds strings only."""
+    gce = cloud.gce
+    gce.wait(gce.insert_instance(ZONE, "bare", machine_type="e2-small", labels={}, metadata={}, tags=[],
+                                 external_ip=False, rid=request_id("secrets", "bare")))
+    key = new_ca("x", "etcd-ca").key_pem.get_secret_value()
+    needles = _key_lines(key) + [PEM_MARKER]
 
-        # removing a replica destroys its secrets, and only its
-        victim = next(i for i in instances if i.zone.endswith(ZONES[2]))
-        remove_replica(cluster=cluster, zone=ZONES[2], replica_name=victim.name)
-        assert store.list(cluster, victim.name) == []
-        assert len(store.list(cluster)) == 2 * len(SECRET_SUFFIXES)
-    finally:
-        delete_cluster(cluster=cluster)
-    assert store.list(cluster) == []
-    assert cloud.processes() == []
+    # the leak this guards against: google-api-core's exception pickles with the request body
+    cloud.admin.add_fault("compute.instances.setMetadata", "503")
+    raw_req = compute_v1.SetMetadataInstanceRequest(
+        project=PROJECT, zone=ZONE, instance="bare", request_id=str(uuid.uuid4()),
+        metadata_resource=compute_v1.Metadata(items=[compute_v1.Items(key="haplane-tls-etcd-peer-key",
+                                                                      value=key)]))
+    with pytest.raises(gexc.ServiceUnavailable) as raw:
+        gce.instances.set_metadata_unary(request=raw_req)
+    assert _leaks(pickle.dumps(raw.value), needles), "the control case should carry the key"
+
+    for mode, status in (("503", 503), ("429", 429)):
+        cloud.admin.add_fault("compute.instances.setMetadata", mode)
+        with pytest.raises(SecretCallFailed) as caught:
+            gce.set_metadata(ZONE, "bare", {"haplane-tls-etcd-peer-key": key}, rid=str(uuid.uuid4()))
+        err = caught.value
+        assert err.status == status and err.transient
+        assert err.__cause__ is None and err.__context__ is None
+        assert "setMetadata of instance bare" in str(err)
+        for blob in (pickle.dumps(err), cloudpickle.dumps(err), repr(err).encode(),
+                     "".join(traceback.format_exception(err)).encode()):
+            assert not _leaks(blob, needles)
+        assert pickle.loads(pickle.dumps(err)).status == status
+    assert "haplane-tls-etcd-peer-key" not in gce.get_instance(ZONE, "bare").metadata
+
+
+def _prefect_records(url: str, flow_run_id: str) -> bytes:
+    """Everything the API shows of the run: logs, artifacts, events, task-run states."""
+    out = []
+    with httpx.Client(base_url=url, timeout=30) as api:
+        out.append(api.post("/logs/filter", json={"logs": {"flow_run_id": {"any_": [flow_run_id]}},
+                                                   "limit": 200}).content)
+        out.append(api.post("/artifacts/filter", json={"limit": 200}).content)
+        out.append(api.post("/events/filter", json={"limit": 200}).content)
+        out.append(api.post("/task_runs/filter", json={"flow_runs": {"id": {"any_": [flow_run_id]}}}).content)
+        out.append(api.get(f"/flow_runs/{flow_run_id}").content)
+    return b"\n".join(out)
+
+
+def _drain() -> None:
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for service in (APILogWorker, EventsWorker):
+        try:
+            service.drain_all(timeout=15)
+        except Exception:  # nothing pending
+            pass
+
+
+def test_a_failed_configure_persists_no_key(cloud, prefect_api):
+    """create-cluster whose setMetadata keeps failing: the run fails, and no private key is in the
+    Prefect database, the result storage, the logs, artifacts or events."""
+    from prefect.client.orchestration import get_client
+
+    cluster = f"leak-{uuid.uuid4().hex[:5]}"
+    # every attempt fails: the configure task's 3 retries, for its one replica
+    cloud.admin.add_fault("compute.instances.setMetadata", "503", count=20)
+    with pytest.raises(Exception, match="setMetadata of instance .* 503"):
+        create_cluster(cluster=cluster, region=REGION, zones=[ZONE], replicas=1)
+    assert len(cloud.admin.calls("compute.instances.setMetadata")) >= 2
+    _drain()
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(limit=5, sort="START_TIME_DESC")
+    run = next(r for r in runs if r.parameters.get("cluster") == cluster)
+    assert run.state.is_failed() and "private keys" in (run.state.message or "")
+
+    scanned: dict[str, bytes] = {"API": _prefect_records(prefect_api.url, str(run.id))}
+    home = Path(prefect_api.home)
+    for path in home.rglob("*"):
+        if path.is_file():
+            scanned[str(path.relative_to(home))] = path.read_bytes()
+    assert any(name.startswith("storage") for name in scanned), "no result storage was scanned"
+    assert any(name.startswith("prefect.db") for name in scanned), "the database was not scanned"
+    leaks = {name: _leaks(blob, [PEM_MARKER]) for name, blob in scanned.items()}
+    assert not {k: v for k, v in leaks.items() if v}, "key material persisted"
+
+    cloud.admin.clear_faults()
+    delete_cluster(cluster=cluster)

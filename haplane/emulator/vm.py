@@ -285,7 +285,7 @@ class ProcessRuntime:
         the VM's internal address), write them and its certificates to its disk, and restart the
         processes that run on older files (etcd and the API server reload their certificates).
         Runs outside the lock."""
-        from haplane.secrets import read_as_vm, vm_token
+        from haplane.secretstore import read_as_vm, vm_token
 
         try:
             files = dict(tls)
