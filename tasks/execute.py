@@ -145,7 +145,8 @@ LOCAL: dict[StepKind, Callable[[Run, PlanStep, dict[str, Any]], dict[str, Any] |
                                                             a["member_id"], a["name"]),
     StepKind.DELETE_PKI: lambda run, s, a: (check_gone_from_gce(run.change.cluster, run.spec.region,
                                                                 run.change.connection),
-                                            delete_cluster_secrets(run.change),  # any a lost VM left
+                                            # part of this step (no task run of its own): any a lost VM left
+                                            delete_cluster_secrets.fn(run.change),
                                             delete_cluster_pki(run.change.cluster, step=s.id)),
     StepKind.DELETE_SPEC: lambda run, s, a: delete_spec(run.change.cluster, step=s.id),
 }
@@ -174,8 +175,8 @@ def _after(run: Run, s: PlanStep, a: dict[str, Any]) -> None:
         logger.warning("endpoint %s is down until the load balancer answers", a["only_if_ip"])
     elif s.kind is StepKind.DELETE_FORWARDING_RULE and run.down_since is not None:
         logger.warning("the load balancer is gone: the endpoint is down until a replica carries its IP")
-    elif s.kind is StepKind.DELETE_VM:  # its private keys go with it (Secret Manager)
-        delete_replica_secrets(run.change, a["name"])
+    elif s.kind is StepKind.DELETE_VM:  # its private keys go with it, as part of the step
+        delete_replica_secrets.fn(run.change, a["name"])
     elif s.kind in (StepKind.FORWARDING_RULE, StepKind.ENDPOINT_IP) and run.down_since is not None:
         downtime = time.monotonic() - run.down_since
         run.figures["endpoint_downtime_s"] = downtime
