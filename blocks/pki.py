@@ -6,6 +6,9 @@ One document per cluster, saved as ``"<cluster>-pki"`` in block type
     ClusterPKI.from_cas(create_cluster_cas("prod")).save("prod-pki")
     cas = ClusterPKI.load("prod-pki").to_cas()
 
+The cluster's service-account key pair lives here too (one per cluster, the
+same on every replica), with the public keys still accepted after a rotation.
+
 Private keys are ``SecretStr`` fields: Prefect stores them encrypted and the
 UI, logs and ``repr`` show them masked. Per-replica leaves are not kept here:
 they are issued from the CAs when a replica is created and travel only in the
@@ -14,12 +17,13 @@ replica's instance metadata.
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import ClassVar
 
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
-from haplane.pki import CertKey, ClusterCAs, Lifetimes
+from haplane.pki import CertKey, ClusterCAs, Lifetimes, ServiceAccountKeys
 
 
 def block_name(cluster: str) -> str:
@@ -46,6 +50,14 @@ class ClusterPKI(Block):
     operator_key: SecretStr = Field(description="Operator's etcd client private key (PEM)")
     ca_days: int = Field(default=Lifetimes().ca_days, description="CA lifetime in days")
     leaf_days: int = Field(default=Lifetimes().leaf_days, description="Leaf certificate lifetime in days")
+    # the service-account key pair (absent in documents saved before it existed; see
+    # tasks.pki.ensure_cluster_pki, which adds it)
+    service_account_key: SecretStr | None = Field(
+        default=None, description="Service-account signing private key (PEM), the same on every replica")
+    service_account_key_created: dt.datetime | None = Field(
+        default=None, description="When the service-account key was created")
+    service_account_previous_public_keys: list[str] = Field(
+        default_factory=list, description="Public keys (PEM) still accepted after the last rotation")
 
     @property
     def document_name(self) -> str:
@@ -59,7 +71,19 @@ class ClusterPKI(Block):
             etcd_ca_cert=cas.etcd_ca.cert_pem, etcd_ca_key=cas.etcd_ca.key_pem,
             operator_cert=cas.operator.cert_pem, operator_key=cas.operator.key_pem,
             ca_days=cas.lifetimes.ca_days, leaf_days=cas.lifetimes.leaf_days,
+            **cls._service_account_fields(cas.service_account),
         )
+
+    @staticmethod
+    def _service_account_fields(sa: ServiceAccountKeys | None) -> dict:
+        if sa is None:
+            return {}
+        return {"service_account_key": sa.key_pem, "service_account_key_created": sa.created,
+                "service_account_previous_public_keys": list(sa.previous_public_pems)}
+
+    def with_service_account(self, sa: ServiceAccountKeys) -> ClusterPKI:
+        """This document with ``sa`` as the service-account key pair (to save over it)."""
+        return self.model_copy(update=self._service_account_fields(sa))
 
     def to_cas(self) -> ClusterCAs:
         return ClusterCAs(
@@ -68,4 +92,9 @@ class ClusterPKI(Block):
             etcd_ca=CertKey("etcd-ca", self.etcd_ca_cert, self.etcd_ca_key),
             operator=CertKey("operator-etcd-client", self.operator_cert, self.operator_key),
             lifetimes=Lifetimes(ca_days=self.ca_days, leaf_days=self.leaf_days),
+            service_account=(ServiceAccountKeys(
+                key_pem=self.service_account_key,
+                created=self.service_account_key_created or dt.datetime.now(dt.UTC),
+                previous_public_pems=tuple(self.service_account_previous_public_keys))
+                if self.service_account_key is not None else None),
         )

@@ -102,7 +102,7 @@ def deploy(repo: Path) -> None:
     if out.returncode != 0:
         raise RuntimeError(f"prefect deploy failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
     say("deployments: create-cluster, add-replica, remove-replica, replace-replica, set-load-balancer, "
-        "delete-cluster, health-check")
+        "delete-cluster, rotate-certificates, health-check")
 
 
 def ensure_health_schedules(clusters: list[str], interval_s: float, connection: str | None) -> None:

@@ -10,6 +10,12 @@ replacement at a time, never when quorum would be lost, back-off after
 repeated failures of the same replica) and says why in its log and in the
 ``<cluster>-health`` artifact. Acts by running replace-replica as a subflow.
 
+Certificates: when nothing needs replacing, it lists every certificate and the
+service-account key's age (artifact ``<cluster>-certificates``), warns (event
+``haplane.certificates.expiring``) when one expires within ``warn_days``, and
+within ``rotate_days`` runs rotate-certificates as a subflow itself, under the
+same back-off rules as replacements (:mod:`haplane.rotation`).
+
 Locks: the check holds ``health-<cluster>`` for its whole run, so two checks of
 one cluster never overlap. Before acting it takes ``cluster-<cluster>``, observes
 and decides again under it, and runs replace-replica under that same hold (the
@@ -20,19 +26,22 @@ With nothing wrong, it changes nothing.
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Annotated, Any
 
 from prefect import flow, get_run_logger, tags
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed, Failed, State
 from pydantic import Field
 
 from flows.params import ClusterName, Connection, documented
 from flows.replace_replica import replace_replica
+from flows.rotate_certificates import rotate_certificates
 from flows.zone_outage import add_owed_replacement, delete_stranded, move_out_of_zone
 from flows.zone_outage import rebalance as zone_rebalance
 from haplane.observe import now_utc
 from haplane.remediation import Action, Policy, ZoneAction, decide, decide_zones, track_outages
+from haplane.rotation import ROTATE_DAYS, ROTATION_TARGET, WARN_DAYS, expiry_decision, may_rotate
 from haplane.topology import check_cluster_name
 from tasks.cluster import ClusterBusy, cluster_lock, load_spec, observe_cluster, publish_report, zones_of
 from tasks.health import (
@@ -46,6 +55,7 @@ from tasks.health import (
     remediation_tags,
     replica_resource,
 )
+from tasks.pki import certificate_inventory
 
 
 @flow(name="health-check", log_prints=True)
@@ -63,6 +73,10 @@ def health_check(
                                                                       "region's other zones, one per check")] = 600.0,
     rebalance: Annotated[bool, Field(description="Once all is healthy, move replicas back to one per zone of the "
                                                  "cluster's zones, one per check")] = False,
+    warn_days: Annotated[float, Field(ge=0, le=3650, description="Warn (event + artifact) when a certificate "
+                                                                  "expires within this many days")] = WARN_DAYS,
+    rotate_days: Annotated[float, Field(ge=0, le=3650, description="Start rotate-certificates when a leaf "
+                                                                    "expires within this many days")] = ROTATE_DAYS,
 ) -> State:
     logger = get_run_logger()
     check_cluster_name(cluster)
@@ -77,6 +91,53 @@ def health_check(
             return zone_state
         return _check(cluster, connection, dry_run, Policy(max_failures=max_failures, backoff_base_s=backoff_s,
                                                             backoff_max_s=max(3600.0, backoff_s)))
+        if rotate_days > warn_days:
+            raise ValueError(f"rotate_days ({rotate_days}) must not exceed warn_days ({warn_days}); nothing was checked")
+        policy = Policy(max_failures=max_failures, backoff_base_s=backoff_s, backoff_max_s=max(3600.0, backoff_s))
+        result = _check(cluster, connection, dry_run, policy)
+        if (result.data or {}).get("action") == Action.NOTHING.value:
+            return _certificates(cluster, connection, dry_run, policy, warn_days, rotate_days, result)
+        return result
+
+
+def _certificates(cluster: str, connection: str | None, dry_run: bool, policy: Policy, warn_days: float,
+                  rotate_days: float, healthy: State) -> State:
+    """Warn about certificates close to expiry and rotate them within ``rotate_days``."""
+    logger = get_run_logger()
+    spec = load_spec(cluster)
+    rows = certificate_inventory(cluster, list(spec.zones), connection)
+    now = now_utc()
+    decision = expiry_decision([(r["certificate"], dt.datetime.fromisoformat(r["not_after"])) for r in rows
+                                if r["not_after"]], now, warn_days=warn_days, rotate_days=rotate_days)
+    create_table_artifact([{k: v for k, v in r.items() if k != "not_after"} for r in rows],
+                          key=f"{cluster}-certificates", description=f"Certificates of {cluster}: "
+                          f"{len(decision.warn)} expire within {warn_days:g} days")
+    if not decision.warn:
+        return healthy
+    logger.warning("certificates of %s close to expiry:\n%s", cluster, decision.text)
+    emit("haplane.certificates.expiring", cluster_resource(cluster),
+         {"certificates": {e.role: round(e.days_left, 2) for e in decision.warn}, "rotate": decision.rotate})
+    create_markdown_artifact(f"## Certificates of {cluster} close to expiry\n\n{decision.text}",
+                             key=f"{cluster}-certificates-expiring", description="certificates close to expiry")
+    if not decision.rotate or dry_run:
+        return Completed(message=f"{len(decision.warn)} certificates expire within {warn_days:g} days",
+                         data={"action": "warn", "expiring": [e.role for e in decision.warn]})
+    go = may_rotate(remediation_history(cluster, policy.window_s, flow_name="rotate-certificates"), now, policy)
+    if not go.allowed or cluster_busy(cluster):
+        reason = go.reason if not go.allowed else f"cluster {cluster} is busy (its lock is held); rotating later"
+        logger.warning("not rotating now: %s", reason)
+        return Completed(message=reason, data={"action": "rotate-deferred", "reason": reason})
+    logger.warning("rotating the certificates of %s: %s", cluster, go.reason)
+    with tags(*remediation_tags(cluster, ROTATION_TARGET)):
+        outcome = rotate_certificates(cluster=cluster, connection=connection, change_id=go.change_id,
+                                      return_state=True)
+    if outcome.is_completed():
+        emit("haplane.certificates.rotated", cluster_resource(cluster), {"certificates": len(rows) - 1})
+        return Completed(message="rotated the certificates", data={"action": "rotate"})
+    msg = f"rotating the certificates failed ({outcome.name}: {outcome.message}); the next check backs off"
+    emit("haplane.certificates.rotate-failed", cluster_resource(cluster), {"message": (outcome.message or "")[:300]})
+    logger.error(msg)
+    return Failed(message=msg, data={"action": "rotate-failed"})
 
 
 def _zones(cluster: str, connection: str | None, dry_run: bool, grace_s: float, rebalance: bool) -> State | None:

@@ -94,6 +94,7 @@ class Instance:
     metadata_fingerprint: str
     self_link: str
     id: str
+    service_accounts: tuple[str, ...] = ()  # emails of the VM's service accounts
 
 
 @dataclass(frozen=True)
@@ -288,6 +289,7 @@ class Gce:
             labels=dict(raw.labels), metadata=public_metadata(items),
             metadata_fingerprint=raw.metadata.fingerprint if raw.metadata else "",
             self_link=raw.self_link, id=str(raw.id),
+            service_accounts=tuple(sa.email for sa in raw.service_accounts),
         )
 
     def get_instance(self, zone: str, name: str) -> Instance | None:
@@ -374,7 +376,8 @@ class Gce:
     def insert_instance(self, zone: str, name: str, *, machine_type: str, labels: dict[str, str],
                         metadata: dict[str, str], tags: list[str], external_ip: bool, rid: str,
                         nat_ip: str | None = None,
-                        image: str = "projects/debian-cloud/global/images/family/debian-12") -> OpRef:
+                        image: str = "projects/debian-cloud/global/images/family/debian-12",
+                        service_account: str | None = None) -> OpRef:
         nic = compute_v1.NetworkInterface(network=f"projects/{self.project}/global/networks/default")
         if external_ip:
             access = compute_v1.AccessConfig(name=ACCESS_CONFIG_NAME, type_="ONE_TO_ONE_NAT")
@@ -388,6 +391,9 @@ class Gce:
             network_interfaces=[nic],
             disks=[compute_v1.AttachedDisk(boot=True, auto_delete=True, initialize_params=compute_v1.AttachedDiskInitializeParams(source_image=image))],
         )
+        if service_account:  # the VM's identity: what reads its keys from Secret Manager
+            body.service_accounts = [compute_v1.ServiceAccount(
+                email=service_account, scopes=["https://www.googleapis.com/auth/cloud-platform"])]
         req = compute_v1.InsertInstanceRequest(project=self.project, zone=zone, instance_resource=body,
                                                request_id=rid)
         return self._ref(self.instances.insert_unary(request=req), "zone", zone)

@@ -9,7 +9,11 @@ Metadata keys
 -------------
 ``haplane-etcd``        JSON :class:`EtcdSpec` (member name, initial cluster, state, token).
 ``haplane-apiserver``   JSON :class:`ApiServerSpec` (ports, quorum reads, service range).
-``haplane-tls-*``       PEM text, one key per file in :data:`TLS_FILES`.
+``haplane-tls-*``       PEM text, one key per file in :data:`TLS_FILES` (certificates; private
+                        keys only on clusters made before Secret Manager held them).
+``haplane-secrets``     JSON ``{suffix: secret version name}``: the replica's private keys, each
+                        in Secret Manager (:mod:`haplane.secretstore`), read by the VM with its own
+                        service account's token; a new version name is how a rotation reaches it.
 
 A VM whose metadata has no ``haplane-etcd`` key boots nothing (a bare VM).
 Private keys travel in metadata the way kube-up's ``kube-env`` carries them;
@@ -29,6 +33,7 @@ from pathlib import Path
 ETCD_KEY = "haplane-etcd"
 APISERVER_KEY = "haplane-apiserver"
 TLS_PREFIX = "haplane-tls-"
+SECRETS_KEY = "haplane-secrets"
 
 ETCD_CLIENT_PORT = 2379
 ETCD_PEER_PORT = 2380
@@ -49,6 +54,10 @@ TLS_FILES: dict[str, str] = {
     "apiserver-key": "apiserver.key",
     "apiserver-etcd-client-cert": "apiserver-etcd-client.crt",
     "apiserver-etcd-client-key": "apiserver-etcd-client.key",
+    # the cluster's service-account signing key, and the public keys the API server accepts
+    # (current first, then the previous one during a rotation)
+    "service-account-key": "service-account.key",
+    "service-account-pub": "service-account.pub",
 }
 SECRET_SUFFIXES = frozenset(k for k in TLS_FILES if k.endswith("-key"))
 
@@ -93,6 +102,7 @@ class NodeSpec:
     etcd: EtcdSpec | None
     apiserver: ApiServerSpec | None
     tls: dict[str, str]  # suffix (see TLS_FILES) -> PEM
+    secret_refs: dict[str, str] = field(default_factory=dict)  # suffix -> Secret Manager version name
 
     @property
     def secure(self) -> bool:
@@ -104,9 +114,11 @@ class NodeSpec:
         api = ApiServerSpec.from_json(items[APISERVER_KEY]) if items.get(APISERVER_KEY) else None
         tls = {k[len(TLS_PREFIX):]: v for k, v in items.items() if k.startswith(TLS_PREFIX)}
         unknown = set(tls) - set(TLS_FILES)
+        refs = json.loads(items[SECRETS_KEY]) if items.get(SECRETS_KEY) else {}
+        unknown |= set(refs) - SECRET_SUFFIXES
         if unknown:
             raise ValueError(f"unknown TLS metadata keys {sorted(unknown)}; expected {sorted(TLS_FILES)}")
-        return cls(etcd=etcd, apiserver=api, tls=tls)
+        return cls(etcd=etcd, apiserver=api, tls=tls, secret_refs=refs)
 
     def to_metadata(self) -> dict[str, str]:
         items: dict[str, str] = {}
@@ -118,6 +130,10 @@ class NodeSpec:
             if suffix not in TLS_FILES:
                 raise ValueError(f"unknown TLS file {suffix!r}; expected one of {sorted(TLS_FILES)}")
             items[TLS_PREFIX + suffix] = pem
+        if self.secret_refs:
+            if set(self.secret_refs) - SECRET_SUFFIXES:
+                raise ValueError(f"only private keys go to Secret Manager, not {sorted(set(self.secret_refs) - SECRET_SUFFIXES)}")
+            items[SECRETS_KEY] = json.dumps(self.secret_refs, sort_keys=True)
         return items
 
 

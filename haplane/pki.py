@@ -4,7 +4,9 @@ Per cluster (created once, see :func:`create_cluster_cas`):
 
 - the *cluster CA*, which signs each replica's API-server serving certificate;
 - the *etcd CA*, which signs every etcd peer, etcd server and etcd client certificate;
-- the *operator's etcd client certificate*: what the Prefect worker presents to etcd.
+- the *operator's etcd client certificate*: what the Prefect worker presents to etcd;
+- the *service-account key pair* (:class:`ServiceAccountKeys`), the same on every replica, with
+  which the API servers sign and verify service-account tokens.
 
 Per replica (see :func:`issue_replica_certs`): the API server's serving
 certificate, the etcd peer and server certificates, and the API server's
@@ -44,6 +46,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pydantic import SecretStr
 
 from haplane.node import TLS_FILES
+from haplane.serviceaccount import key_id
 
 CA_DAYS = 3650
 LEAF_DAYS = 365
@@ -107,6 +110,9 @@ class ClusterCAs:
     etcd_ca: CertKey
     operator: CertKey  # client certificate of the operator (Prefect worker) to etcd
     lifetimes: Lifetimes = Lifetimes()
+    # the cluster's one service-account signing key (None for a cluster saved before it existed:
+    # see blocks.pki.ClusterPKI and tasks.pki.ensure_cluster_pki, which adds one)
+    service_account: ServiceAccountKeys | None = None
 
     def __repr__(self) -> str:
         return f"ClusterCAs(cluster={self.cluster!r}, ca={self.ca!r}, etcd_ca={self.etcd_ca!r}, operator={self.operator!r})"
@@ -154,6 +160,60 @@ class CertInfo:
     @property
     def sans(self) -> tuple[str, ...]:
         return self.dns_names + self.ip_addresses
+
+
+@dataclass(frozen=True)
+class ServiceAccountKeys:
+    """The cluster's service-account key pair, and the public keys still accepted from before.
+
+    kube-apiserver signs service-account tokens with ``--service-account-signing-key-file`` and
+    accepts any token signed by a key in ``--service-account-key-file``: every replica gets the
+    same pair, so a token minted behind the load balancer by one replica verifies on all of them.
+    A rotation (:func:`rotate_service_account_key`) keeps the previous public key accepted, so
+    tokens signed before it stay valid until they expire or until the next rotation.
+    """
+
+    key_pem: SecretStr = field(repr=False)
+    created: dt.datetime
+    previous_public_pems: tuple[str, ...] = ()
+
+    def __repr__(self) -> str:
+        return f"ServiceAccountKeys(kid={self.kid!r}, created={self.created.isoformat()!r})"
+
+    __str__ = __repr__
+
+    def private_key(self) -> ec.EllipticCurvePrivateKey:
+        key = serialization.load_pem_private_key(self.key_pem.get_secret_value().encode(), password=None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        return key
+
+    @property
+    def public_pem(self) -> str:
+        return self.private_key().public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+    @property
+    def kid(self) -> str:
+        return key_id(self.public_pem)
+
+    def public_bundle(self) -> str:
+        """What ``--service-account-key-file`` reads: the current public key, then previous ones."""
+        return "".join(dict.fromkeys((self.public_pem, *self.previous_public_pems)))
+
+    def age(self, now: dt.datetime | None = None) -> dt.timedelta:
+        return _now(now) - self.created
+
+
+def new_service_account_key(now: dt.datetime | None = None) -> ServiceAccountKeys:
+    """A fresh service-account key pair (ECDSA P-256: kube-apiserver signs ES256 with it)."""
+    return ServiceAccountKeys(key_pem=_key_pem(_new_key()), created=_now(now))
+
+
+def rotate_service_account_key(current: ServiceAccountKeys, now: dt.datetime | None = None) -> ServiceAccountKeys:
+    """A new signing key; the current public key stays accepted (one previous key is kept)."""
+    fresh = new_service_account_key(now)
+    return ServiceAccountKeys(key_pem=fresh.key_pem, created=fresh.created,
+                              previous_public_pems=(current.public_pem,))
 
 
 # ---------------------------------------------------------------- building blocks
@@ -258,10 +318,15 @@ def create_cluster_cas(cluster: str, *, lifetimes: Lifetimes = Lifetimes(),
     """Both CAs of a cluster and the operator's etcd client certificate. Done once per cluster."""
     ca = new_ca(f"{cluster}-ca", "cluster-ca", days=lifetimes.ca_days, now=now)
     etcd_ca = new_ca(f"{cluster}-etcd-ca", "etcd-ca", days=lifetimes.ca_days, now=now)
-    operator = issue(etcd_ca, role="operator-etcd-client", common_name="haplane-operator",
-                     organization="haplane", dns_names=["haplane-operator"], client=True,
-                     days=lifetimes.leaf_days, now=now)
-    return ClusterCAs(cluster=cluster, ca=ca, etcd_ca=etcd_ca, operator=operator, lifetimes=lifetimes)
+    operator = issue_operator(etcd_ca, days=lifetimes.leaf_days, now=now)
+    return ClusterCAs(cluster=cluster, ca=ca, etcd_ca=etcd_ca, operator=operator, lifetimes=lifetimes,
+                      service_account=new_service_account_key(now))
+
+
+def issue_operator(etcd_ca: CertKey, *, days: int = LEAF_DAYS, now: dt.datetime | None = None) -> CertKey:
+    """The operator's (Prefect worker's) etcd client certificate."""
+    return issue(etcd_ca, role="operator-etcd-client", common_name="haplane-operator",
+                 organization="haplane", dns_names=["haplane-operator"], client=True, days=days, now=now)
 
 
 def first_service_ip(service_cidr: str = DEFAULT_SERVICE_CIDR) -> str:
@@ -329,8 +394,17 @@ def node_tls(cas: ClusterCAs, replica: ReplicaCerts) -> dict[str, str]:
         "apiserver-etcd-client-cert": replica.apiserver_etcd_client.cert_pem,
         "apiserver-etcd-client-key": replica.apiserver_etcd_client.key_pem.get_secret_value(),
     }
+    if cas.service_account is None:
+        raise ValueError(f"cluster {cas.cluster} has no service-account key: run ensure_cluster_pki first")
+    tls["service-account-key"] = cas.service_account.key_pem.get_secret_value()
+    tls["service-account-pub"] = cas.service_account.public_bundle()
     assert set(tls) == set(TLS_FILES)
     return tls
+
+
+def service_account_tls(keys: ServiceAccountKeys) -> dict[str, str]:
+    """The service-account entries of ``NodeSpec.tls`` alone (what a key rotation re-delivers)."""
+    return {"service-account-key": keys.key_pem.get_secret_value(), "service-account-pub": keys.public_bundle()}
 
 
 # ---------------------------------------------------------------- inventory

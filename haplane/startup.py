@@ -10,7 +10,9 @@ same on Debian 12:
 * installs itself as ``haplane-node.service``, which waits for the
   ``haplane-etcd`` metadata key (the flows write it after the VM boots, once
   every replica's IP is known), then writes the TLS files of
-  :data:`haplane.node.TLS_FILES` into ``/etc/haplane/pki`` (keys 0600), the
+  :data:`haplane.node.TLS_FILES` into ``/etc/haplane/pki`` (keys 0600; private keys
+  read from Secret Manager with the VM's own service-account token, see
+  :mod:`haplane.secretstore`, certificates from metadata), the
   etcd and API-server settings, systemd units and an nginx ``/healthz`` for
   the target pool's legacy HTTP health check, starts them, and re-applies
   whenever the instance's metadata changes.
@@ -38,10 +40,12 @@ import re
 import shlex
 from pathlib import Path
 
+from haplane import serviceaccount
 from haplane.node import (
     APISERVER_KEY,
     ETCD_KEY,
     SECRET_SUFFIXES,
+    SECRETS_KEY,
     TLS_FILES,
     TLS_PREFIX,
     ApiServerSpec,
@@ -79,7 +83,7 @@ SELF_PATH = "/usr/local/sbin/haplane-node"
 IP_VAR = "HAPLANE_IP"
 ETCD_VAR_PREFIX = "HAPLANE_ETCD_"
 API_VAR_PREFIX = "HAPLANE_API_"
-SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
+SERVICE_ACCOUNT_ISSUER = serviceaccount.ISSUER
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _SAFE_WORD = re.compile(r"^[A-Za-z0-9=:/.,_${}+-]+$")
@@ -121,12 +125,12 @@ def apiserver_unit_argv() -> list[str]:
         f"--tls-private-key-file={pki / TLS_FILES['apiserver-key']}",
         f"--client-ca-file={pki / TLS_FILES['ca']}",
         f"--service-cluster-ip-range={_var(API_VAR_PREFIX + 'SERVICE_CLUSTER_IP_RANGE')}",
-        # Service-account tokens: signed with the replica's own API-server key for now, so a token
-        # minted by one replica is accepted by that replica only. A cluster-wide service-account
-        # key in the metadata contract (haplane.node.TLS_FILES) would lift that.
+        # Service-account tokens: one key pair per cluster, the same on every replica, so a token
+        # minted by one replica verifies on all; the public-key file lists the current key and,
+        # during a rotation, the previous one (kube-apiserver accepts any key in it).
         f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
-        f"--service-account-key-file={pki / TLS_FILES['apiserver-key']}",
-        f"--service-account-signing-key-file={pki / TLS_FILES['apiserver-key']}",
+        f"--service-account-key-file={pki / TLS_FILES['service-account-pub']}",
+        f"--service-account-signing-key-file={pki / TLS_FILES['service-account-key']}",
         "--authorization-mode=Node,RBAC",
         "--allow-privileged=true",
     ]
@@ -191,6 +195,7 @@ def render_startup_script(*, etcd_version: str = ETCD_VERSION, etcd_sha256: str 
         "ETCD_KEY": ETCD_KEY,
         "APISERVER_KEY": APISERVER_KEY,
         "TLS_PREFIX": TLS_PREFIX,
+        "SECRETS_KEY": SECRETS_KEY,
         "TLS_TABLE": tls_table,
         "IP_VAR": IP_VAR,
         "ETCD_VAR_PREFIX": ETCD_VAR_PREFIX,
@@ -236,6 +241,8 @@ KUBE_APISERVER_URL="https://dl.k8s.io/release/${KUBERNETES_VERSION}/bin/linux/am
 KUBE_APISERVER_SHA256="@KUBE_APISERVER_SHA256@"
 
 MD_URL="http://metadata.google.internal/computeMetadata/v1/instance"
+SM_URL="https://secretmanager.googleapis.com/v1"
+SECRETS_KEY="@SECRETS_KEY@"
 BIN_DIR="@BIN_DIR@"
 CONF_DIR="@CONF_DIR@"
 PKI_DIR="@PKI_DIR@"
@@ -384,12 +391,26 @@ spec_env() {
       else error("metadata value of \(.key) is not a plain word: \($v)") end' <<<"$1"
 }
 
+# sm_access VERSION: a secret version's payload from Secret Manager, read as this VM's service
+# account (the metadata server's token); the VM's own IAM binding is what lets it read it.
+sm_access() {
+  local token
+  token=$(md "service-accounts/default/token" | jq -r .access_token) || return 1
+  curl -sf --retry 5 -H "Authorization: Bearer ${token}" "${SM_URL}/$1:access" | jq -er .payload.data | base64 -d
+}
+
 write_pki() {
-  local entry suffix file mode pem
+  local entry suffix file mode pem refs ref
   install -d -m 0700 "${DESTDIR}${PKI_DIR}"
+  refs=$(md "attributes/${SECRETS_KEY}" || echo '{}')
   for entry in "${TLS_FILES[@]}"; do
     IFS=: read -r suffix file mode <<<"$entry"
-    if pem=$(md "attributes/${TLS_PREFIX}${suffix}"); then
+    ref=$(jq -r --arg s "$suffix" '.[$s] // empty' <<<"$refs")
+    if [[ -n "$ref" ]]; then  # a private key: from Secret Manager, never from metadata
+      [[ "$ref" =~ ^projects/[^/]+/secrets/[A-Za-z0-9_-]+/versions/[0-9a-z]+$ ]] || die "bad secret name ${ref@Q}"
+      pem=$(sm_access "$ref") || die "cannot read ${ref} from Secret Manager as this VM's service account"
+      printf '%s\n' "$pem" | write_file "${PKI_DIR}/${file}" 0600
+    elif pem=$(md "attributes/${TLS_PREFIX}${suffix}"); then
       printf '%s\n' "$pem" | write_file "${PKI_DIR}/${file}" "$mode"
     fi
   done

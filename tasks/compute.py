@@ -6,6 +6,7 @@ from prefect import get_run_logger
 
 from haplane.gce import OpRef
 from haplane.ownership import owned
+from haplane.secretstore import service_account_email
 from haplane.startup import render_startup_script
 from haplane.topology import LABEL_CHANGE, LABEL_UID, label_value
 from tasks.steps import Change, checkpoint, cluster_uid
@@ -27,7 +28,8 @@ def submit_create_vm(change: Change, step: str, zone: str, name: str, machine_ty
     # and certificates from metadata at boot (real GCE; the emulator ignores the key).
     return gce.insert_instance(zone, name, machine_type=machine_type, labels=labels,
                                metadata={"startup-script": render_startup_script()},
-                               tags=tags, external_ip=True, nat_ip=nat_ip, rid=change.rid(step))
+                               tags=tags, external_ip=True, nat_ip=nat_ip, rid=change.rid(step),
+                               service_account=service_account_email(gce.project, name))
 
 
 @checkpoint

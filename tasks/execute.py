@@ -55,7 +55,13 @@ from tasks.network import (
     submit_target_pool,
 )
 from tasks.operations import Started, Step, apply, apply_all, await_started, start
-from tasks.pki import delete_cluster_pki, ensure_cluster_pki, submit_configure_replica
+from tasks.pki import (
+    delete_cluster_pki,
+    delete_cluster_secrets,
+    delete_replica_secrets,
+    ensure_cluster_pki,
+    submit_configure_replica,
+)
 from tasks.steps import Change
 
 LB_WAIT_S = 3600.0  # the forwarding rule: ~20 min on GCE (the seed)
@@ -137,6 +143,8 @@ def _add_learner(run: Run, s: PlanStep, a: dict[str, Any]) -> dict[str, Any]:
 def _delete_pki(run: Run, s: PlanStep) -> None:
     """The CA goes only once GCE holds nothing of the cluster (a wrong view must not cost the keys)."""
     check_gone_from_gce(run.change.cluster, run.spec.region, run.change.connection)
+    # part of this step (no task run of its own): the secrets of any replica a lost VM left behind
+    delete_cluster_secrets.fn(run.change)
     delete_cluster_pki(run.change.cluster, step=s.id)
 
 
@@ -186,6 +194,8 @@ def _after(run: Run, s: PlanStep, a: dict[str, Any]) -> None:
         logger.warning("endpoint %s is down until the load balancer answers", a["only_if_ip"])
     elif s.kind is StepKind.DELETE_FORWARDING_RULE and run.down_since is not None:
         logger.warning("the load balancer is gone: the endpoint is down until a replica carries its IP")
+    elif s.kind is StepKind.DELETE_VM:  # its private keys go with it, as part of the step
+        delete_replica_secrets.fn(run.change, a["name"])
     elif s.kind in (StepKind.FORWARDING_RULE, StepKind.ENDPOINT_IP) and run.down_since is not None:
         downtime = time.monotonic() - run.down_since
         run.figures["endpoint_downtime_s"] = downtime

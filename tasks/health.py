@@ -77,7 +77,8 @@ _OUTCOMES = {"COMPLETED": Outcome.COMPLETED, "FAILED": Outcome.FAILED, "CRASHED"
 
 
 @probe(task_run_name="remediation history of {cluster}")
-def remediation_history(cluster: str, window_s: float, orphans_failed: bool = True) -> list[Attempt]:
+def remediation_history(cluster: str, window_s: float, orphans_failed: bool = True,
+                        flow_name: str = REPLACE_FLOW) -> list[Attempt]:
     """The replacements health checks started for ``cluster`` within ``window_s``, from Prefect's run history.
 
     Cancelled runs are left out. With ``orphans_failed`` (the caller holds ``health-<cluster>``, so
@@ -95,7 +96,7 @@ def remediation_history(cluster: str, window_s: float, orphans_failed: bool = Tr
     since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=window_s)
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=[REPLACE_FLOW])),
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
             flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[REMEDIATION_TAG, f"cluster:{cluster}"]),
                                           expected_start_time=FlowRunFilterExpectedStartTime(after_=since)),
             limit=200)
@@ -107,7 +108,7 @@ def remediation_history(cluster: str, window_s: float, orphans_failed: bool = Tr
             continue
         outcome = _OUTCOMES.get(state, Outcome.FAILED if orphans_failed else Outcome.RUNNING)
         started = run.start_time or run.expected_start_time or run.created
-        change_id = (run.parameters or {}).get("change_id") or f"replace-{run.id}"
+        change_id = (run.parameters or {}).get("change_id") or f"{flow_name.split('-')[0]}-{run.id}"
         attempts.append(Attempt(replica=replica, started=started, outcome=outcome, run=run.name, change_id=change_id))
     return attempts
 

@@ -1,10 +1,14 @@
-"""PKI tasks: the cluster's CAs (a Prefect block) and each replica's certificates (its VM metadata).
+"""PKI tasks: the cluster's CAs (a Prefect block) and each replica's certificates and keys.
 
 No task here returns key material: the CAs go straight into the ``<cluster>-pki``
-block, a replica's leaves straight into its instance metadata.
+block; a replica's certificates into its instance metadata and its private keys
+into Secret Manager, one secret per key readable by the replica's VM service
+account only (:mod:`haplane.secretstore`); the metadata names the versions to read.
 """
 
 from __future__ import annotations
+
+import json
 
 from prefect import get_run_logger
 from prefect.exceptions import ObjectNotFound
@@ -12,10 +16,19 @@ from prefect.exceptions import ObjectNotFound
 from blocks import delete_block_document
 from blocks.pki import ClusterPKI, block_name
 from haplane.etcd import EtcdTLS
-from haplane.gce import OpRef
-from haplane.node import ApiServerSpec, EtcdSpec, NodeSpec
-from haplane.pki import ClusterCAs, create_cluster_cas, issue_replica_certs, node_tls
+from haplane.gce import Gce, Instance, OpRef
+from haplane.node import APISERVER_KEY, SECRET_SUFFIXES, SECRETS_KEY, ApiServerSpec, EtcdSpec, NodeSpec
+from haplane.pki import (
+    ClusterCAs,
+    create_cluster_cas,
+    issue_replica_certs,
+    new_service_account_key,
+    node_tls,
+    rotate_service_account_key,
+    service_account_tls,
+)
 from haplane.secrets import call_carrying_secrets
+from haplane.secretstore import SecretStore
 from tasks.steps import Change, checkpoint, probe
 
 
@@ -56,8 +69,235 @@ def ensure_cluster_pki(cluster: str, step: str = "pki") -> str:
         # the request carries the CA keys: an error must not carry it onwards
         call_carrying_secrets(f"saving block {name}", (), ClusterPKI.from_cas(create_cluster_cas(cluster)).save,
                               name, overwrite=False)
-        get_run_logger().info("created the cluster CA and etcd CA in block %s", name)
+        get_run_logger().info("created the cluster CA, the etcd CA and the service-account key in block %s", name)
+    else:
+        ensure_service_account_key(cluster)
     return name
+
+
+def ensure_service_account_key(cluster: str) -> None:
+    """Give a cluster saved before service-account keys existed its key pair (kept once made)."""
+    block = ClusterPKI.load(block_name(cluster))
+    if block.service_account_key is None:
+        call_carrying_secrets(f"saving block {block_name(cluster)}", (),
+                              block.with_service_account(new_service_account_key()).save, block_name(cluster),
+                              overwrite=True)
+        get_run_logger().info("added a service-account key pair to block %s", block_name(cluster))
+
+
+@checkpoint(retries=0)
+def rotate_service_account(change: Change, step: str) -> str:
+    """A new service-account signing key in the cluster's block; the old public key stays accepted.
+    Checkpointed: a resumed run does not rotate twice. Returns the new key's id (public)."""
+    ensure_service_account_key(change.cluster)
+    block = ClusterPKI.load(block_name(change.cluster))
+    old = block.to_cas().service_account
+    assert old is not None
+    new = rotate_service_account_key(old)
+    call_carrying_secrets(f"saving block {block_name(change.cluster)}", (), block.with_service_account(new).save,
+                          block_name(change.cluster), overwrite=True)
+    get_run_logger().info("service-account key %s replaces %s (still accepted until the next rotation)",
+                          new.kid, old.kid)
+    return new.kid
+
+
+@checkpoint
+def submit_deliver_service_account(change: Change, step: str, zone: str, name: str) -> OpRef | None:
+    """Write the cluster's current service-account keys into a replica's metadata (the API server
+    picks them up: the stand-in re-reads its key files, the startup script restarts kube-apiserver)."""
+    cas = load_cas(change.cluster)
+    if cas is None or cas.service_account is None:
+        raise RuntimeError(f"cluster {change.cluster} has no service-account key in block {block_name(change.cluster)!r}")
+    get_run_logger().info("delivering service-account key %s to %s", cas.service_account.kid, name)
+    gce = change.gce()
+    vm = gce.get_instance(zone, name)
+    if vm is None:
+        raise RuntimeError(f"VM {name} in {zone} does not exist; cannot deliver keys to it")
+    refs = json.loads(vm.metadata.get(SECRETS_KEY) or "{}")
+    spec = _keys_to_secrets(change, gce, vm, NodeSpec(None, None, service_account_tls(cas.service_account), refs))
+    return gce.set_metadata(zone, name, spec.to_metadata(), rid=change.rid(step))
+
+
+def _keys_to_secrets(change: Change, gce: Gce, vm: Instance, spec: NodeSpec) -> NodeSpec:
+    """``spec`` with its private keys moved into Secret Manager (readable by the VM's service
+    account alone) and replaced by the names of the versions to read. A VM created before
+    replicas had service accounts cannot read secrets: it keeps its keys in metadata, as before."""
+    keys = {s: pem for s, pem in spec.tls.items() if s in SECRET_SUFFIXES}
+    if not vm.service_accounts:
+        get_run_logger().warning("%s has no service account: its private keys stay in its instance metadata "
+                                 "(replace the replica to move them to Secret Manager)", vm.name)
+        return spec
+    store = SecretStore.for_gce(gce)
+    refs = dict(spec.secret_refs)
+    for suffix, pem in keys.items():
+        refs[suffix] = store.put(change.cluster, vm.name, suffix, pem, reader=vm.service_accounts[0])
+    public = {s: pem for s, pem in spec.tls.items() if s not in keys}
+    return NodeSpec(etcd=spec.etcd, apiserver=spec.apiserver, tls=public, secret_refs=refs)
+
+
+@checkpoint
+def submit_reissue_leaves(change: Change, step: str, zone: str, name: str, endpoint_ip: str) -> OpRef | None:
+    """New key pairs and certificates for one replica, with the same SANs, delivered to it (keys
+    to Secret Manager, certificates and version names to metadata); the VM reloads etcd and its
+    API server on them. Checkpointed per replica: a resumed rotation does not redo a replica."""
+    gce = change.gce()
+    vm = gce.get_instance(zone, name)
+    if vm is None:
+        raise RuntimeError(f"VM {name} in {zone} does not exist; cannot re-issue its certificates")
+    cas = load_cas(change.cluster)
+    if cas is None:
+        raise RuntimeError(f"cluster {change.cluster} has no PKI block {block_name(change.cluster)!r}")
+    if cas.service_account is None:
+        ensure_service_account_key(change.cluster)
+        cas = load_cas(change.cluster)
+    api = ApiServerSpec.from_json(vm.metadata[APISERVER_KEY]) if vm.metadata.get(APISERVER_KEY) else ApiServerSpec()
+    certs = issue_replica_certs(cas, hostname=name, internal_ip=vm.internal_ip, endpoint_ip=endpoint_ip,
+                                service_cidr=api.service_cluster_ip_range)
+    refs = json.loads(vm.metadata.get(SECRETS_KEY) or "{}")
+    spec = _keys_to_secrets(change, gce, vm, NodeSpec(None, None, node_tls(cas, certs), refs))
+    get_run_logger().info("re-issued the certificates of %s (API server until %s)", name,
+                          certs.apiserver.certificate.not_valid_after_utc.isoformat())
+    return gce.set_metadata(zone, name, spec.to_metadata(), rid=change.rid(step))
+
+
+@probe(task_run_name="wait for {name} to serve its new certificates")
+def wait_serving_new_certs(change: Change, zone: str, name: str, timeout: float = 120.0) -> None:
+    """Until the replica's etcd and API server present the certificates now in its metadata."""
+    import ssl
+    import time
+
+    from haplane.node import APISERVER_PORT, ETCD_CLIENT_PORT, TLS_PREFIX
+
+    vm = change.gce().get_instance(zone, name)
+    cas = load_cas(change.cluster)
+    if vm is None or cas is None:
+        raise RuntimeError(f"VM {name} in {zone} or the cluster's PKI block is gone")
+    etcd_ctx = EtcdTLS.from_cas(cas).ssl_context()  # etcd asks for a client certificate
+    api_ctx = ssl.create_default_context(cadata=cas.ca.cert_pem)
+    for ctx in (etcd_ctx, api_ctx):
+        ctx.check_hostname = False  # the chain is verified; the IP is in the SANs anyway
+    wanted = {ETCD_CLIENT_PORT: _der(vm.metadata[TLS_PREFIX + "etcd-server-cert"]),
+              APISERVER_PORT: _der(vm.metadata[TLS_PREFIX + "apiserver-cert"])}
+    contexts = {ETCD_CLIENT_PORT: etcd_ctx, APISERVER_PORT: api_ctx}
+    deadline = time.monotonic() + timeout
+    served: dict[int, bytes | None] = {}
+    while time.monotonic() < deadline:
+        served = {port: _served_der(vm.internal_ip, port, contexts[port]) for port in wanted}
+        if served == wanted:
+            return
+        time.sleep(0.5)
+    stale = [str(p) for p in wanted if served.get(p) != wanted[p]]
+    raise TimeoutError(f"{name} does not serve its new certificate on port(s) {', '.join(stale)} after "
+                       f"{timeout:.0f} s; its processes were not restarted on the new files (check the VM's logs)")
+
+
+@probe(task_run_name="wait for the API server on {ip}")
+def wait_api_ready(cluster: str, ip: str, timeout: float = 120.0) -> None:
+    """Until the API server on ``ip`` answers /readyz (TLS verified against the cluster CA)."""
+    import ssl
+    import time
+
+    import httpx
+
+    from haplane.node import APISERVER_PORT
+
+    cas = load_cas(cluster)
+    if cas is None:
+        raise RuntimeError(f"cluster {cluster} has no PKI block")
+    ctx = ssl.create_default_context(cadata=cas.ca.cert_pem)
+    deadline, last = time.monotonic() + timeout, "no answer"
+    while time.monotonic() < deadline:
+        try:
+            resp = httpx.get(f"https://{ip}:{APISERVER_PORT}/readyz", verify=ctx, timeout=3)
+            if resp.status_code == 200:
+                return
+            last = f"{resp.status_code} {resp.text.strip()}"
+        except httpx.HTTPError as exc:
+            last = type(exc).__name__
+        time.sleep(0.5)
+    raise TimeoutError(f"the API server on {ip} is not ready after {timeout:.0f} s: {last}")
+
+
+def _der(pem: str) -> bytes:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return x509.load_pem_x509_certificate(pem.encode()).public_bytes(Encoding.DER)
+
+
+def _served_der(ip: str, port: int, ctx) -> bytes | None:
+    import socket
+    import ssl
+
+    try:
+        with socket.create_connection((ip, port), timeout=2) as raw, ctx.wrap_socket(raw) as tls:
+            return tls.getpeercert(binary_form=True)
+    except (OSError, ssl.SSLError):
+        return None
+
+
+@checkpoint(retries=0)
+def renew_operator_cert(change: Change, step: str) -> str:
+    """A new etcd client certificate for the operator in the cluster's block (etcd trusts any
+    certificate of its CA, so nothing is delivered). Returns its expiry (public)."""
+    from haplane.pki import issue_operator
+
+    block = ClusterPKI.load(block_name(change.cluster))
+    cas = block.to_cas()
+    fresh = issue_operator(cas.etcd_ca, days=cas.lifetimes.leaf_days)
+    call_carrying_secrets(f"saving block {block_name(change.cluster)}", (),
+                          block.model_copy(update={"operator_cert": fresh.cert_pem, "operator_key": fresh.key_pem}).save,
+                          block_name(change.cluster), overwrite=True)
+    expiry = fresh.certificate.not_valid_after_utc.isoformat()
+    get_run_logger().info("renewed the operator's etcd client certificate (until %s)", expiry)
+    return expiry
+
+
+@probe(task_run_name="certificate inventory of {cluster}")
+def certificate_inventory(cluster: str, zones: list[str], connection: str | None) -> list[dict[str, str]]:
+    """Every certificate of the cluster (CAs and operator from its block, each replica's leaves
+    from its metadata) and the service-account key's age, as rows without any key material."""
+    import datetime as dt
+
+    from blocks.cluster import resolve_gce
+    from haplane.node import TLS_PREFIX
+    from haplane.pki import describe
+    from haplane.topology import LABEL_CLUSTER
+
+    cas = load_cas(cluster)
+    if cas is None:
+        raise RuntimeError(f"cluster {cluster} has no PKI block {block_name(cluster)!r}: its certificates are unknown")
+    now = dt.datetime.now(dt.UTC)
+    infos = [cas.ca.info(), cas.etcd_ca.info(), cas.operator.info()]
+    for vm in resolve_gce(connection).list_instances(zones, labels={LABEL_CLUSTER: cluster}):
+        for key, pem in sorted(vm.metadata.items()):
+            if key.startswith(TLS_PREFIX) and key.endswith("-cert"):
+                infos.append(describe(pem, f"{vm.name}/{key[len(TLS_PREFIX):-len('-cert')]}"))
+    rows = [{"certificate": i.role, "subject": i.subject, "expires": i.not_after.strftime("%Y-%m-%d %H:%M UTC"),
+             "days left": f"{(i.not_after - now).total_seconds() / 86400:.1f}", "not_after": i.not_after.isoformat()}
+            for i in infos]
+    sa = cas.service_account
+    rows.append({"certificate": "service-account key", "subject": f"kid {sa.kid}" if sa else "(none yet)",
+                 "expires": "never (rotated by rotate-certificates)",
+                 "days left": f"age {sa.age(now).total_seconds() / 86400:.1f} days" if sa else "-", "not_after": ""})
+    return rows
+
+
+@probe(task_run_name="delete secrets of {replica}")
+def delete_replica_secrets(change: Change, replica: str) -> int:
+    """Destroy a removed replica's private keys (every secret labelled with it). Returns how many."""
+    store = SecretStore.for_gce(change.gce())
+    gone = sum(store.delete(n) for n in store.list(change.cluster, replica))
+    get_run_logger().info("deleted %d secrets of %s", gone, replica)
+    return gone
+
+
+@probe(task_run_name="delete secrets of cluster {change.cluster}")
+def delete_cluster_secrets(change: Change) -> int:
+    store = SecretStore.for_gce(change.gce())
+    gone = sum(store.delete(n) for n in store.list(change.cluster))
+    get_run_logger().info("deleted %d secrets of cluster %s", gone, change.cluster)
+    return gone
 
 
 @probe(task_run_name="{step}")
@@ -77,9 +317,12 @@ def submit_configure_replica(change: Change, step: str, zone: str, name: str, en
     cas = load_cas(change.cluster)
     if cas is None:
         raise RuntimeError(f"cluster {change.cluster} has no PKI block {block_name(change.cluster)!r}")
+    if cas.service_account is None:  # a cluster from before service-account keys: give it one
+        ensure_service_account_key(change.cluster)
+        cas = load_cas(change.cluster)
     certs = issue_replica_certs(cas, hostname=name, internal_ip=vm.internal_ip, endpoint_ip=endpoint_ip,
                                 service_cidr=apiserver.service_cluster_ip_range)
-    spec = NodeSpec(etcd=etcd, apiserver=apiserver, tls=node_tls(cas, certs))
+    spec = _keys_to_secrets(change, gce, vm, NodeSpec(etcd=etcd, apiserver=apiserver, tls=node_tls(cas, certs)))
     get_run_logger().info("configuring %s: etcd member %s (%s), certificates for %s and %s",
                           name, etcd.name, etcd.initial_cluster_state, vm.internal_ip, endpoint_ip)
     return gce.set_metadata(zone, name, spec.to_metadata(), rid=change.rid(step))

@@ -125,7 +125,7 @@ def test_three_vms_in_three_zones_form_one_etcd_cluster_with_mutual_tls(tmp_path
         # the API-server stand-in serves the replica's certificate: verified through the internal IP
         # and the endpoint IP, refused through an ephemeral public IP (no certificate is issued for one)
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and _ready_yet(ips[0], cas.ca.cert_pem) is False:
+        while time.monotonic() < deadline and not all(_ready_yet(ip, cas.ca.cert_pem) for ip in ips):
             time.sleep(0.3)
         assert _handshake(ips[0], cas.ca.cert_pem).status_code == 200
         assert _handshake(endpoint_ip, cas.ca.cert_pem).status_code == 200

@@ -140,8 +140,14 @@ def test_etcd_unit_is_etcd_argv_for_the_same_spec(script: str, case: str):
     assert _expand(words, env) == etcd_argv(ETCD_BIN, spec, IP, ETCD_DATA_DIR, PKI_DIR)
 
 
-def _boot(script_path: Path, tmp_path: Path, metadata: dict[str, str], ip: str = IP) -> subprocess.CompletedProcess:
-    """Run the script's boot-time ``apply`` against fake metadata; files land under tmp_path/root."""
+def _boot(script_path: Path, tmp_path: Path, metadata: dict[str, str], ip: str = IP,
+          secrets: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run the script's boot-time ``apply`` against fake metadata (and a fake Secret Manager:
+    version name -> payload); files land under tmp_path/root."""
+    sm = tmp_path / "sm"
+    sm.mkdir(parents=True, exist_ok=True)
+    for version, payload in (secrets or {}).items():
+        (sm / version.replace("/", "_")).write_text(payload)
     md = tmp_path / "md"
     for key, value in {**{f"attributes/{k}": v for k, v in metadata.items()},
                        "network-interfaces/0/ip": ip}.items():
@@ -149,13 +155,15 @@ def _boot(script_path: Path, tmp_path: Path, metadata: dict[str, str], ip: str =
         (md / key).write_text(value)
     root = tmp_path / "root"
     root.mkdir(exist_ok=True)
-    driver = f"""
+    driver = rf"""
 source {script_path}
 md() {{ [[ -f "$FAKE_MD/$1" ]] && cat "$FAKE_MD/$1"; }}
+sm_access() {{ [[ -f "$FAKE_SM/${{1//\//_}}" ]] && cat "$FAKE_SM/${{1//\//_}}"; }}
 systemctl() {{ echo "$*" >>"$DESTDIR/systemctl.log"; }}
 apply
 """
-    return subprocess.run(["bash", "-c", driver], env={**os.environ, "DESTDIR": str(root), "FAKE_MD": str(md)},
+    return subprocess.run(["bash", "-c", driver], env={**os.environ, "DESTDIR": str(root), "FAKE_MD": str(md),
+                                                          "FAKE_SM": str(sm)},
                           capture_output=True, text=True, timeout=60)
 
 
@@ -237,3 +245,25 @@ def test_boot_fills_spec_defaults_and_refuses_unsafe_values(script_path: Path, t
     no_tls = {"haplane-etcd": minimal["haplane-etcd"]}
     result = _boot(script_path, tmp_path / "c", no_tls)
     assert result.returncode != 0 and "mutual TLS only" in result.stderr
+
+
+@needs_jq
+def test_private_keys_come_from_secret_manager_not_metadata(script_path: Path, tmp_path: Path,
+                                                            node_spec_tls: dict[str, str]):
+    from haplane.node import SECRET_SUFFIXES
+
+    etcd, api = SPECS[list(SPECS)[0]]
+    refs = {s: f"projects/p/secrets/m-0-{s}/versions/3" for s in SECRET_SUFFIXES}
+    public = {k: v for k, v in node_spec_tls.items() if k not in SECRET_SUFFIXES}
+    metadata = NodeSpec(etcd=etcd, apiserver=api, tls=public, secret_refs=refs).to_metadata()
+    assert "PRIVATE KEY" not in json.dumps(metadata)
+    result = _boot(script_path, tmp_path, metadata, secrets={refs[s]: node_spec_tls[s] for s in SECRET_SUFFIXES})
+    assert result.returncode == 0, result.stderr
+    pki = tmp_path / "root" / str(PKI_DIR).lstrip("/")
+    for suffix, name in TLS_FILES.items():
+        assert (pki / name).read_text().strip() == node_spec_tls[suffix].strip(), suffix
+        if suffix in SECRET_SUFFIXES:
+            assert stat.S_IMODE((pki / name).stat().st_mode) == 0o600
+    # a secret the VM may not read stops the boot with a message naming it
+    result = _boot(script_path, tmp_path / "denied", metadata, secrets={})
+    assert result.returncode != 0 and "cannot read projects/p/secrets/m-0-" in result.stderr

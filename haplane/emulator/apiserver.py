@@ -9,6 +9,21 @@ benchmark's canary). A plain-HTTP ``/healthz`` on
 ``IP:8080`` mirrors ``/readyz`` for the target pool's legacy HTTP health
 check, as nginx in front of ``/healthz`` does in Kubernetes the Hard Way.
 
+Service-account tokens, as kube-apiserver handles them (see
+:mod:`haplane.serviceaccount`), when started with the key files:
+
+- ``POST /api/v1/namespaces/{ns}/serviceaccounts/{name}/token`` (TokenRequest)
+  mints a token signed with ``--service-account-signing-key-file``;
+- ``POST /apis/authentication.k8s.io/v1/tokenreviews`` (TokenReview) and
+  ``POST /apis/authentication.k8s.io/v1/selfsubjectreviews`` (the caller's own
+  bearer token) verify against every key of ``--service-account-key-file``;
+- any request with a bearer token that does not verify answers 401.
+
+Minting and reviewing need a client certificate signed by ``--client-ca-file``
+(kube-apiserver's x509 authentication of an administrator). Key files are
+re-read when they change on disk, so a rotation delivered to the VM takes effect
+without a restart.
+
 Run as its own process (``python -m haplane.emulator.apiserver ...``) so
 that killing a VM kills it too.
 """
@@ -17,17 +32,55 @@ from __future__ import annotations
 
 import argparse
 import base64
+import datetime as dt
 import json
+import os
+import re
 import signal
 import ssl
 import sys
 import threading
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 
+from haplane import serviceaccount
 from haplane.node import TLS_FILES
+
+_TOKEN_REQUEST = re.compile(r"^/api/v1/namespaces/([a-z0-9-]+)/serviceaccounts/([a-z0-9.-]+)/token$")
+_TOKEN_REVIEW = "/apis/authentication.k8s.io/v1/tokenreviews"
+_SELF_REVIEW = "/apis/authentication.k8s.io/v1/selfsubjectreviews"
+
+
+class KeyFile:
+    """A PEM file re-read when its modification time or size changes."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path, self._stamp, self._text = path, None, ""
+
+    def text(self) -> str:
+        if self.path is None:
+            return ""
+        st = os.stat(self.path)
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if stamp != self._stamp:
+            self._text, self._stamp = self.path.read_text(), stamp
+        return self._text
+
+
+@dataclass
+class ServiceAccounts:
+    """The stand-in's service-account settings (kube-apiserver's flags of the same names)."""
+
+    signing_key: KeyFile
+    public_keys: KeyFile
+    issuer: str = serviceaccount.ISSUER
+
+    @property
+    def enabled(self) -> bool:
+        return self.signing_key.path is not None and self.public_keys.path is not None
 
 
 class _Server(ThreadingHTTPServer):
@@ -45,6 +98,10 @@ class _Server(ThreadingHTTPServer):
 
     def handle_error(self, request, client_address) -> None:  # failed handshakes are the client's problem
         pass
+
+
+def _rfc3339(unix: int) -> str:
+    return dt.datetime.fromtimestamp(unix, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _etcd_ready(client: httpx.Client, etcd_url: str) -> tuple[bool, str]:
@@ -70,10 +127,108 @@ def _etcd_put(client: httpx.Client, etcd_url: str, key: str, value: str) -> tupl
     return True, json.dumps({"revision": resp.json().get("header", {}).get("revision")})
 
 
-def make_handler(etcd: httpx.Client, etcd_url: str, name: str) -> type[BaseHTTPRequestHandler]:
+def make_handler(etcd: httpx.Client, etcd_url: str, name: str,
+                 sa: ServiceAccounts | None = None) -> type[BaseHTTPRequestHandler]:
+    sa = sa or ServiceAccounts(KeyFile(None), KeyFile(None))
+
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, format: str, *args: object) -> None:  # quiet
             pass
+
+        def _json(self, code: int, body: dict) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("X-Haplane-Replica", name)
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _status(self, code: int, reason: str, message: str) -> None:
+            self._json(code, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                              "reason": reason, "message": message, "code": code})
+
+        def _admin(self) -> bool:
+            """A client certificate verified against --client-ca-file was presented."""
+            getpeercert = getattr(self.connection, "getpeercert", None)
+            return bool(getpeercert and getpeercert())
+
+        def _bearer(self) -> str | None:
+            auth = self.headers.get("Authorization", "")
+            return auth[7:].strip() if auth.lower().startswith("bearer ") else None
+
+        def _body(self) -> dict:
+            length = int(self.headers.get("Content-Length") or 0)
+            return json.loads(self.rfile.read(length) or b"{}") if length else {}
+
+        def _review(self, token: str) -> dict:
+            try:
+                user = serviceaccount.verify(token, sa.public_keys.text(), issuer=sa.issuer)
+            except serviceaccount.TokenError as exc:
+                return {"authenticated": False, "error": str(exc)}
+            return {"authenticated": True, "audiences": list(user.audiences),
+                    "user": {"username": user.username, "uid": user.uid,
+                             "groups": ["system:serviceaccounts", f"system:serviceaccounts:{user.namespace}",
+                                        "system:authenticated"]}}
+
+        def do_POST(self) -> None:
+            path = self.path.split("?", 1)[0]
+            # read the body first, whatever the answer: closing a socket with unread input resets
+            # the connection, and the client may lose the answer
+            try:
+                body = self._body()
+            except ValueError:
+                self._status(400, "BadRequest", "the body is not JSON")
+                return
+            if path == "/haplane/canary":  # the availability canary: a write through this replica, HTTPS only
+                self._canary(body)
+                return
+            if not sa.enabled:
+                self._status(404, "NotFound", f"no such path {path}")
+                return
+            token = self._bearer()
+            if token is not None:  # a bearer token must verify, whatever the path
+                review = self._review(token)
+                if not review["authenticated"]:
+                    self._status(401, "Unauthorized", review["error"])
+                    return
+                if path == _SELF_REVIEW:
+                    self._json(201, {"kind": "SelfSubjectReview", "apiVersion": "authentication.k8s.io/v1",
+                                     "status": {"userInfo": review["user"]}})
+                else:
+                    self._status(403, "Forbidden", f"{review['user']['username']} may not POST {path}")
+                return
+            if not self._admin():
+                self._status(401, "Unauthorized", "present a bearer token or a client certificate of the cluster CA")
+                return
+            match = _TOKEN_REQUEST.match(path)
+            if match:
+                spec = body.get("spec") or {}
+                audiences = tuple(spec.get("audiences") or (sa.issuer,))
+                expiration = int(spec.get("expirationSeconds") or 3600)
+                if expiration < 600:
+                    self._status(422, "Invalid", "spec.expirationSeconds: may not specify a duration less than 10 minutes")
+                    return
+                token, exp = serviceaccount.mint(sa.signing_key.text(), namespace=match[1], name=match[2],
+                                                 audiences=audiences, expiration_s=expiration, issuer=sa.issuer)
+                self._json(201, {"kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1",
+                                 "spec": {"audiences": list(audiences), "expirationSeconds": expiration},
+                                 "status": {"token": token, "expirationTimestamp": _rfc3339(exp)}})
+            elif path == _TOKEN_REVIEW:
+                review = self._review(str((body.get("spec") or {}).get("token", "")))
+                self._json(201, {"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1", "status": review})
+            else:
+                self._status(404, "NotFound", f"no such path {path}")
+
+        def _canary(self, body: dict) -> None:
+            if self.server.tls is None:  # type: ignore[attr-defined]
+                self._send(404, "no such path /haplane/canary")
+                return
+            if not isinstance(body, dict) or "key" not in body:
+                self._send(400, 'expected {"key": ..., "value": ...}')
+                return
+            ok, why = _etcd_put(etcd, etcd_url, str(body["key"]), str(body.get("value", "")))
+            self._send(200 if ok else 503, why)
 
         def _send(self, code: int, text: str) -> None:
             data = (text + "\n").encode()
@@ -96,20 +251,6 @@ def make_handler(etcd: httpx.Client, etcd_url: str, name: str) -> type[BaseHTTPR
             else:
                 self._send(404, f"no such path {path}")
 
-        def do_POST(self) -> None:
-            path = self.path.split("?", 1)[0]
-            if path != "/haplane/canary" or self.server.tls is None:  # type: ignore[attr-defined]
-                self._send(404, f"no such path {path}")
-                return
-            try:
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
-                key, value = str(body["key"]), str(body.get("value", ""))
-            except (ValueError, KeyError, TypeError):
-                self._send(400, 'expected {"key": ..., "value": ...}')
-                return
-            ok, why = _etcd_put(etcd, etcd_url, key, value)
-            self._send(200 if ok else 503, why)
-
     return Handler
 
 
@@ -121,7 +262,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--health-port", type=int, default=8080)
     p.add_argument("--pki-dir", type=Path, help="serve TLS and talk to etcd with mutual TLS")
     p.add_argument("--etcd-url", required=True)
+    p.add_argument("--client-ca-file", type=Path, help="CA of administrators' client certificates")
+    p.add_argument("--service-account-key-file", type=Path, help="public keys that verify service-account tokens")
+    p.add_argument("--service-account-signing-key-file", type=Path, help="private key that signs them")
+    p.add_argument("--service-account-issuer", default=serviceaccount.ISSUER)
     args = p.parse_args(argv)
+    sa = ServiceAccounts(KeyFile(args.service_account_signing_key_file), KeyFile(args.service_account_key_file),
+                         args.service_account_issuer)
 
     if args.pki_dir:
         pki: Path = args.pki_dir
@@ -131,12 +278,15 @@ def main(argv: list[str] | None = None) -> int:
         etcd = httpx.Client(verify=verify, timeout=2.0)
     else:
         etcd = httpx.Client(timeout=2.0)
-    handler = make_handler(etcd, args.etcd_url, args.name)
+    handler = make_handler(etcd, args.etcd_url, args.name, sa)
 
     api = _Server((args.ip, args.port), handler)
     if args.pki_dir:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(pki / TLS_FILES["apiserver-cert"], pki / TLS_FILES["apiserver-key"])
+        if args.client_ca_file:  # client certificates are optional; bearer tokens are the other way in
+            ctx.load_verify_locations(cafile=str(args.client_ca_file))
+            ctx.verify_mode = ssl.CERT_OPTIONAL
         api.tls = ctx
     health = _Server((args.ip, args.health_port), handler)
 

@@ -15,7 +15,9 @@ prints ``haplane emulator ready on http://127.0.0.1:PORT`` once it serves, and
 stops cleanly (runtime closed, exit 0) on SIGINT/SIGTERM.
 
 Paths: ``/compute/v1/...`` the Compute API (:mod:`.api`), ``/_emulator/...``
-the admin API (:mod:`.control`, client :mod:`.admin`). Anything else: 404
+the admin API (:mod:`.control`, client :mod:`.admin`), ``/v1/projects/...``
+Secret Manager and ``/computeMetadata/v1/...`` the metadata server's service-account
+token (:mod:`.secretmanager`). Anything else: 404
 in Google's error shape.
 """
 
@@ -42,6 +44,7 @@ from haplane.emulator.latency import PROFILES, LatencyModel
 from haplane.emulator.operations import OperationBook, Timer
 from haplane.emulator.resources import Ctx
 from haplane.emulator.runtime import NullRuntime, Runtime
+from haplane.emulator.secretmanager import SecretManager
 from haplane.emulator.store import Store
 
 log = logging.getLogger(__name__)
@@ -82,6 +85,11 @@ class _Handler(BaseHTTPRequestHandler):
                 status, reply = emulator.api.handle(self.command, parts.path, query, body)
             elif parts.path.startswith("/_emulator/"):
                 status, reply = emulator.control.handle(self.command, parts.path, query, body)
+            elif parts.path.startswith("/v1/projects/"):  # Secret Manager
+                who = emulator.secrets.identity(self.headers.get("Authorization"))
+                status, reply = emulator.secrets.handle(self.command, parts.path, query, body, who)
+            elif parts.path.startswith("/computeMetadata/v1/"):  # the metadata server, per calling VM
+                status, reply = emulator.secrets.metadata(parts.path, self.client_address[0], self.headers)
             else:
                 raise ApiError(404, "notFound", f"No such path: {self.command} {parts.path}")
         except ApiError as exc:
@@ -89,9 +97,10 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as exc:  # never a silent success
             log.exception("emulator request failed")
             status, reply = 500, ApiError(500, "backendError", f"{type(exc).__name__}: {exc}").body()
-        data = json.dumps(reply).encode()
+        text = isinstance(reply, str)
+        data = reply.encode() if text else json.dumps(reply).encode()
         self.send_response(status)
-        self.send_header("Content-Type", "application/json; charset=UTF-8")
+        self.send_header("Content-Type", "text/plain" if text else "application/json; charset=UTF-8")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -157,6 +166,10 @@ class Emulator:
                        latency=self.latency, wait_timeout=self.wait_timeout)
         self.api = ComputeApi(self.ctx, self.faults, self.calls)
         self.control = Control(self.ctx, self.faults, self.calls)
+        self.secrets = SecretManager(store)
+        attach = getattr(self.runtime, "attach", None)
+        if attach is not None:  # VMs read their keys from this emulator's Secret Manager
+            attach(self.url)
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="emulator-http", daemon=True)
         self._thread.start()

@@ -12,7 +12,9 @@ handler threads only record what should run and wake it.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import shutil
 import signal
 import subprocess
@@ -31,6 +33,7 @@ from haplane.node import (
     APISERVER_PORT,
     FORWARDED_PORTS,
     HEALTH_PORT,
+    TLS_FILES,
     NodeSpec,
     client_url,
     etcd_argv,
@@ -40,6 +43,22 @@ from haplane.node import (
 from haplane.processes import stop_group
 
 BACKOFF_MAX_S = 5.0
+# The pki files each process reads at start: a change to one of them restarts it (a reload). The
+# service-account files are not here: the API-server stand-in re-reads them by itself.
+PROC_FILES: dict[str, frozenset[str]] = {
+    "etcd": frozenset({"etcd-ca", "etcd-peer-cert", "etcd-peer-key", "etcd-server-cert", "etcd-server-key"}),
+    "apiserver": frozenset({"ca", "etcd-ca", "apiserver-cert", "apiserver-key", "apiserver-etcd-client-cert",
+                            "apiserver-etcd-client-key"}),
+}
+
+
+def service_account_flags(files: set[str], pki: Path) -> list[str]:
+    """The stand-in's client-CA and service-account flags, as the startup script gives kube-apiserver."""
+    flags = ["--client-ca-file", str(pki / TLS_FILES["ca"])] if "ca" in files else []
+    if "service-account-key" in files and "service-account-pub" in files:
+        flags += ["--service-account-key-file", str(pki / TLS_FILES["service-account-pub"]),
+                  "--service-account-signing-key-file", str(pki / TLS_FILES["service-account-key"])]
+    return flags
 
 
 @dataclass
@@ -49,6 +68,7 @@ class Proc:
     popen: subprocess.Popen | None = None
     restarts: int = 0
     next_start: float = 0.0
+    files: str | None = None  # the pki files it started with (Machine.files_key)
     last_exit: int | None = None
 
     @property
@@ -83,6 +103,22 @@ class Machine:
     procs: dict[str, Proc] = field(default_factory=dict)
     powered: bool = False  # RUNNING in GCE terms
     killed: bool = False  # admin fault: processes dead and not restarted
+    tls_wanted: dict[str, str] = field(default_factory=dict)  # suffix -> PEM (from metadata)
+    secrets_wanted: dict[str, str] = field(default_factory=dict)  # suffix -> version (metadata)
+    files_applied: str | None = None  # files_key() of what is on its disk
+    secrets_error: str | None = None
+    next_read: float = 0.0
+
+    def files_key(self, only: frozenset[str] | None = None) -> str:
+        """Names what the VM's pki directory should hold (a digest, never the keys themselves);
+        ``only``: the files one process reads."""
+        pick = (lambda d: d) if only is None else (lambda d: {k: v for k, v in d.items() if k in only})
+        blob = json.dumps([pick(self.tls_wanted), pick(self.secrets_wanted)], sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+    @property
+    def keys_ready(self) -> bool:
+        return self.files_applied == self.files_key()
 
 
 class ProcessRuntime:
@@ -100,8 +136,13 @@ class ProcessRuntime:
         self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
         self._closed = False
+        self.endpoint: str | None = None  # the emulator's URL: Secret Manager and the metadata server
         self._supervisor = threading.Thread(target=self._supervise, name="vm-supervisor", daemon=True)
         self._supervisor.start()
+
+    def attach(self, endpoint: str) -> None:
+        """Where the VMs find Secret Manager and the metadata server (the emulator, once it serves)."""
+        self.endpoint = endpoint
 
     # --- Runtime protocol -------------------------------------------------
     def start(self, vm: VmView) -> None:
@@ -204,8 +245,10 @@ class ProcessRuntime:
         """Write the VM's files and record the processes its metadata describes (not yet spawned)."""
         spec = NodeSpec.from_metadata(m.view.metadata)
         pki = m.root / "pki" if spec.secure else None
-        if pki is not None:
-            write_pki(spec.tls, pki)
+        # the files are written by the supervisor (with the keys it reads from Secret Manager as
+        # the VM), and the processes (re)started on them, as the startup script does on a real VM
+        m.tls_wanted = dict(spec.tls) if pki is not None else {}
+        m.secrets_wanted = dict(spec.secret_refs) if pki is not None else {}
         ip = m.view.internal_ip
         wanted: dict[str, list[str]] = {}
         if spec.etcd is not None:
@@ -216,6 +259,7 @@ class ProcessRuntime:
                     "--etcd-url", client_url(ip) if pki else client_url(ip).replace("https", "http")]
             if pki is not None:
                 argv += ["--pki-dir", str(pki)]
+                argv += service_account_flags(set(spec.tls) | set(spec.secret_refs), pki)
             wanted["apiserver"] = argv
         for name, argv in wanted.items():
             proc = m.procs.get(name)
@@ -235,16 +279,57 @@ class ProcessRuntime:
             for port in FORWARDED_PORTS:
                 self.forwarder.listen(ip, port, lambda internal=internal, port=port: (internal, port))
 
+    def _apply_files(self, m: Machine, key: str, tls: dict[str, str], refs: dict[str, str]) -> None:
+        """What the VM does at boot and whenever its metadata changes: read its private keys from
+        Secret Manager as its own service account (a token from the metadata server, asked from
+        the VM's internal address), write them and its certificates to its disk, and restart the
+        processes that run on older files (etcd and the API server reload their certificates).
+        Runs outside the lock."""
+        from haplane.secretstore import read_as_vm, vm_token
+
+        try:
+            files = dict(tls)
+            if refs:
+                if self.endpoint is None:
+                    raise RuntimeError("no Secret Manager: the runtime is not attached to an emulator")
+                token = vm_token(self.endpoint, m.view.internal_ip)
+                files.update({suffix: read_as_vm(self.endpoint, token, ref) for suffix, ref in refs.items()})
+            write_pki(files, m.root / "pki")
+        except Exception as exc:  # refused, not there yet: try again, as a boot script would
+            with self._lock:
+                m.secrets_error = f"{type(exc).__name__}: {exc}"[:500]
+                m.next_read = time.monotonic() + 1.0
+            return
+        with self._lock:
+            m.files_applied, m.secrets_error = key, None
+            stale = [p for name, p in m.procs.items()
+                     if p.running and p.files not in (None, m.files_key(PROC_FILES.get(name)))]
+        for p in stale:  # a reload: restart at once, not counted as a crash
+            p.terminate()
+            with self._lock:
+                p.popen, p.next_start = None, 0.0
+        with self._lock:
+            self._wake.notify_all()
+
     def _supervise(self) -> None:
         while True:
             with self._lock:
                 if self._closed:
                     return
                 now = time.monotonic()
+                applies = [(m, m.files_key(), dict(m.tls_wanted), dict(m.secrets_wanted))
+                           for m in self._machines.values()
+                           if m.powered and not m.killed and not m.keys_ready and now >= m.next_read]
+            for m, key, tls, refs in applies:
+                self._apply_files(m, key, tls, refs)
+            with self._lock:
+                if self._closed:
+                    return
+                now = time.monotonic()
                 for m in list(self._machines.values()):
-                    if not m.powered or m.killed:
+                    if not m.powered or m.killed or not m.keys_ready:
                         continue
-                    for proc in m.procs.values():
+                    for name, proc in m.procs.items():
                         if proc.running or now < proc.next_start:
                             continue
                         if proc.popen is not None:  # it ran and exited: restart with back-off
@@ -253,5 +338,6 @@ class ProcessRuntime:
                             proc.popen = None
                             proc.next_start = now + min(BACKOFF_MAX_S, 0.5 * 2 ** min(proc.restarts, 4))
                             continue
+                        proc.files = m.files_key(PROC_FILES.get(name))
                         proc.spawn()
                 self._wake.wait(0.25)

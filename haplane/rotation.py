@@ -1,0 +1,108 @@
+"""When and in what order keys and certificates are renewed. Pure: functions of observed state.
+
+- :func:`rotation_order`: which replica's leaves go first (followers, the leader last), and
+  refusing when the cluster cannot lose one member for a moment.
+- :func:`expiry_decision`: what the health check does about certificates close to expiry:
+  warn within ``warn_days``, rotate within ``rotate_days`` (a lower threshold).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from haplane.model import ClusterState, ReplicaState
+from haplane.remediation import Attempt, Outcome, Policy
+
+WARN_DAYS = 30  # the health check warns (event + artifact) within this many days of an expiry
+ROTATE_DAYS = 14  # ... and starts rotate-certificates itself within this many
+CA_ROLES = frozenset({"cluster-ca", "etcd-ca"})
+
+
+def rotation_order(state: ClusterState) -> list[ReplicaState]:
+    """Replicas in the order their leaves are re-issued: followers first, the leader last (one
+    leadership change at most). Refuses, before anything is changed, when the cluster is not
+    healthy enough to lose one member for a moment (each replica's etcd restarts in turn)."""
+    if state.etcd_unknowns:
+        raise RuntimeError("; ".join(u.text for u in state.etcd_unknowns) + ": nothing was rotated")
+    sick = [r.name for r in state.replicas if not r.healthy]
+    if sick:
+        raise RuntimeError(f"replicas {sick} are not healthy: replace them first (replace-replica or the health "
+                           f"check); a rotation restarts etcd on each replica in turn and needs every other one "
+                           f"healthy. Nothing was rotated.")
+    return sorted(state.replicas, key=lambda r: (r.leader, r.name))
+
+
+@dataclass(frozen=True)
+class Expiring:
+    role: str  # "cluster-ca", "operator-etcd-client", "<replica>/etcd-peer", ...
+    not_after: dt.datetime
+    days_left: float
+
+
+@dataclass(frozen=True)
+class ExpiryDecision:
+    warn: tuple[Expiring, ...]  # within warn_days (every certificate, CAs included)
+    rotate: bool  # a leaf is within rotate_days: start rotate-certificates
+    ca_attention: tuple[Expiring, ...]  # CAs within warn_days: rotate-certificates does not renew CAs
+
+    @property
+    def text(self) -> str:
+        if not self.warn:
+            return "no certificate is close to expiry"
+        lines = [f"- {e.role}: expires {e.not_after:%Y-%m-%d %H:%M} UTC ({e.days_left:.1f} days)" for e in self.warn]
+        if self.ca_attention:
+            lines.append("- a CA is close to expiry: rotate-certificates renews leaves only; plan a CA rotation")
+        return "\n".join(lines)
+
+
+def expiry_decision(certs: Iterable[tuple[str, dt.datetime]], now: dt.datetime, *,
+                    warn_days: float = WARN_DAYS, rotate_days: float = ROTATE_DAYS) -> ExpiryDecision:
+    """``certs``: (role, not_after) of every certificate of the cluster."""
+    if rotate_days > warn_days:
+        raise ValueError(f"rotate_days ({rotate_days}) must not exceed warn_days ({warn_days}): the health check "
+                         f"warns before it rotates")
+    if rotate_days < 0:
+        raise ValueError("rotate_days must be >= 0")
+    found = sorted((Expiring(role, na, (na - now).total_seconds() / 86400) for role, na in certs),
+                   key=lambda e: e.not_after)
+    warn = tuple(e for e in found if e.days_left <= warn_days)
+    rotate = any(e.days_left <= rotate_days for e in warn if e.role.split("/")[-1] not in CA_ROLES)
+    return ExpiryDecision(warn=warn, rotate=rotate,
+                          ca_attention=tuple(e for e in warn if e.role in CA_ROLES))
+
+
+ROTATION_TARGET = "certificates"  # the "replica" an automatic rotation is recorded under
+
+
+@dataclass(frozen=True)
+class RotationGo:
+    allowed: bool
+    reason: str
+    change_id: str | None = None  # set: resume that failed rotation instead of starting afresh
+
+
+def may_rotate(attempts: Iterable[Attempt], now: dt.datetime, policy: Policy = Policy()) -> RotationGo:
+    """The replacements' back-off rules applied to automatic rotations: after a failed one, wait
+    ``policy.backoff_s(failures)`` and then resume it (same change id); give up after
+    ``policy.max_failures`` failures in a row, for a person to look."""
+    mine = sorted((a for a in attempts if a.replica == ROTATION_TARGET), key=lambda a: a.started)
+    failures = 0
+    for a in reversed(mine):
+        if a.outcome is not Outcome.FAILED:
+            break
+        failures += 1
+    if mine and mine[-1].outcome is Outcome.RUNNING:
+        return RotationGo(False, f"rotation {mine[-1].run} is still running")
+    if failures >= policy.max_failures:
+        return RotationGo(False, f"{failures} automatic rotations failed in a row (last: {mine[-1].run}); "
+                                 f"not trying again: run rotate-certificates by hand after looking at why")
+    if failures:
+        wait = policy.backoff_s(failures)
+        since = (now - mine[-1].started).total_seconds()
+        if since < wait:
+            return RotationGo(False, f"the last rotation ({mine[-1].run}) failed {since:.0f} s ago; backing off "
+                                     f"for {wait - since:.0f} s more")
+        return RotationGo(True, f"resuming the failed rotation {mine[-1].run}", mine[-1].change_id or None)
+    return RotationGo(True, "certificates are within the rotation threshold")

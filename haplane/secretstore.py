@@ -1,0 +1,152 @@
+"""Replicas' private keys in Google Secret Manager: one secret per replica and key.
+
+A replica's private keys (etcd peer and server, API server, API server's etcd
+client, the service-account signing key) never go into instance metadata,
+which anyone with ``compute.instances.get`` can read. Each goes into its own
+secret ``<replica>-<key>``, labelled with the cluster and replica, whose IAM
+policy grants ``roles/secretmanager.secretAccessor`` to that replica's VM service
+account only. Instance metadata carries the *names of the versions* to read
+(``haplane-secrets``, see :mod:`haplane.node`); the VM reads them with its own
+identity (the metadata server's token) at boot and whenever that key changes.
+
+The operator (the flows) talks to Secret Manager with the same endpoint and
+credentials as to Compute Engine: the real ``google-cloud-secret-manager``
+client, REST transport.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+ACCESSOR = "roles/secretmanager.secretAccessor"
+LABEL_CLUSTER = "haplane-cluster"
+LABEL_REPLICA = "haplane-replica"
+METADATA_TOKEN_PATH = "/computeMetadata/v1/instance/service-accounts/default/token"
+
+
+def secret_id(replica: str, suffix: str) -> str:
+    """The secret holding one private key of one replica."""
+    return f"{replica}-{suffix}"
+
+
+def service_account_email(project: str, replica: str) -> str:
+    """The VM service account of a replica (its own, so IAM can tell replicas apart).
+
+    Account ids are 6-30 characters: a replica name that fits is used as is, a longer
+    one is shortened with a hash of the whole name."""
+    account = replica if 6 <= len(replica) <= 30 else f"hp-{hashlib.sha256(replica.encode()).hexdigest()[:20]}"
+    return f"{account}@{project}.iam.gserviceaccount.com"
+
+
+def _label(value: str) -> str:
+    return value.lower()[:63]
+
+
+@dataclass
+class SecretStore:
+    """Secret Manager for one project, real or emulated (``endpoint``)."""
+
+    project: str
+    endpoint: str | None = None
+    credentials: Any = None
+    _client: Any = field(default=None, repr=False)
+
+    @classmethod
+    def for_gce(cls, gce: Any) -> SecretStore:
+        return cls(project=gce.project, endpoint=gce.endpoint, credentials=gce.credentials)
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from google.cloud import secretmanager_v1
+
+            kwargs: dict[str, Any] = {"transport": "rest"}
+            if self.endpoint:
+                from google.auth.credentials import AnonymousCredentials
+
+                kwargs["client_options"] = {"api_endpoint": self.endpoint}
+                kwargs["credentials"] = self.credentials or AnonymousCredentials()
+            elif self.credentials is not None:
+                kwargs["credentials"] = self.credentials
+            self._client = secretmanager_v1.SecretManagerServiceClient(**kwargs)
+        return self._client
+
+    def name(self, sid: str) -> str:
+        return f"projects/{self.project}/secrets/{sid}"
+
+    def put(self, cluster: str, replica: str, suffix: str, value: str, reader: str) -> str:
+        """Store ``value`` as the newest version of the replica's secret, readable by ``reader`` (a
+        service-account email) alone. Idempotent: the secret and its policy are made once. Returns
+        the version's resource name (no secret in it)."""
+        from google.api_core.exceptions import Conflict
+        from google.iam.v1 import policy_pb2
+
+        sid = secret_id(replica, suffix)
+        try:
+            self.client.create_secret(request={
+                "parent": f"projects/{self.project}", "secret_id": sid,
+                "secret": {"replication": {"automatic": {}},
+                           "labels": {LABEL_CLUSTER: _label(cluster), LABEL_REPLICA: _label(replica)}}})
+        except Conflict:  # ALREADY_EXISTS: made by an earlier attempt
+            pass
+        member = f"serviceAccount:{reader}"
+        policy = self.client.get_iam_policy(request={"resource": self.name(sid)})
+        if [(b.role, list(b.members)) for b in policy.bindings] != [(ACCESSOR, [member])]:
+            self.client.set_iam_policy(request={"resource": self.name(sid), "policy": policy_pb2.Policy(
+                bindings=[policy_pb2.Binding(role=ACCESSOR, members=[member])], etag=policy.etag)})
+        from haplane.secrets import call_carrying_secrets
+
+        # the request carries the key: an error must not carry it onwards (see haplane.secrets)
+        version = call_carrying_secrets(f"adding a version to secret {sid}", [value], self.client.add_secret_version,
+                                        request={"parent": self.name(sid), "payload": {"data": value.encode()}})
+        return version.name
+
+    def read(self, version: str) -> str:
+        return self.client.access_secret_version(request={"name": version}).payload.data.decode()
+
+    def list(self, cluster: str, replica: str | None = None) -> list[str]:
+        """Names of the cluster's (or one replica's) secrets."""
+        flt = f"labels.{LABEL_CLUSTER}={_label(cluster)}"
+        if replica:
+            flt += f" AND labels.{LABEL_REPLICA}={_label(replica)}"
+        return [s.name for s in self.client.list_secrets(request={"parent": f"projects/{self.project}",
+                                                                  "filter": flt})]
+
+    def delete(self, name: str) -> bool:
+        """Delete a secret (every version is destroyed with it). False if it was already gone."""
+        from google.api_core.exceptions import NotFound
+
+        try:
+            self.client.delete_secret(request={"name": name})
+        except NotFound:
+            return False
+        return True
+
+
+def vm_token(metadata_url: str, source_ip: str | None = None, timeout: float = 5.0) -> str:
+    """An access token for the VM's service account from the metadata server.
+
+    ``source_ip``: the VM's internal address, which the emulator's metadata server goes by (on
+    GCE the metadata server knows the VM by itself)."""
+    import httpx
+
+    transport = httpx.HTTPTransport(local_address=source_ip) if source_ip else None
+    with httpx.Client(transport=transport, timeout=timeout) as http:
+        resp = http.get(metadata_url.rstrip("/") + METADATA_TOKEN_PATH, headers={"Metadata-Flavor": "Google"})
+        resp.raise_for_status()
+        return resp.json()["access_token"]
+
+
+def read_as_vm(endpoint: str | None, token: str, version: str) -> str:
+    """Read a secret version with a VM's token (the real client, REST transport)."""
+    from google.cloud import secretmanager_v1
+    from google.oauth2.credentials import Credentials
+
+    kwargs: dict[str, Any] = {"transport": "rest", "credentials": Credentials(token=token)}
+    if endpoint:
+        kwargs["client_options"] = {"api_endpoint": endpoint}
+    client = secretmanager_v1.SecretManagerServiceClient(**kwargs)
+    data = client.access_secret_version(request={"name": version}).payload.data
+    return data.decode()

@@ -1,0 +1,106 @@
+"""Private keys out of instance metadata: each in Secret Manager, readable by its replica's VM alone.
+
+The emulator serves the Secret Manager REST subset; the real ``google-cloud-secret-manager``
+client (REST transport) talks to it, both as the operator and as a VM with the token the
+emulator's metadata server hands that VM. The instances are read back with the real
+``google-cloud-compute`` client.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from google.api_core.exceptions import BadRequest, Forbidden
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import compute_v1
+
+from flows.create_cluster import create_cluster
+from flows.delete_cluster import delete_cluster
+from flows.remove_replica import remove_replica
+from haplane.emulator.server import Emulator
+from haplane.node import SECRET_SUFFIXES, SECRETS_KEY
+from haplane.secretstore import SecretStore, read_as_vm, secret_id, service_account_email, vm_token
+from haplane.topology import LABEL_CLUSTER
+from tests.fixtures.cluster import PROJECT
+
+REGION = "europe-west1"
+ZONES = ["europe-west1-b", "europe-west1-c", "europe-west1-d"]
+
+
+def test_secret_manager_subset_with_the_real_client(tmp_path):
+    with Emulator(state_dir=tmp_path) as emu:
+        store = SecretStore("p", emu.url)
+        reader = "r1-master@p.iam.gserviceaccount.com"
+        v1 = store.put("c1", "r1-master", "etcd-peer-key", "one", reader)
+        v2 = store.put("c1", "r1-master", "etcd-peer-key", "two", reader)  # same secret, a new version
+        assert v1.endswith("/versions/1") and v2.endswith("/versions/2")
+        assert (store.read(v1), store.read(v2)) == ("one", "two")
+        assert store.read(v2.rsplit("/", 1)[0] + "/latest") == "two"
+        policy = store.client.get_iam_policy(request={"resource": store.name("r1-master-etcd-peer-key")})
+        assert [(b.role, list(b.members)) for b in policy.bindings] == [
+            ("roles/secretmanager.secretAccessor", [f"serviceAccount:{reader}"])]
+        store.put("c2", "r9-master", "etcd-peer-key", "other cluster", reader)
+        assert store.list("c1") == ["projects/p/secrets/r1-master-etcd-peer-key"]
+        store.client.destroy_secret_version(request={"name": v2})
+        with pytest.raises(BadRequest, match="DESTROYED"):
+            store.read(v2)
+        assert store.read(v2.rsplit("/", 1)[0] + "/latest") == "one"  # the newest enabled one
+        assert store.delete(store.name("r1-master-etcd-peer-key")) is True
+        assert store.delete(store.name("r1-master-etcd-peer-key")) is False
+        assert store.list("c1") == []
+        # a token the metadata server never issued is refused (401; the client then tries to refresh it)
+        with pytest.raises(Exception, match="401|refresh"):
+            read_as_vm(emu.url, "ya29.forged", v1)
+
+
+def _instances(cloud, cluster: str) -> list[compute_v1.Instance]:
+    client = compute_v1.InstancesClient(client_options={"api_endpoint": cloud.emulator.url},
+                                        credentials=AnonymousCredentials())
+    return [i for z in ZONES for i in client.list(project=PROJECT, zone=z)
+            if i.labels.get(LABEL_CLUSTER) == cluster]
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_no_private_key_in_metadata_and_a_vm_reads_only_its_own(cloud):
+    cluster = f"sec-{uuid.uuid4().hex[:5]}"
+    rows = create_cluster(cluster=cluster, region=REGION, zones=ZONES, replicas=3)
+    assert all(r["health"] == "healthy" for r in rows)  # etcd and the API servers run on keys read from secrets
+    store = SecretStore(PROJECT, cloud.emulator.url)
+    try:
+        instances = _instances(cloud, cluster)
+        assert len(instances) == 3
+        for inst in instances:
+            items = {i.key: i.value for i in inst.metadata.items}
+            assert not [k for k, v in items.items() if "PRIVATE KEY" in v], f"a private key in {inst.name}'s metadata"
+            assert not [k for k in items if k.startswith("haplane-tls-") and k.endswith("-key")]
+            assert set(__import__("json").loads(items[SECRETS_KEY])) == SECRET_SUFFIXES
+            assert [sa.email for sa in inst.service_accounts] == [service_account_email(PROJECT, inst.name)]
+        # one secret per replica and key
+        assert sorted(store.list(cluster)) == sorted(store.name(secret_id(i.name, s))
+                                                     for i in instances for s in SECRET_SUFFIXES)
+
+        a, b = instances[0], instances[1]
+        token_a = vm_token(cloud.emulator.url, a.network_interfaces[0].network_i_p)
+        own = read_as_vm(cloud.emulator.url, token_a, store.name(secret_id(a.name, "etcd-peer-key")) + "/versions/latest")
+        assert own.startswith("-----BEGIN PRIVATE KEY-----")
+        with pytest.raises(Forbidden):
+            read_as_vm(cloud.emulator.url, token_a, store.name(secret_id(b.name, "etcd-peer-key")) + "/versions/latest")
+        with pytest.raises(Forbidden):  # nor may a VM manage secrets
+            from google.cloud import secretmanager_v1
+            from google.oauth2.credentials import Credentials
+
+            secretmanager_v1.SecretManagerServiceClient(
+                transport="rest", credentials=Credentials(token=token_a),
+                client_options={"api_endpoint": cloud.emulator.url}).delete_secret(
+                request={"name": store.name(secret_id(b.name, "etcd-peer-key"))})
+
+        # removing a replica destroys its secrets, and only its
+        victim = next(i for i in instances if i.zone.endswith(ZONES[2]))
+        remove_replica(cluster=cluster, zone=ZONES[2], replica_name=victim.name)
+        assert store.list(cluster, victim.name) == []
+        assert len(store.list(cluster)) == 2 * len(SECRET_SUFFIXES)
+    finally:
+        delete_cluster(cluster=cluster)
+    assert store.list(cluster) == []
+    assert cloud.processes() == []

@@ -1,0 +1,207 @@
+"""One service-account key pair per cluster: a token minted on one replica verifies on every other.
+
+The pure part checks the JWTs against kube-apiserver's rules (signature by any configured key,
+issuer, audience, expiry). The end-to-end part creates a 3-replica cluster in the emulator (real
+etcd, the API-server stand-in verifying real ES256 signatures against the key files each replica
+was given), mints a token on each replica and has every replica verify it, then rotates the key
+with the rotate-certificates flow and checks old and new tokens on every replica again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ssl
+import time
+import uuid
+
+import httpx
+import pytest
+
+from blocks.pki import ClusterPKI, block_name
+from flows.create_cluster import create_cluster
+from flows.delete_cluster import delete_cluster
+from flows.rotate_certificates import rotate_certificates
+from haplane import serviceaccount
+from haplane.pki import (
+    create_cluster_cas,
+    issue,
+    issue_replica_certs,
+    key_id,
+    new_service_account_key,
+    node_tls,
+    rotate_service_account_key,
+)
+from haplane.topology import LABEL_CLUSTER
+from tasks.pki import ensure_cluster_pki, load_cas
+
+REGION = "europe-west1"
+ZONES = ["europe-west1-b", "europe-west1-c", "europe-west1-d"]
+
+
+# ---------------------------------------------------------------- pure: tokens as kube-apiserver sees them
+
+
+def test_a_token_verifies_against_any_configured_key_and_nothing_else():
+    sa = new_service_account_key()
+    other = new_service_account_key()
+    token, exp = serviceaccount.mint(sa.key_pem.get_secret_value(), namespace="kube-system", name="coredns")
+    user = serviceaccount.verify(token, sa.public_bundle())
+    assert user.username == "system:serviceaccount:kube-system:coredns"
+    assert exp > time.time() + 3000
+    # accepted when its key is anywhere in the file, refused when it is not there
+    assert serviceaccount.verify(token, other.public_pem + sa.public_pem).name == "coredns"
+    with pytest.raises(serviceaccount.TokenError, match="signature"):
+        serviceaccount.verify(token, other.public_bundle())
+    # a tampered payload does not verify
+    head, body, sig = token.split(".")
+    forged = serviceaccount.mint(other.key_pem.get_secret_value(), namespace="kube-system", name="admin")[0]
+    with pytest.raises(serviceaccount.TokenError, match="signature"):
+        serviceaccount.verify(f"{head}.{forged.split('.')[1]}.{sig}", sa.public_bundle())
+
+
+def test_expiry_issuer_and_audience_are_checked():
+    sa = new_service_account_key()
+    key = sa.key_pem.get_secret_value()
+    old, _ = serviceaccount.mint(key, namespace="a", name="b", expiration_s=600, now=time.time() - 3600)
+    with pytest.raises(serviceaccount.TokenError, match="expired"):
+        serviceaccount.verify(old, sa.public_bundle())
+    other_aud, _ = serviceaccount.mint(key, namespace="a", name="b", audiences=("vault",))
+    with pytest.raises(serviceaccount.TokenError, match="audiences"):
+        serviceaccount.verify(other_aud, sa.public_bundle())
+    other_iss, _ = serviceaccount.mint(key, namespace="a", name="b", issuer="https://elsewhere")
+    with pytest.raises(serviceaccount.TokenError, match="issuer"):
+        serviceaccount.verify(other_iss, sa.public_bundle())
+
+
+def test_rotation_keeps_the_previous_public_key_accepted_until_the_next():
+    first = new_service_account_key()
+    second = rotate_service_account_key(first)
+    third = rotate_service_account_key(second)
+    signed_by_first, _ = serviceaccount.mint(first.key_pem.get_secret_value(), namespace="n", name="s")
+    assert second.kid != first.kid and second.public_bundle().count("BEGIN PUBLIC KEY") == 2
+    assert serviceaccount.verify(signed_by_first, second.public_bundle()).name == "s"
+    with pytest.raises(serviceaccount.TokenError):  # two rotations later it is gone
+        serviceaccount.verify(signed_by_first, third.public_bundle())
+    header = serviceaccount._unb64(signed_by_first.split(".")[0])
+    assert key_id(first.public_pem).encode() in header  # kube's kid: base64url(sha256(DER))
+    assert "PRIVATE" not in repr(second) and "PRIVATE" not in str(second)
+
+
+def test_every_replica_gets_the_same_service_account_key():
+    cas = create_cluster_cas("sa")
+    tls = [node_tls(cas, issue_replica_certs(cas, hostname=f"r{i}", internal_ip=f"10.0.0.{i}",
+                                             endpoint_ip="10.1.0.1")) for i in (1, 2, 3)]
+    assert len({t["service-account-key"] for t in tls}) == 1
+    assert len({t["apiserver-key"] for t in tls}) == 3  # the serving keys stay each replica's own
+    assert tls[0]["service-account-pub"] == cas.service_account.public_pem
+
+
+# ---------------------------------------------------------------- the PKI block
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_a_cluster_saved_before_service_account_keys_gets_one_and_keeps_it():
+    cluster = f"old-{uuid.uuid4().hex[:5]}"
+    cas = create_cluster_cas(cluster)
+    legacy = ClusterPKI.from_cas(cas)
+    legacy = legacy.model_copy(update={"service_account_key": None, "service_account_key_created": None})
+    legacy.save(block_name(cluster))
+    assert load_cas(cluster).service_account is None
+    try:
+        ensure_cluster_pki(cluster)
+        made = load_cas(cluster).service_account
+        assert made is not None and made.age() < dt.timedelta(minutes=5)
+        assert load_cas(cluster).ca.cert_pem == cas.ca.cert_pem  # the CAs are untouched
+        ensure_cluster_pki(cluster)
+        assert load_cas(cluster).service_account.kid == made.kid  # made once, then kept
+    finally:
+        from blocks import delete_block_document
+
+        delete_block_document(block_name(cluster), ClusterPKI.get_block_type_slug())
+
+
+# ---------------------------------------------------------------- end to end: three replicas, one key
+
+
+def _admin_ctx(cluster: str) -> ssl.SSLContext:
+    """TLS to the API servers with an administrator's client certificate the test issues itself."""
+    cas = load_cas(cluster)
+    admin = issue(cas.ca, role="admin", common_name="test-admin", organization="system:masters", client=True)
+    ctx = ssl.create_default_context(cadata=cas.ca.cert_pem)
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        cert, key = Path(d) / "c.pem", Path(d) / "k.pem"
+        cert.write_text(admin.cert_pem)
+        key.write_text(admin.key_pem.get_secret_value())
+        ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+def _mint(ip: str, admin: ssl.SSLContext, name: str) -> str:
+    resp = httpx.post(f"https://{ip}:6443/api/v1/namespaces/default/serviceaccounts/{name}/token",
+                      json={"spec": {"expirationSeconds": 3600}}, verify=admin, timeout=10)
+    assert resp.status_code == 201, resp.text
+    return resp.json()["status"]["token"]
+
+
+def _who(ip: str, ca_pem: str, token: str) -> httpx.Response:
+    return httpx.post(f"https://{ip}:6443/apis/authentication.k8s.io/v1/selfsubjectreviews",
+                      headers={"Authorization": f"Bearer {token}"}, json={},
+                      verify=ssl.create_default_context(cadata=ca_pem), timeout=10)
+
+
+def _kid(token: str) -> str:
+    import json
+
+    return json.loads(serviceaccount._unb64(token.split(".")[0]))["kid"]
+
+
+def test_tokens_verify_on_every_replica_before_and_after_a_rotation(cloud, prefect_api):
+    cluster = f"sa-{uuid.uuid4().hex[:5]}"
+    create_cluster(cluster=cluster, region=REGION, zones=ZONES, replicas=3)
+    try:
+        ips = [vm.internal_ip for vm in cloud.gce.list_instances(ZONES, labels={LABEL_CLUSTER: cluster})]
+        assert len(ips) == 3
+        cas = load_cas(cluster)
+        admin = _admin_ctx(cluster)
+
+        # no credentials: refused; a client certificate of another CA: refused at minting
+        resp = httpx.post(f"https://{ips[0]}:6443/api/v1/namespaces/default/serviceaccounts/x/token",
+                          json={}, verify=ssl.create_default_context(cadata=cas.ca.cert_pem), timeout=10)
+        assert resp.status_code == 401
+
+        before = {ip: _mint(ip, admin, f"before-{i}") for i, ip in enumerate(ips)}
+        for minted_on, token in before.items():
+            for ip in ips:
+                resp = _who(ip, cas.ca.cert_pem, token)
+                assert resp.status_code == 201, f"token minted on {minted_on} refused by {ip}: {resp.text}"
+                assert resp.json()["status"]["userInfo"]["username"].startswith("system:serviceaccount:default:before-")
+        # a token signed by a key the cluster never had is refused everywhere
+        stranger, _ = serviceaccount.mint(new_service_account_key().key_pem.get_secret_value(),
+                                          namespace="default", name="evil")
+        assert all(_who(ip, cas.ca.cert_pem, stranger).status_code == 401 for ip in ips)
+
+        old_kid = cas.service_account.kid
+        rotate_certificates(cluster=cluster)
+        new_kid = load_cas(cluster).service_account.kid
+        assert new_kid != old_kid
+
+        # every replica signs with the new key once its key files are delivered
+        deadline = time.monotonic() + 60
+        after: dict[str, str] = {}
+        while time.monotonic() < deadline and len(after) < len(ips):
+            for i, ip in enumerate(ips):
+                token = _mint(ip, admin, f"after-{i}")
+                if _kid(token) == new_kid:
+                    after[ip] = token
+            time.sleep(0.5)
+        assert set(after) == set(ips), "not every replica signs with the rotated key"
+        for token in [*before.values(), *after.values()]:
+            for ip in ips:
+                resp = _who(ip, cas.ca.cert_pem, token)
+                assert resp.status_code == 201, f"{ip} refused a token (kid {_kid(token)}): {resp.text}"
+    finally:
+        delete_cluster(cluster=cluster)
+    assert cloud.processes() == []
