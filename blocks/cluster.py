@@ -73,3 +73,9 @@ class ClusterSpec(Block):
     operator_ranges: list[str] = Field(default_factory=lambda: ["127.0.0.0/8"],
                                        description="Ranges the operator (Prefect worker) reaches etcd from")
     service_cidr: str = Field(default="10.0.0.0/24", description="Kubernetes service range")
+    snapshot_storage: str | None = Field(
+        default=None, description="etcd snapshots go to this storage block, '<type>/<name>' (e.g. "
+                                  "'gcs-bucket/prod-snapshots'); empty: $PREFECT_HOME/haplane-snapshots")
+    snapshot_keep: int = Field(default=24, ge=1, description="Snapshots kept at most (oldest pruned first)")
+    snapshot_max_age_h: float = Field(default=168.0, gt=0, description="Snapshots older than this are pruned "
+                                                                        "(the newest is always kept)")

@@ -46,6 +46,9 @@ class ClusterPKI(Block):
     operator_key: SecretStr = Field(description="Operator's etcd client private key (PEM)")
     ca_days: int = Field(default=Lifetimes().ca_days, description="CA lifetime in days")
     leaf_days: int = Field(default=Lifetimes().leaf_days, description="Leaf certificate lifetime in days")
+    snapshot_key: SecretStr | None = Field(
+        default=None, description="AES-256 key (base64) sealing the cluster's etcd snapshots at rest; "
+                                  "created by the first snapshot")
 
     @property
     def document_name(self) -> str:

@@ -17,7 +17,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from pydantic import Field
 
-from flows.params import ClusterName, documented
+from flows.params import ClusterName, SkipSnapshot, documented
 from haplane.node import ApiServerSpec, EtcdSpec, peer_url
 from haplane.observe import ClusterState
 from haplane.plans import Plan, plan_add
@@ -33,6 +33,7 @@ from tasks.network import (
 )
 from tasks.operations import Step, apply
 from tasks.pki import submit_configure_replica
+from tasks.snapshots import snapshot_before_change
 from tasks.steps import Change
 
 
@@ -110,6 +111,7 @@ def add_replica(
     connection: Annotated[str | None, Field(description="Name of a haplane-gce-connection block")] = None,
     change_id: Annotated[str | None, Field(description="Repeat to resume a failed run")] = None,
     dry_run: bool = False,
+    skip_snapshot: SkipSnapshot = False,
 ) -> Plan | list[dict[str, str]]:
     spec = load_spec(cluster)
     change = Change(cluster, change_id or f"add-{flow_run.get_id()}", connection)
@@ -122,6 +124,7 @@ def add_replica(
         state = observe_cluster(cluster, spec.region, connection)
         plan = plan_add(state, zone, change.change_id, known, spec.zones)
         publish_plan(plan, change)
+        snapshot_before_change(spec, connection, "add-replica", skip_snapshot)
         figures = join_replica(change, state, plan)
     note = "; ".join(f"{k}={v:.1f}" for k, v in figures.items())
     return publish_report(observe_cluster(cluster, spec.region, connection), note + ("; " + plan.even_note if plan.even_note else ""))

@@ -2,7 +2,8 @@
 
 Finds a VM gone or stopped, a replica that never joined etcd, a learner that
 never caught up, an etcd member unhealthy or unreachable, an API server not
-ready. Decides with the pure rules of :mod:`haplane.remediation` (one
+ready; a cluster that lost etcd quorum is reported (event ``haplane.cluster.quorum-lost`` with the
+newest snapshot's age), never restored. Decides with the pure rules of :mod:`haplane.remediation` (one
 replacement at a time, never when quorum would be lost, back-off after
 repeated failures of the same replica) and says why in its log and in the
 ``<cluster>-health`` artifact. Acts by running replace-replica as a subflow.
@@ -25,6 +26,7 @@ from flows.params import ClusterName, Connection, documented
 from flows.replace_replica import replace_replica
 from haplane.observe import now_utc
 from haplane.remediation import Action, Policy, decide
+from haplane.restore import quorum_lost
 from haplane.topology import check_cluster_name
 from tasks.cluster import load_spec, observe_cluster, publish_report
 from tasks.health import (
@@ -38,6 +40,7 @@ from tasks.health import (
     remediation_tags,
     replica_resource,
 )
+from tasks.snapshots import newest_snapshot_age
 
 
 @flow(name="health-check", log_prints=True)
@@ -75,6 +78,13 @@ def _check(cluster: str, connection: str | None, dry_run: bool, policy: Policy) 
         emit("haplane.replica.unhealthy", replica_resource(cluster, f.replica),
              {"zone": f.zone, "problem": f.problem.value, "detail": f.detail})
     publish_verdict(verdict)
+    if quorum_lost(state):
+        age = newest_snapshot_age(cluster, spec)
+        logger.error("etcd of %s has lost quorum: no member answers a linearizable read. Membership changes cannot "
+                     "fix that; restore-cluster can (newest snapshot: %s). The health check never restores by itself.",
+                     cluster, "none" if age is None else f"{age:.0f} s old")
+        emit("haplane.cluster.quorum-lost", cluster_resource(cluster),
+             {"replicas": len(state.replicas), "newest_snapshot_age_s": age, "action": "run restore-cluster"})
     if verdict.unremediable:
         emit("haplane.cluster.cannot-remediate", cluster_resource(cluster),
              {"reason": verdict.reason, "replicas": dict(verdict.unremediable)})

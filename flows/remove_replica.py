@@ -16,7 +16,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from pydantic import Field
 
-from flows.params import ClusterName, Zone, documented
+from flows.params import ClusterName, SkipSnapshot, Zone, documented
 from haplane.observe import ClusterState
 from haplane.plans import Plan, plan_remove
 from tasks.cluster import cluster_lock, load_spec, observe_cluster, publish_plan, publish_report
@@ -31,6 +31,7 @@ from tasks.network import (
     submit_pool_remove,
 )
 from tasks.operations import Step, apply
+from tasks.snapshots import snapshot_before_change
 from tasks.steps import Change
 
 
@@ -95,6 +96,7 @@ def remove_replica(
     connection: Annotated[str | None, Field(description="Name of a haplane-gce-connection block")] = None,
     change_id: Annotated[str | None, Field(description="Repeat to resume a failed run")] = None,
     dry_run: bool = False,
+    skip_snapshot: SkipSnapshot = False,
 ) -> Plan | list[dict[str, str]]:
     spec = load_spec(cluster)
     if delete_nodes:
@@ -109,6 +111,7 @@ def remove_replica(
         state = observe_cluster(cluster, spec.region, connection)
         plan = plan_remove(state, zone, replica_name)
         publish_plan(plan, change)
+        snapshot_before_change(spec, connection, "remove-replica", skip_snapshot)
         figures = leave_replica(change, state, plan)
     note = "; ".join(f"{k}={v:.1f}" for k, v in figures.items())
     return publish_report(observe_cluster(cluster, spec.region, connection),

@@ -15,10 +15,11 @@ from prefect.runtime import flow_run
 from pydantic import Field
 
 from flows.add_replica import join_replica
-from flows.params import ClusterName, documented
+from flows.params import ClusterName, SkipSnapshot, documented
 from flows.remove_replica import leave_replica
 from haplane.plans import Plan, plan_add, plan_replace
 from tasks.cluster import cluster_lock, load_spec, observe_cluster, publish_plan, publish_report, zones_of
+from tasks.snapshots import snapshot_before_change
 from tasks.steps import Change, remember
 
 
@@ -30,6 +31,7 @@ def replace_replica(
     connection: Annotated[str | None, Field(description="Name of a haplane-gce-connection block")] = None,
     change_id: Annotated[str | None, Field(description="Repeat to resume a failed run")] = None,
     dry_run: bool = False,
+    skip_snapshot: SkipSnapshot = False,
 ) -> tuple[Plan, Plan] | list[dict[str, str]]:
     spec = load_spec(cluster)
     change = Change(cluster, change_id or f"replace-{flow_run.get_id()}", connection)
@@ -45,6 +47,7 @@ def replace_replica(
         if state.replica(replica_name) is not None:
             removal, _ = plan_replace(state, replica_name, change.change_id, known)
             publish_plan(removal, change)
+            snapshot_before_change(spec, connection, "replace-replica", skip_snapshot)
             leave_replica(change, state, removal, prefix="remove/")
             # a VM gone: its zone is unknown, take the least used
             zone = remember(change, "replaced-zone", removal.zone if removal.zone != "?" else None)

@@ -10,6 +10,9 @@ Metadata keys
 ``haplane-etcd``        JSON :class:`EtcdSpec` (member name, initial cluster, state, token).
 ``haplane-apiserver``   JSON :class:`ApiServerSpec` (ports, quorum reads, service range).
 ``haplane-tls-*``       PEM text, one key per file in :data:`TLS_FILES`.
+``haplane-etcd-restore`` JSON :class:`RestoreSpec`: before its first start, etcd's data dir is
+                        restored from this sealed snapshot (restore-cluster's first replica).
+``haplane-snapshot-key`` the key that opens it (a secret, like the TLS keys).
 
 A VM whose metadata has no ``haplane-etcd`` key boots nothing (a bare VM).
 Private keys travel in metadata the way kube-up's ``kube-env`` carries them;
@@ -29,6 +32,8 @@ from pathlib import Path
 ETCD_KEY = "haplane-etcd"
 APISERVER_KEY = "haplane-apiserver"
 TLS_PREFIX = "haplane-tls-"
+RESTORE_KEY = "haplane-etcd-restore"
+SNAPSHOT_KEY_KEY = "haplane-snapshot-key"
 
 ETCD_CLIENT_PORT = 2379
 ETCD_PEER_PORT = 2380
@@ -87,12 +92,30 @@ class ApiServerSpec:
 
 
 @dataclass(frozen=True)
+class RestoreSpec:
+    """Where the snapshot a new etcd starts from is (``gs://`` or ``file://``) and what it must be."""
+
+    url: str
+    snapshot_id: str
+    sha256: str  # of the plain etcd snapshot inside the sealed object
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> RestoreSpec:
+        return cls(**json.loads(text))
+
+
+@dataclass(frozen=True)
 class NodeSpec:
     """Everything a replica VM needs to run its control-plane processes."""
 
     etcd: EtcdSpec | None
     apiserver: ApiServerSpec | None
     tls: dict[str, str]  # suffix (see TLS_FILES) -> PEM
+    restore: RestoreSpec | None = None
+    snapshot_key: str | None = None  # opens the restore snapshot (secret)
 
     @property
     def secure(self) -> bool:
@@ -106,7 +129,8 @@ class NodeSpec:
         unknown = set(tls) - set(TLS_FILES)
         if unknown:
             raise ValueError(f"unknown TLS metadata keys {sorted(unknown)}; expected {sorted(TLS_FILES)}")
-        return cls(etcd=etcd, apiserver=api, tls=tls)
+        restore = RestoreSpec.from_json(items[RESTORE_KEY]) if items.get(RESTORE_KEY) else None
+        return cls(etcd=etcd, apiserver=api, tls=tls, restore=restore, snapshot_key=items.get(SNAPSHOT_KEY_KEY))
 
     def to_metadata(self) -> dict[str, str]:
         items: dict[str, str] = {}
@@ -118,13 +142,19 @@ class NodeSpec:
             if suffix not in TLS_FILES:
                 raise ValueError(f"unknown TLS file {suffix!r}; expected one of {sorted(TLS_FILES)}")
             items[TLS_PREFIX + suffix] = pem
+        if self.restore:
+            if not self.snapshot_key:
+                raise ValueError("a restore spec needs the snapshot key that opens it")
+            items[RESTORE_KEY] = self.restore.to_json()
+            items[SNAPSHOT_KEY_KEY] = self.snapshot_key
         return items
 
 
 def public_metadata(items: dict[str, str]) -> dict[str, str]:
     """Metadata with private keys replaced by a marker: safe for logs and task results."""
     return {
-        k: ("<redacted>" if k.startswith(TLS_PREFIX) and k[len(TLS_PREFIX):] in SECRET_SUFFIXES else v)
+        k: ("<redacted>" if (k.startswith(TLS_PREFIX) and k[len(TLS_PREFIX):] in SECRET_SUFFIXES)
+            or k == SNAPSHOT_KEY_KEY else v)
         for k, v in items.items()
     }
 

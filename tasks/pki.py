@@ -13,7 +13,7 @@ from blocks import delete_block_document
 from blocks.pki import ClusterPKI, block_name
 from haplane.etcd import EtcdTLS
 from haplane.gce import OpRef
-from haplane.node import ApiServerSpec, EtcdSpec, NodeSpec
+from haplane.node import ApiServerSpec, EtcdSpec, NodeSpec, RestoreSpec
 from haplane.pki import ClusterCAs, create_cluster_cas, issue_replica_certs, node_tls
 from tasks.steps import Change, checkpoint, probe
 
@@ -48,9 +48,11 @@ def delete_cluster_pki(cluster: str) -> None:
 
 @checkpoint
 def submit_configure_replica(change: Change, step: str, zone: str, name: str, endpoint_ip: str,
-                             etcd: EtcdSpec, apiserver: ApiServerSpec) -> OpRef | None:
+                             etcd: EtcdSpec, apiserver: ApiServerSpec,
+                             restore: RestoreSpec | None = None) -> OpRef | None:
     """Issue the replica's certificates and write them with its etcd and API-server settings into
-    its metadata; the VM starts what the metadata describes."""
+    its metadata; the VM starts what the metadata describes. With ``restore``, its etcd starts from
+    that snapshot (the key that opens it goes into the metadata too, never into a result)."""
     gce = change.gce()
     vm = gce.get_instance(zone, name)
     if vm is None:
@@ -60,7 +62,12 @@ def submit_configure_replica(change: Change, step: str, zone: str, name: str, en
         raise RuntimeError(f"cluster {change.cluster} has no PKI block {block_name(change.cluster)!r}")
     certs = issue_replica_certs(cas, hostname=name, internal_ip=vm.internal_ip, endpoint_ip=endpoint_ip,
                                 service_cidr=apiserver.service_cluster_ip_range)
-    spec = NodeSpec(etcd=etcd, apiserver=apiserver, tls=node_tls(cas, certs))
+    key = None
+    if restore is not None:
+        from tasks.snapshots import snapshot_key
+
+        key = snapshot_key(change.cluster, create=False)
+    spec = NodeSpec(etcd=etcd, apiserver=apiserver, tls=node_tls(cas, certs), restore=restore, snapshot_key=key)
     get_run_logger().info("configuring %s: etcd member %s (%s), certificates for %s and %s",
                           name, etcd.name, etcd.initial_cluster_state, vm.internal_ip, endpoint_ip)
     return gce.set_metadata(zone, name, spec.to_metadata(), rid=change.rid(step))
