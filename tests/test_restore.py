@@ -22,6 +22,7 @@ from prefect_gcp.cloud_storage import GcsBucket
 from blocks.cluster import ClusterSpec
 from flows.add_replica import add_replica
 from flows.create_cluster import create_cluster
+from flows.health_check import health_check
 from flows.restore_cluster import restore_cluster
 from flows.snapshot_cluster import snapshot_cluster
 from haplane import snapshots as snap
@@ -99,6 +100,19 @@ def test_restore_after_losing_two_of_three_replicas(cloud, gcs, prefect_api):
     lost_at = time.monotonic()
     with _etcd(cloud, cluster) as etcd:
         assert not etcd.health(etcd.endpoints[0]).healthy
+
+    # the health check reports lost quorum with the newest snapshot's age, and never restores by itself
+    calls = len(cloud.mutating_calls())
+    health_check(cluster=cluster)
+    assert len(cloud.mutating_calls()) == calls
+    deadline, found = time.monotonic() + 30, []
+    while not found and time.monotonic() < deadline:
+        events = httpx.post(f"{prefect_api.url}/events/filter", timeout=10, json={
+            "filter": {"event": {"name": ["haplane.cluster.quorum-lost"]}}, "limit": 50}).json()["events"]
+        found = [e for e in events if e["resource"]["prefect.resource.id"] == f"haplane.cluster.{cluster}"]
+        time.sleep(0.5)
+    assert found, "no haplane.cluster.quorum-lost event"
+    assert 0 < found[0]["payload"]["newest_snapshot_age_s"] < 600
 
     # a newer snapshot that is corrupted (truncated) is refused, before anything is removed
     store = SnapshotStore.load("gcs-bucket/dr")
