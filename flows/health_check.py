@@ -71,6 +71,17 @@ def _check(cluster: str, connection: str | None, dry_run: bool, policy: Policy) 
     spec = load_spec(cluster)
     busy = cluster_busy(cluster)
     state = observe_cluster(cluster, spec.region, connection)
+    if quorum_lost(state):
+        # etcd answers nothing, so membership is unknown: no replacement can work, and none is tried
+        age = newest_snapshot_age(cluster, spec)
+        msg = (f"etcd of {cluster} has lost quorum: no member answers a linearizable read. Membership changes "
+               f"cannot fix that; restore-cluster can (newest snapshot: "
+               f"{'none' if age is None else f'{age:.0f} s old'}). The health check never restores by itself.")
+        logger.error("%s", msg)
+        emit("haplane.cluster.quorum-lost", cluster_resource(cluster),
+             {"replicas": len(state.replicas), "newest_snapshot_age_s": age, "action": "run restore-cluster"})
+        publish_report(state, "health check: etcd quorum lost; run restore-cluster")
+        return Completed(message=msg[:500], data={"action": "quorum-lost", "replica": None, "reason": msg})
     attempts = remediation_history(cluster, policy.window_s)
     verdict = decide(state, attempts, now_utc(), busy=busy, policy=policy)
 
@@ -78,13 +89,6 @@ def _check(cluster: str, connection: str | None, dry_run: bool, policy: Policy) 
         emit("haplane.replica.unhealthy", replica_resource(cluster, f.replica),
              {"zone": f.zone, "problem": f.problem.value, "detail": f.detail})
     publish_verdict(verdict)
-    if quorum_lost(state):
-        age = newest_snapshot_age(cluster, spec)
-        logger.error("etcd of %s has lost quorum: no member answers a linearizable read. Membership changes cannot "
-                     "fix that; restore-cluster can (newest snapshot: %s). The health check never restores by itself.",
-                     cluster, "none" if age is None else f"{age:.0f} s old")
-        emit("haplane.cluster.quorum-lost", cluster_resource(cluster),
-             {"replicas": len(state.replicas), "newest_snapshot_age_s": age, "action": "run restore-cluster"})
     if verdict.unremediable:
         emit("haplane.cluster.cannot-remediate", cluster_resource(cluster),
              {"reason": verdict.reason, "replicas": dict(verdict.unremediable)})
