@@ -466,6 +466,23 @@ class EtcdClient:
         _, d = self._cluster_call("/v3/kv/put", {"key": _b64(key), "value": _b64(value)})
         return int(d.get("header", {}).get("revision", 0))
 
+    def put_many(self, items: Iterable[tuple[bytes | str, bytes | str]], batch: int = 100) -> int:
+        """Write many keys, ``batch`` per transaction (etcd allows 128 operations per txn by default);
+        returns the last revision."""
+        revision, ops = 0, []
+        for key, value in items:
+            ops.append({"requestPut": {"key": _b64(key), "value": _b64(value)}})
+            if len(ops) == batch:
+                revision = self._txn(ops)
+                ops = []
+        if ops:
+            revision = self._txn(ops)
+        return revision
+
+    def _txn(self, ops: list[dict]) -> int:
+        _, d = self._cluster_call("/v3/kv/txn", {"success": ops})
+        return int(d.get("header", {}).get("revision", 0))
+
     def get(self, key: bytes | str) -> bytes | None:
         """A linearizable read of one key."""
         _, d = self._cluster_call("/v3/kv/range", {"key": _b64(key), "serializable": False})
