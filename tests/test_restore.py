@@ -28,12 +28,12 @@ from flows.snapshot_cluster import snapshot_cluster
 from haplane import snapshots as snap
 from haplane.etcd import EtcdClient, EtcdTLS
 from haplane.gce import request_id
-from haplane.node import client_url
+from haplane.node import client_url, find_etcd
 from haplane.plans import PlanRefused
 from haplane.snapshot_store import SnapshotStore
 from haplane.topology import LABEL_CLUSTER, ClusterNames
 from tasks.pki import load_cas
-from tasks.snapshots import SnapshotFailed
+from tasks.snapshots import SnapshotFailed, snapshot_key
 from tests.fixtures.cluster import api_through
 
 pytestmark = [pytest.mark.usefixtures("prefect_api"), pytest.mark.timeout(900)]
@@ -147,6 +147,15 @@ def test_restore_after_losing_two_of_three_replicas(cloud, gcs, prefect_api):
         httpx.post(f"{one}/v3/kv/range", json={"key": "AA=="}, timeout=5,
                    verify=ssl.create_default_context(cadata=load_cas(cluster).etcd_ca.cert_pem))
 
+    # the snapshot key went into the restored VM's metadata only: never in a readback, log or artifact
+    key = snapshot_key(cluster, create=False)
+    restored = next(v for v in cloud.gce.list_instances(ZONES, labels={LABEL_CLUSTER: cluster})
+                    if "haplane-etcd-restore" in v.metadata)
+    assert restored.metadata["haplane-snapshot-key"] == "<redacted>"
+    logs = httpx.post(f"{prefect_api.url}/logs/filter", json={"limit": 200, "sort": "TIMESTAMP_DESC"}, timeout=30).text
+    arts = httpx.post(f"{prefect_api.url}/artifacts/filter", json={"limit": 200}, timeout=30).text
+    assert key not in logs and key not in arts
+
     plan = _artifact(prefect_api, f"{cluster}-plan")["data"]
     assert f"revision {good.revision}" in plan and f"last seen {last}" in plan
     print(f"\nrestore figures: snapshot revision {good.revision}, last revision seen {last}: "
@@ -176,7 +185,5 @@ def test_a_snapshot_is_taken_before_a_change_and_a_failed_one_stops_it(cloud, pr
     taken = store.snapshots(cluster)
     assert len(taken) == 1 and taken[0].revision >= rev and taken[0].members == 1
     # it was verified and sealed: it opens with the cluster's key and restores
-    from tasks.snapshots import snapshot_key
-
     _, db = snap.unseal(store.load_sealed(taken[0]), snapshot_key(cluster, create=False), cluster)
-    assert snap.verify(db, __import__("haplane.node").node.find_etcd()).keys_served >= 1
+    assert snap.verify(db, find_etcd()).keys_served >= 1
