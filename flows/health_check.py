@@ -26,7 +26,7 @@ from flows.params import ClusterName, Connection, documented
 from flows.replace_replica import replace_replica
 from haplane.observe import now_utc
 from haplane.remediation import Action, Policy, decide
-from haplane.restore import quorum_lost
+from haplane.restore import QuorumView, quorum_view
 from haplane.topology import check_cluster_name
 from tasks.cluster import load_spec, observe_cluster, publish_report
 from tasks.health import (
@@ -40,7 +40,7 @@ from tasks.health import (
     remediation_tags,
     replica_resource,
 )
-from tasks.snapshots import newest_snapshot_age
+from tasks.snapshots import newest_snapshot_age, probe_quorum
 
 
 @flow(name="health-check", log_prints=True)
@@ -71,10 +71,12 @@ def _check(cluster: str, connection: str | None, dry_run: bool, policy: Policy) 
     spec = load_spec(cluster)
     busy = cluster_busy(cluster)
     state = observe_cluster(cluster, spec.region, connection)
-    if quorum_lost(state):
-        # etcd answers nothing, so membership is unknown: no replacement can work, and none is tried
+    view, why = (QuorumView.HOLDS, "") if any(r.etcd_ok for r in state.replicas) else \
+        quorum_view(probe_quorum(spec, connection))
+    if view is QuorumView.LOST:
+        # no replacement can work without quorum, and none is tried; only restore-cluster can help
         age = newest_snapshot_age(cluster, spec)
-        msg = (f"etcd of {cluster} has lost quorum: no member answers a linearizable read. Membership changes "
+        msg = (f"etcd of {cluster} has lost quorum: {why}. Membership changes "
                f"cannot fix that; restore-cluster can (newest snapshot: "
                f"{'none' if age is None else f'{age:.0f} s old'}). The health check never restores by itself.")
         logger.error("%s", msg)

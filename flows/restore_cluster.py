@@ -1,6 +1,7 @@
 """restore-cluster: rebuild a cluster that lost etcd quorum from a snapshot, keeping its endpoint IP and CA.
 
-Refuses while any etcd member still answers (the cluster has quorum: replace-replica repairs it).
+Refuses unless etcd quorum is seen lost: while a member serves reads (replace-replica repairs that),
+and while nothing answers this worker (a network or credentials problem is not a dead cluster).
 Says what it will lose (the snapshot's time and revision against the last revision seen), then,
 before removing anything, checks the snapshot (or the newest) decrypts and restores into a
 throw-away etcd. Then: removes the replicas left (their data belongs to the lost cluster), creates
@@ -24,14 +25,14 @@ from flows.params import ClusterName, Connection, documented
 from haplane.node import ApiServerSpec, EtcdSpec, RestoreSpec, peer_url
 from haplane.observe import now_utc
 from haplane.plans import plan_add
-from haplane.restore import RestorePlan, plan_restore
+from haplane.restore import RestorePlan, plan_restore, quorum_view
 from tasks.cluster import cluster_lock, load_spec, observe_cluster, publish_report, zones_of
 from tasks.compute import submit_create_vm, submit_delete_vm
 from tasks.etcd import wait_quorum
 from tasks.network import submit_pool_remove, submit_target_pool
 from tasks.operations import Step, apply, apply_all
 from tasks.pki import operator_tls, submit_configure_replica
-from tasks.snapshots import check_restorable, last_revision_seen
+from tasks.snapshots import check_restorable, last_revision_seen, probe_quorum
 from tasks.steps import Change
 
 
@@ -56,7 +57,8 @@ def restore_cluster(
         state = observe_cluster(cluster, spec.region, connection)
         meta = check_restorable(spec, snapshot, storage)  # refuses a snapshot that cannot work: nothing changed
         seen = last_revision_seen(change.gce(), spec, operator_tls(cluster))
-        plan = plan_restore(state, meta, seen, now_utc(), change.change_id, spec.zones, size)
+        view = quorum_view(probe_quorum(spec, connection))
+        plan = plan_restore(state, view, meta, seen, now_utc(), change.change_id, spec.zones, size)
         logger.warning("%s", plan.loss())
         create_markdown_artifact(plan.markdown() + f"\n\n- change id: `{change.change_id}`", key=f"{cluster}-plan",
                                  description=f"restore-cluster plan for {cluster}")

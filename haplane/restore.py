@@ -1,8 +1,9 @@
 """Restoring a cluster that lost etcd quorum: the decision, from observed state alone. Pure.
 
 A restore is destructive (it removes every replica left and starts a new etcd cluster from a
-snapshot), so it is refused while any member still answers a linearizable read: then etcd has
-quorum, nothing needs restoring, and membership changes can repair the cluster. It says what will
+snapshot), so it needs quorum *seen* lost (:func:`quorum_view`): it is refused while any member
+answers a linearizable read (then membership changes repair the cluster), and when nothing answers
+this worker at all (that may be a network or credentials problem, not a dead cluster). It says what will
 be lost: everything written after the snapshot (its revision against the last revision a surviving
 member reported, and the time since it was taken).
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from enum import StrEnum
 
 from haplane.observe import ClusterState
 from haplane.plans import PlanRefused
@@ -19,9 +21,37 @@ from haplane.snapshots import SnapshotMeta
 from haplane.topology import label_value, replica_name
 
 
-def quorum_lost(state: ClusterState) -> bool:
-    """No member answers a linearizable read although the cluster has replicas or members."""
-    return bool(state.replicas) and not any(r.etcd_ok for r in state.replicas)
+class QuorumView(StrEnum):
+    HOLDS = "holds"  # a member serves a linearizable read
+    LOST = "lost"  # seen lost: members answer but none has a leader, or no replica VM runs at all
+    UNKNOWN = "unknown"  # nothing answered this worker: lost quorum cannot be told from a network or
+    #                      credentials problem, so nothing destructive may follow
+
+
+@dataclass(frozen=True)
+class EtcdProbe:
+    """What the operator saw when it asked each running replica's etcd (see tasks.snapshots.probe_quorum)."""
+
+    running_vms: int
+    answering: tuple[str, ...] = ()  # answered maintenance/status: alive, and our credentials accepted
+    with_leader: tuple[str, ...] = ()  # ... and named a leader
+    readable: tuple[str, ...] = ()  # served a linearizable read
+    unreachable: tuple[str, ...] = ()  # "endpoint: reason"
+
+
+def quorum_view(p: EtcdProbe) -> tuple[QuorumView, str]:
+    """Lost quorum is a fact only when seen: a member answers and has no leader, or no VM runs."""
+    if p.readable:
+        return QuorumView.HOLDS, f"{len(p.readable)} member(s) serve linearizable reads"
+    if p.running_vms == 0:
+        return QuorumView.LOST, "no replica VM of the cluster runs"
+    if p.answering and not p.with_leader:
+        return QuorumView.LOST, (f"{len(p.answering)} of {p.running_vms} running member(s) answer but none has a "
+                                 f"leader or serves a read; the others: {'; '.join(p.unreachable) or 'none'}")
+    if p.with_leader:
+        return QuorumView.UNKNOWN, "members name a leader but serve no read (an election?): look again shortly"
+    return QuorumView.UNKNOWN, ("no etcd member answered this worker (" + "; ".join(p.unreachable) + "): that is "
+                                "not proof of lost quorum; check the network and the operator's certificate")
 
 
 @dataclass(frozen=True)
@@ -76,19 +106,22 @@ def grow_size(state: ClusterState, snapshot: SnapshotMeta, size: int | None) -> 
     return n
 
 
-def plan_restore(state: ClusterState, snapshot: SnapshotMeta, last_revision_seen: int | None, now: dt.datetime,
-                 change_id: str, zones: list[str], size: int | None = None) -> RestorePlan:
-    """Refuses while quorum holds (unless this change's restored replica already exists: a resumed run)."""
+def plan_restore(state: ClusterState, view: tuple[QuorumView, str], snapshot: SnapshotMeta,
+                 last_revision_seen: int | None, now: dt.datetime, change_id: str, zones: list[str],
+                 size: int | None = None) -> RestorePlan:
+    """Refuses unless quorum is seen lost (a resumed run, whose restored replica exists, goes on)."""
     name = replica_name(state.cluster, change_id, 0)
     ours = label_value(change_id)  # the restored replica and those grown after it carry this change's label
     resuming = any(r.name == name or (r.change or "").startswith(ours) for r in state.vms)
     if not resuming:
-        answering = [r.name for r in state.replicas if r.etcd_ok]
-        if answering:
+        verdict, why = view
+        if verdict is QuorumView.HOLDS:
             raise PlanRefused(
-                f"cluster {state.cluster!r} still has etcd quorum ({', '.join(answering)} answer linearizable "
-                f"reads): nothing needs restoring and nothing was changed; replace failed replicas with "
-                f"replace-replica (or let the health check do it)")
+                f"cluster {state.cluster!r} still has etcd quorum ({why}): nothing needs restoring and nothing "
+                f"was changed; replace failed replicas with replace-replica (or let the health check do it)")
+        if verdict is QuorumView.UNKNOWN:
+            raise PlanRefused(f"cannot tell whether {state.cluster!r} lost etcd quorum: {why}. A restore removes "
+                              f"every replica, so it needs quorum seen lost; nothing was changed")
     if snapshot.cluster != state.cluster:
         raise PlanRefused(f"snapshot {snapshot.snapshot_id} is of cluster {snapshot.cluster!r}, not {state.cluster!r}")
     if not zones:

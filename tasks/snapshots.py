@@ -21,6 +21,7 @@ from haplane import snapshots as snap
 from haplane.etcd import EndpointStatus, EtcdClient, EtcdError, EtcdTLS
 from haplane.gce import Gce
 from haplane.node import client_url, find_etcd
+from haplane.restore import EtcdProbe
 from haplane.snapshot_store import SnapshotStore
 from haplane.topology import LABEL_CLUSTER
 from tasks.steps import probe
@@ -202,3 +203,31 @@ def check_restorable(spec: ClusterSpec, snapshot_id: str | None, storage: str | 
     get_run_logger().info("snapshot %s decrypts and restores (%d keys in a trial etcd)", meta.snapshot_id,
                           checked.keys_served)
     return meta
+
+
+@probe(task_run_name="is etcd quorum of {spec.cluster} lost")
+def probe_quorum(spec: ClusterSpec, connection: str | None) -> EtcdProbe:
+    """Ask every running replica's etcd: status (alive, credentials accepted, leader) and a linearizable read."""
+    from blocks.cluster import resolve_gce
+    from tasks.pki import operator_tls
+
+    gce = resolve_gce(connection)
+    instances = gce.list_instances(gce.list_zones(spec.region), labels={LABEL_CLUSTER: spec.cluster})
+    endpoints = [client_url(i.internal_ip) for i in instances if i.status == "RUNNING" and i.internal_ip]
+    tls = operator_tls(spec.cluster)
+    if not endpoints or tls is None:
+        why = () if tls else (f"no operator certificate: the PKI block {block_name(spec.cluster)} is missing",)
+        return EtcdProbe(running_vms=len(endpoints), unreachable=why)
+    answering, with_leader, readable, unreachable = [], [], [], []
+    with closing(EtcdClient(endpoints, tls=tls, timeout=3.0)) as client:
+        for st in client.statuses():
+            if isinstance(st, EndpointStatus):
+                answering.append(st.endpoint)
+                if st.leader_id:
+                    with_leader.append(st.endpoint)
+                if client.health(st.endpoint).healthy:
+                    readable.append(st.endpoint)
+            else:
+                unreachable.append(f"{st.endpoint}: {st.reason}")
+    return EtcdProbe(running_vms=len(endpoints), answering=tuple(answering), with_leader=tuple(with_leader),
+                     readable=tuple(readable), unreachable=tuple(unreachable))
