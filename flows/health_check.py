@@ -91,6 +91,10 @@ def _check(cluster: str, connection: str | None, dry_run: bool, policy: Policy) 
         emit("haplane.replica.unhealthy", replica_resource(cluster, f.replica),
              {"zone": f.zone, "problem": f.problem.value, "detail": f.detail})
     publish_verdict(verdict)
+    if verdict.action is Action.UNKNOWN:  # never acted on: a person must look
+        logger.warning("%s", verdict.reason)
+        emit("haplane.cluster.unknown", cluster_resource(cluster),
+             {"reason": verdict.reason[:500], "unknown": [u.text for u in verdict.unknowns]})
     if verdict.unremediable:
         emit("haplane.cluster.cannot-remediate", cluster_resource(cluster),
              {"reason": verdict.reason, "replicas": dict(verdict.unremediable)})

@@ -37,6 +37,8 @@ SkipSnapshot = Annotated[bool, Field(description="Change the cluster without tak
                                                  "first (only when snapshots fail and the change cannot wait)")]
 Connection = Annotated[str | None, Field(description="Name of a haplane-gce-connection block; empty: "
                                                       "HAPLANE_GCE_ENDPOINT / HAPLANE_PROJECT of the worker")]
+ChangeId = Annotated[str | None, Field(description="Repeat to resume a failed run")]
+DryRun = Annotated[bool, Field(description="Plan and publish the plan, change nothing")]
 
 
 def documented(fn):

@@ -20,15 +20,15 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from pydantic import Field
 
-from flows.add_replica import join_replica
 from flows.params import ClusterName, Connection, documented
 from haplane.node import ApiServerSpec, EtcdSpec, RestoreSpec, peer_url
 from haplane.observe import now_utc
 from haplane.plans import plan_add
 from haplane.restore import RestorePlan, plan_restore, quorum_view
-from tasks.cluster import cluster_lock, load_spec, observe_cluster, publish_report, zones_of
+from tasks.cluster import cluster_lock, load_spec, observe_cluster, publish_plan, publish_report, zones_of
 from tasks.compute import submit_create_vm, submit_delete_vm
 from tasks.etcd import wait_quorum
+from tasks.execute import Run, execute
 from tasks.network import submit_pool_remove, submit_target_pool
 from tasks.operations import Step, apply, apply_all
 from tasks.pki import operator_tls, submit_configure_replica
@@ -98,7 +98,9 @@ def restore_cluster(
             current = observe_cluster(cluster, spec.region, connection)
             if len(current.voting) >= plan.grow_to:
                 break
-            join_replica(grow, current, plan_add(current, None, grow.change_id, known, spec.zones))
+            addition = plan_add(current, None, grow.change_id, known, spec.zones)
+            publish_plan(addition, grow)
+            execute(Run(grow, spec), addition)
     total_s = time.monotonic() - started
     lost = "unknown" if plan.lost_revisions is None else str(plan.lost_revisions)
     note = (f"restored from {meta.snapshot_id} (revision {meta.revision}); lost revisions {lost}, up to "

@@ -13,12 +13,15 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
-from haplane.observe import ClusterState
+from haplane.model import ClusterState
 from haplane.plans import PlanRefused
 from haplane.quorum import VALID_SIZES
-from haplane.snapshots import SnapshotMeta
 from haplane.topology import label_value, replica_name
+
+if TYPE_CHECKING:  # a pure module: the snapshot's metadata is only read here
+    from haplane.snapshots import SnapshotMeta
 
 
 class QuorumView(StrEnum):

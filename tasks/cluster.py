@@ -20,11 +20,13 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import concurrency
 
+from blocks import delete_block_document
 from blocks.cluster import ClusterSpec, resolve_gce
-from haplane.observe import ClusterState, observe
+from haplane.model import ClusterState
+from haplane.observe import observe
 from haplane.plans import Plan
 from haplane.topology import ClusterNames
-from tasks.pki import load_cas
+from tasks.pki import read_cas
 from tasks.steps import Change, probe
 
 LOCK_WAIT_S = 10.0
@@ -85,14 +87,26 @@ def load_spec(cluster: str) -> ClusterSpec:
                          f"(create it with create-cluster)") from exc
 
 
+@probe(task_run_name="{step}")
+def save_spec(cluster: str, spec: ClusterSpec, step: str = "spec") -> None:
+    """Save the cluster's intended settings as block ``<cluster>-spec`` (create-cluster)."""
+    spec.save(ClusterNames(cluster).spec_block, overwrite=True)
+
+
+@probe(task_run_name="{step}")
+def delete_spec(cluster: str, step: str = "spec") -> None:
+    delete_block_document(ClusterNames(cluster).spec_block, ClusterSpec.get_block_type_slug())
+
+
 @probe(task_run_name="observe {cluster}")
 def observe_cluster(cluster: str, region: str, connection: str | None) -> ClusterState:
     """Rebuild the cluster's picture from GCE and etcd (never cached)."""
-    cas = load_cas(cluster)
+    cas, problem = read_cas(cluster)
     from haplane.etcd import EtcdTLS
 
     tls = EtcdTLS.from_cas(cas) if cas else None
-    return observe(resolve_gce(connection), cluster, region, tls, cas.ca.cert_pem if cas else None)
+    return observe(resolve_gce(connection), cluster, region, tls, cas.ca.cert_pem if cas else None,
+                   pki_problem=problem)
 
 
 @probe(task_run_name="zones of {region}")

@@ -25,14 +25,30 @@ def load_cas(cluster: str) -> ClusterCAs | None:
         return None
 
 
+def read_cas(cluster: str) -> tuple[ClusterCAs | None, str | None]:
+    """The cluster's CAs, or None and why they could not be read (absent, or unreadable)."""
+    name = block_name(cluster)
+    try:
+        return ClusterPKI.load(name).to_cas(), None
+    except ObjectNotFound:
+        return None, f"the PKI block {name} does not exist"
+    except ValueError as exc:
+        if "Unable to find" in str(exc):  # how Prefect's Block.load says a block does not exist
+            return None, f"the PKI block {name} does not exist"
+        return None, f"the PKI block {name} could not be read (ValueError)"
+    except Exception as exc:  # noqa: BLE001 - any failure to read it is "unknown", never "no PKI"
+        # the type only: a message could quote the block's content
+        return None, f"the PKI block {name} could not be read ({type(exc).__name__})"
+
+
 def operator_tls(cluster: str) -> EtcdTLS | None:
     """The operator's etcd client credentials, for use inside a task (never return them)."""
     cas = load_cas(cluster)
     return EtcdTLS.from_cas(cas) if cas else None
 
 
-@probe(task_run_name="ensure cluster PKI")
-def ensure_cluster_pki(cluster: str) -> str:
+@probe(task_run_name="{step}")
+def ensure_cluster_pki(cluster: str, step: str = "pki") -> str:
     """Create the cluster CA and etcd CA once; later runs keep the saved ones. Returns the block name."""
     name = block_name(cluster)
     if load_cas(cluster) is None:
@@ -41,8 +57,8 @@ def ensure_cluster_pki(cluster: str) -> str:
     return name
 
 
-@probe(task_run_name="delete cluster PKI")
-def delete_cluster_pki(cluster: str) -> None:
+@probe(task_run_name="{step}")
+def delete_cluster_pki(cluster: str, step: str = "pki") -> None:
     delete_block_document(block_name(cluster), ClusterPKI.get_block_type_slug())
 
 

@@ -26,6 +26,9 @@ from haplane.snapshot_store import SnapshotStore
 from haplane.topology import LABEL_CLUSTER
 from tasks.steps import probe
 
+# the changes that start with a verified snapshot (create has nothing to save; delete removes the key)
+SNAPSHOT_BEFORE = frozenset({"add-replica", "remove-replica", "replace-replica"})
+
 
 class SnapshotFailed(RuntimeError):
     """A snapshot taken before a change failed: the change is stopped before it starts."""

@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from haplane.observe import ClusterState, ReplicaState
+from haplane.model import ClusterState, ReplicaState
 from haplane.plans import PlanRefused
 from haplane.restore import EtcdProbe, QuorumView, plan_restore, quorum_view
 from haplane.snapshots import SnapshotMeta
