@@ -60,8 +60,8 @@ def restore_cluster(
         view = quorum_view(probe_quorum(spec, connection))
         plan = plan_restore(state, view, meta, seen, now_utc(), change.change_id, spec.zones, size)
         logger.warning("%s", plan.loss())
-        create_markdown_artifact(plan.markdown() + f"\n\n- change id: `{change.change_id}`", key=f"{cluster}-plan",
-                                 description=f"restore-cluster plan for {cluster}")
+        create_markdown_artifact(plan.markdown() + f"\n\n- change id: `{change.change_id}`", key=f"{cluster}-restore",
+                                 description=f"restore-cluster plan for {cluster}: what is lost, what is done")
         if dry_run:
             return plan
 

@@ -156,7 +156,7 @@ def test_restore_after_losing_two_of_three_replicas(cloud, gcs, prefect_api):
     arts = httpx.post(f"{prefect_api.url}/artifacts/filter", json={"limit": 200}, timeout=30).text
     assert key not in logs and key not in arts
 
-    plan = _artifact(prefect_api, f"{cluster}-plan")["data"]
+    plan = _artifact(prefect_api, f"{cluster}-restore")["data"]
     assert f"revision {good.revision}" in plan and f"last seen {last}" in plan
     print(f"\nrestore figures: snapshot revision {good.revision}, last revision seen {last}: "
           f"{last - good.revision} revision(s) lost; snapshot {good.age_s(dt.datetime.now(dt.UTC)):.0f} s old; "
