@@ -40,6 +40,7 @@ class EtcdProbe:
     with_leader: tuple[str, ...] = ()  # ... and named a leader
     readable: tuple[str, ...] = ()  # served a linearizable read
     unreachable: tuple[str, ...] = ()  # "endpoint: reason"
+    vms: int | None = None  # replica VMs in any state (None: as many as run)
 
 
 def quorum_view(p: EtcdProbe) -> tuple[QuorumView, str]:
@@ -47,7 +48,9 @@ def quorum_view(p: EtcdProbe) -> tuple[QuorumView, str]:
     if p.readable:
         return QuorumView.HOLDS, f"{len(p.readable)} member(s) serve linearizable reads"
     if p.running_vms == 0:
-        return QuorumView.LOST, "no replica VM of the cluster runs"
+        if p.vms:  # stopped VMs keep their data: starting them may bring quorum back
+            return QuorumView.UNKNOWN, f"{p.vms} replica VM(s) exist but none runs: start them first"
+        return QuorumView.LOST, "the cluster has no replica VM left"
     if p.answering and not p.with_leader:
         return QuorumView.LOST, (f"{len(p.answering)} of {p.running_vms} running member(s) answer but none has a "
                                  f"leader or serves a read; the others: {'; '.join(p.unreachable) or 'none'}")

@@ -220,7 +220,7 @@ def probe_quorum(spec: ClusterSpec, connection: str | None) -> EtcdProbe:
     tls = operator_tls(spec.cluster)
     if not endpoints or tls is None:
         why = () if tls else (f"no operator certificate: the PKI block {block_name(spec.cluster)} is missing",)
-        return EtcdProbe(running_vms=len(endpoints), unreachable=why)
+        return EtcdProbe(running_vms=len(endpoints), unreachable=why, vms=len(instances))
     answering, with_leader, readable, unreachable = [], [], [], []
     with closing(EtcdClient(endpoints, tls=tls, timeout=3.0)) as client:
         for st in client.statuses():
@@ -233,4 +233,4 @@ def probe_quorum(spec: ClusterSpec, connection: str | None) -> EtcdProbe:
             else:
                 unreachable.append(f"{st.endpoint}: {st.reason}")
     return EtcdProbe(running_vms=len(endpoints), answering=tuple(answering), with_leader=tuple(with_leader),
-                     readable=tuple(readable), unreachable=tuple(unreachable))
+                     readable=tuple(readable), unreachable=tuple(unreachable), vms=len(instances))

@@ -35,7 +35,8 @@ def _r(name: str, zone: str = "europe-west1-b", change: str | None = None) -> Re
 @pytest.mark.parametrize(("probe", "view"), [
     (EtcdProbe(3, answering=("a", "b"), with_leader=("a", "b"), readable=("a",)), QuorumView.HOLDS),
     (EtcdProbe(1, answering=("a",), unreachable=()), QuorumView.LOST),  # alive, no leader: seen lost
-    (EtcdProbe(0), QuorumView.LOST),  # GCE says no replica VM runs
+    (EtcdProbe(0, vms=0), QuorumView.LOST),  # GCE says the cluster has no VM left
+    (EtcdProbe(0, vms=2), QuorumView.UNKNOWN),  # stopped VMs keep their data: start them first
     (EtcdProbe(3, unreachable=("a: TLS handshake failed", "b: timed out", "c: timed out")), QuorumView.UNKNOWN),
     (EtcdProbe(2, answering=("a",), with_leader=("a",)), QuorumView.UNKNOWN),  # an election, not a loss
 ])
