@@ -17,10 +17,11 @@ from pydantic import Field
 
 from blocks.cluster import ClusterSpec
 from flows.change import run_change
-from flows.params import ChangeId, ClusterName, Connection, DryRun, Size, Zone, documented
+from flows.params import ChangeId, ClusterName, Connection, DryRun, Size, Zones, documented
+from haplane.ownership import check_create, new_uid
 from haplane.plans import Plan, plan_create
 from haplane.topology import check_cluster_name
-from tasks.cluster import zones_of
+from tasks.cluster import gce_footprint, spec_where, zones_of
 from tasks.steps import Change
 
 
@@ -29,7 +30,7 @@ from tasks.steps import Change
 def create_cluster(
     cluster: ClusterName,
     region: Annotated[str, Field(description="GCE region, e.g. europe-west1", pattern=r"^[a-z]+-[a-z]+[0-9]+$")],
-    zones: Annotated[list[Zone], Field(description="Zones of that region to spread replicas over", min_length=1)],
+    zones: Annotated[Zones, Field(description="Zones of that region to spread replicas over, each once")],
     replicas: Annotated[Size, Field(description="1, 3, 5 or 7 (2 is refused: two replicas are worse than one)")] = 1,
     multizone: Annotated[bool, Field(description="MULTIZONE: keep kubelets in other zones")] = True,
     quorum_reads: Annotated[bool, Field(description="ENABLE_ETCD_QUORUM_READ: API reads go to the etcd leader")] = False,
@@ -43,10 +44,14 @@ def create_cluster(
     check_cluster_name(cluster)
     change = Change(cluster, change_id or f"create-{flow_run.get_id()}", connection)
     known = zones_of(region, connection)  # refuses an unknown region before anything else
+    project = change.gce().project
+    where = spec_where(cluster)  # a name taken anywhere is refused before anything changes
+    check_create(cluster, region, project, where, [] if where else gce_footprint(cluster, region, connection))
     spec = ClusterSpec(cluster=cluster, region=region, zones=list(zones), multizone=multizone,
                        quorum_reads=quorum_reads, machine_type=machine_type,
                        api_source_ranges=api_source_ranges or ["0.0.0.0/0"],
-                       operator_ranges=operator_ranges or ["127.0.0.0/8"])
+                       operator_ranges=operator_ranges or ["127.0.0.0/8"], project=project,
+                       uid=where.uid if where else new_uid())  # a resumed create keeps its uid
     return run_change(change, spec,
                       lambda existing, _: plan_create(cluster, region, zones, replicas, change.change_id, known,
                                                       existing),

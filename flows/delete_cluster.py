@@ -8,14 +8,18 @@ The steps: haplane.plans.plan_delete.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
+from pydantic import Field
 
 from flows.change import run_change
 from flows.params import ChangeId, ClusterName, Connection, DryRun, documented
+from haplane.ownership import SpecWhere, check_delete
 from haplane.plans import Plan, plan_delete
 from haplane.topology import check_cluster_name
-from tasks.cluster import load_spec
+from tasks.cluster import forget_cluster, gce_footprint, load_spec
 from tasks.steps import Change
 
 
@@ -26,13 +30,25 @@ def delete_cluster(
     connection: Connection = None,
     change_id: ChangeId = None,
     dry_run: DryRun = False,
+    gone: Annotated[bool, Field(description="The cluster is truly gone from GCE: remove its spec, PKI, schedule "
+                                            "and locks although GCE shows nothing of it")] = False,
 ) -> list[str] | Plan:
     check_cluster_name(cluster)
     spec = load_spec(cluster)
     change = Change(cluster, change_id or f"delete-{flow_run.get_id()}", connection)
-    plan = run_change(change, spec, lambda state, _: plan_delete(state), dry_run, report=False)
+    project = change.gce().project
+
+    def plan_for(state, _running):
+        # a view that shows nothing may be a wrong connection: never delete the CA on it
+        check_delete(cluster, project, SpecWhere(spec.region, spec.project, spec.uid),
+                     gce_footprint(cluster, spec.region, connection, ours_only=True), gone)
+        return plan_delete(state)
+
+    plan = run_change(change, spec, plan_for, dry_run, report=False)
     if dry_run:
         return plan
+    removed = forget_cluster(cluster)  # after the lock is released: its limit goes too
+    get_run_logger().info("removed %s", ", ".join(removed) or "no health schedule or lock")
     deleted = [s.arguments["name"] for s in plan.steps if s.id.startswith("vm/")]
     get_run_logger().info("deleted cluster %s: VMs %s", cluster, deleted)
     return deleted

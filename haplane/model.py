@@ -99,6 +99,7 @@ class ClusterState:
     pool_members: tuple[str, ...] = ()
     settings: dict[str, str] = field(default_factory=dict)
     membership_unknown: Unknown | None = None  # etcd's member list could not be read
+    look_alikes: tuple[str, ...] = ()  # VMs with the cluster's label but not its uid (haplane.ownership)
 
     @property
     def names(self):  # -> haplane.topology.ClusterNames (pure, imported late to keep this module standalone)

@@ -21,7 +21,15 @@ from haplane.etcd import EndpointStatus, EtcdClient, EtcdError, EtcdTLS, Member
 from haplane.gce import Gce, Instance
 from haplane.model import MISSING, ClusterState, ReplicaState, Unknown
 from haplane.node import APISERVER_PORT, ETCD_CLIENT_PORT, client_url, peer_url
-from haplane.topology import LABEL_CHANGE, LABEL_CLUSTER, LABEL_MULTIZONE, LABEL_QUORUM_READS, ClusterNames
+from haplane.ownership import owned
+from haplane.topology import (
+    LABEL_CHANGE,
+    LABEL_CLUSTER,
+    LABEL_MULTIZONE,
+    LABEL_QUORUM_READS,
+    LABEL_UID,
+    ClusterNames,
+)
 
 __all__ = ["ClusterState", "ReplicaState", "Unknown", "observe", "now_utc"]
 
@@ -55,7 +63,8 @@ def _etcd_check(names: ClusterNames) -> str:
 
 
 def observe(gce: Gce, cluster: str, region: str, tls: EtcdTLS | None, ca_pem: str | None,
-            zones: list[str] | None = None, pki_problem: str | None = None) -> ClusterState:
+            zones: list[str] | None = None, pki_problem: str | None = None,
+            uid: str | None = None) -> ClusterState:
     """The cluster as GCE and etcd see it now; what could not be seen is recorded as unknown.
 
     ``tls``/``ca_pem`` None (with ``pki_problem`` saying why) means the cluster's PKI could not be
@@ -63,6 +72,9 @@ def observe(gce: Gce, cluster: str, region: str, tls: EtcdTLS | None, ca_pem: st
     names = ClusterNames(cluster)
     zones = zones or gce.list_zones(region)
     instances = gce.list_instances(zones, labels={LABEL_CLUSTER: cluster})
+    # a VM with the cluster's label but not its uid is a look-alike: reported, never judged or touched
+    look_alikes = tuple(sorted(f"{i.name} ({i.zone})" for i in instances if not owned(i.labels.get(LABEL_UID), uid)))
+    instances = [i for i in instances if owned(i.labels.get(LABEL_UID), uid)]
     address = gce.get_address(region, names.address)
     rule = gce.get_forwarding_rule(region, names.forwarding_rule)
     pool = gce.get_target_pool(region, names.target_pool)
@@ -136,7 +148,7 @@ def observe(gce: Gce, cluster: str, region: str, tls: EtcdTLS | None, ca_pem: st
         cluster=cluster, region=region, replicas=tuple(replicas),
         endpoint_ip=address.address if address else None, address_status=address.status if address else None,
         load_balancer=rule is not None, target_pool=pool is not None, pool_members=pool_names,
-        settings=settings, membership_unknown=membership_unknown,
+        settings=settings, membership_unknown=membership_unknown, look_alikes=look_alikes,
     )
 
 

@@ -1,6 +1,6 @@
 """What the scheduled health check does about a cluster: replace which replica, or why not. Pure.
 
-Input: the observed :class:`~haplane.observe.ClusterState`, whether a mutating
+Input: the observed :class:`~haplane.model.ClusterState`, whether a mutating
 flow holds the cluster's lock right now, and the recent remediation attempts
 (replace-replica runs the health check started, with their outcome). Output: a
 :class:`Verdict`. The shape is Cluster API's control-plane remediation:

@@ -27,7 +27,7 @@ from haplane.node import ApiServerSpec, EtcdSpec, peer_url
 from haplane.plans import Plan
 from haplane.steps import PlanStep, StepKind, resolve
 from haplane.topology import ClusterNames
-from tasks.cluster import delete_spec, save_spec
+from tasks.cluster import check_gone_from_gce, delete_spec, save_spec
 from tasks.compute import submit_create_vm, submit_delete_vm
 from tasks.etcd import add_learner, move_leader_away, promote, remove_member, wait_quorum
 from tasks.network import (
@@ -137,7 +137,9 @@ LOCAL: dict[StepKind, Callable[[Run, PlanStep, dict[str, Any]], dict[str, Any] |
                                                              a["name"], list(a["healthy_ids"]), step=s.id),
     StepKind.REMOVE_MEMBER: lambda run, s, a: remove_member(run.change, s.id, list(a["member_ips"]),
                                                             a["member_id"], a["name"]),
-    StepKind.DELETE_PKI: lambda run, s, a: delete_cluster_pki(run.change.cluster, step=s.id),
+    StepKind.DELETE_PKI: lambda run, s, a: (check_gone_from_gce(run.change.cluster, run.spec.region,
+                                                                run.change.connection),
+                                            delete_cluster_pki(run.change.cluster, step=s.id)),
     StepKind.DELETE_SPEC: lambda run, s, a: delete_spec(run.change.cluster, step=s.id),
 }
 

@@ -15,6 +15,7 @@ from haplane.etcd import EtcdTLS
 from haplane.gce import OpRef
 from haplane.node import ApiServerSpec, EtcdSpec, NodeSpec, RestoreSpec
 from haplane.pki import ClusterCAs, create_cluster_cas, issue_replica_certs, node_tls
+from haplane.secrets import call_carrying_secrets
 from tasks.steps import Change, checkpoint, probe
 
 
@@ -52,7 +53,9 @@ def ensure_cluster_pki(cluster: str, step: str = "pki") -> str:
     """Create the cluster CA and etcd CA once; later runs keep the saved ones. Returns the block name."""
     name = block_name(cluster)
     if load_cas(cluster) is None:
-        ClusterPKI.from_cas(create_cluster_cas(cluster)).save(name, overwrite=False)
+        # the request carries the CA keys: an error must not carry it onwards
+        call_carrying_secrets(f"saving block {name}", (), ClusterPKI.from_cas(create_cluster_cas(cluster)).save,
+                              name, overwrite=False)
         get_run_logger().info("created the cluster CA and etcd CA in block %s", name)
     return name
 

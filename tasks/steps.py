@@ -35,6 +35,17 @@ class Change:
         return resolve_gce(self.connection)
 
 
+def cluster_uid(cluster: str) -> str | None:
+    """The cluster's uid from its spec (None: no spec, or a cluster from before uids)."""
+    from blocks.cluster import ClusterSpec
+    from haplane.topology import ClusterNames
+
+    try:
+        return ClusterSpec.load(ClusterNames(cluster).spec_block).uid
+    except ValueError:
+        return None
+
+
 def step_key(context: Any, parameters: dict[str, Any]) -> str:
     change: Change = parameters["change"]
     # the key names a file in the result store: the step is one path component, so that a step
