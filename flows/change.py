@@ -44,7 +44,7 @@ def run_change(change: Change, spec: ClusterSpec, plan_for: PlanFor, dry_run: bo
         plan = plan_for(observe(), True)
         publish_plan(plan, change)
         if plan.action in SNAPSHOT_BEFORE:
-            snapshot_before_change(spec, change.connection, plan.action, skip_snapshot)
+            snapshot_before_change(change, spec, plan.action, skip_snapshot)
         figures = execute(Run(change, spec), plan)
     if not report:
         return plan

@@ -24,7 +24,7 @@ from haplane.node import client_url, find_etcd
 from haplane.restore import EtcdProbe
 from haplane.snapshot_store import SnapshotStore
 from haplane.topology import LABEL_CLUSTER
-from tasks.steps import probe
+from tasks.steps import Change, checkpoint, probe
 
 # the changes that start with a verified snapshot (create has nothing to save; delete removes the key)
 SNAPSHOT_BEFORE = frozenset({"add-replica", "remove-replica", "replace-replica"})
@@ -115,15 +115,22 @@ def prune(spec: ClusterSpec, store: SnapshotStore) -> list[str]:
     return [m.snapshot_id for m in drop]
 
 
-def snapshot_before_change(spec: ClusterSpec, connection: str | None, action: str, skip: bool) -> str | None:
-    """Every membership change starts with a verified snapshot; one that fails stops the change
+@checkpoint(retries=0, task_run_name="snapshot {change.cluster} before {change.change_id}", timeout_seconds=1800)
+def snapshot_for_change(change: Change, step: str, spec: ClusterSpec) -> snap.SnapshotMeta:
+    """One verified snapshot per change: a resumed run of the change finds it and does not take another."""
+    return snapshot_now.fn(spec, change.connection)
+
+
+def snapshot_before_change(change: Change, spec: ClusterSpec, action: str, skip: bool) -> str | None:
+    """Every membership change starts with a verified snapshot (one per change id: a resumed run does
+    not take another); one that fails stops the change
     (nothing changed yet) unless the caller passed ``skip_snapshot=True``. Returns the snapshot id."""
     logger = get_run_logger()
     if skip:
         logger.warning("%s on %s WITHOUT a snapshot first (skip_snapshot=True)", action, spec.cluster)
         return None
     try:
-        meta = snapshot_now(spec, connection)
+        meta = snapshot_for_change(change, "snapshot-before", spec)
     except Exception as exc:  # any failure: say so and stop before changing anything
         raise SnapshotFailed(
             f"{action} on {spec.cluster!r} stopped before changing anything: the snapshot taken before every "
