@@ -100,3 +100,9 @@ class ClusterSpec(Block):
                                                           "empty for clusters created before it was)")
     uid: str | None = Field(default=None, description="The cluster's identity, stamped on everything it creates "
                                                       "(empty for clusters created before uids)")
+    snapshot_storage: str | None = Field(
+        default=None, description="etcd snapshots go to this storage block, '<type>/<name>' (e.g. "
+                                  "'gcs-bucket/prod-snapshots'); empty: $PREFECT_HOME/haplane-snapshots")
+    snapshot_keep: int = Field(default=24, ge=1, description="Snapshots kept at most (oldest pruned first)")
+    snapshot_max_age_h: float = Field(default=168.0, gt=0, description="Snapshots older than this are pruned "
+                                                                        "(the newest is always kept)")

@@ -58,6 +58,9 @@ class ClusterPKI(Block):
         default=None, description="When the service-account key was created")
     service_account_previous_public_keys: list[str] = Field(
         default_factory=list, description="Public keys (PEM) still accepted after the last rotation")
+    snapshot_key: SecretStr | None = Field(
+        default=None, description="AES-256 key (base64) sealing the cluster's etcd snapshots at rest; "
+                                  "created by the first snapshot")
 
     @property
     def document_name(self) -> str:

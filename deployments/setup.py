@@ -11,7 +11,9 @@ Against whatever Prefect API the environment points at (``PREFECT_API_URL``: a l
    ``health-<name>`` (health checks), limit 1 each;
 6. the seven deployments of ``prefect.yaml`` (``prefect --no-prompt deploy --all``);
 7. per cluster, a health-check schedule every ``--health-interval`` seconds (slug ``health-<name>``);
-8. the automation ``haplane-health-check-on-request``: an event ``haplane.health-check.requested``
+8. per cluster, a snapshot-cluster schedule every ``--snapshot-interval`` seconds (slug
+   ``snapshot-<name>``; 0: none);
+9. the automation ``haplane-health-check-on-request``: an event ``haplane.health-check.requested``
    on resource ``haplane.cluster.<name>`` (a monitor can post it to the events API) starts a health
    check of that cluster at once.
 
@@ -31,6 +33,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 POOL = "haplane"
 HEALTH_DEPLOYMENT = "health-check/health-check"
+SNAPSHOT_DEPLOYMENT = "snapshot-cluster/snapshot-cluster"
 AUTOMATION = "haplane-health-check-on-request"
 REQUEST_EVENT = "haplane.health-check.requested"
 
@@ -102,25 +105,35 @@ def deploy(repo: Path) -> None:
     if out.returncode != 0:
         raise RuntimeError(f"prefect deploy failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
     say("deployments: create-cluster, add-replica, remove-replica, replace-replica, set-load-balancer, "
-        "delete-cluster, rotate-certificates, health-check")
+        "delete-cluster, rotate-certificates, health-check, snapshot-cluster, restore-cluster")
 
 
 def ensure_health_schedules(clusters: list[str], interval_s: float, connection: str | None) -> None:
+    ensure_cluster_schedules(HEALTH_DEPLOYMENT, "health", "health check", clusters, interval_s, connection)
+
+
+def ensure_snapshot_schedules(clusters: list[str], interval_s: float, connection: str | None) -> None:
+    if interval_s > 0:
+        ensure_cluster_schedules(SNAPSHOT_DEPLOYMENT, "snapshot", "snapshot", clusters, interval_s, connection)
+
+
+def ensure_cluster_schedules(deployment_name: str, prefix: str, what: str, clusters: list[str], interval_s: float,
+                             connection: str | None) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.schedules import IntervalSchedule
 
     schedule = IntervalSchedule(interval=dt.timedelta(seconds=interval_s))
     with get_client(sync_client=True) as client:
-        deployment = client.read_deployment_by_name(HEALTH_DEPLOYMENT)
+        deployment = client.read_deployment_by_name(deployment_name)
         existing = {s.slug: s for s in client.read_deployment_schedules(deployment.id)}
         for c in clusters:
-            slug, params = f"health-{c}", {"cluster": c, "connection": connection}
+            slug, params = f"{prefix}-{c}", {"cluster": c, "connection": connection}
             if slug in existing:
                 client.update_deployment_schedule(deployment.id, existing[slug].id, active=True, schedule=schedule,
                                                   parameters=params)
             else:
                 client.create_deployment_schedules(deployment.id, [(schedule, True)], parameters=params, slug=slug)
-            say(f"health check of {c!r} every {interval_s:g} s (schedule {slug})")
+            say(f"{what} of {c!r} every {interval_s:g} s (schedule {slug})")
 
 
 def remove_health_schedule(cluster: str) -> list[str]:
@@ -180,7 +193,7 @@ def check_health_interval(seconds: float) -> None:
 
 def setup_workspace(clusters: list[str] | None = None, health_interval: float = 300.0, connection: str | None = None,
                     project: str | None = None, endpoint: str | None = None, repo: Path = REPO,
-                    pool: str = POOL) -> dict[str, Any]:
+                    pool: str = POOL, snapshot_interval: float = 3600.0) -> dict[str, Any]:
     """Everything above; returns what was set up."""
     clusters = list(clusters or [])
     from haplane.topology import check_cluster_name
@@ -198,6 +211,7 @@ def setup_workspace(clusters: list[str] | None = None, health_interval: float = 
     ensure_limits(clusters)
     deploy(repo)
     ensure_health_schedules(clusters, health_interval, connection)
+    ensure_snapshot_schedules(clusters, snapshot_interval, connection)
     ensure_automation()
     say("done: start a worker with `prefect worker start --pool haplane --type process`")
     return {"pool": pool, "clusters": clusters, "connection": connection, "health_interval": health_interval}
@@ -209,6 +223,8 @@ def add_cli(sub: Any) -> argparse.ArgumentParser:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cluster", action="append", default=[], help="a cluster to health-check (repeatable)")
     p.add_argument("--health-interval", type=float, default=300.0, help="seconds between health checks (default 300)")
+    p.add_argument("--snapshot-interval", type=float, default=3600.0,
+                   help="seconds between etcd snapshots of each --cluster (default 3600; 0: no schedule)")
     p.add_argument("--connection", help="name of the haplane-gce-connection block the flows use "
                                         "(saved when --project is given; default name 'default')")
     p.add_argument("--project", help="GCE project: save a connection block for it")
@@ -218,5 +234,5 @@ def add_cli(sub: Any) -> argparse.ArgumentParser:
 
 def run_cli(args: argparse.Namespace) -> int:
     setup_workspace(clusters=args.cluster, health_interval=args.health_interval, connection=args.connection,
-                    project=args.project, endpoint=args.endpoint)
+                    project=args.project, endpoint=args.endpoint, snapshot_interval=args.snapshot_interval)
     return 0

@@ -18,7 +18,7 @@ from prefect.runtime import flow_run
 from pydantic import Field
 
 from flows.change import run_change
-from flows.params import ChangeId, ClusterName, Connection, DryRun, documented
+from flows.params import ChangeId, ClusterName, Connection, DryRun, SkipSnapshot, documented
 from haplane.plans import Plan, plan_add
 from tasks.cluster import load_spec, zones_of
 from tasks.steps import Change
@@ -32,9 +32,10 @@ def add_replica(
     connection: Connection = None,
     change_id: ChangeId = None,
     dry_run: DryRun = False,
+    skip_snapshot: SkipSnapshot = False,
 ) -> Plan | list[dict[str, str]]:
     spec = load_spec(cluster)
     change = Change(cluster, change_id or f"add-{flow_run.get_id()}", connection)
     known = zones_of(spec.region, connection)
     return run_change(change, spec, lambda state, _: plan_add(state, zone, change.change_id, known, spec.zones),
-                      dry_run)
+                      dry_run, skip_snapshot=skip_snapshot)

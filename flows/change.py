@@ -1,4 +1,4 @@
-"""The one shape of every mutating flow: lock -> observe -> plan -> publish -> run -> report.
+"""The one shape of every mutating flow: lock -> observe -> plan -> publish -> (snapshot) -> run -> report.
 
 create-cluster, add-replica, remove-replica, replace-replica and delete-cluster
 differ only in how they plan (a pure function of the observed cluster, from
@@ -18,6 +18,7 @@ from haplane.model import ClusterState
 from haplane.plans import Plan
 from tasks.cluster import cluster_lock, observe_cluster, publish_plan, publish_report
 from tasks.execute import Run, execute
+from tasks.snapshots import SNAPSHOT_BEFORE, snapshot_before_change
 from tasks.steps import Change, check_step_schema
 
 # plan_for(state, running): the plan for the observed ``state``; ``running`` is False in a dry run
@@ -25,10 +26,15 @@ PlanFor = Callable[[ClusterState, bool], Plan]
 
 
 def run_change(change: Change, spec: ClusterSpec, plan_for: PlanFor, dry_run: bool = False,
-               note: str = "", report: bool = True, tolerate_zones: bool = False) -> Plan | list[dict[str, str]]:
+               note: str = "", report: bool = True, tolerate_zones: bool = False,
+               skip_snapshot: bool = False) -> Plan | list[dict[str, str]]:
     """A dry run returns the plan; a run returns the replica table it leaves (or the plan, without ``report``).
     ``tolerate_zones``: a zone whose API does not answer is observed as such (the health check's zone
-    moves) instead of failing the run."""
+    moves) instead of failing the run.
+
+    A membership change (:data:`tasks.snapshots.SNAPSHOT_BEFORE`) takes and verifies an etcd snapshot
+    once its plan is accepted and before its first step; if that fails, the run stops with nothing
+    changed, unless ``skip_snapshot``."""
     def observe() -> ClusterState:
         return observe_cluster(change.cluster, spec.region, change.connection, tolerate_zones=tolerate_zones)
 
@@ -40,6 +46,8 @@ def run_change(change: Change, spec: ClusterSpec, plan_for: PlanFor, dry_run: bo
         check_step_schema(change)
         plan = plan_for(observe(), True)
         publish_plan(plan, change)
+        if plan.action in SNAPSHOT_BEFORE:
+            snapshot_before_change(change, spec, plan.action, skip_snapshot)
         figures = execute(Run(change, spec), plan)
     if not report:
         return plan

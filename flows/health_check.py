@@ -2,9 +2,10 @@
 
 Finds a VM gone or stopped, a replica that never joined etcd, a learner that
 never caught up, an etcd member unhealthy or unreachable, an API server not
-ready. A zone whose API does not answer is handled first (:mod:`flows.zone_outage`):
-after ``zone_grace_s`` its replicas move to the region's other zones, one per check,
-quorum permitting; the VMs left there are deleted once it answers again.
+ready; a cluster that lost etcd quorum is reported (event ``haplane.cluster.quorum-lost`` with the
+newest snapshot's age), never restored. A zone whose API does not answer is handled first
+(:mod:`flows.zone_outage`): after ``zone_grace_s`` its replicas move to the region's other zones,
+one per check, quorum permitting; the VMs left there are deleted once it answers again.
 Decides with the pure rules of :mod:`haplane.remediation` (one
 replacement at a time, never when quorum would be lost, back-off after
 repeated failures of the same replica) and says why in its log and in the
@@ -41,6 +42,7 @@ from flows.zone_outage import add_owed_replacement, delete_stranded, move_out_of
 from flows.zone_outage import rebalance as zone_rebalance
 from haplane.observe import now_utc
 from haplane.remediation import Action, Policy, ZoneAction, decide, decide_zones, track_outages
+from haplane.restore import QuorumView, quorum_view
 from haplane.rotation import ROTATE_DAYS, ROTATION_TARGET, WARN_DAYS, expiry_decision, may_rotate
 from haplane.topology import check_cluster_name
 from tasks.cluster import ClusterBusy, cluster_lock, load_spec, observe_cluster, publish_report, zones_of
@@ -56,6 +58,7 @@ from tasks.health import (
     replica_resource,
 )
 from tasks.pki import certificate_inventory
+from tasks.snapshots import newest_snapshot_age, probe_quorum
 
 
 @flow(name="health-check", log_prints=True)
@@ -186,6 +189,19 @@ def _check(cluster: str, connection: str | None, dry_run: bool, policy: Policy) 
     spec = load_spec(cluster)
     busy = cluster_busy(cluster)
     state = observe_cluster(cluster, spec.region, connection, tolerate_zones=True)
+    view, why = (QuorumView.HOLDS, "") if any(r.etcd_ok for r in state.replicas) else \
+        quorum_view(probe_quorum(spec, connection))
+    if view is QuorumView.LOST:
+        # no replacement can work without quorum, and none is tried; only restore-cluster can help
+        age = newest_snapshot_age(cluster, spec)
+        msg = (f"etcd of {cluster} has lost quorum: {why}. Membership changes "
+               f"cannot fix that; restore-cluster can (newest snapshot: "
+               f"{'none' if age is None else f'{age:.0f} s old'}). The health check never restores by itself.")
+        logger.error("%s", msg)
+        emit("haplane.cluster.quorum-lost", cluster_resource(cluster),
+             {"replicas": len(state.replicas), "newest_snapshot_age_s": age, "action": "run restore-cluster"})
+        publish_report(state, "health check: etcd quorum lost; run restore-cluster")
+        return Completed(message=msg[:500], data={"action": "quorum-lost", "replica": None, "reason": msg})
     attempts = remediation_history(cluster, policy.window_s)
     verdict = decide(state, attempts, now_utc(), busy=busy, policy=policy)
 

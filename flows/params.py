@@ -50,6 +50,8 @@ def _cluster_size(value: int) -> int:
 
 # An int checked by the quorum rule (so 2 is refused with the seed's reason), shown as a choice in the UI.
 Size = Annotated[int, BeforeValidator(_whole_number), AfterValidator(_cluster_size), Field(json_schema_extra={"enum": list(VALID_SIZES)})]
+SkipSnapshot = Annotated[bool, Field(description="Change the cluster without taking a verified etcd snapshot "
+                                                 "first (only when snapshots fail and the change cannot wait)")]
 Connection = Annotated[str | None, Field(description="Name of a haplane-gce-connection block; empty: "
                                                       "HAPLANE_GCE_ENDPOINT / HAPLANE_PROJECT of the worker")]
 ChangeId = Annotated[str | None, Field(description="Repeat to resume a failed run")]

@@ -18,7 +18,7 @@ from prefect.runtime import flow_run
 from pydantic import Field
 
 from flows.change import run_change
-from flows.params import ChangeId, ClusterName, Connection, DryRun, Zone, documented
+from flows.params import ChangeId, ClusterName, Connection, DryRun, SkipSnapshot, Zone, documented
 from haplane.plans import Plan, plan_remove
 from tasks.cluster import load_spec
 from tasks.steps import Change
@@ -34,6 +34,7 @@ def remove_replica(
     connection: Connection = None,
     change_id: ChangeId = None,
     dry_run: DryRun = False,
+    skip_snapshot: SkipSnapshot = False,
 ) -> Plan | list[dict[str, str]]:
     spec = load_spec(cluster)
     if delete_nodes:
@@ -41,4 +42,4 @@ def remove_replica(
                          "worker nodes; delete nodes with your node-pool tooling")
     change = Change(cluster, change_id or f"remove-{flow_run.get_id()}", connection)
     return run_change(change, spec, lambda state, _: plan_remove(state, zone, replica_name, mode=spec.load_balancer),
-                      dry_run)
+                      dry_run, skip_snapshot=skip_snapshot)

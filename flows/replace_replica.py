@@ -19,7 +19,7 @@ from prefect.runtime import flow_run
 from pydantic import Field
 
 from flows.change import run_change
-from flows.params import ChangeId, ClusterName, Connection, DryRun, documented
+from flows.params import ChangeId, ClusterName, Connection, DryRun, SkipSnapshot, documented
 from haplane.model import ClusterState
 from haplane.plans import ADD_PREFIX, Plan, plan_add, plan_replace
 from haplane.topology import label_value
@@ -37,6 +37,7 @@ def replace_replica(
     connection: Connection = None,
     change_id: ChangeId = None,
     dry_run: DryRun = False,
+    skip_snapshot: SkipSnapshot = False,
 ) -> Plan | list[dict[str, str]]:
     spec = load_spec(cluster)
     change = Change(cluster, change_id or f"replace-{flow_run.get_id()}", connection)
@@ -57,4 +58,4 @@ def replace_replica(
         addition = plan_add(state, zone, change.change_id, known, spec.zones, prefix=ADD_PREFIX)
         return replace(addition, action=ACTION)
 
-    return run_change(change, spec, plan_for, dry_run, note=f"replaced {replica_name}")
+    return run_change(change, spec, plan_for, dry_run, note=f"replaced {replica_name}", skip_snapshot=skip_snapshot)

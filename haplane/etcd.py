@@ -202,6 +202,7 @@ class EndpointStatus:
     db_size: int
     errors: tuple[str, ...] = ()
     is_learner: bool = False
+    revision: int = 0  # the member's own (possibly stale) store revision
 
     @property
     def is_leader(self) -> bool:
@@ -242,6 +243,27 @@ def _b64(data: bytes | str) -> str:
 
 def _unb64(text: str) -> bytes:
     return base64.b64decode(text)
+
+
+def json_stream(texts: Iterable[str]) -> Iterable[dict]:
+    """The JSON objects of a stream that sends them one after another (etcd's gateway for streaming
+    calls such as snapshot: not an array, and not promised to be one per line)."""
+    decoder = json.JSONDecoder()
+    buf = ""
+    for text in texts:
+        buf += text
+        while True:
+            buf = buf.lstrip()
+            if not buf:
+                break
+            try:
+                obj, end = decoder.raw_decode(buf)
+            except ValueError:
+                break  # incomplete: wait for more text
+            yield obj
+            buf = buf[end:]
+    if buf.strip():
+        raise ValueError(f"stream ended inside a JSON object ({len(buf)} characters left)")
 
 
 # ---------------------------------------------------------------- the client
@@ -345,7 +367,7 @@ class EtcdClient:
             raft_index=int(d.get("raftIndex", 0)), raft_term=int(d.get("raftTerm", 0)),
             raft_applied_index=int(d.get("raftAppliedIndex", 0)), version=d.get("version", ""),
             db_size=int(d.get("dbSize", 0)), errors=tuple(d.get("errors", ())),
-            is_learner=bool(d.get("isLearner", False)),
+            is_learner=bool(d.get("isLearner", False)), revision=int(header.get("revision", 0)),
         )
 
     def statuses(self, endpoints: Iterable[str] | None = None) -> list[EndpointStatus | EndpointUnreachable]:
@@ -422,10 +444,7 @@ class EtcdClient:
                     r.read()
                     raise _classify(endpoint, r.status_code, f"/v3/maintenance/snapshot: {r.text.strip()}")
                 with open(partial, "wb") as f:
-                    for line in r.iter_lines():
-                        if not line.strip():
-                            continue
-                        chunk = json.loads(line)
+                    for chunk in json_stream(r.iter_text()):
                         if "error" in chunk:
                             err = chunk["error"]
                             raise EtcdError(endpoint, f"snapshot: {err.get('message', err)}")
@@ -434,7 +453,7 @@ class EtcdClient:
                             data = _unb64(blob)
                             f.write(data)
                             size += len(data)
-        except httpx.TransportError as e:
+        except (httpx.TransportError, ValueError) as e:
             raise EtcdUnavailable(endpoint, f"snapshot stream broke: {type(e).__name__}: {e}") from None
         if size == 0:
             raise EtcdError(endpoint, "snapshot stream was empty")
@@ -445,6 +464,23 @@ class EtcdClient:
     def put(self, key: bytes | str, value: bytes | str) -> int:
         """Write a key; returns the revision."""
         _, d = self._cluster_call("/v3/kv/put", {"key": _b64(key), "value": _b64(value)})
+        return int(d.get("header", {}).get("revision", 0))
+
+    def put_many(self, items: Iterable[tuple[bytes | str, bytes | str]], batch: int = 100) -> int:
+        """Write many keys, ``batch`` per transaction (etcd allows 128 operations per txn by default);
+        returns the last revision."""
+        revision, ops = 0, []
+        for key, value in items:
+            ops.append({"requestPut": {"key": _b64(key), "value": _b64(value)}})
+            if len(ops) == batch:
+                revision = self._txn(ops)
+                ops = []
+        if ops:
+            revision = self._txn(ops)
+        return revision
+
+    def _txn(self, ops: list[dict]) -> int:
+        _, d = self._cluster_call("/v3/kv/txn", {"success": ops})
         return int(d.get("header", {}).get("revision", 0))
 
     def get(self, key: bytes | str) -> bytes | None:

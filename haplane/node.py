@@ -14,6 +14,9 @@ Metadata keys
 ``haplane-secrets``     JSON ``{suffix: secret version name}``: the replica's private keys, each
                         in Secret Manager (:mod:`haplane.secretstore`), read by the VM with its own
                         service account's token; a new version name is how a rotation reaches it.
+``haplane-etcd-restore`` JSON :class:`RestoreSpec`: before its first start, etcd's data dir is
+                        restored from this sealed snapshot (restore-cluster's first replica).
+``haplane-snapshot-key`` the key that opens it (a secret, like the TLS keys).
 
 A VM whose metadata has no ``haplane-etcd`` key boots nothing (a bare VM).
 Private keys travel in metadata the way kube-up's ``kube-env`` carries them;
@@ -34,6 +37,8 @@ ETCD_KEY = "haplane-etcd"
 APISERVER_KEY = "haplane-apiserver"
 TLS_PREFIX = "haplane-tls-"
 SECRETS_KEY = "haplane-secrets"
+RESTORE_KEY = "haplane-etcd-restore"
+SNAPSHOT_KEY_KEY = "haplane-snapshot-key"
 
 ETCD_CLIENT_PORT = 2379
 ETCD_PEER_PORT = 2380
@@ -96,6 +101,22 @@ class ApiServerSpec:
 
 
 @dataclass(frozen=True)
+class RestoreSpec:
+    """Where the snapshot a new etcd starts from is (``gs://`` or ``file://``) and what it must be."""
+
+    url: str
+    snapshot_id: str
+    sha256: str  # of the plain etcd snapshot inside the sealed object
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> RestoreSpec:
+        return cls(**json.loads(text))
+
+
+@dataclass(frozen=True)
 class NodeSpec:
     """Everything a replica VM needs to run its control-plane processes."""
 
@@ -103,6 +124,8 @@ class NodeSpec:
     apiserver: ApiServerSpec | None
     tls: dict[str, str]  # suffix (see TLS_FILES) -> PEM
     secret_refs: dict[str, str] = field(default_factory=dict)  # suffix -> Secret Manager version name
+    restore: RestoreSpec | None = None
+    snapshot_key: str | None = None  # opens the restore snapshot (secret)
 
     @property
     def secure(self) -> bool:
@@ -118,7 +141,9 @@ class NodeSpec:
         unknown |= set(refs) - SECRET_SUFFIXES
         if unknown:
             raise ValueError(f"unknown TLS metadata keys {sorted(unknown)}; expected {sorted(TLS_FILES)}")
-        return cls(etcd=etcd, apiserver=api, tls=tls, secret_refs=refs)
+        restore = RestoreSpec.from_json(items[RESTORE_KEY]) if items.get(RESTORE_KEY) else None
+        return cls(etcd=etcd, apiserver=api, tls=tls, secret_refs=refs, restore=restore,
+                   snapshot_key=items.get(SNAPSHOT_KEY_KEY))
 
     def to_metadata(self) -> dict[str, str]:
         items: dict[str, str] = {}
@@ -134,13 +159,19 @@ class NodeSpec:
             if set(self.secret_refs) - SECRET_SUFFIXES:
                 raise ValueError(f"only private keys go to Secret Manager, not {sorted(set(self.secret_refs) - SECRET_SUFFIXES)}")
             items[SECRETS_KEY] = json.dumps(self.secret_refs, sort_keys=True)
+        if self.restore:
+            if not self.snapshot_key:
+                raise ValueError("a restore spec needs the snapshot key that opens it")
+            items[RESTORE_KEY] = self.restore.to_json()
+            items[SNAPSHOT_KEY_KEY] = self.snapshot_key
         return items
 
 
 def public_metadata(items: dict[str, str]) -> dict[str, str]:
     """Metadata with private keys replaced by a marker: safe for logs and task results."""
     return {
-        k: ("<redacted>" if k.startswith(TLS_PREFIX) and k[len(TLS_PREFIX):] in SECRET_SUFFIXES else v)
+        k: ("<redacted>" if (k.startswith(TLS_PREFIX) and k[len(TLS_PREFIX):] in SECRET_SUFFIXES)
+            or k == SNAPSHOT_KEY_KEY else v)
         for k, v in items.items()
     }
 

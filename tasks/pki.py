@@ -8,6 +8,7 @@ account only (:mod:`haplane.secretstore`); the metadata names the versions to re
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from prefect import get_run_logger
@@ -17,7 +18,7 @@ from blocks import delete_block_document
 from blocks.pki import ClusterPKI, block_name
 from haplane.etcd import EtcdTLS
 from haplane.gce import Gce, Instance, OpRef
-from haplane.node import APISERVER_KEY, SECRET_SUFFIXES, SECRETS_KEY, ApiServerSpec, EtcdSpec, NodeSpec
+from haplane.node import APISERVER_KEY, SECRET_SUFFIXES, SECRETS_KEY, ApiServerSpec, EtcdSpec, NodeSpec, RestoreSpec
 from haplane.pki import (
     ClusterCAs,
     create_cluster_cas,
@@ -132,7 +133,7 @@ def _keys_to_secrets(change: Change, gce: Gce, vm: Instance, spec: NodeSpec) -> 
     for suffix, pem in keys.items():
         refs[suffix] = store.put(change.cluster, vm.name, suffix, pem, reader=vm.service_accounts[0])
     public = {s: pem for s, pem in spec.tls.items() if s not in keys}
-    return NodeSpec(etcd=spec.etcd, apiserver=spec.apiserver, tls=public, secret_refs=refs)
+    return dataclasses.replace(spec, tls=public, secret_refs=refs)
 
 
 @checkpoint
@@ -307,9 +308,11 @@ def delete_cluster_pki(cluster: str, step: str = "pki") -> None:
 
 @checkpoint
 def submit_configure_replica(change: Change, step: str, zone: str, name: str, endpoint_ip: str,
-                             etcd: EtcdSpec, apiserver: ApiServerSpec) -> OpRef | None:
+                             etcd: EtcdSpec, apiserver: ApiServerSpec,
+                             restore: RestoreSpec | None = None) -> OpRef | None:
     """Issue the replica's certificates and write them with its etcd and API-server settings into
-    its metadata; the VM starts what the metadata describes."""
+    its metadata; the VM starts what the metadata describes. With ``restore``, its etcd starts from
+    that snapshot (the key that opens it goes into the metadata too, never into a result)."""
     gce = change.gce()
     vm = gce.get_instance(zone, name)
     if vm is None:
@@ -322,7 +325,13 @@ def submit_configure_replica(change: Change, step: str, zone: str, name: str, en
         cas = load_cas(change.cluster)
     certs = issue_replica_certs(cas, hostname=name, internal_ip=vm.internal_ip, endpoint_ip=endpoint_ip,
                                 service_cidr=apiserver.service_cluster_ip_range)
-    spec = _keys_to_secrets(change, gce, vm, NodeSpec(etcd=etcd, apiserver=apiserver, tls=node_tls(cas, certs)))
+    key = None
+    if restore is not None:
+        from tasks.snapshots import snapshot_key
+
+        key = snapshot_key(change.cluster, create=False)
+    spec = _keys_to_secrets(change, gce, vm, NodeSpec(etcd=etcd, apiserver=apiserver, tls=node_tls(cas, certs),
+                                                      restore=restore, snapshot_key=key))
     get_run_logger().info("configuring %s: etcd member %s (%s), certificates for %s and %s",
                           name, etcd.name, etcd.initial_cluster_state, vm.internal_ip, endpoint_ip)
     return gce.set_metadata(zone, name, spec.to_metadata(), rid=change.rid(step))

@@ -1,6 +1,6 @@
 """The shape of the code: a pure core that imports in a bare interpreter, and layers that point one way.
 
-- The rules (model, plans, remediation, quorum, topology, GCE timings) import with httpx, google,
+- The rules (model, plans, remediation, restore, quorum, topology, GCE timings) import with httpx, google,
   prefect, cryptography and pydantic made unimportable: they decide, they do no I/O.
 - Nothing in flows/, tasks/, blocks/, deployments/ or the library (other than its command line)
   imports the emulator: production decisions do not depend on the test world.
@@ -18,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PURE = ["haplane.model", "haplane.gce_timings", "haplane.steps", "haplane.quorum", "haplane.topology", "haplane.plans",
-        "haplane.remediation"]
+        "haplane.remediation", "haplane.restore"]
 BLOCKED = ["httpx", "google", "prefect", "cryptography", "pydantic", "haplane.emulator"]
 
 BLOCKER = """

@@ -90,7 +90,7 @@ def test_workspace_has_pool_deployments_blocks_and_automation(prefect_api, works
     assert pool["type"] == "process"
     names = {d["name"] for d in httpx.post(f"{api}/deployments/filter", json={}, timeout=10).json()}
     assert {"create-cluster", "add-replica", "remove-replica", "replace-replica", "set-load-balancer", "delete-cluster",
-            "rotate-certificates", "health-check"} <= names
+            "rotate-certificates", "health-check", "snapshot-cluster", "restore-cluster"} <= names
     types = {b["slug"] for b in httpx.post(f"{api}/block_types/filter", json={}, timeout=10).json()}
     assert {"haplane-gce-connection", "haplane-cluster-spec", "haplane-cluster-pki"} <= types
     autos = httpx.post(f"{api}/automations/filter", json={}, timeout=10).json()

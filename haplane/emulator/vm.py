@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -38,6 +39,7 @@ from haplane.node import (
     client_url,
     etcd_argv,
     find_etcd,
+    peer_url,
     write_pki,
 )
 from haplane.processes import stop_group
@@ -253,6 +255,8 @@ class ProcessRuntime:
         wanted: dict[str, list[str]] = {}
         if spec.etcd is not None:
             wanted["etcd"] = etcd_argv(self.etcd_bin, spec.etcd, ip, m.root / "etcd-data", pki)
+            if spec.restore is not None:  # restore-cluster: etcd's data comes from a snapshot at first boot
+                wanted["etcd"] = self._restore_argv(m, spec, ip) + wanted["etcd"]
         if spec.apiserver is not None and spec.etcd is not None:
             argv = [self.python, "-m", "haplane.emulator.apiserver", "--ip", ip, "--name", m.view.name,
                     "--port", str(spec.apiserver.port), "--health-port", str(spec.apiserver.health_port),
@@ -267,6 +271,16 @@ class ProcessRuntime:
                 m.procs[name] = Proc(argv=argv, log=m.root / "logs" / f"{name}.log")
             elif proc.argv != argv:
                 proc.argv = argv  # takes effect at the next (re)start
+
+    def _restore_argv(self, m: Machine, spec: NodeSpec, ip: str) -> list[str]:
+        """The boot step that restores etcd's data dir from the snapshot in metadata, then execs etcd."""
+        restore_file = m.root / "restore.json"
+        fd = os.open(restore_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({**json.loads(spec.restore.to_json()), "key": spec.snapshot_key}, f)
+        return [self.python, "-m", "haplane.restore_boot", "--restore", str(restore_file),
+                "--data-dir", str(m.root / "etcd-data"), "--name", spec.etcd.name, "--peer-url", peer_url(ip),
+                "--token", spec.etcd.initial_cluster_token, "--"]
 
     def _forward_external(self, m: Machine, old: VmView | None, remove_all: bool = False) -> None:
         before = set(old.external_ips) if old else set()
