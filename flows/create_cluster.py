@@ -22,6 +22,8 @@ from tasks.cluster import cluster_lock, observe_cluster, publish_plan, publish_r
 from tasks.compute import submit_create_vm
 from tasks.etcd import wait_quorum
 from tasks.network import (
+    check_source_ranges,
+    default_operator_ranges,
     firewall_rules,
     submit_firewall,
     submit_forwarding_rule,
@@ -45,13 +47,18 @@ def create_cluster(
     quorum_reads: Annotated[bool, Field(description="ENABLE_ETCD_QUORUM_READ: API reads go to the etcd leader")] = False,
     machine_type: str = "e2-standard-2",
     api_source_ranges: list[str] | None = None,
-    operator_ranges: list[str] | None = None,
+    operator_ranges: Annotated[list[str] | None, Field(
+        description="CIDRs the operator (Prefect workers) reaches etcd's client port from; default: this "
+                    "worker's own egress address toward the cluster, e.g. ['203.0.113.7/32']")] = None,
     connection: Annotated[str | None, Field(description="Name of a haplane-gce-connection block")] = None,
     change_id: Annotated[str | None, Field(description="Repeat to resume a failed run")] = None,
     dry_run: bool = False,
 ) -> Plan | list[dict[str, str]]:
     logger = get_run_logger()
     check_cluster_name(cluster)
+    api_ranges = check_source_ranges(api_source_ranges or ["0.0.0.0/0"], "api_source_ranges")
+    if operator_ranges:
+        check_source_ranges(operator_ranges, "operator_ranges")
     change = Change(cluster, change_id or f"create-{flow_run.get_id()}", connection)
     names = ClusterNames(cluster)
 
@@ -67,17 +74,21 @@ def create_cluster(
         plan = plan_create(cluster, region, zones, replicas, change.change_id, known,
                            observe_cluster(cluster, region, connection))
         publish_plan(plan, change)
-        ClusterSpec(cluster=cluster, region=region, zones=list(zones), multizone=multizone,
-                    quorum_reads=quorum_reads, machine_type=machine_type,
-                    api_source_ranges=api_source_ranges or ["0.0.0.0/0"],
-                    operator_ranges=operator_ranges or ["127.0.0.0/8"]).save(names.spec_block, overwrite=True)
         ensure_cluster_pki(cluster)
 
         # The endpoint: a static IP, kept for the cluster's life (later the load balancer's IP).
         apply(change, Step(submit_reserve_address, "address", "endpoint IP", (region,)))
         endpoint_ip = change.gce().get_address(region, names.address).address
 
-        rules = firewall_rules(cluster, api_source_ranges or ["0.0.0.0/0"], operator_ranges or ["127.0.0.0/8"])
+        if not operator_ranges:
+            operator_ranges = default_operator_ranges(endpoint_ip)
+            logger.info("etcd's client port admits this worker's egress %s (operator_ranges not given; "
+                        "give them when workers reach the VMs through NAT or from other hosts)",
+                        operator_ranges[0])
+        ClusterSpec(cluster=cluster, region=region, zones=list(zones), multizone=multizone,
+                    quorum_reads=quorum_reads, machine_type=machine_type, api_source_ranges=api_ranges,
+                    operator_ranges=operator_ranges).save(names.spec_block, overwrite=True)
+        rules = firewall_rules(cluster, api_ranges, operator_ranges)
         apply_all(change, [Step(submit_firewall, f"firewall/{n}", f"firewall {n}", (n, r)) for n, r in rules.items()])
 
         # The VMs, in parallel. A single replica carries the endpoint IP itself.
