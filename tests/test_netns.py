@@ -9,6 +9,8 @@ zone is restored, the member removed during the cut does not come back as a vote
 
 from __future__ import annotations
 
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -158,3 +160,25 @@ def test_firewall_partition_and_no_stale_voter_after_restore(ns_cloud):
             assert sorted(m.name for m in members if not m.is_learner) == sorted(r["replica"] for r in others)
             time.sleep(1)
         assert etcd.get("/after-the-cut") == b"majority"
+
+
+def test_cli_network_namespaces_serves_and_cleans_up_on_sigterm(tmp_path):
+    from tests.test_emulator_cli import RUN
+
+    proc = subprocess.Popen([sys.executable, "-c", RUN, "emulator", "--port", "0", "--network", "namespaces",
+                             "--state-dir", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        network = proc.stderr.readline()
+        m = re.match(r"haplane emulator network: namespaces (hp[0-9a-f]+)-\*, VMs in (10\.\d+)\.0\.0/16", network)
+        assert m, network
+        assert proc.stdout.readline().startswith("haplane emulator ready on http://127.0.0.1:")
+        prefix, net = m.group(1), m.group(2) + "."
+        assert f"{prefix}-router" in _host_state(prefix, net)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert _host_state(prefix, net) == ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

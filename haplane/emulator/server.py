@@ -261,7 +261,7 @@ def run_cli(args: argparse.Namespace) -> int:
         netns = getattr(runtime, "network", None)
         if netns is not None:
             print(f"haplane emulator network: namespaces {netns.prefix}-*, VMs in {netns.net}, "
-                  f"this host reaches them from {netns.host_ip}", flush=True)
+                  f"this host reaches them from {netns.host_ip}", file=sys.stderr, flush=True)
         print(f"haplane emulator ready on {emulator.url}", flush=True)
         while not stop.wait(0.5):
             pass
