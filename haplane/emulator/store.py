@@ -10,6 +10,8 @@ Keys starting with ``_`` in a resource dict are internal and never served.
 IP pools (all loopback, 127.0.0.0/8): internal IPs 127.10.0.0/16, ephemeral
 external IPs 127.20.0.0/16, fresh static addresses 127.30.0.0/16; hosts .0,
 .1 and .255 of each /24 are skipped; an IP is never handed out while allocated.
+The namespaced network (:mod:`.netns`) gives its own pools instead: a /24 per
+zone for internal IPs (:class:`ZonedPool`) and external ranges in its 10.B.0.0/16.
 """
 
 from __future__ import annotations
