@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 
 import pytest
 from google.auth.credentials import AnonymousCredentials
@@ -117,6 +118,15 @@ def test_firewall_partition_and_no_stale_voter_after_restore(ns_cloud):
     assert not connects_from(netns.outside, target, ETCD_CLIENT_PORT)
     assert not connects_from(netns.outside, target, ETCD_PEER_PORT)
     assert not connects(target, ETCD_PEER_PORT), "the worker is not an etcd peer: 2380 admits replicas only"
+    # Firewall changes apply when their operation is DONE: a rule admitting the outside client
+    # opens 2379 to it, deleting the rule closes it again.
+    gce = cloud.gce
+    gce.wait(gce.insert_firewall("let-outside-in", ports=[str(ETCD_CLIENT_PORT)],
+                                 source_ranges=[f"{netns.outside_ip}/32"], source_tags=[],
+                                 target_tags=[f"{cluster}-master"], description="test", rid=str(uuid.uuid4())))
+    assert connects_from(netns.outside, target, ETCD_CLIENT_PORT)
+    gce.wait(gce.delete_firewall("let-outside-in", rid=str(uuid.uuid4())))
+    assert not connects_from(netns.outside, target, ETCD_CLIENT_PORT)
 
     # A zone partition: the follower's VM keeps running, but neither reaches nor is reached.
     victim = next(r for r in rows if r["role"] == "follower")
