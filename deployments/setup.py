@@ -9,7 +9,7 @@ Against whatever Prefect API the environment points at (``PREFECT_API_URL``: a l
 4. the variable ``haplane_repo``: the checkout the process worker runs flows from (prefect.yaml's pull step);
 5. per cluster, the global concurrency limits ``cluster-<name>`` (mutating flows) and
    ``health-<name>`` (health checks), limit 1 each;
-6. the six deployments of ``prefect.yaml`` (``prefect --no-prompt deploy --all``);
+6. the seven deployments of ``prefect.yaml`` (``prefect --no-prompt deploy --all``);
 7. per cluster, a health-check schedule every ``--health-interval`` seconds (slug ``health-<name>``);
 8. the automation ``haplane-health-check-on-request``: an event ``haplane.health-check.requested``
    on resource ``haplane.cluster.<name>`` (a monitor can post it to the events API) starts a health
@@ -101,7 +101,8 @@ def deploy(repo: Path) -> None:
                          text=True)
     if out.returncode != 0:
         raise RuntimeError(f"prefect deploy failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-    say("deployments: create-cluster, add-replica, remove-replica, replace-replica, delete-cluster, health-check")
+    say("deployments: create-cluster, add-replica, remove-replica, replace-replica, set-load-balancer, "
+        "delete-cluster, health-check")
 
 
 def ensure_health_schedules(clusters: list[str], interval_s: float, connection: str | None) -> None:
