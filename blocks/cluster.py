@@ -79,8 +79,9 @@ class ClusterSpec(Block):
     machine_type: str = Field(default="e2-standard-2", description="Machine type of each replica")
     api_source_ranges: list[str] = Field(default_factory=lambda: ["0.0.0.0/0"],
                                          description="Ranges allowed to reach the API server port")
-    operator_ranges: list[str] = Field(default_factory=lambda: ["127.0.0.0/8"],
-                                       description="Ranges the operator (Prefect worker) reaches etcd from")
+    operator_ranges: list[str] = Field(default_factory=list,
+                                       description="Ranges the operator (Prefect worker) reaches etcd from "
+                                                   "(create-cluster detects the worker's egress if none)")
     service_cidr: str = Field(default="10.0.0.0/24", description="Kubernetes service range")
     # Specs saved before this field existed were clusters of the seed's way: they read as "as-needed".
     load_balancer: EndpointMode = Field(

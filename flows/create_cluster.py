@@ -26,6 +26,7 @@ from haplane.ownership import check_create, new_uid
 from haplane.plans import Plan, plan_create
 from haplane.topology import check_cluster_name
 from tasks.cluster import gce_footprint, spec_where, zones_of
+from tasks.network import check_source_ranges
 from tasks.steps import Change
 
 
@@ -41,12 +42,17 @@ def create_cluster(
     quorum_reads: Annotated[bool, Field(description="ENABLE_ETCD_QUORUM_READ: API reads go to the etcd leader")] = False,
     machine_type: str = "e2-standard-2",
     api_source_ranges: list[str] | None = None,
-    operator_ranges: list[str] | None = None,
+    operator_ranges: Annotated[list[str] | None, Field(
+        description="CIDRs the operator (Prefect workers) reaches etcd's client port from; default: this "
+                    "worker's own egress address toward the cluster, e.g. ['203.0.113.7/32']")] = None,
     connection: Connection = None,
     change_id: ChangeId = None,
     dry_run: DryRun = False,
 ) -> Plan | list[dict[str, str]]:
     check_cluster_name(cluster)
+    api_ranges = check_source_ranges(api_source_ranges or ["0.0.0.0/0"], "api_source_ranges")
+    if operator_ranges:
+        check_source_ranges(operator_ranges, "operator_ranges")
     change = Change(cluster, change_id or f"create-{flow_run.get_id()}", connection)
     known = zones_of(region, connection)  # refuses an unknown region before anything else
     project = change.gce().project
@@ -54,8 +60,9 @@ def create_cluster(
     check_create(cluster, region, project, where, [] if where else gce_footprint(cluster, region, connection))
     spec = ClusterSpec(cluster=cluster, region=region, zones=list(zones), multizone=multizone,
                        quorum_reads=quorum_reads, machine_type=machine_type,
-                       api_source_ranges=api_source_ranges or ["0.0.0.0/0"],
-                       operator_ranges=operator_ranges or ["127.0.0.0/8"], project=project,
+                       api_source_ranges=api_ranges,
+                       operator_ranges=operator_ranges or [],  # none: the worker's egress (tasks/execute.py)
+                       project=project,
                        uid=where.uid if where else new_uid(),  # a resumed create keeps its uid
                        load_balancer=EndpointMode(load_balancer))
     return run_change(change, spec,

@@ -39,6 +39,7 @@ from tasks.cluster import (
 from tasks.compute import submit_create_vm, submit_delete_vm
 from tasks.etcd import add_learner, move_leader_away, promote, remove_member, wait_quorum
 from tasks.network import (
+    default_operator_ranges,
     firewall_rules,
     submit_delete_firewall,
     submit_delete_forwarding_rule,
@@ -97,6 +98,18 @@ def _configure(run: Run, s: PlanStep, a: dict[str, Any]) -> Step:
     return Step(submit_configure_replica, s.id, s.text, (a["zone"], a["name"], a["endpoint_ip"], etcd, api))
 
 
+def _firewall(run: Run, s: PlanStep, a: dict[str, Any]) -> Step:
+    """A cluster firewall rule; with no operator range in the spec, etcd's client port admits this
+    worker's own egress address toward the endpoint IP (reserved by the step before)."""
+    operator = run.spec.operator_ranges
+    if not operator:
+        operator = default_operator_ranges(run.change.gce().get_address(run.spec.region, run.names.address).address)
+        get_run_logger().info("etcd's client port admits this worker's egress %s (operator_ranges not given; give "
+                              "them when workers reach the VMs through NAT or from other hosts)", operator[0])
+    rule = firewall_rules(run.change.cluster, run.spec.api_source_ranges, operator)[a["name"]]
+    return Step(submit_firewall, s.id, s.text, (a["name"], rule))
+
+
 def _lb(submit: Callable, args: Callable[[dict], tuple]) -> Callable[[Run, PlanStep, dict], Step]:
     return lambda run, s, a: Step(submit, s.id, s.text, args(a), timeout=LB_WAIT_S,
                                   progress_key=f"{run.change.cluster}-load-balancer")
@@ -104,8 +117,7 @@ def _lb(submit: Callable, args: Callable[[dict], tuple]) -> Callable[[Run, PlanS
 
 GCE: dict[StepKind, Callable[[Run, PlanStep, dict[str, Any]], Step]] = {
     StepKind.RESERVE_ADDRESS: lambda run, s, a: Step(submit_reserve_address, s.id, s.text, (a["region"],)),
-    StepKind.FIREWALL: lambda run, s, a: Step(submit_firewall, s.id, s.text, (a["name"], firewall_rules(
-        run.change.cluster, run.spec.api_source_ranges, run.spec.operator_ranges)[a["name"]])),
+    StepKind.FIREWALL: _firewall,
     StepKind.CREATE_VM: lambda run, s, a: Step(submit_create_vm, s.id, s.text, (
         a["zone"], a["name"], run.spec.machine_type, run.names.labels(run.spec.multizone, run.spec.quorum_reads),
         [run.names.tag], a["nat_ip"])),

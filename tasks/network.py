@@ -5,6 +5,9 @@ Each submit looks at GCE first and returns ``None`` when its effect is already t
 
 from __future__ import annotations
 
+import ipaddress
+import socket
+
 from prefect import get_run_logger
 
 from haplane.gce import OpRef
@@ -67,6 +70,35 @@ def submit_release_address(change: Change, step: str, region: str) -> OpRef | No
     if not ours_to_delete(change, "address", names.address, region):
         return None
     return gce.delete_address(region, names.address, rid=change.rid(step))
+
+
+def check_source_ranges(ranges: list[str], parameter: str) -> list[str]:
+    """Refuse what a GCE firewall would refuse (not an IPv4 CIDR), naming the value and the fix."""
+    for value in ranges:
+        try:
+            net = ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            net = None
+        if net is None or net.version != 4:
+            raise ValueError(f"{parameter}: {value!r} is not an IPv4 range; give CIDRs such as "
+                             "'203.0.113.7/32' (one address) or '10.128.0.0/20'")
+    return list(ranges)
+
+
+def worker_egress(target_ip: str) -> str:
+    """The source address this worker's packets to ``target_ip`` leave with (the kernel's route choice).
+
+    A worker inside the VPC (or over VPN) is seen by the VMs from this address; behind NAT it is
+    not, and the operator range must be given explicitly.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect((target_ip, ETCD_CLIENT_PORT))  # UDP: chooses a route, sends nothing
+        return probe.getsockname()[0]
+
+
+def default_operator_ranges(endpoint_ip: str) -> list[str]:
+    """The operator range when none is given: this worker's own egress address toward the cluster."""
+    return [f"{worker_egress(endpoint_ip)}/32"]
 
 
 def firewall_rules(cluster: str, api_source_ranges: list[str], operator_ranges: list[str]) -> dict[str, dict]:

@@ -180,6 +180,10 @@ def test_admin_actions_and_runtime_calls(tmp_path):
         admin.stop_vm(P, Z, "m1")
         assert c.instances.get(project=P, zone=Z, instance="m1").status == "TERMINATED"
         assert not any(e["method"] == "compute.instances.stop" for e in admin.calls())
+        # a loopback network cannot partition: asked to, it refuses and changes nothing
+        with pytest.raises(EmulatorAdminError, match="--network namespaces"):
+            admin.fail_zone("us-central1-b", mode="partition")
+        assert admin.failed_zones() == []
         # zone failure: VMs killed, the zone's API answers 503 (mutating calls: no client retry)
         failed = admin.fail_zone("us-central1-b")
         assert failed["killed"] == [f"{P}/us-central1-b/m2"] and admin.failed_zones() == ["us-central1-b"]

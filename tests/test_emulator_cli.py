@@ -47,3 +47,14 @@ def test_cli_refuses_non_loopback_host(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_cli_refuses_namespaces_with_bare_before_touching_the_network(tmp_path):
+    proc = start(tmp_path, "--network", "namespaces")
+    try:
+        assert proc.wait(timeout=15) == 2
+        assert "drop --bare" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -109,9 +109,11 @@ class EmulatorAdmin:
         """Stop the VM at once, as instances.stop would (not in the call log)."""
         return self._call("POST", f"/instances/{project}/{zone}/{name}/stop")
 
-    def fail_zone(self, zone: str) -> dict:
-        """Kill every VM in ``zone``; API calls to the zone answer 503 until :meth:`restore_zone`."""
-        return self._call("POST", f"/zones/{zone}/fail")
+    def fail_zone(self, zone: str, mode: Literal["partition", "kill"] | None = None) -> dict:
+        """API calls to ``zone`` answer 503 until :meth:`restore_zone`, and its network is cut with
+        its VMs running (``partition``, the namespaced network's default) or its VMs' processes
+        die (``kill``, the loopback default)."""
+        return self._call("POST", f"/zones/{zone}/fail", params={"mode": mode} if mode else None)
 
     def restore_zone(self, zone: str) -> dict:
         return self._call("POST", f"/zones/{zone}/restore")

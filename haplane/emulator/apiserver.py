@@ -37,6 +37,7 @@ import json
 import os
 import re
 import signal
+import socketserver
 import ssl
 import sys
 import threading
@@ -89,6 +90,12 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     tls: ssl.SSLContext | None = None
+
+    def server_bind(self) -> None:
+        """Bind without HTTPServer's reverse-DNS lookup of the address (``socket.getfqdn``): a VM
+        whose resolver is unreachable (a namespaced VM) would otherwise serve seconds late."""
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
 
     def finish_request(self, request, client_address) -> None:  # type: ignore[override]
         if self.tls is not None:

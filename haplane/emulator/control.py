@@ -15,8 +15,13 @@ GET      /_emulator/instances/{project}/{zone}/{name}       status, addresses, `
 POST     /_emulator/instances/{project}/{zone}/{name}/kill  ``runtime.kill``: processes die, GCE says RUNNING
 POST     /_emulator/instances/{project}/{zone}/{name}/stop  as instances.stop, at once, not logged
 GET      /_emulator/zones                                   ``{"failed": [zones]}``
-POST     /_emulator/zones/{zone}/fail                       kill every VM in the zone; its API answers 503
-POST     /_emulator/zones/{zone}/restore                    the zone's API answers again (VMs stay killed)
+POST     /_emulator/zones/{zone}/fail[?mode=partition|kill]  the zone's API answers 503, and its network is
+                                                            cut (``partition``: VMs keep running; the
+                                                            default where the runtime can, i.e. the
+                                                            namespaced network) or its VMs' processes
+                                                            die (``kill``: the loopback default)
+POST     /_emulator/zones/{zone}/restore                    the zone's API answers again and a cut network
+                                                            reconnects (killed VMs stay killed)
 =======  =================================================  ===========================================
 
 Errors use Google's error shape too (404 unknown instance/zone/path, 400 bad spec).
@@ -93,25 +98,39 @@ class Control:
             return {"failed": sorted(ctx.store.failed_zones)}
         m = ZONE.match(path)
         if m and verb == "POST":
-            return self._zone(m.group("zone"), m.group("act"))
+            return self._zone(m.group("zone"), m.group("act"), query.get("mode"))
         m = INSTANCE.match(path)
         if m:
             return self._instance(verb, m.group("project"), m.group("zone"), m.group("name"), m.group("act"))
         raise ApiError(404, "notFound", f"No such emulator admin endpoint: {verb} {path}")
 
-    def _zone(self, zone: str, act: str) -> dict:
+    def _zone(self, zone: str, act: str, mode: str | None) -> dict:
         ctx = self.ctx
         if not ctx.catalog.has_zone(zone):
             raise not_found(f"zones/{zone}")
-        with ctx.store.lock:
-            if act == "restore":
+        if mode not in (None, "partition", "kill"):
+            raise ValueError(f"zone fault 'mode' must be 'partition' or 'kill', got {mode!r}")
+        if act == "restore":
+            with ctx.store.lock:
                 ctx.store.failed_zones.discard(zone)
-                return {"zone": zone, "failed": False, "killed": []}
-            ctx.store.failed_zones.add(zone)
+            ctx.runtime.reconnect_zone(zone)
+            return {"zone": zone, "failed": False, "killed": []}
+        with ctx.store.lock:
             victims = [vm_view(i) for (_, z, _), i in ctx.store.instances.items() if z == zone]
+        if mode != "kill":
+            if ctx.runtime.partition_zone(zone):
+                with ctx.store.lock:
+                    ctx.store.failed_zones.add(zone)
+                return {"zone": zone, "failed": True, "mode": "partition", "killed": [],
+                        "partitioned": [vm.key for vm in victims]}
+            if mode == "partition":
+                raise ValueError("this emulator's network cannot partition a zone: run it with "
+                                 "--network namespaces (root), or fail the zone with mode=kill")
+        with ctx.store.lock:
+            ctx.store.failed_zones.add(zone)
         for vm in victims:
             ctx.runtime.kill(vm)
-        return {"zone": zone, "failed": True, "killed": [vm.key for vm in victims]}
+        return {"zone": zone, "failed": True, "mode": "kill", "killed": [vm.key for vm in victims]}
 
     def _instance(self, verb: str, project: str, zone: str, name: str, act: str | None) -> dict:
         ctx = self.ctx

@@ -1,4 +1,9 @@
-"""firewalls.* (global): insert, get, list, delete. Stored and served; the emulator enforces none of them."""
+"""firewalls.* (global): insert, get, list, delete.
+
+When an insert or delete is DONE, every firewall of the emulator goes to
+``runtime.set_firewalls``: the loopback network ignores them, the namespaced
+network (:mod:`.netns`) enforces them with nftables in each VM.
+"""
 
 from __future__ import annotations
 
@@ -37,7 +42,7 @@ def insert(ctx: Ctx, call: Call) -> dict:
             if body.get(field):
                 fw[field] = body[field]
         ctx.store.firewalls[key] = fw
-    return ctx.operation(call, "insert", "firewall", link, fw_id, [])
+    return ctx.operation(call, "insert", "firewall", link, fw_id, [(1.0, lambda: enforce(ctx))])
 
 
 def get(ctx: Ctx, call: Call) -> dict:
@@ -61,5 +66,13 @@ def delete(ctx: Ctx, call: Call) -> dict:
         with ctx.store.lock:
             if ctx.store.firewalls.get(key, {}).get("id") == fw_id:
                 del ctx.store.firewalls[key]
+        enforce(ctx)
 
     return ctx.operation(call, "delete", "firewall", link, fw_id, [(1.0, gone)])
+
+
+def enforce(ctx: Ctx) -> None:
+    """Hand the current firewalls to the runtime (outside the store lock, as every runtime call)."""
+    with ctx.store.lock:
+        rules = [public(f) for f in ctx.store.firewalls.values()]
+    ctx.runtime.set_firewalls(rules)

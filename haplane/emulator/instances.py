@@ -217,7 +217,7 @@ def insert(ctx: Ctx, call: Call) -> dict:
             "network": ctx.store.link(f"projects/{call.project}/global/networks/default"),
             "subnetwork": ctx.store.link(
                 f"projects/{call.project}/regions/{ctx.catalog.region_of(zone)}/subnetworks/default"),
-            "networkIP": ctx.store.internal_ips.allocate(),
+            "networkIP": ctx.store.internal_ips.allocate(zone),
             "stackType": "IPV4_ONLY",
             "accessConfigs": [_access_config(ac) for ac in acs],
         }

@@ -173,6 +173,7 @@ def vm_view(inst: dict) -> VmView:
         internal_ip=nic["networkIP"],
         external_ips=tuple(ac["natIP"] for ac in nic.get("accessConfigs", []) if ac.get("natIP")),
         metadata={i["key"]: i.get("value", "") for i in inst["metadata"].get("items", [])},
+        tags=tuple(inst.get("tags", {}).get("items", [])),
     )
 
 

@@ -23,6 +23,7 @@ class VmView:
     internal_ip: str
     external_ips: tuple[str, ...] = ()
     metadata: dict[str, str] = field(default_factory=dict)
+    tags: tuple[str, ...] = ()  # network tags: what firewall rules' targetTags / sourceTags match
 
     @property
     def key(self) -> str:
@@ -57,6 +58,15 @@ class Runtime(Protocol):
     def clear_forwarding(self, ip: str) -> None:
         """The forwarding rule on ``ip`` was deleted."""
 
+    def set_firewalls(self, firewalls: list[dict]) -> None:
+        """The project's firewall resources changed (a network that enforces them applies these)."""
+
+    def partition_zone(self, zone: str) -> bool:
+        """Admin fault: cut the zone's network, its VMs keep running; False if this runtime cannot."""
+
+    def reconnect_zone(self, zone: str) -> None:
+        """Undo :meth:`partition_zone`."""
+
     def close(self) -> None:
         """Stop everything this runtime started."""
 
@@ -78,4 +88,10 @@ class NullRuntime:
 
     def set_forwarding(self, ip: str, backends: Callable[[], list[VmView]]) -> None: ...
     def clear_forwarding(self, ip: str) -> None: ...
+    def set_firewalls(self, firewalls: list[dict]) -> None: ...
+
+    def partition_zone(self, zone: str) -> bool:
+        return False
+
+    def reconnect_zone(self, zone: str) -> None: ...
     def close(self) -> None: ...

@@ -159,7 +159,8 @@ class Emulator:
         server.emulator = self
         self._server = server
         self._timer = Timer()
-        store = Store(self.url)
+        pools = getattr(self.runtime, "address_pools", lambda: None)()
+        store = Store(self.url, pools)
         self.store = store
         self.ops = OperationBook(store, self.latency, self._timer)
         self.ctx = Ctx(store=store, ops=self.ops, runtime=self.runtime, catalog=self.catalog,
@@ -215,6 +216,10 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--time-scale", type=float, default=1.0, help="multiply every latency by this")
     p.add_argument("--catalog", type=Path, help='JSON file adding regions: {"regions": {"R": ["a", "b"]}}')
     p.add_argument("--bare", action="store_true", help="run no processes for VMs (NullRuntime)")
+    p.add_argument("--network", choices=("loopback", "namespaces"), default="loopback",
+                   help="loopback (default, no privileges): VMs bind 127.x addresses, firewalls are stored "
+                        "only; namespaces (root, iproute2 and nftables): a network namespace per VM on a "
+                        "bridge per zone, firewalls enforced, zone failures are partitions")
     return p
 
 
@@ -228,6 +233,11 @@ def run_cli(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         print(f"haplane emulator: {exc}", file=sys.stderr)
         return 2
+    network = getattr(args, "network", "loopback")
+    if network == "namespaces" and args.bare:
+        print("haplane emulator: --network namespaces runs VM processes in their namespaces; "
+              "drop --bare (or use --network loopback)", file=sys.stderr)
+        return 2
     state_dir = Path(args.state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     if args.bare:
@@ -235,7 +245,21 @@ def run_cli(args: argparse.Namespace) -> int:
     else:
         from haplane.emulator.vm import ProcessRuntime
 
-        runtime = ProcessRuntime(state_dir)
+        netns = None
+        if network == "namespaces":
+            from haplane.emulator.netns import NamespacedNetwork, NetworkSetupError
+
+            try:
+                netns = NamespacedNetwork()
+            except NetworkSetupError as exc:
+                print(f"haplane emulator: {exc}", file=sys.stderr)
+                return 2
+        try:
+            runtime = ProcessRuntime(state_dir, network=netns)
+        except BaseException:
+            if netns is not None:
+                netns.close()
+            raise
     emulator = Emulator(host=host, port=args.port, state_dir=state_dir, runtime=runtime,
                         profile=args.profile, time_scale=args.time_scale, catalog=catalog)
     stop = threading.Event()
@@ -250,6 +274,10 @@ def run_cli(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"haplane emulator: cannot serve on {host}:{args.port}: {exc}", file=sys.stderr)
             return 1
+        netns = getattr(runtime, "network", None)
+        if netns is not None:
+            print(f"haplane emulator network: namespaces {netns.prefix}-*, VMs in {netns.net}, "
+                  f"this host reaches them from {netns.host_ip}", file=sys.stderr, flush=True)
         print(f"haplane emulator ready on {emulator.url}", flush=True)
         while not stop.wait(0.5):
             pass

@@ -10,6 +10,8 @@ Keys starting with ``_`` in a resource dict are internal and never served.
 IP pools (all loopback, 127.0.0.0/8): internal IPs 127.10.0.0/16, ephemeral
 external IPs 127.20.0.0/16, fresh static addresses 127.30.0.0/16; hosts .0,
 .1 and .255 of each /24 are skipped; an IP is never handed out while allocated.
+The namespaced network (:mod:`.netns`) gives its own pools instead: a /24 per
+zone for internal IPs (:class:`ZonedPool`) and external ranges in its 10.B.0.0/16.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import ipaddress
 import json
 import random
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from haplane.emulator.network import can_bind
@@ -51,7 +54,8 @@ class IpPool:
     def _usable(self, ip: ipaddress.IPv4Address) -> bool:
         return int(ip) & 0xFF not in (0, 1, 255)
 
-    def allocate(self) -> str:
+    def allocate(self, zone: str | None = None) -> str:
+        """A free IP (``zone`` is for :class:`ZonedPool`'s signature; one pool serves every zone)."""
         for _ in range(self._size):
             ip = self.network.network_address + self._cursor
             self._cursor = (self._cursor + 1) % self._size
@@ -75,8 +79,36 @@ class IpPool:
         self.allocated.discard(ip)
 
 
+class ZonedPool:
+    """Internal IPs from one subnet per zone (the namespaced network: a bridge per zone).
+
+    ``subnet_of(zone)`` names the zone's subnet (a /24); the pool of each is an :class:`IpPool`.
+    """
+
+    def __init__(self, subnet_of: Callable[[str], str]):
+        self.subnet_of = subnet_of
+        self.pools: dict[str, IpPool] = {}
+
+    def allocate(self, zone: str | None = None) -> str:
+        if zone is None:
+            raise ValueError("the namespaced network allocates internal IPs per zone: name the zone")
+        pool = self.pools.get(zone)
+        if pool is None:
+            pool = self.pools[zone] = IpPool(self.subnet_of(zone))
+        return pool.allocate()
+
+    def contains(self, ip: str) -> bool:
+        return any(pool.contains(ip) for pool in self.pools.values())
+
+    def release(self, ip: str) -> None:
+        for pool in self.pools.values():
+            pool.release(ip)
+
+
 class Store:
-    def __init__(self, base_url: str):
+    """``pools``: (internal, ephemeral, static) IP pools; default the loopback ranges above."""
+
+    def __init__(self, base_url: str, pools: tuple[IpPool | ZonedPool, IpPool, IpPool] | None = None):
         self.base_url = base_url
         self.lock = threading.RLock()
         self.changed = threading.Condition(self.lock)
@@ -87,9 +119,10 @@ class Store:
         self.firewalls: dict[tuple[str, str], dict] = {}
         self.http_health_checks: dict[tuple[str, str], dict] = {}
         self.health_checks: dict[tuple[str, str], dict] = {}
-        self.internal_ips = IpPool("127.10.0.0/16", ports=VM_PORTS)
-        self.ephemeral_ips = IpPool("127.20.0.0/16", ports=FORWARDED_PORTS)
-        self.static_ips = IpPool("127.30.0.0/16", ports=FORWARDED_PORTS)
+        if pools is None:
+            pools = (IpPool("127.10.0.0/16", ports=VM_PORTS), IpPool("127.20.0.0/16", ports=FORWARDED_PORTS),
+                     IpPool("127.30.0.0/16", ports=FORWARDED_PORTS))
+        self.internal_ips, self.ephemeral_ips, self.static_ips = pools
         self.failed_zones: set[str] = set()
         self._rng = random.Random()
 

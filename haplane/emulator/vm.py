@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -43,6 +44,9 @@ from haplane.node import (
     write_pki,
 )
 from haplane.processes import stop_group
+
+if TYPE_CHECKING:
+    from haplane.emulator.netns import NamespacedNetwork
 
 BACKOFF_MAX_S = 5.0
 # The pki files each process reads at start: a change to one of them restarts it (a reload). The
@@ -67,6 +71,7 @@ def service_account_flags(files: set[str], pki: Path) -> list[str]:
 class Proc:
     argv: list[str]
     log: Path
+    wrap: list[str] = field(default_factory=list)  # e.g. ["ip", "netns", "exec", NS]: where it runs
     popen: subprocess.Popen | None = None
     restarts: int = 0
     next_start: float = 0.0
@@ -80,7 +85,7 @@ class Proc:
     def spawn(self) -> None:
         with open(self.log, "ab") as log:
             self.popen = subprocess.Popen(
-                self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                self.wrap + self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
 
@@ -124,12 +129,20 @@ class Machine:
 
 
 class ProcessRuntime:
-    """The emulator's default runtime: real etcd and an API-server stand-in per VM."""
+    """The emulator's default runtime: real etcd and an API-server stand-in per VM.
 
-    def __init__(self, state_dir: Path, etcd_bin: str | None = None, python: str | None = None) -> None:
+    ``network``: None for loopback (VMs bind 127.x addresses; external and load-balancer IPs
+    are userspace forwarders; firewalls are not enforced), or a :class:`.netns.NamespacedNetwork`
+    (a namespace per VM, NAT and load balancing in a router namespace, nftables firewalls,
+    zone partitions). The runtime closes the network it was given.
+    """
+
+    def __init__(self, state_dir: Path, etcd_bin: str | None = None, python: str | None = None,
+                 network: NamespacedNetwork | None = None) -> None:
         self.state_dir = Path(state_dir)
         self.etcd_bin = etcd_bin or find_etcd()
         self.python = python or sys.executable
+        self.network = network
         self.forwarder = Forwarder()
         self._machines: dict[str, Machine] = {}
         self._lbs: dict[str, Callable[[], list[VmView]]] = {}
@@ -151,6 +164,8 @@ class ProcessRuntime:
         with self._lock:
             m = self._machine(vm)
             m.view, m.powered, m.killed = vm, True, False
+            if self.network is not None:
+                self.network.vm_up(vm)
             self._plan(m)
             self._forward_external(m, None)
             self._wake.notify_all()
@@ -161,6 +176,8 @@ class ProcessRuntime:
             old = m.view
             m.view = vm
             if m.powered:
+                if self.network is not None:
+                    self.network.vm_up(vm)  # tags may have changed: firewalls follow
                 self._plan(m)
                 self._forward_external(m, old)
             self._wake.notify_all()
@@ -178,6 +195,8 @@ class ProcessRuntime:
         self.stop(vm)
         with self._lock:
             m = self._machines.pop(vm.key, None)
+        if self.network is not None:
+            self.network.vm_gone(vm)
         if m is not None:
             shutil.rmtree(m.root, ignore_errors=True)
 
@@ -190,6 +209,8 @@ class ProcessRuntime:
             p.terminate(signal.SIGKILL)
 
     def healthy(self, vm: VmView) -> bool:
+        if self.network is not None:
+            return self.network.probe(vm.internal_ip)
         try:
             return self._health.get(f"http://{vm.internal_ip}:{HEALTH_PORT}/healthz").status_code == 200
         except httpx.HTTPError:
@@ -208,6 +229,9 @@ class ProcessRuntime:
     def set_forwarding(self, ip: str, backends: Callable[[], list[VmView]]) -> None:
         with self._lock:
             self._lbs[ip] = backends
+        if self.network is not None:
+            self.network.set_lb(ip, backends)
+            return
 
         def pick() -> tuple[str, int] | None:
             healthy = [vm for vm in backends() if self.healthy(vm)]
@@ -220,7 +244,28 @@ class ProcessRuntime:
     def clear_forwarding(self, ip: str) -> None:
         with self._lock:
             self._lbs.pop(ip, None)
+        if self.network is not None:
+            self.network.clear_lb(ip)
+            return
         self.forwarder.close(ip, APISERVER_PORT)
+
+    def set_firewalls(self, firewalls: list[dict]) -> None:
+        if self.network is not None:
+            self.network.set_firewalls(firewalls)
+
+    def partition_zone(self, zone: str) -> bool:
+        if self.network is None:
+            return False
+        self.network.partition_zone(zone)
+        return True
+
+    def reconnect_zone(self, zone: str) -> None:
+        if self.network is not None:
+            self.network.reconnect_zone(zone)
+
+    def address_pools(self):
+        """The IP pools the emulator's store should use with this runtime's network (None: loopback)."""
+        return self.network.pools() if self.network is not None else None
 
     def close(self) -> None:
         with self._lock:
@@ -228,11 +273,15 @@ class ProcessRuntime:
             machines = list(self._machines.values())
             self._wake.notify_all()
         self._supervisor.join(5)
-        for m in machines:
-            for p in m.procs.values():
-                p.terminate(grace=3.0)
-        self.forwarder.shutdown()
-        self._health.close()
+        try:
+            for m in machines:
+                for p in m.procs.values():
+                    p.terminate(grace=3.0)
+        finally:
+            self.forwarder.shutdown()
+            self._health.close()
+            if self.network is not None:
+                self.network.close()
 
     # --- internals --------------------------------------------------------
     def _machine(self, vm: VmView) -> Machine:
@@ -265,10 +314,11 @@ class ProcessRuntime:
                 argv += ["--pki-dir", str(pki)]
                 argv += service_account_flags(set(spec.tls) | set(spec.secret_refs), pki)
             wanted["apiserver"] = argv
+        wrap = self.network.exec_prefix(m.view) if self.network is not None else []
         for name, argv in wanted.items():
             proc = m.procs.get(name)
             if proc is None:
-                m.procs[name] = Proc(argv=argv, log=m.root / "logs" / f"{name}.log")
+                m.procs[name] = Proc(argv=argv, log=m.root / "logs" / f"{name}.log", wrap=wrap)
             elif proc.argv != argv:
                 proc.argv = argv  # takes effect at the next (re)start
 
@@ -283,6 +333,9 @@ class ProcessRuntime:
                 "--token", spec.etcd.initial_cluster_token, "--"]
 
     def _forward_external(self, m: Machine, old: VmView | None, remove_all: bool = False) -> None:
+        if self.network is not None:
+            self.network.set_external(m.view, powered=m.powered and not remove_all)
+            return
         before = set(old.external_ips) if old else set()
         after = set() if remove_all or not m.powered else set(m.view.external_ips)
         for ip in before - after:
