@@ -150,7 +150,8 @@ def plan_create(cluster: str, region: str, zones: list[str], replicas: int, chan
                                               f"unless they exist"),
              step(StepKind.RESERVE_ADDRESS, "address", f"reserve the static endpoint IP ({names.address})", "network",
                   region=region)]
-    steps += [step(StepKind.FIREWALL, f"firewall/{n}", f"create firewall rule {n}", "network", name=n)
+    # after the address: with no operator range given, the firewall admits the worker's egress toward it
+    steps += [step(StepKind.FIREWALL, f"firewall/{n}", f"create firewall rule {n}", "firewalls", name=n)
               for n in (names.firewall_etcd_peer, names.firewall_etcd_client, names.firewall_apiserver)]
     if with_lb:
         steps += [

@@ -332,14 +332,16 @@ def test_every_step_kind_has_an_executor():
 
 
 def test_side_by_side_steps_are_grouped_and_nothing_else():
-    """create 3: the address, the three firewall rules and the health check, then the three VMs, then the
+    """create 3: the address, then the three firewall rules (they may admit the worker's egress toward the
+    address), the health check, then the three VMs, then the
     three configurations run side by side; every other step alone, in plan order (the forwarding rule is
     submitted alone and waited for by the last step)."""
     from tasks.execute import groups
 
     plan = plan_create("c", REGION, KNOWN[:3], 3, "create-1", KNOWN, None)
     shape = [(g[0].kind.value, len(g)) for g in groups(plan.steps)]
-    assert shape == [("save-spec", 1), ("create-pki", 1), ("reserve-address", 5), ("target-pool", 1),
+    assert shape == [("save-spec", 1), ("create-pki", 1), ("reserve-address", 1), ("firewall", 3),
+                     ("health-check", 1), ("target-pool", 1),
                      ("forwarding-rule", 1), ("create-vm", 3), ("configure", 3), ("wait-quorum", 1),
                      ("wait-api", 1), ("wait-api", 1), ("wait-api", 1), ("target-pool", 1), ("await", 1)]
     assert [s.id for g in groups(plan.steps) for s in g] == list(plan.ids)
