@@ -89,13 +89,11 @@ def health_check(
                    f"this one skips")
             logger.info(msg)
             return Completed(message=msg, data={"action": "skipped", "reason": msg})
+        if rotate_days > warn_days:
+            raise ValueError(f"rotate_days ({rotate_days}) must not exceed warn_days ({warn_days}); nothing was checked")
         zone_state = _zones(cluster, connection, dry_run, zone_grace_s, rebalance)
         if zone_state is not None:
             return zone_state
-        return _check(cluster, connection, dry_run, Policy(max_failures=max_failures, backoff_base_s=backoff_s,
-                                                            backoff_max_s=max(3600.0, backoff_s)))
-        if rotate_days > warn_days:
-            raise ValueError(f"rotate_days ({rotate_days}) must not exceed warn_days ({warn_days}); nothing was checked")
         policy = Policy(max_failures=max_failures, backoff_base_s=backoff_s, backoff_max_s=max(3600.0, backoff_s))
         result = _check(cluster, connection, dry_run, policy)
         if (result.data or {}).get("action") == Action.NOTHING.value:
