@@ -11,4 +11,5 @@ pytest_plugins = [
     "tests.fixtures.prefect",
     "tests.fixtures.cluster",
     "tests.fixtures.worker",
+    "tests.fixtures.postgres",
 ]
