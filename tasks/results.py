@@ -90,7 +90,7 @@ def decode(doc: Any) -> Any:
     return IncompatibleCheckpoint(found=f"{version} (unknown kind {kind!r})")
 
 
-class CheckpointSerializer(Serializer[Any]):
+class CheckpointSerializer(Serializer):
     """Prefect result serializer for haplane's checkpoints (type ``haplane-checkpoint``)."""
 
     type: str = Field(default="haplane-checkpoint", frozen=True)
