@@ -81,6 +81,20 @@ def task_runs(api: str, flow_run_id: str) -> list[dict]:
     return httpx.post(f"{api}/task_runs/filter", json=body, timeout=10).raise_for_status().json()
 
 
+def checkpoint_steps(api: str, flow_run_id: str) -> list[tuple[str, str]]:
+    """(step, state name) of the run's checkpointed steps (tasks made with ``tasks.steps.checkpoint``)."""
+    import tasks.compute
+    import tasks.etcd
+    import tasks.network
+    import tasks.pki
+    import tasks.steps
+    from tasks.results import CheckpointTask
+
+    fns = {t.fn.__name__ for m in (tasks.compute, tasks.etcd, tasks.network, tasks.pki, tasks.steps)
+           for t in vars(m).values() if isinstance(t, CheckpointTask)}
+    return [(t["name"], t["state_name"]) for t in task_runs(api, flow_run_id) if t["task_key"].split("-")[0] in fns]
+
+
 def test_operate_on_postgresql_with_the_workspace_connection(prefect_on_postgres, two_workers, team_cloud):
     api, pg = prefect_on_postgres.url, prefect_on_postgres.postgres
     # every deployment defaults to the workspace's connection block
@@ -135,9 +149,8 @@ def test_a_change_killed_on_one_worker_resumes_on_the_other(prefect_on_postgres,
     two_workers[victim].stop(sig=9)  # the machine dies: worker and flow run, no clean-up
     survivor = next(n for n in two_workers if n != victim)
 
-    done_before = {t["cache_key"] for t in task_runs(api, killed["id"])
-                   if t["state_type"] == "COMPLETED" and t["cache_key"]}
-    assert any("/vm~" in k or "insert" in k for k in done_before), done_before
+    done_before = {step for step, state in checkpoint_steps(api, killed["id"]) if state == "Completed"}
+    assert any(s.startswith("vm/") for s in done_before) and "forwarding-rule" in done_before, done_before
     cloud.admin.clear_faults()  # the held operation completes on its own
     assert force_unlock(CLUSTER)  # as the operator would, instead of waiting out the dead run's lease
 
@@ -150,7 +163,7 @@ def test_a_change_killed_on_one_worker_resumes_on_the_other(prefect_on_postgres,
         resumed["id"] in two_workers[survivor].log.read_text()
 
     # every step the killed run had completed came back from the shared checkpoints (Cached), not run again
-    cached = {t["cache_key"] for t in task_runs(api, resumed["id"]) if t["state_name"] == "Cached"}
+    cached = {step for step, state in checkpoint_steps(api, resumed["id"]) if state == "Cached"}
     assert done_before <= cached, done_before - cached
     # and no mutating GCE call was sent twice
     mutating = cloud.mutating_calls()
