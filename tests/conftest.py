@@ -11,5 +11,6 @@ pytest_plugins = [
     "tests.fixtures.prefect",
     "tests.fixtures.cluster",
     "tests.fixtures.worker",
+    "tests.fixtures.gcs",
     "tests.fixtures.postgres",
 ]

@@ -71,20 +71,72 @@ def test_checkpoint_is_versioned_json_and_another_schema_is_refused(prefect_api,
 
 
 @pytest.fixture
-def shared_results(prefect_api, tmp_path):
-    """A LocalFileSystem block on a shared path as the workspace's result storage, as
-    ``haplane setup-workspace --result-storage`` sets it; the server's default is cleared afterwards."""
+def oauth_token_endpoint():
+    """Google's OAuth token endpoint, stood in for on loopback: prefect-gcp's GcsBucket always signs in with
+    its service-account credentials (the GCS API emulator ignores the token), and the test is offline."""
+    import http.server
+    import threading
+
+    class Token(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            body = json.dumps({"access_token": "test-token", "expires_in": 3600, "token_type": "Bearer"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Token)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/token"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(params=["local-file-system", "gcs-bucket"])
+def shared_results(request, prefect_api, tmp_path):
+    """The workspace's result storage as ``haplane setup-workspace --result-storage`` sets it: a LocalFileSystem
+    block on a shared path, or a prefect-gcp GcsBucket block on a real GCS API emulator (the production code
+    path); the server's default is cleared afterwards. Yields a function listing the stored keys."""
     from prefect.client.orchestration import get_client
     from prefect.filesystems import LocalFileSystem
 
     from deployments.setup import ensure_result_storage
 
-    root = tmp_path / "shared-results"
     name = f"results-{uuid.uuid4().hex[:6]}"
-    LocalFileSystem(basepath=str(root)).save(name)
-    ensure_result_storage(f"local-file-system/{name}")
+    if request.param == "local-file-system":
+        root = tmp_path / "shared-results"
+        LocalFileSystem(basepath=str(root)).save(name)
+
+        def stored() -> list[str]:
+            return [str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()]
+    else:
+        from prefect_gcp.cloud_storage import GcsBucket
+
+        gcs = request.getfixturevalue("gcs")
+        gcs.create_bucket(name)
+        token_uri = request.getfixturevalue("oauth_token_endpoint")
+        from prefect_gcp import GcpCredentials
+
+        made = gcs.credentials()  # a service-account key generated for the test
+        credentials = GcpCredentials(project=made.project,
+                                     service_account_info=made.service_account_info.get_secret_value()
+                                     | {"token_uri": token_uri})
+        bucket = GcsBucket(bucket=name, gcp_credentials=credentials)
+        bucket.save(name)
+
+        def stored() -> list[str]:
+            return [blob.name for blob in bucket.list_blobs()]
+    ensure_result_storage(f"{request.param}/{name}")
     try:
-        yield root
+        yield stored
     finally:
         with get_client(sync_client=True) as client:
             client.clear_server_default_result_storage()
@@ -97,7 +149,7 @@ def run_as_worker(prefect_api, home: Path, cluster: str, change_id: str, value: 
     code = ("import json, sys; from tests.test_checkpoints import change_flow; "
             "print('RESULT=' + json.dumps(change_flow(*sys.argv[1:])))")
     out = subprocess.run([sys.executable, "-c", code, cluster, change_id, value, str(marker)], env=env, cwd=REPO,
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=150)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT="))
     return json.loads(line.removeprefix("RESULT="))
@@ -107,7 +159,7 @@ def test_a_checkpoint_written_by_one_worker_is_read_by_the_other(prefect_api, sh
     cluster, change_id = f"ck-{uuid.uuid4().hex[:6]}", "replace-1"
     a = run_as_worker(prefect_api, tmp_path / "home-a", cluster, change_id, "a", tmp_path / "ran-a")
     assert a == {"op": "operation-a", "state": "Completed"} and (tmp_path / "ran-a").exists()
-    assert record_path(shared_results, cluster, change_id).exists()
+    assert f"haplane/{cluster}/{change_id}/vm~insert" in shared_results()
     assert not (tmp_path / "home-a" / "storage").exists(), "worker A wrote its checkpoint to its own home"
 
     b = run_as_worker(prefect_api, tmp_path / "home-b", cluster, change_id, "b", tmp_path / "ran-b")
