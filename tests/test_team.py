@@ -110,6 +110,9 @@ def test_operate_on_postgresql_with_the_workspace_connection(prefect_on_postgres
     assert done["parameters"]["connection"] == CONNECTION
     # the run history is in PostgreSQL
     assert pg.query(f"select state_type from flow_run where id = '{run['id']}'") == "COMPLETED"
+    # the cluster's PKI block was saved encrypted with PREFECT_SERVER_ENCRYPTION_KEY: no key in the database
+    assert pg.query("select count(*) from configuration where key = 'ENCRYPTION_KEY'") == "0"
+    assert pg.query(f"select count(*) from block_document where name = '{CLUSTER}-pki'") == "1"
     assert len(team_cloud.gce.list_instances(ZONES, labels={"haplane-cluster": CLUSTER})) == 1
 
     # an idempotency key keeps returning its run, also after that run failed; a new key starts a new run
