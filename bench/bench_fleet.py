@@ -40,6 +40,7 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # the figures, not every task run
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # tests.fixtures (PostgreSQL, Prefect server, worker helpers), flows, tasks
 
