@@ -250,7 +250,7 @@ def report(r: dict) -> None:
     measured = [c for c in checks if lo <= ts(c["expected_start_time"]) < r["end"] - args.interval]
     late = [ts(c["start_time"]) - ts(c["expected_start_time"]) for c in measured if c["start_time"]]
     never = [c for c in measured if not c["start_time"]]
-    skipped = [c for c in measured if "another health check" in (c["state"] or {}).get("message", "")]
+    skipped = [c for c in measured if "another health check" in ((c["state"] or {}).get("message") or "")]
     failed = [c for c in measured if c["state_type"] in ("FAILED", "CRASHED")]
     expected = len(r["names"]) * (r["end"] - args.interval - lo) / args.interval
 
