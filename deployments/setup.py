@@ -36,7 +36,6 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 POOL = "haplane"
 HEALTH_DEPLOYMENT = "health-check/health-check"
-DEPLOYMENTS = ("create-cluster", "add-replica", "remove-replica", "replace-replica", "delete-cluster", "health-check")
 CONNECTION_VARIABLE = "haplane_connection"
 AUTOMATION = "haplane-health-check-on-request"
 REQUEST_EVENT = "haplane.health-check.requested"
@@ -121,20 +120,25 @@ def workspace_connection(connection: str | None) -> str | None:
     return Variable.get(CONNECTION_VARIABLE, default=None) or None
 
 
-def ensure_default_connection(connection: str | None) -> None:
+def ensure_default_connection(connection: str | None, pool: str = POOL) -> None:
     """Make ``connection`` the default parameter of every deployment (deploying again resets defaults)."""
     if not connection:
         say("no connection block: runs need `connection` or HAPLANE_PROJECT on the worker")
         return
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import DeploymentUpdate
+    from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterName
 
     with get_client(sync_client=True) as client:
-        for name in DEPLOYMENTS:
-            deployment = client.read_deployment_by_name(f"{name}/{name}")
-            params = dict(deployment.parameters or {}) | {"connection": connection}
-            client.update_deployment(deployment.id, DeploymentUpdate(parameters=params))
-    say(f"default connection of every deployment: {connection!r}")
+        # every deployment of the pool that takes a connection (all of prefect.yaml's, whatever is added later)
+        deployments = client.read_deployments(work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[pool])))
+        updated = []
+        for deployment in deployments:
+            if "connection" in (deployment.parameter_openapi_schema or {}).get("properties", {}):
+                params = dict(deployment.parameters or {}) | {"connection": connection}
+                client.update_deployment(deployment.id, DeploymentUpdate(parameters=params))
+                updated.append(deployment.name)
+    say(f"default connection of {len(updated)} deployments ({', '.join(sorted(updated))}): {connection!r}")
 
 
 def ensure_result_storage(block: str) -> None:
@@ -227,7 +231,7 @@ def setup_workspace(clusters: list[str] | None = None, health_interval: float = 
     ensure_repo_variable(repo)
     ensure_limits(clusters)
     deploy(repo)
-    ensure_default_connection(connection)
+    ensure_default_connection(connection, pool)
     ensure_health_schedules(clusters, health_interval, connection)
     ensure_automation()
     say("done: start a worker with `prefect worker start --pool haplane --type process`")
