@@ -43,7 +43,14 @@ class GceConnection(Block):
 def resolve_gce(connection: str | None) -> Gce:
     """A saved :class:`GceConnection` by name, else ``HAPLANE_GCE_ENDPOINT`` / ``HAPLANE_PROJECT``."""
     if connection:
-        return GceConnection.load(connection).gce()
+        try:
+            block = GceConnection.load(connection)
+        except ValueError as exc:
+            raise ValueError(
+                f"no haplane-gce-connection block named {connection!r}: create it with `haplane setup-workspace "
+                f"--project PROJECT [--endpoint URL] --connection {connection}` (or under Blocks in the UI), or "
+                f"leave connection empty to use HAPLANE_PROJECT / HAPLANE_GCE_ENDPOINT of the worker") from exc
+        return block.gce()
     if not os.environ.get("HAPLANE_PROJECT"):
         raise ValueError(
             "no GCE connection: pass connection=<name of a haplane-gce-connection block>, "
@@ -73,3 +80,7 @@ class ClusterSpec(Block):
     operator_ranges: list[str] = Field(default_factory=lambda: ["127.0.0.0/8"],
                                        description="Ranges the operator (Prefect worker) reaches etcd from")
     service_cidr: str = Field(default="10.0.0.0/24", description="Kubernetes service range")
+    project: str | None = Field(default=None, description="GCE project the cluster lives in (recorded at create; "
+                                                          "empty for clusters created before it was)")
+    uid: str | None = Field(default=None, description="The cluster's identity, stamped on everything it creates "
+                                                      "(empty for clusters created before uids)")

@@ -180,6 +180,23 @@ def ensure_health_schedules(clusters: list[str], interval_s: float, connection: 
             say(f"health check of {c!r} every {interval_s:g} s (schedule {slug})")
 
 
+def remove_health_schedule(cluster: str) -> list[str]:
+    """Delete the cluster's health-check schedule (delete-cluster, once the cluster is gone); the slugs removed."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    slug = f"health-{cluster}"
+    with get_client(sync_client=True) as client:
+        try:
+            deployment = client.read_deployment_by_name(HEALTH_DEPLOYMENT)
+        except ObjectNotFound:
+            return []
+        gone = [s for s in client.read_deployment_schedules(deployment.id) if s.slug == slug]
+        for s in gone:
+            client.delete_deployment_schedule(deployment.id, s.id)
+    return [slug for _ in gone]
+
+
 def ensure_automation() -> None:
     from prefect.automations import Automation
     from prefect.client.orchestration import get_client
@@ -210,6 +227,14 @@ def ensure_automation() -> None:
         say(f"automation {AUTOMATION!r} updated")
 
 
+def check_health_interval(seconds: float) -> None:
+    """A schedule every 0 s (or less) would be refused by Prefect half-way through the setup, or run
+    checks back to back: refused before anything is set up."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+        raise ValueError(f"--health-interval must be a positive number of seconds, got {seconds!r}: "
+                         f"pass e.g. --health-interval 300 (every 5 minutes)")
+
+
 def setup_workspace(clusters: list[str] | None = None, health_interval: float = 300.0, connection: str | None = None,
                     project: str | None = None, endpoint: str | None = None, repo: Path = REPO,
                     pool: str = POOL, result_storage: str | None = None) -> dict[str, Any]:
@@ -219,6 +244,7 @@ def setup_workspace(clusters: list[str] | None = None, health_interval: float = 
 
     for c in clusters:
         check_cluster_name(c)
+    check_health_interval(health_interval)
     if project and not connection:
         connection = "default"
     ensure_pool(pool)

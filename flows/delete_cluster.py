@@ -3,6 +3,7 @@
 Load balancer first (forwarding rule, pool, health check), then the replica
 VMs, the endpoint IP, the firewall rules, and last the cluster's PKI and
 spec blocks. Every step looks first, so a failed run is simply run again.
+The steps: haplane.plans.plan_delete.
 """
 
 from __future__ import annotations
@@ -13,22 +14,12 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from pydantic import Field
 
-from blocks import delete_block_document
-from blocks.cluster import ClusterSpec
-from flows.params import ClusterName, documented
-from haplane.topology import ClusterNames, check_cluster_name
-from tasks.cluster import cluster_lock, load_spec, observe_cluster
-from tasks.compute import submit_delete_vm
-from tasks.network import (
-    firewall_rules,
-    submit_delete_firewall,
-    submit_delete_forwarding_rule,
-    submit_delete_health_check,
-    submit_delete_target_pool,
-    submit_release_address,
-)
-from tasks.operations import Step, apply, apply_all
-from tasks.pki import delete_cluster_pki
+from flows.change import run_change
+from flows.params import ChangeId, ClusterName, Connection, DryRun, documented
+from haplane.ownership import SpecWhere, check_delete
+from haplane.plans import Plan, plan_delete
+from haplane.topology import check_cluster_name
+from tasks.cluster import forget_cluster, gce_footprint, load_spec
 from tasks.steps import Change
 
 
@@ -36,26 +27,28 @@ from tasks.steps import Change
 @documented
 def delete_cluster(
     cluster: ClusterName,
-    connection: Annotated[str | None, Field(description="Name of a haplane-gce-connection block")] = None,
-    change_id: Annotated[str | None, Field(description="Repeat to resume a failed run")] = None,
-) -> list[str]:
+    connection: Connection = None,
+    change_id: ChangeId = None,
+    dry_run: DryRun = False,
+    gone: Annotated[bool, Field(description="The cluster is truly gone from GCE: remove its spec, PKI, schedule "
+                                            "and locks although GCE shows nothing of it")] = False,
+) -> list[str] | Plan:
     check_cluster_name(cluster)
     spec = load_spec(cluster)
     change = Change(cluster, change_id or f"delete-{flow_run.get_id()}", connection)
-    names = ClusterNames(cluster)
-    with cluster_lock(cluster):
-        state = observe_cluster(cluster, spec.region, connection)
-        apply(change, Step(submit_delete_forwarding_rule, "forwarding-rule", "delete the load balancer",
-                           (spec.region,), timeout=3600, progress_key=f"{cluster}-load-balancer"))
-        apply(change, Step(submit_delete_target_pool, "target-pool", "delete target pool", (spec.region,)))
-        apply(change, Step(submit_delete_health_check, "health-check", "delete health check"))
-        apply_all(change, [Step(submit_delete_vm, f"vm/{r.name}", f"delete VM {r.name}", (r.zone, r.name))
-                          for r in state.vms])
-        apply(change, Step(submit_release_address, "address", "release the endpoint IP", (spec.region,)))
-        rules = firewall_rules(cluster, spec.api_source_ranges, spec.operator_ranges)
-        apply_all(change, [Step(submit_delete_firewall, f"firewall/{n}", f"delete firewall {n}", (n,)) for n in rules])
-        delete_cluster_pki(cluster)
-        delete_block_document(names.spec_block, ClusterSpec.get_block_type_slug())
-    deleted = [r.name for r in state.vms]
-    get_run_logger().info("deleted cluster %s: VMs %s, endpoint %s", cluster, deleted, state.endpoint_ip)
+    project = change.gce().project
+
+    def plan_for(state, _running):
+        # a view that shows nothing may be a wrong connection: never delete the CA on it
+        check_delete(cluster, project, SpecWhere(spec.region, spec.project, spec.uid),
+                     gce_footprint(cluster, spec.region, connection, ours_only=True), gone)
+        return plan_delete(state)
+
+    plan = run_change(change, spec, plan_for, dry_run, report=False)
+    if dry_run:
+        return plan
+    removed = forget_cluster(cluster)  # after the lock is released: its limit goes too
+    get_run_logger().info("removed %s", ", ".join(removed) or "no health schedule or lock")
+    deleted = [s.arguments["name"] for s in plan.steps if s.id.startswith("vm/")]
+    get_run_logger().info("deleted cluster %s: VMs %s", cluster, deleted)
     return deleted

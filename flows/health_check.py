@@ -8,8 +8,10 @@ repeated failures of the same replica) and says why in its log and in the
 ``<cluster>-health`` artifact. Acts by running replace-replica as a subflow.
 
 Locks: the check holds ``health-<cluster>`` for its whole run, so two checks of
-one cluster never overlap; it does **not** hold ``cluster-<cluster>``: the
-replace-replica subflow takes that itself (holding it here would deadlock).
+one cluster never overlap. Before acting it takes ``cluster-<cluster>``, observes
+and decides again under it, and runs replace-replica under that same hold (the
+lock is re-entrant within a run); a cluster whose lock another flow holds is
+*skipped* (event ``haplane.cluster.busy``), never a failed remediation.
 With nothing wrong, it changes nothing.
 """
 
@@ -26,7 +28,7 @@ from flows.replace_replica import replace_replica
 from haplane.observe import now_utc
 from haplane.remediation import Action, Policy, decide
 from haplane.topology import check_cluster_name
-from tasks.cluster import load_spec, observe_cluster, publish_report
+from tasks.cluster import ClusterBusy, cluster_lock, load_spec, observe_cluster, publish_report
 from tasks.health import (
     cluster_busy,
     cluster_resource,
@@ -75,6 +77,10 @@ def _check(cluster: str, connection: str | None, dry_run: bool, policy: Policy) 
         emit("haplane.replica.unhealthy", replica_resource(cluster, f.replica),
              {"zone": f.zone, "problem": f.problem.value, "detail": f.detail})
     publish_verdict(verdict)
+    if verdict.action is Action.UNKNOWN:  # never acted on: a person must look
+        logger.warning("%s", verdict.reason)
+        emit("haplane.cluster.unknown", cluster_resource(cluster),
+             {"reason": verdict.reason[:500], "unknown": [u.text for u in verdict.unknowns]})
     if verdict.unremediable:
         emit("haplane.cluster.cannot-remediate", cluster_resource(cluster),
              {"reason": verdict.reason, "replicas": dict(verdict.unremediable)})
@@ -83,7 +89,37 @@ def _check(cluster: str, connection: str | None, dry_run: bool, policy: Policy) 
         publish_report(state, f"health check: {verdict.action.value}: {verdict.reason}")
     if verdict.action not in (Action.REPLACE, Action.RESUME) or dry_run:
         return Completed(message=verdict.reason[:500], data=summary)
+    return _act_under_lock(cluster, connection, spec.region, policy, summary)
 
+
+def _act_under_lock(cluster: str, connection: str | None, region: str, policy: Policy,
+                    summary: dict[str, Any]) -> State:
+    """Take the cluster lock, observe and decide again, and act only on that decision: a person's flow
+    may have changed the cluster since the first look. A cluster whose lock is held is *skipped*
+    (reported, event ``haplane.cluster.busy``), never a failed remediation."""
+    logger = get_run_logger()
+    try:
+        with cluster_lock(cluster):  # re-entrant: the replace-replica subflow runs under this hold
+            state = observe_cluster(cluster, region, connection)
+            attempts = remediation_history(cluster, policy.window_s)
+            verdict = decide(state, attempts, now_utc(), busy=False, policy=policy)
+            if verdict.action not in (Action.REPLACE, Action.RESUME):
+                msg = f"decided again under the lock: {verdict.action.value}: {verdict.reason}"
+                logger.info(msg)
+                return Completed(message=msg[:500], data={"action": verdict.action.value, "replica": verdict.replica,
+                                                         "reason": verdict.reason, "first_look": summary})
+            return _replace(cluster, connection, state, verdict,
+                            {"action": verdict.action.value, "replica": verdict.replica, "reason": verdict.reason})
+    except ClusterBusy as exc:
+        msg = f"skipped: {exc}"
+        logger.info(msg)
+        emit("haplane.cluster.busy", cluster_resource(cluster), {"reason": str(exc)[:300],
+                                                                 "would": summary.get("action", "")})
+        return Completed(message=msg[:500], data={**summary, "action": "skipped", "reason": str(exc)})
+
+
+def _replace(cluster: str, connection: str | None, state: Any, verdict: Any, summary: dict[str, Any]) -> State:
+    logger = get_run_logger()
     logger.warning("replacing %s of %s: %s", verdict.replica, cluster, verdict.reason)
     with tags(*remediation_tags(cluster, verdict.replica)):
         outcome = replace_replica(cluster=cluster, replica_name=verdict.replica, connection=connection,

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field
 
 from haplane.quorum import VALID_SIZES, check_target_size
-from haplane.topology import NAME_RE, check_cluster_name
+from haplane.topology import NAME_RE, check_cluster_name, check_distinct_zones
 
 
 def _cluster_name(value: str) -> str:
@@ -24,6 +24,22 @@ ClusterName = Annotated[str, AfterValidator(_cluster_name), Field(
     description="Cluster name: 1-30 lowercase letters, digits or '-', starting with a letter",
     json_schema_extra={"pattern": NAME_RE.pattern, "minLength": 1, "maxLength": 30})]
 Zone = Annotated[str, Field(description="GCE zone, e.g. europe-west1-b", pattern=r"^[a-z]+-[a-z]+[0-9]+-[a-z]$")]
+def _distinct_zones(value: list[str]) -> list[str]:
+    return check_distinct_zones(value)
+
+
+# A list of zones, each at most once (the API refuses a repeat too: uniqueItems).
+Zones = Annotated[list[Zone], AfterValidator(_distinct_zones), Field(min_length=1, json_schema_extra={"uniqueItems": True})]
+
+
+def _whole_number(value: object) -> object:
+    """A count must be given as a number: ``True`` would silently mean 1 and ``"3"`` hides a caller's bug."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"replicas must be a whole number (1, 3, 5 or 7), got {value!r} "
+                         f"({type(value).__name__}): pass e.g. 3, not \"3\" or true")
+    return value
+
+
 def _cluster_size(value: int) -> int:
     decision = check_target_size(value)
     if not decision.allowed:
@@ -32,9 +48,11 @@ def _cluster_size(value: int) -> int:
 
 
 # An int checked by the quorum rule (so 2 is refused with the seed's reason), shown as a choice in the UI.
-Size = Annotated[int, AfterValidator(_cluster_size), Field(json_schema_extra={"enum": list(VALID_SIZES)})]
+Size = Annotated[int, BeforeValidator(_whole_number), AfterValidator(_cluster_size), Field(json_schema_extra={"enum": list(VALID_SIZES)})]
 Connection = Annotated[str | None, Field(description="Name of a haplane-gce-connection block; empty: "
                                                       "HAPLANE_GCE_ENDPOINT / HAPLANE_PROJECT of the worker")]
+ChangeId = Annotated[str | None, Field(description="Repeat to resume a failed run")]
+DryRun = Annotated[bool, Field(description="Plan and publish the plan, change nothing")]
 
 
 def documented(fn):

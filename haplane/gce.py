@@ -23,6 +23,7 @@ from google.api_core import retry as retries
 from google.cloud import compute_v1
 
 from haplane.node import public_metadata
+from haplane.secrets import call_carrying_secrets
 
 REQUEST_NAMESPACE = uuid.UUID("6f1c8a52-4d0e-4b59-9a57-0c8e2f0a7d11")
 ACCESS_CONFIG_NAME = "external-nat"
@@ -344,6 +345,24 @@ class Gce:
                         source_tags=tuple(raw.source_tags), target_tags=tuple(raw.target_tags),
                         ports=ports, self_link=raw.self_link)
 
+    def description_of(self, kind: str, name: str, region: str | None = None) -> str | None:
+        """The description of a named resource (``address``, ``target_pool``, ``forwarding_rule``
+        in ``region``; ``firewall``, ``health_check`` global); None when it does not exist."""
+        if kind == "health_check":
+            data = self._legacy("GET", f"global/httpHealthChecks/{name}")
+            return None if data is None else data.get("description", "")
+        if kind == "firewall":
+            raw = self._missing(self.firewalls.get, project=self.project, firewall=name)
+        elif kind == "address":
+            raw = self._missing(self.addresses.get, project=self.project, region=region, address=name)
+        elif kind == "target_pool":
+            raw = self._missing(self.target_pools.get, project=self.project, region=region, target_pool=name)
+        elif kind == "forwarding_rule":
+            raw = self._missing(self.forwarding_rules.get, project=self.project, region=region, forwarding_rule=name)
+        else:
+            raise ValueError(f"unknown resource kind {kind!r}")
+        return None if raw is None else raw.description
+
     def health_check_exists(self, name: str) -> bool:
         return self._legacy("GET", f"global/httpHealthChecks/{name}") is not None
 
@@ -386,7 +405,10 @@ class Gce:
                                    items=[compute_v1.Items(key=k, value=v) for k, v in merged.items()])
         req = compute_v1.SetMetadataInstanceRequest(project=self.project, zone=zone, instance=name,
                                                     metadata_resource=body, request_id=rid)
-        return self._ref(self.instances.set_metadata_unary(request=req), "zone", zone)
+        # the body holds private keys: an error must not carry the request or response onwards
+        op = call_carrying_secrets(f"setMetadata of instance {name} in {zone}", merged.values(),
+                                   self.instances.set_metadata_unary, request=req)
+        return self._ref(op, "zone", zone)
 
     def add_access_config(self, zone: str, name: str, *, nat_ip: str | None, rid: str) -> OpRef:
         body = compute_v1.AccessConfig(name=ACCESS_CONFIG_NAME, type_="ONE_TO_ONE_NAT")
@@ -404,8 +426,9 @@ class Gce:
         return self._ref(self.instances.delete_access_config_unary(request=req), "zone", zone)
 
     # --- submits: network -------------------------------------------------
-    def insert_address(self, region: str, name: str, *, address: str | None, rid: str) -> OpRef:
-        body = compute_v1.Address(name=name)
+    def insert_address(self, region: str, name: str, *, address: str | None, rid: str,
+                       description: str = "") -> OpRef:
+        body = compute_v1.Address(name=name, description=description)
         if address:
             body.address = address
         req = compute_v1.InsertAddressRequest(project=self.project, region=region, address_resource=body,
@@ -430,17 +453,18 @@ class Gce:
         req = compute_v1.DeleteFirewallRequest(project=self.project, firewall=name, request_id=rid)
         return self._ref(self.firewalls.delete_unary(request=req), "global", None)
 
-    def insert_health_check(self, name: str, *, port: int, path: str, rid: str) -> OpRef:
-        body = {"name": name, "port": port, "requestPath": path, "checkIntervalSec": 2, "timeoutSec": 1}
+    def insert_health_check(self, name: str, *, port: int, path: str, rid: str, description: str = "") -> OpRef:
+        body = {"name": name, "port": port, "requestPath": path, "checkIntervalSec": 2, "timeoutSec": 1,
+                "description": description}
         return self._legacy_op(self._legacy("POST", "global/httpHealthChecks", body, rid))
 
     def delete_health_check(self, name: str, *, rid: str) -> OpRef:
         return self._legacy_op(self._legacy("DELETE", f"global/httpHealthChecks/{name}", rid=rid))
 
     def insert_target_pool(self, region: str, name: str, *, instances: list[str], health_check: str,
-                           rid: str) -> OpRef:
+                           rid: str, description: str = "") -> OpRef:
         hc = f"projects/{self.project}/global/httpHealthChecks/{health_check}"
-        body = compute_v1.TargetPool(name=name, instances=instances, health_checks=[hc])
+        body = compute_v1.TargetPool(name=name, instances=instances, health_checks=[hc], description=description)
         req = compute_v1.InsertTargetPoolRequest(project=self.project, region=region,
                                                  target_pool_resource=body, request_id=rid)
         return self._ref(self.target_pools.insert_unary(request=req), "region", region)
@@ -467,9 +491,9 @@ class Gce:
         return self._ref(self.target_pools.delete_unary(request=req), "region", region)
 
     def insert_forwarding_rule(self, region: str, name: str, *, ip: str, pool: str, port: int,
-                               rid: str) -> OpRef:
+                               rid: str, description: str = "") -> OpRef:
         body = compute_v1.ForwardingRule(
-            name=name, I_p_address=ip, I_p_protocol="TCP", port_range=f"{port}-{port}",
+            name=name, description=description, I_p_address=ip, I_p_protocol="TCP", port_range=f"{port}-{port}",
             target=f"projects/{self.project}/regions/{region}/targetPools/{pool}",
             load_balancing_scheme="EXTERNAL")
         req = compute_v1.InsertForwardingRuleRequest(project=self.project, region=region,

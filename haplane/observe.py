@@ -1,8 +1,10 @@
-"""Observe a cluster: rebuild its picture from GCE (labelled instances, address, LB) and etcd.
+"""Observe a cluster: the adapter that fills the model (:mod:`haplane.model`) from GCE and etcd.
 
 Nothing is remembered between runs; every flow starts from :func:`observe`.
-The result is plain data (:class:`ClusterState`) that the pure rules in
-:mod:`haplane.quorum` and :mod:`haplane.plans` decide on.
+What cannot be looked at is recorded as unknown, with the reason, never as
+absent: a member list that cannot be read (no operator certificate, an
+expired one, etcd unreachable from this worker) gives "membership unknown",
+not "no members"; API servers none of which answer give "readiness unknown".
 """
 
 from __future__ import annotations
@@ -10,90 +12,35 @@ from __future__ import annotations
 import datetime as dt
 import socket
 import ssl
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import httpx
 from cryptography import x509
 
 from haplane.etcd import EndpointStatus, EtcdClient, EtcdError, EtcdTLS, Member
 from haplane.gce import Gce, Instance
-from haplane.node import APISERVER_PORT, client_url, peer_url
-from haplane.topology import LABEL_CHANGE, LABEL_CLUSTER, LABEL_MULTIZONE, LABEL_QUORUM_READS, ClusterNames
+from haplane.model import MISSING, ClusterState, ReplicaState, Unknown
+from haplane.node import APISERVER_PORT, ETCD_CLIENT_PORT, client_url, peer_url
+from haplane.ownership import owned
+from haplane.topology import (
+    LABEL_CHANGE,
+    LABEL_CLUSTER,
+    LABEL_MULTIZONE,
+    LABEL_QUORUM_READS,
+    LABEL_UID,
+    ClusterNames,
+)
 
-
-@dataclass(frozen=True)
-class ReplicaState:
-    name: str
-    zone: str
-    vm_status: str  # GCE status; "MISSING" for an etcd member whose VM is gone
-    internal_ip: str = ""
-    external_ip: str | None = None
-    change: str | None = None  # the change that created it (label)
-    member_id: int | None = None
-    learner: bool = False
-    started: bool = False  # the member has started (it has a name and client URLs)
-    etcd_ok: bool = False  # a linearizable read through this member succeeded
-    leader: bool = False
-    api_ready: bool = False
-    cert_not_after: str | None = None
-    problems: tuple[str, ...] = ()
-
-    @property
-    def healthy(self) -> bool:
-        return self.vm_status == "RUNNING" and self.etcd_ok and not self.learner and self.api_ready
-
-    @property
-    def role(self) -> str:
-        if self.member_id is None:
-            return "none"
-        if self.learner:
-            return "learner"
-        return "leader" if self.leader else "follower"
-
-
-@dataclass(frozen=True)
-class ClusterState:
-    cluster: str
-    region: str
-    replicas: tuple[ReplicaState, ...]
-    endpoint_ip: str | None = None
-    address_status: str | None = None
-    load_balancer: bool = False
-    target_pool: bool = False
-    pool_members: tuple[str, ...] = ()
-    settings: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def names(self) -> ClusterNames:
-        return ClusterNames(self.cluster)
-
-    def replica(self, name: str) -> ReplicaState | None:
-        return next((r for r in self.replicas if r.name == name), None)
-
-    @property
-    def vms(self) -> tuple[ReplicaState, ...]:
-        return tuple(r for r in self.replicas if r.vm_status != "MISSING")
-
-    @property
-    def voting(self) -> tuple[ReplicaState, ...]:
-        return tuple(r for r in self.replicas if r.member_id is not None and not r.learner)
-
-    @property
-    def leader(self) -> ReplicaState | None:
-        return next((r for r in self.replicas if r.leader), None)
-
-    def endpoints(self) -> list[str]:
-        return [client_url(r.internal_ip) for r in self.vms if r.internal_ip and r.vm_status == "RUNNING"]
+__all__ = ["ClusterState", "ReplicaState", "Unknown", "observe", "now_utc"]
 
 
 def etcd_client(tls: EtcdTLS | None, endpoints: list[str], timeout: float = 3.0) -> EtcdClient:
     return EtcdClient(endpoints, tls=tls, timeout=timeout)
 
 
-def _api_probe(ip: str, ca_pem: str | None) -> tuple[bool, str | None, str | None]:
-    """(ready, certificate notAfter, problem) for the API server at ``ip``, TLS verified against the CA."""
-    if ca_pem is None:
-        return False, None, "no cluster CA to verify the API server with"
+def _api_probe(ip: str, ca_pem: str) -> tuple[bool, str | None, str | None, bool]:
+    """(ready, certificate notAfter, problem, answered) for the API server at ``ip``, TLS verified
+    against the CA; ``answered`` is False when nothing answered at all."""
     ctx = ssl.create_default_context(cadata=ca_pem)
     try:
         with socket.create_connection((ip, APISERVER_PORT), timeout=2.0) as raw, \
@@ -103,54 +50,92 @@ def _api_probe(ip: str, ca_pem: str | None) -> tuple[bool, str | None, str | Non
         with httpx.Client(verify=ctx, timeout=2.0) as http:
             resp = http.get(f"https://{ip}:{APISERVER_PORT}/readyz")
     except (OSError, httpx.HTTPError) as exc:
-        return False, None, f"API server unreachable: {type(exc).__name__}"
+        return False, None, f"API server unreachable: {type(exc).__name__}", False
     if resp.status_code != 200:
-        return False, not_after, f"API server not ready: {resp.text.strip()}"
-    return True, not_after, None
+        return False, not_after, f"API server not ready: {resp.text.strip()}", True
+    return True, not_after, None, True
+
+
+def _etcd_check(names: ClusterNames) -> str:
+    return (f"that this worker reaches etcd on port {ETCD_CLIENT_PORT} of the replicas' internal IPs (firewall "
+            f"{names.firewall_etcd_client}, the worker's network) and that the operator certificate in block "
+            f"{names.pki_block} loads and has not expired")
 
 
 def observe(gce: Gce, cluster: str, region: str, tls: EtcdTLS | None, ca_pem: str | None,
-            zones: list[str] | None = None) -> ClusterState:
-    """The cluster as GCE and etcd see it now."""
+            zones: list[str] | None = None, pki_problem: str | None = None,
+            uid: str | None = None) -> ClusterState:
+    """The cluster as GCE and etcd see it now; what could not be seen is recorded as unknown.
+
+    ``tls``/``ca_pem`` None (with ``pki_problem`` saying why) means the cluster's PKI could not be
+    read: etcd membership and API readiness are then unknown, not empty."""
     names = ClusterNames(cluster)
     zones = zones or gce.list_zones(region)
     instances = gce.list_instances(zones, labels={LABEL_CLUSTER: cluster})
+    # a VM with the cluster's label but not its uid is a look-alike: reported, never judged or touched
+    look_alikes = tuple(sorted(f"{i.name} ({i.zone})" for i in instances if not owned(i.labels.get(LABEL_UID), uid)))
+    instances = [i for i in instances if owned(i.labels.get(LABEL_UID), uid)]
     address = gce.get_address(region, names.address)
     rule = gce.get_forwarding_rule(region, names.forwarding_rule)
     pool = gce.get_target_pool(region, names.target_pool)
 
     members: list[Member] = []
+    membership_unknown: Unknown | None = None
     statuses: dict[str, EndpointStatus] = {}
     healthy: set[str] = set()
     endpoints = [client_url(i.internal_ip) for i in instances if i.status == "RUNNING" and i.internal_ip]
-    if endpoints:
+    if endpoints and tls is None:
+        membership_unknown = Unknown(
+            f"etcd membership of {cluster}",
+            pki_problem or f"no operator client certificate: the PKI block {names.pki_block} is missing",
+            f"that block {names.pki_block} exists and loads with this worker's Prefect settings")
+    elif endpoints:
         client = etcd_client(tls, endpoints)
         try:
             try:
                 members = client.member_list()
-            except EtcdError:
-                members = []
-            for st in client.statuses():
-                if isinstance(st, EndpointStatus):
-                    statuses[st.endpoint] = st
-                    if client.health(st.endpoint).healthy:
-                        healthy.add(st.endpoint)
+            except EtcdError as exc:
+                membership_unknown = Unknown(f"etcd membership of {cluster}", f"member list failed: {exc}",
+                                             _etcd_check(names))
+            if membership_unknown is None:
+                for st in client.statuses():
+                    if isinstance(st, EndpointStatus):
+                        statuses[st.endpoint] = st
+                        if client.health(st.endpoint).healthy:
+                            healthy.add(st.endpoint)
         finally:
             client.close()
     leader_id = next((s.leader_id for s in statuses.values() if s.leader_id), None)
     by_peer = {url: m for m in members for url in m.peer_urls}
 
+    probes: dict[str, tuple[bool, str | None, str | None, bool]] = {}
+    running = [i for i in instances if i.status == "RUNNING" and i.internal_ip]
+    api_unknown: dict[str, Unknown] = {}
+    if running and ca_pem is None:
+        for i in running:
+            api_unknown[i.name] = Unknown(f"API readiness of {i.name}", pki_problem or
+                                          f"no cluster CA to verify it with (block {names.pki_block} is missing)",
+                                          f"that block {names.pki_block} exists and loads")
+    elif running:
+        probes = {i.name: _api_probe(i.internal_ip, ca_pem) for i in running}
+        if not any(answered for *_, answered in probes.values()):  # none answered: this worker may be cut off
+            for i in running:
+                api_unknown[i.name] = Unknown(
+                    f"API readiness of {i.name}", "no API server of the cluster answered this worker",
+                    f"that this worker reaches port {APISERVER_PORT} of the replicas' internal IPs (firewall "
+                    f"{names.firewall_apiserver}, the worker's network)")
+
     replicas: list[ReplicaState] = []
     seen: set[int] = set()
     for inst in instances:
-        replicas.append(_replica(inst, by_peer.get(peer_url(inst.internal_ip)), statuses, healthy,
-                                 leader_id, ca_pem))
+        replicas.append(_replica(inst, by_peer.get(peer_url(inst.internal_ip)), statuses, healthy, leader_id,
+                                 probes.get(inst.name), membership_unknown, api_unknown.get(inst.name)))
         if replicas[-1].member_id is not None:
             seen.add(replicas[-1].member_id)
     for m in members:  # members whose VM is gone
         if m.id not in seen:
             replicas.append(ReplicaState(
-                name=m.name or m.hex_id, zone="?", vm_status="MISSING", member_id=m.id, learner=m.is_learner,
+                name=m.name or m.hex_id, zone="?", vm_status=MISSING, member_id=m.id, learner=m.is_learner,
                 started=m.started, leader=m.id == leader_id, problems=("VM is gone but its etcd member remains",)))
 
     settings = {}
@@ -163,18 +148,24 @@ def observe(gce: Gce, cluster: str, region: str, tls: EtcdTLS | None, ca_pem: st
         cluster=cluster, region=region, replicas=tuple(replicas),
         endpoint_ip=address.address if address else None, address_status=address.status if address else None,
         load_balancer=rule is not None, target_pool=pool is not None, pool_members=pool_names,
-        settings=settings,
+        settings=settings, membership_unknown=membership_unknown, look_alikes=look_alikes,
     )
 
 
 def _replica(inst: Instance, member: Member | None, statuses: dict[str, EndpointStatus], healthy: set[str],
-             leader_id: int | None, ca_pem: str | None) -> ReplicaState:
+             leader_id: int | None, probe: tuple[bool, str | None, str | None, bool] | None,
+             membership_unknown: Unknown | None, api_unknown: Unknown | None) -> ReplicaState:
     problems: list[str] = []
     state = ReplicaState(name=inst.name, zone=inst.zone, vm_status=inst.status, internal_ip=inst.internal_ip,
                          external_ip=inst.external_ip, change=inst.labels.get(LABEL_CHANGE))
     if inst.status != "RUNNING":
         problems.append(f"VM is {inst.status}")
-    if member is None:
+    etcd_ok, etcd_unknown = False, None
+    if membership_unknown is not None:
+        if inst.status == "RUNNING":
+            etcd_unknown = Unknown(f"etcd health of {inst.name}", membership_unknown.reason, membership_unknown.check)
+            problems.append(f"etcd unknown: {membership_unknown.reason}")
+    elif member is None:
         problems.append("not an etcd member")
     else:
         state = replace(state, member_id=member.id, learner=member.is_learner, started=member.started,
@@ -183,18 +174,21 @@ def _replica(inst: Instance, member: Member | None, statuses: dict[str, Endpoint
             problems.append("etcd member never started")
         if member.is_learner:
             problems.append("etcd learner not promoted yet")
-    endpoint = client_url(inst.internal_ip)
-    st = statuses.get(endpoint)
-    etcd_ok = st is not None and not st.errors and endpoint in healthy
-    if inst.status == "RUNNING" and member is not None and not etcd_ok:
-        problems.append("etcd member unreachable" if st is None else
-                        f"etcd errors: {', '.join(st.errors)}" if st.errors else "etcd read through it failed")
-    ready, not_after, problem = (False, None, None)
-    if inst.status == "RUNNING" and inst.internal_ip:
-        ready, not_after, problem = _api_probe(inst.internal_ip, ca_pem)
+        endpoint = client_url(inst.internal_ip)
+        st = statuses.get(endpoint)
+        etcd_ok = st is not None and not st.errors and endpoint in healthy
+        if inst.status == "RUNNING" and not etcd_ok:
+            problems.append("etcd member unreachable" if st is None else
+                            f"etcd errors: {', '.join(st.errors)}" if st.errors else "etcd read through it failed")
+    ready, not_after = False, None
+    if api_unknown is not None:
+        problems.append(f"API readiness unknown: {api_unknown.reason}")
+    elif probe is not None:
+        ready, not_after, problem, _ = probe
         if problem:
             problems.append(problem)
-    return replace(state, etcd_ok=etcd_ok, api_ready=ready, cert_not_after=not_after, problems=tuple(problems))
+    return replace(state, etcd_ok=etcd_ok, api_ready=ready, cert_not_after=not_after, problems=tuple(problems),
+                   etcd_unknown=etcd_unknown, api_unknown=api_unknown)
 
 
 def now_utc() -> dt.datetime:

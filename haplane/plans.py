@@ -3,19 +3,26 @@
 A plan says which replica, in which zone, whether the load balancer is
 created, extended, shrunk or deleted, the etcd membership before and after,
 and whether quorum allows it. Flows execute plans; ``dry_run=True`` prints
-them. Expected durations use the published GCE figures of the emulator's
-"gce" latency profile.
+them. Expected durations use the published GCE figures of
+:mod:`haplane.gce_timings` (the emulator's "gce" latency profile uses the same).
+
+Unknown is not absent: a plan that would remove an etcd member or delete a
+VM is refused when the etcd membership or a member's health could not be
+observed (:attr:`haplane.model.ClusterState.etcd_unknowns`), naming what could
+not be seen and what to check.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from haplane.emulator.latency import PROFILES
-from haplane.observe import ClusterState, ReplicaState
+from haplane.gce_timings import GCE_SECONDS
+from haplane.model import MISSING, ClusterState, LbChange, ReplicaState, Unknown
 from haplane.quorum import Decision, MemberHealth, Reason, can_add, can_remove, can_replace, quorum
 from haplane.quorum import unhealthy_reasons as classify
+from haplane.steps import STEP_SCHEMA, PlanStep, Ref, StepKind, check_refs, step
 from haplane.topology import (
+    ClusterNames,
     TopologyError,
     check_cluster_size,
     check_zones,
@@ -24,26 +31,46 @@ from haplane.topology import (
     replica_name,
 )
 
-GCE_SECONDS = PROFILES["gce"]
-
 
 class PlanRefused(TopologyError):
     """The rules refuse this change; nothing was changed."""
 
 
+def refuse_on_unknown(what: str, unknowns: tuple[Unknown, ...] | list[Unknown]) -> None:
+    """Refuse ``what`` when anything it depends on could not be observed."""
+    if unknowns:
+        raise PlanRefused(f"cannot {what}: " + "; ".join(u.text for u in unknowns) +
+                          ". Nothing was changed: haplane does not act on a view it could not verify "
+                          "(unknown is not absent); fix that and run again")
+
+
 @dataclass(frozen=True)
 class Plan:
+    """What a flow will do: typed steps (:mod:`haplane.steps`) and the decisions behind them."""
+
     action: str
     cluster: str
-    steps: tuple[str, ...]
+    steps: tuple[PlanStep, ...]
     voting_before: int
     voting_after: int
     expected_seconds: float
     reason: str = ""
     replica: str | None = None
     zone: str | None = None
-    lb: str = "none"  # "create" | "extend" | "shrink" | "delete" | "none"
+    lb: LbChange = LbChange.NONE
     new_replicas: tuple[tuple[str, str], ...] = field(default_factory=tuple)  # (name, zone)
+
+    def __post_init__(self) -> None:
+        check_refs(self.steps)
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        """The step ids, in order: what a run checkpoints (see :data:`haplane.steps.STEP_SCHEMA`)."""
+        return tuple(s.id for s in self.steps)
+
+    @property
+    def texts(self) -> tuple[str, ...]:
+        return tuple(s.text for s in self.steps)
 
     @property
     def even_note(self) -> str:
@@ -54,16 +81,27 @@ class Plan:
 
     def markdown(self) -> str:
         lines = [f"## Plan: {self.action} on `{self.cluster}`", ""]
-        lines += [f"{i}. {s}" for i, s in enumerate(self.steps, 1)]
+        lines += [f"{i}. {s.text} (`{s.id}`)" + (" — side by side with its neighbours" if s.parallel else "")
+                  for i, s in enumerate(self.steps, 1)]
         lines += ["", f"- etcd voting members: {self.voting_before} (quorum {quorum(self.voting_before) if self.voting_before else '-'})"
                   f" -> {self.voting_after} (quorum {quorum(self.voting_after) if self.voting_after else '-'})",
-                  f"- load balancer: {self.lb}",
-                  f"- expected duration on GCE: about {self.expected_seconds / 60:.1f} min"]
+                  f"- load balancer: {self.lb.value}",
+                  f"- expected duration on GCE: about {self.expected_seconds / 60:.1f} min",
+                  f"- step schema: {STEP_SCHEMA}"]
         if self.reason:
             lines.append(f"- quorum: {self.reason}")
         if self.even_note:
             lines.append(f"- note: {self.even_note}")
         return "\n".join(lines)
+
+    def then(self, other: Plan, action: str) -> Plan:
+        """This plan followed by ``other``, as one (replace = remove, then add)."""
+        return Plan(action=action, cluster=self.cluster, steps=self.steps + other.steps,
+                    voting_before=self.voting_before, voting_after=other.voting_after,
+                    expected_seconds=self.expected_seconds + other.expected_seconds,
+                    reason="; ".join(r for r in (self.reason, other.reason) if r), replica=other.replica,
+                    zone=other.zone, lb=other.lb if other.lb is not LbChange.NONE else self.lb,
+                    new_replicas=self.new_replicas + other.new_replicas)
 
 
 def member_health(state: ClusterState) -> list[MemberHealth]:
@@ -78,12 +116,7 @@ def member_health(state: ClusterState) -> list[MemberHealth]:
     return out
 
 
-def _join_steps(name: str, zone: str) -> list[str]:
-    return [f"insert VM {name} in {zone} and wait for it to run",
-            f"issue {name}'s certificates (internal IP, endpoint IP; no ephemeral IP)",
-            f"add {name} to etcd as a learner",
-            f"write {name}'s metadata: etcd joins with initial-cluster-state=existing",
-            f"promote {name} when it has caught up; wait for quorum health"]
+CERTS = "certificates for its internal IP and the endpoint IP (never an ephemeral IP)"
 
 
 def plan_create(cluster: str, region: str, zones: list[str], replicas: int, change_id: str,
@@ -96,41 +129,62 @@ def plan_create(cluster: str, region: str, zones: list[str], replicas: int, chan
                 if unfinished else "")
         raise PlanRefused(f"cluster {cluster!r} already exists with {len(existing.replicas)} replica(s); {hint}"
                           f"use add-replica / remove-replica to change it, or delete-cluster first")
+    names = ClusterNames(cluster)
     placed = next_zones(zones, [], replicas)
     new = tuple((replica_name(cluster, change_id, i), z) for i, z in enumerate(placed))
-    steps = [f"create the cluster CA and etcd CA (block {cluster}-pki)",
-             "reserve the static endpoint IP", "create firewall rules (etcd peer, etcd client, API server)",
-             f"insert {replicas} VM(s) in parallel: " + ", ".join(f"{n} ({z})" for n, z in new),
-             "issue each replica's certificates; start etcd with initial-cluster of all members",
-             "wait for etcd quorum and every API server ready"]
-    lb = "none"
+    endpoint = Ref("address", "ip")
+    steps = [step(StepKind.SAVE_SPEC, "spec", f"save the cluster's spec (block {names.spec_block})"),
+             step(StepKind.CREATE_PKI, "pki", f"create the cluster CA and etcd CA (block {names.pki_block}), "
+                                              f"unless they exist"),
+             step(StepKind.RESERVE_ADDRESS, "address", f"reserve the static endpoint IP ({names.address})",
+                  region=region)]
+    steps += [step(StepKind.FIREWALL, f"firewall/{n}", f"create firewall rule {n}", "firewalls", name=n)
+              for n in (names.firewall_etcd_peer, names.firewall_etcd_client, names.firewall_apiserver)]
+    nat = endpoint if replicas == 1 else None
+    steps += [step(StepKind.CREATE_VM, f"vm/{n}", f"insert VM {n} in {z}" +
+                   (" with the endpoint IP as its external IP" if nat else ""), "vms", zone=z, name=n, nat_ip=nat)
+              for n, z in new]
+    initial = tuple((n, Ref(f"vm/{n}", "internal_ip")) for n, _ in new)
+    steps += [step(StepKind.CONFIGURE, f"configure/{n}", f"issue {n}'s {CERTS}; start its etcd with the "
+                   f"initial-cluster of all {replicas} member(s)", "configure", zone=z, name=n, endpoint_ip=endpoint,
+                   initial_cluster=initial, cluster_state="new")
+              for n, z in new]
+    steps.append(step(StepKind.WAIT_QUORUM, "quorum", f"wait for etcd quorum: {replicas} voting member(s), "
+                                                      f"each answering a linearizable read",
+                      ips=tuple(ip for _, ip in initial), voting=replicas))
+    lb = LbChange.NONE
     seconds = GCE_SECONDS["address"] + GCE_SECONDS["firewall"] + GCE_SECONDS["instance_insert"] + \
         GCE_SECONDS["instance_update"] + 10
     if replicas > 1:
-        lb = "create"
-        steps += ["create the HTTP health check and the target pool with every replica",
-                  "create the forwarding rule on the endpoint IP (the load balancer; ~20 min on GCE)"]
+        lb = LbChange.CREATE
+        steps += [step(StepKind.HEALTH_CHECK, "health-check", f"create the HTTP health check ({names.health_check})"),
+                  step(StepKind.TARGET_POOL, "target-pool", "create the target pool with every replica",
+                       region=region, instances=tuple((z, n) for n, z in new)),
+                  step(StepKind.FORWARDING_RULE, "forwarding-rule",
+                       "create the forwarding rule on the endpoint IP (the load balancer; ~20 min on GCE)",
+                       region=region, ip=endpoint)]
         seconds += GCE_SECONDS["health_check"] + GCE_SECONDS["target_pool"] + GCE_SECONDS["forwarding_rule_insert"]
-    else:
-        steps[3] += " with the endpoint IP as its external IP"
     return Plan(action="create-cluster", cluster=cluster, steps=tuple(steps), voting_before=0,
                 voting_after=replicas, expected_seconds=seconds, lb=lb, new_replicas=new,
                 reason=f"{replicas} voting member(s), quorum {quorum(replicas)}")
 
 
 def plan_add(state: ClusterState, zone: str | None, change_id: str, known_zones: list[str],
-             spread_over: list[str] | None = None) -> Plan:
+             spread_over: list[str] | None = None, prefix: str = "") -> Plan:
     """Add one replica. ``zone`` must be in the cluster's region; without it, the zone with the fewest
-    replicas among ``spread_over`` (the zones the cluster was created over), else among the region's."""
+    replicas among ``spread_over`` (the zones the cluster was created over), else among the region's.
+    ``prefix`` goes before every step id (replace-replica's "add/")."""
     if not state.vms:
         raise PlanRefused(f"cluster {state.cluster!r} has no replicas in region {state.region}: create it first")
+    if state.membership_unknown is not None:  # the quorum check and the resume both need the member list
+        refuse_on_unknown(f"add a replica to {state.cluster!r}", [state.membership_unknown])
     if zone is not None:
         check_zones(state.region, [zone], known_zones)
     # an unfinished add of this change is resumed, another one blocks
     mine = [r for r in state.vms if r.change == label_value(change_id)]
     name = mine[0].name if mine else replica_name(state.cluster, change_id, 0)
     if not mine:
-        pending = [r for r in state.replicas if r.learner or (r.member_id is None and r.vm_status != "MISSING")]
+        pending = [r for r in state.replicas if r.learner or (r.member_id is None and r.vm_status != MISSING)]
         if pending:
             r = pending[0]
             raise PlanRefused(f"replica {r.name} is still being added (change {r.change}): run add-replica with "
@@ -144,21 +198,49 @@ def plan_add(state: ClusterState, zone: str | None, change_id: str, known_zones:
     candidates = [z for z in (spread_over or []) if z in known_zones] or sorted(known_zones)
     zone = zone or (mine[0].zone if mine else next_zones(candidates, [r.zone for r in state.vms], 1)[0])
     voting = len(state.voting)
-    steps = _join_steps(name, zone)
+    members = [r for r in state.vms if r.member_id is not None and r.name != name]
+    member_ips = tuple(r.internal_ip for r in members)
+    vm, learner, p = f"{prefix}vm/{name}", f"{prefix}learner/{name}", prefix
+    ip = Ref(vm, "internal_ip")
+    steps = [
+        step(StepKind.CREATE_VM, vm, f"insert VM {name} in {zone} and wait for it to run", zone=zone, name=name,
+             nat_ip=None),
+        step(StepKind.ADD_LEARNER, learner, f"add {name} to etcd as a learner (it does not vote yet)", name=name,
+             ip=ip, member_ips=member_ips),
+        step(StepKind.CONFIGURE, f"{p}configure/{name}", f"issue {name}'s {CERTS}; write its metadata: its etcd "
+             f"joins with initial-cluster-state=existing", zone=zone, name=name, endpoint_ip=state.endpoint_ip,
+             initial_cluster=tuple((r.name, r.internal_ip) for r in members) + ((name, ip),),
+             cluster_state="existing"),
+        step(StepKind.PROMOTE, f"{p}promote/{name}", f"promote {name} to a voting member once it has caught up",
+             name=name, member_id=Ref(learner, "member_id"), member_ips=member_ips),
+        step(StepKind.WAIT_QUORUM, f"{p}quorum/{name}", f"wait for etcd quorum: {len(members) + 1} voting "
+             f"members, each answering a linearizable read", ips=member_ips + (ip,), voting=len(members) + 1),
+    ]
     seconds = GCE_SECONDS["instance_insert"] + 2 * GCE_SECONDS["instance_update"] + 15
     # a replica without an external IP behind an existing load balancer means a 1 -> 2 move was
     # interrupted after its forwarding rule: finish that move (each of its steps looks first)
     unfinished_move = any(r.external_ip is None for r in state.vms if r.name != name)
     if state.load_balancer and not unfinished_move:
-        lb = "extend"
-        steps.append(f"add {name} to the target pool")
+        lb = LbChange.EXTEND
+        steps.append(step(StepKind.POOL_ADD, f"{p}pool-add/{name}", f"add {name} to the target pool",
+                          region=state.region, zone=zone, name=name))
         seconds += GCE_SECONDS["target_pool"]
     else:
-        lb = "create"
-        steps += ["create the HTTP health check and the target pool with both replicas",
-                  "take the endpoint IP off the first replica (its access config): the endpoint stops answering",
-                  "create the forwarding rule on the endpoint IP (~20 min on GCE): the endpoint answers again",
-                  "give the first replica a new ephemeral external IP"]
+        lb = LbChange.CREATE
+        first = next(r for r in state.vms if r.name != name)
+        names = ClusterNames(state.cluster)
+        steps += [
+            step(StepKind.HEALTH_CHECK, f"{p}health-check", f"create the HTTP health check ({names.health_check})"),
+            step(StepKind.TARGET_POOL, f"{p}target-pool", f"create the target pool with {first.name} and {name}",
+                 region=state.region, instances=((first.zone, first.name), (zone, name))),
+            step(StepKind.RELEASE_IP, f"{p}release-ip/{first.name}", f"take the endpoint IP off {first.name} "
+                 f"({state.endpoint_ip}, its access config): the endpoint stops answering", zone=first.zone,
+                 name=first.name, only_if_ip=state.endpoint_ip),
+            step(StepKind.FORWARDING_RULE, f"{p}forwarding-rule", "create the forwarding rule on the endpoint IP "
+                 "(~20 min on GCE): the endpoint answers again", region=state.region, ip=state.endpoint_ip),
+            step(StepKind.EPHEMERAL_IP, f"{p}ephemeral-ip/{first.name}",
+                 f"give {first.name} a new ephemeral external IP", zone=first.zone, name=first.name),
+        ]
         seconds += GCE_SECONDS["health_check"] + GCE_SECONDS["target_pool"] + 2 * GCE_SECONDS["instance_update"] + \
             GCE_SECONDS["forwarding_rule_insert"]
     return Plan(action="add-replica", cluster=state.cluster, steps=tuple(steps), voting_before=voting,
@@ -183,10 +265,11 @@ def choose_victim(state: ClusterState, zone: str, replica: str | None) -> Replic
     return sorted(in_zone, key=lambda r: (r.healthy, r.leader, r.name))[0]
 
 
-def plan_remove(state: ClusterState, zone: str, replica: str | None) -> Plan:
+def plan_remove(state: ClusterState, zone: str, replica: str | None, prefix: str = "") -> Plan:
     victim = choose_victim(state, zone, replica)
+    refuse_on_unknown(f"remove {victim.name} from {state.cluster!r}", state.etcd_unknowns)
     vms = state.vms
-    if len(state.replicas) <= 1 or (len(vms) <= 1 and victim.vm_status != "MISSING"):
+    if len(state.replicas) <= 1 or (len(vms) <= 1 and victim.vm_status != MISSING):
         raise PlanRefused(f"{victim.name} is the last replica of {state.cluster!r}: never remove the last "
                           f"replica; use delete-cluster to remove the whole cluster")
     reason = "it is not an etcd member"
@@ -197,40 +280,67 @@ def plan_remove(state: ClusterState, zone: str, replica: str | None) -> Plan:
         reason = decision.reason
     voting = len(state.voting)
     after = voting - (1 if victim.member_id is not None and not victim.learner else 0)
-    steps = []
-    if victim.leader:
-        steps.append(f"move etcd leadership away from {victim.name}")
+    p, name = prefix, victim.name
+    survivors = [r for r in vms if r.name != name and r.member_id is not None]
+    survivor_ips = tuple(r.internal_ip for r in survivors if r.vm_status == "RUNNING")
+    steps: list[PlanStep] = []
     if victim.member_id is not None:
-        steps.append(f"remove {victim.name} from etcd")
-    remaining = [r for r in vms if r.name != victim.name]
+        if victim.leader:
+            steps.append(step(StepKind.MOVE_LEADER, f"{p}move-leader/{name}",
+                              f"move etcd leadership away from {name}", name=name, member_id=victim.member_id,
+                              member_ips=survivor_ips + (victim.internal_ip,),
+                              healthy_ids=tuple(r.member_id for r in survivors if r.etcd_ok and not r.learner)))
+        voters = sum(1 for r in survivors if not r.learner)
+        steps += [step(StepKind.REMOVE_MEMBER, f"{p}member/{name}", f"remove {name} from etcd", name=name,
+                       member_id=victim.member_id, member_ips=survivor_ips),
+                  step(StepKind.WAIT_QUORUM, f"{p}quorum/{name}", f"wait for etcd quorum: {voters} voting "
+                       f"member(s), each answering a linearizable read", ips=survivor_ips, voting=voters)]
+    remaining = [r for r in vms if r.name != name]
     seconds = GCE_SECONDS["instance_delete"] + 5
-    lb = "none"
+    lb = LbChange.NONE
     # 2 -> 1, or a resumed one whose load balancer is already gone but whose IP is not handed back yet
     if len(remaining) == 1 and (state.load_balancer or state.target_pool or state.address_status == "RESERVED"):
-        lb = "delete"
-        last = remaining[0].name
-        steps += ["delete the forwarding rule (the load balancer; ~20 min on GCE): the endpoint stops answering",
-                  f"give {last} the endpoint IP as its external IP (dropping its ephemeral one): it answers again",
-                  "delete the target pool and the health check"]
+        lb = LbChange.DELETE
+        last = remaining[0]
+        names = ClusterNames(state.cluster)
+        steps += [
+            step(StepKind.DELETE_FORWARDING_RULE, f"{p}delete-forwarding-rule", "delete the forwarding rule "
+                 "(the load balancer; ~20 min on GCE): the endpoint stops answering", region=state.region),
+            step(StepKind.DROP_EPHEMERAL_IP, f"{p}drop-ephemeral/{last.name}", f"drop {last.name}'s ephemeral "
+                 f"external IP", zone=last.zone, name=last.name, unless_ip=state.endpoint_ip),
+            step(StepKind.ENDPOINT_IP, f"{p}endpoint-ip/{last.name}", f"give {last.name} the endpoint IP "
+                 f"{state.endpoint_ip} as its external IP: the endpoint answers again", zone=last.zone,
+                 name=last.name, ip=state.endpoint_ip),
+            step(StepKind.DELETE_TARGET_POOL, f"{p}delete-target-pool", f"delete the target pool "
+                 f"({names.target_pool})", region=state.region),
+            step(StepKind.DELETE_HEALTH_CHECK, f"{p}delete-health-check", f"delete the health check "
+                 f"({names.health_check})"),
+        ]
         seconds += GCE_SECONDS["forwarding_rule_delete"] + 2 * GCE_SECONDS["instance_update"] + \
             GCE_SECONDS["target_pool"] + GCE_SECONDS["health_check"]
     elif state.target_pool:
-        lb = "shrink"
-        steps.append(f"take {victim.name} out of the target pool")
-        seconds += GCE_SECONDS["target_pool"]
-    if victim.vm_status != "MISSING":
-        steps.append(f"delete VM {victim.name} in {victim.zone}")
+        lb = LbChange.SHRINK
+        if victim.vm_status != MISSING:
+            steps.append(step(StepKind.POOL_REMOVE, f"{p}pool-remove/{name}", f"take {name} out of the target pool",
+                              region=state.region, zone=victim.zone, name=name))
+            seconds += GCE_SECONDS["target_pool"]
+    if victim.vm_status != MISSING:
+        steps.append(step(StepKind.DELETE_VM, f"{p}delete-vm/{name}", f"delete VM {name} in {victim.zone}",
+                          zone=victim.zone, name=name))
     return Plan(action="remove-replica", cluster=state.cluster, steps=tuple(steps), voting_before=voting,
-                voting_after=after, expected_seconds=seconds, reason=reason, replica=victim.name,
+                voting_after=after, expected_seconds=seconds, reason=reason, replica=name,
                 zone=victim.zone, lb=lb)
 
 
-def plan_replace(state: ClusterState, replica: str, change_id: str, known_zones: list[str]) -> tuple[Plan, Plan]:
-    """Remove then add in the same zone; refused unless quorum holds at every step."""
+def plan_replace(state: ClusterState, replica: str, change_id: str, known_zones: list[str],
+                 spread_over: list[str] | None = None) -> tuple[Plan, Plan]:
+    """Remove then add in the same zone; refused unless quorum holds at every step. The addition is
+    planned on the state the removal leaves (its step ids start "add/", the removal's "remove/")."""
     victim = state.replica(replica)
     if victim is None:
         raise PlanRefused(f"cluster {state.cluster!r} has no replica named {replica!r}; replicas: "
                           f"{[r.name for r in state.replicas]}")
+    refuse_on_unknown(f"replace {replica} in {state.cluster!r}", state.etcd_unknowns)
     if victim.member_id is not None and not victim.learner:
         health = member_health(state)
         target = next(m for m in health if m.id == victim.member_id)
@@ -240,14 +350,45 @@ def plan_replace(state: ClusterState, replica: str, change_id: str, known_zones:
         decision = can_replace(health, [victim.member_id])
         if not decision.allowed:
             raise PlanRefused(f"cannot replace {replica}: {decision.reason}")
-    removal = plan_remove(state, victim.zone, replica)
+    removal = plan_remove(state, victim.zone, replica, prefix=REMOVE_PREFIX)
+    deleted = removal.lb is LbChange.DELETE
     after_removal = ClusterState(
         cluster=state.cluster, region=state.region, replicas=tuple(r for r in state.replicas if r.name != replica),
-        endpoint_ip=state.endpoint_ip, address_status=state.address_status,
-        load_balancer=state.load_balancer and removal.lb != "delete",
-        target_pool=state.target_pool and removal.lb != "delete", settings=state.settings)
-    addition = plan_add(after_removal, victim.zone, change_id, known_zones)
+        endpoint_ip=state.endpoint_ip, address_status="RESERVED" if deleted else state.address_status,
+        load_balancer=state.load_balancer and not deleted, target_pool=state.target_pool and not deleted,
+        pool_members=tuple(n for n in state.pool_members if n != replica) if not deleted else (),
+        settings=state.settings)
+    # a VM gone (zone "?"): the new replica goes to the least used zone
+    zone = victim.zone if victim.zone in known_zones else None
+    addition = plan_add(after_removal, zone, change_id, known_zones, spread_over, prefix=ADD_PREFIX)
     return removal, addition
+
+
+REMOVE_PREFIX, ADD_PREFIX = "remove/", "add/"
+
+
+def plan_delete(state: ClusterState) -> Plan:
+    """delete-cluster: the load balancer, the VMs, the endpoint IP, the firewall rules, the PKI and the
+    spec. Every step looks first (it does nothing when its resource is gone), so a failed run is run again."""
+    names = ClusterNames(state.cluster)
+    region = state.region
+    steps = [step(StepKind.DELETE_FORWARDING_RULE, "forwarding-rule", "delete the load balancer (forwarding rule)",
+                  region=region),
+             step(StepKind.DELETE_TARGET_POOL, "target-pool", f"delete the target pool ({names.target_pool})",
+                  region=region),
+             step(StepKind.DELETE_HEALTH_CHECK, "health-check", f"delete the health check ({names.health_check})")]
+    steps += [step(StepKind.DELETE_VM, f"vm/{r.name}", f"delete VM {r.name} in {r.zone}", "vms", zone=r.zone,
+                   name=r.name) for r in state.vms]
+    steps.append(step(StepKind.RELEASE_ADDRESS, "address", f"release the endpoint IP ({names.address})",
+                      region=region))
+    steps += [step(StepKind.DELETE_FIREWALL, f"firewall/{n}", f"delete firewall rule {n}", "firewalls", name=n)
+              for n in (names.firewall_etcd_peer, names.firewall_etcd_client, names.firewall_apiserver)]
+    steps += [step(StepKind.DELETE_PKI, "pki", f"delete the cluster's CAs (block {names.pki_block})"),
+              step(StepKind.DELETE_SPEC, "spec", f"delete the cluster's spec (block {names.spec_block})")]
+    seconds = GCE_SECONDS["forwarding_rule_delete"] + GCE_SECONDS["target_pool"] + GCE_SECONDS["health_check"] + \
+        GCE_SECONDS["instance_delete"] + GCE_SECONDS["address"] + GCE_SECONDS["firewall"]
+    return Plan(action="delete-cluster", cluster=state.cluster, steps=tuple(steps), voting_before=len(state.voting),
+                voting_after=0, expected_seconds=seconds)
 
 
 def decision_text(decision: Decision) -> str:

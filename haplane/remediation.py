@@ -1,6 +1,6 @@
 """What the scheduled health check does about a cluster: replace which replica, or why not. Pure.
 
-Input: the observed :class:`~haplane.observe.ClusterState`, whether a mutating
+Input: the observed :class:`~haplane.model.ClusterState`, whether a mutating
 flow holds the cluster's lock right now, and the recent remediation attempts
 (replace-replica runs the health check started, with their outcome). Output: a
 :class:`Verdict`. The shape is Cluster API's control-plane remediation:
@@ -22,6 +22,10 @@ flow holds the cluster's lock right now, and the recent remediation attempts
   failed to add the new one leaves the cluster a replica short, with nothing
   unhealthy left to find: its change is run again (same change id, so it
   resumes at the add), under the same back-off.
+- **Never act on unknown.** When the etcd membership, a member's health or an
+  API server's readiness could not be observed, nothing is replaced: the
+  verdict is ``unknown``, naming what could not be seen and what to check
+  (a worker cut off from etcd must not read as "every replica failed").
 - **Explain.** Every verdict carries a sentence per replica saying why it was,
   or was not, acted on.
 """
@@ -33,7 +37,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from haplane.observe import ClusterState, ReplicaState
+from haplane.model import MISSING, ClusterState, ReplicaState, Unknown
 from haplane.plans import member_health
 from haplane.quorum import MemberHealth, Reason, can_replace
 
@@ -56,6 +60,7 @@ class Action(StrEnum):
     RESUME = "resume"  # finish a replacement that removed its replica but failed to add the new one
     WAIT = "wait"  # failures it will act on later (back-off, one at a time)
     CANNOT = "cannot-remediate"  # failures it will not act on without a person
+    UNKNOWN = "unknown"  # part of the cluster could not be observed: nothing is done, a person must look
 
 
 class Outcome(StrEnum):
@@ -107,6 +112,7 @@ class Verdict:
     change_id: str | None = None  # with RESUME: the change to run again
     findings: tuple[Finding, ...] = ()
     notes: tuple[tuple[str, str], ...] = field(default_factory=tuple)  # (replica, why not acted on)
+    unknowns: tuple[Unknown, ...] = ()  # what could not be observed
 
     @property
     def unremediable(self) -> tuple[tuple[str, str], ...]:
@@ -118,6 +124,9 @@ class Verdict:
         if self.findings:
             lines += ["| replica | zone | problem | detail |", "| --- | --- | --- | --- |"]
             lines += [f"| {f.replica} | {f.zone} | {f.problem.value} | {f.detail or '-'} |" for f in self.findings]
+            lines.append("")
+        if self.unknowns:
+            lines += ["Could not be observed:", ""] + [f"- {u.text}" for u in self.unknowns]
             lines.append("")
         if self.notes:
             lines += ["Not acted on:", ""] + [f"- **{r}**: {why}" for r, why in self.notes]
@@ -139,17 +148,19 @@ def find_problems(state: ClusterState, busy: bool = False) -> list[Finding]:
 
 
 def _problem(r: ReplicaState, busy: bool) -> Problem | None:
-    if r.vm_status == "MISSING":
+    if r.vm_status == MISSING:
         return Problem.VM_GONE
     if r.vm_status != "RUNNING":
         return Problem.VM_STOPPED
+    if r.etcd_unknown is not None:  # unknown is not unhealthy (nor "never joined")
+        return None if r.api_unknown is not None or r.api_ready else Problem.API_NOT_READY
     if r.member_id is None:
         return None if busy else Problem.NOT_A_MEMBER
     if r.learner:
         return None if busy else Problem.LEARNER_STUCK
     if not r.etcd_ok:
         return Problem.ETCD_UNHEALTHY
-    if not r.api_ready:
+    if not r.api_ready and r.api_unknown is None:
         return Problem.API_NOT_READY
     return None
 
@@ -200,6 +211,11 @@ def decide(state: ClusterState, attempts: Sequence[Attempt], now: dt.datetime, *
         return Verdict(cluster, Action.NOTHING if not findings else Action.WAIT,
                        f"a change is in progress on {cluster!r} (its lock cluster-{cluster} is held): "
                        f"one change at a time, nothing is done now", findings=findings)
+    unknowns = state.unknowns
+    if unknowns:
+        return Verdict(cluster, Action.UNKNOWN,
+                       f"part of {cluster!r} could not be observed, so no replica is judged failed or replaced: "
+                       + "; ".join(u.text for u in unknowns), findings=findings, unknowns=unknowns)
     if running:
         return Verdict(cluster, Action.WAIT, f"the replacement of {running[0].replica} ({running[0].run}) is still "
                                              f"running: one replacement at a time", findings=findings)

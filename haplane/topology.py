@@ -20,6 +20,7 @@ LABEL_ROLE = "haplane-role"
 LABEL_MULTIZONE = "haplane-multizone"
 LABEL_QUORUM_READS = "haplane-quorum-reads"
 LABEL_CHANGE = "haplane-change"
+LABEL_UID = "haplane-uid"  # the cluster's identity (haplane.ownership)
 ROLE_MASTER = "master"
 
 class TopologyError(ValueError):
@@ -46,6 +47,18 @@ def region_of(zone: str) -> str:
     if not sep or not region or len(letter) != 1:
         raise TopologyError(f"{zone!r} is not a GCE zone name like 'europe-west1-b'")
     return region
+
+
+def check_distinct_zones(zones: Iterable[str]) -> list[str]:
+    """A zone listed twice is refused, not collapsed: ``[b, b]`` with 3 replicas would put every replica
+    in one zone, which is not what the caller asked for."""
+    seen: list[str] = []
+    for zone in zones:
+        if zone in seen:
+            raise TopologyError(f"zone {zone!r} is listed twice in zones; list each zone once (replicas are "
+                                f"spread over the listed zones, fewest first)")
+        seen.append(zone)
+    return seen
 
 
 def check_zones(region: str, zones: Iterable[str], known: Iterable[str]) -> list[str]:

@@ -12,20 +12,25 @@ started again later. A killed holder's lease expires after ``LOCK_LEASE_S``
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 from collections.abc import Iterator
 
+from google.api_core import exceptions as gexc
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import concurrency
 
+from blocks import delete_block_document
 from blocks.cluster import ClusterSpec, resolve_gce
-from haplane.observe import ClusterState, observe
+from haplane.model import ClusterState
+from haplane.observe import observe
+from haplane.ownership import SpecWhere, owned, uid_in
 from haplane.plans import Plan
-from haplane.topology import ClusterNames
-from tasks.pki import load_cas
-from tasks.steps import Change, probe
+from haplane.topology import LABEL_CLUSTER, LABEL_UID, ClusterNames
+from tasks.pki import read_cas
+from tasks.steps import Change, cluster_uid, probe
 
 LOCK_WAIT_S = 10.0
 LOCK_LEASE_S = max(60.0, float(os.environ.get("HAPLANE_LOCK_LEASE_S", "120")))  # Prefect's minimum is 60 s
@@ -58,9 +63,18 @@ def force_unlock(cluster: str) -> bool:
     return True
 
 
+# Locks this flow run (and the subflows it runs in its thread) holds: the health check takes the cluster
+# lock to decide and runs replace-replica under that same hold.
+_HELD: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar("haplane_held_locks", default=frozenset())
+
+
 @contextlib.contextmanager
 def cluster_lock(cluster: str) -> Iterator[None]:
-    """Hold the cluster's lock for the body; fail fast with :class:`ClusterBusy` if another flow has it."""
+    """Hold the cluster's lock for the body; fail fast with :class:`ClusterBusy` if another flow has it.
+    Re-entrant: a subflow of a flow that holds it runs under the same hold."""
+    if cluster in _HELD.get():
+        yield
+        return
     ensure_lock(cluster)
     try:
         ctx = concurrency(lock_name(cluster), occupy=1, strict=True, timeout_seconds=LOCK_WAIT_S,
@@ -70,9 +84,11 @@ def cluster_lock(cluster: str) -> Iterator[None]:
         raise ClusterBusy(
             f"another mutating flow is running on cluster {cluster!r} (lock {lock_name(cluster)!r} is held); "
             f"nothing was changed: wait for that run to finish, then start this one again") from exc
+    token = _HELD.set(_HELD.get() | {cluster})
     try:
         yield
     finally:
+        _HELD.reset(token)
         ctx.__exit__(None, None, None)
 
 
@@ -85,23 +101,49 @@ def load_spec(cluster: str) -> ClusterSpec:
                          f"(create it with create-cluster)") from exc
 
 
+@probe(task_run_name="{step}")
+def save_spec(cluster: str, spec: ClusterSpec, step: str = "spec") -> None:
+    """Save the cluster's intended settings as block ``<cluster>-spec`` (create-cluster)."""
+    spec.save(ClusterNames(cluster).spec_block, overwrite=True)
+
+
+@probe(task_run_name="{step}")
+def delete_spec(cluster: str, step: str = "spec") -> None:
+    delete_block_document(ClusterNames(cluster).spec_block, ClusterSpec.get_block_type_slug())
+
+
 @probe(task_run_name="observe {cluster}")
 def observe_cluster(cluster: str, region: str, connection: str | None) -> ClusterState:
     """Rebuild the cluster's picture from GCE and etcd (never cached)."""
-    cas = load_cas(cluster)
+    cas, problem = read_cas(cluster)
     from haplane.etcd import EtcdTLS
 
     tls = EtcdTLS.from_cas(cas) if cas else None
-    return observe(resolve_gce(connection), cluster, region, tls, cas.ca.cert_pem if cas else None)
+    state = observe(resolve_gce(connection), cluster, region, tls, cas.ca.cert_pem if cas else None,
+                    pki_problem=problem, uid=cluster_uid(cluster))
+    if state.look_alikes:
+        get_run_logger().warning("VMs with cluster %s's label but not its uid (look-alikes, left alone): %s",
+                                 cluster, ", ".join(state.look_alikes))
+    return state
 
 
 @probe(task_run_name="zones of {region}")
 def zones_of(region: str, connection: str | None) -> list[str]:
+    """The zones of ``region``. A region GCE does not know and a GCE that cannot be reached (no or a
+    wrong connection) are told apart: each names its own fix."""
+    gce = resolve_gce(connection)  # a missing connection says so itself
+    where = f"{gce.endpoint or 'real GCE (compute.googleapis.com)'}, project {gce.project!r}"
     try:
-        return resolve_gce(connection).list_zones(region)
-    except Exception as exc:  # NotFound and friends: say which region
-        raise ValueError(f"region {region!r} is unknown to GCE ({type(exc).__name__}); "
-                         f"pick a region such as europe-west1 or us-central1") from exc
+        return gce.list_zones(region)
+    except gexc.NotFound as exc:
+        raise ValueError(f"region {region!r} is unknown to GCE ({where}); pick a region such as europe-west1 "
+                         f"or us-central1") from exc
+    except Exception as exc:  # unreachable endpoint, no credentials, a zone API down
+        raise ValueError(
+            f"cannot reach GCE at {where} to list the zones of {region!r} ({type(exc).__name__}); nothing was "
+            f"changed. The GCE connection is missing or wrong: pass connection=<name of a haplane-gce-connection "
+            f"block> (connection={connection!r} was given), or set HAPLANE_GCE_ENDPOINT (the emulator's URL, "
+            f"e.g. http://127.0.0.1:8787) and HAPLANE_PROJECT in the worker's environment") from None
 
 
 def publish_plan(plan: Plan, change: Change) -> None:
@@ -180,3 +222,64 @@ def format_table(rows: list[dict[str, str]]) -> str:
     lines = ["  ".join(c.ljust(widths[c]) for c in cols)]
     lines += ["  ".join(str(r[c]).ljust(widths[c]) for c in cols) for r in rows]
     return "\n".join(lines)
+
+
+def spec_where(cluster: str) -> SpecWhere | None:
+    """Where the cluster's saved spec says it lives; None without a spec."""
+    try:
+        spec = ClusterSpec.load(ClusterNames(cluster).spec_block)
+    except ValueError:
+        return None
+    return SpecWhere(region=spec.region, project=spec.project, uid=spec.uid)
+
+
+@probe(task_run_name="observe the footprint of {cluster}")
+def gce_footprint(cluster: str, region: str, connection: str | None, ours_only: bool = False) -> list[str]:
+    """What GCE holds under the cluster's names: labelled VMs in the region's zones, the endpoint
+    address, the load balancer, and the global firewall rules and health check (global names also
+    catch a same-named cluster in another region of the project). ``ours_only``: only what carries
+    the cluster's uid (look-alikes are left out)."""
+    gce, names = resolve_gce(connection), ClusterNames(cluster)
+    uid = cluster_uid(cluster) if ours_only else None
+
+    def keep(found_uid: str | None) -> bool:
+        return not ours_only or owned(found_uid, uid)
+
+    found = [f"VM {i.name} ({i.zone})" for i in gce.list_instances(gce.list_zones(region),
+                                                                      labels={LABEL_CLUSTER: cluster})
+             if keep(i.labels.get(LABEL_UID))]
+    named = [("address", names.address, region), ("forwarding_rule", names.forwarding_rule, region),
+             ("target_pool", names.target_pool, region), ("health_check", names.health_check, None),
+             *(("firewall", n, None) for n in (names.firewall_etcd_peer, names.firewall_etcd_client,
+                                               names.firewall_apiserver))]
+    for kind, name, where in named:
+        description = gce.description_of(kind, name, where)
+        if description is not None and keep(uid_in(description)):
+            found.append(f"{kind.replace('_', ' ')} {name}")
+    return found
+
+
+def check_gone_from_gce(cluster: str, region: str, connection: str | None) -> None:
+    """Before delete-cluster removes the CA and the spec: nothing of the cluster may be left in GCE."""
+    left = gce_footprint(cluster, region, connection, ours_only=True)
+    if left:
+        raise RuntimeError(f"cluster {cluster!r} still has {', '.join(left)} in GCE; its spec and PKI are kept: "
+                           f"run delete-cluster again")
+
+
+def forget_cluster(cluster: str) -> list[str]:
+    """After a cluster is gone from GCE: its health schedule and its locks (the limits
+    ``cluster-<name>`` and ``health-<name>``). Returns what was removed."""
+    from prefect.exceptions import ObjectNotFound
+
+    from deployments.setup import remove_health_schedule
+
+    removed = [f"schedule {slug}" for slug in remove_health_schedule(cluster)]
+    with get_client(sync_client=True) as client:
+        for limit in (lock_name(cluster), f"health-{cluster}"):
+            try:
+                client.delete_global_concurrency_limit_by_name(limit)
+                removed.append(f"lock {limit}")
+            except ObjectNotFound:
+                pass
+    return removed

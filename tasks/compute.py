@@ -5,9 +5,10 @@ from __future__ import annotations
 from prefect import get_run_logger
 
 from haplane.gce import OpRef
+from haplane.ownership import owned
 from haplane.startup import render_startup_script
-from haplane.topology import LABEL_CHANGE, label_value
-from tasks.steps import Change, checkpoint
+from haplane.topology import LABEL_CHANGE, LABEL_UID, label_value
+from tasks.steps import Change, checkpoint, cluster_uid
 
 
 @checkpoint
@@ -19,6 +20,9 @@ def submit_create_vm(change: Change, step: str, zone: str, name: str, machine_ty
         get_run_logger().info("VM %s already exists in %s; not inserting it again", name, zone)
         return None
     labels = {**labels, LABEL_CHANGE: label_value(change.change_id)}
+    uid = cluster_uid(change.cluster)
+    if uid:
+        labels[LABEL_UID] = uid
     # The startup script is the same for every replica and holds no secret: it reads the replica's spec
     # and certificates from metadata at boot (real GCE; the emulator ignores the key).
     return gce.insert_instance(zone, name, machine_type=machine_type, labels=labels,
@@ -29,7 +33,12 @@ def submit_create_vm(change: Change, step: str, zone: str, name: str, machine_ty
 @checkpoint
 def submit_delete_vm(change: Change, step: str, zone: str, name: str) -> OpRef | None:
     gce = change.gce()
-    if gce.get_instance(zone, name) is None:
+    vm = gce.get_instance(zone, name)
+    if vm is None:
         get_run_logger().info("VM %s is already gone", name)
+        return None
+    if not owned(vm.labels.get(LABEL_UID), cluster_uid(change.cluster)):
+        get_run_logger().warning("VM %s has cluster %s's label but not its uid: a look-alike, not deleted",
+                                 name, change.cluster)
         return None
     return gce.delete_instance(zone, name, rid=change.rid(step))

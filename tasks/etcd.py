@@ -41,8 +41,9 @@ def add_learner(change: Change, step: str, member_ips: list[str], new_ip: str) -
         return added.member.id
 
 
-@probe(retries=2, retry_delay_seconds=3, task_run_name="promote {name}")
-def promote(change: Change, member_ips: list[str], member_id: int, name: str, timeout: float = 120.0) -> None:
+@probe(retries=2, retry_delay_seconds=3, task_run_name="{step}")
+def promote(change: Change, member_ips: list[str], member_id: int, name: str, timeout: float = 120.0,
+            step: str = "promote") -> None:
     """Promote the learner once it has caught up with the leader (retried until then)."""
     with closing(_client(change.cluster, member_ips)) as etcd:
         member = next((m for m in etcd.member_list() if m.id == member_id), None)
@@ -54,9 +55,9 @@ def promote(change: Change, member_ips: list[str], member_id: int, name: str, ti
         get_run_logger().info("promoted %s (%x) to a voting member", name, member_id)
 
 
-@probe(retries=2, retry_delay_seconds=3, task_run_name="move leadership away from {name}")
+@probe(retries=2, retry_delay_seconds=3, task_run_name="{step}")
 def move_leader_away(change: Change, member_ips: list[str], member_id: int, name: str,
-                     healthy_ids: list[int]) -> None:
+                     healthy_ids: list[int], step: str = "move-leader") -> None:
     """If ``member_id`` leads, hand leadership to a healthy voting member first."""
     with closing(_client(change.cluster, member_ips)) as etcd:
         leader_id, _ = etcd.leader()
@@ -78,8 +79,9 @@ def remove_member(change: Change, step: str, member_ips: list[str], member_id: i
         get_run_logger().info("removed etcd member %s (%x)", name, member_id)
 
 
-@probe(task_run_name="wait for etcd quorum of {expect_voting}")
-def wait_quorum(cluster: str, ips: list[str], expect_voting: int, timeout: float = 180.0) -> None:
+@probe(task_run_name="{step}")
+def wait_quorum(cluster: str, ips: list[str], expect_voting: int, timeout: float = 180.0,
+                step: str = "quorum") -> None:
     """Wait until every endpoint answers a linearizable read and ``expect_voting`` members vote."""
     deadline = time.monotonic() + timeout
     last = "no answer yet"

@@ -9,29 +9,62 @@ from prefect import get_run_logger
 
 from haplane.gce import OpRef
 from haplane.node import APISERVER_PORT, ETCD_CLIENT_PORT, ETCD_PEER_PORT, HEALTH_PORT
+from haplane.ownership import LookAlike, owned, stamp, uid_in
 from haplane.topology import ClusterNames
-from tasks.steps import Change, checkpoint
+from tasks.steps import Change, checkpoint, cluster_uid
 
 # Google's health-check probers (documented source ranges for legacy HTTP health checks).
 HEALTH_CHECK_RANGES = ["35.191.0.0/16", "130.211.0.0/22", "209.85.152.0/22", "209.85.204.0/22"]
+
+
+def presence(change: Change, kind: str, name: str, region: str | None = None) -> str:
+    """``absent``, ``ours`` (carries the cluster's uid) or ``foreign`` (a look-alike under its name)."""
+    description = change.gce().description_of(kind, name, region)
+    if description is None:
+        return "absent"
+    return "ours" if owned(uid_in(description), cluster_uid(change.cluster)) else "foreign"
+
+
+def refuse_look_alike(change: Change, kind: str, name: str, region: str | None = None) -> bool:
+    """Before creating: True if the cluster's own resource is there already; a look-alike is refused."""
+    found = presence(change, kind, name, region)
+    if found == "foreign":
+        uid = cluster_uid(change.cluster) or ""
+        raise LookAlike(f"{kind.replace('_', ' ')} {name}", change.cluster,
+                        uid_in(change.gce().description_of(kind, name, region)), uid)
+    return found == "ours"
+
+
+def ours_to_delete(change: Change, kind: str, name: str, region: str | None = None) -> bool:
+    """Before deleting: True if the cluster's own resource is there; a look-alike is reported and kept."""
+    found = presence(change, kind, name, region)
+    if found == "foreign":
+        get_run_logger().warning("%s %s has cluster %s's name but not its uid: a look-alike, not deleted",
+                                 kind.replace("_", " "), name, change.cluster)
+    return found == "ours"
+
+
+def described(change: Change, what: str) -> str:
+    return stamp(f"haplane cluster {change.cluster}: {what}", cluster_uid(change.cluster))
 
 
 @checkpoint
 def submit_reserve_address(change: Change, step: str, region: str, address: str | None = None) -> OpRef | None:
     """Reserve the cluster's static endpoint IP (``address`` promotes an ephemeral IP in use)."""
     gce, names = change.gce(), ClusterNames(change.cluster)
-    found = gce.get_address(region, names.address)
-    if found is not None:
+    if refuse_look_alike(change, "address", names.address, region):
+        found = gce.get_address(region, names.address)
         if address and found.address != address:
             raise RuntimeError(f"address {names.address} already holds {found.address}, not {address}")
         return None
-    return gce.insert_address(region, names.address, address=address, rid=change.rid(step))
+    return gce.insert_address(region, names.address, address=address, rid=change.rid(step),
+                              description=described(change, "endpoint IP"))
 
 
 @checkpoint
 def submit_release_address(change: Change, step: str, region: str) -> OpRef | None:
     gce, names = change.gce(), ClusterNames(change.cluster)
-    if gce.get_address(region, names.address) is None:
+    if not ours_to_delete(change, "address", names.address, region):
         return None
     return gce.delete_address(region, names.address, rid=change.rid(step))
 
@@ -56,15 +89,16 @@ def firewall_rules(cluster: str, api_source_ranges: list[str], operator_ranges: 
 @checkpoint
 def submit_firewall(change: Change, step: str, name: str, rule: dict) -> OpRef | None:
     gce = change.gce()
-    if gce.get_firewall(name) is not None:
+    if refuse_look_alike(change, "firewall", name):
         return None
+    rule = {**rule, "description": described(change, rule.get("description", ""))}
     return gce.insert_firewall(name, rid=change.rid(step), **rule)
 
 
 @checkpoint
 def submit_delete_firewall(change: Change, step: str, name: str) -> OpRef | None:
     gce = change.gce()
-    if gce.get_firewall(name) is None:
+    if not ours_to_delete(change, "firewall", name):
         return None
     return gce.delete_firewall(name, rid=change.rid(step))
 
@@ -72,15 +106,16 @@ def submit_delete_firewall(change: Change, step: str, name: str) -> OpRef | None
 @checkpoint
 def submit_health_check(change: Change, step: str) -> OpRef | None:
     gce, names = change.gce(), ClusterNames(change.cluster)
-    if gce.health_check_exists(names.health_check):
+    if refuse_look_alike(change, "health_check", names.health_check):
         return None
-    return gce.insert_health_check(names.health_check, port=HEALTH_PORT, path="/healthz", rid=change.rid(step))
+    return gce.insert_health_check(names.health_check, port=HEALTH_PORT, path="/healthz", rid=change.rid(step),
+                                   description=described(change, "load balancer health check"))
 
 
 @checkpoint
 def submit_delete_health_check(change: Change, step: str) -> OpRef | None:
     gce, names = change.gce(), ClusterNames(change.cluster)
-    if not gce.health_check_exists(names.health_check):
+    if not ours_to_delete(change, "health_check", names.health_check):
         return None
     return gce.delete_health_check(names.health_check, rid=change.rid(step))
 
@@ -89,10 +124,12 @@ def submit_delete_health_check(change: Change, step: str) -> OpRef | None:
 def submit_target_pool(change: Change, step: str, region: str, instances: list[str]) -> OpRef | None:
     """Create the pool with ``instances`` (self links), or add the missing ones to an existing pool."""
     gce, names = change.gce(), ClusterNames(change.cluster)
+    refuse_look_alike(change, "target_pool", names.target_pool, region)
     pool = gce.get_target_pool(region, names.target_pool)
     if pool is None:
         return gce.insert_target_pool(region, names.target_pool, instances=instances,
-                                      health_check=names.health_check, rid=change.rid(step))
+                                      health_check=names.health_check, rid=change.rid(step),
+                                      description=described(change, "load balancer pool"))
     missing = [link for link in instances if link not in pool.instances]
     if not missing:
         return None
@@ -111,7 +148,7 @@ def submit_pool_remove(change: Change, step: str, region: str, instance: str) ->
 @checkpoint
 def submit_delete_target_pool(change: Change, step: str, region: str) -> OpRef | None:
     gce, names = change.gce(), ClusterNames(change.cluster)
-    if gce.get_target_pool(region, names.target_pool) is None:
+    if not ours_to_delete(change, "target_pool", names.target_pool, region):
         return None
     return gce.delete_target_pool(region, names.target_pool, rid=change.rid(step))
 
@@ -120,17 +157,18 @@ def submit_delete_target_pool(change: Change, step: str, region: str) -> OpRef |
 def submit_forwarding_rule(change: Change, step: str, region: str, ip: str) -> OpRef | None:
     """The load balancer's front: a rule on the static endpoint IP to the pool (the seed's ~20 minutes)."""
     gce, names = change.gce(), ClusterNames(change.cluster)
-    if gce.get_forwarding_rule(region, names.forwarding_rule) is not None:
+    if refuse_look_alike(change, "forwarding_rule", names.forwarding_rule, region):
         return None
     get_run_logger().info("creating the load balancer on %s; on GCE this takes about 20 minutes to propagate", ip)
     return gce.insert_forwarding_rule(region, names.forwarding_rule, ip=ip, pool=names.target_pool,
-                                      port=APISERVER_PORT, rid=change.rid(step))
+                                      port=APISERVER_PORT, rid=change.rid(step),
+                                      description=described(change, "load balancer"))
 
 
 @checkpoint
 def submit_delete_forwarding_rule(change: Change, step: str, region: str) -> OpRef | None:
     gce, names = change.gce(), ClusterNames(change.cluster)
-    if gce.get_forwarding_rule(region, names.forwarding_rule) is None:
+    if not ours_to_delete(change, "forwarding_rule", names.forwarding_rule, region):
         return None
     return gce.delete_forwarding_rule(region, names.forwarding_rule, rid=change.rid(step))
 

@@ -15,6 +15,7 @@ from haplane.etcd import EtcdTLS
 from haplane.gce import OpRef
 from haplane.node import ApiServerSpec, EtcdSpec, NodeSpec
 from haplane.pki import ClusterCAs, create_cluster_cas, issue_replica_certs, node_tls
+from haplane.secrets import call_carrying_secrets
 from tasks.steps import Change, checkpoint, probe
 
 
@@ -25,24 +26,42 @@ def load_cas(cluster: str) -> ClusterCAs | None:
         return None
 
 
+def read_cas(cluster: str) -> tuple[ClusterCAs | None, str | None]:
+    """The cluster's CAs, or None and why they could not be read (absent, or unreadable)."""
+    name = block_name(cluster)
+    try:
+        return ClusterPKI.load(name).to_cas(), None
+    except ObjectNotFound:
+        return None, f"the PKI block {name} does not exist"
+    except ValueError as exc:
+        if "Unable to find" in str(exc):  # how Prefect's Block.load says a block does not exist
+            return None, f"the PKI block {name} does not exist"
+        return None, f"the PKI block {name} could not be read (ValueError)"
+    except Exception as exc:  # noqa: BLE001 - any failure to read it is "unknown", never "no PKI"
+        # the type only: a message could quote the block's content
+        return None, f"the PKI block {name} could not be read ({type(exc).__name__})"
+
+
 def operator_tls(cluster: str) -> EtcdTLS | None:
     """The operator's etcd client credentials, for use inside a task (never return them)."""
     cas = load_cas(cluster)
     return EtcdTLS.from_cas(cas) if cas else None
 
 
-@probe(task_run_name="ensure cluster PKI")
-def ensure_cluster_pki(cluster: str) -> str:
+@probe(task_run_name="{step}")
+def ensure_cluster_pki(cluster: str, step: str = "pki") -> str:
     """Create the cluster CA and etcd CA once; later runs keep the saved ones. Returns the block name."""
     name = block_name(cluster)
     if load_cas(cluster) is None:
-        ClusterPKI.from_cas(create_cluster_cas(cluster)).save(name, overwrite=False)
+        # the request carries the CA keys: an error must not carry it onwards
+        call_carrying_secrets(f"saving block {name}", (), ClusterPKI.from_cas(create_cluster_cas(cluster)).save,
+                              name, overwrite=False)
         get_run_logger().info("created the cluster CA and etcd CA in block %s", name)
     return name
 
 
-@probe(task_run_name="delete cluster PKI")
-def delete_cluster_pki(cluster: str) -> None:
+@probe(task_run_name="{step}")
+def delete_cluster_pki(cluster: str, step: str = "pki") -> None:
     delete_block_document(block_name(cluster), ClusterPKI.get_block_type_slug())
 
 

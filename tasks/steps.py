@@ -18,6 +18,7 @@ from prefect.cache_policies import NO_CACHE
 
 from blocks.cluster import resolve_gce
 from haplane.gce import Gce, request_id
+from haplane.steps import STEP_SCHEMA
 from tasks.results import CheckpointSerializer, CheckpointTask
 
 
@@ -35,6 +36,17 @@ class Change:
 
     def gce(self) -> Gce:
         return resolve_gce(self.connection)
+
+
+def cluster_uid(cluster: str) -> str | None:
+    """The cluster's uid from its spec (None: no spec, or a cluster from before uids)."""
+    from blocks.cluster import ClusterSpec
+    from haplane.topology import ClusterNames
+
+    try:
+        return ClusterSpec.load(ClusterNames(cluster).spec_block).uid
+    except ValueError:
+        return None
 
 
 def step_key(context: Any, parameters: dict[str, Any]) -> str:
@@ -69,3 +81,24 @@ def remember(change: Change, step: str, value: Any) -> Any:
     """Checkpoint a decision: the first run of a change stores ``value``; a resumed run gets the
     stored one back, whatever it passes (e.g. the zone of a replica that has since been removed)."""
     return value
+
+
+class StepSchemaMismatch(RuntimeError):
+    """A change started under other step ids: resuming it here would send its GCE calls again."""
+
+
+SCHEMA_STEP = "step-schema"
+
+
+def check_step_schema(change: Change, current: int = STEP_SCHEMA) -> None:
+    """Record the step schema at a change's first run; refuse to resume a change recorded under another.
+
+    Called before any step of a change runs: a refused run has sent nothing."""
+    recorded = remember(change, SCHEMA_STEP, current)
+    if recorded != current:
+        raise StepSchemaMismatch(
+            f"change {change.change_id!r} of cluster {change.cluster!r} was started by a haplane whose step "
+            f"schema is {recorded}; this one uses step schema {current}, so the change's checkpoints would not "
+            f"be found and its GCE calls would be sent again. Nothing was changed: finish the change with the "
+            f"haplane version that started it, or look at the cluster (the replica table) and start a new "
+            f"change (a new change_id)")

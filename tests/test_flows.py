@@ -20,6 +20,9 @@ from flows.remove_replica import remove_replica
 from flows.replace_replica import replace_replica
 from haplane.etcd import EtcdClient, EtcdTLS
 from haplane.node import client_url
+from haplane.observe import observe
+from haplane.pki import create_cluster_cas
+from haplane.plans import PlanRefused, plan_remove
 from haplane.topology import LABEL_CLUSTER
 from tasks.pki import load_cas
 from tests.fixtures.cluster import api_through
@@ -81,9 +84,33 @@ def _endpoint_ok(cluster: str, rows: list[dict]) -> str:
     return endpoint
 
 
-def test_seed_way_create_one_then_add_two_then_shrink_back(cloud):
+NOT_STEPS = ("observe ", "zones of ", "report ", "wait ", "remember ")
+
+
+def _ran_steps(prefect_api, state) -> list[str]:
+    """The steps a flow run executed, in order: its task runs, less observations, reports and waits
+    (each plan step leaves one task run named by its step id)."""
+    body = {"flow_runs": {"id": {"any_": [str(state.state_details.flow_run_id)]}}, "sort": "EXPECTED_START_TIME_ASC",
+            "limit": 200}
+    runs = httpx.post(f"{prefect_api.url}/task_runs/filter", json=body, timeout=30).json()
+    return [r["name"] for r in runs if not r["name"].startswith(NOT_STEPS)]
+
+
+def _as_planned(prefect_api, flow, **params):
+    """Run ``flow`` dry, then for real with the same change id: the real run executes exactly the
+    steps its dry-run plan listed, in order. Returns the real run's result."""
+    params.setdefault("change_id", f"{flow.name}-{uuid.uuid4().hex[:6]}")
+    plan = flow(**params, dry_run=True)
+    assert plan.ids, plan
+    state = flow(**params, return_state=True)
+    assert state.is_completed(), state.message
+    assert _ran_steps(prefect_api, state) == list(plan.ids)
+    return state.result()
+
+
+def test_seed_way_create_one_then_add_two_then_shrink_back(cloud, prefect_api):
     cluster = _name("seed")
-    rows = create_cluster(cluster=cluster, region=REGION, zones=ZONES, replicas=1)
+    rows = _as_planned(prefect_api, create_cluster, cluster=cluster, region=REGION, zones=ZONES, replicas=1)
     assert len(rows) == 1 and rows[0]["role"] == "leader" and rows[0]["health"] == "healthy"
     endpoint = _endpoint_ok(cluster, rows)
     # one replica: it carries the static endpoint IP itself, no load balancer
@@ -92,7 +119,7 @@ def test_seed_way_create_one_then_add_two_then_shrink_back(cloud):
     canary = Canary(cloud, cluster)
 
     canary.write("before-add-1")
-    rows = add_replica(cluster=cluster, zone="europe-west1-c")
+    rows = _as_planned(prefect_api, add_replica, cluster=cluster, zone="europe-west1-c")
     canary.check()
     assert len(rows) == 2 and all(r["health"] == "healthy" for r in rows)
     assert {r["zone"] for r in rows} == {"europe-west1-b", "europe-west1-c"}
@@ -102,21 +129,21 @@ def test_seed_way_create_one_then_add_two_then_shrink_back(cloud):
     assert all(r["external IP"] not in ("-", endpoint) for r in rows)
 
     canary.write("before-add-2")
-    rows = add_replica(cluster=cluster)  # no zone: the one with the fewest replicas
+    rows = _as_planned(prefect_api, add_replica, cluster=cluster)  # no zone: the one with the fewest replicas
     canary.check()
     assert sorted(r["zone"] for r in rows) == ZONES
     assert sorted(r["role"] for r in rows) == ["follower", "follower", "leader"]
     _endpoint_ok(cluster, rows)
 
     canary.write("before-remove-by-zone")
-    rows = remove_replica(cluster=cluster, zone="europe-west1-d")
+    rows = _as_planned(prefect_api, remove_replica, cluster=cluster, zone="europe-west1-d")
     canary.check()
     assert sorted(r["zone"] for r in rows) == ["europe-west1-b", "europe-west1-c"]
     _endpoint_ok(cluster, rows)
 
     canary.write("before-remove-by-name")
     victim = next(r["replica"] for r in rows if r["zone"] == "europe-west1-c")
-    rows = remove_replica(cluster=cluster, zone="europe-west1-c", replica_name=victim)
+    rows = _as_planned(prefect_api, remove_replica, cluster=cluster, zone="europe-west1-c", replica_name=victim)
     canary.check()
     # 2 -> 1: the load balancer is gone and its IP is back on the last replica
     assert [r["replica"] for r in rows] != [victim] and len(rows) == 1
@@ -125,7 +152,7 @@ def test_seed_way_create_one_then_add_two_then_shrink_back(cloud):
     assert cloud.gce.get_target_pool(REGION, f"{cluster}-master-pool") is None
     _endpoint_ok(cluster, rows)
 
-    delete_cluster(cluster=cluster)
+    _as_planned(prefect_api, delete_cluster, cluster=cluster)
     assert cloud.gce.list_instances(ZONES, labels={LABEL_CLUSTER: cluster}) == []
     assert cloud.gce.get_address(REGION, f"{cluster}-master-ip") is None
     assert all(cloud.gce.get_firewall(f"{cluster}-{n}") is None for n in ("etcd-peer", "etcd-client", "apiserver"))
@@ -135,7 +162,7 @@ def test_seed_way_create_one_then_add_two_then_shrink_back(cloud):
 
 def test_create_three_at_once_and_replace_a_killed_replica(cloud, prefect_api):
     cluster = _name("three")
-    rows = create_cluster(cluster=cluster, region=REGION, zones=ZONES, replicas=3)
+    rows = _as_planned(prefect_api, create_cluster, cluster=cluster, region=REGION, zones=ZONES, replicas=3)
     assert sorted(r["zone"] for r in rows) == ZONES
     assert all(r["health"] == "healthy" for r in rows)
     endpoint = _endpoint_ok(cluster, rows)
@@ -149,10 +176,11 @@ def test_create_three_at_once_and_replace_a_killed_replica(cloud, prefect_api):
     assert "PRIVATE KEY" not in json.dumps(artifacts)
     canary = Canary(cloud, cluster)
     canary.write("before-replace")
+    _unknown_is_not_absent(cloud, cluster)
 
     victim = next(r for r in rows if r["role"] == "follower")
     cloud.admin.kill_vm("haplane-test", victim["zone"], victim["replica"])
-    rows = replace_replica(cluster=cluster, replica_name=victim["replica"])
+    rows = _as_planned(prefect_api, replace_replica, cluster=cluster, replica_name=victim["replica"])
     canary.check()
     assert victim["replica"] not in [r["replica"] for r in rows]
     assert len(rows) == 3 and all(r["health"] == "healthy" for r in rows)
@@ -167,6 +195,25 @@ def test_create_three_at_once_and_replace_a_killed_replica(cloud, prefect_api):
     delete_cluster(cluster=cluster)
     assert cloud.processes() == []
     _assert_no_private_keys_in_prefect(prefect_api)
+
+
+def _unknown_is_not_absent(cloud, cluster: str) -> None:
+    """A worker that cannot read etcd (its client certificate is not the cluster's, as when it expired)
+    or the PKI block sees the membership as unknown, not empty, and no removal is planned on it."""
+    cas = load_cas(cluster)
+    foreign = EtcdTLS.from_cas(create_cluster_cas("someone-else"))
+    views = [observe(cloud.gce, cluster, REGION, foreign, cas.ca.cert_pem),
+             observe(cloud.gce, cluster, REGION, None, None, pki_problem=f"the PKI block {cluster}-pki could not be read")]
+    for state in views:
+        assert len(state.vms) == 3 and state.membership_unknown is not None
+        assert all(r.etcd_unknown is not None and not r.etcd_ok for r in state.replicas)
+        with pytest.raises(PlanRefused, match="etcd membership .* could not be observed"):
+            plan_remove(state, state.replicas[0].zone, None)
+    assert "member list failed" in views[0].membership_unknown.reason
+    assert all(r.api_ready for r in views[0].replicas)  # the API servers answered: ready is known
+    assert all(r.api_unknown is not None for r in views[1].replicas)  # no CA to verify them with
+    seen = observe(cloud.gce, cluster, REGION, EtcdTLS.from_cas(cas), cas.ca.cert_pem)
+    assert seen.membership_unknown is None and len(seen.voting) == 3 and seen.unknowns == ()
 
 
 def _assert_no_private_keys_in_prefect(prefect_api) -> None:

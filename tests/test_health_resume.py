@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
+import httpx
 import pytest
 
+from blocks.pki import ClusterPKI, block_name
 from flows.create_cluster import create_cluster
 from flows.health_check import health_check
+from haplane.pki import create_cluster_cas
 from haplane.topology import LABEL_CLUSTER
 from tests.fixtures.cluster import PROJECT
 
@@ -15,11 +20,38 @@ REGION = "europe-west1"
 ZONES = ["europe-west1-b", "europe-west1-c", "europe-west1-d"]
 
 
-def test_health_check_resumes_a_replacement_whose_add_failed(cloud):
+def _a_worker_that_cannot_see_etcd_replaces_nothing(cloud, prefect_api, cluster: str) -> None:
+    """With credentials etcd and the API servers refuse (as an expired or wrong certificate is), the
+    check sees the membership as unknown, not empty: it replaces nothing, says what it could not
+    observe, and emits haplane.cluster.unknown -- although a replica really is dead."""
+    real = ClusterPKI.load(block_name(cluster))
+    ClusterPKI.from_cas(create_cluster_cas(cluster)).save(block_name(cluster), overwrite=True)  # another CA
+    cloud.admin.clear_calls()
+    try:
+        blind = health_check(cluster=cluster, backoff_s=0, return_state=True)
+    finally:
+        real.save(block_name(cluster), overwrite=True)
+    assert blind.is_completed(), blind.message
+    assert "could not be observed" in blind.message and "etcd membership" in blind.message
+    assert blind.result()["action"] == "unknown"
+    assert cloud.mutating_calls() == []
+    deadline = time.monotonic() + 30
+    while True:
+        events = httpx.post(f"{prefect_api.url}/events/filter", timeout=10, json={
+            "filter": {"event": {"prefix": ["haplane.cluster.unknown"]}}, "limit": 10}).json()["events"]
+        if events or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert events and events[0]["resource"]["prefect.resource.id"].endswith(cluster)
+    assert "PRIVATE KEY" not in str(events)
+
+
+def test_health_check_resumes_a_replacement_whose_add_failed(cloud, prefect_api):
     cluster = "heal"
     rows = create_cluster(cluster=cluster, region=REGION, zones=ZONES, replicas=3)
     victim = next(r for r in rows if r["role"] == "follower")
     cloud.admin.kill_vm(PROJECT, victim["zone"], victim["replica"])
+    _a_worker_that_cannot_see_etcd_replaces_nothing(cloud, prefect_api, cluster)
 
     # the new replica's VM cannot be created: the replacement removes the dead one, then fails
     cloud.admin.add_fault("compute.instances.insert", "operation_error", count=3, error_code="ZONE_RESOURCE_POOL_EXHAUSTED")

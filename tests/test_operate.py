@@ -121,7 +121,7 @@ def test_create_cluster_over_the_api_with_an_idempotency_key(prefect_api, prefec
     run = wait_run(api, first["id"])
     assert run["state_type"] == "COMPLETED", run_log(api, first["id"])[-3000:]
     found = {a["key"]: a for a in artifacts(api, flow_run_id={"any_": [first["id"]]})}
-    assert f"{CLUSTER}-plan" in found and "insert 3 VM(s)" in found[f"{CLUSTER}-plan"]["data"]
+    assert f"{CLUSTER}-plan" in found and found[f"{CLUSTER}-plan"]["data"].count("insert VM") == 3
     table = found[f"{CLUSTER}-replicas"]
     assert table["type"] == "table" and table["data"].count('"healthy"') == 3
 

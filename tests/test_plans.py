@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from haplane.observe import ClusterState, ReplicaState
+from haplane.model import ClusterState, ReplicaState
 from haplane.plans import PlanRefused, choose_victim, member_health, plan_add, plan_create, plan_remove, plan_replace
 from haplane.quorum import Reason
 from haplane.topology import (
@@ -90,14 +90,14 @@ def test_create_three_spreads_over_zones_with_a_load_balancer():
     plan = plan_create("c", REGION, KNOWN[:3], 3, "create-1", KNOWN, None)
     assert [z for _, z in plan.new_replicas] == KNOWN[:3]
     assert plan.lb == "create" and plan.voting_before == 0 and plan.voting_after == 3
-    assert any("forwarding rule" in s for s in plan.steps)
+    assert any("forwarding rule" in s for s in plan.texts)
     assert plan.expected_seconds > 1200  # the seed's 20-minute load balancer is in the estimate
 
 
 def test_create_one_puts_the_endpoint_ip_on_the_vm():
     plan = plan_create("c", REGION, KNOWN[:3], 1, "create-1", KNOWN, None)
     assert plan.lb == "none" and len(plan.new_replicas) == 1
-    assert any("endpoint IP as its external IP" in s for s in plan.steps)
+    assert any("endpoint IP as its external IP" in s for s in plan.texts)
 
 
 def test_create_refuses_an_existing_cluster_but_resumes_its_own_change():
@@ -112,7 +112,7 @@ def test_add_to_one_creates_the_load_balancer_and_passes_through_two():
     plan = plan_add(ONE, None, "add-1", KNOWN, ["us-central1-a", "us-central1-b", "us-central1-c"])
     assert plan.zone == "us-central1-b" and plan.lb == "create"
     assert plan.voting_before == 1 and plan.voting_after == 2 and "even count" in plan.even_note
-    order = " | ".join(plan.steps)
+    order = " | ".join(plan.texts)
     assert order.index("learner") < order.index("initial-cluster-state=existing") < order.index("promote")
     assert order.index("target pool") < order.index("take the endpoint IP off") < order.index("forwarding rule")
 
@@ -159,9 +159,9 @@ def test_remove_by_zone_prefers_an_unhealthy_then_a_non_leader():
 
 def test_remove_moves_leadership_first_and_shrinks_the_pool():
     plan = plan_remove(THREE, "us-central1-a", None)
-    assert plan.replica == "c-master-0" and plan.steps[0].startswith("move etcd leadership away")
+    assert plan.replica == "c-master-0" and plan.texts[0].startswith("move etcd leadership away")
     assert plan.lb == "shrink" and plan.voting_after == 2 and "even count" in plan.even_note
-    steps = " | ".join(plan.steps)
+    steps = " | ".join(plan.texts)
     assert steps.index("remove c-master-0 from etcd") < steps.index("target pool") < steps.index("delete VM")
 
 
@@ -169,7 +169,7 @@ def test_two_to_one_hands_the_ip_back():
     two = cluster(replica(0, "us-central1-a"), replica(1, "us-central1-b"))
     plan = plan_remove(two, "us-central1-b", None)
     assert plan.lb == "delete" and plan.voting_after == 1 and not plan.even_note
-    assert any("give c-master-0 the endpoint IP" in s for s in plan.steps)
+    assert any("give c-master-0 the endpoint IP" in s for s in plan.texts)
 
 
 def test_a_resumed_two_to_one_still_hands_the_ip_back():
@@ -216,3 +216,118 @@ def test_member_health_marks_unreachable_members_and_learners():
     assert set(health) == {"c-master-0", "c-master-1", "c-master-2"}  # a VM that is no member is not counted
     assert health["c-master-0"].healthy and Reason.UNREACHABLE in health["c-master-1"].reasons
     assert not health["c-master-2"].voting
+
+
+# --- plans are data; step ids are a versioned schema ----------------------------------------------------
+
+TWO = cluster(replica(0, "us-central1-a"), replica(1, "us-central1-b"))
+
+# Step ids are checkpoint keys and requestId seeds: a change in flight after an upgrade finds its
+# checkpoints only if they stay the same. Changing any of these is a deliberate act: bump
+# haplane.steps.STEP_SCHEMA (a change recorded under another schema is then refused) and update this table.
+PINNED_SCHEMA = 1
+PINNED = {
+    "create 3": (lambda: plan_create("c", REGION, KNOWN[:3], 3, "create-1", KNOWN, None), (
+        "spec", "pki", "address", "firewall/c-etcd-peer", "firewall/c-etcd-client", "firewall/c-apiserver",
+        "vm/c-master-f4cdf", "vm/c-master-66d92", "vm/c-master-62567", "configure/c-master-f4cdf",
+        "configure/c-master-66d92", "configure/c-master-62567", "quorum", "health-check", "target-pool",
+        "forwarding-rule")),
+    "add 1->2": (lambda: plan_add(ONE, None, "add-1", KNOWN, KNOWN[:3]), (
+        "vm/c-master-4c643", "learner/c-master-4c643", "configure/c-master-4c643", "promote/c-master-4c643",
+        "quorum/c-master-4c643", "health-check", "target-pool", "release-ip/c-master-0", "forwarding-rule",
+        "ephemeral-ip/c-master-0")),
+    "add 2->3": (lambda: plan_add(TWO, None, "add-2", KNOWN, KNOWN[:3]), (
+        "vm/c-master-c922a", "learner/c-master-c922a", "configure/c-master-c922a", "promote/c-master-c922a",
+        "quorum/c-master-c922a", "pool-add/c-master-c922a")),
+    "remove 3->2": (lambda: plan_remove(THREE, "us-central1-a", None), (
+        "move-leader/c-master-0", "member/c-master-0", "quorum/c-master-0", "pool-remove/c-master-0",
+        "delete-vm/c-master-0")),
+    "remove 2->1": (lambda: plan_remove(TWO, "us-central1-b", None), (
+        "member/c-master-1", "quorum/c-master-1", "delete-forwarding-rule", "drop-ephemeral/c-master-0",
+        "endpoint-ip/c-master-0", "delete-target-pool", "delete-health-check", "delete-vm/c-master-1")),
+    "replace": (lambda: plan_replace(THREE, "c-master-1", "replace-1", KNOWN, KNOWN[:3]), (
+        "remove/member/c-master-1", "remove/quorum/c-master-1", "remove/pool-remove/c-master-1",
+        "remove/delete-vm/c-master-1", "add/vm/c-master-fc142", "add/learner/c-master-fc142",
+        "add/configure/c-master-fc142", "add/promote/c-master-fc142", "add/quorum/c-master-fc142",
+        "add/pool-add/c-master-fc142")),
+}
+
+
+@pytest.mark.parametrize("case", list(PINNED))
+def test_step_ids_are_pinned(case):
+    from haplane.steps import STEP_SCHEMA
+
+    make, ids = PINNED[case]
+    plan = make()
+    if isinstance(plan, tuple):
+        plan = plan[0].then(plan[1], "replace-replica")
+    assert STEP_SCHEMA == PINNED_SCHEMA, "the step schema changed: update PINNED to what the plans produce now"
+    assert plan.ids == ids
+
+
+def test_the_dry_run_text_is_the_step_list():
+    plan = plan_add(ONE, None, "add-1", KNOWN, KNOWN[:3])
+    text = plan.markdown()
+    for i, s in enumerate(plan.steps, 1):
+        assert f"{i}. {s.text} (`{s.id}`)" in text
+    # the seed's join order, with the certificates written after the learner is added (as the run does)
+    kinds = [s.kind.value for s in plan.steps[:5]]
+    assert kinds == ["create-vm", "add-learner", "configure", "promote", "wait-quorum"]
+
+
+def test_values_produced_by_earlier_steps_are_explicit_references():
+    from haplane.steps import Ref, resolve
+
+    plan = plan_add(ONE, None, "add-1", KNOWN, KNOWN[:3])
+    vm, learner, configure, promote = plan.steps[:4]
+    assert learner.arguments["ip"] == Ref(vm.id, "internal_ip")
+    assert promote.arguments["member_id"] == Ref(learner.id, "member_id")
+    assert configure.arguments["initial_cluster"][-1] == (vm.arguments["name"], Ref(vm.id, "internal_ip"))
+    assert resolve(configure.arguments["initial_cluster"], {vm.id: {"internal_ip": "127.1.2.3"}})[-1][1] == "127.1.2.3"
+    with pytest.raises(KeyError, match="has not produced it"):
+        resolve(promote.arguments["member_id"], {})
+
+
+def test_a_plan_whose_reference_points_nowhere_is_a_bug():
+    from haplane.plans import Plan
+    from haplane.steps import Ref, StepKind, step
+
+    with pytest.raises(ValueError, match="which no earlier step produces"):
+        Plan("x", "c", (step(StepKind.PROMOTE, "promote/x", "promote", member_id=Ref("learner/x", "member_id")),),
+             1, 2, 0.0)
+
+
+@pytest.mark.parametrize(("case", "make"), [
+    ("remove 3->2", lambda: plan_remove(THREE, "us-central1-a", None)),
+    ("remove a member whose VM is gone", lambda: plan_remove(
+        cluster(replica(0, "us-central1-a"), replica(1, "us-central1-b"),
+                replica(2, "?", vm_status="MISSING", internal_ip="", etcd_ok=False, api_ready=False, leader=False)),
+        "?", "c-master-2")),
+])
+def test_removal_steps_follow_the_remove_order(case, make):
+    """Leadership away -> member removed -> out of the pool -> VM deleted; no pool or VM step for a VM that is gone."""
+    kinds = [s.kind.value for s in make().steps]
+    order = ["move-leader", "remove-member", "wait-quorum", "pool-remove", "delete-vm"]
+    assert kinds == [k for k in order if k in kinds]
+    if case.startswith("remove a member"):
+        assert "delete-vm" not in kinds and "pool-remove" not in kinds
+
+
+def test_every_step_kind_has_an_executor():
+    from haplane.steps import StepKind
+    from tasks.execute import GCE, LOCAL
+
+    assert set(GCE) | set(LOCAL) == set(StepKind) and not set(GCE) & set(LOCAL)
+
+
+def test_side_by_side_steps_are_grouped_and_nothing_else():
+    """create 3: the three firewall rules, then the three VMs, then the three configurations run side by
+    side; every other step alone, in plan order."""
+    from tasks.execute import groups
+
+    plan = plan_create("c", REGION, KNOWN[:3], 3, "create-1", KNOWN, None)
+    shape = [(g[0].kind.value, len(g)) for g in groups(plan.steps)]
+    assert shape == [("save-spec", 1), ("create-pki", 1), ("reserve-address", 1), ("firewall", 3), ("create-vm", 3),
+                     ("configure", 3), ("wait-quorum", 1), ("health-check", 1), ("target-pool", 1),
+                     ("forwarding-rule", 1)]
+    assert [s.id for g in groups(plan.steps) for s in g] == list(plan.ids)

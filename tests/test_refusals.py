@@ -12,6 +12,7 @@ import sys
 import time
 
 import pytest
+from prefect import flow
 
 from flows.add_replica import add_replica
 from flows.create_cluster import create_cluster
@@ -20,6 +21,8 @@ from flows.remove_replica import remove_replica
 from flows.replace_replica import replace_replica
 from haplane.plans import Plan
 from haplane.processes import stop_group
+from haplane.steps import STEP_SCHEMA
+from tasks.steps import SCHEMA_STEP, Change, remember
 from tests.fixtures.cluster import PROJECT
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -33,6 +36,12 @@ def _refused(cloud, call, match: str) -> None:
     with pytest.raises(Exception, match=match):
         call()
     assert cloud.mutating_calls() == [], "a refused request changed something"
+
+
+@flow
+def _record_step_schema(cluster: str, change_id: str, version: int) -> None:
+    """What an older haplane left behind: the change's step-schema checkpoint."""
+    remember(Change(cluster, change_id), SCHEMA_STEP, version)
 
 
 def test_create_refusals_change_nothing(cloud):
@@ -69,6 +78,11 @@ def test_refusals_on_a_cluster_change_nothing(cloud, prefect_api):
              "no replica named 'nosuch'")
     _refused(cloud, lambda: remove_replica(cluster=cluster, zone="europe-west1-f"), "no replica in zone")
     _refused(cloud, lambda: replace_replica(cluster=cluster, replica_name="nosuch"), "no replica named")
+
+    # a change recorded under another step schema (its checkpoints have other ids) is not resumed
+    _record_step_schema(cluster, "add-old", STEP_SCHEMA - 1)
+    _refused(cloud, lambda: add_replica(cluster=cluster, zone="europe-west1-b", change_id="add-old"),
+             f"step schema is {STEP_SCHEMA - 1}; this one uses step schema {STEP_SCHEMA}")
 
     # one replica down: removing a healthy one would leave 1 healthy of 2 voting, below quorum
     cloud.admin.kill_vm(PROJECT, "europe-west1-b", names["europe-west1-b"])

@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from haplane.observe import ClusterState, ReplicaState
+from haplane.model import ClusterState, ReplicaState
 from haplane.remediation import Action, Attempt, Outcome, Policy, Problem, decide, failures_in_a_row, find_problems
 
 NOW = dt.datetime(2025, 1, 1, 12, 0, tzinfo=dt.UTC)

@@ -18,12 +18,13 @@ from __future__ import annotations
 import ipaddress
 
 from haplane.emulator.errors import OperationError, already_exists, in_use, invalid
-from haplane.emulator.filters import compile_filter
 from haplane.emulator.resources import (
     Call,
     Ctx,
+    aggregated_reply,
     check_name,
     get_or_404,
+    labelled,
     list_reply,
     refresh_address,
     release_ip,
@@ -89,6 +90,7 @@ def insert(ctx: Ctx, call: Call) -> dict:
             "selfLink": link,
             "networkTier": body.get("networkTier", "PREMIUM"),
             "addressType": "EXTERNAL",
+            **labelled(body.get("labels"), "resource.labels"),
         }
         refresh_address(ctx.store, ip)
 
@@ -108,11 +110,16 @@ def get(ctx: Ctx, call: Call) -> dict:
 
 
 def list_(ctx: Ctx, call: Call) -> dict:
-    predicate = compile_filter(call.query.get("filter"))
     region = call.params["region"]
     with ctx.store.lock:
         found = [a for (p, r, _), a in ctx.store.addresses.items() if p == call.project and r == region]
-        return list_reply(ctx, call, "compute#addressList", "addresses", found, predicate)
+        return list_reply(ctx, call, "compute#addressList", "addresses", found)
+
+
+def aggregated_list(ctx: Ctx, call: Call) -> dict:
+    with ctx.store.lock:
+        return aggregated_reply(ctx, call, "compute#addressAggregatedList", "addresses", ctx.store.addresses,
+                                ("regions",))
 
 
 def delete(ctx: Ctx, call: Call) -> dict:

@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from haplane.emulator import addresses, firewalls, instances, loadbalancer
+from haplane.emulator import addresses, firewalls, instances, listing, loadbalancer
 from haplane.emulator.calllog import CallLog
 from haplane.emulator.errors import (
     ApiError,
@@ -29,8 +29,7 @@ from haplane.emulator.errors import (
     rate_limited,
 )
 from haplane.emulator.faults import FaultBook
-from haplane.emulator.filters import compile_filter
-from haplane.emulator.resources import Call, Ctx, check_request_id, list_reply
+from haplane.emulator.resources import Call, Ctx, check_request_id, list_reply, scopes
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +85,8 @@ def region_get(ctx: Ctx, call: Call) -> dict:
 
 
 def region_list(ctx: Ctx, call: Call) -> dict:
-    predicate = compile_filter(call.query.get("filter"))
     items = [_region_json(ctx, call.project, r) for r in ctx.catalog.regions]
-    reply = list_reply(ctx, call, "compute#regionList", "regions", items, predicate)
-    return reply
+    return list_reply(ctx, call, "compute#regionList", "regions", items)
 
 
 def zone_get(ctx: Ctx, call: Call) -> dict:
@@ -97,9 +94,8 @@ def zone_get(ctx: Ctx, call: Call) -> dict:
 
 
 def zone_list(ctx: Ctx, call: Call) -> dict:
-    predicate = compile_filter(call.query.get("filter"))
     items = [_zone_json(ctx, call.project, z) for z in ctx.catalog.zones()]
-    return list_reply(ctx, call, "compute#zoneList", "zones", items, predicate)
+    return list_reply(ctx, call, "compute#zoneList", "zones", items)
 
 
 def op_get(ctx: Ctx, call: Call) -> dict:
@@ -108,6 +104,24 @@ def op_get(ctx: Ctx, call: Call) -> dict:
 
 def op_wait(ctx: Ctx, call: Call) -> dict:
     return ctx.ops.wait(call.project, call.scope, call.params["operation"], ctx.wait_timeout)
+
+
+def op_list(ctx: Ctx, call: Call) -> dict:
+    with ctx.store.lock:
+        found = [op for (p, s, _), op in ctx.ops.table().items() if p == call.project and s == call.scope]
+        return list_reply(ctx, call, "compute#operationList", "operations", found)
+
+
+def op_aggregated_list(ctx: Ctx, call: Call) -> dict:
+    """globalOperations.aggregatedList: every zone's, region's and the global operations."""
+    scoped: dict[str, list[dict]] = {s: [] for k in ("global", "regions", "zones") for s in scopes(ctx, k)}
+    with ctx.store.lock:
+        for (p, scope, _), op in ctx.ops.table().items():
+            if p == call.project:
+                scoped.setdefault(scope, []).append(op)
+        unreachable = [f"zones/{z}" for z in ctx.store.failed_zones]
+        return listing.aggregated_reply(ctx.store.base_url, call.project, "compute#operationAggregatedList",
+                                        "operations", scoped, call.query, unreachable)
 
 
 ROUTES: list[Route] = [
@@ -119,6 +133,7 @@ ROUTES: list[Route] = [
     Route("POST", "{project}/zones/{zone}/instances", "compute.instances.insert", instances.insert,
           "instance_insert"),
     Route("GET", "{project}/zones/{zone}/instances", "compute.instances.list", instances.list_),
+    Route("GET", "{project}/aggregated/instances", "compute.instances.aggregatedList", instances.aggregated_list),
     Route("GET", "{project}/zones/{zone}/instances/{instance}", "compute.instances.get", instances.get),
     Route("DELETE", "{project}/zones/{zone}/instances/{instance}", "compute.instances.delete",
           instances.delete, "instance_delete"),
@@ -138,24 +153,32 @@ ROUTES: list[Route] = [
     Route("POST", "{project}/regions/{region}/addresses", "compute.addresses.insert", addresses.insert,
           "address"),
     Route("GET", "{project}/regions/{region}/addresses", "compute.addresses.list", addresses.list_),
+    Route("GET", "{project}/aggregated/addresses", "compute.addresses.aggregatedList", addresses.aggregated_list),
     Route("GET", "{project}/regions/{region}/addresses/{address}", "compute.addresses.get", addresses.get),
     Route("DELETE", "{project}/regions/{region}/addresses/{address}", "compute.addresses.delete",
           addresses.delete, "address"),
     # load balancing
     Route("POST", "{project}/global/httpHealthChecks", "compute.httpHealthChecks.insert",
           loadbalancer.hc_insert, "health_check"),
+    Route("GET", "{project}/global/httpHealthChecks", "compute.httpHealthChecks.list", loadbalancer.hc_list),
     Route("GET", "{project}/global/httpHealthChecks/{httpHealthCheck}", "compute.httpHealthChecks.get",
           loadbalancer.hc_get),
     Route("DELETE", "{project}/global/httpHealthChecks/{httpHealthCheck}", "compute.httpHealthChecks.delete",
           loadbalancer.hc_delete, "health_check"),
     Route("POST", "{project}/global/healthChecks", "compute.healthChecks.insert",
           loadbalancer.hc_insert, "health_check"),
+    Route("GET", "{project}/global/healthChecks", "compute.healthChecks.list", loadbalancer.hc_list),
+    Route("GET", "{project}/aggregated/healthChecks", "compute.healthChecks.aggregatedList",
+          loadbalancer.hc_aggregated_list),
     Route("GET", "{project}/global/healthChecks/{healthCheck}", "compute.healthChecks.get",
           loadbalancer.hc_get),
     Route("DELETE", "{project}/global/healthChecks/{healthCheck}", "compute.healthChecks.delete",
           loadbalancer.hc_delete, "health_check"),
     Route("POST", "{project}/regions/{region}/targetPools", "compute.targetPools.insert",
           loadbalancer.tp_insert, "target_pool"),
+    Route("GET", "{project}/regions/{region}/targetPools", "compute.targetPools.list", loadbalancer.tp_list),
+    Route("GET", "{project}/aggregated/targetPools", "compute.targetPools.aggregatedList",
+          loadbalancer.tp_aggregated_list),
     Route("GET", "{project}/regions/{region}/targetPools/{targetPool}", "compute.targetPools.get",
           loadbalancer.tp_get),
     Route("DELETE", "{project}/regions/{region}/targetPools/{targetPool}", "compute.targetPools.delete",
@@ -168,6 +191,10 @@ ROUTES: list[Route] = [
           "compute.targetPools.getHealth", loadbalancer.tp_get_health),
     Route("POST", "{project}/regions/{region}/forwardingRules", "compute.forwardingRules.insert",
           loadbalancer.fr_insert, "forwarding_rule_insert"),
+    Route("GET", "{project}/regions/{region}/forwardingRules", "compute.forwardingRules.list",
+          loadbalancer.fr_list),
+    Route("GET", "{project}/aggregated/forwardingRules", "compute.forwardingRules.aggregatedList",
+          loadbalancer.fr_aggregated_list),
     Route("GET", "{project}/regions/{region}/forwardingRules/{forwardingRule}", "compute.forwardingRules.get",
           loadbalancer.fr_get),
     Route("DELETE", "{project}/regions/{region}/forwardingRules/{forwardingRule}",
@@ -179,6 +206,11 @@ ROUTES: list[Route] = [
     Route("DELETE", "{project}/global/firewalls/{firewall}", "compute.firewalls.delete", firewalls.delete,
           "firewall"),
     # operations
+    Route("GET", "{project}/zones/{zone}/operations", "compute.zoneOperations.list", op_list),
+    Route("GET", "{project}/regions/{region}/operations", "compute.regionOperations.list", op_list),
+    Route("GET", "{project}/global/operations", "compute.globalOperations.list", op_list),
+    Route("GET", "{project}/aggregated/operations", "compute.globalOperations.aggregatedList",
+          op_aggregated_list),
     Route("GET", "{project}/zones/{zone}/operations/{operation}", "compute.zoneOperations.get", op_get),
     Route("POST", "{project}/zones/{zone}/operations/{operation}/wait", "compute.zoneOperations.wait", op_wait),
     Route("GET", "{project}/regions/{region}/operations/{operation}", "compute.regionOperations.get", op_get),
@@ -280,5 +312,4 @@ class ComputeApi:
                                fault.httpStatus)
         op = self.ctx.ops.create(call.project, call.scope, route.method.rsplit(".", 1)[1],
                                  self.ctx.store.link(target), None, None)
-        self.ctx.ops.run(op, route.kind or "default", [], fail=error)
-        return op
+        return self.ctx.ops.run(op, route.kind or "default", [], fail=error)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from haplane.emulator.errors import already_exists, invalid
-from haplane.emulator.filters import compile_filter
 from haplane.emulator.resources import Call, Ctx, check_name, get_or_404, list_reply, resource_path
 from haplane.emulator.store import now_rfc3339, public
 
@@ -47,10 +46,9 @@ def get(ctx: Ctx, call: Call) -> dict:
 
 
 def list_(ctx: Ctx, call: Call) -> dict:
-    predicate = compile_filter(call.query.get("filter"))
     with ctx.store.lock:
         found = [f for (p, _), f in ctx.store.firewalls.items() if p == call.project]
-        return list_reply(ctx, call, "compute#firewallList", "firewalls", found, predicate)
+        return list_reply(ctx, call, "compute#firewallList", "firewalls", found)
 
 
 def delete(ctx: Ctx, call: Call) -> dict:

@@ -16,10 +16,10 @@ from __future__ import annotations
 import re
 
 from haplane.emulator.errors import ApiError, OperationError, already_exists, invalid
-from haplane.emulator.filters import compile_filter
 from haplane.emulator.resources import (
     Call,
     Ctx,
+    aggregated_reply,
     check_name,
     get_or_404,
     list_reply,
@@ -155,6 +155,33 @@ def _alive(ctx: Ctx, key, inst_id: str) -> dict:
     return inst
 
 
+def _disk(ctx: Ctx, call: Call, instance: str, index: int, d: dict) -> dict:
+    """An attached disk as GCE serves it: ``source`` names the disk (the one given, or the one that
+    ``initializeParams`` creates, named after the instance as GCE names it)."""
+    device = d.get("deviceName") or (instance if index == 0 else f"{instance}-{index}")
+    disk_name = (d.get("initializeParams") or {}).get("diskName") or device
+    source = d.get("source") or f"projects/{call.project}/zones/{call.params['zone']}/disks/{disk_name}"
+    if not source.startswith("http"):
+        source = ctx.store.link(source[source.index("projects/"):] if "projects/" in source else
+                                f"projects/{call.project}/zones/{call.params['zone']}/disks/{source}")
+    return {"kind": "compute#attachedDisk", "index": index, "boot": bool(d.get("boot", index == 0)),
+            "deviceName": device, "source": source, "autoDelete": d.get("autoDelete", d.get("source") is None),
+            "type": d.get("type", "PERSISTENT"), "mode": d.get("mode", "READ_WRITE")}
+
+
+def _scheduling(value) -> dict:
+    """The scheduling GCE keeps: what was given, over GCE's defaults (a preemptible VM can't migrate)."""
+    given = value if isinstance(value, dict) else {}
+    preemptible = bool(given.get("preemptible", False))
+    out = {"onHostMaintenance": "TERMINATE" if preemptible else "MIGRATE", "automaticRestart": not preemptible,
+           "preemptible": preemptible}
+    out.update({k: v for k, v in given.items() if v is not None})
+    if out["onHostMaintenance"] not in ("MIGRATE", "TERMINATE"):
+        raise invalid(f"Invalid value for field 'resource.scheduling.onHostMaintenance': "
+                      f"'{out['onHostMaintenance']}'. Must be MIGRATE or TERMINATE.")
+    return out
+
+
 # --- handlers ---------------------------------------------------------------------------------
 
 
@@ -207,14 +234,10 @@ def insert(ctx: Ctx, call: Call) -> dict:
             "zone": ctx.store.link(f"projects/{call.project}/zones/{zone}"),
             "canIpForward": bool(body.get("canIpForward", False)),
             "networkInterfaces": [nic],
-            "disks": [{"kind": "compute#attachedDisk", "index": i, "boot": i == 0,
-                       "deviceName": d.get("deviceName") or (name if i == 0 else f"{name}-{i}"),
-                       "autoDelete": d.get("autoDelete", True), "type": d.get("type", "PERSISTENT"),
-                       "mode": d.get("mode", "READ_WRITE")}
-                      for i, d in enumerate(body.get("disks") or [])],
+            "disks": [_disk(ctx, call, name, i, d) for i, d in enumerate(body.get("disks") or [])],
             "metadata": _metadata(items),
             "selfLink": link,
-            "scheduling": {"onHostMaintenance": "MIGRATE", "automaticRestart": True, "preemptible": False},
+            "scheduling": _scheduling(body.get("scheduling")),
             "cpuPlatform": "Intel Broadwell",
             "startRestricted": False,
             "deletionProtection": bool(body.get("deletionProtection", False)),
@@ -251,11 +274,16 @@ def get(ctx: Ctx, call: Call) -> dict:
 
 
 def list_(ctx: Ctx, call: Call) -> dict:
-    predicate = compile_filter(call.query.get("filter"))
     zone = call.params["zone"]
     with ctx.store.lock:
         found = [i for (p, z, _), i in ctx.store.instances.items() if p == call.project and z == zone]
-        return list_reply(ctx, call, "compute#instanceList", "instances", found, predicate)
+        return list_reply(ctx, call, "compute#instanceList", "instances", found)
+
+
+def aggregated_list(ctx: Ctx, call: Call) -> dict:
+    with ctx.store.lock:
+        return aggregated_reply(ctx, call, "compute#instanceAggregatedList", "instances", ctx.store.instances,
+                                ("zones",))
 
 
 def _free_instance_ips(ctx: Ctx, inst: dict) -> None:

@@ -25,8 +25,11 @@ from haplane.emulator.errors import OperationError, already_exists, in_use, inva
 from haplane.emulator.resources import (
     Call,
     Ctx,
+    aggregated_reply,
     check_name,
     get_or_404,
+    labelled,
+    list_reply,
     parse_link,
     refresh_address,
     release_ip,
@@ -72,15 +75,16 @@ def hc_insert(ctx: Ctx, call: Call) -> dict:
         "healthyThreshold": int(body.get("healthyThreshold", 2)),
     }
     if collection == "httpHealthChecks":
-        spec = {"host": body.get("host", ""), "requestPath": body.get("requestPath", "/"),
-                "port": int(body.get("port", 80))}
+        spec = {"requestPath": body.get("requestPath", "/"), "port": int(body.get("port", 80)),
+                "proxyHeader": body.get("proxyHeader", "NONE"), **({"host": body["host"]} if body.get("host") else {})}
     else:
         kind = body.get("type")
         if kind not in ("HTTP", "HTTPS", "TCP", "SSL", "HTTP2", "GRPC"):
             raise invalid(f"Invalid value for field 'resource.type': '{kind}'.")
         field = {"HTTP": "httpHealthCheck", "HTTPS": "httpsHealthCheck", "TCP": "tcpHealthCheck",
                  "SSL": "sslHealthCheck", "HTTP2": "http2HealthCheck", "GRPC": "grpcHealthCheck"}[kind]
-        spec = {"type": kind, field: body.get(field) or {}}
+        spec = {"type": kind, field: {**({"proxyHeader": "NONE"} if kind != "GRPC" else {}),
+                                      **(body.get(field) or {})}}
     with ctx.store.lock:
         if key in table:
             raise already_exists(_hc_path(call, collection, name))
@@ -102,7 +106,22 @@ def hc_get(ctx: Ctx, call: Call) -> dict:
     collection = _hc_collection(call)
     with ctx.store.lock:
         key = (call.project, _hc_path(call, collection).rsplit("/", 1)[1])
-        return public(get_or_404(_hc_table(ctx, collection), key, _hc_path(call, collection)))
+        # GCE's 404 for global/httpHealthChecks/X names global/healthChecks/X (recorded)
+        return public(get_or_404(_hc_table(ctx, collection), key, _hc_path(call, "healthChecks")))
+
+
+def hc_list(ctx: Ctx, call: Call) -> dict:
+    collection = _hc_collection(call)
+    with ctx.store.lock:
+        found = [hc for (p, _), hc in _hc_table(ctx, collection).items() if p == call.project]
+        return list_reply(ctx, call, HC_KINDS[collection] + "List", collection, found)
+
+
+def hc_aggregated_list(ctx: Ctx, call: Call) -> dict:
+    """healthChecks.aggregatedList (GCE has none for the legacy httpHealthChecks): global, and each region."""
+    with ctx.store.lock:
+        return aggregated_reply(ctx, call, "compute#healthChecksAggregatedList", "healthChecks",
+                                ctx.store.health_checks, ("global", "regions"))
 
 
 def hc_delete(ctx: Ctx, call: Call) -> dict:
@@ -194,6 +213,19 @@ def tp_get(ctx: Ctx, call: Call) -> dict:
         return public(get_or_404(ctx.store.target_pools, _tp_key(call), _tp_path(call)))
 
 
+def tp_list(ctx: Ctx, call: Call) -> dict:
+    region = call.params["region"]
+    with ctx.store.lock:
+        found = [t for (p, r, _), t in ctx.store.target_pools.items() if p == call.project and r == region]
+        return list_reply(ctx, call, "compute#targetPoolList", "targetPools", found)
+
+
+def tp_aggregated_list(ctx: Ctx, call: Call) -> dict:
+    with ctx.store.lock:
+        return aggregated_reply(ctx, call, "compute#targetPoolAggregatedList", "targetPools",
+                                ctx.store.target_pools, ("regions",))
+
+
 def tp_delete(ctx: Ctx, call: Call) -> dict:
     key = _tp_key(call)
     with ctx.store.lock:
@@ -254,11 +286,11 @@ def _canonical(ctx: Ctx, link: str) -> str:
 
 
 def tp_add_instance(ctx: Ctx, call: Call) -> dict:
-    return _members_change(ctx, call, "addInstance", add=True)
+    return _members_change(ctx, call, "AddInstance", add=True)  # GCE's spelling for the legacy pools
 
 
 def tp_remove_instance(ctx: Ctx, call: Call) -> dict:
-    return _members_change(ctx, call, "removeInstance", add=False)
+    return _members_change(ctx, call, "RemoveInstance", add=False)
 
 
 def tp_get_health(ctx: Ctx, call: Call) -> dict:
@@ -365,6 +397,8 @@ def fr_insert(ctx: Ctx, call: Call) -> dict:
             "loadBalancingScheme": body.get("loadBalancingScheme", "EXTERNAL"),
             "networkTier": body.get("networkTier", "PREMIUM"),
             "fingerprint": fingerprint([name, ip]),
+            "selfLinkWithId": ctx.store.link(_fr_path(call, rule_id)),
+            **labelled(body.get("labels"), "resource.labels"),
             "_region": call.params["region"],
         }
         refresh_address(ctx.store, ip)
@@ -391,6 +425,19 @@ def fr_insert(ctx: Ctx, call: Call) -> dict:
 def fr_get(ctx: Ctx, call: Call) -> dict:
     with ctx.store.lock:
         return public(get_or_404(ctx.store.forwarding_rules, _fr_key(call), _fr_path(call)))
+
+
+def fr_list(ctx: Ctx, call: Call) -> dict:
+    region = call.params["region"]
+    with ctx.store.lock:
+        found = [f for (p, r, _), f in ctx.store.forwarding_rules.items() if p == call.project and r == region]
+        return list_reply(ctx, call, "compute#forwardingRuleList", "forwardingRules", found)
+
+
+def fr_aggregated_list(ctx: Ctx, call: Call) -> dict:
+    with ctx.store.lock:
+        return aggregated_reply(ctx, call, "compute#forwardingRuleAggregatedList", "forwardingRules",
+                                ctx.store.forwarding_rules, ("regions",))
 
 
 def fr_delete(ctx: Ctx, call: Call) -> dict:

@@ -1,7 +1,7 @@
 """Operations: GCE's asynchronous-call records, requestId de-duplication, the timer.
 
 Every mutating call returns an Operation (``kind: compute#operation``) that
-goes PENDING -> RUNNING -> DONE. Its work is a list of *phases*
+is created PENDING and answered RUNNING (as GCE answers), then DONE. Its work is a list of *phases*
 ``(fraction, callable)``: the callable runs on the timer thread pool at
 ``fraction * duration`` where ``duration = latency[kind] * time_scale``
 (:mod:`haplane.emulator.latency`). A phase that raises
@@ -121,8 +121,8 @@ class OperationBook:
             "insertTime": now_rfc3339(),
             "selfLink": self.store.link(f"{scope_path}/operations/{name}"),
         }
-        if target_id:
-            op["targetId"] = target_id
+        # GCE names a target id even when the call fails (an insert refused in its operation)
+        op["targetId"] = target_id or self.store.new_id()
         field = _scope_link_field(scope)
         if field:
             op[field] = self.store.link(f"projects/{project}/{scope}")
@@ -139,6 +139,10 @@ class OperationBook:
             if op is None:
                 raise not_found(f"projects/{project}/{scope}/operations/{name}")
             return copy.deepcopy(op)
+
+    def table(self) -> dict[tuple[str, str, str], dict]:
+        """Every operation, keyed (project, scope, name) (call under the store lock; don't mutate)."""
+        return self._ops
 
     def wait(self, project: str, scope: str, name: str, timeout: float) -> dict:
         """Long-poll: the operation once DONE, or as it is after ``timeout`` seconds."""
@@ -157,14 +161,17 @@ class OperationBook:
     # --- progress -----------------------------------------------------------------------
 
     def run(self, op_json: dict, kind: str, phases: list[Phase], *, hang: bool = False,
-            fail: OperationError | None = None) -> None:
-        """Carry the operation out: RUNNING now, ``phases`` over its duration, DONE at the end."""
+            fail: OperationError | None = None) -> dict:
+        """Carry the operation out: RUNNING now (as GCE answers the call), ``phases`` over its
+        duration, DONE at the end. Returns the operation as the call answers it."""
         project_scope_name = self._key(op_json)
         duration = self.latency.duration(kind)
         op = self._ops[project_scope_name]
+        self._update(op, status="RUNNING", startTime=now_rfc3339())
+        with self.store.lock:
+            answer = copy.deepcopy(op)
 
         def begin() -> None:
-            self._update(op, status="RUNNING", startTime=now_rfc3339())
             if hang:
                 with self.store.lock:
                     self._hung.append(lambda: self._step(op, duration, phases, fail, 0.0))
@@ -172,6 +179,7 @@ class OperationBook:
             self._step(op, duration, phases, fail, 0.0)
 
         self.timer.call_later(0, begin)
+        return answer
 
     def release_hung(self) -> int:
         with self.store.lock:

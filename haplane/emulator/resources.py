@@ -6,14 +6,17 @@ import re
 import uuid
 from dataclasses import dataclass, field
 
+from haplane.emulator import listing
 from haplane.emulator.catalog import Catalog
 from haplane.emulator.errors import OperationError, invalid, not_found, required
 from haplane.emulator.faults import Fault
 from haplane.emulator.latency import LatencyModel
 from haplane.emulator.operations import OperationBook, Phase
 from haplane.emulator.runtime import Runtime, VmView
-from haplane.emulator.store import Store, public
+from haplane.emulator.store import Store, fingerprint
 
+LABEL_KEY_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+LABEL_VALUE_RE = re.compile(r"^[a-z0-9_-]{0,63}$")
 NAME_RE = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 LINK_RE = re.compile(
     r"(?:^|/)projects/(?P<project>[^/]+)/(?:(?P<scope_kind>zones|regions)/(?P<scope>[^/]+)|global)"
@@ -72,8 +75,7 @@ class Ctx:
         """Create the call's operation (remembering its requestId) and start it."""
         hang = call.fault is not None and call.fault.mode == "hang"
         op = self.ops.create(call.project, call.scope, op_type, target_link, target_id, call.request_id)
-        self.ops.run(op, kind, phases, hang=hang, fail=fail)
-        return op
+        return self.ops.run(op, kind, phases, hang=hang, fail=fail)
 
 
 def check_name(name, what: str = "resource") -> str:
@@ -85,6 +87,18 @@ def check_name(name, what: str = "resource") -> str:
             "Must be a match of regex '(?:[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?)'"
         )
     return name
+
+
+def labelled(value, field: str = "labels") -> dict:
+    """``labels`` (when any) and ``labelFingerprint``, as GCE serves them on labellable resources."""
+    if value is None:
+        value = {}
+    if not isinstance(value, dict) or not all(
+            LABEL_KEY_RE.match(str(k)) and LABEL_VALUE_RE.match(str(v)) for k, v in value.items()):
+        raise invalid(f"Invalid value for field '{field}': {value!r}. Label keys and values must be lowercase "
+                      "letters, digits, '_' or '-' (keys start with a letter).")
+    labels = {str(k): str(v) for k, v in value.items()}
+    return {**({"labels": labels} if labels else {}), "labelFingerprint": fingerprint(labels)}
 
 
 def check_request_id(request_id: str | None) -> str | None:
@@ -111,18 +125,35 @@ def resource_path(project: str, scope: str, collection: str, name: str) -> str:
     return f"projects/{project}/{scope}/{collection}/{name}"
 
 
-def list_reply(ctx: Ctx, call: Call, kind: str, collection: str, resources, predicate) -> dict:
-    items = [public(r) for r in resources]
-    items = [r for r in items if predicate(r)]
-    items.sort(key=lambda r: r.get("name", ""))
-    reply = {
-        "kind": kind,
-        "id": f"projects/{call.project}/{call.scope}/{collection}",
-        "selfLink": ctx.store.link(f"projects/{call.project}/{call.scope}/{collection}"),
-    }
-    if items:
-        reply["items"] = items
-    return reply
+def list_reply(ctx: Ctx, call: Call, kind: str, collection: str, resources) -> dict:
+    """A paged ``list`` reply over ``resources`` of the call's scope (see :mod:`.listing`)."""
+    scope = "" if collection in ("regions", "zones") else f"{call.scope}/"
+    path = f"projects/{call.project}/{scope}{collection}"
+    return listing.list_reply(ctx.store.base_url, path, kind, resources, call.query)
+
+
+def scopes(ctx: Ctx, kind: str) -> list[str]:
+    """Every scope of one kind the catalogue has: ``zones/Z``, ``regions/R`` or ``global``."""
+    if kind == "zones":
+        return [f"zones/{z}" for z in ctx.catalog.zones()]
+    if kind == "regions":
+        return [f"regions/{r}" for r in ctx.catalog.regions]
+    return ["global"]
+
+
+def aggregated_reply(ctx: Ctx, call: Call, kind: str, collection: str, table: dict,
+                     scope_kinds: tuple[str, ...]) -> dict:
+    """A paged ``aggregatedList`` reply over a store table keyed ``(project, [zone|region,] name)``."""
+    scoped: dict[str, list[dict]] = {s: [] for k in scope_kinds for s in scopes(ctx, k)}
+    scope_kind = scope_kinds[0]
+    for key, resource in table.items():
+        if key[0] != call.project:
+            continue
+        scope = "global" if len(key) == 2 else f"{scope_kind}/{key[1]}"
+        scoped.setdefault(scope, []).append(resource)
+    unreachable = [f"zones/{z}" for z in ctx.store.failed_zones] if "zones" in scope_kinds else []
+    return listing.aggregated_reply(ctx.store.base_url, call.project, kind, collection, scoped, call.query,
+                                    unreachable)
 
 
 def get_or_404(table: dict, key: tuple, path: str) -> dict:

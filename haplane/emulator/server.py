@@ -58,6 +58,9 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
+    # headers and body go out in two writes: without TCP_NODELAY a keep-alive client waits for the
+    # delayed ACK (~40 ms) on every call
+    disable_nagle_algorithm = True
 
     def log_message(self, format, *args):  # noqa: A002 - the stdlib's signature
         log.debug("%s - %s", self.address_string(), format % args)

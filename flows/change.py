@@ -1,0 +1,45 @@
+"""The one shape of every mutating flow: lock -> observe -> plan -> publish -> run -> report.
+
+create-cluster, add-replica, remove-replica, replace-replica and delete-cluster
+differ only in how they plan (a pure function of the observed cluster, from
+:mod:`haplane.plans`). A dry run observes, plans and publishes, and stops
+there; a real run does the same under the cluster's lock, checks the change's
+step schema (a change started by a haplane with other step ids is refused
+before any call), runs the plan's steps through the one executor
+(:func:`tasks.execute.execute`) and publishes the replica table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from blocks.cluster import ClusterSpec
+from haplane.model import ClusterState
+from haplane.plans import Plan
+from tasks.cluster import cluster_lock, observe_cluster, publish_plan, publish_report
+from tasks.execute import Run, execute
+from tasks.steps import Change, check_step_schema
+
+# plan_for(state, running): the plan for the observed ``state``; ``running`` is False in a dry run
+PlanFor = Callable[[ClusterState, bool], Plan]
+
+
+def run_change(change: Change, spec: ClusterSpec, plan_for: PlanFor, dry_run: bool = False,
+               note: str = "", report: bool = True) -> Plan | list[dict[str, str]]:
+    """A dry run returns the plan; a run returns the replica table it leaves (or the plan, without ``report``)."""
+    def observe() -> ClusterState:
+        return observe_cluster(change.cluster, spec.region, change.connection)
+
+    if dry_run:
+        plan = plan_for(observe(), False)
+        publish_plan(plan, change)
+        return plan
+    with cluster_lock(change.cluster):
+        check_step_schema(change)
+        plan = plan_for(observe(), True)
+        publish_plan(plan, change)
+        figures = execute(Run(change, spec), plan)
+    if not report:
+        return plan
+    notes = [note] + [f"{k}={v:.1f}" for k, v in figures.items()] + [plan.even_note]
+    return publish_report(observe(), "; ".join(n for n in notes if n))

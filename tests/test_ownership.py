@@ -1,0 +1,196 @@
+"""Whose is a cluster name: create refuses a name taken anywhere, delete refuses a view it cannot trust,
+and a finished delete leaves no spec, PKI, health schedule or lock behind."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import pytest
+
+from haplane.ownership import OwnershipError, SpecWhere, check_create, check_delete
+
+REGION = "europe-west1"
+ZONES = ["europe-west1-b", "europe-west1-c", "europe-west1-d"]
+
+CREATE_CASES = [
+    # (spec found, GCE resources found without a spec, refused with)
+    (None, [], None),
+    (SpecWhere(REGION, "p"), [], None),  # resumed create
+    (SpecWhere(REGION, None), [], None),  # spec from before the project was recorded
+    (SpecWhere("us-central1", "p"), [], "already exists in region 'us-central1' of project 'p'"),
+    (SpecWhere(REGION, "q"), [], "already exists in region 'europe-west1' of project 'q'"),
+    (None, ["firewall c-etcd-peer"], "already has resources named for a cluster 'c'.*firewall c-etcd-peer"),
+]
+
+
+@pytest.mark.parametrize("spec,found,refused", CREATE_CASES)
+def test_check_create(spec, found, refused):
+    if refused is None:
+        check_create("c", REGION, "p", spec, found)
+    else:
+        with pytest.raises(OwnershipError, match=refused):
+            check_create("c", REGION, "p", spec, found)
+
+
+DELETE_CASES = [
+    # (spec, GCE shows, gone=, refused with)
+    (SpecWhere(REGION, "p"), ["VM c-master-1"], False, None),
+    (SpecWhere(REGION, "p"), [], True, None),
+    (SpecWhere(REGION, "p"), [], False, "shows nothing of cluster 'c'.*gone=true"),
+    (SpecWhere(REGION, "q"), ["VM c-master-1"], False, "lives in project 'q' but the connection points at"),
+    (SpecWhere(REGION, "q"), [], True, "lives in project 'q'"),  # gone= does not skip the project check
+]
+
+
+@pytest.mark.parametrize("spec,found,gone,refused", DELETE_CASES)
+def test_check_delete(spec, found, gone, refused):
+    if refused is None:
+        check_delete("c", "p", spec, found, gone)
+    else:
+        with pytest.raises(OwnershipError, match=refused):
+            check_delete("c", "p", spec, found, gone)
+
+
+def _limit_exists(name: str) -> bool:
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+            return True
+        except ObjectNotFound:
+            return False
+
+
+def _health_schedule(cluster: str, create: bool = False) -> bool:
+    """Whether the health-check deployment has the cluster's schedule (``create``: add one, inactive)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.schedules import IntervalSchedule
+    from prefect.exceptions import ObjectNotFound
+
+    from deployments.setup import HEALTH_DEPLOYMENT
+
+    with get_client(sync_client=True) as client:
+        try:
+            deployment = client.read_deployment_by_name(HEALTH_DEPLOYMENT)
+        except ObjectNotFound:
+            flow_id = client.create_flow_from_name(HEALTH_DEPLOYMENT.split("/")[0])
+            client.create_deployment(flow_id, HEALTH_DEPLOYMENT.split("/")[1], paused=True)
+            deployment = client.read_deployment_by_name(HEALTH_DEPLOYMENT)
+        if create:
+            client.create_deployment_schedules(
+                deployment.id, [(IntervalSchedule(interval=dt.timedelta(hours=1)), False)],
+                parameters={"cluster": cluster}, slug=f"health-{cluster}")
+        return any(s.slug == f"health-{cluster}" for s in client.read_deployment_schedules(deployment.id))
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_names_are_owned_and_delete_cleans_up(cloud):
+    from blocks.cluster import ClusterSpec, GceConnection
+    from flows.create_cluster import create_cluster
+    from flows.delete_cluster import delete_cluster
+    from tasks.cluster import ensure_lock, spec_where
+    from tasks.health import health_lock
+    from tasks.pki import load_cas
+    from tests.fixtures.cluster import PROJECT
+
+    def refused(call, match):
+        cloud.admin.clear_calls()
+        with pytest.raises(Exception, match=match):
+            call()
+        assert cloud.mutating_calls() == [], "a refused request changed GCE"
+
+    cluster = f"own-{uuid.uuid4().hex[:5]}"
+    create_cluster(cluster=cluster, region=REGION, zones=ZONES[:1], replicas=1)
+    where = spec_where(cluster)
+    assert (where.region, where.project) == (REGION, PROJECT) and len(where.uid) == 12
+
+    # the same name in another region: refused, the spec is not overwritten
+    refused(lambda: create_cluster(cluster=cluster, region="us-central1", zones=["us-central1-a"]),
+            f"cluster '{cluster}' already exists in region 'europe-west1'")
+    assert spec_where(cluster).region == REGION
+
+    # a name whose resources exist in GCE without a spec here (another workspace's cluster)
+    other = f"own-{uuid.uuid4().hex[:5]}"
+    cloud.gce.wait(cloud.gce.insert_firewall(f"{other}-etcd-peer", ports=["2380"], source_ranges=[],
+                                             source_tags=[], target_tags=[], description="someone's",
+                                             rid=str(uuid.uuid4())))
+    refused(lambda: create_cluster(cluster=other, region=REGION, zones=ZONES[:1]),
+            f"already has resources named for a cluster '{other}'.*firewall {other}-etcd-peer")
+
+    # delete through a connection to another project: refused, the CA stays
+    GceConnection(project="someone-else", endpoint=cloud.emulator.url).save("elsewhere", overwrite=True)
+    refused(lambda: delete_cluster(cluster=cluster, connection="elsewhere"),
+            f"lives in project '{PROJECT}' but the connection points at project 'someone-else'")
+    assert load_cas(cluster) is not None and spec_where(cluster) is not None
+
+    # a spec whose cluster GCE does not show: refused unless gone=True
+    ghost = f"own-{uuid.uuid4().hex[:5]}"
+    ClusterSpec(cluster=ghost, region=REGION, zones=ZONES, project=PROJECT).save(f"{ghost}-spec")
+    refused(lambda: delete_cluster(cluster=ghost), f"shows nothing of cluster '{ghost}'.*gone=true")
+    assert spec_where(ghost) is not None
+    delete_cluster(cluster=ghost, gone=True)
+    assert spec_where(ghost) is None
+
+    # a real delete: everything in GCE, then the schedule, the locks and the blocks
+    ensure_lock(cluster)
+    with health_lock(cluster):
+        pass
+    assert _limit_exists(f"cluster-{cluster}") and _limit_exists(f"health-{cluster}")
+    assert _health_schedule(cluster, create=True)
+    delete_cluster(cluster=cluster)
+    assert cloud.gce.list_instances(ZONES, labels={"haplane-cluster": cluster}) == []
+    assert spec_where(cluster) is None and load_cas(cluster) is None
+    assert not _health_schedule(cluster)
+    assert not _limit_exists(f"cluster-{cluster}") and not _limit_exists(f"health-{cluster}")
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_look_alikes_are_reported_never_touched(cloud):
+    """Everything the cluster creates carries its uid; a VM with its label but not its uid, and a pool
+    with its pool's name, are left alone by observe and delete, and block a new cluster of that name."""
+    from flows.create_cluster import create_cluster
+    from flows.delete_cluster import delete_cluster
+    from haplane.ownership import uid_in
+    from haplane.topology import LABEL_CLUSTER, LABEL_UID, ClusterNames
+    from tasks.cluster import observe_cluster, spec_where
+
+    cluster = f"look-{uuid.uuid4().hex[:5]}"
+    names = ClusterNames(cluster)
+    create_cluster(cluster=cluster, region=REGION, zones=ZONES[:1], replicas=1)
+    uid = spec_where(cluster).uid
+    gce = cloud.gce
+    (vm,) = gce.list_instances(ZONES, labels={LABEL_CLUSTER: cluster})
+    assert vm.labels[LABEL_UID] == uid
+    for kind, name, region in (("address", names.address, REGION), ("firewall", names.firewall_etcd_peer, None),
+                               ("firewall", names.firewall_apiserver, None)):
+        assert uid_in(gce.description_of(kind, name, region)) == uid, f"{kind} {name} is not stamped"
+
+    # look-alikes: a VM with the cluster's label (no uid, or another one) and a pool under its name
+    for zone, extra in ((ZONES[1], {}), (ZONES[2], {LABEL_UID: "0123456789ab"})):
+        gce.wait(gce.insert_instance(zone, f"{cluster}-fake-{zone[-1]}", machine_type="e2-small",
+                                     labels={LABEL_CLUSTER: cluster, **extra}, metadata={}, tags=[],
+                                     external_ip=False, rid=str(uuid.uuid4())))
+    gce.wait(gce.insert_health_check(f"{cluster}-other-hc", port=8080, path="/", rid=str(uuid.uuid4())))
+    gce.wait(gce.insert_target_pool(REGION, names.target_pool, instances=[], health_check=f"{cluster}-other-hc",
+                                    rid=str(uuid.uuid4())))
+    state = observe_cluster(cluster, REGION, None)
+    assert [r.name for r in state.replicas] == [vm.name]
+    assert state.look_alikes == (f"{cluster}-fake-c ({ZONES[1]})", f"{cluster}-fake-d ({ZONES[2]})")
+
+    cloud.admin.clear_calls()
+    delete_cluster(cluster=cluster)
+    deleted = [c["path"] for c in cloud.admin.calls() if c["verb"] == "DELETE"]
+    assert not [p for p in deleted if "fake" in p or names.target_pool in p], deleted
+    left = sorted(i.name for i in gce.list_instances(ZONES, labels={LABEL_CLUSTER: cluster}))
+    assert left == [f"{cluster}-fake-c", f"{cluster}-fake-d"]
+    assert gce.get_target_pool(REGION, names.target_pool) is not None
+    assert gce.get_address(REGION, names.address) is None and spec_where(cluster) is None
+
+    # the look-alikes still hold the name: a new cluster of that name is refused
+    cloud.admin.clear_calls()
+    with pytest.raises(Exception, match="already has resources named for a cluster"):
+        create_cluster(cluster=cluster, region=REGION, zones=ZONES[:1], replicas=1)
+    assert cloud.mutating_calls() == []
