@@ -188,7 +188,8 @@ def test_create_three_at_once_and_replace_a_killed_replica(cloud, prefect_api):
     _endpoint_ok(cluster, rows)
     # one plan artifact for the replace run, with both halves (a page showing the latest shows all of it)
     plan = _artifacts(prefect_api, cluster)[f"{cluster}-plan"]
-    assert "remove-replica" in plan["data"] and "add-replica" in plan["data"], plan["data"]
+    assert "replace-replica" in plan["data"], plan["data"]
+    assert "(`remove/" in plan["data"] and "(`add/" in plan["data"], plan["data"]
     of_run = httpx.post(f"{prefect_api.url}/artifacts/filter", timeout=10, json={"artifacts": {
         "key": {"any_": [f"{cluster}-plan"]}, "flow_run_id": {"any_": [plan["flow_run_id"]]}}}).json()
     assert len(of_run) == 1
