@@ -149,8 +149,9 @@ def zones_of(region: str, connection: str | None) -> list[str]:
 def publish_plan(plan: Plan, change: Change) -> None:
     """Log the plan and keep it as the markdown artifact ``<cluster>-plan``, with the change id to resume by.
 
-    One artifact per run: a run with two plans (replace-replica: remove, then add) adds the second to
-    the artifact the first created, so a page showing the latest ``<cluster>-plan`` shows the whole run.
+    One artifact per run: a second plan of the same run is added to the artifact the first created, and
+    a retried run (the same flow run) replaces it, so a page showing the latest ``<cluster>-plan`` shows
+    the whole run and the run history shows one version per run.
     """
     text = plan.markdown() + (f"\n- change id: `{change.change_id}` (a killed run is resumed by running the flow "
                               f"again with this change_id)")
