@@ -197,7 +197,7 @@ def run(time_scale: float, work: Path) -> None:
         emulator.latency.configure(profile="gce", time_scale=time_scale)
         created.append(names["d"])
         rows = timed(figures, "d1", lambda: create_cluster(cluster=names["d"], region=REGION, zones=ZONES[:1],
-                                                           replicas=1))
+                                                           replicas=1, load_balancer="as-needed"))
         watch = EndpointWatch(rows[0]["endpoint IP"], load_cas(names["d"]).ca.cert_pem)
         with watch:
             timed(figures, "d2", lambda: add_replica(cluster=names["d"], zone=ZONES[1]))

@@ -13,7 +13,9 @@ from prefect.blocks.core import Block
 from prefect_gcp import GcpCredentials
 from pydantic import Field
 
+from haplane.endpoint import EndpointMode
 from haplane.gce import Gce
+from haplane.remediation import StrandedVm
 
 
 class GceConnection(Block):
@@ -80,6 +82,20 @@ class ClusterSpec(Block):
     operator_ranges: list[str] = Field(default_factory=lambda: ["127.0.0.0/8"],
                                        description="Ranges the operator (Prefect worker) reaches etcd from")
     service_cidr: str = Field(default="10.0.0.0/24", description="Kubernetes service range")
+    # Specs saved before this field existed were clusters of the seed's way: they read as "as-needed".
+    load_balancer: EndpointMode = Field(
+        default=EndpointMode.AS_NEEDED,
+        description="Endpoint mode: 'always' (a load balancer on the static IP from the first replica; "
+                    "scaling is only target-pool changes) or 'as-needed' (the seed's: no load balancer at 1 "
+                    "replica, the IP moves at 1 <-> 2)")
+    zones_out: dict[str, str] = Field(
+        default_factory=dict,
+        description="Zones the health check found not answering, with when it first saw each (ISO time); "
+                    "written by the health check")
+    stranded: list[StrandedVm] = Field(
+        default_factory=list,
+        description="VMs left in a dead zone after their etcd member was removed and replaced elsewhere; "
+                    "the health check deletes each when its zone answers again (they must never rejoin)")
     project: str | None = Field(default=None, description="GCE project the cluster lives in (recorded at create; "
                                                           "empty for clusters created before it was)")
     uid: str | None = Field(default=None, description="The cluster's identity, stamped on everything it creates "

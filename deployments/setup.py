@@ -9,7 +9,7 @@ Against whatever Prefect API the environment points at (``PREFECT_API_URL``: a l
 4. the variable ``haplane_repo``: the checkout the process worker runs flows from (prefect.yaml's pull step);
 5. per cluster, the global concurrency limits ``cluster-<name>`` (mutating flows) and
    ``health-<name>`` (health checks), limit 1 each;
-6. the six deployments of ``prefect.yaml`` (``prefect --no-prompt deploy --all``), each with the
+6. the seven deployments of ``prefect.yaml`` (``prefect --no-prompt deploy --all``), each with the
    workspace's connection block as its default ``connection`` (remembered in the variable
    ``haplane_connection``), so a run started from the UI or the API without one works;
 6b. optionally (``--result-storage BLOCK``) the server's default result storage: where every worker
@@ -107,7 +107,8 @@ def deploy(repo: Path) -> None:
                          text=True)
     if out.returncode != 0:
         raise RuntimeError(f"prefect deploy failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-    say("deployments: create-cluster, add-replica, remove-replica, replace-replica, delete-cluster, health-check")
+    say("deployments: create-cluster, add-replica, remove-replica, replace-replica, set-load-balancer, "
+        "delete-cluster, health-check")
 
 
 def workspace_connection(connection: str | None) -> str | None:

@@ -25,10 +25,12 @@ PlanFor = Callable[[ClusterState, bool], Plan]
 
 
 def run_change(change: Change, spec: ClusterSpec, plan_for: PlanFor, dry_run: bool = False,
-               note: str = "", report: bool = True) -> Plan | list[dict[str, str]]:
-    """A dry run returns the plan; a run returns the replica table it leaves (or the plan, without ``report``)."""
+               note: str = "", report: bool = True, tolerate_zones: bool = False) -> Plan | list[dict[str, str]]:
+    """A dry run returns the plan; a run returns the replica table it leaves (or the plan, without ``report``).
+    ``tolerate_zones``: a zone whose API does not answer is observed as such (the health check's zone
+    moves) instead of failing the run."""
     def observe() -> ClusterState:
-        return observe_cluster(change.cluster, spec.region, change.connection)
+        return observe_cluster(change.cluster, spec.region, change.connection, tolerate_zones=tolerate_zones)
 
     if dry_run:
         plan = plan_for(observe(), False)

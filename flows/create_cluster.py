@@ -1,9 +1,12 @@
 """create-cluster: an HA-compatible control plane (the seed's `kube-up.sh` with MULTIZONE=true).
 
 1 replica, as the seed does, or 3/5/7 at once spread over the zones of one
-region. Certificates, firewall, a static endpoint IP; with more than one
-replica a load balancer (target pool + forwarding rule) on that IP. The
-VMs are created side by side; etcd forms with initial-cluster when their
+region. Certificates, firewall, a static endpoint IP, and a load balancer
+(health check, target pool, forwarding rule) on that IP: from the first
+replica in endpoint mode ``always`` (the default), from 2 replicas in
+``as-needed`` (the seed's). The load balancer is built beside the VMs, off
+the critical path; replicas join its pool once their API servers are ready.
+The VMs are created side by side; etcd forms with initial-cluster when their
 members start together. The steps: haplane.plans.plan_create.
 """
 
@@ -17,7 +20,8 @@ from pydantic import Field
 
 from blocks.cluster import ClusterSpec
 from flows.change import run_change
-from flows.params import ChangeId, ClusterName, Connection, DryRun, Size, Zones, documented
+from flows.params import ChangeId, ClusterName, Connection, DryRun, LoadBalancerMode, Size, Zones, documented
+from haplane.endpoint import EndpointMode
 from haplane.ownership import check_create, new_uid
 from haplane.plans import Plan, plan_create
 from haplane.topology import check_cluster_name
@@ -32,6 +36,7 @@ def create_cluster(
     region: Annotated[str, Field(description="GCE region, e.g. europe-west1", pattern=r"^[a-z]+-[a-z]+[0-9]+$")],
     zones: Annotated[Zones, Field(description="Zones of that region to spread replicas over, each once")],
     replicas: Annotated[Size, Field(description="1, 3, 5 or 7 (2 is refused: two replicas are worse than one)")] = 1,
+    load_balancer: LoadBalancerMode = EndpointMode.ALWAYS,
     multizone: Annotated[bool, Field(description="MULTIZONE: keep kubelets in other zones")] = True,
     quorum_reads: Annotated[bool, Field(description="ENABLE_ETCD_QUORUM_READ: API reads go to the etcd leader")] = False,
     machine_type: str = "e2-standard-2",
@@ -51,8 +56,9 @@ def create_cluster(
                        quorum_reads=quorum_reads, machine_type=machine_type,
                        api_source_ranges=api_source_ranges or ["0.0.0.0/0"],
                        operator_ranges=operator_ranges or ["127.0.0.0/8"], project=project,
-                       uid=where.uid if where else new_uid())  # a resumed create keeps its uid
+                       uid=where.uid if where else new_uid(),  # a resumed create keeps its uid
+                       load_balancer=EndpointMode(load_balancer))
     return run_change(change, spec,
                       lambda existing, _: plan_create(cluster, region, zones, replicas, change.change_id, known,
-                                                      existing),
+                                                      existing, spec.load_balancer),
                       dry_run, note=f"created by run {flow_run.get_id()}")

@@ -2,7 +2,10 @@
 
 Finds a VM gone or stopped, a replica that never joined etcd, a learner that
 never caught up, an etcd member unhealthy or unreachable, an API server not
-ready. Decides with the pure rules of :mod:`haplane.remediation` (one
+ready. A zone whose API does not answer is handled first (:mod:`flows.zone_outage`):
+after ``zone_grace_s`` its replicas move to the region's other zones, one per check,
+quorum permitting; the VMs left there are deleted once it answers again.
+Decides with the pure rules of :mod:`haplane.remediation` (one
 replacement at a time, never when quorum would be lost, back-off after
 repeated failures of the same replica) and says why in its log and in the
 ``<cluster>-health`` artifact. Acts by running replace-replica as a subflow.
@@ -20,15 +23,18 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from prefect import flow, get_run_logger, tags
+from prefect.artifacts import create_markdown_artifact
 from prefect.states import Completed, Failed, State
 from pydantic import Field
 
 from flows.params import ClusterName, Connection, documented
 from flows.replace_replica import replace_replica
+from flows.zone_outage import add_owed_replacement, delete_stranded, move_out_of_zone
+from flows.zone_outage import rebalance as zone_rebalance
 from haplane.observe import now_utc
-from haplane.remediation import Action, Policy, decide
+from haplane.remediation import Action, Policy, ZoneAction, decide, decide_zones, track_outages
 from haplane.topology import check_cluster_name
-from tasks.cluster import ClusterBusy, cluster_lock, load_spec, observe_cluster, publish_report
+from tasks.cluster import ClusterBusy, cluster_lock, load_spec, observe_cluster, publish_report, zones_of
 from tasks.health import (
     cluster_busy,
     cluster_resource,
@@ -52,6 +58,11 @@ def health_check(
                                                                  "replacements in a row")] = 3,
     backoff_s: Annotated[float, Field(ge=0, le=86400, description="Wait after a failed replacement; doubles "
                                                                    "with each further failure (max 1 h)")] = 300.0,
+    zone_grace_s: Annotated[float, Field(ge=0, le=86400, description="A zone that does not answer for longer "
+                                                                      "than this has its replicas moved to the "
+                                                                      "region's other zones, one per check")] = 600.0,
+    rebalance: Annotated[bool, Field(description="Once all is healthy, move replicas back to one per zone of the "
+                                                 "cluster's zones, one per check")] = False,
 ) -> State:
     logger = get_run_logger()
     check_cluster_name(cluster)
@@ -61,15 +72,59 @@ def health_check(
                    f"this one skips")
             logger.info(msg)
             return Completed(message=msg, data={"action": "skipped", "reason": msg})
+        zone_state = _zones(cluster, connection, dry_run, zone_grace_s, rebalance)
+        if zone_state is not None:
+            return zone_state
         return _check(cluster, connection, dry_run, Policy(max_failures=max_failures, backoff_base_s=backoff_s,
                                                             backoff_max_s=max(3600.0, backoff_s)))
+
+
+def _zones(cluster: str, connection: str | None, dry_run: bool, grace_s: float, rebalance: bool) -> State | None:
+    """The zone-outage rules (:func:`haplane.remediation.decide_zones`) first; None: nothing for them to do."""
+    logger = get_run_logger()
+    spec = load_spec(cluster)
+    now = now_utc()
+    state = observe_cluster(cluster, spec.region, connection, tolerate_zones=True)
+    outages = track_outages(spec.zones_out, state.unavailable_zones, now)
+    if outages != spec.zones_out:
+        for zone in sorted(set(outages) - set(spec.zones_out)):
+            emit("haplane.zone.unavailable", cluster_resource(cluster), {"zone": zone, "since": outages[zone]})
+        fresh = load_spec(cluster)
+        fresh.zones_out = outages
+        fresh.save(f"{cluster}-spec", overwrite=True)
+        spec = fresh
+    verdict = decide_zones(state, outages, spec.stranded, now, grace_s=grace_s, zones=spec.zones,
+                           region_zones=zones_of(spec.region, connection), busy=cluster_busy(cluster),
+                           rebalance=rebalance)
+    if verdict.action is ZoneAction.NOTHING and not state.unavailable_zones:
+        return None
+    text = verdict.markdown()
+    (logger.info if verdict.action is ZoneAction.NOTHING else logger.warning)("%s", text)
+    create_markdown_artifact(text, key=f"{cluster}-zones", description=f"zone check of {cluster}: {verdict.action}")
+    summary: dict[str, Any] = {"action": f"zone-{verdict.action.value}", "replica": verdict.replica,
+                               "reason": verdict.reason}
+    if verdict.action is ZoneAction.NOTHING:
+        return None  # a zone is out, but none of this cluster's replicas is there: the usual check goes on
+    if verdict.action is ZoneAction.CANNOT:
+        emit("haplane.cluster.cannot-remediate", cluster_resource(cluster),
+             {"reason": verdict.reason, "zones": sorted(state.unavailable_zones)})
+        return Completed(message=verdict.reason[:500], data=summary)
+    if verdict.action is ZoneAction.WAIT or dry_run:
+        return Completed(message=verdict.reason[:500], data=summary)
+    act = {ZoneAction.MOVE: move_out_of_zone, ZoneAction.ADD: add_owed_replacement,
+           ZoneAction.DELETE_STALE: delete_stranded, ZoneAction.REBALANCE: zone_rebalance}[verdict.action]
+    result = act(cluster, connection, verdict)
+    emit(f"haplane.zone.{verdict.action.value}", cluster_resource(cluster),
+         {"replica": verdict.replica or "", "from": verdict.from_zone or "", "to": verdict.to_zone or "",
+          "result": result if isinstance(result, str) else ", ".join(result or [])})
+    return Completed(message=f"{verdict.action.value}: {verdict.reason}"[:500], data={**summary, "result": result})
 
 
 def _check(cluster: str, connection: str | None, dry_run: bool, policy: Policy) -> State:
     logger = get_run_logger()
     spec = load_spec(cluster)
     busy = cluster_busy(cluster)
-    state = observe_cluster(cluster, spec.region, connection)
+    state = observe_cluster(cluster, spec.region, connection, tolerate_zones=True)
     attempts = remediation_history(cluster, policy.window_s)
     verdict = decide(state, attempts, now_utc(), busy=busy, policy=policy)
 

@@ -11,6 +11,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BeforeValidator, Field
 
+from haplane.endpoint import EndpointMode
 from haplane.quorum import VALID_SIZES, check_target_size
 from haplane.topology import NAME_RE, check_cluster_name, check_distinct_zones
 
@@ -82,3 +83,10 @@ def documented(fn):
     summary = fn.__doc__ or (module_doc[0] if module_doc else fn.__name__)
     fn.__doc__ = summary.rstrip() + ("\n\nArgs:\n" + "\n".join(lines) + "\n" if lines else "")
     return fn
+
+
+# The endpoint mode, a choice in the UI's form (haplane/endpoint.py says what each costs).
+LoadBalancerMode = Annotated[EndpointMode, Field(
+    description="Endpoint mode: 'always' keeps a load balancer on the static IP from the first replica (no "
+                "downtime when scaling 1 <-> 2); 'as-needed' is the seed's (no load balancer at 1 replica, the IP "
+                "moves at 1 <-> 2, with about 20 minutes of endpoint downtime on GCE)")]

@@ -2,10 +2,11 @@
 
 By zone, optionally by name. Never the last replica (that is delete-cluster),
 never a removal that breaks quorum, never on an etcd membership it could not
-read. Remove order: move etcd leadership away if the victim leads -> remove
-the member -> take the VM out of the target pool -> delete it. Going 2 -> 1
-deletes the load balancer and hands its IP back to the last replica. The
-steps: haplane.plans.plan_remove.
+read. Remove order: take the VM out of the target pool (no request through
+the endpoint reaches it) -> move etcd leadership away if the victim leads ->
+remove the member -> delete the VM. In endpoint mode ``as-needed`` going
+2 -> 1 deletes the load balancer and hands its IP back to the last replica;
+in ``always`` the load balancer stays. The steps: haplane.plans.plan_remove.
 """
 
 from __future__ import annotations
@@ -39,4 +40,5 @@ def remove_replica(
         raise ValueError("delete_nodes=True is not supported: haplane manages master replicas only and keeps "
                          "worker nodes; delete nodes with your node-pool tooling")
     change = Change(cluster, change_id or f"remove-{flow_run.get_id()}", connection)
-    return run_change(change, spec, lambda state, _: plan_remove(state, zone, replica_name), dry_run)
+    return run_change(change, spec, lambda state, _: plan_remove(state, zone, replica_name, mode=spec.load_balancer),
+                      dry_run)

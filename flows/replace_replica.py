@@ -45,7 +45,8 @@ def replace_replica(
     def plan_for(state: ClusterState, running: bool) -> Plan:
         victim = state.replica(replica_name)
         if victim is not None:
-            removal, addition = plan_replace(state, replica_name, change.change_id, known, spec.zones)
+            removal, addition = plan_replace(state, replica_name, change.change_id, known, spec.zones,
+                                             spec.load_balancer)
             if running:  # kept for a run resumed once the replica is gone (a VM gone has no zone: "?")
                 remember(change, "replaced-zone", victim.zone if victim.zone in known else None)
             return removal.then(addition, ACTION)

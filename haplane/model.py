@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 MISSING = "MISSING"  # vm_status of an etcd member whose VM is gone
+ZONE_OUT = "UNKNOWN"  # vm_status of an etcd member whose VM is unseen because its zone's API does not answer
 
 
 class LbChange(StrEnum):
@@ -99,6 +100,7 @@ class ClusterState:
     pool_members: tuple[str, ...] = ()
     settings: dict[str, str] = field(default_factory=dict)
     membership_unknown: Unknown | None = None  # etcd's member list could not be read
+    unavailable_zones: tuple[str, ...] = ()  # zones whose API did not answer (observed with tolerate_zones)
     look_alikes: tuple[str, ...] = ()  # VMs with the cluster's label but not its uid (haplane.ownership)
 
     @property

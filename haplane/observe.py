@@ -18,8 +18,8 @@ import httpx
 from cryptography import x509
 
 from haplane.etcd import EndpointStatus, EtcdClient, EtcdError, EtcdTLS, Member
-from haplane.gce import Gce, Instance
-from haplane.model import MISSING, ClusterState, ReplicaState, Unknown
+from haplane.gce import Gce, GceZoneUnavailable, Instance
+from haplane.model import MISSING, ZONE_OUT, ClusterState, ReplicaState, Unknown
 from haplane.node import APISERVER_PORT, ETCD_CLIENT_PORT, client_url, peer_url
 from haplane.ownership import owned
 from haplane.topology import (
@@ -64,14 +64,28 @@ def _etcd_check(names: ClusterNames) -> str:
 
 def observe(gce: Gce, cluster: str, region: str, tls: EtcdTLS | None, ca_pem: str | None,
             zones: list[str] | None = None, pki_problem: str | None = None,
-            uid: str | None = None) -> ClusterState:
+            uid: str | None = None, tolerate_zones: bool = False) -> ClusterState:
     """The cluster as GCE and etcd see it now; what could not be seen is recorded as unknown.
 
     ``tls``/``ca_pem`` None (with ``pki_problem`` saying why) means the cluster's PKI could not be
-    read: etcd membership and API readiness are then unknown, not empty."""
+    read: etcd membership and API readiness are then unknown, not empty.
+
+    A zone whose API does not answer raises :class:`~haplane.gce.GceZoneUnavailable`, unless
+    ``tolerate_zones``: then it is listed in ``unavailable_zones`` and the etcd members without a VM
+    seen elsewhere are ``ZONE_OUT`` (never ``MISSING``: unknown is not absent), placed in that zone
+    when only one zone is out."""
     names = ClusterNames(cluster)
     zones = zones or gce.list_zones(region)
-    instances = gce.list_instances(zones, labels={LABEL_CLUSTER: cluster})
+    unavailable: list[str] = []
+    if tolerate_zones:
+        instances = []
+        for zone in zones:
+            try:
+                instances.extend(gce.list_instances([zone], labels={LABEL_CLUSTER: cluster}))
+            except GceZoneUnavailable:
+                unavailable.append(zone)
+    else:
+        instances = gce.list_instances(zones, labels={LABEL_CLUSTER: cluster})
     # a VM with the cluster's label but not its uid is a look-alike: reported, never judged or touched
     look_alikes = tuple(sorted(f"{i.name} ({i.zone})" for i in instances if not owned(i.labels.get(LABEL_UID), uid)))
     instances = [i for i in instances if owned(i.labels.get(LABEL_UID), uid)]
@@ -132,8 +146,15 @@ def observe(gce: Gce, cluster: str, region: str, tls: EtcdTLS | None, ca_pem: st
                                  probes.get(inst.name), membership_unknown, api_unknown.get(inst.name)))
         if replicas[-1].member_id is not None:
             seen.add(replicas[-1].member_id)
-    for m in members:  # members whose VM is gone
+    for m in members:  # members whose VM is gone, or unseen in a zone that does not answer
         if m.id not in seen:
+            if unavailable:
+                ip = m.peer_urls[0].split("//", 1)[-1].rsplit(":", 1)[0] if m.peer_urls else ""
+                replicas.append(ReplicaState(
+                    name=m.name or m.hex_id, zone=unavailable[0] if len(unavailable) == 1 else "?",
+                    vm_status=ZONE_OUT, internal_ip=ip, member_id=m.id, learner=m.is_learner, started=m.started,
+                    leader=m.id == leader_id, problems=(f"zone {', '.join(unavailable)} does not answer",)))
+                continue
             replicas.append(ReplicaState(
                 name=m.name or m.hex_id, zone="?", vm_status=MISSING, member_id=m.id, learner=m.is_learner,
                 started=m.started, leader=m.id == leader_id, problems=("VM is gone but its etcd member remains",)))
@@ -149,6 +170,7 @@ def observe(gce: Gce, cluster: str, region: str, tls: EtcdTLS | None, ca_pem: st
         endpoint_ip=address.address if address else None, address_status=address.status if address else None,
         load_balancer=rule is not None, target_pool=pool is not None, pool_members=pool_names,
         settings=settings, membership_unknown=membership_unknown, look_alikes=look_alikes,
+        unavailable_zones=tuple(unavailable),
     )
 
 

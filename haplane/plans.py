@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from haplane.endpoint import EndpointMode
 from haplane.gce_timings import GCE_SECONDS
-from haplane.model import MISSING, ClusterState, LbChange, ReplicaState, Unknown
+from haplane.model import MISSING, ZONE_OUT, ClusterState, LbChange, ReplicaState, Unknown
 from haplane.quorum import Decision, MemberHealth, Reason, can_add, can_remove, can_replace, quorum
 from haplane.quorum import unhealthy_reasons as classify
 from haplane.steps import STEP_SCHEMA, PlanStep, Ref, StepKind, check_refs, step
@@ -59,6 +60,7 @@ class Plan:
     zone: str | None = None
     lb: LbChange = LbChange.NONE
     new_replicas: tuple[tuple[str, str], ...] = field(default_factory=tuple)  # (name, zone)
+    downtime: str = ""  # when the plan takes the endpoint down, and for how long: said up front
 
     def __post_init__(self) -> None:
         check_refs(self.steps)
@@ -90,6 +92,8 @@ class Plan:
                   f"- step schema: {STEP_SCHEMA}"]
         if self.reason:
             lines.append(f"- quorum: {self.reason}")
+        if self.downtime:
+            lines.append(f"- endpoint downtime: {self.downtime}")
         if self.even_note:
             lines.append(f"- note: {self.even_note}")
         return "\n".join(lines)
@@ -101,7 +105,8 @@ class Plan:
                     expected_seconds=self.expected_seconds + other.expected_seconds,
                     reason="; ".join(r for r in (self.reason, other.reason) if r), replica=other.replica,
                     zone=other.zone, lb=other.lb if other.lb is not LbChange.NONE else self.lb,
-                    new_replicas=self.new_replicas + other.new_replicas)
+                    new_replicas=self.new_replicas + other.new_replicas,
+                    downtime="; ".join(d for d in (self.downtime, other.downtime) if d))
 
 
 def member_health(state: ClusterState) -> list[MemberHealth]:
@@ -120,9 +125,14 @@ CERTS = "certificates for its internal IP and the endpoint IP (never an ephemera
 
 
 def plan_create(cluster: str, region: str, zones: list[str], replicas: int, change_id: str,
-                known_zones: list[str], existing: ClusterState | None) -> Plan:
+                known_zones: list[str], existing: ClusterState | None,
+                mode: EndpointMode = EndpointMode.AS_NEEDED) -> Plan:
+    """Create a cluster. The load balancer (when the mode has one at this size) is built beside the
+    VMs, off the critical path: its forwarding rule, most of the wait on GCE, is submitted before
+    the VMs and waited for last; the replicas join the pool once their API servers are ready."""
     check_cluster_size(replicas)
     zones = check_zones(region, zones, known_zones)
+    mode = EndpointMode(mode)
     if existing is not None and existing.replicas and not any(r.change == label_value(change_id) for r in existing.replicas):
         unfinished = sorted({r.change for r in existing.replicas if r.change and r.change.startswith("create-")})
         hint = (f"if an earlier create-cluster run failed, resume it with change_id={unfinished[0]!r}; "
@@ -132,15 +142,26 @@ def plan_create(cluster: str, region: str, zones: list[str], replicas: int, chan
     names = ClusterNames(cluster)
     placed = next_zones(zones, [], replicas)
     new = tuple((replica_name(cluster, change_id, i), z) for i, z in enumerate(placed))
+    with_lb = mode.has_load_balancer(replicas)
     endpoint = Ref("address", "ip")
-    steps = [step(StepKind.SAVE_SPEC, "spec", f"save the cluster's spec (block {names.spec_block})"),
+    steps = [step(StepKind.SAVE_SPEC, "spec", f"save the cluster's spec (block {names.spec_block}; endpoint mode "
+                                              f"{mode.value})"),
              step(StepKind.CREATE_PKI, "pki", f"create the cluster CA and etcd CA (block {names.pki_block}), "
                                               f"unless they exist"),
-             step(StepKind.RESERVE_ADDRESS, "address", f"reserve the static endpoint IP ({names.address})",
+             step(StepKind.RESERVE_ADDRESS, "address", f"reserve the static endpoint IP ({names.address})", "network",
                   region=region)]
-    steps += [step(StepKind.FIREWALL, f"firewall/{n}", f"create firewall rule {n}", "firewalls", name=n)
+    steps += [step(StepKind.FIREWALL, f"firewall/{n}", f"create firewall rule {n}", "network", name=n)
               for n in (names.firewall_etcd_peer, names.firewall_etcd_client, names.firewall_apiserver)]
-    nat = endpoint if replicas == 1 else None
+    if with_lb:
+        steps += [
+            step(StepKind.HEALTH_CHECK, "health-check", f"create the HTTP health check ({names.health_check})",
+                 "network"),
+            step(StepKind.TARGET_POOL, "target-pool", f"create the target pool ({names.target_pool}), empty for now",
+                 region=region, instances=()),
+            step(StepKind.FORWARDING_RULE, "forwarding-rule", "submit the forwarding rule on the endpoint IP (the "
+                 "load balancer; ~20 min on GCE): it is built while the VMs are, and waited for last",
+                 region=region, ip=endpoint, background=True)]
+    nat = None if with_lb else endpoint
     steps += [step(StepKind.CREATE_VM, f"vm/{n}", f"insert VM {n} in {z}" +
                    (" with the endpoint IP as its external IP" if nat else ""), "vms", zone=z, name=n, nat_ip=nat)
               for n, z in new]
@@ -152,21 +173,23 @@ def plan_create(cluster: str, region: str, zones: list[str], replicas: int, chan
     steps.append(step(StepKind.WAIT_QUORUM, "quorum", f"wait for etcd quorum: {replicas} voting member(s), "
                                                       f"each answering a linearizable read",
                       ips=tuple(ip for _, ip in initial), voting=replicas))
+    vm_path = GCE_SECONDS["instance_insert"] + GCE_SECONDS["instance_update"] + 10
+    seconds = GCE_SECONDS["address"] + GCE_SECONDS["firewall"] + vm_path
     lb = LbChange.NONE
-    seconds = GCE_SECONDS["address"] + GCE_SECONDS["firewall"] + GCE_SECONDS["instance_insert"] + \
-        GCE_SECONDS["instance_update"] + 10
-    if replicas > 1:
+    if with_lb:
         lb = LbChange.CREATE
-        steps += [step(StepKind.HEALTH_CHECK, "health-check", f"create the HTTP health check ({names.health_check})"),
-                  step(StepKind.TARGET_POOL, "target-pool", "create the target pool with every replica",
-                       region=region, instances=tuple((z, n) for n, z in new)),
-                  step(StepKind.FORWARDING_RULE, "forwarding-rule",
-                       "create the forwarding rule on the endpoint IP (the load balancer; ~20 min on GCE)",
-                       region=region, ip=endpoint)]
-        seconds += GCE_SECONDS["health_check"] + GCE_SECONDS["target_pool"] + GCE_SECONDS["forwarding_rule_insert"]
+        steps += [step(StepKind.WAIT_API, f"api-ready/{n}", f"wait until {n}'s API server is ready (it would pass "
+                       f"the pool's health check)", name=n, ip=ip) for n, ip in initial]
+        steps += [step(StepKind.TARGET_POOL, "pool-members", "add the replicas to the target pool", region=region,
+                       instances=tuple((z, n) for n, z in new)),
+                  step(StepKind.AWAIT, "forwarding-rule/wait", "wait for the forwarding rule: the endpoint answers",
+                       step="forwarding-rule")]
+        lb_path = GCE_SECONDS["health_check"] + GCE_SECONDS["target_pool"] + GCE_SECONDS["forwarding_rule_insert"]
+        seconds = GCE_SECONDS["address"] + max(GCE_SECONDS["firewall"] + vm_path + GCE_SECONDS["target_pool"],
+                                               lb_path)
     return Plan(action="create-cluster", cluster=cluster, steps=tuple(steps), voting_before=0,
                 voting_after=replicas, expected_seconds=seconds, lb=lb, new_replicas=new,
-                reason=f"{replicas} voting member(s), quorum {quorum(replicas)}")
+                reason=f"{replicas} voting member(s), quorum {quorum(replicas)}; endpoint mode {mode.value}")
 
 
 def plan_add(state: ClusterState, zone: str | None, change_id: str, known_zones: list[str],
@@ -219,11 +242,13 @@ def plan_add(state: ClusterState, zone: str | None, change_id: str, known_zones:
     seconds = GCE_SECONDS["instance_insert"] + 2 * GCE_SECONDS["instance_update"] + 15
     # a replica without an external IP behind an existing load balancer means a 1 -> 2 move was
     # interrupted after its forwarding rule: finish that move (each of its steps looks first)
-    unfinished_move = any(r.external_ip is None for r in state.vms if r.name != name)
+    unfinished_move = any(r.external_ip is None for r in state.vms if r.name != name and r.vm_status != ZONE_OUT)
     if state.load_balancer and not unfinished_move:
         lb = LbChange.EXTEND
-        steps.append(step(StepKind.POOL_ADD, f"{p}pool-add/{name}", f"add {name} to the target pool",
-                          region=state.region, zone=zone, name=name))
+        steps += [step(StepKind.WAIT_API, f"{p}api-ready/{name}", f"wait until {name}'s API server is ready (it "
+                       f"would pass the pool's health check)", name=name, ip=ip),
+                  step(StepKind.POOL_ADD, f"{p}pool-add/{name}", f"add {name} to the target pool",
+                       region=state.region, zone=zone, name=name)]
         seconds += GCE_SECONDS["target_pool"]
     else:
         lb = LbChange.CREATE
@@ -243,9 +268,12 @@ def plan_add(state: ClusterState, zone: str | None, change_id: str, known_zones:
         ]
         seconds += GCE_SECONDS["health_check"] + GCE_SECONDS["target_pool"] + 2 * GCE_SECONDS["instance_update"] + \
             GCE_SECONDS["forwarding_rule_insert"]
+    downtime = (f"the endpoint does not answer while the forwarding rule is created (about "
+                f"{GCE_SECONDS['forwarding_rule_insert'] / 60:.0f} min on GCE): the seed's IP move; "
+                f"set-load-balancer to 'always' avoids it") if lb is LbChange.CREATE else ""
     return Plan(action="add-replica", cluster=state.cluster, steps=tuple(steps), voting_before=voting,
                 voting_after=voting + 1, expected_seconds=seconds, reason=reason, replica=name, zone=zone, lb=lb,
-                new_replicas=((name, zone),))
+                new_replicas=((name, zone),), downtime=downtime)
 
 
 def choose_victim(state: ClusterState, zone: str, replica: str | None) -> ReplicaState:
@@ -265,7 +293,12 @@ def choose_victim(state: ClusterState, zone: str, replica: str | None) -> Replic
     return sorted(in_zone, key=lambda r: (r.healthy, r.leader, r.name))[0]
 
 
-def plan_remove(state: ClusterState, zone: str, replica: str | None, prefix: str = "") -> Plan:
+def plan_remove(state: ClusterState, zone: str, replica: str | None, prefix: str = "",
+                mode: EndpointMode = EndpointMode.AS_NEEDED) -> Plan:
+    """Remove one replica: out of the target pool first (no request through the endpoint reaches a
+    replica that is leaving), then etcd, then the VM. In ``always`` mode the load balancer stays at
+    one replica, so 2 -> 1 only shrinks the pool; in ``as-needed`` mode 2 -> 1 deletes it and hands
+    its IP back to the last replica (the seed's move, with its downtime)."""
     victim = choose_victim(state, zone, replica)
     refuse_on_unknown(f"remove {victim.name} from {state.cluster!r}", state.etcd_unknowns)
     vms = state.vms
@@ -284,6 +317,20 @@ def plan_remove(state: ClusterState, zone: str, replica: str | None, prefix: str
     survivors = [r for r in vms if r.name != name and r.member_id is not None]
     survivor_ips = tuple(r.internal_ip for r in survivors if r.vm_status == "RUNNING")
     steps: list[PlanStep] = []
+    remaining = [r for r in vms if r.name != name]
+    keep_lb = EndpointMode(mode) is EndpointMode.ALWAYS
+    # 2 -> 1, or a resumed one whose load balancer is already gone but whose IP is not handed back yet
+    hand_back = not keep_lb and len(remaining) == 1 and (state.load_balancer or state.target_pool
+                                                         or state.address_status == "RESERVED")
+    lb = LbChange.NONE
+    seconds = GCE_SECONDS["instance_delete"] + 5
+    if not hand_back and state.target_pool:
+        lb = LbChange.SHRINK
+        if victim.vm_status not in (MISSING, ZONE_OUT):
+            steps.append(step(StepKind.POOL_REMOVE, f"{p}pool-remove/{name}", f"take {name} out of the target pool "
+                              f"first: no request through the endpoint reaches it from now on",
+                              region=state.region, zone=victim.zone, name=name))
+            seconds += GCE_SECONDS["target_pool"]
     if victim.member_id is not None:
         if victim.leader:
             steps.append(step(StepKind.MOVE_LEADER, f"{p}move-leader/{name}",
@@ -295,11 +342,8 @@ def plan_remove(state: ClusterState, zone: str, replica: str | None, prefix: str
                        member_id=victim.member_id, member_ips=survivor_ips),
                   step(StepKind.WAIT_QUORUM, f"{p}quorum/{name}", f"wait for etcd quorum: {voters} voting "
                        f"member(s), each answering a linearizable read", ips=survivor_ips, voting=voters)]
-    remaining = [r for r in vms if r.name != name]
-    seconds = GCE_SECONDS["instance_delete"] + 5
-    lb = LbChange.NONE
-    # 2 -> 1, or a resumed one whose load balancer is already gone but whose IP is not handed back yet
-    if len(remaining) == 1 and (state.load_balancer or state.target_pool or state.address_status == "RESERVED"):
+    downtime = ""
+    if hand_back:
         lb = LbChange.DELETE
         last = remaining[0]
         names = ClusterNames(state.cluster)
@@ -318,22 +362,19 @@ def plan_remove(state: ClusterState, zone: str, replica: str | None, prefix: str
         ]
         seconds += GCE_SECONDS["forwarding_rule_delete"] + 2 * GCE_SECONDS["instance_update"] + \
             GCE_SECONDS["target_pool"] + GCE_SECONDS["health_check"]
-    elif state.target_pool:
-        lb = LbChange.SHRINK
-        if victim.vm_status != MISSING:
-            steps.append(step(StepKind.POOL_REMOVE, f"{p}pool-remove/{name}", f"take {name} out of the target pool",
-                              region=state.region, zone=victim.zone, name=name))
-            seconds += GCE_SECONDS["target_pool"]
+        downtime = (f"the endpoint does not answer from the forwarding rule's deletion until {last.name} carries "
+                    f"the IP (about {GCE_SECONDS['forwarding_rule_delete'] / 60:.0f} min on GCE): the seed's IP move")
     if victim.vm_status != MISSING:
         steps.append(step(StepKind.DELETE_VM, f"{p}delete-vm/{name}", f"delete VM {name} in {victim.zone}",
                           zone=victim.zone, name=name))
     return Plan(action="remove-replica", cluster=state.cluster, steps=tuple(steps), voting_before=voting,
                 voting_after=after, expected_seconds=seconds, reason=reason, replica=name,
-                zone=victim.zone, lb=lb)
+                zone=victim.zone, lb=lb, downtime=downtime)
 
 
 def plan_replace(state: ClusterState, replica: str, change_id: str, known_zones: list[str],
-                 spread_over: list[str] | None = None) -> tuple[Plan, Plan]:
+                 spread_over: list[str] | None = None, mode: EndpointMode = EndpointMode.AS_NEEDED,
+                 to_zone: str | None = None) -> tuple[Plan, Plan]:
     """Remove then add in the same zone; refused unless quorum holds at every step. The addition is
     planned on the state the removal leaves (its step ids start "add/", the removal's "remove/")."""
     victim = state.replica(replica)
@@ -350,7 +391,7 @@ def plan_replace(state: ClusterState, replica: str, change_id: str, known_zones:
         decision = can_replace(health, [victim.member_id])
         if not decision.allowed:
             raise PlanRefused(f"cannot replace {replica}: {decision.reason}")
-    removal = plan_remove(state, victim.zone, replica, prefix=REMOVE_PREFIX)
+    removal = plan_remove(state, victim.zone, replica, prefix=REMOVE_PREFIX, mode=mode)
     deleted = removal.lb is LbChange.DELETE
     after_removal = ClusterState(
         cluster=state.cluster, region=state.region, replicas=tuple(r for r in state.replicas if r.name != replica),
@@ -359,7 +400,7 @@ def plan_replace(state: ClusterState, replica: str, change_id: str, known_zones:
         pool_members=tuple(n for n in state.pool_members if n != replica) if not deleted else (),
         settings=state.settings)
     # a VM gone (zone "?"): the new replica goes to the least used zone
-    zone = victim.zone if victim.zone in known_zones else None
+    zone = to_zone or (victim.zone if victim.zone in known_zones else None)
     addition = plan_add(after_removal, zone, change_id, known_zones, spread_over, prefix=ADD_PREFIX)
     return removal, addition
 
@@ -389,6 +430,151 @@ def plan_delete(state: ClusterState) -> Plan:
         GCE_SECONDS["instance_delete"] + GCE_SECONDS["address"] + GCE_SECONDS["firewall"]
     return Plan(action="delete-cluster", cluster=state.cluster, steps=tuple(steps), voting_before=len(state.voting),
                 voting_after=0, expected_seconds=seconds)
+
+
+def plan_set_load_balancer(state: ClusterState, current: EndpointMode, target: EndpointMode) -> Plan:
+    """Convert a cluster's endpoint mode. Only a 1-replica cluster changes anything in GCE (with more
+    replicas both modes have the load balancer): as-needed -> always is the seed's 1 -> 2 IP move without
+    the new replica, always -> as-needed its 2 -> 1 move; both have that move's one-time downtime."""
+    current, target = EndpointMode(current), EndpointMode(target)
+    if not state.vms:
+        raise PlanRefused(f"cluster {state.cluster!r} has no replicas in region {state.region}: create it first")
+    pending = [r for r in state.replicas if r.learner or (r.member_id is None and r.vm_status != "MISSING")]
+    if pending:
+        raise PlanRefused(f"replica {pending[0].name} is still being added (change {pending[0].change}): finish or "
+                          f"remove it first; one change at a time")
+    single = len(state.vms) == 1
+    voting = len(state.voting)
+    common = dict(action="set-load-balancer", cluster=state.cluster, voting_before=voting, voting_after=voting,
+                  reason=f"endpoint mode {current.value} -> {target.value}")
+    last = state.vms[0].name
+    # what GCE shows decides, not the spec alone: a conversion interrupted half-way is finished
+    needs_lb = target is EndpointMode.ALWAYS and single and not state.load_balancer
+    drops_lb = target is EndpointMode.AS_NEEDED and single and (state.load_balancer or state.target_pool)
+    names = ClusterNames(state.cluster)
+    r = state.vms[0]
+    record = step(StepKind.SAVE_SPEC, "spec", f"record endpoint mode {target.value!r} in the cluster's spec "
+                                              f"({names.spec_block})")
+    if needs_lb:
+        steps = (
+            step(StepKind.HEALTH_CHECK, "health-check", f"create the HTTP health check ({names.health_check})"),
+            step(StepKind.TARGET_POOL, "target-pool", f"create the target pool with {last}", region=state.region,
+                 instances=((r.zone, r.name),)),
+            step(StepKind.RELEASE_IP, f"release-ip/{last}", f"take the endpoint IP off {last} ({state.endpoint_ip}, "
+                 f"its access config): the endpoint stops answering", zone=r.zone, name=last,
+                 only_if_ip=state.endpoint_ip),
+            step(StepKind.FORWARDING_RULE, "forwarding-rule", "create the forwarding rule on the endpoint IP "
+                 "(~20 min on GCE): the endpoint answers again", region=state.region, ip=state.endpoint_ip),
+            step(StepKind.EPHEMERAL_IP, f"ephemeral-ip/{last}", f"give {last} a new ephemeral external IP",
+                 zone=r.zone, name=last),
+            record)
+        seconds = GCE_SECONDS["health_check"] + GCE_SECONDS["target_pool"] + 2 * GCE_SECONDS["instance_update"] + \
+            GCE_SECONDS["forwarding_rule_insert"]
+        downtime = (f"one time: the IP moves from {last} onto the forwarding rule; the endpoint does not answer "
+                    f"while the rule is created (about {GCE_SECONDS['forwarding_rule_insert'] / 60:.0f} min on GCE)")
+        return Plan(steps=steps, expected_seconds=seconds, lb=LbChange.CREATE, downtime=downtime, **common)
+    if drops_lb:
+        steps = (
+            step(StepKind.DELETE_FORWARDING_RULE, "delete-forwarding-rule", "delete the forwarding rule (~20 min on "
+                 "GCE): the endpoint stops answering", region=state.region),
+            step(StepKind.DROP_EPHEMERAL_IP, f"drop-ephemeral/{last}", f"drop {last}'s ephemeral external IP",
+                 zone=r.zone, name=last, unless_ip=state.endpoint_ip),
+            step(StepKind.ENDPOINT_IP, f"endpoint-ip/{last}", f"give {last} the endpoint IP {state.endpoint_ip} as "
+                 f"its external IP: the endpoint answers again", zone=r.zone, name=last, ip=state.endpoint_ip),
+            step(StepKind.DELETE_TARGET_POOL, "delete-target-pool", f"delete the target pool ({names.target_pool})",
+                 region=state.region),
+            step(StepKind.DELETE_HEALTH_CHECK, "delete-health-check", f"delete the health check "
+                 f"({names.health_check})"),
+            record)
+        seconds = GCE_SECONDS["forwarding_rule_delete"] + 2 * GCE_SECONDS["instance_update"] + \
+            GCE_SECONDS["target_pool"] + GCE_SECONDS["health_check"]
+        downtime = (f"one time: the IP moves from the forwarding rule back onto {last}; the endpoint does not answer "
+                    f"while the rule is deleted (about {GCE_SECONDS['forwarding_rule_delete'] / 60:.0f} min on GCE)")
+        return Plan(steps=steps, expected_seconds=seconds, lb=LbChange.DELETE, downtime=downtime, **common)
+    if current is target:
+        return Plan(steps=(), expected_seconds=0, **common)
+    later = ("the load balancer stays while there are 2 or more replicas; going 2 -> 1 deletes it and hands its IP "
+             "back (the seed's move, with its downtime)" if target is EndpointMode.AS_NEEDED else
+             "the load balancer is already there; it now stays when the cluster shrinks to 1 replica")
+    return Plan(steps=(step(StepKind.SAVE_SPEC, "spec", f"record endpoint mode {target.value!r} in the cluster's "
+                                                       f"spec; {later}"),), expected_seconds=0, **common)
+
+
+def plan_zone_move(state: ClusterState, replica: str, to_zone: str | None, change_id: str, known_zones: list[str],
+                   spread_over: list[str] | None = None, add_now: bool = True) -> Plan:
+    """Move a replica out of a zone whose API does not answer (:func:`haplane.remediation.decide_zones`
+    decided it): record its VM as stranded *first* (a crash after the removal still leaves it to be
+    deleted), remove its etcd member (its peers refuse it from then on: it cannot rejoin as a voter),
+    take it out of the target pool, wait for quorum; then, with ``add_now``, add a replica in
+    ``to_zone`` (the add-replica steps, ids prefixed "add/") and record it as the replacement."""
+    victim = state.replica(replica)
+    if victim is None or victim.vm_status != ZONE_OUT or victim.member_id is None:
+        raise PlanRefused(f"{replica} is not an etcd member in a zone that does not answer: nothing to move")
+    refuse_on_unknown(f"move {replica} out of zone {victim.zone}", [state.membership_unknown]
+                      if state.membership_unknown else [])
+    alive = [r for r in state.replicas if r.name != replica and r.member_id is not None and r.vm_status == "RUNNING"
+             and r.etcd_ok]
+    ips = tuple(r.internal_ip for r in alive)
+    voters = sum(1 for r in state.replicas if r.name != replica and r.member_id is not None and not r.learner)
+    steps = [step(StepKind.STRAND, f"strand/{replica}", f"record {replica}'s VM in zone {victim.zone} as stranded "
+                  f"(deleted once the zone answers)", name=replica, zone=victim.zone),
+             step(StepKind.REMOVE_MEMBER, f"member/{replica}", f"remove {replica} from etcd: its peers refuse it "
+                  f"from now on, so its VM cannot rejoin as a voter", name=replica, member_id=victim.member_id,
+                  member_ips=ips)]
+    if replica in state.pool_members:
+        steps.append(step(StepKind.POOL_REMOVE, f"pool-remove/{replica}", f"take {replica} out of the target pool",
+                          region=state.region, zone=victim.zone, name=replica))
+    steps.append(step(StepKind.WAIT_QUORUM, f"quorum/{replica}", f"wait for etcd quorum: {voters} voting member(s)",
+                      ips=ips, voting=voters))
+    voting = len(state.voting)
+    removal = Plan(action="zone-move", cluster=state.cluster, steps=tuple(steps), voting_before=voting,
+                   voting_after=voting - (0 if victim.learner else 1),
+                   expected_seconds=GCE_SECONDS["target_pool"] + 5, replica=replica, zone=victim.zone,
+                   reason=f"{replica}'s zone {victim.zone} does not answer")
+    if not add_now:
+        return removal
+    after = ClusterState(cluster=state.cluster, region=state.region,
+                         replicas=tuple(r for r in state.replicas if r.name != replica), endpoint_ip=state.endpoint_ip,
+                         address_status=state.address_status, load_balancer=state.load_balancer,
+                         target_pool=state.target_pool,
+                         pool_members=tuple(n for n in state.pool_members if n != replica), settings=state.settings,
+                         unavailable_zones=state.unavailable_zones)
+    return removal.then(plan_replacement_of(after, replica, to_zone, change_id, known_zones, spread_over), "zone-move")
+
+
+def plan_replacement_of(state: ClusterState, stranded: str, zone: str | None, change_id: str,
+                        known_zones: list[str], spread_over: list[str] | None = None) -> Plan:
+    """Add the replacement of a stranded VM (add-replica's steps, ids prefixed "add/") and record it."""
+    addition = plan_add(state, zone, change_id, known_zones, spread_over, prefix=ADD_PREFIX)
+    record = step(StepKind.STRAND_REPLACED, f"replaced/{stranded}", f"record {addition.replica} as the "
+                  f"replacement of {stranded}", name=stranded, replacement=addition.replica)
+    return Plan(action="zone-add", cluster=state.cluster, steps=addition.steps + (record,),
+                voting_before=addition.voting_before, voting_after=addition.voting_after,
+                expected_seconds=addition.expected_seconds, reason=addition.reason, replica=addition.replica,
+                zone=addition.zone, lb=addition.lb, new_replicas=addition.new_replicas)
+
+
+def plan_delete_stranded(state: ClusterState, stranded: list[tuple[str, str]]) -> Plan:
+    """Delete stranded VMs (``(name, zone)``) whose zone answers again; refused for any that is an etcd
+    member again (they were removed when their zone was out and must not have rejoined)."""
+    refuse_on_unknown("delete stranded VMs", state.etcd_unknowns)
+    steps: list[PlanStep] = []
+    for name, zone in stranded:
+        r = state.replica(name)
+        if r is not None and r.member_id is not None:
+            raise PlanRefused(f"stranded VM {name} is an etcd member again: not deleting it; a person must look "
+                              f"(remove-replica by name)")
+        if name in state.pool_members:
+            steps.append(step(StepKind.POOL_REMOVE, f"pool-remove/{name}", f"take {name} out of the target pool",
+                              region=state.region, zone=zone, name=name))
+        steps.append(step(StepKind.DELETE_VM, f"delete-vm/{name}", f"delete stranded VM {name} in {zone}", "vms",
+                          zone=zone, name=name))
+    steps.append(step(StepKind.STRAND_DELETED, "stranded-deleted", "record the stranded VM(s) as deleted",
+                      names=tuple(n for n, _ in stranded)))
+    voting = len(state.voting)
+    return Plan(action="zone-clean", cluster=state.cluster, steps=tuple(steps), voting_before=voting,
+                voting_after=voting, expected_seconds=GCE_SECONDS["instance_delete"],
+                reason="none of them is an etcd member")
 
 
 def decision_text(decision: Decision) -> str:

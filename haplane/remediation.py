@@ -275,3 +275,191 @@ def decide(state: ClusterState, attempts: Sequence[Attempt], now: dt.datetime, *
                "no failed replica can be replaced without a person")
     return Verdict(cluster, action, f"{summary}: " + "; ".join(f"{r}: {why}" for r, why in notes),
                    findings=findings, notes=tuple(notes))
+
+
+# --- zone outage ------------------------------------------------------------------------------------
+#
+# A zone whose API does not answer hides its VMs: unknown is not absent, so nothing there is deleted
+# while it is out. Once it has been out longer than a grace period, its replicas are moved to the
+# other zones of the region, one per check and only when quorum allows: the etcd member is removed
+# first (a removed member is refused by its peers if its VM ever restarts etcd: it cannot come back
+# as a voter), the VM is recorded as stranded, then a new replica is added in the least used zone
+# that answers. When the zone answers again, the next check deletes the stranded VMs. With quorum
+# lost nothing is done: etcd cannot remove a member then, and a person must act.
+
+
+@dataclass(frozen=True)
+class StrandedVm:
+    """A VM left in a dead zone after its etcd member was removed: delete it when its zone answers."""
+
+    name: str
+    zone: str
+    since: str  # ISO time its member was removed
+    replacement: str = ""  # the replica added for it ("" until added)
+    deleted: bool = False  # its VM was deleted once the zone answered
+
+    @property
+    def done(self) -> bool:
+        return self.deleted and bool(self.replacement)
+
+
+class ZoneAction(StrEnum):
+    NOTHING = "nothing"  # no zone out, nothing stranded, placement as asked
+    WAIT = "wait"  # a zone is out, but not for longer than the grace period (or a change holds the lock)
+    MOVE = "move"  # remove a dead zone's member, add its replacement in another zone
+    ADD = "add"  # add the replacement of a stranded VM whose add had to wait (other dead voters first)
+    DELETE_STALE = "delete-stale"  # delete stranded VMs whose zone answers again
+    REBALANCE = "rebalance"  # move one replica back to an empty zone of the cluster's zones
+    CANNOT = "cannot-remediate"  # quorum lost, or no zone left to move to: a person must act
+
+
+@dataclass(frozen=True)
+class ZoneVerdict:
+    cluster: str
+    action: ZoneAction
+    reason: str
+    replica: str | None = None
+    from_zone: str | None = None
+    to_zone: str | None = None
+    stale: tuple[StrandedVm, ...] = ()
+    add_now: bool = True  # MOVE: add the replacement right after the removal (no other dead voter left)
+
+    def markdown(self) -> str:
+        lines = [f"## Zone check of `{self.cluster}`: {self.action.value}", "", self.reason]
+        if self.stale:
+            lines += ["", "| stranded VM | zone | member removed at |", "| --- | --- | --- |"]
+            lines += [f"| {s.name} | {s.zone} | {s.since} |" for s in self.stale]
+        return "\n".join(lines) + "\n"
+
+
+def track_outages(recorded: dict[str, str], unavailable: Iterable[str], now: dt.datetime) -> dict[str, str]:
+    """When each unavailable zone was first seen out (ISO time); zones that answer again are dropped."""
+    return {z: recorded.get(z) or now.isoformat(timespec="seconds") for z in sorted(set(unavailable))}
+
+
+def _quorum(voters: int) -> int:
+    return voters // 2 + 1
+
+
+def decide_zones(state: ClusterState, outages: dict[str, str], stranded: Sequence[StrandedVm], now: dt.datetime,
+                 *, grace_s: float, zones: Sequence[str], region_zones: Sequence[str], busy: bool = False,
+                 rebalance: bool = False) -> ZoneVerdict:
+    """The zone-outage decision for one cluster (see the section comment above).
+
+    ``state`` was observed tolerating unavailable zones (``state.unavailable_zones``; the members there
+    are ``UNKNOWN``, never ``MISSING``); ``outages`` says since when each zone is out (:func:`track_outages`);
+    ``zones`` are the cluster's zones (its spec), ``region_zones`` every zone of its region.
+    """
+    cluster, down = state.cluster, set(state.unavailable_zones)
+    # 1. Stranded VMs whose zone answers again: delete them (never while it is still out: unseen).
+    back = tuple(s for s in stranded if not s.deleted and s.zone not in down)
+    if back:
+        members = [s.name for s in back if (r := state.replica(s.name)) is not None and r.member_id is not None]
+        if members:
+            return ZoneVerdict(cluster, ZoneAction.CANNOT,
+                               f"stranded VM(s) {', '.join(members)} are etcd members again: they were removed "
+                               f"from etcd when their zone was out and must not have rejoined; a person must look "
+                               f"(remove-replica by name)", stale=back)
+        return ZoneVerdict(cluster, ZoneAction.DELETE_STALE,
+                           f"zone(s) {', '.join(sorted({s.zone for s in back}))} answer again: delete the VM(s) left "
+                           f"there when their replicas were moved ({', '.join(s.name for s in back)}); they are no "
+                           f"longer etcd members and never start etcd again", stale=back)
+    if busy:
+        return ZoneVerdict(cluster, ZoneAction.WAIT if down else ZoneAction.NOTHING,
+                           f"a change holds cluster-{cluster}: one change at a time, nothing is done now")
+    dead = sorted((r for r in state.replicas if r.zone in down and r.member_id is not None),
+                  key=lambda r: (not r.learner, r.name))  # a learner costs no vote: it goes first
+    if down and not dead and all(s.replacement for s in stranded):
+        return ZoneVerdict(cluster, ZoneAction.NOTHING,
+                           f"zone(s) {', '.join(sorted(down))} do not answer, but no replica of {cluster!r} is there")
+    if dead:
+        victim = dead[0]
+        since = dt.datetime.fromisoformat(outages.get(victim.zone) or now.isoformat())
+        out_s = (now - since).total_seconds()
+        voters = [r for r in state.replicas if r.member_id is not None and not r.learner]
+        answering = [r for r in voters if r.etcd_ok]
+        if len(answering) < _quorum(len(voters)):
+            return ZoneVerdict(cluster, ZoneAction.CANNOT,
+                               f"quorum lost: {len(answering)} of {len(voters)} etcd voting members answer (quorum "
+                               f"{_quorum(len(voters))}) with zone(s) {', '.join(sorted(down))} out; etcd refuses "
+                               f"membership changes now, so nothing is done. A person must either bring the zone "
+                               f"back, or restore etcd from a snapshot on a surviving replica (etcdutl snapshot "
+                               f"restore, then --force-new-cluster) and add replicas again")
+        if out_s < grace_s:
+            return ZoneVerdict(cluster, ZoneAction.WAIT,
+                               f"zone {victim.zone} has been out {out_s:.0f} s (since {since.isoformat()}); its "
+                               f"replica(s) {', '.join(r.name for r in dead)} are moved after the grace period of "
+                               f"{grace_s:.0f} s", replica=victim.name, from_zone=victim.zone)
+        # every dead member is removed before any replacement is added: etcd refuses to add a member
+        # while a voter is unreachable (its strict reconfiguration check)
+        dead_voters = [r.member_id for r in dead if not r.learner]
+        if not dead_voters:
+            decision_ok, why = True, "a learner does not vote"
+        else:
+            health = [MemberHealth(m.id, m.name, m.voting, m.reasons or (Reason.UNREACHABLE,))
+                      if m.id in dead_voters else m for m in member_health(state)]
+            decision = can_replace(health, dead_voters)
+            decision_ok, why = decision.allowed, decision.reason
+        if not decision_ok:
+            return ZoneVerdict(cluster, ZoneAction.CANNOT,
+                               f"moving {victim.name} out of zone {victim.zone} would lose quorum: {why}; a person "
+                               f"must act (bring the zone back)", replica=victim.name, from_zone=victim.zone)
+        target = _target_zone(state, zones, region_zones, down)
+        if target is None:
+            return ZoneVerdict(cluster, ZoneAction.CANNOT,
+                               f"no zone of region {state.region} answers besides {', '.join(sorted(down))}: "
+                               f"nowhere to move {victim.name}", replica=victim.name, from_zone=victim.zone)
+        others = [r.name for r in dead[1:]]
+        add_now = not others
+        return ZoneVerdict(cluster, ZoneAction.MOVE,
+                           f"zone {victim.zone} has been out {out_s:.0f} s (grace {grace_s:.0f} s): remove "
+                           f"{victim.name} from etcd, leave its VM stranded until the zone answers, "
+                           + (f"add a replica in {target}" if add_now else
+                              f"then remove {', '.join(others)} (one per check) before adding replacements")
+                           + (f"; quorum: {why}" if why else ""),
+                           replica=victim.name, from_zone=victim.zone, to_zone=target, add_now=add_now)
+    owed = [s for s in stranded if not s.replacement]
+    if owed:
+        target = _target_zone(state, zones, region_zones, down)
+        if target is None:
+            return ZoneVerdict(cluster, ZoneAction.CANNOT, f"no zone answers to add the replacement of {owed[0].name}")
+        return ZoneVerdict(cluster, ZoneAction.ADD,
+                           f"add the replacement of {owed[0].name} (removed from etcd when zone {owed[0].zone} was "
+                           f"out) in {target}", replica=owed[0].name, from_zone=owed[0].zone, to_zone=target)
+    if rebalance:
+        return _rebalance(state, zones, region_zones)
+    return ZoneVerdict(cluster, ZoneAction.NOTHING, "every zone answers; nothing stranded")
+
+
+def _target_zone(state: ClusterState, zones: Sequence[str], region_zones: Sequence[str],
+                 down: set[str]) -> str | None:
+    """The least used zone that answers: among the cluster's zones, else among the region's."""
+    return _least_used(state, [z for z in zones if z in region_zones and z not in down]
+                       or [z for z in region_zones if z not in down])
+
+
+def _least_used(state: ClusterState, candidates: Sequence[str]) -> str | None:
+    if not candidates:
+        return None
+    used = [r.zone for r in state.replicas if r.member_id is not None]
+    return min(candidates, key=lambda z: (used.count(z), list(candidates).index(z)))
+
+
+def _rebalance(state: ClusterState, zones: Sequence[str], region_zones: Sequence[str]) -> ZoneVerdict:
+    """One replica back from the most used zone to an empty one of the cluster's zones, when all is healthy."""
+    cluster = state.cluster
+    if not all(r.healthy for r in state.replicas):
+        return ZoneVerdict(cluster, ZoneAction.NOTHING, "not rebalancing: a replica is not healthy")
+    mine = [z for z in zones if z in region_zones]
+    counts = {z: sum(1 for r in state.replicas if r.zone == z) for z in mine}
+    crowded = max((r.zone for r in state.replicas), key=lambda z: (sum(1 for r in state.replicas if r.zone == z), z),
+                  default=None)
+    empty = [z for z in mine if counts[z] == 0]
+    if crowded is None or not empty or sum(1 for r in state.replicas if r.zone == crowded) < 2:
+        return ZoneVerdict(cluster, ZoneAction.NOTHING, "placement is one replica per zone where it can be")
+    victim = sorted((r for r in state.replicas if r.zone == crowded), key=lambda r: (r.leader, r.name))[0]
+    return ZoneVerdict(cluster, ZoneAction.REBALANCE,
+                       f"zone {empty[0]} has no replica and {crowded} has "
+                       f"{sum(1 for r in state.replicas if r.zone == crowded)}: move {victim.name} to {empty[0]} "
+                       f"(remove it, then add the new replica)", replica=victim.name, from_zone=crowded,
+                       to_zone=empty[0])

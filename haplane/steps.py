@@ -26,7 +26,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-STEP_SCHEMA = 1  # bump when any step id a plan produces changes (and say why in the commit)
+# bump when any step id a plan produces changes (and say why in the commit)
+# 2: create-cluster builds the load balancer beside the VMs ("forwarding-rule/wait", "api-ready/<name>",
+#    "pool-members"); add-replica waits for the API server before the pool ("api-ready/<name>")
+STEP_SCHEMA = 2
 
 
 class StepKind(StrEnum):
@@ -58,6 +61,11 @@ class StepKind(StrEnum):
     DELETE_FIREWALL = "delete-firewall"
     DELETE_PKI = "delete-pki"
     DELETE_SPEC = "delete-spec"
+    WAIT_API = "wait-api"  # until the replica's API server is ready (it would pass the pool's check)
+    AWAIT = "await"  # wait for a step submitted earlier with background=True (the forwarding rule)
+    STRAND = "strand"  # record a dead zone's VM as stranded in the spec (before its member goes)
+    STRAND_REPLACED = "strand-replaced"  # record the replica added for a stranded VM
+    STRAND_DELETED = "strand-deleted"  # record stranded VMs as deleted (their zone answered)
 
 
 # Steps that destroy something that cannot be had back: refused on an unknown view (haplane.plans).

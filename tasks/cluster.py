@@ -29,7 +29,7 @@ from haplane.observe import observe
 from haplane.ownership import SpecWhere, owned, uid_in
 from haplane.plans import Plan
 from haplane.topology import LABEL_CLUSTER, LABEL_UID, ClusterNames
-from tasks.pki import read_cas
+from tasks.pki import load_cas, read_cas
 from tasks.steps import Change, cluster_uid, probe
 
 LOCK_WAIT_S = 10.0
@@ -113,14 +113,15 @@ def delete_spec(cluster: str, step: str = "spec") -> None:
 
 
 @probe(task_run_name="observe {cluster}")
-def observe_cluster(cluster: str, region: str, connection: str | None) -> ClusterState:
-    """Rebuild the cluster's picture from GCE and etcd (never cached)."""
+def observe_cluster(cluster: str, region: str, connection: str | None, tolerate_zones: bool = False) -> ClusterState:
+    """Rebuild the cluster's picture from GCE and etcd (never cached); with ``tolerate_zones`` a zone
+    whose API does not answer is recorded in ``unavailable_zones`` instead of failing the run."""
     cas, problem = read_cas(cluster)
     from haplane.etcd import EtcdTLS
 
     tls = EtcdTLS.from_cas(cas) if cas else None
     state = observe(resolve_gce(connection), cluster, region, tls, cas.ca.cert_pem if cas else None,
-                    pki_problem=problem, uid=cluster_uid(cluster))
+                    pki_problem=problem, uid=cluster_uid(cluster), tolerate_zones=tolerate_zones)
     if state.look_alikes:
         get_run_logger().warning("VMs with cluster %s's label but not its uid (look-alikes, left alone): %s",
                                  cluster, ", ".join(state.look_alikes))
@@ -225,6 +226,66 @@ def format_table(rows: list[dict[str, str]]) -> str:
     return "\n".join(lines)
 
 
+@probe(task_run_name="{step}")
+def wait_api_ready(cluster: str, name: str, ip: str, step: str = "api-ready", timeout: float = 180.0) -> None:
+    """Wait until the replica's API server answers /readyz (TLS verified against the cluster CA): a
+    replica joins the load balancer's pool once it would pass the pool's health check."""
+    import ssl
+    import time
+
+    import httpx
+
+    from haplane.node import APISERVER_PORT
+
+    cas = load_cas(cluster)
+    if cas is None:
+        raise RuntimeError(f"no PKI for cluster {cluster!r}: cannot verify {name}'s API server")
+    ctx = ssl.create_default_context(cadata=cas.ca.cert_pem)
+    deadline, last = time.monotonic() + timeout, "no answer yet"
+    with httpx.Client(verify=ctx, timeout=2.0) as http:
+        while time.monotonic() < deadline:
+            try:
+                resp = http.get(f"https://{ip}:{APISERVER_PORT}/readyz")
+                if resp.status_code == 200:
+                    return
+                last = f"{resp.status_code} {resp.text.strip()}"
+            except httpx.HTTPError as exc:
+                last = type(exc).__name__
+            time.sleep(0.2)
+    raise TimeoutError(f"the API server of {name} ({ip}) was not ready after {timeout:.0f} s: {last}")
+
+
+# --- the stranded VMs of a zone outage (haplane.remediation.decide_zones), kept in the spec -------------
+
+def _update_stranded(cluster: str, update) -> None:
+    """Re-read the spec and save ``update(stranded)``; records that are done (deleted and replaced) go."""
+    names = ClusterNames(cluster)
+    spec = ClusterSpec.load(names.spec_block)
+    spec.stranded = [s for s in update(list(spec.stranded)) if not s.done]
+    spec.save(names.spec_block, overwrite=True)
+
+
+@probe(task_run_name="{step}")
+def record_stranded(cluster: str, name: str, zone: str, step: str) -> None:
+    from haplane.observe import now_utc
+    from haplane.remediation import StrandedVm
+
+    _update_stranded(cluster, lambda s: s if any(x.name == name for x in s) else
+                     [*s, StrandedVm(name, zone, now_utc().isoformat(timespec="seconds"))])
+
+
+@probe(task_run_name="{step}")
+def record_replacement(cluster: str, name: str, replacement: str, step: str) -> None:
+    from dataclasses import replace
+
+    _update_stranded(cluster, lambda s: [replace(x, replacement=replacement) if x.name == name else x for x in s])
+
+
+@probe(task_run_name="{step}")
+def record_deleted(cluster: str, names: list[str], step: str) -> None:
+    from dataclasses import replace
+
+    _update_stranded(cluster, lambda s: [replace(x, deleted=True) if x.name in names else x for x in s])
 def spec_where(cluster: str) -> SpecWhere | None:
     """Where the cluster's saved spec says it lives; None without a spec."""
     try:

@@ -27,7 +27,15 @@ from haplane.node import ApiServerSpec, EtcdSpec, peer_url
 from haplane.plans import Plan
 from haplane.steps import PlanStep, StepKind, resolve
 from haplane.topology import ClusterNames
-from tasks.cluster import check_gone_from_gce, delete_spec, save_spec
+from tasks.cluster import (
+    check_gone_from_gce,
+    delete_spec,
+    record_deleted,
+    record_replacement,
+    record_stranded,
+    save_spec,
+    wait_api_ready,
+)
 from tasks.compute import submit_create_vm, submit_delete_vm
 from tasks.etcd import add_learner, move_leader_away, promote, remove_member, wait_quorum
 from tasks.network import (
@@ -46,7 +54,7 @@ from tasks.network import (
     submit_reserve_address,
     submit_target_pool,
 )
-from tasks.operations import Step, apply, apply_all
+from tasks.operations import Started, Step, apply, apply_all, await_started, start
 from tasks.pki import delete_cluster_pki, ensure_cluster_pki, submit_configure_replica
 from tasks.steps import Change
 
@@ -62,6 +70,7 @@ class Run:
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
     figures: dict[str, float] = field(default_factory=dict)
     down_since: float | None = None  # the endpoint stopped answering (an IP move is under way)
+    pending: dict[str, Started] = field(default_factory=dict)  # steps submitted with background=True
 
     @property
     def names(self) -> ClusterNames:
@@ -125,6 +134,12 @@ def _add_learner(run: Run, s: PlanStep, a: dict[str, Any]) -> dict[str, Any]:
     return {"member_id": add_learner(run.change, s.id, list(a["member_ips"]), a["ip"])}
 
 
+def _delete_pki(run: Run, s: PlanStep) -> None:
+    """The CA goes only once GCE holds nothing of the cluster (a wrong view must not cost the keys)."""
+    check_gone_from_gce(run.change.cluster, run.spec.region, run.change.connection)
+    delete_cluster_pki(run.change.cluster, step=s.id)
+
+
 LOCAL: dict[StepKind, Callable[[Run, PlanStep, dict[str, Any]], dict[str, Any] | None]] = {
     StepKind.SAVE_SPEC: lambda run, s, a: save_spec(run.change.cluster, run.spec, step=s.id),
     StepKind.CREATE_PKI: lambda run, s, a: ensure_cluster_pki(run.change.cluster, step=s.id) and None,
@@ -137,10 +152,14 @@ LOCAL: dict[StepKind, Callable[[Run, PlanStep, dict[str, Any]], dict[str, Any] |
                                                              a["name"], list(a["healthy_ids"]), step=s.id),
     StepKind.REMOVE_MEMBER: lambda run, s, a: remove_member(run.change, s.id, list(a["member_ips"]),
                                                             a["member_id"], a["name"]),
-    StepKind.DELETE_PKI: lambda run, s, a: (check_gone_from_gce(run.change.cluster, run.spec.region,
-                                                                run.change.connection),
-                                            delete_cluster_pki(run.change.cluster, step=s.id)),
+    StepKind.DELETE_PKI: lambda run, s, a: _delete_pki(run, s),
     StepKind.DELETE_SPEC: lambda run, s, a: delete_spec(run.change.cluster, step=s.id),
+    StepKind.WAIT_API: lambda run, s, a: wait_api_ready(run.change.cluster, a["name"], a["ip"], step=s.id),
+    StepKind.AWAIT: lambda run, s, a: await_started(run.change, run.pending.pop(a["step"]), step=s.id),
+    StepKind.STRAND: lambda run, s, a: record_stranded(run.change.cluster, a["name"], a["zone"], step=s.id),
+    StepKind.STRAND_REPLACED: lambda run, s, a: record_replacement(run.change.cluster, a["name"], a["replacement"],
+                                                                   step=s.id),
+    StepKind.STRAND_DELETED: lambda run, s, a: record_deleted(run.change.cluster, list(a["names"]), step=s.id),
 }
 
 
@@ -197,7 +216,9 @@ def execute(run: Run, plan: Plan) -> dict[str, float]:
             apply_all(run.change, [GCE[s.kind](run, s, a) for s, a in resolved])
         else:
             for s, a in resolved:
-                if s.kind in GCE:
+                if s.kind in GCE and a.get("background"):  # submitted now, waited for by a later AWAIT step
+                    run.pending[s.id] = start(run.change, GCE[s.kind](run, s, a))
+                elif s.kind in GCE:
                     apply(run.change, GCE[s.kind](run, s, a))
                 else:
                     produced = LOCAL[s.kind](run, s, a)

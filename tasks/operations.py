@@ -111,3 +111,32 @@ def apply_all(change: Change, steps: list[Step]) -> None:
             get_run_logger().warning("%s: operation %s failed (%s); submitting it again", s.what,
                                      exc.op.name, exc.code)
             apply(change, s.retried_after(exc.op))
+
+
+@dataclass(frozen=True)
+class Started:
+    """A step submitted by :func:`start`, to be waited on later with :func:`finish`."""
+
+    step: Step
+    op: OpRef | None
+
+
+def start(change: Change, step: Step) -> Started:
+    """Submit ``step`` and return at once: long work (the forwarding rule) runs while the flow goes on."""
+    return Started(step, _submit(change, step)[0])
+
+
+@probe(task_run_name="{step}")
+def await_started(change: Change, started: Started, step: str) -> None:
+    """A plan's step that waits for one submitted earlier with :func:`start` (its own task run)."""
+    finish(change, started)
+
+
+def finish(change: Change, started: Started) -> None:
+    """Wait for a step :func:`start` submitted; a failed operation goes through :func:`apply` again."""
+    try:
+        wait_op(change, started.op, started.step.what, started.step.timeout, started.step.progress_key)
+    except GceOperationError as exc:
+        get_run_logger().warning("%s: operation %s failed (%s); submitting it again", started.step.what,
+                                 exc.op.name, exc.code)
+        apply(change, started.step.retried_after(exc.op))

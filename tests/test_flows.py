@@ -110,7 +110,8 @@ def _as_planned(prefect_api, flow, **params):
 
 def test_seed_way_create_one_then_add_two_then_shrink_back(cloud, prefect_api):
     cluster = _name("seed")
-    rows = _as_planned(prefect_api, create_cluster, cluster=cluster, region=REGION, zones=ZONES, replicas=1)
+    rows = _as_planned(prefect_api, create_cluster, cluster=cluster, region=REGION, zones=ZONES, replicas=1,
+                       load_balancer="as-needed")
     assert len(rows) == 1 and rows[0]["role"] == "leader" and rows[0]["health"] == "healthy"
     endpoint = _endpoint_ok(cluster, rows)
     # one replica: it carries the static endpoint IP itself, no load balancer

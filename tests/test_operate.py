@@ -89,7 +89,7 @@ def test_workspace_has_pool_deployments_blocks_and_automation(prefect_api, works
     pool = httpx.get(f"{api}/work_pools/haplane", timeout=10).json()
     assert pool["type"] == "process"
     names = {d["name"] for d in httpx.post(f"{api}/deployments/filter", json={}, timeout=10).json()}
-    assert {"create-cluster", "add-replica", "remove-replica", "replace-replica", "delete-cluster",
+    assert {"create-cluster", "add-replica", "remove-replica", "replace-replica", "set-load-balancer", "delete-cluster",
             "health-check"} <= names
     types = {b["slug"] for b in httpx.post(f"{api}/block_types/filter", json={}, timeout=10).json()}
     assert {"haplane-gce-connection", "haplane-cluster-spec", "haplane-cluster-pki"} <= types
@@ -99,10 +99,14 @@ def test_workspace_has_pool_deployments_blocks_and_automation(prefect_api, works
     assert schema["enforce_parameter_schema"] is True
     props = schema["parameter_openapi_schema"]["properties"]
     assert "description" in props["cluster"] and "pattern" in str(props["cluster"])
+    # the endpoint mode is a choice in the run form, "always" by default
+    modes = schema["parameter_openapi_schema"]["definitions"]["EndpointMode"]
+    assert modes["enum"] == ["always", "as-needed"] and props["load_balancer"]["default"] == "always"
 
 
 @pytest.mark.parametrize(("bad", "words"), [({"replicas": 2}, "replicas"), ({"cluster": "Bad_Name"}, "cluster"),
-                                            ({"zones": ["nowhere"]}, "zones")])
+                                            ({"zones": ["nowhere"]}, "zones"),
+                                            ({"load_balancer": "sometimes"}, "load_balancer")])
 def test_bad_parameters_are_refused_before_a_run_starts(prefect_api, workspace, bad, words):
     params = {"cluster": "ok", "region": REGION, "zones": ZONES, "replicas": 3} | bad
     with pytest.raises(httpx.HTTPStatusError) as refused:

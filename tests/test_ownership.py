@@ -159,7 +159,7 @@ def test_look_alikes_are_reported_never_touched(cloud):
 
     cluster = f"look-{uuid.uuid4().hex[:5]}"
     names = ClusterNames(cluster)
-    create_cluster(cluster=cluster, region=REGION, zones=ZONES[:1], replicas=1)
+    create_cluster(cluster=cluster, region=REGION, zones=ZONES[:1], replicas=1, load_balancer="as-needed")
     uid = spec_where(cluster).uid
     gce = cloud.gce
     (vm,) = gce.list_instances(ZONES, labels={LABEL_CLUSTER: cluster})

@@ -157,12 +157,13 @@ def test_remove_by_zone_prefers_an_unhealthy_then_a_non_leader():
     assert choose_victim(two_in_a, "us-central1-c", None).name == "c-master-3"  # the dead one
 
 
-def test_remove_moves_leadership_first_and_shrinks_the_pool():
+def test_remove_drains_the_pool_then_moves_leadership_and_shrinks():
     plan = plan_remove(THREE, "us-central1-a", None)
-    assert plan.replica == "c-master-0" and plan.texts[0].startswith("move etcd leadership away")
+    assert plan.replica == "c-master-0" and plan.texts[0].startswith("take c-master-0 out of the target pool")
+    assert plan.texts[1].startswith("move etcd leadership away")
     assert plan.lb == "shrink" and plan.voting_after == 2 and "even count" in plan.even_note
     steps = " | ".join(plan.texts)
-    assert steps.index("remove c-master-0 from etcd") < steps.index("target pool") < steps.index("delete VM")
+    assert steps.index("target pool") < steps.index("remove c-master-0 from etcd") < steps.index("delete VM")
 
 
 def test_two_to_one_hands_the_ip_back():
@@ -225,31 +226,41 @@ TWO = cluster(replica(0, "us-central1-a"), replica(1, "us-central1-b"))
 # Step ids are checkpoint keys and requestId seeds: a change in flight after an upgrade finds its
 # checkpoints only if they stay the same. Changing any of these is a deliberate act: bump
 # haplane.steps.STEP_SCHEMA (a change recorded under another schema is then refused) and update this table.
-PINNED_SCHEMA = 1
+PINNED_SCHEMA = 2
 PINNED = {
     "create 3": (lambda: plan_create("c", REGION, KNOWN[:3], 3, "create-1", KNOWN, None), (
         "spec", "pki", "address", "firewall/c-etcd-peer", "firewall/c-etcd-client", "firewall/c-apiserver",
-        "vm/c-master-f4cdf", "vm/c-master-66d92", "vm/c-master-62567", "configure/c-master-f4cdf",
-        "configure/c-master-66d92", "configure/c-master-62567", "quorum", "health-check", "target-pool",
-        "forwarding-rule")),
+        "health-check", "target-pool", "forwarding-rule", "vm/c-master-f4cdf", "vm/c-master-66d92",
+        "vm/c-master-62567", "configure/c-master-f4cdf", "configure/c-master-66d92", "configure/c-master-62567",
+        "quorum", "api-ready/c-master-f4cdf", "api-ready/c-master-66d92", "api-ready/c-master-62567",
+        "pool-members", "forwarding-rule/wait")),
+    "create 1 (always)": (lambda: plan_create("c", REGION, KNOWN[:3], 1, "create-1", KNOWN, None, "always"), (
+        "spec", "pki", "address", "firewall/c-etcd-peer", "firewall/c-etcd-client", "firewall/c-apiserver",
+        "health-check", "target-pool", "forwarding-rule", "vm/c-master-f4cdf", "configure/c-master-f4cdf",
+        "quorum", "api-ready/c-master-f4cdf", "pool-members", "forwarding-rule/wait")),
+    "create 1 (as-needed)": (lambda: plan_create("c", REGION, KNOWN[:3], 1, "create-1", KNOWN, None), (
+        "spec", "pki", "address", "firewall/c-etcd-peer", "firewall/c-etcd-client", "firewall/c-apiserver",
+        "vm/c-master-f4cdf", "configure/c-master-f4cdf", "quorum")),
     "add 1->2": (lambda: plan_add(ONE, None, "add-1", KNOWN, KNOWN[:3]), (
         "vm/c-master-4c643", "learner/c-master-4c643", "configure/c-master-4c643", "promote/c-master-4c643",
         "quorum/c-master-4c643", "health-check", "target-pool", "release-ip/c-master-0", "forwarding-rule",
         "ephemeral-ip/c-master-0")),
     "add 2->3": (lambda: plan_add(TWO, None, "add-2", KNOWN, KNOWN[:3]), (
         "vm/c-master-c922a", "learner/c-master-c922a", "configure/c-master-c922a", "promote/c-master-c922a",
-        "quorum/c-master-c922a", "pool-add/c-master-c922a")),
+        "quorum/c-master-c922a", "api-ready/c-master-c922a", "pool-add/c-master-c922a")),
     "remove 3->2": (lambda: plan_remove(THREE, "us-central1-a", None), (
-        "move-leader/c-master-0", "member/c-master-0", "quorum/c-master-0", "pool-remove/c-master-0",
+        "pool-remove/c-master-0", "move-leader/c-master-0", "member/c-master-0", "quorum/c-master-0",
         "delete-vm/c-master-0")),
+    "remove 2->1 (always)": (lambda: plan_remove(TWO, "us-central1-b", None, mode="always"), (
+        "pool-remove/c-master-1", "member/c-master-1", "quorum/c-master-1", "delete-vm/c-master-1")),
     "remove 2->1": (lambda: plan_remove(TWO, "us-central1-b", None), (
         "member/c-master-1", "quorum/c-master-1", "delete-forwarding-rule", "drop-ephemeral/c-master-0",
         "endpoint-ip/c-master-0", "delete-target-pool", "delete-health-check", "delete-vm/c-master-1")),
     "replace": (lambda: plan_replace(THREE, "c-master-1", "replace-1", KNOWN, KNOWN[:3]), (
-        "remove/member/c-master-1", "remove/quorum/c-master-1", "remove/pool-remove/c-master-1",
+        "remove/pool-remove/c-master-1", "remove/member/c-master-1", "remove/quorum/c-master-1",
         "remove/delete-vm/c-master-1", "add/vm/c-master-fc142", "add/learner/c-master-fc142",
         "add/configure/c-master-fc142", "add/promote/c-master-fc142", "add/quorum/c-master-fc142",
-        "add/pool-add/c-master-fc142")),
+        "add/api-ready/c-master-fc142", "add/pool-add/c-master-fc142")),
 }
 
 
@@ -305,9 +316,9 @@ def test_a_plan_whose_reference_points_nowhere_is_a_bug():
         "?", "c-master-2")),
 ])
 def test_removal_steps_follow_the_remove_order(case, make):
-    """Leadership away -> member removed -> out of the pool -> VM deleted; no pool or VM step for a VM that is gone."""
+    """Out of the pool -> leadership away -> member removed -> VM deleted; no pool or VM step for a VM that is gone."""
     kinds = [s.kind.value for s in make().steps]
-    order = ["move-leader", "remove-member", "wait-quorum", "pool-remove", "delete-vm"]
+    order = ["pool-remove", "move-leader", "remove-member", "wait-quorum", "delete-vm"]
     assert kinds == [k for k in order if k in kinds]
     if case.startswith("remove a member"):
         assert "delete-vm" not in kinds and "pool-remove" not in kinds
@@ -321,13 +332,14 @@ def test_every_step_kind_has_an_executor():
 
 
 def test_side_by_side_steps_are_grouped_and_nothing_else():
-    """create 3: the three firewall rules, then the three VMs, then the three configurations run side by
-    side; every other step alone, in plan order."""
+    """create 3: the address, the three firewall rules and the health check, then the three VMs, then the
+    three configurations run side by side; every other step alone, in plan order (the forwarding rule is
+    submitted alone and waited for by the last step)."""
     from tasks.execute import groups
 
     plan = plan_create("c", REGION, KNOWN[:3], 3, "create-1", KNOWN, None)
     shape = [(g[0].kind.value, len(g)) for g in groups(plan.steps)]
-    assert shape == [("save-spec", 1), ("create-pki", 1), ("reserve-address", 1), ("firewall", 3), ("create-vm", 3),
-                     ("configure", 3), ("wait-quorum", 1), ("health-check", 1), ("target-pool", 1),
-                     ("forwarding-rule", 1)]
+    assert shape == [("save-spec", 1), ("create-pki", 1), ("reserve-address", 5), ("target-pool", 1),
+                     ("forwarding-rule", 1), ("create-vm", 3), ("configure", 3), ("wait-quorum", 1),
+                     ("wait-api", 1), ("wait-api", 1), ("wait-api", 1), ("target-pool", 1), ("await", 1)]
     assert [s.id for g in groups(plan.steps) for s in g] == list(plan.ids)

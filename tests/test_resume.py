@@ -83,7 +83,7 @@ def _wait_until_waiting_on(cloud, prefect_api, method: str, proc: subprocess.Pop
 
 def test_add_replica_killed_at_every_step_resumes_without_repeating_a_call(cloud, prefect_api):
     cluster = "resume-add"
-    create_cluster(cluster=cluster, region=REGION, zones=ZONES, replicas=1)
+    create_cluster(cluster=cluster, region=REGION, zones=ZONES, replicas=1, load_balancer="as-needed")  # the seed's 1 -> 2 move
     endpoint = cloud.gce.get_address(REGION, f"{cluster}-master-ip").address
     cloud.admin.clear_calls()
     code = f"from flows.add_replica import add_replica; add_replica(cluster={cluster!r}, zone='europe-west1-c', change_id='grow-1')"
@@ -130,7 +130,7 @@ def test_failed_operations_are_submitted_again_and_a_failed_run_resumes(cloud, p
     repeated one with the failed operation); a run that gave up is resumed with
     ``prefect flow-run retry`` (same flow run, so the same default change id)."""
     cluster = "resume-err"
-    create_cluster(cluster=cluster, region=REGION, zones=ZONES, replicas=1)
+    create_cluster(cluster=cluster, region=REGION, zones=ZONES, replicas=1, load_balancer="as-needed")  # the seed's 1 -> 2 move
     endpoint = cloud.gce.get_address(REGION, f"{cluster}-master-ip").address
     cloud.admin.clear_calls()
 

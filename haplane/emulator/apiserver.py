@@ -2,7 +2,10 @@
 
 Serves HTTPS on ``IP:6443`` with the replica's own certificate:
 ``/livez`` (the process is up) and ``/readyz`` (a linearizable read of the
-local etcd over mutual TLS succeeds). A plain-HTTP ``/healthz`` on
+local etcd over mutual TLS succeeds), and ``POST /haplane/canary`` (HTTPS only) that
+writes ``{"key": ..., "value": ...}`` under ``/haplane/canary/`` in etcd through this replica
+(a write needs etcd's quorum, as every write of kube-apiserver does: the availability
+benchmark's canary). A plain-HTTP ``/healthz`` on
 ``IP:8080`` mirrors ``/readyz`` for the target pool's legacy HTTP health
 check, as nginx in front of ``/healthz`` does in Kubernetes the Hard Way.
 
@@ -55,6 +58,18 @@ def _etcd_ready(client: httpx.Client, etcd_url: str) -> tuple[bool, str]:
     return True, "ok"
 
 
+def _etcd_put(client: httpx.Client, etcd_url: str, key: str, value: str) -> tuple[bool, str]:
+    body = {"key": base64.b64encode(f"/haplane/canary/{key}".encode()).decode(),
+            "value": base64.b64encode(value.encode()).decode()}
+    try:
+        resp = client.post(f"{etcd_url}/v3/kv/put", json=body)
+    except httpx.HTTPError as exc:
+        return False, f"etcd {etcd_url} unreachable: {type(exc).__name__}"
+    if resp.status_code != 200:
+        return False, f"etcd {etcd_url} answered {resp.status_code}"
+    return True, json.dumps({"revision": resp.json().get("header", {}).get("revision")})
+
+
 def make_handler(etcd: httpx.Client, etcd_url: str, name: str) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, format: str, *args: object) -> None:  # quiet
@@ -80,6 +95,20 @@ def make_handler(etcd: httpx.Client, etcd_url: str, name: str) -> type[BaseHTTPR
                 self._send(200, json.dumps({"replica": name, "gitVersion": "haplane-standin"}))
             else:
                 self._send(404, f"no such path {path}")
+
+        def do_POST(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path != "/haplane/canary" or self.server.tls is None:  # type: ignore[attr-defined]
+                self._send(404, f"no such path {path}")
+                return
+            try:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+                key, value = str(body["key"]), str(body.get("value", ""))
+            except (ValueError, KeyError, TypeError):
+                self._send(400, 'expected {"key": ..., "value": ...}')
+                return
+            ok, why = _etcd_put(etcd, etcd_url, key, value)
+            self._send(200 if ok else 503, why)
 
     return Handler
 

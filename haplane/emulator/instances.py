@@ -1,4 +1,4 @@
-"""instances.*: insert, get, list, delete, add/deleteAccessConfig, setLabels, setMetadata, stop, start.
+"""instances.*: insert, get, list, aggregatedList, delete, add/deleteAccessConfig, setLabels, setMetadata, stop, start.
 
 Lifecycle as GCE: insert -> PROVISIONING (at once) -> STAGING (half-way) ->
 RUNNING (``runtime.start``; the operation is DONE). stop -> STOPPING ->
@@ -17,6 +17,8 @@ import re
 
 from haplane.emulator.errors import ApiError, OperationError, already_exists, invalid
 from haplane.emulator.resources import (
+    LABEL_KEY_RE,
+    LABEL_VALUE_RE,
     Call,
     Ctx,
     aggregated_reply,
@@ -34,8 +36,6 @@ MACHINE_TYPE_RE = re.compile(
     r"^(?:(?:e2|n1|n2|n2d|n4|c2|c2d|c3|c3d|t2d|t2a|m1|m3)-(?:standard|highmem|highcpu)-\d+"
     r"|e2-(?:micro|small|medium)|f1-micro|g1-small|(?:e2-|n2-|n2d-)?custom-\d+-\d+(?:-ext)?)$"
 )
-LABEL_KEY_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
-LABEL_VALUE_RE = re.compile(r"^[a-z0-9_-]{0,63}$")
 METADATA_KEY_RE = re.compile(r"^[a-zA-Z0-9_-]{1,128}$")
 IP_CONFLICT = "IP_IN_USE_BY_ANOTHER_RESOURCE"
 

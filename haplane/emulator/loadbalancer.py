@@ -1,5 +1,8 @@
 """The legacy network load balancer: httpHealthChecks (global), targetPools and forwardingRules (regional).
 
+Each has insert, get, list (paged, :mod:`.listing`) and delete; targetPools, forwardingRules and
+healthChecks also aggregatedList.
+
 - targetPools.getHealth asks ``runtime.healthy(vm)`` for a RUNNING instance of
   a pool that has a health check (HEALTHY without one, as GCE); an instance
   that is not RUNNING, or a stale link to a deleted instance (GCE does not
