@@ -9,7 +9,12 @@ Against whatever Prefect API the environment points at (``PREFECT_API_URL``: a l
 4. the variable ``haplane_repo``: the checkout the process worker runs flows from (prefect.yaml's pull step);
 5. per cluster, the global concurrency limits ``cluster-<name>`` (mutating flows) and
    ``health-<name>`` (health checks), limit 1 each;
-6. the seven deployments of ``prefect.yaml`` (``prefect --no-prompt deploy --all``);
+6. the deployments of ``prefect.yaml`` (``prefect --no-prompt deploy --all``), each with the
+   workspace's connection block as its default ``connection`` (remembered in the variable
+   ``haplane_connection``), so a run started from the UI or the API without one works;
+6b. optionally (``--result-storage BLOCK``) the server's default result storage: where every worker
+   writes and reads haplane's checkpoints (a prefect-gcp ``GcsBucket``, or a ``LocalFileSystem`` on a
+   path all workers share);
 7. per cluster, a health-check schedule every ``--health-interval`` seconds (slug ``health-<name>``);
 8. per cluster, a snapshot-cluster schedule every ``--snapshot-interval`` seconds (slug
    ``snapshot-<name>``; 0: none);
@@ -34,6 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 POOL = "haplane"
 HEALTH_DEPLOYMENT = "health-check/health-check"
 SNAPSHOT_DEPLOYMENT = "snapshot-cluster/snapshot-cluster"
+CONNECTION_VARIABLE = "haplane_connection"
 AUTOMATION = "haplane-health-check-on-request"
 REQUEST_EVENT = "haplane.health-check.requested"
 
@@ -106,6 +112,58 @@ def deploy(repo: Path) -> None:
         raise RuntimeError(f"prefect deploy failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
     say("deployments: create-cluster, add-replica, remove-replica, replace-replica, set-load-balancer, "
         "delete-cluster, rotate-certificates, health-check, snapshot-cluster, restore-cluster")
+
+
+def workspace_connection(connection: str | None) -> str | None:
+    """The connection given now, else the one an earlier setup remembered (``haplane_connection``)."""
+    from prefect.variables import Variable
+
+    if connection:
+        Variable.set(CONNECTION_VARIABLE, connection, overwrite=True)
+        return connection
+    return Variable.get(CONNECTION_VARIABLE, default=None) or None
+
+
+def ensure_default_connection(connection: str | None, pool: str = POOL) -> None:
+    """Make ``connection`` the default parameter of every deployment (deploying again resets defaults)."""
+    if not connection:
+        say("no connection block: runs need `connection` or HAPLANE_PROJECT on the worker")
+        return
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import DeploymentUpdate
+    from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterName
+
+    with get_client(sync_client=True) as client:
+        # every deployment of the pool that takes a connection (all of prefect.yaml's, whatever is added later)
+        deployments = client.read_deployments(work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[pool])))
+        updated = []
+        for deployment in deployments:
+            if "connection" in (deployment.parameter_openapi_schema or {}).get("properties", {}):
+                params = dict(deployment.parameters or {}) | {"connection": connection}
+                client.update_deployment(deployment.id, DeploymentUpdate(parameters=params))
+                updated.append(deployment.name)
+    say(f"default connection of {len(updated)} deployments ({', '.join(sorted(updated))}): {connection!r}")
+
+
+def ensure_result_storage(block: str) -> None:
+    """Make the storage block ``block`` (``<type-slug>/<name>``) the server's default result storage."""
+    from prefect.blocks.core import Block
+    from prefect.client.orchestration import get_client
+
+    if "/" not in block:
+        raise ValueError(f"--result-storage {block!r}: give a block as <type>/<name>, e.g. gcs-bucket/haplane-results "
+                         f"or local-file-system/haplane-results (create it first in the UI or with Python)")
+    try:
+        storage = Block.load(block)
+    except ValueError as exc:
+        raise ValueError(f"--result-storage {block!r}: no such block ({exc}); create it first, e.g. "
+                         f"GcsBucket(bucket=..., gcp_credentials=...).save('haplane-results')") from exc
+    if not hasattr(storage, "write_path"):
+        raise ValueError(f"--result-storage {block!r}: a {type(storage).__name__} cannot store results; "
+                         f"use a GcsBucket or a LocalFileSystem on a path every worker shares")
+    with get_client(sync_client=True) as client:
+        client.update_server_default_result_storage(storage._block_document_id)
+    say(f"checkpoints (task results) of every worker go to {block}")
 
 
 def ensure_health_schedules(clusters: list[str], interval_s: float, connection: str | None) -> None:
@@ -193,7 +251,8 @@ def check_health_interval(seconds: float) -> None:
 
 def setup_workspace(clusters: list[str] | None = None, health_interval: float = 300.0, connection: str | None = None,
                     project: str | None = None, endpoint: str | None = None, repo: Path = REPO,
-                    pool: str = POOL, snapshot_interval: float = 3600.0) -> dict[str, Any]:
+                    pool: str = POOL, snapshot_interval: float = 3600.0,
+                    result_storage: str | None = None) -> dict[str, Any]:
     """Everything above; returns what was set up."""
     clusters = list(clusters or [])
     from haplane.topology import check_cluster_name
@@ -205,16 +264,21 @@ def setup_workspace(clusters: list[str] | None = None, health_interval: float = 
         connection = "default"
     ensure_pool(pool)
     ensure_block_types()
+    if result_storage:
+        ensure_result_storage(result_storage)
     if project:
         ensure_connection(connection, project, endpoint)
+    connection = workspace_connection(connection)
     ensure_repo_variable(repo)
     ensure_limits(clusters)
     deploy(repo)
+    ensure_default_connection(connection, pool)
     ensure_health_schedules(clusters, health_interval, connection)
     ensure_snapshot_schedules(clusters, snapshot_interval, connection)
     ensure_automation()
     say("done: start a worker with `prefect worker start --pool haplane --type process`")
-    return {"pool": pool, "clusters": clusters, "connection": connection, "health_interval": health_interval}
+    return {"pool": pool, "clusters": clusters, "connection": connection, "health_interval": health_interval,
+            "result_storage": result_storage}
 
 
 def add_cli(sub: Any) -> argparse.ArgumentParser:
@@ -229,10 +293,14 @@ def add_cli(sub: Any) -> argparse.ArgumentParser:
                                         "(saved when --project is given; default name 'default')")
     p.add_argument("--project", help="GCE project: save a connection block for it")
     p.add_argument("--endpoint", help="GCE endpoint, e.g. http://127.0.0.1:8787 for the emulator (empty: real GCE)")
+    p.add_argument("--result-storage", metavar="BLOCK",
+                   help="storage block for every worker's checkpoints, as <type>/<name>: gcs-bucket/NAME (prefect-gcp) "
+                        "or local-file-system/NAME on a path all workers share")
     return p
 
 
 def run_cli(args: argparse.Namespace) -> int:
     setup_workspace(clusters=args.cluster, health_interval=args.health_interval, connection=args.connection,
-                    project=args.project, endpoint=args.endpoint, snapshot_interval=args.snapshot_interval)
+                    project=args.project, endpoint=args.endpoint, snapshot_interval=args.snapshot_interval,
+                    result_storage=args.result_storage)
     return 0

@@ -148,13 +148,51 @@ def zones_of(region: str, connection: str | None) -> list[str]:
 
 
 def publish_plan(plan: Plan, change: Change) -> None:
-    """Log the plan and keep it as the markdown artifact ``<cluster>-plan``, with the change id to resume by."""
+    """Log the plan and keep it as the markdown artifact ``<cluster>-plan``, with the change id to resume by.
+
+    One artifact per run: a second plan of the same run is added to the artifact the first created, and
+    a retried run (the same flow run) replaces it, so a page showing the latest ``<cluster>-plan`` shows
+    the whole run and the run history shows one version per run.
+    """
     text = plan.markdown() + (f"\n- change id: `{change.change_id}` (a killed run is resumed by running the flow "
                               f"again with this change_id)")
     get_run_logger().info("%s", text)
     if plan.even_note:
         get_run_logger().warning("%s", plan.even_note)
-    create_markdown_artifact(text, key=f"{plan.cluster}-plan", description=f"{plan.action} plan for {plan.cluster}")
+    _plan_artifact(plan.cluster, text, f"{plan.action} plan for {plan.cluster}")
+
+
+_PLANS_OF_RUN: dict[tuple[str, str], tuple[object, str]] = {}  # (flow run, key) -> (artifact id, text so far)
+
+
+def _plan_artifact(cluster: str, text: str, description: str) -> None:
+    from prefect.client.schemas.actions import ArtifactUpdate
+    from prefect.runtime import flow_run
+
+    key, run_id = f"{cluster}-plan", str(flow_run.get_id())
+    mine = _PLANS_OF_RUN.get((run_id, key))
+    if mine is None:
+        # the first plan this process publishes for the run; a retried run (a new process, the same flow
+        # run) replaces what the earlier attempt published instead of adding a version
+        existing = _artifact_of_run(key, run_id)
+        if existing is None:
+            _PLANS_OF_RUN[(run_id, key)] = (create_markdown_artifact(text, key=key, description=description), text)
+            return
+        mine = (existing, "")
+    artifact_id, before = mine
+    combined = f"{before}\n\n{text}" if before else text
+    with get_client(sync_client=True) as client:
+        client.update_artifact(artifact_id, ArtifactUpdate(data=combined, description=description))
+    _PLANS_OF_RUN[(run_id, key)] = (artifact_id, combined)
+
+
+def _artifact_of_run(key: str, run_id: str) -> object | None:
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=[key]), flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])), limit=1)
+    return found[0].id if found else None
 
 
 def replica_rows(state: ClusterState) -> list[dict[str, str]]:

@@ -4,6 +4,8 @@ A mutating step is keyed by ``cluster / change id / step`` and its result
 (an operation reference, a member id — never a secret) is persisted, so a
 new run of the same change finds it and skips the call (DESIGN.md fact 4).
 Probes and waits use ``NO_CACHE``: within a run they must see the present.
+Checkpoints are JSON with a schema version, in the workspace's shared result storage
+(``tasks/results.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from blocks.cluster import resolve_gce
 from haplane.gce import Gce, request_id
 from haplane.steps import STEP_SCHEMA
+from tasks.results import CheckpointSerializer, CheckpointTask
 
 
 @dataclass(frozen=True)
@@ -57,11 +60,11 @@ def step_key(context: Any, parameters: dict[str, Any]) -> str:
 def checkpoint(fn: Any = None, **options: Any) -> Any:
     """A mutating task whose result is persisted under its change step."""
     opts = dict(cache_key_fn=step_key, persist_result=True, retries=3, retry_delay_seconds=[1, 3, 10],
-                task_run_name="{step}")
+                task_run_name="{step}", result_serializer=CheckpointSerializer())
     opts.update(options)
     if fn is None:
-        return lambda f: task(f, **opts)
-    return task(fn, **opts)
+        return lambda f: CheckpointTask(f, **opts)
+    return CheckpointTask(fn, **opts)
 
 
 def probe(fn: Any = None, **options: Any) -> Any:

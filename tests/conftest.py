@@ -12,4 +12,5 @@ pytest_plugins = [
     "tests.fixtures.cluster",
     "tests.fixtures.worker",
     "tests.fixtures.gcs",
+    "tests.fixtures.postgres",
 ]

@@ -193,6 +193,13 @@ def test_create_three_at_once_and_replace_a_killed_replica(cloud, prefect_api):
     assert len(rows) == 3 and all(r["health"] == "healthy" for r in rows)
     assert sorted(r["zone"] for r in rows) == ZONES  # the new one is in the failed one's zone
     _endpoint_ok(cluster, rows)
+    # one plan artifact for the replace run, with both halves (a page showing the latest shows all of it)
+    plan = _artifacts(prefect_api, cluster)[f"{cluster}-plan"]
+    assert "replace-replica" in plan["data"], plan["data"]
+    assert "(`remove/" in plan["data"] and "(`add/" in plan["data"], plan["data"]
+    of_run = httpx.post(f"{prefect_api.url}/artifacts/filter", timeout=10, json={"artifacts": {
+        "key": {"any_": [f"{cluster}-plan"]}, "flow_run_id": {"any_": [plan["flow_run_id"]]}}}).json()
+    assert len(of_run) == 1
     delete_cluster(cluster=cluster)
     assert cloud.processes() == []
     _assert_no_private_keys_in_prefect(prefect_api)
