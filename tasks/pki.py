@@ -261,6 +261,7 @@ def certificate_inventory(cluster: str, zones: list[str], connection: str | None
     import datetime as dt
 
     from blocks.cluster import resolve_gce
+    from haplane.gce import GceZoneUnavailable
     from haplane.node import TLS_PREFIX
     from haplane.pki import describe
     from haplane.topology import LABEL_CLUSTER
@@ -270,13 +271,22 @@ def certificate_inventory(cluster: str, zones: list[str], connection: str | None
         raise RuntimeError(f"cluster {cluster} has no PKI block {block_name(cluster)!r}: its certificates are unknown")
     now = dt.datetime.now(dt.UTC)
     infos = [cas.ca.info(), cas.etcd_ca.info(), cas.operator.info()]
-    for vm in resolve_gce(connection).list_instances(zones, labels={LABEL_CLUSTER: cluster}):
-        for key, pem in sorted(vm.metadata.items()):
-            if key.startswith(TLS_PREFIX) and key.endswith("-cert"):
-                infos.append(describe(pem, f"{vm.name}/{key[len(TLS_PREFIX):-len('-cert')]}"))
+    gce, unseen = resolve_gce(connection), []
+    for zone in zones:
+        try:
+            vms = gce.list_instances([zone], labels={LABEL_CLUSTER: cluster})
+        except GceZoneUnavailable:  # unknown, not absent: said in the inventory, looked at again next check
+            unseen.append(zone)
+            continue
+        for vm in vms:
+            for key, pem in sorted(vm.metadata.items()):
+                if key.startswith(TLS_PREFIX) and key.endswith("-cert"):
+                    infos.append(describe(pem, f"{vm.name}/{key[len(TLS_PREFIX):-len('-cert')]}"))
     rows = [{"certificate": i.role, "subject": i.subject, "expires": i.not_after.strftime("%Y-%m-%d %H:%M UTC"),
              "days left": f"{(i.not_after - now).total_seconds() / 86400:.1f}", "not_after": i.not_after.isoformat()}
             for i in infos]
+    rows += [{"certificate": f"replicas in {zone}", "subject": "unknown: the zone's API does not answer",
+              "expires": "unknown", "days left": "-", "not_after": ""} for zone in unseen]
     sa = cas.service_account
     rows.append({"certificate": "service-account key", "subject": f"kid {sa.kid}" if sa else "(none yet)",
                  "expires": "never (rotated by rotate-certificates)",

@@ -66,6 +66,7 @@ def _artifact(prefect_api, key: str) -> dict:
     return found[0]
 
 
+@pytest.mark.long  # about a minute: .ci/run runs it with the long suites
 def test_restore_after_losing_two_of_three_replicas(cloud, gcs, prefect_api):
     cluster = _name("dr")
     gcs.create_bucket("haplane-dr")

@@ -118,6 +118,7 @@ def _sans(cert: x509.Certificate) -> set[str]:
         str(v) for v in san.get_values_for_type(x509.IPAddress)}
 
 
+@pytest.mark.long  # the health check's rotation below covers the default suite; .ci/run runs this one
 @pytest.mark.usefixtures("prefect_api")
 def test_rotation_renews_every_leaf_one_replica_at_a_time_with_no_failed_write(cloud):
     cluster = f"rot-{uuid.uuid4().hex[:5]}"
