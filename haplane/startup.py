@@ -21,8 +21,8 @@ same on Debian 12:
   data dir, fetches the sealed snapshot (``gs://`` through the GCS JSON API as
   the VM's service account, or ``file://``), opens it with the snapshot key
   (Debian's python3-cryptography, the format of :mod:`haplane.snapshots`),
-  checks its sha256 and id against the spec, and ``etcdutl snapshot restore``\ s
-  it into the data dir; never over a data dir that holds a member; a snapshot
+  checks its sha256 and id against the spec, and runs ``etcdutl snapshot restore``
+  into the data dir; never over a data dir that holds a member; a snapshot
   that does not check out stops the boot (non-zero, message in the journal).
 
 The script holds no data of any one replica and no secret: it is the same for
