@@ -57,6 +57,7 @@ from haplane.node import (
     SECRET_SUFFIXES,
     SECRETS_KEY,
     SNAPSHOT_KEY_KEY,
+    SNAPSHOT_KEY_SECRET,
     TLS_FILES,
     TLS_PREFIX,
     ApiServerSpec,
@@ -209,6 +210,7 @@ def render_startup_script(*, etcd_version: str = ETCD_VERSION, etcd_sha256: str 
         "SECRETS_KEY": SECRETS_KEY,
         "RESTORE_KEY": RESTORE_KEY,
         "SNAPSHOT_KEY_KEY": SNAPSHOT_KEY_KEY,
+        "SNAPSHOT_KEY_SECRET": SNAPSHOT_KEY_SECRET,
         "ETCD_PEER_PORT": str(ETCD_PEER_PORT),
         "SNAPSHOT_MAGIC": repr(snapshots.MAGIC),
         "SNAPSHOT_NONCE_BYTES": str(snapshots.NONCE_BYTES),
@@ -264,6 +266,7 @@ GCS_URL="https://storage.googleapis.com/storage/v1"
 SECRETS_KEY="@SECRETS_KEY@"
 RESTORE_KEY="@RESTORE_KEY@"
 SNAPSHOT_KEY_KEY="@SNAPSHOT_KEY_KEY@"
+SNAPSHOT_KEY_SECRET="@SNAPSHOT_KEY_SECRET@"
 BIN_DIR="@BIN_DIR@"
 CONF_DIR="@CONF_DIR@"
 PKI_DIR="@PKI_DIR@"
@@ -460,9 +463,17 @@ fetch_object() {
   esac
 }
 
-# snapshot_key: the key that opens the restore snapshot (base64), from the instance metadata.
+# snapshot_key: the key that opens the restore snapshot (base64): from Secret Manager when
+# @SECRETS_KEY@ names its version (a VM with a service account), else from the instance metadata.
 snapshot_key() {
-  md "attributes/${SNAPSHOT_KEY_KEY}"
+  local ref
+  ref=$(md "attributes/${SECRETS_KEY}" | jq -r --arg s "$SNAPSHOT_KEY_SECRET" '.[$s] // empty' || true)
+  if [[ -n "$ref" ]]; then
+    [[ "$ref" =~ ^projects/[^/]+/secrets/[A-Za-z0-9_-]+/versions/[0-9a-z]+$ ]] || die "bad secret name ${ref@Q}"
+    sm_access "$ref" || die "cannot read ${ref} from Secret Manager as this VM's service account"
+  else
+    md "attributes/${SNAPSHOT_KEY_KEY}"
+  fi
 }
 
 # unseal SEALED KEYFILE OUT SHA256 SNAPSHOT_ID: open a sealed snapshot (haplane/snapshots.py's
@@ -537,7 +548,8 @@ restore_etcd() (
   trap 'rm -rf "$tmp" "${data}.restoring"' EXIT
   log "restoring etcd data of ${name} from snapshot ${id} (${url})"
   fetch_object "$url" "${tmp}/sealed" || die "cannot fetch snapshot ${url} (as this VM's service account)"
-  (umask 077 && snapshot_key >"${tmp}/key") || die "no ${SNAPSHOT_KEY_KEY} to open snapshot ${id}"
+  (umask 077 && snapshot_key >"${tmp}/key") \
+    || die "no key to open snapshot ${id} (${SNAPSHOT_KEY_SECRET} in ${SECRETS_KEY}, or ${SNAPSHOT_KEY_KEY})"
   unseal "${tmp}/sealed" "${tmp}/key" "${tmp}/snapshot.db" "$sha" "$id" || die "snapshot ${id} refused (see above)"
   rm -rf "${data}.restoring"
   "$ETCDUTL" snapshot restore "${tmp}/snapshot.db" --data-dir "${data}.restoring" --name "$name" \

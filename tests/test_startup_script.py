@@ -26,6 +26,8 @@ import pytest
 from haplane import snapshots as snap
 from haplane.node import (
     RESTORE_KEY,
+    SNAPSHOT_KEY_KEY,
+    SNAPSHOT_KEY_SECRET,
     TLS_FILES,
     TLS_PREFIX,
     ApiServerSpec,
@@ -35,8 +37,8 @@ from haplane.node import (
     etcd_argv,
     peer_url,
 )
-from haplane.processes import stop_group
 from haplane.pki import create_cluster_cas, issue_replica_certs, node_tls
+from haplane.processes import stop_group
 from haplane.startup import (
     APISERVER_ENV,
     ETCD_BIN,
@@ -375,6 +377,17 @@ def test_restore_boot_fills_the_empty_data_dir_from_a_sealed_snapshot(
     again = _boot(script_path, tmp_path / "good", metadata, env=env)
     assert again.returncode == 0, again.stderr
     assert marker.exists() and "restoring etcd data" not in again.stderr
+
+    # a VM with a service account reads the key from Secret Manager: none in its metadata
+    ref = "projects/p/secrets/rs-master-0-snapshot-key/versions/1"
+    via_sm = NodeSpec(etcd=etcd, apiserver=None, tls=node_spec_tls, restore=restore,
+                      secret_refs={SNAPSHOT_KEY_SECRET: ref}).to_metadata()
+    assert SNAPSHOT_KEY_KEY not in via_sm and key not in json.dumps(via_sm)
+    denied = _boot(script_path, tmp_path / "denied", via_sm, secrets={}, env=env)
+    assert denied.returncode != 0 and f"cannot read {ref}" in denied.stderr, denied.stderr
+    from_sm = _boot(script_path, tmp_path / "sm", via_sm, secrets={ref: key}, env=env)
+    assert from_sm.returncode == 0, from_sm.stderr
+    assert (tmp_path / "sm" / "root" / str(ETCD_DATA_DIR).lstrip("/") / "member" / "snap" / "db").is_file()
 
     marker.unlink()
     assert _serve_and_read(etcd_bin, data, tmp_path / "restored-etcd.log", "/registry/") == want
