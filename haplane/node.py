@@ -16,7 +16,9 @@ Metadata keys
                         service account's token; a new version name is how a rotation reaches it.
 ``haplane-etcd-restore`` JSON :class:`RestoreSpec`: before its first start, etcd's data dir is
                         restored from this sealed snapshot (restore-cluster's first replica).
-``haplane-snapshot-key`` the key that opens it (a secret, like the TLS keys).
+``haplane-snapshot-key`` the key that opens it, only on a VM without a service account; a VM with
+                        one reads it from Secret Manager like its private keys
+                        (``haplane-secrets``' entry :data:`SNAPSHOT_KEY_SECRET`).
 
 A VM whose metadata has no ``haplane-etcd`` key boots nothing (a bare VM).
 Private keys travel in metadata the way kube-up's ``kube-env`` carries them;
@@ -65,6 +67,9 @@ TLS_FILES: dict[str, str] = {
     "service-account-pub": "service-account.pub",
 }
 SECRET_SUFFIXES = frozenset(k for k in TLS_FILES if k.endswith("-key"))
+# the restore snapshot's key, in Secret Manager beside the private keys (not a file in the pki dir)
+SNAPSHOT_KEY_SECRET = "snapshot-key"
+SECRET_REF_SUFFIXES = SECRET_SUFFIXES | {SNAPSHOT_KEY_SECRET}
 
 
 @dataclass(frozen=True)
@@ -138,7 +143,7 @@ class NodeSpec:
         tls = {k[len(TLS_PREFIX):]: v for k, v in items.items() if k.startswith(TLS_PREFIX)}
         unknown = set(tls) - set(TLS_FILES)
         refs = json.loads(items[SECRETS_KEY]) if items.get(SECRETS_KEY) else {}
-        unknown |= set(refs) - SECRET_SUFFIXES
+        unknown |= set(refs) - SECRET_REF_SUFFIXES
         if unknown:
             raise ValueError(f"unknown TLS metadata keys {sorted(unknown)}; expected {sorted(TLS_FILES)}")
         restore = RestoreSpec.from_json(items[RESTORE_KEY]) if items.get(RESTORE_KEY) else None
@@ -156,14 +161,16 @@ class NodeSpec:
                 raise ValueError(f"unknown TLS file {suffix!r}; expected one of {sorted(TLS_FILES)}")
             items[TLS_PREFIX + suffix] = pem
         if self.secret_refs:
-            if set(self.secret_refs) - SECRET_SUFFIXES:
-                raise ValueError(f"only private keys go to Secret Manager, not {sorted(set(self.secret_refs) - SECRET_SUFFIXES)}")
+            if set(self.secret_refs) - SECRET_REF_SUFFIXES:
+                raise ValueError("only private keys and the snapshot key go to Secret Manager, not "
+                                 f"{sorted(set(self.secret_refs) - SECRET_REF_SUFFIXES)}")
             items[SECRETS_KEY] = json.dumps(self.secret_refs, sort_keys=True)
         if self.restore:
-            if not self.snapshot_key:
-                raise ValueError("a restore spec needs the snapshot key that opens it")
+            if not self.snapshot_key and SNAPSHOT_KEY_SECRET not in self.secret_refs:
+                raise ValueError("a restore spec needs the snapshot key that opens it (or its secret)")
             items[RESTORE_KEY] = self.restore.to_json()
-            items[SNAPSHOT_KEY_KEY] = self.snapshot_key
+            if self.snapshot_key:
+                items[SNAPSHOT_KEY_KEY] = self.snapshot_key
         return items
 
 

@@ -28,6 +28,9 @@ def restore_once(spec_file: Path, data_dir: Path, name: str, peer_url: str, toke
     if (data_dir / "member").is_dir():
         return False
     spec = json.loads(spec_file.read_text())
+    if not spec.get("key"):
+        raise SnapshotInvalid(f"no key to open snapshot {spec['snapshot_id']} yet (haplane-snapshot-key in the "
+                              "metadata, or the snapshot-key secret read as the VM's service account)")
     meta, db = unseal(fetch_url(spec["url"]), spec["key"])
     if meta.sha256 != spec["sha256"] or meta.snapshot_id != spec["snapshot_id"]:
         raise SnapshotInvalid(f"{spec['url']} holds snapshot {meta.snapshot_id}, not {spec['snapshot_id']}")

@@ -15,7 +15,15 @@ same on Debian 12:
   :mod:`haplane.secretstore`, certificates from metadata), the
   etcd and API-server settings, systemd units and an nginx ``/healthz`` for
   the target pool's legacy HTTP health check, starts them, and re-applies
-  whenever the instance's metadata changes.
+  whenever the instance's metadata changes;
+* restore-cluster's first replica (metadata ``haplane-etcd-restore``, a
+  :class:`~haplane.node.RestoreSpec`): before etcd's first start on an empty
+  data dir, fetches the sealed snapshot (``gs://`` through the GCS JSON API as
+  the VM's service account, or ``file://``), opens it with the snapshot key
+  (Debian's python3-cryptography, the format of :mod:`haplane.snapshots`),
+  checks its sha256 and id against the spec, and runs ``etcdutl snapshot restore``
+  into the data dir; never over a data dir that holds a member; a snapshot
+  that does not check out stops the boot (non-zero, message in the journal).
 
 The script holds no data of any one replica and no secret: it is the same for
 every VM, so the flows can pass it at ``instances.insert`` as the
@@ -40,12 +48,16 @@ import re
 import shlex
 from pathlib import Path
 
-from haplane import serviceaccount
+from haplane import serviceaccount, snapshots
 from haplane.node import (
     APISERVER_KEY,
     ETCD_KEY,
+    ETCD_PEER_PORT,
+    RESTORE_KEY,
     SECRET_SUFFIXES,
     SECRETS_KEY,
+    SNAPSHOT_KEY_KEY,
+    SNAPSHOT_KEY_SECRET,
     TLS_FILES,
     TLS_PREFIX,
     ApiServerSpec,
@@ -196,6 +208,14 @@ def render_startup_script(*, etcd_version: str = ETCD_VERSION, etcd_sha256: str 
         "APISERVER_KEY": APISERVER_KEY,
         "TLS_PREFIX": TLS_PREFIX,
         "SECRETS_KEY": SECRETS_KEY,
+        "RESTORE_KEY": RESTORE_KEY,
+        "SNAPSHOT_KEY_KEY": SNAPSHOT_KEY_KEY,
+        "SNAPSHOT_KEY_SECRET": SNAPSHOT_KEY_SECRET,
+        "ETCD_PEER_PORT": str(ETCD_PEER_PORT),
+        "SNAPSHOT_MAGIC": repr(snapshots.MAGIC),
+        "SNAPSHOT_NONCE_BYTES": str(snapshots.NONCE_BYTES),
+        "SNAPSHOT_KEY_BYTES": str(snapshots.KEY_BYTES),
+        "SNAPSHOT_TRAILER": str(snapshots.SHA256_TRAILER),
         "TLS_TABLE": tls_table,
         "IP_VAR": IP_VAR,
         "ETCD_VAR_PREFIX": ETCD_VAR_PREFIX,
@@ -242,7 +262,11 @@ KUBE_APISERVER_SHA256="@KUBE_APISERVER_SHA256@"
 
 MD_URL="http://metadata.google.internal/computeMetadata/v1/instance"
 SM_URL="https://secretmanager.googleapis.com/v1"
+GCS_URL="https://storage.googleapis.com/storage/v1"
 SECRETS_KEY="@SECRETS_KEY@"
+RESTORE_KEY="@RESTORE_KEY@"
+SNAPSHOT_KEY_KEY="@SNAPSHOT_KEY_KEY@"
+SNAPSHOT_KEY_SECRET="@SNAPSHOT_KEY_SECRET@"
 BIN_DIR="@BIN_DIR@"
 CONF_DIR="@CONF_DIR@"
 PKI_DIR="@PKI_DIR@"
@@ -262,8 +286,10 @@ TLS_FILES=(
 # EtcdSpec / ApiServerSpec defaults, for fields a spec leaves out
 ETCD_DEFAULTS=@ETCD_DEFAULTS@
 API_DEFAULTS=@API_DEFAULTS@
-# Tests only: write every file under this root instead of /.
+# Tests only: write every file under this root instead of /; another etcdutl and python3.
 DESTDIR="${DESTDIR:-}"
+ETCDUTL="${HAPLANE_ETCDUTL:-${BIN_DIR}/etcdutl}"
+PYTHON3="${HAPLANE_PYTHON3:-python3}"
 
 log() { echo "haplane-node: $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -306,11 +332,13 @@ sha256_ok() {
 install_packages() {
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q
-  apt-get install -y -q --no-install-recommends ca-certificates curl jq nginx
+  # python3-cryptography: opens a sealed etcd snapshot when this replica restores one (AES-GCM)
+  apt-get install -y -q --no-install-recommends ca-certificates curl jq nginx python3 python3-cryptography
 }
 
 install_etcd() {
-  if [[ -x "${BIN_DIR}/etcd" ]] && "${BIN_DIR}/etcd" --version | grep -qx "etcd Version: ${ETCD_VERSION}"; then
+  if [[ -x "${BIN_DIR}/etcd" && -x "${BIN_DIR}/etcdutl" ]] \
+    && "${BIN_DIR}/etcd" --version | grep -qx "etcd Version: ${ETCD_VERSION}"; then
     return 0
   fi
   local tmp
@@ -319,8 +347,9 @@ install_etcd() {
   sha256_ok "${tmp}/${ETCD_TARBALL}" "$ETCD_SHA256" "$ETCD_SUMS_URL" "$ETCD_TARBALL" \
     || die "${ETCD_TARBALL}: sha256 mismatch"
   tar -xzf "${tmp}/${ETCD_TARBALL}" -C "$tmp" --strip-components=1 \
-    "etcd-v${ETCD_VERSION}-linux-amd64/etcd" "etcd-v${ETCD_VERSION}-linux-amd64/etcdctl"
-  install -m 0755 "${tmp}/etcd" "${tmp}/etcdctl" "${BIN_DIR}/"
+    "etcd-v${ETCD_VERSION}-linux-amd64/etcd" "etcd-v${ETCD_VERSION}-linux-amd64/etcdctl" \
+    "etcd-v${ETCD_VERSION}-linux-amd64/etcdutl"
+  install -m 0755 "${tmp}/etcd" "${tmp}/etcdctl" "${tmp}/etcdutl" "${BIN_DIR}/"
   rm -rf "$tmp"
   log "installed etcd ${ETCD_VERSION}"
 }
@@ -416,6 +445,122 @@ write_pki() {
   done
 }
 
+# fetch_object URL OUT: a sealed snapshot from gs://BUCKET/OBJECT (GCS JSON API, as this VM's
+# service account) or file://PATH.
+fetch_object() {
+  local url=$1 out=$2 bucket object token
+  case "$url" in
+    gs://?*/?*)
+      bucket=${url#gs://}
+      object=${bucket#*/}
+      bucket=${bucket%%/*}
+      token=$(md "service-accounts/default/token" | jq -r .access_token) || return 1
+      curl -sfL --retry 5 -H "Authorization: Bearer ${token}" -o "$out" \
+        "${GCS_URL}/b/${bucket}/o/$(jq -rn --arg o "$object" '$o | @uri')?alt=media"
+      ;;
+    file:///*) cp -- "${url#file://}" "$out" ;;
+    *) log "snapshot URL ${url@Q} is neither gs://BUCKET/OBJECT nor file:///PATH"; return 1 ;;
+  esac
+}
+
+# snapshot_key: the key that opens the restore snapshot (base64): from Secret Manager when
+# @SECRETS_KEY@ names its version (a VM with a service account), else from the instance metadata.
+snapshot_key() {
+  local ref
+  ref=$(md "attributes/${SECRETS_KEY}" | jq -r --arg s "$SNAPSHOT_KEY_SECRET" '.[$s] // empty' || true)
+  if [[ -n "$ref" ]]; then
+    [[ "$ref" =~ ^projects/[^/]+/secrets/[A-Za-z0-9_-]+/versions/[0-9a-z]+$ ]] || die "bad secret name ${ref@Q}"
+    sm_access "$ref" || die "cannot read ${ref} from Secret Manager as this VM's service account"
+  else
+    md "attributes/${SNAPSHOT_KEY_KEY}"
+  fi
+}
+
+# unseal SEALED KEYFILE OUT SHA256 SNAPSHOT_ID: open a sealed snapshot (haplane/snapshots.py's
+# format: MAGIC | u32 header length | header JSON | nonce | AES-256-GCM ciphertext+tag, the part
+# before the nonce authenticated), check it is the snapshot the restore asks for, write it to OUT.
+unseal() {
+  "$PYTHON3" - "$@" <<'PY'
+import base64, hashlib, json, os, struct, sys
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+MAGIC, NONCE, KEY, TRAILER = @SNAPSHOT_MAGIC@, @SNAPSHOT_NONCE_BYTES@, @SNAPSHOT_KEY_BYTES@, @SNAPSHOT_TRAILER@
+sealed, key_file, out, want_sha, want_id = sys.argv[1:6]
+
+
+def fail(why):
+    sys.exit(f"haplane-node: ERROR: snapshot {want_id}: {why}; not restoring")
+
+
+with open(sealed, "rb") as f:
+    blob = f.read()
+if not blob.startswith(MAGIC):
+    fail("not a haplane snapshot (bad magic): the object is corrupted or of another kind")
+(n,) = struct.unpack(">I", blob[len(MAGIC):len(MAGIC) + 4])
+start = len(MAGIC) + 4 + n
+if n > 65536 or len(blob) < start + NONCE + 16:
+    fail("truncated: shorter than its header says")
+meta = json.loads(blob[len(MAGIC) + 4:start])
+with open(key_file) as f:
+    key = base64.b64decode(f.read().strip())
+if len(key) != KEY:
+    fail(f"the snapshot key must be {KEY} bytes (base64), not {len(key)}")
+try:
+    db = AESGCM(key).decrypt(blob[start:start + NONCE], blob[start + NONCE:], blob[:start])
+except InvalidTag:
+    fail("does not decrypt with this cluster's snapshot key: truncated, corrupted or sealed with another key")
+sha = hashlib.sha256(db).hexdigest()
+if sha != want_sha:
+    fail(f"bad hash: its sha256 is {sha}, the restore asks for {want_sha}")
+if meta.get("sha256") != sha or meta.get("size") != len(db) or meta.get("snapshot_id") != want_id:
+    fail(f"its metadata ({meta.get('snapshot_id')}, sha256 {meta.get('sha256')}) is not what it holds or asks for")
+if len(db) <= TRAILER or hashlib.sha256(db[:-TRAILER]).digest() != db[-TRAILER:]:
+    fail("etcd's sha256 trailer does not match: truncated or corrupted")
+fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+with os.fdopen(fd, "wb") as f:
+    f.write(db)
+print(f"haplane-node: snapshot {want_id} opened, sha256 {sha} checked", file=sys.stderr)
+PY
+}
+
+# restore_etcd SPEC IP: restore-cluster's first replica. Before etcd's first start, fill its empty
+# data dir from the sealed snapshot that @RESTORE_KEY@ names; never over a data dir holding a
+# member (a later boot). Runs in a subshell: its temporary files (the key, the plain snapshot)
+# go whatever happens, and any failure stops the boot before etcd starts.
+restore_etcd() (
+  local spec=$1 ip=$2 restore data="${DESTDIR}${ETCD_DATA_DIR}" tmp url sha id name token initial peer
+  restore=$(md "attributes/${RESTORE_KEY}") || exit 0
+  if [[ -d "${data}/member" ]]; then
+    exit 0  # restored (or running) already
+  fi
+  [[ -z "$(ls -A "$data")" ]] || die "etcd data dir ${data} is not empty (and holds no member): not restoring over it"
+  if ! { url=$(jq -er .url <<<"$restore") && sha=$(jq -er .sha256 <<<"$restore") \
+          && id=$(jq -er .snapshot_id <<<"$restore"); }; then
+    die "${RESTORE_KEY} is not a restore spec (url, snapshot_id, sha256): ${restore@Q}"
+  fi
+  [[ "$sha" =~ ^[0-9a-f]{64}$ ]] || die "${RESTORE_KEY}: sha256 ${sha@Q} is not 64 hex digits"
+  name=$(jq -r --argjson d "$ETCD_DEFAULTS" '($d + .).name' <<<"$spec")
+  token=$(jq -r --argjson d "$ETCD_DEFAULTS" '($d + .).initial_cluster_token' <<<"$spec")
+  initial=$(jq -r --argjson d "$ETCD_DEFAULTS" '($d + .).initial_cluster' <<<"$spec")
+  peer="https://${ip}:@ETCD_PEER_PORT@"
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp" "${data}.restoring"' EXIT
+  log "restoring etcd data of ${name} from snapshot ${id} (${url})"
+  fetch_object "$url" "${tmp}/sealed" || die "cannot fetch snapshot ${url} (as this VM's service account)"
+  (umask 077 && snapshot_key >"${tmp}/key") \
+    || die "no key to open snapshot ${id} (${SNAPSHOT_KEY_SECRET} in ${SECRETS_KEY}, or ${SNAPSHOT_KEY_KEY})"
+  unseal "${tmp}/sealed" "${tmp}/key" "${tmp}/snapshot.db" "$sha" "$id" || die "snapshot ${id} refused (see above)"
+  rm -rf "${data}.restoring"
+  "$ETCDUTL" snapshot restore "${tmp}/snapshot.db" --data-dir "${data}.restoring" --name "$name" \
+    --initial-cluster "$initial" --initial-advertise-peer-urls "$peer" --initial-cluster-token "$token" \
+    >&2 || die "etcdutl snapshot restore of ${id} failed"
+  chmod 0700 "${data}.restoring"
+  rmdir "$data"
+  mv "${data}.restoring" "$data"
+  log "restored etcd data of ${name} from snapshot ${id}"
+)
+
 write_etcd() {
   local spec ip env
   spec=$(md "attributes/${ETCD_KEY}")
@@ -426,6 +571,7 @@ write_etcd() {
   env="@IP_VAR@=${ip}"$'\n'"$(spec_env "$spec" "$ETCD_DEFAULTS" "@ETCD_VAR_PREFIX@")"
   write_file "$ETCD_ENV" 0644 <<<"$env"
   install -d -m 0700 "${DESTDIR}${ETCD_DATA_DIR}"
+  restore_etcd "$spec" "$ip"
   # The command line is haplane.node.etcd_argv, rendered with the variables of ETCD_ENV.
   write_file "${UNIT_DIR}/etcd.service" 0644 <<'EOF'
 [Unit]

@@ -18,7 +18,16 @@ from blocks import delete_block_document
 from blocks.pki import ClusterPKI, block_name
 from haplane.etcd import EtcdTLS
 from haplane.gce import Gce, Instance, OpRef
-from haplane.node import APISERVER_KEY, SECRET_SUFFIXES, SECRETS_KEY, ApiServerSpec, EtcdSpec, NodeSpec, RestoreSpec
+from haplane.node import (
+    APISERVER_KEY,
+    SECRET_SUFFIXES,
+    SECRETS_KEY,
+    SNAPSHOT_KEY_SECRET,
+    ApiServerSpec,
+    EtcdSpec,
+    NodeSpec,
+    RestoreSpec,
+)
 from haplane.pki import (
     ClusterCAs,
     create_cluster_cas,
@@ -122,8 +131,11 @@ def submit_deliver_service_account(change: Change, step: str, zone: str, name: s
 def _keys_to_secrets(change: Change, gce: Gce, vm: Instance, spec: NodeSpec) -> NodeSpec:
     """``spec`` with its private keys moved into Secret Manager (readable by the VM's service
     account alone) and replaced by the names of the versions to read. A VM created before
-    replicas had service accounts cannot read secrets: it keeps its keys in metadata, as before."""
+    replicas had service accounts cannot read secrets: it keeps its keys in metadata, as before.
+    The snapshot key of a restore goes the same way."""
     keys = {s: pem for s, pem in spec.tls.items() if s in SECRET_SUFFIXES}
+    if spec.snapshot_key:
+        keys[SNAPSHOT_KEY_SECRET] = spec.snapshot_key
     if not vm.service_accounts:
         get_run_logger().warning("%s has no service account: its private keys stay in its instance metadata "
                                  "(replace the replica to move them to Secret Manager)", vm.name)
@@ -133,7 +145,7 @@ def _keys_to_secrets(change: Change, gce: Gce, vm: Instance, spec: NodeSpec) -> 
     for suffix, pem in keys.items():
         refs[suffix] = store.put(change.cluster, vm.name, suffix, pem, reader=vm.service_accounts[0])
     public = {s: pem for s, pem in spec.tls.items() if s not in keys}
-    return dataclasses.replace(spec, tls=public, secret_refs=refs)
+    return dataclasses.replace(spec, tls=public, secret_refs=refs, snapshot_key=None)
 
 
 @checkpoint

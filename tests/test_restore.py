@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import ssl
 import time
 import uuid
@@ -148,11 +149,15 @@ def test_restore_after_losing_two_of_three_replicas(cloud, gcs, prefect_api):
         httpx.post(f"{one}/v3/kv/range", json={"key": "AA=="}, timeout=5,
                    verify=ssl.create_default_context(cadata=load_cas(cluster).etcd_ca.cert_pem))
 
-    # the snapshot key went into the restored VM's metadata only: never in a readback, log or artifact
+    # the snapshot key went to Secret Manager, readable by the restored VM's service account: no
+    # instance metadata holds it, nor any readback, log or artifact
     key = snapshot_key(cluster, create=False)
-    restored = next(v for v in cloud.gce.list_instances(ZONES, labels={LABEL_CLUSTER: cluster})
-                    if "haplane-etcd-restore" in v.metadata)
-    assert restored.metadata["haplane-snapshot-key"] == "<redacted>"
+    instances = cloud.gce.list_instances(ZONES, labels={LABEL_CLUSTER: cluster})
+    restored = next(v for v in instances if "haplane-etcd-restore" in v.metadata)
+    assert restored.service_accounts
+    assert all("haplane-snapshot-key" not in v.metadata and key not in json.dumps(v.metadata) for v in instances)
+    ref = json.loads(restored.metadata["haplane-secrets"])["snapshot-key"]
+    assert ref.startswith(f"projects/{cloud.gce.project}/secrets/{restored.name}-snapshot-key/versions/")
     logs = httpx.post(f"{prefect_api.url}/logs/filter", json={"limit": 200, "sort": "TIMESTAMP_DESC"}, timeout=30).text
     arts = httpx.post(f"{prefect_api.url}/artifacts/filter", json={"limit": 200}, timeout=30).text
     assert key not in logs and key not in arts

@@ -35,6 +35,7 @@ from haplane.node import (
     APISERVER_PORT,
     FORWARDED_PORTS,
     HEALTH_PORT,
+    SNAPSHOT_KEY_SECRET,
     TLS_FILES,
     NodeSpec,
     client_url,
@@ -324,13 +325,23 @@ class ProcessRuntime:
 
     def _restore_argv(self, m: Machine, spec: NodeSpec, ip: str) -> list[str]:
         """The boot step that restores etcd's data dir from the snapshot in metadata, then execs etcd."""
-        restore_file = m.root / "restore.json"
-        fd = os.open(restore_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({**json.loads(spec.restore.to_json()), "key": spec.snapshot_key}, f)
+        restore_file = self._write_restore_file(m, spec=json.loads(spec.restore.to_json()), key=spec.snapshot_key)
         return [self.python, "-m", "haplane.restore_boot", "--restore", str(restore_file),
                 "--data-dir", str(m.root / "etcd-data"), "--name", spec.etcd.name, "--peer-url", peer_url(ip),
                 "--token", spec.etcd.initial_cluster_token, "--"]
+
+    @staticmethod
+    def _write_restore_file(m: Machine, spec: dict | None = None, key: str | None = None) -> Path:
+        """``restore.json`` (0600): the restore spec, and the key once known (from metadata, or read
+        from Secret Manager by the VM); a part not given is kept from the file."""
+        path = m.root / "restore.json"
+        old = json.loads(path.read_text()) if path.exists() else {}
+        new = {**old, **(spec or {})}
+        new["key"] = key if key is not None else old.get("key")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(new, f)
+        return path
 
     def _forward_external(self, m: Machine, old: VmView | None, remove_all: bool = False) -> None:
         if self.network is not None:
@@ -361,6 +372,9 @@ class ProcessRuntime:
                     raise RuntimeError("no Secret Manager: the runtime is not attached to an emulator")
                 token = vm_token(self.endpoint, m.view.internal_ip)
                 files.update({suffix: read_as_vm(self.endpoint, token, ref) for suffix, ref in refs.items()})
+            snapshot_key = files.pop(SNAPSHOT_KEY_SECRET, None)
+            if snapshot_key is not None:  # restore-cluster: the key that opens the snapshot
+                self._write_restore_file(m, key=snapshot_key)
             write_pki(files, m.root / "pki")
         except Exception as exc:  # refused, not there yet: try again, as a boot script would
             with self._lock:
