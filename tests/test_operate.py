@@ -36,8 +36,14 @@ def start_deployment(api: str, name: str, parameters: dict, idempotency_key: str
     """Start deployment ``flow/deployment`` with parameters over the Prefect REST API (README, "Operate")."""
     with httpx.Client(base_url=api, timeout=30) as http:
         deployment = http.get(f"/deployments/name/{name}").raise_for_status().json()
-        run = http.post(f"/deployments/{deployment['id']}/create_flow_run",
-                        json={"parameters": parameters, "idempotency_key": idempotency_key})
+        # a 503 (the server's database busy) is retried, as Prefect's own client does; the idempotency
+        # key makes a retry of a request that did create the run return that run
+        for attempt in range(6):
+            run = http.post(f"/deployments/{deployment['id']}/create_flow_run",
+                            json={"parameters": parameters, "idempotency_key": idempotency_key})
+            if run.status_code != 503:
+                break
+            time.sleep(2 ** attempt)
         run.raise_for_status()
         return run.json()
 
