@@ -37,6 +37,7 @@ class EndpointProbe:
         self.ctx = ssl.create_default_context(cadata=ca_pem)
         self.results: list[tuple[float, bool]] = []  # (time, answered 200)
         self.unanswered = 0  # probes that got no HTTP answer at all (connection refused, reset, timeout)
+        self.unanswered_at: list[float] = []  # when each of them was sent
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -49,6 +50,7 @@ class EndpointProbe:
                 except httpx.HTTPError:
                     ok = False
                     self.unanswered += 1
+                    self.unanswered_at.append(t)
                 self.results.append((t, ok))
                 self._stop.wait(max(0.0, self.interval - (time.monotonic() - t)))
 

@@ -81,6 +81,7 @@ def test_a_failed_zone_has_its_replica_moved_and_its_stranded_vm_deleted(cloud, 
     survivors = [r["internal IP"] for r in rows if r["zone"] != dead_zone]
 
     with EndpointProbe(endpoint, ca) as probe, EtcdWriter(cluster, survivors) as writer:
+        failed_at = time.monotonic()
         cloud.admin.fail_zone(dead_zone)
         # within the grace period: the outage is recorded, nothing is moved
         state = health_check(cluster=cluster, zone_grace_s=3600, return_state=True)
@@ -125,8 +126,16 @@ def test_a_failed_zone_has_its_replica_moved_and_its_stranded_vm_deleted(cloud, 
     # The API answered through the endpoint at every probe. When the dead zone held etcd's leader,
     # /readyz (a linearizable read) says 503 during the one election that follows (etcd's election
     # timeout is 1 s): that is the only readiness gap allowed.
-    assert len(probe.results) > 50 and probe.unanswered == 0, \
-        f"{probe.unanswered} of {len(probe.results)} probes got no answer through the endpoint"
+    # A connection the load balancer sent to the dead zone before its health check noticed
+    # (GCE's network LB does the same: checkIntervalSec 2 x unhealthyThreshold 2, + timeoutSec 1) is
+    # the only miss allowed; after that window every probe is answered.
+    detect_s = 2 * 2 + 1
+    late = [t - failed_at for t in probe.unanswered_at if t > failed_at + detect_s]
+    print(f"endpoint probes: {len(probe.results)}, unanswered {probe.unanswered} "
+          f"(within {detect_s} s of the failure: {probe.unanswered - len(late)})")
+    assert len(probe.results) > 50 and not late, \
+        f"{len(late)} of {len(probe.results)} probes got no answer through the endpoint after the LB's " \
+        f"health check had {detect_s} s to notice the dead zone (at +{', '.join(f'{x:.1f}' for x in late)} s)"
     assert probe.longest_gap() < 3.0, f"/readyz was not ready for {probe.longest_gap():.2f} s"
     delete_cluster(cluster=cluster)
     assert cloud.processes() == []
