@@ -95,6 +95,15 @@ class SecretManager:
             return 200, {"access_token": token, "expires_in": TOKEN_TTL_S, "token_type": "Bearer"}
         raise _error(404, "NOT_FOUND", f"no metadata at {path}")
 
+    def token_for_instance(self, internal_ip: str) -> str:
+        """What the metadata server answers the VM with this internal address, asked in-process by
+        the emulator's VM runtime (the hypervisor side) when the VM's address is not the host's."""
+        email = self._instance_service_account(internal_ip)
+        token = "ya29.emulated-" + pysecrets.token_urlsafe(24)
+        with self._lock:
+            self._tokens[token] = (email, time.time() + TOKEN_TTL_S)
+        return token
+
     def _instance_service_account(self, client_ip: str) -> str:
         with self.store.lock:
             for inst in self.store.instances.values():

@@ -170,7 +170,7 @@ class Emulator:
         self.secrets = SecretManager(store)
         attach = getattr(self.runtime, "attach", None)
         if attach is not None:  # VMs read their keys from this emulator's Secret Manager
-            attach(self.url)
+            attach(self.url, self.secrets.token_for_instance)
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="emulator-http", daemon=True)
         self._thread.start()

@@ -153,12 +153,17 @@ class ProcessRuntime:
         self._wake = threading.Condition(self._lock)
         self._closed = False
         self.endpoint: str | None = None  # the emulator's URL: Secret Manager and the metadata server
+        self.token_for_ip: Callable[[str], str] | None = None
         self._supervisor = threading.Thread(target=self._supervise, name="vm-supervisor", daemon=True)
         self._supervisor.start()
 
-    def attach(self, endpoint: str) -> None:
-        """Where the VMs find Secret Manager and the metadata server (the emulator, once it serves)."""
+    def attach(self, endpoint: str, token_for_ip: Callable[[str], str] | None = None) -> None:
+        """Where the VMs find Secret Manager and the metadata server (the emulator, once it serves).
+        ``token_for_ip``: the metadata server's token for the VM with that internal address, asked
+        in-process; used in namespaces mode, where a VM's address lives in its own namespace and the
+        host cannot send from it (on loopback the VM asks over HTTP from its own address)."""
         self.endpoint = endpoint
+        self.token_for_ip = token_for_ip
 
     # --- Runtime protocol -------------------------------------------------
     def start(self, vm: VmView) -> None:
@@ -370,7 +375,10 @@ class ProcessRuntime:
             if refs:
                 if self.endpoint is None:
                     raise RuntimeError("no Secret Manager: the runtime is not attached to an emulator")
-                token = vm_token(self.endpoint, m.view.internal_ip)
+                if self.network is not None and self.token_for_ip is not None:
+                    token = self.token_for_ip(m.view.internal_ip)
+                else:
+                    token = vm_token(self.endpoint, m.view.internal_ip)
                 files.update({suffix: read_as_vm(self.endpoint, token, ref) for suffix, ref in refs.items()})
             snapshot_key = files.pop(SNAPSHOT_KEY_SECRET, None)
             if snapshot_key is not None:  # restore-cluster: the key that opens the snapshot
