@@ -104,7 +104,10 @@ def test_operate_on_postgresql_with_the_workspace_connection(prefect_on_postgres
 
     # the README's REST recipe, without `connection`, picked up by one of the two workers
     run = start_deployment(api, "create-cluster/create-cluster",
-                           {"cluster": CLUSTER, "region": REGION, "zones": ZONES, "replicas": 1}, f"{CLUSTER}-create")
+                           {"cluster": CLUSTER, "region": REGION, "zones": ZONES, "replicas": 1,
+                            # the seed's endpoint mode: its 1 -> 2 add waits on the forwarding rule,
+                            # where the worker is killed below
+                            "load_balancer": "as-needed"}, f"{CLUSTER}-create")
     done = wait_run(api, run["id"], timeout=300)
     assert done["state_type"] == "COMPLETED", done["state"]
     assert done["parameters"]["connection"] == CONNECTION
