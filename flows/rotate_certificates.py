@@ -30,7 +30,7 @@ from pydantic import Field
 from flows.params import ClusterName, Connection, documented
 from haplane.model import ClusterState
 from haplane.rotation import rotation_order
-from tasks.cluster import cluster_lock, load_spec, observe_cluster, publish_report
+from tasks.cluster import cluster_lock, load_spec, observe_cluster, publish_report, wait_api_ready
 from tasks.etcd import wait_quorum
 from tasks.operations import Step, apply
 from tasks.pki import (
@@ -38,7 +38,6 @@ from tasks.pki import (
     rotate_service_account,
     submit_deliver_service_account,
     submit_reissue_leaves,
-    wait_api_ready,
     wait_serving_new_certs,
 )
 from tasks.steps import Change, probe
@@ -90,5 +89,6 @@ def rotate_certificates(
             for r in order:  # kube-apiserver restarts on new key files: never all replicas at once
                 apply(change, Step(submit_deliver_service_account, f"service-account/deliver/{r.name}",
                                    f"service-account key to {r.name}", (r.zone, r.name)))
-                wait_api_ready(cluster, r.internal_ip)
+                wait_api_ready(cluster, r.name, r.internal_ip, step=f"service-account/api-ready/{r.name}",
+                               timeout=120.0)
     return publish_report(observe_cluster(cluster, spec.region, connection), f"rotated by run {flow_run.get_id()}")

@@ -204,33 +204,6 @@ def wait_serving_new_certs(change: Change, zone: str, name: str, timeout: float 
                        f"{timeout:.0f} s; its processes were not restarted on the new files (check the VM's logs)")
 
 
-@probe(task_run_name="wait for the API server on {ip}")
-def wait_api_ready(cluster: str, ip: str, timeout: float = 120.0) -> None:
-    """Until the API server on ``ip`` answers /readyz (TLS verified against the cluster CA)."""
-    import ssl
-    import time
-
-    import httpx
-
-    from haplane.node import APISERVER_PORT
-
-    cas = load_cas(cluster)
-    if cas is None:
-        raise RuntimeError(f"cluster {cluster} has no PKI block")
-    ctx = ssl.create_default_context(cadata=cas.ca.cert_pem)
-    deadline, last = time.monotonic() + timeout, "no answer"
-    while time.monotonic() < deadline:
-        try:
-            resp = httpx.get(f"https://{ip}:{APISERVER_PORT}/readyz", verify=ctx, timeout=3)
-            if resp.status_code == 200:
-                return
-            last = f"{resp.status_code} {resp.text.strip()}"
-        except httpx.HTTPError as exc:
-            last = type(exc).__name__
-        time.sleep(0.5)
-    raise TimeoutError(f"the API server on {ip} is not ready after {timeout:.0f} s: {last}")
-
-
 def _der(pem: str) -> bytes:
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import Encoding
