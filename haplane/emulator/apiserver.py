@@ -111,26 +111,29 @@ def _rfc3339(unix: int) -> str:
     return dt.datetime.fromtimestamp(unix, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _etcd_post(client: httpx.Client, etcd_url: str, path: str, body: dict) -> tuple[httpx.Response | None, str]:
+    """One call to local etcd's JSON gateway: its answer, or None and why there is none."""
+    try:
+        resp = client.post(f"{etcd_url}{path}", json=body)
+    except httpx.HTTPError as exc:
+        return None, f"etcd {etcd_url} unreachable: {type(exc).__name__}"
+    if resp.status_code != 200:
+        return None, f"etcd {etcd_url} answered {resp.status_code}"
+    return resp, "ok"
+
+
 def _etcd_ready(client: httpx.Client, etcd_url: str) -> tuple[bool, str]:
     body = {"key": base64.b64encode(b"/haplane/readyz").decode(), "serializable": False}
-    try:
-        resp = client.post(f"{etcd_url}/v3/kv/range", json=body)
-    except httpx.HTTPError as exc:
-        return False, f"etcd {etcd_url} unreachable: {type(exc).__name__}"
-    if resp.status_code != 200:
-        return False, f"etcd {etcd_url} answered {resp.status_code}"
-    return True, "ok"
+    resp, why = _etcd_post(client, etcd_url, "/v3/kv/range", body)
+    return resp is not None, why
 
 
 def _etcd_put(client: httpx.Client, etcd_url: str, key: str, value: str) -> tuple[bool, str]:
     body = {"key": base64.b64encode(f"/haplane/canary/{key}".encode()).decode(),
             "value": base64.b64encode(value.encode()).decode()}
-    try:
-        resp = client.post(f"{etcd_url}/v3/kv/put", json=body)
-    except httpx.HTTPError as exc:
-        return False, f"etcd {etcd_url} unreachable: {type(exc).__name__}"
-    if resp.status_code != 200:
-        return False, f"etcd {etcd_url} answered {resp.status_code}"
+    resp, why = _etcd_post(client, etcd_url, "/v3/kv/put", body)
+    if resp is None:
+        return False, why
     return True, json.dumps({"revision": resp.json().get("header", {}).get("revision")})
 
 
