@@ -150,9 +150,15 @@ def test_as_needed_mode_moves_the_ip_and_conversion_both_ways(cloud):
     # the plan says up front that converting a 1-replica cluster takes the endpoint down once
     plan = set_load_balancer(cluster=cluster, mode="always", dry_run=True)
     assert isinstance(plan, Plan) and "one time" in plan.downtime
-    with EndpointProbe(endpoint, ca) as probe:
-        rows = set_load_balancer(cluster=cluster, mode="always")
-        wait_answering(endpoint, ca)
+    # the forwarding rule takes 1 s here (instant otherwise), so the window is wider than the probe's
+    # 100 ms interval on any machine
+    cloud.admin.set_latency(seconds={"forwarding_rule_insert": 1.0})
+    try:
+        with EndpointProbe(endpoint, ca) as probe:
+            rows = set_load_balancer(cluster=cluster, mode="always")
+            wait_answering(endpoint, ca)
+    finally:
+        cloud.admin.set_latency(seconds={"forwarding_rule_insert": 0.0})
     assert probe.failures > 0  # the one-time downtime, seen from outside
     assert cloud.gce.get_forwarding_rule(REGION, f"{cluster}-master-lb").ip == endpoint
     assert rows[0]["external IP"] not in ("-", endpoint) and rows[0]["health"] == "healthy"
