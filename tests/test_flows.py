@@ -114,6 +114,7 @@ def _as_planned(prefect_api, flow, **params):
     return state.result()
 
 
+@pytest.mark.long  # ~30 s; .ci/run runs it with the long suites (README suite under 10 min)
 def test_seed_way_create_one_then_add_two_then_shrink_back(cloud, prefect_api):
     cluster = _name("seed")
     rows = _as_planned(prefect_api, create_cluster, cluster=cluster, region=REGION, zones=ZONES, replicas=1,
