@@ -176,8 +176,11 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         pg.start()
         emulator.start()
         admin, gce = EmulatorAdmin(emulator.url), Gce(PROJECT, emulator.url)
-        server = PrefectServer(work / "prefect", {"PREFECT_API_DATABASE_CONNECTION_URL": pg.url,
-                                                  "PREFECT_UI_ENABLED": "false"})
+        server = PrefectServer(work / "prefect", {
+            "PREFECT_API_DATABASE_CONNECTION_URL": pg.url, "PREFECT_UI_ENABLED": "false",
+            # the default pool (5 + 10 overflow) ran out at 10 clusters: "QueuePool limit ... reached", HTTP 500s
+            "PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_SIZE": str(args.db_pool),
+            "PREFECT_SERVER_DATABASE_SQLALCHEMY_MAX_OVERFLOW": str(args.db_pool)})
         server.home.mkdir()
         with serving(server):
             api = server.url
@@ -303,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kill-every", type=int, default=5, help="kill one replica in every n-th cluster")
     p.add_argument("--steady-minutes", type=float, default=5.0)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--db-pool", type=int, default=20,
+                   help="the server's PostgreSQL pool size and overflow (Prefect's default is 5 and 10)")
     p.add_argument("--heal-timeout", type=float, default=900.0, help="seconds to wait for the killed clusters")
     args = p.parse_args(argv)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
