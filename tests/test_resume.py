@@ -12,21 +12,18 @@ from __future__ import annotations
 
 import datetime
 import os
-import signal
 import subprocess
 import sys
-import time
 
-import httpx
 import pytest
 
 from flows.add_replica import add_replica
 from flows.create_cluster import create_cluster
-from haplane.processes import stop_group
 from haplane.topology import LABEL_CLUSTER
 from tasks.cluster import force_unlock
 from tasks.pki import load_cas
 from tests.fixtures.cluster import PROJECT, api_through
+from tests.fixtures.kills import flow_process, kill, wait_until_waiting_on
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -47,40 +44,6 @@ ADD_STEPS = [
 ]
 
 
-def _flow_process(prefect_api, cloud, code: str) -> subprocess.Popen:
-    env = prefect_api.env()
-    env.update(HAPLANE_GCE_ENDPOINT=cloud.emulator.url, HAPLANE_PROJECT=PROJECT, PREFECT_LOGGING_LEVEL="WARNING")
-    return subprocess.Popen([sys.executable, "-c", code], env=env, cwd=os.getcwd(), start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def _kill(proc: subprocess.Popen) -> None:
-    stop_group(proc, sig=signal.SIGKILL)
-
-
-def _waiting_tasks(prefect_api, since: str) -> list[str]:
-    """Names of wait tasks running now, started after ``since`` (earlier killed runs stay RUNNING)."""
-    body = {"task_runs": {"state": {"type": {"any_": ["RUNNING"]}}, "start_time": {"after_": since}}}
-    runs = httpx.post(f"{prefect_api.url}/task_runs/filter", json=body, timeout=10).json()
-    return [r["name"] for r in runs if r["name"].startswith("wait ")]
-
-
-def _wait_until_waiting_on(cloud, prefect_api, method: str, proc: subprocess.Popen, since: str,
-                           timeout: float = 90) -> dict:
-    """The held call of ``method`` was made (its submit is checkpointed) and the flow now waits on it."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        held = [c for c in cloud.admin.calls() if c["method"] == method and c["outcome"] == "fault:hang"]
-        if held and _waiting_tasks(prefect_api, since):
-            return held[-1]
-        if proc.poll() is not None:
-            raise AssertionError(f"flow exited ({proc.returncode}) before reaching {method}:\n{proc.stdout.read()}")
-        time.sleep(0.2)
-    _kill(proc)
-    log = [(c["method"], c["outcome"]) for c in cloud.admin.calls()][-8:]
-    raise AssertionError(f"the flow never waited on {method}; last calls {log}; output:\n{proc.stdout.read()[-3000:]}")
-
-
 def test_add_replica_killed_at_every_step_resumes_without_repeating_a_call(cloud, prefect_api):
     cluster = "resume-add"
     create_cluster(cluster=cluster, region=REGION, zones=ZONES, replicas=1, load_balancer="as-needed")  # the seed's 1 -> 2 move
@@ -92,20 +55,20 @@ def test_add_replica_killed_at_every_step_resumes_without_repeating_a_call(cloud
     for method in ADD_STEPS:
         cloud.admin.add_fault(method, "hang")
         since = datetime.datetime.now(datetime.UTC).isoformat()
-        proc = _flow_process(prefect_api, cloud, code)
+        proc = flow_process(prefect_api, cloud, code)
         try:
-            call = _wait_until_waiting_on(cloud, prefect_api, method, proc, since)
+            call = wait_until_waiting_on(cloud, prefect_api, method, proc, since)
         finally:
-            _kill(proc)
+            kill(proc)
         killed.append(call["requestId"])
         cloud.admin.clear_faults()  # the held operation now completes on its own
         assert force_unlock(cluster)  # as the operator would, instead of waiting out the dead run's lease
 
-    final = _flow_process(prefect_api, cloud, code)
+    final = flow_process(prefect_api, cloud, code)
     try:
         out, _ = final.communicate(timeout=240)
     finally:
-        _kill(final)
+        kill(final)
     assert final.returncode == 0, out
 
     # the same end state as an uninterrupted add: two healthy replicas behind the load balancer
