@@ -82,8 +82,9 @@ def _check_endpoint(cluster: str, ip: str) -> str:
 def _unlock(args: argparse.Namespace) -> int:
     from tasks.cluster import force_unlock, lock_name
 
-    if force_unlock(args.cluster):
-        print(f"released {lock_name(args.cluster)!r}; make sure no flow of {args.cluster!r} is still running")
+    released = force_unlock(args.cluster)
+    if released:
+        print(f"released {', '.join(map(repr, released))}; make sure no flow of {args.cluster!r} is still running")
     else:
         print(f"{lock_name(args.cluster)!r} was not held")
     return 0

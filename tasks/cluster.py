@@ -49,18 +49,23 @@ def ensure_lock(cluster: str) -> None:
         client.upsert_global_concurrency_limit_by_name(lock_name(cluster), limit=1)
 
 
-def force_unlock(cluster: str) -> bool:
-    """Release the cluster's lock held by a run that was killed, without waiting for its lease to
-    expire. Only for when no flow of that cluster is running: the limit is deleted (the dead run's
-    lease goes with it) and the next flow creates it again. Returns whether a lock existed."""
+def force_unlock(cluster: str) -> list[str]:
+    """Release the locks a killed run left behind, without waiting for their leases to expire: the
+    cluster's lock, and the health check's (``health-<name>``: a killed check's replacement is finished
+    by the next check, which would otherwise skip until the lease expires). Only for when no flow of
+    that cluster is running: the limits are deleted (the dead run's leases go with them) and the next
+    flow creates them again. Returns the names of the locks that existed."""
     from prefect.exceptions import ObjectNotFound
 
+    released = []
     with get_client(sync_client=True) as client:
-        try:
-            client.delete_global_concurrency_limit_by_name(lock_name(cluster))
-        except ObjectNotFound:
-            return False
-    return True
+        for name in (lock_name(cluster), f"health-{cluster}"):
+            try:
+                client.delete_global_concurrency_limit_by_name(name)
+                released.append(name)
+            except ObjectNotFound:
+                pass
+    return released
 
 
 # Locks this flow run (and the subflows it runs in its thread) holds: the health check takes the cluster
@@ -332,16 +337,7 @@ def check_gone_from_gce(cluster: str, region: str, connection: str | None) -> No
 def forget_cluster(cluster: str) -> list[str]:
     """After a cluster is gone from GCE: its health schedule and its locks (the limits
     ``cluster-<name>`` and ``health-<name>``). Returns what was removed."""
-    from prefect.exceptions import ObjectNotFound
-
     from deployments.setup import remove_health_schedule
 
     removed = [f"schedule {slug}" for slug in remove_health_schedule(cluster)]
-    with get_client(sync_client=True) as client:
-        for limit in (lock_name(cluster), f"health-{cluster}"):
-            try:
-                client.delete_global_concurrency_limit_by_name(limit)
-                removed.append(f"lock {limit}")
-            except ObjectNotFound:
-                pass
-    return removed
+    return removed + [f"lock {limit}" for limit in force_unlock(cluster)]

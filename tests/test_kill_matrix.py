@@ -46,7 +46,8 @@ POOL_ADD, POOL_REMOVE = "compute.targetPools.addInstance", "compute.targetPools.
 def _call(module: str, flow: str, **params) -> callable:
     """The code a flow's process runs: the flow called with ``params`` and the change id."""
     def code(change_id: str | None) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in {**params, "change_id": change_id}.items())
+        given = {**params, "change_id": change_id} if change_id else params
+        args = ", ".join(f"{k}={v!r}" for k, v in given.items())
         return f"from flows.{module} import {flow}\n{flow}({args})\n"
     return code
 
@@ -188,4 +189,38 @@ def test_replace_and_remove_killed_at_every_step(cloud, prefect_api, tmp_path):
     replicas = _converged(cloud, cluster, 2)
     assert leaving not in replicas
     assert sent_once(mutating(cloud)) == Counter({POOL_REMOVE: 1, DELETE: 1})
+    assert _key_material(Path(prefect_api.home)) == []
+
+
+def test_health_check_replacement_killed_at_every_step(cloud, prefect_api, tmp_path):
+    """The health check's replacement (its replace-replica subflow) killed with the check's process;
+    the next check, after ``haplane unlock``, finishes it (*The health check*: a replacement that
+    removed its replica resumes with the same change id; one that had not replaces again)."""
+    from flows.health_check import health_check
+
+    cluster = "kill-hc"
+    rows = create_cluster(cluster=cluster, region=REGION, zones=ZONES, replicas=3)
+    victim = next(r for r in rows if r["zone"] == ZONES[0])
+    ips = [r["internal IP"] for r in rows if r is not victim]
+    cloud.admin.kill_vm(PROJECT, ZONES[0], victim["replica"])
+    cloud.admin.clear_calls()
+    check = Walk(cloud, prefect_api, cluster, "health-check", _call("health_check", "health_check", cluster=cluster,
+                                                                    backoff_s=0), tmp_path)
+    with QuorumWatcher(cluster, ips) as watcher:
+        check.run([
+            KillPoint("remove/pool-remove", {POOL_REMOVE: 1}),
+            KillPoint("remove/delete-vm: after the member removal", {DELETE: 1},
+                      check=_not_a_member(cluster, victim["replica"], ips)),
+            KillPoint("add/configure: metadata, after the learner add", {SET_METADATA: 1},
+                      check=_learner_added(cluster, ips)),
+            KillPoint("add/pool-add", {POOL_ADD: 1}),
+        ])
+    assert watcher.samples > 5 and watcher.worst < 10.0, \
+        f"no linearizable read for {watcher.worst:.1f} s ({watcher.errors} of {watcher.samples} samples failed)"
+    replicas = _converged(cloud, cluster, 3)
+    assert victim["replica"] not in replicas
+    assert sent_once(mutating(cloud)) == Counter({POOL_REMOVE: 1, DELETE: 1, INSERT: 1, SET_METADATA: 1,
+                                                 POOL_ADD: 1})
+    after = health_check(cluster=cluster, backoff_s=0, return_state=True)
+    assert after.is_completed() and "healthy" in after.message, after.message
     assert _key_material(Path(prefect_api.home)) == []
