@@ -5,7 +5,7 @@
                       verified TLS, delete the cluster, stop everything.
 ``haplane emulator``  run the GCE emulator in the foreground (see haplane.emulator.server).
 ``haplane setup-workspace``  set up a Prefect workspace: pool, blocks, limits, deployments, schedules.
-``haplane unlock C``  release cluster C's lock left behind by a killed flow run.
+``haplane unlock C``  release cluster C's locks (its own and its health check's) left behind by a killed flow run.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--keep", action="store_true", help="do not delete the cluster at the end")
     demo.set_defaults(run=_demo)
 
-    unlock = sub.add_parser("unlock", help="release a cluster's lock left by a killed flow run")
+    unlock = sub.add_parser("unlock", help="release a cluster's locks (its own and its health check's) left by a killed flow run")
     unlock.add_argument("cluster")
     unlock.set_defaults(run=_unlock)
 

@@ -194,8 +194,8 @@ def test_replace_and_remove_killed_at_every_step(cloud, prefect_api, tmp_path):
 
 def test_health_check_replacement_killed_at_every_step(cloud, prefect_api, tmp_path):
     """The health check's replacement (its replace-replica subflow) killed with the check's process;
-    the next check, after ``haplane unlock``, finishes it (*The health check*: a replacement that
-    removed its replica resumes with the same change id; one that had not replaces again)."""
+    the next check, after ``haplane unlock``, finishes it (*The health check*: a killed replacement
+    counts as failed, and one that removed its replica is run again with the same change id)."""
     from flows.health_check import health_check
 
     cluster = "kill-hc"
@@ -207,13 +207,14 @@ def test_health_check_replacement_killed_at_every_step(cloud, prefect_api, tmp_p
     check = Walk(cloud, prefect_api, cluster, "health-check", _call("health_check", "health_check", cluster=cluster,
                                                                     backoff_s=0), tmp_path)
     with QuorumWatcher(cluster, ips) as watcher:
+        # two kills: a third killed run would be the third failed replacement in a row, after which the
+        # check gives up on the replica until a person acts (README); pool-remove and pool-add are
+        # killed in test_replace_and_remove_killed_at_every_step
         check.run([
-            KillPoint("remove/pool-remove", {POOL_REMOVE: 1}),
             KillPoint("remove/delete-vm: after the member removal", {DELETE: 1},
                       check=_not_a_member(cluster, victim["replica"], ips)),
             KillPoint("add/configure: metadata, after the learner add", {SET_METADATA: 1},
                       check=_learner_added(cluster, ips)),
-            KillPoint("add/pool-add", {POOL_ADD: 1}),
         ])
     assert watcher.samples > 5 and watcher.worst < 10.0, \
         f"no linearizable read for {watcher.worst:.1f} s ({watcher.errors} of {watcher.samples} samples failed)"
