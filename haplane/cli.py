@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--keep", action="store_true", help="do not delete the cluster at the end")
     demo.set_defaults(run=_demo)
 
-    unlock = sub.add_parser("unlock", help="release a cluster's locks (its own and its health check's) left by a killed flow run")
+    unlock = sub.add_parser("unlock", help="release a cluster's locks (its own and its health check's) left by "
+                                           "a killed flow run")
     unlock.add_argument("cluster")
     unlock.set_defaults(run=_unlock)
 
