@@ -6,7 +6,16 @@ from __future__ import annotations
 import pytest
 
 from haplane.model import ClusterState, ReplicaState
-from haplane.plans import PlanRefused, choose_victim, member_health, plan_add, plan_create, plan_remove, plan_replace
+from haplane.plans import (
+    PlanRefused,
+    choose_victim,
+    member_health,
+    plan_add,
+    plan_create,
+    plan_remove,
+    plan_removed,
+    plan_replace,
+)
 from haplane.quorum import Reason
 from haplane.topology import (
     TopologyError,
@@ -178,6 +187,16 @@ def test_a_resumed_two_to_one_still_hands_the_ip_back():
     half = cluster(replica(0, "us-central1-a"), replica(1, "us-central1-b", member_id=None), lb=False,
                    address_status="RESERVED")
     assert plan_remove(half, "us-central1-b", None).lb == "delete"
+
+
+def test_a_removal_resumed_once_its_replica_is_gone_deletes_it_again_and_nothing_else():
+    # its run was killed while the VM was being deleted: VM and etcd member gone, its keys not yet
+    two = cluster(replica(0, "us-central1-a"), replica(2, "us-central1-c"))
+    plan = plan_removed(two, "c-master-1", "us-central1-b", prefix="remove/")
+    assert plan.ids == ("remove/delete-vm/c-master-1",) and plan.voting_after == 2
+    assert plan.steps[0].arguments == {"zone": "us-central1-b", "name": "c-master-1"}
+    with pytest.raises(PlanRefused, match="still in"):
+        plan_removed(THREE, "c-master-1", "us-central1-b")
 
 
 @pytest.mark.parametrize(("state", "zone", "name", "words"), [
