@@ -21,7 +21,7 @@ from pydantic import Field
 from flows.change import run_change
 from flows.params import ChangeId, ClusterName, Connection, DryRun, SkipSnapshot, documented
 from haplane.model import ClusterState
-from haplane.plans import ADD_PREFIX, Plan, plan_add, plan_replace
+from haplane.plans import ADD_PREFIX, REMOVE_PREFIX, Plan, plan_add, plan_removed, plan_replace
 from haplane.topology import label_value
 from tasks.cluster import load_spec, zones_of
 from tasks.steps import Change, remember
@@ -56,6 +56,8 @@ def replace_replica(
         if zone is None and not any(r.change == label_value(change.change_id) for r in state.vms):
             plan_replace(state, replica_name, change.change_id, known)  # not a resumed replace: refuse
         addition = plan_add(state, zone, change.change_id, known, spec.zones, prefix=ADD_PREFIX)
+        if zone is not None:  # the removal's last step again: it deletes the old replica's private keys
+            return plan_removed(state, replica_name, zone, prefix=REMOVE_PREFIX).then(addition, ACTION)
         return replace(addition, action=ACTION)
 
     return run_change(change, spec, plan_for, dry_run, note=f"replaced {replica_name}", skip_snapshot=skip_snapshot)
