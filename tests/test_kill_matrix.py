@@ -35,7 +35,7 @@ from tests.fixtures.cluster import PROJECT, api_through
 from tests.fixtures.kills import KillPoint, Walk, mutating, sent_once
 from tests.test_fault_matrix import QuorumWatcher, _key_material, _leftovers, _members
 
-pytestmark = [pytest.mark.long, pytest.mark.usefixtures("prefect_api")]
+pytestmark = [pytest.mark.long, pytest.mark.timeout(900), pytest.mark.usefixtures("prefect_api")]
 
 REGION = "europe-west1"
 ZONES = ["europe-west1-b", "europe-west1-c", "europe-west1-d"]
