@@ -377,13 +377,14 @@ def plan_removed(state: ClusterState, replica: str, zone: str, prefix: str = "")
     """A removal resumed once the replica's VM and etcd member are gone (its run was killed while the
     VM was being deleted): its last step again. That step looks first (no call for a VM that is gone;
     a resumed run waits on the deletion it submitted) and deletes the replica's private keys from
-    Secret Manager, which nothing else would."""
+    Secret Manager, which nothing else would. A replica whose VM was gone before its removal started
+    (zone "?") had no such step: nothing is left to do."""
     if state.replica(replica) is not None:
         raise PlanRefused(f"{replica} is still in {state.cluster!r}: plan its removal, not its end")
     voting = len(state.voting)
-    return Plan(action="remove-replica", cluster=state.cluster, voting_before=voting, voting_after=voting,
-                steps=(step(StepKind.DELETE_VM, f"{prefix}delete-vm/{replica}", f"delete VM {replica} in {zone} "
-                            f"(gone already) and its private keys", zone=zone, name=replica),),
+    steps = () if zone == "?" else (step(StepKind.DELETE_VM, f"{prefix}delete-vm/{replica}", f"delete VM {replica} "
+                                         f"in {zone} (gone already) and its private keys", zone=zone, name=replica),)
+    return Plan(action="remove-replica", cluster=state.cluster, voting_before=voting, voting_after=voting, steps=steps,
                 expected_seconds=0, reason=f"resuming the removal of {replica}: its VM and etcd member are gone",
                 replica=replica, zone=zone)
 

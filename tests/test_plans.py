@@ -195,6 +195,7 @@ def test_a_removal_resumed_once_its_replica_is_gone_deletes_it_again_and_nothing
     plan = plan_removed(two, "c-master-1", "us-central1-b", prefix="remove/")
     assert plan.ids == ("remove/delete-vm/c-master-1",) and plan.voting_after == 2
     assert plan.steps[0].arguments == {"zone": "us-central1-b", "name": "c-master-1"}
+    assert plan_removed(two, "c-master-1", "?").steps == ()  # its VM was gone before: no such step
     with pytest.raises(PlanRefused, match="still in"):
         plan_removed(THREE, "c-master-1", "us-central1-b")
 
