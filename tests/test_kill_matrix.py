@@ -33,6 +33,7 @@ from tasks.cluster import lock_name
 from tasks.pki import load_cas
 from tests.fixtures.cluster import PROJECT, api_through
 from tests.fixtures.kills import KillPoint, Walk, mutating, sent_once
+from tests.fixtures.poll import eventually
 from tests.test_fault_matrix import QuorumWatcher, _key_material, _leftovers, _members
 
 pytestmark = [pytest.mark.long, pytest.mark.timeout(900), pytest.mark.usefixtures("prefect_api")]
@@ -56,13 +57,23 @@ def _secrets(cloud, cluster: str, replica: str | None = None) -> list[str]:
     return SecretStore.for_gce(cloud.gce).list(cluster, replica)
 
 
+def _member_list(cluster: str, ips: list[str]) -> list[dict]:
+    """etcd's member list, read again while a member answers with an error (an election under way)."""
+    def read() -> list[dict] | None:
+        try:
+            return _members(cluster, ips)
+        except KeyError:  # an error answer instead of the list
+            return None
+    return eventually(read, 30, f"etcd's member list of {cluster} through {ips}")
+
+
 def _converged(cloud, cluster: str, size: int) -> list[str]:
     """The cluster is whole at ``size`` replicas and holds nothing of a replica that is gone."""
     gce, names = cloud.gce, ClusterNames(cluster)
     vms = gce.list_instances(ZONES, labels={LABEL_CLUSTER: cluster})
     vm_names = sorted(v.name for v in vms)
     assert len(vms) == size and all(v.status == "RUNNING" for v in vms), [(v.name, v.status) for v in vms]
-    members = _members(cluster, [v.internal_ip for v in vms])
+    members = _member_list(cluster, [v.internal_ip for v in vms])
     assert sorted(m.get("name", "") for m in members) == vm_names, members
     assert not [m for m in members if m.get("isLearner")], members
     pool = gce.get_target_pool(REGION, names.target_pool)
@@ -82,13 +93,13 @@ def _converged(cloud, cluster: str, size: int) -> list[str]:
 
 def _not_a_member(cluster: str, replica: str, ips: list[str]) -> callable:
     def check() -> None:
-        assert replica not in [m.get("name") for m in _members(cluster, ips)], f"{replica} is still an etcd member"
+        assert replica not in [m.get("name") for m in _member_list(cluster, ips)], f"{replica} is still a member"
     return check
 
 
 def _learner_added(cluster: str, ips: list[str]) -> callable:
     def check() -> None:
-        members = _members(cluster, ips)
+        members = _member_list(cluster, ips)
         assert [m for m in members if m.get("isLearner")], f"no learner at the kill: {members}"
     return check
 
