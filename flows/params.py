@@ -87,6 +87,20 @@ def documented(fn):
     return fn
 
 
+def _leaf_minutes(value: object) -> object:
+    from haplane.pki import check_leaf_minutes
+
+    return check_leaf_minutes(value)
+
+
+# How long a new cluster's leaf certificates last, in minutes; empty: 1 year. Checked before anything is created.
+LeafLifetime = Annotated[int | None, BeforeValidator(_leaf_minutes), Field(
+    description="Lifetime of every leaf certificate (each replica's etcd and API-server certificates, the "
+                "operator's), in minutes; empty: 1 year. Short lifetimes need a health check whose rotate_minutes "
+                "is well under them and that runs more often than that (at least 2 minutes)",
+    json_schema_extra={"minimum": 2})]
+
+
 # The endpoint mode, a choice in the UI's form (haplane/endpoint.py says what each costs).
 LoadBalancerMode = Annotated[EndpointMode, Field(
     description="Endpoint mode: 'always' keeps a load balancer on the static IP from the first replica (no "

@@ -126,8 +126,8 @@ CERTS = "certificates for its internal IP and the endpoint IP (never an ephemera
 
 def plan_create(cluster: str, region: str, zones: list[str], replicas: int, change_id: str,
                 known_zones: list[str], existing: ClusterState | None,
-                mode: EndpointMode = EndpointMode.AS_NEEDED) -> Plan:
-    """Create a cluster. The load balancer (when the mode has one at this size) is built beside the
+                mode: EndpointMode = EndpointMode.AS_NEEDED, leaf_minutes: int | None = None) -> Plan:
+    """Create a cluster (``leaf_minutes``: how long its leaf certificates last; None: 1 year). The load balancer (when the mode has one at this size) is built beside the
     VMs, off the critical path: its forwarding rule, most of the wait on GCE, is submitted before
     the VMs and waited for last; the replicas join the pool once their API servers are ready."""
     check_cluster_size(replicas)
@@ -147,7 +147,9 @@ def plan_create(cluster: str, region: str, zones: list[str], replicas: int, chan
     steps = [step(StepKind.SAVE_SPEC, "spec", f"save the cluster's spec (block {names.spec_block}; endpoint mode "
                                               f"{mode.value})"),
              step(StepKind.CREATE_PKI, "pki", f"create the cluster CA and etcd CA (block {names.pki_block}), "
-                                              f"unless they exist"),
+                                              f"unless they exist" + (f"; leaf certificates last {leaf_minutes} "
+                                                                      f"minutes" if leaf_minutes else ""),
+                  **({"leaf_minutes": leaf_minutes} if leaf_minutes else {})),
              step(StepKind.RESERVE_ADDRESS, "address", f"reserve the static endpoint IP ({names.address})", "network",
                   region=region)]
     # after the address: with no operator range given, the firewall admits the worker's egress toward it
