@@ -44,7 +44,15 @@ from flows.zone_outage import rebalance as zone_rebalance
 from haplane.observe import now_utc
 from haplane.remediation import Action, Policy, ZoneAction, decide, decide_zones, track_outages
 from haplane.restore import QuorumView, quorum_view
-from haplane.rotation import ROTATE_DAYS, ROTATION_TARGET, WARN_DAYS, expiry_decision, may_rotate, thresholds
+from haplane.rotation import (
+    ROTATE_DAYS,
+    ROTATION_TARGET,
+    WARN_DAYS,
+    expiry_decision,
+    may_rotate,
+    rotation_fits,
+    thresholds,
+)
 from haplane.topology import check_cluster_name
 from tasks.cluster import ClusterBusy, cluster_lock, load_spec, observe_cluster, publish_report, zones_of
 from tasks.health import (
@@ -58,7 +66,7 @@ from tasks.health import (
     remediation_tags,
     replica_resource,
 )
-from tasks.pki import certificate_inventory
+from tasks.pki import certificate_inventory, load_cas
 from tasks.snapshots import newest_snapshot_age, probe_quorum
 
 
@@ -114,6 +122,10 @@ def _certificates(cluster: str, connection: str | None, dry_run: bool, policy: P
     """Warn about certificates close to expiry and rotate them within ``rotate_days``."""
     logger = get_run_logger()
     spec = load_spec(cluster)
+    cas = load_cas(cluster)
+    misfit = rotation_fits(rotate_days, cas.lifetimes.leaf) if cas else None
+    if misfit:  # said, not refused: a threshold above the lifetime is also how to force a rotation now
+        logger.warning("%s", misfit)
     rows = certificate_inventory(cluster, list(spec.zones), connection)
     now = now_utc()
     decision = expiry_decision([(r["certificate"], dt.datetime.fromisoformat(r["not_after"])) for r in rows

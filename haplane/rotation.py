@@ -58,6 +58,16 @@ def thresholds(warn_days: float = WARN_DAYS, rotate_days: float = ROTATE_DAYS, w
     return warn, rotate
 
 
+def rotation_fits(rotate_days: float, leaf: dt.timedelta) -> str | None:
+    """Why the rotate threshold does not fit the cluster's leaf lifetime (None: it fits). A leaf
+    re-issued with less than ``rotate_days`` of life would be rotated again by every check."""
+    if rotate_days * 86400 < leaf.total_seconds():
+        return None
+    return (f"rotate threshold {_span(rotate_days)} is not shorter than the leaves' lifetime "
+            f"{_span(leaf.total_seconds() / 86400)}: every check would rotate again; give a rotate threshold well "
+            f"under the lifetime (e.g. two thirds of it) unless a rotation now is what you want")
+
+
 def _span(days: float) -> str:
     return f"{days:.1f} days" if abs(days) >= 1 else f"{days * 1440:.1f} minutes"
 

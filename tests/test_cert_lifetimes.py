@@ -18,7 +18,7 @@ import pytest
 from cryptography import x509
 
 from haplane import pki
-from haplane.rotation import expiry_decision, thresholds
+from haplane.rotation import expiry_decision, rotation_fits, thresholds
 
 REGION = "europe-west1"
 ZONES = ["europe-west1-b", "europe-west1-c", "europe-west1-d"]
@@ -75,6 +75,12 @@ def test_thresholds_in_minutes_replace_days_and_refuse_ambiguity():
     assert [e.role for e in early.warn] == ["c-1/etcd-peer"] and not early.rotate  # 3.5 min left: warn only
     late = expiry_decision(certs, now, warn_days=warn, rotate_days=rotate)
     assert late.rotate and "2.5 minutes" in late.text  # 2.5 min left: rotate
+
+    # a rotate threshold as long as the leaves' lifetime would rotate on every check: said, and not done
+    assert rotation_fits(rotate, dt.timedelta(minutes=3)) is None
+    assert rotation_fits(14, dt.timedelta(days=365)) is None
+    assert "every check would rotate again" in rotation_fits(thresholds(warn_minutes=5, rotate_minutes=3)[1],
+                                                             dt.timedelta(minutes=3))
 
 
 # ---------------------------------------------------------------- end to end
