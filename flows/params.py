@@ -94,11 +94,10 @@ def _leaf_minutes(value: object) -> object:
 
 
 # How long a new cluster's leaf certificates last, in minutes; empty: 1 year. Checked before anything is created.
-LeafLifetime = Annotated[int | None, BeforeValidator(_leaf_minutes), Field(
+LeafLifetime = Annotated[Annotated[int, Field(ge=2, le=3650 * 1440)] | None, BeforeValidator(_leaf_minutes), Field(
     description="Lifetime of every leaf certificate (each replica's etcd and API-server certificates, the "
-                "operator's), in minutes; empty: 1 year. Short lifetimes need a health check whose rotate_minutes "
-                "is well under them and that runs more often than that (at least 2 minutes)",
-    json_schema_extra={"minimum": 2})]
+                "operator's), in minutes, at least 2; empty: 1 year. Short lifetimes need a health check with "
+                "rotate_minutes well under them, scheduled more often than that")]
 
 
 # The endpoint mode, a choice in the UI's form (haplane/endpoint.py says what each costs).
