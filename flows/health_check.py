@@ -51,6 +51,7 @@ from haplane.rotation import (
     expiry_decision,
     may_rotate,
     rotation_fits,
+    span_text,
     thresholds,
 )
 from haplane.topology import check_cluster_name
@@ -132,7 +133,7 @@ def _certificates(cluster: str, connection: str | None, dry_run: bool, policy: P
                                 if r["not_after"]], now, warn_days=warn_days, rotate_days=rotate_days)
     create_table_artifact([{k: v for k, v in r.items() if k != "not_after"} for r in rows],
                           key=f"{cluster}-certificates", description=f"Certificates of {cluster}: "
-                          f"{len(decision.warn)} expire within {_span(warn_days)}")
+                          f"{len(decision.warn)} expire within {span_text(warn_days)}")
     if not decision.warn:
         return healthy
     logger.warning("certificates of %s close to expiry:\n%s", cluster, decision.text)
@@ -141,7 +142,7 @@ def _certificates(cluster: str, connection: str | None, dry_run: bool, policy: P
     create_markdown_artifact(f"## Certificates of {cluster} close to expiry\n\n{decision.text}",
                              key=f"{cluster}-certificates-expiring", description="certificates close to expiry")
     if not decision.rotate or dry_run:
-        return Completed(message=f"{len(decision.warn)} certificates expire within {_span(warn_days)}",
+        return Completed(message=f"{len(decision.warn)} certificates expire within {span_text(warn_days)}",
                          data={"action": "warn", "expiring": [e.role for e in decision.warn]})
     go = may_rotate(remediation_history(cluster, policy.window_s, flow_name="rotate-certificates"), now, policy)
     if not go.allowed or cluster_busy(cluster):
@@ -159,10 +160,6 @@ def _certificates(cluster: str, connection: str | None, dry_run: bool, policy: P
     emit("haplane.certificates.rotate-failed", cluster_resource(cluster), {"message": (outcome.message or "")[:300]})
     logger.error(msg)
     return Failed(message=msg, data={"action": "rotate-failed"})
-
-
-def _span(days: float) -> str:
-    return f"{days:g} days" if days >= 1 else f"{days * 1440:g} minutes"
 
 
 def _zones(cluster: str, connection: str | None, dry_run: bool, grace_s: float, rebalance: bool) -> State | None:

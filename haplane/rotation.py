@@ -53,7 +53,7 @@ def thresholds(warn_days: float = WARN_DAYS, rotate_days: float = ROTATE_DAYS, w
     warn = one("warn", warn_days, WARN_DAYS, warn_minutes)
     rotate = one("rotate", rotate_days, ROTATE_DAYS, rotate_minutes)
     if rotate > warn:
-        raise ValueError(f"the rotate threshold ({_span(rotate)}) must not exceed the warn threshold ({_span(warn)}): "
+        raise ValueError(f"the rotate threshold ({span_text(rotate)}) must not exceed the warn threshold ({span_text(warn)}): "
                          f"the health check warns before it rotates (give rotate_minutes with warn_minutes)")
     return warn, rotate
 
@@ -63,12 +63,12 @@ def rotation_fits(rotate_days: float, leaf: dt.timedelta) -> str | None:
     re-issued with less than ``rotate_days`` of life would be rotated again by every check."""
     if rotate_days * 86400 < leaf.total_seconds():
         return None
-    return (f"rotate threshold {_span(rotate_days)} is not shorter than the leaves' lifetime "
-            f"{_span(leaf.total_seconds() / 86400)}: every check would rotate again; give a rotate threshold well "
+    return (f"rotate threshold {span_text(rotate_days)} is not shorter than the leaves' lifetime "
+            f"{span_text(leaf.total_seconds() / 86400)}: every check would rotate again; give a rotate threshold well "
             f"under the lifetime (e.g. two thirds of it) unless a rotation now is what you want")
 
 
-def _span(days: float) -> str:
+def span_text(days: float) -> str:
     return f"{days:.1f} days" if abs(days) >= 1 else f"{days * 1440:.1f} minutes"
 
 
@@ -98,7 +98,7 @@ class ExpiryDecision:
     def text(self) -> str:
         if not self.warn:
             return "no certificate is close to expiry"
-        lines = [f"- {e.role}: expires {e.not_after:%Y-%m-%d %H:%M:%S} UTC ({_span(e.days_left)})" for e in self.warn]
+        lines = [f"- {e.role}: expires {e.not_after:%Y-%m-%d %H:%M:%S} UTC ({span_text(e.days_left)})" for e in self.warn]
         if self.ca_attention:
             lines.append("- a CA is close to expiry: the health check renews leaves only; run rotate-certificates "
                          "with rotate_ca=true (a CA rotation, one replica at a time)")
