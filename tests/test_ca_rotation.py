@@ -82,6 +82,8 @@ def test_ca_rotation_phases_trust_both_then_sign_new_then_drop_old():
 
 
 def test_the_pki_block_keeps_a_rotation_under_way_and_the_lifetime():
+    from pydantic import SecretStr
+
     from blocks.pki import ClusterPKI
 
     cas = pki.switch_cas(pki.begin_ca_rotation(pki.create_cluster_cas(
@@ -90,7 +92,7 @@ def test_the_pki_block_keeps_a_rotation_under_way_and_the_lifetime():
     assert back.ca_phase == "switched" and back.ca_rotation == "rot-1" and back.lifetimes.leaf_minutes == 5
     assert back.previous_etcd_ca.key_pem.get_secret_value() == cas.previous_etcd_ca.key_pem.get_secret_value()
     assert back.etcd_ca_bundle() == cas.etcd_ca_bundle()
-    block = ClusterPKI.from_cas(cas).model_copy(update={"snapshot_key": "kept"})
+    block = ClusterPKI.from_cas(cas).model_copy(update={"snapshot_key": SecretStr("kept")})
     finished = block.with_cas(pki.finish_ca_rotation(cas))
     assert finished.previous_ca_key is None and finished.previous_etcd_ca_key is None and finished.ca_rotation is None
     assert finished.snapshot_key.get_secret_value() == "kept"

@@ -71,10 +71,11 @@ def test_thresholds_in_minutes_replace_days_and_refuse_ambiguity():
 
     now = dt.datetime(2026, 11, 27, tzinfo=dt.UTC)
     certs = [("c-1/etcd-peer", now + dt.timedelta(seconds=150)), ("cluster-ca", now + dt.timedelta(days=3000))]
-    early = expiry_decision(certs, now - dt.timedelta(seconds=60), warn_days=warn, rotate_days=rotate)
-    assert [e.role for e in early.warn] == ["c-1/etcd-peer"] and not early.rotate  # 3.5 min left: warn only
-    late = expiry_decision(certs, now, warn_days=warn, rotate_days=rotate)
-    assert late.rotate and "2.5 minutes" in late.text  # 2.5 min left: rotate
+    assert not expiry_decision(certs, now - dt.timedelta(seconds=60), warn_days=warn, rotate_days=rotate).warn
+    early = expiry_decision(certs, now, warn_days=warn, rotate_days=rotate)  # 2.5 min left: warn only
+    assert [e.role for e in early.warn] == ["c-1/etcd-peer"] and not early.rotate and "2.5 minutes" in early.text
+    late = expiry_decision(certs, now + dt.timedelta(seconds=60), warn_days=warn, rotate_days=rotate)
+    assert late.rotate and "1.5 minutes" in late.text  # 1.5 min left: rotate
 
     # a rotate threshold as long as the leaves' lifetime would rotate on every check: said, and not done
     assert rotation_fits(rotate, dt.timedelta(minutes=3)) is None
