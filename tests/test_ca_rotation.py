@@ -121,6 +121,7 @@ def _vm_tls(cloud, cluster: str) -> dict[str, dict[str, str]]:
 
 
 @pytest.mark.long  # about 3 minutes: three passes over three replicas, each restarting etcd
+@pytest.mark.timeout(900)  # under heavy load a pass over the replicas takes minutes
 def test_ca_rotation_killed_half_way_resumes_with_no_failed_write_and_the_old_ca_refused(cloud, prefect_api):
     import httpx
 
