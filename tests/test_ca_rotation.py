@@ -113,23 +113,29 @@ def test_only_the_ca_rotation_under_way_may_run():
 
 
 def _vm_tls(cloud, cluster: str) -> dict[str, dict[str, str]]:
+    return _vm_tls_of(cloud.gce, cluster)
+
+
+def _vm_tls_of(gce, cluster: str) -> dict[str, dict[str, str]]:
     from haplane.node import TLS_PREFIX
     from haplane.topology import LABEL_CLUSTER
 
     return {vm.name: {k[len(TLS_PREFIX):]: v for k, v in vm.metadata.items() if k.startswith(TLS_PREFIX)}
-            for vm in cloud.gce.list_instances(ZONES, labels={LABEL_CLUSTER: cluster})}
+            for vm in gce.list_instances(ZONES, labels={LABEL_CLUSTER: cluster})}
 
 
 @pytest.mark.long  # about 3 minutes: three passes over three replicas, each restarting etcd
 @pytest.mark.timeout(900)  # under heavy load a pass over the replicas takes minutes
 def test_ca_rotation_killed_half_way_resumes_with_no_failed_write_and_the_old_ca_refused(cloud, prefect_api):
     import httpx
+    from cryptography.hazmat.primitives.serialization import Encoding
 
     from blocks.pki import ClusterPKI, block_name
     from flows.create_cluster import create_cluster
     from flows.delete_cluster import delete_cluster
     from flows.rotate_certificates import rotate_certificates
     from haplane.etcd import EtcdClient, EtcdTLS, EtcdUnavailable
+    from haplane.gce import Gce
     from haplane.node import client_url
     from haplane.processes import stop_group
     from tasks.cluster import force_unlock
@@ -145,9 +151,17 @@ def test_ca_rotation_killed_half_way_resumes_with_no_failed_write_and_the_old_ca
         old = load_cas(cluster)
         ips = [client_url(vm.internal_ip) for vm in cloud.gce.list_instances(ZONES)]
         started = time.monotonic()
-        # a client of the cluster is handed the trust bundle of the moment (the new CA beside the old
-        # one before any server presents it), as an administrator hands out a kubeconfig
-        canary = EndpointCanary(endpoint, lambda: load_cas(cluster).ca_bundle(), period=0.2, retry_s=10.0)
+        # a client of the cluster is handed every cluster CA the replicas trust (public certificates:
+        # the new CA is in the first replica's ca.crt before any server presents a certificate of it),
+        # as an administrator hands out a kubeconfig with the CA bundle
+        gce, trusted = Gce(PROJECT, cloud.emulator.url), dict.fromkeys(_certs(old.ca_bundle()))
+
+        def bundle() -> str:
+            for tls in _vm_tls_of(gce, cluster).values():
+                trusted.update(dict.fromkeys(_certs(tls["ca"])))
+            return "".join(c.public_bytes(Encoding.PEM).decode() for c in trusted)
+
+        canary = EndpointCanary(endpoint, bundle, period=0.2, retry_s=10.0)
         with canary:
             env = prefect_api.env()
             env.update(HAPLANE_GCE_ENDPOINT=cloud.emulator.url, HAPLANE_PROJECT=PROJECT,
