@@ -18,6 +18,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import requests
 from google.api_core import exceptions as gexc
 from google.api_core import retry as retries
 from google.cloud import compute_v1
@@ -241,15 +242,19 @@ class Gce:
                      done=_status_name(op.status, compute_v1.Operation.Status) == "DONE")
 
     def _op_get(self, ref: OpRef, wait: bool) -> compute_v1.Operation:
+        """One poll. No client-side retry (the library's default retries a 503 for 600 s, which would
+        outlast any bound :meth:`wait` sets): :meth:`wait` itself polls through transient errors."""
         verb = "wait" if wait else "get"
+        # a long poll is answered within LONG_POLL_S; a connection that stays silent beyond it is dead
+        opts = {"retry": None, "timeout": LONG_POLL_S + 30 if wait else 30.0}
         if ref.scope == "zone":
             client = self._client(compute_v1.ZoneOperationsClient)
-            return getattr(client, verb)(project=self.project, zone=ref.location, operation=ref.name)
+            return getattr(client, verb)(project=self.project, zone=ref.location, operation=ref.name, **opts)
         if ref.scope == "region":
             client = self._client(compute_v1.RegionOperationsClient)
-            return getattr(client, verb)(project=self.project, region=ref.location, operation=ref.name)
+            return getattr(client, verb)(project=self.project, region=ref.location, operation=ref.name, **opts)
         client = self._client(compute_v1.GlobalOperationsClient)
-        return getattr(client, verb)(project=self.project, operation=ref.name)
+        return getattr(client, verb)(project=self.project, operation=ref.name, **opts)
 
     def wait(self, ref: OpRef, timeout: float = 600.0, on_progress: Any = None, poll_s: float | None = None) -> OpRef:
         """Wait until the operation is DONE; raise :class:`GceOperationError` if it failed, and
@@ -268,7 +273,7 @@ class Gce:
             try:
                 op = self._op_get(ref, wait=long_poll)
                 last_error = None
-            except TRANSIENT as exc:
+            except (*TRANSIENT, requests.ConnectionError, requests.Timeout) as exc:
                 last_error = f"{type(exc).__name__}: {str(exc)[:200]}"
                 op = None
             if op is not None:

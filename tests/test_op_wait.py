@@ -11,7 +11,7 @@ import time
 import pytest
 
 from haplane.emulator.admin import EmulatorAdmin
-from haplane.gce import Gce, GceTimeout
+from haplane.gce import Gce, GceTimeout, request_id
 from tasks.operations import wait_bound
 from tasks.results import retry_delays
 
@@ -22,7 +22,7 @@ def test_a_hung_operation_times_out_within_the_bound_and_is_waited_on_again(bare
     gce = Gce(PROJECT, bare_emulator.url)
     with EmulatorAdmin(bare_emulator.url) as admin:
         admin.add_fault("compute.addresses.insert", "hang")
-        op = gce.insert_address("europe-west1", "held", address=None, rid="rid-held")
+        op = gce.insert_address("europe-west1", "held", address=None, rid=request_id("held"))
         started = time.monotonic()
         with pytest.raises(GceTimeout) as timed_out:
             gce.wait(op, timeout=1.5)
@@ -40,7 +40,7 @@ def test_a_wait_in_a_zone_that_does_not_answer_says_so(bare_emulator):
     with EmulatorAdmin(bare_emulator.url) as admin:
         admin.add_fault("compute.instances.insert", "hang")
         op = gce.insert_instance("europe-west1-b", "vm-1", machine_type="e2-small", labels={}, metadata={}, tags=[],
-                                 external_ip=False, rid="rid-vm")
+                                 external_ip=False, rid=request_id("vm"))
         admin.fail_zone("europe-west1-b", mode="kill")
         with pytest.raises(GceTimeout) as timed_out:
             gce.wait(op, timeout=2)
