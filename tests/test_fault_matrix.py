@@ -259,25 +259,34 @@ def _ips(cloud, cluster: str, but: str | None = None) -> list[str]:
     return [v.internal_ip for v in cloud.gce.list_instances(ZONES, labels={LABEL_CLUSTER: cluster}) if v.name != but]
 
 
-def _watched(cloud, cluster: str, ips: list[str], call) -> None:
-    """Run ``call`` with a :class:`QuorumWatcher` on ``ips`` throughout: quorum never lost."""
-    with QuorumWatcher(cluster, ips) as watcher:
-        call()
+def _quorum_held(watcher: QuorumWatcher) -> None:
     assert watcher.samples > 3 and watcher.worst < 10.0, \
         f"no linearizable read for {watcher.worst:.1f} s ({watcher.errors} of {watcher.samples} samples failed)"
 
 
-def _faulted(cloud, methods: list[str], mode: str, call, change_id: str) -> set[str]:
-    """``call`` with ``count=4`` faults of ``mode`` on each of ``methods`` at once (each exhausts a
-    step's retries, so a run fails on each faulted method in turn); run again with the same change id
-    until it succeeds. Returns the methods whose fault was hit."""
+def _watched(cloud, cluster: str, ips: list[str], call) -> None:
+    """Run ``call`` with a :class:`QuorumWatcher` on ``ips`` throughout: quorum never lost."""
+    with QuorumWatcher(cluster, ips) as watcher:
+        call()
+    _quorum_held(watcher)
+
+
+ABSORBED = {"503": 3, "operation_error": 2}  # faults a run absorbs: a step's 3 retries, 3 operations per step
+
+
+def _faulted(cloud, methods: list[str], mode: str, forced: str, call, change_id: str) -> set[str]:
+    """``call`` with faults of ``mode`` on each of ``methods`` at once: on ``forced``, 4 (beyond what a
+    run absorbs, so the run fails and is run again with the same change id), on the others as many as
+    the run absorbs (a step's retries, or the failed operations a step submits again). Returns the
+    methods whose fault was hit."""
     start = len(cloud.admin.calls())
     for m in methods:
-        cloud.admin.add_fault(m, mode, count=4)
+        cloud.admin.add_fault(m, mode, count=4 if m == forced else ABSORBED[mode])
     try:
-        _run_until_done(call, change_id, runs=len(methods) + 2)
+        runs = _run_until_done(call, change_id, runs=3)
     finally:
         cloud.admin.clear_faults()
+    assert runs == 2, f"{change_id}: {runs} runs; the fault on {forced} should have failed exactly one"
     return {c["method"] for c in cloud.admin.calls()[start:] if c["outcome"] == f"fault:{mode}"}
 
 
@@ -301,90 +310,102 @@ def quick_retries(monkeypatch):
     monkeypatch.setenv("HAPLANE_GCE_READ_RETRY_S", "3")
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_add_remove_fault(mode, cloud, prefect_api, quick_retries):
-    """1 -> 2 -> 3 -> 2 -> 1 (endpoint mode as-needed: the load balancer is created going 1 -> 2 and
-    deleted going 2 -> 1, so every GCE mutating method of add-replica and remove-replica is called), each
-    change with a fault on every method it calls, resumed until done; quorum watched throughout."""
+def test_add_remove_fault(cloud, prefect_api, quick_retries):
+    """1 -> 2 -> 3 -> 2 -> 1, once per fault mode (503, operation error), endpoint mode as-needed: the load
+    balancer is created going 1 -> 2 and deleted going 2 -> 1, so every GCE mutating method of add-replica
+    and remove-replica is called. Each change has a fault on every method it calls; one of them fails the
+    run, which is resumed. Quorum is watched throughout each change."""
     cluster = f"fa-{uuid.uuid4().hex[:6]}"
     create_cluster(cluster=cluster, region=REGION, zones=ZONES, replicas=1, load_balancer="as-needed")
-    hit: set[str] = set()
-    for n, methods in ((2, ADD_LB), (3, ADD_POOL)):
-        _watched(cloud, cluster, _ips(cloud, cluster), lambda methods=methods, n=n: hit.update(_faulted(
-            cloud, methods, mode, lambda cid: add_replica(cluster=cluster, change_id=cid), f"add{n}-{cluster}")))
-        _converged(cloud, cluster, n)
-    for n, methods in ((2, REMOVE_POOL), (1, REMOVE_LB)):
-        victim = cloud.gce.list_instances(ZONES, labels={LABEL_CLUSTER: cluster})[-1]
-        _watched(cloud, cluster, _ips(cloud, cluster, but=victim.name), lambda methods=methods, n=n, v=victim: hit.update(
-            _faulted(cloud, methods, mode, lambda cid: remove_replica(cluster=cluster, zone=v.zone, replica_name=v.name,
-                                                                    change_id=cid), f"remove{n}-{cluster}")))
-        _converged(cloud, cluster, n, pool=n > 1)
-    assert hit == set(ADD_LB + ADD_POOL + REMOVE_POOL + REMOVE_LB), f"faults never hit: {set(ADD_LB + ADD_POOL + REMOVE_POOL + REMOVE_LB) - hit}"
+    every = set(ADD_LB + ADD_POOL + REMOVE_POOL + REMOVE_LB)
+    for i, mode in enumerate(MODES):
+        hit: set[str] = set()
+        for n, methods in ((2, ADD_LB), (3, ADD_POOL)):
+            with QuorumWatcher(cluster, _ips(cloud, cluster)) as watcher:
+                hit |= _faulted(cloud, methods, mode, methods[(n + i) % len(methods)],
+                                lambda cid: add_replica(cluster=cluster, change_id=cid), f"add{n}-{mode}-{cluster}")
+            _quorum_held(watcher)
+            _converged(cloud, cluster, n)
+        for n, methods in ((2, REMOVE_POOL), (1, REMOVE_LB)):
+            victim = cloud.gce.list_instances(ZONES, labels={LABEL_CLUSTER: cluster})[-1]
+            with QuorumWatcher(cluster, _ips(cloud, cluster, but=victim.name)) as watcher:
+                hit |= _faulted(cloud, methods, mode, methods[(n + i) % len(methods)],
+                                lambda cid, v=victim: remove_replica(cluster=cluster, zone=v.zone, replica_name=v.name,
+                                                                     change_id=cid), f"remove{n}-{mode}-{cluster}")
+            _quorum_held(watcher)
+            _converged(cloud, cluster, n, pool=n > 1)
+        assert hit == every, f"{mode} faults never hit: {every - hit}"
     assert _carried_out_twice(cloud.admin.calls()) == []
     delete_cluster(cluster=cluster)
     assert _leftovers(cloud, cluster) == [] and cloud.processes() == []
     assert _key_material(Path(prefect_api.home)) == []
 
 
-def _hung_walk(cloud, call, change_id: str, methods: list[str]) -> set[str]:
-    """``call`` with a hung operation (``hang``, count 1) on each of ``methods``: a run that meets one
-    must fail within the wait's bound with :class:`GceTimeout` (naming the operation and the setting,
-    saying it was not sent again); the hang is released (``clear_faults``), the methods not hung yet
-    are armed again, and the change is run again with the same id, until it succeeds. Returns the
-    methods that hung; every mutating method the flow called must be among them."""
-    start, hung = len(cloud.admin.calls()), set()
-    for _ in range(len(methods) + 4):
+def _hung_walk(cloud, call, change_id: str, methods: set[str], hung: set[str]) -> None:
+    """``call`` with a hung operation (``hang``, count 1) on each of ``methods`` not in ``hung`` yet (all
+    of them if none is left): a run that meets one must fail within the wait's bound with
+    :class:`GceTimeout`, naming the operation and the setting and saying it was not sent again; the
+    hang is released (``clear_faults``: the operation goes on), the methods not hung yet are armed
+    again, and the change is run again with the same id, until it succeeds. Adds what hung to ``hung``."""
+    armed = (methods - hung) or methods
+    start, here = len(cloud.admin.calls()), set()
+    for _ in range(len(armed) + 4):
         before = len(cloud.admin.calls())
-        for m in sorted(set(methods) - hung):
+        for m in sorted(armed - here):
             cloud.admin.add_fault(m, "hang", count=1)
         try:
             call(change_id)
         except GceTimeout as exc:
             assert "not sent again" in str(exc) and "HAPLANE_" in str(exc) and exc.op.name in str(exc), str(exc)
-            hung |= {c["method"] for c in cloud.admin.calls()[before:] if c["outcome"] == "fault:hang"}
-            cloud.admin.clear_faults()  # the stuck operations go on and finish
+            here |= {c["method"] for c in cloud.admin.calls()[before:] if c["outcome"] == "fault:hang"}
             continue
         finally:
             cloud.admin.clear_faults()
+        assert here, f"{change_id}: no operation of {sorted(armed)} hung"
         called = {c["method"] for c in _mutating(cloud.admin.calls()[start:])}
-        assert called <= hung, f"never hung: {called - hung}"
-        return hung
-    raise AssertionError(f"{change_id} did not converge; hung so far: {sorted(hung)}")
+        assert armed & called <= here, f"{change_id}: called but never hung: {(armed & called) - here}"
+        hung |= here
+        return
+    raise AssertionError(f"{change_id} did not converge; hung so far: {sorted(here)}")
 
 
 def test_hung_operations(cloud, prefect_api, quick_retries, monkeypatch):
-    """A GCE operation that never finishes, on every mutating method of create (3), replace, remove, add and
-    delete: the wait gives up within its bound with a clear error, the change is resumed with the same
-    change_id after the operation is released, and it converges with no call carried out twice."""
+    """A GCE operation that never finishes, on every mutating method that create (3), replace, remove,
+    add and delete call (each method once, each flow at least once): the wait gives up within its
+    bound with a clear error, the change is resumed with the same change_id once the operation is
+    released, and it converges with no call carried out twice."""
     monkeypatch.setenv("HAPLANE_OP_WAIT_S", "3")
     monkeypatch.setenv("HAPLANE_LB_WAIT_S", "3")
     cluster = f"fh-{uuid.uuid4().hex[:6]}"
-    every = sorted(set(CREATE_METHODS + DELETE_METHODS + ADD_POOL + REMOVE_POOL + REPLACE_METHODS))
-    hung = _hung_walk(cloud, lambda cid: create_cluster(cluster=cluster, region=REGION, zones=ZONES, replicas=3,
-                                                        change_id=cid), f"create-{cluster}", every)
+    hung: set[str] = set()
+    _hung_walk(cloud, lambda cid: create_cluster(cluster=cluster, region=REGION, zones=ZONES, replicas=3,
+                                                 change_id=cid), f"create-{cluster}", set(CREATE_METHODS + ADD_POOL), hung)
     assert set(CREATE_METHODS) <= hung
     vms = _converged(cloud, cluster, 3)
 
     victim = vms[1]
     cloud.admin.kill_vm(PROJECT, victim.zone, victim.name)
-    _watched(cloud, cluster, _ips(cloud, cluster, but=victim.name), lambda: hung.update(_hung_walk(
+    _watched(cloud, cluster, _ips(cloud, cluster, but=victim.name), lambda: _hung_walk(
         cloud, lambda cid: replace_replica(cluster=cluster, replica_name=victim.name, change_id=cid),
-        f"replace-{cluster}", every)))
+        f"replace-{cluster}", set(REPLACE_METHODS), hung))
     vms = _converged(cloud, cluster, 3)
     assert victim.name not in {v.name for v in vms}
 
     victim = vms[-1]
-    _watched(cloud, cluster, _ips(cloud, cluster, but=victim.name), lambda: hung.update(_hung_walk(
+    _watched(cloud, cluster, _ips(cloud, cluster, but=victim.name), lambda: _hung_walk(
         cloud, lambda cid: remove_replica(cluster=cluster, zone=victim.zone, replica_name=victim.name, change_id=cid),
-        f"remove-{cluster}", every)))
+        f"remove-{cluster}", {"compute.instances.delete"}, hung))
     _converged(cloud, cluster, 2)
-    _watched(cloud, cluster, _ips(cloud, cluster), lambda: hung.update(_hung_walk(
-        cloud, lambda cid: add_replica(cluster=cluster, change_id=cid), f"add-{cluster}", every)))
+    _watched(cloud, cluster, _ips(cloud, cluster), lambda: _hung_walk(
+        cloud, lambda cid: add_replica(cluster=cluster, change_id=cid), f"add-{cluster}",
+        {"compute.targetPools.addInstance"}, hung))
     _converged(cloud, cluster, 3)
     assert _carried_out_twice(cloud.admin.calls()) == []
 
-    hung |= _hung_walk(cloud, lambda cid: delete_cluster(cluster=cluster, change_id=cid), f"delete-{cluster}", every)
-    assert hung == set(every), f"never hung: {set(every) - hung}"
+    _hung_walk(cloud, lambda cid: delete_cluster(cluster=cluster, change_id=cid), f"delete-{cluster}",
+               set(DELETE_METHODS), hung)
+    every = set(CREATE_METHODS + DELETE_METHODS + ADD_POOL + REMOVE_POOL + REPLACE_METHODS)
+    assert hung == every, f"never hung: {every - hung}"
     assert _leftovers(cloud, cluster) == [] and load_cas(cluster) is None and cloud.processes() == []
     assert _carried_out_twice(cloud.admin.calls()) == []
     assert _key_material(Path(prefect_api.home)) == []
@@ -438,6 +459,7 @@ def _zone_fails_during(cloud, zone: str, call, change_id: str) -> None:
     after = _mutating(cloud.admin.calls()[outage.failed_at:])
     assert not [c for c in after if c["method"].endswith(DESTRUCTIVE) and c["status"] < REJECTED], after
     assert zone in str(stopped.value) or "could not be read" in str(stopped.value), str(stopped.value)
+    print(f"{change_id}: stopped with {type(stopped.value).__name__}: {str(stopped.value)[:300]}")
     _zone_returns(cloud, zone)
     _run_until_done(call, change_id, runs=2)
 
