@@ -29,10 +29,8 @@ import datetime as dt
 import json
 import os
 import platform
-import shutil
 import ssl
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -46,11 +44,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.common import delete_clusters, prefect_server  # noqa: E402
 from haplane.emulator.admin import EmulatorAdmin  # noqa: E402
 from haplane.emulator.server import Emulator  # noqa: E402
 from haplane.emulator.vm import ProcessRuntime  # noqa: E402
 from haplane.etcd import EndpointStatus, EtcdClient, EtcdTLS  # noqa: E402
-from tests.fixtures.prefect import PrefectServer  # noqa: E402
 
 PROJECT = "haplane-bench"
 REGION = "europe-west1"
@@ -308,7 +306,6 @@ def draw(case: Case, path: Path) -> None:
 def run(time_scale: float, create_scale: float, out: Path, work: Path) -> None:
     from flows.add_replica import add_replica
     from flows.create_cluster import create_cluster
-    from flows.delete_cluster import delete_cluster
     from flows.health_check import health_check
     from flows.replace_replica import replace_replica
     from haplane.node import client_url
@@ -423,11 +420,7 @@ def run(time_scale: float, create_scale: float, out: Path, work: Path) -> None:
         emulator.latency.configure(profile="instant", time_scale=1.0)
     finally:
         emulator.latency.configure(profile="instant", time_scale=1.0)
-        for cluster in created:
-            try:
-                delete_cluster(cluster=cluster)
-            except Exception as exc:  # keep tearing down the others
-                print(f"could not delete {cluster}: {exc}", file=sys.stderr)
+        delete_clusters(created)
         admin.close()
         emulator.stop()
 
@@ -507,29 +500,8 @@ def main(argv: list[str] | None = None) -> int:
         redraw(args.out)
         return 0
 
-    work = Path(tempfile.mkdtemp(prefix="haplane-avail-"))
-    home = work / "prefect-home"
-    home.mkdir()
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_UI_ENABLED", "false")
-    if not args.verbose:
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    server = PrefectServer(home)
-    print(f"starting a Prefect server (work dir {work})", flush=True)
-    server.start()
-    try:
-        os.environ["PREFECT_API_URL"], os.environ["PREFECT_HOME"] = server.url, str(home)
-        from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
-
-        with temporary_settings(updates={PREFECT_API_URL: server.url, PREFECT_HOME: str(home)}):
-            run(args.time_scale, args.create_scale, args.out, work)
-    except BaseException:
-        print(f"failed; logs kept in {work}", file=sys.stderr)
-        raise
-    else:
-        shutil.rmtree(work, ignore_errors=True)
-    finally:
-        server.stop()
+    with prefect_server("haplane-avail-", args.verbose) as work:
+        run(args.time_scale, args.create_scale, args.out, work)
     return 0
 
 

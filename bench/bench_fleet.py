@@ -243,6 +243,13 @@ def _postmaster(pg: Postgres) -> int:
     return int((pg.data / "postmaster.pid").read_text().split()[0])
 
 
+def _overlapping(check: dict, checks: list[dict]) -> bool:
+    """Whether another check of the same cluster ran at some time while ``check`` ran."""
+    cluster, lo, hi = check["parameters"].get("cluster"), ts(check["start_time"]), ts(check["end_time"]) or time.time()
+    return any(c is not check and c["parameters"].get("cluster") == cluster and c["start_time"]
+               and ts(c["start_time"]) < hi and (ts(c["end_time"]) or time.time()) > lo for c in checks)
+
+
 def report(r: dict) -> None:
     args = r["args"]
     lo, hi = r["steady_window"]
@@ -255,6 +262,7 @@ def report(r: dict) -> None:
     never = [c for c in measured if not c["start_time"]]
     skipped = [c for c in measured if "another health check" in ((c["state"] or {}).get("message") or "")]
     failed = [c for c in measured if c["state_type"] in ("FAILED", "CRASHED")]
+    alone = [c for c in skipped if not _overlapping(c, checks)]
     expected = len(r["names"]) * (r["end"] - args.interval - lo) / args.interval
 
     print()
@@ -294,6 +302,7 @@ def report(r: dict) -> None:
         print(f"{'start - scheduled start, worst s':<58}{max(late):>12.1f}")
         print(f"{'late by more than 15 s':<58}{sum(x > 15 for x in late):>12}")
     print(f"{'skipped (previous check of the cluster still running)':<58}{len(skipped):>12}")
+    print(f"{'  of which no other check of the cluster was running':<58}{len(alone):>12}")
     print(f"{'never started':<58}{len(never):>12}")
     print(f"{'failed or crashed':<58}{len(failed):>12}")
 

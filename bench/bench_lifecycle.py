@@ -27,12 +27,10 @@ import datetime as dt
 import os
 import platform
 import re
-import shutil
 import signal
 import ssl
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -45,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # tests.fixtures.prefect (the Prefect server helper), flows, tasks
 
+from bench.common import delete_clusters, prefect_server, print_seconds  # noqa: E402
 from haplane import node, pki  # noqa: E402
 from haplane.emulator.admin import EmulatorAdmin  # noqa: E402
 from haplane.emulator.server import Emulator  # noqa: E402
@@ -52,7 +51,6 @@ from haplane.emulator.vm import ProcessRuntime  # noqa: E402
 from haplane.etcd import EtcdClient, EtcdTLS  # noqa: E402
 from haplane.processes import stop_group  # noqa: E402
 from tests.fixtures.etcd import allocate_subnet  # noqa: E402
-from tests.fixtures.prefect import PrefectServer  # noqa: E402
 
 PROJECT = "haplane-bench"
 REGION = "europe-west1"
@@ -165,7 +163,6 @@ def reported_downtime(cluster: str) -> float | None:
 def run(time_scale: float, work: Path) -> None:
     from flows.add_replica import add_replica
     from flows.create_cluster import create_cluster
-    from flows.delete_cluster import delete_cluster
     from flows.replace_replica import replace_replica
     from tasks.pki import load_cas
 
@@ -209,11 +206,7 @@ def run(time_scale: float, work: Path) -> None:
         timed(figures, "e", lambda: create_cluster(cluster=names["e"], region=REGION, zones=ZONES, replicas=3))
     finally:
         emulator.latency.configure(profile="instant", time_scale=1.0)
-        for cluster in created:
-            try:
-                delete_cluster(cluster=cluster)
-            except Exception as exc:  # keep tearing down the others
-                print(f"could not delete {cluster}: {exc}", file=sys.stderr)
+        delete_clusters(created)
         admin.close()
         emulator.stop()
     report(figures, time_scale)
@@ -231,13 +224,8 @@ def report(f: dict[str, float], time_scale: float) -> None:
         ("    total", f["d"]),
         (f"(e) create_cluster, 3 at once, gce x{time_scale:g}", f["e"]),
     ]
-    width = max(len(r[0]) for r in rows)
-    print()
-    print(f"haplane lifecycle benchmark, {dt.date.today().isoformat()}, {platform.machine()}, "
-          f"{os.cpu_count()} CPUs, Python {platform.python_version()}")
-    print(f"{'step'.ljust(width)}  seconds")
-    for label, value in rows:
-        print(f"{label.ljust(width)}  {value:7.1f}")
+    print_seconds(f"haplane lifecycle benchmark, {dt.date.today().isoformat()}, {platform.machine()}, "
+          f"{os.cpu_count()} CPUs, Python {platform.python_version()}", rows)
     print()
     print(f"(a)/(b) haplane's create over the floor:           {f['a'] / f['b']:.1f}x")
     print(f"(c)/(b) replace over the floor:                    {f['c'] / f['b']:.1f}x")
@@ -255,29 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verbose", action="store_true", help="show the flows' logs")
     args = parser.parse_args(argv)
 
-    work = Path(tempfile.mkdtemp(prefix="haplane-bench-"))
-    home = work / "prefect-home"
-    home.mkdir()
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_UI_ENABLED", "false")
-    if not args.verbose:
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    server = PrefectServer(home)
-    print(f"starting a Prefect server (work dir {work})", flush=True)
-    server.start()
-    try:
-        os.environ["PREFECT_API_URL"], os.environ["PREFECT_HOME"] = server.url, str(home)
-        from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
-
-        with temporary_settings(updates={PREFECT_API_URL: server.url, PREFECT_HOME: str(home)}):
-            run(args.time_scale, work)
-    except BaseException:
-        print(f"failed; logs kept in {work}", file=sys.stderr)
-        raise
-    else:
-        shutil.rmtree(work, ignore_errors=True)
-    finally:
-        server.stop()
+    with prefect_server("haplane-bench-", args.verbose) as work:
+        run(args.time_scale, work)
     return 0
 
 

@@ -24,11 +24,9 @@ import argparse
 import datetime as dt
 import os
 import platform
-import shutil
 import ssl
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -40,10 +38,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.common import delete_clusters, prefect_server, print_seconds  # noqa: E402
 from haplane.emulator.server import Emulator  # noqa: E402
 from haplane.emulator.vm import ProcessRuntime  # noqa: E402
 from haplane.processes import stop_group  # noqa: E402
-from tests.fixtures.prefect import PrefectServer, free_port  # noqa: E402
+from tests.fixtures.prefect import free_port  # noqa: E402
 
 PROJECT = "haplane-bench"
 REGION = "europe-west1"
@@ -118,7 +117,6 @@ def gcs_block(work: Path) -> str:
 def run(keys: int, value_bytes: int, storage: str, work: Path) -> dict[str, float]:
     from blocks.cluster import ClusterSpec
     from flows.create_cluster import create_cluster
-    from flows.delete_cluster import delete_cluster
     from flows.restore_cluster import restore_cluster
     from flows.snapshot_cluster import snapshot_cluster
     from haplane import snapshots as snap
@@ -194,10 +192,7 @@ def run(keys: int, value_bytes: int, storage: str, work: Path) -> dict[str, floa
               flush=True)
     finally:
         if created:
-            try:
-                delete_cluster(cluster=cluster)
-            except Exception as exc:
-                print(f"could not delete {cluster}: {exc}", file=sys.stderr)
+            delete_clusters([cluster])
         emulator.stop()
     return f
 
@@ -211,13 +206,8 @@ def report(f: dict[str, float], keys: int, value_bytes: int, storage: str) -> No
         ("restore_cluster: API answers through the endpoint IP", f["api_back"]),
         (f"restore_cluster: back at {f['members']:.0f} replicas (RTO)", f["restore"]),
     ]
-    width = max(len(r[0]) for r in rows)
-    print()
-    print(f"haplane snapshot benchmark, {dt.date.today().isoformat()}, {platform.machine()}, {os.cpu_count()} CPUs, "
-          f"Python {platform.python_version()}, emulator latency profile 'instant'")
-    print(f"{'step'.ljust(width)}  seconds")
-    for label, value in rows:
-        print(f"{label.ljust(width)}  {value:7.1f}")
+    print_seconds(f"haplane snapshot benchmark, {dt.date.today().isoformat()}, {platform.machine()}, {os.cpu_count()} CPUs, "
+          f"Python {platform.python_version()}, emulator latency profile 'instant'", rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -229,37 +219,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verbose", action="store_true", help="show the flows' logs")
     args = parser.parse_args(argv)
 
-    work = Path(tempfile.mkdtemp(prefix="haplane-bench-snap-"))
-    home = work / "prefect-home"
-    home.mkdir()
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_UI_ENABLED", "false")
-    if not args.verbose:
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    server = PrefectServer(home)
-    gcs = None
-    print(f"starting a Prefect server (work dir {work})", flush=True)
-    server.start()
-    try:
-        os.environ["PREFECT_API_URL"], os.environ["PREFECT_HOME"] = server.url, str(home)
-        from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
-
-        with temporary_settings(updates={PREFECT_API_URL: server.url, PREFECT_HOME: str(home)}):
+    with prefect_server("haplane-bench-snap-", args.verbose) as work:
+        gcs = None
+        try:
             storage = "local"
             if args.storage == "gcs":
                 gcs = start_gcs(work)
                 storage = gcs_block(work)
             figures = run(args.keys, args.value_bytes, storage, work)
-        report(figures, args.keys, args.value_bytes, args.storage)
-    except BaseException:
-        print(f"failed; logs kept in {work}", file=sys.stderr)
-        raise
-    else:
-        shutil.rmtree(work, ignore_errors=True)
-    finally:
-        if gcs is not None:
-            stop_group(gcs)
-        server.stop()
+        finally:
+            if gcs is not None:
+                stop_group(gcs)
+    report(figures, args.keys, args.value_bytes, args.storage)
     return 0
 
 

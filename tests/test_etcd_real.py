@@ -24,6 +24,7 @@ from haplane.etcd import (
     remove_member_when_ready,
 )
 from haplane.quorum import assess, can_add, can_promote, can_remove, can_replace
+from tests.fixtures.poll import eventually
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -31,16 +32,6 @@ pytestmark = pytest.mark.timeout(120)
 def leader_of(client: EtcdClient) -> int:
     return client.leader()[0]
 
-
-def wait_until(pred, timeout: float, what: str, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def health_of(cluster, client: EtcdClient):
@@ -76,7 +67,7 @@ def test_one_member_grows_to_three_moves_leader_and_shrinks(etcd_cluster_factory
     learner2, proc2 = c.join("m2")
     h = health_of(c, client)
     assert any(x.id == learner2.id and x.is_learner for x in h)
-    wait_until(lambda: can_promote(health_of(c, client), learner2.id).allowed, 20, "learner m2 to catch up")
+    eventually(lambda: can_promote(health_of(c, client), learner2.id).allowed, 20, "learner m2 to catch up", interval=0.2)
     promote_when_ready(client, learner2.id, timeout=20)
     c.wait_healthy(c.running())
     members = client.member_list()
@@ -91,7 +82,7 @@ def test_one_member_grows_to_three_moves_leader_and_shrinks(etcd_cluster_factory
     # move leadership to m2, then remove the original member (leadership moves away first)
     client = c.client()  # all three endpoints
     client.move_leader(learner2.id)
-    assert wait_until(lambda: leader_of(client) == learner2.id, 10, "m2 to lead")
+    assert eventually(lambda: leader_of(client) == learner2.id, 10, "m2 to lead", interval=0.2)
     statuses = [s for s in client.statuses() if isinstance(s, EndpointStatus)]
     assert len(statuses) == 3 and {s.leader_id for s in statuses} == {learner2.id}
     assert sum(s.is_leader for s in statuses) == 1
@@ -138,7 +129,7 @@ def test_three_members_replace_a_dead_one(etcd_cluster_factory):
 
     # replace: remove first (3 -> 2), then add a learner in the same "zone", promote (2 -> 3)
     if leader_of(client) == members["m2"].id:  # pragma: no cover - a dead member cannot lead for long
-        wait_until(lambda: leader_of(client) != members["m2"].id, 10, "a new leader")
+        eventually(lambda: leader_of(client) != members["m2"].id, 10, "a new leader", interval=0.2)
     remove_member_when_ready(client, members["m2"].id)
     c.remove_proc("m2")
     learner, _ = c.join("m3")
@@ -159,7 +150,7 @@ def test_five_members_lose_two_keep_quorum_and_replace(etcd_cluster_factory):
     # move leadership to m4, then take two followers down: 3 of 5 still commit
     target = ids["m4"] if leader != ids["m4"] else ids["m3"]
     client.move_leader(target)
-    assert wait_until(lambda: leader_of(client) == target, 10, "leadership to move")
+    assert eventually(lambda: leader_of(client) == target, 10, "leadership to move", interval=0.2)
     victims = [n for n in ("m0", "m1", "m2", "m3") if ids[n] != target][:2]
     for n in victims:
         c.members[n].kill()

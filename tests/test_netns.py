@@ -27,6 +27,7 @@ from haplane.node import APISERVER_PORT, ETCD_CLIENT_PORT, ETCD_PEER_PORT, clien
 from tasks.pki import load_cas
 from tests.fixtures.cluster import PROJECT, api_through, vm_runtime
 from tests.fixtures.emulator import wait_op
+from tests.fixtures.poll import eventually
 
 pytestmark = pytest.mark.long
 
@@ -52,16 +53,6 @@ def connects(ip: str, port: int, timeout: float = 3.0) -> bool:
     except OSError:
         return False
 
-
-def eventually(check, timeout: float, what: str, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(interval)
 
 
 def _host_state(prefix: str, net: str) -> str:

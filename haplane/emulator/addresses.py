@@ -21,14 +21,13 @@ from haplane.emulator.errors import OperationError, already_exists, in_use, inva
 from haplane.emulator.resources import (
     Call,
     Ctx,
-    aggregated_reply,
     check_name,
     get_or_404,
     labelled,
-    list_reply,
     refresh_address,
     release_ip,
     resource_path,
+    scoped_list_handlers,
 )
 from haplane.emulator.store import now_rfc3339, public
 
@@ -109,17 +108,7 @@ def get(ctx: Ctx, call: Call) -> dict:
         return public(get_or_404(ctx.store.addresses, _key(call), _path(call)))
 
 
-def list_(ctx: Ctx, call: Call) -> dict:
-    region = call.params["region"]
-    with ctx.store.lock:
-        found = [a for (p, r, _), a in ctx.store.addresses.items() if p == call.project and r == region]
-        return list_reply(ctx, call, "compute#addressList", "addresses", found)
-
-
-def aggregated_list(ctx: Ctx, call: Call) -> dict:
-    with ctx.store.lock:
-        return aggregated_reply(ctx, call, "compute#addressAggregatedList", "addresses", ctx.store.addresses,
-                                ("regions",))
+list_, aggregated_list = scoped_list_handlers("addresses", "address", "addresses", "region")
 
 
 def delete(ctx: Ctx, call: Call) -> dict:

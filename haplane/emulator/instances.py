@@ -21,13 +21,12 @@ from haplane.emulator.resources import (
     LABEL_VALUE_RE,
     Call,
     Ctx,
-    aggregated_reply,
     check_name,
     get_or_404,
-    list_reply,
     refresh_address,
     release_ip,
     resource_path,
+    scoped_list_handlers,
     vm_view,
 )
 from haplane.emulator.store import fingerprint, now_rfc3339, public
@@ -273,17 +272,7 @@ def get(ctx: Ctx, call: Call) -> dict:
         return public(_instance(ctx, call))
 
 
-def list_(ctx: Ctx, call: Call) -> dict:
-    zone = call.params["zone"]
-    with ctx.store.lock:
-        found = [i for (p, z, _), i in ctx.store.instances.items() if p == call.project and z == zone]
-        return list_reply(ctx, call, "compute#instanceList", "instances", found)
-
-
-def aggregated_list(ctx: Ctx, call: Call) -> dict:
-    with ctx.store.lock:
-        return aggregated_reply(ctx, call, "compute#instanceAggregatedList", "instances", ctx.store.instances,
-                                ("zones",))
+list_, aggregated_list = scoped_list_handlers("instances", "instance", "instances", "zone")
 
 
 def _free_instance_ips(ctx: Ctx, inst: dict) -> None:

@@ -37,6 +37,7 @@ from haplane.emulator.resources import (
     refresh_address,
     release_ip,
     resource_path,
+    scoped_list_handlers,
     vm_view,
 )
 from haplane.emulator.runtime import VmView
@@ -216,17 +217,7 @@ def tp_get(ctx: Ctx, call: Call) -> dict:
         return public(get_or_404(ctx.store.target_pools, _tp_key(call), _tp_path(call)))
 
 
-def tp_list(ctx: Ctx, call: Call) -> dict:
-    region = call.params["region"]
-    with ctx.store.lock:
-        found = [t for (p, r, _), t in ctx.store.target_pools.items() if p == call.project and r == region]
-        return list_reply(ctx, call, "compute#targetPoolList", "targetPools", found)
-
-
-def tp_aggregated_list(ctx: Ctx, call: Call) -> dict:
-    with ctx.store.lock:
-        return aggregated_reply(ctx, call, "compute#targetPoolAggregatedList", "targetPools",
-                                ctx.store.target_pools, ("regions",))
+tp_list, tp_aggregated_list = scoped_list_handlers("target_pools", "targetPool", "targetPools", "region")
 
 
 def tp_delete(ctx: Ctx, call: Call) -> dict:
@@ -430,17 +421,8 @@ def fr_get(ctx: Ctx, call: Call) -> dict:
         return public(get_or_404(ctx.store.forwarding_rules, _fr_key(call), _fr_path(call)))
 
 
-def fr_list(ctx: Ctx, call: Call) -> dict:
-    region = call.params["region"]
-    with ctx.store.lock:
-        found = [f for (p, r, _), f in ctx.store.forwarding_rules.items() if p == call.project and r == region]
-        return list_reply(ctx, call, "compute#forwardingRuleList", "forwardingRules", found)
-
-
-def fr_aggregated_list(ctx: Ctx, call: Call) -> dict:
-    with ctx.store.lock:
-        return aggregated_reply(ctx, call, "compute#forwardingRuleAggregatedList", "forwardingRules",
-                                ctx.store.forwarding_rules, ("regions",))
+fr_list, fr_aggregated_list = scoped_list_handlers("forwarding_rules", "forwardingRule", "forwardingRules",
+                                                  "region")
 
 
 def fr_delete(ctx: Ctx, call: Call) -> dict:

@@ -156,6 +156,25 @@ def aggregated_reply(ctx: Ctx, call: Call, kind: str, collection: str, table: di
                                     unreachable)
 
 
+def scoped_list_handlers(table: str, resource: str, collection: str, scope: str):
+    """``list`` and ``aggregatedList`` of a zonal (``scope="zone"``) or regional (``"region"``) collection
+    kept in the store table ``table``, keyed ``(project, zone|region, name)``; ``resource`` names the
+    kinds (``compute#{resource}List``, ``compute#{resource}AggregatedList``)."""
+
+    def list_(ctx: Ctx, call: Call) -> dict:
+        where = call.params[scope]
+        with ctx.store.lock:
+            found = [r for (p, s, _), r in getattr(ctx.store, table).items() if p == call.project and s == where]
+            return list_reply(ctx, call, f"compute#{resource}List", collection, found)
+
+    def aggregated_list(ctx: Ctx, call: Call) -> dict:
+        with ctx.store.lock:
+            return aggregated_reply(ctx, call, f"compute#{resource}AggregatedList", collection,
+                                    getattr(ctx.store, table), (scope + "s",))
+
+    return list_, aggregated_list
+
+
 def get_or_404(table: dict, key: tuple, path: str) -> dict:
     resource = table.get(key)
     if resource is None:
