@@ -20,7 +20,7 @@ from haplane.ownership import SpecWhere, check_delete
 from haplane.plans import Plan, plan_delete
 from haplane.topology import check_cluster_name
 from tasks.cluster import forget_cluster, gce_footprint, load_spec
-from tasks.steps import Change
+from tasks.steps import Change, remember
 
 
 @flow(name="delete-cluster", log_prints=True)
@@ -38,10 +38,12 @@ def delete_cluster(
     change = Change(cluster, change_id or f"delete-{flow_run.get_id()}", connection)
     project = change.gce().project
 
-    def plan_for(state, _running):
-        # a view that shows nothing may be a wrong connection: never delete the CA on it
-        check_delete(cluster, project, SpecWhere(spec.region, spec.project, spec.uid),
-                     gce_footprint(cluster, spec.region, connection, ours_only=True), gone)
+    def plan_for(state, running):
+        # a view that shows nothing may be a wrong connection: never delete the CA on it -- unless this
+        # change itself emptied GCE: a resumed run (same change_id) counts what its first run found
+        found = gce_footprint(cluster, spec.region, connection, ours_only=True)
+        started_with = remember(change, "footprint", found) if running else found
+        check_delete(cluster, project, SpecWhere(spec.region, spec.project, spec.uid), found or started_with, gone)
         return plan_delete(state)
 
     plan = run_change(change, spec, plan_for, dry_run, report=False)

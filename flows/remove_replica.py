@@ -19,9 +19,10 @@ from pydantic import Field
 
 from flows.change import run_change
 from flows.params import ChangeId, ClusterName, Connection, DryRun, SkipSnapshot, Zone, documented
-from haplane.plans import Plan, plan_remove
+from haplane.model import ClusterState
+from haplane.plans import Plan, PlanRefused, plan_remove, plan_remove_resumed
 from tasks.cluster import load_spec
-from tasks.steps import Change
+from tasks.steps import Change, remember
 
 
 @flow(name="remove-replica", log_prints=True)
@@ -41,5 +42,15 @@ def remove_replica(
         raise ValueError("delete_nodes=True is not supported: haplane manages master replicas only and keeps "
                          "worker nodes; delete nodes with your node-pool tooling")
     change = Change(cluster, change_id or f"remove-{flow_run.get_id()}", connection)
-    return run_change(change, spec, lambda state, _: plan_remove(state, zone, replica_name, mode=spec.load_balancer),
-                      dry_run, skip_snapshot=skip_snapshot)
+
+    def plan_for(state: ClusterState, running: bool) -> Plan:
+        if not running:
+            return plan_remove(state, zone, replica_name, mode=spec.load_balancer)
+        try:
+            first = plan_remove(state, zone, replica_name, mode=spec.load_balancer).replica or ""
+        except PlanRefused:
+            first = ""
+        # the replica a resumed run removes is the one the change's first run chose
+        return plan_remove_resumed(state, zone, replica_name, remember(change, "victim", first), spec.load_balancer)
+
+    return run_change(change, spec, plan_for, dry_run, skip_snapshot=skip_snapshot)

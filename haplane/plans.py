@@ -375,6 +375,19 @@ def plan_remove(state: ClusterState, zone: str, replica: str | None, prefix: str
                 zone=victim.zone, lb=lb, downtime=downtime)
 
 
+def plan_remove_resumed(state: ClusterState, zone: str, replica: str | None, chosen: str,
+                        mode: EndpointMode = EndpointMode.AS_NEEDED) -> Plan:
+    """remove-replica in a run of a change whose first run chose ``chosen`` ("" if it chose none): that
+    replica is the one removed, never another of its zone; once it is gone (VM and member), the change
+    is done and the plan is empty -- a resumed run is not refused because its own work is finished."""
+    if chosen and state.replica(chosen) is None:
+        voting = len(state.voting)
+        return Plan(action="remove-replica", cluster=state.cluster, steps=(), voting_before=voting,
+                    voting_after=voting, expected_seconds=0.0, replica=chosen,
+                    reason=f"{chosen} is gone: this change already removed it")
+    return plan_remove(state, zone, chosen or replica, mode=mode)
+
+
 def plan_replace(state: ClusterState, replica: str, change_id: str, known_zones: list[str],
                  spread_over: list[str] | None = None, mode: EndpointMode = EndpointMode.AS_NEEDED,
                  to_zone: str | None = None) -> tuple[Plan, Plan]:

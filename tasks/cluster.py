@@ -14,12 +14,14 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import time
 from collections.abc import Iterator
 
 from google.api_core import exceptions as gexc
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.client.orchestration import get_client
+from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError  # what a refused slot raises (3.x)
 from prefect.concurrency.sync import concurrency
 
 from blocks import delete_block_document
@@ -33,6 +35,7 @@ from tasks.pki import load_cas, read_cas
 from tasks.steps import Change, cluster_uid, probe
 
 LOCK_WAIT_S = 10.0
+RETRY_HELD_S = 1.0  # between two asks for a slot another run holds
 LOCK_LEASE_S = max(60.0, float(os.environ.get("HAPLANE_LOCK_LEASE_S", "120")))  # Prefect's minimum is 60 s
 
 
@@ -63,6 +66,30 @@ def force_unlock(cluster: str) -> bool:
     return True
 
 
+def hold(name: str, wait_s: float) -> contextlib.AbstractContextManager | None:
+    """Take the one slot of the global concurrency limit ``name`` with a lease of ``LOCK_LEASE_S``: the
+    entered context (exit it to release), or None when another run kept it for ``wait_s`` seconds.
+
+    Each ask is one request that is seen through (Prefect's ``max_retries=0``, no client timeout):
+    with ``timeout_seconds`` a slow API server counts as a holder, and a slot the server granted after
+    the client stopped waiting stays taken by nobody until its lease ends (measured: most scheduled
+    health checks of a loaded fleet "skipped" with no other check of their cluster running)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        ctx = concurrency(name, occupy=1, strict=True, max_retries=0, lease_duration=LOCK_LEASE_S)
+        try:
+            ctx.__enter__()
+            return ctx
+        except ConcurrencySlotAcquisitionError as exc:
+            cause = exc.__cause__
+            held = getattr(getattr(cause, "response", None), "status_code", None) == 423
+            if not held:
+                raise
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(RETRY_HELD_S)
+
+
 # Locks this flow run (and the subflows it runs in its thread) holds: the health check takes the cluster
 # lock to decide and runs replace-replica under that same hold.
 _HELD: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar("haplane_held_locks", default=frozenset())
@@ -76,14 +103,11 @@ def cluster_lock(cluster: str) -> Iterator[None]:
         yield
         return
     ensure_lock(cluster)
-    try:
-        ctx = concurrency(lock_name(cluster), occupy=1, strict=True, timeout_seconds=LOCK_WAIT_S,
-                          lease_duration=LOCK_LEASE_S)
-        ctx.__enter__()
-    except TimeoutError as exc:
+    ctx = hold(lock_name(cluster), LOCK_WAIT_S)
+    if ctx is None:
         raise ClusterBusy(
             f"another mutating flow is running on cluster {cluster!r} (lock {lock_name(cluster)!r} is held); "
-            f"nothing was changed: wait for that run to finish, then start this one again") from exc
+            f"nothing was changed: wait for that run to finish, then start this one again")
     token = _HELD.set(_HELD.get() | {cluster})
     try:
         yield

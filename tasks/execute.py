@@ -65,8 +65,6 @@ from tasks.pki import (
 )
 from tasks.steps import Change
 
-LB_WAIT_S = 3600.0  # the forwarding rule: ~20 min on GCE (the seed)
-
 
 @dataclass
 class Run:
@@ -111,8 +109,7 @@ def _firewall(run: Run, s: PlanStep, a: dict[str, Any]) -> Step:
 
 
 def _lb(submit: Callable, args: Callable[[dict], tuple]) -> Callable[[Run, PlanStep, dict], Step]:
-    return lambda run, s, a: Step(submit, s.id, s.text, args(a), timeout=LB_WAIT_S,
-                                  progress_key=f"{run.change.cluster}-load-balancer")
+    return lambda run, s, a: Step(submit, s.id, s.text, args(a), progress_key=f"{run.change.cluster}-load-balancer")
 
 
 GCE: dict[StepKind, Callable[[Run, PlanStep, dict[str, Any]], Step]] = {

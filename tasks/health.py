@@ -24,12 +24,11 @@ from typing import Any
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.client.orchestration import get_client
-from prefect.concurrency.sync import concurrency
 from prefect.events import emit_event
 from prefect.exceptions import ObjectNotFound
 
 from haplane.remediation import Attempt, Outcome, Verdict
-from tasks.cluster import LOCK_LEASE_S, lock_name
+from tasks.cluster import hold, lock_name
 from tasks.steps import probe
 
 REMEDIATION_TAG = "haplane-remediation"
@@ -50,11 +49,8 @@ def health_lock(cluster: str) -> Iterator[bool]:
     """Yields True holding ``health-<cluster>``; False (holding nothing) if another check has it."""
     with get_client(sync_client=True) as client:
         client.upsert_global_concurrency_limit_by_name(health_lock_name(cluster), limit=1)
-    try:
-        ctx = concurrency(health_lock_name(cluster), occupy=1, strict=True, timeout_seconds=HEALTH_LOCK_WAIT_S,
-                          lease_duration=LOCK_LEASE_S)
-        ctx.__enter__()
-    except TimeoutError:
+    ctx = hold(health_lock_name(cluster), HEALTH_LOCK_WAIT_S)
+    if ctx is None:
         yield False
         return
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextvars
 import threading
+import time
 import uuid
 
 import pytest
@@ -88,3 +89,80 @@ def test_busy_cluster_is_skipped_then_replaced_under_the_lock(cloud, monkeypatch
     names = {i.name for i in cloud.gce.list_instances(ZONES, labels={"haplane-cluster": cluster})}
     assert victim not in names and len(names) == 3
     delete_cluster(cluster=cluster)
+
+
+class SlowProxy:
+    """A TCP proxy in front of the Prefect server that holds every chunk a client sends for ``delay``
+    seconds: an API server slowed down by load, as a fleet's is."""
+
+    def __init__(self, upstream: str, delay: float) -> None:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(upstream)
+        self.host, self.port, self.path, self.delay = parts.hostname, parts.port, parts.path, delay
+        self.server = None
+
+    def __enter__(self) -> str:
+        import socket
+        import socketserver
+
+        proxy = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                up = socket.create_connection((proxy.host, proxy.port))
+                down = self.request
+
+                def back() -> None:
+                    try:
+                        while data := up.recv(65536):
+                            down.sendall(data)
+                    except OSError:
+                        pass
+                    finally:
+                        down.close()
+
+                threading.Thread(target=back, daemon=True).start()
+                try:
+                    while data := down.recv(65536):
+                        time.sleep(proxy.delay)
+                        up.sendall(data)
+                except OSError:
+                    pass
+                finally:
+                    up.close()
+
+        socketserver.ThreadingTCPServer.daemon_threads = True
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self.server.server_address[1]}{self.path}"
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_slow_api_server_is_not_taken_for_another_holder(prefect_api):
+    """Every request to the API takes 2.5 s, longer than the health check waits for its lock (2 s): the
+    lock is still taken when it is free (a slow server is not "another check is running"), refused
+    while another run holds it, and free again once released."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from tasks.cluster import hold
+    from tasks.health import HEALTH_LOCK_WAIT_S
+
+    name = f"health-slow-{uuid.uuid4().hex[:5]}"
+    with get_client(sync_client=True) as client:
+        client.upsert_global_concurrency_limit_by_name(name, limit=1)
+    with SlowProxy(prefect_api.url, delay=HEALTH_LOCK_WAIT_S + 0.5) as url, \
+            temporary_settings(updates={PREFECT_API_URL: url}):
+        first = hold(name, HEALTH_LOCK_WAIT_S)
+        assert first is not None, "a free lock behind a slow API server was taken for a held one"
+        try:
+            assert hold(name, HEALTH_LOCK_WAIT_S) is None
+        finally:
+            first.__exit__(None, None, None)
+    with get_client(sync_client=True) as client:
+        assert client.read_global_concurrency_limit_by_name(name).active_slots == 0
+        client.delete_global_concurrency_limit_by_name(name)
