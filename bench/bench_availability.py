@@ -49,58 +49,14 @@ from haplane.emulator.admin import EmulatorAdmin  # noqa: E402
 from haplane.emulator.server import Emulator  # noqa: E402
 from haplane.emulator.vm import ProcessRuntime  # noqa: E402
 from haplane.etcd import EndpointStatus, EtcdClient, EtcdTLS  # noqa: E402
+from tests.fixtures.canary import PERIOD, EndpointCanary, Sample  # noqa: E402
 
 PROJECT = "haplane-bench"
 REGION = "europe-west1"
 ZONES = ["europe-west1-b", "europe-west1-c", "europe-west1-d"]
-PERIOD = 0.1
 
 
 # --- what is measured ---------------------------------------------------------------------------
-
-@dataclass
-class Sample:
-    t: float  # wall-clock seconds
-    write_ok: bool
-    read_ok: bool
-
-
-class Canary:
-    """Every ``PERIOD`` s: a write through the endpoint (API server -> etcd) and a /readyz read."""
-
-    def __init__(self, ip: str, ca_pem: str):
-        self.base = f"https://{ip}:6443"
-        self.ctx = ssl.create_default_context(cadata=ca_pem)
-        self.samples: list[Sample] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="canary", daemon=True)
-
-    def _run(self) -> None:
-        n = 0
-        with httpx.Client(verify=self.ctx, timeout=1.0) as http:
-            while not self._stop.is_set():
-                start = time.monotonic()
-                n += 1
-                try:
-                    w = http.post(f"{self.base}/haplane/canary", json={"key": str(n), "value": str(time.time())})
-                    write_ok = w.status_code == 200
-                except httpx.HTTPError:
-                    write_ok = False
-                try:
-                    read_ok = http.get(f"{self.base}/readyz").status_code == 200
-                except httpx.HTTPError:
-                    read_ok = False
-                self.samples.append(Sample(time.time(), write_ok, read_ok))
-                self._stop.wait(max(0.0, PERIOD - (time.monotonic() - start)))
-
-    def __enter__(self) -> Canary:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
 
 class RoleWatch:
     """Every 0.3 s: each etcd member's role (leader, follower, learner) or 'down' if it does not answer."""
@@ -210,7 +166,7 @@ def task_runs(since: float, until: float) -> list[tuple[str, float, float]]:
 
 def measure(case: Case, endpoint: str, ca_pem: str, tls: EtcdTLS, etcd_endpoints: list[str],
             body: Callable[[Case], object]) -> Case:
-    with Canary(endpoint, ca_pem) as canary, RoleWatch(tls, etcd_endpoints) as roles:
+    with EndpointCanary(endpoint, ca_pem) as canary, RoleWatch(tls, etcd_endpoints) as roles:
         time.sleep(1.0)  # a second of steady state before the change
         case.start = time.time()
         try:

@@ -20,7 +20,17 @@ from pydantic import Field
 
 from blocks.cluster import ClusterSpec
 from flows.change import run_change
-from flows.params import ChangeId, ClusterName, Connection, DryRun, LoadBalancerMode, Size, Zones, documented
+from flows.params import (
+    ChangeId,
+    ClusterName,
+    Connection,
+    DryRun,
+    LeafLifetime,
+    LoadBalancerMode,
+    Size,
+    Zones,
+    documented,
+)
 from haplane.endpoint import EndpointMode
 from haplane.ownership import check_create, new_uid
 from haplane.plans import Plan, plan_create
@@ -45,6 +55,7 @@ def create_cluster(
     operator_ranges: Annotated[list[str] | None, Field(
         description="CIDRs the operator (Prefect workers) reaches etcd's client port from; default: this "
                     "worker's own egress address toward the cluster, e.g. ['203.0.113.7/32']")] = None,
+    leaf_lifetime_minutes: LeafLifetime = None,
     connection: Connection = None,
     change_id: ChangeId = None,
     dry_run: DryRun = False,
@@ -67,5 +78,5 @@ def create_cluster(
                        load_balancer=EndpointMode(load_balancer))
     return run_change(change, spec,
                       lambda existing, _: plan_create(cluster, region, zones, replicas, change.change_id, known,
-                                                      existing, spec.load_balancer),
+                                                      existing, spec.load_balancer, leaf_lifetime_minutes),
                       dry_run, note=f"created by run {flow_run.get_id()}")

@@ -39,11 +39,11 @@ def delete_cluster(
     project = change.gce().project
 
     def plan_for(state, running):
-        # a view that shows nothing may be a wrong connection: never delete the CA on it. A resumed run
-        # of a change whose first run saw the cluster finds nothing once its own steps removed it all.
+        # a view that shows nothing may be a wrong connection: never delete the CA on it -- unless this
+        # change itself emptied GCE: a resumed run (same change_id) counts what its first run found
         found = gce_footprint(cluster, spec.region, connection, ours_only=True)
-        seen = remember(change, "footprint", found) if running else []
-        check_delete(cluster, project, SpecWhere(spec.region, spec.project, spec.uid), found or seen, gone)
+        started_with = remember(change, "footprint", found) if running else found
+        check_delete(cluster, project, SpecWhere(spec.region, spec.project, spec.uid), found or started_with, gone)
         return plan_delete(state)
 
     plan = run_change(change, spec, plan_for, dry_run, report=False)

@@ -14,7 +14,8 @@ repeated failures of the same replica) and says why in its log and in the
 Certificates: when nothing needs replacing, it lists every certificate and the
 service-account key's age (artifact ``<cluster>-certificates``), warns (event
 ``haplane.certificates.expiring``) when one expires within ``warn_days``, and
-within ``rotate_days`` runs rotate-certificates as a subflow itself, under the
+within ``rotate_days`` runs rotate-certificates as a subflow itself (both can be
+given in minutes instead, for leaves that last minutes), under the
 same back-off rules as replacements (:mod:`haplane.rotation`).
 
 Locks: the check holds ``health-<cluster>`` for its whole run, so two checks of
@@ -43,7 +44,16 @@ from flows.zone_outage import rebalance as zone_rebalance
 from haplane.observe import now_utc
 from haplane.remediation import Action, Policy, ZoneAction, decide, decide_zones, track_outages
 from haplane.restore import QuorumView, quorum_view
-from haplane.rotation import ROTATE_DAYS, ROTATION_TARGET, WARN_DAYS, expiry_decision, may_rotate
+from haplane.rotation import (
+    ROTATE_DAYS,
+    ROTATION_TARGET,
+    WARN_DAYS,
+    expiry_decision,
+    may_rotate,
+    rotation_fits,
+    span_text,
+    thresholds,
+)
 from haplane.topology import check_cluster_name
 from tasks.cluster import ClusterBusy, cluster_lock, load_spec, observe_cluster, publish_report, zones_of
 from tasks.health import (
@@ -57,7 +67,7 @@ from tasks.health import (
     remediation_tags,
     replica_resource,
 )
-from tasks.pki import certificate_inventory
+from tasks.pki import certificate_inventory, load_cas
 from tasks.snapshots import newest_snapshot_age, probe_quorum
 
 
@@ -80,17 +90,24 @@ def health_check(
                                                                   "expires within this many days")] = WARN_DAYS,
     rotate_days: Annotated[float, Field(ge=0, le=3650, description="Start rotate-certificates when a leaf "
                                                                     "expires within this many days")] = ROTATE_DAYS,
+    warn_minutes: Annotated[float | None, Field(ge=0, le=5256000, description="The warn threshold in minutes "
+                                                "instead of warn_days (leaves that last minutes: create-cluster's "
+                                                "leaf_lifetime_minutes); empty: warn_days")] = None,
+    rotate_minutes: Annotated[float | None, Field(ge=0, le=5256000, description="The rotate threshold in minutes "
+                                                  "instead of rotate_days; empty: rotate_days")] = None,
 ) -> State:
     logger = get_run_logger()
     check_cluster_name(cluster)
+    try:
+        warn_days, rotate_days = thresholds(warn_days, rotate_days, warn_minutes, rotate_minutes)
+    except ValueError as exc:
+        raise ValueError(f"{exc}; nothing was checked") from None
     with health_lock(cluster) as held:
         if not held:
             msg = (f"another health check of {cluster!r} is running (lock {health_lock_name(cluster)!r}); "
                    f"this one skips")
             logger.info(msg)
             return Completed(message=msg, data={"action": "skipped", "reason": msg})
-        if rotate_days > warn_days:
-            raise ValueError(f"rotate_days ({rotate_days}) must not exceed warn_days ({warn_days}); nothing was checked")
         zone_state = _zones(cluster, connection, dry_run, zone_grace_s, rebalance)
         if zone_state is not None:
             return zone_state
@@ -106,13 +123,17 @@ def _certificates(cluster: str, connection: str | None, dry_run: bool, policy: P
     """Warn about certificates close to expiry and rotate them within ``rotate_days``."""
     logger = get_run_logger()
     spec = load_spec(cluster)
+    cas = load_cas(cluster)
+    misfit = rotation_fits(rotate_days, cas.lifetimes.leaf) if cas else None
+    if misfit:  # said, not refused: a threshold above the lifetime is also how to force a rotation now
+        logger.warning("%s", misfit)
     rows = certificate_inventory(cluster, list(spec.zones), connection)
     now = now_utc()
     decision = expiry_decision([(r["certificate"], dt.datetime.fromisoformat(r["not_after"])) for r in rows
                                 if r["not_after"]], now, warn_days=warn_days, rotate_days=rotate_days)
     create_table_artifact([{k: v for k, v in r.items() if k != "not_after"} for r in rows],
                           key=f"{cluster}-certificates", description=f"Certificates of {cluster}: "
-                          f"{len(decision.warn)} expire within {warn_days:g} days")
+                          f"{len(decision.warn)} expire within {span_text(warn_days)}")
     if not decision.warn:
         return healthy
     logger.warning("certificates of %s close to expiry:\n%s", cluster, decision.text)
@@ -121,7 +142,7 @@ def _certificates(cluster: str, connection: str | None, dry_run: bool, policy: P
     create_markdown_artifact(f"## Certificates of {cluster} close to expiry\n\n{decision.text}",
                              key=f"{cluster}-certificates-expiring", description="certificates close to expiry")
     if not decision.rotate or dry_run:
-        return Completed(message=f"{len(decision.warn)} certificates expire within {warn_days:g} days",
+        return Completed(message=f"{len(decision.warn)} certificates expire within {span_text(warn_days)}",
                          data={"action": "warn", "expiring": [e.role for e in decision.warn]})
     go = may_rotate(remediation_history(cluster, policy.window_s, flow_name="rotate-certificates"), now, policy)
     if not go.allowed or cluster_busy(cluster):

@@ -87,6 +87,19 @@ def documented(fn):
     return fn
 
 
+def _leaf_minutes(value: object) -> object:
+    from haplane.pki import check_leaf_minutes
+
+    return check_leaf_minutes(value)
+
+
+# How long a new cluster's leaf certificates last, in minutes; empty: 1 year. Checked before anything is created.
+LeafLifetime = Annotated[Annotated[int, Field(ge=2, le=3650 * 1440)] | None, BeforeValidator(_leaf_minutes), Field(
+    description="Lifetime of every leaf certificate (each replica's etcd and API-server certificates, the "
+                "operator's), in minutes, at least 2; empty: 1 year. Short lifetimes need a health check with "
+                "rotate_minutes well under them, scheduled more often than that")]
+
+
 # The endpoint mode, a choice in the UI's form (haplane/endpoint.py says what each costs).
 LoadBalancerMode = Annotated[EndpointMode, Field(
     description="Endpoint mode: 'always' keeps a load balancer on the static IP from the first replica (no "

@@ -10,12 +10,19 @@
 - **The service-account key**: a new signing key in the PKI block, delivered to
   every replica, one at a time (kube-apiserver restarts on it); the previous public key stays accepted until the next rotation,
   so tokens signed before keep working.
-
-The cluster's CAs are not rotated by this flow.
+- **The CAs**, with ``rotate_ca`` (new cluster and etcd CAs; slower, three passes over the replicas):
+  1. new CAs in the PKI block, then every replica trusts them beside the old ones (``ca.crt`` and
+     ``etcd-ca.crt`` hold both), one replica at a time, each checked to accept a client of the new
+     etcd CA before the next;
+  2. the new CAs sign from then on: the operator's certificate, then every replica's leaves as above;
+  3. every replica drops the old CAs, one at a time, each checked to refuse a client of the old etcd
+     CA; then the old CAs' certificates and private keys are deleted from the block. Until that last
+     step they are kept, so a killed CA rotation can always be resumed.
 
 Resumable: each step is checkpointed under the change id; run again with the
 same ``change_id`` to finish a rotation that was killed half-way (replicas
-already done are not done again).
+already done are not done again). While a CA rotation is under way, every other
+rotation is refused until it is finished.
 """
 
 from __future__ import annotations
@@ -28,16 +35,22 @@ from prefect.runtime import flow_run
 from pydantic import Field
 
 from flows.params import ClusterName, Connection, documented
-from haplane.model import ClusterState
-from haplane.rotation import rotation_order
+from haplane.model import ClusterState, ReplicaState
+from haplane.rotation import check_rotation, rotation_order
 from tasks.cluster import cluster_lock, load_spec, observe_cluster, publish_report, wait_api_ready
 from tasks.etcd import wait_quorum
 from tasks.operations import Step, apply
 from tasks.pki import (
+    finish_ca_rotation_task,
+    load_cas,
     renew_operator_cert,
     rotate_service_account,
+    start_ca_rotation,
     submit_deliver_service_account,
+    submit_deliver_trust,
     submit_reissue_leaves,
+    switch_to_new_cas,
+    wait_etcd_trust,
     wait_serving_new_certs,
 )
 from tasks.steps import Change, probe
@@ -64,16 +77,34 @@ def rotate_certificates(
     operator: Annotated[bool, Field(description="Renew the operator's etcd client certificate")] = True,
     service_account_key: Annotated[bool, Field(
         description="Rotate the service-account signing key (the previous public key stays accepted)")] = True,
+    rotate_ca: Annotated[bool, Field(
+        description="Also replace the cluster CA and the etcd CA: new CAs trusted beside the old ones on every "
+                    "replica, then every leaf re-issued from them, then the old CAs dropped and deleted (three "
+                    "passes, one replica at a time). Needs leaves and operator")] = False,
     connection: Connection = None,
     change_id: Annotated[str | None, Field(description="Repeat to resume a failed run")] = None,
 ) -> list[dict[str, str]]:
     logger = get_run_logger()
+    if rotate_ca and not (leaves and operator):
+        raise ValueError("rotate_ca re-issues every certificate from the new CAs: leave leaves and operator true "
+                         "(nothing was rotated)")
     spec = load_spec(cluster)
     change = Change(cluster, change_id or f"rotate-{flow_run.get_id()}", connection)
     with cluster_lock(cluster):
+        cas = load_cas(cluster)
+        if cas is None:
+            raise RuntimeError(f"cluster {cluster} has no PKI block: nothing to rotate")
+        check_rotation(cas.ca_rotation, change.change_id, rotate_ca)
         state = settled_state(cluster, spec.region, connection)
         order = rotation_order(state)
         ips = [r.internal_ip for r in order]
+        if rotate_ca:
+            start_ca_rotation(change, "ca/start")
+            logger.info("the new CAs go to every replica's trust bundle, beside the old ones")
+            for r in order:
+                _trust(change, r, ips, drop_previous=False)
+            switch_to_new_cas(change, "ca/switch")
+            renew_operator_cert(change, "ca/operator")
         if leaves:
             for i, r in enumerate(order, 1):
                 logger.info("re-issuing the certificates of %s (%d of %d)", r.name, i, len(order))
@@ -81,7 +112,12 @@ def rotate_certificates(
                                    (r.zone, r.name, state.endpoint_ip)))
                 wait_serving_new_certs(change, r.zone, r.name)
                 wait_quorum(cluster, ips, expect_voting=len(order))
-        if operator:
+        if rotate_ca:
+            logger.info("every leaf is signed by the new CAs: every replica drops the old ones")
+            for r in order:
+                _trust(change, r, ips, drop_previous=True)
+            finish_ca_rotation_task(change, "ca/finish")
+        elif operator:
             renew_operator_cert(change, "operator")
         if service_account_key:
             kid = rotate_service_account(change, "service-account/rotate")
@@ -92,3 +128,17 @@ def rotate_certificates(
                 wait_api_ready(cluster, r.name, r.internal_ip, step=f"service-account/api-ready/{r.name}",
                                timeout=120.0)
     return publish_report(observe_cluster(cluster, spec.region, connection), f"rotated by run {flow_run.get_id()}")
+
+
+def _trust(change: Change, r: ReplicaState, ips: list[str], *, drop_previous: bool) -> None:
+    """One replica's trust bundle changed (both CAs, or the new ones alone), then checked: its etcd
+    accepts the new CA's clients (and refuses the old one's once dropped), its API server is ready,
+    and etcd has its full quorum, before the next replica."""
+    phase = "drop" if drop_previous else "trust"
+    what = "trusts the new CAs alone" if drop_previous else "trusts the new CAs beside the old ones"
+    apply(change, Step(submit_deliver_trust, f"ca/{phase}/{r.name}", f"{r.name} {what}",
+                       (r.zone, r.name, drop_previous)))
+    wait_etcd_trust(change, r.zone, r.name, dropped=drop_previous)
+    wait_api_ready(change.cluster, r.name, r.internal_ip, step=f"ca/{phase}/api-ready/{r.name}", timeout=120.0)
+    wait_quorum(change.cluster, ips, expect_voting=len(ips))
+

@@ -71,7 +71,7 @@ def _check_endpoint(cluster: str, ip: str) -> str:
     cas = load_cas(cluster)
     if cas is None:
         return "no cluster CA found"
-    ctx = ssl.create_default_context(cadata=cas.ca.cert_pem)
+    ctx = ssl.create_default_context(cadata=cas.ca_bundle())
     try:
         resp = httpx.get(f"https://{ip}:6443/readyz", verify=ctx, timeout=5)
         return f"{resp.status_code} {resp.text.strip()} (TLS verified against the cluster CA)"

@@ -131,8 +131,8 @@ class EtcdTLS:
 
     @classmethod
     def from_cas(cls, cas: Any) -> EtcdTLS:
-        """The operator's credentials from :class:`haplane.pki.ClusterCAs`."""
-        return cls(ca_pem=cas.etcd_ca.cert_pem, cert_pem=cas.operator.cert_pem, key_pem=cas.operator.key_pem)
+        """The operator's credentials from :class:`haplane.pki.ClusterCAs` (trusting both CAs during a CA rotation)."""
+        return cls(ca_pem=cas.etcd_ca_bundle(), cert_pem=cas.operator.cert_pem, key_pem=cas.operator.key_pem)
 
     def ssl_context(self) -> ssl.SSLContext:
         """A client context trusting only the etcd CA and presenting the client certificate.

@@ -18,6 +18,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import requests
 from google.api_core import exceptions as gexc
 from google.api_core import retry as retries
 from google.cloud import compute_v1
@@ -28,6 +29,7 @@ from haplane.secrets import call_carrying_secrets
 REQUEST_NAMESPACE = uuid.UUID("6f1c8a52-4d0e-4b59-9a57-0c8e2f0a7d11")
 ACCESS_CONFIG_NAME = "external-nat"
 TRANSIENT = (gexc.ServiceUnavailable, gexc.TooManyRequests, gexc.InternalServerError)
+LONG_POLL_S = 120.0  # GCE's operations.wait answers after at most 2 minutes, DONE or not
 
 
 def read_retry() -> retries.Retry:
@@ -64,10 +66,15 @@ class GceOperationError(RuntimeError):
 
 
 class GceTimeout(TimeoutError):
-    def __init__(self, op: OpRef, waited: float) -> None:
-        super().__init__(f"GCE operation {op.name} ({op.kind}) still not DONE after {waited:.0f}s; "
-                         "run the flow again to resume waiting on the same operation")
-        self.op = op
+    """An operation not DONE within the wait's bound. It was sent once and may still finish: a run of the
+    same change waits on it again (its checkpoint holds the operation's name), it does not send it again."""
+
+    def __init__(self, op: OpRef, waited: float, last_error: str | None = None, bound: str = "") -> None:
+        seen = f"; its status could not be read (last poll: {last_error})" if last_error else ""
+        super().__init__(f"GCE operation {op.name} ({op.kind} on {op.target or op.location}) still not DONE "
+                         f"after {waited:.0f} s{bound}{seen}. It was not sent again: run the flow again with the "
+                         f"same change_id to resume waiting on this operation")
+        self.op, self.waited, self.last_error = op, waited, last_error
 
 
 @dataclass(frozen=True)
@@ -235,27 +242,39 @@ class Gce:
                      done=_status_name(op.status, compute_v1.Operation.Status) == "DONE")
 
     def _op_get(self, ref: OpRef, wait: bool) -> compute_v1.Operation:
+        """One poll. No client-side retry (the library's default retries a 503 for 600 s, which would
+        outlast any bound :meth:`wait` sets): :meth:`wait` itself polls through transient errors."""
         verb = "wait" if wait else "get"
+        # a long poll is answered within LONG_POLL_S; a connection that stays silent beyond it is dead
+        opts = {"retry": None, "timeout": LONG_POLL_S + 30 if wait else 30.0}
         if ref.scope == "zone":
             client = self._client(compute_v1.ZoneOperationsClient)
-            return getattr(client, verb)(project=self.project, zone=ref.location, operation=ref.name)
+            return getattr(client, verb)(project=self.project, zone=ref.location, operation=ref.name, **opts)
         if ref.scope == "region":
             client = self._client(compute_v1.RegionOperationsClient)
-            return getattr(client, verb)(project=self.project, region=ref.location, operation=ref.name)
+            return getattr(client, verb)(project=self.project, region=ref.location, operation=ref.name, **opts)
         client = self._client(compute_v1.GlobalOperationsClient)
-        return getattr(client, verb)(project=self.project, operation=ref.name)
+        return getattr(client, verb)(project=self.project, operation=ref.name, **opts)
 
     def wait(self, ref: OpRef, timeout: float = 600.0, on_progress: Any = None, poll_s: float | None = None) -> OpRef:
-        """Wait until the operation is DONE; raise :class:`GceOperationError` if it failed.
+        """Wait until the operation is DONE; raise :class:`GceOperationError` if it failed, and
+        :class:`GceTimeout` once ``timeout`` seconds have passed without it being DONE.
 
-        Long-polls with ``operations.wait``; with ``poll_s``, polls ``operations.get`` that often and
-        calls ``on_progress(op, seconds_waited)`` after each answer (for progress reports)."""
+        Long-polls with ``operations.wait`` (which GCE answers after at most ``LONG_POLL_S``) while
+        more than that is left, then polls ``operations.get`` every second, so the bound holds; with
+        ``poll_s``, polls ``operations.get`` that often and calls ``on_progress(op, seconds_waited)``
+        after each answer (for progress reports). Transient API errors (a zone's API down) are polled
+        through until the bound."""
         start = time.monotonic()
+        last_error: str | None = None
         while True:
+            left = timeout - (time.monotonic() - start)
+            long_poll = poll_s is None and left > LONG_POLL_S
             try:
-                op = self._op_get(ref, wait=poll_s is None)
-            except TRANSIENT:
-                time.sleep(1.0)
+                op = self._op_get(ref, wait=long_poll)
+                last_error = None
+            except (*TRANSIENT, requests.ConnectionError, requests.Timeout) as exc:
+                last_error = f"{type(exc).__name__}: {str(exc)[:200]}"
                 op = None
             if op is not None:
                 if _status_name(op.status, compute_v1.Operation.Status) == "DONE":
@@ -265,11 +284,11 @@ class Gce:
                     return OpRef(**{**ref.__dict__, "done": True})
                 if on_progress is not None:
                     on_progress(op, time.monotonic() - start)
-                if poll_s is not None:
-                    time.sleep(poll_s)
             waited = time.monotonic() - start
-            if waited > timeout:
-                raise GceTimeout(ref, waited)
+            if waited >= timeout:
+                raise GceTimeout(ref, waited, last_error)
+            if op is None or not long_poll:
+                time.sleep(max(0.0, min(poll_s or 1.0, timeout - waited)))
 
     # --- reads ------------------------------------------------------------
     @staticmethod

@@ -34,6 +34,7 @@ replica's ephemeral public IP").
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import ipaddress
 from collections.abc import Iterable
@@ -61,18 +62,52 @@ KUBERNETES_DNS_NAMES = (
 _BACKDATE = dt.timedelta(minutes=5)
 
 
+MIN_LEAF_MINUTES = 2  # a leaf must outlast a rotation of every replica (tens of seconds per replica)
+
+
+def check_leaf_minutes(value: object, ca_days: int = CA_DAYS) -> int | None:
+    """A leaf lifetime in minutes (None: ``leaf_days``), or a ValueError that names the fix."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"leaf_lifetime_minutes must be a whole number of minutes, got {value!r}: pass e.g. 10 "
+                         f"(or leave it empty for {LEAF_DAYS}-day leaves)")
+    if value < MIN_LEAF_MINUTES:
+        raise ValueError(f"leaf_lifetime_minutes={value} is too short: a leaf must last at least "
+                         f"{MIN_LEAF_MINUTES} minutes, so that rotating every replica fits in its lifetime "
+                         f"(leave it empty for {LEAF_DAYS}-day leaves)")
+    if value > ca_days * 1440:
+        raise ValueError(f"leaf_lifetime_minutes={value} outlives the CA ({ca_days} days = {ca_days * 1440} "
+                         f"minutes): give at most {ca_days * 1440}")
+    return value
+
+
 @dataclass(frozen=True)
 class Lifetimes:
-    """Validity periods in days (defaults: CAs 10 years, leaves 1 year)."""
+    """Validity periods: CAs ``ca_days`` (10 years), leaves ``leaf_days`` (1 year), or ``leaf_minutes``
+    when given (short-lived leaves: tests, demos, a policy of frequent rotation)."""
 
     ca_days: int = CA_DAYS
     leaf_days: int = LEAF_DAYS
+    leaf_minutes: int | None = None
 
     def __post_init__(self) -> None:
         if self.ca_days <= 0 or self.leaf_days <= 0:
             raise ValueError("lifetimes must be positive numbers of days")
         if self.leaf_days > self.ca_days:
             raise ValueError(f"a leaf cannot outlive its CA: leaf_days={self.leaf_days} > ca_days={self.ca_days}")
+        check_leaf_minutes(self.leaf_minutes, self.ca_days)
+
+    @property
+    def leaf(self) -> dt.timedelta:
+        """How long a leaf lasts."""
+        if self.leaf_minutes is not None:
+            return dt.timedelta(minutes=self.leaf_minutes)
+        return dt.timedelta(days=self.leaf_days)
+
+    @property
+    def leaf_text(self) -> str:
+        return f"{self.leaf_minutes} minutes" if self.leaf_minutes is not None else f"{self.leaf_days} days"
 
 
 @dataclass(frozen=True)
@@ -113,11 +148,49 @@ class ClusterCAs:
     # the cluster's one service-account signing key (None for a cluster saved before it existed:
     # see blocks.pki.ClusterPKI and tasks.pki.ensure_cluster_pki, which adds one)
     service_account: ServiceAccountKeys | None = None
+    # a CA rotation under way (see begin_ca_rotation): the change that runs it, the new CAs while
+    # every replica learns to trust them ("next"), then the old ones, still trusted, until every
+    # leaf is re-issued and every replica has dropped them ("previous"). Their keys are kept until
+    # the rotation is finished, so a killed rotation can always be resumed.
+    ca_rotation: str | None = None
+    next_ca: CertKey | None = None
+    next_etcd_ca: CertKey | None = None
+    previous_ca: CertKey | None = None
+    previous_etcd_ca: CertKey | None = None
 
     def __repr__(self) -> str:
         return f"ClusterCAs(cluster={self.cluster!r}, ca={self.ca!r}, etcd_ca={self.etcd_ca!r}, operator={self.operator!r})"
 
     __str__ = __repr__
+
+    @property
+    def ca_phase(self) -> str:
+        """Where a CA rotation stands: "none", "trusting" (new CAs beside the old ones, not yet
+        signing) or "switched" (the new CAs sign; the old ones are still trusted)."""
+        if self.next_ca is not None:
+            return "trusting"
+        if self.previous_ca is not None:
+            return "switched"
+        return "none"
+
+    def ca_bundle(self, *, drop_previous: bool = False) -> str:
+        """What trusts the API servers' certificates (``--client-ca-file``, a client's CA): the
+        current cluster CA, and during a CA rotation the other one."""
+        return _bundle(self.ca, self.next_ca, None if drop_previous else self.previous_ca)
+
+    def etcd_ca_bundle(self, *, drop_previous: bool = False) -> str:
+        """What trusts etcd's peers, servers and clients (``--trusted-ca-file``): as :meth:`ca_bundle`."""
+        return _bundle(self.etcd_ca, self.next_etcd_ca, None if drop_previous else self.previous_etcd_ca)
+
+    def cas(self) -> tuple[CertKey, ...]:
+        """Every CA the cluster holds now (current, and those of a CA rotation under way)."""
+        return tuple(c for c in (self.ca, self.etcd_ca, self.next_ca, self.next_etcd_ca, self.previous_ca,
+                                 self.previous_etcd_ca) if c is not None)
+
+
+def _bundle(*cas: CertKey | None) -> str:
+    pems = [c.cert_pem if c.cert_pem.endswith("\n") else c.cert_pem + "\n" for c in cas if c is not None]
+    return "".join(dict.fromkeys(pems))
 
 
 @dataclass(frozen=True)
@@ -276,15 +349,21 @@ def new_ca(common_name: str, role: str, *, days: int = CA_DAYS, now: dt.datetime
 def issue(ca: CertKey, *, role: str, common_name: str, organization: str | None = None,
           dns_names: Iterable[str] = (), ip_addresses: Iterable[str] = (),
           server: bool = False, client: bool = False,
-          days: int = LEAF_DAYS, now: dt.datetime | None = None) -> CertKey:
-    """A leaf signed by ``ca`` with the given SANs and extended key usages."""
+          days: int = LEAF_DAYS, lifetime: dt.timedelta | None = None,
+          now: dt.datetime | None = None) -> CertKey:
+    """A leaf signed by ``ca`` with the given SANs and extended key usages, valid for ``lifetime``
+    (else ``days``). It is back-dated by 5 minutes for clock skew, or by a tenth of a shorter
+    lifetime, so that a leaf of a few minutes is still valid for most of them from now."""
     if not (server or client):
         raise ValueError("a leaf certificate must be for server or client use (or both)")
     ca_cert = ca.certificate
     ca_key = ca.private_key()
     key = _new_key()
-    start = _now(now) - _BACKDATE
-    not_after = min(start + dt.timedelta(days=days), ca_cert.not_valid_after_utc)
+    span = lifetime if lifetime is not None else dt.timedelta(days=days)
+    if span <= dt.timedelta(0):
+        raise ValueError(f"a certificate's lifetime must be positive, got {span}")
+    start = _now(now) - min(_BACKDATE, span / 10)
+    not_after = min(start + span, ca_cert.not_valid_after_utc)
     sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dict.fromkeys(dns_names)]
     sans += [x509.IPAddress(_ip(i, "SAN")) for i in dict.fromkeys(ip_addresses)]
     eku = ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + ([ExtendedKeyUsageOID.CLIENT_AUTH] if client else [])
@@ -318,15 +397,46 @@ def create_cluster_cas(cluster: str, *, lifetimes: Lifetimes = Lifetimes(),
     """Both CAs of a cluster and the operator's etcd client certificate. Done once per cluster."""
     ca = new_ca(f"{cluster}-ca", "cluster-ca", days=lifetimes.ca_days, now=now)
     etcd_ca = new_ca(f"{cluster}-etcd-ca", "etcd-ca", days=lifetimes.ca_days, now=now)
-    operator = issue_operator(etcd_ca, days=lifetimes.leaf_days, now=now)
+    operator = issue_operator(etcd_ca, lifetime=lifetimes.leaf, now=now)
     return ClusterCAs(cluster=cluster, ca=ca, etcd_ca=etcd_ca, operator=operator, lifetimes=lifetimes,
                       service_account=new_service_account_key(now))
 
 
-def issue_operator(etcd_ca: CertKey, *, days: int = LEAF_DAYS, now: dt.datetime | None = None) -> CertKey:
+def issue_operator(etcd_ca: CertKey, *, days: int = LEAF_DAYS, lifetime: dt.timedelta | None = None,
+                   now: dt.datetime | None = None) -> CertKey:
     """The operator's (Prefect worker's) etcd client certificate."""
     return issue(etcd_ca, role="operator-etcd-client", common_name="haplane-operator",
-                 organization="haplane", dns_names=["haplane-operator"], client=True, days=days, now=now)
+                 organization="haplane", dns_names=["haplane-operator"], client=True, days=days,
+                 lifetime=lifetime, now=now)
+
+
+# ---------------------------------------------------------------- CA rotation (pure transitions)
+
+
+def begin_ca_rotation(cas: ClusterCAs, change_id: str, now: dt.datetime | None = None) -> ClusterCAs:
+    """Phase 1: new CAs beside the current ones ("next"): trusted everywhere, signing nothing yet."""
+    if cas.ca_rotation is not None:
+        raise ValueError(f"a CA rotation of {cas.cluster} is already under way (change {cas.ca_rotation!r}, "
+                         f"{cas.ca_phase}): resume it with rotate_ca=true, change_id={cas.ca_rotation!r}")
+    stamp = _now(now).strftime("%Y%m%d%H%M%S")
+    ca = new_ca(f"{cas.cluster}-ca-{stamp}", "cluster-ca", days=cas.lifetimes.ca_days, now=now)
+    etcd_ca = new_ca(f"{cas.cluster}-etcd-ca-{stamp}", "etcd-ca", days=cas.lifetimes.ca_days, now=now)
+    return dataclasses.replace(cas, ca_rotation=change_id, next_ca=ca, next_etcd_ca=etcd_ca)
+
+
+def switch_cas(cas: ClusterCAs) -> ClusterCAs:
+    """Phase 2: the new CAs sign from now on; the old ones stay trusted ("previous"), keys kept."""
+    if cas.ca_phase != "trusting":
+        raise ValueError(f"no new CA to switch to (CA rotation phase: {cas.ca_phase})")
+    return dataclasses.replace(cas, ca=cas.next_ca, etcd_ca=cas.next_etcd_ca, next_ca=None, next_etcd_ca=None,
+                               previous_ca=cas.ca, previous_etcd_ca=cas.etcd_ca)
+
+
+def finish_ca_rotation(cas: ClusterCAs) -> ClusterCAs:
+    """Phase 3 done (no replica trusts the old CAs any more): the old CAs and their keys go."""
+    if cas.ca_phase != "switched":
+        raise ValueError(f"the CA rotation cannot finish before the switch (phase: {cas.ca_phase})")
+    return dataclasses.replace(cas, ca_rotation=None, previous_ca=None, previous_etcd_ca=None)
 
 
 def first_service_ip(service_cidr: str = DEFAULT_SERVICE_CIDR) -> str:
@@ -353,24 +463,24 @@ def issue_replica_certs(cas: ClusterCAs, *, hostname: str, internal_ip: str, end
     promoted IP, later the load balancer's). There is deliberately no way to
     add another IP: an ephemeral public IP must never be in a certificate.
     """
-    days = days if days is not None else cas.lifetimes.leaf_days
+    lifetime = dt.timedelta(days=days) if days is not None else cas.lifetimes.leaf
     dns, ips = apiserver_sans(hostname=hostname, internal_ip=internal_ip, endpoint_ip=endpoint_ip,
                               service_cidr=service_cidr)
     apiserver = issue(cas.ca, role="apiserver", common_name="kube-apiserver", dns_names=dns,
-                      ip_addresses=ips, server=True, days=days, now=now)
+                      ip_addresses=ips, server=True, lifetime=lifetime, now=now)
     # etcd checks a peer's client certificate against the connection's source address;
     # 127.0.0.1 is there for connections from the same host (kubeadm's peer SANs have it too,
     # and on loopback test rigs every connection comes from 127.0.0.1)
     peer = issue(cas.etcd_ca, role="etcd-peer", common_name=f"{hostname}-etcd-peer",
                  dns_names=[hostname, "localhost"], ip_addresses=[internal_ip, "127.0.0.1"],
-                 server=True, client=True, days=days, now=now)
+                 server=True, client=True, lifetime=lifetime, now=now)
     # the server certificate carries clientAuth too: etcd's embedded gRPC gateway dials
     # its own gRPC server with it when --client-cert-auth is on (kubeadm does the same)
     server = issue(cas.etcd_ca, role="etcd-server", common_name=f"{hostname}-etcd-server",
                    dns_names=[hostname, "localhost"], ip_addresses=[internal_ip, "127.0.0.1"],
-                   server=True, client=True, days=days, now=now)
+                   server=True, client=True, lifetime=lifetime, now=now)
     client = issue(cas.etcd_ca, role="apiserver-etcd-client", common_name="kube-apiserver-etcd-client",
-                   organization="system:masters", dns_names=[hostname], client=True, days=days, now=now)
+                   organization="system:masters", dns_names=[hostname], client=True, lifetime=lifetime, now=now)
     return ReplicaCerts(hostname=hostname, internal_ip=str(_ip(internal_ip, "internal_ip")),
                         endpoint_ip=str(_ip(endpoint_ip, "endpoint_ip")), apiserver=apiserver,
                         etcd_peer=peer, etcd_server=server, apiserver_etcd_client=client)
@@ -383,12 +493,12 @@ def node_tls(cas: ClusterCAs, replica: ReplicaCerts) -> dict[str, str]:
     :func:`haplane.node.write_pki` only. Never log it or return it from a task.
     """
     tls = {
-        "etcd-ca": cas.etcd_ca.cert_pem,
+        "etcd-ca": cas.etcd_ca_bundle(),
         "etcd-peer-cert": replica.etcd_peer.cert_pem,
         "etcd-peer-key": replica.etcd_peer.key_pem.get_secret_value(),
         "etcd-server-cert": replica.etcd_server.cert_pem,
         "etcd-server-key": replica.etcd_server.key_pem.get_secret_value(),
-        "ca": cas.ca.cert_pem,
+        "ca": cas.ca_bundle(),
         "apiserver-cert": replica.apiserver.cert_pem,
         "apiserver-key": replica.apiserver.key_pem.get_secret_value(),
         "apiserver-etcd-client-cert": replica.apiserver_etcd_client.cert_pem,
@@ -440,9 +550,19 @@ def describe(cert_pem: str, role: str) -> CertInfo:
 
 def inventory(cas: ClusterCAs, replicas: Iterable[ReplicaCerts] = ()) -> list[CertInfo]:
     """Every certificate of the cluster (CAs, operator, each replica's leaves), with no key material."""
-    out = [cas.ca.info(), cas.etcd_ca.info(), cas.operator.info()]
+    out = [cas.ca.info(), cas.etcd_ca.info(), cas.operator.info()] + ca_rotation_infos(cas)
     for r in replicas:
         for leaf in r.leaves():
             info = leaf.info()
             out.append(CertInfo(**{**info.__dict__, "role": f"{r.hostname}/{leaf.role}"}))
+    return out
+
+
+def ca_rotation_infos(cas: ClusterCAs) -> list[CertInfo]:
+    """The CAs of a rotation under way, as "next/<role>" and "previous/<role>"."""
+    out = []
+    for where, ca in (("next", cas.next_ca), ("next", cas.next_etcd_ca), ("previous", cas.previous_ca),
+                      ("previous", cas.previous_etcd_ca)):
+        if ca is not None:
+            out.append(describe(ca.cert_pem, f"{where}/{ca.role}"))
     return out

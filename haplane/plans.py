@@ -126,8 +126,8 @@ CERTS = "certificates for its internal IP and the endpoint IP (never an ephemera
 
 def plan_create(cluster: str, region: str, zones: list[str], replicas: int, change_id: str,
                 known_zones: list[str], existing: ClusterState | None,
-                mode: EndpointMode = EndpointMode.AS_NEEDED) -> Plan:
-    """Create a cluster. The load balancer (when the mode has one at this size) is built beside the
+                mode: EndpointMode = EndpointMode.AS_NEEDED, leaf_minutes: int | None = None) -> Plan:
+    """Create a cluster (``leaf_minutes``: how long its leaf certificates last; None: 1 year). The load balancer (when the mode has one at this size) is built beside the
     VMs, off the critical path: its forwarding rule, most of the wait on GCE, is submitted before
     the VMs and waited for last; the replicas join the pool once their API servers are ready."""
     check_cluster_size(replicas)
@@ -147,7 +147,9 @@ def plan_create(cluster: str, region: str, zones: list[str], replicas: int, chan
     steps = [step(StepKind.SAVE_SPEC, "spec", f"save the cluster's spec (block {names.spec_block}; endpoint mode "
                                               f"{mode.value})"),
              step(StepKind.CREATE_PKI, "pki", f"create the cluster CA and etcd CA (block {names.pki_block}), "
-                                              f"unless they exist"),
+                                              f"unless they exist" + (f"; leaf certificates last {leaf_minutes} "
+                                                                      f"minutes" if leaf_minutes else ""),
+                  **({"leaf_minutes": leaf_minutes} if leaf_minutes else {})),
              step(StepKind.RESERVE_ADDRESS, "address", f"reserve the static endpoint IP ({names.address})", "network",
                   region=region)]
     # after the address: with no operator range given, the firewall admits the worker's egress toward it
@@ -387,6 +389,19 @@ def plan_removed(state: ClusterState, replica: str, zone: str, prefix: str = "")
     return Plan(action="remove-replica", cluster=state.cluster, voting_before=voting, voting_after=voting, steps=steps,
                 expected_seconds=0, reason=f"resuming the removal of {replica}: its VM and etcd member are gone",
                 replica=replica, zone=zone)
+
+
+def plan_remove_resumed(state: ClusterState, zone: str, replica: str | None, chosen: str,
+                        mode: EndpointMode = EndpointMode.AS_NEEDED) -> Plan:
+    """remove-replica in a run of a change whose first run chose ``chosen`` ("" if it chose none): that
+    replica is the one removed, never another of its zone; once it is gone (VM and member), the change
+    is done and the plan is empty -- a resumed run is not refused because its own work is finished."""
+    if chosen and state.replica(chosen) is None:
+        voting = len(state.voting)
+        return Plan(action="remove-replica", cluster=state.cluster, steps=(), voting_before=voting,
+                    voting_after=voting, expected_seconds=0.0, replica=chosen,
+                    reason=f"{chosen} is gone: this change already removed it")
+    return plan_remove(state, zone, chosen or replica, mode=mode)
 
 
 def plan_replace(state: ClusterState, replica: str, change_id: str, known_zones: list[str],

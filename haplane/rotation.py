@@ -3,7 +3,9 @@
 - :func:`rotation_order`: which replica's leaves go first (followers, the leader last), and
   refusing when the cluster cannot lose one member for a moment.
 - :func:`expiry_decision`: what the health check does about certificates close to expiry:
-  warn within ``warn_days``, rotate within ``rotate_days`` (a lower threshold).
+  warn within ``warn_days``, rotate within ``rotate_days`` (a lower threshold);
+  :func:`thresholds` lets them be given in minutes instead, for leaves that last minutes.
+- :func:`check_rotation`: a rotation refused while a CA rotation of another change is under way.
 """
 
 from __future__ import annotations
@@ -34,6 +36,51 @@ def rotation_order(state: ClusterState) -> list[ReplicaState]:
     return sorted(state.replicas, key=lambda r: (r.leader, r.name))
 
 
+def thresholds(warn_days: float = WARN_DAYS, rotate_days: float = ROTATE_DAYS, warn_minutes: float | None = None,
+               rotate_minutes: float | None = None) -> tuple[float, float]:
+    """The health check's (warn, rotate) thresholds in days, from days or, when given, minutes
+    (one unit per threshold: days left at their defaults when minutes are given)."""
+    def one(name: str, days: float, default: float, minutes: float | None) -> float:
+        if minutes is None:
+            return days
+        if days != default:
+            raise ValueError(f"give the {name} threshold once: {name}_days={days:g} or {name}_minutes={minutes:g}, "
+                             f"not both")
+        if minutes < 0:
+            raise ValueError(f"{name}_minutes must be >= 0, got {minutes:g}")
+        return minutes / 1440
+
+    warn = one("warn", warn_days, WARN_DAYS, warn_minutes)
+    rotate = one("rotate", rotate_days, ROTATE_DAYS, rotate_minutes)
+    if rotate > warn:
+        raise ValueError(f"the rotate threshold ({span_text(rotate)}) must not exceed the warn threshold ({span_text(warn)}): "
+                         f"the health check warns before it rotates (give rotate_minutes with warn_minutes)")
+    return warn, rotate
+
+
+def rotation_fits(rotate_days: float, leaf: dt.timedelta) -> str | None:
+    """Why the rotate threshold does not fit the cluster's leaf lifetime (None: it fits). A leaf
+    re-issued with less than ``rotate_days`` of life would be rotated again by every check."""
+    if rotate_days * 86400 < leaf.total_seconds():
+        return None
+    return (f"rotate threshold {span_text(rotate_days)} is not shorter than the leaves' lifetime "
+            f"{span_text(leaf.total_seconds() / 86400)}: every check would rotate again; give a rotate threshold well "
+            f"under the lifetime (e.g. two thirds of it) unless a rotation now is what you want")
+
+
+def span_text(days: float) -> str:
+    return f"{days:.1f} days" if abs(days) >= 1 else f"{days * 1440:.1f} minutes"
+
+
+def check_rotation(ca_rotation: str | None, change_id: str, rotate_ca: bool) -> None:
+    """A CA rotation under way (the change id in the cluster's PKI block) is finished by its own
+    change: any other rotation is refused before anything is changed."""
+    if ca_rotation is None or (rotate_ca and ca_rotation == change_id):
+        return
+    raise RuntimeError(f"a CA rotation of this cluster is under way (change {ca_rotation!r}): finish it first with "
+                       f"rotate-certificates rotate_ca=true change_id={ca_rotation!r}. Nothing was rotated.")
+
+
 @dataclass(frozen=True)
 class Expiring:
     role: str  # "cluster-ca", "operator-etcd-client", "<replica>/etcd-peer", ...
@@ -51,9 +98,10 @@ class ExpiryDecision:
     def text(self) -> str:
         if not self.warn:
             return "no certificate is close to expiry"
-        lines = [f"- {e.role}: expires {e.not_after:%Y-%m-%d %H:%M} UTC ({e.days_left:.1f} days)" for e in self.warn]
+        lines = [f"- {e.role}: expires {e.not_after:%Y-%m-%d %H:%M:%S} UTC ({span_text(e.days_left)})" for e in self.warn]
         if self.ca_attention:
-            lines.append("- a CA is close to expiry: rotate-certificates renews leaves only; plan a CA rotation")
+            lines.append("- a CA is close to expiry: the health check renews leaves only; run rotate-certificates "
+                         "with rotate_ca=true (a CA rotation, one replica at a time)")
         return "\n".join(lines)
 
 

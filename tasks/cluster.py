@@ -149,7 +149,7 @@ def observe_cluster(cluster: str, region: str, connection: str | None, tolerate_
     from haplane.etcd import EtcdTLS
 
     tls = EtcdTLS.from_cas(cas) if cas else None
-    state = observe(resolve_gce(connection), cluster, region, tls, cas.ca.cert_pem if cas else None,
+    state = observe(resolve_gce(connection), cluster, region, tls, cas.ca_bundle() if cas else None,
                     pki_problem=problem, uid=cluster_uid(cluster), tolerate_zones=tolerate_zones)
     if state.look_alikes:
         get_run_logger().warning("VMs with cluster %s's label but not its uid (look-alikes, left alone): %s",
@@ -269,7 +269,7 @@ def wait_api_ready(cluster: str, name: str, ip: str, step: str = "api-ready", ti
     cas = load_cas(cluster)
     if cas is None:
         raise RuntimeError(f"no PKI for cluster {cluster!r}: cannot verify {name}'s API server")
-    ctx = ssl.create_default_context(cadata=cas.ca.cert_pem)
+    ctx = ssl.create_default_context(cadata=cas.ca_bundle())
     deadline, last = time.monotonic() + timeout, "no answer yet"
     with httpx.Client(verify=ctx, timeout=2.0) as http:
         while time.monotonic() < deadline:

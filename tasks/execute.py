@@ -65,8 +65,6 @@ from tasks.pki import (
 )
 from tasks.steps import Change
 
-LB_WAIT_S = 3600.0  # the forwarding rule: ~20 min on GCE (the seed)
-
 
 @dataclass
 class Run:
@@ -111,8 +109,7 @@ def _firewall(run: Run, s: PlanStep, a: dict[str, Any]) -> Step:
 
 
 def _lb(submit: Callable, args: Callable[[dict], tuple]) -> Callable[[Run, PlanStep, dict], Step]:
-    return lambda run, s, a: Step(submit, s.id, s.text, args(a), timeout=LB_WAIT_S,
-                                  progress_key=f"{run.change.cluster}-load-balancer")
+    return lambda run, s, a: Step(submit, s.id, s.text, args(a), progress_key=f"{run.change.cluster}-load-balancer")
 
 
 GCE: dict[StepKind, Callable[[Run, PlanStep, dict[str, Any]], Step]] = {
@@ -162,7 +159,8 @@ def _delete_pki(run: Run, s: PlanStep) -> None:
 
 LOCAL: dict[StepKind, Callable[[Run, PlanStep, dict[str, Any]], dict[str, Any] | None]] = {
     StepKind.SAVE_SPEC: lambda run, s, a: save_spec(run.change.cluster, run.spec, step=s.id),
-    StepKind.CREATE_PKI: lambda run, s, a: ensure_cluster_pki(run.change.cluster, step=s.id) and None,
+    StepKind.CREATE_PKI: lambda run, s, a: ensure_cluster_pki(run.change.cluster, step=s.id,
+                                                             leaf_minutes=a.get("leaf_minutes")) and None,
     StepKind.ADD_LEARNER: _add_learner,
     StepKind.PROMOTE: lambda run, s, a: promote(run.change, list(a["member_ips"]), a["member_id"], a["name"],
                                                 step=s.id),

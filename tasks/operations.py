@@ -6,10 +6,15 @@ from the failed operation's name — so a fresh ``requestId`` (GCE answers a
 repeated one with the first, failed, operation) and a fresh checkpoint. The
 name is deterministic, so a resumed run replays the same chain and finds
 every checkpoint on it instead of sending the calls again.
+
+A wait is bounded (:func:`wait_bound`): an operation that never finishes (a stuck GCE
+operation) fails the run with :class:`haplane.gce.GceTimeout` naming the operation and the
+setting; a run of the same change waits on that same operation again, it does not send it again.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,16 +22,39 @@ from typing import Any
 from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from haplane.gce import GceOperationError, OpRef
+from haplane.gce import GceOperationError, GceTimeout, OpRef
 from tasks.steps import Change, probe
 
 ATTEMPTS = 3  # failed operations of one step, in one run
+# How long a step waits for its operation before the run fails (and can be resumed): seconds, by setting
+WAIT_SETTINGS = {False: ("HAPLANE_OP_WAIT_S", 900.0),  # an ordinary operation (a VM insert takes ~1 min)
+                 True: ("HAPLANE_LB_WAIT_S", 3600.0)}  # a load-balancer operation: ~20 min on GCE (the seed)
+
+
+def wait_bound(load_balancer: bool = False) -> tuple[str, float]:
+    """(the setting, its value in seconds): how long one wait for a GCE operation may take."""
+    name, default = WAIT_SETTINGS[load_balancer]
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return name, default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ValueError(f"{name} must be a positive number of seconds (how long a step waits for a GCE operation), "
+                         f"got {raw!r}; unset it for the default of {default:.0f}")
+    return name, value
 
 
 @probe(task_run_name="wait {what}")
-def wait_op(change: Change, op: OpRef | None, what: str, timeout: float = 900.0,
+def wait_op(change: Change, op: OpRef | None, what: str, timeout: float | None = None,
             progress_key: str | None = None) -> None:
     """Wait for a submitted operation; ``None`` means there was nothing to do.
+
+    ``timeout`` None: the setting :func:`wait_bound` names (the load-balancer one with ``progress_key``).
+    An operation still not DONE then raises :class:`GceTimeout` (the run fails; resuming the change
+    waits on the same operation).
 
     With ``progress_key`` the wait is reported as a Prefect progress artifact (GCE's own
     ``progress`` of the operation), for the long load-balancer waits people watch in the UI.
@@ -48,11 +76,19 @@ def wait_op(change: Change, op: OpRef | None, what: str, timeout: float = 900.0,
                 update_progress_artifact(artifact, value, description=f"{what}: {value:.0f}% after {waited:.0f} s")
 
         poll_s = 2.0
+    setting, bound = wait_bound(progress_key is not None)
+    if timeout is not None:
+        setting, bound = "", timeout
     try:
-        change.gce().wait(op, timeout=timeout, on_progress=on_progress, poll_s=poll_s)
+        change.gce().wait(op, timeout=bound, on_progress=on_progress, poll_s=poll_s)
     except GceOperationError as exc:
         logger.error("%s failed: %s", what, exc)
         raise
+    except GceTimeout as exc:
+        hint = f" ({setting}={bound:g})" if setting else ""
+        error = GceTimeout(exc.op, exc.waited, exc.last_error, bound=hint)
+        logger.error("%s: %s", what, error)
+        raise error from None
     if progress_key:
         update_progress_artifact(artifact, 100.0, description=f"{what}: done")
 
@@ -66,8 +102,8 @@ class Step:
     what: str
     args: tuple = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
-    timeout: float = 900.0
-    progress_key: str | None = None
+    timeout: float | None = None  # None: the wait_bound setting
+    progress_key: str | None = None  # a load-balancer step: reported as progress, bounded by HAPLANE_LB_WAIT_S
 
     def retried_after(self, failed: OpRef) -> Step:
         return Step(self.submit, f"{self.step}/after-{failed.name}", self.what, self.args, self.kwargs,

@@ -30,12 +30,16 @@ from haplane.node import (
 )
 from haplane.pki import (
     ClusterCAs,
+    Lifetimes,
+    begin_ca_rotation,
     create_cluster_cas,
+    finish_ca_rotation,
     issue_replica_certs,
     new_service_account_key,
     node_tls,
     rotate_service_account_key,
     service_account_tls,
+    switch_cas,
 )
 from haplane.secrets import call_carrying_secrets
 from haplane.secretstore import SecretStore
@@ -72,14 +76,18 @@ def operator_tls(cluster: str) -> EtcdTLS | None:
 
 
 @probe(task_run_name="{step}")
-def ensure_cluster_pki(cluster: str, step: str = "pki") -> str:
-    """Create the cluster CA and etcd CA once; later runs keep the saved ones. Returns the block name."""
+def ensure_cluster_pki(cluster: str, step: str = "pki", leaf_minutes: int | None = None) -> str:
+    """Create the cluster CA and etcd CA once; later runs keep the saved ones. Returns the block name.
+    ``leaf_minutes``: every leaf lasts this many minutes (None: ``Lifetimes.leaf_days``)."""
     name = block_name(cluster)
     if load_cas(cluster) is None:
+        lifetimes = Lifetimes(leaf_minutes=leaf_minutes)
         # the request carries the CA keys: an error must not carry it onwards
-        call_carrying_secrets(f"saving block {name}", (), ClusterPKI.from_cas(create_cluster_cas(cluster)).save,
+        call_carrying_secrets(f"saving block {name}", (),
+                              ClusterPKI.from_cas(create_cluster_cas(cluster, lifetimes=lifetimes)).save,
                               name, overwrite=False)
-        get_run_logger().info("created the cluster CA, the etcd CA and the service-account key in block %s", name)
+        get_run_logger().info("created the cluster CA, the etcd CA and the service-account key in block %s "
+                              "(leaf certificates last %s)", name, lifetimes.leaf_text)
     else:
         ensure_service_account_key(cluster)
     return name
@@ -186,7 +194,7 @@ def wait_serving_new_certs(change: Change, zone: str, name: str, timeout: float 
     if vm is None or cas is None:
         raise RuntimeError(f"VM {name} in {zone} or the cluster's PKI block is gone")
     etcd_ctx = EtcdTLS.from_cas(cas).ssl_context()  # etcd asks for a client certificate
-    api_ctx = ssl.create_default_context(cadata=cas.ca.cert_pem)
+    api_ctx = ssl.create_default_context(cadata=cas.ca_bundle())
     for ctx in (etcd_ctx, api_ctx):
         ctx.check_hostname = False  # the chain is verified; the IP is in the SANs anyway
     wanted = {ETCD_CLIENT_PORT: _der(vm.metadata[TLS_PREFIX + "etcd-server-cert"]),
@@ -230,7 +238,7 @@ def renew_operator_cert(change: Change, step: str) -> str:
 
     block = ClusterPKI.load(block_name(change.cluster))
     cas = block.to_cas()
-    fresh = issue_operator(cas.etcd_ca, days=cas.lifetimes.leaf_days)
+    fresh = issue_operator(cas.etcd_ca, lifetime=cas.lifetimes.leaf)
     call_carrying_secrets(f"saving block {block_name(change.cluster)}", (),
                           block.model_copy(update={"operator_cert": fresh.cert_pem, "operator_key": fresh.key_pem}).save,
                           block_name(change.cluster), overwrite=True)
@@ -248,14 +256,14 @@ def certificate_inventory(cluster: str, zones: list[str], connection: str | None
     from blocks.cluster import resolve_gce
     from haplane.gce import GceZoneUnavailable
     from haplane.node import TLS_PREFIX
-    from haplane.pki import describe
+    from haplane.pki import ca_rotation_infos, describe
     from haplane.topology import LABEL_CLUSTER
 
     cas = load_cas(cluster)
     if cas is None:
         raise RuntimeError(f"cluster {cluster} has no PKI block {block_name(cluster)!r}: its certificates are unknown")
     now = dt.datetime.now(dt.UTC)
-    infos = [cas.ca.info(), cas.etcd_ca.info(), cas.operator.info()]
+    infos = [cas.ca.info(), cas.etcd_ca.info(), cas.operator.info(), *ca_rotation_infos(cas)]
     gce, unseen = resolve_gce(connection), []
     for zone in zones:
         try:
@@ -330,3 +338,129 @@ def submit_configure_replica(change: Change, step: str, zone: str, name: str, en
     get_run_logger().info("configuring %s: etcd member %s (%s), certificates for %s and %s",
                           name, etcd.name, etcd.initial_cluster_state, vm.internal_ip, endpoint_ip)
     return gce.set_metadata(zone, name, spec.to_metadata(), rid=change.rid(step))
+
+
+# ---------------------------------------------------------------- CA rotation (flows/rotate_certificates.py)
+
+
+def _save_cas(cluster: str, block: ClusterPKI, cas: ClusterCAs) -> None:
+    call_carrying_secrets(f"saving block {block_name(cluster)}", (), block.with_cas(cas).save, block_name(cluster),
+                          overwrite=True)
+
+
+def _ca_rows(cas: ClusterCAs) -> dict[str, str]:
+    """Public facts of the CAs (what a CA-rotation step returns and logs)."""
+    return {c.role if where == "" else f"{where}/{c.role}": f"{c.certificate.subject.rfc4514_string()} serial "
+            f"{format(c.certificate.serial_number, 'x')[:12]}" for where, c in
+            (("", cas.ca), ("", cas.etcd_ca), ("next", cas.next_ca), ("next", cas.next_etcd_ca),
+             ("previous", cas.previous_ca), ("previous", cas.previous_etcd_ca)) if c is not None}
+
+
+@checkpoint(retries=0)
+def start_ca_rotation(change: Change, step: str) -> dict[str, str]:
+    """Phase 1 of a CA rotation: new cluster and etcd CAs in the block, beside the current ones
+    (trusted by every replica once delivered, signing nothing yet). A resumed change finds them
+    there and keeps them. Returns the CAs' subjects and serials (public)."""
+    block = ClusterPKI.load(block_name(change.cluster))
+    cas = block.to_cas()
+    if cas.ca_rotation != change.change_id:
+        cas = begin_ca_rotation(cas, change.change_id)  # refuses while another CA rotation is under way
+        _save_cas(change.cluster, block, cas)
+        get_run_logger().info("new cluster and etcd CAs in block %s, trusted beside the current ones until the "
+                              "rotation switches to them", block_name(change.cluster))
+    return _ca_rows(cas)
+
+
+@checkpoint(retries=0)
+def switch_to_new_cas(change: Change, step: str) -> dict[str, str]:
+    """Phase 2: the new CAs sign from now on; the old ones (and their keys) stay until the end."""
+    block = ClusterPKI.load(block_name(change.cluster))
+    cas = block.to_cas()
+    if cas.ca_rotation != change.change_id:
+        raise RuntimeError(f"block {block_name(change.cluster)} has no CA rotation of change {change.change_id!r} "
+                           f"(it has {cas.ca_rotation!r}); nothing was switched")
+    if cas.ca_phase == "trusting":
+        cas = switch_cas(cas)
+        _save_cas(change.cluster, block, cas)
+        get_run_logger().info("the new CAs of %s sign from now on; the old ones stay trusted until every replica "
+                              "has new leaves", change.cluster)
+    return _ca_rows(cas)
+
+
+@checkpoint(retries=0)
+def finish_ca_rotation_task(change: Change, step: str) -> dict[str, str]:
+    """The end: no replica trusts the old CAs any more; their certificates and private keys are
+    deleted from the block (the only place they were kept)."""
+    block = ClusterPKI.load(block_name(change.cluster))
+    cas = block.to_cas()
+    if cas.ca_rotation is not None:
+        if cas.ca_rotation != change.change_id:
+            raise RuntimeError(f"the CA rotation under way is change {cas.ca_rotation!r}, not {change.change_id!r}")
+        cas = finish_ca_rotation(cas)
+        _save_cas(change.cluster, block, cas)
+        get_run_logger().info("the old CAs of %s and their keys are deleted; the CA rotation is complete",
+                              change.cluster)
+    return _ca_rows(cas)
+
+
+@checkpoint
+def submit_deliver_trust(change: Change, step: str, zone: str, name: str, drop_previous: bool) -> OpRef | None:
+    """Write the CAs a replica trusts (``ca.crt``, ``etcd-ca.crt``) into its metadata: during a CA
+    rotation both CAs; with ``drop_previous``, the new ones alone. The replica restarts etcd and
+    its API server on them; its certificates and keys are not touched."""
+    cas = load_cas(change.cluster)
+    if cas is None:
+        raise RuntimeError(f"cluster {change.cluster} has no PKI block {block_name(change.cluster)!r}")
+    tls = {"ca": cas.ca_bundle(drop_previous=drop_previous),
+           "etcd-ca": cas.etcd_ca_bundle(drop_previous=drop_previous)}
+    count = tls["etcd-ca"].count("BEGIN CERTIFICATE")
+    get_run_logger().info("%s trusts %d etcd CA(s) and %d cluster CA(s) from now", name, count,
+                          tls["ca"].count("BEGIN CERTIFICATE"))
+    return change.gce().set_metadata(zone, name, NodeSpec(None, None, tls).to_metadata(), rid=change.rid(step))
+
+
+@probe(task_run_name="wait for {name} to take up its trust bundle")
+def wait_etcd_trust(change: Change, zone: str, name: str, dropped: bool, timeout: float = 120.0) -> None:
+    """Until the replica's etcd accepts a client certificate of the new etcd CA and, once the old CA
+    is ``dropped``, refuses one of the old CA: proof that it runs on the trust bundle just
+    delivered. The probe certificates are issued here, in memory, for this check alone. (A resumed
+    rotation runs this again in a later phase: "new" is the next CA before the switch and the
+    current one after; once the old CA is deleted there is nothing left to refuse.)"""
+    import datetime as dt
+    import time
+
+    import httpx
+
+    from haplane.node import client_url
+    from haplane.pki import issue
+
+    cas = load_cas(change.cluster)
+    vm = change.gce().get_instance(zone, name)
+    if cas is None or vm is None:
+        raise RuntimeError(f"VM {name} in {zone} or the cluster's PKI block is gone")
+    new = cas.next_etcd_ca or cas.etcd_ca
+    old = cas.etcd_ca if cas.ca_phase == "trusting" else cas.previous_etcd_ca
+
+    def context(ca):
+        leaf = issue(ca, role="trust-probe", common_name="haplane-trust-probe", client=True,
+                     lifetime=dt.timedelta(minutes=10))
+        return EtcdTLS(ca_pem=cas.etcd_ca_bundle(), cert_pem=leaf.cert_pem, key_pem=leaf.key_pem).ssl_context()
+
+    def accepts(ctx) -> bool:
+        try:
+            with httpx.Client(verify=ctx, timeout=2.0) as http:
+                return http.post(f"{client_url(vm.internal_ip)}/v3/maintenance/status", json={}).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    good = context(new)
+    bad = context(old) if dropped and old is not None else None
+    deadline, seen = time.monotonic() + timeout, (False, None)
+    while time.monotonic() < deadline:
+        seen = (accepts(good), accepts(bad) if bad is not None else None)
+        if seen[0] and not seen[1]:
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"{name}'s etcd did not take up its new trust bundle within {timeout:.0f} s (a client of "
+                       f"the new etcd CA accepted: {seen[0]}"
+                       + (f"; a client of the old etcd CA refused: {not seen[1]}" if bad is not None else "") + ")")

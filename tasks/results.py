@@ -21,6 +21,7 @@ worker shares) the server's default result storage, which every worker's flow ru
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -113,8 +114,35 @@ def refusal(step_key: str, found: IncompatibleCheckpoint) -> CheckpointSchemaErr
         f"that started it, or look at the cluster and start a new change (a new change_id) with this one.")
 
 
+RETRY_DELAYS_SETTING = "HAPLANE_RETRY_DELAYS_S"
+
+
+def retry_delays(default: object) -> object:
+    """The delays between a mutating step's retries: ``HAPLANE_RETRY_DELAYS_S`` (seconds, comma-separated,
+    e.g. ``1,3,10``; the last repeats) when set, else the task's own. Read when a retry is scheduled."""
+    raw = os.environ.get(RETRY_DELAYS_SETTING, "").strip()
+    if not raw:
+        return default
+    try:
+        delays = [float(x) for x in raw.split(",")]
+    except ValueError:
+        delays = []
+    if not delays or any(d < 0 for d in delays):
+        raise ValueError(f"{RETRY_DELAYS_SETTING} must be seconds separated by commas, like '1,3,10', got {raw!r}")
+    return delays
+
+
 class CheckpointTask(Task):
-    """A Prefect task whose checkpoint, when it comes back in another schema, is refused, not used."""
+    """A Prefect task whose checkpoint, when it comes back in another schema, is refused, not used;
+    its retry delays follow ``HAPLANE_RETRY_DELAYS_S`` when that is set (:func:`retry_delays`)."""
+
+    @property  # type: ignore[override]
+    def retry_delay_seconds(self) -> object:
+        return retry_delays(self._retry_delay_seconds)
+
+    @retry_delay_seconds.setter
+    def retry_delay_seconds(self, value: object) -> None:
+        self._retry_delay_seconds = value
 
     def __call__(self, *args: Any, return_state: bool = False, **kwargs: Any) -> Any:
         out = super().__call__(*args, return_state=return_state, **kwargs)

@@ -34,6 +34,12 @@ def _create(**kw) -> Callable[[], object]:
     return lambda: create_cluster(**args)
 
 
+def _health(**kw) -> object:
+    from flows.health_check import health_check
+
+    return health_check(cluster="bad", **kw)
+
+
 CASES = [
     Case("duplicate zones", _create(zones=["europe-west1-b", "europe-west1-b"]),
          r"zone 'europe-west1-b' is listed twice in zones; list each zone once"),
@@ -53,6 +59,16 @@ CASES = [
          r"zone 'us-central1-a' is not a zone of region 'europe-west1'; choose from"),
     Case("region GCE does not know", _create(region="mars-north1", zones=["mars-north1-a"]),
          r"region 'mars-north1' is unknown to GCE"),
+    Case("leaf lifetime of 1 minute", _create(leaf_lifetime_minutes=1),
+         r"leaf_lifetime_minutes=1 is too short: a leaf must last at least 2 minutes"),
+    Case("leaf lifetime as text", _create(leaf_lifetime_minutes="10"),
+         r"leaf_lifetime_minutes must be a whole number of minutes, got '10': pass e.g. 10"),
+    Case("leaf lifetime beyond the CA's", _create(leaf_lifetime_minutes=10**8),
+         r"leaf_lifetime_minutes=100000000 outlives the CA \(3650 days = 5256000 minutes\): give at most"),
+    Case("rotate threshold above the warn threshold", lambda: _health(warn_minutes=2, rotate_minutes=3),
+         r"the rotate threshold \(3.0 minutes\) must not exceed the warn threshold \(2.0 minutes\)"),
+    Case("a threshold in days and in minutes", lambda: _health(warn_days=10, warn_minutes=5, rotate_minutes=1),
+         r"give the warn threshold once: warn_days=10 or warn_minutes=5, not both"),
     Case("health interval 0", lambda: setup_workspace(health_interval=0, pool="bad-input-pool"),
          r"--health-interval must be a positive number of seconds, got 0: pass e.g. --health-interval 300"),
     Case("health interval negative", lambda: setup_workspace(health_interval=-60, pool="bad-input-pool"),

@@ -32,10 +32,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from flows.add_replica import add_replica
 from flows.create_cluster import create_cluster
 from flows.delete_cluster import delete_cluster
+from flows.remove_replica import remove_replica
 from flows.replace_replica import replace_replica
 from haplane.etcd import EtcdTLS
+from haplane.gce import GceTimeout
 from haplane.topology import LABEL_CLUSTER, ClusterNames
 from tasks.pki import load_cas
 from tests.fixtures.cluster import PROJECT
@@ -206,4 +209,331 @@ def test_replace_fault(method, mode, cloud, prefect_api):
     assert _sent_twice(cloud.admin.calls()) == []
     delete_cluster(cluster=cluster)
     assert _leftovers(cloud, cluster) == []
+    assert _key_material(Path(prefect_api.home)) == []
+
+
+# --- add-replica and remove-replica under faults, hung operations, a zone failing mid-change, an expired
+# operator certificate. One cluster per test walks several faults in sequence.
+
+DESTRUCTIVE = (".delete", ".removeInstance", ".deleteAccessConfig")
+# GCE's answer to a call it did not carry out: a rejected call (429/503, a failed zone) changes nothing
+REJECTED = 400
+
+
+def _carried_out_twice(calls: list[dict]) -> list[str]:
+    """requestIds GCE accepted more than once. Stricter than :func:`_sent_twice`: a repeat GCE answered
+    with the first operation (``deduplicated``), or a call held by a hung operation sent again, counts
+    too; only calls GCE refused outright (429, 503: nothing done) may be repeated."""
+    accepted = Counter(c["requestId"] for c in calls if c.get("requestId") and c["status"] < REJECTED)
+    return [rid for rid, n in accepted.items() if n > 1]
+
+
+def _mutating(calls: list[dict]) -> list[dict]:
+    return [c for c in calls if c["verb"] in ("POST", "DELETE", "PATCH", "PUT") and not c["method"].endswith(".wait")]
+
+
+def _converged(cloud, cluster: str, size: int, pool: bool = True) -> list:
+    """``size`` RUNNING VMs, as many voting etcd members named like them and no learner (etcd's own
+    API); the target pool holds exactly them (or, with ``pool=False``, there is no pool and no rule)."""
+    vms = cloud.gce.list_instances(ZONES, labels={LABEL_CLUSTER: cluster})
+    assert len(vms) == size and all(v.status == "RUNNING" for v in vms), [(v.name, v.status) for v in vms]
+    deadline = time.monotonic() + 30  # a member just promoted: every member's list agrees within an election
+    while True:
+        members = _members(cluster, [v.internal_ip for v in vms])
+        if sorted(m.get("name", "") for m in members) == sorted(v.name for v in vms) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert sorted(m.get("name", "") for m in members) == sorted(v.name for v in vms), (members, vms)
+    assert not [m for m in members if m.get("isLearner")], members
+    names = ClusterNames(cluster)
+    found = cloud.gce.get_target_pool(REGION, names.target_pool)
+    if pool:
+        assert found is not None
+        assert sorted(link.rsplit("/", 1)[-1] for link in found.instances) == sorted(v.name for v in vms)
+    else:
+        assert found is None and cloud.gce.get_forwarding_rule(REGION, names.forwarding_rule) is None
+    return vms
+
+
+def _ips(cloud, cluster: str, but: str | None = None) -> list[str]:
+    return [v.internal_ip for v in cloud.gce.list_instances(ZONES, labels={LABEL_CLUSTER: cluster}) if v.name != but]
+
+
+def _quorum_held(watcher: QuorumWatcher) -> None:
+    assert watcher.samples > 3 and watcher.worst < 10.0, \
+        f"no linearizable read for {watcher.worst:.1f} s ({watcher.errors} of {watcher.samples} samples failed)"
+
+
+def _watched(cloud, cluster: str, ips: list[str], call) -> None:
+    """Run ``call`` with a :class:`QuorumWatcher` on ``ips`` throughout: quorum never lost."""
+    with QuorumWatcher(cluster, ips) as watcher:
+        call()
+    _quorum_held(watcher)
+
+
+ABSORBED = {"503": 3, "operation_error": 2}  # faults a run absorbs: a step's 3 retries, 3 operations per step
+
+
+def _faulted(cloud, methods: list[str], mode: str, forced: str, call, change_id: str) -> set[str]:
+    """``call`` with faults of ``mode`` on each of ``methods`` at once: on ``forced``, 4 (beyond what a
+    run absorbs, so the run fails and is run again with the same change id), on the others as many as
+    the run absorbs (a step's retries, or the failed operations a step submits again). Returns the
+    methods whose fault was hit."""
+    start = len(cloud.admin.calls())
+    for m in methods:
+        cloud.admin.add_fault(m, mode, count=4 if m == forced else ABSORBED[mode])
+    try:
+        runs = _run_until_done(call, change_id, runs=3)
+    finally:
+        cloud.admin.clear_faults()
+    assert runs == 2, f"{change_id}: {runs} runs; the fault on {forced} should have failed exactly one"
+    return {c["method"] for c in cloud.admin.calls()[start:] if c["outcome"] == f"fault:{mode}"}
+
+
+ADD_LB = ["compute.instances.insert", "compute.instances.setMetadata", "compute.httpHealthChecks.insert",
+          "compute.targetPools.insert", "compute.instances.deleteAccessConfig", "compute.forwardingRules.insert",
+          "compute.instances.addAccessConfig"]  # 1 -> 2, as-needed: the seed's IP move onto a new load balancer
+ADD_POOL = ["compute.instances.insert", "compute.instances.setMetadata", "compute.targetPools.addInstance"]
+REMOVE_POOL = ["compute.targetPools.removeInstance", "compute.instances.delete"]
+REMOVE_LB = ["compute.forwardingRules.delete", "compute.instances.deleteAccessConfig",
+             "compute.instances.addAccessConfig", "compute.targetPools.delete", "compute.httpHealthChecks.delete",
+             "compute.instances.delete"]  # 2 -> 1, as-needed: the IP handed back to the last replica
+
+
+@pytest.fixture
+def quick_retries(monkeypatch):
+    """The matrix waits for faults, not for back-off: a step's retries 0.2 s apart (the default is
+    1, 3, 10 s), an operation's wait bounded at 8 s (HAPLANE_OP_WAIT_S / HAPLANE_LB_WAIT_S)."""
+    monkeypatch.setenv("HAPLANE_RETRY_DELAYS_S", "0.2")
+    monkeypatch.setenv("HAPLANE_OP_WAIT_S", "8")
+    monkeypatch.setenv("HAPLANE_LB_WAIT_S", "8")
+    monkeypatch.setenv("HAPLANE_GCE_READ_RETRY_S", "3")
+
+
+def test_add_remove_fault(cloud, prefect_api, quick_retries):
+    """1 -> 2 -> 3 -> 2 -> 1, once per fault mode (503, operation error), endpoint mode as-needed: the load
+    balancer is created going 1 -> 2 and deleted going 2 -> 1, so every GCE mutating method of add-replica
+    and remove-replica is called. Each change has a fault on every method it calls; one of them fails the
+    run, which is resumed. Quorum is watched throughout each change."""
+    cluster = f"fa-{uuid.uuid4().hex[:6]}"
+    create_cluster(cluster=cluster, region=REGION, zones=ZONES, replicas=1, load_balancer="as-needed")
+    every = set(ADD_LB + ADD_POOL + REMOVE_POOL + REMOVE_LB)
+    for i, mode in enumerate(MODES):
+        hit: set[str] = set()
+        for n, methods in ((2, ADD_LB), (3, ADD_POOL)):
+            with QuorumWatcher(cluster, _ips(cloud, cluster)) as watcher:
+                hit |= _faulted(cloud, methods, mode, methods[(n + i) % len(methods)],
+                                lambda cid: add_replica(cluster=cluster, change_id=cid), f"add{n}-{mode}-{cluster}")
+            _quorum_held(watcher)
+            _converged(cloud, cluster, n)
+        for n, methods in ((2, REMOVE_POOL), (1, REMOVE_LB)):
+            victim = cloud.gce.list_instances(ZONES, labels={LABEL_CLUSTER: cluster})[-1]
+            with QuorumWatcher(cluster, _ips(cloud, cluster, but=victim.name)) as watcher:
+                hit |= _faulted(cloud, methods, mode, methods[(n + i) % len(methods)],
+                                lambda cid, v=victim: remove_replica(cluster=cluster, zone=v.zone, replica_name=v.name,
+                                                                     change_id=cid), f"remove{n}-{mode}-{cluster}")
+            _quorum_held(watcher)
+            _converged(cloud, cluster, n, pool=n > 1)
+        assert hit == every, f"{mode} faults never hit: {every - hit}"
+    assert _carried_out_twice(cloud.admin.calls()) == []
+    delete_cluster(cluster=cluster)
+    assert _leftovers(cloud, cluster) == [] and cloud.processes() == []
+    assert _key_material(Path(prefect_api.home)) == []
+
+
+def _hung_walk(cloud, call, change_id: str, methods: set[str], hung: set[str]) -> None:
+    """``call`` with a hung operation (``hang``, count 1) on each of ``methods`` not in ``hung`` yet (all
+    of them if none is left): a run that meets one must fail within the wait's bound with
+    :class:`GceTimeout`, naming the operation and the setting and saying it was not sent again; the
+    hang is released (``clear_faults``: the operation goes on), the methods not hung yet are armed
+    again, and the change is run again with the same id, until it succeeds. Adds what hung to ``hung``."""
+    armed = (methods - hung) or methods
+    start, here = len(cloud.admin.calls()), set()
+    for _ in range(len(armed) + 4):
+        before = len(cloud.admin.calls())
+        for m in sorted(armed - here):
+            cloud.admin.add_fault(m, "hang", count=1)
+        try:
+            call(change_id)
+        except GceTimeout as exc:
+            assert "not sent again" in str(exc) and "HAPLANE_" in str(exc) and exc.op.name in str(exc), str(exc)
+            here |= {c["method"] for c in cloud.admin.calls()[before:] if c["outcome"] == "fault:hang"}
+            continue
+        finally:
+            cloud.admin.clear_faults()
+        assert here, f"{change_id}: no operation of {sorted(armed)} hung"
+        called = {c["method"] for c in _mutating(cloud.admin.calls()[start:])}
+        assert armed & called <= here, f"{change_id}: called but never hung: {(armed & called) - here}"
+        hung |= here
+        return
+    raise AssertionError(f"{change_id} did not converge; hung so far: {sorted(here)}")
+
+
+def test_hung_operations(cloud, prefect_api, quick_retries, monkeypatch):
+    """A GCE operation that never finishes, on every mutating method that create (3), replace, remove,
+    add and delete call (each method once, each flow at least once): the wait gives up within its
+    bound with a clear error, the change is resumed with the same change_id once the operation is
+    released, and it converges with no call carried out twice."""
+    monkeypatch.setenv("HAPLANE_OP_WAIT_S", "3")
+    monkeypatch.setenv("HAPLANE_LB_WAIT_S", "3")
+    cluster = f"fh-{uuid.uuid4().hex[:6]}"
+    hung: set[str] = set()
+    _hung_walk(cloud, lambda cid: create_cluster(cluster=cluster, region=REGION, zones=ZONES, replicas=3,
+                                                 change_id=cid), f"create-{cluster}", set(CREATE_METHODS + ADD_POOL), hung)
+    assert set(CREATE_METHODS) <= hung
+    vms = _converged(cloud, cluster, 3)
+
+    victim = vms[1]
+    cloud.admin.kill_vm(PROJECT, victim.zone, victim.name)
+    _watched(cloud, cluster, _ips(cloud, cluster, but=victim.name), lambda: _hung_walk(
+        cloud, lambda cid: replace_replica(cluster=cluster, replica_name=victim.name, change_id=cid),
+        f"replace-{cluster}", set(REPLACE_METHODS), hung))
+    vms = _converged(cloud, cluster, 3)
+    assert victim.name not in {v.name for v in vms}
+
+    victim = vms[-1]
+    _watched(cloud, cluster, _ips(cloud, cluster, but=victim.name), lambda: _hung_walk(
+        cloud, lambda cid: remove_replica(cluster=cluster, zone=victim.zone, replica_name=victim.name, change_id=cid),
+        f"remove-{cluster}", {"compute.instances.delete"}, hung))
+    _converged(cloud, cluster, 2)
+    _watched(cloud, cluster, _ips(cloud, cluster), lambda: _hung_walk(
+        cloud, lambda cid: add_replica(cluster=cluster, change_id=cid), f"add-{cluster}",
+        {"compute.targetPools.addInstance"}, hung))
+    _converged(cloud, cluster, 3)
+    assert _carried_out_twice(cloud.admin.calls()) == []
+
+    _hung_walk(cloud, lambda cid: delete_cluster(cluster=cluster, change_id=cid), f"delete-{cluster}",
+               set(DELETE_METHODS), hung)
+    every = set(CREATE_METHODS + DELETE_METHODS + ADD_POOL + REMOVE_POOL + REPLACE_METHODS)
+    assert hung == every, f"never hung: {every - hung}"
+    assert _leftovers(cloud, cluster) == [] and load_cas(cluster) is None and cloud.processes() == []
+    assert _carried_out_twice(cloud.admin.calls()) == []
+    assert _key_material(Path(prefect_api.home)) == []
+
+
+class ZoneFailsOn:
+    """Fails ``zone`` (its API answers 503, its VMs' processes die) as soon as the emulator's call log
+    shows ``method`` carried out in that zone: a zone outage in the middle of a change."""
+
+    def __init__(self, cloud, zone: str, method: str) -> None:
+        self.cloud, self.zone, self.method = cloud, zone, method
+        self.failed_at: int | None = None  # the call log's length when the zone failed
+        self.seen = len(cloud.admin.calls(method))  # earlier calls (another change's) do not count
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        while not self.stop.wait(0.05):
+            if any(f"/zones/{self.zone}/" in c["path"] and c["status"] < REJECTED
+                   for c in self.cloud.admin.calls(self.method)[self.seen:]):
+                self.cloud.admin.fail_zone(self.zone, mode="kill")
+                self.failed_at = len(self.cloud.admin.calls())
+                return
+
+    def __enter__(self) -> ZoneFailsOn:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(10)
+
+
+def _zone_returns(cloud, zone: str) -> None:
+    """The zone's API answers again and its VMs boot again (GCE restarts them), with their disks."""
+    from haplane.emulator.resources import vm_view
+
+    cloud.admin.restore_zone(zone)
+    for (_, z, _), inst in list(cloud.emulator.ctx.store.instances.items()):
+        if z == zone:
+            cloud.emulator.runtime.start(vm_view(inst))
+
+
+def _zone_fails_during(cloud, zone: str, call, change_id: str) -> None:
+    """Run ``call`` while ``zone`` fails once the change inserts a VM there: the run stops (it fails)
+    and sends nothing destructive once the zone is down; the zone returns; the same change converges."""
+    with ZoneFailsOn(cloud, zone, "compute.instances.insert") as outage:
+        with pytest.raises(Exception) as stopped:  # noqa: PT011 - any clean stop; the message is checked below
+            call(change_id)
+    assert outage.failed_at is not None, "the zone never failed"
+    after = _mutating(cloud.admin.calls()[outage.failed_at:])
+    assert not [c for c in after if c["method"].endswith(DESTRUCTIVE) and c["status"] < REJECTED], after
+    assert zone in str(stopped.value) or "could not be read" in str(stopped.value), str(stopped.value)
+    print(f"{change_id}: stopped with {type(stopped.value).__name__}: {str(stopped.value)[:300]}")
+    _zone_returns(cloud, zone)
+    _run_until_done(call, change_id, runs=2)
+
+
+def test_zone_fails_mid_change(cloud, prefect_api, quick_retries):
+    """A zone fails in the middle of create-cluster (3), add-replica and replace-replica: each run stops,
+    destroys nothing once the zone is out of sight, and the same change converges after the zone returns."""
+    cluster = f"fz-{uuid.uuid4().hex[:6]}"
+    _zone_fails_during(cloud, ZONES[2], lambda cid: create_cluster(cluster=cluster, region=REGION, zones=ZONES,
+                                                                   replicas=3, change_id=cid), f"create-{cluster}")
+    vms = _converged(cloud, cluster, 3)
+
+    others = [v.internal_ip for v in vms if v.zone != ZONES[2]]
+    _watched(cloud, cluster, others, lambda: _zone_fails_during(
+        cloud, ZONES[2], lambda cid: add_replica(cluster=cluster, zone=ZONES[2], change_id=cid), f"add-{cluster}"))
+    vms = _converged(cloud, cluster, 4)
+
+    victim = next(v for v in vms if v.zone == ZONES[0])
+    cloud.admin.kill_vm(PROJECT, victim.zone, victim.name)
+    _watched(cloud, cluster, [v.internal_ip for v in vms if v.zone != ZONES[0]], lambda: _zone_fails_during(
+        cloud, ZONES[0], lambda cid: replace_replica(cluster=cluster, replica_name=victim.name, change_id=cid),
+        f"replace-{cluster}"))
+    vms = _converged(cloud, cluster, 4)
+    assert victim.name not in {v.name for v in vms}
+    assert _carried_out_twice(cloud.admin.calls()) == []
+    delete_cluster(cluster=cluster)
+    assert _leftovers(cloud, cluster) == [] and cloud.processes() == []
+    assert _key_material(Path(prefect_api.home)) == []
+
+
+def test_operator_certificate_expired(cloud, prefect_api):
+    """The operator's etcd client certificate has expired (issued by the cluster's own etcd CA, valid
+    until yesterday: etcd refuses it at the TLS handshake, as it does a year after create-cluster). Every
+    flow that changes membership or deletes a replica, and the health check, refuse or report unknown,
+    naming the certificate to check; no mutating call is sent. With a valid certificate again, the
+    same flows work."""
+    import datetime as dt
+
+    from blocks.pki import ClusterPKI, block_name
+    from flows.health_check import health_check
+    from haplane.pki import issue_operator
+
+    cluster = f"fc-{uuid.uuid4().hex[:6]}"
+    vms = {r["replica"]: r for r in create_cluster(cluster=cluster, region=REGION, zones=ZONES, replicas=3)}
+    real = ClusterPKI.load(block_name(cluster))
+    expired = issue_operator(real.to_cas().etcd_ca, days=1, now=dt.datetime.now(dt.UTC) - dt.timedelta(days=3))
+    assert expired.certificate.not_valid_after_utc < dt.datetime.now(dt.UTC)
+    real.model_copy(update={"operator_cert": expired.cert_pem, "operator_key": expired.key_pem}).save(
+        block_name(cluster), overwrite=True)
+    dead = next(r for r in vms.values() if r["zone"] == ZONES[1])
+    cloud.admin.kill_vm(PROJECT, dead["zone"], dead["replica"])  # a real failure, to tempt the health check
+    other = next(r for r in vms.values() if r["zone"] == ZONES[2])
+    cloud.admin.clear_calls()
+    refusals = {
+        "remove-replica": lambda: remove_replica(cluster=cluster, zone=other["zone"], replica_name=other["replica"]),
+        "replace-replica": lambda: replace_replica(cluster=cluster, replica_name=dead["replica"]),
+        "add-replica": lambda: add_replica(cluster=cluster),
+    }
+    for name, call in refusals.items():
+        with pytest.raises(Exception) as refused:  # noqa: PT011 - the message is what a person reads
+            call()
+        message = str(refused.value)
+        assert "etcd membership" in message and "unknown is not absent" in message, (name, message)
+        assert f"operator certificate in block {block_name(cluster)}" in message and "expired" in message, message
+    state = health_check(cluster=cluster, backoff_s=0, return_state=True)
+    assert state.is_completed() and state.result()["action"] == "unknown", (state.message, state.result())
+    assert "could not be observed" in state.message
+    assert cloud.mutating_calls() == [], cloud.mutating_calls()
+    assert len(cloud.gce.list_instances(ZONES, labels={LABEL_CLUSTER: cluster})) == 3
+    assert load_cas(cluster) is not None
+
+    real.save(block_name(cluster), overwrite=True)  # a valid certificate again: the dead replica is replaced
+    replace_replica(cluster=cluster, replica_name=dead["replica"])
+    _converged(cloud, cluster, 3)
+    delete_cluster(cluster=cluster)
+    assert _leftovers(cloud, cluster) == [] and cloud.processes() == []
     assert _key_material(Path(prefect_api.home)) == []

@@ -1,0 +1,242 @@
+"""CA rotation: new CAs trusted beside the old ones, leaves re-issued from them, the old ones dropped.
+
+Pure: the phases of :mod:`haplane.pki` (begin, switch, finish) and what each replica trusts in each,
+the PKI block's round trip, the refusal of a second rotation while one is under way. End to end
+(long): ``rotate-certificates rotate_ca=true`` on a 3-replica cluster, killed half-way (after the
+switch, with leaves re-issued from the new CA on some replicas only) and resumed with the same
+change id, while a canary writes through the endpoint with no failed write; afterwards every
+certificate chains to the new CAs, every replica trusts the new CAs alone, etcd refuses the old
+etcd CA's certificates, and the old CAs' keys are gone from the PKI block.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+from cryptography import x509
+
+from haplane import pki
+from haplane.rotation import check_rotation
+
+REGION = "europe-west1"
+ZONES = ["europe-west1-b", "europe-west1-c", "europe-west1-d"]
+
+
+def _certs(bundle: str) -> list[x509.Certificate]:
+    return x509.load_pem_x509_certificates(bundle.encode())
+
+
+def _signed_by(cert: x509.Certificate, ca: pki.CertKey) -> bool:
+    try:
+        cert.verify_directly_issued_by(ca.certificate)
+        return True
+    except Exception:  # noqa: BLE001 - InvalidSignature, or another issuer's key type
+        return False
+
+
+# ---------------------------------------------------------------- pure
+
+
+def test_ca_rotation_phases_trust_both_then_sign_new_then_drop_old():
+    cas = pki.create_cluster_cas("c")
+    old_ca, old_etcd = cas.ca, cas.etcd_ca
+    assert cas.ca_phase == "none" and len(_certs(cas.etcd_ca_bundle())) == 1
+
+    trusting = pki.begin_ca_rotation(cas, "rot-1")
+    assert trusting.ca_phase == "trusting" and trusting.ca_rotation == "rot-1"
+    assert trusting.ca == old_ca and trusting.etcd_ca == old_etcd  # the old CAs still sign
+    assert {c.subject for c in _certs(trusting.etcd_ca_bundle())} == {
+        old_etcd.certificate.subject, trusting.next_etcd_ca.certificate.subject}
+    assert len(_certs(trusting.ca_bundle())) == 2
+    assert trusting.next_ca.certificate.subject != old_ca.certificate.subject  # chains are never ambiguous
+    with pytest.raises(ValueError, match=r"already under way \(change 'rot-1', trusting\): resume it with "
+                                         r"rotate_ca=true, change_id='rot-1'"):
+        pki.begin_ca_rotation(trusting, "rot-2")
+    with pytest.raises(ValueError, match="cannot finish before the switch"):
+        pki.finish_ca_rotation(trusting)
+
+    switched = pki.switch_cas(trusting)
+    assert switched.ca_phase == "switched"
+    assert switched.etcd_ca == trusting.next_etcd_ca and switched.previous_etcd_ca == old_etcd
+    assert switched.previous_ca.key_pem.get_secret_value() == old_ca.key_pem.get_secret_value()  # key kept
+    r = pki.issue_replica_certs(switched, hostname="h", internal_ip="10.0.0.2", endpoint_ip="35.0.0.1")
+    assert all(_signed_by(leaf.certificate, switched.etcd_ca) for leaf in (r.etcd_peer, r.etcd_server))
+    assert _signed_by(r.apiserver.certificate, switched.ca) and not _signed_by(r.apiserver.certificate, old_ca)
+    tls = pki.node_tls(switched, r)  # a replica re-issued now still trusts both, for the others' old leaves
+    assert len(_certs(tls["etcd-ca"])) == 2 and len(_certs(tls["ca"])) == 2
+    assert _certs(switched.etcd_ca_bundle(drop_previous=True)) == [switched.etcd_ca.certificate]
+    with pytest.raises(ValueError, match="no new CA to switch to"):
+        pki.switch_cas(switched)
+
+    done = pki.finish_ca_rotation(switched)
+    assert done.ca_phase == "none" and done.ca_rotation is None and done.previous_ca is None
+    assert len(done.cas()) == 2 and _certs(done.ca_bundle()) == [done.ca.certificate]
+    roles = [i.role for i in pki.inventory(switched)]
+    assert "previous/etcd-ca" in roles and "previous/cluster-ca" in roles
+
+
+def test_the_pki_block_keeps_a_rotation_under_way_and_the_lifetime():
+    from pydantic import SecretStr
+
+    from blocks.pki import ClusterPKI
+
+    cas = pki.switch_cas(pki.begin_ca_rotation(pki.create_cluster_cas(
+        "c", lifetimes=pki.Lifetimes(leaf_minutes=5)), "rot-1"))
+    back = ClusterPKI.from_cas(cas).to_cas()
+    assert back.ca_phase == "switched" and back.ca_rotation == "rot-1" and back.lifetimes.leaf_minutes == 5
+    assert back.previous_etcd_ca.key_pem.get_secret_value() == cas.previous_etcd_ca.key_pem.get_secret_value()
+    assert back.etcd_ca_bundle() == cas.etcd_ca_bundle()
+    block = ClusterPKI.from_cas(cas).model_copy(update={"snapshot_key": SecretStr("kept")})
+    finished = block.with_cas(pki.finish_ca_rotation(cas))
+    assert finished.previous_ca_key is None and finished.previous_etcd_ca_key is None and finished.ca_rotation is None
+    assert finished.snapshot_key.get_secret_value() == "kept"
+    assert "PRIVATE KEY" not in repr(finished) and "PRIVATE KEY" not in repr(back)
+
+
+def test_only_the_ca_rotation_under_way_may_run():
+    check_rotation(None, "any", rotate_ca=False)
+    check_rotation("rot-1", "rot-1", rotate_ca=True)
+    for change, rotate_ca in (("rot-2", True), ("rot-1", False), ("rot-2", False)):
+        with pytest.raises(RuntimeError, match=r"CA rotation of this cluster is under way \(change 'rot-1'\): "
+                                               r"finish it first with rotate-certificates rotate_ca=true "
+                                               r"change_id='rot-1'"):
+            check_rotation("rot-1", change, rotate_ca)
+
+
+# ---------------------------------------------------------------- end to end
+
+
+def _vm_tls(cloud, cluster: str) -> dict[str, dict[str, str]]:
+    return _vm_tls_of(cloud.gce, cluster)
+
+
+def _vm_tls_of(gce, cluster: str) -> dict[str, dict[str, str]]:
+    from haplane.node import TLS_PREFIX
+    from haplane.topology import LABEL_CLUSTER
+
+    return {vm.name: {k[len(TLS_PREFIX):]: v for k, v in vm.metadata.items() if k.startswith(TLS_PREFIX)}
+            for vm in gce.list_instances(ZONES, labels={LABEL_CLUSTER: cluster})}
+
+
+@pytest.mark.long  # about 3 minutes: three passes over three replicas, each restarting etcd
+@pytest.mark.timeout(900)  # under heavy load a pass over the replicas takes minutes
+def test_ca_rotation_killed_half_way_resumes_with_no_failed_write_and_the_old_ca_refused(cloud, prefect_api):
+    import httpx
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from blocks.pki import ClusterPKI, block_name
+    from flows.create_cluster import create_cluster
+    from flows.delete_cluster import delete_cluster
+    from flows.rotate_certificates import rotate_certificates
+    from haplane.etcd import EtcdClient, EtcdTLS, EtcdUnavailable
+    from haplane.gce import Gce
+    from haplane.node import client_url
+    from haplane.processes import stop_group
+    from tasks.cluster import force_unlock
+    from tasks.pki import load_cas
+    from tests.fixtures.canary import EndpointCanary
+    from tests.fixtures.cluster import PROJECT
+
+    cluster = f"carot-{uuid.uuid4().hex[:5]}"
+    change_id = f"ca-{cluster}"
+    rows = create_cluster(cluster=cluster, region=REGION, zones=ZONES, replicas=3)
+    try:
+        endpoint = rows[0]["endpoint IP"]
+        old = load_cas(cluster)
+        ips = [client_url(vm.internal_ip) for vm in cloud.gce.list_instances(ZONES)]
+        started = time.monotonic()
+        # a client of the cluster is handed every cluster CA the replicas trust (public certificates:
+        # the new CA is in the first replica's ca.crt before any server presents a certificate of it),
+        # as an administrator hands out a kubeconfig with the CA bundle
+        gce, trusted = Gce(PROJECT, cloud.emulator.url), dict.fromkeys(_certs(old.ca_bundle()))
+
+        def bundle() -> str:
+            for tls in _vm_tls_of(gce, cluster).values():
+                trusted.update(dict.fromkeys(_certs(tls["ca"])))
+            return "".join(c.public_bytes(Encoding.PEM).decode() for c in trusted)
+
+        canary = EndpointCanary(endpoint, bundle, period=0.2, retry_s=10.0)
+        with canary:
+            env = prefect_api.env()
+            env.update(HAPLANE_GCE_ENDPOINT=cloud.emulator.url, HAPLANE_PROJECT=PROJECT,
+                       PREFECT_LOGGING_LEVEL="WARNING")
+            code = ("from flows.rotate_certificates import rotate_certificates; "
+                    f"rotate_certificates(cluster={cluster!r}, rotate_ca=True, service_account_key=False, "
+                    f"change_id={change_id!r})")
+            proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=os.getcwd(), start_new_session=True,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:  # killed once the first replica has leaves of the new CA (the old CA signs nothing any more)
+                deadline, moved = time.monotonic() + 240, []
+                while time.monotonic() < deadline and not moved and proc.poll() is None:
+                    moved = [n for n, tls in _vm_tls(cloud, cluster).items()
+                             if not _signed_by(x509.load_pem_x509_certificate(tls["apiserver-cert"].encode()),
+                                               old.ca)]
+                    time.sleep(0.1)
+            finally:
+                stop_group(proc, sig=signal.SIGKILL)
+            assert moved and len(moved) < 3, f"the CA rotation was not caught half-way: {moved}"
+            halfway = ClusterPKI.load(block_name(cluster))
+            assert halfway.ca_rotation == change_id and halfway.previous_ca_key is not None, \
+                "the old CA's key must be kept until the rotation is complete"
+            assert halfway.previous_etcd_ca_cert == old.etcd_ca.cert_pem
+            force_unlock(cluster)
+
+            rows = rotate_certificates(cluster=cluster, rotate_ca=True, service_account_key=False,
+                                       change_id=change_id)
+            time.sleep(2)
+        elapsed = time.monotonic() - started
+        print(f"\nCA rotation (killed once, resumed): {elapsed:.1f} s; canary: {len(canary.samples)} writes "
+              f"through {endpoint}, {sum(s.attempts - 1 for s in canary.samples)} retried, "
+              f"{len(canary.failed_writes)} failed")
+        assert canary.failed_writes == [], [(s.t, s.error) for s in canary.failed_writes[:5]]
+        assert len(canary.samples) > 20
+        assert all(r["health"] == "healthy" for r in rows)
+
+        new = load_cas(cluster)
+        assert new.ca_phase == "none" and new.ca_rotation is None
+        assert new.ca.cert_pem != old.ca.cert_pem and new.etcd_ca.cert_pem != old.etcd_ca.cert_pem
+        block = ClusterPKI.load(block_name(cluster))
+        assert block.previous_ca_key is None and block.previous_etcd_ca_key is None  # the old keys are gone
+        assert _signed_by(new.operator.certificate, new.etcd_ca)
+        for name, tls in _vm_tls(cloud, cluster).items():
+            assert _certs(tls["ca"]) == [new.ca.certificate], f"{name} still trusts another cluster CA"
+            assert _certs(tls["etcd-ca"]) == [new.etcd_ca.certificate], f"{name} still trusts another etcd CA"
+            assert _signed_by(x509.load_pem_x509_certificate(tls["apiserver-cert"].encode()), new.ca)
+            for s in ("etcd-peer-cert", "etcd-server-cert", "apiserver-etcd-client-cert"):
+                assert _signed_by(x509.load_pem_x509_certificate(tls[s].encode()), new.etcd_ca), (name, s)
+            assert not any("PRIVATE KEY" in v for v in tls.values())
+
+        # etcd: the new operator certificate works; the old one, and a fresh certificate of the old
+        # etcd CA, are refused by every member
+        with EtcdClient(ips, tls=EtcdTLS.from_cas(new), timeout=5) as etcd:
+            etcd.put("/after-ca-rotation", "ok")
+        fresh_old = pki.issue(old.etcd_ca, role="x", common_name="old-ca-client", client=True)
+        for cert in (old.operator, fresh_old):
+            tls = EtcdTLS(ca_pem=new.etcd_ca_bundle(), cert_pem=cert.cert_pem, key_pem=cert.key_pem)
+            for url in ips:
+                with pytest.raises(EtcdUnavailable), EtcdClient([url], tls=tls, timeout=5) as etcd:
+                    etcd.put("/with-the-old-ca", "refused")
+        # the endpoint now presents a certificate of the new cluster CA: the old CA alone no longer verifies it
+        import ssl
+
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"https://{endpoint}:6443/readyz", verify=ssl.create_default_context(cadata=old.ca.cert_pem),
+                      timeout=5)
+        assert httpx.get(f"https://{endpoint}:6443/readyz", timeout=5,
+                         verify=ssl.create_default_context(cadata=new.ca.cert_pem)).status_code == 200
+
+        # no private key in the run's logs or artifacts
+        logs = httpx.post(f"{prefect_api.url}/logs/filter", json={"limit": 200, "sort": "TIMESTAMP_DESC"},
+                          timeout=30).json()
+        assert logs and not any("PRIVATE KEY" in entry["message"] for entry in logs)
+        arts = httpx.post(f"{prefect_api.url}/artifacts/filter", json={"limit": 200}, timeout=30).json()
+        assert not any("PRIVATE KEY" in str(a.get("data")) for a in arts)
+    finally:
+        delete_cluster(cluster=cluster)
+    assert cloud.processes() == []
