@@ -370,9 +370,16 @@ def plan_remove(state: ClusterState, zone: str, replica: str | None, prefix: str
     if victim.vm_status != MISSING:
         steps.append(step(StepKind.DELETE_VM, f"{p}delete-vm/{name}", f"delete VM {name} in {victim.zone}",
                           zone=victim.zone, name=name))
+    else:  # the VM is gone (verified: not in any zone that answered); its private keys are not
+        steps.append(_delete_keys(p, name))
     return Plan(action="remove-replica", cluster=state.cluster, steps=tuple(steps), voting_before=voting,
                 voting_after=after, expected_seconds=seconds, reason=reason, replica=name,
                 zone=victim.zone, lb=lb, downtime=downtime)
+
+
+def _delete_keys(prefix: str, name: str) -> PlanStep:
+    return step(StepKind.DELETE_KEYS, f"{prefix}delete-keys/{name}", f"delete the private keys of {name} from "
+                f"Secret Manager (its VM is gone already)", name=name)
 
 
 def plan_removed(state: ClusterState, replica: str, zone: str, prefix: str = "") -> Plan:
@@ -380,28 +387,17 @@ def plan_removed(state: ClusterState, replica: str, zone: str, prefix: str = "")
     VM was being deleted): its last step again. That step looks first (no call for a VM that is gone;
     a resumed run waits on the deletion it submitted) and deletes the replica's private keys from
     Secret Manager, which nothing else would. A replica whose VM was gone before its removal started
-    (zone "?") had no such step: nothing is left to do."""
+    (zone "?") gets its keys deleted again (a step that finds none is done)."""
     if state.replica(replica) is not None:
         raise PlanRefused(f"{replica} is still in {state.cluster!r}: plan its removal, not its end")
     voting = len(state.voting)
-    steps = () if zone == "?" else (step(StepKind.DELETE_VM, f"{prefix}delete-vm/{replica}", f"delete VM {replica} "
-                                         f"in {zone} (gone already) and its private keys", zone=zone, name=replica),)
+    steps = (_delete_keys(prefix, replica),) if zone == "?" else (
+        step(StepKind.DELETE_VM, f"{prefix}delete-vm/{replica}", f"delete VM {replica} in {zone} (gone already) and "
+             f"its private keys", zone=zone, name=replica),)
     return Plan(action="remove-replica", cluster=state.cluster, voting_before=voting, voting_after=voting, steps=steps,
                 expected_seconds=0, reason=f"resuming the removal of {replica}: its VM and etcd member are gone",
                 replica=replica, zone=zone)
 
-
-def plan_remove_resumed(state: ClusterState, zone: str, replica: str | None, chosen: str,
-                        mode: EndpointMode = EndpointMode.AS_NEEDED) -> Plan:
-    """remove-replica in a run of a change whose first run chose ``chosen`` ("" if it chose none): that
-    replica is the one removed, never another of its zone; once it is gone (VM and member), the change
-    is done and the plan is empty -- a resumed run is not refused because its own work is finished."""
-    if chosen and state.replica(chosen) is None:
-        voting = len(state.voting)
-        return Plan(action="remove-replica", cluster=state.cluster, steps=(), voting_before=voting,
-                    voting_after=voting, expected_seconds=0.0, replica=chosen,
-                    reason=f"{chosen} is gone: this change already removed it")
-    return plan_remove(state, zone, chosen or replica, mode=mode)
 
 
 def plan_replace(state: ClusterState, replica: str, change_id: str, known_zones: list[str],

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-# bump when any step id a plan produces changes (and say why in the commit)
+# bump when any step id a plan produces changes (and say why in the commit); a step added where a plan
+# had none (the "delete-keys/<name>" of a replica whose VM is gone) leaves every earlier checkpoint found
 # 2: create-cluster builds the load balancer beside the VMs ("forwarding-rule/wait", "api-ready/<name>",
 #    "pool-members"); add-replica waits for the API server before the pool ("api-ready/<name>")
 STEP_SCHEMA = 2
@@ -57,6 +58,7 @@ class StepKind(StrEnum):
     DELETE_TARGET_POOL = "delete-target-pool"
     DELETE_HEALTH_CHECK = "delete-health-check"
     DELETE_VM = "delete-vm"
+    DELETE_KEYS = "delete-keys"  # a replica's private keys in Secret Manager, when its VM is gone already
     RELEASE_ADDRESS = "release-address"
     DELETE_FIREWALL = "delete-firewall"
     DELETE_PKI = "delete-pki"
@@ -69,8 +71,8 @@ class StepKind(StrEnum):
 
 
 # Steps that destroy something that cannot be had back: refused on an unknown view (haplane.plans).
-DESTRUCTIVE = frozenset({StepKind.REMOVE_MEMBER, StepKind.DELETE_VM, StepKind.RELEASE_ADDRESS,
-                         StepKind.DELETE_PKI})
+DESTRUCTIVE = frozenset({StepKind.REMOVE_MEMBER, StepKind.DELETE_VM, StepKind.DELETE_KEYS,
+                         StepKind.RELEASE_ADDRESS, StepKind.DELETE_PKI})
 
 # The named outputs a step of each kind produces, for later steps to refer to.
 OUTPUTS: dict[StepKind, tuple[str, ...]] = {

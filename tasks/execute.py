@@ -171,6 +171,7 @@ LOCAL: dict[StepKind, Callable[[Run, PlanStep, dict[str, Any]], dict[str, Any] |
     StepKind.REMOVE_MEMBER: lambda run, s, a: remove_member(run.change, s.id, list(a["member_ips"]),
                                                             a["member_id"], a["name"]),
     StepKind.DELETE_PKI: lambda run, s, a: _delete_pki(run, s),
+    StepKind.DELETE_KEYS: lambda run, s, a: delete_replica_secrets(run.change, a["name"]) and None,
     StepKind.DELETE_SPEC: lambda run, s, a: delete_spec(run.change.cluster, step=s.id),
     StepKind.WAIT_API: lambda run, s, a: wait_api_ready(run.change.cluster, a["name"], a["ip"], step=s.id),
     StepKind.AWAIT: lambda run, s, a: await_started(run.change, run.pending.pop(a["step"]), step=s.id),

@@ -195,9 +195,19 @@ def test_a_removal_resumed_once_its_replica_is_gone_deletes_it_again_and_nothing
     plan = plan_removed(two, "c-master-1", "us-central1-b", prefix="remove/")
     assert plan.ids == ("remove/delete-vm/c-master-1",) and plan.voting_after == 2
     assert plan.steps[0].arguments == {"zone": "us-central1-b", "name": "c-master-1"}
-    assert plan_removed(two, "c-master-1", "?").steps == ()  # its VM was gone before: no such step
+    # its VM was gone before the removal started: its private keys are still deleted
+    assert plan_removed(two, "c-master-1", "?").ids == ("delete-keys/c-master-1",)
     with pytest.raises(PlanRefused, match="still in"):
         plan_removed(THREE, "c-master-1", "us-central1-b")
+
+
+def test_a_replica_whose_vm_is_gone_has_its_member_and_keys_removed():
+    lost = replica(1, "?", vm_status="MISSING", internal_ip="", external_ip="", etcd_ok=False, api_ready=False)
+    state = cluster(replica(0, "us-central1-a"), lost, replica(2, "us-central1-c"))
+    plan = plan_remove(state, "?", "c-master-1", mode="always")
+    assert plan.ids[-1] == "delete-keys/c-master-1" and "member/c-master-1" in plan.ids
+    assert not [i for i in plan.ids if i.startswith("delete-vm/")]
+    assert plan.steps[-1].arguments == {"name": "c-master-1"}
 
 
 @pytest.mark.parametrize(("state", "zone", "name", "words"), [
@@ -336,9 +346,10 @@ def test_a_plan_whose_reference_points_nowhere_is_a_bug():
         "?", "c-master-2")),
 ])
 def test_removal_steps_follow_the_remove_order(case, make):
-    """Out of the pool -> leadership away -> member removed -> VM deleted; no pool or VM step for a VM that is gone."""
+    """Out of the pool -> leadership away -> member removed -> VM deleted (or, for a VM that is gone, its
+    keys); no pool or VM step for a VM that is gone."""
     kinds = [s.kind.value for s in make().steps]
-    order = ["pool-remove", "move-leader", "remove-member", "wait-quorum", "delete-vm"]
+    order = ["pool-remove", "move-leader", "remove-member", "wait-quorum", "delete-vm", "delete-keys"]
     assert kinds == [k for k in order if k in kinds]
     if case.startswith("remove a member"):
         assert "delete-vm" not in kinds and "pool-remove" not in kinds

@@ -18,6 +18,7 @@ from google.cloud import compute_v1
 from flows.create_cluster import create_cluster
 from flows.delete_cluster import delete_cluster
 from flows.remove_replica import remove_replica
+from flows.replace_replica import replace_replica
 from haplane.emulator.server import Emulator
 from haplane.node import SECRET_SUFFIXES, SECRETS_KEY
 from haplane.secretstore import SecretStore, read_as_vm, secret_id, service_account_email, vm_token
@@ -96,6 +97,13 @@ def test_no_private_key_in_metadata_and_a_vm_reads_only_its_own(cloud):
                 transport="rest", credentials=Credentials(token=token_a),
                 client_options={"api_endpoint": cloud.emulator.url}).delete_secret(
                 request={"name": store.name(secret_id(b.name, "etcd-peer-key"))})
+
+        # a VM deleted behind haplane's back: replacing its replica destroys the lost replica's secrets too
+        lost = next(i for i in instances if i.zone.endswith(ZONES[1]))
+        cloud.gce.wait(cloud.gce.delete_instance(ZONES[1], lost.name, rid=str(uuid.uuid4())))
+        replace_replica(cluster=cluster, replica_name=lost.name)
+        assert store.list(cluster, lost.name) == []
+        assert len(store.list(cluster)) == 3 * len(SECRET_SUFFIXES)
 
         # removing a replica destroys its secrets, and only its
         victim = next(i for i in instances if i.zone.endswith(ZONES[2]))

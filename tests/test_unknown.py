@@ -133,18 +133,3 @@ def test_unknowns_are_listed_once_membership_first():
     assert state.unknowns[0] is CERT and len(state.unknowns) == 4  # membership, then each member's health
     assert not any(r.healthy for r in state.replicas)
 
-
-def test_a_resumed_remove_removes_the_replica_its_first_run_chose():
-    """remove-replica resumed with its change id: the replica its first run chose, never another of the
-    zone; once that one is gone (VM and member) the change is done, not refused as "no such replica"."""
-    import dataclasses
-
-    from haplane.plans import plan_remove_resumed
-
-    two = dataclasses.replace(THREE, replicas=THREE.replicas[:2])
-    done = plan_remove_resumed(two, ZONES[2], "c-master-2", "c-master-2")
-    assert done.steps == () and "already removed" in done.reason and done.voting_after == 2
-    again = plan_remove_resumed(THREE, ZONES[2], None, "c-master-2")
-    assert again.replica == "c-master-2" and again.steps
-    with pytest.raises(PlanRefused, match="no replica in zone"):
-        plan_remove_resumed(two, ZONES[2], None, "")
