@@ -58,6 +58,7 @@ def test_create_refusals_change_nothing(cloud):
     _refused(cloud, lambda: create_cluster(cluster="Bad_Name", region=REGION, zones=ZONES), "not valid")
 
 
+@pytest.mark.long  # 40 s: .ci/run runs it; the README's suite stays under 10 min (the bad-input table is quick)
 def test_refusals_on_a_cluster_change_nothing(cloud, prefect_api):
     cluster = "refuse"
     rows = create_cluster(cluster=cluster, region=REGION, zones=ZONES, replicas=3)

@@ -44,6 +44,7 @@ ADD_STEPS = [
 ]
 
 
+@pytest.mark.long  # one of the kill suites (tests/test_kill_matrix.py): .ci/run runs it; the README's suite stays under 10 min
 def test_add_replica_killed_at_every_step_resumes_without_repeating_a_call(cloud, prefect_api):
     cluster = "resume-add"
     create_cluster(cluster=cluster, region=REGION, zones=ZONES, replicas=1, load_balancer="as-needed")  # the seed's 1 -> 2 move

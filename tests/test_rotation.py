@@ -118,7 +118,7 @@ def _sans(cert: x509.Certificate) -> set[str]:
         str(v) for v in san.get_values_for_type(x509.IPAddress)}
 
 
-@pytest.mark.long  # the health check's rotation below covers the default suite; .ci/run runs this one
+@pytest.mark.long  # .ci/run runs it
 @pytest.mark.usefixtures("prefect_api")
 def test_rotation_renews_every_leaf_one_replica_at_a_time_with_no_failed_write(cloud):
     cluster = f"rot-{uuid.uuid4().hex[:5]}"
@@ -202,6 +202,7 @@ def test_a_rotation_killed_half_way_resumes_without_redoing_a_replica(cloud, pre
     assert cloud.processes() == []
 
 
+@pytest.mark.long  # 30 s: .ci/run runs it beside tests/test_cert_lifetimes.py; the README's suite stays under 10 min
 def test_health_check_warns_then_rotates_every_leaf_within_the_threshold(cloud, prefect_api):
     """Leaves last a year: with thresholds above a year the health check sees every leaf "close to
     expiry" and must rotate them all, one replica at a time, with no failed write meanwhile."""
