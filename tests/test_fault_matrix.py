@@ -54,11 +54,10 @@ CREATE_METHODS = ["compute.addresses.insert", "compute.firewalls.insert", "compu
 DELETE_METHODS = ["compute.forwardingRules.delete", "compute.targetPools.delete", "compute.httpHealthChecks.delete",
                   "compute.instances.delete", "compute.addresses.delete", "compute.firewalls.delete"]
 MODES = ["503", "operation_error"]
-# Each case faults one create method, then one delete method (paired, so that every method is hit
-# in every mode without a cluster per method and mode).
+# Operation errors: one create method, then one delete method faulted per case (paired, so that every
+# method is hit without a cluster per method); 429 and 503 on all of them at once (test_create_delete_faults).
 PAIRS = list(zip(CREATE_METHODS, DELETE_METHODS + [DELETE_METHODS[3]], strict=True))
-CASES = [(c, d, mode) for c, d in PAIRS for mode in MODES] + [("compute.instances.insert", "compute.instances.delete",
-                                                                 "429")]
+CASES = [(c, d, "operation_error") for c, d in PAIRS]
 
 
 def _run_until_done(call, change_id: str, runs: int = 3) -> int:
@@ -105,6 +104,41 @@ def _leftovers(cloud, cluster: str) -> list[str]:
 
 def _key_material(home: Path) -> list[str]:
     return [str(p) for p in home.rglob("*") if p.is_file() and _leaks(p.read_bytes(), [PEM_MARKER])]
+
+
+# Every create (delete) method faulted at once in each case; on one of them, a step of its own (not one
+# of three side by side, which would share the faults), more faults than a run absorbs.
+CREATE_FAULTED = CREATE_METHODS + ["compute.targetPools.addInstance"]
+CREATE_FORCED = {"429": "compute.addresses.insert", "503": "compute.targetPools.insert",
+                 "operation_error": "compute.forwardingRules.insert"}
+DELETE_FORCED = {"429": "compute.forwardingRules.delete", "503": "compute.httpHealthChecks.delete",
+                 "operation_error": "compute.addresses.delete"}
+
+
+@pytest.mark.parametrize("mode", ["429", "503", pytest.param("operation_error", marks=pytest.mark.xfail(
+    strict=True, reason="found 2026-11-27, not fixed: with operation errors on every create method at once and 4 on "
+    "forwardingRules.insert, the resumed run sends the requestId of 'forwarding-rule/after-<op>' a second time "
+    "(requestIds A, B, C, D, then B again) and the emulator carries it out"))])
+def test_create_delete_faults(mode, cloud, prefect_api, quick_retries):
+    """create-cluster (3 replicas) with a fault of ``mode`` on every GCE mutating method it calls, then
+    delete-cluster likewise: on one method of each more than a run absorbs, so the run fails and is run
+    again with the same change id; the other faults are absorbed by the steps' retries."""
+    cluster = f"fm-{uuid.uuid4().hex[:6]}"
+    hit = _faulted(cloud, CREATE_FAULTED, mode, CREATE_FORCED[mode],
+                   lambda cid: create_cluster(cluster=cluster, region=REGION, zones=ZONES, replicas=3, change_id=cid),
+                   f"create-{cluster}")
+    assert hit == set(CREATE_FAULTED), f"{mode} faults never hit: {set(CREATE_FAULTED) - hit}"
+    vms = _converged(cloud, cluster, 3)
+    assert all(v.status == "RUNNING" for v in vms), vms
+    assert _carried_out_twice(cloud.admin.calls()) == []
+
+    hit = _faulted(cloud, DELETE_METHODS, mode, DELETE_FORCED[mode],
+                   lambda cid: delete_cluster(cluster=cluster, change_id=cid), f"delete-{cluster}")
+    assert hit == set(DELETE_METHODS), f"{mode} faults never hit: {set(DELETE_METHODS) - hit}"
+    assert _leftovers(cloud, cluster) == []
+    assert load_cas(cluster) is None
+    assert _carried_out_twice(cloud.admin.calls()) == []
+    assert _key_material(Path(prefect_api.home)) == []
 
 
 @pytest.mark.parametrize("create_method,delete_method,mode", CASES,
@@ -271,7 +305,7 @@ def _watched(cloud, cluster: str, ips: list[str], call) -> None:
     _quorum_held(watcher)
 
 
-ABSORBED = {"503": 3, "operation_error": 2}  # faults a run absorbs: a step's 3 retries, 3 operations per step
+ABSORBED = {"429": 3, "503": 3, "operation_error": 2}  # faults a run absorbs: a step's 3 retries, 3 operations per step
 
 
 def _faulted(cloud, methods: list[str], mode: str, forced: str, call, change_id: str) -> set[str]:
