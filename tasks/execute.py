@@ -55,7 +55,7 @@ from tasks.network import (
     submit_reserve_address,
     submit_target_pool,
 )
-from tasks.operations import Started, Step, apply, apply_all, await_started, start
+from tasks.operations import Started, Step, apply, apply_all, finish, start
 from tasks.pki import (
     delete_cluster_pki,
     delete_cluster_secrets,
@@ -174,7 +174,7 @@ LOCAL: dict[StepKind, Callable[[Run, PlanStep, dict[str, Any]], dict[str, Any] |
     StepKind.DELETE_KEYS: lambda run, s, a: delete_replica_secrets(run.change, a["name"]) and None,
     StepKind.DELETE_SPEC: lambda run, s, a: delete_spec(run.change.cluster, step=s.id),
     StepKind.WAIT_API: lambda run, s, a: wait_api_ready(run.change.cluster, a["name"], a["ip"], step=s.id),
-    StepKind.AWAIT: lambda run, s, a: await_started(run.change, run.pending.pop(a["step"]), step=s.id),
+    StepKind.AWAIT: lambda run, s, a: finish(run.change, run.pending.pop(a["step"]), s.id),
     StepKind.STRAND: lambda run, s, a: record_stranded(run.change.cluster, a["name"], a["zone"], step=s.id),
     StepKind.STRAND_REPLACED: lambda run, s, a: record_replacement(run.change.cluster, a["name"], a["replacement"],
                                                                    step=s.id),

@@ -163,16 +163,22 @@ def start(change: Change, step: Step) -> Started:
 
 
 @probe(task_run_name="{step}")
-def await_started(change: Change, started: Started, step: str) -> None:
-    """A plan's step that waits for one submitted earlier with :func:`start` (its own task run)."""
-    finish(change, started)
-
-
-def finish(change: Change, started: Started) -> None:
-    """Wait for a step :func:`start` submitted; a failed operation goes through :func:`apply` again."""
+def await_started(change: Change, started: Started, step: str) -> OpRef | None:
+    """A plan's step that waits for one submitted earlier with :func:`start` (its own task run).
+    Returns the operation if it failed (None when it is done): :func:`finish` submits it again from
+    the flow, not from inside this task, whose nested submits a resumed run would not find checkpointed."""
     try:
         wait_op(change, started.op, started.step.what, started.step.timeout, started.step.progress_key)
     except GceOperationError as exc:
         get_run_logger().warning("%s: operation %s failed (%s); submitting it again", started.step.what,
                                  exc.op.name, exc.code)
-        apply(change, started.step.retried_after(exc.op))
+        return exc.op
+    return None
+
+
+def finish(change: Change, started: Started, step: str) -> None:
+    """Wait for a step :func:`start` submitted (task run ``step``); a failed operation goes through
+    :func:`apply` again."""
+    failed = await_started(change, started, step=step)
+    if failed is not None:
+        apply(change, started.step.retried_after(failed))

@@ -115,10 +115,7 @@ DELETE_FORCED = {"429": "compute.forwardingRules.delete", "503": "compute.httpHe
                  "operation_error": "compute.addresses.delete"}
 
 
-@pytest.mark.parametrize("mode", ["429", "503", pytest.param("operation_error", marks=pytest.mark.xfail(
-    strict=True, reason="found 2026-11-27, not fixed: with operation errors on every create method at once and 4 on "
-    "forwardingRules.insert, the resumed run sends the requestId of 'forwarding-rule/after-<op>' a second time "
-    "(requestIds A, B, C, D, then B again) and the emulator carries it out"))])
+@pytest.mark.parametrize("mode", list(CREATE_FORCED))
 def test_create_delete_faults(mode, cloud, prefect_api, quick_retries):
     """create-cluster (3 replicas) with a fault of ``mode`` on every GCE mutating method it calls, then
     delete-cluster likewise: on one method of each more than a run absorbs, so the run fails and is run
