@@ -47,6 +47,11 @@ def lock_name(cluster: str) -> str:
     return f"cluster-{cluster}"
 
 
+def health_lock_name(cluster: str) -> str:
+    """The health check's own lock (:func:`tasks.health.health_lock`): one check of a cluster at a time."""
+    return f"health-{cluster}"
+
+
 def ensure_lock(cluster: str) -> None:
     with get_client(sync_client=True) as client:
         client.upsert_global_concurrency_limit_by_name(lock_name(cluster), limit=1)
@@ -62,7 +67,7 @@ def force_unlock(cluster: str) -> list[str]:
 
     released = []
     with get_client(sync_client=True) as client:
-        for name in (lock_name(cluster), f"health-{cluster}"):
+        for name in (lock_name(cluster), health_lock_name(cluster)):
             try:
                 client.delete_global_concurrency_limit_by_name(name)
                 released.append(name)

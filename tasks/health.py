@@ -28,16 +28,12 @@ from prefect.events import emit_event
 from prefect.exceptions import ObjectNotFound
 
 from haplane.remediation import Attempt, Outcome, Verdict
-from tasks.cluster import hold, lock_name
+from tasks.cluster import health_lock_name, hold, lock_name
 from tasks.steps import probe
 
 REMEDIATION_TAG = "haplane-remediation"
 REPLACE_FLOW = "replace-replica"
 HEALTH_LOCK_WAIT_S = float(os.environ.get("HAPLANE_HEALTH_LOCK_WAIT_S", "2"))
-
-
-def health_lock_name(cluster: str) -> str:
-    return f"health-{cluster}"
 
 
 def remediation_tags(cluster: str, replica: str) -> tuple[str, ...]:
