@@ -13,9 +13,11 @@ import json
 
 from prefect import get_run_logger
 from prefect.exceptions import ObjectNotFound
+from pydantic import SecretStr
 
 from blocks import delete_block_document
 from blocks.pki import ClusterPKI, block_name
+from haplane import snapshots as snap
 from haplane.etcd import EtcdTLS
 from haplane.gce import Gce, Instance, OpRef
 from haplane.node import (
@@ -73,6 +75,20 @@ def operator_tls(cluster: str) -> EtcdTLS | None:
     """The operator's etcd client credentials, for use inside a task (never return them)."""
     cas = load_cas(cluster)
     return EtcdTLS.from_cas(cas) if cas else None
+
+
+def snapshot_key(cluster: str, create: bool = True) -> str:
+    """The cluster's snapshot key (base64). Created and saved in the PKI block when missing (clusters
+    made before snapshots existed). Only for use inside a task; never return it."""
+    pki = ClusterPKI.load(block_name(cluster))
+    if pki.snapshot_key is None:
+        if not create:
+            raise snap.SnapshotError(f"cluster {cluster!r} has no snapshot key in block {block_name(cluster)!r}: "
+                                     "it has never been snapshotted, so there is nothing to restore")
+        pki.snapshot_key = SecretStr(snap.new_key())
+        pki.save(block_name(cluster), overwrite=True)
+        get_run_logger().info("created the snapshot key of %s in block %s", cluster, block_name(cluster))
+    return pki.snapshot_key.get_secret_value()
 
 
 @probe(task_run_name="{step}")
@@ -330,8 +346,6 @@ def submit_configure_replica(change: Change, step: str, zone: str, name: str, en
                                 service_cidr=apiserver.service_cluster_ip_range)
     key = None
     if restore is not None:
-        from tasks.snapshots import snapshot_key
-
         key = snapshot_key(change.cluster, create=False)
     spec = _keys_to_secrets(change, gce, vm, NodeSpec(etcd=etcd, apiserver=apiserver, tls=node_tls(cas, certs),
                                                       restore=restore, snapshot_key=key))

@@ -13,10 +13,9 @@ from pathlib import Path
 
 from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
-from pydantic import SecretStr
 
-from blocks.cluster import ClusterSpec
-from blocks.pki import ClusterPKI, block_name
+from blocks.cluster import ClusterSpec, resolve_gce
+from blocks.pki import block_name
 from haplane import snapshots as snap
 from haplane.etcd import EndpointStatus, EtcdClient, EtcdError, EtcdTLS
 from haplane.gce import Gce
@@ -24,6 +23,7 @@ from haplane.node import client_url, find_etcd
 from haplane.restore import EtcdProbe
 from haplane.snapshot_store import SnapshotStore
 from haplane.topology import LABEL_CLUSTER
+from tasks.pki import operator_tls, snapshot_key
 from tasks.steps import Change, checkpoint, probe
 
 # the changes that start with a verified snapshot (create has nothing to save; delete removes the key)
@@ -32,20 +32,6 @@ SNAPSHOT_BEFORE = frozenset({"add-replica", "remove-replica", "replace-replica"}
 
 class SnapshotFailed(RuntimeError):
     """A snapshot taken before a change failed: the change is stopped before it starts."""
-
-
-def snapshot_key(cluster: str, create: bool = True) -> str:
-    """The cluster's snapshot key (base64). Created and saved in the PKI block when missing (clusters
-    made before snapshots existed). Only for use inside a task; never return it."""
-    pki = ClusterPKI.load(block_name(cluster))
-    if pki.snapshot_key is None:
-        if not create:
-            raise snap.SnapshotError(f"cluster {cluster!r} has no snapshot key in block {block_name(cluster)!r}: "
-                                     "it has never been snapshotted, so there is nothing to restore")
-        pki.snapshot_key = SecretStr(snap.new_key())
-        pki.save(block_name(cluster), overwrite=True)
-        get_run_logger().info("created the snapshot key of %s in block %s", cluster, block_name(cluster))
-    return pki.snapshot_key.get_secret_value()
 
 
 def store_of(spec: ClusterSpec, storage: str | None = None) -> SnapshotStore:
@@ -93,8 +79,6 @@ def take_snapshot(gce: Gce, spec: ClusterSpec, tls: EtcdTLS, key_b64: str, store
 @probe(task_run_name="snapshot {spec.cluster}", timeout_seconds=1800)
 def snapshot_now(spec: ClusterSpec, connection: str | None, storage: str | None = None) -> snap.SnapshotMeta:
     """Take, verify, seal and store one snapshot; then prune by the cluster's retention."""
-    from blocks.cluster import resolve_gce
-    from tasks.pki import operator_tls
 
     tls = operator_tls(spec.cluster)
     if tls is None:
@@ -218,8 +202,6 @@ def check_restorable(spec: ClusterSpec, snapshot_id: str | None, storage: str | 
 @probe(task_run_name="is etcd quorum of {spec.cluster} lost")
 def probe_quorum(spec: ClusterSpec, connection: str | None) -> EtcdProbe:
     """Ask every running replica's etcd: status (alive, credentials accepted, leader) and a linearizable read."""
-    from blocks.cluster import resolve_gce
-    from tasks.pki import operator_tls
 
     gce = resolve_gce(connection)
     instances = gce.list_instances(gce.list_zones(spec.region), labels={LABEL_CLUSTER: spec.cluster})
