@@ -14,11 +14,10 @@ import pytest
 
 from deployments.setup import setup_workspace
 from flows.create_cluster import create_cluster
+from haplane.testing import REGION, ZONES
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
-REGION = "europe-west1"
-ZONES = ["europe-west1-b", "europe-west1-c", "europe-west1-d"]
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,7 @@ from cryptography import x509
 
 from haplane import pki
 from haplane.rotation import check_rotation
-
-REGION = "europe-west1"
-ZONES = ["europe-west1-b", "europe-west1-c", "europe-west1-d"]
+from haplane.testing import REGION, ZONES
 
 
 def _certs(bundle: str) -> list[x509.Certificate]:

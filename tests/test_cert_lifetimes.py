@@ -21,9 +21,8 @@ from cryptography import x509
 
 from haplane import pki
 from haplane.rotation import expiry_decision, rotation_fits, thresholds
+from haplane.testing import REGION, ZONES
 
-REGION = "europe-west1"
-ZONES = ["europe-west1-b", "europe-west1-c", "europe-west1-d"]
 LEAVES = ("apiserver-cert", "etcd-peer-cert", "etcd-server-cert", "apiserver-etcd-client-cert")
 
 

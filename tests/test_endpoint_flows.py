@@ -23,8 +23,9 @@ from flows.set_load_balancer import set_load_balancer
 from haplane.etcd import EtcdClient, EtcdTLS
 from haplane.node import client_url
 from haplane.plans import Plan
+from haplane.testing import REGION, ZONES
 from tasks.pki import load_cas
-from tests.test_flows import REGION, ZONES, Canary
+from tests.test_flows import Canary
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 

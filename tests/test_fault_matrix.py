@@ -39,6 +39,7 @@ from flows.remove_replica import remove_replica
 from flows.replace_replica import replace_replica
 from haplane.etcd import EtcdTLS
 from haplane.gce import GceTimeout
+from haplane.testing import REGION, ZONES
 from haplane.topology import LABEL_CLUSTER, ClusterNames
 from tasks.pki import load_cas
 from tests.fixtures.cluster import PROJECT
@@ -46,8 +47,6 @@ from tests.test_secrets import PEM_MARKER, _leaks
 
 pytestmark = [pytest.mark.long, pytest.mark.usefixtures("prefect_api")]
 
-REGION = "europe-west1"
-ZONES = ["europe-west1-b", "europe-west1-c", "europe-west1-d"]
 CREATE_METHODS = ["compute.addresses.insert", "compute.firewalls.insert", "compute.instances.insert",
                   "compute.instances.setMetadata", "compute.httpHealthChecks.insert", "compute.targetPools.insert",
                   "compute.forwardingRules.insert"]

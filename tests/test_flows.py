@@ -23,6 +23,7 @@ from haplane.node import client_url
 from haplane.observe import observe
 from haplane.pki import create_cluster_cas
 from haplane.plans import PlanRefused, plan_remove
+from haplane.testing import REGION, ZONES
 from haplane.topology import LABEL_CLUSTER
 from tasks.pki import load_cas
 from tasks.snapshots import SNAPSHOT_BEFORE
@@ -30,8 +31,6 @@ from tests.fixtures.cluster import api_through
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
-REGION = "europe-west1"
-ZONES = ["europe-west1-b", "europe-west1-c", "europe-west1-d"]
 
 
 def _name(prefix: str) -> str:

@@ -18,12 +18,11 @@ import pytest
 from flows.create_cluster import create_cluster
 from flows.delete_cluster import delete_cluster
 from flows.health_check import health_check
+from haplane.testing import REGION, ZONES
 from tests.fixtures.cluster import PROJECT
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
-REGION = "europe-west1"
-ZONES = ["europe-west1-b", "europe-west1-c", "europe-west1-d"]
 
 
 class HeldLock:

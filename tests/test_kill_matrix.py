@@ -28,6 +28,7 @@ import pytest
 
 from flows.create_cluster import create_cluster
 from haplane.secretstore import SecretStore
+from haplane.testing import REGION, ZONES
 from haplane.topology import LABEL_CLUSTER, ClusterNames
 from tasks.cluster import lock_name
 from tasks.pki import load_cas
@@ -38,8 +39,6 @@ from tests.test_fault_matrix import QuorumWatcher, _key_material, _leftovers, _m
 
 pytestmark = [pytest.mark.long, pytest.mark.timeout(900), pytest.mark.usefixtures("prefect_api")]
 
-REGION = "europe-west1"
-ZONES = ["europe-west1-b", "europe-west1-c", "europe-west1-d"]
 INSERT, SET_METADATA, DELETE = "compute.instances.insert", "compute.instances.setMetadata", "compute.instances.delete"
 POOL_ADD, POOL_REMOVE = "compute.targetPools.addInstance", "compute.targetPools.removeInstance"
 

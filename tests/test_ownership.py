@@ -9,9 +9,7 @@ import uuid
 import pytest
 
 from haplane.ownership import OwnershipError, SpecWhere, check_create, check_delete
-
-REGION = "europe-west1"
-ZONES = ["europe-west1-b", "europe-west1-c", "europe-west1-d"]
+from haplane.testing import REGION, ZONES
 
 CREATE_CASES = [
     # (spec found, GCE resources found without a spec, refused with)

@@ -22,13 +22,12 @@ from flows.replace_replica import replace_replica
 from haplane.plans import Plan
 from haplane.processes import stop_group
 from haplane.steps import STEP_SCHEMA
+from haplane.testing import REGION, ZONES
 from tasks.steps import SCHEMA_STEP, Change, remember
 from tests.fixtures.cluster import PROJECT
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
-REGION = "europe-west1"
-ZONES = ["europe-west1-b", "europe-west1-c", "europe-west1-d"]
 
 
 def _refused(cloud, call, match: str) -> None:

@@ -32,6 +32,7 @@ from haplane.gce import request_id
 from haplane.node import client_url, find_etcd
 from haplane.plans import PlanRefused
 from haplane.snapshot_store import SnapshotStore
+from haplane.testing import REGION, ZONES
 from haplane.topology import LABEL_CLUSTER, ClusterNames
 from tasks.pki import load_cas
 from tasks.snapshots import SnapshotFailed, snapshot_key
@@ -39,8 +40,6 @@ from tests.fixtures.cluster import api_through
 
 pytestmark = [pytest.mark.usefixtures("prefect_api"), pytest.mark.timeout(900)]
 
-REGION = "europe-west1"
-ZONES = ["europe-west1-b", "europe-west1-c", "europe-west1-d"]
 
 
 def _name(prefix: str) -> str:

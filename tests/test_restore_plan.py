@@ -10,10 +10,10 @@ from haplane.model import ClusterState, ReplicaState
 from haplane.plans import PlanRefused
 from haplane.restore import EtcdProbe, QuorumView, plan_restore, quorum_view
 from haplane.snapshots import SnapshotMeta
+from haplane.testing import ZONES
 from haplane.topology import label_value, replica_name
 
 NOW = dt.datetime(2026, 11, 27, 12, tzinfo=dt.UTC)
-ZONES = ["europe-west1-b", "europe-west1-c", "europe-west1-d"]
 LOST = (QuorumView.LOST, "seen lost")
 
 

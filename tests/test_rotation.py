@@ -23,11 +23,10 @@ from haplane.etcd import EtcdClient, EtcdTLS
 from haplane.model import ClusterState, ReplicaState, Unknown
 from haplane.node import TLS_PREFIX, client_url
 from haplane.rotation import expiry_decision, rotation_order
+from haplane.testing import REGION, ZONES
 from haplane.topology import LABEL_CLUSTER
 from tasks.pki import load_cas
 
-REGION = "europe-west1"
-ZONES = ["europe-west1-b", "europe-west1-c", "europe-west1-d"]
 LEAVES = ("apiserver-cert", "etcd-peer-cert", "etcd-server-cert", "apiserver-etcd-client-cert")
 NOW = dt.datetime(2026, 11, 27, tzinfo=dt.UTC)
 

@@ -22,11 +22,9 @@ from flows.replace_replica import replace_replica
 from haplane.emulator.server import Emulator
 from haplane.node import SECRET_SUFFIXES, SECRETS_KEY
 from haplane.secretstore import SecretStore, read_as_vm, secret_id, service_account_email, vm_token
+from haplane.testing import REGION, ZONES
 from haplane.topology import LABEL_CLUSTER
 from tests.fixtures.cluster import PROJECT
-
-REGION = "europe-west1"
-ZONES = ["europe-west1-b", "europe-west1-c", "europe-west1-d"]
 
 
 def test_secret_manager_subset_with_the_real_client(tmp_path):

@@ -28,9 +28,9 @@ from flows.delete_cluster import delete_cluster
 from haplane.gce import request_id
 from haplane.pki import new_ca
 from haplane.secrets import SecretCallFailed, scrub
+from haplane.testing import REGION
 from tests.fixtures.cluster import PROJECT
 
-REGION = "europe-west1"
 ZONE = "europe-west1-b"
 PEM_MARKER = b"PRIVATE KEY-----"
 B64_RE = re.compile(rb"[A-Za-z0-9+/=]{80,}")

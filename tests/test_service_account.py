@@ -31,12 +31,9 @@ from haplane.pki import (
     node_tls,
     rotate_service_account_key,
 )
+from haplane.testing import REGION, ZONES
 from haplane.topology import LABEL_CLUSTER
 from tasks.pki import ensure_cluster_pki, load_cas
-
-REGION = "europe-west1"
-ZONES = ["europe-west1-b", "europe-west1-c", "europe-west1-d"]
-
 
 # ---------------------------------------------------------------- pure: tokens as kube-apiserver sees them
 

@@ -22,6 +22,7 @@ from haplane.emulator.admin import EmulatorAdmin
 from haplane.emulator.server import Emulator
 from haplane.emulator.vm import ProcessRuntime
 from haplane.gce import Gce
+from haplane.testing import REGION, ZONES
 from tests.fixtures.cluster import PROJECT, Cloud, api_through
 from tests.fixtures.worker import start_worker
 from tests.test_operate import start_deployment, wait_run
@@ -29,8 +30,6 @@ from tests.test_resume import ADD_STEPS
 
 pytestmark = [pytest.mark.long, pytest.mark.timeout(900)]
 
-REGION = "europe-west1"
-ZONES = ["europe-west1-b", "europe-west1-c", "europe-west1-d"]
 CLUSTER = f"team-{uuid.uuid4().hex[:4]}"
 CONNECTION = "team"
 
