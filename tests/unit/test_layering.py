@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PURE = ["haplane.model", "haplane.gce_timings", "haplane.steps", "haplane.quorum", "haplane.topology", "haplane.plans",
         "haplane.remediation", "haplane.restore"]
 BLOCKED = ["httpx", "google", "prefect", "cryptography", "pydantic", "haplane.emulator"]

