@@ -167,7 +167,8 @@ def test_seed_way_create_one_then_add_two_then_shrink_back(cloud, prefect_api):
     assert cloud.processes() == []
 
 
-def test_create_three_at_once_and_replace_a_killed_replica(cloud, prefect_api):
+def test_create_three_at_once_and_replace_a_killed_replica(shared_cloud, prefect_api):
+    cloud = shared_cloud
     cluster = _name("three")
     rows = _as_planned(prefect_api, create_cluster, cluster=cluster, region=REGION, zones=ZONES, replicas=3)
     assert sorted(r["zone"] for r in rows) == ZONES
@@ -201,7 +202,7 @@ def test_create_three_at_once_and_replace_a_killed_replica(cloud, prefect_api):
         "key": {"any_": [f"{cluster}-plan"]}, "flow_run_id": {"any_": [plan["flow_run_id"]]}}}).json()
     assert len(of_run) == 1
     delete_cluster(cluster=cluster)
-    assert cloud.processes() == []
+    assert cloud.processes(cluster) == []
     _assert_no_private_keys_in_prefect(prefect_api)
 
 

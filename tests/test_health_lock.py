@@ -64,9 +64,10 @@ def _replace_runs(cluster: str) -> int:
             tags=FlowRunFilterTags(all_=["haplane-remediation", f"cluster:{cluster}"]))))
 
 
-def test_busy_cluster_is_skipped_then_replaced_under_the_lock(cloud, monkeypatch):
+def test_busy_cluster_is_skipped_then_replaced_under_the_lock(shared_cloud, monkeypatch):
     import flows.health_check as hc
 
+    cloud = shared_cloud
     cluster = f"hlock-{uuid.uuid4().hex[:5]}"
     rows = create_cluster(cluster=cluster, region=REGION, zones=ZONES, replicas=3)
     victim = next(r["replica"] for r in rows if r["zone"] == ZONES[1])
@@ -78,7 +79,7 @@ def test_busy_cluster_is_skipped_then_replaced_under_the_lock(cloud, monkeypatch
     with HeldLock(cluster):
         result = health_check(cluster=cluster)
     assert result["action"] == "skipped" and "another mutating flow is running" in result["reason"]
-    assert cloud.mutating_calls() == []
+    assert cloud.mutating_calls(cluster) == []
     assert _replace_runs(cluster) == 0, "a skipped check must not count as a remediation attempt"
 
     # lock free: the check takes it, decides again, and replace-replica runs under that hold

@@ -168,7 +168,8 @@ def test_restore_after_losing_two_of_three_replicas(cloud, gcs, prefect_api):
           f"restore-cluster took {restore_s:.1f} s (quorum lost {time.monotonic() - lost_at:.1f} s in all)")
 
 
-def test_a_snapshot_is_taken_before_a_change_and_a_failed_one_stops_it(cloud, prefect_api):
+def test_a_snapshot_is_taken_before_a_change_and_a_failed_one_stops_it(shared_cloud, prefect_api):
+    cloud = shared_cloud
     cluster = _name("pre")
     create_cluster(cluster=cluster, region=REGION, zones=ZONES, replicas=1)
     store = SnapshotStore.load(None)  # the default: $PREFECT_HOME/haplane-snapshots
@@ -176,10 +177,10 @@ def test_a_snapshot_is_taken_before_a_change_and_a_failed_one_stops_it(cloud, pr
 
     # storage that cannot be used: the change stops before changing anything
     _use_storage(cluster, "gcs-bucket/no-such-block")
-    calls = len(cloud.mutating_calls())
+    calls = len(cloud.mutating_calls(cluster))
     with pytest.raises(SnapshotFailed, match="stopped before changing anything.*skip_snapshot=True"):
         add_replica(cluster=cluster)
-    assert len(cloud.mutating_calls()) == calls
+    assert len(cloud.mutating_calls(cluster)) == calls
     assert len(cloud.gce.list_instances(ZONES, labels={LABEL_CLUSTER: cluster})) == 1
 
     _use_storage(cluster, None)

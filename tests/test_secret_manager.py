@@ -61,7 +61,8 @@ def _instances(cloud, cluster: str) -> list[compute_v1.Instance]:
 
 
 @pytest.mark.usefixtures("prefect_api")
-def test_no_private_key_in_metadata_and_a_vm_reads_only_its_own(cloud):
+def test_no_private_key_in_metadata_and_a_vm_reads_only_its_own(shared_cloud):
+    cloud = shared_cloud
     cluster = f"sec-{uuid.uuid4().hex[:5]}"
     rows = create_cluster(cluster=cluster, region=REGION, zones=ZONES, replicas=3)
     assert all(r["health"] == "healthy" for r in rows)  # etcd and the API servers run on keys read from secrets
@@ -111,4 +112,4 @@ def test_no_private_key_in_metadata_and_a_vm_reads_only_its_own(cloud):
     finally:
         delete_cluster(cluster=cluster)
     assert store.list(cluster) == []
-    assert cloud.processes() == []
+    assert cloud.processes(cluster) == []

@@ -104,7 +104,8 @@ def _kid(token: str) -> str:
     return json.loads(serviceaccount._unb64(token.split(".")[0]))["kid"]
 
 
-def test_tokens_verify_on_every_replica_before_and_after_a_rotation(cloud, prefect_api):
+def test_tokens_verify_on_every_replica_before_and_after_a_rotation(shared_cloud, prefect_api):
+    cloud = shared_cloud
     cluster = f"sa-{uuid.uuid4().hex[:5]}"
     create_cluster(cluster=cluster, region=REGION, zones=ZONES, replicas=3)
     try:
@@ -150,4 +151,4 @@ def test_tokens_verify_on_every_replica_before_and_after_a_rotation(cloud, prefe
                 assert resp.status_code == 201, f"{ip} refused a token (kid {_kid(token)}): {resp.text}"
     finally:
         delete_cluster(cluster=cluster)
-    assert cloud.processes() == []
+    assert cloud.processes(cluster) == []

@@ -73,7 +73,7 @@ def _serve_and_read(etcd_bin: str, data_dir: Path, log: Path, prefix: str) -> di
 
 @needs_jq
 def test_restore_boot_fills_the_empty_data_dir_from_a_sealed_snapshot(
-        script_path: Path, tmp_path: Path, node_spec_tls: dict[str, str], etcd_cluster_factory, etcd_bin: str):
+        script_path: Path, tmp_path: Path, node_spec_tls: dict[str, str], etcd_cluster_factory, etcd_bin: str):  # noqa: F811
     """A real etcd's snapshot, sealed by haplane.snapshots, restored by the boot step with the real etcdutl;
     a real etcd then serves its keys. A snapshot whose sha256 is not the one asked for is refused."""
     source = etcd_cluster_factory(1, cluster="rs")
