@@ -25,8 +25,19 @@ ETCD = "HAPLANE_ETCD"
 ETCDUTL = "HAPLANE_ETCDUTL"
 SNAPSHOT_DIR = "HAPLANE_SNAPSHOT_DIR"
 
-NAMES = (GCE_ENDPOINT, PROJECT, GCE_READ_RETRY, OP_WAIT, LB_WAIT, RETRY_DELAYS, LOCK_LEASE, HEALTH_LOCK_WAIT,
-         ETCD, ETCDUTL, SNAPSHOT_DIR)
+NAMES = (
+    GCE_ENDPOINT,
+    PROJECT,
+    GCE_READ_RETRY,
+    OP_WAIT,
+    LB_WAIT,
+    RETRY_DELAYS,
+    LOCK_LEASE,
+    HEALTH_LOCK_WAIT,
+    ETCD,
+    ETCDUTL,
+    SNAPSHOT_DIR,
+)
 
 LOCK_LEASE_MIN_S = 60.0  # Prefect's minimum lease for a global concurrency slot
 
@@ -86,8 +97,10 @@ def retry_delays_s() -> list[float] | None:
     except ValueError:
         delays = []
     if not delays or not all(math.isfinite(d) and d >= 0 for d in delays):
-        raise ValueError(f"{RETRY_DELAYS} must be seconds separated by commas, like '1,3,10', got {raw!r}; "
-                         f"unset it for each task's own delays")
+        raise ValueError(
+            f"{RETRY_DELAYS} must be seconds separated by commas, like '1,3,10', got {raw!r}; "
+            f"unset it for each task's own delays"
+        )
     return delays
 
 

@@ -85,8 +85,9 @@ def _reads_environment(node: ast.AST) -> bool:
             return True
         if node.func.attr == "get" and ast.unparse(target) == "os.environ":
             return True
-    return (isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load)
-            and ast.unparse(node.value) == "os.environ")
+    return (
+        isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load) and ast.unparse(node.value) == "os.environ"
+    )
 
 
 def import_time_reads(source: str) -> list[int]:
@@ -112,8 +113,9 @@ def import_time_reads(source: str) -> list[int]:
 
 
 def test_no_setting_is_read_at_import_time():
-    offenders = {str(p.relative_to(ROOT)): lines for p in _project_modules()
-                 if (lines := import_time_reads(p.read_text()))}
+    offenders = {
+        str(p.relative_to(ROOT)): lines for p in _project_modules() if (lines := import_time_reads(p.read_text()))
+    }
     assert offenders == {}, "read the setting inside the function that uses it"
 
 
@@ -132,8 +134,11 @@ def test_haplane_variables_are_read_only_in_haplane_settings():
             continue
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
-            if _reads_environment(node) and not (isinstance(node, ast.Call) and ast.unparse(node.func).startswith(
-                    "settings.")) and pattern.search(ast.unparse(node)):
+            if (
+                _reads_environment(node)
+                and not (isinstance(node, ast.Call) and ast.unparse(node.func).startswith("settings."))
+                and pattern.search(ast.unparse(node))
+            ):
                 offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert offenders == [], "add a function to haplane/settings.py and call it"
 
