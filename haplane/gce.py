@@ -5,8 +5,8 @@
   and returns an :class:`OpRef` — the operation's name and scope, which a
   checkpoint can keep so that a crashed run resumes the same wait.
 * :meth:`Gce.wait` polls with our own ``*OperationsClient`` built with the same
-  endpoint (``ExtendedOperation.result()`` would poll the public endpoint:
-  DESIGN.md, fact 1).
+  endpoint (``ExtendedOperation.result()`` would poll the public endpoint, whatever
+  endpoint the client was built with: docs/design.md, fact 1).
 * Reads return frozen dataclasses that never carry private-key metadata values.
 """
 

@@ -21,8 +21,9 @@ Metadata keys
                         (``haplane-secrets``' entry :data:`SNAPSHOT_KEY_SECRET`).
 
 A VM whose metadata has no ``haplane-etcd`` key boots nothing (a bare VM).
-Private keys travel in metadata the way kube-up's ``kube-env`` carries them;
-code that reads instances back never returns those values (see
+Private keys reach a VM through Secret Manager (``haplane-secrets``); only a VM
+without a service account gets them in metadata, the way kube-up's ``kube-env``
+carries them. Code that reads instances back never returns such values (see
 :func:`public_metadata`).
 """
 
