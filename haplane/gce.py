@@ -24,7 +24,7 @@ from google.cloud import compute_v1
 
 from haplane import settings
 from haplane.node import public_metadata
-from haplane.secrets import call_carrying_secrets
+from haplane.scrub import call_carrying_secrets
 
 REQUEST_NAMESPACE = uuid.UUID("6f1c8a52-4d0e-4b59-9a57-0c8e2f0a7d11")
 ACCESS_CONFIG_NAME = "external-nat"
