@@ -8,7 +8,7 @@ import json
 import re
 
 from haplane.pki import new_ca
-from haplane.secrets import scrub
+from haplane.scrub import scrub
 
 B64_RE = re.compile(rb"[A-Za-z0-9+/=]{80,}")
 
