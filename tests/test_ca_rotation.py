@@ -63,9 +63,9 @@ def test_ca_rotation_killed_half_way_resumes_with_no_failed_write_and_the_old_ca
     from haplane.gce import Gce
     from haplane.node import client_url
     from haplane.processes import stop_group
+    from haplane.testing.canary import EndpointCanary
     from tasks.cluster import force_unlock
     from tasks.pki import load_cas
-    from tests.fixtures.canary import EndpointCanary
     from tests.fixtures.cluster import PROJECT
 
     cluster = f"carot-{uuid.uuid4().hex[:5]}"

@@ -95,9 +95,9 @@ def test_health_check_rotates_leaves_of_a_few_minutes_before_expiry_with_no_fail
     from flows.health_check import health_check
     from haplane.etcd import EtcdClient, EtcdTLS, EtcdUnavailable
     from haplane.node import client_url
+    from haplane.testing.canary import EndpointCanary
     from haplane.topology import LABEL_CLUSTER
     from tasks.pki import load_cas
-    from tests.fixtures.canary import EndpointCanary
 
     cluster = f"short-{uuid.uuid4().hex[:5]}"
     started = time.time()

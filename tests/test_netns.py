@@ -25,10 +25,10 @@ from haplane.emulator.server import Emulator
 from haplane.etcd import EtcdClient, EtcdTLS
 from haplane.node import APISERVER_PORT, ETCD_CLIENT_PORT, ETCD_PEER_PORT, client_url
 from haplane.testing import REGION, ZONES
+from haplane.testing.poll import eventually
 from tasks.pki import load_cas
 from tests.fixtures.cluster import PROJECT, api_through, vm_runtime
 from tests.fixtures.emulator import wait_op
-from tests.fixtures.poll import eventually
 
 pytestmark = pytest.mark.long
 

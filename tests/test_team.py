@@ -23,8 +23,8 @@ from haplane.emulator.server import Emulator
 from haplane.emulator.vm import ProcessRuntime
 from haplane.gce import Gce
 from haplane.testing import REGION, ZONES
+from haplane.testing.worker import start_worker
 from tests.fixtures.cluster import PROJECT, Cloud, api_through
-from tests.fixtures.worker import start_worker
 from tests.test_operate import start_deployment, wait_run
 from tests.test_resume import ADD_STEPS
 
