@@ -28,13 +28,13 @@ from haplane.processes import stop_group
 from haplane.startup import (
     ETCD_DATA_DIR,
 )
-from tests.unit.test_startup_script import (  # noqa: F401 - node_spec_tls and script_path are fixtures used here
-    IP,
-    _boot,
-    needs_jq,
-    node_spec_tls,
-    script_path,
-)
+from tests.unit import test_startup_script as unit
+from tests.unit.test_startup_script import IP, _boot, needs_jq
+
+# the unit half's module fixtures, used here too
+script = unit.script
+script_path = unit.script_path
+node_spec_tls = unit.node_spec_tls
 
 
 def _free_port() -> int:
@@ -46,11 +46,25 @@ def _free_port() -> int:
 def _serve_and_read(etcd_bin: str, data_dir: Path, log: Path, prefix: str) -> dict[str, str]:
     """Start a real etcd on ``data_dir`` (plain HTTP on loopback) and read every key under ``prefix``."""
     client, peer = f"http://127.0.0.1:{_free_port()}", f"http://127.0.0.1:{_free_port()}"
-    argv = [etcd_bin, "--data-dir", str(data_dir), "--listen-client-urls", client, "--advertise-client-urls",
-            client, "--listen-peer-urls", peer, "--logger", "zap", "--log-level", "error"]
+    argv = [
+        etcd_bin,
+        "--data-dir",
+        str(data_dir),
+        "--listen-client-urls",
+        client,
+        "--advertise-client-urls",
+        client,
+        "--listen-peer-urls",
+        peer,
+        "--logger",
+        "zap",
+        "--log-level",
+        "error",
+    ]
     with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
     try:
         key = base64.b64encode(prefix.encode()).decode()
         end = base64.b64encode(prefix[:-1].encode() + bytes([prefix.encode()[-1] + 1])).decode()
@@ -61,11 +75,15 @@ def _serve_and_read(etcd_bin: str, data_dir: Path, log: Path, prefix: str) -> di
                 try:
                     r = http.post(f"{client}/v3/kv/range", json={"key": key, "range_end": end})
                     if r.status_code == 200:
-                        return {base64.b64decode(kv["key"]).decode(): base64.b64decode(kv["value"]).decode()
-                                for kv in r.json().get("kvs", [])}
+                        return {
+                            base64.b64decode(kv["key"]).decode(): base64.b64decode(kv["value"]).decode()
+                            for kv in r.json().get("kvs", [])
+                        }
                 except httpx.HTTPError:
                     pass
-                assert time.monotonic() < deadline, f"etcd on the restored data did not answer: {log.read_text()[-800:]}"
+                assert time.monotonic() < deadline, (
+                    f"etcd on the restored data did not answer: {log.read_text()[-800:]}"
+                )
                 time.sleep(0.2)
     finally:
         stop_group(proc, grace=5)
@@ -73,7 +91,8 @@ def _serve_and_read(etcd_bin: str, data_dir: Path, log: Path, prefix: str) -> di
 
 @needs_jq
 def test_restore_boot_fills_the_empty_data_dir_from_a_sealed_snapshot(
-        script_path: Path, tmp_path: Path, node_spec_tls: dict[str, str], etcd_cluster_factory, etcd_bin: str):  # noqa: F811
+    script_path: Path, tmp_path: Path, node_spec_tls: dict[str, str], etcd_cluster_factory, etcd_bin: str
+):
     """A real etcd's snapshot, sealed by haplane.snapshots, restored by the boot step with the real etcdutl;
     a real etcd then serves its keys. A snapshot whose sha256 is not the one asked for is refused."""
     source = etcd_cluster_factory(1, cluster="rs")
@@ -95,15 +114,19 @@ def test_restore_boot_fills_the_empty_data_dir_from_a_sealed_snapshot(
     env = {"HAPLANE_ETCDUTL": snap.find_etcdutl(), "HAPLANE_PYTHON3": sys.executable}
 
     # a bad hash: refused loudly, before etcd is started, and nothing is written into the data dir
-    bad = {**metadata, RESTORE_KEY: RestoreSpec(url=restore.url, snapshot_id=meta.snapshot_id,
-                                                 sha256="0" * 64).to_json()}
+    bad = {
+        **metadata,
+        RESTORE_KEY: RestoreSpec(url=restore.url, snapshot_id=meta.snapshot_id, sha256="0" * 64).to_json(),
+    }
     result = _boot(script_path, tmp_path / "bad", bad, env=env)
     assert result.returncode != 0
     assert f"snapshot {meta.snapshot_id}: bad hash: its sha256 is {meta.sha256}" in result.stderr, result.stderr
     data = tmp_path / "bad" / "root" / str(ETCD_DATA_DIR).lstrip("/")
     assert list(data.iterdir()) == []
-    assert not (tmp_path / "bad" / "root" / "systemctl.log").exists() or \
-        "etcd.service" not in (tmp_path / "bad" / "root" / "systemctl.log").read_text()
+    assert (
+        not (tmp_path / "bad" / "root" / "systemctl.log").exists()
+        or "etcd.service" not in (tmp_path / "bad" / "root" / "systemctl.log").read_text()
+    )
     assert key not in result.stderr + result.stdout
 
     # the right snapshot: restored into the data dir, then etcd starts on it
@@ -127,8 +150,9 @@ def test_restore_boot_fills_the_empty_data_dir_from_a_sealed_snapshot(
 
     # a VM with a service account reads the key from Secret Manager: none in its metadata
     ref = "projects/p/secrets/rs-master-0-snapshot-key/versions/1"
-    via_sm = NodeSpec(etcd=etcd, apiserver=None, tls=node_spec_tls, restore=restore,
-                      secret_refs={SNAPSHOT_KEY_SECRET: ref}).to_metadata()
+    via_sm = NodeSpec(
+        etcd=etcd, apiserver=None, tls=node_spec_tls, restore=restore, secret_refs={SNAPSHOT_KEY_SECRET: ref}
+    ).to_metadata()
     assert SNAPSHOT_KEY_KEY not in via_sm and key not in json.dumps(via_sm)
     denied = _boot(script_path, tmp_path / "denied", via_sm, secrets={}, env=env)
     assert denied.returncode != 0 and f"cannot read {ref}" in denied.stderr, denied.stderr

@@ -18,11 +18,16 @@ def test_ca_rotation_phases_trust_both_then_sign_new_then_drop_old():
     assert trusting.ca_phase == "trusting" and trusting.ca_rotation == "rot-1"
     assert trusting.ca == old_ca and trusting.etcd_ca == old_etcd  # the old CAs still sign
     assert {c.subject for c in _certs(trusting.etcd_ca_bundle())} == {
-        old_etcd.certificate.subject, trusting.next_etcd_ca.certificate.subject}
+        old_etcd.certificate.subject,
+        trusting.next_etcd_ca.certificate.subject,
+    }
     assert len(_certs(trusting.ca_bundle())) == 2
     assert trusting.next_ca.certificate.subject != old_ca.certificate.subject  # chains are never ambiguous
-    with pytest.raises(ValueError, match=r"already under way \(change 'rot-1', trusting\): resume it with "
-                                         r"rotate_ca=true, change_id='rot-1'"):
+    with pytest.raises(
+        ValueError,
+        match=r"already under way \(change 'rot-1', trusting\): resume it with "
+        r"rotate_ca=true, change_id='rot-1'",
+    ):
         pki.begin_ca_rotation(trusting, "rot-2")
     with pytest.raises(ValueError, match="cannot finish before the switch"):
         pki.finish_ca_rotation(trusting)
@@ -52,8 +57,9 @@ def test_the_pki_block_keeps_a_rotation_under_way_and_the_lifetime():
 
     from blocks.pki import ClusterPKI
 
-    cas = pki.switch_cas(pki.begin_ca_rotation(pki.create_cluster_cas(
-        "c", lifetimes=pki.Lifetimes(leaf_minutes=5)), "rot-1"))
+    cas = pki.switch_cas(
+        pki.begin_ca_rotation(pki.create_cluster_cas("c", lifetimes=pki.Lifetimes(leaf_minutes=5)), "rot-1")
+    )
     back = ClusterPKI.from_cas(cas).to_cas()
     assert back.ca_phase == "switched" and back.ca_rotation == "rot-1" and back.lifetimes.leaf_minutes == 5
     assert back.previous_etcd_ca.key_pem.get_secret_value() == cas.previous_etcd_ca.key_pem.get_secret_value()
@@ -69,9 +75,12 @@ def test_only_the_ca_rotation_under_way_may_run():
     check_rotation(None, "any", rotate_ca=False)
     check_rotation("rot-1", "rot-1", rotate_ca=True)
     for change, rotate_ca in (("rot-2", True), ("rot-1", False), ("rot-2", False)):
-        with pytest.raises(RuntimeError, match=r"CA rotation of this cluster is under way \(change 'rot-1'\): "
-                                               r"finish it first with rotate-certificates rotate_ca=true "
-                                               r"change_id='rot-1'"):
+        with pytest.raises(
+            RuntimeError,
+            match=r"CA rotation of this cluster is under way \(change 'rot-1'\): "
+            r"finish it first with rotate-certificates rotate_ca=true "
+            r"change_id='rot-1'",
+        ):
             check_rotation("rot-1", change, rotate_ca)
 
 

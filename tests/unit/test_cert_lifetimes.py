@@ -19,21 +19,25 @@ def test_a_leaf_lifetime_in_minutes_is_honoured_and_valid_from_now():
         assert abs(span - dt.timedelta(minutes=3)) < dt.timedelta(seconds=2), span
         # back-dated by a tenth of its lifetime only: most of it is still ahead
         assert cert.not_valid_after_utc - now > dt.timedelta(minutes=2, seconds=30)
-    year = pki.issue_replica_certs(pki.create_cluster_cas("long"), hostname="h", internal_ip="10.0.0.2",
-                                   endpoint_ip="35.0.0.1").apiserver.certificate
+    year = pki.issue_replica_certs(
+        pki.create_cluster_cas("long"), hostname="h", internal_ip="10.0.0.2", endpoint_ip="35.0.0.1"
+    ).apiserver.certificate
     assert year.not_valid_after_utc - year.not_valid_before_utc == dt.timedelta(days=365)
     assert pki.Lifetimes().leaf == dt.timedelta(days=365) and pki.Lifetimes(leaf_minutes=90).leaf_text == "90 minutes"
 
 
-@pytest.mark.parametrize("value, match", [
-    (1, r"leaf_lifetime_minutes=1 is too short: a leaf must last at least 2 minutes"),
-    (0, r"too short"),
-    (-5, r"too short"),
-    ("10", r"must be a whole number of minutes, got '10'"),
-    (2.5, r"must be a whole number of minutes, got 2.5"),
-    (True, r"must be a whole number of minutes, got True"),
-    (3650 * 1440 + 1, r"outlives the CA \(3650 days = 5256000 minutes\)"),
-])
+@pytest.mark.parametrize(
+    "value, match",
+    [
+        (1, r"leaf_lifetime_minutes=1 is too short: a leaf must last at least 2 minutes"),
+        (0, r"too short"),
+        (-5, r"too short"),
+        ("10", r"must be a whole number of minutes, got '10'"),
+        (2.5, r"must be a whole number of minutes, got 2.5"),
+        (True, r"must be a whole number of minutes, got True"),
+        (3650 * 1440 + 1, r"outlives the CA \(3650 days = 5256000 minutes\)"),
+    ],
+)
 def test_bad_leaf_lifetimes_are_refused_with_the_fix(value, match):
     with pytest.raises(ValueError, match=match):
         pki.Lifetimes(leaf_minutes=value)
@@ -62,5 +66,6 @@ def test_thresholds_in_minutes_replace_days_and_refuse_ambiguity():
     # a rotate threshold as long as the leaves' lifetime would rotate on every check: said, and not done
     assert rotation_fits(rotate, dt.timedelta(minutes=3)) is None
     assert rotation_fits(14, dt.timedelta(days=365)) is None
-    assert "every check would rotate again" in rotation_fits(thresholds(warn_minutes=5, rotate_minutes=3)[1],
-                                                             dt.timedelta(minutes=3))
+    assert "every check would rotate again" in rotation_fits(
+        thresholds(warn_minutes=5, rotate_minutes=3)[1], dt.timedelta(minutes=3)
+    )

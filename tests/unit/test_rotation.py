@@ -22,7 +22,11 @@ def test_rotation_goes_leader_last_and_refuses_a_sick_or_unknown_cluster():
 
 def test_expiry_warns_first_rotates_later_and_never_for_a_ca_alone():
     day = dt.timedelta(days=1)
-    certs = [("cluster-ca", NOW + 3000 * day), ("c-1/etcd-peer", NOW + 20 * day), ("operator-etcd-client", NOW + 40 * day)]
+    certs = [
+        ("cluster-ca", NOW + 3000 * day),
+        ("c-1/etcd-peer", NOW + 20 * day),
+        ("operator-etcd-client", NOW + 40 * day),
+    ]
     d = expiry_decision(certs, NOW)
     assert [e.role for e in d.warn] == ["c-1/etcd-peer"] and not d.rotate
     d = expiry_decision([*certs, ("c-2/apiserver", NOW + 13 * day)], NOW)
@@ -37,5 +41,12 @@ NOW = dt.datetime(2026, 11, 27, tzinfo=dt.UTC)
 
 
 def _replica(name: str, leader: bool = False, healthy: bool = True) -> ReplicaState:
-    return ReplicaState(name=name, zone="z-a", vm_status="RUNNING", member_id=hash(name) & 0xFFFF,
-                        etcd_ok=healthy, api_ready=healthy, leader=leader)
+    return ReplicaState(
+        name=name,
+        zone="z-a",
+        vm_status="RUNNING",
+        member_id=hash(name) & 0xFFFF,
+        etcd_ok=healthy,
+        api_ready=healthy,
+        leader=leader,
+    )

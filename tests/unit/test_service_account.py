@@ -65,8 +65,10 @@ def test_rotation_keeps_the_previous_public_key_accepted_until_the_next():
 
 def test_every_replica_gets_the_same_service_account_key():
     cas = create_cluster_cas("sa")
-    tls = [node_tls(cas, issue_replica_certs(cas, hostname=f"r{i}", internal_ip=f"10.0.0.{i}",
-                                             endpoint_ip="10.1.0.1")) for i in (1, 2, 3)]
+    tls = [
+        node_tls(cas, issue_replica_certs(cas, hostname=f"r{i}", internal_ip=f"10.0.0.{i}", endpoint_ip="10.1.0.1"))
+        for i in (1, 2, 3)
+    ]
     assert len({t["service-account-key"] for t in tls}) == 1
     assert len({t["apiserver-key"] for t in tls}) == 3  # the serving keys stay each replica's own
     assert tls[0]["service-account-pub"] == cas.service_account.public_pem
