@@ -37,7 +37,7 @@ if TYPE_CHECKING:  # a pure module: the snapshot's metadata is only read here
     from haplane.snapshots import SnapshotMeta
 
 # lost quorum must hold across looks spanning this many election timeouts: one look may fall in an election
-ELECTIONS_SPANNED = 3
+ELECTIONS_SPANNED = 5
 GROW_CHANGES = 6  # a restore grows back to at most 7 replicas: changes "<id>-grow-1" .. "<id>-grow-6"
 
 

@@ -239,7 +239,7 @@ def look_at_etcd(gce: Gce, spec: ClusterSpec, tls: EtcdTLS | None, uid: str | No
 
 
 @probe(task_run_name="is etcd quorum of {spec.cluster} lost")
-def observe_quorum(spec: ClusterSpec, connection: str | None, ignore: tuple[str, ...] = (), looks: int = 4,
+def observe_quorum(spec: ClusterSpec, connection: str | None, ignore: tuple[str, ...] = (), looks: int = 6,
                    snapshot_voters: int = 0) -> tuple[QuorumEvidence, dict[str, str]]:
     """Look at every running replica's etcd ``looks`` times, spread over :data:`ELECTIONS_SPANNED` election
     timeouts (one look may fall in an election), for :func:`haplane.restore.quorum_view`; with the internal IP
