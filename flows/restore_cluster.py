@@ -49,11 +49,14 @@ def plan_for(change: Change, spec: ClusterSpec, snapshot: str | None, storage: s
     seen = [best[0], ips[best[0]], best[1]] if best else None
     vms = {n for n, _ in evidence.vms}
     gone = tuple(v for v in evidence.voters if v not in vms)
+    pool = change.gce().get_target_pool(spec.region, state.names.target_pool) if state.target_pool else None
+    links = tuple(pool.instances) if pool else ()
 
     def decide(found: list | None) -> RestorePlan:
         survivor = Survivor(*found) if found else None
         return plan_restore(state, view, meta, survivor.revision if survivor else None, now_utc(), change.change_id,
-                            spec.zones, size, survivor=survivor, named=snapshot is not None, gone_members=gone)
+                            spec.zones, size, survivor=survivor, named=snapshot is not None, gone_members=gone,
+                            pool_links=links)
 
     plan = decide(seen)  # refuses here, before anything is recorded, unless quorum is seen lost
     if running:

@@ -227,11 +227,12 @@ def grow_size(state: ClusterState, snapshot: SnapshotMeta, size: int | None) -> 
 def plan_restore(state: ClusterState, view: tuple[QuorumView, str], snapshot: SnapshotMeta,
                  last_revision_seen: int | None, now: dt.datetime, change_id: str, zones: list[str],
                  size: int | None = None, survivor: Survivor | None = None, named: bool = False,
-                 gone_members: tuple[str, ...] = ()) -> RestorePlan:
+                 gone_members: tuple[str, ...] = (), pool_links: tuple[str, ...] = ()) -> RestorePlan:
     """Refuses unless quorum is seen lost among every VM that is not this restore's own (a resumed run,
     whose restored replica exists, is judged on the others alike). ``named``: the snapshot was asked for
     by id (it is restored even when the survivor's is newer). ``gone_members``: members whose VM is
-    gone; their private keys are deleted too."""
+    gone; their private keys are deleted too. ``pool_links``: the target pool's instance links (those of
+    VMs gone are taken out too)."""
     ours = own_replicas(state.cluster, change_id)
     name = ours[0]
     verdict, why = view
@@ -259,6 +260,10 @@ def plan_restore(state: ClusterState, view: tuple[QuorumView, str], snapshot: Sn
                           f"before anything is deleted", name=survivor.name, ip=survivor.ip))
     steps += [step(StepKind.POOL_REMOVE, f"pool-remove/{n}", f"take {n} out of the target pool", "pool",
                    region=state.region, zone=z, name=n) for n, z in remove if n in state.pool_members]
+    vm_names = {r.name for r in state.vms}
+    steps += [step(StepKind.POOL_REMOVE, f"pool-remove/{link.rsplit('/', 1)[-1]}", f"take {link.rsplit('/', 1)[-1]} "
+                   f"(its VM is gone) out of the target pool", "pool", region=state.region, link=link)
+              for link in pool_links if link.rsplit("/", 1)[-1] not in vm_names | set(ours)]
     steps += [step(StepKind.DELETE_VM, f"delete-vm/{n}", f"delete replica {n} ({z}) and its private keys: its etcd "
                    f"data belongs to the lost cluster", "vms", zone=z, name=n) for n, z in remove]
     steps += [step(StepKind.DELETE_KEYS, f"delete-keys/{n}", f"delete the private keys of {n}, whose VM is gone",

@@ -132,7 +132,7 @@ GCE: dict[StepKind, Callable[[Run, PlanStep, dict[str, Any]], Step]] = {
     StepKind.FORWARDING_RULE: _lb(submit_forwarding_rule, lambda a: (a["region"], a["ip"])),
     StepKind.EPHEMERAL_IP: lambda run, s, a: Step(submit_give_access_config, s.id, s.text, (a["zone"], a["name"])),
     StepKind.POOL_REMOVE: lambda run, s, a: Step(submit_pool_remove, s.id, s.text, (
-        a["region"], _link(run, a["zone"], a["name"]))),
+        a["region"], a.get("link") or _link(run, a["zone"], a["name"]))),  # link: a VM gone, its zone unknown
     StepKind.DELETE_FORWARDING_RULE: _lb(submit_delete_forwarding_rule, lambda a: (a["region"],)),
     StepKind.DROP_EPHEMERAL_IP: lambda run, s, a: Step(submit_drop_access_config, s.id, s.text,
                                                        (a["zone"], a["name"]), {"unless_ip": a["unless_ip"]}),

@@ -147,13 +147,18 @@ def test_refused_while_quorum_holds_or_is_unknown():
 def test_the_plan_saves_the_survivor_first_deletes_with_keys_and_restores_the_newer():
     state = _state(_r("a"), _r("b", zone="europe-west1-c"))
     survivor = Survivor("b", "127.10.0.3", 130)
-    plan = plan_restore(state, LOST, _snap(), 130, NOW, "restore-1", ZONES, survivor=survivor, gone_members=("g",))
+    gone_link = "https://compute/projects/p/zones/europe-west1-d/instances/g"
+    links = (gone_link, "https://compute/projects/p/zones/europe-west1-b/instances/a")
+    plan = plan_restore(state, LOST, _snap(), 130, NOW, "restore-1", ZONES, survivor=survivor, gone_members=("g",),
+                        pool_links=links)
     mine = restored_replica_name("c", "restore-1")
-    assert plan.plan.ids == ("snapshot-survivor", "pool-remove/a", "pool-remove/b", "delete-vm/a", "delete-vm/b",
-                             "delete-keys/g", f"vm/{mine}", f"configure/{mine}", f"quorum/{mine}", f"pool-add/{mine}")
+    assert plan.plan.ids == ("snapshot-survivor", "pool-remove/a", "pool-remove/b", "pool-remove/g", "delete-vm/a",
+                             "delete-vm/b", "delete-keys/g", f"vm/{mine}", f"configure/{mine}", f"quorum/{mine}",
+                             f"pool-add/{mine}")
+    assert plan.plan.steps[3].arguments["link"] == gone_link  # a VM gone: its link, as the pool holds it
     kinds = [s.kind for s in plan.plan.steps]
     assert kinds[0] is StepKind.SAVE_SNAPSHOT and kinds.index(StepKind.SAVE_SNAPSHOT) < kinds.index(StepKind.DELETE_VM)
-    configure = plan.plan.steps[7].arguments
+    configure = plan.plan.steps[8].arguments
     assert configure["restore"] == (Ref("snapshot-survivor", "where"), Ref("snapshot-survivor", "snapshot_id"),
                                     Ref("snapshot-survivor", "sha256"))
     assert plan.from_survivor and plan.lost_revisions == 0
