@@ -98,11 +98,7 @@ def quorum_view(ev: QuorumEvidence) -> tuple[QuorumView, str]:
     status = {n: s for n, s in ev.vms if n not in ev.ignore}
     if not status:
         return QuorumView.LOST, "the cluster has no replica VM left (its uid-stamped resources are seen)"
-    known = set(ev.voters)
-    n = max(len(known), ev.snapshot_voters)
-    need = quorum(n)
-    gone = sorted(v for v in known if v not in status)
-    silent = sorted(leaderless(ev.looks) & known)
+    known, n, need, gone, silent = _count(ev)
     dead = set(gone) | set(silent)
     span = ev.looks[-1].at_s - ev.looks[0].at_s if ev.looks else 0.0
     seen = ", ".join([f"{g} (VM gone)" for g in gone] + [f"{s} (no leader)" for s in silent]) or "none"
@@ -136,6 +132,24 @@ def quorum_view(ev: QuorumEvidence) -> tuple[QuorumView, str]:
         f"{need}. Not seen: {'; '.join(unseen)}. A member that does not answer this worker may be on the "
         f"majority's side of a partition, with quorum: check that this worker reaches port 2379 of those VMs "
         f"(the etcd-client firewall rule, the worker's network) and that they run, then look again")
+
+
+def _count(ev: QuorumEvidence) -> tuple[set[str], int, int, list[str], list[str]]:
+    """(voters as last known, how many, the majority of them, those whose VM is gone, those without a leader
+    in every look)."""
+    status = {n for n, _ in ev.vms if n not in ev.ignore}
+    known = set(ev.voters)
+    n = max(len(known), ev.snapshot_voters)
+    return known, n, quorum(n), sorted(v for v in known if v not in status), sorted(leaderless(ev.looks) & known)
+
+
+def settled(ev: QuorumEvidence) -> bool:
+    """More looks cannot make the view LOST: a member served a read, or fewer than a majority are seen gone
+    or without a leader so far (a member must be so in every look). Lets a probe stop looking early."""
+    if any(set(look.readable) - set(ev.ignore) for look in ev.looks):
+        return True
+    _, _, need, gone, silent = _count(ev)
+    return bool(ev.looks) and bool(ev.vms) and len(set(gone) | set(silent)) < need
 
 
 def best_survivor(looks: tuple[Look, ...], ignore: tuple[str, ...] = ()) -> tuple[str, int] | None:

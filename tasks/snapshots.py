@@ -24,7 +24,7 @@ from haplane.etcd import EndpointStatus, EtcdClient, EtcdError, EtcdTLS
 from haplane.gce import Gce
 from haplane.node import EtcdSpec, client_url, find_etcd
 from haplane.ownership import owned
-from haplane.restore import ELECTIONS_SPANNED, Look, QuorumEvidence
+from haplane.restore import ELECTIONS_SPANNED, Look, QuorumEvidence, settled
 from haplane.snapshot_store import SnapshotStore
 from haplane.topology import LABEL_CLUSTER, LABEL_UID
 from tasks.steps import Change, checkpoint, probe
@@ -260,7 +260,9 @@ def observe_quorum(spec: ClusterSpec, connection: str | None, ignore: tuple[str,
             time.sleep(max(0.0, taken[-1].at_s + interval - time.monotonic()))
         vms, look, ips = look_at_etcd(gce, spec, tls, uid, ignore)
         taken.append(look)
-        if look.readable:
+        evidence = QuorumEvidence(vms=vms, footprint_seen=True, looks=tuple(taken), snapshot_voters=snapshot_voters,
+                                  election_s=election_s, ignore=ignore)
+        if settled(evidence):  # a read served, or too few seen without a leader: more looks cannot make it lost
             break
     seen = bool(vms) or bool(gce_footprint(spec.cluster, spec.region, connection, ours_only=True))
     return QuorumEvidence(vms=vms, footprint_seen=seen, looks=tuple(taken), snapshot_voters=snapshot_voters,

@@ -19,6 +19,7 @@ from haplane.restore import (
     own_replicas,
     plan_restore,
     quorum_view,
+    settled,
 )
 from haplane.snapshots import SnapshotMeta
 from haplane.steps import Ref, StepKind
@@ -100,6 +101,19 @@ def test_lost_quorum_is_seen_not_inferred(seen, verdict, says):
 def test_an_unknown_verdict_names_what_to_check():
     _, why = quorum_view(_ev(looks=_looks(answering=("a",), unreachable=("b: timed out", "c: timed out"))))
     assert "port 2379" in why and "partition" in why and "look again" in why
+
+
+@pytest.mark.parametrize(("seen", "done"), [
+    (_ev(looks=_looks(1, 0, answering=("a",), readable=("a",))), True),  # quorum holds: no need to look again
+    (_ev(looks=_looks(1, 0, answering=("a",), unreachable=("b: x", "c: x"))), True),  # 1 of 3: can never be lost
+    (_ev(looks=_looks(1, 0, answering=("a", "b", "c"))), False),  # all without a leader once: look again
+    (_ev(looks=_looks(2, 1, answering=("a", "b"))), False),
+    (_ev(looks=()), False),
+])
+def test_looking_stops_early_only_when_more_looks_cannot_make_it_lost(seen, done):
+    assert settled(seen) is done
+    if done:
+        assert quorum_view(seen)[0] is not QuorumView.LOST
 
 
 def test_the_survivor_with_the_highest_revision_is_chosen():
