@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import socket
 import ssl
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import httpx
@@ -22,6 +23,7 @@ from haplane.gce import Gce, GceZoneUnavailable, Instance
 from haplane.model import MISSING, ZONE_OUT, ClusterState, ReplicaState, Unknown
 from haplane.node import APISERVER_PORT, ETCD_CLIENT_PORT, client_url, peer_url
 from haplane.ownership import owned
+from haplane.restore import EtcdProbe
 from haplane.topology import (
     LABEL_CHANGE,
     LABEL_CLUSTER,
@@ -92,7 +94,27 @@ def observe(gce: Gce, cluster: str, region: str, tls: EtcdTLS | None, ca_pem: st
     address = gce.get_address(region, names.address)
     rule = gce.get_forwarding_rule(region, names.forwarding_rule)
     pool = gce.get_target_pool(region, names.target_pool)
+    state = observe_instances(cluster, region, instances, tls, ca_pem, pki_problem=pki_problem,
+                              unavailable=unavailable)
+    pool_names = tuple(link.rsplit("/", 1)[-1] for link in pool.instances) if pool else ()
+    return replace(state, endpoint_ip=address.address if address else None,
+                   address_status=address.status if address else None, load_balancer=rule is not None,
+                   target_pool=pool is not None, pool_members=pool_names, look_alikes=look_alikes)
 
+
+ApiProbe = Callable[[str], tuple[bool, str | None, str | None, bool]]
+
+
+def observe_instances(cluster: str, region: str, instances: list[Instance], tls: EtcdTLS | None,
+                      ca_pem: str | None, pki_problem: str | None = None, unavailable: Sequence[str] = (),
+                      etcd: EtcdClient | None = None, api_probe: ApiProbe | None = None) -> ClusterState:
+    """The replicas of a cluster whose VMs (``instances``, the cluster's own) were listed already: etcd
+    membership, each member's status and a linearizable read through it, each API server's readiness.
+
+    :func:`observe` lists the VMs per zone; the watcher (:mod:`haplane.watch`) lists every cluster's
+    at once and passes kept-alive connections: ``etcd`` (its endpoints are set here) and ``api_probe``
+    (ip -> ready, certificate notAfter, problem, answered). The load balancer is not looked at."""
+    names = ClusterNames(cluster)
     members: list[Member] = []
     membership_unknown: Unknown | None = None
     statuses: dict[str, EndpointStatus] = {}
@@ -104,7 +126,8 @@ def observe(gce: Gce, cluster: str, region: str, tls: EtcdTLS | None, ca_pem: st
             pki_problem or f"no operator client certificate: the PKI block {names.pki_block} is missing",
             f"that block {names.pki_block} exists and loads with this worker's Prefect settings")
     elif endpoints:
-        client = etcd_client(tls, endpoints)
+        client = etcd or etcd_client(tls, endpoints)
+        client.endpoints = endpoints
         try:
             try:
                 members = client.member_list()
@@ -118,7 +141,8 @@ def observe(gce: Gce, cluster: str, region: str, tls: EtcdTLS | None, ca_pem: st
                         if client.health(st.endpoint).healthy:
                             healthy.add(st.endpoint)
         finally:
-            client.close()
+            if etcd is None:
+                client.close()
     leader_id = next((s.leader_id for s in statuses.values() if s.leader_id), None)
     by_peer = {url: m for m in members for url in m.peer_urls}
 
@@ -131,7 +155,8 @@ def observe(gce: Gce, cluster: str, region: str, tls: EtcdTLS | None, ca_pem: st
                                           f"no cluster CA to verify it with (block {names.pki_block} is missing)",
                                           f"that block {names.pki_block} exists and loads")
     elif running:
-        probes = {i.name: _api_probe(i.internal_ip, ca_pem) for i in running}
+        probes = {i.name: api_probe(i.internal_ip) if api_probe else _api_probe(i.internal_ip, ca_pem)
+                  for i in running}
         if not any(answered for *_, answered in probes.values()):  # none answered: this worker may be cut off
             for i in running:
                 api_unknown[i.name] = Unknown(
@@ -164,13 +189,9 @@ def observe(gce: Gce, cluster: str, region: str, tls: EtcdTLS | None, ca_pem: st
         labels = instances[0].labels
         settings = {"multizone": labels.get(LABEL_MULTIZONE, "true"),
                     "quorum_reads": labels.get(LABEL_QUORUM_READS, "false")}
-    pool_names = tuple(link.rsplit("/", 1)[-1] for link in pool.instances) if pool else ()
     return ClusterState(
-        cluster=cluster, region=region, replicas=tuple(replicas),
-        endpoint_ip=address.address if address else None, address_status=address.status if address else None,
-        load_balancer=rule is not None, target_pool=pool is not None, pool_members=pool_names,
-        settings=settings, membership_unknown=membership_unknown, look_alikes=look_alikes,
-        unavailable_zones=tuple(unavailable),
+        cluster=cluster, region=region, replicas=tuple(replicas), settings=settings,
+        membership_unknown=membership_unknown, unavailable_zones=tuple(unavailable),
     )
 
 
@@ -211,6 +232,23 @@ def _replica(inst: Instance, member: Member | None, statuses: dict[str, Endpoint
             problems.append(problem)
     return replace(state, etcd_ok=etcd_ok, api_ready=ready, cert_not_after=not_after, problems=tuple(problems),
                    etcd_unknown=etcd_unknown, api_unknown=api_unknown)
+
+
+def etcd_probe(client: EtcdClient, endpoints: list[str], vms: int) -> EtcdProbe:
+    """Ask each running replica's etcd (``endpoints``): status (alive, credentials accepted, leader) and a
+    linearizable read; what :func:`haplane.restore.quorum_view` tells lost quorum from unknown by."""
+    answering, with_leader, readable, unreachable = [], [], [], []
+    for st in client.statuses(endpoints):
+        if isinstance(st, EndpointStatus):
+            answering.append(st.endpoint)
+            if st.leader_id:
+                with_leader.append(st.endpoint)
+            if client.health(st.endpoint).healthy:
+                readable.append(st.endpoint)
+        else:
+            unreachable.append(f"{st.endpoint}: {st.reason}")
+    return EtcdProbe(running_vms=len(endpoints), answering=tuple(answering), with_leader=tuple(with_leader),
+                     readable=tuple(readable), unreachable=tuple(unreachable), vms=vms)
 
 
 def now_utc() -> dt.datetime:

@@ -21,6 +21,7 @@ from haplane import snapshots as snap
 from haplane.etcd import EndpointStatus, EtcdClient, EtcdError, EtcdTLS
 from haplane.gce import Gce
 from haplane.node import client_url, find_etcd
+from haplane.observe import etcd_probe
 from haplane.restore import EtcdProbe
 from haplane.snapshot_store import SnapshotStore
 from haplane.topology import LABEL_CLUSTER
@@ -228,16 +229,5 @@ def probe_quorum(spec: ClusterSpec, connection: str | None) -> EtcdProbe:
     if not endpoints or tls is None:
         why = () if tls else (f"no operator certificate: the PKI block {block_name(spec.cluster)} is missing",)
         return EtcdProbe(running_vms=len(endpoints), unreachable=why, vms=len(instances))
-    answering, with_leader, readable, unreachable = [], [], [], []
     with closing(EtcdClient(endpoints, tls=tls, timeout=3.0)) as client:
-        for st in client.statuses():
-            if isinstance(st, EndpointStatus):
-                answering.append(st.endpoint)
-                if st.leader_id:
-                    with_leader.append(st.endpoint)
-                if client.health(st.endpoint).healthy:
-                    readable.append(st.endpoint)
-            else:
-                unreachable.append(f"{st.endpoint}: {st.reason}")
-    return EtcdProbe(running_vms=len(endpoints), answering=tuple(answering), with_leader=tuple(with_leader),
-                     readable=tuple(readable), unreachable=tuple(unreachable), vms=len(instances))
+        return etcd_probe(client, endpoints, vms=len(instances))
