@@ -55,17 +55,16 @@ from haplane.rotation import (
     thresholds,
 )
 from haplane.topology import check_cluster_name
+from haplane.watch import cluster_resource, replica_resource
 from tasks.cluster import ClusterBusy, cluster_lock, load_spec, observe_cluster, publish_report, zones_of
 from tasks.health import (
     cluster_busy,
-    cluster_resource,
     emit,
     health_lock,
     health_lock_name,
     publish_verdict,
     remediation_history,
     remediation_tags,
-    replica_resource,
 )
 from tasks.pki import certificate_inventory, load_cas
 from tasks.snapshots import newest_snapshot_age, probe_quorum

@@ -5,6 +5,7 @@
                       verified TLS, delete the cluster, stop everything.
 ``haplane emulator``  run the GCE emulator in the foreground (see haplane.emulator.server).
 ``haplane setup-workspace``  set up a Prefect workspace: pool, blocks, limits, deployments, schedules.
+``haplane watch``     watch every cluster (one long-lived process) and emit events on transitions.
 ``haplane unlock C``  release cluster C's locks (its own and its health check's) left behind by a killed flow run.
 """
 
@@ -119,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     from deployments.setup import run_cli as run_setup_cli
 
     add_setup_cli(sub).set_defaults(run=run_setup_cli)
+    from haplane.watch import add_cli as add_watch_cli
+    from haplane.watch import run_cli as run_watch_cli
+
+    add_watch_cli(sub).set_defaults(run=run_watch_cli)
     args = parser.parse_args(argv)
     return args.run(args)
 

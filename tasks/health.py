@@ -105,16 +105,6 @@ def remediation_history(cluster: str, window_s: float, orphans_failed: bool = Tr
     return attempts
 
 
-def replica_resource(cluster: str, replica: str) -> dict[str, str]:
-    return {"prefect.resource.id": f"haplane.cluster.{cluster}.replica.{replica}",
-            "prefect.resource.name": replica, "haplane.cluster": cluster, "haplane.replica": replica}
-
-
-def cluster_resource(cluster: str) -> dict[str, str]:
-    return {"prefect.resource.id": f"haplane.cluster.{cluster}", "prefect.resource.name": cluster,
-            "haplane.cluster": cluster}
-
-
 def emit(event: str, resource: dict[str, str], payload: dict[str, Any]) -> None:
     """A Prefect event (names, zones, reasons: never a key or certificate)."""
     emit_event(event=event, resource=resource, payload=payload)
