@@ -101,6 +101,10 @@ class ClusterSpec(Block):
                                                           "empty for clusters created before it was)")
     uid: str | None = Field(default=None, description="The cluster's identity, stamped on everything it creates "
                                                       "(empty for clusters created before uids)")
+    unhealthy_grace_s: float = Field(
+        default=10.0, ge=10.0, le=86400.0,
+        description="A replica haplane watch sees unhealthy this long (seconds, at least 10) gets a health check "
+                    "(the automation haplane setup-workspace makes per cluster)")
     snapshot_storage: str | None = Field(
         default=None, description="etcd snapshots go to this storage block, '<type>/<name>' (e.g. "
                                   "'gcs-bucket/prod-snapshots'); empty: $PREFECT_HOME/haplane-snapshots")

@@ -20,7 +20,14 @@ Against whatever Prefect API the environment points at (``PREFECT_API_URL``: a l
    ``snapshot-<name>``; 0: none);
 9. the automation ``haplane-health-check-on-request``: an event ``haplane.health-check.requested``
    on resource ``haplane.cluster.<name>`` (a monitor can post it to the events API) starts a health
-   check of that cluster at once.
+   check of that cluster at once;
+10. per cluster, the automation ``haplane-<name>-replica-unhealthy``: a ``haplane.replica.unhealthy``
+    event from ``haplane watch`` about one of its replicas, not followed by ``haplane.replica.recovered``
+    within the cluster's grace (its spec's ``unhealthy_grace_s``, default 10 s), runs a health check of
+    that cluster (parameters from the event); removed by delete-cluster with the cluster;
+11. the automation ``haplane-watcher-down``: no ``haplane.watch.alive`` heartbeat from a watcher for 3
+    minutes fires it (its ``prefect.automation.triggered`` event says the watcher is down; add a
+    notification to it in the UI). The scheduled checks are the backstop while it is down.
 
 Running it again changes only what differs.
 """
@@ -42,6 +49,13 @@ SNAPSHOT_DEPLOYMENT = "snapshot-cluster/snapshot-cluster"
 CONNECTION_VARIABLE = "haplane_connection"
 AUTOMATION = "haplane-health-check-on-request"
 REQUEST_EVENT = "haplane.health-check.requested"
+WATCHER_DOWN = "haplane-watcher-down"
+WATCHER_SILENCE_S = 180.0
+
+
+def cluster_automation(cluster: str) -> str:
+    """The name of the cluster's watcher automation: ``haplane-<cluster>-`` prefixes all of a cluster's."""
+    return f"haplane-{cluster}-replica-unhealthy"
 
 
 def say(msg: str) -> None:
@@ -241,6 +255,87 @@ def ensure_automation() -> None:
         say(f"automation {AUTOMATION!r} updated")
 
 
+def _upsert_automation(automation: Any) -> None:
+    from prefect.automations import Automation
+
+    try:
+        current = Automation.read(name=automation.name)
+    except ValueError:
+        current = None
+    if current is None:
+        automation.create()
+        say(f"automation {automation.name!r} created")
+    else:
+        automation.id = current.id
+        automation.update()
+        say(f"automation {automation.name!r} updated")
+
+
+def ensure_watch_automations(clusters: list[str], connection: str | None,
+                             watcher_silence_s: float = WATCHER_SILENCE_S) -> None:
+    """Per cluster: a replica the watcher saw unhealthy, not recovered within the grace -> a health check of
+    that cluster; and once: no watcher heartbeat for ``watcher_silence_s`` -> ``haplane-watcher-down``."""
+    from prefect.automations import Automation
+    from prefect.client.orchestration import get_client
+    from prefect.events.actions import DoNothing, RunDeployment
+    from prefect.events.schemas.automations import EventTrigger, Posture
+
+    from haplane.watch import ALIVE, RECOVERED, SOURCE, UNHEALTHY
+
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(HEALTH_DEPLOYMENT)
+    for c in clusters:
+        grace = cluster_grace(c)
+        _upsert_automation(Automation(
+            name=cluster_automation(c),
+            description=f"A replica of {c} that haplane watch saw unhealthy and that did not recover within "
+                        f"{grace:g} s: run a health check of {c} (it decides and acts under its locks).",
+            trigger=EventTrigger(
+                after={UNHEALTHY}, expect={RECOVERED}, posture=Posture.Proactive, threshold=1,
+                within=dt.timedelta(seconds=grace), for_each={"prefect.resource.id"},
+                # the watcher's events only: the health check's own findings must not start checks
+                match={"prefect.resource.id": f"haplane.cluster.{c}.replica.*", "haplane.source": SOURCE}),
+            actions=[RunDeployment(source="selected", deployment_id=deployment.id, parameters={
+                "cluster": {"__prefect_kind": "jinja", "template": "{{ event.resource['haplane.cluster'] }}"},
+                "connection": connection})],
+        ))
+        say(f"health check of {c!r} when a replica stays unhealthy {grace:g} s (automation {cluster_automation(c)})")
+    _upsert_automation(Automation(
+        name=WATCHER_DOWN,
+        description=f"No heartbeat ({ALIVE}) from a haplane watcher for {watcher_silence_s:g} s: the watcher is "
+                    f"down; failed replicas are found only by the scheduled health checks until it is back.",
+        trigger=EventTrigger(expect={ALIVE}, match={"prefect.resource.id": "haplane.watch.*"},
+                             for_each={"prefect.resource.id"}, posture=Posture.Proactive, threshold=1,
+                             within=dt.timedelta(seconds=watcher_silence_s)),
+        actions=[DoNothing()],
+    ))
+
+
+def cluster_grace(cluster: str) -> float:
+    """The cluster's ``unhealthy_grace_s`` from its spec (the default when it has none yet)."""
+    from blocks.cluster import ClusterSpec
+
+    try:
+        return ClusterSpec.load(f"{cluster}-spec").unhealthy_grace_s
+    except ValueError:
+        return ClusterSpec.model_fields["unhealthy_grace_s"].default
+
+
+def remove_cluster_automations(cluster: str) -> list[str]:
+    """Delete the cluster's automations (delete-cluster, once the cluster is gone); the names removed."""
+    from prefect.automations import Automation
+
+    gone = []
+    for name in (cluster_automation(cluster),):
+        try:
+            automation = Automation.read(name=name)
+        except ValueError:
+            continue
+        automation.delete()
+        gone.append(name)
+    return gone
+
+
 def check_health_interval(seconds: float) -> None:
     """A schedule every 0 s (or less) would be refused by Prefect half-way through the setup, or run
     checks back to back: refused before anything is set up."""
@@ -249,10 +344,11 @@ def check_health_interval(seconds: float) -> None:
                          f"pass e.g. --health-interval 300 (every 5 minutes)")
 
 
-def setup_workspace(clusters: list[str] | None = None, health_interval: float = 300.0, connection: str | None = None,
+def setup_workspace(clusters: list[str] | None = None, health_interval: float = 900.0, connection: str | None = None,
                     project: str | None = None, endpoint: str | None = None, repo: Path = REPO,
                     pool: str = POOL, snapshot_interval: float = 3600.0,
-                    result_storage: str | None = None) -> dict[str, Any]:
+                    result_storage: str | None = None,
+                    watcher_silence_s: float = WATCHER_SILENCE_S) -> dict[str, Any]:
     """Everything above; returns what was set up."""
     clusters = list(clusters or [])
     from haplane.topology import check_cluster_name
@@ -276,6 +372,7 @@ def setup_workspace(clusters: list[str] | None = None, health_interval: float = 
     ensure_health_schedules(clusters, health_interval, connection)
     ensure_snapshot_schedules(clusters, snapshot_interval, connection)
     ensure_automation()
+    ensure_watch_automations(clusters, connection, watcher_silence_s)
     say("done: start a worker with `prefect worker start --pool haplane --type process`")
     return {"pool": pool, "clusters": clusters, "connection": connection, "health_interval": health_interval,
             "result_storage": result_storage}
@@ -286,7 +383,8 @@ def add_cli(sub: Any) -> argparse.ArgumentParser:
                                                "schedules, automation); idempotent",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cluster", action="append", default=[], help="a cluster to health-check (repeatable)")
-    p.add_argument("--health-interval", type=float, default=300.0, help="seconds between health checks (default 300)")
+    p.add_argument("--health-interval", type=float, default=900.0,
+                   help="seconds between scheduled health checks, the backstop of haplane watch (default 900)")
     p.add_argument("--snapshot-interval", type=float, default=3600.0,
                    help="seconds between etcd snapshots of each --cluster (default 3600; 0: no schedule)")
     p.add_argument("--connection", help="name of the haplane-gce-connection block the flows use "

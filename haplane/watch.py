@@ -45,6 +45,7 @@ RECOVERED = "haplane.replica.recovered"
 CLUSTER_UNKNOWN = "haplane.cluster.unknown"
 QUORUM_LOST = "haplane.cluster.quorum-lost"
 ALIVE = "haplane.watch.alive"
+SOURCE = "watch"  # label haplane.source of the watcher's resources: automations match its events only
 DEFAULT_PERIOD_S = 5.0
 HEARTBEAT_S = 60.0
 PKI_REFRESH_S = 300.0
@@ -73,8 +74,9 @@ def look_at(state: ClusterState, quorum: tuple[QuorumView, str] | None = None) -
         return Look(state.cluster, quorum_lost=quorum[1])
     if state.unknowns:
         return Look(state.cluster, unknown="; ".join(u.text for u in state.unknowns))
-    return Look(state.cluster, failed=tuple(find_problems(state)),
-                healthy=tuple(r.name for r in state.replicas if r.healthy))
+    return Look(
+        state.cluster, failed=tuple(find_problems(state)), healthy=tuple(r.name for r in state.replicas if r.healthy)
+    )
 
 
 @dataclass(frozen=True)
@@ -100,16 +102,20 @@ def step(memory: Memory, look: Look) -> tuple[Memory, list[Event]]:
         events = [] if memory.view == "unknown" else [Event(CLUSTER_UNKNOWN, c, payload={"reason": look.unknown})]
         return Memory("unknown", memory.replicas), events
     if look.quorum_lost:
-        events = [] if memory.view == "quorum-lost" else [Event(QUORUM_LOST, c, payload={
-            "reason": look.quorum_lost, "action": "run restore-cluster"})]
+        events = (
+            []
+            if memory.view == "quorum-lost"
+            else [Event(QUORUM_LOST, c, payload={"reason": look.quorum_lost, "action": "run restore-cluster"})]
+        )
         return Memory("quorum-lost", memory.replicas), events
     events: list[Event] = []
     now: dict[str, str] = {}
     for f in look.failed:
         now[f.replica] = "unhealthy"
         if memory.replicas.get(f.replica) != "unhealthy":
-            events.append(Event(UNHEALTHY, c, f.replica, {"zone": f.zone, "problem": f.problem.value,
-                                                          "detail": f.detail}))
+            events.append(
+                Event(UNHEALTHY, c, f.replica, {"zone": f.zone, "problem": f.problem.value, "detail": f.detail})
+            )
     for name in look.healthy:
         now[name] = "healthy"
         if memory.replicas.get(name) == "unhealthy":
@@ -163,13 +169,20 @@ class Watched:
 
 
 def replica_resource(cluster: str, replica: str) -> dict[str, str]:
-    return {"prefect.resource.id": f"haplane.cluster.{cluster}.replica.{replica}",
-            "prefect.resource.name": replica, "haplane.cluster": cluster, "haplane.replica": replica}
+    return {
+        "prefect.resource.id": f"haplane.cluster.{cluster}.replica.{replica}",
+        "prefect.resource.name": replica,
+        "haplane.cluster": cluster,
+        "haplane.replica": replica,
+    }
 
 
 def cluster_resource(cluster: str) -> dict[str, str]:
-    return {"prefect.resource.id": f"haplane.cluster.{cluster}", "prefect.resource.name": cluster,
-            "haplane.cluster": cluster}
+    return {
+        "prefect.resource.id": f"haplane.cluster.{cluster}",
+        "prefect.resource.name": cluster,
+        "haplane.cluster": cluster,
+    }
 
 
 def watcher_resource(name: str) -> dict[str, str]:
@@ -177,9 +190,11 @@ def watcher_resource(name: str) -> dict[str, str]:
 
 
 def resource_of(event: Event) -> dict[str, str]:
+    """The resource of a watcher's event: the health check's own resources, labelled ``haplane.source``."""
     if event.name == ALIVE:
         return watcher_resource(event.payload["watcher"])
-    return replica_resource(event.cluster, event.replica) if event.replica else cluster_resource(event.cluster)
+    resource = replica_resource(event.cluster, event.replica) if event.replica else cluster_resource(event.cluster)
+    return {**resource, "haplane.source": SOURCE}
 
 
 def prefect_emit(event: Event) -> None:
@@ -192,10 +207,16 @@ class Watcher:
     """The loop of ``haplane watch``. ``gce_for(project)`` gives a :class:`haplane.gce.Gce`; ``specs()``
     the cluster spec blocks' data; ``emit`` sends an :class:`Event`."""
 
-    def __init__(self, gce_for: Callable[[str | None], Any], specs: Callable[[], Iterable[dict]],
-                 emit: Callable[[Event], None] = prefect_emit, period: float = DEFAULT_PERIOD_S,
-                 shard: tuple[int, int] = (0, 1), name: str = "haplane-watch",
-                 read_pki: Callable[[str], tuple[Any, str | None]] | None = None) -> None:
+    def __init__(
+        self,
+        gce_for: Callable[[str | None], Any],
+        specs: Callable[[], Iterable[dict]],
+        emit: Callable[[Event], None] = prefect_emit,
+        period: float = DEFAULT_PERIOD_S,
+        shard: tuple[int, int] = (0, 1),
+        name: str = "haplane-watch",
+        read_pki: Callable[[str], tuple[Any, str | None]] | None = None,
+    ) -> None:
         self.gce_for, self.specs, self.emit = gce_for, specs, emit
         self.period, self.shard, self.name = period, shard, name
         self.read_pki = read_pki or _read_pki
@@ -230,9 +251,18 @@ class Watcher:
         now = time.monotonic()
         if now - self.last_alive >= HEARTBEAT_S:
             self.last_alive = now
-            self.emit(Event(ALIVE, "", payload={"watcher": self.name, "clusters": len(self.watched),
-                                                "shard": f"{self.shard[0]}/{self.shard[1]}",
-                                                "period_s": self.period}))
+            self.emit(
+                Event(
+                    ALIVE,
+                    "",
+                    payload={
+                        "watcher": self.name,
+                        "clusters": len(self.watched),
+                        "shard": f"{self.shard[0]}/{self.shard[1]}",
+                        "period_s": self.period,
+                    },
+                )
+            )
 
     def _look_project(self, project: str, clusters: list[Watched]) -> None:
         from haplane.topology import LABEL_CLUSTER
@@ -241,8 +271,10 @@ class Watcher:
             gce = self.gce_for(project or None)
             instances = gce.list_labelled_instances(LABEL_CLUSTER, timeout=max(self.period, 5.0))
         except Exception as exc:  # noqa: BLE001 - could not look: every cluster of the project is unknown
-            why = (f"the VMs of project {project or '(default)'} could not be listed "
-                   f"(instances.aggregatedList: {type(exc).__name__}: {str(exc)[:200]})")
+            why = (
+                f"the VMs of project {project or '(default)'} could not be listed "
+                f"(instances.aggregatedList: {type(exc).__name__}: {str(exc)[:200]})"
+            )
             for w in clusters:
                 self._record(w, Look(w.cluster, unknown=why))
             return
@@ -265,8 +297,16 @@ class Watcher:
 
         self._connect(w)
         instances = [i for i in instances if owned(i.labels.get(LABEL_UID), w.uid)]
-        state = observe_instances(w.cluster, w.region, instances, w.tls, w.ca_pem, pki_problem=w.pki_problem,
-                                  etcd=w.etcd, api_probe=self._prober(w))
+        state = observe_instances(
+            w.cluster,
+            w.region,
+            instances,
+            w.tls,
+            w.ca_pem,
+            pki_problem=w.pki_problem,
+            etcd=w.etcd,
+            api_probe=self._prober(w),
+        )
         quorum = None
         if state.membership_unknown is not None and w.etcd is not None:
             running = [client_url(i.internal_ip) for i in instances if i.status == "RUNNING" and i.internal_ip]
@@ -362,8 +402,9 @@ def gce_factory(connection: str | None) -> Callable[[str | None], Any]:
     def gce_for(project: str | None) -> Gce:
         p = project or base.project
         if p not in cache:
-            cache[p] = base if p == base.project else Gce(project=p, endpoint=base.endpoint,
-                                                           credentials=base.credentials)
+            cache[p] = (
+                base if p == base.project else Gce(project=p, endpoint=base.endpoint, credentials=base.credentials)
+            )
         return cache[p]
 
     return gce_for
@@ -377,14 +418,21 @@ def workspace_connection() -> str | None:
 
 
 def add_cli(sub: Any) -> Any:
-    p = sub.add_parser("watch", help="watch every cluster of the workspace and emit events on transitions "
-                                     "(long-lived; never changes a cluster)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--period", type=float, default=DEFAULT_PERIOD_S,
-                   help=f"seconds between looks (default {DEFAULT_PERIOD_S:g})")
+    p = sub.add_parser(
+        "watch",
+        help="watch every cluster of the workspace and emit events on transitions "
+        "(long-lived; never changes a cluster)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--period", type=float, default=DEFAULT_PERIOD_S, help=f"seconds between looks (default {DEFAULT_PERIOD_S:g})"
+    )
     p.add_argument("--shard", default="0/1", help="i/n: watch only the clusters whose name hashes to shard i of n")
-    p.add_argument("--connection", help="haplane-gce-connection block (default: the workspace's, else "
-                                        "HAPLANE_PROJECT / HAPLANE_GCE_ENDPOINT)")
+    p.add_argument(
+        "--connection",
+        help="haplane-gce-connection block (default: the workspace's, else HAPLANE_PROJECT / HAPLANE_GCE_ENDPOINT)",
+    )
     p.add_argument("--name", help="this watcher's name in its heartbeat (default haplane-watch-<i>-of-<n>)")
     return p
 
@@ -400,8 +448,13 @@ def run_cli(args: Any) -> int:
     import signal
 
     connection = args.connection or workspace_connection()
-    watcher = Watcher(gce_factory(connection), spec_blocks, period=args.period, shard=shard,
-                      name=args.name or f"haplane-watch-{shard[0]}-of-{shard[1]}")
+    watcher = Watcher(
+        gce_factory(connection),
+        spec_blocks,
+        period=args.period,
+        shard=shard,
+        name=args.name or f"haplane-watch-{shard[0]}-of-{shard[1]}",
+    )
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: watcher.stop.set())
     watcher.run()

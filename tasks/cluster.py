@@ -364,9 +364,10 @@ def check_gone_from_gce(cluster: str, region: str, connection: str | None) -> No
 
 
 def forget_cluster(cluster: str) -> list[str]:
-    """After a cluster is gone from GCE: its health schedule and its locks (the limits
-    ``cluster-<name>`` and ``health-<name>``). Returns what was removed."""
-    from deployments.setup import remove_health_schedule
+    """After a cluster is gone from GCE: its health schedule, its watcher automation and its locks (the
+    limits ``cluster-<name>`` and ``health-<name>``). Returns what was removed."""
+    from deployments.setup import remove_cluster_automations, remove_health_schedule
 
     removed = [f"schedule {slug}" for slug in remove_health_schedule(cluster)]
+    removed += [f"automation {name}" for name in remove_cluster_automations(cluster)]
     return removed + [f"lock {limit}" for limit in force_unlock(cluster)]

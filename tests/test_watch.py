@@ -24,8 +24,16 @@ C = "c1"
 
 
 def ok(name: str, member_id: int) -> ReplicaState:
-    return ReplicaState(name=name, zone="z-b", vm_status="RUNNING", internal_ip="10.0.0.1", member_id=member_id,
-                        started=True, etcd_ok=True, api_ready=True)
+    return ReplicaState(
+        name=name,
+        zone="z-b",
+        vm_status="RUNNING",
+        internal_ip="10.0.0.1",
+        member_id=member_id,
+        started=True,
+        etcd_ok=True,
+        api_ready=True,
+    )
 
 
 def failed(name: str) -> Finding:
@@ -38,34 +46,46 @@ ALL_OK = Memory("ok", {"a": "healthy", "b": "healthy", "c": "healthy"})
 A_DOWN = Memory("ok", {"a": "unhealthy", "b": "healthy", "c": "healthy"})
 
 
-@pytest.mark.parametrize(("memory", "look", "events", "after"), [
-    # first look: a healthy cluster says nothing, a failed replica is reported at once (a restarted
-    # watcher does not hide a failure)
-    (Memory(), HEALTHY3, [], ALL_OK),
-    (Memory(), A_FAILED, [(UNHEALTHY, "a")], A_DOWN),
-    # transitions only: unhealthy once, then silence while it stays so; recovered once
-    (ALL_OK, A_FAILED, [(UNHEALTHY, "a")], A_DOWN),
-    (A_DOWN, A_FAILED, [], A_DOWN),
-    (A_DOWN, HEALTHY3, [(RECOVERED, "a")], ALL_OK),
-    (ALL_OK, HEALTHY3, [], ALL_OK),
-    # replaced: the failed replica is gone, its successor healthy -> recovered (closes the automation's window)
-    (A_DOWN, Look(C, healthy=("b", "c", "d")), [(RECOVERED, "a")],
-     Memory("ok", {"b": "healthy", "c": "healthy", "d": "healthy"})),
-    # a healthy replica removed on purpose: nothing to say
-    (ALL_OK, Look(C, healthy=("b", "c")), [], Memory("ok", {"b": "healthy", "c": "healthy"})),
-    # unknown is never failed: one event, the replicas' last known health kept, no replica event
-    (ALL_OK, Look(C, unknown="etcd unreachable"), [(CLUSTER_UNKNOWN, "")], Memory("unknown", ALL_OK.replicas)),
-    (Memory("unknown", ALL_OK.replicas), Look(C, unknown="etcd unreachable"), [], Memory("unknown", ALL_OK.replicas)),
-    (Memory(), Look(C, unknown="PKI block missing"), [(CLUSTER_UNKNOWN, "")], Memory("unknown", {})),
-    # nor recovered: a failed replica stays failed while the cluster cannot be seen
-    (A_DOWN, Look(C, unknown="x"), [(CLUSTER_UNKNOWN, "")], Memory("unknown", A_DOWN.replicas)),
-    # seen again: only what changed since the last known look
-    (Memory("unknown", ALL_OK.replicas), A_FAILED, [(UNHEALTHY, "a")], A_DOWN),
-    (Memory("unknown", A_DOWN.replicas), A_FAILED, [], A_DOWN),
-    # quorum lost: one event, then silence
-    (ALL_OK, Look(C, quorum_lost="no leader"), [(QUORUM_LOST, "")], Memory("quorum-lost", ALL_OK.replicas)),
-    (Memory("quorum-lost", {}), Look(C, quorum_lost="no leader"), [], Memory("quorum-lost", {})),
-])
+@pytest.mark.parametrize(
+    ("memory", "look", "events", "after"),
+    [
+        # first look: a healthy cluster says nothing, a failed replica is reported at once (a restarted
+        # watcher does not hide a failure)
+        (Memory(), HEALTHY3, [], ALL_OK),
+        (Memory(), A_FAILED, [(UNHEALTHY, "a")], A_DOWN),
+        # transitions only: unhealthy once, then silence while it stays so; recovered once
+        (ALL_OK, A_FAILED, [(UNHEALTHY, "a")], A_DOWN),
+        (A_DOWN, A_FAILED, [], A_DOWN),
+        (A_DOWN, HEALTHY3, [(RECOVERED, "a")], ALL_OK),
+        (ALL_OK, HEALTHY3, [], ALL_OK),
+        # replaced: the failed replica is gone, its successor healthy -> recovered (closes the automation's window)
+        (
+            A_DOWN,
+            Look(C, healthy=("b", "c", "d")),
+            [(RECOVERED, "a")],
+            Memory("ok", {"b": "healthy", "c": "healthy", "d": "healthy"}),
+        ),
+        # a healthy replica removed on purpose: nothing to say
+        (ALL_OK, Look(C, healthy=("b", "c")), [], Memory("ok", {"b": "healthy", "c": "healthy"})),
+        # unknown is never failed: one event, the replicas' last known health kept, no replica event
+        (ALL_OK, Look(C, unknown="etcd unreachable"), [(CLUSTER_UNKNOWN, "")], Memory("unknown", ALL_OK.replicas)),
+        (
+            Memory("unknown", ALL_OK.replicas),
+            Look(C, unknown="etcd unreachable"),
+            [],
+            Memory("unknown", ALL_OK.replicas),
+        ),
+        (Memory(), Look(C, unknown="PKI block missing"), [(CLUSTER_UNKNOWN, "")], Memory("unknown", {})),
+        # nor recovered: a failed replica stays failed while the cluster cannot be seen
+        (A_DOWN, Look(C, unknown="x"), [(CLUSTER_UNKNOWN, "")], Memory("unknown", A_DOWN.replicas)),
+        # seen again: only what changed since the last known look
+        (Memory("unknown", ALL_OK.replicas), A_FAILED, [(UNHEALTHY, "a")], A_DOWN),
+        (Memory("unknown", A_DOWN.replicas), A_FAILED, [], A_DOWN),
+        # quorum lost: one event, then silence
+        (ALL_OK, Look(C, quorum_lost="no leader"), [(QUORUM_LOST, "")], Memory("quorum-lost", ALL_OK.replicas)),
+        (Memory("quorum-lost", {}), Look(C, quorum_lost="no leader"), [], Memory("quorum-lost", {})),
+    ],
+)
 def test_transitions(memory, look, events, after):
     new, emitted = step(memory, look)
     assert [(e.name, e.replica) for e in emitted] == events
@@ -75,8 +95,11 @@ def test_transitions(memory, look, events, after):
 
 def test_unhealthy_event_says_what_was_seen():
     _, (event,) = step(ALL_OK, A_FAILED)
-    assert event.payload == {"zone": "z-b", "problem": "etcd member unhealthy or unreachable",
-                             "detail": "etcd member unreachable"}
+    assert event.payload == {
+        "zone": "z-b",
+        "problem": "etcd member unhealthy or unreachable",
+        "detail": "etcd member unreachable",
+    }
     _, (unknown,) = step(ALL_OK, Look(C, unknown="no member answered"))
     assert unknown.payload == {"reason": "no member answered"}
 
