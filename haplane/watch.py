@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import os
 import ssl
 import threading
 import time
@@ -47,7 +48,7 @@ QUORUM_LOST = "haplane.cluster.quorum-lost"
 ALIVE = "haplane.watch.alive"
 SOURCE = "watch"  # label haplane.source of the watcher's resources: automations match its events only
 DEFAULT_PERIOD_S = 5.0
-HEARTBEAT_S = 60.0
+HEARTBEAT_S = float(os.environ.get("HAPLANE_WATCH_HEARTBEAT_S", "60"))  # tests shorten it
 PKI_REFRESH_S = 300.0
 
 log = logging.getLogger("haplane.watch")
