@@ -15,7 +15,9 @@ Against whatever Prefect API the environment points at (``PREFECT_API_URL``: a l
 6b. optionally (``--result-storage BLOCK``) the server's default result storage: where every worker
    writes and reads haplane's checkpoints (a prefect-gcp ``GcsBucket``, or a ``LocalFileSystem`` on a
    path all workers share);
-7. per cluster, a health-check schedule every ``--health-interval`` seconds (slug ``health-<name>``);
+7. per cluster, its own health-check deployment ``health-check/health-<name>`` (concurrency limit 1,
+   CANCEL_NEW: late duplicates are cancelled, not started) with a schedule every ``--health-interval``
+   seconds (slug ``health-<name>``; 900 by default: the backstop of ``haplane watch``);
 8. per cluster, a snapshot-cluster schedule every ``--snapshot-interval`` seconds (slug
    ``snapshot-<name>``; 0: none);
 9. the automation ``haplane-health-check-on-request``: an event ``haplane.health-check.requested``
@@ -180,8 +182,43 @@ def ensure_result_storage(block: str) -> None:
     say(f"checkpoints (task results) of every worker go to {block}")
 
 
+def cluster_health_deployment(cluster: str) -> str:
+    """The cluster's own health-check deployment (``health-check/health-<cluster>``)."""
+    return f"{HEALTH_DEPLOYMENT.split('/')[0]}/health-{cluster}"
+
+
+def ensure_cluster_health_deployments(clusters: list[str], connection: str | None) -> None:
+    """Per cluster, a copy of the health-check deployment with the cluster as its parameter and a
+    concurrency limit of 1 with collision strategy CANCEL_NEW: a backlog of late checks of one cluster
+    (workers busy, the watcher's automation and the schedule at once) starts one run, the others are
+    cancelled before a process is spent on them."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import ConcurrencyLimitStrategy, ConcurrencyOptions
+
+    with get_client(sync_client=True) as client:
+        shared = client.read_deployment_by_name(HEALTH_DEPLOYMENT)
+        for c in clusters:
+            client.create_deployment(  # an upsert by flow and name
+                shared.flow_id, cluster_health_deployment(c).split("/")[1],
+                description=f"Health check of {c} (haplane setup-workspace; one run at a time, a late duplicate "
+                            f"is cancelled)",
+                concurrency_limit=1,
+                concurrency_options=ConcurrencyOptions(collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
+                parameters={"cluster": c, "connection": connection}, work_pool_name=shared.work_pool_name,
+                work_queue_name=shared.work_queue_name, tags=[*shared.tags, f"cluster:{c}"], path=shared.path,
+                entrypoint=shared.entrypoint, parameter_openapi_schema=shared.parameter_openapi_schema,
+                pull_steps=shared.pull_steps, enforce_parameter_schema=shared.enforce_parameter_schema,
+                job_variables=shared.job_variables)
+
+
 def ensure_health_schedules(clusters: list[str], interval_s: float, connection: str | None) -> None:
-    ensure_cluster_schedules(HEALTH_DEPLOYMENT, "health", "health check", clusters, interval_s, connection)
+    """Each cluster's schedule on its own health-check deployment (a schedule an older setup put on the
+    shared deployment is moved there)."""
+    ensure_cluster_health_deployments(clusters, connection)
+    for c in clusters:
+        _remove_schedule(HEALTH_DEPLOYMENT, f"health-{c}")
+        ensure_cluster_schedules(cluster_health_deployment(c), "health", "health check", [c], interval_s,
+                                 connection)
 
 
 def ensure_snapshot_schedules(clusters: list[str], interval_s: float, connection: str | None) -> None:
@@ -208,21 +245,37 @@ def ensure_cluster_schedules(deployment_name: str, prefix: str, what: str, clust
             say(f"{what} of {c!r} every {interval_s:g} s (schedule {slug})")
 
 
-def remove_health_schedule(cluster: str) -> list[str]:
-    """Delete the cluster's health-check schedule (delete-cluster, once the cluster is gone); the slugs removed."""
+def _remove_schedule(deployment_name: str, slug: str) -> list[str]:
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
-    slug = f"health-{cluster}"
     with get_client(sync_client=True) as client:
         try:
-            deployment = client.read_deployment_by_name(HEALTH_DEPLOYMENT)
+            deployment = client.read_deployment_by_name(deployment_name)
         except ObjectNotFound:
             return []
         gone = [s for s in client.read_deployment_schedules(deployment.id) if s.slug == slug]
         for s in gone:
             client.delete_deployment_schedule(deployment.id, s.id)
     return [slug for _ in gone]
+
+
+def remove_health_schedule(cluster: str) -> list[str]:
+    """Delete the cluster's health-check schedule and its own health-check deployment (delete-cluster,
+    once the cluster is gone); the slugs removed."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    slug = f"health-{cluster}"
+    gone = _remove_schedule(HEALTH_DEPLOYMENT, slug)
+    with get_client(sync_client=True) as client:
+        try:
+            deployment = client.read_deployment_by_name(cluster_health_deployment(cluster))
+        except ObjectNotFound:
+            return gone
+        gone += [s.slug for s in client.read_deployment_schedules(deployment.id) if s.slug == slug]
+        client.delete_deployment(deployment.id)
+    return gone
 
 
 def ensure_automation() -> None:
@@ -282,14 +335,15 @@ def ensure_watch_automations(clusters: list[str], connection: str | None,
 
     from haplane.watch import ALIVE, RECOVERED, SOURCE, UNHEALTHY
 
-    with get_client(sync_client=True) as client:
-        deployment = client.read_deployment_by_name(HEALTH_DEPLOYMENT)
+    ensure_cluster_health_deployments(clusters, connection)
     for c in clusters:
+        with get_client(sync_client=True) as client:
+            deployment = client.read_deployment_by_name(cluster_health_deployment(c))
         grace = cluster_grace(c)
         _upsert_automation(Automation(
             name=cluster_automation(c),
             description=f"A replica of {c} that haplane watch saw unhealthy and that did not recover within "
-                        f"{grace:g} s: run a health check of {c} (it decides and acts under its locks).",
+                        f"{grace:g} s: run {cluster_health_deployment(c)} (it decides and acts under its locks).",
             trigger=EventTrigger(
                 after={UNHEALTHY}, expect={RECOVERED}, posture=Posture.Proactive, threshold=1,
                 within=dt.timedelta(seconds=grace), for_each={"prefect.resource.id"},

@@ -140,10 +140,10 @@ def test_create_cluster_over_the_api_with_an_idempotency_key(prefect_api, prefec
 def health_schedules_paused_after(prefect_api):
     """Leave no health-check schedule running for the modules after this one."""
     yield
-    with httpx.Client(base_url=prefect_api.url, timeout=10) as http:
-        deployment = http.get("/deployments/name/health-check/health-check").json()
-        for s in http.get(f"/deployments/{deployment['id']}/schedules").json():
-            http.patch(f"/deployments/{deployment['id']}/schedules/{s['id']}", json={"active": False})
+    with httpx.Client(base_url=prefect_api.url, timeout=10) as http:  # the shared one and each cluster's own
+        for deployment in http.post("/deployments/filter", json={"flows": {"name": {"any_": ["health-check"]}}}).json():
+            for s in http.get(f"/deployments/{deployment['id']}/schedules").json():
+                http.patch(f"/deployments/{deployment['id']}/schedules/{s['id']}", json={"active": False})
 
 
 @pytest.mark.usefixtures("health_schedules_paused_after")

@@ -92,9 +92,10 @@ def cluster(prefect_api, ops_cloud, workspace):
         yield CLUSTER
     finally:  # leave no schedule running for the modules after this one
         with httpx.Client(base_url=prefect_api.url, timeout=10) as http:
-            deployment = http.get("/deployments/name/health-check/health-check").json()
-            for s in http.get(f"/deployments/{deployment['id']}/schedules").json():
-                http.patch(f"/deployments/{deployment['id']}/schedules/{s['id']}", json={"active": False})
+            body = {"flows": {"name": {"any_": ["health-check"]}}}
+            for deployment in http.post("/deployments/filter", json=body).json():
+                for s in http.get(f"/deployments/{deployment['id']}/schedules").json():
+                    http.patch(f"/deployments/{deployment['id']}/schedules/{s['id']}", json={"active": False})
 
 
 @pytest.fixture(scope="module")
