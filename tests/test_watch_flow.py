@@ -131,6 +131,25 @@ def kill(ops_cloud, index: int):
     return victim, time.time()
 
 
+def test_a_backlog_of_checks_of_one_cluster_starts_one_run(prefect_api, cluster):
+    """Late checks piled up (no worker yet here): the first to start takes the cluster's deployment slot,
+    the others are cancelled by the server instead of each starting a process that then skips."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelled, Pending
+
+    from deployments.setup import cluster_health_deployment
+
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(cluster_health_deployment(CLUSTER))
+        runs = [client.create_flow_run_from_deployment(deployment.id) for _ in range(3)]
+        try:
+            states = [client.set_flow_run_state(r.id, Pending()).state.type.value for r in runs]
+        finally:
+            for r in runs:
+                client.set_flow_run_state(r.id, Cancelled(), force=True)
+    assert states == ["PENDING", "CANCELLED", "CANCELLED"], states
+
+
 def test_a_killed_replica_is_replaced_through_the_watchers_event(prefect_api, prefect_worker, ops_cloud, watcher):
     api = prefect_api.url
     assert not events(api, "haplane.replica.unhealthy", f"haplane.cluster.{CLUSTER}"), "healthy: no event yet"
