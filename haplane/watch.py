@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from haplane.model import ClusterState
-from haplane.remediation import Finding, find_problems
+from haplane.remediation import Finding, Problem, find_problems
 from haplane.restore import QuorumView
 
 UNHEALTHY = "haplane.replica.unhealthy"
@@ -50,6 +50,7 @@ SOURCE = "watch"  # label haplane.source of the watcher's resources: automations
 DEFAULT_PERIOD_S = 5.0
 HEARTBEAT_S = float(os.environ.get("HAPLANE_WATCH_HEARTBEAT_S", "60"))  # tests shorten it
 PKI_REFRESH_S = 300.0
+IN_PROGRESS = (Problem.NOT_A_MEMBER, Problem.LEARNER_STUCK)  # what an add in progress looks like
 
 log = logging.getLogger("haplane.watch")
 
@@ -68,15 +69,18 @@ class Look:
     healthy: tuple[str, ...] = ()  # replicas known healthy
 
 
-def look_at(state: ClusterState, quorum: tuple[QuorumView, str] | None = None) -> Look:
+def look_at(state: ClusterState, quorum: tuple[QuorumView, str] | None = None, busy: bool = False) -> Look:
     """A :class:`Look` from an observed state; ``quorum`` is the etcd probe's view when the member list
-    could not be read (a cluster that lost quorum cannot answer it either)."""
+    could not be read (a cluster that lost quorum cannot answer it either); ``busy``: a change holds the
+    cluster's lock (a learner or a VM not yet a member is then a change in progress, not a failure)."""
     if quorum is not None and quorum[0] is QuorumView.LOST:
         return Look(state.cluster, quorum_lost=quorum[1])
     if state.unknowns:
         return Look(state.cluster, unknown="; ".join(u.text for u in state.unknowns))
     return Look(
-        state.cluster, failed=tuple(find_problems(state)), healthy=tuple(r.name for r in state.replicas if r.healthy)
+        state.cluster,
+        failed=tuple(find_problems(state, busy)),
+        healthy=tuple(r.name for r in state.replicas if r.healthy),
     )
 
 
@@ -217,10 +221,12 @@ class Watcher:
         shard: tuple[int, int] = (0, 1),
         name: str = "haplane-watch",
         read_pki: Callable[[str], tuple[Any, str | None]] | None = None,
+        busy: Callable[[str], bool] | None = None,
     ) -> None:
         self.gce_for, self.specs, self.emit = gce_for, specs, emit
         self.period, self.shard, self.name = period, shard, name
         self.read_pki = read_pki or _read_pki
+        self.busy = busy or cluster_locked
         self.watched: dict[str, Watched] = {}
         self.last_alive = -1e9
         self.looks = 0
@@ -313,7 +319,10 @@ class Watcher:
             running = [client_url(i.internal_ip) for i in instances if i.status == "RUNNING" and i.internal_ip]
             if running:
                 quorum = quorum_view(etcd_probe(w.etcd, running, vms=len(instances)))
-        return look_at(state, quorum)
+        look = look_at(state, quorum)
+        if any(f.problem in IN_PROGRESS for f in look.failed) and self.busy(w.cluster):
+            look = look_at(state, quorum, busy=True)
+        return look
 
     def _record(self, w: Watched, look: Look) -> None:
         self.looks += 1
@@ -325,8 +334,8 @@ class Watcher:
     def _connect(self, w: Watched) -> None:
         """(Re)read the cluster's PKI every PKI_REFRESH_S (certificates rotate) and keep one etcd client
         and one HTTPS client per cluster, so each period reuses their connections."""
-        if time.monotonic() - w.pki_read < PKI_REFRESH_S and (w.etcd is not None or w.pki_problem):
-            return
+        if w.etcd is not None and time.monotonic() - w.pki_read < PKI_REFRESH_S:
+            return  # (a PKI that could not be read is read again every period)
         import httpx
 
         from haplane.etcd import EtcdClient, EtcdTLS
@@ -380,6 +389,21 @@ def _read_pki(cluster: str) -> tuple[Any, str | None]:
     from tasks.pki import read_cas
 
     return read_cas(cluster)
+
+
+def cluster_locked(cluster: str) -> bool:
+    """Whether a change holds the cluster's lock (read only: the watcher never takes it). Asked only
+    when a replica looks like an add in progress, not every period."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    from tasks.cluster import lock_name
+
+    with get_client(sync_client=True) as client:
+        try:
+            return client.read_global_concurrency_limit_by_name(lock_name(cluster)).active_slots > 0
+        except ObjectNotFound:
+            return False
 
 
 def spec_blocks() -> list[dict]:

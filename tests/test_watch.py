@@ -116,6 +116,15 @@ def test_look_uses_the_health_checks_rules():
     assert look.healthy == ("b", "c") and not look.unknown
 
 
+def test_a_learner_is_a_failure_only_while_no_change_holds_the_lock():
+    learner = ReplicaState(
+        name="n", zone="z-b", vm_status="RUNNING", member_id=4, learner=True, started=True, etcd_ok=True, api_ready=True
+    )
+    s = state(ok("a", 1), ok("b", 2), ok("c", 3), learner)
+    assert [f.problem for f in look_at(s).failed] == [Problem.LEARNER_STUCK]
+    assert look_at(s, busy=True).failed == ()
+
+
 def test_an_unknown_view_judges_no_replica():
     cut_off = Unknown("etcd membership of c1", "member list failed: no endpoint answered", "the network")
     stopped = ReplicaState(name="a", zone="z-b", vm_status="RUNNING", etcd_unknown=cut_off)

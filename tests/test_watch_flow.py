@@ -25,7 +25,7 @@ import pytest
 from haplane.processes import stop_group
 from tests.fixtures.cluster import PROJECT
 
-pytestmark = [pytest.mark.long, pytest.mark.usefixtures("prefect_api")]
+pytestmark = [pytest.mark.long, pytest.mark.timeout(900), pytest.mark.usefixtures("prefect_api")]
 
 REGION = "europe-west1"
 ZONES = ["europe-west1-b", "europe-west1-c", "europe-west1-d"]
