@@ -358,9 +358,10 @@ def ensure_watch_automations(clusters: list[str], connection: str | None,
         name=WATCHER_DOWN,
         description=f"No heartbeat ({ALIVE}) from a haplane watcher for {watcher_silence_s:g} s: the watcher is "
                     f"down; failed replicas are found only by the scheduled health checks until it is back.",
+        # no for_each: Prefect drops a per-resource bucket once it is satisfied, so a watcher that stops
+        # would leave no bucket to fire; one bucket per window fires when no watcher says it is alive
         trigger=EventTrigger(expect={ALIVE}, match={"prefect.resource.id": "haplane.watch.*"},
-                             for_each={"prefect.resource.id"}, posture=Posture.Proactive, threshold=1,
-                             within=dt.timedelta(seconds=watcher_silence_s)),
+                             posture=Posture.Proactive, threshold=1, within=dt.timedelta(seconds=watcher_silence_s)),
         actions=[DoNothing()],
     ))
 

@@ -470,6 +470,7 @@ def run_cli(args: Any) -> int:
     except ValueError as exc:
         raise SystemExit(f"haplane watch: {exc}") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not every request of every period
     import signal
 
     connection = args.connection or workspace_connection()

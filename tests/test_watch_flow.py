@@ -11,6 +11,7 @@ One cluster of three replicas (instant profile) shared by the steps, in order:
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import signal
 import subprocess
@@ -182,9 +183,15 @@ def test_a_killed_replica_is_replaced_through_the_watchers_event(prefect_api, pr
     assert fired
     # after the replacement: recovered, and the cluster healthy again
     eventually("recovered", lambda: events(api, "haplane.replica.recovered", rid), 60)
-    event_at = min(time.mktime(time.strptime(e["occurred"][:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone for e in seen)
-    started_at = time.mktime(time.strptime(check["start_time"][:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
-    print(f"\nkill -> unhealthy event {event_at - killed:.1f} s; kill -> check started {started_at - killed:.1f} s")
+
+    def at(iso: str) -> float:
+        return dt.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+    event_at = min(at(e["occurred"]) for e in seen)
+    print(
+        f"\nkill -> unhealthy event {event_at - killed:.1f} s; -> check created {at(check['created']) - killed:.1f} s;"
+        f" -> check running {at(check['start_time']) - killed:.1f} s (its process's imports)"
+    )
     scheduled = [r for r in flow_runs(api, "health-check") if r["auto_scheduled"] and r["state_type"] != "SCHEDULED"]
     assert not scheduled, "the hourly schedule did not run meanwhile"
 
