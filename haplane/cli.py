@@ -120,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     from deployments.setup import run_cli as run_setup_cli
 
     add_setup_cli(sub).set_defaults(run=run_setup_cli)
-    from haplane.watch import add_cli as add_watch_cli
-    from haplane.watch import run_cli as run_watch_cli
+    from deployments.watch import add_cli as add_watch_cli
+    from deployments.watch import run_cli as run_watch_cli
 
     add_watch_cli(sub).set_defaults(run=run_watch_cli)
     args = parser.parse_args(argv)

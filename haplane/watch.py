@@ -26,10 +26,8 @@ cannot see is unknown, never failed: while a cluster is unknown no replica of it
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
-import os
 import ssl
 import threading
 import time
@@ -37,6 +35,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from haplane import settings
 from haplane.model import ClusterState
 from haplane.remediation import Finding, Problem, find_problems
 from haplane.restore import QuorumView
@@ -48,7 +47,6 @@ QUORUM_LOST = "haplane.cluster.quorum-lost"
 ALIVE = "haplane.watch.alive"
 SOURCE = "watch"  # label haplane.source of the watcher's resources: automations match its events only
 DEFAULT_PERIOD_S = 5.0
-HEARTBEAT_S = float(os.environ.get("HAPLANE_WATCH_HEARTBEAT_S", "60"))  # tests shorten it
 PKI_REFRESH_S = 300.0
 IN_PROGRESS = (Problem.NOT_A_MEMBER, Problem.LEARNER_STUCK)  # what an add in progress looks like
 
@@ -210,23 +208,24 @@ def prefect_emit(event: Event) -> None:
 
 class Watcher:
     """The loop of ``haplane watch``. ``gce_for(project)`` gives a :class:`haplane.gce.Gce`; ``specs()``
-    the cluster spec blocks' data; ``emit`` sends an :class:`Event`."""
+    the cluster spec blocks' data; ``read_pki(cluster)`` its CAs or why not; ``busy(cluster)`` whether a
+    change holds its lock; ``emit`` sends an :class:`Event` (the Prefect wiring: :mod:`deployments.watch`)."""
 
     def __init__(
         self,
         gce_for: Callable[[str | None], Any],
         specs: Callable[[], Iterable[dict]],
+        read_pki: Callable[[str], tuple[Any, str | None]],
+        busy: Callable[[str], bool],
         emit: Callable[[Event], None] = prefect_emit,
         period: float = DEFAULT_PERIOD_S,
         shard: tuple[int, int] = (0, 1),
         name: str = "haplane-watch",
-        read_pki: Callable[[str], tuple[Any, str | None]] | None = None,
-        busy: Callable[[str], bool] | None = None,
     ) -> None:
         self.gce_for, self.specs, self.emit = gce_for, specs, emit
         self.period, self.shard, self.name = period, shard, name
-        self.read_pki = read_pki or _read_pki
-        self.busy = busy or cluster_locked
+        self.read_pki = read_pki
+        self.busy = busy
         self.watched: dict[str, Watched] = {}
         self.last_alive = -1e9
         self.looks = 0
@@ -256,7 +255,7 @@ class Watcher:
         for project, clusters in sorted(by_project.items()):
             self._look_project(project, clusters)
         now = time.monotonic()
-        if now - self.last_alive >= HEARTBEAT_S:
+        if now - self.last_alive >= settings.watch_heartbeat_s():
             self.last_alive = now
             self.emit(
                 Event(
@@ -383,116 +382,3 @@ class Watcher:
         finally:
             for w in self.watched.values():
                 w.close()
-
-
-def _read_pki(cluster: str) -> tuple[Any, str | None]:
-    from tasks.pki import read_cas
-
-    return read_cas(cluster)
-
-
-def cluster_locked(cluster: str) -> bool:
-    """Whether a change holds the cluster's lock (read only: the watcher never takes it). Asked only
-    when a replica looks like an add in progress, not every period."""
-    from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
-
-    from tasks.cluster import lock_name
-
-    with get_client(sync_client=True) as client:
-        try:
-            return client.read_global_concurrency_limit_by_name(lock_name(cluster)).active_slots > 0
-        except ObjectNotFound:
-            return False
-
-
-def spec_blocks() -> list[dict]:
-    """The data of every ``haplane-cluster-spec`` block (no secrets in them)."""
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        docs = client.read_block_documents_by_type("haplane-cluster-spec", include_secrets=False)
-    return [dict(d.data) for d in docs]
-
-
-def gce_factory(connection: str | None) -> Callable[[str | None], Any]:
-    """Gce per project: the connection's endpoint and credentials, the spec's project (default: the
-    connection's)."""
-    from blocks.cluster import resolve_gce
-    from haplane.gce import Gce
-
-    base = resolve_gce(connection)
-    cache: dict[str, Gce] = {}
-
-    def gce_for(project: str | None) -> Gce:
-        p = project or base.project
-        if p not in cache:
-            cache[p] = (
-                base if p == base.project else Gce(project=p, endpoint=base.endpoint, credentials=base.credentials)
-            )
-        return cache[p]
-
-    return gce_for
-
-
-def workspace_connection() -> str | None:
-    """The connection block setup-workspace remembered (variable ``haplane_connection``), if any."""
-    from prefect.variables import Variable
-
-    return Variable.get("haplane_connection", default=None) or None
-
-
-def add_cli(sub: Any) -> Any:
-    p = sub.add_parser(
-        "watch",
-        help="watch every cluster of the workspace and emit events on transitions "
-        "(long-lived; never changes a cluster)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument(
-        "--period", type=float, default=DEFAULT_PERIOD_S, help=f"seconds between looks (default {DEFAULT_PERIOD_S:g})"
-    )
-    p.add_argument("--shard", default="0/1", help="i/n: watch only the clusters whose name hashes to shard i of n")
-    p.add_argument(
-        "--connection",
-        help="haplane-gce-connection block (default: the workspace's, else HAPLANE_PROJECT / HAPLANE_GCE_ENDPOINT)",
-    )
-    p.add_argument("--name", help="this watcher's name in its heartbeat (default haplane-watch-<i>-of-<n>)")
-    return p
-
-
-def run_cli(args: Any) -> int:
-    if not args.period > 0:
-        raise SystemExit(f"haplane watch: --period must be a positive number of seconds, got {args.period!r}")
-    try:
-        shard = parse_shard(args.shard)
-    except ValueError as exc:
-        raise SystemExit(f"haplane watch: {exc}") from None
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # not every request of every period
-    import signal
-
-    connection = args.connection or workspace_connection()
-    watcher = Watcher(
-        gce_factory(connection),
-        spec_blocks,
-        period=args.period,
-        shard=shard,
-        name=args.name or f"haplane-watch-{shard[0]}-of-{shard[1]}",
-    )
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: watcher.stop.set())
-    watcher.run()
-    _drain_events()
-    return 0
-
-
-def _drain_events() -> None:
-    """Send the events still queued before the process exits."""
-    from prefect.events.worker import EventsWorker
-
-    try:
-        EventsWorker.drain_all(timeout=10)
-    except Exception:  # noqa: BLE001 - nothing pending, or already stopped
-        pass

@@ -11,9 +11,10 @@ import uuid
 
 import pytest
 
+from deployments.watch import cluster_locked, gce_factory, read_pki, spec_blocks
 from haplane.gce import request_id
 from haplane.topology import ClusterNames
-from haplane.watch import ALIVE, CLUSTER_UNKNOWN, RECOVERED, UNHEALTHY, Watcher, gce_factory, spec_blocks
+from haplane.watch import ALIVE, CLUSTER_UNKNOWN, RECOVERED, UNHEALTHY, Watcher
 from tests.fixtures.cluster import PROJECT
 
 pytestmark = [pytest.mark.long, pytest.mark.timeout(900), pytest.mark.usefixtures("prefect_api")]
@@ -32,6 +33,8 @@ def test_a_watcher_cut_off_from_a_cluster_reports_unknown_never_failed(ns_cloud)
     watcher = Watcher(
         gce_factory(None),
         lambda: [d for d in spec_blocks() if d["cluster"] == cluster],
+        read_pki,
+        cluster_locked,
         emit=lambda e: e.name != ALIVE and emitted.append(e),  # the heartbeat aside
         period=1,
     )
