@@ -249,7 +249,8 @@ def run(args: argparse.Namespace, work: Path) -> dict:
                     time.sleep(3)
             end = time.time()
             checks = runs(api, "health-check")
-            seen = first_events(api, "haplane.replica.unhealthy", killed_at) if args.watch else {}
+            rids = [f"haplane.cluster.{c}.replica.{vm}" for c, vm in victims.items()]
+            seen = first_events(api, "haplane.replica.unhealthy", killed_at, rids) if args.watch else {}
             detected = {c: seen[f"haplane.cluster.{c}.replica.{vm}"] - killed_at for c, vm in victims.items()
                         if f"haplane.cluster.{c}.replica.{vm}" in seen}
             started = {}
@@ -283,15 +284,20 @@ def start_watcher(server: PrefectServer, home: Path, period: float) -> subproces
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
 
 
-def first_events(api: str, name: str, since: float) -> dict[str, float]:
+def first_events(api: str, name: str, since: float, resources: list[str]) -> dict[str, float]:
     """resource id -> when the first event ``name`` about it occurred after ``since`` (the watcher's only)."""
-    body = {"filter": {"event": {"name": [name]}, "occurred": {
-        "since": dt.datetime.fromtimestamp(since, dt.UTC).isoformat()}}, "limit": 200}
     found: dict[str, float] = {}
-    for e in httpx.post(f"{api}/events/filter", json=body, timeout=60).raise_for_status().json()["events"]:
-        if e["resource"].get("haplane.source") == "watch":
-            rid, at = e["resource"]["prefect.resource.id"], ts(e["occurred"])
-            found[rid] = min(at, found.get(rid, at))
+    for rid in resources:  # one query per resource: the events API answers 50 events at most
+        body = {"filter": {"event": {"name": [name]}, "any_resource": {"id": [rid]}, "occurred": {
+            "since": dt.datetime.fromtimestamp(since, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")}}, "limit": 50}
+        resp = httpx.post(f"{api}/events/filter", json=body, timeout=60)
+        if resp.status_code != 200:
+            say(f"events of {rid} could not be read: {resp.status_code} {resp.text[:200]}")
+            continue
+        for e in resp.json()["events"]:
+            if e["resource"].get("haplane.source") == "watch":
+                at = ts(e["occurred"])
+                found[rid] = min(at, found.get(rid, at))
     return found
 
 
