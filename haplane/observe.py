@@ -9,6 +9,7 @@ not "no members"; API servers none of which answer give "readiness unknown".
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import socket
 import ssl
@@ -23,7 +24,7 @@ from haplane.gce import Gce, GceZoneUnavailable, Instance
 from haplane.model import MISSING, ZONE_OUT, ClusterState, ReplicaState, Unknown
 from haplane.node import APISERVER_PORT, ETCD_CLIENT_PORT, client_url, peer_url
 from haplane.ownership import owned
-from haplane.restore import EtcdProbe
+from haplane.restore import Look
 from haplane.topology import (
     LABEL_CHANGE,
     LABEL_CLUSTER,
@@ -234,21 +235,26 @@ def _replica(inst: Instance, member: Member | None, statuses: dict[str, Endpoint
                    etcd_unknown=etcd_unknown, api_unknown=api_unknown)
 
 
-def etcd_probe(client: EtcdClient, endpoints: list[str], vms: int) -> EtcdProbe:
-    """Ask each running replica's etcd (``endpoints``): status (alive, credentials accepted, leader) and a
-    linearizable read; what :func:`haplane.restore.quorum_view` tells lost quorum from unknown by."""
-    answering, with_leader, readable, unreachable = [], [], [], []
-    for st in client.statuses(endpoints):
-        if isinstance(st, EndpointStatus):
-            answering.append(st.endpoint)
-            if st.leader_id:
-                with_leader.append(st.endpoint)
-            if client.health(st.endpoint).healthy:
-                readable.append(st.endpoint)
-        else:
-            unreachable.append(f"{st.endpoint}: {st.reason}")
-    return EtcdProbe(running_vms=len(endpoints), answering=tuple(answering), with_leader=tuple(with_leader),
-                     readable=tuple(readable), unreachable=tuple(unreachable), vms=vms)
+def etcd_look(client: EtcdClient, running: dict[str, str], at_s: float) -> Look:
+    """One look at the etcd of each running replica (``running``: client URL -> VM name), by name: status
+    (alive, credentials accepted, leader, store revision), a linearizable read, and the member list each
+    member itself last knew; what :func:`haplane.restore.quorum_view` decides on, over several looks."""
+    answering, with_leader, readable, unreachable, revisions, voters = [], [], [], [], [], set()
+    for st in client.statuses(list(running)):
+        name = running[st.endpoint]
+        if not isinstance(st, EndpointStatus):
+            unreachable.append(f"{name}: {st.reason}")
+            continue
+        answering.append(name)
+        revisions.append((name, st.revision))
+        if st.leader_id:
+            with_leader.append(name)
+        if client.health(st.endpoint).healthy:
+            readable.append(name)
+        with contextlib.suppress(EtcdError):
+            voters |= {m.name for m in client.local_members(st.endpoint) if m.name and not m.is_learner}
+    return Look(at_s=at_s, answering=tuple(answering), with_leader=tuple(with_leader), readable=tuple(readable),
+                unreachable=tuple(unreachable), revisions=tuple(revisions), voters=tuple(sorted(voters)))
 
 
 def now_utc() -> dt.datetime:

@@ -163,6 +163,7 @@ class Watched:
     ca_pem: str | None = None
     pki_problem: str | None = None
     pki_read: float = -1e9
+    etcd_looks: list = field(default_factory=list)  # haplane.restore.Look of the last periods, while etcd is unseen
 
     def close(self) -> None:
         for c in (self.etcd, self.api):
@@ -296,7 +297,7 @@ class Watcher:
 
     def _look_cluster(self, w: Watched, instances: list) -> Look:
         from haplane.node import client_url
-        from haplane.observe import etcd_probe, observe_instances
+        from haplane.observe import etcd_look, observe_instances
         from haplane.ownership import owned
         from haplane.restore import quorum_view
         from haplane.topology import LABEL_UID
@@ -314,10 +315,26 @@ class Watcher:
             api_probe=self._prober(w),
         )
         quorum = None
-        if state.membership_unknown is not None and w.etcd is not None:
-            running = [client_url(i.internal_ip) for i in instances if i.status == "RUNNING" and i.internal_ip]
+        if state.membership_unknown is None or w.etcd is None:
+            w.etcd_looks = []
+        else:  # lost quorum or only cut off? decided on the looks of the last few periods, as a restore does
+            from haplane.node import EtcdSpec
+            from haplane.restore import ELECTIONS_SPANNED, QuorumEvidence
+
+            running = {client_url(i.internal_ip): i.name for i in instances if i.status == "RUNNING" and i.internal_ip}
+            now = time.monotonic()
+            election_s = EtcdSpec(name="", initial_cluster="").election_ms / 1000
+            keep = max(2 * ELECTIONS_SPANNED * election_s, 3 * self.period)
+            w.etcd_looks = [x for x in w.etcd_looks if now - x.at_s <= keep]
             if running:
-                quorum = quorum_view(etcd_probe(w.etcd, running, vms=len(instances)))
+                w.etcd_looks.append(etcd_look(w.etcd, running, now))
+            evidence = QuorumEvidence(
+                vms=tuple((i.name, i.status) for i in instances),
+                footprint_seen=bool(instances),
+                looks=tuple(w.etcd_looks),
+                election_s=election_s,
+            )
+            quorum = quorum_view(evidence)
         look = look_at(state, quorum)
         if any(f.problem in IN_PROGRESS for f in look.failed) and self.busy(w.cluster):
             look = look_at(state, quorum, busy=True)
