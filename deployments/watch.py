@@ -109,6 +109,8 @@ def run_cli(args: Any) -> int:
     watcher = Watcher(
         gce_factory(connection),
         spec_blocks,
+        read_pki,
+        cluster_locked,
         period=args.period,
         shard=shard,
         name=args.name or f"haplane-watch-{shard[0]}-of-{shard[1]}",
