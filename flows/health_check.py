@@ -188,6 +188,11 @@ def _zones(cluster: str, connection: str | None, dry_run: bool, grace_s: float, 
                                "reason": verdict.reason}
     if verdict.action is ZoneAction.NOTHING:
         return None  # a zone is out, but none of this cluster's replicas is there: the usual check goes on
+    if verdict.action is ZoneAction.UNKNOWN:  # never acted on: a person must look
+        emit("haplane.cluster.unknown", cluster_resource(cluster),
+             {"reason": verdict.reason[:500], "unknown": [u.text for u in verdict.unknowns],
+              "zones": sorted(state.unavailable_zones)})
+        return Completed(message=verdict.reason[:500], data={**summary, "action": "unknown"})
     if verdict.action is ZoneAction.CANNOT:
         emit("haplane.cluster.cannot-remediate", cluster_resource(cluster),
              {"reason": verdict.reason, "zones": sorted(state.unavailable_zones)})
