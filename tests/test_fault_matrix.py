@@ -571,3 +571,42 @@ def test_operator_certificate_expired(cloud, prefect_api):
     delete_cluster(cluster=cluster)
     assert _leftovers(cloud, cluster) == [] and cloud.processes() == []
     assert _key_material(Path(prefect_api.home)) == []
+
+
+def test_look_alike_vm_with_the_planned_name(cloud, prefect_api):
+    """Someone makes a VM under the name create-cluster planned for a replica (names follow from the change
+    id, and the plan is published before the step runs) before the step runs: the create step refuses it,
+    naming the VM; no certificate is issued to it and no key granted (Secret Manager holds nothing of the
+    cluster, the VM's metadata is as it was made). Once that VM is gone, the same change converges, and
+    delete-cluster leaves nothing behind."""
+    from haplane.secretstore import SecretStore
+    from haplane.topology import replica_name
+
+    cluster = f"fl-{uuid.uuid4().hex[:6]}"
+    change_id = f"create-{cluster}"
+    planned = replica_name(cluster, change_id, 0)
+    gce, zone = cloud.gce, ZONES[0]
+    # without the cluster's label: create-cluster's check of the name (anything labelled for the cluster
+    # without a spec is refused up front) does not see it, the create step itself must
+    gce.wait(gce.insert_instance(zone, planned, machine_type="e2-small", labels={"made-by": "mallory"},
+                                 metadata={"owner": "mallory"}, tags=[], external_ip=False, rid=str(uuid.uuid4()),
+                                 service_account=f"mallory@{PROJECT}.iam.gserviceaccount.com"))
+    cloud.admin.clear_calls()
+    with pytest.raises(Exception, match=f"VM {planned} in {zone} has the name this change planned for a replica "
+                                        f"of cluster '{cluster}', but this change did not create it") as refused:
+        create_cluster(cluster=cluster, region=REGION, zones=[zone], replicas=1, change_id=change_id)
+    assert "not adopted: no certificate issued, no key granted" in str(refused.value)
+    touched = [c for c in _mutating(cloud.admin.calls()) if planned in c.get("path", "")]
+    assert touched == [], f"the look-alike was changed: {touched}"
+    vm = gce.get_instance(zone, planned)
+    assert vm.metadata == {"owner": "mallory"} and vm.labels == {"made-by": "mallory"}
+    assert SecretStore.for_gce(gce).list(cluster) == [], "a key of the cluster reached Secret Manager"
+
+    gce.wait(gce.delete_instance(zone, planned, rid=str(uuid.uuid4())))  # the person removes it
+    create_cluster(cluster=cluster, region=REGION, zones=[zone], replicas=1, change_id=change_id)
+    _converged(cloud, cluster, 1)
+    assert _carried_out_twice(cloud.admin.calls()) == []
+    delete_cluster(cluster=cluster)
+    assert _leftovers(cloud, cluster) == [] and cloud.processes() == []
+    assert SecretStore.for_gce(gce).list(cluster) == []
+    assert _key_material(Path(prefect_api.home)) == []

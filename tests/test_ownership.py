@@ -24,6 +24,46 @@ CREATE_CASES = [
 ]
 
 
+OURS = {"haplane-cluster": "c", "haplane-uid": "u1", "haplane-change": "create-1"}
+ADOPT_CASES = [
+    # (labels of the VM found under the planned name, the cluster's uid, refused with)
+    (OURS, "u1", None),  # made by an earlier run of this change: resumed
+    ({k: v for k, v in OURS.items() if k != "haplane-uid"}, None, None),  # a cluster from before uids
+    ({"haplane-cluster": "c"}, "u1", "uid '\\(none\\)' \\(expected 'u1'\\), change '\\(none\\)'"),
+    ({**OURS, "haplane-uid": "u2"}, "u1", "uid 'u2' \\(expected 'u1'\\)"),
+    ({**OURS, "haplane-change": "add-2"}, "u1", "change 'add-2' \\(expected 'create-1'\\)"),  # another change's
+    ({**OURS, "haplane-cluster": "d"}, "u1", "cluster 'd' \\(expected 'c'\\)"),
+    ({}, None, "cluster '\\(none\\)'"),
+]
+
+
+@pytest.mark.parametrize("labels,uid,refused", ADOPT_CASES)
+def test_a_create_step_adopts_only_the_vm_its_own_change_made(labels, uid, refused):
+    from haplane.ownership import NotOurs, check_adoptable
+
+    if refused is None:
+        check_adoptable("c-master-1", "z", labels, "c", uid, "create-1")
+        return
+    with pytest.raises(NotOurs, match=f"VM c-master-1 in z has the name this change planned.*{refused}.*not adopted"):
+        check_adoptable("c-master-1", "z", labels, "c", uid, "create-1")
+
+
+@pytest.mark.parametrize("accounts,refused", [
+    (("own@p.iam.gserviceaccount.com",), False),
+    (("mallory@p.iam.gserviceaccount.com",), True),
+    (("own@p.iam.gserviceaccount.com", "mallory@p.iam.gserviceaccount.com"), True),
+    ((), True),  # no account at all: keys would go into metadata any reader of the VM sees
+])
+def test_keys_go_only_to_a_vm_running_as_the_replicas_own_account(accounts, refused):
+    from haplane.ownership import NotOurs, check_key_recipient
+
+    if not refused:
+        check_key_recipient("c-master-1", accounts, "own@p.iam.gserviceaccount.com")
+        return
+    with pytest.raises(NotOurs, match="not the replica's own own@p.*no certificate was issued and no key granted"):
+        check_key_recipient("c-master-1", accounts, "own@p.iam.gserviceaccount.com")
+
+
 @pytest.mark.parametrize("spec,found,refused", CREATE_CASES)
 def test_check_create(spec, found, refused):
     if refused is None:
