@@ -187,12 +187,12 @@ def test_the_snapshot_before_a_change_is_a_json_checkpoint_found_by_a_second_run
     cluster, change_id = f"cks-{uuid.uuid4().hex[:5]}", "add-cks-1"
     create_cluster(cluster=cluster, region="europe-west1", zones=["europe-west1-b"], replicas=1)
     first = snapshot_before_flow(cluster, change_id)
-    assert first["state"] == "Completed" and first["meta"]["cluster"] == cluster
-
-    doc = json.loads(json.loads(record_path(prefect_api.home / "storage", cluster, change_id).with_name(
-        "snapshot-before").read_text())["result"])
-    assert doc["kind"] == "json" and doc["value"]["snapshot_id"] == first["meta"]["snapshot_id"]
+    assert first["state"] == "Completed"
+    path = record_path(prefect_api.home / "storage", cluster, change_id).with_name("snapshot-before")
+    assert path.exists(), "the snapshot step left no checkpoint: a resumed change would take another snapshot"
+    doc = json.loads(json.loads(path.read_text())["result"])
+    assert doc["kind"] == "json" and doc["value"]["cluster"] == cluster and doc["value"] == first["meta"]
 
     again = snapshot_before_flow(cluster, change_id)
     assert again == {"meta": first["meta"], "state": "Cached"}
-    assert [m.snapshot_id for m in SnapshotStore.load(None).snapshots(cluster)] == [first["meta"]["snapshot_id"]]
+    assert [m.snapshot_id for m in SnapshotStore.load(None).snapshots(cluster)] == [doc["value"]["snapshot_id"]]
