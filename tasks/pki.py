@@ -28,6 +28,7 @@ from haplane.node import (
     NodeSpec,
     RestoreSpec,
 )
+from haplane.ownership import check_key_recipient
 from haplane.pki import (
     ClusterCAs,
     Lifetimes,
@@ -42,7 +43,6 @@ from haplane.pki import (
     switch_cas,
 )
 from haplane.secrets import call_carrying_secrets
-from haplane.ownership import check_key_recipient
 from haplane.secretstore import SecretStore, service_account_email
 from tasks.steps import Change, checkpoint, probe
 
