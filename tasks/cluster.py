@@ -293,9 +293,7 @@ def check_gone_from_gce(cluster: str, region: str, connection: str | None) -> No
 
 
 def forget_cluster(cluster: str) -> list[str]:
-    """After a cluster is gone from GCE: its health schedule and its locks (the limits
-    ``cluster-<name>`` and ``health-<name>``). Returns what was removed."""
-    from deployments.setup import remove_health_schedule
-
-    removed = [f"schedule {slug}" for slug in remove_health_schedule(cluster)]
-    return removed + [f"lock {limit}" for limit in force_unlock(cluster)]
+    """After a cluster is gone from GCE: its locks (the limits ``cluster-<name>`` and ``health-<name>``).
+    Its schedules and automations are the workspace's (:func:`deployments.clusters.forget_cluster`, called by
+    the flow). Returns what was removed."""
+    return [f"lock {limit}" for limit in force_unlock(cluster)]
