@@ -359,6 +359,11 @@ def decide_zones(state: ClusterState, outages: dict[str, str], stranded: Sequenc
     cluster, down = state.cluster, set(state.unavailable_zones)
     # 0. Members unseen while several zones are out: in which zone each is, and whether its VM runs, is
     # unknown (not "not running", not "lost"): nothing is moved, replaced or deleted on that view.
+    if down and state.membership_unknown is not None:  # which members the dead zones hold cannot be told
+        return ZoneVerdict(cluster, ZoneAction.UNKNOWN,
+                           f"zone(s) {', '.join(sorted(down))} do not answer and the etcd membership could not be "
+                           f"read, so which replicas are there is unknown: nothing is moved, replaced or deleted",
+                           unknowns=(state.membership_unknown,))
     unplaced = [r for r in state.replicas if r.vm_status == ZONE_OUT and r.zone not in down]
     if unplaced:
         unknowns = tuple(r.vm_unknown for r in unplaced if r.vm_unknown is not None)

@@ -293,3 +293,16 @@ def test_members_in_two_zones_that_do_not_answer_are_unknown_not_failed(state):
     assert replicas.action is Action.UNKNOWN and replicas.replica is None, replicas.reason
     assert not [f for f in replicas.findings if f.problem is Problem.VM_STOPPED], replicas.findings
     assert sum("the VM of c-master-" in u.text for u in replicas.unknowns) == 2
+
+
+def test_a_zone_out_while_the_membership_cannot_be_read_is_unknown():
+    """Which members the dead zone holds cannot be told without the member list: not "no replica is there"."""
+    from dataclasses import replace
+
+    from haplane.model import Unknown
+
+    state = replace(cluster(replica(0, "us-central1-a"), replica(2, "us-central1-c")),
+                    unavailable_zones=("us-central1-b",),
+                    membership_unknown=Unknown("etcd membership of c", "member list failed", "the firewall"))
+    verdict = decide(state, {"us-central1-b": ago(3600)})
+    assert verdict.action.value == "unknown" and "etcd membership could not be read" in verdict.reason

@@ -610,3 +610,43 @@ def test_look_alike_vm_with_the_planned_name(cloud, prefect_api):
     assert _leftovers(cloud, cluster) == [] and cloud.processes() == []
     assert SecretStore.for_gce(gce).list(cluster) == []
     assert _key_material(Path(prefect_api.home)) == []
+
+
+def test_two_zones_out(cloud, prefect_api, monkeypatch):
+    """Two of the three zones of a 3-replica cluster fail (their APIs answer 503, their VMs' processes die).
+    The health check, past any grace period, reports the members there as unknown (not "VM not running",
+    not "quorum lost", not absent) and acts on nothing: no mutating call. When the zones return (their VMs
+    boot again with their disks), the cluster is whole again: nothing was lost, and delete leaves nothing."""
+    from flows.health_check import health_check
+    from tasks.cluster import load_spec
+
+    monkeypatch.setenv("HAPLANE_GCE_READ_RETRY_S", "1")  # a zone that does not answer is seen as such at once
+    cluster = f"f2z-{uuid.uuid4().hex[:6]}"
+    create_cluster(cluster=cluster, region=REGION, zones=ZONES, replicas=3)
+    out = ZONES[1:]
+    for zone in out:
+        cloud.admin.fail_zone(zone, mode="kill")
+    cloud.admin.clear_calls()
+    for _ in range(2):  # the first check records the outages, the second is past the grace period
+        state = health_check(cluster=cluster, zone_grace_s=0, backoff_s=0, return_state=True)
+        assert state.is_completed(), state.message
+        result = state.result()
+        assert result["action"] == "unknown", result
+        assert "nothing is moved, replaced or deleted" in result["reason"], result
+    assert sorted(load_spec(cluster).zones_out) == out
+    assert _mutating(cloud.admin.calls()) == [], _mutating(cloud.admin.calls())
+
+    for zone in out:
+        _zone_returns(cloud, zone)
+    deadline = time.monotonic() + 120
+    while True:  # the returned members rejoin their quorum; the check then finds the cluster healthy
+        result = health_check(cluster=cluster, zone_grace_s=0, backoff_s=0, return_state=True).result()
+        if result["action"] == "nothing" or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert result["action"] == "nothing", result
+    _converged(cloud, cluster, 3)
+    assert load_spec(cluster).zones_out == {}
+    delete_cluster(cluster=cluster)
+    assert _leftovers(cloud, cluster) == [] and cloud.processes() == []
+    assert _key_material(Path(prefect_api.home)) == []
