@@ -13,6 +13,7 @@ from google.api_core import exceptions as gexc
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.client.orchestration import get_client
+from pydantic import TypeAdapter
 
 from blocks import delete_block_document
 from blocks.cluster import ClusterSpec, resolve_gce
@@ -64,8 +65,9 @@ def save_spec(cluster: str, spec: ClusterSpec, step: str = "spec", settings: dic
     def change(saved: ClusterSpec | None) -> ClusterSpec:
         if saved is None:
             return spec
-        if settings is not None:
-            return saved.model_copy(update=settings)
+        if settings is not None:  # each value checked as its field's type (the mode arrives as its value)
+            return saved.model_copy(update={k: TypeAdapter(ClusterSpec.model_fields[k].annotation).validate_python(v)
+                                            for k, v in settings.items()})
         return spec.model_copy(update={f: getattr(saved, f) for f in OBSERVED_FIELDS})
 
     update_spec(cluster, change)
