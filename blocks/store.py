@@ -22,8 +22,13 @@ from haplane.topology import ClusterNames
 B = TypeVar("B")
 
 
-def update_under_lock(cluster: str, read: Callable[[], B], write: Callable[[B], None],
-                      change: Callable[[B], B], wait_s: float | None = None) -> B:
+def update_under_lock(
+    cluster: str,
+    read: Callable[[], B],
+    write: Callable[[B], None],
+    change: Callable[[B], B],
+    wait_s: float | None = None,
+) -> B:
     """Under the cluster's lock: ``write(change(read()))``; returns what was written. Raises
     :class:`haplane.locks.ClusterBusy` (nothing written) when another run keeps the lock ``wait_s`` s
     (None: ``haplane.locks.LOCK_WAIT_S``)."""
@@ -43,10 +48,12 @@ def read_spec(cluster: str) -> ClusterSpec | None:
         raise
 
 
-def update_spec(cluster: str, change: Callable[[ClusterSpec | None], ClusterSpec],
-                wait_s: float | None = None) -> ClusterSpec:
+def update_spec(
+    cluster: str, change: Callable[[ClusterSpec | None], ClusterSpec], wait_s: float | None = None
+) -> ClusterSpec:
     """Save ``change(spec as saved now)`` as the cluster's spec, under its lock (``change`` gets None when
     there is no spec yet, and returns the spec to save: a copy with its fields changed)."""
     block = ClusterNames(cluster).spec_block
-    return update_under_lock(cluster, lambda: read_spec(cluster), lambda spec: spec.save(block, overwrite=True),
-                             change, wait_s)
+    return update_under_lock(
+        cluster, lambda: read_spec(cluster), lambda spec: spec.save(block, overwrite=True), change, wait_s
+    )

@@ -46,16 +46,18 @@ def names_cluster(doc: Any, cluster: str) -> bool:
                 continue
             if key == "tags" and isinstance(value, list) and cluster_tag(cluster) in value:
                 return True
-            if key in ("cluster", "haplane.cluster") and (value == cluster or (isinstance(value, list)
-                                                                               and cluster in value)):
+            if key in ("cluster", "haplane.cluster") and (
+                value == cluster or (isinstance(value, list) and cluster in value)
+            ):
                 return True
             if names_cluster(value, cluster):
                 return True
     return False
 
 
-def ensure_cluster_schedules(deployment_name: str, prefix: str, what: str, clusters: list[str], interval_s: float,
-                             connection: str | None) -> None:
+def ensure_cluster_schedules(
+    deployment_name: str, prefix: str, what: str, clusters: list[str], interval_s: float, connection: str | None
+) -> None:
     """A schedule ``<prefix>-<cluster>`` of the deployment per cluster, every ``interval_s`` seconds."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.schedules import IntervalSchedule
@@ -67,8 +69,9 @@ def ensure_cluster_schedules(deployment_name: str, prefix: str, what: str, clust
         for c in clusters:
             slug, params = f"{prefix}-{c}", {"cluster": c, "connection": connection}
             if slug in existing:
-                client.update_deployment_schedule(deployment.id, existing[slug].id, active=True, schedule=schedule,
-                                                  parameters=params)
+                client.update_deployment_schedule(
+                    deployment.id, existing[slug].id, active=True, schedule=schedule, parameters=params
+                )
             else:
                 client.create_deployment_schedules(deployment.id, [(schedule, True)], parameters=params, slug=slug)
             say(f"{what} of {c!r} every {interval_s:g} s (schedule {slug})")

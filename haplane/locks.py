@@ -7,7 +7,7 @@
   happens under it (:mod:`blocks.store`).
 - ``health-<name>``: the health check's own lock (one check of a cluster at a time).
 
-A lock is taken with a lease of ``LOCK_LEASE_S`` (at least Prefect's minimum of 60 s) that the holder's
+A lock is taken with a lease of :func:`haplane.settings.lock_lease_s` (at least Prefect's minimum of 60 s) that the holder's
 process renews; a killed holder's lease expires by itself. Prefect's API does not say who holds a
 slot, so whoever takes a lock leaves a **holder record** beside it (the Prefect variable
 ``haplane-lock-<lock>``: the flow run, the host and the process), and removes it on release.
@@ -28,9 +28,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from haplane import settings
+
 LOCK_WAIT_S = 10.0
 RETRY_HELD_S = 1.0  # between two asks for a slot another run holds
-LOCK_LEASE_S = max(60.0, float(os.environ.get("HAPLANE_LOCK_LEASE_S", "120")))  # Prefect's minimum is 60 s
 FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
 KINDS = ("cluster", "health")
 
@@ -112,9 +113,14 @@ def current_holder() -> Holder:
     from prefect.runtime import flow_run
 
     run_id = flow_run.get_id()
-    return Holder(flow_run=str(run_id) if run_id else None, run_name=flow_run.get_name() if run_id else None,
-                  host=socket.gethostname(), pid=os.getpid(), started=_process_start(os.getpid())[0],
-                  since=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+    return Holder(
+        flow_run=str(run_id) if run_id else None,
+        run_name=flow_run.get_name() if run_id else None,
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        started=_process_start(os.getpid())[0],
+        since=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    )
 
 
 def holder_alive(holder: Holder, here: str) -> bool | None:
@@ -129,17 +135,23 @@ def holder_ended(holder: Holder | None, run_state: str | None, alive: bool | Non
     """Whether a lock's holder has ended, and why (pure). ``run_state``: its flow run's state type;
     ``alive``: whether its process runs (None: another host)."""
     if holder is None:
-        return False, ("nothing says who holds it (taken by a haplane from before holder records, or its holder "
-                       "was stopped between taking it and recording itself)")
+        return False, (
+            "nothing says who holds it (taken by a haplane from before holder records, or its holder "
+            "was stopped between taking it and recording itself)"
+        )
     who = holder.text()
     if run_state in FINAL_STATES:
         return True, f"its holder, {who}, has ended ({run_state})"
     if alive is False:
-        return True, (f"its holder, {who}, is gone: that process no longer runs (its flow run still shows "
-                      f"{run_state or 'no state'}, as a killed process leaves it)")
+        return True, (
+            f"its holder, {who}, is gone: that process no longer runs (its flow run still shows "
+            f"{run_state or 'no state'}, as a killed process leaves it)"
+        )
     if alive is None:
-        return False, (f"it is held by {who}, whose flow run is {run_state or 'of unknown state'}; haplane can tell a "
-                       f"dead process only on its own host, so run this on {holder.host}")
+        return False, (
+            f"it is held by {who}, whose flow run is {run_state or 'of unknown state'}; haplane can tell a "
+            f"dead process only on its own host, so run this on {holder.host}"
+        )
     return False, f"it is held by {who}, whose process is running"
 
 
@@ -184,7 +196,8 @@ class Held:
 
 
 def hold(name: str, wait_s: float) -> Held | None:
-    """Take the one slot of the global concurrency limit ``name`` with a lease of ``LOCK_LEASE_S`` and
+    """Take the one slot of the global concurrency limit ``name`` with a lease of
+    :func:`haplane.settings.lock_lease_s` and
     record the holder: the taken lock (exit it to release), or None when another run kept it for
     ``wait_s`` seconds.
 
@@ -197,7 +210,7 @@ def hold(name: str, wait_s: float) -> Held | None:
 
     deadline = time.monotonic() + wait_s
     while True:
-        ctx = concurrency(name, occupy=1, strict=True, max_retries=0, lease_duration=LOCK_LEASE_S)
+        ctx = concurrency(name, occupy=1, strict=True, max_retries=0, lease_duration=settings.lock_lease_s())
         try:
             ctx.__enter__()
             break
@@ -239,7 +252,8 @@ def cluster_lock(cluster: str, wait_s: float | None = None) -> Iterator[None]:
     if taken is None:
         raise ClusterBusy(
             f"another mutating flow is running on cluster {cluster!r} (lock {lock_name(cluster)!r} is held); "
-            f"nothing was changed: wait for that run to finish, then start this one again")
+            f"nothing was changed: wait for that run to finish, then start this one again"
+        )
     token = _HELD.set(_HELD.get() | {cluster})
     try:
         yield
@@ -285,14 +299,18 @@ def unlock(cluster: str, kind: str = "cluster", force: bool = False) -> str:
     state = _run_state(holder.flow_run) if holder else None
     ended, why = holder_ended(holder, state, holder_alive(holder, socket.gethostname()) if holder else None)
     if not ended and not force:
-        raise LockHeld(f"{name!r} was not freed: {why}. Wait for that run to end (a dead holder's lease also "
-                       f"expires by itself within {LOCK_LEASE_S:.0f} s), or, if you know it is dead, run "
-                       f"`haplane unlock {cluster} --lock {kind} --force`")
+        raise LockHeld(
+            f"{name!r} was not freed: {why}. Wait for that run to end (a dead holder's lease also "
+            f"expires by itself within {settings.lock_lease_s():.0f} s), or, if you know it is dead, run "
+            f"`haplane unlock {cluster} --lock {kind} --force`"
+        )
     _delete_limit(name)
     if ended:
         return f"freed {name!r}: {why}"
-    return (f"freed {name!r} by --force, overriding this: {why}. If that run is alive it now runs without the "
-            f"lock (Prefect cancels it when it next renews its lease) and another flow may start beside it")
+    return (
+        f"freed {name!r} by --force, overriding this: {why}. If that run is alive it now runs without the "
+        f"lock (Prefect cancels it when it next renews its lease) and another flow may start beside it"
+    )
 
 
 def _delete_limit(name: str) -> bool:

@@ -3,7 +3,7 @@
 ``cluster_lock`` is the one-mutating-flow-per-cluster rule (:mod:`haplane.locks`): a Prefect global
 concurrency limit ``cluster-<name>`` of 1, taken with ``strict=True``. A second mutating flow on the
 same cluster **fails fast** (after ``LOCK_WAIT_S``) with a message naming the cluster. A killed
-holder's lease expires after ``LOCK_LEASE_S``; ``haplane unlock CLUSTER`` frees it at once once its
+holder's lease expires after :func:`haplane.settings.lock_lease_s`; ``haplane unlock CLUSTER`` frees it at once once its
 holder has ended. The cluster's spec block is read and written through :mod:`blocks.store`.
 """
 
@@ -19,7 +19,6 @@ from blocks import delete_block_document
 from blocks.cluster import ClusterSpec, resolve_gce
 from blocks.store import update_spec
 from haplane.locks import (  # noqa: F401 - the lock is haplane.locks'; flows and tests take it from here
-    LOCK_LEASE_S,
     LOCK_WAIT_S,
     ClusterBusy,
     cluster_lock,

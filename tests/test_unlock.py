@@ -26,15 +26,18 @@ def _holder(**kw) -> Holder:
     return Holder(**(base | kw))
 
 
-@pytest.mark.parametrize(("holder", "state", "alive", "ended", "words"), [
-    (_holder(), "COMPLETED", True, True, "has ended (COMPLETED)"),
-    (_holder(), "CRASHED", None, True, "has ended (CRASHED)"),
-    (_holder(), "RUNNING", False, True, "is gone: that process no longer runs (its flow run still shows RUNNING"),
-    (_holder(), "RUNNING", True, False, "whose process is running"),
-    (_holder(host="worker-2"), "RUNNING", None, False, "only on its own host, so run this on worker-2"),
-    (_holder(flow_run=None, run_name=None), None, True, False, "a process outside any flow run"),
-    (None, None, None, False, "nothing says who holds it"),
-])
+@pytest.mark.parametrize(
+    ("holder", "state", "alive", "ended", "words"),
+    [
+        (_holder(), "COMPLETED", True, True, "has ended (COMPLETED)"),
+        (_holder(), "CRASHED", None, True, "has ended (CRASHED)"),
+        (_holder(), "RUNNING", False, True, "is gone: that process no longer runs (its flow run still shows RUNNING"),
+        (_holder(), "RUNNING", True, False, "whose process is running"),
+        (_holder(host="worker-2"), "RUNNING", None, False, "only on its own host, so run this on worker-2"),
+        (_holder(flow_run=None, run_name=None), None, True, False, "a process outside any flow run"),
+        (None, None, None, False, "nothing says who holds it"),
+    ],
+)
 def test_a_lock_is_free_to_take_back_only_from_a_holder_that_has_ended(holder, state, alive, ended, words):
     got, why = holder_ended(holder, state, alive)
     assert got is ended and words in why, why
@@ -74,8 +77,13 @@ def test_unlock_frees_one_lock_of_a_dead_holder_and_refuses_a_live_one(prefect_a
         assert _held(lock_name(cluster))
         assert main(["unlock", cluster]) == 1
         err = capsys.readouterr().err
-        assert f"'{lock_name(cluster)}' was not freed: it is held by a process outside any flow run, process " \
-               f"{os.getpid()} on host {HERE}" in err and "whose process is running" in err and "--force" in err
+        assert (
+            f"'{lock_name(cluster)}' was not freed: it is held by a process outside any flow run, process "
+            f"{os.getpid()} on host {HERE}"
+            in err
+            and "whose process is running" in err
+            and "--force" in err
+        )
         assert _held(lock_name(cluster)), "a live run's lock was freed"
         assert main(["unlock", cluster, "--force"]) == 0
         out = capsys.readouterr().out
@@ -85,10 +93,13 @@ def test_unlock_frees_one_lock_of_a_dead_holder_and_refuses_a_live_one(prefect_a
 
     # a holder killed while it holds the lock (SIGKILL: nothing released, its lease still runs), beside a
     # live health check: unlock frees the dead run's lock alone, without --force
-    code = (f"import time\nfrom haplane.locks import cluster_lock\nwith cluster_lock({cluster!r}):\n"
-            f"    print('held', flush=True)\n    time.sleep(600)\n")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=dict(os.environ),
-                            start_new_session=True)
+    code = (
+        f"import time\nfrom haplane.locks import cluster_lock\nwith cluster_lock({cluster!r}):\n"
+        f"    print('held', flush=True)\n    time.sleep(600)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=dict(os.environ), start_new_session=True
+    )
     try:
         assert proc.stdout.readline().strip() == "held"
         with HeldHealthLock(cluster):
