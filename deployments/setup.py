@@ -19,7 +19,8 @@ Against whatever Prefect API the environment points at (``PREFECT_API_URL``: a l
    CANCEL_NEW: late duplicates are cancelled, not started) with a schedule every ``--health-interval``
    seconds (slug ``health-<name>``; 900 by default: the backstop of ``haplane watch``);
 8. per cluster, a snapshot-cluster schedule every ``--snapshot-interval`` seconds (slug
-   ``snapshot-<name>``; 0: none);
+   ``snapshot-<name>``; 0: none) -- per-cluster schedules and automations are made (and removed by
+   delete-cluster) in :mod:`deployments.clusters`;
 9. the automation ``haplane-health-check-on-request``: an event ``haplane.health-check.requested``
    on resource ``haplane.cluster.<name>`` (a monitor can post it to the events API) starts a health
    check of that cluster at once;
@@ -44,10 +45,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from deployments.clusters import (
+    HEALTH_DEPLOYMENT,
+    SNAPSHOT_DEPLOYMENT,
+    ensure_cluster_automation,
+    ensure_cluster_schedules,
+    say,
+)
+
 REPO = Path(__file__).resolve().parent.parent
 POOL = "haplane"
-HEALTH_DEPLOYMENT = "health-check/health-check"
-SNAPSHOT_DEPLOYMENT = "snapshot-cluster/snapshot-cluster"
 CONNECTION_VARIABLE = "haplane_connection"
 AUTOMATION = "haplane-health-check-on-request"
 REQUEST_EVENT = "haplane.health-check.requested"
@@ -58,10 +65,6 @@ WATCHER_SILENCE_S = 180.0
 def cluster_automation(cluster: str) -> str:
     """The name of the cluster's watcher automation: ``haplane-<cluster>-`` prefixes all of a cluster's."""
     return f"haplane-{cluster}-replica-unhealthy"
-
-
-def say(msg: str) -> None:
-    print(f"haplane setup-workspace: {msg}", flush=True)
 
 
 def ensure_pool(name: str = POOL) -> None:
@@ -106,8 +109,7 @@ def ensure_repo_variable(repo: Path) -> None:
 def ensure_limits(clusters: list[str]) -> None:
     from prefect.client.orchestration import get_client
 
-    from tasks.cluster import lock_name
-    from tasks.health import health_lock_name
+    from haplane.locks import health_lock_name, lock_name
 
     with get_client(sync_client=True) as client:
         for c in clusters:
@@ -226,25 +228,6 @@ def ensure_snapshot_schedules(clusters: list[str], interval_s: float, connection
         ensure_cluster_schedules(SNAPSHOT_DEPLOYMENT, "snapshot", "snapshot", clusters, interval_s, connection)
 
 
-def ensure_cluster_schedules(deployment_name: str, prefix: str, what: str, clusters: list[str], interval_s: float,
-                             connection: str | None) -> None:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.schedules import IntervalSchedule
-
-    schedule = IntervalSchedule(interval=dt.timedelta(seconds=interval_s))
-    with get_client(sync_client=True) as client:
-        deployment = client.read_deployment_by_name(deployment_name)
-        existing = {s.slug: s for s in client.read_deployment_schedules(deployment.id)}
-        for c in clusters:
-            slug, params = f"{prefix}-{c}", {"cluster": c, "connection": connection}
-            if slug in existing:
-                client.update_deployment_schedule(deployment.id, existing[slug].id, active=True, schedule=schedule,
-                                                  parameters=params)
-            else:
-                client.create_deployment_schedules(deployment.id, [(schedule, True)], parameters=params, slug=slug)
-            say(f"{what} of {c!r} every {interval_s:g} s (schedule {slug})")
-
-
 def _remove_schedule(deployment_name: str, slug: str) -> list[str]:
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
@@ -258,24 +241,6 @@ def _remove_schedule(deployment_name: str, slug: str) -> list[str]:
         for s in gone:
             client.delete_deployment_schedule(deployment.id, s.id)
     return [slug for _ in gone]
-
-
-def remove_health_schedule(cluster: str) -> list[str]:
-    """Delete the cluster's health-check schedule and its own health-check deployment (delete-cluster,
-    once the cluster is gone); the slugs removed."""
-    from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
-
-    slug = f"health-{cluster}"
-    gone = _remove_schedule(HEALTH_DEPLOYMENT, slug)
-    with get_client(sync_client=True) as client:
-        try:
-            deployment = client.read_deployment_by_name(cluster_health_deployment(cluster))
-        except ObjectNotFound:
-            return gone
-        gone += [s.slug for s in client.read_deployment_schedules(deployment.id) if s.slug == slug]
-        client.delete_deployment(deployment.id)
-    return gone
 
 
 def ensure_automation() -> None:
@@ -340,7 +305,7 @@ def ensure_watch_automations(clusters: list[str], connection: str | None,
         with get_client(sync_client=True) as client:
             deployment = client.read_deployment_by_name(cluster_health_deployment(c))
         grace = cluster_grace(c)
-        _upsert_automation(Automation(
+        ensure_cluster_automation(c, Automation(  # tagged cluster:<c>: delete-cluster removes it
             name=cluster_automation(c),
             description=f"A replica of {c} that haplane watch saw unhealthy and that did not recover within "
                         f"{grace:g} s: run {cluster_health_deployment(c)} (it decides and acts under its locks).",
@@ -374,21 +339,6 @@ def cluster_grace(cluster: str) -> float:
         return ClusterSpec.load(f"{cluster}-spec").unhealthy_grace_s
     except ValueError:
         return ClusterSpec.model_fields["unhealthy_grace_s"].default
-
-
-def remove_cluster_automations(cluster: str) -> list[str]:
-    """Delete the cluster's automations (delete-cluster, once the cluster is gone); the names removed."""
-    from prefect.automations import Automation
-
-    gone = []
-    for name in (cluster_automation(cluster),):
-        try:
-            automation = Automation.read(name=name)
-        except ValueError:
-            continue
-        automation.delete()
-        gone.append(name)
-    return gone
 
 
 def check_health_interval(seconds: float) -> None:

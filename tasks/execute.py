@@ -161,7 +161,8 @@ def _delete_pki(run: Run, s: PlanStep) -> None:
 
 
 LOCAL: dict[StepKind, Callable[[Run, PlanStep, dict[str, Any]], dict[str, Any] | None]] = {
-    StepKind.SAVE_SPEC: lambda run, s, a: save_spec(run.change.cluster, run.spec, step=s.id),
+    StepKind.SAVE_SPEC: lambda run, s, a: save_spec(run.change.cluster, run.spec, step=s.id,
+                                                   settings=dict(a["settings"]) if "settings" in a else None),
     StepKind.CREATE_PKI: lambda run, s, a: ensure_cluster_pki(run.change.cluster, step=s.id,
                                                              leaf_minutes=a.get("leaf_minutes")) and None,
     StepKind.ADD_LEARNER: _add_learner,

@@ -88,6 +88,9 @@ CASES = CHANGE_ID_CASES + [
          r"zone 'us-central1-a' is not a zone of region 'europe-west1'; choose from"),
     Case("region GCE does not know", _create(region="mars-north1", zones=["mars-north1-a"]),
          r"region 'mars-north1' is unknown to GCE"),
+    Case("one-zone cluster (multizone=false) over three zones", _create(multizone=False),
+         r"multizone=false keeps the cluster in one zone, but 3 zones were given \(europe-west1-b, europe-west1-c, "
+         r"europe-west1-d\): pass one zone, or multizone=true to spread replicas over them"),
     Case("leaf lifetime of 1 minute", _create(leaf_lifetime_minutes=1),
          r"leaf_lifetime_minutes=1 is too short: a leaf must last at least 2 minutes"),
     Case("leaf lifetime as text", _create(leaf_lifetime_minutes="10"),
@@ -155,3 +158,14 @@ def test_bad_input_is_refused_before_any_change(case: Case, shared_cloud, monkey
             from blocks.cluster import ClusterSpec
 
             ClusterSpec.load("bad-spec")
+
+
+def test_quorum_reads_is_described_as_what_it_does():
+    """The seed's "reads go to the leader" flag is gone since Kubernetes 1.12: the parameter (in the UI's form
+    and the spec block) says it changes nothing and why, instead of promising leader reads."""
+    from blocks.cluster import ClusterSpec
+
+    for description in (create_cluster.parameters.properties["quorum_reads"]["description"],
+                        ClusterSpec.model_fields["quorum_reads"].description):
+        assert "leader" not in description
+        assert "no effect" in description and "1.12" in description and "always reads with quorum" in description
