@@ -117,7 +117,7 @@ GCE: dict[StepKind, Callable[[Run, PlanStep, dict[str, Any]], Step]] = {
     StepKind.FIREWALL: _firewall,
     StepKind.CREATE_VM: lambda run, s, a: Step(submit_create_vm, s.id, s.text, (
         a["zone"], a["name"], run.spec.machine_type, run.names.labels(run.spec.multizone, run.spec.quorum_reads),
-        [run.names.tag], a["nat_ip"])),
+        [run.names.tag], a["nat_ip"], run.spec.etcd_version, run.spec.kubernetes_version)),
     StepKind.CONFIGURE: _configure,
     StepKind.HEALTH_CHECK: lambda run, s, a: Step(submit_health_check, s.id, s.text),
     StepKind.TARGET_POOL: lambda run, s, a: Step(submit_target_pool, s.id, s.text, (
