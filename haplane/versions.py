@@ -226,3 +226,50 @@ def _followers_then_leader(replicas: list[ReplicaState]) -> list[ReplicaState]:
 def supported(values: tuple[str, ...], literal: object) -> bool:
     """The Literal's choices are exactly ``values`` (a test keeps the form and the tables one list)."""
     return tuple(get_args(literal)) == tuple(values)
+
+
+def round_change(change_id: str, index: int) -> str:
+    """The change id of an upgrade's ``index``-th replacement: its steps are checkpointed under it and
+    its new replica is named and labelled by it, so a resumed upgrade finds each round where it stopped."""
+    return f"{change_id}-{index}"
+
+
+def plan_upgrade(state: ClusterState, decision: UpgradeDecision, change_id: str, order: tuple[str, ...] | None = None):
+    """upgrade-cluster's plan: record the target versions in the spec, replace the replicas one at a
+    time in ``order`` (default: the decision's; a resumed run passes the order its first run
+    remembered), then wait for the etcd cluster version the end needs. Each replacement is a
+    replace-replica of its own (:func:`round_change`), planned on the cluster as it is when its turn
+    comes: remove (leadership moved away first), add a learner at the target versions, promote it
+    once caught up, wait for quorum."""
+    from haplane.gce_timings import GCE_SECONDS
+    from haplane.plans import Plan
+    from haplane.steps import StepKind, step
+
+    voting = len(state.voting)
+    if decision.noop:
+        return Plan(action="upgrade-cluster", cluster=state.cluster, steps=(), voting_before=voting,
+                    voting_after=voting, expected_seconds=0, reason=decision.reason)
+    order = order or decision.order
+    leader = state.leader.name if state.leader else None
+    steps = [step(StepKind.SAVE_SPEC, "spec", f"record etcd {decision.etcd_to} and kube-apiserver "
+                                              f"{decision.kubernetes_to} in the cluster's spec (replicas added "
+                                              f"from now on are built at them)")]
+    for i, name in enumerate(order):
+        role = "the leader: leadership is moved away first" if name == leader else "a follower"
+        etcd_from = decision.etcd_from.get(name, "?")
+        kube_from = decision.kubernetes_from.get(name, "?")
+        steps.append(step(
+            StepKind.UPGRADE_REPLICA, f"replica/{name}",
+            f"replace {name} ({role}; etcd {etcd_from} -> {decision.etcd_to}, kube-apiserver {kube_from} -> "
+            f"{decision.kubernetes_to}) with a new replica at the target versions: remove its member, add the new "
+            f"one as a learner, promote it once caught up, wait for quorum (change {round_change(change_id, i)})",
+            name=name, change=round_change(change_id, i), etcd_from=etcd_from, etcd_to=decision.etcd_to,
+            kubernetes_from=kube_from, kubernetes_to=decision.kubernetes_to))
+    steps.append(step(StepKind.CLUSTER_VERSION, "cluster-version",
+                      f"wait until every member reports etcd {minor_text(decision.etcd_to)} and the etcd cluster "
+                      f"version is {decision.cluster_version_after} (it was "
+                      f"{minor_text(_full(decision.cluster_version_before))})",
+                      expect=decision.cluster_version_after))
+    per_round = GCE_SECONDS["instance_insert"] + GCE_SECONDS["instance_delete"] + 2 * GCE_SECONDS["instance_update"]
+    return Plan(action="upgrade-cluster", cluster=state.cluster, steps=tuple(steps), voting_before=voting,
+                voting_after=voting, expected_seconds=per_round * len(order), reason=decision.reason)
