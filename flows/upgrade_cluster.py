@@ -59,12 +59,15 @@ def upgrade_cluster(
         prefix = label_value(change.change_id) + "-"
         started = any(r.change and r.change.startswith(prefix) for r in state.vms)
         try:
-            decision = decide_upgrade(state, etcd_to, kube_to,
-                                      {r.name: r.kubernetes_version or spec.kubernetes_version for r in state.vms})
+            decision = decide_upgrade(
+                state, etcd_to, kube_to, {r.name: r.kubernetes_version or spec.kubernetes_version for r in state.vms}
+            )
         except VersionRefused as exc:
             if not (running and started):  # a fresh upgrade is refused before any call, naming the rule
-                raise PlanRefused(f"cannot upgrade {cluster!r} to etcd {etcd_to} / kube-apiserver {kube_to}: "
-                                  f"{exc}. Nothing was changed") from None
+                raise PlanRefused(
+                    f"cannot upgrade {cluster!r} to etcd {etcd_to} / kube-apiserver {kube_to}: "
+                    f"{exc}. Nothing was changed"
+                ) from None
             # resumed mid-replacement (a learner may be pending): the rounds' own quorum rules decide
             order = remember(change, ORDER_STEP, None)
             get_run_logger().info("resuming upgrade %s in the order it started with: %s", change.change_id, order)
@@ -76,8 +79,14 @@ def upgrade_cluster(
         order = tuple(remember(change, ORDER_STEP, list(decision.order))) if running else decision.order
         return plan_upgrade(state, decision, change.change_id, order)
 
-    return run_change(change, target, plan_for, dry_run, note=f"upgraded to etcd {etcd_to}, kube-apiserver {kube_to}",
-                      skip_snapshot=skip_snapshot)
+    return run_change(
+        change,
+        target,
+        plan_for,
+        dry_run,
+        note=f"upgraded to etcd {etcd_to}, kube-apiserver {kube_to}",
+        skip_snapshot=skip_snapshot,
+    )
 
 
 def _resumed(state: ClusterState, etcd_to: str, kube_to: str):
@@ -85,8 +94,13 @@ def _resumed(state: ClusterState, etcd_to: str, kube_to: str):
     from haplane.versions import UpgradeDecision, minor_text
 
     return UpgradeDecision(
-        noop=False, reason="resuming an upgrade that was stopped mid-replacement", order=(),
+        noop=False,
+        reason="resuming an upgrade that was stopped mid-replacement",
+        order=(),
         etcd_from={r.name: r.etcd_version or "unread" for r in state.replicas},
         kubernetes_from={r.name: r.kubernetes_version or "?" for r in state.replicas},
-        etcd_to=etcd_to, kubernetes_to=kube_to, cluster_version_before=state.etcd_cluster_version or "0.0.0",
-        cluster_version_after=minor_text(etcd_to))
+        etcd_to=etcd_to,
+        kubernetes_to=kube_to,
+        cluster_version_before=state.etcd_cluster_version or "0.0.0",
+        cluster_version_after=minor_text(etcd_to),
+    )

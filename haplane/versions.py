@@ -106,11 +106,14 @@ def minor_text(version: str) -> str:
 def check_offered(etcd_version: str | None = None, kubernetes_version: str | None = None) -> None:
     """Refuse a version the image does not offer, naming the ones it does."""
     if etcd_version is not None and etcd_version not in ETCD_RELEASES:
-        raise VersionRefused("offered-version", f"etcd {etcd_version} is not offered by the image; offered: "
-                                                f"{', '.join(ETCD_RELEASES)}")
+        raise VersionRefused(
+            "offered-version", f"etcd {etcd_version} is not offered by the image; offered: {', '.join(ETCD_RELEASES)}"
+        )
     if kubernetes_version is not None and kubernetes_version not in KUBERNETES_RELEASES:
-        raise VersionRefused("offered-version", f"Kubernetes {kubernetes_version} is not offered by the image; "
-                                                f"offered: {', '.join(KUBERNETES_RELEASES)}")
+        raise VersionRefused(
+            "offered-version",
+            f"Kubernetes {kubernetes_version} is not offered by the image; offered: {', '.join(KUBERNETES_RELEASES)}",
+        )
 
 
 def check_etcd_move(members: dict[str, str], cluster_version: str, target: str) -> None:
@@ -118,18 +121,25 @@ def check_etcd_move(members: dict[str, str], cluster_version: str, target: str) 
     to ``target``; raises :class:`VersionRefused` naming the rule."""
     want, cluster = minor(target), minor(_full(cluster_version))
     if want[0] != cluster[0]:
-        raise VersionRefused("etcd-one-minor", f"etcd {target} is another major version than the cluster's "
-                                               f"{cluster[0]}.{cluster[1]}")
+        raise VersionRefused(
+            "etcd-one-minor", f"etcd {target} is another major version than the cluster's {cluster[0]}.{cluster[1]}"
+        )
     oldest = min((minor(v) for v in members.values()), default=cluster)
     if want[1] > min(oldest[1], cluster[1]) + 1:
-        raise VersionRefused("etcd-one-minor", f"etcd moves one minor version at a time: the cluster is at "
-                                               f"{cluster[0]}.{cluster[1]} (oldest member {oldest[0]}.{oldest[1]}), "
-                                               f"so {target} is too far; upgrade to {cluster[0]}.{cluster[1] + 1} "
-                                               f"first")
+        raise VersionRefused(
+            "etcd-one-minor",
+            f"etcd moves one minor version at a time: the cluster is at "
+            f"{cluster[0]}.{cluster[1]} (oldest member {oldest[0]}.{oldest[1]}), "
+            f"so {target} is too far; upgrade to {cluster[0]}.{cluster[1] + 1} "
+            f"first",
+        )
     if want[1] < cluster[1]:
-        raise VersionRefused("etcd-no-minor-downgrade", f"the etcd cluster version has moved to {cluster[0]}."
-                                                        f"{cluster[1]}: no member may go back to {target} (a "
-                                                        f"{want[0]}.{want[1]} member cannot join it)")
+        raise VersionRefused(
+            "etcd-no-minor-downgrade",
+            f"the etcd cluster version has moved to {cluster[0]}."
+            f"{cluster[1]}: no member may go back to {target} (a "
+            f"{want[0]}.{want[1]} member cannot join it)",
+        )
 
 
 def check_kubernetes_move(replicas: dict[str, str], target: str) -> None:
@@ -140,14 +150,20 @@ def check_kubernetes_move(replicas: dict[str, str], target: str) -> None:
     oldest = min(minor(v) for v in replicas.values())
     newest = max(minor(v) for v in replicas.values())
     if want[0] != oldest[0] or want[1] > oldest[1] + 1:
-        raise VersionRefused("kubernetes-one-minor", f"kube-apiserver moves at most one minor version per upgrade: "
-                                                     f"the oldest replica runs {oldest[0]}.{oldest[1]}, so "
-                                                     f"{target} is too far; upgrade to {oldest[0]}."
-                                                     f"{oldest[1] + 1} first")
+        raise VersionRefused(
+            "kubernetes-one-minor",
+            f"kube-apiserver moves at most one minor version per upgrade: "
+            f"the oldest replica runs {oldest[0]}.{oldest[1]}, so "
+            f"{target} is too far; upgrade to {oldest[0]}."
+            f"{oldest[1] + 1} first",
+        )
     if want < newest:
-        raise VersionRefused("kubernetes-mixed-skew", f"a replica already runs kube-apiserver {newest[0]}."
-                                                      f"{newest[1]}: {target} would go below it (API servers of "
-                                                      f"one cluster are never moved back a minor version)")
+        raise VersionRefused(
+            "kubernetes-mixed-skew",
+            f"a replica already runs kube-apiserver {newest[0]}."
+            f"{newest[1]}: {target} would go below it (API servers of "
+            f"one cluster are never moved back a minor version)",
+        )
 
 
 def check_whole(state: ClusterState) -> None:
@@ -156,17 +172,25 @@ def check_whole(state: ClusterState) -> None:
         raise VersionRefused("healthy-replicas", f"cannot upgrade {state.cluster}: {state.membership_unknown.text}")
     learners = [r.name for r in state.replicas if r.learner]
     if learners:
-        raise VersionRefused("no-pending-learner", f"{', '.join(learners)} is still joining as a learner: finish "
-                                                   f"or remove it first (one change at a time)")
+        raise VersionRefused(
+            "no-pending-learner",
+            f"{', '.join(learners)} is still joining as a learner: finish or remove it first (one change at a time)",
+        )
     sick = [f"{r.name} ({'; '.join(r.problems) or 'unhealthy'})" for r in state.replicas if not r.healthy]
     if sick:
-        raise VersionRefused("healthy-replicas", f"every replica must be healthy before an upgrade; not healthy: "
-                                                 f"{', '.join(sick)}. Replace or repair them first")
+        raise VersionRefused(
+            "healthy-replicas",
+            f"every replica must be healthy before an upgrade; not healthy: "
+            f"{', '.join(sick)}. Replace or repair them first",
+        )
     voting = len(state.voting)
     if voting - 1 < quorum(voting - 1) or voting < 2:
-        raise VersionRefused("quorum-during-swap", f"{state.cluster} has {voting} voting member(s): replacing one "
-                                                   f"leaves none to hold quorum during the swap; add replicas first "
-                                                   f"(3 is the smallest cluster that upgrades without downtime)")
+        raise VersionRefused(
+            "quorum-during-swap",
+            f"{state.cluster} has {voting} voting member(s): replacing one "
+            f"leaves none to hold quorum during the swap; add replicas first "
+            f"(3 is the smallest cluster that upgrades without downtime)",
+        )
 
 
 @dataclass(frozen=True)
@@ -185,18 +209,23 @@ class UpgradeDecision:
     cluster_version_after: str
 
 
-def decide_upgrade(state: ClusterState, etcd_to: str, kubernetes_to: str,
-                   kubernetes_of: dict[str, str]) -> UpgradeDecision:
+def decide_upgrade(
+    state: ClusterState, etcd_to: str, kubernetes_to: str, kubernetes_of: dict[str, str]
+) -> UpgradeDecision:
     """Decide an upgrade of ``state`` to ``etcd_to`` / ``kubernetes_to`` (``kubernetes_of``: each
     replica's kube-apiserver version, from what its VM asked for). Raises :class:`VersionRefused`."""
     check_offered(etcd_to, kubernetes_to)
     check_whole(state)
-    unknown = [r.name for r in state.replicas if not r.etcd_version] + \
-        ([f"the cluster version of {state.cluster}"] if not state.etcd_cluster_version else [])
+    unknown = [r.name for r in state.replicas if not r.etcd_version] + (
+        [f"the cluster version of {state.cluster}"] if not state.etcd_cluster_version else []
+    )
     if unknown:
-        raise VersionRefused("versions-unknown", f"the running etcd version of {', '.join(unknown)} could not be "
-                                                 f"read (/version): an upgrade is not planned on a view it could not "
-                                                 f"verify; check that etcd answers, then run again")
+        raise VersionRefused(
+            "versions-unknown",
+            f"the running etcd version of {', '.join(unknown)} could not be "
+            f"read (/version): an upgrade is not planned on a view it could not "
+            f"verify; check that etcd answers, then run again",
+        )
     etcd_from = {r.name: r.etcd_version or "" for r in state.replicas}
     kube_from = {r.name: kubernetes_of.get(r.name, DEFAULT_KUBERNETES_VERSION) for r in state.replicas}
     cluster_version = state.etcd_cluster_version or ""
@@ -205,13 +234,24 @@ def decide_upgrade(state: ClusterState, etcd_to: str, kubernetes_to: str,
     todo = [r for r in state.replicas if etcd_from[r.name] != etcd_to or kube_from[r.name] != kubernetes_to]
     after = minor_text(etcd_to)
     if not todo:
-        return UpgradeDecision(True, f"already at the target: every replica runs etcd {etcd_to} and "
-                                     f"kube-apiserver {kubernetes_to}; nothing to do", (), etcd_from, kube_from,
-                               etcd_to, kubernetes_to, cluster_version, cluster_version)
+        return UpgradeDecision(
+            True,
+            f"already at the target: every replica runs etcd {etcd_to} and "
+            f"kube-apiserver {kubernetes_to}; nothing to do",
+            (),
+            etcd_from,
+            kube_from,
+            etcd_to,
+            kubernetes_to,
+            cluster_version,
+            cluster_version,
+        )
     order = tuple(r.name for r in _followers_then_leader(todo))
-    reason = (f"{len(order)} of {len(state.replicas)} replica(s) replaced one at a time, followers first, the leader "
-              f"last (leadership moved away first); etcd cluster version {minor_text(_full(cluster_version))} -> "
-              f"{after} once the last member runs {etcd_to}")
+    reason = (
+        f"{len(order)} of {len(state.replicas)} replica(s) replaced one at a time, followers first, the leader "
+        f"last (leadership moved away first); etcd cluster version {minor_text(_full(cluster_version))} -> "
+        f"{after} once the last member runs {etcd_to}"
+    )
     return UpgradeDecision(False, reason, order, etcd_from, kube_from, etcd_to, kubernetes_to, cluster_version, after)
 
 
@@ -247,29 +287,62 @@ def plan_upgrade(state: ClusterState, decision: UpgradeDecision, change_id: str,
 
     voting = len(state.voting)
     if decision.noop:
-        return Plan(action="upgrade-cluster", cluster=state.cluster, steps=(), voting_before=voting,
-                    voting_after=voting, expected_seconds=0, reason=decision.reason)
+        return Plan(
+            action="upgrade-cluster",
+            cluster=state.cluster,
+            steps=(),
+            voting_before=voting,
+            voting_after=voting,
+            expected_seconds=0,
+            reason=decision.reason,
+        )
     order = order or decision.order
     leader = state.leader.name if state.leader else None
-    steps = [step(StepKind.SAVE_SPEC, "spec", f"record etcd {decision.etcd_to} and kube-apiserver "
-                                              f"{decision.kubernetes_to} in the cluster's spec (replicas added "
-                                              f"from now on are built at them)")]
+    steps = [
+        step(
+            StepKind.SAVE_SPEC,
+            "spec",
+            f"record etcd {decision.etcd_to} and kube-apiserver "
+            f"{decision.kubernetes_to} in the cluster's spec (replicas added "
+            f"from now on are built at them)",
+        )
+    ]
     for i, name in enumerate(order):
         role = "the leader: leadership is moved away first" if name == leader else "a follower"
         etcd_from = decision.etcd_from.get(name, "?")
         kube_from = decision.kubernetes_from.get(name, "?")
-        steps.append(step(
-            StepKind.UPGRADE_REPLICA, f"replica/{name}",
-            f"replace {name} ({role}; etcd {etcd_from} -> {decision.etcd_to}, kube-apiserver {kube_from} -> "
-            f"{decision.kubernetes_to}) with a new replica at the target versions: remove its member, add the new "
-            f"one as a learner, promote it once caught up, wait for quorum (change {round_change(change_id, i)})",
-            name=name, change=round_change(change_id, i), etcd_from=etcd_from, etcd_to=decision.etcd_to,
-            kubernetes_from=kube_from, kubernetes_to=decision.kubernetes_to))
-    steps.append(step(StepKind.CLUSTER_VERSION, "cluster-version",
-                      f"wait until every member reports etcd {minor_text(decision.etcd_to)} and the etcd cluster "
-                      f"version is {decision.cluster_version_after} (it was "
-                      f"{minor_text(_full(decision.cluster_version_before))})",
-                      expect=decision.cluster_version_after))
+        steps.append(
+            step(
+                StepKind.UPGRADE_REPLICA,
+                f"replica/{name}",
+                f"replace {name} ({role}; etcd {etcd_from} -> {decision.etcd_to}, kube-apiserver {kube_from} -> "
+                f"{decision.kubernetes_to}) with a new replica at the target versions: remove its member, add the new "
+                f"one as a learner, promote it once caught up, wait for quorum (change {round_change(change_id, i)})",
+                name=name,
+                change=round_change(change_id, i),
+                etcd_from=etcd_from,
+                etcd_to=decision.etcd_to,
+                kubernetes_from=kube_from,
+                kubernetes_to=decision.kubernetes_to,
+            )
+        )
+    steps.append(
+        step(
+            StepKind.CLUSTER_VERSION,
+            "cluster-version",
+            f"wait until every member reports etcd {minor_text(decision.etcd_to)} and the etcd cluster "
+            f"version is {decision.cluster_version_after} (it was "
+            f"{minor_text(_full(decision.cluster_version_before))})",
+            expect=decision.cluster_version_after,
+        )
+    )
     per_round = GCE_SECONDS["instance_insert"] + GCE_SECONDS["instance_delete"] + 2 * GCE_SECONDS["instance_update"]
-    return Plan(action="upgrade-cluster", cluster=state.cluster, steps=tuple(steps), voting_before=voting,
-                voting_after=voting, expected_seconds=per_round * len(order), reason=decision.reason)
+    return Plan(
+        action="upgrade-cluster",
+        cluster=state.cluster,
+        steps=tuple(steps),
+        voting_before=voting,
+        voting_after=voting,
+        expected_seconds=per_round * len(order),
+        reason=decision.reason,
+    )

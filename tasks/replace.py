@@ -14,14 +14,20 @@ from tasks.steps import Change, remember
 ACTION = "replace-replica"
 
 
-def plan_replacement(change: Change, spec: ClusterSpec, known: list[str], replica_name: str, state: ClusterState,
-                     running: bool, action: str = ACTION) -> Plan:
+def plan_replacement(
+    change: Change,
+    spec: ClusterSpec,
+    known: list[str],
+    replica_name: str,
+    state: ClusterState,
+    running: bool,
+    action: str = ACTION,
+) -> Plan:
     """Remove ``replica_name`` then add a new replica in its zone; resumed after the removal, the rest of
     the addition (the zone was remembered under ``change``). ``running`` is False in a dry run."""
     victim = state.replica(replica_name)
     if victim is not None:
-        removal, addition = plan_replace(state, replica_name, change.change_id, known, spec.zones,
-                                         spec.load_balancer)
+        removal, addition = plan_replace(state, replica_name, change.change_id, known, spec.zones, spec.load_balancer)
         if running:  # kept for a run resumed once the replica is gone (a VM gone has no zone: "?")
             remember(change, "replaced-zone", victim.zone if victim.zone in known else None)
         return removal.then(addition, action)

@@ -33,8 +33,10 @@ def _has_etcd_34() -> bool:
 
 
 needs_etcd_34 = pytest.mark.skipif(
-    not _has_etcd_34(), reason="needs etcd 3.4.23 at /usr/bin/etcd (Debian: apt-get install -y etcd-server) to "
-                               "build a cluster on the old version")
+    not _has_etcd_34(),
+    reason="needs etcd 3.4.23 at /usr/bin/etcd (Debian: apt-get install -y etcd-server) to "
+    "build a cluster on the old version",
+)
 
 
 def test_a_vm_asking_for_an_etcd_the_host_lacks_is_refused_naming_the_package(cloud, monkeypatch):
@@ -45,10 +47,21 @@ def test_a_vm_asking_for_an_etcd_the_host_lacks_is_refused_naming_the_package(cl
 
     missing = replace(versions.ETCD_RELEASES["3.4.23"], host_binary="/nonexistent/etcd")
     monkeypatch.setitem(versions.ETCD_RELEASES, "3.4.23", missing)
-    with pytest.raises(Exception, match=r"etcd 3\.4\.23 is not on this host \(/nonexistent/etcd is missing\): "
-                                        r"install Debian's etcd-server \(apt-get install -y etcd-server\)"):
-        cloud.gce.insert_instance(ZONES[0], "bare-1", machine_type="e2-standard-2", labels={},
-                                  metadata={ETCD_VERSION_KEY: "3.4.23"}, tags=[], external_ip=False, rid=str(uuid.uuid4()))
+    with pytest.raises(
+        Exception,
+        match=r"etcd 3\.4\.23 is not on this host \(/nonexistent/etcd is missing\): "
+        r"install Debian's etcd-server \(apt-get install -y etcd-server\)",
+    ):
+        cloud.gce.insert_instance(
+            ZONES[0],
+            "bare-1",
+            machine_type="e2-standard-2",
+            labels={},
+            metadata={ETCD_VERSION_KEY: "3.4.23"},
+            tags=[],
+            external_ip=False,
+            rid=str(uuid.uuid4()),
+        )
     assert cloud.gce.get_instance(ZONES[0], "bare-1") is None
 
 
@@ -60,11 +73,17 @@ def _keys(cluster: str, ips: list[str], prefix: str) -> dict[str, str]:
     from tasks.pki import operator_tls
 
     with EtcdClient([client_url(ip) for ip in ips], tls=operator_tls(cluster), timeout=5) as etcd:
-        _, data = etcd._cluster_call("/v3/kv/range", {
-            "key": base64.b64encode(prefix.encode()).decode(),
-            "range_end": base64.b64encode(prefix[:-1].encode() + bytes([prefix.encode()[-1] + 1])).decode()})
-    return {base64.b64decode(kv["key"]).decode(): base64.b64decode(kv.get("value", "")).decode()
-            for kv in data.get("kvs", [])}
+        _, data = etcd._cluster_call(
+            "/v3/kv/range",
+            {
+                "key": base64.b64encode(prefix.encode()).decode(),
+                "range_end": base64.b64encode(prefix[:-1].encode() + bytes([prefix.encode()[-1] + 1])).decode(),
+            },
+        )
+    return {
+        base64.b64decode(kv["key"]).decode(): base64.b64decode(kv.get("value", "")).decode()
+        for kv in data.get("kvs", [])
+    }
 
 
 @needs_etcd_34
@@ -109,8 +128,12 @@ def test_upgrade_34_to_35_killed_between_replicas_resumes_with_every_key_and_no_
         with canary:
             # killed between the first and the second replica: the next VM delete is held, then the run killed
             since, calls = now(), len(cloud.admin.calls())
-            proc = flow_process(prefect_api, cloud, "from flows.upgrade_cluster import upgrade_cluster; "
-                                f"upgrade_cluster(cluster={cluster!r}, etcd_version='3.5.1', change_id={change_id!r})")
+            proc = flow_process(
+                prefect_api,
+                cloud,
+                "from flows.upgrade_cluster import upgrade_cluster; "
+                f"upgrade_cluster(cluster={cluster!r}, etcd_version='3.5.1', change_id={change_id!r})",
+            )
             try:
                 deadline = time.monotonic() + 300
                 while not any(c["method"] == "compute.instances.insert" for c in cloud.admin.calls()[calls:]):
@@ -130,8 +153,10 @@ def test_upgrade_34_to_35_killed_between_replicas_resumes_with_every_key_and_no_
             time.sleep(1)
         elapsed = time.monotonic() - started
         inserts = [c for c in mutating(cloud, resumed_from) if c["method"] == "compute.instances.insert"]
-        print(f"\nupgrade 3.4.23 -> 3.5.1 of 3 replicas (killed once, resumed), with the create: {elapsed:.1f} s; "
-              f"canary {len(canary.samples)} writes, {len(canary.failed_writes)} failed")
+        print(
+            f"\nupgrade 3.4.23 -> 3.5.1 of 3 replicas (killed once, resumed), with the create: {elapsed:.1f} s; "
+            f"canary {len(canary.samples)} writes, {len(canary.failed_writes)} failed"
+        )
         # the resumed run did not redo the replica already upgraded: two more VMs, not three
         assert len(inserts) == 2, [c["method"] for c in mutating(cloud, resumed_from)]
         assert not set(old) & {r["replica"] for r in rows}, "every replica was replaced"

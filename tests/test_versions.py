@@ -75,9 +75,18 @@ def test_offered_versions_are_one_list():
 
 
 def replica(name: str, version: str = "3.4.23", leader: bool = False, **kw) -> ReplicaState:
-    base = dict(zone="z-a", vm_status="RUNNING", internal_ip="127.1.0." + name[-1], member_id=ord(name[-1]),
-                started=True, etcd_ok=True, api_ready=True, leader=leader, etcd_version=version,
-                kubernetes_version="v1.30.0")
+    base = dict(
+        zone="z-a",
+        vm_status="RUNNING",
+        internal_ip="127.1.0." + name[-1],
+        member_id=ord(name[-1]),
+        started=True,
+        etcd_ok=True,
+        api_ready=True,
+        leader=leader,
+        etcd_version=version,
+        kubernetes_version="v1.30.0",
+    )
     return ReplicaState(name=name, **{**base, **kw})
 
 
@@ -91,15 +100,24 @@ KUBE = {"c-1": "v1.30.0", "c-2": "v1.30.0", "c-3": "v1.30.0"}
 # a cluster -> the rule that refuses an upgrade to 3.5.1 / v1.30.0 (None: allowed)
 STATE_TABLE = [
     ("whole", cluster(*THREE), None),
-    ("unhealthy replica", cluster(replace(THREE[0], etcd_ok=False, problems=("etcd member unreachable",)),
-                                  *THREE[1:]), "healthy-replicas"),
+    (
+        "unhealthy replica",
+        cluster(replace(THREE[0], etcd_ok=False, problems=("etcd member unreachable",)), *THREE[1:]),
+        "healthy-replicas",
+    ),
     ("API server not ready", cluster(THREE[0], replace(THREE[1], api_ready=False), THREE[2]), "healthy-replicas"),
     ("pending learner", cluster(*THREE, replica("c-4", learner=True)), "no-pending-learner"),
-    ("membership unknown", cluster(*THREE, membership_unknown=Unknown("etcd membership of c", "timeout")),
-     "healthy-replicas"),
+    (
+        "membership unknown",
+        cluster(*THREE, membership_unknown=Unknown("etcd membership of c", "timeout")),
+        "healthy-replicas",
+    ),
     ("one replica", cluster(THREE[0]), "quorum-during-swap"),
-    ("a member's version unread", cluster(THREE[0], replace(THREE[1], etcd_version=None), THREE[2]),
-     "versions-unknown"),
+    (
+        "a member's version unread",
+        cluster(THREE[0], replace(THREE[1], etcd_version=None), THREE[2]),
+        "versions-unknown",
+    ),
     ("cluster version unread", cluster(*THREE, version=None), "versions-unknown"),
 ]
 
@@ -136,5 +154,7 @@ def test_already_at_the_target_is_a_noop_that_says_so():
 
 
 def test_too_far_is_refused_even_on_a_whole_cluster():
-    assert rule_of(lambda: decide_upgrade(cluster(*THREE), "3.5.1", "v1.31.0",
-                                          {**KUBE, "c-2": "v1.29.0"})) == "kubernetes-one-minor"
+    assert (
+        rule_of(lambda: decide_upgrade(cluster(*THREE), "3.5.1", "v1.31.0", {**KUBE, "c-2": "v1.29.0"}))
+        == "kubernetes-one-minor"
+    )
