@@ -100,6 +100,7 @@ def test_upgrade_34_to_35_killed_between_replicas_resumes_with_every_key_and_no_
     from tasks.cluster import force_unlock
     from tasks.pki import load_cas, operator_tls
     from tests.fixtures.canary import EndpointCanary
+    from tests.fixtures.cluster import PROJECT
     from tests.fixtures.kills import flow_process, mutating, now, wait_until_waiting_on
 
     cluster = f"upg-{uuid.uuid4().hex[:5]}"
@@ -177,6 +178,11 @@ def test_upgrade_34_to_35_killed_between_replicas_resumes_with_every_key_and_no_
         noop = upgrade_cluster(cluster=cluster, etcd_version="3.5.1", dry_run=True)
         assert noop.steps == () and "already at the target" in noop.reason
         upgrade_cluster(cluster=cluster, etcd_version="3.5.1")
+        # a replica whose processes died: no upgrade (healthy-replicas), nothing sent
+        dead = rows[0]
+        cloud.admin.kill_vm(PROJECT, dead["zone"], dead["replica"])
+        with pytest.raises(PlanRefused, match=f"healthy-replicas.*{dead['replica']}"):
+            upgrade_cluster(cluster=cluster, kubernetes_version="v1.31.0")
         assert mutating(cloud, calls) == []
     finally:
         force_unlock(cluster)
