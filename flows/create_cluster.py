@@ -37,7 +37,7 @@ from haplane.endpoint import EndpointMode
 from haplane.ownership import check_create, new_uid
 from haplane.plans import Plan, plan_create
 from haplane.topology import check_cluster_name
-from haplane.versions import DEFAULT_ETCD_VERSION, DEFAULT_KUBERNETES_VERSION, check_offered
+from haplane.versions import DEFAULT_ETCD_VERSION, DEFAULT_KUBERNETES_VERSION, check_offered, check_pinned
 from tasks.cluster import gce_footprint, spec_where, zones_of
 from tasks.network import check_source_ranges
 from tasks.steps import Change
@@ -71,6 +71,8 @@ def create_cluster(
     if operator_ranges:
         check_source_ranges(operator_ranges, "operator_ranges")
     change = Change(cluster, change_id or f"create-{flow_run.get_id()}", connection)
+    if not change.gce().endpoint:  # real GCE: its VMs install only releases with a pinned sha256
+        check_pinned(etcd_version, kubernetes_version)
     known = zones_of(region, connection)  # refuses an unknown region before anything else
     project = change.gce().project
     where = spec_where(cluster)  # a name taken anywhere is refused before anything changes

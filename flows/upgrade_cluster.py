@@ -31,7 +31,7 @@ from flows.params import (
 from haplane.model import ClusterState
 from haplane.plans import Plan, PlanRefused
 from haplane.topology import label_value
-from haplane.versions import VersionRefused, check_offered, decide_upgrade, plan_upgrade
+from haplane.versions import VersionRefused, check_offered, check_pinned, decide_upgrade, plan_upgrade
 from tasks.cluster import load_spec
 from tasks.steps import Change, remember
 
@@ -53,6 +53,8 @@ def upgrade_cluster(
     etcd_to, kube_to = etcd_version or spec.etcd_version, kubernetes_version or spec.kubernetes_version
     check_offered(etcd_to, kube_to)  # also when called as a function, without the form
     change = Change(cluster, change_id or f"upgrade-{flow_run.get_id()}", connection)
+    if not change.gce().endpoint:  # real GCE: its VMs install only releases with a pinned sha256
+        check_pinned(etcd_to, kube_to)
     target = spec.model_copy(update={"etcd_version": etcd_to, "kubernetes_version": kube_to})
 
     def plan_for(state: ClusterState, running: bool) -> Plan:

@@ -346,3 +346,20 @@ def plan_upgrade(state: ClusterState, decision: UpgradeDecision, change_id: str,
         expected_seconds=per_round * len(order),
         reason=decision.reason,
     )
+
+
+def check_pinned(etcd_version: str, kubernetes_version: str) -> None:
+    """On real GCE a VM installs only a release whose sha256 is pinned here: refuse the others before any
+    call (the startup script would stop at install, leaving VMs that never join)."""
+    unpinned = [f"etcd {etcd_version}" for r in [ETCD_RELEASES.get(etcd_version)] if r is None or not r.sha256]
+    unpinned += [
+        f"kube-apiserver {kubernetes_version}"
+        for r in [KUBERNETES_RELEASES.get(kubernetes_version)]
+        if r is None or not r.sha256
+    ]
+    if unpinned:
+        raise VersionRefused(
+            "pinned-sha256",
+            f"{' and '.join(unpinned)} has no pinned sha256 in haplane/versions.py, so a VM on real GCE would "
+            f"refuse to install it: pin it from the release's own SHA256SUMS / .sha256, checked by hand, first",
+        )

@@ -66,6 +66,19 @@ def test_kubernetes_rules(replicas, target, rule):
     assert rule_of(lambda: check_kubernetes_move(replicas, target)) == rule
 
 
+def test_real_gce_needs_a_pinned_sha256(monkeypatch):
+    from dataclasses import replace as swap
+
+    from haplane import versions
+
+    assert rule_of(lambda: versions.check_pinned("3.5.1", "v1.30.0")) == "pinned-sha256"  # none pinned yet
+    monkeypatch.setitem(versions.ETCD_RELEASES, "3.5.1", swap(ETCD_RELEASES["3.5.1"], sha256="a" * 64))
+    assert rule_of(lambda: versions.check_pinned("3.5.1", "v1.30.0")) == "pinned-sha256"  # kube-apiserver not
+    monkeypatch.setitem(versions.KUBERNETES_RELEASES, "v1.30.0", swap(KUBERNETES_RELEASES["v1.30.0"], sha256="b" * 64))
+    assert rule_of(lambda: versions.check_pinned("3.5.1", "v1.30.0")) is None
+    assert rule_of(lambda: versions.check_pinned("3.4.23", "v1.30.0")) == "pinned-sha256"
+
+
 def test_offered_versions_are_one_list():
     assert supported(tuple(ETCD_RELEASES), EtcdVersion)
     assert supported(tuple(KUBERNETES_RELEASES), KubernetesVersion)
