@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from pydantic import Field
 
-from blocks.cluster import ClusterSpec
+from blocks.cluster import MULTIZONE_TEXT, QUORUM_READS_NOTE, QUORUM_READS_TEXT, ClusterSpec
 from flows.change import run_change
 from flows.params import (
     ChangeId,
@@ -36,7 +36,7 @@ from flows.params import (
 from haplane.endpoint import EndpointMode
 from haplane.ownership import check_create, new_uid
 from haplane.plans import Plan, plan_create
-from haplane.topology import check_cluster_name
+from haplane.topology import check_cluster_name, check_multizone
 from haplane.versions import DEFAULT_ETCD_VERSION, DEFAULT_KUBERNETES_VERSION, check_offered, check_pinned
 from tasks.cluster import gce_footprint, spec_where, zones_of
 from tasks.network import check_source_ranges
@@ -51,8 +51,8 @@ def create_cluster(
     zones: Annotated[Zones, Field(description="Zones of that region to spread replicas over, each once")],
     replicas: Annotated[Size, Field(description="1, 3, 5 or 7 (2 is refused: two replicas are worse than one)")] = 1,
     load_balancer: LoadBalancerMode = EndpointMode.ALWAYS,
-    multizone: Annotated[bool, Field(description="MULTIZONE: keep kubelets in other zones")] = True,
-    quorum_reads: Annotated[bool, Field(description="ENABLE_ETCD_QUORUM_READ: API reads go to the etcd leader")] = False,
+    multizone: Annotated[bool, Field(description=MULTIZONE_TEXT)] = True,
+    quorum_reads: Annotated[bool, Field(description=QUORUM_READS_TEXT)] = False,
     machine_type: str = "e2-standard-2",
     api_source_ranges: list[str] | None = None,
     operator_ranges: Annotated[list[str] | None, Field(
@@ -67,6 +67,9 @@ def create_cluster(
 ) -> Plan | list[dict[str, str]]:
     check_cluster_name(cluster)
     check_offered(etcd_version, kubernetes_version)  # also when called as a function, without the form
+    check_multizone(multizone, zones)
+    if quorum_reads:
+        get_run_logger().warning("quorum_reads=true is recorded but changes nothing: %s", QUORUM_READS_NOTE)
     api_ranges = check_source_ranges(api_source_ranges or ["0.0.0.0/0"], "api_source_ranges")
     if operator_ranges:
         check_source_ranges(operator_ranges, "operator_ranges")

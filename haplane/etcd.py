@@ -340,6 +340,11 @@ class EtcdClient:
         _, data = self._cluster_call("/v3/cluster/member/list", {"linearizable": True})
         return [Member.from_json(m) for m in data.get("members", [])]
 
+    def local_members(self, endpoint: str) -> list[Member]:
+        """The member list as ``endpoint`` itself last knew it (served from its own store, without quorum)."""
+        data = self._post(endpoint, "/v3/cluster/member/list", {"linearizable": False})
+        return [Member.from_json(m) for m in data.get("members", [])]
+
     def member_add(self, peer_urls: list[str], learner: bool = True) -> MemberAdded:
         _, data = self._cluster_call("/v3/cluster/member/add", {"peerURLs": list(peer_urls), "isLearner": learner})
         return MemberAdded(member=Member.from_json(data["member"]),

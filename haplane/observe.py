@@ -19,7 +19,7 @@ from cryptography import x509
 
 from haplane.etcd import EndpointStatus, EtcdClient, EtcdError, EtcdTLS, Member
 from haplane.gce import Gce, GceZoneUnavailable, Instance
-from haplane.model import MISSING, ZONE_OUT, ClusterState, ReplicaState, Unknown
+from haplane.model import MISSING, UNPLACED, ZONE_OUT, ClusterState, ReplicaState, Unknown
 from haplane.node import APISERVER_PORT, ETCD_CLIENT_PORT, KUBERNETES_VERSION_KEY, client_url, peer_url
 from haplane.ownership import owned
 from haplane.topology import (
@@ -73,8 +73,8 @@ def observe(gce: Gce, cluster: str, region: str, tls: EtcdTLS | None, ca_pem: st
 
     A zone whose API does not answer raises :class:`~haplane.gce.GceZoneUnavailable`, unless
     ``tolerate_zones``: then it is listed in ``unavailable_zones`` and the etcd members without a VM
-    seen elsewhere are ``ZONE_OUT`` (never ``MISSING``: unknown is not absent), placed in that zone
-    when only one zone is out."""
+    seen elsewhere are ``ZONE_OUT`` (never ``MISSING``: unknown is not absent) with a ``vm_unknown``, placed
+    in that zone when only one zone is out (zone ``UNPLACED`` when several are: which one is unknown)."""
     names = ClusterNames(cluster)
     zones = zones or gce.list_zones(region)
     unavailable: list[str] = []
@@ -155,10 +155,14 @@ def observe(gce: Gce, cluster: str, region: str, tls: EtcdTLS | None, ca_pem: st
         if m.id not in seen:
             if unavailable:
                 ip = m.peer_urls[0].split("//", 1)[-1].rsplit(":", 1)[0] if m.peer_urls else ""
+                out = ", ".join(unavailable)
                 replicas.append(ReplicaState(
-                    name=m.name or m.hex_id, zone=unavailable[0] if len(unavailable) == 1 else "?",
+                    name=m.name or m.hex_id, zone=unavailable[0] if len(unavailable) == 1 else UNPLACED,
                     vm_status=ZONE_OUT, internal_ip=ip, member_id=m.id, learner=m.is_learner, started=m.started,
-                    leader=m.id == leader_id, problems=(f"zone {', '.join(unavailable)} does not answer",)))
+                    leader=m.id == leader_id, problems=(f"zone(s) {out} do not answer",),
+                    vm_unknown=Unknown(f"the VM of etcd member {m.name or m.hex_id}",
+                                       f"it is in none of the zones that answer, and zone(s) {out} do not answer",
+                                       f"the status of zone(s) {out} (GCE's status page, the zones' operations)")))
                 continue
             replicas.append(ReplicaState(
                 name=m.name or m.hex_id, zone="?", vm_status=MISSING, member_id=m.id, learner=m.is_learner,

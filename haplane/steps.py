@@ -70,6 +70,7 @@ class StepKind(StrEnum):
     STRAND_DELETED = "strand-deleted"  # record stranded VMs as deleted (their zone answered)
     UPGRADE_REPLICA = "upgrade-replica"  # replace one replica with one at the target versions (its own plan)
     CLUSTER_VERSION = "cluster-version"  # wait for etcd's cluster version to be the one expected
+    SAVE_SNAPSHOT = "save-snapshot"  # a verified snapshot of one member's local store (no quorum needed)
 
 
 # Steps that destroy something that cannot be had back: refused on an unknown view (haplane.plans).
@@ -81,6 +82,7 @@ OUTPUTS: dict[StepKind, tuple[str, ...]] = {
     StepKind.RESERVE_ADDRESS: ("ip",),
     StepKind.CREATE_VM: ("internal_ip", "self_link"),
     StepKind.ADD_LEARNER: ("member_id",),
+    StepKind.SAVE_SNAPSHOT: ("where", "snapshot_id", "sha256", "revision"),
 }
 
 

@@ -6,7 +6,7 @@ from prefect import get_run_logger
 
 from haplane.gce import OpRef
 from haplane.node import ETCD_VERSION_KEY, KUBERNETES_VERSION_KEY
-from haplane.ownership import owned
+from haplane.ownership import check_adoptable, owned
 from haplane.secretstore import service_account_email
 from haplane.startup import render_startup_script
 from haplane.topology import LABEL_CHANGE, LABEL_UID, label_value
@@ -22,11 +22,14 @@ def submit_create_vm(change: Change, step: str, zone: str, name: str, machine_ty
     """Insert a replica VM (bare: its processes are configured once its IP is known) with haplane's startup
     script, asking for the cluster's etcd and kube-apiserver versions (the metadata the script installs from)."""
     gce = change.gce()
-    if gce.get_instance(zone, name) is not None:
-        get_run_logger().info("VM %s already exists in %s; not inserting it again", name, zone)
+    uid = cluster_uid(change.cluster)
+    found = gce.get_instance(zone, name)
+    if found is not None:
+        # ours only if this change made it (an earlier run of it): anything else is refused, never adopted
+        check_adoptable(name, zone, found.labels, change.cluster, uid, label_value(change.change_id))
+        get_run_logger().info("VM %s already exists in %s (made by this change); not inserting it again", name, zone)
         return None
     labels = {**labels, LABEL_CHANGE: label_value(change.change_id)}
-    uid = cluster_uid(change.cluster)
     if uid:
         labels[LABEL_UID] = uid
     # The startup script is the same for every replica and holds no secret: it reads the replica's spec

@@ -23,7 +23,7 @@ from typing import Any
 from prefect import get_run_logger
 
 from blocks.cluster import ClusterSpec
-from haplane.node import ApiServerSpec, EtcdSpec, peer_url
+from haplane.node import ApiServerSpec, EtcdSpec, RestoreSpec, peer_url
 from haplane.plans import Plan
 from haplane.steps import PlanStep, StepKind, resolve
 from haplane.topology import ClusterNames, label_value
@@ -67,6 +67,7 @@ from tasks.pki import (
     submit_configure_replica,
 )
 from tasks.replace import plan_replacement
+from tasks.snapshots import save_member_snapshot
 from tasks.steps import Change
 
 
@@ -95,9 +96,11 @@ def _link(run: Run, zone: str, name: str) -> str:
 def _configure(run: Run, s: PlanStep, a: dict[str, Any]) -> Step:
     initial = ",".join(f"{n}={peer_url(ip)}" for n, ip in a["initial_cluster"])
     etcd = EtcdSpec(name=a["name"], initial_cluster=initial, initial_cluster_state=a["cluster_state"],
-                    initial_cluster_token=run.change.cluster)
+                    initial_cluster_token=a.get("token") or run.change.cluster)
     api = ApiServerSpec(quorum_reads=run.spec.quorum_reads, service_cluster_ip_range=run.spec.service_cidr)
-    return Step(submit_configure_replica, s.id, s.text, (a["zone"], a["name"], a["endpoint_ip"], etcd, api))
+    # restore-cluster: the new member's etcd starts from this snapshot (url, snapshot id, sha256)
+    restore = {"restore": RestoreSpec(*a["restore"])} if a.get("restore") else {}
+    return Step(submit_configure_replica, s.id, s.text, (a["zone"], a["name"], a["endpoint_ip"], etcd, api), restore)
 
 
 def _firewall(run: Run, s: PlanStep, a: dict[str, Any]) -> Step:
@@ -133,7 +136,7 @@ GCE: dict[StepKind, Callable[[Run, PlanStep, dict[str, Any]], Step]] = {
     StepKind.FORWARDING_RULE: _lb(submit_forwarding_rule, lambda a: (a["region"], a["ip"])),
     StepKind.EPHEMERAL_IP: lambda run, s, a: Step(submit_give_access_config, s.id, s.text, (a["zone"], a["name"])),
     StepKind.POOL_REMOVE: lambda run, s, a: Step(submit_pool_remove, s.id, s.text, (
-        a["region"], _link(run, a["zone"], a["name"]))),
+        a["region"], a.get("link") or _link(run, a["zone"], a["name"]))),  # link: a VM gone, its zone unknown
     StepKind.DELETE_FORWARDING_RULE: _lb(submit_delete_forwarding_rule, lambda a: (a["region"],)),
     StepKind.DROP_EPHEMERAL_IP: lambda run, s, a: Step(submit_drop_access_config, s.id, s.text,
                                                        (a["zone"], a["name"]), {"unless_ip": a["unless_ip"]}),
@@ -208,7 +211,8 @@ def _cluster_version(run: Run, s: PlanStep, a: dict[str, Any]) -> None:
 
 
 LOCAL: dict[StepKind, Callable[[Run, PlanStep, dict[str, Any]], dict[str, Any] | None]] = {
-    StepKind.SAVE_SPEC: lambda run, s, a: save_spec(run.change.cluster, run.spec, step=s.id),
+    StepKind.SAVE_SPEC: lambda run, s, a: save_spec(run.change.cluster, run.spec, step=s.id,
+                                                   settings=dict(a["settings"]) if "settings" in a else None),
     StepKind.CREATE_PKI: lambda run, s, a: ensure_cluster_pki(run.change.cluster, step=s.id,
                                                              leaf_minutes=a.get("leaf_minutes")) and None,
     StepKind.ADD_LEARNER: _add_learner,
@@ -231,6 +235,7 @@ LOCAL: dict[StepKind, Callable[[Run, PlanStep, dict[str, Any]], dict[str, Any] |
     StepKind.STRAND_DELETED: lambda run, s, a: record_deleted(run.change.cluster, list(a["names"]), step=s.id),
     StepKind.UPGRADE_REPLICA: _upgrade_replica,
     StepKind.CLUSTER_VERSION: _cluster_version,
+    StepKind.SAVE_SNAPSHOT: lambda run, s, a: save_member_snapshot(run.change, s.id, run.spec, a["name"], a["ip"]),
 }
 
 

@@ -27,6 +27,7 @@ class Case:
     call: Callable[[], object]
     match: str  # the problem and the fix, as the person reads them
     env: dict[str, str | None] = field(default_factory=dict)  # worker environment for the case
+    reads: bool = True  # False: refused before anything is read (the emulator sees no call at all)
 
 
 def _create(**kw) -> Callable[[], object]:
@@ -40,7 +41,35 @@ def _health(**kw) -> object:
     return health_check(cluster="bad", **kw)
 
 
-CASES = [
+def _flows_with_change_id() -> dict[str, Callable[..., object]]:
+    from flows.add_replica import add_replica
+    from flows.delete_cluster import delete_cluster
+    from flows.remove_replica import remove_replica
+    from flows.replace_replica import replace_replica
+    from flows.restore_cluster import restore_cluster
+    from flows.rotate_certificates import rotate_certificates
+    from flows.set_load_balancer import set_load_balancer
+
+    return {"create-cluster": lambda **kw: create_cluster(region=REGION, zones=ZONES, replicas=3, **kw),
+            "add-replica": add_replica, "remove-replica": lambda **kw: remove_replica(zone=ZONES[0], **kw),
+            "replace-replica": lambda **kw: replace_replica(replica_name="bad-master-1", **kw),
+            "delete-cluster": delete_cluster, "restore-cluster": restore_cluster,
+            "set-load-balancer": lambda **kw: set_load_balancer(mode="always", **kw),
+            "rotate-certificates": rotate_certificates}
+
+
+# A change id names the change's checkpoints (a path in a LocalFileSystem store) and seeds its requestIds:
+# one pattern for every flow, checked before anything is read ("../other/x" would address another cluster's).
+CHANGE_ID_CASES = [
+    Case(f"{flow} change_id {bad!r}", lambda flow=flow, bad=bad: _flows_with_change_id()[flow](cluster="bad",
+                                                                                               change_id=bad),
+         r"change_id .* is not valid: use 1-63 lower-case letters, digits or '-'", reads=False)
+    for flow in ("create-cluster", "add-replica", "remove-replica", "replace-replica", "delete-cluster",
+                 "restore-cluster", "set-load-balancer", "rotate-certificates")
+    for bad in (["../other/x", "Create-1", "x" * 64] if flow == "restore-cluster" else ["../other/x"])
+]
+
+CASES = CHANGE_ID_CASES + [
     Case("duplicate zones", _create(zones=["europe-west1-b", "europe-west1-b"]),
          r"zone 'europe-west1-b' is listed twice in zones; list each zone once"),
     Case("replicas True", _create(replicas=True), r"replicas must be a whole number .* got True .*pass e.g. 3"),
@@ -59,6 +88,9 @@ CASES = [
          r"zone 'us-central1-a' is not a zone of region 'europe-west1'; choose from"),
     Case("region GCE does not know", _create(region="mars-north1", zones=["mars-north1-a"]),
          r"region 'mars-north1' is unknown to GCE"),
+    Case("one-zone cluster (multizone=false) over three zones", _create(multizone=False),
+         r"multizone=false keeps the cluster in one zone, but 3 zones were given \(europe-west1-b, europe-west1-c, "
+         r"europe-west1-d\): pass one zone, or multizone=true to spread replicas over them"),
     Case("leaf lifetime of 1 minute", _create(leaf_lifetime_minutes=1),
          r"leaf_lifetime_minutes=1 is too short: a leaf must last at least 2 minutes"),
     Case("leaf lifetime as text", _create(leaf_lifetime_minutes="10"),
@@ -122,6 +154,8 @@ def test_bad_input_is_refused_before_any_change(case: Case, shared_cloud, monkey
     admin.clear_calls()
     with pytest.raises(Exception, match=case.match):
         case.call()
+    if not case.reads:
+        assert admin.calls() == [], f"{case.name}: refused only after reading GCE: {admin.calls()}"
     mutating = [c for c in admin.calls() if c["verb"] in MUTATING and not c["method"].endswith(".wait")]
     assert mutating == [], f"{case.name}: a refused request changed GCE: {mutating}"
     with get_client(sync_client=True) as client:  # nothing set up in Prefect either
@@ -131,3 +165,14 @@ def test_bad_input_is_refused_before_any_change(case: Case, shared_cloud, monkey
             from blocks.cluster import ClusterSpec
 
             ClusterSpec.load("bad-spec")
+
+
+def test_quorum_reads_is_described_as_what_it_does():
+    """The seed's "reads go to the leader" flag is gone since Kubernetes 1.12: the parameter (in the UI's form
+    and the spec block) says it changes nothing and why, instead of promising leader reads."""
+    from blocks.cluster import ClusterSpec
+
+    for description in (create_cluster.parameters.properties["quorum_reads"]["description"],
+                        ClusterSpec.model_fields["quorum_reads"].description):
+        assert "leader" not in description
+        assert "no effect" in description and "1.12" in description and "always reads with quorum" in description
