@@ -16,6 +16,7 @@ from haplane import settings
 from haplane.endpoint import EndpointMode
 from haplane.gce import Gce
 from haplane.remediation import StrandedVm
+from haplane.versions import DEFAULT_ETCD_VERSION, DEFAULT_KUBERNETES_VERSION
 
 
 class GceConnection(Block):
@@ -116,6 +117,12 @@ class ClusterSpec(Block):
     snapshot_storage: str | None = Field(
         default=None, description="etcd snapshots go to this storage block, '<type>/<name>' (e.g. "
                                   "'gcs-bucket/prod-snapshots'); empty: $PREFECT_HOME/haplane-snapshots")
+    # Specs saved before versions were recorded read as the versions every replica ran then.
+    etcd_version: str = Field(default=DEFAULT_ETCD_VERSION,
+                              description="etcd release the replicas run (haplane.versions.ETCD_RELEASES); "
+                                          "changed by upgrade-cluster")
+    kubernetes_version: str = Field(default=DEFAULT_KUBERNETES_VERSION,
+                                    description="kube-apiserver release the replicas run; changed by upgrade-cluster")
     snapshot_keep: int = Field(default=24, ge=1, description="Snapshots kept at most (oldest pruned first)")
     snapshot_max_age_h: float = Field(default=168.0, gt=0, description="Snapshots older than this are pruned "
                                                                         "(the newest is always kept)")

@@ -128,7 +128,7 @@ def deploy(repo: Path) -> None:
                          text=True)
     if out.returncode != 0:
         raise RuntimeError(f"prefect deploy failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-    say("deployments: create-cluster, add-replica, remove-replica, replace-replica, set-load-balancer, "
+    say("deployments: create-cluster, add-replica, remove-replica, replace-replica, upgrade-cluster, set-load-balancer, "
         "delete-cluster, rotate-certificates, health-check, snapshot-cluster, restore-cluster")
 
 

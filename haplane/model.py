@@ -70,6 +70,8 @@ class ReplicaState:
     problems: tuple[str, ...] = ()
     etcd_unknown: Unknown | None = None  # its etcd health could not be observed
     api_unknown: Unknown | None = None  # its API server's readiness could not be observed
+    etcd_version: str | None = None  # the etcd server version the member itself reports (/version); None: unread
+    kubernetes_version: str | None = None  # the kube-apiserver version its VM asked for (metadata)
     vm_unknown: Unknown | None = None  # its VM could not be looked at (ZONE_OUT: its zone's API does not answer)
 
     @property
@@ -107,6 +109,7 @@ class ClusterState:
     membership_unknown: Unknown | None = None  # etcd's member list could not be read
     unavailable_zones: tuple[str, ...] = ()  # zones whose API did not answer (observed with tolerate_zones)
     look_alikes: tuple[str, ...] = ()  # VMs with the cluster's label but not its uid (haplane.ownership)
+    etcd_cluster_version: str | None = None  # etcd's cluster version (/version "etcdcluster"); None: unread
 
     @property
     def names(self):  # -> haplane.topology.ClusterNames (pure, imported late to keep this module standalone)

@@ -22,7 +22,7 @@ from cryptography import x509
 from haplane.etcd import EndpointStatus, EtcdClient, EtcdError, EtcdTLS, Member
 from haplane.gce import Gce, GceZoneUnavailable, Instance
 from haplane.model import MISSING, UNPLACED, ZONE_OUT, ClusterState, ReplicaState, Unknown
-from haplane.node import APISERVER_PORT, ETCD_CLIENT_PORT, client_url, peer_url
+from haplane.node import APISERVER_PORT, ETCD_CLIENT_PORT, KUBERNETES_VERSION_KEY, client_url, peer_url
 from haplane.ownership import owned
 from haplane.restore import Look
 from haplane.topology import (
@@ -33,6 +33,7 @@ from haplane.topology import (
     LABEL_UID,
     ClusterNames,
 )
+from haplane.versions import DEFAULT_KUBERNETES_VERSION
 
 __all__ = ["ClusterState", "ReplicaState", "Unknown", "observe", "now_utc"]
 
@@ -120,6 +121,8 @@ def observe_instances(cluster: str, region: str, instances: list[Instance], tls:
     membership_unknown: Unknown | None = None
     statuses: dict[str, EndpointStatus] = {}
     healthy: set[str] = set()
+    versions: dict[str, str] = {}  # client URL -> the etcd version that member reports
+    cluster_versions: set[str] = set()
     endpoints = [client_url(i.internal_ip) for i in instances if i.status == "RUNNING" and i.internal_ip]
     if endpoints and tls is None:
         membership_unknown = Unknown(
@@ -141,6 +144,7 @@ def observe_instances(cluster: str, region: str, instances: list[Instance], tls:
                         statuses[st.endpoint] = st
                         if client.health(st.endpoint).healthy:
                             healthy.add(st.endpoint)
+                        _read_version(client, st.endpoint, versions, cluster_versions)
         finally:
             if etcd is None:
                 client.close()
@@ -169,7 +173,8 @@ def observe_instances(cluster: str, region: str, instances: list[Instance], tls:
     seen: set[int] = set()
     for inst in instances:
         replicas.append(_replica(inst, by_peer.get(peer_url(inst.internal_ip)), statuses, healthy, leader_id,
-                                 probes.get(inst.name), membership_unknown, api_unknown.get(inst.name)))
+                                 probes.get(inst.name), membership_unknown, api_unknown.get(inst.name),
+                                 versions.get(client_url(inst.internal_ip))))
         if replicas[-1].member_id is not None:
             seen.add(replicas[-1].member_id)
     for m in members:  # members whose VM is gone, or unseen in a zone that does not answer
@@ -197,15 +202,32 @@ def observe_instances(cluster: str, region: str, instances: list[Instance], tls:
     return ClusterState(
         cluster=cluster, region=region, replicas=tuple(replicas), settings=settings,
         membership_unknown=membership_unknown, unavailable_zones=tuple(unavailable),
+        # one answer from every member that answered, else unread (members that disagree: unread too)
+        etcd_cluster_version=cluster_versions.pop() if len(cluster_versions) == 1 else None,
     )
+
+
+def _read_version(client: EtcdClient, endpoint: str, versions: dict[str, str], cluster_versions: set[str]) -> None:
+    """The member's own etcd version and its view of the cluster version; what it does not say stays unread."""
+    try:
+        server, cluster = client.version(endpoint)
+    except EtcdError:
+        return
+    if server:
+        versions[endpoint] = server
+    if cluster and cluster != "not_decided":
+        cluster_versions.add(cluster)
 
 
 def _replica(inst: Instance, member: Member | None, statuses: dict[str, EndpointStatus], healthy: set[str],
              leader_id: int | None, probe: tuple[bool, str | None, str | None, bool] | None,
-             membership_unknown: Unknown | None, api_unknown: Unknown | None) -> ReplicaState:
+             membership_unknown: Unknown | None, api_unknown: Unknown | None,
+             etcd_version: str | None = None) -> ReplicaState:
     problems: list[str] = []
     state = ReplicaState(name=inst.name, zone=inst.zone, vm_status=inst.status, internal_ip=inst.internal_ip,
-                         external_ip=inst.external_ip, change=inst.labels.get(LABEL_CHANGE))
+                         external_ip=inst.external_ip, change=inst.labels.get(LABEL_CHANGE),
+                         etcd_version=etcd_version,
+                         kubernetes_version=inst.metadata.get(KUBERNETES_VERSION_KEY, DEFAULT_KUBERNETES_VERSION))
     if inst.status != "RUNNING":
         problems.append(f"VM is {inst.status}")
     etcd_ok, etcd_unknown = False, None

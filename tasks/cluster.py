@@ -167,6 +167,9 @@ def replica_rows(state: ClusterState) -> list[dict[str, str]]:
         "etcd member": format(r.member_id, "x") if r.member_id is not None else "-", "role": r.role,
         "health": "healthy" if r.healthy else "; ".join(r.problems) or "unhealthy",
         "cert expiry": (r.cert_not_after or "-")[:10], "endpoint IP": state.endpoint_ip or "-",
+        # read from the member itself (/version); "unread" when it did not answer (never a guess)
+        "etcd version": r.etcd_version or "unread", "etcd cluster version": state.etcd_cluster_version or "unread",
+        "kube-apiserver": r.kubernetes_version or "-",
     } for r in state.replicas]
 
 
@@ -175,9 +178,11 @@ def publish_report(state: ClusterState, note: str = "") -> list[dict[str, str]]:
     """The cluster's replica table as a Prefect table artifact (key ``<cluster>-replicas``)."""
     rows = replica_rows(state)
     lb = "load balancer" if state.load_balancer else "single replica's static IP"
+    version = f"etcd cluster version {state.etcd_cluster_version or 'unread'}"
     create_table_artifact(rows, key=f"{state.cluster}-replicas",
-                          description=f"Replicas of {state.cluster}; endpoint {state.endpoint_ip} ({lb}). {note}")
-    get_run_logger().info("replicas of %s (endpoint %s, %s):\n%s", state.cluster, state.endpoint_ip, lb,
+                          description=f"Replicas of {state.cluster}; endpoint {state.endpoint_ip} ({lb}); {version}. "
+                                      f"{note}")
+    get_run_logger().info("replicas of %s (endpoint %s, %s; %s):\n%s", state.cluster, state.endpoint_ip, lb, version,
                           format_table(rows))
     return rows
 

@@ -31,7 +31,7 @@ from haplane.topology import LABEL_CLUSTER, LABEL_UID
 from tasks.steps import Change, checkpoint, probe
 
 # the changes that start with a verified snapshot (create has nothing to save; delete removes the key)
-SNAPSHOT_BEFORE = frozenset({"add-replica", "remove-replica", "replace-replica"})
+SNAPSHOT_BEFORE = frozenset({"add-replica", "remove-replica", "replace-replica", "upgrade-cluster"})
 
 
 class SnapshotFailed(RuntimeError):
