@@ -16,6 +16,7 @@ from enum import StrEnum
 
 MISSING = "MISSING"  # vm_status of an etcd member whose VM is gone
 ZONE_OUT = "UNKNOWN"  # vm_status of an etcd member whose VM is unseen because its zone's API does not answer
+UNPLACED = "?"  # zone of a ZONE_OUT member when several zones are out: which one it is in is unknown
 
 
 class LbChange(StrEnum):
@@ -69,6 +70,9 @@ class ReplicaState:
     problems: tuple[str, ...] = ()
     etcd_unknown: Unknown | None = None  # its etcd health could not be observed
     api_unknown: Unknown | None = None  # its API server's readiness could not be observed
+    etcd_version: str | None = None  # the etcd server version the member itself reports (/version); None: unread
+    kubernetes_version: str | None = None  # the kube-apiserver version its VM asked for (metadata)
+    vm_unknown: Unknown | None = None  # its VM could not be looked at (ZONE_OUT: its zone's API does not answer)
 
     @property
     def healthy(self) -> bool:
@@ -77,7 +81,10 @@ class ReplicaState:
 
     @property
     def unknowns(self) -> tuple[Unknown, ...]:
-        return tuple(u for u in (self.etcd_unknown, self.api_unknown) if u is not None)
+        vm = self.vm_unknown
+        if vm is None and self.vm_status == ZONE_OUT:  # unseen in a zone that does not answer: never "not running"
+            vm = Unknown(f"the VM of {self.name}", "its zone's API does not answer")
+        return tuple(u for u in (vm, self.etcd_unknown, self.api_unknown) if u is not None)
 
     @property
     def role(self) -> str:
@@ -102,6 +109,7 @@ class ClusterState:
     membership_unknown: Unknown | None = None  # etcd's member list could not be read
     unavailable_zones: tuple[str, ...] = ()  # zones whose API did not answer (observed with tolerate_zones)
     look_alikes: tuple[str, ...] = ()  # VMs with the cluster's label but not its uid (haplane.ownership)
+    etcd_cluster_version: str | None = None  # etcd's cluster version (/version "etcdcluster"); None: unread
 
     @property
     def names(self):  # -> haplane.topology.ClusterNames (pure, imported late to keep this module standalone)
