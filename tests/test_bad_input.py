@@ -49,13 +49,14 @@ def _flows_with_change_id() -> dict[str, Callable[..., object]]:
     from flows.restore_cluster import restore_cluster
     from flows.rotate_certificates import rotate_certificates
     from flows.set_load_balancer import set_load_balancer
+    from flows.upgrade_cluster import upgrade_cluster
 
     return {"create-cluster": lambda **kw: create_cluster(region=REGION, zones=ZONES, replicas=3, **kw),
             "add-replica": add_replica, "remove-replica": lambda **kw: remove_replica(zone=ZONES[0], **kw),
             "replace-replica": lambda **kw: replace_replica(replica_name="bad-master-1", **kw),
             "delete-cluster": delete_cluster, "restore-cluster": restore_cluster,
             "set-load-balancer": lambda **kw: set_load_balancer(mode="always", **kw),
-            "rotate-certificates": rotate_certificates}
+            "rotate-certificates": rotate_certificates, "upgrade-cluster": upgrade_cluster}
 
 
 # A change id names the change's checkpoints (a path in a LocalFileSystem store) and seeds its requestIds:
@@ -65,7 +66,7 @@ CHANGE_ID_CASES = [
                                                                                                change_id=bad),
          r"change_id .* is not valid: use 1-63 lower-case letters, digits or '-'", reads=False)
     for flow in ("create-cluster", "add-replica", "remove-replica", "replace-replica", "delete-cluster",
-                 "restore-cluster", "set-load-balancer", "rotate-certificates")
+                 "restore-cluster", "set-load-balancer", "rotate-certificates", "upgrade-cluster")
     for bad in (["../other/x", "Create-1", "x" * 64] if flow == "restore-cluster" else ["../other/x"])
 ]
 
