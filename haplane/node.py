@@ -65,6 +65,11 @@ TLS_FILES: dict[str, str] = {
     # (current first, then the previous one during a rotation)
     "service-account-key": "service-account.key",
     "service-account-pub": "service-account.pub",
+    # kube-controller-manager's and kube-scheduler's client certificates to their local API server
+    "controller-manager-cert": "controller-manager.crt",
+    "controller-manager-key": "controller-manager.key",
+    "scheduler-cert": "scheduler.crt",
+    "scheduler-key": "scheduler.key",
 }
 SECRET_SUFFIXES = frozenset(k for k in TLS_FILES if k.endswith("-key"))
 # the restore snapshot's key, in Secret Manager beside the private keys (not a file in the pki dir)
