@@ -51,6 +51,34 @@ class Unknown:
         return self.text
 
 
+# the control-plane components every replica runs with --leader-elect=true: name -> its Lease in kube-system
+COMPONENTS: dict[str, str] = {"controller-manager": "kube-controller-manager", "scheduler": "kube-scheduler"}
+
+
+@dataclass(frozen=True)
+class LeaderLease:
+    """A component's ``coordination.k8s.io/v1`` Lease as read from etcd: who leads it, till when."""
+
+    component: str  # "controller-manager" | "scheduler"
+    holder: str | None = None  # the replica (hostname of holderIdentity ``<hostname>_<uuid>``); None: no Lease
+    identity: str | None = None
+    renew_time: str | None = None  # ISO 8601
+    duration_s: float = 15.0
+    expired: bool = True  # renewTime + leaseDurationSeconds is past (or there is no Lease)
+
+    @property
+    def leader(self) -> str | None:
+        """The replica leading the component now, or None (no Lease, or it lapsed)."""
+        return None if self.expired else self.holder
+
+    @property
+    def text(self) -> str:
+        if self.holder is None:
+            return f"{COMPONENTS[self.component]}: no Lease, no leader"
+        state = "lapsed, no leader" if self.expired else "leader"
+        return f"{COMPONENTS[self.component]}: {self.holder} ({state}; renewed {self.renew_time})"
+
+
 @dataclass(frozen=True)
 class ReplicaState:
     name: str
@@ -69,15 +97,20 @@ class ReplicaState:
     problems: tuple[str, ...] = ()
     etcd_unknown: Unknown | None = None  # its etcd health could not be observed
     api_unknown: Unknown | None = None  # its API server's readiness could not be observed
+    # components (see COMPONENTS) its API server reports not running (componentstatuses)
+    components_down: tuple[str, ...] = ()
+    components_unknown: Unknown | None = None  # its API server answered /readyz but not componentstatuses
+    leads: tuple[str, ...] = ()  # components whose Lease it holds now
 
     @property
     def healthy(self) -> bool:
         """Known to be healthy (an unknown is never healthy, nor known unhealthy)."""
-        return self.vm_status == "RUNNING" and self.etcd_ok and not self.learner and self.api_ready
+        return (self.vm_status == "RUNNING" and self.etcd_ok and not self.learner and self.api_ready
+                and not self.components_down and self.components_unknown is None)
 
     @property
     def unknowns(self) -> tuple[Unknown, ...]:
-        return tuple(u for u in (self.etcd_unknown, self.api_unknown) if u is not None)
+        return tuple(u for u in (self.etcd_unknown, self.api_unknown, self.components_unknown) if u is not None)
 
     @property
     def role(self) -> str:
@@ -102,6 +135,12 @@ class ClusterState:
     membership_unknown: Unknown | None = None  # etcd's member list could not be read
     unavailable_zones: tuple[str, ...] = ()  # zones whose API did not answer (observed with tolerate_zones)
     look_alikes: tuple[str, ...] = ()  # VMs with the cluster's label but not its uid (haplane.ownership)
+    leases: tuple[LeaderLease, ...] = ()  # one per component, read from etcd (empty: not read)
+    leases_unknown: Unknown | None = None  # the Leases could not be read
+
+    def leaderless(self) -> tuple[LeaderLease, ...]:
+        """Components with no leader: no Lease, or one not renewed within its duration (known only)."""
+        return tuple(lease for lease in self.leases if lease.leader is None)
 
     @property
     def names(self):  # -> haplane.topology.ClusterNames (pure, imported late to keep this module standalone)
