@@ -31,7 +31,7 @@ from haplane.emulator.vm import LEASE_DURATION_S, RETRY_PERIOD_S
 from haplane.pki import create_cluster_cas
 from haplane.startup import KUBERNETES_VERSION
 
-pytestmark = [pytest.mark.long, pytest.mark.usefixtures("prefect_api")]
+pytestmark = [pytest.mark.long, pytest.mark.timeout(900), pytest.mark.usefixtures("prefect_api")]
 
 REGION = "europe-west1"
 ZONES = ["europe-west1-b", "europe-west1-c", "europe-west1-d"]
