@@ -6,13 +6,17 @@ One document per cluster, saved as ``"<cluster>-pki"`` in block type
     ClusterPKI.from_cas(create_cluster_cas("prod")).save("prod-pki")
     cas = ClusterPKI.load("prod-pki").to_cas()
 
-The cluster's service-account key pair lives here too (one per cluster, the
-same on every replica), with the public keys still accepted after a rotation.
+Beside the CAs (and, during a CA rotation, the next or previous ones): the operator's etcd
+client certificate, the cluster's service-account key pair (one per cluster, the same on every
+replica, with the public keys still accepted after a rotation) and the key that seals snapshots.
 
 Private keys are ``SecretStr`` fields: Prefect stores them encrypted and the
 UI, logs and ``repr`` show them masked. Per-replica leaves are not kept here:
-they are issued from the CAs when a replica is created and travel only in the
-replica's instance metadata.
+they are issued from the CAs when a replica is created or rotated; their
+certificates go to the replica's instance metadata and their private keys to
+Secret Manager, one secret per replica and key, readable by that replica's VM
+service account alone (:mod:`haplane.secretstore`). Only a VM created without a
+service account keeps its keys in instance metadata, until it is replaced.
 """
 
 from __future__ import annotations

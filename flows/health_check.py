@@ -71,7 +71,7 @@ from tasks.health import (
     replica_resource,
 )
 from tasks.pki import certificate_inventory, load_cas
-from tasks.snapshots import newest_snapshot_age, probe_quorum
+from tasks.snapshots import newest_snapshot_age, observe_quorum
 
 
 @flow(name="health-check", log_prints=True)
@@ -212,7 +212,7 @@ def _check(cluster: str, connection: str | None, dry_run: bool, policy: Policy) 
     busy = cluster_busy(cluster)
     state = observe_cluster(cluster, spec.region, connection, tolerate_zones=True)
     view, why = (QuorumView.HOLDS, "") if any(r.etcd_ok for r in state.replicas) else \
-        quorum_view(probe_quorum(spec, connection))
+        quorum_view(observe_quorum(spec, connection)[0])
     if view is QuorumView.LOST:
         # no replacement can work without quorum, and none is tried; only restore-cluster can help
         age = newest_snapshot_age(cluster, spec)

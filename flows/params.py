@@ -13,7 +13,7 @@ from pydantic import AfterValidator, BeforeValidator, Field
 
 from haplane.endpoint import EndpointMode
 from haplane.quorum import VALID_SIZES, check_target_size
-from haplane.topology import NAME_RE, check_cluster_name, check_distinct_zones
+from haplane.topology import CHANGE_ID_RE, NAME_RE, check_change_id, check_cluster_name, check_distinct_zones
 
 
 def _cluster_name(value: str) -> str:
@@ -54,7 +54,14 @@ SkipSnapshot = Annotated[bool, Field(description="Change the cluster without tak
                                                  "first (only when snapshots fail and the change cannot wait)")]
 Connection = Annotated[str | None, Field(description="Name of a haplane-gce-connection block; empty: "
                                                       "HAPLANE_GCE_ENDPOINT / HAPLANE_PROJECT of the worker")]
-ChangeId = Annotated[str | None, Field(description="Repeat to resume a failed run")]
+def _change_id(value: str | None) -> str | None:
+    return None if value is None else check_change_id(value)
+
+
+# Checked before the flow reads anything: the id names the change's checkpoints and requestIds.
+ChangeId = Annotated[str | None, AfterValidator(_change_id), Field(
+    description="Repeat to resume a failed run (1-63 lower-case letters, digits or '-')",
+    json_schema_extra={"pattern": CHANGE_ID_RE.pattern, "maxLength": 63})]
 DryRun = Annotated[bool, Field(description="Plan and publish the plan, change nothing")]
 
 

@@ -34,7 +34,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from pydantic import Field
 
-from flows.params import ClusterName, Connection, documented
+from flows.params import ChangeId, ClusterName, Connection, documented
 from haplane.model import ClusterState, ReplicaState
 from haplane.rotation import check_rotation, rotation_order
 from tasks.cluster import cluster_lock, load_spec, observe_cluster, publish_report, wait_api_ready
@@ -82,7 +82,7 @@ def rotate_certificates(
                     "replica, then every leaf re-issued from them, then the old CAs dropped and deleted (three "
                     "passes, one replica at a time). Needs leaves and operator")] = False,
     connection: Connection = None,
-    change_id: Annotated[str | None, Field(description="Repeat to resume a failed run")] = None,
+    change_id: ChangeId = None,
 ) -> list[dict[str, str]]:
     logger = get_run_logger()
     if rotate_ca and not (leaves and operator):

@@ -5,6 +5,7 @@ Pure functions of what was found (the spec block, what GCE shows under the clust
 - create-cluster refuses a name that exists anywhere: a spec in another region or project, or
   resources in GCE under the cluster's names without a spec (another workspace's cluster, or one
   whose spec was lost). The same region and project is a resumed create and goes on.
+- restore-cluster, like delete-cluster, refuses a connection to another project than the spec's.
 - delete-cluster refuses when the connection's project is not the spec's, and when GCE shows
   nothing of a cluster that has a spec (the connection or project is probably wrong, and deleting
   the blocks would lose the CA of a cluster that still runs) unless the caller says it is gone.
@@ -87,12 +88,18 @@ def check_create(cluster: str, region: str, project: str, spec: SpecWhere | None
             f"resources if they are left over")
 
 
-def check_delete(cluster: str, project: str, spec: SpecWhere, found: list[str], gone: bool) -> None:
-    """Refuse deleting ``cluster`` when the view of it cannot be trusted (see module doc)."""
+def check_project(cluster: str, project: str, spec: SpecWhere, nothing: str = "nothing was deleted") -> None:
+    """Refuse a destructive flow (delete-cluster, restore-cluster) on a connection to another project than
+    the spec's: what it sees there is not the cluster."""
     if spec.project is not None and spec.project != project:
         raise OwnershipError(
             f"cluster {cluster!r} lives in project {spec.project!r} but the connection points at project "
-            f"{project!r}; nothing was deleted: pass the connection of project {spec.project!r}")
+            f"{project!r}; {nothing}: pass the connection of project {spec.project!r}")
+
+
+def check_delete(cluster: str, project: str, spec: SpecWhere, found: list[str], gone: bool) -> None:
+    """Refuse deleting ``cluster`` when the view of it cannot be trusted (see module doc)."""
+    check_project(cluster, project, spec)
     if not found and not gone:
         raise OwnershipError(
             f"GCE (project {project!r}) shows nothing of cluster {cluster!r}, whose spec says it was created in "

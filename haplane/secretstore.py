@@ -96,9 +96,9 @@ class SecretStore:
         if [(b.role, list(b.members)) for b in policy.bindings] != [(ACCESSOR, [member])]:
             self.client.set_iam_policy(request={"resource": self.name(sid), "policy": policy_pb2.Policy(
                 bindings=[policy_pb2.Binding(role=ACCESSOR, members=[member])], etag=policy.etag)})
-        from haplane.secrets import call_carrying_secrets
+        from haplane.scrub import call_carrying_secrets
 
-        # the request carries the key: an error must not carry it onwards (see haplane.secrets)
+        # the request carries the key: an error must not carry it onwards (see haplane.scrub)
         version = call_carrying_secrets(f"adding a version to secret {sid}", [value], self.client.add_secret_version,
                                         request={"parent": self.name(sid), "payload": {"data": value.encode()}})
         return version.name

@@ -68,6 +68,7 @@ class StepKind(StrEnum):
     STRAND = "strand"  # record a dead zone's VM as stranded in the spec (before its member goes)
     STRAND_REPLACED = "strand-replaced"  # record the replica added for a stranded VM
     STRAND_DELETED = "strand-deleted"  # record stranded VMs as deleted (their zone answered)
+    SAVE_SNAPSHOT = "save-snapshot"  # a verified snapshot of one member's local store (no quorum needed)
 
 
 # Steps that destroy something that cannot be had back: refused on an unknown view (haplane.plans).
@@ -79,6 +80,7 @@ OUTPUTS: dict[StepKind, tuple[str, ...]] = {
     StepKind.RESERVE_ADDRESS: ("ip",),
     StepKind.CREATE_VM: ("internal_ip", "self_link"),
     StepKind.ADD_LEARNER: ("member_id",),
+    StepKind.SAVE_SNAPSHOT: ("where", "snapshot_id", "sha256", "revision"),
 }
 
 

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from haplane.quorum import check_target_size
 
 NAME_RE = re.compile(r"^[a-z]([-a-z0-9]{0,28}[a-z0-9])?$")
+# a change id: a checkpoint path component, a requestId seed and a label value, so nothing that could
+# name another folder ("../other/x") or another change after truncation
+CHANGE_ID_RE = re.compile(r"^[a-z0-9-]{1,63}$")
 
 LABEL_CLUSTER = "haplane-cluster"
 LABEL_ROLE = "haplane-role"
@@ -33,6 +36,15 @@ def check_cluster_name(name: str) -> None:
             f"cluster name {name!r} is not valid: use 1-30 lowercase letters, digits or '-', "
             "starting with a letter and not ending with '-'"
         )
+
+
+def check_change_id(change_id: str) -> str:
+    """The one pattern of every flow's ``change_id``: lower-case letters, digits and '-', at most 63."""
+    if not isinstance(change_id, str) or not CHANGE_ID_RE.match(change_id):
+        raise TopologyError(
+            f"change_id {change_id!r} is not valid: use 1-63 lower-case letters, digits or '-' (the id a plan "
+            f"artifact shows, e.g. 'add-0b6f...'); nothing was read or changed")
+    return change_id
 
 
 def check_cluster_size(replicas: int) -> None:
@@ -98,10 +110,17 @@ def label_value(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in text.lower())[:63]
 
 
-def replica_name(cluster: str, change_id: str, slot: int) -> str:
+def replica_name(cluster: str, change_id: str, slot: int | str) -> str:
     """A replica's VM name, fixed by the change that creates it (so a resumed run finds it again)."""
     digest = hashlib.sha256(f"{cluster}/{change_id}/{slot}".encode()).hexdigest()[:5]
     return f"{cluster}-master-{digest}"
+
+
+def restored_replica_name(cluster: str, change_id: str) -> str:
+    """The replica a restore-cluster change boots from its snapshot: a name no other flow's change gives
+    (create and add use numbered slots), so a restore given another change's id never takes that change's
+    VMs for its own."""
+    return replica_name(cluster, change_id, "restore")
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from typing import Any
 from prefect import get_run_logger
 
 from blocks.cluster import ClusterSpec
-from haplane.node import ApiServerSpec, EtcdSpec, peer_url
+from haplane.node import ApiServerSpec, EtcdSpec, RestoreSpec, peer_url
 from haplane.plans import Plan
 from haplane.steps import PlanStep, StepKind, resolve
 from haplane.topology import ClusterNames
@@ -63,6 +63,7 @@ from tasks.pki import (
     ensure_cluster_pki,
     submit_configure_replica,
 )
+from tasks.snapshots import save_member_snapshot
 from tasks.steps import Change
 
 
@@ -91,9 +92,11 @@ def _link(run: Run, zone: str, name: str) -> str:
 def _configure(run: Run, s: PlanStep, a: dict[str, Any]) -> Step:
     initial = ",".join(f"{n}={peer_url(ip)}" for n, ip in a["initial_cluster"])
     etcd = EtcdSpec(name=a["name"], initial_cluster=initial, initial_cluster_state=a["cluster_state"],
-                    initial_cluster_token=run.change.cluster)
+                    initial_cluster_token=a.get("token") or run.change.cluster)
     api = ApiServerSpec(quorum_reads=run.spec.quorum_reads, service_cluster_ip_range=run.spec.service_cidr)
-    return Step(submit_configure_replica, s.id, s.text, (a["zone"], a["name"], a["endpoint_ip"], etcd, api))
+    # restore-cluster: the new member's etcd starts from this snapshot (url, snapshot id, sha256)
+    restore = {"restore": RestoreSpec(*a["restore"])} if a.get("restore") else {}
+    return Step(submit_configure_replica, s.id, s.text, (a["zone"], a["name"], a["endpoint_ip"], etcd, api), restore)
 
 
 def _firewall(run: Run, s: PlanStep, a: dict[str, Any]) -> Step:
@@ -129,7 +132,7 @@ GCE: dict[StepKind, Callable[[Run, PlanStep, dict[str, Any]], Step]] = {
     StepKind.FORWARDING_RULE: _lb(submit_forwarding_rule, lambda a: (a["region"], a["ip"])),
     StepKind.EPHEMERAL_IP: lambda run, s, a: Step(submit_give_access_config, s.id, s.text, (a["zone"], a["name"])),
     StepKind.POOL_REMOVE: lambda run, s, a: Step(submit_pool_remove, s.id, s.text, (
-        a["region"], _link(run, a["zone"], a["name"]))),
+        a["region"], a.get("link") or _link(run, a["zone"], a["name"]))),  # link: a VM gone, its zone unknown
     StepKind.DELETE_FORWARDING_RULE: _lb(submit_delete_forwarding_rule, lambda a: (a["region"],)),
     StepKind.DROP_EPHEMERAL_IP: lambda run, s, a: Step(submit_drop_access_config, s.id, s.text,
                                                        (a["zone"], a["name"]), {"unless_ip": a["unless_ip"]}),
@@ -179,6 +182,7 @@ LOCAL: dict[StepKind, Callable[[Run, PlanStep, dict[str, Any]], dict[str, Any] |
     StepKind.STRAND_REPLACED: lambda run, s, a: record_replacement(run.change.cluster, a["name"], a["replacement"],
                                                                    step=s.id),
     StepKind.STRAND_DELETED: lambda run, s, a: record_deleted(run.change.cluster, list(a["names"]), step=s.id),
+    StepKind.SAVE_SNAPSHOT: lambda run, s, a: save_member_snapshot(run.change, s.id, run.spec, a["name"], a["ip"]),
 }
 
 

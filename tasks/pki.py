@@ -41,7 +41,7 @@ from haplane.pki import (
     service_account_tls,
     switch_cas,
 )
-from haplane.secrets import call_carrying_secrets
+from haplane.scrub import call_carrying_secrets
 from haplane.secretstore import SecretStore
 from tasks.steps import Change, checkpoint, probe
 

@@ -6,8 +6,10 @@ inside the task that seals or opens a snapshot.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import tempfile
+import time
 from contextlib import closing
 from pathlib import Path
 
@@ -20,10 +22,11 @@ from blocks.pki import ClusterPKI, block_name
 from haplane import snapshots as snap
 from haplane.etcd import EndpointStatus, EtcdClient, EtcdError, EtcdTLS
 from haplane.gce import Gce
-from haplane.node import client_url, find_etcd
-from haplane.restore import EtcdProbe
+from haplane.node import EtcdSpec, client_url, find_etcd
+from haplane.ownership import owned
+from haplane.restore import ELECTIONS_SPANNED, Look, QuorumEvidence, settled
 from haplane.snapshot_store import SnapshotStore
-from haplane.topology import LABEL_CLUSTER
+from haplane.topology import LABEL_CLUSTER, LABEL_UID
 from tasks.steps import Change, checkpoint, probe
 
 # the changes that start with a verified snapshot (create has nothing to save; delete removes the key)
@@ -172,20 +175,6 @@ def newest_snapshot_age(cluster: str, spec: ClusterSpec) -> float | None:
     return metas[0].age_s(dt.datetime.now(dt.UTC)) if metas else None
 
 
-def last_revision_seen(gce: Gce, spec: ClusterSpec, tls: EtcdTLS) -> int | None:
-    """The highest store revision any surviving member reports (None: no member answers)."""
-    instances = gce.list_instances(gce.list_zones(spec.region), labels={LABEL_CLUSTER: spec.cluster})
-    endpoints = [client_url(i.internal_ip) for i in instances if i.status == "RUNNING" and i.internal_ip]
-    if not endpoints:
-        return None
-    try:
-        with closing(EtcdClient(endpoints, tls=tls, timeout=3.0)) as client:
-            revs = [s.revision for s in client.statuses() if isinstance(s, EndpointStatus)]
-    except EtcdError:
-        return None
-    return max(revs) if revs else None
-
-
 @probe(task_run_name="check the snapshot to restore", timeout_seconds=1800)
 def check_restorable(spec: ClusterSpec, snapshot_id: str | None, storage: str | None = None) -> snap.SnapshotMeta:
     """The chosen (or newest) snapshot, fetched, decrypted and restored into a throw-away etcd: a restore
@@ -215,29 +204,91 @@ def check_restorable(spec: ClusterSpec, snapshot_id: str | None, storage: str | 
     return meta
 
 
+def look_at_etcd(gce: Gce, spec: ClusterSpec, tls: EtcdTLS | None, uid: str | None,
+                 ignore: tuple[str, ...] = ()) -> tuple[tuple[tuple[str, str], ...], Look, dict[str, str]]:
+    """One look at the etcd of every running VM of the cluster (its own: uid-stamped), by VM name: status
+    (alive, credentials accepted, leader, store revision), a linearizable read, and the member list each
+    member itself last knew. Returns (the VMs with their GCE status, the look, name -> internal IP)."""
+    instances = [i for i in gce.list_instances(gce.list_zones(spec.region), labels={LABEL_CLUSTER: spec.cluster})
+                 if owned(i.labels.get(LABEL_UID), uid) and i.name not in ignore]
+    vms = tuple((i.name, i.status) for i in instances)
+    running = {client_url(i.internal_ip): i.name for i in instances if i.status == "RUNNING" and i.internal_ip}
+    ips = {i.name: i.internal_ip for i in instances if i.internal_ip}
+    at = time.monotonic()
+    if not running or tls is None:
+        why = () if tls else tuple(f"{n}: no operator certificate (the PKI block {block_name(spec.cluster)} is "
+                                   f"missing)" for n in running.values())
+        return vms, Look(at_s=at, unreachable=why), ips
+    answering, with_leader, readable, unreachable, revisions, voters = [], [], [], [], [], set()
+    with closing(EtcdClient(list(running), tls=tls, timeout=2.0)) as client:
+        for st in client.statuses():
+            name = running[st.endpoint]
+            if not isinstance(st, EndpointStatus):
+                unreachable.append(f"{name}: {st.reason}")
+                continue
+            answering.append(name)
+            revisions.append((name, st.revision))
+            if st.leader_id:
+                with_leader.append(name)
+            if client.health(st.endpoint).healthy:
+                readable.append(name)
+            with contextlib.suppress(EtcdError):
+                voters |= {m.name for m in client.local_members(st.endpoint) if m.name and not m.is_learner}
+    return vms, Look(at_s=at, answering=tuple(answering), with_leader=tuple(with_leader), readable=tuple(readable),
+                     unreachable=tuple(unreachable), revisions=tuple(revisions), voters=tuple(sorted(voters))), ips
+
+
 @probe(task_run_name="is etcd quorum of {spec.cluster} lost")
-def probe_quorum(spec: ClusterSpec, connection: str | None) -> EtcdProbe:
-    """Ask every running replica's etcd: status (alive, credentials accepted, leader) and a linearizable read."""
+def observe_quorum(spec: ClusterSpec, connection: str | None, ignore: tuple[str, ...] = (), looks: int = 6,
+                   snapshot_voters: int = 0) -> tuple[QuorumEvidence, dict[str, str]]:
+    """Look at every running replica's etcd ``looks`` times, spread over :data:`ELECTIONS_SPANNED` election
+    timeouts (one look may fall in an election), for :func:`haplane.restore.quorum_view`; with the internal IP
+    of each VM. ``ignore``: a restore's own replicas. Stops early once a member serves a read."""
     from blocks.cluster import resolve_gce
+    from tasks.cluster import gce_footprint
+    from tasks.pki import operator_tls
+    from tasks.steps import cluster_uid
+
+    gce, tls, uid = resolve_gce(connection), operator_tls(spec.cluster), cluster_uid(spec.cluster)
+    election_s = EtcdSpec(name="", initial_cluster="").election_ms / 1000
+    interval = ELECTIONS_SPANNED * election_s / max(1, looks - 1)
+    taken: list[Look] = []
+    vms: tuple[tuple[str, str], ...] = ()
+    ips: dict[str, str] = {}
+    for i in range(looks):
+        if i:
+            time.sleep(max(0.0, taken[-1].at_s + interval - time.monotonic()))
+        vms, look, ips = look_at_etcd(gce, spec, tls, uid, ignore)
+        taken.append(look)
+        evidence = QuorumEvidence(vms=vms, footprint_seen=True, looks=tuple(taken), snapshot_voters=snapshot_voters,
+                                  election_s=election_s, ignore=ignore)
+        if settled(evidence):  # a read served, or too few seen without a leader: more looks cannot make it lost
+            break
+    seen = bool(vms) or bool(gce_footprint(spec.cluster, spec.region, connection, ours_only=True))
+    return QuorumEvidence(vms=vms, footprint_seen=seen, looks=tuple(taken), snapshot_voters=snapshot_voters,
+                          election_s=election_s, ignore=ignore), ips
+
+
+@checkpoint(retries=0, task_run_name="{step}", timeout_seconds=1800)
+def save_member_snapshot(change: Change, step: str, spec: ClusterSpec, name: str, ip: str) -> dict:
+    """A snapshot of one member's local store (etcd serves it without quorum: what a member of a cluster
+    that lost quorum holds), verified by a trial restore, sealed and stored like any other. Checkpointed:
+    a resumed run finds it. Plain JSON (no key material): where it is, its id, sha256 and revision."""
     from tasks.pki import operator_tls
 
-    gce = resolve_gce(connection)
-    instances = gce.list_instances(gce.list_zones(spec.region), labels={LABEL_CLUSTER: spec.cluster})
-    endpoints = [client_url(i.internal_ip) for i in instances if i.status == "RUNNING" and i.internal_ip]
     tls = operator_tls(spec.cluster)
-    if not endpoints or tls is None:
-        why = () if tls else (f"no operator certificate: the PKI block {block_name(spec.cluster)} is missing",)
-        return EtcdProbe(running_vms=len(endpoints), unreachable=why, vms=len(instances))
-    answering, with_leader, readable, unreachable = [], [], [], []
-    with closing(EtcdClient(endpoints, tls=tls, timeout=3.0)) as client:
-        for st in client.statuses():
-            if isinstance(st, EndpointStatus):
-                answering.append(st.endpoint)
-                if st.leader_id:
-                    with_leader.append(st.endpoint)
-                if client.health(st.endpoint).healthy:
-                    readable.append(st.endpoint)
-            else:
-                unreachable.append(f"{st.endpoint}: {st.reason}")
-    return EtcdProbe(running_vms=len(endpoints), answering=tuple(answering), with_leader=tuple(with_leader),
-                     readable=tuple(readable), unreachable=tuple(unreachable), vms=len(instances))
+    if tls is None:
+        raise snap.SnapshotError(f"cluster {spec.cluster!r} has no PKI block {block_name(spec.cluster)!r}")
+    with tempfile.TemporaryDirectory(prefix="haplane-snapshot-") as tmp:
+        path = Path(tmp) / "snapshot.db"
+        with closing(EtcdClient([client_url(ip)], tls=tls, timeout=10.0)) as client:
+            voting = sum(1 for m in client.local_members(client_url(ip)) if not m.is_learner)
+            client.snapshot(path)
+        db = path.read_bytes()
+    meta = snap.describe(db, spec.cluster, members=voting)
+    checked = snap.verify(db, find_etcd(), expect_revision=meta.revision)
+    where = store_of(spec).save(meta, snap.seal(db, meta, snapshot_key(spec.cluster)))
+    get_run_logger().info("snapshot %s of %s's own store (member %s): revision %d, %d keys restored in a trial "
+                          "etcd; stored at %s", meta.snapshot_id, spec.cluster, name, meta.revision,
+                          checked.keys_served, where)
+    return {"where": where, "snapshot_id": meta.snapshot_id, "sha256": meta.sha256, "revision": meta.revision}

@@ -27,6 +27,7 @@ class Case:
     call: Callable[[], object]
     match: str  # the problem and the fix, as the person reads them
     env: dict[str, str | None] = field(default_factory=dict)  # worker environment for the case
+    reads: bool = True  # False: refused before anything is read (the emulator sees no call at all)
 
 
 def _create(**kw) -> Callable[[], object]:
@@ -40,7 +41,35 @@ def _health(**kw) -> object:
     return health_check(cluster="bad", **kw)
 
 
-CASES = [
+def _flows_with_change_id() -> dict[str, Callable[..., object]]:
+    from flows.add_replica import add_replica
+    from flows.delete_cluster import delete_cluster
+    from flows.remove_replica import remove_replica
+    from flows.replace_replica import replace_replica
+    from flows.restore_cluster import restore_cluster
+    from flows.rotate_certificates import rotate_certificates
+    from flows.set_load_balancer import set_load_balancer
+
+    return {"create-cluster": lambda **kw: create_cluster(region=REGION, zones=ZONES, replicas=3, **kw),
+            "add-replica": add_replica, "remove-replica": lambda **kw: remove_replica(zone=ZONES[0], **kw),
+            "replace-replica": lambda **kw: replace_replica(replica_name="bad-master-1", **kw),
+            "delete-cluster": delete_cluster, "restore-cluster": restore_cluster,
+            "set-load-balancer": lambda **kw: set_load_balancer(mode="always", **kw),
+            "rotate-certificates": rotate_certificates}
+
+
+# A change id names the change's checkpoints (a path in a LocalFileSystem store) and seeds its requestIds:
+# one pattern for every flow, checked before anything is read ("../other/x" would address another cluster's).
+CHANGE_ID_CASES = [
+    Case(f"{flow} change_id {bad!r}", lambda flow=flow, bad=bad: _flows_with_change_id()[flow](cluster="bad",
+                                                                                               change_id=bad),
+         r"change_id .* is not valid: use 1-63 lower-case letters, digits or '-'", reads=False)
+    for flow in ("create-cluster", "add-replica", "remove-replica", "replace-replica", "delete-cluster",
+                 "restore-cluster", "set-load-balancer", "rotate-certificates")
+    for bad in (["../other/x", "Create-1", "x" * 64] if flow == "restore-cluster" else ["../other/x"])
+]
+
+CASES = CHANGE_ID_CASES + [
     Case("duplicate zones", _create(zones=["europe-west1-b", "europe-west1-b"]),
          r"zone 'europe-west1-b' is listed twice in zones; list each zone once"),
     Case("replicas True", _create(replicas=True), r"replicas must be a whole number .* got True .*pass e.g. 3"),
@@ -115,6 +144,8 @@ def test_bad_input_is_refused_before_any_change(case: Case, shared_cloud, monkey
     admin.clear_calls()
     with pytest.raises(Exception, match=case.match):
         case.call()
+    if not case.reads:
+        assert admin.calls() == [], f"{case.name}: refused only after reading GCE: {admin.calls()}"
     mutating = [c for c in admin.calls() if c["verb"] in MUTATING and not c["method"].endswith(".wait")]
     assert mutating == [], f"{case.name}: a refused request changed GCE: {mutating}"
     with get_client(sync_client=True) as client:  # nothing set up in Prefect either

@@ -85,6 +85,12 @@ def test_router_ruleset_cuts_zones_and_balances_over_healthy_backends_only():
     assert "10.9.160.3" not in script  # no healthy backend: not routed, the client is refused
 
 
+def test_router_ruleset_cuts_links_both_ways():
+    lines = _lines(router_ruleset([], {}, {}, [6443], links=[("10.9.1.5", "10.9.2.7")]))
+    assert "ip saddr 10.9.1.5 ip daddr 10.9.2.7 drop" in lines and "ip saddr 10.9.2.7 ip daddr 10.9.1.5 drop" in lines
+    assert not [line for line in _lines(router_ruleset([], {}, {}, [6443])) if "ip saddr 10." in line]
+
+
 def test_operator_ranges_are_checked_and_the_default_is_this_workers_egress():
     with pytest.raises(ValueError, match=r"operator_ranges: '10.0.0.300/32' is not an IPv4 range.*203.0.113.7/32"):
         check_source_ranges(["10.0.0.300/32"], "operator_ranges")

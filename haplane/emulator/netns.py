@@ -34,7 +34,7 @@ import secrets
 import shutil
 import subprocess
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -136,6 +136,7 @@ class NamespacedNetwork:
         self._nat: dict[str, str] = {}
         self._lbs: dict[str, _Lb] = {}
         self._cut: set[str] = set()
+        self._links: set[tuple[str, str]] = set()  # address pairs cut from each other (cut_links)
         self._closed = threading.Event()
         self._probes: ThreadPoolExecutor | None = None
         self._refresher: threading.Thread | None = None
@@ -311,6 +312,20 @@ class NamespacedNetwork:
             self._cut.discard(self.zone_subnet(zone))
             self._render_router()
 
+    def cut_links(self, pairs: Iterable[tuple[str, str]]) -> None:
+        """Partition inside the network: each pair of addresses (VMs of different zones, or a VM and the
+        worker's :attr:`host_ip`) stops reaching each other, both ways, by rules in the router's forward chain.
+        VMs of one zone share a bridge and are not cut from each other."""
+        with self._lock:
+            self._links |= {(min(a, b), max(a, b)) for a, b in pairs}
+            self._render_router()
+
+    def heal_links(self) -> None:
+        """Undo every :meth:`cut_links`."""
+        with self._lock:
+            self._links.clear()
+            self._render_router()
+
     # --- load balancer --------------------------------------------------------------------------
 
     def probe(self, ip: str, port: int = HEALTH_PORT, path: str = "/healthz", timeout: float = 1.0) -> bool:
@@ -367,5 +382,5 @@ class NamespacedNetwork:
 
     def _render_router(self) -> None:
         script = router_ruleset(self._cut, self._nat, {ip: list(lb.healthy) for ip, lb in self._lbs.items()},
-                                (APISERVER_PORT,))
+                                (APISERVER_PORT,), self._links)
         run("ip", "netns", "exec", self.router, "nft", "-f", "-", stdin=script)

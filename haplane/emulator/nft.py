@@ -124,8 +124,9 @@ ROUTER_TABLE = "haplane_router"
 
 
 def router_ruleset(cut: Iterable[str], nat: dict[str, str], lbs: dict[str, list[str]],
-                   lb_ports: Iterable[int]) -> str:
-    """The router namespace's table: cut zones (subnets) and the 1:1 NAT and load-balancer DNAT.
+                   lb_ports: Iterable[int], links: Iterable[tuple[str, str]] = ()) -> str:
+    """The router namespace's table: cut zones (subnets), cut links (pairs of addresses that no longer
+    reach each other, either way: a partition inside the network), and the 1:1 NAT and load-balancer DNAT.
 
     ``nat``: external IP -> internal IP (an access config). ``lbs``: forwarding-rule IP -> the
     internal IPs of its healthy backends (none: the IP is not routed, a client is refused).
@@ -143,6 +144,7 @@ def router_ruleset(cut: Iterable[str], nat: dict[str, str], lbs: dict[str, list[
         "    type filter hook forward priority 0; policy accept;",
         "    ip saddr @cut drop",
         "    ip daddr @cut drop",
+        *[f"    ip saddr {a} ip daddr {b} drop" for x, y in sorted(links) for a, b in ((x, y), (y, x))],
         "  }",
         "  chain output {",
         "    type filter hook output priority 0; policy accept;",
