@@ -73,3 +73,22 @@ def test_admin_certificate_and_file(tmp_path):
     assert x509.load_pem_x509_certificate(pem).serial_number == cert.serial_number
     assert b"PRIVATE KEY" in base64.b64decode(user["client-key-data"])
     assert doc["contexts"][0]["context"]["cluster"] == "kc" and doc["current-context"] == "kc"
+
+
+@pytest.mark.parametrize(
+    ("argv", "why"),
+    [
+        (["Bad_Name"], "cluster name 'Bad_Name' is not valid"),
+        (["ok", "--ttl", "3d"], "longer than the 24h"),
+        (["ok", "--ttl", "soon"], "not a duration"),
+        (["ok", "-o", "/nonexistent/dir/kc"], "the directory /nonexistent/dir does not exist"),
+    ],
+)
+def test_cli_refuses_before_anything_is_signed_or_written(argv, why, capsys, tmp_path, monkeypatch):
+    from haplane.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["kubeconfig", *argv]) == 2
+    err = capsys.readouterr().err
+    assert why in err and "nothing was written" in err
+    assert list(tmp_path.iterdir()) == []
