@@ -19,6 +19,13 @@ before a miss to the first after it), and a timeline PNG (member roles, endpoint
 writes, the flows' task runs). Then create-cluster with 3 replicas under the "gce" profile scaled by
 --create-scale, over the forwarding rule's own modelled latency (the load balancer off the
 critical path: goal <= 1.05). Everything it starts is stopped, even on failure.
+
+``--upgrade``: instead, a 3-replica cluster on etcd 3.4.23 (Debian's etcd-server) upgraded to 3.5.1
+by upgrade-cluster while the canary runs, the etcd cluster version and each member's version sampled
+every 0.3 s (``GET /version``), then one replace-replica of a healthy follower on the same cluster:
+canary writes answered and longest gap, upgrade time / (3 x replace time) (goal <= 1.2), and when the
+cluster version moved against when the last 3.4 member left. Figures and the timeline go to
+``OUT/upgrade.json`` and ``OUT/upgrade-3.4-3.5.png``.
 """
 
 from __future__ import annotations
@@ -259,6 +266,128 @@ def draw(case: Case, path: Path) -> None:
 
 # --- the run --------------------------------------------------------------------------------------
 
+class VersionWatch:
+    """Every 0.3 s: each answering member's etcd version and its view of the cluster version (/version)."""
+
+    def __init__(self, tls: EtcdTLS, endpoints: Callable[[], list[str]]):
+        self.tls, self.endpoints = tls, endpoints
+        self.samples: list[tuple[float, str, dict[str, str]]] = []  # (time, cluster version, {url: server})
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="versions", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.3):
+            try:
+                urls = self.endpoints()
+                with EtcdClient(urls, tls=self.tls, timeout=0.5) as client:
+                    seen = {}
+                    for url in urls:
+                        try:
+                            seen[url] = client.version(url)
+                        except Exception:  # noqa: BLE001 - a member that does not answer is left out
+                            pass
+            except Exception:  # noqa: BLE001 - nothing answered this time
+                continue
+            clusters = {c for _, c in seen.values() if c and c != "not_decided"}
+            self.samples.append((time.time(), ",".join(sorted(clusters)), {u: s for u, (s, _) in seen.items()}))
+
+    def __enter__(self) -> VersionWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def moments(self) -> dict[str, float | None]:
+        """When the last 3.4 member was last seen answering, and when the cluster version first read 3.5."""
+        last_34 = max((t for t, _, servers in self.samples if any(v.startswith("3.4.") for v in servers.values())),
+                      default=None)
+        first_35 = min((t for t, c, _ in self.samples if c.startswith("3.5.")), default=None)
+        early = [t for t, c, servers in self.samples if c.startswith("3.5.") and
+                 any(v.startswith("3.4.") for v in servers.values())]
+        return {"last_34_member_seen": last_34, "cluster_version_35_from": first_35,
+                "cluster_35_while_a_34_member_answered": len(early)}
+
+
+def run_upgrade(time_scale: float, out: Path, work: Path) -> None:
+    """The --upgrade mode (see the module's doc)."""
+    from flows.create_cluster import create_cluster
+    from flows.replace_replica import replace_replica
+    from flows.upgrade_cluster import upgrade_cluster
+    from haplane.node import client_url
+    from tasks.cluster import observe_cluster
+    from tasks.pki import load_cas
+
+    name = f"bench-up-{uuid.uuid4().hex[:4]}"
+    state = work / "emulator"
+    emulator = Emulator(state_dir=state, runtime=ProcessRuntime(state)).start()
+    os.environ["HAPLANE_GCE_ENDPOINT"], os.environ["HAPLANE_PROJECT"] = emulator.url, PROJECT
+    figures: dict[str, object] = {}
+    try:
+        emulator.latency.configure(profile="gce", time_scale=time_scale)
+        print(f"emulator on {emulator.url}; latency profile 'gce' x {time_scale:g}", flush=True)
+        rows = create_cluster(cluster=name, region=REGION, zones=ZONES, replicas=3, etcd_version="3.4.23")
+        cas = load_cas(name)
+        endpoint, tls = rows[0]["endpoint IP"], EtcdTLS.from_cas(cas)
+        wait_answering(endpoint, cas.ca.cert_pem)
+
+        def eps() -> list[str]:
+            from haplane.topology import LABEL_CLUSTER
+            from tasks.steps import Change
+
+            vms = Change(name, "bench").gce().list_instances(ZONES, labels={LABEL_CLUSTER: name})
+            return [client_url(v.internal_ip) for v in vms if v.status == "RUNNING"]
+
+        case = Case("upgrade-3.4-3.5", f"upgrade-cluster etcd 3.4.23 -> 3.5.1, 3 replicas (gce x{time_scale:g})")
+        with VersionWatch(tls, eps) as versions:
+            def upgrade(c: Case) -> None:
+                c.marks.append((time.time(), "upgrade-cluster"))
+                upgrade_cluster(cluster=name, etcd_version="3.5.1")
+            print(f"case {case.key}", flush=True)
+            measure(case, endpoint, cas.ca.cert_pem, tls, eps(), upgrade)
+        figures["versions"] = versions.moments()
+        for label, t in (("last 3.4 member", figures["versions"]["last_34_member_seen"]),
+                         ("cluster version 3.5", figures["versions"]["cluster_version_35_from"])):
+            if t:
+                case.marks.append((t, label))
+        st = observe_cluster.fn(name, REGION, None)
+        follower = next(r.name for r in st.replicas if r.role == "follower")
+        print("replace of a healthy follower, for the ratio", flush=True)
+        start = time.monotonic()
+        replace_replica(cluster=name, replica_name=follower)
+        figures["replace_s"] = time.monotonic() - start
+        figures["upgrade_s"] = case.end - case.start
+    finally:
+        emulator.latency.configure(profile="instant", time_scale=1.0)
+        delete_clusters([name])
+        emulator.stop()
+    out.mkdir(parents=True, exist_ok=True)
+    draw(case, out / f"{case.key}.png")
+    v = figures["versions"]
+    summary = {"case": case.key, "time_scale": time_scale, "seconds": figures["upgrade_s"],
+               "probes": len(case.samples), "write_ok": case.ratio("write_ok"),
+               "longest_write_gap_s": case.longest_gap("write_ok"), "read_ok": case.ratio("read_ok"),
+               "longest_read_gap_s": case.longest_gap("read_ok"), "replace_s": figures["replace_s"],
+               "upgrade_over_3_replaces": figures["upgrade_s"] / (3 * figures["replace_s"]), "versions": v,
+               "timeline": dataclasses.asdict(case)}
+    (out / "upgrade.json").write_text(json.dumps(summary) + "\n")
+    print()
+    print(f"haplane availability benchmark (upgrade), {dt.date.today().isoformat()}, {platform.machine()}, "
+          f"{os.cpu_count()} CPUs, Python {platform.python_version()}; canary every {PERIOD * 1000:.0f} ms")
+    print(f"upgrade 3.4.23 -> 3.5.1 (3 replicas, gce x{time_scale:g}): {summary['seconds']:.1f} s; canary "
+          f"{len(case.samples)} probes, writes answered {summary['write_ok'] * 100:.2f} % (longest gap "
+          f"{summary['longest_write_gap_s']:.2f} s), reads {summary['read_ok'] * 100:.2f} % (longest gap "
+          f"{summary['longest_read_gap_s']:.2f} s)")
+    print(f"upgrade / (3 x replace): {summary['seconds']:.1f} / (3 x {summary['replace_s']:.1f}) = "
+          f"{summary['upgrade_over_3_replaces']:.3f}")
+    moved = (v["cluster_version_35_from"] - v["last_34_member_seen"]) if v["cluster_version_35_from"] and \
+        v["last_34_member_seen"] else float("nan")
+    print(f"cluster version 3.5 read {moved:.1f} s after the last 3.4 member was last seen answering; samples "
+          f"reading 3.5 while a 3.4 member answered: {v['cluster_35_while_a_34_member_answered']}; picture "
+          f"{out / (case.key + '.png')}")
+
+
 def run(time_scale: float, create_scale: float, out: Path, work: Path) -> None:
     from flows.add_replica import add_replica
     from flows.create_cluster import create_cluster
@@ -451,13 +580,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "availability")
     parser.add_argument("--verbose", action="store_true", help="show the flows' logs")
     parser.add_argument("--redraw", action="store_true", help="only draw the PNGs again from OUT/timelines.json")
+    parser.add_argument("--upgrade", action="store_true", help="only the rolling upgrade 3.4.23 -> 3.5.1 (needs "
+                                                               "Debian's etcd-server for /usr/bin/etcd)")
     args = parser.parse_args(argv)
     if args.redraw:
         redraw(args.out)
         return 0
 
     with prefect_server("haplane-avail-", args.verbose) as work:
-        run(args.time_scale, args.create_scale, args.out, work)
+        if args.upgrade:
+            run_upgrade(args.time_scale, args.out, work)
+        else:
+            run(args.time_scale, args.create_scale, args.out, work)
     return 0
 
 

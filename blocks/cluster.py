@@ -16,6 +16,7 @@ from haplane import settings
 from haplane.endpoint import EndpointMode
 from haplane.gce import Gce
 from haplane.remediation import StrandedVm
+from haplane.versions import DEFAULT_ETCD_VERSION, DEFAULT_KUBERNETES_VERSION
 
 
 class GceConnection(Block):
@@ -61,6 +62,14 @@ def resolve_gce(connection: str | None) -> Gce:
     return Gce.from_env()
 
 
+MULTIZONE_TEXT = ("MULTIZONE (the seed's setting, inherited by every replica): true spreads replicas over the "
+                  "listed zones; false keeps the cluster in one zone (more than one zone is then refused)")
+QUORUM_READS_NOTE = ("Kubernetes removed --etcd-quorum-read in 1.12: kube-apiserver's etcd3 storage always reads "
+                     "with quorum, so there is no flag to set. haplane only records the value (VM label "
+                     "haplane-quorum-reads, the haplane-apiserver metadata) and the startup script logs it")
+QUORUM_READS_TEXT = f"Deprecated, no effect: the seed's ENABLE_ETCD_QUORUM_READ. {QUORUM_READS_NOTE}"
+
+
 class ClusterSpec(Block):
     """The intended settings of one cluster, saved by create-cluster as ``<cluster>-spec``."""
 
@@ -74,8 +83,8 @@ class ClusterSpec(Block):
     cluster: str = Field(description="Cluster name")
     region: str = Field(description="GCE region: every replica is in one of its zones")
     zones: list[str] = Field(description="Zones replicas are spread over")
-    multizone: bool = Field(default=True, description="MULTIZONE: keep kubelets in other zones")
-    quorum_reads: bool = Field(default=False, description="ENABLE_ETCD_QUORUM_READ: API reads go to the leader")
+    multizone: bool = Field(default=True, description=MULTIZONE_TEXT)
+    quorum_reads: bool = Field(default=False, description=QUORUM_READS_TEXT)
     machine_type: str = Field(default="e2-standard-2", description="Machine type of each replica")
     api_source_ranges: list[str] = Field(default_factory=lambda: ["0.0.0.0/0"],
                                          description="Ranges allowed to reach the API server port")
@@ -104,6 +113,12 @@ class ClusterSpec(Block):
     snapshot_storage: str | None = Field(
         default=None, description="etcd snapshots go to this storage block, '<type>/<name>' (e.g. "
                                   "'gcs-bucket/prod-snapshots'); empty: $PREFECT_HOME/haplane-snapshots")
+    # Specs saved before versions were recorded read as the versions every replica ran then.
+    etcd_version: str = Field(default=DEFAULT_ETCD_VERSION,
+                              description="etcd release the replicas run (haplane.versions.ETCD_RELEASES); "
+                                          "changed by upgrade-cluster")
+    kubernetes_version: str = Field(default=DEFAULT_KUBERNETES_VERSION,
+                                    description="kube-apiserver release the replicas run; changed by upgrade-cluster")
     snapshot_keep: int = Field(default=24, ge=1, description="Snapshots kept at most (oldest pruned first)")
     snapshot_max_age_h: float = Field(default=168.0, gt=0, description="Snapshots older than this are pruned "
                                                                         "(the newest is always kept)")

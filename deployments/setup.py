@@ -17,7 +17,8 @@ Against whatever Prefect API the environment points at (``PREFECT_API_URL``: a l
    path all workers share);
 7. per cluster, a health-check schedule every ``--health-interval`` seconds (slug ``health-<name>``);
 8. per cluster, a snapshot-cluster schedule every ``--snapshot-interval`` seconds (slug
-   ``snapshot-<name>``; 0: none);
+   ``snapshot-<name>``; 0: none) -- per-cluster schedules and automations are made (and removed by
+   delete-cluster) in :mod:`deployments.clusters`;
 9. the automation ``haplane-health-check-on-request``: an event ``haplane.health-check.requested``
    on resource ``haplane.cluster.<name>`` (a monitor can post it to the events API) starts a health
    check of that cluster at once.
@@ -35,17 +36,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from deployments.clusters import HEALTH_DEPLOYMENT, SNAPSHOT_DEPLOYMENT, ensure_cluster_schedules, say
+
 REPO = Path(__file__).resolve().parent.parent
 POOL = "haplane"
-HEALTH_DEPLOYMENT = "health-check/health-check"
-SNAPSHOT_DEPLOYMENT = "snapshot-cluster/snapshot-cluster"
 CONNECTION_VARIABLE = "haplane_connection"
 AUTOMATION = "haplane-health-check-on-request"
 REQUEST_EVENT = "haplane.health-check.requested"
-
-
-def say(msg: str) -> None:
-    print(f"haplane setup-workspace: {msg}", flush=True)
 
 
 def ensure_pool(name: str = POOL) -> None:
@@ -90,8 +87,7 @@ def ensure_repo_variable(repo: Path) -> None:
 def ensure_limits(clusters: list[str]) -> None:
     from prefect.client.orchestration import get_client
 
-    from tasks.cluster import lock_name
-    from tasks.health import health_lock_name
+    from haplane.locks import health_lock_name, lock_name
 
     with get_client(sync_client=True) as client:
         for c in clusters:
@@ -110,7 +106,7 @@ def deploy(repo: Path) -> None:
                          text=True)
     if out.returncode != 0:
         raise RuntimeError(f"prefect deploy failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-    say("deployments: create-cluster, add-replica, remove-replica, replace-replica, set-load-balancer, "
+    say("deployments: create-cluster, add-replica, remove-replica, replace-replica, upgrade-cluster, set-load-balancer, "
         "delete-cluster, rotate-certificates, health-check, snapshot-cluster, restore-cluster")
 
 
@@ -173,42 +169,6 @@ def ensure_health_schedules(clusters: list[str], interval_s: float, connection: 
 def ensure_snapshot_schedules(clusters: list[str], interval_s: float, connection: str | None) -> None:
     if interval_s > 0:
         ensure_cluster_schedules(SNAPSHOT_DEPLOYMENT, "snapshot", "snapshot", clusters, interval_s, connection)
-
-
-def ensure_cluster_schedules(deployment_name: str, prefix: str, what: str, clusters: list[str], interval_s: float,
-                             connection: str | None) -> None:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.schedules import IntervalSchedule
-
-    schedule = IntervalSchedule(interval=dt.timedelta(seconds=interval_s))
-    with get_client(sync_client=True) as client:
-        deployment = client.read_deployment_by_name(deployment_name)
-        existing = {s.slug: s for s in client.read_deployment_schedules(deployment.id)}
-        for c in clusters:
-            slug, params = f"{prefix}-{c}", {"cluster": c, "connection": connection}
-            if slug in existing:
-                client.update_deployment_schedule(deployment.id, existing[slug].id, active=True, schedule=schedule,
-                                                  parameters=params)
-            else:
-                client.create_deployment_schedules(deployment.id, [(schedule, True)], parameters=params, slug=slug)
-            say(f"{what} of {c!r} every {interval_s:g} s (schedule {slug})")
-
-
-def remove_health_schedule(cluster: str) -> list[str]:
-    """Delete the cluster's health-check schedule (delete-cluster, once the cluster is gone); the slugs removed."""
-    from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
-
-    slug = f"health-{cluster}"
-    with get_client(sync_client=True) as client:
-        try:
-            deployment = client.read_deployment_by_name(HEALTH_DEPLOYMENT)
-        except ObjectNotFound:
-            return []
-        gone = [s for s in client.read_deployment_schedules(deployment.id) if s.slug == slug]
-        for s in gone:
-            client.delete_deployment_schedule(deployment.id, s.id)
-    return [slug for _ in gone]
 
 
 def ensure_automation() -> None:

@@ -20,6 +20,7 @@ from pydantic import Field
 from flows.change import run_change
 from flows.params import ChangeId, ClusterName, Connection, DryRun, SkipSnapshot, documented
 from haplane.plans import Plan, plan_add
+from haplane.topology import check_multizone
 from tasks.cluster import load_spec, zones_of
 from tasks.steps import Change
 
@@ -35,6 +36,8 @@ def add_replica(
     skip_snapshot: SkipSnapshot = False,
 ) -> Plan | list[dict[str, str]]:
     spec = load_spec(cluster)
+    if zone is not None:
+        check_multizone(spec.multizone, [*spec.zones, zone])  # a one-zone cluster stays in its zone
     change = Change(cluster, change_id or f"add-{flow_run.get_id()}", connection)
     known = zones_of(spec.region, connection)
     return run_change(change, spec, lambda state, _: plan_add(state, zone, change.change_id, known, spec.zones),

@@ -46,7 +46,7 @@ def run_change(change: Change, spec: ClusterSpec, plan_for: PlanFor, dry_run: bo
         check_step_schema(change)
         plan = plan_for(observe(), True)
         publish_plan(plan, change)
-        if plan.action in SNAPSHOT_BEFORE:
+        if plan.action in SNAPSHOT_BEFORE and plan.steps:  # a plan with no step changes nothing
             snapshot_before_change(change, spec, plan.action, skip_snapshot)
         figures = execute(Run(change, spec), plan)
     if not report:

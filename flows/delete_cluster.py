@@ -14,6 +14,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from pydantic import Field
 
+from deployments.clusters import forget_cluster as forget_workspace_entries
 from flows.change import run_change
 from flows.params import ChangeId, ClusterName, Connection, DryRun, documented
 from haplane.ownership import SpecWhere, check_delete
@@ -49,8 +50,9 @@ def delete_cluster(
     plan = run_change(change, spec, plan_for, dry_run, report=False)
     if dry_run:
         return plan
-    removed = forget_cluster(cluster)  # after the lock is released: its limit goes too
-    get_run_logger().info("removed %s", ", ".join(removed) or "no health schedule or lock")
+    # after the lock is released (its limit goes too): every schedule and automation naming the cluster
+    removed = forget_workspace_entries(cluster) + forget_cluster(cluster)
+    get_run_logger().info("removed %s", ", ".join(removed) or "no schedule, automation or lock")
     deleted = [s.arguments["name"] for s in plan.steps if s.id.startswith("vm/")]
     get_run_logger().info("deleted cluster %s: VMs %s", cluster, deleted)
     return deleted

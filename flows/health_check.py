@@ -23,8 +23,9 @@ same back-off rules as replacements (:mod:`haplane.rotation`).
 Locks: the check holds ``health-<cluster>`` for its whole run, so two checks of
 one cluster never overlap. Before acting it takes ``cluster-<cluster>``, observes
 and decides again under it, and runs replace-replica under that same hold (the
-lock is re-entrant within a run); a cluster whose lock another flow holds is
-*skipped* (event ``haplane.cluster.busy``), never a failed remediation.
+lock is re-entrant within a run); it takes it before starting a rotation too. A
+cluster whose lock another flow holds is *skipped* (event ``haplane.cluster.busy``),
+never a failed remediation or rotation.
 With nothing wrong, it changes nothing.
 """
 
@@ -39,6 +40,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed, Failed, State
 from pydantic import Field
 
+from blocks.store import update_spec
 from flows.params import ClusterName, Connection, documented
 from flows.replace_replica import replace_replica
 from flows.rotate_certificates import rotate_certificates
@@ -72,6 +74,8 @@ from tasks.health import (
 )
 from tasks.pki import certificate_inventory, load_cas
 from tasks.snapshots import newest_snapshot_age, observe_quorum
+
+ZONES_OUT_LOCK_WAIT_S = 2.0  # how long the check waits for the cluster lock to record a zone outage
 
 
 @flow(name="health-check", log_prints=True)
@@ -152,10 +156,19 @@ def _certificates(cluster: str, connection: str | None, dry_run: bool, policy: P
         reason = go.reason if not go.allowed else f"cluster {cluster} is busy (its lock is held); rotating later"
         logger.warning("not rotating now: %s", reason)
         return Completed(message=reason, data={"action": "rotate-deferred", "reason": reason})
-    logger.warning("rotating the certificates of %s: %s", cluster, go.reason)
-    with tags(*remediation_tags(cluster, ROTATION_TARGET)):
-        outcome = rotate_certificates(cluster=cluster, connection=connection, change_id=go.change_id,
-                                      return_state=True)
+    try:
+        # the lock first: a change that took it since the look above makes this check skip, not a failed
+        # rotation counted towards giving up (rotate-certificates runs under this hold: re-entrant)
+        with cluster_lock(cluster):
+            logger.warning("rotating the certificates of %s: %s", cluster, go.reason)
+            with tags(*remediation_tags(cluster, ROTATION_TARGET)):
+                outcome = rotate_certificates(cluster=cluster, connection=connection, change_id=go.change_id,
+                                              return_state=True)
+    except ClusterBusy as exc:
+        msg = f"skipped: {exc}"
+        logger.info(msg)
+        emit("haplane.cluster.busy", cluster_resource(cluster), {"reason": str(exc)[:300], "would": "rotate"})
+        return Completed(message=msg[:500], data={"action": "skipped", "reason": str(exc)})
     if outcome.is_completed():
         emit("haplane.certificates.rotated", cluster_resource(cluster), {"certificates": len(rows) - 1})
         return Completed(message="rotated the certificates", data={"action": "rotate"})
@@ -175,10 +188,12 @@ def _zones(cluster: str, connection: str | None, dry_run: bool, grace_s: float, 
     if outages != spec.zones_out:
         for zone in sorted(set(outages) - set(spec.zones_out)):
             emit("haplane.zone.unavailable", cluster_resource(cluster), {"zone": zone, "since": outages[zone]})
-        fresh = load_spec(cluster)
-        fresh.zones_out = outages
-        fresh.save(f"{cluster}-spec", overwrite=True)
-        spec = fresh
+        try:  # recorded onto the spec as saved now, under the cluster lock (blocks/store.py)
+            spec = update_spec(cluster, lambda saved: saved.model_copy(update={"zones_out": track_outages(
+                saved.zones_out, state.unavailable_zones, now)}), wait_s=ZONES_OUT_LOCK_WAIT_S)
+            outages = spec.zones_out
+        except ClusterBusy:  # a change holds the lock: the zone rules wait for it anyway; recorded next check
+            logger.info("zone outage(s) %s not recorded now: a change holds the lock of %s", outages, cluster)
     verdict = decide_zones(state, outages, spec.stranded, now, grace_s=grace_s, zones=spec.zones,
                            region_zones=zones_of(spec.region, connection), busy=cluster_busy(cluster),
                            rebalance=rebalance)
@@ -191,6 +206,11 @@ def _zones(cluster: str, connection: str | None, dry_run: bool, grace_s: float, 
                                "reason": verdict.reason}
     if verdict.action is ZoneAction.NOTHING:
         return None  # a zone is out, but none of this cluster's replicas is there: the usual check goes on
+    if verdict.action is ZoneAction.UNKNOWN:  # never acted on: a person must look
+        emit("haplane.cluster.unknown", cluster_resource(cluster),
+             {"reason": verdict.reason[:500], "unknown": [u.text for u in verdict.unknowns],
+              "zones": sorted(state.unavailable_zones)})
+        return Completed(message=verdict.reason[:500], data={**summary, "action": "unknown"})
     if verdict.action is ZoneAction.CANNOT:
         emit("haplane.cluster.cannot-remediate", cluster_resource(cluster),
              {"reason": verdict.reason, "zones": sorted(state.unavailable_zones)})

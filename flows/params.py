@@ -14,6 +14,7 @@ from pydantic import AfterValidator, BeforeValidator, Field
 from haplane.endpoint import EndpointMode
 from haplane.quorum import VALID_SIZES, check_target_size
 from haplane.topology import CHANGE_ID_RE, NAME_RE, check_change_id, check_cluster_name, check_distinct_zones
+from haplane.versions import EtcdVersion, KubernetesVersion
 
 
 def _cluster_name(value: str) -> str:
@@ -112,3 +113,9 @@ LoadBalancerMode = Annotated[EndpointMode, Field(
     description="Endpoint mode: 'always' keeps a load balancer on the static IP from the first replica (no "
                 "downtime when scaling 1 <-> 2); 'as-needed' is the seed's (no load balancer at 1 replica, the IP "
                 "moves at 1 <-> 2, with about 20 minutes of endpoint downtime on GCE)")]
+
+
+# The versions the image offers, a choice in the UI's form (haplane/versions.py holds the one list).
+EtcdRelease = Annotated[EtcdVersion, Field(description="etcd release the replicas run (the versions the image offers)")]
+KubernetesRelease = Annotated[KubernetesVersion, Field(
+    description="kube-apiserver release the replicas run (the versions the image offers)")]

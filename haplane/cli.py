@@ -5,7 +5,8 @@
                       verified TLS, delete the cluster, stop everything.
 ``haplane emulator``  run the GCE emulator in the foreground (see haplane.emulator.server).
 ``haplane setup-workspace``  set up a Prefect workspace: pool, blocks, limits, deployments, schedules.
-``haplane unlock C``  release cluster C's locks (its own and its health check's) left behind by a killed flow run.
+``haplane unlock C``  free cluster C's lock (``--lock health``: its health check's) once its holder's run has
+                      ended (a killed flow run); ``--force`` frees it anyway, saying what it overrides.
 ``haplane kubeconfig C [--ttl 8h] [-o FILE]``  a kubeconfig for cluster C's endpoint with a short-lived
                       administrator certificate (written to FILE only, mode 0600).
 """
@@ -82,13 +83,13 @@ def _check_endpoint(cluster: str, ip: str) -> str:
 
 
 def _unlock(args: argparse.Namespace) -> int:
-    from tasks.cluster import force_unlock, lock_name
+    from haplane.locks import LockHeld, unlock
 
-    released = force_unlock(args.cluster)
-    if released:
-        print(f"released {', '.join(map(repr, released))}; make sure no flow of {args.cluster!r} is still running")
-    else:
-        print(f"{lock_name(args.cluster)!r} was not held")
+    try:
+        print(unlock(args.cluster, args.lock, force=args.force))
+    except LockHeld as exc:
+        print(f"haplane unlock: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -152,9 +153,14 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--keep", action="store_true", help="do not delete the cluster at the end")
     demo.set_defaults(run=_demo)
 
-    unlock = sub.add_parser("unlock", help="release a cluster's locks (its own and its health check's) left by "
-                                           "a killed flow run")
+    unlock = sub.add_parser("unlock", help="free one lock of a cluster whose holder's run has ended (a killed "
+                                           "flow run), without waiting for its lease to expire")
     unlock.add_argument("cluster")
+    unlock.add_argument("--lock", choices=("cluster", "health"), default="cluster",
+                        help="which lock: cluster-<name> (mutating flows, the default) or health-<name> (the "
+                             "health check's)")
+    unlock.add_argument("--force", action="store_true",
+                        help="free it even if its holder may still run (says what it overrides)")
     unlock.set_defaults(run=_unlock)
 
     kube = sub.add_parser("kubeconfig", help="write a kubeconfig with a short-lived administrator certificate")

@@ -387,6 +387,22 @@ class EtcdClient:
                 out.append(EndpointUnreachable(endpoint, e.reason))
         return out
 
+    def version(self, endpoint: str) -> tuple[str, str]:
+        """(the member's own etcd version, the cluster version) as ``endpoint`` reports them (``GET /version``;
+        the cluster version is "not_decided" until the member has joined)."""
+        endpoint = endpoint.rstrip("/")
+        try:
+            r = self._http.get(f"{endpoint}/version")
+        except httpx.TransportError as e:
+            raise EtcdUnavailable(endpoint, f"{type(e).__name__} calling /version: {e}") from None
+        if r.status_code != 200:
+            raise _classify(endpoint, r.status_code, f"/version: {r.text.strip()} (HTTP {r.status_code})")
+        try:
+            d = r.json()
+        except ValueError:
+            raise EtcdError(endpoint, f"/version: answer is not JSON: {r.text[:200]!r}", r.status_code) from None
+        return str(d.get("etcdserver", "")), str(d.get("etcdcluster", ""))
+
     def alarms(self) -> list[Alarm]:
         _, d = self._cluster_call("/v3/maintenance/alarm", {"action": "GET", "memberID": "0", "alarm": "NONE"})
         return [Alarm(member_id=int(a.get("memberID", 0)), alarm=a.get("alarm", "NONE")) for a in d.get("alarms", [])]

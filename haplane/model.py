@@ -16,6 +16,7 @@ from enum import StrEnum
 
 MISSING = "MISSING"  # vm_status of an etcd member whose VM is gone
 ZONE_OUT = "UNKNOWN"  # vm_status of an etcd member whose VM is unseen because its zone's API does not answer
+UNPLACED = "?"  # zone of a ZONE_OUT member when several zones are out: which one it is in is unknown
 
 
 class LbChange(StrEnum):
@@ -101,6 +102,9 @@ class ReplicaState:
     components_down: tuple[str, ...] = ()
     components_unknown: Unknown | None = None  # its API server answered /readyz but not componentstatuses
     leads: tuple[str, ...] = ()  # components whose Lease it holds now
+    etcd_version: str | None = None  # the etcd server version the member itself reports (/version); None: unread
+    kubernetes_version: str | None = None  # the kube-apiserver version its VM asked for (metadata)
+    vm_unknown: Unknown | None = None  # its VM could not be looked at (ZONE_OUT: its zone's API does not answer)
 
     @property
     def healthy(self) -> bool:
@@ -110,7 +114,10 @@ class ReplicaState:
 
     @property
     def unknowns(self) -> tuple[Unknown, ...]:
-        return tuple(u for u in (self.etcd_unknown, self.api_unknown, self.components_unknown) if u is not None)
+        vm = self.vm_unknown
+        if vm is None and self.vm_status == ZONE_OUT:  # unseen in a zone that does not answer: never "not running"
+            vm = Unknown(f"the VM of {self.name}", "its zone's API does not answer")
+        return tuple(u for u in (vm, self.etcd_unknown, self.api_unknown, self.components_unknown) if u is not None)
 
     @property
     def role(self) -> str:
@@ -141,6 +148,7 @@ class ClusterState:
     def leaderless(self) -> tuple[LeaderLease, ...]:
         """Components with no leader: no Lease, or one not renewed within its duration (known only)."""
         return tuple(lease for lease in self.leases if lease.leader is None)
+    etcd_cluster_version: str | None = None  # etcd's cluster version (/version "etcdcluster"); None: unread
 
     @property
     def names(self):  # -> haplane.topology.ClusterNames (pure, imported late to keep this module standalone)

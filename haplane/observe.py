@@ -22,8 +22,8 @@ from cryptography import x509
 
 from haplane.etcd import EndpointStatus, EtcdClient, EtcdError, EtcdTLS, Member
 from haplane.gce import Gce, GceZoneUnavailable, Instance
-from haplane.model import COMPONENTS, MISSING, ZONE_OUT, ClusterState, LeaderLease, ReplicaState, Unknown
-from haplane.node import APISERVER_PORT, ETCD_CLIENT_PORT, client_url, peer_url
+from haplane.model import COMPONENTS, MISSING, UNPLACED, ZONE_OUT, ClusterState, LeaderLease, ReplicaState, Unknown
+from haplane.node import APISERVER_PORT, ETCD_CLIENT_PORT, KUBERNETES_VERSION_KEY, client_url, peer_url
 from haplane.ownership import owned
 from haplane.topology import (
     LABEL_CHANGE,
@@ -33,6 +33,7 @@ from haplane.topology import (
     LABEL_UID,
     ClusterNames,
 )
+from haplane.versions import DEFAULT_KUBERNETES_VERSION
 
 __all__ = ["ClusterState", "ReplicaState", "Unknown", "observe", "now_utc"]
 
@@ -131,8 +132,8 @@ def observe(gce: Gce, cluster: str, region: str, tls: EtcdTLS | None, ca_pem: st
 
     A zone whose API does not answer raises :class:`~haplane.gce.GceZoneUnavailable`, unless
     ``tolerate_zones``: then it is listed in ``unavailable_zones`` and the etcd members without a VM
-    seen elsewhere are ``ZONE_OUT`` (never ``MISSING``: unknown is not absent), placed in that zone
-    when only one zone is out.
+    seen elsewhere are ``ZONE_OUT`` (never ``MISSING``: unknown is not absent) with a ``vm_unknown``, placed
+    in that zone when only one zone is out (zone ``UNPLACED`` when several are: which one is unknown).
 
     ``api_client``: (certificate, key) of a client certificate of the cluster CA: with it each ready API
     server is asked which of its replica's controller-manager and scheduler run (componentstatuses),
@@ -160,6 +161,8 @@ def observe(gce: Gce, cluster: str, region: str, tls: EtcdTLS | None, ca_pem: st
     membership_unknown: Unknown | None = None
     statuses: dict[str, EndpointStatus] = {}
     healthy: set[str] = set()
+    versions: dict[str, str] = {}  # client URL -> the etcd version that member reports
+    cluster_versions: set[str] = set()
     endpoints = [client_url(i.internal_ip) for i in instances if i.status == "RUNNING" and i.internal_ip]
     if endpoints and tls is None:
         membership_unknown = Unknown(
@@ -180,6 +183,7 @@ def observe(gce: Gce, cluster: str, region: str, tls: EtcdTLS | None, ca_pem: st
                         statuses[st.endpoint] = st
                         if client.health(st.endpoint).healthy:
                             healthy.add(st.endpoint)
+                        _read_version(client, st.endpoint, versions, cluster_versions)
         finally:
             client.close()
     leader_id = next((s.leader_id for s in statuses.values() if s.leader_id), None)
@@ -228,7 +232,8 @@ def observe(gce: Gce, cluster: str, region: str, tls: EtcdTLS | None, ca_pem: st
     seen: set[int] = set()
     for inst in instances:
         replicas.append(_replica(inst, by_peer.get(peer_url(inst.internal_ip)), statuses, healthy, leader_id,
-                                 probes.get(inst.name), membership_unknown, api_unknown.get(inst.name)))
+                                 probes.get(inst.name), membership_unknown, api_unknown.get(inst.name),
+                                 versions.get(client_url(inst.internal_ip))))
         down, why = components.get(inst.name, ((), "not asked"))
         if down is None:
             replicas[-1] = replace(replicas[-1], components_unknown=Unknown(
@@ -245,10 +250,14 @@ def observe(gce: Gce, cluster: str, region: str, tls: EtcdTLS | None, ca_pem: st
         if m.id not in seen:
             if unavailable:
                 ip = m.peer_urls[0].split("//", 1)[-1].rsplit(":", 1)[0] if m.peer_urls else ""
+                out = ", ".join(unavailable)
                 replicas.append(ReplicaState(
-                    name=m.name or m.hex_id, zone=unavailable[0] if len(unavailable) == 1 else "?",
+                    name=m.name or m.hex_id, zone=unavailable[0] if len(unavailable) == 1 else UNPLACED,
                     vm_status=ZONE_OUT, internal_ip=ip, member_id=m.id, learner=m.is_learner, started=m.started,
-                    leader=m.id == leader_id, problems=(f"zone {', '.join(unavailable)} does not answer",)))
+                    leader=m.id == leader_id, problems=(f"zone(s) {out} do not answer",),
+                    vm_unknown=Unknown(f"the VM of etcd member {m.name or m.hex_id}",
+                                       f"it is in none of the zones that answer, and zone(s) {out} do not answer",
+                                       f"the status of zone(s) {out} (GCE's status page, the zones' operations)")))
                 continue
             replicas.append(ReplicaState(
                 name=m.name or m.hex_id, zone="?", vm_status=MISSING, member_id=m.id, learner=m.is_learner,
@@ -266,15 +275,32 @@ def observe(gce: Gce, cluster: str, region: str, tls: EtcdTLS | None, ca_pem: st
         load_balancer=rule is not None, target_pool=pool is not None, pool_members=pool_names,
         settings=settings, membership_unknown=membership_unknown, look_alikes=look_alikes,
         unavailable_zones=tuple(unavailable), leases=leases, leases_unknown=leases_unknown,
+        # one answer from every member that answered, else unread (members that disagree: unread too)
+        etcd_cluster_version=cluster_versions.pop() if len(cluster_versions) == 1 else None,
     )
+
+
+def _read_version(client: EtcdClient, endpoint: str, versions: dict[str, str], cluster_versions: set[str]) -> None:
+    """The member's own etcd version and its view of the cluster version; what it does not say stays unread."""
+    try:
+        server, cluster = client.version(endpoint)
+    except EtcdError:
+        return
+    if server:
+        versions[endpoint] = server
+    if cluster and cluster != "not_decided":
+        cluster_versions.add(cluster)
 
 
 def _replica(inst: Instance, member: Member | None, statuses: dict[str, EndpointStatus], healthy: set[str],
              leader_id: int | None, probe: tuple[bool, str | None, str | None, bool] | None,
-             membership_unknown: Unknown | None, api_unknown: Unknown | None) -> ReplicaState:
+             membership_unknown: Unknown | None, api_unknown: Unknown | None,
+             etcd_version: str | None = None) -> ReplicaState:
     problems: list[str] = []
     state = ReplicaState(name=inst.name, zone=inst.zone, vm_status=inst.status, internal_ip=inst.internal_ip,
-                         external_ip=inst.external_ip, change=inst.labels.get(LABEL_CHANGE))
+                         external_ip=inst.external_ip, change=inst.labels.get(LABEL_CHANGE),
+                         etcd_version=etcd_version,
+                         kubernetes_version=inst.metadata.get(KUBERNETES_VERSION_KEY, DEFAULT_KUBERNETES_VERSION))
     if inst.status != "RUNNING":
         problems.append(f"VM is {inst.status}")
     etcd_ok, etcd_unknown = False, None

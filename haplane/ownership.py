@@ -63,6 +63,37 @@ class LookAlike(OwnershipError):
             f"check that the connection points at the right project")
 
 
+class NotOurs(OwnershipError):
+    """A VM under a replica's planned name that this change did not create: never adopted, configured or keyed."""
+
+
+def check_adoptable(vm: str, zone: str, labels: dict[str, str], cluster: str, cluster_uid: str | None,
+                    change_label: str) -> None:
+    """A create step that finds a VM of its planned name goes on only with the VM its own change made: the
+    cluster's label and uid (labels ``haplane-cluster``, ``haplane-uid``) and this change's label
+    (``haplane-change``). Replica names follow from the change id, and the plan naming them is published
+    before the step runs, so anyone could make that VM first. Anything else is refused, naming it."""
+    found = {"cluster": labels.get("haplane-cluster"), "uid": labels.get("haplane-uid"),
+             "change": labels.get("haplane-change")}
+    wanted = {"cluster": cluster, "uid": cluster_uid if cluster_uid else found["uid"], "change": change_label}
+    wrong = [f"{k} {found[k] or '(none)'!r} (expected {wanted[k]!r})" for k in wanted if found[k] != wanted[k]]
+    if wrong:
+        raise NotOurs(
+            f"VM {vm} in {zone} has the name this change planned for a replica of cluster {cluster!r}, but this "
+            f"change did not create it: {', '.join(wrong)}. It was not adopted: no certificate issued, no key "
+            f"granted, nothing changed on it. Delete or rename that VM if it is left over, or run the change with "
+            f"another change_id (the replica then gets another name)")
+
+
+def check_key_recipient(vm: str, accounts: tuple[str, ...] | list[str], own: str) -> None:
+    """A replica's keys go only to a VM whose service account is the replica's own (Secret Manager grants
+    read access to that account): a VM running as another account is refused before anything is issued."""
+    if list(accounts) != [own]:
+        raise NotOurs(f"VM {vm} runs as service account(s) {', '.join(accounts) or '(none)'}, not the replica's "
+                      f"own {own}: "
+                      f"no certificate was issued and no key granted to it. Delete that VM and run the change again")
+
+
 @dataclass(frozen=True)
 class SpecWhere:
     """Where a saved spec says the cluster lives (``project`` None: a spec from before it was recorded)."""

@@ -481,8 +481,9 @@ def plan_set_load_balancer(state: ClusterState, current: EndpointMode, target: E
     drops_lb = target is EndpointMode.AS_NEEDED and single and (state.load_balancer or state.target_pool)
     names = ClusterNames(state.cluster)
     r = state.vms[0]
+    settings = (("load_balancer", target.value),)  # that field alone, onto the spec as saved then
     record = step(StepKind.SAVE_SPEC, "spec", f"record endpoint mode {target.value!r} in the cluster's spec "
-                                              f"({names.spec_block})")
+                                              f"({names.spec_block})", settings=settings)
     if needs_lb:
         steps = (
             step(StepKind.HEALTH_CHECK, "health-check", f"create the HTTP health check ({names.health_check})"),
@@ -525,7 +526,8 @@ def plan_set_load_balancer(state: ClusterState, current: EndpointMode, target: E
              "back (the seed's move, with its downtime)" if target is EndpointMode.AS_NEEDED else
              "the load balancer is already there; it now stays when the cluster shrinks to 1 replica")
     return Plan(steps=(step(StepKind.SAVE_SPEC, "spec", f"record endpoint mode {target.value!r} in the cluster's "
-                                                       f"spec; {later}"),), expected_seconds=0, **common)
+                                                       f"spec; {later}", settings=settings),), expected_seconds=0,
+                **common)
 
 
 def plan_zone_move(state: ClusterState, replica: str, to_zone: str | None, change_id: str, known_zones: list[str],

@@ -37,7 +37,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from haplane.model import MISSING, ClusterState, ReplicaState, Unknown
+from haplane.model import MISSING, ZONE_OUT, ClusterState, ReplicaState, Unknown
 from haplane.plans import member_health
 from haplane.quorum import MemberHealth, Reason, can_replace
 
@@ -155,6 +155,8 @@ def find_problems(state: ClusterState, busy: bool = False) -> list[Finding]:
 def _problem(r: ReplicaState, busy: bool) -> Problem | None:
     if r.vm_status == MISSING:
         return Problem.VM_GONE
+    if r.vm_status == ZONE_OUT:  # its zone does not answer: unknown, never "not running"
+        return None
     if r.vm_status != "RUNNING":
         return Problem.VM_STOPPED
     if r.etcd_unknown is not None:  # unknown is not unhealthy (nor "never joined")
@@ -318,6 +320,7 @@ class ZoneAction(StrEnum):
     DELETE_STALE = "delete-stale"  # delete stranded VMs whose zone answers again
     REBALANCE = "rebalance"  # move one replica back to an empty zone of the cluster's zones
     CANNOT = "cannot-remediate"  # quorum lost, or no zone left to move to: a person must act
+    UNKNOWN = "unknown"  # members unseen in several zones that do not answer: nothing is done, a person must look
 
 
 @dataclass(frozen=True)
@@ -330,9 +333,12 @@ class ZoneVerdict:
     to_zone: str | None = None
     stale: tuple[StrandedVm, ...] = ()
     add_now: bool = True  # MOVE: add the replacement right after the removal (no other dead voter left)
+    unknowns: tuple[Unknown, ...] = ()  # UNKNOWN: what could not be observed
 
     def markdown(self) -> str:
         lines = [f"## Zone check of `{self.cluster}`: {self.action.value}", "", self.reason]
+        if self.unknowns:
+            lines += ["", "Could not be observed:", ""] + [f"- {u.text}" for u in self.unknowns]
         if self.stale:
             lines += ["", "| stranded VM | zone | member removed at |", "| --- | --- | --- |"]
             lines += [f"| {s.name} | {s.zone} | {s.since} |" for s in self.stale]
@@ -358,6 +364,22 @@ def decide_zones(state: ClusterState, outages: dict[str, str], stranded: Sequenc
     ``zones`` are the cluster's zones (its spec), ``region_zones`` every zone of its region.
     """
     cluster, down = state.cluster, set(state.unavailable_zones)
+    # 0. Members unseen while several zones are out: in which zone each is, and whether its VM runs, is
+    # unknown (not "not running", not "lost"): nothing is moved, replaced or deleted on that view.
+    if down and state.membership_unknown is not None:  # which members the dead zones hold cannot be told
+        return ZoneVerdict(cluster, ZoneAction.UNKNOWN,
+                           f"zone(s) {', '.join(sorted(down))} do not answer and the etcd membership could not be "
+                           f"read, so which replicas are there is unknown: nothing is moved, replaced or deleted",
+                           unknowns=(state.membership_unknown,))
+    unplaced = [r for r in state.replicas if r.vm_status == ZONE_OUT and r.zone not in down]
+    if unplaced:
+        unknowns = tuple(r.vm_unknown for r in unplaced if r.vm_unknown is not None)
+        return ZoneVerdict(cluster, ZoneAction.UNKNOWN,
+                           f"zones {', '.join(sorted(down))} do not answer, and etcd member(s) "
+                           f"{', '.join(r.name for r in unplaced)} are in none of the zones that answer: which of "
+                           f"those zones each is in, and whether its VM still runs, cannot be known. They are "
+                           f"unknown, not failed: nothing is moved, replaced or deleted until at most one of those "
+                           f"zones is out; a person must look (the zones' status)", unknowns=unknowns)
     # 1. Stranded VMs whose zone answers again: delete them (never while it is still out: unseen).
     back = tuple(s for s in stranded if not s.deleted and s.zone not in down)
     if back:

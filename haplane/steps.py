@@ -68,6 +68,8 @@ class StepKind(StrEnum):
     STRAND = "strand"  # record a dead zone's VM as stranded in the spec (before its member goes)
     STRAND_REPLACED = "strand-replaced"  # record the replica added for a stranded VM
     STRAND_DELETED = "strand-deleted"  # record stranded VMs as deleted (their zone answered)
+    UPGRADE_REPLICA = "upgrade-replica"  # replace one replica with one at the target versions (its own plan)
+    CLUSTER_VERSION = "cluster-version"  # wait for etcd's cluster version to be the one expected
     SAVE_SNAPSHOT = "save-snapshot"  # a verified snapshot of one member's local store (no quorum needed)
 
 

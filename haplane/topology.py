@@ -73,6 +73,15 @@ def check_distinct_zones(zones: Iterable[str]) -> list[str]:
     return seen
 
 
+def check_multizone(multizone: bool, zones: Iterable[str]) -> None:
+    """``multizone=False`` (the seed's MULTIZONE=false: every replica and kubelet in one zone) with several
+    zones is a contradiction: refused, naming both ways out, before anything is read or changed."""
+    listed = list(dict.fromkeys(zones))
+    if not multizone and len(listed) > 1:
+        raise TopologyError(f"multizone=false keeps the cluster in one zone, but {len(listed)} zones were given "
+                            f"({', '.join(listed)}): pass one zone, or multizone=true to spread replicas over them")
+
+
 def check_zones(region: str, zones: Iterable[str], known: Iterable[str]) -> list[str]:
     """Every zone is a known zone of ``region``; returns them deduplicated, in order."""
     known_set = set(known)

@@ -99,3 +99,24 @@ def wait_quorum(cluster: str, ips: list[str], expect_voting: int, timeout: float
             last = str(exc)
         time.sleep(1.0)
     raise TimeoutError(f"etcd of {cluster} not healthy after {timeout:.0f}s: {last}")
+
+
+@probe(task_run_name="{step}")
+def wait_cluster_version(cluster: str, ips: list[str], expect: str, timeout: float = 120.0,
+                         step: str = "cluster-version") -> str:
+    """Wait until every member reports ``expect`` (X.Y) as its etcd version and as the cluster version
+    (``GET /version``): etcd moves the cluster version once the last older member is gone."""
+    deadline = time.monotonic() + timeout
+    last = "no answer yet"
+    while time.monotonic() < deadline:
+        try:
+            with closing(_client(cluster, ips, timeout=3.0)) as etcd:
+                seen = [etcd.version(client_url(ip)) for ip in ips]
+            if all(s.startswith(expect + ".") and c.startswith(expect + ".") for s, c in seen):
+                get_run_logger().info("every member runs etcd %s; the cluster version is %s", expect, seen[0][1])
+                return seen[0][1]
+            last = ", ".join(f"{ip}: server {s}, cluster {c}" for ip, (s, c) in zip(ips, seen, strict=True))
+        except EtcdError as exc:
+            last = str(exc)
+        time.sleep(1.0)
+    raise TimeoutError(f"the etcd cluster version of {cluster} did not become {expect} after {timeout:.0f}s: {last}")

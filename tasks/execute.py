@@ -26,18 +26,21 @@ from blocks.cluster import ClusterSpec
 from haplane.node import ApiServerSpec, EtcdSpec, RestoreSpec, peer_url
 from haplane.plans import Plan
 from haplane.steps import PlanStep, StepKind, resolve
-from haplane.topology import ClusterNames
+from haplane.topology import ClusterNames, label_value
 from tasks.cluster import (
     check_gone_from_gce,
     delete_spec,
+    observe_cluster,
+    publish_plan,
     record_deleted,
     record_replacement,
     record_stranded,
     save_spec,
     wait_api_ready,
+    zones_of,
 )
 from tasks.compute import submit_create_vm, submit_delete_vm
-from tasks.etcd import add_learner, move_leader_away, promote, remove_member, wait_quorum
+from tasks.etcd import add_learner, move_leader_away, promote, remove_member, wait_cluster_version, wait_quorum
 from tasks.network import (
     default_operator_ranges,
     firewall_rules,
@@ -63,6 +66,7 @@ from tasks.pki import (
     ensure_cluster_pki,
     submit_configure_replica,
 )
+from tasks.replace import plan_replacement
 from tasks.snapshots import save_member_snapshot
 from tasks.steps import Change
 
@@ -120,7 +124,7 @@ GCE: dict[StepKind, Callable[[Run, PlanStep, dict[str, Any]], Step]] = {
     StepKind.FIREWALL: _firewall,
     StepKind.CREATE_VM: lambda run, s, a: Step(submit_create_vm, s.id, s.text, (
         a["zone"], a["name"], run.spec.machine_type, run.names.labels(run.spec.multizone, run.spec.quorum_reads),
-        [run.names.tag], a["nat_ip"])),
+        [run.names.tag], a["nat_ip"], run.spec.etcd_version, run.spec.kubernetes_version)),
     StepKind.CONFIGURE: _configure,
     StepKind.HEALTH_CHECK: lambda run, s, a: Step(submit_health_check, s.id, s.text),
     StepKind.TARGET_POOL: lambda run, s, a: Step(submit_target_pool, s.id, s.text, (
@@ -160,8 +164,55 @@ def _delete_pki(run: Run, s: PlanStep) -> None:
     delete_cluster_pki(run.change.cluster, step=s.id)
 
 
+def _upgrade_replica(run: Run, s: PlanStep, a: dict[str, Any]) -> None:
+    """One replica of an upgrade replaced by one at the target versions (``run.spec``'s): a change of its
+    own (``a["change"]``), planned on the cluster as observed now and run through this executor. Done
+    already (the replica gone, its replacement a healthy voter): skipped. Not started yet: it waits
+    for the cluster to be whole first (every replica healthy, no learner), as the upgrade's rules ask."""
+    cluster, connection = run.change.cluster, run.change.connection
+    sub = Change(cluster, a["change"], connection)
+    state = observe_cluster(cluster, run.spec.region, connection)
+    victim, new = state.replica(a["name"]), [r for r in state.vms if r.change == label_value(sub.change_id)]
+    if victim is None and new and new[0].healthy and new[0].etcd_version == a["etcd_to"]:
+        get_run_logger().info("%s was replaced by %s (etcd %s) already: not again", a["name"], new[0].name,
+                              new[0].etcd_version)
+        return None
+    if victim is not None and not new:
+        state = _wait_whole(run, a["name"], state)
+    plan = plan_replacement(sub, run.spec, zones_of(run.spec.region, connection), a["name"], state, True,
+                            action="upgrade-replica")
+    publish_plan(plan, sub)
+    execute(Run(sub, run.spec), plan)
+    return None
+
+
+def _wait_whole(run: Run, name: str, state: Any, timeout: float = 180.0) -> Any:
+    """The cluster, once every replica is healthy and no learner is pending (between two replacements)."""
+    from haplane.versions import VersionRefused, check_whole
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            check_whole(state)
+            return state
+        except VersionRefused as exc:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"not replacing {name}: the cluster did not become whole in {timeout:.0f} s "
+                                   f"({exc}); nothing more was changed: look at the replica table, then resume "
+                                   f"with the same change_id") from None
+        time.sleep(1.0)
+        state = observe_cluster(run.change.cluster, run.spec.region, run.change.connection)
+
+
+def _cluster_version(run: Run, s: PlanStep, a: dict[str, Any]) -> None:
+    state = observe_cluster(run.change.cluster, run.spec.region, run.change.connection)
+    wait_cluster_version(run.change.cluster, [r.internal_ip for r in state.voting if r.internal_ip], a["expect"],
+                         step=s.id)
+
+
 LOCAL: dict[StepKind, Callable[[Run, PlanStep, dict[str, Any]], dict[str, Any] | None]] = {
-    StepKind.SAVE_SPEC: lambda run, s, a: save_spec(run.change.cluster, run.spec, step=s.id),
+    StepKind.SAVE_SPEC: lambda run, s, a: save_spec(run.change.cluster, run.spec, step=s.id,
+                                                   settings=dict(a["settings"]) if "settings" in a else None),
     StepKind.CREATE_PKI: lambda run, s, a: ensure_cluster_pki(run.change.cluster, step=s.id,
                                                              leaf_minutes=a.get("leaf_minutes")) and None,
     StepKind.ADD_LEARNER: _add_learner,
@@ -182,6 +233,8 @@ LOCAL: dict[StepKind, Callable[[Run, PlanStep, dict[str, Any]], dict[str, Any] |
     StepKind.STRAND_REPLACED: lambda run, s, a: record_replacement(run.change.cluster, a["name"], a["replacement"],
                                                                    step=s.id),
     StepKind.STRAND_DELETED: lambda run, s, a: record_deleted(run.change.cluster, list(a["names"]), step=s.id),
+    StepKind.UPGRADE_REPLICA: _upgrade_replica,
+    StepKind.CLUSTER_VERSION: _cluster_version,
     StepKind.SAVE_SNAPSHOT: lambda run, s, a: save_member_snapshot(run.change, s.id, run.spec, a["name"], a["ip"]),
 }
 

@@ -28,6 +28,7 @@ from haplane.node import (
     NodeSpec,
     RestoreSpec,
 )
+from haplane.ownership import check_key_recipient
 from haplane.pki import (
     ClusterCAs,
     Lifetimes,
@@ -42,7 +43,7 @@ from haplane.pki import (
     switch_cas,
 )
 from haplane.scrub import call_carrying_secrets
-from haplane.secretstore import SecretStore
+from haplane.secretstore import SecretStore, service_account_email
 from tasks.steps import Change, checkpoint, probe
 
 
@@ -320,6 +321,7 @@ def submit_configure_replica(change: Change, step: str, zone: str, name: str, en
     vm = gce.get_instance(zone, name)
     if vm is None:
         raise RuntimeError(f"VM {name} in {zone} does not exist; cannot configure it")
+    check_key_recipient(name, vm.service_accounts, service_account_email(gce.project, name))
     cas = load_cas(change.cluster)
     if cas is None:
         raise RuntimeError(f"cluster {change.cluster} has no PKI block {block_name(change.cluster)!r}")

@@ -7,6 +7,7 @@ inside the task that seals or opens a snapshot.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import tempfile
 import time
@@ -30,7 +31,7 @@ from haplane.topology import LABEL_CLUSTER, LABEL_UID
 from tasks.steps import Change, checkpoint, probe
 
 # the changes that start with a verified snapshot (create has nothing to save; delete removes the key)
-SNAPSHOT_BEFORE = frozenset({"add-replica", "remove-replica", "replace-replica"})
+SNAPSHOT_BEFORE = frozenset({"add-replica", "remove-replica", "replace-replica", "upgrade-cluster"})
 
 
 class SnapshotFailed(RuntimeError):
@@ -119,9 +120,10 @@ def prune(spec: ClusterSpec, store: SnapshotStore) -> list[str]:
 
 
 @checkpoint(retries=0, task_run_name="snapshot {change.cluster} before {change.change_id}", timeout_seconds=1800)
-def snapshot_for_change(change: Change, step: str, spec: ClusterSpec) -> snap.SnapshotMeta:
-    """One verified snapshot per change: a resumed run of the change finds it and does not take another."""
-    return snapshot_now.fn(spec, change.connection)
+def snapshot_for_change(change: Change, step: str, spec: ClusterSpec) -> dict:
+    """One verified snapshot per change: a resumed run of the change finds it and does not take another.
+    Returns the snapshot's metadata as plain JSON (a checkpoint holds JSON, not classes: see tasks/results.py)."""
+    return dataclasses.asdict(snapshot_now.fn(spec, change.connection))
 
 
 def snapshot_before_change(change: Change, spec: ClusterSpec, action: str, skip: bool) -> str | None:
@@ -133,7 +135,7 @@ def snapshot_before_change(change: Change, spec: ClusterSpec, action: str, skip:
         logger.warning("%s on %s WITHOUT a snapshot first (skip_snapshot=True)", action, spec.cluster)
         return None
     try:
-        meta = snapshot_for_change(change, "snapshot-before", spec)
+        meta = snap.SnapshotMeta(**snapshot_for_change(change, "snapshot-before", spec))
     except Exception as exc:  # any failure: say so and stop before changing anything
         raise SnapshotFailed(
             f"{action} on {spec.cluster!r} stopped before changing anything: the snapshot taken before every "

@@ -88,12 +88,22 @@ CASES = CHANGE_ID_CASES + [
          r"zone 'us-central1-a' is not a zone of region 'europe-west1'; choose from"),
     Case("region GCE does not know", _create(region="mars-north1", zones=["mars-north1-a"]),
          r"region 'mars-north1' is unknown to GCE"),
+    Case("one-zone cluster (multizone=false) over three zones", _create(multizone=False),
+         r"multizone=false keeps the cluster in one zone, but 3 zones were given \(europe-west1-b, europe-west1-c, "
+         r"europe-west1-d\): pass one zone, or multizone=true to spread replicas over them"),
     Case("leaf lifetime of 1 minute", _create(leaf_lifetime_minutes=1),
          r"leaf_lifetime_minutes=1 is too short: a leaf must last at least 2 minutes"),
     Case("leaf lifetime as text", _create(leaf_lifetime_minutes="10"),
          r"leaf_lifetime_minutes must be a whole number of minutes, got '10': pass e.g. 10"),
     Case("leaf lifetime beyond the CA's", _create(leaf_lifetime_minutes=10**8),
          r"leaf_lifetime_minutes=100000000 outlives the CA \(3650 days = 5256000 minutes\): give at most"),
+    Case("etcd version the image does not offer", _create(etcd_version="3.6.0"),
+         r"etcd_version[\s\S]*'3\.4\.23' or '3\.5\.1'"),
+    Case("Kubernetes version the image does not offer", _create(kubernetes_version="v1.29.0"),
+         r"kubernetes_version[\s\S]*'v1\.30\.0' or 'v1\.31\.0'"),
+    Case("real GCE and a release with no pinned sha256", _create(),
+         r"refused by rule pinned-sha256: etcd 3\.5\.1 and kube-apiserver v1\.30\.0 has no pinned sha256",
+         env={"HAPLANE_GCE_ENDPOINT": None}),
     Case("rotate threshold above the warn threshold", lambda: _health(warn_minutes=2, rotate_minutes=3),
          r"the rotate threshold \(3.0 minutes\) must not exceed the warn threshold \(2.0 minutes\)"),
     Case("a threshold in days and in minutes", lambda: _health(warn_days=10, warn_minutes=5, rotate_minutes=1),
@@ -155,3 +165,14 @@ def test_bad_input_is_refused_before_any_change(case: Case, shared_cloud, monkey
             from blocks.cluster import ClusterSpec
 
             ClusterSpec.load("bad-spec")
+
+
+def test_quorum_reads_is_described_as_what_it_does():
+    """The seed's "reads go to the leader" flag is gone since Kubernetes 1.12: the parameter (in the UI's form
+    and the spec block) says it changes nothing and why, instead of promising leader reads."""
+    from blocks.cluster import ClusterSpec
+
+    for description in (create_cluster.parameters.properties["quorum_reads"]["description"],
+                        ClusterSpec.model_fields["quorum_reads"].description):
+        assert "leader" not in description
+        assert "no effect" in description and "1.12" in description and "always reads with quorum" in description

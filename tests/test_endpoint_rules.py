@@ -259,3 +259,50 @@ def test_stranded_vms_are_deleted_unless_they_are_members_again():
     assert [s.kind.value for s in plan.steps] == ["delete-vm", "strand-deleted"]
     with pytest.raises(PlanRefused, match="etcd member again"):
         plan_delete_stranded(THREE, [("c-master-1", "us-central1-b")])
+
+
+def two_zones_out(state: ClusterState, zones: tuple[str, str]) -> ClusterState:
+    """``state`` seen while two zones do not answer, as haplane.observe reports it: the members there are
+    UNKNOWN and, since neither zone can be looked at, placed in no zone ("?")."""
+    reps = tuple(r if r.zone not in zones else replica(int(r.name.rsplit("-", 1)[1]), "?", vm_status="UNKNOWN",
+                                                       external_ip=None, leader=False, **DEAD)
+                 for r in state.replicas)
+    return ClusterState(cluster=state.cluster, region=state.region, replicas=reps, endpoint_ip=state.endpoint_ip,
+                        address_status=state.address_status, load_balancer=state.load_balancer,
+                        target_pool=state.target_pool, unavailable_zones=zones)
+
+
+FIVE = cluster(replica(0, "us-central1-a"), replica(1, "us-central1-b"), replica(2, "us-central1-c"),
+               replica(3, "us-central1-f"), replica(4, "us-central1-a"))
+
+
+@pytest.mark.parametrize("state", [two_zones_out(THREE, ("us-central1-b", "us-central1-c")),
+                                   two_zones_out(FIVE, ("us-central1-b", "us-central1-c"))], ids=["3", "5"])
+def test_members_in_two_zones_that_do_not_answer_are_unknown_not_failed(state):
+    """Two zones out (quorum kept at 5, not at 3): the unseen members are unknown, never "VM not running",
+    never "quorum lost"; neither the zone rules nor the replica rules act."""
+    from haplane.remediation import Action, Problem
+    from haplane.remediation import decide as decide_replicas
+
+    outages = {"us-central1-b": ago(3600), "us-central1-c": ago(3600)}
+    verdict = decide(state, outages)
+    assert verdict.action.value == "unknown", verdict.reason
+    assert "c-master-1, c-master-2" in verdict.reason and "nothing is moved, replaced or deleted" in verdict.reason
+    assert verdict.replica is None and verdict.to_zone is None
+    replicas = decide_replicas(state, [], NOW)
+    assert replicas.action is Action.UNKNOWN and replicas.replica is None, replicas.reason
+    assert not [f for f in replicas.findings if f.problem is Problem.VM_STOPPED], replicas.findings
+    assert sum("the VM of c-master-" in u.text for u in replicas.unknowns) == 2
+
+
+def test_a_zone_out_while_the_membership_cannot_be_read_is_unknown():
+    """Which members the dead zone holds cannot be told without the member list: not "no replica is there"."""
+    from dataclasses import replace
+
+    from haplane.model import Unknown
+
+    state = replace(cluster(replica(0, "us-central1-a"), replica(2, "us-central1-c")),
+                    unavailable_zones=("us-central1-b",),
+                    membership_unknown=Unknown("etcd membership of c", "member list failed", "the firewall"))
+    verdict = decide(state, {"us-central1-b": ago(3600)})
+    assert verdict.action.value == "unknown" and "etcd membership could not be read" in verdict.reason

@@ -571,3 +571,82 @@ def test_operator_certificate_expired(cloud, prefect_api):
     delete_cluster(cluster=cluster)
     assert _leftovers(cloud, cluster) == [] and cloud.processes() == []
     assert _key_material(Path(prefect_api.home)) == []
+
+
+def test_look_alike_vm_with_the_planned_name(cloud, prefect_api):
+    """Someone makes a VM under the name create-cluster planned for a replica (names follow from the change
+    id, and the plan is published before the step runs) before the step runs: the create step refuses it,
+    naming the VM; no certificate is issued to it and no key granted (Secret Manager holds nothing of the
+    cluster, the VM's metadata is as it was made). Once that VM is gone, the same change converges, and
+    delete-cluster leaves nothing behind."""
+    from haplane.secretstore import SecretStore
+    from haplane.topology import replica_name
+
+    cluster = f"fl-{uuid.uuid4().hex[:6]}"
+    change_id = f"create-{cluster}"
+    planned = replica_name(cluster, change_id, 0)
+    gce, zone = cloud.gce, ZONES[0]
+    # without the cluster's label: create-cluster's check of the name (anything labelled for the cluster
+    # without a spec is refused up front) does not see it, the create step itself must
+    gce.wait(gce.insert_instance(zone, planned, machine_type="e2-small", labels={"made-by": "mallory"},
+                                 metadata={"owner": "mallory"}, tags=[], external_ip=False, rid=str(uuid.uuid4()),
+                                 service_account=f"mallory@{PROJECT}.iam.gserviceaccount.com"))
+    cloud.admin.clear_calls()
+    with pytest.raises(Exception, match=f"VM {planned} in {zone} has the name this change planned for a replica "
+                                        f"of cluster '{cluster}', but this change did not create it") as refused:
+        create_cluster(cluster=cluster, region=REGION, zones=[zone], replicas=1, change_id=change_id)
+    assert "not adopted: no certificate issued, no key granted" in str(refused.value)
+    touched = [c for c in _mutating(cloud.admin.calls()) if planned in c.get("path", "")]
+    assert touched == [], f"the look-alike was changed: {touched}"
+    vm = gce.get_instance(zone, planned)
+    assert vm.metadata == {"owner": "mallory"} and vm.labels == {"made-by": "mallory"}
+    assert SecretStore.for_gce(gce).list(cluster) == [], "a key of the cluster reached Secret Manager"
+
+    gce.wait(gce.delete_instance(zone, planned, rid=str(uuid.uuid4())))  # the person removes it
+    create_cluster(cluster=cluster, region=REGION, zones=[zone], replicas=1, change_id=change_id)
+    _converged(cloud, cluster, 1)
+    assert _carried_out_twice(cloud.admin.calls()) == []
+    delete_cluster(cluster=cluster)
+    assert _leftovers(cloud, cluster) == [] and cloud.processes() == []
+    assert SecretStore.for_gce(gce).list(cluster) == []
+    assert _key_material(Path(prefect_api.home)) == []
+
+
+def test_two_zones_out(cloud, prefect_api, monkeypatch):
+    """Two of the three zones of a 3-replica cluster fail (their APIs answer 503, their VMs' processes die).
+    The health check, past any grace period, reports the members there as unknown (not "VM not running",
+    not "quorum lost", not absent) and acts on nothing: no mutating call. When the zones return (their VMs
+    boot again with their disks), the cluster is whole again: nothing was lost, and delete leaves nothing."""
+    from flows.health_check import health_check
+    from tasks.cluster import load_spec
+
+    monkeypatch.setenv("HAPLANE_GCE_READ_RETRY_S", "1")  # a zone that does not answer is seen as such at once
+    cluster = f"f2z-{uuid.uuid4().hex[:6]}"
+    create_cluster(cluster=cluster, region=REGION, zones=ZONES, replicas=3)
+    out = ZONES[1:]
+    for zone in out:
+        cloud.admin.fail_zone(zone, mode="kill")
+    cloud.admin.clear_calls()
+    for _ in range(2):  # the first check records the outages, the second is past the grace period
+        state = health_check(cluster=cluster, zone_grace_s=0, backoff_s=0, return_state=True)
+        assert state.is_completed(), state.message
+        result = state.result()
+        assert result["action"] == "unknown", result
+        assert "nothing is moved, replaced or deleted" in result["reason"], result
+    assert sorted(load_spec(cluster).zones_out) == out
+    assert _mutating(cloud.admin.calls()) == [], _mutating(cloud.admin.calls())
+
+    for zone in out:
+        _zone_returns(cloud, zone)
+    deadline = time.monotonic() + 120
+    while True:  # the returned members rejoin their quorum; the check then finds the cluster healthy
+        result = health_check(cluster=cluster, zone_grace_s=0, backoff_s=0, return_state=True).result()
+        if result["action"] == "nothing" or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert result["action"] == "nothing", result
+    _converged(cloud, cluster, 3)
+    assert load_spec(cluster).zones_out == {}
+    delete_cluster(cluster=cluster)
+    assert _leftovers(cloud, cluster) == [] and cloud.processes() == []
+    assert _key_material(Path(prefect_api.home)) == []

@@ -18,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PURE = ["haplane.model", "haplane.gce_timings", "haplane.steps", "haplane.quorum", "haplane.topology", "haplane.plans",
-        "haplane.remediation", "haplane.restore"]
+        "haplane.remediation", "haplane.restore", "haplane.versions"]
 BLOCKED = ["httpx", "google", "prefect", "cryptography", "pydantic", "haplane.emulator"]
 
 BLOCKER = """
@@ -86,3 +86,11 @@ def test_the_library_does_not_import_flows_or_tasks():
 def test_the_scan_sees_imports():
     """The scan can fail: the command line does import the emulator."""
     assert _violations([ROOT / "haplane" / "cli.py"], ("haplane.emulator",))
+
+
+def test_tasks_blocks_and_the_library_do_not_import_the_workspace_setup():
+    """deployments/ sets up a workspace (it may use tasks' names); tasks/, blocks/ and the library never
+    import it: the per-cluster schedules and automations are removed by the flow (delete-cluster)."""
+    files = [p for p in _py("tasks", "blocks", "haplane") if p != ROOT / "haplane" / "cli.py"]
+    assert _violations(files, ("deployments",)) == []
+    assert _violations([ROOT / "haplane" / "cli.py"], ("deployments",)), "the scan sees the command line's import"

@@ -24,6 +24,46 @@ CREATE_CASES = [
 ]
 
 
+OURS = {"haplane-cluster": "c", "haplane-uid": "u1", "haplane-change": "create-1"}
+ADOPT_CASES = [
+    # (labels of the VM found under the planned name, the cluster's uid, refused with)
+    (OURS, "u1", None),  # made by an earlier run of this change: resumed
+    ({k: v for k, v in OURS.items() if k != "haplane-uid"}, None, None),  # a cluster from before uids
+    ({"haplane-cluster": "c"}, "u1", "uid '\\(none\\)' \\(expected 'u1'\\), change '\\(none\\)'"),
+    ({**OURS, "haplane-uid": "u2"}, "u1", "uid 'u2' \\(expected 'u1'\\)"),
+    ({**OURS, "haplane-change": "add-2"}, "u1", "change 'add-2' \\(expected 'create-1'\\)"),  # another change's
+    ({**OURS, "haplane-cluster": "d"}, "u1", "cluster 'd' \\(expected 'c'\\)"),
+    ({}, None, "cluster '\\(none\\)'"),
+]
+
+
+@pytest.mark.parametrize("labels,uid,refused", ADOPT_CASES)
+def test_a_create_step_adopts_only_the_vm_its_own_change_made(labels, uid, refused):
+    from haplane.ownership import NotOurs, check_adoptable
+
+    if refused is None:
+        check_adoptable("c-master-1", "z", labels, "c", uid, "create-1")
+        return
+    with pytest.raises(NotOurs, match=f"VM c-master-1 in z has the name this change planned.*{refused}.*not adopted"):
+        check_adoptable("c-master-1", "z", labels, "c", uid, "create-1")
+
+
+@pytest.mark.parametrize("accounts,refused", [
+    (("own@p.iam.gserviceaccount.com",), False),
+    (("mallory@p.iam.gserviceaccount.com",), True),
+    (("own@p.iam.gserviceaccount.com", "mallory@p.iam.gserviceaccount.com"), True),
+    ((), True),  # no account at all: keys would go into metadata any reader of the VM sees
+])
+def test_keys_go_only_to_a_vm_running_as_the_replicas_own_account(accounts, refused):
+    from haplane.ownership import NotOurs, check_key_recipient
+
+    if not refused:
+        check_key_recipient("c-master-1", accounts, "own@p.iam.gserviceaccount.com")
+        return
+    with pytest.raises(NotOurs, match="not the replica's own own@p.*no certificate was issued and no key granted"):
+        check_key_recipient("c-master-1", accounts, "own@p.iam.gserviceaccount.com")
+
+
 @pytest.mark.parametrize("spec,found,refused", CREATE_CASES)
 def test_check_create(spec, found, refused):
     if refused is None:
@@ -194,3 +234,78 @@ def test_look_alikes_are_reported_never_touched(cloud):
     with pytest.raises(Exception, match="already has resources named for a cluster"):
         create_cluster(cluster=cluster, region=REGION, zones=ZONES[:1], replicas=1)
     assert cloud.mutating_calls() == []
+
+
+AUTOMATIONS = [
+    # (an automation's JSON document, names cluster "prod")
+    ({"name": "x", "tags": ["cluster:prod"], "trigger": {}, "actions": []}, True),
+    ({"name": "x", "tags": [], "trigger": {"match": {"prefect.resource.id": "haplane.cluster.prod.replica.*"}},
+      "actions": []}, True),
+    ({"name": "x", "trigger": {"match": {"prefect.resource.id": "haplane.cluster.prod"}}, "actions": []}, True),
+    ({"name": "x", "trigger": {"match_related": [{"haplane.cluster": "prod"}]}, "actions": []}, True),
+    ({"name": "x", "trigger": {}, "actions": [{"type": "run-deployment", "parameters": {"cluster": "prod"}}]}, True),
+    # another cluster whose name begins with this one's, a template, the global automation, free text
+    ({"name": "haplane-prod-a-watch", "tags": ["cluster:prod-a"],
+      "trigger": {"match": {"prefect.resource.id": "haplane.cluster.prod-a.*"}}, "actions": []}, False),
+    ({"name": "haplane-health-check-on-request", "trigger": {"match": {"prefect.resource.id": "haplane.cluster.*"}},
+      "actions": [{"parameters": {"cluster": {"template": "{{ event.resource['haplane.cluster'] }}"}}}]}, False),
+    ({"name": "haplane.cluster.prod", "description": "watches haplane.cluster.prod", "trigger": {}}, False),
+]
+
+
+@pytest.mark.parametrize("doc,names", AUTOMATIONS)
+def test_an_automation_names_a_cluster_by_tag_resource_label_or_parameter_never_by_name_prefix(doc, names):
+    from deployments.clusters import names_cluster
+
+    assert names_cluster(doc, "prod") is names
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_delete_cluster_removes_every_schedule_and_automation_naming_the_cluster(cloud):
+    """Whatever deployment a schedule is on and whatever an automation is called: the health and snapshot
+    schedules, a tagged automation, one whose trigger is the cluster's resource; another cluster's stay."""
+    import datetime as dt
+
+    from prefect.automations import Automation
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.schedules import IntervalSchedule
+    from prefect.events.actions import DoNothing
+    from prefect.events.schemas.automations import EventTrigger, Posture
+
+    from blocks.cluster import ClusterSpec
+    from deployments.clusters import HEALTH_DEPLOYMENT, SNAPSHOT_DEPLOYMENT
+    from flows.delete_cluster import delete_cluster
+    from tests.fixtures.cluster import PROJECT
+
+    gone, other = f"own-{uuid.uuid4().hex[:5]}", f"own-{uuid.uuid4().hex[:5]}"
+    ClusterSpec(cluster=gone, region=REGION, zones=ZONES, project=PROJECT).save(f"{gone}-spec")
+    with get_client(sync_client=True) as client:
+        for full in (HEALTH_DEPLOYMENT, SNAPSHOT_DEPLOYMENT):
+            flow_name, name = full.split("/")
+            try:
+                deployment_id = client.read_deployment_by_name(full).id
+            except Exception:  # noqa: BLE001 - not deployed in this session yet
+                deployment_id = client.create_deployment(client.create_flow_from_name(flow_name), name, paused=True)
+            for c in (gone, other):
+                client.create_deployment_schedules(
+                    deployment_id, [(IntervalSchedule(interval=dt.timedelta(hours=1)), False)],
+                    parameters={"cluster": c}, slug=f"{name.split('-')[0]}-{c}")
+
+    def automation(name: str, resource: str, tags: list[str]) -> str:
+        Automation(name=name, tags=tags, actions=[DoNothing()], trigger=EventTrigger(
+            expect={"haplane.replica.unhealthy"}, match={"prefect.resource.id": resource},
+            posture=Posture.Reactive, threshold=1, within=dt.timedelta(0))).create()
+        return name
+
+    tagged = automation(f"haplane-{gone}-anything", "haplane.cluster.*", [f"cluster:{gone}"])
+    by_resource = automation(f"whoever-{gone}", f"haplane.cluster.{gone}.replica.*", [])
+    kept = automation(f"haplane-{other}-watch", f"haplane.cluster.{other}.*", [f"cluster:{other}"])
+
+    delete_cluster(cluster=gone, gone=True)
+    with get_client(sync_client=True) as client:
+        left = {s.slug for full in (HEALTH_DEPLOYMENT, SNAPSHOT_DEPLOYMENT)
+                for s in client.read_deployment_schedules(client.read_deployment_by_name(full).id)}
+        names = {a.name for a in client.read_automations()}
+    assert not {f"health-{gone}", f"snapshot-{gone}"} & left, left
+    assert {f"health-{other}", f"snapshot-{other}"} <= left
+    assert tagged not in names and by_resource not in names and kept in names

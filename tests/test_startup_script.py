@@ -55,6 +55,7 @@ from haplane.startup import (
     render_startup_script,
     scheduler_unit_argv,
 )
+from haplane.versions import ETCD_RELEASES
 
 IP = "10.132.0.7"
 SPECS = {
@@ -128,19 +129,60 @@ def test_shellcheck_clean(script_path: Path):
 def test_script_pins_versions_and_checks_downloads(script: str):
     assert script.startswith("#!/bin/bash\n")
     assert "set -euo pipefail" in script
-    assert f'ETCD_VERSION="{ETCD_VERSION}"' in script
-    assert "https://github.com/etcd-io/etcd/releases/download/v${ETCD_VERSION}/${ETCD_TARBALL}" in script
+    assert f'ETCD_DEFAULT_VERSION="{ETCD_VERSION}"' in script
+    for version in ETCD_RELEASES:  # every offered release, with its pinned sha256 (empty: not pinned)
+        assert f"[{version}]=" in script
+    assert "https://github.com/etcd-io/etcd/releases/download/v${version}/${tarball}" in script
     assert "sha256sum --check" in script
+    assert "SHA256SUMS" not in script and "kube-apiserver.sha256" not in script  # no checksum fetched beside it
     assert "wait_for_change=true" in script
 
 
 def test_pinned_sha256_is_rendered_and_validated():
     digest = "0" * 63 + "a"
-    assert f'ETCD_SHA256="{digest}"' in render_startup_script(etcd_sha256=digest)
+    assert f"[3.5.1]='{digest}'" in render_startup_script(etcd_releases={"3.5.1": digest})
     with pytest.raises(ValueError):
-        render_startup_script(etcd_sha256="not-a-digest")
+        render_startup_script(etcd_releases={"3.5.1": "not-a-digest"})
     with pytest.raises(ValueError):
-        render_startup_script(kubernetes_version="1.30")
+        render_startup_script(kubernetes_releases={"1.30": None})
+
+
+FAKE_CURL = """#!/bin/bash
+echo "$*" >>"$CURL_LOG"
+case "$*" in
+  *attributes/haplane-etcd-version*) [[ -n "${WANT_ETCD:-}" ]] && { echo "$WANT_ETCD"; exit 0; }; exit 22 ;;
+esac
+out=""
+while [[ $# -gt 0 ]]; do [[ "$1" == -o ]] && out=$2; shift; done
+[[ -n "$out" ]] && echo "not the release" >"$out"
+exit 0
+"""
+
+
+@pytest.mark.parametrize(("want", "pinned", "error"), [
+    ("3.6.0", {}, "etcd 3.6.0 is not a release this image offers"),
+    ("3.4.23", {}, "etcd 3.4.23: no pinned sha256 (haplane/versions.py)"),
+    ("3.4.23", {"3.4.23": "1" * 64}, "etcd-v3.4.23-linux-amd64.tar.gz: sha256 mismatch"),
+    (None, {"3.5.1": "2" * 64}, "etcd-v3.5.1-linux-amd64.tar.gz: sha256 mismatch"),  # no key: the default
+])
+def test_install_takes_the_version_from_metadata_and_only_a_pinned_sha256(tmp_path: Path, want, pinned, error):
+    """The VM installs the release its metadata names, checked against the sha256 pinned for it: a release
+    the image does not offer, or one with no pinned sha256, is refused without fetching any checksum file."""
+    releases = {v: pinned.get(v) for v in ETCD_RELEASES}
+    path = tmp_path / "startup.sh"
+    path.write_text(render_startup_script(etcd_releases=releases))
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "curl").write_text(FAKE_CURL)
+    (bindir / "curl").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "CURL_LOG": str(tmp_path / "curl.log"),
+           **({"WANT_ETCD": want} if want else {})}
+    result = subprocess.run(["bash", "-c", f"source {path} && install_etcd"], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode != 0
+    assert error in result.stderr, result.stderr
+    fetched = (tmp_path / "curl.log").read_text()
+    assert "SHA256SUMS" not in fetched and ".sha256" not in fetched
 
 
 def test_script_is_the_same_for_every_replica_and_holds_no_secret(script: str, node_spec_tls: dict[str, str]):

@@ -192,6 +192,12 @@ def insert(ctx: Ctx, call: Call) -> dict:
     machine_type = _machine_type(ctx, call, body.get("machineType"))
     labels = _labels(body.get("labels"), "resource.labels")
     items = _metadata_items(body.get("metadata"), "resource.metadata")
+    check_image = getattr(ctx.runtime, "check_image", None)  # the host must have the versions the VM asks for
+    if check_image is not None:
+        try:
+            check_image({i["key"]: i["value"] for i in items})
+        except FileNotFoundError as exc:
+            raise invalid(f"Invalid value for field 'resource.metadata': {exc}") from None
     nics = body.get("networkInterfaces") or [{}]
     if len(nics) != 1:
         raise invalid("The emulator supports exactly one network interface per instance")

@@ -36,6 +36,7 @@ from haplane.emulator.runtime import VmView
 from haplane.node import (
     APISERVER_PORT,
     CONTROLLER_MANAGER_PORT,
+    ETCD_VERSION_KEY,
     FORWARDED_PORTS,
     HEALTH_PORT,
     SCHEDULER_PORT,
@@ -45,6 +46,7 @@ from haplane.node import (
     client_url,
     etcd_argv,
     find_etcd,
+    find_etcd_version,
     peer_url,
     write_pki,
 )
@@ -193,6 +195,15 @@ class ProcessRuntime:
         self.time_scale = time_scale
 
     # --- Runtime protocol -------------------------------------------------
+    def check_image(self, metadata: dict[str, str]) -> None:
+        """Refuse a VM whose etcd version this host lacks (FileNotFoundError naming the package)."""
+        self._etcd_bin(metadata)
+
+    def _etcd_bin(self, metadata: dict[str, str]) -> str:
+        """The etcd binary of the version the VM asks for; without one, the runtime's (today's default)."""
+        version = metadata.get(ETCD_VERSION_KEY)
+        return find_etcd_version(version) if version else self.etcd_bin
+
     def start(self, vm: VmView) -> None:
         with self._lock:
             m = self._machine(vm)
@@ -336,7 +347,7 @@ class ProcessRuntime:
         ip = m.view.internal_ip
         wanted: dict[str, list[str]] = {}
         if spec.etcd is not None:
-            wanted["etcd"] = etcd_argv(self.etcd_bin, spec.etcd, ip, m.root / "etcd-data", pki)
+            wanted["etcd"] = etcd_argv(self._etcd_bin(m.view.metadata), spec.etcd, ip, m.root / "etcd-data", pki)
             if spec.restore is not None:  # restore-cluster: etcd's data comes from a snapshot at first boot
                 wanted["etcd"] = self._restore_argv(m, spec, ip) + wanted["etcd"]
         if spec.apiserver is not None and spec.etcd is not None:
