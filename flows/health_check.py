@@ -2,7 +2,9 @@
 
 Finds a VM gone or stopped, a replica that never joined etcd, a learner that
 never caught up, an etcd member unhealthy or unreachable, an API server not
-ready; a cluster that lost etcd quorum is reported (event ``haplane.cluster.quorum-lost`` with the
+ready, a controller-manager or scheduler not running (the replica's componentstatuses); a component
+with no leader past its lease duration is reported (event ``haplane.cluster.no-leader``), and the
+``<cluster>-health`` artifact says who leads each; a cluster that lost etcd quorum is reported (event ``haplane.cluster.quorum-lost`` with the
 newest snapshot's age), never restored. A zone whose API does not answer is handled first
 (:mod:`flows.zone_outage`): after ``zone_grace_s`` its replicas move to the region's other zones,
 one per check, quorum permitting; the VMs left there are deleted once it answers again.
@@ -29,6 +31,7 @@ With nothing wrong, it changes nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from typing import Annotated, Any
 
@@ -242,6 +245,8 @@ def _check(cluster: str, connection: str | None, dry_run: bool, policy: Policy) 
         return Completed(message=msg[:500], data={"action": "quorum-lost", "replica": None, "reason": msg})
     attempts = remediation_history(cluster, policy.window_s)
     verdict = decide(state, attempts, now_utc(), busy=busy, policy=policy)
+    verdict = dataclasses.replace(verdict, leaders=tuple(lease.text for lease in state.leases))
+    _leader_election(cluster, state)
 
     for f in verdict.findings:
         emit("haplane.replica.unhealthy", replica_resource(cluster, f.replica),
@@ -260,6 +265,19 @@ def _check(cluster: str, connection: str | None, dry_run: bool, policy: Policy) 
     if verdict.action not in (Action.REPLACE, Action.RESUME) or dry_run:
         return Completed(message=verdict.reason[:500], data=summary)
     return _act_under_lock(cluster, connection, spec.region, policy, summary)
+
+
+def _leader_election(cluster: str, state: Any) -> None:
+    """Event ``haplane.cluster.no-leader`` for each component with no leader past its lease duration
+    (no Lease, or one not renewed within it); the Leases unread are said, never taken for "no leader"."""
+    logger = get_run_logger()
+    if state.leases_unknown is not None:
+        logger.warning("%s", state.leases_unknown.text)
+    for lease in state.leaderless():
+        logger.warning("no leader: %s", lease.text)
+        emit("haplane.cluster.no-leader", cluster_resource(cluster),
+             {"component": lease.component, "last_holder": lease.holder or "", "renewed": lease.renew_time or "",
+              "lease_duration_s": lease.duration_s})
 
 
 def _act_under_lock(cluster: str, connection: str | None, region: str, policy: Policy,

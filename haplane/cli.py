@@ -8,6 +8,8 @@
 ``haplane watch``     watch every cluster (one long-lived process) and emit events on transitions.
 ``haplane unlock C``  free cluster C's lock (``--lock health``: its health check's) once its holder's run has
                       ended (a killed flow run); ``--force`` frees it anyway, saying what it overrides.
+``haplane kubeconfig C [--ttl 8h] [-o FILE]``  a kubeconfig for cluster C's endpoint with a short-lived
+                      administrator certificate (written to FILE only, mode 0600).
 """
 
 from __future__ import annotations
@@ -92,6 +94,49 @@ def _unlock(args: argparse.Namespace) -> int:
     return 0
 
 
+def _kubeconfig(args: argparse.Namespace) -> int:
+    from haplane.kubeconfig import DEFAULT_TTL, issue_admin, parse_ttl, render, server_url, write_private
+    from haplane.node import APISERVER_PORT
+    from haplane.topology import ClusterNames, check_cluster_name
+
+    try:
+        check_cluster_name(args.cluster)
+        ttl = parse_ttl(args.ttl or DEFAULT_TTL)
+    except ValueError as exc:
+        print(f"haplane kubeconfig: {exc}; nothing was written", file=sys.stderr)
+        return 2
+    out = Path(args.output or f"{args.cluster}.kubeconfig")
+    if not out.parent.is_dir():
+        print(f"haplane kubeconfig: the directory {out.parent} does not exist; nothing was written", file=sys.stderr)
+        return 2
+    from blocks.cluster import resolve_gce
+    from tasks.cluster import load_spec
+    from tasks.pki import read_cas
+
+    try:
+        spec = load_spec(args.cluster)
+        gce = resolve_gce(args.connection)
+    except ValueError as exc:
+        print(f"haplane kubeconfig: {exc}; nothing was written", file=sys.stderr)
+        return 2
+    cas, problem = read_cas(args.cluster)
+    if cas is None:
+        print(f"haplane kubeconfig: {problem}; nothing was written", file=sys.stderr)
+        return 2
+    names = ClusterNames(args.cluster)
+    address = gce.get_address(spec.region, names.address)
+    if address is None or not address.address:
+        print(f"haplane kubeconfig: cluster {args.cluster!r} has no endpoint IP (address {names.address} in "
+              f"{spec.region} not found); nothing was written", file=sys.stderr)
+        return 2
+    client = issue_admin(cas, ttl)
+    write_private(out, render(args.cluster, server_url(address.address, APISERVER_PORT), cas.ca_bundle(), client))
+    expires = client.certificate.not_valid_after_utc.strftime("%Y-%m-%d %H:%M UTC")
+    print(f"wrote {out} (mode 0600): server https://{address.address}:{APISERVER_PORT}, user haplane-admin "
+          f"(system:masters) until {expires}. Use: kubectl --kubeconfig {out} get --raw /readyz")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="haplane", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -118,6 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     unlock.add_argument("--force", action="store_true",
                         help="free it even if its holder may still run (says what it overrides)")
     unlock.set_defaults(run=_unlock)
+
+    kube = sub.add_parser("kubeconfig", help="write a kubeconfig with a short-lived administrator certificate")
+    kube.add_argument("cluster")
+    kube.add_argument("--ttl", default="8h", help="how long the certificate lasts: 8h (default), 90m, ... at most 24h")
+    kube.add_argument("-o", "--output", help="the file to write (mode 0600; default ./CLUSTER.kubeconfig)")
+    kube.add_argument("--connection", help="a haplane-gce-connection block (default: HAPLANE_GCE_ENDPOINT / "
+                                           "HAPLANE_PROJECT)")
+    kube.set_defaults(run=_kubeconfig)
 
     from haplane.emulator.server import add_cli, run_cli
 

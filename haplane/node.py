@@ -54,7 +54,9 @@ ETCD_CLIENT_PORT = 2379
 ETCD_PEER_PORT = 2380
 APISERVER_PORT = 6443
 HEALTH_PORT = 8080  # plain-HTTP /healthz for the target pool's legacy httpHealthCheck
-VM_PORTS = (ETCD_CLIENT_PORT, ETCD_PEER_PORT, APISERVER_PORT, HEALTH_PORT)  # bound on a VM's internal IP
+CONTROLLER_MANAGER_PORT = 10257  # kube-controller-manager's /healthz (--secure-port)
+SCHEDULER_PORT = 10259  # kube-scheduler's /healthz (--secure-port)
+VM_PORTS = (ETCD_CLIENT_PORT, ETCD_PEER_PORT, APISERVER_PORT, HEALTH_PORT, CONTROLLER_MANAGER_PORT, SCHEDULER_PORT)  # bound on a VM's internal IP
 FORWARDED_PORTS = (APISERVER_PORT, HEALTH_PORT)  # reachable through an external or load-balancer IP
 
 # metadata key suffix -> file name on the VM (under the node's pki dir)
@@ -73,6 +75,11 @@ TLS_FILES: dict[str, str] = {
     # (current first, then the previous one during a rotation)
     "service-account-key": "service-account.key",
     "service-account-pub": "service-account.pub",
+    # kube-controller-manager's and kube-scheduler's client certificates to their local API server
+    "controller-manager-cert": "controller-manager.crt",
+    "controller-manager-key": "controller-manager.key",
+    "scheduler-cert": "scheduler.crt",
+    "scheduler-key": "scheduler.key",
 }
 SECRET_SUFFIXES = frozenset(k for k in TLS_FILES if k.endswith("-key"))
 # the restore snapshot's key, in Secret Manager beside the private keys (not a file in the pki dir)

@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import os
 import socket
 import ssl
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from pathlib import Path
 
 import httpx
 from cryptography import x509
 
 from haplane.etcd import EndpointStatus, EtcdClient, EtcdError, EtcdTLS, Member
 from haplane.gce import Gce, GceZoneUnavailable, Instance
-from haplane.model import MISSING, UNPLACED, ZONE_OUT, ClusterState, ReplicaState, Unknown
+from haplane.model import COMPONENTS, MISSING, UNPLACED, ZONE_OUT, ClusterState, LeaderLease, ReplicaState, Unknown
 from haplane.node import APISERVER_PORT, ETCD_CLIENT_PORT, KUBERNETES_VERSION_KEY, client_url, peer_url
 from haplane.ownership import owned
 from haplane.restore import Look
@@ -60,6 +63,61 @@ def _api_probe(ip: str, ca_pem: str) -> tuple[bool, str | None, str | None, bool
     return True, not_after, None, True
 
 
+def client_context(ca_pem: str, cert_pem: str, key_pem: str) -> ssl.SSLContext:
+    """TLS to the API servers, verified against ``ca_pem``, presenting a client certificate (the key
+    is in a 0600 file only while the context loads it)."""
+    ctx = ssl.create_default_context(cadata=ca_pem)
+    with tempfile.TemporaryDirectory(prefix="haplane-client-") as tmp:
+        cert, key = Path(tmp) / "client.crt", Path(tmp) / "client.key"
+        cert.write_text(cert_pem)
+        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(key_pem)
+        ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+def _components(http: httpx.Client, ip: str) -> tuple[tuple[str, ...] | None, str]:
+    """The components the API server at ``ip`` reports not running (its componentstatuses, which
+    asks each component's /healthz on the replica), or None and why it could not be read."""
+    try:
+        resp = http.get(f"https://{ip}:{APISERVER_PORT}/api/v1/componentstatuses")
+        items = resp.json().get("items") if resp.status_code == 200 else None
+    except (OSError, httpx.HTTPError, ValueError) as exc:
+        return None, f"componentstatuses unreadable: {type(exc).__name__}"
+    if items is None:
+        return None, f"componentstatuses answered {resp.status_code}"
+    healthy = {i["metadata"]["name"] for i in items
+               if any(c.get("type") == "Healthy" and c.get("status") == "True" for c in i.get("conditions") or [])}
+    return tuple(c for c in COMPONENTS if c not in healthy), "ok"
+
+
+def _leases(http: httpx.Client, ip: str, now: dt.datetime) -> tuple[LeaderLease, ...]:
+    """Each component's Lease in kube-system, read through the API server at ``ip`` (raises
+    httpx.HTTPError or ValueError when it cannot be read)."""
+    out = []
+    for component, name in COMPONENTS.items():
+        resp = http.get(f"https://{ip}:{APISERVER_PORT}/apis/coordination.k8s.io/v1/namespaces/kube-system/"
+                        f"leases/{name}")
+        if resp.status_code == 404:
+            out.append(LeaderLease(component))
+            continue
+        if resp.status_code != 200:
+            raise ValueError(f"Lease {name}: {resp.status_code}")
+        spec = resp.json().get("spec") or {}
+        identity = spec.get("holderIdentity") or None
+        duration = float(spec.get("leaseDurationSeconds") or 15)
+        try:
+            renewed = dt.datetime.fromisoformat(str(spec.get("renewTime")).replace("Z", "+00:00"))
+        except ValueError:
+            renewed = None
+        expired = identity is None or renewed is None or (now - renewed).total_seconds() > duration
+        out.append(LeaderLease(component, holder=identity.partition("_")[0] if identity else None, identity=identity,
+                               renew_time=renewed.isoformat(timespec="seconds") if renewed else None,
+                               duration_s=duration, expired=expired))
+    return tuple(out)
+
+
 def _etcd_check(names: ClusterNames) -> str:
     return (f"that this worker reaches etcd on port {ETCD_CLIENT_PORT} of the replicas' internal IPs (firewall "
             f"{names.firewall_etcd_client}, the worker's network) and that the operator certificate in block "
@@ -68,7 +126,8 @@ def _etcd_check(names: ClusterNames) -> str:
 
 def observe(gce: Gce, cluster: str, region: str, tls: EtcdTLS | None, ca_pem: str | None,
             zones: list[str] | None = None, pki_problem: str | None = None,
-            uid: str | None = None, tolerate_zones: bool = False) -> ClusterState:
+            uid: str | None = None, tolerate_zones: bool = False,
+            api_client: tuple[str, str] | None = None) -> ClusterState:
     """The cluster as GCE and etcd see it now; what could not be seen is recorded as unknown.
 
     ``tls``/``ca_pem`` None (with ``pki_problem`` saying why) means the cluster's PKI could not be
@@ -77,7 +136,11 @@ def observe(gce: Gce, cluster: str, region: str, tls: EtcdTLS | None, ca_pem: st
     A zone whose API does not answer raises :class:`~haplane.gce.GceZoneUnavailable`, unless
     ``tolerate_zones``: then it is listed in ``unavailable_zones`` and the etcd members without a VM
     seen elsewhere are ``ZONE_OUT`` (never ``MISSING``: unknown is not absent) with a ``vm_unknown``, placed
-    in that zone when only one zone is out (zone ``UNPLACED`` when several are: which one is unknown)."""
+    in that zone when only one zone is out (zone ``UNPLACED`` when several are: which one is unknown).
+
+    ``api_client``: (certificate, key) of a client certificate of the cluster CA: with it each ready API
+    server is asked which of its replica's controller-manager and scheduler run (componentstatuses),
+    and the components' Leases are read; without it neither is looked at."""
     names = ClusterNames(cluster)
     zones = zones or gce.list_zones(region)
     unavailable: list[str] = []
@@ -97,7 +160,7 @@ def observe(gce: Gce, cluster: str, region: str, tls: EtcdTLS | None, ca_pem: st
     rule = gce.get_forwarding_rule(region, names.forwarding_rule)
     pool = gce.get_target_pool(region, names.target_pool)
     state = observe_instances(cluster, region, instances, tls, ca_pem, pki_problem=pki_problem,
-                              unavailable=unavailable)
+                              unavailable=unavailable, api_client=api_client)
     pool_names = tuple(link.rsplit("/", 1)[-1] for link in pool.instances) if pool else ()
     return replace(state, endpoint_ip=address.address if address else None,
                    address_status=address.status if address else None, load_balancer=rule is not None,
@@ -109,7 +172,8 @@ ApiProbe = Callable[[str], tuple[bool, str | None, str | None, bool]]
 
 def observe_instances(cluster: str, region: str, instances: list[Instance], tls: EtcdTLS | None,
                       ca_pem: str | None, pki_problem: str | None = None, unavailable: Sequence[str] = (),
-                      etcd: EtcdClient | None = None, api_probe: ApiProbe | None = None) -> ClusterState:
+                      etcd: EtcdClient | None = None, api_probe: ApiProbe | None = None,
+                      api_client: tuple[str, str] | None = None) -> ClusterState:
     """The replicas of a cluster whose VMs (``instances``, the cluster's own) were listed already: etcd
     membership, each member's status and a linearizable read through it, each API server's readiness.
 
@@ -169,12 +233,44 @@ def observe_instances(cluster: str, region: str, instances: list[Instance], tls:
                     f"that this worker reaches port {APISERVER_PORT} of the replicas' internal IPs (firewall "
                     f"{names.firewall_apiserver}, the worker's network)")
 
+    components: dict[str, tuple[tuple[str, ...] | None, str]] = {}
+    leases: tuple[LeaderLease, ...] = ()
+    leases_unknown: Unknown | None = None
+    ready = [i for i in running if probes.get(i.name, (False,))[0]]
+    if api_client is not None and ca_pem is not None and ready:
+        with httpx.Client(verify=client_context(ca_pem, *api_client), timeout=2.0) as http:
+            components = {i.name: _components(http, i.internal_ip) for i in ready}
+            why = "no API server answered"
+            for i in ready:
+                try:
+                    leases = _leases(http, i.internal_ip, now_utc())
+                    break
+                except (OSError, httpx.HTTPError, ValueError) as exc:
+                    why = f"{i.name}: {type(exc).__name__}: {exc}"[:200]
+            else:
+                leases_unknown = Unknown(f"the leader-election Leases of {cluster}", why,
+                                         f"that this worker reaches port {APISERVER_PORT} of the replicas")
+    leads: dict[str, list[str]] = {}
+    for lease in leases:
+        if lease.leader is not None:
+            leads.setdefault(lease.leader, []).append(lease.component)
+
     replicas: list[ReplicaState] = []
     seen: set[int] = set()
     for inst in instances:
         replicas.append(_replica(inst, by_peer.get(peer_url(inst.internal_ip)), statuses, healthy, leader_id,
                                  probes.get(inst.name), membership_unknown, api_unknown.get(inst.name),
                                  versions.get(client_url(inst.internal_ip))))
+        down, why = components.get(inst.name, ((), "not asked"))
+        if down is None:
+            replicas[-1] = replace(replicas[-1], components_unknown=Unknown(
+                f"controller-manager and scheduler of {inst.name}", why,
+                f"that the API server of {inst.name} answers /api/v1/componentstatuses"),
+                problems=(*replicas[-1].problems, f"components unknown: {why}"))
+        elif down:
+            replicas[-1] = replace(replicas[-1], components_down=down,
+                                   problems=(*replicas[-1].problems, f"{' and '.join(down)} not running"))
+        replicas[-1] = replace(replicas[-1], leads=tuple(leads.get(inst.name, ())))
         if replicas[-1].member_id is not None:
             seen.add(replicas[-1].member_id)
     for m in members:  # members whose VM is gone, or unseen in a zone that does not answer
@@ -202,6 +298,7 @@ def observe_instances(cluster: str, region: str, instances: list[Instance], tls:
     return ClusterState(
         cluster=cluster, region=region, replicas=tuple(replicas), settings=settings,
         membership_unknown=membership_unknown, unavailable_zones=tuple(unavailable),
+        leases=leases, leases_unknown=leases_unknown,
         # one answer from every member that answered, else unread (members that disagree: unread too)
         etcd_cluster_version=cluster_versions.pop() if len(cluster_versions) == 1 else None,
     )

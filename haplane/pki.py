@@ -9,8 +9,10 @@ Per cluster (created once, see :func:`create_cluster_cas`):
   which the API servers sign and verify service-account tokens.
 
 Per replica (see :func:`issue_replica_certs`): the API server's serving
-certificate, the etcd peer and server certificates, and the API server's
-client certificate to etcd. :func:`node_tls` turns them into the
+certificate, the etcd peer and server certificates, the API server's
+client certificate to etcd, and the controller-manager's and scheduler's
+client certificates to the API server (``system:kube-controller-manager``,
+``system:kube-scheduler``). :func:`node_tls` turns them into the
 ``NodeSpec.tls`` dict (keys of :data:`haplane.node.TLS_FILES`).
 
 Key algorithm: **ECDSA P-256**. A key takes about a millisecond to generate
@@ -60,6 +62,9 @@ KUBERNETES_DNS_NAMES = (
 )
 # clock skew between the machine that signs and the VMs that verify
 _BACKDATE = dt.timedelta(minutes=5)
+# the users kube-controller-manager and kube-scheduler authenticate as (the certificate's CN, no group:
+# kube-apiserver's default RBAC binds system:kube-controller-manager and system:kube-scheduler)
+CONTROL_PLANE_USERS = ("kube-controller-manager", "kube-scheduler")
 
 
 MIN_LEAF_MINUTES = 2  # a leaf must outlast a rotation of every replica (tens of seconds per replica)
@@ -204,6 +209,10 @@ class ReplicaCerts:
     etcd_peer: CertKey
     etcd_server: CertKey
     apiserver_etcd_client: CertKey
+    # the controller-manager's and the scheduler's client certificates to their local API server
+    # (users system:kube-controller-manager and system:kube-scheduler, which kube-apiserver's RBAC binds)
+    controller_manager: CertKey
+    scheduler: CertKey
 
     def __repr__(self) -> str:
         return (f"ReplicaCerts(hostname={self.hostname!r}, internal_ip={self.internal_ip!r}, "
@@ -212,7 +221,8 @@ class ReplicaCerts:
     __str__ = __repr__
 
     def leaves(self) -> tuple[CertKey, ...]:
-        return (self.apiserver, self.etcd_peer, self.etcd_server, self.apiserver_etcd_client)
+        return (self.apiserver, self.etcd_peer, self.etcd_server, self.apiserver_etcd_client,
+                self.controller_manager, self.scheduler)
 
 
 @dataclass(frozen=True)
@@ -481,9 +491,13 @@ def issue_replica_certs(cas: ClusterCAs, *, hostname: str, internal_ip: str, end
                    server=True, client=True, lifetime=lifetime, now=now)
     client = issue(cas.etcd_ca, role="apiserver-etcd-client", common_name="kube-apiserver-etcd-client",
                    organization="system:masters", dns_names=[hostname], client=True, lifetime=lifetime, now=now)
+    controller_manager, scheduler = (
+        issue(cas.ca, role=f"{user}-client", common_name=f"system:{user}", client=True, lifetime=lifetime, now=now)
+        for user in CONTROL_PLANE_USERS)
     return ReplicaCerts(hostname=hostname, internal_ip=str(_ip(internal_ip, "internal_ip")),
                         endpoint_ip=str(_ip(endpoint_ip, "endpoint_ip")), apiserver=apiserver,
-                        etcd_peer=peer, etcd_server=server, apiserver_etcd_client=client)
+                        etcd_peer=peer, etcd_server=server, apiserver_etcd_client=client,
+                        controller_manager=controller_manager, scheduler=scheduler)
 
 
 def node_tls(cas: ClusterCAs, replica: ReplicaCerts) -> dict[str, str]:
@@ -504,6 +518,10 @@ def node_tls(cas: ClusterCAs, replica: ReplicaCerts) -> dict[str, str]:
         "apiserver-key": replica.apiserver.key_pem.get_secret_value(),
         "apiserver-etcd-client-cert": replica.apiserver_etcd_client.cert_pem,
         "apiserver-etcd-client-key": replica.apiserver_etcd_client.key_pem.get_secret_value(),
+        "controller-manager-cert": replica.controller_manager.cert_pem,
+        "controller-manager-key": replica.controller_manager.key_pem.get_secret_value(),
+        "scheduler-cert": replica.scheduler.cert_pem,
+        "scheduler-key": replica.scheduler.key_pem.get_secret_value(),
     }
     if cas.service_account is None:
         raise ValueError(f"cluster {cas.cluster} has no service-account key: run ensure_cluster_pki first")

@@ -49,6 +49,7 @@ class Problem(StrEnum):
     LEARNER_STUCK = "etcd learner never caught up"
     ETCD_UNHEALTHY = "etcd member unhealthy or unreachable"
     API_NOT_READY = "API server not ready"
+    COMPONENT_DOWN = "controller-manager or scheduler not running"
 
 
 SEVERITY = list(Problem)  # most severe first: a dead VM before a slow API server
@@ -113,6 +114,7 @@ class Verdict:
     findings: tuple[Finding, ...] = ()
     notes: tuple[tuple[str, str], ...] = field(default_factory=tuple)  # (replica, why not acted on)
     unknowns: tuple[Unknown, ...] = ()  # what could not be observed
+    leaders: tuple[str, ...] = ()  # who leads each component (LeaderLease.text), for the report
 
     @property
     def unremediable(self) -> tuple[tuple[str, str], ...]:
@@ -130,6 +132,9 @@ class Verdict:
             lines.append("")
         if self.notes:
             lines += ["Not acted on:", ""] + [f"- **{r}**: {why}" for r, why in self.notes]
+            lines.append("")
+        if self.leaders:
+            lines += ["Leader election:", ""] + [f"- {line}" for line in self.leaders]
         return "\n".join(lines).rstrip() + "\n"
 
 
@@ -164,6 +169,8 @@ def _problem(r: ReplicaState, busy: bool) -> Problem | None:
         return Problem.ETCD_UNHEALTHY
     if not r.api_ready and r.api_unknown is None:
         return Problem.API_NOT_READY
+    if r.components_down:
+        return Problem.COMPONENT_DOWN
     return None
 
 

@@ -54,11 +54,13 @@ from pathlib import Path
 from haplane import serviceaccount, snapshots
 from haplane.node import (
     APISERVER_KEY,
+    CONTROLLER_MANAGER_PORT,
     ETCD_KEY,
     ETCD_PEER_PORT,
     ETCD_VERSION_KEY,
     KUBERNETES_VERSION_KEY,
     RESTORE_KEY,
+    SCHEDULER_PORT,
     SECRET_SUFFIXES,
     SECRETS_KEY,
     SNAPSHOT_KEY_KEY,
@@ -145,6 +147,55 @@ def apiserver_unit_argv() -> list[str]:
     ]
 
 
+# ---------------------------------------------------------------- controller-manager and scheduler
+# Every replica runs both, with --leader-elect=true: one of each is active, through a
+# coordination.k8s.io/v1 Lease in kube-system (client-go's timings, explicit). Each talks to its own
+# replica's API server (https://127.0.0.1) with its own client certificate of the cluster CA.
+# The cluster CA's key is NOT on the replicas (docs/pki.md): no --cluster-signing-* flags, so the
+# controller-manager's CSR signer does not start and a compromised replica cannot mint certificates.
+KUBE_CONTROLLER_MANAGER_BIN = f"{BIN_DIR}/kube-controller-manager"
+KUBE_SCHEDULER_BIN = f"{BIN_DIR}/kube-scheduler"
+KUBE_CONTROLLER_MANAGER_SHA256: str | None = None  # of kube-controller-manager {KUBERNETES_VERSION} linux/amd64
+KUBE_SCHEDULER_SHA256: str | None = None  # of kube-scheduler {KUBERNETES_VERSION} linux/amd64
+CONTROLLER_MANAGER_KUBECONFIG = CONF_DIR / "controller-manager.kubeconfig"
+SCHEDULER_KUBECONFIG = CONF_DIR / "scheduler.kubeconfig"
+LEADER_ELECTION_FLAGS = ("--leader-elect=true", "--leader-elect-lease-duration=15s",
+                         "--leader-elect-renew-deadline=10s", "--leader-elect-retry-period=2s")
+
+
+def _kubeconfig_flags(path: Path) -> list[str]:
+    return [f"--kubeconfig={path}", f"--authentication-kubeconfig={path}", f"--authorization-kubeconfig={path}"]
+
+
+def controller_manager_unit_argv() -> list[str]:
+    """kube-controller-manager against its replica's API server: service-account tokens signed with
+    the cluster's key, the cluster CA as the root CA put in every service account's secret."""
+    return [
+        KUBE_CONTROLLER_MANAGER_BIN,
+        *_kubeconfig_flags(CONTROLLER_MANAGER_KUBECONFIG),
+        *LEADER_ELECTION_FLAGS,
+        "--bind-address=127.0.0.1",
+        f"--secure-port={CONTROLLER_MANAGER_PORT}",
+        f"--service-account-private-key-file={PKI_DIR / TLS_FILES['service-account-key']}",
+        f"--root-ca-file={PKI_DIR / TLS_FILES['ca']}",
+        f"--client-ca-file={PKI_DIR / TLS_FILES['ca']}",
+        f"--service-cluster-ip-range={_var(API_VAR_PREFIX + 'SERVICE_CLUSTER_IP_RANGE')}",
+        "--use-service-account-credentials=true",
+    ]
+
+
+def scheduler_unit_argv() -> list[str]:
+    """kube-scheduler against its replica's API server."""
+    return [
+        KUBE_SCHEDULER_BIN,
+        *_kubeconfig_flags(SCHEDULER_KUBECONFIG),
+        *LEADER_ELECTION_FLAGS,
+        "--bind-address=127.0.0.1",
+        f"--secure-port={SCHEDULER_PORT}",
+        f"--client-ca-file={PKI_DIR / TLS_FILES['ca']}",
+    ]
+
+
 def _exec_start(argv: list[str]) -> str:
     for word in argv:  # one systemd word each: no quoting needed, no specifiers (%)
         if not _SAFE_WORD.match(word):
@@ -173,6 +224,18 @@ def _check_sha(name: str, value: str | None) -> str:
     if not _SHA256.match(value):
         raise ValueError(f"{name} must be 64 lowercase hex digits, got {value!r}")
     return value
+
+
+def _controller_values() -> dict[str, str]:
+    """The template's values for kube-controller-manager and kube-scheduler."""
+    return {
+        "KUBE_CONTROLLER_MANAGER_SHA256": _check_sha("kube_controller_manager_sha256", KUBE_CONTROLLER_MANAGER_SHA256),
+        "KUBE_SCHEDULER_SHA256": _check_sha("kube_scheduler_sha256", KUBE_SCHEDULER_SHA256),
+        "CONTROLLER_MANAGER_KUBECONFIG": str(CONTROLLER_MANAGER_KUBECONFIG),
+        "SCHEDULER_KUBECONFIG": str(SCHEDULER_KUBECONFIG),
+        "CONTROLLER_MANAGER_EXEC_START": _exec_start(controller_manager_unit_argv()),
+        "SCHEDULER_EXEC_START": _exec_start(scheduler_unit_argv()),
+    }
 
 
 def _sha_table(releases: dict[str, str | None], pattern: str, what: str) -> str:
@@ -234,6 +297,7 @@ def render_startup_script(*, etcd_releases: dict[str, str | None] | None = None,
         "API_DEFAULTS": shlex.quote(json.dumps(_spec_defaults(ApiServerSpec), sort_keys=True)),
         "ETCD_EXEC_START": _exec_start(etcd_unit_argv()),
         "APISERVER_EXEC_START": _exec_start(apiserver_unit_argv()),
+        **_controller_values(),
     }
     script = _TEMPLATE
     for key, value in values.items():
@@ -272,6 +336,10 @@ ETCD_DEFAULT_VERSION="@ETCD_VERSION@"
 KUBERNETES_DEFAULT_VERSION="@KUBERNETES_VERSION@"
 ETCD_VERSION_KEY="@ETCD_VERSION_KEY@"
 KUBERNETES_VERSION_KEY="@KUBERNETES_VERSION_KEY@"
+# kube-controller-manager and kube-scheduler of the default release, pinned sha256 each (empty: not
+# pinned yet, and then not installed: a checksum fetched beside the download is never trusted)
+KUBE_CONTROLLER_MANAGER_SHA256="@KUBE_CONTROLLER_MANAGER_SHA256@"
+KUBE_SCHEDULER_SHA256="@KUBE_SCHEDULER_SHA256@"
 
 MD_URL="http://metadata.google.internal/computeMetadata/v1/instance"
 SM_URL="https://secretmanager.googleapis.com/v1"
@@ -394,6 +462,23 @@ install_kube_apiserver() {
   install -m 0755 "${tmp}/kube-apiserver" "${BIN_DIR}/kube-apiserver"
   rm -rf "$tmp"
   log "installed kube-apiserver ${version}"
+}
+
+# install_kube_component NAME PINNED_SHA256: a control-plane binary of the release the VM asks for,
+# checked against its pinned sha256 (none pinned: refused, as for kube-apiserver).
+install_kube_component() {
+  local name=$1 pinned=$2 version tmp
+  version=$(wanted_version "$KUBERNETES_VERSION_KEY" "$KUBERNETES_DEFAULT_VERSION")
+  if [[ -x "${BIN_DIR}/${name}" ]] && "${BIN_DIR}/${name}" --version | grep -qx "Kubernetes ${version}"; then
+    return 0
+  fi
+  [[ -n "$pinned" ]] || die "${name} ${version}: no pinned sha256 in haplane/startup.py; not installing it"
+  tmp=$(mktemp -d)
+  curl -fsSL --retry 5 -o "${tmp}/${name}" "https://dl.k8s.io/release/${version}/bin/linux/amd64/${name}"
+  sha256_ok "${tmp}/${name}" "$pinned" || die "${name} ${version}: sha256 mismatch (pinned ${pinned})"
+  install -m 0755 "${tmp}/${name}" "${BIN_DIR}/${name}"
+  rm -rf "$tmp"
+  log "installed ${name} ${version}"
 }
 
 install_self() {
@@ -652,6 +737,77 @@ WantedBy=multi-user.target
 EOF
 }
 
+# component_kubeconfig USER CERT KEY PORT: a kubeconfig for this replica's own API server
+# (https://127.0.0.1:PORT, in the API server's certificate), with the component's own client
+# certificate; files by path, so the key stays in PKI_DIR (0600).
+component_kubeconfig() {
+  cat <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: local
+  cluster:
+    server: https://127.0.0.1:$4
+    certificate-authority: ${PKI_DIR}/ca.crt
+users:
+- name: $1
+  user:
+    client-certificate: ${PKI_DIR}/$2
+    client-key: ${PKI_DIR}/$3
+contexts:
+- name: local
+  context:
+    cluster: local
+    user: $1
+current-context: local
+EOF
+}
+
+# write_controllers: kube-controller-manager's and kube-scheduler's kubeconfigs (0600) and units.
+write_controllers() {
+  local spec port
+  spec=$(md "attributes/${APISERVER_KEY}")
+  port=$(jq -r --argjson d "$API_DEFAULTS" '($d + .).port' <<<"$spec")
+  [[ "$port" =~ ^[0-9]+$ ]] || die "bad port in ${APISERVER_KEY}"
+  component_kubeconfig system:kube-controller-manager controller-manager.crt controller-manager.key "$port" \
+    | write_file "@CONTROLLER_MANAGER_KUBECONFIG@" 0600
+  component_kubeconfig system:kube-scheduler scheduler.crt scheduler.key "$port" \
+    | write_file "@SCHEDULER_KUBECONFIG@" 0600
+  write_file "${UNIT_DIR}/kube-controller-manager.service" 0644 <<'EOF'
+[Unit]
+Description=kube-controller-manager of this haplane replica (leader-elected; talks to the local API server)
+Documentation=https://kubernetes.io/docs/reference/command-line-tools-reference/kube-controller-manager/
+After=kube-apiserver.service
+Wants=kube-apiserver.service
+StartLimitIntervalSec=0
+
+[Service]
+EnvironmentFile=@APISERVER_ENV@
+ExecStart=@CONTROLLER_MANAGER_EXEC_START@
+Restart=always
+RestartSec=5
+
+[Install]
+WantedBy=multi-user.target
+EOF
+  write_file "${UNIT_DIR}/kube-scheduler.service" 0644 <<'EOF'
+[Unit]
+Description=kube-scheduler of this haplane replica (leader-elected; talks to the local API server)
+Documentation=https://kubernetes.io/docs/reference/command-line-tools-reference/kube-scheduler/
+After=kube-apiserver.service
+Wants=kube-apiserver.service
+StartLimitIntervalSec=0
+
+[Service]
+ExecStart=@SCHEDULER_EXEC_START@
+Restart=always
+RestartSec=5
+
+[Install]
+WantedBy=multi-user.target
+EOF
+}
+
 # Plain-HTTP /healthz for the target pool's legacy HTTP health check, proxied to the API server's
 # /readyz over TLS (verified against the cluster CA), as Kubernetes the Hard Way does with nginx.
 write_health() {
@@ -681,13 +837,14 @@ EOF
 
 # apply: write everything the metadata describes; restart what changed.
 apply() {
-  local pki etcd api health
+  local pki etcd api health controllers
   CHANGED=""; write_pki; pki=$CHANGED
   CHANGED=""; write_etcd; etcd=$CHANGED
-  api=""; health=""
+  api=""; health=""; controllers=""
   if md "attributes/${APISERVER_KEY}" >/dev/null; then
     CHANGED=""; write_apiserver; api=$CHANGED
     CHANGED=""; write_health; health=$CHANGED
+    CHANGED=""; write_controllers; controllers=$CHANGED
   fi
   systemctl daemon-reload
   if [[ -n "${pki}${etcd}" ]]; then
@@ -703,6 +860,11 @@ apply() {
   if [[ -n "${pki}${health}" ]]; then
     systemctl enable nginx.service
     systemctl reload-or-restart nginx.service
+  fi
+  if [[ -n "${pki}${controllers}" ]]; then
+    log "starting kube-controller-manager and kube-scheduler (changed:${pki}${controllers})"
+    systemctl enable kube-controller-manager.service kube-scheduler.service
+    systemctl restart --no-block kube-controller-manager.service kube-scheduler.service
   fi
 }
 
@@ -725,6 +887,8 @@ main() {
       install_packages
       install_etcd
       install_kube_apiserver
+      install_kube_component kube-controller-manager "$KUBE_CONTROLLER_MANAGER_SHA256"
+      install_kube_component kube-scheduler "$KUBE_SCHEDULER_SHA256"
       install -d -m 0700 "$CONF_DIR"
       install_self
       ;;

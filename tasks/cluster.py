@@ -87,11 +87,23 @@ def observe_cluster(cluster: str, region: str, connection: str | None, tolerate_
 
     tls = EtcdTLS.from_cas(cas) if cas else None
     state = observe(resolve_gce(connection), cluster, region, tls, cas.ca_bundle() if cas else None,
-                    pki_problem=problem, uid=cluster_uid(cluster), tolerate_zones=tolerate_zones)
+                    pki_problem=problem, uid=cluster_uid(cluster), tolerate_zones=tolerate_zones,
+                    api_client=_observer_client(cas) if cas else None)
     if state.look_alikes:
         get_run_logger().warning("VMs with cluster %s's label but not its uid (look-alikes, left alone): %s",
                                  cluster, ", ".join(state.look_alikes))
     return state
+
+
+def _observer_client(cas) -> tuple[str, str]:
+    """A client certificate of the cluster CA for this observation only (10 minutes, kept in memory):
+    what asks the API servers for componentstatuses and the Leases."""
+    import datetime as dt
+
+    from haplane.kubeconfig import issue_admin
+
+    client = issue_admin(cas, dt.timedelta(minutes=10), user="haplane-observer")
+    return client.cert_pem, client.key_pem.get_secret_value()
 
 
 @probe(task_run_name="zones of {region}")
@@ -167,6 +179,7 @@ def replica_rows(state: ClusterState) -> list[dict[str, str]]:
         "etcd member": format(r.member_id, "x") if r.member_id is not None else "-", "role": r.role,
         "health": "healthy" if r.healthy else "; ".join(r.problems) or "unhealthy",
         "cert expiry": (r.cert_not_after or "-")[:10], "endpoint IP": state.endpoint_ip or "-",
+        "leads": ", ".join(r.leads) or "-",
         # read from the member itself (/version); "unread" when it did not answer (never a guess)
         "etcd version": r.etcd_version or "unread", "etcd cluster version": state.etcd_cluster_version or "unread",
         "kube-apiserver": r.kubernetes_version or "-",

@@ -166,7 +166,8 @@ def test_inventory_lists_everything_without_keys(cas, replica):
     inv = pki.inventory(cas, [replica])
     roles = [i.role for i in inv]
     assert roles == ["cluster-ca", "etcd-ca", "operator-etcd-client", "prod-master-b/apiserver",
-                     "prod-master-b/etcd-peer", "prod-master-b/etcd-server", "prod-master-b/apiserver-etcd-client"]
+                     "prod-master-b/etcd-peer", "prod-master-b/etcd-server", "prod-master-b/apiserver-etcd-client",
+                     "prod-master-b/kube-controller-manager-client", "prod-master-b/kube-scheduler-client"]
     api = inv[3]
     assert api.issuer == cas.ca.info().subject
     assert set(api.ip_addresses) == {INTERNAL_IP, ENDPOINT_IP, "127.0.0.1", "10.0.0.1"}

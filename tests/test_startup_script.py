@@ -22,6 +22,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cryptography import x509
 
 from haplane import snapshots as snap
 from haplane.node import (
@@ -45,10 +46,14 @@ from haplane.startup import (
     ETCD_DATA_DIR,
     ETCD_ENV,
     ETCD_VERSION,
+    KUBE_CONTROLLER_MANAGER_BIN,
+    KUBE_SCHEDULER_BIN,
     PKI_DIR,
     apiserver_unit_argv,
+    controller_manager_unit_argv,
     etcd_unit_argv,
     render_startup_script,
+    scheduler_unit_argv,
 )
 from haplane.versions import ETCD_RELEASES
 
@@ -433,3 +438,61 @@ def test_restore_boot_fills_the_empty_data_dir_from_a_sealed_snapshot(
 
     marker.unlink()
     assert _serve_and_read(etcd_bin, data, tmp_path / "restored-etcd.log", "/registry/") == want
+
+
+@needs_jq
+def test_boot_runs_controller_manager_and_scheduler_leader_elected(script_path: Path, tmp_path: Path,
+                                                                    node_spec_tls: dict[str, str]):
+    """Each unit's ExecStart, run with a recording stand-in for its binary: leader election on, its own
+    client certificate (key 0600) in a kubeconfig for the replica's own API server, and the
+    controller-manager's service-account key and root CA; no CA key, so no CSR signing."""
+    etcd, api = SPECS["joining an existing cluster, quorum reads"]
+    metadata = NodeSpec(etcd=etcd, apiserver=api, tls=node_spec_tls).to_metadata()
+    result = _boot(script_path, tmp_path, metadata)
+    assert result.returncode == 0, result.stderr
+    root = tmp_path / "root"
+    calls = (root / "systemctl.log").read_text().splitlines()
+    assert "restart --no-block kube-controller-manager.service kube-scheduler.service" in calls
+    env = _env_file(root / str(APISERVER_ENV).lstrip("/"))
+    recorded = tmp_path / "argv"
+    for unit_name, binary, user, unit_argv in (
+            ("kube-controller-manager", KUBE_CONTROLLER_MANAGER_BIN, "system:kube-controller-manager",
+             controller_manager_unit_argv),
+            ("kube-scheduler", KUBE_SCHEDULER_BIN, "system:kube-scheduler", scheduler_unit_argv)):
+        unit = (root / f"etc/systemd/system/{unit_name}.service").read_text()
+        assert "Restart=always" in unit and "After=kube-apiserver.service" in unit
+        words = _expand(_exec_start(unit), env)
+        assert words == _expand(unit_argv(), env) and words[0] == binary
+        stand_in = root / binary.lstrip("/")
+        stand_in.parent.mkdir(parents=True, exist_ok=True)
+        stand_in.write_text(f'#!/bin/bash\nprintf "%s\\n" "$@" > {recorded}\n')
+        stand_in.chmod(0o755)
+        subprocess.run([str(stand_in), *words[1:]], check=True, timeout=10)
+        flags = dict(w.removeprefix("--").split("=", 1) for w in recorded.read_text().splitlines())
+        assert flags["leader-elect"] == "true"
+        assert (flags["leader-elect-lease-duration"], flags["leader-elect-renew-deadline"],
+                flags["leader-elect-retry-period"]) == ("15s", "10s", "2s")
+        assert flags["bind-address"] == "127.0.0.1"
+        assert not any(f.startswith("cluster-signing") for f in flags)  # the CA key is not on the replica
+        config_path = root / flags["kubeconfig"].lstrip("/")
+        assert flags["authentication-kubeconfig"] == flags["authorization-kubeconfig"] == flags["kubeconfig"]
+        assert stat.S_IMODE(config_path.stat().st_mode) == 0o600
+        config = config_path.read_text()
+        assert f"server: https://127.0.0.1:{api.port}" in config
+        assert f"certificate-authority: {PKI_DIR}/ca.crt" in config
+        assert f"- name: {user}" in config
+        cert = re.search(r"client-certificate: (\S+)", config)[1]
+        key = re.search(r"client-key: (\S+)", config)[1]
+        suffix = "controller-manager" if unit_name == "kube-controller-manager" else "scheduler"
+        assert (root / cert.lstrip("/")).read_text().strip() == node_spec_tls[f"{suffix}-cert"].strip()
+        assert (root / key.lstrip("/")).read_text().strip() == node_spec_tls[f"{suffix}-key"].strip()
+        assert stat.S_IMODE((root / key.lstrip("/")).stat().st_mode) == 0o600
+        assert x509.load_pem_x509_certificate((root / cert.lstrip("/")).read_bytes()).subject.rfc4514_string() \
+            == f"CN={user}"
+        if unit_name == "kube-controller-manager":
+            assert flags["service-account-private-key-file"] == f"{PKI_DIR}/service-account.key"
+            assert flags["root-ca-file"] == f"{PKI_DIR}/ca.crt"
+            assert flags["service-cluster-ip-range"] == api.service_cluster_ip_range
+            sa_key = root / flags["service-account-private-key-file"].lstrip("/")
+            assert stat.S_IMODE(sa_key.stat().st_mode) == 0o600
+            assert sa_key.read_text().strip() == node_spec_tls["service-account-key"].strip()

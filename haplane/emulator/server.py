@@ -171,6 +171,9 @@ class Emulator:
         attach = getattr(self.runtime, "attach", None)
         if attach is not None:  # VMs read their keys from this emulator's Secret Manager
             attach(self.url, self.secrets.token_for_instance)
+        time_scale = getattr(self.runtime, "follow_time_scale", None)
+        if time_scale is not None:  # the VMs' leader-election timings scale with the latency model's
+            time_scale(lambda: self.latency.time_scale)
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="emulator-http", daemon=True)
         self._thread.start()

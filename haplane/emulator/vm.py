@@ -1,4 +1,6 @@
-"""Emulated VMs that run real processes: etcd and the API-server stand-in.
+"""Emulated VMs that run real processes: etcd, the API-server stand-in, and the controller-manager
+and scheduler stand-ins (:mod:`haplane.emulator.controllers`: leader election through the local API
+server, on a VM whose metadata carries their certificates).
 
 Each VM is a directory under ``STATE_DIR/vms/`` (its disk: ``pki/``,
 ``etcd-data/``, ``logs/``) and up to two supervised processes bound to its
@@ -33,9 +35,11 @@ from haplane.emulator.network import Forwarder
 from haplane.emulator.runtime import VmView
 from haplane.node import (
     APISERVER_PORT,
+    CONTROLLER_MANAGER_PORT,
     ETCD_VERSION_KEY,
     FORWARDED_PORTS,
     HEALTH_PORT,
+    SCHEDULER_PORT,
     SNAPSHOT_KEY_SECRET,
     TLS_FILES,
     NodeSpec,
@@ -58,7 +62,25 @@ PROC_FILES: dict[str, frozenset[str]] = {
     "etcd": frozenset({"etcd-ca", "etcd-peer-cert", "etcd-peer-key", "etcd-server-cert", "etcd-server-key"}),
     "apiserver": frozenset({"ca", "etcd-ca", "apiserver-cert", "apiserver-key", "apiserver-etcd-client-cert",
                             "apiserver-etcd-client-key"}),
+    "controller-manager": frozenset({"ca", "controller-manager-cert", "controller-manager-key"}),
+    "scheduler": frozenset({"ca", "scheduler-cert", "scheduler-key"}),
 }
+# process -> (its Lease in kube-system, its /healthz port); its certificate is TLS_FILES["<process>-cert"]
+CONTROLLERS: dict[str, tuple[str, int]] = {
+    "controller-manager": ("kube-controller-manager", CONTROLLER_MANAGER_PORT),
+    "scheduler": ("kube-scheduler", SCHEDULER_PORT),
+}
+# client-go's leader-election defaults (seconds), scaled by the emulator's time scale (not below a
+# fifth: a lease of 3 s, renewed every 0.4 s, is as busy as a VM of the emulator should get)
+LEASE_DURATION_S, RENEW_DEADLINE_S, RETRY_PERIOD_S = 15.0, 10.0, 2.0
+MIN_LEASE_SCALE = 0.2
+
+
+def leader_election_flags(time_scale: float) -> list[str]:
+    scale = max(MIN_LEASE_SCALE, time_scale)
+    return ["--leader-elect-lease-duration", f"{LEASE_DURATION_S * scale:g}",
+            "--leader-elect-renew-deadline", f"{RENEW_DEADLINE_S * scale:g}",
+            "--leader-elect-retry-period", f"{RETRY_PERIOD_S * scale:g}"]
 
 
 def service_account_flags(files: set[str], pki: Path) -> list[str]:
@@ -156,6 +178,7 @@ class ProcessRuntime:
         self._closed = False
         self.endpoint: str | None = None  # the emulator's URL: Secret Manager and the metadata server
         self.token_for_ip: Callable[[str], str] | None = None
+        self.time_scale: Callable[[], float] = lambda: 1.0
         self._supervisor = threading.Thread(target=self._supervise, name="vm-supervisor", daemon=True)
         self._supervisor.start()
 
@@ -166,6 +189,10 @@ class ProcessRuntime:
         host cannot send from it (on loopback the VM asks over HTTP from its own address)."""
         self.endpoint = endpoint
         self.token_for_ip = token_for_ip
+
+    def follow_time_scale(self, time_scale: Callable[[], float]) -> None:
+        """The emulator's time scale, asked when a VM's processes are planned (leader-election timings)."""
+        self.time_scale = time_scale
 
     # --- Runtime protocol -------------------------------------------------
     def check_image(self, metadata: dict[str, str]) -> None:
@@ -331,6 +358,16 @@ class ProcessRuntime:
                 argv += ["--pki-dir", str(pki)]
                 argv += service_account_flags(set(spec.tls) | set(spec.secret_refs), pki)
             wanted["apiserver"] = argv
+            files = set(spec.tls) | set(spec.secret_refs)
+            for name, (component, port) in CONTROLLERS.items():
+                if pki is not None and {"ca", f"{name}-cert", f"{name}-key"} <= files:
+                    wanted[name] = [self.python, "-m", "haplane.emulator.controllers", "--component", component,
+                                    "--ip", ip, "--port", str(port), "--hostname", m.view.name,
+                                    "--apiserver-port", str(spec.apiserver.port),
+                                    "--ca-file", str(pki / TLS_FILES["ca"]),
+                                    "--cert-file", str(pki / TLS_FILES[f"{name}-cert"]),
+                                    "--key-file", str(pki / TLS_FILES[f"{name}-key"]),
+                                    *leader_election_flags(self.time_scale())]
         wrap = self.network.exec_prefix(m.view) if self.network is not None else []
         for name, argv in wanted.items():
             proc = m.procs.get(name)
