@@ -125,10 +125,14 @@ class Sampler:
     def figures(self, name: str) -> dict[str, float]:
         (t0, first), (t1, last) = self.samples[0], self.samples[-1]
         rss = [s[name][1] for _, s in self.samples]
-        return {"cpu_s": last[name][0] - first[name][0], "seconds": t1 - t0,
-                "cpu_pct": 100 * (last[name][0] - first[name][0]) / (t1 - t0),
-                "rss_mean_mb": statistics.mean(rss) / 2**20, "rss_max_mb": max(rss) / 2**20,
-                "run_rss_max_mb": max(s[name][2] for _, s in self.samples) / 2**20}
+        return {
+            "cpu_s": last[name][0] - first[name][0],
+            "seconds": t1 - t0,
+            "cpu_pct": 100 * (last[name][0] - first[name][0]) / (t1 - t0),
+            "rss_mean_mb": statistics.mean(rss) / 2**20,
+            "rss_max_mb": max(rss) / 2**20,
+            "run_rss_max_mb": max(s[name][2] for _, s in self.samples) / 2**20,
+        }
 
 
 # ------------------------------------------------------------------ Prefect API
@@ -137,8 +141,13 @@ class Sampler:
 def runs(api: str, flow: str, **flt) -> list[dict]:
     out, offset = [], 0
     while True:
-        body = {"flows": {"name": {"any_": [flow]}}, "flow_runs": flt, "limit": 200, "offset": offset,
-                "sort": "EXPECTED_START_TIME_ASC"}
+        body = {
+            "flows": {"name": {"any_": [flow]}},
+            "flow_runs": flt,
+            "limit": 200,
+            "offset": offset,
+            "sort": "EXPECTED_START_TIME_ASC",
+        }
         page = httpx.post(f"{api}/flow_runs/filter", json=body, timeout=60).raise_for_status().json()
         out += page
         if len(page) < 200:
@@ -162,8 +171,9 @@ def create_fleet(names: list[str], replicas: int) -> None:
 
     started = time.monotonic()
     for name in names:
-        state = create_cluster(cluster=name, region=REGION, zones=ZONES, replicas=replicas, connection="fleet",
-                               return_state=True)
+        state = create_cluster(
+            cluster=name, region=REGION, zones=ZONES, replicas=replicas, connection="fleet", return_state=True
+        )
         if not state.is_completed():
             raise RuntimeError(f"create-cluster {name} ended {state.type.value}: {state.message}")
     say(f"{len(names)} clusters of {replicas} created in {time.monotonic() - started:.0f} s")
@@ -188,25 +198,40 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         pg.start()
         emulator.start()
         admin, gce = EmulatorAdmin(emulator.url), Gce(PROJECT, emulator.url)
-        server = PrefectServer(work / "prefect", {
-            "PREFECT_API_DATABASE_CONNECTION_URL": pg.url, "PREFECT_UI_ENABLED": "false",
-            # the default pool (5 + 10 overflow) ran out at 10 clusters: "QueuePool limit ... reached", HTTP 500s
-            "PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_SIZE": str(args.db_pool),
-            "PREFECT_SERVER_DATABASE_SQLALCHEMY_MAX_OVERFLOW": str(args.db_pool)})
+        server = PrefectServer(
+            work / "prefect",
+            {
+                "PREFECT_API_DATABASE_CONNECTION_URL": pg.url,
+                "PREFECT_UI_ENABLED": "false",
+                # the default pool (5 + 10 overflow) ran out at 10 clusters: "QueuePool limit ... reached", HTTP 500s
+                "PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_SIZE": str(args.db_pool),
+                "PREFECT_SERVER_DATABASE_SQLALCHEMY_MAX_OVERFLOW": str(args.db_pool),
+            },
+        )
         server.home.mkdir()
         with serving(server):
             api = server.url
             LocalFileSystem(basepath=str(work / "shared-results")).save("fleet-results", overwrite=True)
-            setup_workspace(project=PROJECT, endpoint=emulator.url, connection="fleet",
-                            result_storage="local-file-system/fleet-results")
+            setup_workspace(
+                project=PROJECT,
+                endpoint=emulator.url,
+                connection="fleet",
+                result_storage="local-file-system/fleet-results",
+            )
             ensure_limits(names)
             create_fleet(names, args.replicas)
             for i in range(args.workers):
                 home = work / f"worker-{i}"
                 home.mkdir()
-                workers.append(start_worker(server, {"PREFECT_HOME": str(home), "PREFECT_LOGGING_LEVEL": "WARNING"},
-                                            home / "worker.log", name=f"fleet-{i}",
-                                            env_drop=("HAPLANE_GCE_ENDPOINT", "HAPLANE_PROJECT")))
+                workers.append(
+                    start_worker(
+                        server,
+                        {"PREFECT_HOME": str(home), "PREFECT_LOGGING_LEVEL": "WARNING"},
+                        home / "worker.log",
+                        name=f"fleet-{i}",
+                        env_drop=("HAPLANE_GCE_ENDPOINT", "HAPLANE_PROJECT"),
+                    )
+                )
             setup_workspace(clusters=names, health_interval=args.interval, connection="fleet")
             vm = vm_cost(emulator, 10.0)
             say(f"one VM: {vm[0]:.0f} MB RSS, {vm[1]:.1f} % of a core ({vm[2]} processes)")
@@ -215,12 +240,16 @@ def run(args: argparse.Namespace, work: Path) -> dict:
             if args.watch:
                 watcher = start_watcher(server, work / "watcher", args.period)
                 pids["watcher"] = watcher.pid
-                say(f"haplane watch every {args.period:g} s; checks every {args.interval:g} s (backstop); "
-                    f"{args.workers} workers; warming up {args.warmup:g} s")
+                say(
+                    f"haplane watch every {args.period:g} s; checks every {args.interval:g} s (backstop); "
+                    f"{args.workers} workers; warming up {args.warmup:g} s"
+                )
                 time.sleep(args.warmup)
             else:
-                say(f"health checks every {args.interval:g} s scheduled; {args.workers} workers; warming up one "
-                    f"interval")
+                say(
+                    f"health checks every {args.interval:g} s scheduled; {args.workers} workers; warming up one "
+                    f"interval"
+                )
                 time.sleep(args.interval)
             steady_from = time.time()
             with Sampler(pids) as steady:
@@ -229,20 +258,23 @@ def run(args: argparse.Namespace, work: Path) -> dict:
             say("steady state measured; killing replicas")
 
             victims = {}
-            for name in (names[:args.kill] if args.watch else names[::args.kill_every]):
+            for name in names[: args.kill] if args.watch else names[:: args.kill_every]:
                 vm = sorted(gce.list_instances(ZONES, labels={"haplane-cluster": name}), key=lambda v: v.name)[0]
                 victims[name] = vm.name
             killed_at = time.time()
             for name, vm in victims.items():
-                zone = next(v.zone for v in gce.list_instances(ZONES, labels={"haplane-cluster": name})
-                            if v.name == vm)
+                zone = next(v.zone for v in gce.list_instances(ZONES, labels={"haplane-cluster": name}) if v.name == vm)
                 admin.kill_vm(PROJECT, zone, vm)
             healed: dict[str, float] = {}
             deadline = time.monotonic() + args.heal_timeout
             with Sampler(pids) as healing:
                 while time.monotonic() < deadline and len(healed) < len(victims):
-                    for r in runs(api, "replace-replica", tags={"all_": ["haplane-remediation"]},
-                                  state={"type": {"any_": ["COMPLETED"]}}):
+                    for r in runs(
+                        api,
+                        "replace-replica",
+                        tags={"all_": ["haplane-remediation"]},
+                        state={"type": {"any_": ["COMPLETED"]}},
+                    ):
                         cluster = next((t.split(":", 1)[1] for t in r["tags"] if t.startswith("cluster:")), None)
                         if cluster in victims and cluster not in healed and ts(r["end_time"]) > killed_at:
                             healed[cluster] = ts(r["end_time"]) - killed_at
@@ -251,18 +283,38 @@ def run(args: argparse.Namespace, work: Path) -> dict:
             checks = runs(api, "health-check")
             rids = [f"haplane.cluster.{c}.replica.{vm}" for c, vm in victims.items()]
             seen = first_events(api, "haplane.replica.unhealthy", killed_at, rids) if args.watch else {}
-            detected = {c: seen[f"haplane.cluster.{c}.replica.{vm}"] - killed_at for c, vm in victims.items()
-                        if f"haplane.cluster.{c}.replica.{vm}" in seen}
+            detected = {
+                c: seen[f"haplane.cluster.{c}.replica.{vm}"] - killed_at
+                for c, vm in victims.items()
+                if f"haplane.cluster.{c}.replica.{vm}" in seen
+            }
             started = {}
             for c in checks:
                 cl = c["parameters"].get("cluster")
-                if (cl in victims and c["start_time"] and ts(c["start_time"]) > killed_at
-                        and (c.get("created_by") or {}).get("type") == "AUTOMATION"):
+                if (
+                    cl in victims
+                    and c["start_time"]
+                    and ts(c["start_time"]) > killed_at
+                    and (c.get("created_by") or {}).get("type") == "AUTOMATION"
+                ):
                     started[cl] = min(ts(c["start_time"]) - killed_at, started.get(cl, float("inf")))
-            return {"names": names, "victims": victims, "healed": healed, "steady": steady, "healing": healing,
-                    "steady_window": (steady_from, steady_to), "end": end, "checks": checks,
-                    "workers": args.workers, "args": args, "detected": detected, "started": started, "vm": vm, "api": api,
-                    "started_in_steady": _started_in(api, steady_from, steady_to)}  # while the server still runs
+            return {
+                "names": names,
+                "victims": victims,
+                "healed": healed,
+                "steady": steady,
+                "healing": healing,
+                "steady_window": (steady_from, steady_to),
+                "end": end,
+                "checks": checks,
+                "workers": args.workers,
+                "args": args,
+                "detected": detected,
+                "started": started,
+                "vm": vm,
+                "api": api,
+                "started_in_steady": _started_in(api, steady_from, steady_to),
+            }  # while the server still runs
     finally:
         if watcher is not None:
             stop_group(watcher, sig=signal.SIGTERM)
@@ -280,17 +332,37 @@ def start_watcher(server: PrefectServer, home: Path, period: float) -> subproces
     for key in ("HAPLANE_GCE_ENDPOINT", "HAPLANE_PROJECT"):
         env.pop(key, None)
     with open(home / "watch.log", "ab") as out:
-        return subprocess.Popen([str(Path(sys.executable).parent / "haplane"), "watch", "--period", str(period),
-                                 "--connection", "fleet", "--name", "fleet-watch"], env=env, stdout=out,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        return subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "haplane"),
+                "watch",
+                "--period",
+                str(period),
+                "--connection",
+                "fleet",
+                "--name",
+                "fleet-watch",
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
 
 def first_events(api: str, name: str, since: float, resources: list[str]) -> dict[str, float]:
     """resource id -> when the first event ``name`` about it occurred after ``since`` (the watcher's only)."""
     found: dict[str, float] = {}
     for rid in resources:  # one query per resource: the events API answers 50 events at most
-        body = {"filter": {"event": {"name": [name]}, "any_resource": {"id": [rid]}, "occurred": {
-            "since": dt.datetime.fromtimestamp(since, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")}}, "limit": 50}
+        body = {
+            "filter": {
+                "event": {"name": [name]},
+                "any_resource": {"id": [rid]},
+                "occurred": {"since": dt.datetime.fromtimestamp(since, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")},
+            },
+            "limit": 50,
+        }
         resp = httpx.post(f"{api}/events/filter", json=body, timeout=60)
         if resp.status_code != 200:
             say(f"events of {rid} could not be read: {resp.status_code} {resp.text[:200]}")
@@ -319,8 +391,14 @@ def _postmaster(pg: Postgres) -> int:
 def _overlapping(check: dict, checks: list[dict]) -> bool:
     """Whether another check of the same cluster ran at some time while ``check`` ran."""
     cluster, lo, hi = check["parameters"].get("cluster"), ts(check["start_time"]), ts(check["end_time"]) or time.time()
-    return any(c is not check and c["parameters"].get("cluster") == cluster and c["start_time"]
-               and ts(c["start_time"]) < hi and (ts(c["end_time"]) or time.time()) > lo for c in checks)
+    return any(
+        c is not check
+        and c["parameters"].get("cluster") == cluster
+        and c["start_time"]
+        and ts(c["start_time"]) < hi
+        and (ts(c["end_time"]) or time.time()) > lo
+        for c in checks
+    )
 
 
 def report(r: dict) -> None:
@@ -339,10 +417,14 @@ def report(r: dict) -> None:
     expected = len(r["names"]) * (r["end"] - args.interval - lo) / args.interval
 
     print()
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-          f"load average at the end {os.getloadavg()[0]:.1f}")
-    print(f"fleet: {len(r['names'])} clusters x {args.replicas} replicas (instant profile), checks every "
-          f"{args.interval:g} s, {r['workers']} process workers, Prefect on PostgreSQL")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"load average at the end {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        f"fleet: {len(r['names'])} clusters x {args.replicas} replicas (instant profile), checks every "
+        f"{args.interval:g} s, {r['workers']} process workers, Prefect on PostgreSQL"
+    )
     print()
     print(f"{'steady state (' + format(minutes, '.1f') + ' min)':<58}{'value':>12}")
     print(f"{'health-check runs started per minute':<58}{len(in_steady) / minutes:>12.1f}")
@@ -368,8 +450,10 @@ def report(r: dict) -> None:
     heal = sorted(r["healed"].values())
     print(f"{'kill one replica in ' + str(len(r['victims'])) + ' clusters at once':<58}{'value':>12}")
     print(f"{'clusters healthy again':<58}{len(heal):>9} / {len(r['victims'])}")
-    for label, values in (("kill -> haplane.replica.unhealthy", r.get("detected", {})),
-                          ("kill -> health check started (automation)", r.get("started", {}))):
+    for label, values in (
+        ("kill -> haplane.replica.unhealthy", r.get("detected", {})),
+        ("kill -> health check started (automation)", r.get("started", {})),
+    ):
         if args.watch:
             got = sorted(values.values())
             print(f"{label + ', clusters':<58}{len(got):>9} / {len(r['victims'])}")
@@ -396,8 +480,14 @@ def report(r: dict) -> None:
 
 def _started_in(api: str, lo: float, hi: float) -> int:
     """Flow runs of any flow that started in [lo, hi)."""
-    body = {"flow_runs": {"start_time": {"after_": dt.datetime.fromtimestamp(lo, dt.UTC).isoformat(),
-                                         "before_": dt.datetime.fromtimestamp(hi, dt.UTC).isoformat()}}}
+    body = {
+        "flow_runs": {
+            "start_time": {
+                "after_": dt.datetime.fromtimestamp(lo, dt.UTC).isoformat(),
+                "before_": dt.datetime.fromtimestamp(hi, dt.UTC).isoformat(),
+            }
+        }
+    }
     resp = httpx.post(f"{api}/flow_runs/count", json=body, timeout=60)
     return resp.json() if resp.status_code == 200 else -1  # -1: the server refused the count
 
@@ -410,14 +500,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kill-every", type=int, default=5, help="kill one replica in every n-th cluster")
     p.add_argument("--steady-minutes", type=float, default=5.0)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--db-pool", type=int, default=20,
-                   help="the server's PostgreSQL pool size and overflow (Prefect's default is 5 and 10)")
+    p.add_argument(
+        "--db-pool",
+        type=int,
+        default=20,
+        help="the server's PostgreSQL pool size and overflow (Prefect's default is 5 and 10)",
+    )
     p.add_argument("--heal-timeout", type=float, default=900.0, help="seconds to wait for the killed clusters")
     p.add_argument("--watch", action="store_true", help="run haplane watch; checks every --interval are the backstop")
     p.add_argument("--period", type=float, default=5.0, help="--watch: the watcher's period (s)")
     p.add_argument("--kill", type=int, default=10, help="--watch: kill one replica in this many clusters at once")
-    p.add_argument("--warmup", type=float, default=30.0, help="--watch: seconds between the watcher's start and the "
-                                                               "steady state")
+    p.add_argument(
+        "--warmup", type=float, default=30.0, help="--watch: seconds between the watcher's start and the steady state"
+    )
     args = p.parse_args(argv)
     if args.watch and "--interval" not in " ".join(argv or sys.argv):
         args.interval = 900.0

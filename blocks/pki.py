@@ -55,33 +55,43 @@ class ClusterPKI(Block):
     ca_days: int = Field(default=Lifetimes().ca_days, description="CA lifetime in days")
     leaf_days: int = Field(default=Lifetimes().leaf_days, description="Leaf certificate lifetime in days")
     leaf_minutes: int | None = Field(
-        default=None, description="Leaf certificate lifetime in minutes, instead of leaf_days (short-lived leaves; "
-                                  "set by create-cluster's leaf_lifetime_minutes)")
+        default=None,
+        description="Leaf certificate lifetime in minutes, instead of leaf_days (short-lived leaves; "
+        "set by create-cluster's leaf_lifetime_minutes)",
+    )
     # a CA rotation under way (rotate-certificates with rotate_ca): see haplane.pki.begin_ca_rotation
     ca_rotation: str | None = Field(default=None, description="Change id of the CA rotation under way, if any")
     next_ca_cert: str | None = Field(default=None, description="New cluster CA, trusted but not signing yet")
     next_ca_key: SecretStr | None = Field(default=None, description="Its private key (PEM)")
     next_etcd_ca_cert: str | None = Field(default=None, description="New etcd CA, trusted but not signing yet")
     next_etcd_ca_key: SecretStr | None = Field(default=None, description="Its private key (PEM)")
-    previous_ca_cert: str | None = Field(default=None, description="Old cluster CA, still trusted until the "
-                                                                   "rotation finishes")
-    previous_ca_key: SecretStr | None = Field(default=None, description="Its private key (PEM), deleted when the "
-                                                                        "rotation finishes")
-    previous_etcd_ca_cert: str | None = Field(default=None, description="Old etcd CA, still trusted until the "
-                                                                        "rotation finishes")
-    previous_etcd_ca_key: SecretStr | None = Field(default=None, description="Its private key (PEM), deleted "
-                                                                             "when the rotation finishes")
+    previous_ca_cert: str | None = Field(
+        default=None, description="Old cluster CA, still trusted until the rotation finishes"
+    )
+    previous_ca_key: SecretStr | None = Field(
+        default=None, description="Its private key (PEM), deleted when the rotation finishes"
+    )
+    previous_etcd_ca_cert: str | None = Field(
+        default=None, description="Old etcd CA, still trusted until the rotation finishes"
+    )
+    previous_etcd_ca_key: SecretStr | None = Field(
+        default=None, description="Its private key (PEM), deleted when the rotation finishes"
+    )
     # the service-account key pair (absent in documents saved before it existed; see
     # tasks.pki.ensure_cluster_pki, which adds it)
     service_account_key: SecretStr | None = Field(
-        default=None, description="Service-account signing private key (PEM), the same on every replica")
+        default=None, description="Service-account signing private key (PEM), the same on every replica"
+    )
     service_account_key_created: dt.datetime | None = Field(
-        default=None, description="When the service-account key was created")
+        default=None, description="When the service-account key was created"
+    )
     service_account_previous_public_keys: list[str] = Field(
-        default_factory=list, description="Public keys (PEM) still accepted after the last rotation")
+        default_factory=list, description="Public keys (PEM) still accepted after the last rotation"
+    )
     snapshot_key: SecretStr | None = Field(
-        default=None, description="AES-256 key (base64) sealing the cluster's etcd snapshots at rest; "
-                                  "created by the first snapshot")
+        default=None,
+        description="AES-256 key (base64) sealing the cluster's etcd snapshots at rest; created by the first snapshot",
+    )
 
     @property
     def document_name(self) -> str:
@@ -97,13 +107,20 @@ class ClusterPKI(Block):
             return {f"{name}_cert": ck.cert_pem if ck else None, f"{name}_key": ck.key_pem if ck else None}
 
         return {
-            "ca_cert": cas.ca.cert_pem, "ca_key": cas.ca.key_pem,
-            "etcd_ca_cert": cas.etcd_ca.cert_pem, "etcd_ca_key": cas.etcd_ca.key_pem,
-            "operator_cert": cas.operator.cert_pem, "operator_key": cas.operator.key_pem,
-            "ca_days": cas.lifetimes.ca_days, "leaf_days": cas.lifetimes.leaf_days,
-            "leaf_minutes": cas.lifetimes.leaf_minutes, "ca_rotation": cas.ca_rotation,
-            **pair("next_ca", cas.next_ca), **pair("next_etcd_ca", cas.next_etcd_ca),
-            **pair("previous_ca", cas.previous_ca), **pair("previous_etcd_ca", cas.previous_etcd_ca),
+            "ca_cert": cas.ca.cert_pem,
+            "ca_key": cas.ca.key_pem,
+            "etcd_ca_cert": cas.etcd_ca.cert_pem,
+            "etcd_ca_key": cas.etcd_ca.key_pem,
+            "operator_cert": cas.operator.cert_pem,
+            "operator_key": cas.operator.key_pem,
+            "ca_days": cas.lifetimes.ca_days,
+            "leaf_days": cas.lifetimes.leaf_days,
+            "leaf_minutes": cas.lifetimes.leaf_minutes,
+            "ca_rotation": cas.ca_rotation,
+            **pair("next_ca", cas.next_ca),
+            **pair("next_etcd_ca", cas.next_etcd_ca),
+            **pair("previous_ca", cas.previous_ca),
+            **pair("previous_etcd_ca", cas.previous_etcd_ca),
         }
 
     def with_cas(self, cas: ClusterCAs) -> ClusterPKI:
@@ -115,8 +132,11 @@ class ClusterPKI(Block):
     def _service_account_fields(sa: ServiceAccountKeys | None) -> dict:
         if sa is None:
             return {}
-        return {"service_account_key": sa.key_pem, "service_account_key_created": sa.created,
-                "service_account_previous_public_keys": list(sa.previous_public_pems)}
+        return {
+            "service_account_key": sa.key_pem,
+            "service_account_key_created": sa.created,
+            "service_account_previous_public_keys": list(sa.previous_public_pems),
+        }
 
     def with_service_account(self, sa: ServiceAccountKeys) -> ClusterPKI:
         """This document with ``sa`` as the service-account key pair (to save over it)."""
@@ -129,11 +149,15 @@ class ClusterPKI(Block):
             etcd_ca=CertKey("etcd-ca", self.etcd_ca_cert, self.etcd_ca_key),
             operator=CertKey("operator-etcd-client", self.operator_cert, self.operator_key),
             lifetimes=Lifetimes(ca_days=self.ca_days, leaf_days=self.leaf_days, leaf_minutes=self.leaf_minutes),
-            service_account=(ServiceAccountKeys(
-                key_pem=self.service_account_key,
-                created=self.service_account_key_created or dt.datetime.now(dt.UTC),
-                previous_public_pems=tuple(self.service_account_previous_public_keys))
-                if self.service_account_key is not None else None),
+            service_account=(
+                ServiceAccountKeys(
+                    key_pem=self.service_account_key,
+                    created=self.service_account_key_created or dt.datetime.now(dt.UTC),
+                    previous_public_pems=tuple(self.service_account_previous_public_keys),
+                )
+                if self.service_account_key is not None
+                else None
+            ),
             ca_rotation=self.ca_rotation,
             next_ca=self._pair("cluster-ca", self.next_ca_cert, self.next_ca_key),
             next_etcd_ca=self._pair("etcd-ca", self.next_etcd_ca_cert, self.next_etcd_ca_key),

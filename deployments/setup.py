@@ -75,9 +75,14 @@ def ensure_pool(name: str = POOL) -> None:
 
     with get_client(sync_client=True) as client:
         try:
-            client.create_work_pool(WorkPoolCreate(
-                name=name, type="process", description="haplane flows (process worker on a machine with the checkout)",
-                base_job_template=ProcessWorker.get_default_base_job_template()))
+            client.create_work_pool(
+                WorkPoolCreate(
+                    name=name,
+                    type="process",
+                    description="haplane flows (process worker on a machine with the checkout)",
+                    base_job_template=ProcessWorker.get_default_base_job_template(),
+                )
+            )
             say(f"work pool {name!r} created")
         except ObjectAlreadyExists:
             say(f"work pool {name!r} exists")
@@ -121,15 +126,22 @@ def ensure_limits(clusters: list[str]) -> None:
 
 def deploy(repo: Path) -> None:
     prefect = Path(sys.executable).parent / "prefect"
-    cmd = [str(prefect) if prefect.exists() else "prefect", "--no-prompt", "deploy", "--all",
-           "--prefect-file", str(repo / "prefect.yaml")]
+    cmd = [
+        str(prefect) if prefect.exists() else "prefect",
+        "--no-prompt",
+        "deploy",
+        "--all",
+        "--prefect-file",
+        str(repo / "prefect.yaml"),
+    ]
     say("deploying prefect.yaml: " + " ".join(cmd[1:]))
-    out = subprocess.run(cmd, cwd=repo, env=dict(os.environ), stdin=subprocess.DEVNULL, capture_output=True,
-                         text=True)
+    out = subprocess.run(cmd, cwd=repo, env=dict(os.environ), stdin=subprocess.DEVNULL, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"prefect deploy failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-    say("deployments: create-cluster, add-replica, remove-replica, replace-replica, upgrade-cluster, set-load-balancer, "
-        "delete-cluster, rotate-certificates, health-check, snapshot-cluster, restore-cluster")
+    say(
+        "deployments: create-cluster, add-replica, remove-replica, replace-replica, upgrade-cluster, set-load-balancer, "
+        "delete-cluster, rotate-certificates, health-check, snapshot-cluster, restore-cluster"
+    )
 
 
 def workspace_connection(connection: str | None) -> str | None:
@@ -169,16 +181,22 @@ def ensure_result_storage(block: str) -> None:
     from prefect.client.orchestration import get_client
 
     if "/" not in block:
-        raise ValueError(f"--result-storage {block!r}: give a block as <type>/<name>, e.g. gcs-bucket/haplane-results "
-                         f"or local-file-system/haplane-results (create it first in the UI or with Python)")
+        raise ValueError(
+            f"--result-storage {block!r}: give a block as <type>/<name>, e.g. gcs-bucket/haplane-results "
+            f"or local-file-system/haplane-results (create it first in the UI or with Python)"
+        )
     try:
         storage = Block.load(block)
     except ValueError as exc:
-        raise ValueError(f"--result-storage {block!r}: no such block ({exc}); create it first, e.g. "
-                         f"GcsBucket(bucket=..., gcp_credentials=...).save('haplane-results')") from exc
+        raise ValueError(
+            f"--result-storage {block!r}: no such block ({exc}); create it first, e.g. "
+            f"GcsBucket(bucket=..., gcp_credentials=...).save('haplane-results')"
+        ) from exc
     if not hasattr(storage, "write_path"):
-        raise ValueError(f"--result-storage {block!r}: a {type(storage).__name__} cannot store results; "
-                         f"use a GcsBucket or a LocalFileSystem on a path every worker shares")
+        raise ValueError(
+            f"--result-storage {block!r}: a {type(storage).__name__} cannot store results; "
+            f"use a GcsBucket or a LocalFileSystem on a path every worker shares"
+        )
     with get_client(sync_client=True) as client:
         client.update_server_default_result_storage(storage._block_document_id)
     say(f"checkpoints (task results) of every worker go to {block}")
@@ -201,16 +219,23 @@ def ensure_cluster_health_deployments(clusters: list[str], connection: str | Non
         shared = client.read_deployment_by_name(HEALTH_DEPLOYMENT)
         for c in clusters:
             client.create_deployment(  # an upsert by flow and name
-                shared.flow_id, cluster_health_deployment(c).split("/")[1],
+                shared.flow_id,
+                cluster_health_deployment(c).split("/")[1],
                 description=f"Health check of {c} (haplane setup-workspace; one run at a time, a late duplicate "
-                            f"is cancelled)",
+                f"is cancelled)",
                 concurrency_limit=1,
                 concurrency_options=ConcurrencyOptions(collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
-                parameters={"cluster": c, "connection": connection}, work_pool_name=shared.work_pool_name,
-                work_queue_name=shared.work_queue_name, tags=[*shared.tags, f"cluster:{c}"], path=shared.path,
-                entrypoint=shared.entrypoint, parameter_openapi_schema=shared.parameter_openapi_schema,
-                pull_steps=shared.pull_steps, enforce_parameter_schema=shared.enforce_parameter_schema,
-                job_variables=shared.job_variables)
+                parameters={"cluster": c, "connection": connection},
+                work_pool_name=shared.work_pool_name,
+                work_queue_name=shared.work_queue_name,
+                tags=[*shared.tags, f"cluster:{c}"],
+                path=shared.path,
+                entrypoint=shared.entrypoint,
+                parameter_openapi_schema=shared.parameter_openapi_schema,
+                pull_steps=shared.pull_steps,
+                enforce_parameter_schema=shared.enforce_parameter_schema,
+                job_variables=shared.job_variables,
+            )
 
 
 def ensure_health_schedules(clusters: list[str], interval_s: float, connection: str | None) -> None:
@@ -219,8 +244,7 @@ def ensure_health_schedules(clusters: list[str], interval_s: float, connection: 
     ensure_cluster_health_deployments(clusters, connection)
     for c in clusters:
         _remove_schedule(HEALTH_DEPLOYMENT, f"health-{c}")
-        ensure_cluster_schedules(cluster_health_deployment(c), "health", "health check", [c], interval_s,
-                                 connection)
+        ensure_cluster_schedules(cluster_health_deployment(c), "health", "health check", [c], interval_s, connection)
 
 
 def ensure_snapshot_schedules(clusters: list[str], interval_s: float, connection: str | None) -> None:
@@ -254,11 +278,23 @@ def ensure_automation() -> None:
     automation = Automation(
         name=AUTOMATION,
         description=f"On an event {REQUEST_EVENT} about resource haplane.cluster.<name>, run a health check of "
-                    f"that cluster now (the check's own lock keeps it from overlapping a scheduled one).",
-        trigger=EventTrigger(expect={REQUEST_EVENT}, match={"prefect.resource.id": "haplane.cluster.*"},
-                             posture=Posture.Reactive, threshold=1, within=dt.timedelta(0)),
-        actions=[RunDeployment(source="selected", deployment_id=deployment.id, parameters={
-            "cluster": {"__prefect_kind": "jinja", "template": "{{ event.resource['haplane.cluster'] }}"}})],
+        f"that cluster now (the check's own lock keeps it from overlapping a scheduled one).",
+        trigger=EventTrigger(
+            expect={REQUEST_EVENT},
+            match={"prefect.resource.id": "haplane.cluster.*"},
+            posture=Posture.Reactive,
+            threshold=1,
+            within=dt.timedelta(0),
+        ),
+        actions=[
+            RunDeployment(
+                source="selected",
+                deployment_id=deployment.id,
+                parameters={
+                    "cluster": {"__prefect_kind": "jinja", "template": "{{ event.resource['haplane.cluster'] }}"}
+                },
+            )
+        ],
     )
     try:
         current = Automation.read(name=AUTOMATION)
@@ -289,8 +325,9 @@ def _upsert_automation(automation: Any) -> None:
         say(f"automation {automation.name!r} updated")
 
 
-def ensure_watch_automations(clusters: list[str], connection: str | None,
-                             watcher_silence_s: float = WATCHER_SILENCE_S) -> None:
+def ensure_watch_automations(
+    clusters: list[str], connection: str | None, watcher_silence_s: float = WATCHER_SILENCE_S
+) -> None:
     """Per cluster: a replica the watcher saw unhealthy, not recovered within the grace -> a health check of
     that cluster; and once: no watcher heartbeat for ``watcher_silence_s`` -> ``haplane-watcher-down``."""
     from prefect.automations import Automation
@@ -305,30 +342,55 @@ def ensure_watch_automations(clusters: list[str], connection: str | None,
         with get_client(sync_client=True) as client:
             deployment = client.read_deployment_by_name(cluster_health_deployment(c))
         grace = cluster_grace(c)
-        ensure_cluster_automation(c, Automation(  # tagged cluster:<c>: delete-cluster removes it
-            name=cluster_automation(c),
-            description=f"A replica of {c} that haplane watch saw unhealthy and that did not recover within "
-                        f"{grace:g} s: run {cluster_health_deployment(c)} (it decides and acts under its locks).",
-            trigger=EventTrigger(
-                after={UNHEALTHY}, expect={RECOVERED}, posture=Posture.Proactive, threshold=1,
-                within=dt.timedelta(seconds=grace), for_each={"prefect.resource.id"},
-                # the watcher's events only: the health check's own findings must not start checks
-                match={"prefect.resource.id": f"haplane.cluster.{c}.replica.*", "haplane.source": SOURCE}),
-            actions=[RunDeployment(source="selected", deployment_id=deployment.id, parameters={
-                "cluster": {"__prefect_kind": "jinja", "template": "{{ event.resource['haplane.cluster'] }}"},
-                "connection": connection})],
-        ))
+        ensure_cluster_automation(
+            c,
+            Automation(  # tagged cluster:<c>: delete-cluster removes it
+                name=cluster_automation(c),
+                description=f"A replica of {c} that haplane watch saw unhealthy and that did not recover within "
+                f"{grace:g} s: run {cluster_health_deployment(c)} (it decides and acts under its locks).",
+                trigger=EventTrigger(
+                    after={UNHEALTHY},
+                    expect={RECOVERED},
+                    posture=Posture.Proactive,
+                    threshold=1,
+                    within=dt.timedelta(seconds=grace),
+                    for_each={"prefect.resource.id"},
+                    # the watcher's events only: the health check's own findings must not start checks
+                    match={"prefect.resource.id": f"haplane.cluster.{c}.replica.*", "haplane.source": SOURCE},
+                ),
+                actions=[
+                    RunDeployment(
+                        source="selected",
+                        deployment_id=deployment.id,
+                        parameters={
+                            "cluster": {
+                                "__prefect_kind": "jinja",
+                                "template": "{{ event.resource['haplane.cluster'] }}",
+                            },
+                            "connection": connection,
+                        },
+                    )
+                ],
+            ),
+        )
         say(f"health check of {c!r} when a replica stays unhealthy {grace:g} s (automation {cluster_automation(c)})")
-    _upsert_automation(Automation(
-        name=WATCHER_DOWN,
-        description=f"No heartbeat ({ALIVE}) from a haplane watcher for {watcher_silence_s:g} s: the watcher is "
-                    f"down; failed replicas are found only by the scheduled health checks until it is back.",
-        # no for_each: Prefect drops a per-resource bucket once it is satisfied, so a watcher that stops
-        # would leave no bucket to fire; one bucket per window fires when no watcher says it is alive
-        trigger=EventTrigger(expect={ALIVE}, match={"prefect.resource.id": "haplane.watch.*"},
-                             posture=Posture.Proactive, threshold=1, within=dt.timedelta(seconds=watcher_silence_s)),
-        actions=[DoNothing()],
-    ))
+    _upsert_automation(
+        Automation(
+            name=WATCHER_DOWN,
+            description=f"No heartbeat ({ALIVE}) from a haplane watcher for {watcher_silence_s:g} s: the watcher is "
+            f"down; failed replicas are found only by the scheduled health checks until it is back.",
+            # no for_each: Prefect drops a per-resource bucket once it is satisfied, so a watcher that stops
+            # would leave no bucket to fire; one bucket per window fires when no watcher says it is alive
+            trigger=EventTrigger(
+                expect={ALIVE},
+                match={"prefect.resource.id": "haplane.watch.*"},
+                posture=Posture.Proactive,
+                threshold=1,
+                within=dt.timedelta(seconds=watcher_silence_s),
+            ),
+            actions=[DoNothing()],
+        )
+    )
 
 
 def cluster_grace(cluster: str) -> float:
@@ -345,15 +407,24 @@ def check_health_interval(seconds: float) -> None:
     """A schedule every 0 s (or less) would be refused by Prefect half-way through the setup, or run
     checks back to back: refused before anything is set up."""
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
-        raise ValueError(f"--health-interval must be a positive number of seconds, got {seconds!r}: "
-                         f"pass e.g. --health-interval 300 (every 5 minutes)")
+        raise ValueError(
+            f"--health-interval must be a positive number of seconds, got {seconds!r}: "
+            f"pass e.g. --health-interval 300 (every 5 minutes)"
+        )
 
 
-def setup_workspace(clusters: list[str] | None = None, health_interval: float = 900.0, connection: str | None = None,
-                    project: str | None = None, endpoint: str | None = None, repo: Path = REPO,
-                    pool: str = POOL, snapshot_interval: float = 3600.0,
-                    result_storage: str | None = None,
-                    watcher_silence_s: float = WATCHER_SILENCE_S) -> dict[str, Any]:
+def setup_workspace(
+    clusters: list[str] | None = None,
+    health_interval: float = 900.0,
+    connection: str | None = None,
+    project: str | None = None,
+    endpoint: str | None = None,
+    repo: Path = REPO,
+    pool: str = POOL,
+    snapshot_interval: float = 3600.0,
+    result_storage: str | None = None,
+    watcher_silence_s: float = WATCHER_SILENCE_S,
+) -> dict[str, Any]:
     """Everything above; returns what was set up."""
     clusters = list(clusters or [])
     from haplane.topology import check_cluster_name
@@ -379,31 +450,59 @@ def setup_workspace(clusters: list[str] | None = None, health_interval: float = 
     ensure_automation()
     ensure_watch_automations(clusters, connection, watcher_silence_s)
     say("done: start a worker with `prefect worker start --pool haplane --type process`")
-    return {"pool": pool, "clusters": clusters, "connection": connection, "health_interval": health_interval,
-            "result_storage": result_storage}
+    return {
+        "pool": pool,
+        "clusters": clusters,
+        "connection": connection,
+        "health_interval": health_interval,
+        "result_storage": result_storage,
+    }
 
 
 def add_cli(sub: Any) -> argparse.ArgumentParser:
-    p = sub.add_parser("setup-workspace", help="set up the Prefect workspace (pool, blocks, limits, deployments, "
-                                               "schedules, automation); idempotent",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "setup-workspace",
+        help="set up the Prefect workspace (pool, blocks, limits, deployments, schedules, automation); idempotent",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--cluster", action="append", default=[], help="a cluster to health-check (repeatable)")
-    p.add_argument("--health-interval", type=float, default=900.0,
-                   help="seconds between scheduled health checks, the backstop of haplane watch (default 900)")
-    p.add_argument("--snapshot-interval", type=float, default=3600.0,
-                   help="seconds between etcd snapshots of each --cluster (default 3600; 0: no schedule)")
-    p.add_argument("--connection", help="name of the haplane-gce-connection block the flows use "
-                                        "(saved when --project is given; default name 'default')")
+    p.add_argument(
+        "--health-interval",
+        type=float,
+        default=900.0,
+        help="seconds between scheduled health checks, the backstop of haplane watch (default 900)",
+    )
+    p.add_argument(
+        "--snapshot-interval",
+        type=float,
+        default=3600.0,
+        help="seconds between etcd snapshots of each --cluster (default 3600; 0: no schedule)",
+    )
+    p.add_argument(
+        "--connection",
+        help="name of the haplane-gce-connection block the flows use "
+        "(saved when --project is given; default name 'default')",
+    )
     p.add_argument("--project", help="GCE project: save a connection block for it")
     p.add_argument("--endpoint", help="GCE endpoint, e.g. http://127.0.0.1:8787 for the emulator (empty: real GCE)")
-    p.add_argument("--result-storage", metavar="BLOCK",
-                   help="storage block for every worker's checkpoints, as <type>/<name>: gcs-bucket/NAME (prefect-gcp) "
-                        "or local-file-system/NAME on a path all workers share")
+    p.add_argument(
+        "--result-storage",
+        metavar="BLOCK",
+        help="storage block for every worker's checkpoints, as <type>/<name>: gcs-bucket/NAME (prefect-gcp) "
+        "or local-file-system/NAME on a path all workers share",
+    )
     return p
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    setup_workspace(clusters=args.cluster, health_interval=args.health_interval, connection=args.connection,
-                    project=args.project, endpoint=args.endpoint, snapshot_interval=args.snapshot_interval,
-                    result_storage=args.result_storage)
+    setup_workspace(
+        clusters=args.cluster,
+        health_interval=args.health_interval,
+        connection=args.connection,
+        project=args.project,
+        endpoint=args.endpoint,
+        snapshot_interval=args.snapshot_interval,
+        result_storage=args.result_storage,
+    )
     return 0

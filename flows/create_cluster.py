@@ -55,9 +55,13 @@ def create_cluster(
     quorum_reads: Annotated[bool, Field(description=QUORUM_READS_TEXT)] = False,
     machine_type: str = "e2-standard-2",
     api_source_ranges: list[str] | None = None,
-    operator_ranges: Annotated[list[str] | None, Field(
-        description="CIDRs the operator (Prefect workers) reaches etcd's client port from; default: this "
-                    "worker's own egress address toward the cluster, e.g. ['203.0.113.7/32']")] = None,
+    operator_ranges: Annotated[
+        list[str] | None,
+        Field(
+            description="CIDRs the operator (Prefect workers) reaches etcd's client port from; default: this "
+            "worker's own egress address toward the cluster, e.g. ['203.0.113.7/32']"
+        ),
+    ] = None,
     leaf_lifetime_minutes: LeafLifetime = None,
     etcd_version: EtcdRelease = DEFAULT_ETCD_VERSION,
     kubernetes_version: KubernetesRelease = DEFAULT_KUBERNETES_VERSION,
@@ -80,15 +84,35 @@ def create_cluster(
     project = change.gce().project
     where = spec_where(cluster)  # a name taken anywhere is refused before anything changes
     check_create(cluster, region, project, where, [] if where else gce_footprint(cluster, region, connection))
-    spec = ClusterSpec(cluster=cluster, region=region, zones=list(zones), multizone=multizone,
-                       quorum_reads=quorum_reads, machine_type=machine_type,
-                       api_source_ranges=api_ranges,
-                       operator_ranges=operator_ranges or [],  # none: the worker's egress (tasks/execute.py)
-                       project=project,
-                       uid=where.uid if where else new_uid(),  # a resumed create keeps its uid
-                       load_balancer=EndpointMode(load_balancer),
-                       etcd_version=etcd_version, kubernetes_version=kubernetes_version)
-    return run_change(change, spec,
-                      lambda existing, _: plan_create(cluster, region, zones, replicas, change.change_id, known,
-                                                      existing, spec.load_balancer, leaf_lifetime_minutes),
-                      dry_run, note=f"created by run {flow_run.get_id()}")
+    spec = ClusterSpec(
+        cluster=cluster,
+        region=region,
+        zones=list(zones),
+        multizone=multizone,
+        quorum_reads=quorum_reads,
+        machine_type=machine_type,
+        api_source_ranges=api_ranges,
+        operator_ranges=operator_ranges or [],  # none: the worker's egress (tasks/execute.py)
+        project=project,
+        uid=where.uid if where else new_uid(),  # a resumed create keeps its uid
+        load_balancer=EndpointMode(load_balancer),
+        etcd_version=etcd_version,
+        kubernetes_version=kubernetes_version,
+    )
+    return run_change(
+        change,
+        spec,
+        lambda existing, _: plan_create(
+            cluster,
+            region,
+            zones,
+            replicas,
+            change.change_id,
+            known,
+            existing,
+            spec.load_balancer,
+            leaf_lifetime_minutes,
+        ),
+        dry_run,
+        note=f"created by run {flow_run.get_id()}",
+    )

@@ -31,8 +31,13 @@ def delete_cluster(
     connection: Connection = None,
     change_id: ChangeId = None,
     dry_run: DryRun = False,
-    gone: Annotated[bool, Field(description="The cluster is truly gone from GCE: remove its spec, PKI, schedule "
-                                            "and locks although GCE shows nothing of it")] = False,
+    gone: Annotated[
+        bool,
+        Field(
+            description="The cluster is truly gone from GCE: remove its spec, PKI, schedule "
+            "and locks although GCE shows nothing of it"
+        ),
+    ] = False,
 ) -> list[str] | Plan:
     check_cluster_name(cluster)
     spec = load_spec(cluster)

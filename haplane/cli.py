@@ -31,8 +31,9 @@ def _demo(args: argparse.Namespace) -> int:
 
     temporary = args.state_dir is None
     state_dir = Path(args.state_dir or tempfile.mkdtemp(prefix="haplane-demo-"))
-    emulator = Emulator(state_dir=state_dir, runtime=ProcessRuntime(state_dir), profile=args.profile,
-                        time_scale=args.time_scale)
+    emulator = Emulator(
+        state_dir=state_dir, runtime=ProcessRuntime(state_dir), profile=args.profile, time_scale=args.time_scale
+    )
     emulator.start()
     os.environ["HAPLANE_GCE_ENDPOINT"] = emulator.url
     os.environ["HAPLANE_PROJECT"] = args.project
@@ -126,20 +127,26 @@ def _kubeconfig(args: argparse.Namespace) -> int:
     names = ClusterNames(args.cluster)
     address = gce.get_address(spec.region, names.address)
     if address is None or not address.address:
-        print(f"haplane kubeconfig: cluster {args.cluster!r} has no endpoint IP (address {names.address} in "
-              f"{spec.region} not found); nothing was written", file=sys.stderr)
+        print(
+            f"haplane kubeconfig: cluster {args.cluster!r} has no endpoint IP (address {names.address} in "
+            f"{spec.region} not found); nothing was written",
+            file=sys.stderr,
+        )
         return 2
     client = issue_admin(cas, ttl)
     write_private(out, render(args.cluster, server_url(address.address, APISERVER_PORT), cas.ca_bundle(), client))
     expires = client.certificate.not_valid_after_utc.strftime("%Y-%m-%d %H:%M UTC")
-    print(f"wrote {out} (mode 0600): server https://{address.address}:{APISERVER_PORT}, user haplane-admin "
-          f"(system:masters) until {expires}. Use: kubectl --kubeconfig {out} get --raw /readyz")
+    print(
+        f"wrote {out} (mode 0600): server https://{address.address}:{APISERVER_PORT}, user haplane-admin "
+        f"(system:masters) until {expires}. Use: kubectl --kubeconfig {out} get --raw /readyz"
+    )
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="haplane", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="haplane", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="create a cluster on the local emulator, show it, delete it")
@@ -154,22 +161,30 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--keep", action="store_true", help="do not delete the cluster at the end")
     demo.set_defaults(run=_demo)
 
-    unlock = sub.add_parser("unlock", help="free one lock of a cluster whose holder's run has ended (a killed "
-                                           "flow run), without waiting for its lease to expire")
+    unlock = sub.add_parser(
+        "unlock",
+        help="free one lock of a cluster whose holder's run has ended (a killed "
+        "flow run), without waiting for its lease to expire",
+    )
     unlock.add_argument("cluster")
-    unlock.add_argument("--lock", choices=("cluster", "health"), default="cluster",
-                        help="which lock: cluster-<name> (mutating flows, the default) or health-<name> (the "
-                             "health check's)")
-    unlock.add_argument("--force", action="store_true",
-                        help="free it even if its holder may still run (says what it overrides)")
+    unlock.add_argument(
+        "--lock",
+        choices=("cluster", "health"),
+        default="cluster",
+        help="which lock: cluster-<name> (mutating flows, the default) or health-<name> (the health check's)",
+    )
+    unlock.add_argument(
+        "--force", action="store_true", help="free it even if its holder may still run (says what it overrides)"
+    )
     unlock.set_defaults(run=_unlock)
 
     kube = sub.add_parser("kubeconfig", help="write a kubeconfig with a short-lived administrator certificate")
     kube.add_argument("cluster")
     kube.add_argument("--ttl", default="8h", help="how long the certificate lasts: 8h (default), 90m, ... at most 24h")
     kube.add_argument("-o", "--output", help="the file to write (mode 0600; default ./CLUSTER.kubeconfig)")
-    kube.add_argument("--connection", help="a haplane-gce-connection block (default: HAPLANE_GCE_ENDPOINT / "
-                                           "HAPLANE_PROJECT)")
+    kube.add_argument(
+        "--connection", help="a haplane-gce-connection block (default: HAPLANE_GCE_ENDPOINT / HAPLANE_PROJECT)"
+    )
     kube.set_defaults(run=_kubeconfig)
 
     from haplane.emulator.server import add_cli, run_cli

@@ -109,8 +109,14 @@ class ReplicaState:
     @property
     def healthy(self) -> bool:
         """Known to be healthy (an unknown is never healthy, nor known unhealthy)."""
-        return (self.vm_status == "RUNNING" and self.etcd_ok and not self.learner and self.api_ready
-                and not self.components_down and self.components_unknown is None)
+        return (
+            self.vm_status == "RUNNING"
+            and self.etcd_ok
+            and not self.learner
+            and self.api_ready
+            and not self.components_down
+            and self.components_unknown is None
+        )
 
     @property
     def unknowns(self) -> tuple[Unknown, ...]:
@@ -148,6 +154,7 @@ class ClusterState:
     def leaderless(self) -> tuple[LeaderLease, ...]:
         """Components with no leader: no Lease, or one not renewed within its duration (known only)."""
         return tuple(lease for lease in self.leases if lease.leader is None)
+
     etcd_cluster_version: str | None = None  # etcd's cluster version (/version "etcdcluster"); None: unread
 
     @property

@@ -56,7 +56,14 @@ APISERVER_PORT = 6443
 HEALTH_PORT = 8080  # plain-HTTP /healthz for the target pool's legacy httpHealthCheck
 CONTROLLER_MANAGER_PORT = 10257  # kube-controller-manager's /healthz (--secure-port)
 SCHEDULER_PORT = 10259  # kube-scheduler's /healthz (--secure-port)
-VM_PORTS = (ETCD_CLIENT_PORT, ETCD_PEER_PORT, APISERVER_PORT, HEALTH_PORT, CONTROLLER_MANAGER_PORT, SCHEDULER_PORT)  # bound on a VM's internal IP
+VM_PORTS = (
+    ETCD_CLIENT_PORT,
+    ETCD_PEER_PORT,
+    APISERVER_PORT,
+    HEALTH_PORT,
+    CONTROLLER_MANAGER_PORT,
+    SCHEDULER_PORT,
+)  # bound on a VM's internal IP
 FORWARDED_PORTS = (APISERVER_PORT, HEALTH_PORT)  # reachable through an external or load-balancer IP
 
 # metadata key suffix -> file name on the VM (under the node's pki dir)
@@ -155,15 +162,21 @@ class NodeSpec:
     def from_metadata(cls, items: dict[str, str]) -> NodeSpec:
         etcd = EtcdSpec.from_json(items[ETCD_KEY]) if items.get(ETCD_KEY) else None
         api = ApiServerSpec.from_json(items[APISERVER_KEY]) if items.get(APISERVER_KEY) else None
-        tls = {k[len(TLS_PREFIX):]: v for k, v in items.items() if k.startswith(TLS_PREFIX)}
+        tls = {k[len(TLS_PREFIX) :]: v for k, v in items.items() if k.startswith(TLS_PREFIX)}
         unknown = set(tls) - set(TLS_FILES)
         refs = json.loads(items[SECRETS_KEY]) if items.get(SECRETS_KEY) else {}
         unknown |= set(refs) - SECRET_REF_SUFFIXES
         if unknown:
             raise ValueError(f"unknown TLS metadata keys {sorted(unknown)}; expected {sorted(TLS_FILES)}")
         restore = RestoreSpec.from_json(items[RESTORE_KEY]) if items.get(RESTORE_KEY) else None
-        return cls(etcd=etcd, apiserver=api, tls=tls, secret_refs=refs, restore=restore,
-                   snapshot_key=items.get(SNAPSHOT_KEY_KEY))
+        return cls(
+            etcd=etcd,
+            apiserver=api,
+            tls=tls,
+            secret_refs=refs,
+            restore=restore,
+            snapshot_key=items.get(SNAPSHOT_KEY_KEY),
+        )
 
     def to_metadata(self) -> dict[str, str]:
         items: dict[str, str] = {}
@@ -177,8 +190,10 @@ class NodeSpec:
             items[TLS_PREFIX + suffix] = pem
         if self.secret_refs:
             if set(self.secret_refs) - SECRET_REF_SUFFIXES:
-                raise ValueError("only private keys and the snapshot key go to Secret Manager, not "
-                                 f"{sorted(set(self.secret_refs) - SECRET_REF_SUFFIXES)}")
+                raise ValueError(
+                    "only private keys and the snapshot key go to Secret Manager, not "
+                    f"{sorted(set(self.secret_refs) - SECRET_REF_SUFFIXES)}"
+                )
             items[SECRETS_KEY] = json.dumps(self.secret_refs, sort_keys=True)
         if self.restore:
             if not self.snapshot_key and SNAPSHOT_KEY_SECRET not in self.secret_refs:
@@ -192,8 +207,11 @@ class NodeSpec:
 def public_metadata(items: dict[str, str]) -> dict[str, str]:
     """Metadata with private keys replaced by a marker: safe for logs and task results."""
     return {
-        k: ("<redacted>" if (k.startswith(TLS_PREFIX) and k[len(TLS_PREFIX):] in SECRET_SUFFIXES)
-            or k == SNAPSHOT_KEY_KEY else v)
+        k: (
+            "<redacted>"
+            if (k.startswith(TLS_PREFIX) and k[len(TLS_PREFIX) :] in SECRET_SUFFIXES) or k == SNAPSHOT_KEY_KEY
+            else v
+        )
         for k, v in items.items()
     }
 
@@ -206,37 +224,57 @@ def client_url(ip: str) -> str:
     return f"https://{ip}:{ETCD_CLIENT_PORT}"
 
 
-def etcd_argv(etcd_bin: str, spec: EtcdSpec, ip: str, data_dir: Path, pki_dir: Path | None,
-              scheme: str = "https") -> list[str]:
+def etcd_argv(
+    etcd_bin: str, spec: EtcdSpec, ip: str, data_dir: Path, pki_dir: Path | None, scheme: str = "https"
+) -> list[str]:
     """The etcd command line for a member on ``ip``; mutual TLS when ``pki_dir`` is given."""
     if pki_dir is None:
         scheme = "http"
     argv = [
         etcd_bin,
-        "--name", spec.name,
-        "--data-dir", str(data_dir),
-        "--listen-client-urls", f"{scheme}://{ip}:{ETCD_CLIENT_PORT}",
-        "--advertise-client-urls", f"{scheme}://{ip}:{ETCD_CLIENT_PORT}",
-        "--listen-peer-urls", f"{scheme}://{ip}:{ETCD_PEER_PORT}",
-        "--initial-advertise-peer-urls", f"{scheme}://{ip}:{ETCD_PEER_PORT}",
-        "--initial-cluster", spec.initial_cluster,
-        "--initial-cluster-state", spec.initial_cluster_state,
-        "--initial-cluster-token", spec.initial_cluster_token,
-        "--heartbeat-interval", str(spec.heartbeat_ms),
-        "--election-timeout", str(spec.election_ms),
-        "--logger", "zap",
-        "--log-level", "warn",
+        "--name",
+        spec.name,
+        "--data-dir",
+        str(data_dir),
+        "--listen-client-urls",
+        f"{scheme}://{ip}:{ETCD_CLIENT_PORT}",
+        "--advertise-client-urls",
+        f"{scheme}://{ip}:{ETCD_CLIENT_PORT}",
+        "--listen-peer-urls",
+        f"{scheme}://{ip}:{ETCD_PEER_PORT}",
+        "--initial-advertise-peer-urls",
+        f"{scheme}://{ip}:{ETCD_PEER_PORT}",
+        "--initial-cluster",
+        spec.initial_cluster,
+        "--initial-cluster-state",
+        spec.initial_cluster_state,
+        "--initial-cluster-token",
+        spec.initial_cluster_token,
+        "--heartbeat-interval",
+        str(spec.heartbeat_ms),
+        "--election-timeout",
+        str(spec.election_ms),
+        "--logger",
+        "zap",
+        "--log-level",
+        "warn",
     ]
     if pki_dir is not None:
         argv += [
             "--client-cert-auth",
-            "--trusted-ca-file", str(pki_dir / TLS_FILES["etcd-ca"]),
-            "--cert-file", str(pki_dir / TLS_FILES["etcd-server-cert"]),
-            "--key-file", str(pki_dir / TLS_FILES["etcd-server-key"]),
+            "--trusted-ca-file",
+            str(pki_dir / TLS_FILES["etcd-ca"]),
+            "--cert-file",
+            str(pki_dir / TLS_FILES["etcd-server-cert"]),
+            "--key-file",
+            str(pki_dir / TLS_FILES["etcd-server-key"]),
             "--peer-client-cert-auth",
-            "--peer-trusted-ca-file", str(pki_dir / TLS_FILES["etcd-ca"]),
-            "--peer-cert-file", str(pki_dir / TLS_FILES["etcd-peer-cert"]),
-            "--peer-key-file", str(pki_dir / TLS_FILES["etcd-peer-key"]),
+            "--peer-trusted-ca-file",
+            str(pki_dir / TLS_FILES["etcd-ca"]),
+            "--peer-cert-file",
+            str(pki_dir / TLS_FILES["etcd-peer-cert"]),
+            "--peer-key-file",
+            str(pki_dir / TLS_FILES["etcd-peer-key"]),
         ]
     return argv
 

@@ -75,15 +75,21 @@ def check_leaf_minutes(value: object, ca_days: int = CA_DAYS) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"leaf_lifetime_minutes must be a whole number of minutes, got {value!r}: pass e.g. 10 "
-                         f"(or leave it empty for {LEAF_DAYS}-day leaves)")
+        raise ValueError(
+            f"leaf_lifetime_minutes must be a whole number of minutes, got {value!r}: pass e.g. 10 "
+            f"(or leave it empty for {LEAF_DAYS}-day leaves)"
+        )
     if value < MIN_LEAF_MINUTES:
-        raise ValueError(f"leaf_lifetime_minutes={value} is too short: a leaf must last at least "
-                         f"{MIN_LEAF_MINUTES} minutes, so that rotating every replica fits in its lifetime "
-                         f"(leave it empty for {LEAF_DAYS}-day leaves)")
+        raise ValueError(
+            f"leaf_lifetime_minutes={value} is too short: a leaf must last at least "
+            f"{MIN_LEAF_MINUTES} minutes, so that rotating every replica fits in its lifetime "
+            f"(leave it empty for {LEAF_DAYS}-day leaves)"
+        )
     if value > ca_days * 1440:
-        raise ValueError(f"leaf_lifetime_minutes={value} outlives the CA ({ca_days} days = {ca_days * 1440} "
-                         f"minutes): give at most {ca_days * 1440}")
+        raise ValueError(
+            f"leaf_lifetime_minutes={value} outlives the CA ({ca_days} days = {ca_days * 1440} "
+            f"minutes): give at most {ca_days * 1440}"
+        )
     return value
 
 
@@ -189,8 +195,11 @@ class ClusterCAs:
 
     def cas(self) -> tuple[CertKey, ...]:
         """Every CA the cluster holds now (current, and those of a CA rotation under way)."""
-        return tuple(c for c in (self.ca, self.etcd_ca, self.next_ca, self.next_etcd_ca, self.previous_ca,
-                                 self.previous_etcd_ca) if c is not None)
+        return tuple(
+            c
+            for c in (self.ca, self.etcd_ca, self.next_ca, self.next_etcd_ca, self.previous_ca, self.previous_etcd_ca)
+            if c is not None
+        )
 
 
 def _bundle(*cas: CertKey | None) -> str:
@@ -215,14 +224,22 @@ class ReplicaCerts:
     scheduler: CertKey
 
     def __repr__(self) -> str:
-        return (f"ReplicaCerts(hostname={self.hostname!r}, internal_ip={self.internal_ip!r}, "
-                f"endpoint_ip={self.endpoint_ip!r})")
+        return (
+            f"ReplicaCerts(hostname={self.hostname!r}, internal_ip={self.internal_ip!r}, "
+            f"endpoint_ip={self.endpoint_ip!r})"
+        )
 
     __str__ = __repr__
 
     def leaves(self) -> tuple[CertKey, ...]:
-        return (self.apiserver, self.etcd_peer, self.etcd_server, self.apiserver_etcd_client,
-                self.controller_manager, self.scheduler)
+        return (
+            self.apiserver,
+            self.etcd_peer,
+            self.etcd_server,
+            self.apiserver_etcd_client,
+            self.controller_manager,
+            self.scheduler,
+        )
 
 
 @dataclass(frozen=True)
@@ -272,8 +289,12 @@ class ServiceAccountKeys:
 
     @property
     def public_pem(self) -> str:
-        return self.private_key().public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+        return (
+            self.private_key()
+            .public_key()
+            .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+            .decode()
+        )
 
     @property
     def kid(self) -> str:
@@ -295,8 +316,7 @@ def new_service_account_key(now: dt.datetime | None = None) -> ServiceAccountKey
 def rotate_service_account_key(current: ServiceAccountKeys, now: dt.datetime | None = None) -> ServiceAccountKeys:
     """A new signing key; the current public key stays accepted (one previous key is kept)."""
     fresh = new_service_account_key(now)
-    return ServiceAccountKeys(key_pem=fresh.key_pem, created=fresh.created,
-                              previous_public_pems=(current.public_pem,))
+    return ServiceAccountKeys(key_pem=fresh.key_pem, created=fresh.created, previous_public_pems=(current.public_pem,))
 
 
 # ---------------------------------------------------------------- building blocks
@@ -307,9 +327,13 @@ def _new_key() -> ec.EllipticCurvePrivateKey:
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> SecretStr:
-    return SecretStr(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption(),
-    ).decode())
+    return SecretStr(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode()
+    )
 
 
 def _name(cn: str, org: str | None = None) -> x509.Name:
@@ -339,16 +363,27 @@ def new_ca(common_name: str, role: str, *, days: int = CA_DAYS, now: dt.datetime
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     cert = (
         x509.CertificateBuilder()
-        .subject_name(name).issuer_name(name)
+        .subject_name(name)
+        .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
         .not_valid_after(start + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(
-            digital_signature=True, content_commitment=False, key_encipherment=False,
-            data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-            encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(ski, critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
         .sign(key, hashes.SHA256())
@@ -356,11 +391,20 @@ def new_ca(common_name: str, role: str, *, days: int = CA_DAYS, now: dt.datetime
     return CertKey(role=role, cert_pem=cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem=_key_pem(key))
 
 
-def issue(ca: CertKey, *, role: str, common_name: str, organization: str | None = None,
-          dns_names: Iterable[str] = (), ip_addresses: Iterable[str] = (),
-          server: bool = False, client: bool = False,
-          days: int = LEAF_DAYS, lifetime: dt.timedelta | None = None,
-          now: dt.datetime | None = None) -> CertKey:
+def issue(
+    ca: CertKey,
+    *,
+    role: str,
+    common_name: str,
+    organization: str | None = None,
+    dns_names: Iterable[str] = (),
+    ip_addresses: Iterable[str] = (),
+    server: bool = False,
+    client: bool = False,
+    days: int = LEAF_DAYS,
+    lifetime: dt.timedelta | None = None,
+    now: dt.datetime | None = None,
+) -> CertKey:
     """A leaf signed by ``ca`` with the given SANs and extended key usages, valid for ``lifetime``
     (else ``days``). It is back-dated by 5 minutes for clock skew, or by a tenth of a shorter
     lifetime, so that a leaf of a few minutes is still valid for most of them from now."""
@@ -379,16 +423,27 @@ def issue(ca: CertKey, *, role: str, common_name: str, organization: str | None 
     eku = ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + ([ExtendedKeyUsageOID.CLIENT_AUTH] if client else [])
     builder = (
         x509.CertificateBuilder()
-        .subject_name(_name(common_name, organization)).issuer_name(ca_cert.subject)
+        .subject_name(_name(common_name, organization))
+        .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(
-            digital_signature=True, content_commitment=False, key_encipherment=False,
-            data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
-            encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(x509.ExtendedKeyUsage(eku), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
@@ -402,22 +457,38 @@ def issue(ca: CertKey, *, role: str, common_name: str, organization: str | None 
 # ---------------------------------------------------------------- the cluster
 
 
-def create_cluster_cas(cluster: str, *, lifetimes: Lifetimes = Lifetimes(),
-                       now: dt.datetime | None = None) -> ClusterCAs:
+def create_cluster_cas(
+    cluster: str, *, lifetimes: Lifetimes = Lifetimes(), now: dt.datetime | None = None
+) -> ClusterCAs:
     """Both CAs of a cluster and the operator's etcd client certificate. Done once per cluster."""
     ca = new_ca(f"{cluster}-ca", "cluster-ca", days=lifetimes.ca_days, now=now)
     etcd_ca = new_ca(f"{cluster}-etcd-ca", "etcd-ca", days=lifetimes.ca_days, now=now)
     operator = issue_operator(etcd_ca, lifetime=lifetimes.leaf, now=now)
-    return ClusterCAs(cluster=cluster, ca=ca, etcd_ca=etcd_ca, operator=operator, lifetimes=lifetimes,
-                      service_account=new_service_account_key(now))
+    return ClusterCAs(
+        cluster=cluster,
+        ca=ca,
+        etcd_ca=etcd_ca,
+        operator=operator,
+        lifetimes=lifetimes,
+        service_account=new_service_account_key(now),
+    )
 
 
-def issue_operator(etcd_ca: CertKey, *, days: int = LEAF_DAYS, lifetime: dt.timedelta | None = None,
-                   now: dt.datetime | None = None) -> CertKey:
+def issue_operator(
+    etcd_ca: CertKey, *, days: int = LEAF_DAYS, lifetime: dt.timedelta | None = None, now: dt.datetime | None = None
+) -> CertKey:
     """The operator's (Prefect worker's) etcd client certificate."""
-    return issue(etcd_ca, role="operator-etcd-client", common_name="haplane-operator",
-                 organization="haplane", dns_names=["haplane-operator"], client=True, days=days,
-                 lifetime=lifetime, now=now)
+    return issue(
+        etcd_ca,
+        role="operator-etcd-client",
+        common_name="haplane-operator",
+        organization="haplane",
+        dns_names=["haplane-operator"],
+        client=True,
+        days=days,
+        lifetime=lifetime,
+        now=now,
+    )
 
 
 # ---------------------------------------------------------------- CA rotation (pure transitions)
@@ -426,8 +497,10 @@ def issue_operator(etcd_ca: CertKey, *, days: int = LEAF_DAYS, lifetime: dt.time
 def begin_ca_rotation(cas: ClusterCAs, change_id: str, now: dt.datetime | None = None) -> ClusterCAs:
     """Phase 1: new CAs beside the current ones ("next"): trusted everywhere, signing nothing yet."""
     if cas.ca_rotation is not None:
-        raise ValueError(f"a CA rotation of {cas.cluster} is already under way (change {cas.ca_rotation!r}, "
-                         f"{cas.ca_phase}): resume it with rotate_ca=true, change_id={cas.ca_rotation!r}")
+        raise ValueError(
+            f"a CA rotation of {cas.cluster} is already under way (change {cas.ca_rotation!r}, "
+            f"{cas.ca_phase}): resume it with rotate_ca=true, change_id={cas.ca_rotation!r}"
+        )
     stamp = _now(now).strftime("%Y%m%d%H%M%S")
     ca = new_ca(f"{cas.cluster}-ca-{stamp}", "cluster-ca", days=cas.lifetimes.ca_days, now=now)
     etcd_ca = new_ca(f"{cas.cluster}-etcd-ca-{stamp}", "etcd-ca", days=cas.lifetimes.ca_days, now=now)
@@ -438,8 +511,15 @@ def switch_cas(cas: ClusterCAs) -> ClusterCAs:
     """Phase 2: the new CAs sign from now on; the old ones stay trusted ("previous"), keys kept."""
     if cas.ca_phase != "trusting":
         raise ValueError(f"no new CA to switch to (CA rotation phase: {cas.ca_phase})")
-    return dataclasses.replace(cas, ca=cas.next_ca, etcd_ca=cas.next_etcd_ca, next_ca=None, next_etcd_ca=None,
-                               previous_ca=cas.ca, previous_etcd_ca=cas.etcd_ca)
+    return dataclasses.replace(
+        cas,
+        ca=cas.next_ca,
+        etcd_ca=cas.next_etcd_ca,
+        next_ca=None,
+        next_etcd_ca=None,
+        previous_ca=cas.ca,
+        previous_etcd_ca=cas.etcd_ca,
+    )
 
 
 def finish_ca_rotation(cas: ClusterCAs) -> ClusterCAs:
@@ -455,18 +535,30 @@ def first_service_ip(service_cidr: str = DEFAULT_SERVICE_CIDR) -> str:
     return str(net.network_address + 1)
 
 
-def apiserver_sans(*, hostname: str, internal_ip: str, endpoint_ip: str,
-                   service_cidr: str = DEFAULT_SERVICE_CIDR) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def apiserver_sans(
+    *, hostname: str, internal_ip: str, endpoint_ip: str, service_cidr: str = DEFAULT_SERVICE_CIDR
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(DNS names, IPs) of a replica's API-server certificate."""
-    ips = (str(_ip(internal_ip, "internal_ip")), str(_ip(endpoint_ip, "endpoint_ip")), "127.0.0.1",
-           first_service_ip(service_cidr))
+    ips = (
+        str(_ip(internal_ip, "internal_ip")),
+        str(_ip(endpoint_ip, "endpoint_ip")),
+        "127.0.0.1",
+        first_service_ip(service_cidr),
+    )
     dns = ("localhost", *KUBERNETES_DNS_NAMES, hostname)
     return tuple(dict.fromkeys(dns)), tuple(dict.fromkeys(ips))
 
 
-def issue_replica_certs(cas: ClusterCAs, *, hostname: str, internal_ip: str, endpoint_ip: str,
-                        service_cidr: str = DEFAULT_SERVICE_CIDR, days: int | None = None,
-                        now: dt.datetime | None = None) -> ReplicaCerts:
+def issue_replica_certs(
+    cas: ClusterCAs,
+    *,
+    hostname: str,
+    internal_ip: str,
+    endpoint_ip: str,
+    service_cidr: str = DEFAULT_SERVICE_CIDR,
+    days: int | None = None,
+    now: dt.datetime | None = None,
+) -> ReplicaCerts:
     """Every leaf a replica needs.
 
     ``endpoint_ip`` is the cluster's static endpoint IP (the first replica's
@@ -474,30 +566,71 @@ def issue_replica_certs(cas: ClusterCAs, *, hostname: str, internal_ip: str, end
     add another IP: an ephemeral public IP must never be in a certificate.
     """
     lifetime = dt.timedelta(days=days) if days is not None else cas.lifetimes.leaf
-    dns, ips = apiserver_sans(hostname=hostname, internal_ip=internal_ip, endpoint_ip=endpoint_ip,
-                              service_cidr=service_cidr)
-    apiserver = issue(cas.ca, role="apiserver", common_name="kube-apiserver", dns_names=dns,
-                      ip_addresses=ips, server=True, lifetime=lifetime, now=now)
+    dns, ips = apiserver_sans(
+        hostname=hostname, internal_ip=internal_ip, endpoint_ip=endpoint_ip, service_cidr=service_cidr
+    )
+    apiserver = issue(
+        cas.ca,
+        role="apiserver",
+        common_name="kube-apiserver",
+        dns_names=dns,
+        ip_addresses=ips,
+        server=True,
+        lifetime=lifetime,
+        now=now,
+    )
     # etcd checks a peer's client certificate against the connection's source address;
     # 127.0.0.1 is there for connections from the same host (kubeadm's peer SANs have it too,
     # and on loopback test rigs every connection comes from 127.0.0.1)
-    peer = issue(cas.etcd_ca, role="etcd-peer", common_name=f"{hostname}-etcd-peer",
-                 dns_names=[hostname, "localhost"], ip_addresses=[internal_ip, "127.0.0.1"],
-                 server=True, client=True, lifetime=lifetime, now=now)
+    peer = issue(
+        cas.etcd_ca,
+        role="etcd-peer",
+        common_name=f"{hostname}-etcd-peer",
+        dns_names=[hostname, "localhost"],
+        ip_addresses=[internal_ip, "127.0.0.1"],
+        server=True,
+        client=True,
+        lifetime=lifetime,
+        now=now,
+    )
     # the server certificate carries clientAuth too: etcd's embedded gRPC gateway dials
     # its own gRPC server with it when --client-cert-auth is on (kubeadm does the same)
-    server = issue(cas.etcd_ca, role="etcd-server", common_name=f"{hostname}-etcd-server",
-                   dns_names=[hostname, "localhost"], ip_addresses=[internal_ip, "127.0.0.1"],
-                   server=True, client=True, lifetime=lifetime, now=now)
-    client = issue(cas.etcd_ca, role="apiserver-etcd-client", common_name="kube-apiserver-etcd-client",
-                   organization="system:masters", dns_names=[hostname], client=True, lifetime=lifetime, now=now)
+    server = issue(
+        cas.etcd_ca,
+        role="etcd-server",
+        common_name=f"{hostname}-etcd-server",
+        dns_names=[hostname, "localhost"],
+        ip_addresses=[internal_ip, "127.0.0.1"],
+        server=True,
+        client=True,
+        lifetime=lifetime,
+        now=now,
+    )
+    client = issue(
+        cas.etcd_ca,
+        role="apiserver-etcd-client",
+        common_name="kube-apiserver-etcd-client",
+        organization="system:masters",
+        dns_names=[hostname],
+        client=True,
+        lifetime=lifetime,
+        now=now,
+    )
     controller_manager, scheduler = (
         issue(cas.ca, role=f"{user}-client", common_name=f"system:{user}", client=True, lifetime=lifetime, now=now)
-        for user in CONTROL_PLANE_USERS)
-    return ReplicaCerts(hostname=hostname, internal_ip=str(_ip(internal_ip, "internal_ip")),
-                        endpoint_ip=str(_ip(endpoint_ip, "endpoint_ip")), apiserver=apiserver,
-                        etcd_peer=peer, etcd_server=server, apiserver_etcd_client=client,
-                        controller_manager=controller_manager, scheduler=scheduler)
+        for user in CONTROL_PLANE_USERS
+    )
+    return ReplicaCerts(
+        hostname=hostname,
+        internal_ip=str(_ip(internal_ip, "internal_ip")),
+        endpoint_ip=str(_ip(endpoint_ip, "endpoint_ip")),
+        apiserver=apiserver,
+        etcd_peer=peer,
+        etcd_server=server,
+        apiserver_etcd_client=client,
+        controller_manager=controller_manager,
+        scheduler=scheduler,
+    )
 
 
 def node_tls(cas: ClusterCAs, replica: ReplicaCerts) -> dict[str, str]:
@@ -555,14 +688,22 @@ def describe(cert_pem: str, role: str) -> CertInfo:
     except x509.ExtensionNotFound:
         is_ca = False
     try:
-        eku = tuple(_EKU_NAMES.get(o, o.dotted_string)
-                    for o in cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+        eku = tuple(
+            _EKU_NAMES.get(o, o.dotted_string)
+            for o in cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        )
     except x509.ExtensionNotFound:
         eku = ()
     return CertInfo(
-        role=role, subject=cert.subject.rfc4514_string(), issuer=cert.issuer.rfc4514_string(),
-        serial=format(cert.serial_number, "x"), not_before=cert.not_valid_before_utc,
-        not_after=cert.not_valid_after_utc, dns_names=dns, ip_addresses=ips, is_ca=is_ca,
+        role=role,
+        subject=cert.subject.rfc4514_string(),
+        issuer=cert.issuer.rfc4514_string(),
+        serial=format(cert.serial_number, "x"),
+        not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc,
+        dns_names=dns,
+        ip_addresses=ips,
+        is_ca=is_ca,
         extended_key_usage=eku,
     )
 
@@ -580,8 +721,12 @@ def inventory(cas: ClusterCAs, replicas: Iterable[ReplicaCerts] = ()) -> list[Ce
 def ca_rotation_infos(cas: ClusterCAs) -> list[CertInfo]:
     """The CAs of a rotation under way, as "next/<role>" and "previous/<role>"."""
     out = []
-    for where, ca in (("next", cas.next_ca), ("next", cas.next_etcd_ca), ("previous", cas.previous_ca),
-                      ("previous", cas.previous_etcd_ca)):
+    for where, ca in (
+        ("next", cas.next_ca),
+        ("next", cas.next_etcd_ca),
+        ("previous", cas.previous_ca),
+        ("previous", cas.previous_etcd_ca),
+    ):
         if ca is not None:
             out.append(describe(ca.cert_pem, f"{where}/{ca.role}"))
     return out

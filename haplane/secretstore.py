@@ -85,22 +85,38 @@ class SecretStore:
 
         sid = secret_id(replica, suffix)
         try:
-            self.client.create_secret(request={
-                "parent": f"projects/{self.project}", "secret_id": sid,
-                "secret": {"replication": {"automatic": {}},
-                           "labels": {LABEL_CLUSTER: _label(cluster), LABEL_REPLICA: _label(replica)}}})
+            self.client.create_secret(
+                request={
+                    "parent": f"projects/{self.project}",
+                    "secret_id": sid,
+                    "secret": {
+                        "replication": {"automatic": {}},
+                        "labels": {LABEL_CLUSTER: _label(cluster), LABEL_REPLICA: _label(replica)},
+                    },
+                }
+            )
         except Conflict:  # ALREADY_EXISTS: made by an earlier attempt
             pass
         member = f"serviceAccount:{reader}"
         policy = self.client.get_iam_policy(request={"resource": self.name(sid)})
         if [(b.role, list(b.members)) for b in policy.bindings] != [(ACCESSOR, [member])]:
-            self.client.set_iam_policy(request={"resource": self.name(sid), "policy": policy_pb2.Policy(
-                bindings=[policy_pb2.Binding(role=ACCESSOR, members=[member])], etag=policy.etag)})
+            self.client.set_iam_policy(
+                request={
+                    "resource": self.name(sid),
+                    "policy": policy_pb2.Policy(
+                        bindings=[policy_pb2.Binding(role=ACCESSOR, members=[member])], etag=policy.etag
+                    ),
+                }
+            )
         from haplane.scrub import call_carrying_secrets
 
         # the request carries the key: an error must not carry it onwards (see haplane.scrub)
-        version = call_carrying_secrets(f"adding a version to secret {sid}", [value], self.client.add_secret_version,
-                                        request={"parent": self.name(sid), "payload": {"data": value.encode()}})
+        version = call_carrying_secrets(
+            f"adding a version to secret {sid}",
+            [value],
+            self.client.add_secret_version,
+            request={"parent": self.name(sid), "payload": {"data": value.encode()}},
+        )
         return version.name
 
     def read(self, version: str) -> str:
@@ -111,8 +127,7 @@ class SecretStore:
         flt = f"labels.{LABEL_CLUSTER}={_label(cluster)}"
         if replica:
             flt += f" AND labels.{LABEL_REPLICA}={_label(replica)}"
-        return [s.name for s in self.client.list_secrets(request={"parent": f"projects/{self.project}",
-                                                                  "filter": flt})]
+        return [s.name for s in self.client.list_secrets(request={"parent": f"projects/{self.project}", "filter": flt})]
 
     def delete(self, name: str) -> bool:
         """Delete a secret (every version is destroyed with it). False if it was already gone."""

@@ -159,8 +159,12 @@ KUBE_CONTROLLER_MANAGER_SHA256: str | None = None  # of kube-controller-manager 
 KUBE_SCHEDULER_SHA256: str | None = None  # of kube-scheduler {KUBERNETES_VERSION} linux/amd64
 CONTROLLER_MANAGER_KUBECONFIG = CONF_DIR / "controller-manager.kubeconfig"
 SCHEDULER_KUBECONFIG = CONF_DIR / "scheduler.kubeconfig"
-LEADER_ELECTION_FLAGS = ("--leader-elect=true", "--leader-elect-lease-duration=15s",
-                         "--leader-elect-renew-deadline=10s", "--leader-elect-retry-period=2s")
+LEADER_ELECTION_FLAGS = (
+    "--leader-elect=true",
+    "--leader-elect-lease-duration=15s",
+    "--leader-elect-renew-deadline=10s",
+    "--leader-elect-retry-period=2s",
+)
 
 
 def _kubeconfig_flags(path: Path) -> list[str]:
@@ -248,8 +252,9 @@ def _sha_table(releases: dict[str, str | None], pattern: str, what: str) -> str:
     return "\n".join(lines)
 
 
-def render_startup_script(*, etcd_releases: dict[str, str | None] | None = None,
-                          kubernetes_releases: dict[str, str | None] | None = None) -> str:
+def render_startup_script(
+    *, etcd_releases: dict[str, str | None] | None = None, kubernetes_releases: dict[str, str | None] | None = None
+) -> str:
     """The bash startup script every replica VM runs (the ``startup-script`` metadata key).
 
     It is the same for every replica: the versions a replica installs and its spec and
@@ -262,7 +267,8 @@ def render_startup_script(*, etcd_releases: dict[str, str | None] | None = None,
     if kubernetes_releases is None:
         kubernetes_releases = {v: r.sha256 for v, r in KUBERNETES_RELEASES.items()}
     tls_table = "\n".join(
-        f"  {suffix}:{name}:{'0600' if suffix in SECRET_SUFFIXES else '0644'}" for suffix, name in TLS_FILES.items())
+        f"  {suffix}:{name}:{'0600' if suffix in SECRET_SUFFIXES else '0644'}" for suffix, name in TLS_FILES.items()
+    )
     values = {
         "ETCD_VERSION": ETCD_VERSION,
         "ETCD_SHA_TABLE": _sha_table(etcd_releases, r"^\d+\.\d+\.\d+$", "etcd"),

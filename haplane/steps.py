@@ -74,8 +74,9 @@ class StepKind(StrEnum):
 
 
 # Steps that destroy something that cannot be had back: refused on an unknown view (haplane.plans).
-DESTRUCTIVE = frozenset({StepKind.REMOVE_MEMBER, StepKind.DELETE_VM, StepKind.DELETE_KEYS,
-                         StepKind.RELEASE_ADDRESS, StepKind.DELETE_PKI})
+DESTRUCTIVE = frozenset(
+    {StepKind.REMOVE_MEMBER, StepKind.DELETE_VM, StepKind.DELETE_KEYS, StepKind.RELEASE_ADDRESS, StepKind.DELETE_PKI}
+)
 
 # The named outputs a step of each kind produces, for later steps to refer to.
 OUTPUTS: dict[StepKind, tuple[str, ...]] = {

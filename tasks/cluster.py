@@ -48,8 +48,9 @@ def load_spec(cluster: str) -> ClusterSpec:
     try:
         return ClusterSpec.load(names.spec_block)
     except ValueError as exc:
-        raise ValueError(f"cluster {cluster!r} is unknown: no block {names.spec_block!r} "
-                         f"(create it with create-cluster)") from exc
+        raise ValueError(
+            f"cluster {cluster!r} is unknown: no block {names.spec_block!r} (create it with create-cluster)"
+        ) from exc
 
 
 # fields only the health check writes (what it observed): a flow saving its settings keeps them as they are
@@ -61,12 +62,17 @@ def save_spec(cluster: str, spec: ClusterSpec, step: str = "spec", settings: dic
     """Record settings in block ``<cluster>-spec`` (:func:`blocks.store.update_spec`: under the cluster lock,
     onto the spec as saved now). ``settings``: those fields only (set-load-balancer's endpoint mode);
     None: every setting of ``spec`` (create-cluster), keeping what the health check observed."""
+
     def change(saved: ClusterSpec | None) -> ClusterSpec:
         if saved is None:
             return spec
         if settings is not None:  # each value checked as its field's type (the mode arrives as its value)
-            return saved.model_copy(update={k: TypeAdapter(ClusterSpec.model_fields[k].annotation).validate_python(v)
-                                            for k, v in settings.items()})
+            return saved.model_copy(
+                update={
+                    k: TypeAdapter(ClusterSpec.model_fields[k].annotation).validate_python(v)
+                    for k, v in settings.items()
+                }
+            )
         return spec.model_copy(update={f: getattr(saved, f) for f in OBSERVED_FIELDS})
 
     update_spec(cluster, change)
@@ -86,12 +92,23 @@ def observe_cluster(cluster: str, region: str, connection: str | None, tolerate_
     from haplane.etcd import EtcdTLS
 
     tls = EtcdTLS.from_cas(cas) if cas else None
-    state = observe(resolve_gce(connection), cluster, region, tls, cas.ca_bundle() if cas else None,
-                    pki_problem=problem, uid=cluster_uid(cluster), tolerate_zones=tolerate_zones,
-                    api_client=_observer_client(cas) if cas else None)
+    state = observe(
+        resolve_gce(connection),
+        cluster,
+        region,
+        tls,
+        cas.ca_bundle() if cas else None,
+        pki_problem=problem,
+        uid=cluster_uid(cluster),
+        tolerate_zones=tolerate_zones,
+        api_client=_observer_client(cas) if cas else None,
+    )
     if state.look_alikes:
-        get_run_logger().warning("VMs with cluster %s's label but not its uid (look-alikes, left alone): %s",
-                                 cluster, ", ".join(state.look_alikes))
+        get_run_logger().warning(
+            "VMs with cluster %s's label but not its uid (look-alikes, left alone): %s",
+            cluster,
+            ", ".join(state.look_alikes),
+        )
     return state
 
 
@@ -115,14 +132,16 @@ def zones_of(region: str, connection: str | None) -> list[str]:
     try:
         return gce.list_zones(region)
     except gexc.NotFound as exc:
-        raise ValueError(f"region {region!r} is unknown to GCE ({where}); pick a region such as europe-west1 "
-                         f"or us-central1") from exc
+        raise ValueError(
+            f"region {region!r} is unknown to GCE ({where}); pick a region such as europe-west1 or us-central1"
+        ) from exc
     except Exception as exc:  # unreachable endpoint, no credentials, a zone API down
         raise ValueError(
             f"cannot reach GCE at {where} to list the zones of {region!r} ({type(exc).__name__}); nothing was "
             f"changed. The GCE connection is missing or wrong: pass connection=<name of a haplane-gce-connection "
             f"block> (connection={connection!r} was given), or set HAPLANE_GCE_ENDPOINT (the emulator's URL, "
-            f"e.g. http://127.0.0.1:8787) and HAPLANE_PROJECT in the worker's environment") from None
+            f"e.g. http://127.0.0.1:8787) and HAPLANE_PROJECT in the worker's environment"
+        ) from None
 
 
 def publish_plan(plan: Plan, change: Change) -> None:
@@ -132,8 +151,9 @@ def publish_plan(plan: Plan, change: Change) -> None:
     a retried run (the same flow run) replaces it, so a page showing the latest ``<cluster>-plan`` shows
     the whole run and the run history shows one version per run.
     """
-    text = plan.markdown() + (f"\n- change id: `{change.change_id}` (a killed run is resumed by running the flow "
-                              f"again with this change_id)")
+    text = plan.markdown() + (
+        f"\n- change id: `{change.change_id}` (a killed run is resumed by running the flow again with this change_id)"
+    )
     get_run_logger().info("%s", text)
     if plan.even_note:
         get_run_logger().warning("%s", plan.even_note)
@@ -168,22 +188,35 @@ def _artifact_of_run(key: str, run_id: str) -> object | None:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
     with get_client(sync_client=True) as client:
-        found = client.read_artifacts(artifact_filter=ArtifactFilter(
-            key=ArtifactFilterKey(any_=[key]), flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])), limit=1)
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[key]), flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])
+            ),
+            limit=1,
+        )
     return found[0].id if found else None
 
 
 def replica_rows(state: ClusterState) -> list[dict[str, str]]:
-    return [{
-        "replica": r.name, "zone": r.zone, "internal IP": r.internal_ip or "-", "external IP": r.external_ip or "-",
-        "etcd member": format(r.member_id, "x") if r.member_id is not None else "-", "role": r.role,
-        "health": "healthy" if r.healthy else "; ".join(r.problems) or "unhealthy",
-        "cert expiry": (r.cert_not_after or "-")[:10], "endpoint IP": state.endpoint_ip or "-",
-        "leads": ", ".join(r.leads) or "-",
-        # read from the member itself (/version); "unread" when it did not answer (never a guess)
-        "etcd version": r.etcd_version or "unread", "etcd cluster version": state.etcd_cluster_version or "unread",
-        "kube-apiserver": r.kubernetes_version or "-",
-    } for r in state.replicas]
+    return [
+        {
+            "replica": r.name,
+            "zone": r.zone,
+            "internal IP": r.internal_ip or "-",
+            "external IP": r.external_ip or "-",
+            "etcd member": format(r.member_id, "x") if r.member_id is not None else "-",
+            "role": r.role,
+            "health": "healthy" if r.healthy else "; ".join(r.problems) or "unhealthy",
+            "cert expiry": (r.cert_not_after or "-")[:10],
+            "endpoint IP": state.endpoint_ip or "-",
+            "leads": ", ".join(r.leads) or "-",
+            # read from the member itself (/version); "unread" when it did not answer (never a guess)
+            "etcd version": r.etcd_version or "unread",
+            "etcd cluster version": state.etcd_cluster_version or "unread",
+            "kube-apiserver": r.kubernetes_version or "-",
+        }
+        for r in state.replicas
+    ]
 
 
 @probe(task_run_name="report {state.cluster}")
@@ -192,11 +225,14 @@ def publish_report(state: ClusterState, note: str = "") -> list[dict[str, str]]:
     rows = replica_rows(state)
     lb = "load balancer" if state.load_balancer else "single replica's static IP"
     version = f"etcd cluster version {state.etcd_cluster_version or 'unread'}"
-    create_table_artifact(rows, key=f"{state.cluster}-replicas",
-                          description=f"Replicas of {state.cluster}; endpoint {state.endpoint_ip} ({lb}); {version}. "
-                                      f"{note}")
-    get_run_logger().info("replicas of %s (endpoint %s, %s; %s):\n%s", state.cluster, state.endpoint_ip, lb, version,
-                          format_table(rows))
+    create_table_artifact(
+        rows,
+        key=f"{state.cluster}-replicas",
+        description=f"Replicas of {state.cluster}; endpoint {state.endpoint_ip} ({lb}); {version}. {note}",
+    )
+    get_run_logger().info(
+        "replicas of %s (endpoint %s, %s; %s):\n%s", state.cluster, state.endpoint_ip, lb, version, format_table(rows)
+    )
     return rows
 
 
@@ -241,10 +277,13 @@ def wait_api_ready(cluster: str, name: str, ip: str, step: str = "api-ready", ti
 
 # --- the stranded VMs of a zone outage (haplane.remediation.decide_zones), kept in the spec -------------
 
+
 def _update_stranded(cluster: str, update) -> None:
     """Save ``update(stranded)`` onto the spec as saved now; records that are done (deleted and replaced) go."""
-    update_spec(cluster, lambda spec: spec.model_copy(
-        update={"stranded": [s for s in update(list(spec.stranded)) if not s.done]}))
+    update_spec(
+        cluster,
+        lambda spec: spec.model_copy(update={"stranded": [s for s in update(list(spec.stranded)) if not s.done]}),
+    )
 
 
 @probe(task_run_name="{step}")
@@ -252,8 +291,14 @@ def record_stranded(cluster: str, name: str, zone: str, step: str) -> None:
     from haplane.observe import now_utc
     from haplane.remediation import StrandedVm
 
-    _update_stranded(cluster, lambda s: s if any(x.name == name for x in s) else
-                     [*s, StrandedVm(name, zone, now_utc().isoformat(timespec="seconds"))])
+    _update_stranded(
+        cluster,
+        lambda s: (
+            s
+            if any(x.name == name for x in s)
+            else [*s, StrandedVm(name, zone, now_utc().isoformat(timespec="seconds"))]
+        ),
+    )
 
 
 @probe(task_run_name="{step}")
@@ -268,6 +313,8 @@ def record_deleted(cluster: str, names: list[str], step: str) -> None:
     from dataclasses import replace
 
     _update_stranded(cluster, lambda s: [replace(x, deleted=True) if x.name in names else x for x in s])
+
+
 def spec_where(cluster: str) -> SpecWhere | None:
     """Where the cluster's saved spec says it lives; None without a spec."""
     try:
@@ -289,13 +336,21 @@ def gce_footprint(cluster: str, region: str, connection: str | None, ours_only: 
     def keep(found_uid: str | None) -> bool:
         return not ours_only or owned(found_uid, uid)
 
-    found = [f"VM {i.name} ({i.zone})" for i in gce.list_instances(gce.list_zones(region),
-                                                                      labels={LABEL_CLUSTER: cluster})
-             if keep(i.labels.get(LABEL_UID))]
-    named = [("address", names.address, region), ("forwarding_rule", names.forwarding_rule, region),
-             ("target_pool", names.target_pool, region), ("health_check", names.health_check, None),
-             *(("firewall", n, None) for n in (names.firewall_etcd_peer, names.firewall_etcd_client,
-                                               names.firewall_apiserver))]
+    found = [
+        f"VM {i.name} ({i.zone})"
+        for i in gce.list_instances(gce.list_zones(region), labels={LABEL_CLUSTER: cluster})
+        if keep(i.labels.get(LABEL_UID))
+    ]
+    named = [
+        ("address", names.address, region),
+        ("forwarding_rule", names.forwarding_rule, region),
+        ("target_pool", names.target_pool, region),
+        ("health_check", names.health_check, None),
+        *(
+            ("firewall", n, None)
+            for n in (names.firewall_etcd_peer, names.firewall_etcd_client, names.firewall_apiserver)
+        ),
+    ]
     for kind, name, where in named:
         description = gce.description_of(kind, name, where)
         if description is not None and keep(uid_in(description)):
@@ -307,8 +362,10 @@ def check_gone_from_gce(cluster: str, region: str, connection: str | None) -> No
     """Before delete-cluster removes the CA and the spec: nothing of the cluster may be left in GCE."""
     left = gce_footprint(cluster, region, connection, ours_only=True)
     if left:
-        raise RuntimeError(f"cluster {cluster!r} still has {', '.join(left)} in GCE; its spec and PKI are kept: "
-                           f"run delete-cluster again")
+        raise RuntimeError(
+            f"cluster {cluster!r} still has {', '.join(left)} in GCE; its spec and PKI are kept: "
+            f"run delete-cluster again"
+        )
 
 
 def forget_cluster(cluster: str) -> list[str]:

@@ -15,10 +15,18 @@ from tasks.steps import Change, checkpoint, cluster_uid
 
 
 @checkpoint
-def submit_create_vm(change: Change, step: str, zone: str, name: str, machine_type: str,
-                     labels: dict[str, str], tags: list[str], nat_ip: str | None = None,
-                     etcd_version: str = DEFAULT_ETCD_VERSION,
-                     kubernetes_version: str = DEFAULT_KUBERNETES_VERSION) -> OpRef | None:
+def submit_create_vm(
+    change: Change,
+    step: str,
+    zone: str,
+    name: str,
+    machine_type: str,
+    labels: dict[str, str],
+    tags: list[str],
+    nat_ip: str | None = None,
+    etcd_version: str = DEFAULT_ETCD_VERSION,
+    kubernetes_version: str = DEFAULT_KUBERNETES_VERSION,
+) -> OpRef | None:
     """Insert a replica VM (bare: its processes are configured once its IP is known) with haplane's startup
     script, asking for the cluster's etcd and kube-apiserver versions (the metadata the script installs from)."""
     gce = change.gce()
@@ -34,11 +42,22 @@ def submit_create_vm(change: Change, step: str, zone: str, name: str, machine_ty
         labels[LABEL_UID] = uid
     # The startup script is the same for every replica and holds no secret: it reads the replica's spec
     # and certificates from metadata at boot (real GCE; the emulator ignores the key).
-    return gce.insert_instance(zone, name, machine_type=machine_type, labels=labels,
-                               metadata={"startup-script": render_startup_script(), ETCD_VERSION_KEY: etcd_version,
-                                         KUBERNETES_VERSION_KEY: kubernetes_version},
-                               tags=tags, external_ip=True, nat_ip=nat_ip, rid=change.rid(step),
-                               service_account=service_account_email(gce.project, name))
+    return gce.insert_instance(
+        zone,
+        name,
+        machine_type=machine_type,
+        labels=labels,
+        metadata={
+            "startup-script": render_startup_script(),
+            ETCD_VERSION_KEY: etcd_version,
+            KUBERNETES_VERSION_KEY: kubernetes_version,
+        },
+        tags=tags,
+        external_ip=True,
+        nat_ip=nat_ip,
+        rid=change.rid(step),
+        service_account=service_account_email(gce.project, name),
+    )
 
 
 @checkpoint
@@ -49,7 +68,8 @@ def submit_delete_vm(change: Change, step: str, zone: str, name: str) -> OpRef |
         get_run_logger().info("VM %s is already gone", name)
         return None
     if not owned(vm.labels.get(LABEL_UID), cluster_uid(change.cluster)):
-        get_run_logger().warning("VM %s has cluster %s's label but not its uid: a look-alike, not deleted",
-                                 name, change.cluster)
+        get_run_logger().warning(
+            "VM %s has cluster %s's label but not its uid: a look-alike, not deleted", name, change.cluster
+        )
         return None
     return gce.delete_instance(zone, name, rid=change.rid(step))

@@ -84,11 +84,18 @@ def ensure_cluster_pki(cluster: str, step: str = "pki", leaf_minutes: int | None
     if load_cas(cluster) is None:
         lifetimes = Lifetimes(leaf_minutes=leaf_minutes)
         # the request carries the CA keys: an error must not carry it onwards
-        call_carrying_secrets(f"saving block {name}", (),
-                              ClusterPKI.from_cas(create_cluster_cas(cluster, lifetimes=lifetimes)).save,
-                              name, overwrite=False)
-        get_run_logger().info("created the cluster CA, the etcd CA and the service-account key in block %s "
-                              "(leaf certificates last %s)", name, lifetimes.leaf_text)
+        call_carrying_secrets(
+            f"saving block {name}",
+            (),
+            ClusterPKI.from_cas(create_cluster_cas(cluster, lifetimes=lifetimes)).save,
+            name,
+            overwrite=False,
+        )
+        get_run_logger().info(
+            "created the cluster CA, the etcd CA and the service-account key in block %s (leaf certificates last %s)",
+            name,
+            lifetimes.leaf_text,
+        )
     else:
         ensure_service_account_key(cluster)
     return name
@@ -98,9 +105,13 @@ def ensure_service_account_key(cluster: str) -> None:
     """Give a cluster saved before service-account keys existed its key pair (kept once made)."""
     block = ClusterPKI.load(block_name(cluster))
     if block.service_account_key is None:
-        call_carrying_secrets(f"saving block {block_name(cluster)}", (),
-                              block.with_service_account(new_service_account_key()).save, block_name(cluster),
-                              overwrite=True)
+        call_carrying_secrets(
+            f"saving block {block_name(cluster)}",
+            (),
+            block.with_service_account(new_service_account_key()).save,
+            block_name(cluster),
+            overwrite=True,
+        )
         get_run_logger().info("added a service-account key pair to block %s", block_name(cluster))
 
 
@@ -113,10 +124,16 @@ def rotate_service_account(change: Change, step: str) -> str:
     old = block.to_cas().service_account
     assert old is not None
     new = rotate_service_account_key(old)
-    call_carrying_secrets(f"saving block {block_name(change.cluster)}", (), block.with_service_account(new).save,
-                          block_name(change.cluster), overwrite=True)
-    get_run_logger().info("service-account key %s replaces %s (still accepted until the next rotation)",
-                          new.kid, old.kid)
+    call_carrying_secrets(
+        f"saving block {block_name(change.cluster)}",
+        (),
+        block.with_service_account(new).save,
+        block_name(change.cluster),
+        overwrite=True,
+    )
+    get_run_logger().info(
+        "service-account key %s replaces %s (still accepted until the next rotation)", new.kid, old.kid
+    )
     return new.kid
 
 
@@ -126,7 +143,9 @@ def submit_deliver_service_account(change: Change, step: str, zone: str, name: s
     picks them up: the stand-in re-reads its key files, the startup script restarts kube-apiserver)."""
     cas = load_cas(change.cluster)
     if cas is None or cas.service_account is None:
-        raise RuntimeError(f"cluster {change.cluster} has no service-account key in block {block_name(change.cluster)!r}")
+        raise RuntimeError(
+            f"cluster {change.cluster} has no service-account key in block {block_name(change.cluster)!r}"
+        )
     get_run_logger().info("delivering service-account key %s to %s", cas.service_account.kid, name)
     gce = change.gce()
     vm = gce.get_instance(zone, name)
@@ -146,8 +165,11 @@ def _keys_to_secrets(change: Change, gce: Gce, vm: Instance, spec: NodeSpec) -> 
     if spec.snapshot_key:
         keys[SNAPSHOT_KEY_SECRET] = spec.snapshot_key
     if not vm.service_accounts:
-        get_run_logger().warning("%s has no service account: its private keys stay in its instance metadata "
-                                 "(replace the replica to move them to Secret Manager)", vm.name)
+        get_run_logger().warning(
+            "%s has no service account: its private keys stay in its instance metadata "
+            "(replace the replica to move them to Secret Manager)",
+            vm.name,
+        )
         return spec
     store = SecretStore.for_gce(gce)
     refs = dict(spec.secret_refs)
@@ -173,12 +195,20 @@ def submit_reissue_leaves(change: Change, step: str, zone: str, name: str, endpo
         ensure_service_account_key(change.cluster)
         cas = load_cas(change.cluster)
     api = ApiServerSpec.from_json(vm.metadata[APISERVER_KEY]) if vm.metadata.get(APISERVER_KEY) else ApiServerSpec()
-    certs = issue_replica_certs(cas, hostname=name, internal_ip=vm.internal_ip, endpoint_ip=endpoint_ip,
-                                service_cidr=api.service_cluster_ip_range)
+    certs = issue_replica_certs(
+        cas,
+        hostname=name,
+        internal_ip=vm.internal_ip,
+        endpoint_ip=endpoint_ip,
+        service_cidr=api.service_cluster_ip_range,
+    )
     refs = json.loads(vm.metadata.get(SECRETS_KEY) or "{}")
     spec = _keys_to_secrets(change, gce, vm, NodeSpec(None, None, node_tls(cas, certs), refs))
-    get_run_logger().info("re-issued the certificates of %s (API server until %s)", name,
-                          certs.apiserver.certificate.not_valid_after_utc.isoformat())
+    get_run_logger().info(
+        "re-issued the certificates of %s (API server until %s)",
+        name,
+        certs.apiserver.certificate.not_valid_after_utc.isoformat(),
+    )
     return gce.set_metadata(zone, name, spec.to_metadata(), rid=change.rid(step))
 
 
@@ -198,8 +228,10 @@ def wait_serving_new_certs(change: Change, zone: str, name: str, timeout: float 
     api_ctx = ssl.create_default_context(cadata=cas.ca_bundle())
     for ctx in (etcd_ctx, api_ctx):
         ctx.check_hostname = False  # the chain is verified; the IP is in the SANs anyway
-    wanted = {ETCD_CLIENT_PORT: _der(vm.metadata[TLS_PREFIX + "etcd-server-cert"]),
-              APISERVER_PORT: _der(vm.metadata[TLS_PREFIX + "apiserver-cert"])}
+    wanted = {
+        ETCD_CLIENT_PORT: _der(vm.metadata[TLS_PREFIX + "etcd-server-cert"]),
+        APISERVER_PORT: _der(vm.metadata[TLS_PREFIX + "apiserver-cert"]),
+    }
     contexts = {ETCD_CLIENT_PORT: etcd_ctx, APISERVER_PORT: api_ctx}
     deadline = time.monotonic() + timeout
     served: dict[int, bytes | None] = {}
@@ -209,8 +241,10 @@ def wait_serving_new_certs(change: Change, zone: str, name: str, timeout: float 
             return
         time.sleep(0.5)
     stale = [str(p) for p in wanted if served.get(p) != wanted[p]]
-    raise TimeoutError(f"{name} does not serve its new certificate on port(s) {', '.join(stale)} after "
-                       f"{timeout:.0f} s; its processes were not restarted on the new files (check the VM's logs)")
+    raise TimeoutError(
+        f"{name} does not serve its new certificate on port(s) {', '.join(stale)} after "
+        f"{timeout:.0f} s; its processes were not restarted on the new files (check the VM's logs)"
+    )
 
 
 def _der(pem: str) -> bytes:
@@ -240,9 +274,13 @@ def renew_operator_cert(change: Change, step: str) -> str:
     block = ClusterPKI.load(block_name(change.cluster))
     cas = block.to_cas()
     fresh = issue_operator(cas.etcd_ca, lifetime=cas.lifetimes.leaf)
-    call_carrying_secrets(f"saving block {block_name(change.cluster)}", (),
-                          block.model_copy(update={"operator_cert": fresh.cert_pem, "operator_key": fresh.key_pem}).save,
-                          block_name(change.cluster), overwrite=True)
+    call_carrying_secrets(
+        f"saving block {block_name(change.cluster)}",
+        (),
+        block.model_copy(update={"operator_cert": fresh.cert_pem, "operator_key": fresh.key_pem}).save,
+        block_name(change.cluster),
+        overwrite=True,
+    )
     expiry = fresh.certificate.not_valid_after_utc.isoformat()
     get_run_logger().info("renewed the operator's etcd client certificate (until %s)", expiry)
     return expiry
@@ -275,16 +313,37 @@ def certificate_inventory(cluster: str, zones: list[str], connection: str | None
         for vm in vms:
             for key, pem in sorted(vm.metadata.items()):
                 if key.startswith(TLS_PREFIX) and key.endswith("-cert"):
-                    infos.append(describe(pem, f"{vm.name}/{key[len(TLS_PREFIX):-len('-cert')]}"))
-    rows = [{"certificate": i.role, "subject": i.subject, "expires": i.not_after.strftime("%Y-%m-%d %H:%M UTC"),
-             "days left": f"{(i.not_after - now).total_seconds() / 86400:.1f}", "not_after": i.not_after.isoformat()}
-            for i in infos]
-    rows += [{"certificate": f"replicas in {zone}", "subject": "unknown: the zone's API does not answer",
-              "expires": "unknown", "days left": "-", "not_after": ""} for zone in unseen]
+                    infos.append(describe(pem, f"{vm.name}/{key[len(TLS_PREFIX) : -len('-cert')]}"))
+    rows = [
+        {
+            "certificate": i.role,
+            "subject": i.subject,
+            "expires": i.not_after.strftime("%Y-%m-%d %H:%M UTC"),
+            "days left": f"{(i.not_after - now).total_seconds() / 86400:.1f}",
+            "not_after": i.not_after.isoformat(),
+        }
+        for i in infos
+    ]
+    rows += [
+        {
+            "certificate": f"replicas in {zone}",
+            "subject": "unknown: the zone's API does not answer",
+            "expires": "unknown",
+            "days left": "-",
+            "not_after": "",
+        }
+        for zone in unseen
+    ]
     sa = cas.service_account
-    rows.append({"certificate": "service-account key", "subject": f"kid {sa.kid}" if sa else "(none yet)",
-                 "expires": "never (rotated by rotate-certificates)",
-                 "days left": f"age {sa.age(now).total_seconds() / 86400:.1f} days" if sa else "-", "not_after": ""})
+    rows.append(
+        {
+            "certificate": "service-account key",
+            "subject": f"kid {sa.kid}" if sa else "(none yet)",
+            "expires": "never (rotated by rotate-certificates)",
+            "days left": f"age {sa.age(now).total_seconds() / 86400:.1f} days" if sa else "-",
+            "not_after": "",
+        }
+    )
     return rows
 
 
@@ -311,9 +370,16 @@ def delete_cluster_pki(cluster: str, step: str = "pki") -> None:
 
 
 @checkpoint
-def submit_configure_replica(change: Change, step: str, zone: str, name: str, endpoint_ip: str,
-                             etcd: EtcdSpec, apiserver: ApiServerSpec,
-                             restore: RestoreSpec | None = None) -> OpRef | None:
+def submit_configure_replica(
+    change: Change,
+    step: str,
+    zone: str,
+    name: str,
+    endpoint_ip: str,
+    etcd: EtcdSpec,
+    apiserver: ApiServerSpec,
+    restore: RestoreSpec | None = None,
+) -> OpRef | None:
     """Issue the replica's certificates and write them with its etcd and API-server settings into
     its metadata; the VM starts what the metadata describes. With ``restore``, its etcd starts from
     that snapshot (the key that opens it goes into the metadata too, never into a result)."""
@@ -328,17 +394,32 @@ def submit_configure_replica(change: Change, step: str, zone: str, name: str, en
     if cas.service_account is None:  # a cluster from before service-account keys: give it one
         ensure_service_account_key(change.cluster)
         cas = load_cas(change.cluster)
-    certs = issue_replica_certs(cas, hostname=name, internal_ip=vm.internal_ip, endpoint_ip=endpoint_ip,
-                                service_cidr=apiserver.service_cluster_ip_range)
+    certs = issue_replica_certs(
+        cas,
+        hostname=name,
+        internal_ip=vm.internal_ip,
+        endpoint_ip=endpoint_ip,
+        service_cidr=apiserver.service_cluster_ip_range,
+    )
     key = None
     if restore is not None:
         from tasks.snapshots import snapshot_key
 
         key = snapshot_key(change.cluster, create=False)
-    spec = _keys_to_secrets(change, gce, vm, NodeSpec(etcd=etcd, apiserver=apiserver, tls=node_tls(cas, certs),
-                                                      restore=restore, snapshot_key=key))
-    get_run_logger().info("configuring %s: etcd member %s (%s), certificates for %s and %s",
-                          name, etcd.name, etcd.initial_cluster_state, vm.internal_ip, endpoint_ip)
+    spec = _keys_to_secrets(
+        change,
+        gce,
+        vm,
+        NodeSpec(etcd=etcd, apiserver=apiserver, tls=node_tls(cas, certs), restore=restore, snapshot_key=key),
+    )
+    get_run_logger().info(
+        "configuring %s: etcd member %s (%s), certificates for %s and %s",
+        name,
+        etcd.name,
+        etcd.initial_cluster_state,
+        vm.internal_ip,
+        endpoint_ip,
+    )
     return gce.set_metadata(zone, name, spec.to_metadata(), rid=change.rid(step))
 
 
@@ -346,16 +427,26 @@ def submit_configure_replica(change: Change, step: str, zone: str, name: str, en
 
 
 def _save_cas(cluster: str, block: ClusterPKI, cas: ClusterCAs) -> None:
-    call_carrying_secrets(f"saving block {block_name(cluster)}", (), block.with_cas(cas).save, block_name(cluster),
-                          overwrite=True)
+    call_carrying_secrets(
+        f"saving block {block_name(cluster)}", (), block.with_cas(cas).save, block_name(cluster), overwrite=True
+    )
 
 
 def _ca_rows(cas: ClusterCAs) -> dict[str, str]:
     """Public facts of the CAs (what a CA-rotation step returns and logs)."""
-    return {c.role if where == "" else f"{where}/{c.role}": f"{c.certificate.subject.rfc4514_string()} serial "
-            f"{format(c.certificate.serial_number, 'x')[:12]}" for where, c in
-            (("", cas.ca), ("", cas.etcd_ca), ("next", cas.next_ca), ("next", cas.next_etcd_ca),
-             ("previous", cas.previous_ca), ("previous", cas.previous_etcd_ca)) if c is not None}
+    return {
+        c.role if where == "" else f"{where}/{c.role}": f"{c.certificate.subject.rfc4514_string()} serial "
+        f"{format(c.certificate.serial_number, 'x')[:12]}"
+        for where, c in (
+            ("", cas.ca),
+            ("", cas.etcd_ca),
+            ("next", cas.next_ca),
+            ("next", cas.next_etcd_ca),
+            ("previous", cas.previous_ca),
+            ("previous", cas.previous_etcd_ca),
+        )
+        if c is not None
+    }
 
 
 @checkpoint(retries=0)
@@ -368,8 +459,10 @@ def start_ca_rotation(change: Change, step: str) -> dict[str, str]:
     if cas.ca_rotation != change.change_id:
         cas = begin_ca_rotation(cas, change.change_id)  # refuses while another CA rotation is under way
         _save_cas(change.cluster, block, cas)
-        get_run_logger().info("new cluster and etcd CAs in block %s, trusted beside the current ones until the "
-                              "rotation switches to them", block_name(change.cluster))
+        get_run_logger().info(
+            "new cluster and etcd CAs in block %s, trusted beside the current ones until the rotation switches to them",
+            block_name(change.cluster),
+        )
     return _ca_rows(cas)
 
 
@@ -379,13 +472,17 @@ def switch_to_new_cas(change: Change, step: str) -> dict[str, str]:
     block = ClusterPKI.load(block_name(change.cluster))
     cas = block.to_cas()
     if cas.ca_rotation != change.change_id:
-        raise RuntimeError(f"block {block_name(change.cluster)} has no CA rotation of change {change.change_id!r} "
-                           f"(it has {cas.ca_rotation!r}); nothing was switched")
+        raise RuntimeError(
+            f"block {block_name(change.cluster)} has no CA rotation of change {change.change_id!r} "
+            f"(it has {cas.ca_rotation!r}); nothing was switched"
+        )
     if cas.ca_phase == "trusting":
         cas = switch_cas(cas)
         _save_cas(change.cluster, block, cas)
-        get_run_logger().info("the new CAs of %s sign from now on; the old ones stay trusted until every replica "
-                              "has new leaves", change.cluster)
+        get_run_logger().info(
+            "the new CAs of %s sign from now on; the old ones stay trusted until every replica has new leaves",
+            change.cluster,
+        )
     return _ca_rows(cas)
 
 
@@ -400,8 +497,9 @@ def finish_ca_rotation_task(change: Change, step: str) -> dict[str, str]:
             raise RuntimeError(f"the CA rotation under way is change {cas.ca_rotation!r}, not {change.change_id!r}")
         cas = finish_ca_rotation(cas)
         _save_cas(change.cluster, block, cas)
-        get_run_logger().info("the old CAs of %s and their keys are deleted; the CA rotation is complete",
-                              change.cluster)
+        get_run_logger().info(
+            "the old CAs of %s and their keys are deleted; the CA rotation is complete", change.cluster
+        )
     return _ca_rows(cas)
 
 
@@ -413,11 +511,11 @@ def submit_deliver_trust(change: Change, step: str, zone: str, name: str, drop_p
     cas = load_cas(change.cluster)
     if cas is None:
         raise RuntimeError(f"cluster {change.cluster} has no PKI block {block_name(change.cluster)!r}")
-    tls = {"ca": cas.ca_bundle(drop_previous=drop_previous),
-           "etcd-ca": cas.etcd_ca_bundle(drop_previous=drop_previous)}
+    tls = {"ca": cas.ca_bundle(drop_previous=drop_previous), "etcd-ca": cas.etcd_ca_bundle(drop_previous=drop_previous)}
     count = tls["etcd-ca"].count("BEGIN CERTIFICATE")
-    get_run_logger().info("%s trusts %d etcd CA(s) and %d cluster CA(s) from now", name, count,
-                          tls["ca"].count("BEGIN CERTIFICATE"))
+    get_run_logger().info(
+        "%s trusts %d etcd CA(s) and %d cluster CA(s) from now", name, count, tls["ca"].count("BEGIN CERTIFICATE")
+    )
     return change.gce().set_metadata(zone, name, NodeSpec(None, None, tls).to_metadata(), rid=change.rid(step))
 
 
@@ -444,8 +542,9 @@ def wait_etcd_trust(change: Change, zone: str, name: str, dropped: bool, timeout
     old = cas.etcd_ca if cas.ca_phase == "trusting" else cas.previous_etcd_ca
 
     def context(ca):
-        leaf = issue(ca, role="trust-probe", common_name="haplane-trust-probe", client=True,
-                     lifetime=dt.timedelta(minutes=10))
+        leaf = issue(
+            ca, role="trust-probe", common_name="haplane-trust-probe", client=True, lifetime=dt.timedelta(minutes=10)
+        )
         return EtcdTLS(ca_pem=cas.etcd_ca_bundle(), cert_pem=leaf.cert_pem, key_pem=leaf.key_pem).ssl_context()
 
     def accepts(ctx) -> bool:
@@ -463,6 +562,9 @@ def wait_etcd_trust(change: Change, zone: str, name: str, dropped: bool, timeout
         if seen[0] and not seen[1]:
             return
         time.sleep(0.5)
-    raise TimeoutError(f"{name}'s etcd did not take up its new trust bundle within {timeout:.0f} s (a client of "
-                       f"the new etcd CA accepted: {seen[0]}"
-                       + (f"; a client of the old etcd CA refused: {not seen[1]}" if bad is not None else "") + ")")
+    raise TimeoutError(
+        f"{name}'s etcd did not take up its new trust bundle within {timeout:.0f} s (a client of "
+        f"the new etcd CA accepted: {seen[0]}"
+        + (f"; a client of the old etcd CA refused: {not seen[1]}" if bad is not None else "")
+        + ")"
+    )

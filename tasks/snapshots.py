@@ -44,8 +44,10 @@ def snapshot_key(cluster: str, create: bool = True) -> str:
     pki = ClusterPKI.load(block_name(cluster))
     if pki.snapshot_key is None:
         if not create:
-            raise snap.SnapshotError(f"cluster {cluster!r} has no snapshot key in block {block_name(cluster)!r}: "
-                                     "it has never been snapshotted, so there is nothing to restore")
+            raise snap.SnapshotError(
+                f"cluster {cluster!r} has no snapshot key in block {block_name(cluster)!r}: "
+                "it has never been snapshotted, so there is nothing to restore"
+            )
         pki.snapshot_key = SecretStr(snap.new_key())
         pki.save(block_name(cluster), overwrite=True)
         get_run_logger().info("created the snapshot key of %s in block %s", cluster, block_name(cluster))
@@ -89,8 +91,15 @@ def take_snapshot(gce: Gce, spec: ClusterSpec, tls: EtcdTLS, key_b64: str, store
     meta = snap.describe(db, spec.cluster, members=voting)
     checked = snap.verify(db, find_etcd(), expect_revision=meta.revision)
     where = store.save(meta, snap.seal(db, meta, key_b64))
-    get_run_logger().info("snapshot %s of %s: revision %d, %d bytes, %d keys restored in a trial etcd; stored at %s",
-                          meta.snapshot_id, spec.cluster, meta.revision, meta.size, checked.keys_served, where)
+    get_run_logger().info(
+        "snapshot %s of %s: revision %d, %d bytes, %d keys restored in a trial etcd; stored at %s",
+        meta.snapshot_id,
+        spec.cluster,
+        meta.revision,
+        meta.size,
+        checked.keys_served,
+        where,
+    )
     return snap.SnapshotMeta(**{**meta.__dict__, "where": where})
 
 
@@ -114,8 +123,9 @@ def prune(spec: ClusterSpec, store: SnapshotStore) -> list[str]:
     for m in drop:
         store.remove(m)
     if drop:
-        get_run_logger().info("pruned %d snapshot(s) of %s: %s", len(drop), spec.cluster,
-                              ", ".join(m.snapshot_id for m in drop))
+        get_run_logger().info(
+            "pruned %d snapshot(s) of %s: %s", len(drop), spec.cluster, ", ".join(m.snapshot_id for m in drop)
+        )
     return [m.snapshot_id for m in drop]
 
 
@@ -140,15 +150,25 @@ def snapshot_before_change(change: Change, spec: ClusterSpec, action: str, skip:
         raise SnapshotFailed(
             f"{action} on {spec.cluster!r} stopped before changing anything: the snapshot taken before every "
             f"change failed ({type(exc).__name__}: {exc}). Fix that (see the snapshot task's log), or run again "
-            f"with skip_snapshot=True to change the cluster without a fresh snapshot.") from exc
+            f"with skip_snapshot=True to change the cluster without a fresh snapshot."
+        ) from exc
     logger.info("snapshot before %s: %s (revision %d)", action, meta.snapshot_id, meta.revision)
     return meta.snapshot_id
 
 
 def snapshot_rows(metas: list[snap.SnapshotMeta], now: dt.datetime) -> list[dict[str, str]]:
-    return [{"time": m.taken_at[:19].replace("T", " ") + " UTC", "age": _age(m.age_s(now)),
-             "revision": str(m.revision), "size": f"{m.size / 1024:.0f} KiB", "members": str(m.members or "-"),
-             "haplane": m.haplane_version, "where": m.where} for m in metas]
+    return [
+        {
+            "time": m.taken_at[:19].replace("T", " ") + " UTC",
+            "age": _age(m.age_s(now)),
+            "revision": str(m.revision),
+            "size": f"{m.size / 1024:.0f} KiB",
+            "members": str(m.members or "-"),
+            "haplane": m.haplane_version,
+            "where": m.where,
+        }
+        for m in metas
+    ]
 
 
 def _age(seconds: float) -> str:
@@ -163,8 +183,9 @@ def _age(seconds: float) -> str:
 def publish_snapshots(cluster: str, store: SnapshotStore) -> list[dict[str, str]]:
     """The cluster's snapshots as the table artifact ``<cluster>-snapshots``."""
     rows = snapshot_rows(store.snapshots(cluster), dt.datetime.now(dt.UTC))
-    create_table_artifact(rows, key=f"{cluster}-snapshots",
-                          description=f"etcd snapshots of {cluster} in {store.label}, newest first")
+    create_table_artifact(
+        rows, key=f"{cluster}-snapshots", description=f"etcd snapshots of {cluster} in {store.label}, newest first"
+    )
     return rows
 
 
@@ -184,50 +205,67 @@ def check_restorable(spec: ClusterSpec, snapshot_id: str | None, storage: str | 
     store = store_of(spec, storage)
     metas = store.snapshots(spec.cluster)
     if not metas:
-        raise snap.SnapshotError(f"no snapshot of {spec.cluster!r} in {store.label}: nothing to restore from; "
-                                 "nothing was changed")
+        raise snap.SnapshotError(
+            f"no snapshot of {spec.cluster!r} in {store.label}: nothing to restore from; nothing was changed"
+        )
     if snapshot_id is None:
         meta = metas[0]
     else:
         meta = next((m for m in metas if m.snapshot_id == snapshot_id), None)
         if meta is None:
-            raise snap.SnapshotError(f"no snapshot {snapshot_id!r} of {spec.cluster!r} in {store.label}; there are: "
-                                     + ", ".join(m.snapshot_id for m in metas[:10]))
+            raise snap.SnapshotError(
+                f"no snapshot {snapshot_id!r} of {spec.cluster!r} in {store.label}; there are: "
+                + ", ".join(m.snapshot_id for m in metas[:10])
+            )
     try:
         sealed_meta, db = snap.unseal(store.load_sealed(meta), snapshot_key(spec.cluster, create=False), spec.cluster)
         if sealed_meta.snapshot_id != meta.snapshot_id or sealed_meta.sha256 != meta.sha256:
             raise snap.SnapshotInvalid(f"{meta.where} holds snapshot {sealed_meta.snapshot_id}, not {meta.snapshot_id}")
         checked = snap.verify(db, find_etcd(), expect_revision=meta.revision)
     except snap.SnapshotError as exc:
-        raise snap.SnapshotInvalid(f"snapshot {meta.snapshot_id} at {meta.where} cannot be restored: {exc}. "
-                                   f"Nothing was changed; pick another with snapshot=<id>") from None
-    get_run_logger().info("snapshot %s decrypts and restores (%d keys in a trial etcd)", meta.snapshot_id,
-                          checked.keys_served)
+        raise snap.SnapshotInvalid(
+            f"snapshot {meta.snapshot_id} at {meta.where} cannot be restored: {exc}. "
+            f"Nothing was changed; pick another with snapshot=<id>"
+        ) from None
+    get_run_logger().info(
+        "snapshot %s decrypts and restores (%d keys in a trial etcd)", meta.snapshot_id, checked.keys_served
+    )
     return meta
 
 
-def look_at_etcd(gce: Gce, spec: ClusterSpec, tls: EtcdTLS | None, uid: str | None,
-                 ignore: tuple[str, ...] = ()) -> tuple[tuple[tuple[str, str], ...], Look, dict[str, str]]:
+def look_at_etcd(
+    gce: Gce, spec: ClusterSpec, tls: EtcdTLS | None, uid: str | None, ignore: tuple[str, ...] = ()
+) -> tuple[tuple[tuple[str, str], ...], Look, dict[str, str]]:
     """One look at the etcd of every running VM of the cluster (its own: uid-stamped), by VM name: status
     (alive, credentials accepted, leader, store revision), a linearizable read, and the member list each
     member itself last knew. Returns (the VMs with their GCE status, the look, name -> internal IP)."""
-    instances = [i for i in gce.list_instances(gce.list_zones(spec.region), labels={LABEL_CLUSTER: spec.cluster})
-                 if owned(i.labels.get(LABEL_UID), uid) and i.name not in ignore]
+    instances = [
+        i
+        for i in gce.list_instances(gce.list_zones(spec.region), labels={LABEL_CLUSTER: spec.cluster})
+        if owned(i.labels.get(LABEL_UID), uid) and i.name not in ignore
+    ]
     vms = tuple((i.name, i.status) for i in instances)
     running = {client_url(i.internal_ip): i.name for i in instances if i.status == "RUNNING" and i.internal_ip}
     ips = {i.name: i.internal_ip for i in instances if i.internal_ip}
     at = time.monotonic()
     if not running or tls is None:
-        why = () if tls else tuple(f"{n}: no operator certificate (the PKI block {block_name(spec.cluster)} is "
-                                   f"missing)" for n in running.values())
+        why = (
+            ()
+            if tls
+            else tuple(
+                f"{n}: no operator certificate (the PKI block {block_name(spec.cluster)} is missing)"
+                for n in running.values()
+            )
+        )
         return vms, Look(at_s=at, unreachable=why), ips
     with closing(EtcdClient(list(running), tls=tls, timeout=2.0)) as client:
         return vms, etcd_look(client, running, at), ips
 
 
 @probe(task_run_name="is etcd quorum of {spec.cluster} lost")
-def observe_quorum(spec: ClusterSpec, connection: str | None, ignore: tuple[str, ...] = (), looks: int = 6,
-                   snapshot_voters: int = 0) -> tuple[QuorumEvidence, dict[str, str]]:
+def observe_quorum(
+    spec: ClusterSpec, connection: str | None, ignore: tuple[str, ...] = (), looks: int = 6, snapshot_voters: int = 0
+) -> tuple[QuorumEvidence, dict[str, str]]:
     """Look at every running replica's etcd ``looks`` times, spread over :data:`ELECTIONS_SPANNED` election
     timeouts (one look may fall in an election), for :func:`haplane.restore.quorum_view`; with the internal IP
     of each VM. ``ignore``: a restore's own replicas. Stops early once a member serves a read."""
@@ -247,13 +285,25 @@ def observe_quorum(spec: ClusterSpec, connection: str | None, ignore: tuple[str,
             time.sleep(max(0.0, taken[-1].at_s + interval - time.monotonic()))
         vms, look, ips = look_at_etcd(gce, spec, tls, uid, ignore)
         taken.append(look)
-        evidence = QuorumEvidence(vms=vms, footprint_seen=True, looks=tuple(taken), snapshot_voters=snapshot_voters,
-                                  election_s=election_s, ignore=ignore)
+        evidence = QuorumEvidence(
+            vms=vms,
+            footprint_seen=True,
+            looks=tuple(taken),
+            snapshot_voters=snapshot_voters,
+            election_s=election_s,
+            ignore=ignore,
+        )
         if settled(evidence):  # a read served, or too few seen without a leader: more looks cannot make it lost
             break
     seen = bool(vms) or bool(gce_footprint(spec.cluster, spec.region, connection, ours_only=True))
-    return QuorumEvidence(vms=vms, footprint_seen=seen, looks=tuple(taken), snapshot_voters=snapshot_voters,
-                          election_s=election_s, ignore=ignore), ips
+    return QuorumEvidence(
+        vms=vms,
+        footprint_seen=seen,
+        looks=tuple(taken),
+        snapshot_voters=snapshot_voters,
+        election_s=election_s,
+        ignore=ignore,
+    ), ips
 
 
 @checkpoint(retries=0, task_run_name="{step}", timeout_seconds=1800)
@@ -275,7 +325,13 @@ def save_member_snapshot(change: Change, step: str, spec: ClusterSpec, name: str
     meta = snap.describe(db, spec.cluster, members=voting)
     checked = snap.verify(db, find_etcd(), expect_revision=meta.revision)
     where = store_of(spec).save(meta, snap.seal(db, meta, snapshot_key(spec.cluster)))
-    get_run_logger().info("snapshot %s of %s's own store (member %s): revision %d, %d keys restored in a trial "
-                          "etcd; stored at %s", meta.snapshot_id, spec.cluster, name, meta.revision,
-                          checked.keys_served, where)
+    get_run_logger().info(
+        "snapshot %s of %s's own store (member %s): revision %d, %d keys restored in a trial etcd; stored at %s",
+        meta.snapshot_id,
+        spec.cluster,
+        name,
+        meta.revision,
+        checked.keys_served,
+        where,
+    )
     return {"where": where, "snapshot_id": meta.snapshot_id, "sha256": meta.sha256, "revision": meta.revision}

@@ -126,14 +126,16 @@ def shared_results(request, prefect_api, tmp_path):
         from prefect_gcp import GcpCredentials
 
         made = gcs.credentials()  # a service-account key generated for the test
-        credentials = GcpCredentials(project=made.project,
-                                     service_account_info=made.service_account_info.get_secret_value()
-                                     | {"token_uri": token_uri})
+        credentials = GcpCredentials(
+            project=made.project,
+            service_account_info=made.service_account_info.get_secret_value() | {"token_uri": token_uri},
+        )
         bucket = GcsBucket(bucket=name, gcp_credentials=credentials)
         bucket.save(name)
 
         def stored() -> list[str]:
             return [blob.name for blob in bucket.list_blobs()]
+
     ensure_result_storage(f"{request.param}/{name}")
     try:
         yield stored
@@ -146,10 +148,18 @@ def run_as_worker(prefect_api, home: Path, cluster: str, change_id: str, value: 
     """The flow in a process of its own with its own PREFECT_HOME, like a worker on another machine."""
     home.mkdir()
     env = dict(os.environ, PREFECT_API_URL=prefect_api.url, PREFECT_HOME=str(home), PYTHONPATH=str(REPO))
-    code = ("import json, sys; from tests.test_checkpoints import change_flow; "
-            "print('RESULT=' + json.dumps(change_flow(*sys.argv[1:])))")
-    out = subprocess.run([sys.executable, "-c", code, cluster, change_id, value, str(marker)], env=env, cwd=REPO,
-                         capture_output=True, text=True, timeout=150)
+    code = (
+        "import json, sys; from tests.test_checkpoints import change_flow; "
+        "print('RESULT=' + json.dumps(change_flow(*sys.argv[1:])))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, cluster, change_id, value, str(marker)],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT="))
     return json.loads(line.removeprefix("RESULT="))

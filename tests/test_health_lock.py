@@ -61,8 +61,13 @@ def _replace_runs(cluster: str) -> int:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 
     with get_client(sync_client=True) as client:
-        return len(client.read_flow_runs(flow_run_filter=FlowRunFilter(
-            tags=FlowRunFilterTags(all_=["haplane-remediation", f"cluster:{cluster}"]))))
+        return len(
+            client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    tags=FlowRunFilterTags(all_=["haplane-remediation", f"cluster:{cluster}"])
+                )
+            )
+        )
 
 
 def test_busy_cluster_is_skipped_then_replaced_under_the_lock(cloud, monkeypatch):
@@ -156,8 +161,7 @@ def test_a_slow_api_server_is_not_taken_for_another_holder(prefect_api):
     name = f"health-slow-{uuid.uuid4().hex[:5]}"
     with get_client(sync_client=True) as client:
         client.upsert_global_concurrency_limit_by_name(name, limit=1)
-    with SlowProxy(prefect_api.url, delay=wait_s + 0.5) as url, \
-            temporary_settings(updates={PREFECT_API_URL: url}):
+    with SlowProxy(prefect_api.url, delay=wait_s + 0.5) as url, temporary_settings(updates={PREFECT_API_URL: url}):
         first = hold(name, wait_s)
         assert first is not None, "a free lock behind a slow API server was taken for a held one"
         try:
@@ -195,9 +199,14 @@ def _runs(cluster: str, flow_name: str) -> int:
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterTags
 
     with get_client(sync_client=True) as client:
-        return len(client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
-                                         flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(
-                                             all_=["haplane-remediation", f"cluster:{cluster}"]))))
+        return len(
+            client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
+                flow_run_filter=FlowRunFilter(
+                    tags=FlowRunFilterTags(all_=["haplane-remediation", f"cluster:{cluster}"])
+                ),
+            )
+        )
 
 
 class WritesSpecThenReleases(HeldLock):
@@ -231,9 +240,10 @@ def _until_running(flow_name: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     with get_client(sync_client=True) as client:
         while time.monotonic() < deadline:
-            if client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
-                                     flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
-                                         type=FlowRunFilterStateType(any_=["RUNNING"])))):
+            if client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
+                flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=["RUNNING"]))),
+            ):
                 return
             time.sleep(0.2)
     raise AssertionError(f"no {flow_name} run started within {timeout:.0f} s")
@@ -255,8 +265,11 @@ def test_set_load_balancer_records_its_mode_onto_the_spec_as_saved_under_the_loc
     assert ClusterSpec.load(f"{cluster}-spec").snapshot_keep == 24
     done: dict = {}
     context = contextvars.copy_context()
-    runner = threading.Thread(target=context.run, daemon=True, args=(lambda: done.update(
-        state=set_load_balancer(cluster=cluster, mode="as-needed", return_state=True)),))
+    runner = threading.Thread(
+        target=context.run,
+        daemon=True,
+        args=(lambda: done.update(state=set_load_balancer(cluster=cluster, mode="as-needed", return_state=True)),),
+    )
     with WritesSpecThenReleases(cluster) as holder:
         runner.start()
         _until_running("set-load-balancer")

@@ -39,11 +39,13 @@ def start_deployment(api: str, name: str, parameters: dict, idempotency_key: str
         # a 503 (the server's database busy) is retried, as Prefect's own client does; the idempotency
         # key makes a retry of a request that did create the run return that run
         for attempt in range(6):
-            run = http.post(f"/deployments/{deployment['id']}/create_flow_run",
-                            json={"parameters": parameters, "idempotency_key": idempotency_key})
+            run = http.post(
+                f"/deployments/{deployment['id']}/create_flow_run",
+                json={"parameters": parameters, "idempotency_key": idempotency_key},
+            )
             if run.status_code != 503:
                 break
-            time.sleep(2 ** attempt)
+            time.sleep(2**attempt)
         run.raise_for_status()
         return run.json()
 
@@ -95,8 +97,18 @@ def test_workspace_has_pool_deployments_blocks_and_automation(prefect_api, works
     pool = httpx.get(f"{api}/work_pools/haplane", timeout=10).json()
     assert pool["type"] == "process"
     names = {d["name"] for d in httpx.post(f"{api}/deployments/filter", json={}, timeout=10).json()}
-    assert {"create-cluster", "add-replica", "remove-replica", "replace-replica", "set-load-balancer", "delete-cluster",
-            "rotate-certificates", "health-check", "snapshot-cluster", "restore-cluster"} <= names
+    assert {
+        "create-cluster",
+        "add-replica",
+        "remove-replica",
+        "replace-replica",
+        "set-load-balancer",
+        "delete-cluster",
+        "rotate-certificates",
+        "health-check",
+        "snapshot-cluster",
+        "restore-cluster",
+    } <= names
     types = {b["slug"] for b in httpx.post(f"{api}/block_types/filter", json={}, timeout=10).json()}
     assert {"haplane-gce-connection", "haplane-cluster-spec", "haplane-cluster-pki"} <= types
     autos = httpx.post(f"{api}/automations/filter", json={}, timeout=10).json()
@@ -110,9 +122,15 @@ def test_workspace_has_pool_deployments_blocks_and_automation(prefect_api, works
     assert modes["enum"] == ["always", "as-needed"] and props["load_balancer"]["default"] == "always"
 
 
-@pytest.mark.parametrize(("bad", "words"), [({"replicas": 2}, "replicas"), ({"cluster": "Bad_Name"}, "cluster"),
-                                            ({"zones": ["nowhere"]}, "zones"),
-                                            ({"load_balancer": "sometimes"}, "load_balancer")])
+@pytest.mark.parametrize(
+    ("bad", "words"),
+    [
+        ({"replicas": 2}, "replicas"),
+        ({"cluster": "Bad_Name"}, "cluster"),
+        ({"zones": ["nowhere"]}, "zones"),
+        ({"load_balancer": "sometimes"}, "load_balancer"),
+    ],
+)
 def test_bad_parameters_are_refused_before_a_run_starts(prefect_api, workspace, bad, words):
     params = {"cluster": "ok", "region": REGION, "zones": ZONES, "replicas": 3} | bad
     with pytest.raises(httpx.HTTPStatusError) as refused:
@@ -156,8 +174,20 @@ def test_scheduled_health_check_replaces_a_killed_replica(prefect_api, prefect_w
 
     # The documented command, run again (idempotent), now with the cluster and a short interval.
     env = prefect_api.env() | {"HAPLANE_GCE_ENDPOINT": ops_cloud.emulator.url, "HAPLANE_PROJECT": PROJECT}
-    out = subprocess.run([str(Path(sys.executable).parent / "haplane"), "setup-workspace", "--cluster", CLUSTER,
-                          "--health-interval", "10"], env=env, capture_output=True, text=True, timeout=180)
+    out = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "haplane"),
+            "setup-workspace",
+            "--cluster",
+            CLUSTER,
+            "--health-interval",
+            "10",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "exists" in out.stdout and f"health check of {CLUSTER!r} every 10 s" in out.stdout
 
@@ -187,8 +217,9 @@ def test_scheduled_health_check_replaces_a_killed_replica(prefect_api, prefect_w
     wanted = {("haplane.replica.unhealthy", rid), ("haplane.replica.replaced", rid)}
     deadline = time.monotonic() + 30
     while True:
-        events = httpx.post(f"{api}/events/filter", json={"filter": {"event": {"prefix": ["haplane."]}},
-                                                          "limit": 50}, timeout=10).json()["events"]
+        events = httpx.post(
+            f"{api}/events/filter", json={"filter": {"event": {"prefix": ["haplane."]}}, "limit": 50}, timeout=10
+        ).json()["events"]
         seen = {(e["event"], e["resource"]["prefect.resource.id"]) for e in events}
         if wanted <= seen or time.monotonic() > deadline:
             break

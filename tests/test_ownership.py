@@ -48,12 +48,15 @@ def test_a_create_step_adopts_only_the_vm_its_own_change_made(labels, uid, refus
         check_adoptable("c-master-1", "z", labels, "c", uid, "create-1")
 
 
-@pytest.mark.parametrize("accounts,refused", [
-    (("own@p.iam.gserviceaccount.com",), False),
-    (("mallory@p.iam.gserviceaccount.com",), True),
-    (("own@p.iam.gserviceaccount.com", "mallory@p.iam.gserviceaccount.com"), True),
-    ((), True),  # no account at all: keys would go into metadata any reader of the VM sees
-])
+@pytest.mark.parametrize(
+    "accounts,refused",
+    [
+        (("own@p.iam.gserviceaccount.com",), False),
+        (("mallory@p.iam.gserviceaccount.com",), True),
+        (("own@p.iam.gserviceaccount.com", "mallory@p.iam.gserviceaccount.com"), True),
+        ((), True),  # no account at all: keys would go into metadata any reader of the VM sees
+    ],
+)
 def test_keys_go_only_to_a_vm_running_as_the_replicas_own_account(accounts, refused):
     from haplane.ownership import NotOurs, check_key_recipient
 
@@ -121,8 +124,11 @@ def _health_schedule(cluster: str, create: bool = False) -> bool:
             deployment = client.read_deployment_by_name(HEALTH_DEPLOYMENT)
         if create:
             client.create_deployment_schedules(
-                deployment.id, [(IntervalSchedule(interval=dt.timedelta(hours=1)), False)],
-                parameters={"cluster": cluster}, slug=f"health-{cluster}")
+                deployment.id,
+                [(IntervalSchedule(interval=dt.timedelta(hours=1)), False)],
+                parameters={"cluster": cluster},
+                slug=f"health-{cluster}",
+            )
         return any(s.slug == f"health-{cluster}" for s in client.read_deployment_schedules(deployment.id))
 
 
@@ -148,22 +154,36 @@ def test_names_are_owned_and_delete_cleans_up(cloud):
     assert (where.region, where.project) == (REGION, PROJECT) and len(where.uid) == 12
 
     # the same name in another region: refused, the spec is not overwritten
-    refused(lambda: create_cluster(cluster=cluster, region="us-central1", zones=["us-central1-a"]),
-            f"cluster '{cluster}' already exists in region 'europe-west1'")
+    refused(
+        lambda: create_cluster(cluster=cluster, region="us-central1", zones=["us-central1-a"]),
+        f"cluster '{cluster}' already exists in region 'europe-west1'",
+    )
     assert spec_where(cluster).region == REGION
 
     # a name whose resources exist in GCE without a spec here (another workspace's cluster)
     other = f"own-{uuid.uuid4().hex[:5]}"
-    cloud.gce.wait(cloud.gce.insert_firewall(f"{other}-etcd-peer", ports=["2380"], source_ranges=[],
-                                             source_tags=[], target_tags=[], description="someone's",
-                                             rid=str(uuid.uuid4())))
-    refused(lambda: create_cluster(cluster=other, region=REGION, zones=ZONES[:1]),
-            f"already has resources named for a cluster '{other}'.*firewall {other}-etcd-peer")
+    cloud.gce.wait(
+        cloud.gce.insert_firewall(
+            f"{other}-etcd-peer",
+            ports=["2380"],
+            source_ranges=[],
+            source_tags=[],
+            target_tags=[],
+            description="someone's",
+            rid=str(uuid.uuid4()),
+        )
+    )
+    refused(
+        lambda: create_cluster(cluster=other, region=REGION, zones=ZONES[:1]),
+        f"already has resources named for a cluster '{other}'.*firewall {other}-etcd-peer",
+    )
 
     # delete through a connection to another project: refused, the CA stays
     GceConnection(project="someone-else", endpoint=cloud.emulator.url).save("elsewhere", overwrite=True)
-    refused(lambda: delete_cluster(cluster=cluster, connection="elsewhere"),
-            f"lives in project '{PROJECT}' but the connection points at project 'someone-else'")
+    refused(
+        lambda: delete_cluster(cluster=cluster, connection="elsewhere"),
+        f"lives in project '{PROJECT}' but the connection points at project 'someone-else'",
+    )
     assert load_cas(cluster) is not None and spec_where(cluster) is not None
 
     # a spec whose cluster GCE does not show: refused unless gone=True
@@ -204,18 +224,33 @@ def test_look_alikes_are_reported_never_touched(cloud):
     gce = cloud.gce
     (vm,) = gce.list_instances(ZONES, labels={LABEL_CLUSTER: cluster})
     assert vm.labels[LABEL_UID] == uid
-    for kind, name, region in (("address", names.address, REGION), ("firewall", names.firewall_etcd_peer, None),
-                               ("firewall", names.firewall_apiserver, None)):
+    for kind, name, region in (
+        ("address", names.address, REGION),
+        ("firewall", names.firewall_etcd_peer, None),
+        ("firewall", names.firewall_apiserver, None),
+    ):
         assert uid_in(gce.description_of(kind, name, region)) == uid, f"{kind} {name} is not stamped"
 
     # look-alikes: a VM with the cluster's label (no uid, or another one) and a pool under its name
     for zone, extra in ((ZONES[1], {}), (ZONES[2], {LABEL_UID: "0123456789ab"})):
-        gce.wait(gce.insert_instance(zone, f"{cluster}-fake-{zone[-1]}", machine_type="e2-small",
-                                     labels={LABEL_CLUSTER: cluster, **extra}, metadata={}, tags=[],
-                                     external_ip=False, rid=str(uuid.uuid4())))
+        gce.wait(
+            gce.insert_instance(
+                zone,
+                f"{cluster}-fake-{zone[-1]}",
+                machine_type="e2-small",
+                labels={LABEL_CLUSTER: cluster, **extra},
+                metadata={},
+                tags=[],
+                external_ip=False,
+                rid=str(uuid.uuid4()),
+            )
+        )
     gce.wait(gce.insert_health_check(f"{cluster}-other-hc", port=8080, path="/", rid=str(uuid.uuid4())))
-    gce.wait(gce.insert_target_pool(REGION, names.target_pool, instances=[], health_check=f"{cluster}-other-hc",
-                                    rid=str(uuid.uuid4())))
+    gce.wait(
+        gce.insert_target_pool(
+            REGION, names.target_pool, instances=[], health_check=f"{cluster}-other-hc", rid=str(uuid.uuid4())
+        )
+    )
     state = observe_cluster(cluster, REGION, None)
     assert [r.name for r in state.replicas] == [vm.name]
     assert state.look_alikes == (f"{cluster}-fake-c ({ZONES[1]})", f"{cluster}-fake-d ({ZONES[2]})")
@@ -239,16 +274,36 @@ def test_look_alikes_are_reported_never_touched(cloud):
 AUTOMATIONS = [
     # (an automation's JSON document, names cluster "prod")
     ({"name": "x", "tags": ["cluster:prod"], "trigger": {}, "actions": []}, True),
-    ({"name": "x", "tags": [], "trigger": {"match": {"prefect.resource.id": "haplane.cluster.prod.replica.*"}},
-      "actions": []}, True),
+    (
+        {
+            "name": "x",
+            "tags": [],
+            "trigger": {"match": {"prefect.resource.id": "haplane.cluster.prod.replica.*"}},
+            "actions": [],
+        },
+        True,
+    ),
     ({"name": "x", "trigger": {"match": {"prefect.resource.id": "haplane.cluster.prod"}}, "actions": []}, True),
     ({"name": "x", "trigger": {"match_related": [{"haplane.cluster": "prod"}]}, "actions": []}, True),
     ({"name": "x", "trigger": {}, "actions": [{"type": "run-deployment", "parameters": {"cluster": "prod"}}]}, True),
     # another cluster whose name begins with this one's, a template, the global automation, free text
-    ({"name": "haplane-prod-a-watch", "tags": ["cluster:prod-a"],
-      "trigger": {"match": {"prefect.resource.id": "haplane.cluster.prod-a.*"}}, "actions": []}, False),
-    ({"name": "haplane-health-check-on-request", "trigger": {"match": {"prefect.resource.id": "haplane.cluster.*"}},
-      "actions": [{"parameters": {"cluster": {"template": "{{ event.resource['haplane.cluster'] }}"}}}]}, False),
+    (
+        {
+            "name": "haplane-prod-a-watch",
+            "tags": ["cluster:prod-a"],
+            "trigger": {"match": {"prefect.resource.id": "haplane.cluster.prod-a.*"}},
+            "actions": [],
+        },
+        False,
+    ),
+    (
+        {
+            "name": "haplane-health-check-on-request",
+            "trigger": {"match": {"prefect.resource.id": "haplane.cluster.*"}},
+            "actions": [{"parameters": {"cluster": {"template": "{{ event.resource['haplane.cluster'] }}"}}}],
+        },
+        False,
+    ),
     ({"name": "haplane.cluster.prod", "description": "watches haplane.cluster.prod", "trigger": {}}, False),
 ]
 
@@ -288,13 +343,25 @@ def test_delete_cluster_removes_every_schedule_and_automation_naming_the_cluster
                 deployment_id = client.create_deployment(client.create_flow_from_name(flow_name), name, paused=True)
             for c in (gone, other):
                 client.create_deployment_schedules(
-                    deployment_id, [(IntervalSchedule(interval=dt.timedelta(hours=1)), False)],
-                    parameters={"cluster": c}, slug=f"{name.split('-')[0]}-{c}")
+                    deployment_id,
+                    [(IntervalSchedule(interval=dt.timedelta(hours=1)), False)],
+                    parameters={"cluster": c},
+                    slug=f"{name.split('-')[0]}-{c}",
+                )
 
     def automation(name: str, resource: str, tags: list[str]) -> str:
-        Automation(name=name, tags=tags, actions=[DoNothing()], trigger=EventTrigger(
-            expect={"haplane.replica.unhealthy"}, match={"prefect.resource.id": resource},
-            posture=Posture.Reactive, threshold=1, within=dt.timedelta(0))).create()
+        Automation(
+            name=name,
+            tags=tags,
+            actions=[DoNothing()],
+            trigger=EventTrigger(
+                expect={"haplane.replica.unhealthy"},
+                match={"prefect.resource.id": resource},
+                posture=Posture.Reactive,
+                threshold=1,
+                within=dt.timedelta(0),
+            ),
+        ).create()
         return name
 
     tagged = automation(f"haplane-{gone}-anything", "haplane.cluster.*", [f"cluster:{gone}"])
@@ -303,8 +370,11 @@ def test_delete_cluster_removes_every_schedule_and_automation_naming_the_cluster
 
     delete_cluster(cluster=gone, gone=True)
     with get_client(sync_client=True) as client:
-        left = {s.slug for full in (HEALTH_DEPLOYMENT, SNAPSHOT_DEPLOYMENT)
-                for s in client.read_deployment_schedules(client.read_deployment_by_name(full).id)}
+        left = {
+            s.slug
+            for full in (HEALTH_DEPLOYMENT, SNAPSHOT_DEPLOYMENT)
+            for s in client.read_deployment_schedules(client.read_deployment_by_name(full).id)
+        }
         names = {a.name for a in client.read_automations()}
     assert not {f"health-{gone}", f"snapshot-{gone}"} & left, left
     assert {f"health-{other}", f"snapshot-{other}"} <= left

@@ -84,13 +84,14 @@ class HealWhenLooking:
         self.thread = threading.Thread(target=self._watch, daemon=True)
 
     def _listed(self) -> bool:
-        methods = [c["method"] for c in self.cloud.admin.calls()[self.start:]]
+        methods = [c["method"] for c in self.cloud.admin.calls()[self.start :]]
         if "compute.targetPools.get" not in methods:
             return False
-        after = methods[methods.index("compute.targetPools.get"):]
+        after = methods[methods.index("compute.targetPools.get") :]
         starts = [i for i, m in enumerate(after) if m == "compute.regions.get"]
-        return len(starts) >= self.looks and after[starts[self.looks - 1]:].count("compute.instances.list") >= \
-            len(ZONES)
+        return len(starts) >= self.looks and after[starts[self.looks - 1] :].count("compute.instances.list") >= len(
+            ZONES
+        )
 
     def _watch(self) -> None:
         while not self.stop.wait(0.02):
@@ -143,8 +144,10 @@ def test_restore_refuses_every_view_that_could_be_wrong_then_saves_the_survivor_
 
     # A connection to another project: what GCE shows there is not the cluster.
     GceConnection(project="someone-else", endpoint=cloud.emulator.url).save("elsewhere", overwrite=True)
-    refused("lives in project .* but the connection points at project 'someone-else'.*nothing was changed",
-            connection="elsewhere")
+    refused(
+        "lives in project .* but the connection points at project 'someone-else'.*nothing was changed",
+        connection="elsewhere",
+    )
     assert [c for c in cloud.admin.calls() if "someone-else" in c["path"] and c["verb"] != "GET"] == []
 
     # A partitioned minority: a is cut from its peers but answers the worker (without a leader); b and c
@@ -196,5 +199,8 @@ def test_restore_refuses_every_view_that_could_be_wrong_then_saves_the_survivor_
     delete_cluster(cluster=cluster)
     assert _leftovers(cloud, cluster) == [] and load_cas(cluster) is None
     assert _key_material(Path(prefect_api.home)) == []
-    print("restore fault cases, seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()) +
-          f"; in all {time.monotonic() - started:.1f}")
+    print(
+        "restore fault cases, seconds: "
+        + ", ".join(f"{k} {v:.1f}" for k, v in timings.items())
+        + f"; in all {time.monotonic() - started:.1f}"
+    )

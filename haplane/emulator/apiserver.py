@@ -138,8 +138,10 @@ def _etcd_ready(client: httpx.Client, etcd_url: str) -> tuple[bool, str]:
 
 
 def _etcd_put(client: httpx.Client, etcd_url: str, key: str, value: str) -> tuple[bool, str]:
-    body = {"key": base64.b64encode(f"/haplane/canary/{key}".encode()).decode(),
-            "value": base64.b64encode(value.encode()).decode()}
+    body = {
+        "key": base64.b64encode(f"/haplane/canary/{key}".encode()).decode(),
+        "value": base64.b64encode(value.encode()).decode(),
+    }
     resp, why = _etcd_post(client, etcd_url, "/v3/kv/put", body)
     if resp is None:
         return False, why
@@ -159,9 +161,14 @@ def _component_probe(ip: str, port: int) -> tuple[bool, str]:
 COMPONENTS = {"controller-manager": CONTROLLER_MANAGER_PORT, "scheduler": SCHEDULER_PORT}
 
 
-def make_handler(etcd: httpx.Client, etcd_url: str, name: str,
-                 sa: ServiceAccounts | None = None, ip: str = "127.0.0.1",
-                 port: int = 6443) -> type[BaseHTTPRequestHandler]:
+def make_handler(
+    etcd: httpx.Client,
+    etcd_url: str,
+    name: str,
+    sa: ServiceAccounts | None = None,
+    ip: str = "127.0.0.1",
+    port: int = 6443,
+) -> type[BaseHTTPRequestHandler]:
     sa = sa or ServiceAccounts(KeyFile(None), KeyFile(None))
     kv = kubeapi.EtcdKv(etcd, etcd_url)
 
@@ -179,8 +186,17 @@ def make_handler(etcd: httpx.Client, etcd_url: str, name: str,
             self.wfile.write(data)
 
         def _status(self, code: int, reason: str, message: str) -> None:
-            self._json(code, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                              "reason": reason, "message": message, "code": code})
+            self._json(
+                code,
+                {
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "status": "Failure",
+                    "reason": reason,
+                    "message": message,
+                    "code": code,
+                },
+            )
 
         def _admin(self) -> bool:
             """A client certificate verified against --client-ca-file was presented."""
@@ -200,10 +216,19 @@ def make_handler(etcd: httpx.Client, etcd_url: str, name: str,
                 user = serviceaccount.verify(token, sa.public_keys.text(), issuer=sa.issuer)
             except serviceaccount.TokenError as exc:
                 return {"authenticated": False, "error": str(exc)}
-            return {"authenticated": True, "audiences": list(user.audiences),
-                    "user": {"username": user.username, "uid": user.uid,
-                             "groups": ["system:serviceaccounts", f"system:serviceaccounts:{user.namespace}",
-                                        "system:authenticated"]}}
+            return {
+                "authenticated": True,
+                "audiences": list(user.audiences),
+                "user": {
+                    "username": user.username,
+                    "uid": user.uid,
+                    "groups": [
+                        "system:serviceaccounts",
+                        f"system:serviceaccounts:{user.namespace}",
+                        "system:authenticated",
+                    ],
+                },
+            }
 
         def do_POST(self) -> None:
             path = self.path.split("?", 1)[0]
@@ -232,8 +257,14 @@ def make_handler(etcd: httpx.Client, etcd_url: str, name: str,
                     self._status(401, "Unauthorized", review["error"])
                     return
                 if path == _SELF_REVIEW:
-                    self._json(201, {"kind": "SelfSubjectReview", "apiVersion": "authentication.k8s.io/v1",
-                                     "status": {"userInfo": review["user"]}})
+                    self._json(
+                        201,
+                        {
+                            "kind": "SelfSubjectReview",
+                            "apiVersion": "authentication.k8s.io/v1",
+                            "status": {"userInfo": review["user"]},
+                        },
+                    )
                 else:
                     self._status(403, "Forbidden", f"{review['user']['username']} may not POST {path}")
                 return
@@ -246,13 +277,27 @@ def make_handler(etcd: httpx.Client, etcd_url: str, name: str,
                 audiences = tuple(spec.get("audiences") or (sa.issuer,))
                 expiration = int(spec.get("expirationSeconds") or 3600)
                 if expiration < 600:
-                    self._status(422, "Invalid", "spec.expirationSeconds: may not specify a duration less than 10 minutes")
+                    self._status(
+                        422, "Invalid", "spec.expirationSeconds: may not specify a duration less than 10 minutes"
+                    )
                     return
-                token, exp = serviceaccount.mint(sa.signing_key.text(), namespace=match[1], name=match[2],
-                                                 audiences=audiences, expiration_s=expiration, issuer=sa.issuer)
-                self._json(201, {"kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1",
-                                 "spec": {"audiences": list(audiences), "expirationSeconds": expiration},
-                                 "status": {"token": token, "expirationTimestamp": _rfc3339(exp)}})
+                token, exp = serviceaccount.mint(
+                    sa.signing_key.text(),
+                    namespace=match[1],
+                    name=match[2],
+                    audiences=audiences,
+                    expiration_s=expiration,
+                    issuer=sa.issuer,
+                )
+                self._json(
+                    201,
+                    {
+                        "kind": "TokenRequest",
+                        "apiVersion": "authentication.k8s.io/v1",
+                        "spec": {"audiences": list(audiences), "expirationSeconds": expiration},
+                        "status": {"token": token, "expirationTimestamp": _rfc3339(exp)},
+                    },
+                )
             elif path == _TOKEN_REVIEW:
                 review = self._review(str((body.get("spec") or {}).get("token", "")))
                 self._json(201, {"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1", "status": review})
@@ -341,9 +386,11 @@ def make_handler(etcd: httpx.Client, etcd_url: str, name: str,
                         return
                     lease["metadata"]["creationTimestamp"] = old.value.get("metadata", {}).get("creationTimestamp")
                     rev = kv.put_if(key, lease, int(rv))
-                    conflict = (f'Operation cannot be fulfilled on leases.coordination.k8s.io "{lease_name}": the '
-                                f"object has been modified; please apply your changes to the latest version and try "
-                                f"again")
+                    conflict = (
+                        f'Operation cannot be fulfilled on leases.coordination.k8s.io "{lease_name}": the '
+                        f"object has been modified; please apply your changes to the latest version and try "
+                        f"again"
+                    )
                     code, reason = 409, "Conflict"
             except kubeapi.EtcdUnavailable as exc:
                 self._status(503, "ServiceUnavailable", str(exc))
@@ -392,8 +439,9 @@ def make_handler(etcd: httpx.Client, etcd_url: str, name: str,
                 if table:
                     self._json(200, kubeapi.leases_table(objs, now))
                 else:
-                    self._json(200, objs[0] if m[2] else
-                               kubeapi.as_list("LeaseList", "coordination.k8s.io/v1", objs, rev))
+                    self._json(
+                        200, objs[0] if m[2] else kubeapi.as_list("LeaseList", "coordination.k8s.io/v1", objs, rev)
+                    )
                 return
             if m := kubeapi.COMPONENTS_PATH.match(path):
                 wanted = [m[1]] if m[1] else list(COMPONENTS)
@@ -424,14 +472,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--service-account-signing-key-file", type=Path, help="private key that signs them")
     p.add_argument("--service-account-issuer", default=serviceaccount.ISSUER)
     args = p.parse_args(argv)
-    sa = ServiceAccounts(KeyFile(args.service_account_signing_key_file), KeyFile(args.service_account_key_file),
-                         args.service_account_issuer)
+    sa = ServiceAccounts(
+        KeyFile(args.service_account_signing_key_file),
+        KeyFile(args.service_account_key_file),
+        args.service_account_issuer,
+    )
 
     if args.pki_dir:
         pki: Path = args.pki_dir
         verify = ssl.create_default_context(cafile=str(pki / TLS_FILES["etcd-ca"]))
-        verify.load_cert_chain(pki / TLS_FILES["apiserver-etcd-client-cert"],
-                               pki / TLS_FILES["apiserver-etcd-client-key"])
+        verify.load_cert_chain(
+            pki / TLS_FILES["apiserver-etcd-client-cert"], pki / TLS_FILES["apiserver-etcd-client-key"]
+        )
         etcd = httpx.Client(verify=verify, timeout=2.0)
     else:
         etcd = httpx.Client(timeout=2.0)
@@ -452,8 +504,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     for server in (api, health):
         threading.Thread(target=server.serve_forever, daemon=True).start()
-    reconciler = threading.Thread(target=keep_master_lease, args=(kubeapi.EtcdKv(etcd, args.etcd_url), args.ip, stop),
-                                  daemon=True)
+    reconciler = threading.Thread(
+        target=keep_master_lease, args=(kubeapi.EtcdKv(etcd, args.etcd_url), args.ip, stop), daemon=True
+    )
     reconciler.start()
     stop.wait()
     reconciler.join(3)

@@ -126,8 +126,9 @@ class SecretManager:
         return f"serviceAccount:{found[0]}"
 
     # --- the API ------------------------------------------------------------------------------
-    def handle(self, verb: str, path: str, query: dict[str, str], body: dict | None,
-               who: str | None) -> tuple[int, dict]:
+    def handle(
+        self, verb: str, path: str, query: dict[str, str], body: dict | None, who: str | None
+    ) -> tuple[int, dict]:
         for route_verb, pattern, method in ROUTES:
             m = pattern.match(path)
             if m and route_verb == verb:
@@ -138,8 +139,9 @@ class SecretManager:
     @staticmethod
     def _operator_only(who: str | None, what: str) -> None:
         if who is not None:
-            raise _error(403, "PERMISSION_DENIED",
-                         f"Permission '{what}' denied for {who} (it has no role on the project)")
+            raise _error(
+                403, "PERMISSION_DENIED", f"Permission '{what}' denied for {who} (it has no role on the project)"
+            )
 
     def _secret(self, p: dict) -> dict:
         name = f"projects/{p['project']}/secrets/{p['secret']}"
@@ -160,9 +162,15 @@ class SecretManager:
         name = f"projects/{p['project']}/secrets/{sid}"
         if name in self._secrets:
             raise _error(409, "ALREADY_EXISTS", f"Secret [{name}] already exists.")
-        secret = {"name": name, "replication": body.get("replication") or {"automatic": {}},
-                  "createTime": now_rfc3339(), "labels": body.get("labels") or {}, "etag": '"1"',
-                  "_versions": [], "_policy": {"version": 1, "etag": base64.b64encode(bytes(5)).decode()}}
+        secret = {
+            "name": name,
+            "replication": body.get("replication") or {"automatic": {}},
+            "createTime": now_rfc3339(),
+            "labels": body.get("labels") or {},
+            "etag": '"1"',
+            "_versions": [],
+            "_policy": {"version": 1, "etag": base64.b64encode(bytes(5)).decode()},
+        }
         self._secrets[name] = secret
         return self._public(secret)
 
@@ -170,8 +178,11 @@ class SecretManager:
         self._operator_only(who, "secretmanager.secrets.list")
         prefix = f"projects/{p['project']}/secrets/"
         wanted = dict(re.findall(r"labels\.([\w-]+)\s*[:=]\s*\"?([\w-]+)\"?", query.get("filter", "")))
-        found = [self._public(s) for n, s in sorted(self._secrets.items()) if n.startswith(prefix)
-                 and all(s["labels"].get(k) == v for k, v in wanted.items())]
+        found = [
+            self._public(s)
+            for n, s in sorted(self._secrets.items())
+            if n.startswith(prefix) and all(s["labels"].get(k) == v for k, v in wanted.items())
+        ]
         return {"secrets": found, "totalSize": len(found)} if found else {}
 
     def _get(self, p, query, body, who):
@@ -195,8 +206,12 @@ class SecretManager:
         except ValueError:
             raise _error(400, "INVALID_ARGUMENT", "payload.data is not base64") from None
         number = len(secret["_versions"]) + 1
-        version = {"name": f"{secret['name']}/versions/{number}", "createTime": now_rfc3339(),
-                   "state": "ENABLED", "_data": data}
+        version = {
+            "name": f"{secret['name']}/versions/{number}",
+            "createTime": now_rfc3339(),
+            "state": "ENABLED",
+            "_data": data,
+        }
         secret["_versions"].append(version)
         return self._public(version)
 
@@ -214,9 +229,12 @@ class SecretManager:
     def _access(self, p, query, body, who):
         secret = self._secret(p)
         if who is not None and not self._granted(secret, who, ACCESSOR):
-            raise _error(403, "PERMISSION_DENIED",
-                         f"Permission 'secretmanager.versions.access' denied for resource "
-                         f"'{secret['name']}/versions/{p['version']}' (or it may not exist).")
+            raise _error(
+                403,
+                "PERMISSION_DENIED",
+                f"Permission 'secretmanager.versions.access' denied for resource "
+                f"'{secret['name']}/versions/{p['version']}' (or it may not exist).",
+            )
         version = self._version(p)
         if version["state"] != "ENABLED":
             raise _error(400, "FAILED_PRECONDITION", f"{version['name']} is in {version['state']} state.")
@@ -231,8 +249,7 @@ class SecretManager:
 
     @staticmethod
     def _granted(secret: dict, who: str, role: str) -> bool:
-        return any(b.get("role") == role and who in b.get("members", [])
-                   for b in secret["_policy"].get("bindings", []))
+        return any(b.get("role") == role and who in b.get("members", []) for b in secret["_policy"].get("bindings", []))
 
     def _get_iam(self, p, query, body, who):
         self._operator_only(who, "secretmanager.secrets.getIamPolicy")
@@ -246,6 +263,9 @@ class SecretManager:
         if policy.get("etag") and policy["etag"] != current["etag"]:
             raise _error(409, "ABORTED", "There were concurrent policy changes; read the policy and try again.")
         serial = int.from_bytes(base64.b64decode(current["etag"]), "big") + 1
-        secret["_policy"] = {"version": 1, "bindings": policy.get("bindings", []),
-                             "etag": base64.b64encode(serial.to_bytes(5, "big")).decode()}
+        secret["_policy"] = {
+            "version": 1,
+            "bindings": policy.get("bindings", []),
+            "etag": base64.b64encode(serial.to_bytes(5, "big")).decode(),
+        }
         return dict(secret["_policy"])
