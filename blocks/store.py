@@ -7,7 +7,7 @@ a cluster's blocks goes through :func:`update_under_lock`: it takes the cluster'
 block again, applies the caller's change to what it read, and saves that.
 
 :func:`update_spec` is that for the spec block ``<cluster>-spec``; a save carrying secrets (the PKI
-block) passes a ``write`` that goes through :func:`haplane.secrets.call_carrying_secrets`.
+block) passes a ``write`` that goes through :func:`haplane.scrub.call_carrying_secrets`.
 """
 
 from __future__ import annotations
