@@ -213,14 +213,31 @@ def ensure_cluster_health_deployments(clusters: list[str], connection: str | Non
     (workers busy, the watcher's automation and the schedule at once) starts one run, the others are
     cancelled before a process is spent on them."""
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import DeploymentScheduleCreate
     from prefect.client.schemas.objects import ConcurrencyLimitStrategy, ConcurrencyOptions
+    from prefect.exceptions import ObjectNotFound
 
     with get_client(sync_client=True) as client:
         shared = client.read_deployment_by_name(HEALTH_DEPLOYMENT)
         for c in clusters:
+            try:  # the upsert replaces the deployment's schedules: hand it the ones it has (the backstop)
+                current = client.read_deployment_by_name(cluster_health_deployment(c))
+                keep = [
+                    DeploymentScheduleCreate(
+                        schedule=s.schedule,
+                        active=s.active,
+                        max_scheduled_runs=s.max_scheduled_runs,
+                        parameters=s.parameters,
+                        slug=s.slug,
+                    )
+                    for s in client.read_deployment_schedules(current.id)
+                ]
+            except ObjectNotFound:
+                keep = []
             client.create_deployment(  # an upsert by flow and name
                 shared.flow_id,
                 cluster_health_deployment(c).split("/")[1],
+                schedules=keep,
                 description=f"Health check of {c} (haplane setup-workspace; one run at a time, a late duplicate "
                 f"is cancelled)",
                 concurrency_limit=1,
