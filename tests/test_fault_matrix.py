@@ -419,7 +419,7 @@ def test_add_remove_fault(cloud, prefect_api, quick_retries):
                     mode,
                     methods[(n + i) % len(methods)],
                     lambda cid: add_replica(cluster=cluster, change_id=cid),
-                    f"add{n}-{mode}-{cluster}",
+                    f"add{n}-{mode.replace('_', '-')}-{cluster}",
                 )
             _quorum_held(watcher)
             _converged(cloud, cluster, n)
@@ -434,7 +434,7 @@ def test_add_remove_fault(cloud, prefect_api, quick_retries):
                     lambda cid, v=victim: remove_replica(
                         cluster=cluster, zone=v.zone, replica_name=v.name, change_id=cid
                     ),
-                    f"remove{n}-{mode}-{cluster}",
+                    f"remove{n}-{mode.replace('_', '-')}-{cluster}",
                 )
             _quorum_held(watcher)
             _converged(cloud, cluster, n, pool=n > 1)
