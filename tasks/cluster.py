@@ -260,6 +260,8 @@ def wait_api_ready(cluster: str, name: str, ip: str, step: str = "api-ready", ti
     cas = load_cas(cluster)
     if cas is None:
         raise RuntimeError(f"no PKI for cluster {cluster!r}: cannot verify {name}'s API server")
+    from haplane.observe import _components, client_context
+
     ctx = ssl.create_default_context(cadata=cas.ca_bundle())
     deadline, last = time.monotonic() + timeout, "no answer yet"
     with httpx.Client(verify=ctx, timeout=2.0) as http:
@@ -267,12 +269,23 @@ def wait_api_ready(cluster: str, name: str, ip: str, step: str = "api-ready", ti
             try:
                 resp = http.get(f"https://{ip}:{APISERVER_PORT}/readyz")
                 if resp.status_code == 200:
-                    return
+                    break
                 last = f"{resp.status_code} {resp.text.strip()}"
             except httpx.HTTPError as exc:
                 last = type(exc).__name__
             time.sleep(0.2)
-    raise TimeoutError(f"the API server of {name} ({ip}) was not ready after {timeout:.0f} s: {last}")
+        else:
+            raise TimeoutError(f"the API server of {name} ({ip}) was not ready after {timeout:.0f} s: {last}")
+    # a whole master: its controller-manager and scheduler run too (the API server's componentstatuses),
+    # so that a replica is not reported "not running" for the moment they take to start after it
+    with httpx.Client(verify=client_context(cas.ca_bundle(), *_observer_client(cas)), timeout=2.0) as http:
+        while time.monotonic() < deadline:
+            down, why = _components(http, ip)
+            if down == ():
+                return
+            last = f"{' and '.join(down)} not running" if down else why
+            time.sleep(0.2)
+    raise TimeoutError(f"the API server of {name} ({ip}) is ready but {last} after {timeout:.0f} s")
 
 
 # --- the stranded VMs of a zone outage (haplane.remediation.decide_zones), kept in the spec -------------
