@@ -204,7 +204,7 @@ def test_scheduled_health_check_replaces_a_killed_replica(prefect_api, prefect_w
     parent = httpx.get(f"{api}/task_runs/{replaced['parent_task_run_id']}", timeout=10).json()
     check = httpx.get(f"{api}/flow_runs/{parent['flow_run_id']}", timeout=10).json()
     assert check["deployment_id"] and check["parameters"]["cluster"] == CLUSTER
-    wait_run(api, check["id"])
+    check = wait_run(api, check["id"])  # the finished run: its end_time is what the next check follows
 
     # the replica table now shows the new replica, healthy, in the killed one's zone
     table = artifacts(api, key={"any_": [f"{CLUSTER}-replicas"]})[0]
