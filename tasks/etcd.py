@@ -81,9 +81,26 @@ def remove_member(change: Change, step: str, member_ips: list[str], member_id: i
         get_run_logger().info("removed etcd member %s (%x)", name, member_id)
 
 
+def _minor(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
+
+
+def cluster_version_settled(versions: list[tuple[str, str]]) -> bool:
+    """Whether etcd has decided its cluster version: every member reports the same one, and it is the
+    lowest minor the members run. A new cluster reports 3.0.0 (or ``not_decided``) for its first
+    seconds, until the leader has read every member's version; a table or an upgrade plan read in that
+    moment would take 3.0 for the cluster's version."""
+    servers = [_minor(s) for s, _ in versions]
+    clusters = {c for _, c in versions}
+    if not versions or len(clusters) != 1 or not all(servers):
+        return False
+    return _minor(next(iter(clusters))) == min(servers)
+
+
 @probe(task_run_name="{step}")
 def wait_quorum(cluster: str, ips: list[str], expect_voting: int, timeout: float = 180.0, step: str = "quorum") -> None:
-    """Wait until every endpoint answers a linearizable read and ``expect_voting`` members vote."""
+    """Wait until every endpoint answers a linearizable read, ``expect_voting`` members vote and the
+    cluster version is decided (:func:`cluster_version_settled`)."""
     deadline = time.monotonic() + timeout
     last = "no answer yet"
     while time.monotonic() < deadline:
@@ -93,9 +110,17 @@ def wait_quorum(cluster: str, ips: list[str], expect_voting: int, timeout: float
                 voting = [m for m in members if not m.is_learner and m.started]
                 unhealthy = [h.endpoint for h in (etcd.health(client_url(ip)) for ip in ips) if not h.healthy]
                 if len(voting) == expect_voting and not unhealthy:
-                    get_run_logger().info("etcd healthy: %d voting members", len(voting))
-                    return
-                last = f"{len(voting)} of {expect_voting} voting members started; unhealthy: {unhealthy or 'none'}"
+                    versions = [etcd.version(client_url(ip)) for ip in ips]
+                    if cluster_version_settled(versions):
+                        get_run_logger().info(
+                            "etcd healthy: %d voting members, cluster version %s", len(voting), versions[0][1]
+                        )
+                        return
+                    last = "the cluster version is not decided yet: " + ", ".join(
+                        f"{ip}: server {s}, cluster {c}" for ip, (s, c) in zip(ips, versions, strict=True)
+                    )
+                else:
+                    last = f"{len(voting)} of {expect_voting} voting members started; unhealthy: {unhealthy or 'none'}"
         except EtcdError as exc:
             last = str(exc)
         time.sleep(1.0)

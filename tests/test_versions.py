@@ -171,3 +171,23 @@ def test_too_far_is_refused_even_on_a_whole_cluster():
         rule_of(lambda: decide_upgrade(cluster(*THREE), "3.5.1", "v1.31.0", {**KUBE, "c-2": "v1.29.0"}))
         == "kubernetes-one-minor"
     )
+
+
+@pytest.mark.parametrize(
+    "versions, settled",
+    [
+        ([("3.4.23", "3.0.0")] * 3, False),  # a new 3.4 cluster in its first seconds
+        ([("3.5.1", "not_decided")] * 3, False),
+        ([("3.4.23", "3.4.0")] * 3, True),
+        ([("3.5.1", "3.5.0")] * 3, True),
+        ([("3.5.1", "3.4.0"), ("3.4.23", "3.4.0"), ("3.4.23", "3.4.0")], True),  # mid-upgrade: the lowest
+        ([("3.5.1", "3.4.0")] * 3, False),  # every member on 3.5: the leader has yet to move it
+        ([("3.5.1", "3.5.0"), ("3.5.1", "3.4.0")], False),  # members disagree
+        ([("", "")], False),
+        ([], False),
+    ],
+)
+def test_the_quorum_wait_waits_for_the_cluster_version_to_be_decided(versions, settled):
+    from tasks.etcd import cluster_version_settled
+
+    assert cluster_version_settled(versions) is settled
