@@ -172,6 +172,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     workers = []
     os.environ.pop("HAPLANE_GCE_ENDPOINT", None)
     os.environ.pop("HAPLANE_PROJECT", None)
+    os.environ.pop("HAPLANE_GCE_TOKEN", None)
     try:
         pg.start()
         emulator.start()
@@ -186,7 +187,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
             api = server.url
             LocalFileSystem(basepath=str(work / "shared-results")).save("fleet-results", overwrite=True)
             setup_workspace(project=PROJECT, endpoint=emulator.url, connection="fleet",
-                            result_storage="local-file-system/fleet-results")
+                            result_storage="local-file-system/fleet-results", token=emulator.workers_token)
             ensure_limits(names)
             create_fleet(names, args.replicas)
             for i in range(args.workers):
@@ -194,7 +195,8 @@ def run(args: argparse.Namespace, work: Path) -> dict:
                 home.mkdir()
                 workers.append(start_worker(server, {"PREFECT_HOME": str(home), "PREFECT_LOGGING_LEVEL": "WARNING"},
                                             home / "worker.log", name=f"fleet-{i}",
-                                            env_drop=("HAPLANE_GCE_ENDPOINT", "HAPLANE_PROJECT")))
+                                            env_drop=("HAPLANE_GCE_ENDPOINT", "HAPLANE_PROJECT",
+                                                      "HAPLANE_GCE_TOKEN")))
             setup_workspace(clusters=names, health_interval=args.interval, connection="fleet")
             say(f"health checks every {args.interval:g} s scheduled; {args.workers} workers; warming up one interval")
             time.sleep(args.interval)

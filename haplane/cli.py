@@ -32,6 +32,7 @@ def _demo(args: argparse.Namespace) -> int:
     emulator.start()
     os.environ["HAPLANE_GCE_ENDPOINT"] = emulator.url
     os.environ["HAPLANE_PROJECT"] = args.project
+    os.environ["HAPLANE_GCE_TOKEN"] = emulator.workers_token
     print(f"GCE emulator on {emulator.url} (state in {state_dir})", flush=True)
     try:
         from flows.create_cluster import create_cluster

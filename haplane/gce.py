@@ -151,6 +151,14 @@ def _status_name(value: Any, enum: Any) -> str:
         return str(value)
 
 
+def token_credentials(token: str) -> Any:
+    """Credentials that send ``token`` as the bearer token: the emulator's workers' token
+    (``HAPLANE_GCE_TOKEN``, or a connection block's ``token``), which its Secret Manager requires."""
+    from google.oauth2.credentials import Credentials
+
+    return Credentials(token=token.strip())
+
+
 @dataclass
 class Gce:
     """Compute Engine for one project, real or emulated (``endpoint``)."""
@@ -169,8 +177,10 @@ class Gce:
         project = project or os.environ.get("HAPLANE_PROJECT")
         if not project:
             raise ValueError("no GCE project: pass project=... or set HAPLANE_PROJECT")
-        return cls(project=project, endpoint=endpoint or os.environ.get("HAPLANE_GCE_ENDPOINT") or None,
-                   credentials=credentials)
+        endpoint = endpoint or os.environ.get("HAPLANE_GCE_ENDPOINT") or None
+        if credentials is None and endpoint and os.environ.get("HAPLANE_GCE_TOKEN"):
+            credentials = token_credentials(os.environ["HAPLANE_GCE_TOKEN"])
+        return cls(project=project, endpoint=endpoint, credentials=credentials)
 
     def _client(self, cls: type) -> Any:
         name = cls.__name__

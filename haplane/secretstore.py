@@ -23,7 +23,6 @@ from typing import Any
 ACCESSOR = "roles/secretmanager.secretAccessor"
 LABEL_CLUSTER = "haplane-cluster"
 LABEL_REPLICA = "haplane-replica"
-METADATA_TOKEN_PATH = "/computeMetadata/v1/instance/service-accounts/default/token"
 
 
 def secret_id(replica: str, suffix: str) -> str:
@@ -42,6 +41,10 @@ def service_account_email(project: str, replica: str) -> str:
 
 def _label(value: str) -> str:
     return value.lower()[:63]
+
+
+class SecretUnreadable(RuntimeError):
+    """A secret could not be read; the message names it and what to do (and holds no secret)."""
 
 
 @dataclass
@@ -104,7 +107,27 @@ class SecretStore:
         return version.name
 
     def read(self, version: str) -> str:
-        return self.client.access_secret_version(request={"name": version}).payload.data.decode()
+        """The payload of a secret version; :class:`SecretUnreadable` (naming the secret and what to do)
+        when it is missing, destroyed, not readable by this caller, or the credentials are refused."""
+        from google.api_core import exceptions as core
+        from google.auth.exceptions import GoogleAuthError
+
+        secret = version.split("/versions/")[0]
+        try:
+            return self.client.access_secret_version(request={"name": version}).payload.data.decode()
+        except core.NotFound:
+            problem = (f"secret {secret} (version {version.rsplit('/', 1)[-1]}) does not exist in project "
+                       f"{self.project}: it was deleted, or this is not the cluster's project")
+        except core.Forbidden:
+            problem = (f"the workers' account may not read secret {secret}: its IAM policy must grant "
+                       f"{ACCESSOR} to the workers' service account")
+        except (core.FailedPrecondition, core.BadRequest):
+            problem = f"version {version} of secret {secret} is destroyed or disabled"
+        except (core.Unauthorized, GoogleAuthError):
+            problem = (f"Secret Manager refused the workers' credentials reading {secret}: give the workers a "
+                       "valid credential (real GCE: application default credentials or the connection's GCP "
+                       "credentials; the emulator: HAPLANE_GCE_TOKEN or the connection block's token)")
+        raise SecretUnreadable(problem)
 
     def list(self, cluster: str, replica: str | None = None) -> list[str]:
         """Names of the cluster's (or one replica's) secrets."""
@@ -123,20 +146,6 @@ class SecretStore:
         except NotFound:
             return False
         return True
-
-
-def vm_token(metadata_url: str, source_ip: str | None = None, timeout: float = 5.0) -> str:
-    """An access token for the VM's service account from the metadata server.
-
-    ``source_ip``: the VM's internal address, which the emulator's metadata server goes by (on
-    GCE the metadata server knows the VM by itself)."""
-    import httpx
-
-    transport = httpx.HTTPTransport(local_address=source_ip) if source_ip else None
-    with httpx.Client(transport=transport, timeout=timeout) as http:
-        resp = http.get(metadata_url.rstrip("/") + METADATA_TOKEN_PATH, headers={"Metadata-Flavor": "Google"})
-        resp.raise_for_status()
-        return resp.json()["access_token"]
 
 
 def read_as_vm(endpoint: str | None, token: str, version: str) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from google.api_core.exceptions import BadRequest, Forbidden
+from google.api_core.exceptions import Forbidden
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import compute_v1
 
@@ -19,9 +19,11 @@ from flows.create_cluster import create_cluster
 from flows.delete_cluster import delete_cluster
 from flows.remove_replica import remove_replica
 from flows.replace_replica import replace_replica
+from haplane.emulator.secretmanager import WORKERS_ACCOUNT
 from haplane.emulator.server import Emulator
+from haplane.gce import token_credentials
 from haplane.node import SECRET_SUFFIXES, SECRETS_KEY
-from haplane.secretstore import SecretStore, read_as_vm, secret_id, service_account_email, vm_token
+from haplane.secretstore import SecretStore, SecretUnreadable, read_as_vm, secret_id, service_account_email
 from haplane.topology import LABEL_CLUSTER
 from tests.fixtures.cluster import PROJECT
 
@@ -31,8 +33,8 @@ ZONES = ["europe-west1-b", "europe-west1-c", "europe-west1-d"]
 
 def test_secret_manager_subset_with_the_real_client(tmp_path):
     with Emulator(state_dir=tmp_path) as emu:
-        store = SecretStore("p", emu.url)
-        reader = "r1-master@p.iam.gserviceaccount.com"
+        store = SecretStore("p", emu.url, credentials=token_credentials(emu.workers_token))
+        reader = WORKERS_ACCOUNT  # the policy names the workers: they may read it back
         v1 = store.put("c1", "r1-master", "etcd-peer-key", "one", reader)
         v2 = store.put("c1", "r1-master", "etcd-peer-key", "two", reader)  # same secret, a new version
         assert v1.endswith("/versions/1") and v2.endswith("/versions/2")
@@ -44,7 +46,7 @@ def test_secret_manager_subset_with_the_real_client(tmp_path):
         store.put("c2", "r9-master", "etcd-peer-key", "other cluster", reader)
         assert store.list("c1") == ["projects/p/secrets/r1-master-etcd-peer-key"]
         store.client.destroy_secret_version(request={"name": v2})
-        with pytest.raises(BadRequest, match="DESTROYED"):
+        with pytest.raises(SecretUnreadable, match="destroyed"):
             store.read(v2)
         assert store.read(v2.rsplit("/", 1)[0] + "/latest") == "one"  # the newest enabled one
         assert store.delete(store.name("r1-master-etcd-peer-key")) is True
@@ -67,7 +69,7 @@ def test_no_private_key_in_metadata_and_a_vm_reads_only_its_own(cloud):
     cluster = f"sec-{uuid.uuid4().hex[:5]}"
     rows = create_cluster(cluster=cluster, region=REGION, zones=ZONES, replicas=3)
     assert all(r["health"] == "healthy" for r in rows)  # etcd and the API servers run on keys read from secrets
-    store = SecretStore(PROJECT, cloud.emulator.url)
+    store = SecretStore.for_gce(cloud.gce)
     try:
         instances = _instances(cloud, cluster)
         assert len(instances) == 3
@@ -82,7 +84,7 @@ def test_no_private_key_in_metadata_and_a_vm_reads_only_its_own(cloud):
                                                      for i in instances for s in SECRET_SUFFIXES)
 
         a, b = instances[0], instances[1]
-        token_a = vm_token(cloud.emulator.url, a.network_interfaces[0].network_i_p)
+        token_a = cloud.emulator.runtime.token_for_ip(a.network_interfaces[0].network_i_p)
         own = read_as_vm(cloud.emulator.url, token_a, store.name(secret_id(a.name, "etcd-peer-key")) + "/versions/latest")
         from cryptography.hazmat.primitives.serialization import load_pem_private_key
 

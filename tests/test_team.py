@@ -21,8 +21,7 @@ import pytest
 from haplane.emulator.admin import EmulatorAdmin
 from haplane.emulator.server import Emulator
 from haplane.emulator.vm import ProcessRuntime
-from haplane.gce import Gce
-from tests.fixtures.cluster import PROJECT, Cloud, api_through
+from tests.fixtures.cluster import PROJECT, Cloud, api_through, workers_gce
 from tests.fixtures.worker import start_worker
 from tests.test_operate import start_deployment, wait_run
 from tests.test_resume import ADD_STEPS
@@ -43,7 +42,7 @@ def team_cloud(tmp_path_factory: pytest.TempPathFactory):
     emulator.start()
     admin = EmulatorAdmin(emulator.url)
     try:
-        yield Cloud(emulator=emulator, admin=admin, gce=Gce(PROJECT, emulator.url), state_dir=state)
+        yield Cloud(emulator=emulator, admin=admin, gce=workers_gce(emulator), state_dir=state)
     finally:
         admin.close()
         emulator.stop()
@@ -58,7 +57,7 @@ def team_workspace(prefect_on_postgres, team_cloud, tmp_path_factory):
     shared = tmp_path_factory.mktemp("shared-results")
     LocalFileSystem(basepath=str(shared)).save("haplane-results", overwrite=True)
     setup_workspace(project=PROJECT, endpoint=team_cloud.emulator.url, connection=CONNECTION,
-                    result_storage="local-file-system/haplane-results")
+                    result_storage="local-file-system/haplane-results", token=team_cloud.emulator.workers_token)
     return shared
 
 
@@ -69,7 +68,8 @@ def two_workers(prefect_on_postgres, team_workspace, tmp_path_factory):
         for name in ("team-a", "team-b"):
             home = tmp_path_factory.mktemp(f"home-{name}")
             workers[name] = start_worker(prefect_on_postgres, {"PREFECT_HOME": str(home)}, home / "worker.log",
-                                         name=name, env_drop=("HAPLANE_GCE_ENDPOINT", "HAPLANE_PROJECT"))
+                                         name=name, env_drop=("HAPLANE_GCE_ENDPOINT", "HAPLANE_PROJECT",
+                                                                   "HAPLANE_GCE_TOKEN"))
         yield workers
     finally:
         for worker in workers.values():
