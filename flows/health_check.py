@@ -67,7 +67,7 @@ from tasks.health import (
     remediation_tags,
     replica_resource,
 )
-from tasks.pki import certificate_inventory, load_cas
+from tasks.pki import certificate_inventory, load_certs
 from tasks.snapshots import newest_snapshot_age, probe_quorum
 
 
@@ -123,7 +123,7 @@ def _certificates(cluster: str, connection: str | None, dry_run: bool, policy: P
     """Warn about certificates close to expiry and rotate them within ``rotate_days``."""
     logger = get_run_logger()
     spec = load_spec(cluster)
-    cas = load_cas(cluster)
+    cas = load_certs(cluster)
     misfit = rotation_fits(rotate_days, cas.lifetimes.leaf) if cas else None
     if misfit:  # said, not refused: a threshold above the lifetime is also how to force a rotation now
         logger.warning("%s", misfit)

@@ -29,6 +29,7 @@ from tasks.cluster import cluster_lock, load_spec, observe_cluster, publish_plan
 from tasks.compute import submit_create_vm, submit_delete_vm
 from tasks.etcd import wait_quorum
 from tasks.execute import Run, execute
+from tasks.keys import ensure_keys
 from tasks.network import submit_pool_remove, submit_target_pool
 from tasks.operations import Step, apply, apply_all
 from tasks.pki import operator_tls, submit_configure_replica
@@ -54,9 +55,10 @@ def restore_cluster(
     spec = load_spec(cluster)
     change = Change(cluster, change_id or f"restore-{flow_run.get_id()}", connection)
     with cluster_lock(cluster):
+        ensure_keys(cluster, connection)  # keys moved out of an old block; an unreadable one refuses here
         state = observe_cluster(cluster, spec.region, connection)
-        meta = check_restorable(spec, snapshot, storage)  # refuses a snapshot that cannot work: nothing changed
-        seen = last_revision_seen(change.gce(), spec, operator_tls(cluster))
+        meta = check_restorable(spec, snapshot, storage, connection)  # refuses a snapshot that cannot work: nothing changed
+        seen = last_revision_seen(change.gce(), spec, operator_tls(cluster, connection))
         view = quorum_view(probe_quorum(spec, connection))
         plan = plan_restore(state, view, meta, seen, now_utc(), change.change_id, spec.zones, size)
         logger.warning("%s", plan.loss())
@@ -84,7 +86,7 @@ def restore_cluster(
         restore = RestoreSpec(url=meta.where, snapshot_id=meta.snapshot_id, sha256=meta.sha256)
         apply(change, Step(submit_configure_replica, f"configure/{plan.replica}", f"configure {plan.replica}",
                            (plan.zone, plan.replica, state.endpoint_ip, etcd, api), {"restore": restore}))
-        wait_quorum(cluster, [vm.internal_ip], expect_voting=1)
+        wait_quorum(cluster, [vm.internal_ip], expect_voting=1, connection=connection)
         if plan.keep_load_balancer:
             apply(change, Step(submit_target_pool, f"pool-add/{plan.replica}", f"add {plan.replica} to the target pool",
                                (spec.region, [vm.self_link])))

@@ -5,6 +5,7 @@
                       verified TLS, delete the cluster, stop everything.
 ``haplane emulator``  run the GCE emulator in the foreground (see haplane.emulator.server).
 ``haplane setup-workspace``  set up a Prefect workspace: pool, blocks, limits, deployments, schedules.
+``haplane migrate-keys C``  move cluster C's private keys out of its PKI block into Secret Manager.
 ``haplane unlock C``  release cluster C's locks (its own and its health check's) left behind by a killed flow run.
 """
 
@@ -67,9 +68,9 @@ def _check_endpoint(cluster: str, ip: str) -> str:
 
     import httpx
 
-    from tasks.pki import load_cas
+    from tasks.pki import load_certs
 
-    cas = load_cas(cluster)
+    cas = load_certs(cluster)
     if cas is None:
         return "no cluster CA found"
     ctx = ssl.create_default_context(cadata=cas.ca_bundle())
@@ -88,6 +89,28 @@ def _unlock(args: argparse.Namespace) -> int:
         print(f"released {', '.join(map(repr, released))}; make sure no flow of {args.cluster!r} is still running")
     else:
         print(f"{lock_name(args.cluster)!r} was not held")
+    return 0
+
+
+def _migrate_keys(args: argparse.Namespace) -> int:
+    """Move the private keys of a cluster saved before they lived in Secret Manager out of its PKI
+    block: each stored as a secret, read back and compared, then removed from the block (resumable)."""
+    from blocks.pki import block_name
+    from tasks.cluster import ClusterBusy
+    from tasks.keys import KeysUnreadable, ensure_keys, read_block
+
+    try:
+        if read_block(args.cluster) is None:
+            print(f"haplane migrate-keys: cluster {args.cluster!r} has no PKI block {block_name(args.cluster)!r}",
+                  file=sys.stderr)
+            return 2
+        written = ensure_keys(args.cluster, args.connection)
+    except (KeysUnreadable, ClusterBusy, ValueError) as exc:
+        print(f"haplane migrate-keys: {exc}", file=sys.stderr)
+        return 1
+    block = read_block(args.cluster)
+    print(f"{args.cluster}: " + (f"moved or made {', '.join(written)}" if written else "nothing to move")
+          + f"; block {block_name(args.cluster)} names {len(block.key_versions)} secret versions and holds no key")
     return 0
 
 
@@ -112,6 +135,13 @@ def main(argv: list[str] | None = None) -> int:
                                            "a killed flow run")
     unlock.add_argument("cluster")
     unlock.set_defaults(run=_unlock)
+
+    migrate = sub.add_parser("migrate-keys", help="move a cluster's private keys out of its PKI block into "
+                                                  "Secret Manager (clusters saved before they lived there)")
+    migrate.add_argument("cluster")
+    migrate.add_argument("--connection", help="haplane-gce-connection block (default: HAPLANE_PROJECT / "
+                                              "HAPLANE_GCE_ENDPOINT / HAPLANE_GCE_TOKEN)")
+    migrate.set_defaults(run=_migrate_keys)
 
     from haplane.emulator.server import add_cli, run_cli
 

@@ -83,15 +83,19 @@ class SecretStore:
         """Store ``value`` as the newest version of the replica's secret, readable by ``reader`` (a
         service-account email) alone. Idempotent: the secret and its policy are made once. Returns
         the version's resource name (no secret in it)."""
+        return self.add(secret_id(replica, suffix), {LABEL_CLUSTER: _label(cluster), LABEL_REPLICA: _label(replica)},
+                        value, reader)
+
+    def add(self, sid: str, labels: dict[str, str], value: str, reader: str) -> str:
+        """Add ``value`` as the newest version of secret ``sid`` (made once, with ``labels``), whose
+        policy lets ``reader`` (a service-account email) alone read it. Returns the version's name."""
         from google.api_core.exceptions import Conflict
         from google.iam.v1 import policy_pb2
 
-        sid = secret_id(replica, suffix)
         try:
             self.client.create_secret(request={
                 "parent": f"projects/{self.project}", "secret_id": sid,
-                "secret": {"replication": {"automatic": {}},
-                           "labels": {LABEL_CLUSTER: _label(cluster), LABEL_REPLICA: _label(replica)}}})
+                "secret": {"replication": {"automatic": {}}, "labels": labels}})
         except Conflict:  # ALREADY_EXISTS: made by an earlier attempt
             pass
         member = f"serviceAccount:{reader}"
@@ -128,6 +132,44 @@ class SecretStore:
                        "valid credential (real GCE: application default credentials or the connection's GCP "
                        "credentials; the emulator: HAPLANE_GCE_TOKEN or the connection block's token)")
         raise SecretUnreadable(problem)
+
+    def destroy_versions(self, sid: str, keep: str | None = None) -> list[str]:
+        """Destroy every enabled version of secret ``sid`` but ``keep`` (the one in use): what a
+        rotation replaced, or what a killed run added and never used. Returns the destroyed names."""
+        from google.api_core.exceptions import NotFound
+
+        try:
+            versions = list(self.client.list_secret_versions(request={"parent": self.name(sid)}))
+        except NotFound:
+            return []
+        gone = []
+        for v in versions:
+            if v.name != keep and v.state.name == "ENABLED":
+                self.client.destroy_secret_version(request={"name": v.name})
+                gone.append(v.name)
+        return gone
+
+    def workers_account(self) -> str:
+        """The workers' service account (the one reader of the cluster's own keys):
+        ``HAPLANE_WORKERS_ACCOUNT``, else the credentials' account, else (the emulator) the token's."""
+        import os
+
+        explicit = os.environ.get("HAPLANE_WORKERS_ACCOUNT")
+        if explicit:
+            return explicit
+        email = getattr(self.credentials, "service_account_email", None)
+        if isinstance(email, str) and "@" in email:
+            return email
+        token = getattr(self.credentials, "token", None)
+        if self.endpoint and token:
+            import httpx
+
+            reply = httpx.get(self.endpoint.rstrip("/") + "/oauth2/v3/tokeninfo", params={"access_token": token},
+                              timeout=10)
+            if reply.status_code == 200:
+                return reply.json()["email"]
+        raise ValueError("cannot tell the workers' service account, which alone may read the cluster's keys: set "
+                         "HAPLANE_WORKERS_ACCOUNT to its email (or give the connection service-account credentials)")
 
     def list(self, cluster: str, replica: str | None = None) -> list[str]:
         """Names of the cluster's (or one replica's) secrets."""

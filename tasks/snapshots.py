@@ -13,10 +13,9 @@ from pathlib import Path
 
 from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
-from pydantic import SecretStr
 
 from blocks.cluster import ClusterSpec
-from blocks.pki import ClusterPKI, block_name
+from blocks.pki import SNAPSHOT, block_name
 from haplane import snapshots as snap
 from haplane.etcd import EndpointStatus, EtcdClient, EtcdError, EtcdTLS
 from haplane.gce import Gce
@@ -34,18 +33,24 @@ class SnapshotFailed(RuntimeError):
     """A snapshot taken before a change failed: the change is stopped before it starts."""
 
 
-def snapshot_key(cluster: str, create: bool = True) -> str:
-    """The cluster's snapshot key (base64). Created and saved in the PKI block when missing (clusters
-    made before snapshots existed). Only for use inside a task; never return it."""
-    pki = ClusterPKI.load(block_name(cluster))
-    if pki.snapshot_key is None:
+def snapshot_key(cluster: str, connection: str | None, create: bool = True) -> str:
+    """The cluster's snapshot key (base64), read from Secret Manager. Made with the cluster's PKI; a
+    cluster from before that gets it once, under the cluster lock (:func:`tasks.keys.ensure_keys`, which
+    re-reads first: two first snapshots at once make one key). Only for use inside a task; never return it."""
+    from tasks.keys import ensure_keys, read_block, read_keys, store_for
+
+    block = read_block(cluster)
+    if block is None:
+        raise snap.SnapshotError(f"cluster {cluster!r} has no PKI block {block_name(cluster)!r}")
+    store = store_for(connection)
+    keys = read_keys(block, store, names=(SNAPSHOT,))
+    if SNAPSHOT not in keys:
         if not create:
             raise snap.SnapshotError(f"cluster {cluster!r} has no snapshot key in block {block_name(cluster)!r}: "
                                      "it has never been snapshotted, so there is nothing to restore")
-        pki.snapshot_key = SecretStr(snap.new_key())
-        pki.save(block_name(cluster), overwrite=True)
-        get_run_logger().info("created the snapshot key of %s in block %s", cluster, block_name(cluster))
-    return pki.snapshot_key.get_secret_value()
+        ensure_keys(cluster, connection)
+        keys = read_keys(read_block(cluster), store, names=(SNAPSHOT,))
+    return keys[SNAPSHOT].get_secret_value()
 
 
 def store_of(spec: ClusterSpec, storage: str | None = None) -> SnapshotStore:
@@ -96,11 +101,11 @@ def snapshot_now(spec: ClusterSpec, connection: str | None, storage: str | None 
     from blocks.cluster import resolve_gce
     from tasks.pki import operator_tls
 
-    tls = operator_tls(spec.cluster)
+    tls = operator_tls(spec.cluster, connection)
     if tls is None:
         raise snap.SnapshotError(f"cluster {spec.cluster!r} has no PKI block {block_name(spec.cluster)!r}")
     store = store_of(spec, storage)
-    meta = take_snapshot(resolve_gce(connection), spec, tls, snapshot_key(spec.cluster), store)
+    meta = take_snapshot(resolve_gce(connection), spec, tls, snapshot_key(spec.cluster, connection), store)
     prune(spec, store)
     return meta
 
@@ -187,7 +192,8 @@ def last_revision_seen(gce: Gce, spec: ClusterSpec, tls: EtcdTLS) -> int | None:
 
 
 @probe(task_run_name="check the snapshot to restore", timeout_seconds=1800)
-def check_restorable(spec: ClusterSpec, snapshot_id: str | None, storage: str | None = None) -> snap.SnapshotMeta:
+def check_restorable(spec: ClusterSpec, snapshot_id: str | None, storage: str | None = None,
+                     connection: str | None = None) -> snap.SnapshotMeta:
     """The chosen (or newest) snapshot, fetched, decrypted and restored into a throw-away etcd: a restore
     that cannot work is refused here, before anything is removed."""
     store = store_of(spec, storage)
@@ -203,7 +209,8 @@ def check_restorable(spec: ClusterSpec, snapshot_id: str | None, storage: str | 
             raise snap.SnapshotError(f"no snapshot {snapshot_id!r} of {spec.cluster!r} in {store.label}; there are: "
                                      + ", ".join(m.snapshot_id for m in metas[:10]))
     try:
-        sealed_meta, db = snap.unseal(store.load_sealed(meta), snapshot_key(spec.cluster, create=False), spec.cluster)
+        sealed_meta, db = snap.unseal(store.load_sealed(meta), snapshot_key(spec.cluster, connection, create=False),
+                                   spec.cluster)
         if sealed_meta.snapshot_id != meta.snapshot_id or sealed_meta.sha256 != meta.sha256:
             raise snap.SnapshotInvalid(f"{meta.where} holds snapshot {sealed_meta.snapshot_id}, not {meta.snapshot_id}")
         checked = snap.verify(db, find_etcd(), expect_revision=meta.revision)
@@ -224,7 +231,7 @@ def probe_quorum(spec: ClusterSpec, connection: str | None) -> EtcdProbe:
     gce = resolve_gce(connection)
     instances = gce.list_instances(gce.list_zones(spec.region), labels={LABEL_CLUSTER: spec.cluster})
     endpoints = [client_url(i.internal_ip) for i in instances if i.status == "RUNNING" and i.internal_ip]
-    tls = operator_tls(spec.cluster)
+    tls = operator_tls(spec.cluster, connection)
     if not endpoints or tls is None:
         why = () if tls else (f"no operator certificate: the PKI block {block_name(spec.cluster)} is missing",)
         return EtcdProbe(running_vms=len(endpoints), unreachable=why, vms=len(instances))

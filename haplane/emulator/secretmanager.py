@@ -7,7 +7,7 @@ Served by the emulator beside the Compute API, for the real
                                client_options={"api_endpoint": emulator.url})
 
 Methods: ``secrets.create/get/delete/list``, ``secrets.addVersion``,
-``versions.access/destroy`` (``latest`` resolves to the newest enabled version),
+``versions.list/access/destroy`` (``latest`` resolves to the newest enabled version),
 ``secrets.getIamPolicy/setIamPolicy``.
 
 Who is calling, from the request's ``Authorization: Bearer T`` alone (never from its source address):
@@ -56,6 +56,7 @@ ROUTES = [
     ("GET", re.compile(f"^/v1/{_S}$"), "get"),
     ("DELETE", re.compile(f"^/v1/{_S}$"), "delete"),
     ("POST", re.compile(f"^/v1/{_S}:addVersion$"), "add_version"),
+    ("GET", re.compile(f"^/v1/{_S}/versions$"), "list_versions"),
     ("GET", re.compile(f"^/v1/{_V}:access$"), "access"),
     ("POST", re.compile(f"^/v1/{_V}:destroy$"), "destroy"),
     ("GET", re.compile(f"^/v1/{_S}:getIamPolicy$"), "get_iam"),
@@ -237,9 +238,16 @@ class SecretManager:
             raise _error(400, "FAILED_PRECONDITION", f"{version['name']} is in {version['state']} state.")
         return {"name": version["name"], "payload": {"data": version["_data"]}}
 
+    def _list_versions(self, p, query, body, who):
+        self._operator_only(who, "secretmanager.versions.list")
+        found = [self._public(v) for v in reversed(self._secret(p)["_versions"])]  # newest first, as GCE
+        return {"versions": found, "totalSize": len(found)} if found else {}
+
     def _destroy(self, p, query, body, who):
         self._operator_only(who, "secretmanager.versions.destroy")
         version = self._version(p)
+        if version["state"] == "DESTROYED":
+            raise _error(400, "FAILED_PRECONDITION", f"{version['name']} is already in DESTROYED state.")
         version.update(state="DESTROYED", destroyTime=now_rfc3339())
         version.pop("_data", None)
         return self._public(version)
