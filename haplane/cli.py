@@ -151,7 +151,31 @@ def main(argv: list[str] | None = None) -> int:
 
     add_setup_cli(sub).set_defaults(run=run_setup_cli)
     args = parser.parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except Exception as exc:  # noqa: BLE001 - a refused credential is said plainly; anything else propagates
+        refused = prefect_auth_refused(exc)
+        if refused is None:
+            raise
+        print(f"haplane {args.command}: {refused}", file=sys.stderr)
+        return 1
+
+
+def prefect_auth_refused(exc: BaseException) -> str | None:
+    """What to do when ``exc`` (or its cause) is the Prefect API refusing this client's credential
+    (401); None for any other error."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        response = getattr(exc, "response", None)
+        if getattr(response, "status_code", None) == 401:
+            api = os.environ.get("PREFECT_API_URL") or "the Prefect API"
+            given = "a wrong" if os.environ.get("PREFECT_API_AUTH_STRING") else "no"
+            return (f"{api} refused the request (401 Unauthorized): this client sent {given} credential. Set "
+                    "PREFECT_API_AUTH_STRING to the server's PREFECT_SERVER_API_AUTH_STRING (user:password), as the "
+                    "workers have it; nothing was changed")
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 if __name__ == "__main__":
