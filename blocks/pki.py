@@ -93,6 +93,13 @@ class ClusterPKI(Block):
         return block_name(self.cluster)
 
     @classmethod
+    def from_cas(cls, cas: ClusterCAs) -> ClusterPKI:
+        """A document the old way, its keys inline: what blocks saved before the keys moved to Secret
+        Manager hold (for tests and migration; :mod:`tasks.keys` never saves one)."""
+        inline = {LEGACY_FIELDS[n]: k for n, k in cas_keys(cas).items() if k is not None}
+        return cls(**cls.public_fields(cas), **inline)
+
+    @classmethod
     def public_fields(cls, cas: ClusterCAs) -> dict:
         """The block's fields for ``cas``: certificates, lifetimes, rotation state; no key."""
         def cert(ck: CertKey | None) -> str | None:
@@ -115,9 +122,12 @@ class ClusterPKI(Block):
         found = {name: getattr(self, attr) for name, attr in LEGACY_FIELDS.items()}
         return {name: key for name, key in found.items() if key is not None}
 
-    def to_cas(self, keys: Mapping[str, SecretStr]) -> ClusterCAs:
-        """The CAs with ``keys`` (key name -> PEM; :func:`cas_keys` in reverse). A key not given
-        is an empty placeholder: such a ClusterCAs serves certificates only (signing with it fails)."""
+    def to_cas(self, keys: Mapping[str, SecretStr] | None = None) -> ClusterCAs:
+        """The CAs with ``keys`` (key name -> PEM; :func:`cas_keys` in reverse; None: the inline keys of a
+        document saved the old way). A key not given is an empty placeholder: such a ClusterCAs serves
+        certificates only (signing with it fails)."""
+        keys = self.legacy_keys() if keys is None else keys
+
         def key(name: str) -> SecretStr:
             return keys.get(name) or SecretStr("")
 

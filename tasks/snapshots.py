@@ -33,7 +33,7 @@ class SnapshotFailed(RuntimeError):
     """A snapshot taken before a change failed: the change is stopped before it starts."""
 
 
-def snapshot_key(cluster: str, connection: str | None, create: bool = True) -> str:
+def snapshot_key(cluster: str, connection: str | None = None, create: bool = True) -> str:
     """The cluster's snapshot key (base64), read from Secret Manager. Made with the cluster's PKI; a
     cluster from before that gets it once, under the cluster lock (:func:`tasks.keys.ensure_keys`, which
     re-reads first: two first snapshots at once make one key). Only for use inside a task; never return it."""

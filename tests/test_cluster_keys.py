@@ -35,6 +35,7 @@ from flows.snapshot_cluster import snapshot_cluster
 from haplane.etcd import EtcdClient, EtcdTLS
 from haplane.node import client_url
 from haplane.secretstore import SecretStore
+from tasks.cluster import force_unlock
 from tasks.keys import KeysUnreadable, key_secret_id, read_block, read_keys, save_pki
 from tasks.pki import load_cas
 
@@ -155,6 +156,7 @@ def test_keys_out_of_blocks_rotation_migration_and_refusals(cloud, prefect_api, 
         half = read_block(cluster)  # killed before the block was saved: still the old way, nothing lost
         assert half.key_versions == {} and {n: k.get_secret_value() for n, k in half.legacy_keys().items()} == after
         monkeypatch.setattr(cloud.emulator.secrets, "_add_version", original_add)
+        force_unlock(cluster)  # the killed run's lock (`haplane unlock`), rather than waiting out its lease
         resumed = _migrate(env, cluster)
         out, _ = resumed.communicate(timeout=120)
         assert resumed.returncode == 0, out
@@ -213,6 +215,7 @@ def test_keys_out_of_blocks_rotation_migration_and_refusals(cloud, prefect_api, 
         assert cloud.admin.calls() == []
         assert read_block(cluster).key_versions.get(SNAPSHOT), "the block still names the lost key (nothing dropped)"
     finally:
+        force_unlock(cluster)
         block = read_block(cluster)
         if block is not None and SNAPSHOT in block.key_versions:
             # forget the deleted snapshot key so that delete-cluster can read the others

@@ -133,7 +133,7 @@ def test_operate_on_postgresql_with_the_workspace_connection(prefect_on_postgres
 def test_a_change_killed_on_one_worker_resumes_on_the_other(prefect_on_postgres, two_workers, team_cloud,
                                                            team_workspace):
     from tasks.cluster import force_unlock
-    from tasks.pki import load_cas
+    from tasks.pki import load_certs
 
     api, cloud = prefect_on_postgres.url, team_cloud
     assert len(cloud.gce.list_instances(ZONES, labels={"haplane-cluster": CLUSTER})) == 1, "needs the cluster above"
@@ -182,7 +182,7 @@ def test_a_change_killed_on_one_worker_resumes_on_the_other(prefect_on_postgres,
     vms = cloud.gce.list_instances(ZONES, labels={"haplane-cluster": CLUSTER})
     assert sorted(v.zone for v in vms) == ["europe-west1-b", "europe-west1-c"]
     assert cloud.gce.get_forwarding_rule(REGION, f"{CLUSTER}-master-lb").ip == endpoint
-    assert api_through(endpoint, load_cas(CLUSTER).ca.cert_pem).status_code == 200
+    assert api_through(endpoint, load_certs(CLUSTER).ca.cert_pem).status_code == 200
     assert any(team_workspace.rglob("*")), "no checkpoint in the shared result storage"
 
 
