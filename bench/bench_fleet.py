@@ -6,7 +6,7 @@
 
 Starts a throw-away PostgreSQL (Debian's ``postgresql``, as the tests do), a Prefect server on it, an
 in-process GCE emulator (latency profile ``instant``; VMs run real etcd with mutual TLS), sets the
-workspace up as the README's production variant (connection block, shared result storage), creates
+workspace up as docs/production.md does (connection block, shared result storage), creates
 ``--clusters`` clusters of ``--replicas`` replicas, schedules their health checks every ``--interval``
 seconds, starts ``--workers`` process workers on pool ``haplane`` (separate PREFECT_HOMEs), and then:
 

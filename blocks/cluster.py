@@ -6,13 +6,13 @@ observed from GCE (instance labels) and etcd (membership), never stored here.
 
 from __future__ import annotations
 
-import os
 from typing import ClassVar
 
 from prefect.blocks.core import Block
 from prefect_gcp import GcpCredentials
 from pydantic import Field, SecretStr
 
+from haplane import settings
 from haplane.endpoint import EndpointMode
 from haplane.gce import Gce, token_credentials
 from haplane.remediation import StrandedVm
@@ -58,7 +58,7 @@ def resolve_gce(connection: str | None) -> Gce:
                 f"--project PROJECT [--endpoint URL] --connection {connection}` (or under Blocks in the UI), or "
                 f"leave connection empty to use HAPLANE_PROJECT / HAPLANE_GCE_ENDPOINT of the worker") from exc
         return block.gce()
-    if not os.environ.get("HAPLANE_PROJECT"):
+    if not settings.project():
         raise ValueError(
             "no GCE connection: pass connection=<name of a haplane-gce-connection block>, "
             "or set HAPLANE_PROJECT (and HAPLANE_GCE_ENDPOINT for the emulator)"

@@ -10,6 +10,12 @@ workers' service account alone), and :attr:`ClusterPKI.key_versions` names the v
 Documents saved before that kept the keys inline (``SecretStr`` fields, encrypted by Prefect but
 returned to anyone who may read blocks): :meth:`ClusterPKI.legacy_keys` reads them, and
 migration (:func:`tasks.keys.ensure_keys`) moves them out and empties the fields.
+
+Per-replica leaves are not kept here: they are issued from the CAs when a replica is created or
+rotated; their certificates go to the replica's instance metadata and their private keys to Secret
+Manager, one secret per replica and key, readable by that replica's VM service account alone
+(:mod:`haplane.secretstore`). Only a VM created without a service account keeps its keys in
+instance metadata, until it is replaced.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """An etcd v3 client over mutual TLS, speaking etcd's JSON gRPC-gateway with httpx.
 
 Why not python-etcd3: it does not import beside google-cloud-compute's
-protobuf, and its forks lack learners (see DESIGN.md, fact 3).
+protobuf ("Descriptors cannot be created directly"), and its forks lack learners
+(docs/design.md, fact 3).
 
 The gateway's wire format: ``POST /v3/<service>/<method>`` with a JSON body;
 int64/uint64 are JSON *strings*; bytes are base64; fields equal to their

@@ -5,14 +5,13 @@
   and returns an :class:`OpRef` — the operation's name and scope, which a
   checkpoint can keep so that a crashed run resumes the same wait.
 * :meth:`Gce.wait` polls with our own ``*OperationsClient`` built with the same
-  endpoint (``ExtendedOperation.result()`` would poll the public endpoint:
-  DESIGN.md, fact 1).
+  endpoint (``ExtendedOperation.result()`` would poll the public endpoint, whatever
+  endpoint the client was built with: docs/design.md, fact 1).
 * Reads return frozen dataclasses that never carry private-key metadata values.
 """
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -23,8 +22,9 @@ from google.api_core import exceptions as gexc
 from google.api_core import retry as retries
 from google.cloud import compute_v1
 
+from haplane import settings
 from haplane.node import public_metadata
-from haplane.secrets import call_carrying_secrets
+from haplane.scrub import call_carrying_secrets
 
 REQUEST_NAMESPACE = uuid.UUID("6f1c8a52-4d0e-4b59-9a57-0c8e2f0a7d11")
 ACCESS_CONFIG_NAME = "external-nat"
@@ -37,7 +37,7 @@ def read_retry() -> retries.Retry:
     the client library's 600 s: a zone whose API is down must surface as an error a flow can report,
     not as a ten-minute hang."""
     return retries.Retry(initial=0.5, maximum=5.0, multiplier=2.0,
-                         timeout=float(os.environ.get("HAPLANE_GCE_READ_RETRY_S", "30")),
+                         timeout=settings.gce_read_retry_s(),
                          predicate=retries.if_exception_type(*TRANSIENT))
 
 
@@ -174,12 +174,12 @@ class Gce:
 
         No endpoint means real GCE with the given credentials or application default credentials.
         """
-        project = project or os.environ.get("HAPLANE_PROJECT")
+        project = project or settings.project()
         if not project:
             raise ValueError("no GCE project: pass project=... or set HAPLANE_PROJECT")
-        endpoint = endpoint or os.environ.get("HAPLANE_GCE_ENDPOINT") or None
-        if credentials is None and endpoint and os.environ.get("HAPLANE_GCE_TOKEN"):
-            credentials = token_credentials(os.environ["HAPLANE_GCE_TOKEN"])
+        endpoint = endpoint or settings.gce_endpoint()
+        if credentials is None and endpoint and settings.gce_token():
+            credentials = token_credentials(settings.gce_token())
         return cls(project=project, endpoint=endpoint, credentials=credentials)
 
     def _client(self, cls: type) -> Any:

@@ -28,21 +28,21 @@ GCE_SECONDS: dict[str, float] = {
     # (benchmark of ~5,000 GCE VMs, time to SSH, 2018); 41 s for a 2-CPU Debian VM in
     # Google's Cloud Performance Atlas (2017). We take 24 s.
     "instance_insert": 24.0,
-    # Not in DESIGN.md's sources: an estimate (GCE shuts the guest down, then frees it).
+    # No published figure found: an estimate (GCE shuts the guest down, then frees it).
     "instance_delete": 20.0,
-    # Metadata/labels/access-config changes: "seconds" (DESIGN.md); estimate 3 s.
+    # Metadata/labels/access-config changes: "seconds", no published figure found; estimate 3 s.
     "instance_update": 3.0,
     # Stop waits for guest shutdown, start boots again: estimates, same order as insert.
     "instance_stop": 15.0,
     "instance_start": 20.0,
     # Addresses, firewalls, health checks, target pools: "a few seconds each"
-    # (DESIGN.md; no published figure found), estimates.
+    # (no published figure found), estimates.
     "address": 3.0,
     "firewall": 5.0,
     "health_check": 3.0,
     "target_pool": 4.0,
-    # Load balancer creation and deletion: "about 20 minutes" to propagate (the seed,
-    # seed/ha-masters.en.md).
+    # Load balancer creation and deletion: "about 20 minutes" to propagate (the seed: the
+    # Kubernetes page "Set up High-Availability Kubernetes Masters").
     "forwarding_rule_insert": 1200.0,
     "forwarding_rule_delete": 1200.0,
     "default": 2.0,

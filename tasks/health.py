@@ -4,7 +4,7 @@ Decisions are not made here: :mod:`haplane.remediation` decides from what these 
 
 - **Two health checks of one cluster never run at once**: the check holds the global
   concurrency limit ``health-<cluster>`` (limit 1, ``strict=True``) for its whole run; a
-  second one finds it taken within ``HEALTH_LOCK_WAIT_S`` and ends at once, Completed,
+  second one finds it taken within ``HAPLANE_HEALTH_LOCK_WAIT_S`` (2 s) and ends at once, Completed,
   saying it skipped. It is a separate limit from ``cluster-<cluster>``: the check must not hold
   the cluster lock, because the replace-replica run it starts takes that lock itself.
 - **History is Prefect's run history.** A replacement the check starts is a replace-replica
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,13 +26,13 @@ from prefect.client.orchestration import get_client
 from prefect.events import emit_event
 from prefect.exceptions import ObjectNotFound
 
+from haplane import settings
 from haplane.remediation import Attempt, Outcome, Verdict
 from tasks.cluster import health_lock_name, hold, lock_name
 from tasks.steps import probe
 
 REMEDIATION_TAG = "haplane-remediation"
 REPLACE_FLOW = "replace-replica"
-HEALTH_LOCK_WAIT_S = float(os.environ.get("HAPLANE_HEALTH_LOCK_WAIT_S", "2"))
 
 
 def remediation_tags(cluster: str, replica: str) -> tuple[str, ...]:
@@ -45,7 +44,7 @@ def health_lock(cluster: str) -> Iterator[bool]:
     """Yields True holding ``health-<cluster>``; False (holding nothing) if another check has it."""
     with get_client(sync_client=True) as client:
         client.upsert_global_concurrency_limit_by_name(health_lock_name(cluster), limit=1)
-    ctx = hold(health_lock_name(cluster), HEALTH_LOCK_WAIT_S)
+    ctx = hold(health_lock_name(cluster), settings.health_lock_wait_s())
     if ctx is None:
         yield False
         return

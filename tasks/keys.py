@@ -24,7 +24,7 @@ from prefect.exceptions import ObjectNotFound
 from pydantic import SecretStr
 
 from blocks.pki import LEGACY_FIELDS, SERVICE_ACCOUNT, SNAPSHOT, ClusterPKI, block_name
-from haplane.secrets import call_carrying_secrets
+from haplane.scrub import call_carrying_secrets
 from haplane.secretstore import LABEL_CLUSTER, SecretStore, SecretUnreadable
 
 LABEL_KEY = "haplane-key"

@@ -14,7 +14,6 @@ setting; a run of the same change waits on that same operation again, it does no
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,29 +21,20 @@ from typing import Any
 from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
+from haplane import settings
 from haplane.gce import GceOperationError, GceTimeout, OpRef
 from tasks.steps import Change, probe
 
 ATTEMPTS = 3  # failed operations of one step, in one run
-# How long a step waits for its operation before the run fails (and can be resumed): seconds, by setting
-WAIT_SETTINGS = {False: ("HAPLANE_OP_WAIT_S", 900.0),  # an ordinary operation (a VM insert takes ~1 min)
-                 True: ("HAPLANE_LB_WAIT_S", 3600.0)}  # a load-balancer operation: ~20 min on GCE (the seed)
 
 
 def wait_bound(load_balancer: bool = False) -> tuple[str, float]:
-    """(the setting, its value in seconds): how long one wait for a GCE operation may take."""
-    name, default = WAIT_SETTINGS[load_balancer]
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return name, default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise ValueError(f"{name} must be a positive number of seconds (how long a step waits for a GCE operation), "
-                         f"got {raw!r}; unset it for the default of {default:.0f}")
-    return name, value
+    """(the setting, its value in seconds): how long one wait for a GCE operation may take before the run
+    fails (and can be resumed). An ordinary operation (a VM insert takes about a minute): ``HAPLANE_OP_WAIT_S``;
+    a load-balancer operation (about 20 minutes on GCE): ``HAPLANE_LB_WAIT_S``."""
+    if load_balancer:
+        return settings.LB_WAIT, settings.lb_wait_s()
+    return settings.OP_WAIT, settings.op_wait_s()
 
 
 @probe(task_run_name="wait {what}")

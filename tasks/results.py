@@ -21,7 +21,6 @@ worker shares) the server's default result storage, which every worker's flow ru
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -29,6 +28,7 @@ from prefect import Task
 from prefect.serializers import Serializer
 from pydantic import Field
 
+from haplane import settings
 from haplane.gce import OpRef
 
 SCHEMA_VERSION = 1
@@ -114,22 +114,11 @@ def refusal(step_key: str, found: IncompatibleCheckpoint) -> CheckpointSchemaErr
         f"that started it, or look at the cluster and start a new change (a new change_id) with this one.")
 
 
-RETRY_DELAYS_SETTING = "HAPLANE_RETRY_DELAYS_S"
-
-
 def retry_delays(default: object) -> object:
     """The delays between a mutating step's retries: ``HAPLANE_RETRY_DELAYS_S`` (seconds, comma-separated,
     e.g. ``1,3,10``; the last repeats) when set, else the task's own. Read when a retry is scheduled."""
-    raw = os.environ.get(RETRY_DELAYS_SETTING, "").strip()
-    if not raw:
-        return default
-    try:
-        delays = [float(x) for x in raw.split(",")]
-    except ValueError:
-        delays = []
-    if not delays or any(d < 0 for d in delays):
-        raise ValueError(f"{RETRY_DELAYS_SETTING} must be seconds separated by commas, like '1,3,10', got {raw!r}")
-    return delays
+    delays = settings.retry_delays_s()
+    return default if delays is None else delays
 
 
 class CheckpointTask(Task):

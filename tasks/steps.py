@@ -2,7 +2,8 @@
 
 A mutating step is keyed by ``cluster / change id / step`` and its result
 (an operation reference, a member id — never a secret) is persisted, so a
-new run of the same change finds it and skips the call (DESIGN.md fact 4).
+new run of the same change finds it and skips the call: Prefect 3's default cache policy
+includes the flow-run id, so a new run would recompute everything (docs/design.md, fact 4).
 Probes and waits use ``NO_CACHE``: within a run they must see the present.
 Checkpoints are JSON with a schema version, in the workspace's shared result storage
 (``tasks/results.py``).

@@ -212,7 +212,7 @@ def test_addresses_and_in_use(c):
 
 
 def test_ip_promotion_sequence(c, bare_emulator):
-    """DESIGN.md's 1 -> 2 move: promote, drop access config, target pool, forwarding rule, new ephemeral IP."""
+    """The seed's 1 -> 2 move (docs/design.md): promote, drop access config, target pool, forwarding rule, new IP."""
     m1, m2 = create_vm(c, "m1"), create_vm(c, "m2")
     ip = m1.network_interfaces[0].access_configs[0].nat_i_p
     wait_op(c, c.addresses.insert_unary(request=compute_v1.InsertAddressRequest(project=P, region=R, address_resource=compute_v1.Address(

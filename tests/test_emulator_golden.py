@@ -290,6 +290,38 @@ def test_firewalls_match_recorded_gce(emu):
     check(s["delete-done"], done(emu, op), OP)
 
 
+def test_firewall_without_a_source_matches_recorded_gce(emu):
+    """An ingress rule inserted without a source is answered with GCE's default, ``sourceRanges: ["0.0.0.0/0"]``."""
+    s = steps("firewalls_default_source")
+    name = "golden-fw-default"
+    body = fill(s["insert"]["request"], {"projectId": P, "firewallID": name, "networkID": "default"})
+    assert not any(body.get(f) for f in ("sourceRanges", "sourceTags", "sourceServiceAccounts"))
+    op = check(s["insert"], call(emu, "POST", "global/firewalls", body), OP)
+    check(s["insert-done"], done(emu, op), OP)
+    recorded, got = s["get"]["response"], emu.get(f"global/firewalls/{name}").json()
+    # logConfig is not served by the emulator; enableLogging is not in google-cloud-compute's Firewall
+    assert shape_differences(recorded, got, absent=frozenset({"logConfig", "enableLogging"})) == []
+    assert unknown_fields(got, compute_v1.Firewall) == []
+    assert (got["direction"], got["sourceRanges"]) == (recorded["direction"], recorded["sourceRanges"]) == (
+        "INGRESS", ["0.0.0.0/0"])
+
+
+@pytest.mark.parametrize("given, served", [
+    ({}, ["0.0.0.0/0"]),
+    ({"direction": "INGRESS"}, ["0.0.0.0/0"]),
+    ({"sourceRanges": ["10.0.0.0/8"]}, ["10.0.0.0/8"]),
+    ({"sourceTags": ["etcd"]}, None),  # a source is given: no default range is added
+    ({"sourceServiceAccounts": ["sa@golden-proj.iam.gserviceaccount.com"]}, None),
+    ({"direction": "EGRESS", "destinationRanges": ["10.0.0.0/8"]}, None),  # sources are for ingress only
+])
+def test_firewall_default_source_range(emu, given, served):
+    name = f"fw-{uuid.uuid4().hex[:6]}"
+    body = {"name": name, "network": f"projects/{P}/global/networks/default",
+            "allowed": [{"IPProtocol": "tcp", "ports": ["2379"]}], **given}
+    done(emu, call(emu, "POST", "global/firewalls", body).raise_for_status().json())
+    assert emu.get(f"global/firewalls/{name}").json().get("sourceRanges") == served
+
+
 @pytest.mark.parametrize("collection, message", [
     ("http_health_checks", LEGACY_HTTP_HEALTH_CHECK), ("health_checks", compute_v1.HealthCheck)])
 def test_health_checks_match_recorded_gce(emu, collection, message):

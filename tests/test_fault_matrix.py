@@ -16,7 +16,7 @@ that fails is run again with the same ``change_id``. Then:
 - no mutating call sent twice: no requestId with two calls that were carried out;
 - no key material in the Prefect server's home (database, result storage, logs).
 
-The other rows of the README's *Reliability* table (refusals, look-alikes, a worker killed at every
+The other rows of docs/reliability.md (refusals, look-alikes, a worker killed at every
 step, an unreadable etcd or PKI, a zone down, a busy cluster) are the quick suites named there.
 """
 

@@ -149,18 +149,19 @@ def test_a_slow_api_server_is_not_taken_for_another_holder(prefect_api):
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    from haplane.settings import health_lock_wait_s
     from tasks.cluster import hold
-    from tasks.health import HEALTH_LOCK_WAIT_S
 
+    wait_s = health_lock_wait_s()
     name = f"health-slow-{uuid.uuid4().hex[:5]}"
     with get_client(sync_client=True) as client:
         client.upsert_global_concurrency_limit_by_name(name, limit=1)
-    with SlowProxy(prefect_api.url, delay=HEALTH_LOCK_WAIT_S + 0.5) as url, \
+    with SlowProxy(prefect_api.url, delay=wait_s + 0.5) as url, \
             temporary_settings(updates={PREFECT_API_URL: url}):
-        first = hold(name, HEALTH_LOCK_WAIT_S)
+        first = hold(name, wait_s)
         assert first is not None, "a free lock behind a slow API server was taken for a held one"
         try:
-            assert hold(name, HEALTH_LOCK_WAIT_S) is None
+            assert hold(name, wait_s) is None
         finally:
             first.__exit__(None, None, None)
     with get_client(sync_client=True) as client:

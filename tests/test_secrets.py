@@ -27,7 +27,7 @@ from flows.create_cluster import create_cluster
 from flows.delete_cluster import delete_cluster
 from haplane.gce import request_id
 from haplane.pki import new_ca
-from haplane.secrets import SecretCallFailed, scrub
+from haplane.scrub import SecretCallFailed, scrub
 from tests.fixtures.cluster import PROJECT
 
 REGION = "europe-west1"

@@ -11,6 +11,11 @@ from haplane.emulator.errors import already_exists, invalid
 from haplane.emulator.resources import Call, Ctx, check_name, get_or_404, list_reply, resource_path
 from haplane.emulator.store import now_rfc3339, public
 
+# An ingress rule without any of these sources applies to every source, and GCE answers it with
+# ``sourceRanges: ["0.0.0.0/0"]`` (tests/golden/firewalls_default_source.json).
+SOURCES = ("sourceRanges", "sourceTags", "sourceServiceAccounts")
+DEFAULT_SOURCE_RANGES = ("0.0.0.0/0",)
+
 
 def _path(call: Call, name: str | None = None) -> str:
     return resource_path(call.project, "global", "firewalls", name or call.params["firewall"])
@@ -41,6 +46,8 @@ def insert(ctx: Ctx, call: Call) -> dict:
         for field in ("allowed", "denied", "sourceRanges", "destinationRanges", "sourceTags", "targetTags"):
             if body.get(field):
                 fw[field] = body[field]
+        if fw["direction"] == "INGRESS" and not any(body.get(f) for f in SOURCES):
+            fw["sourceRanges"] = list(DEFAULT_SOURCE_RANGES)  # GCE fills in the default it applies
         ctx.store.firewalls[key] = fw
     return ctx.operation(call, "insert", "firewall", link, fw_id, [(1.0, lambda: enforce(ctx))])
 

@@ -42,7 +42,13 @@ PICKS: dict[str, tuple[str, list[tuple[str, int]]]] = {
     "health_checks": ("computehealthcheck/globalcomputehealthcheck/_http.log", [
         ("get-missing", 0), ("insert", 1), ("insert-done", 2), ("get", 3), ("delete", 7), ("delete-done", 8)]),
     "operation_error": ("computerouternat/computerouternatprivate/_http.log", [("done-with-error", 59)]),
+    "firewalls_default_source": ("computefirewall/computefirewall/_http.log", [
+        ("insert", 2), ("insert-done", 3), ("get", 4)]),
 }
+# A fixture taken from another commit than COMMIT: the firewall recording of 2026-06-13 ("E2E: Record and
+# update golden files") shows GCE's answer to a firewall inserted without a source (``sourceRanges:
+# ["0.0.0.0/0"]``); the file was recorded again on 2026-06-25, and that GET shows no sourceRanges.
+COMMITS: dict[str, str] = {"firewalls_default_source": "1e63b160c84c94ffaf519f29f5215e9817798187"}
 
 
 def exchanges(git_dir: str, commit: str, path: str) -> list[dict]:
@@ -72,7 +78,8 @@ def exchanges(git_dir: str, commit: str, path: str) -> list[dict]:
 def main(git_dir: str, commit: str = COMMIT) -> None:
     here = Path(__file__).parent
     for name, (recording, picks) in PICKS.items():
-        found = exchanges(git_dir, commit, BASE + recording)
+        at = COMMITS.get(name, commit)
+        found = exchanges(git_dir, at, BASE + recording)
         steps = []
         for step, index in picks:
             e = found[index]
@@ -80,7 +87,7 @@ def main(git_dir: str, commit: str = COMMIT) -> None:
             steps.append({"step": step, "method": e["method"], "path": path, "status": e["status"],
                           **({"request": e["request"]} if e["request"] is not None else {}),
                           "response": e["response"]})
-        fixture = {"source": {"repository": REPOSITORY, "commit": commit, "path": BASE + recording,
+        fixture = {"source": {"repository": REPOSITORY, "commit": at, "path": BASE + recording,
                               "exchanges": [i for _, i in picks]},
                    "steps": steps}
         (here / f"{name}.json").write_text(json.dumps(fixture, indent=1) + "\n")
