@@ -151,14 +151,14 @@ def test_keys_out_of_blocks_rotation_migration_and_refusals(cloud, prefect_api, 
 
         monkeypatch.setattr(cloud.emulator.secrets, "_add_version", add_then_kill)
         proc_box.append(_migrate(env, cluster))
-        out, _ = proc_box[0].communicate(timeout=120)
+        out, _ = proc_box[0].communicate(timeout=400)
         assert proc_box[0].returncode == -signal.SIGKILL, out
         half = read_block(cluster)  # killed before the block was saved: still the old way, nothing lost
         assert half.key_versions == {} and {n: k.get_secret_value() for n, k in half.legacy_keys().items()} == after
         monkeypatch.setattr(cloud.emulator.secrets, "_add_version", original_add)
         force_unlock(cluster)  # the killed run's lock (`haplane unlock`), rather than waiting out its lease
         resumed = _migrate(env, cluster)
-        out, _ = resumed.communicate(timeout=120)
+        out, _ = resumed.communicate(timeout=400)
         assert resumed.returncode == 0, out
         migrated = read_block(cluster)
         assert migrated.legacy_keys() == {}
