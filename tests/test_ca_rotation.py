@@ -185,7 +185,7 @@ def test_ca_rotation_killed_half_way_resumes_with_no_failed_write_and_the_old_ca
                 stop_group(proc, sig=signal.SIGKILL)
             assert moved and len(moved) < 3, f"the CA rotation was not caught half-way: {moved}"
             halfway = ClusterPKI.load(block_name(cluster))
-            assert halfway.ca_rotation == change_id and halfway.previous_ca_key is not None, \
+            assert halfway.ca_rotation == change_id and "previous-ca" in halfway.key_versions, \
                 "the old CA's key must be kept until the rotation is complete"
             assert halfway.previous_etcd_ca_cert == old.etcd_ca.cert_pem
             force_unlock(cluster)
@@ -205,7 +205,14 @@ def test_ca_rotation_killed_half_way_resumes_with_no_failed_write_and_the_old_ca
         assert new.ca_phase == "none" and new.ca_rotation is None
         assert new.ca.cert_pem != old.ca.cert_pem and new.etcd_ca.cert_pem != old.etcd_ca.cert_pem
         block = ClusterPKI.load(block_name(cluster))
-        assert block.previous_ca_key is None and block.previous_etcd_ca_key is None  # the old keys are gone
+        # the old keys are gone: from the block, and their secrets from Secret Manager
+        assert not {"previous-ca", "previous-etcd-ca"} & set(block.key_versions) and block.legacy_keys() == {}
+        from haplane.secretstore import SecretStore
+        from tasks.keys import key_secret_id
+
+        left = set(SecretStore.for_gce(cloud.gce).list(cluster))
+        assert not {f"projects/{cloud.gce.project}/secrets/{key_secret_id(cluster, n)}"
+                    for n in ("previous-ca", "previous-etcd-ca")} & left
         assert _signed_by(new.operator.certificate, new.etcd_ca)
         for name, tls in _vm_tls(cloud, cluster).items():
             assert _certs(tls["ca"]) == [new.ca.certificate], f"{name} still trusts another cluster CA"
