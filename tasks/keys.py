@@ -61,8 +61,9 @@ def read_block(cluster: str) -> ClusterPKI | None:
         raise
 
 
-def read_keys(block: ClusterPKI, store: SecretStore | None, names: tuple[str, ...] | None = None
-              ) -> dict[str, SecretStr]:
+def read_keys(
+    block: ClusterPKI, store: SecretStore | None, names: tuple[str, ...] | None = None
+) -> dict[str, SecretStr]:
     """The cluster's keys by name (those in ``names``, or all): inline ones of a document not yet
     migrated, the others read from the versions the block names."""
     keys = {n: k for n, k in block.legacy_keys().items() if names is None or n in names}
@@ -70,8 +71,9 @@ def read_keys(block: ClusterPKI, store: SecretStore | None, names: tuple[str, ..
         if names is not None and name not in names:
             continue
         if store is None:
-            raise KeysUnreadable(f"the {name} key of cluster {block.cluster} is in Secret Manager and no connection "
-                                 "was given to read it")
+            raise KeysUnreadable(
+                f"the {name} key of cluster {block.cluster} is in Secret Manager and no connection was given to read it"
+            )
         try:
             keys[name] = SecretStr(store.read(version))
         except SecretUnreadable as exc:
@@ -79,12 +81,14 @@ def read_keys(block: ClusterPKI, store: SecretStore | None, names: tuple[str, ..
                 f"cannot read the {name} key of cluster {block.cluster}: {exc}. Nothing was changed. Block "
                 f"{block_name(block.cluster)} names version {version}; make that version readable by the workers' "
                 f"account again (restore the secret, or fix its IAM policy or the workers' credentials), then run "
-                f"again") from None
+                f"again"
+            ) from None
     return keys
 
 
-def save_pki(cluster: str, store: SecretStore, update: Callable[[ClusterPKI | None, Mapping[str, SecretStr]],
-                                                               Update | None]) -> ClusterPKI | None:
+def save_pki(
+    cluster: str, store: SecretStore, update: Callable[[ClusterPKI | None, Mapping[str, SecretStr]], Update | None]
+) -> ClusterPKI | None:
     """The one writer of block ``<cluster>-pki``: under the cluster lock, re-read the block and its
     keys, ``update(block, keys)`` decides (None: nothing to do), then write (see the module's
     docstring). Returns the block as saved (or as found when nothing was done)."""
@@ -104,19 +108,23 @@ def save_pki(cluster: str, store: SecretStore, update: Callable[[ClusterPKI | No
                 versions.pop(name, None)
                 continue
             sid = key_secret_id(cluster, name)
-            version = store.add(sid, {LABEL_CLUSTER: cluster.lower()[:63], LABEL_KEY: name}, pem.get_secret_value(),
-                                reader)
+            version = store.add(
+                sid, {LABEL_CLUSTER: cluster.lower()[:63], LABEL_KEY: name}, pem.get_secret_value(), reader
+            )
             if store.read(version) != pem.get_secret_value():  # checked before the block names it
-                raise RuntimeError(f"secret {sid} reads back other than what was written; block {block_name(cluster)} "
-                                   "still names the version before: nothing was changed")
+                raise RuntimeError(
+                    f"secret {sid} reads back other than what was written; block {block_name(cluster)} "
+                    "still names the version before: nothing was changed"
+                )
             versions[name] = version
         cleared = {LEGACY_FIELDS[name]: None for name in new_keys}
         if block is None:
             saved = ClusterPKI(**fields, key_versions=versions)
         else:
             saved = block.model_copy(update={**fields, **cleared, "key_versions": versions})
-        call_carrying_secrets(f"saving block {block_name(cluster)}", (), saved.save, block_name(cluster),
-                              overwrite=block is not None)
+        call_carrying_secrets(
+            f"saving block {block_name(cluster)}", (), saved.save, block_name(cluster), overwrite=block is not None
+        )
         for name in new_keys:  # what this save replaced, and what a killed earlier attempt left unused
             sid = key_secret_id(cluster, name)
             if name in versions:
@@ -158,8 +166,10 @@ def ensure_keys(cluster: str, connection: str | None) -> list[str]:
         if SERVICE_ACCOUNT not in keys:
             sa = new_service_account_key()
             moved[SERVICE_ACCOUNT] = sa.key_pem
-            fields = {"service_account_key_created": sa.created,
-                      "service_account_previous_public_keys": list(sa.previous_public_pems)}
+            fields = {
+                "service_account_key_created": sa.created,
+                "service_account_previous_public_keys": list(sa.previous_public_pems),
+            }
         if SNAPSHOT not in keys:
             moved[SNAPSHOT] = SecretStr(snap.new_key())
         written[:] = sorted(moved)

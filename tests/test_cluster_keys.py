@@ -75,8 +75,11 @@ def _pem_body(pem: str) -> str:
 
 def assert_no_private_key_in_blocks(api: str, known: dict[str, str]) -> int:
     """Every block document, with its secrets, through the API: no private key in any form. Returns how many."""
-    docs = httpx.post(f"{api}/block_documents/filter", json={"include_secrets": True, "limit": 200},
-                      timeout=30).raise_for_status().json()
+    docs = (
+        httpx.post(f"{api}/block_documents/filter", json={"include_secrets": True, "limit": 200}, timeout=30)
+        .raise_for_status()
+        .json()
+    )
     text = json.dumps(docs)
     flat = text.replace("\\n", "")
     assert "PRIVATE KEY" not in text
@@ -101,8 +104,13 @@ def cluster_secret_versions(store: SecretStore, cluster: str) -> dict[str, list[
 
 
 def _migrate(env: dict[str, str], cluster: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "haplane.cli", "migrate-keys", cluster], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "haplane.cli", "migrate-keys", cluster],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 @pytest.mark.usefixtures("prefect_api")
@@ -125,15 +133,17 @@ def test_keys_out_of_blocks_rotation_migration_and_refusals(cloud, prefect_api, 
         assert after["snapshot"] == before["snapshot"]
         enabled = cluster_secret_versions(store, cluster)
         assert {sid: v for sid, v in enabled.items() if v} == {
-            key_secret_id(cluster, n): [block.key_versions[n]] for n in after}, "a replaced version is not destroyed"
+            key_secret_id(cluster, n): [block.key_versions[n]] for n in after
+        }, "a replaced version is not destroyed"
 
         # --- no private key in any block document (every key this cluster ever had, in any form)
         known = {f"{n} (before)": v for n, v in before.items()} | {n: v for n, v in after.items()}
         assert assert_no_private_key_in_blocks(prefect_api.url, known) >= 2
 
         # --- migration: the cluster saved the old way (keys inline, no secrets), killed part-way, resumed
-        legacy = block.model_copy(update={"key_versions": {}, **{LEGACY_FIELDS[n]: SecretStr(v)
-                                                                  for n, v in after.items()}})
+        legacy = block.model_copy(
+            update={"key_versions": {}, **{LEGACY_FIELDS[n]: SecretStr(v) for n, v in after.items()}}
+        )
         legacy.save(block_name(cluster), overwrite=True)
         for sid in enabled:
             store.delete(store.name(sid))
@@ -164,8 +174,9 @@ def test_keys_out_of_blocks_rotation_migration_and_refusals(cloud, prefect_api, 
         assert migrated.legacy_keys() == {}
         assert {n: k.get_secret_value() for n, k in read_keys(migrated, store).items()} == after
         enabled = cluster_secret_versions(store, cluster)
-        assert enabled == {key_secret_id(cluster, n): [migrated.key_versions[n]] for n in after}, \
+        assert enabled == {key_secret_id(cluster, n): [migrated.key_versions[n]] for n in after}, (
             "the killed run's versions were not destroyed"
+        )
         cas = load_cas(cluster)
         ip = rows[0]["internal IP"]
         with closing(EtcdClient([client_url(ip)], tls=EtcdTLS.from_cas(cas), timeout=5)) as etcd:
@@ -199,10 +210,20 @@ def test_keys_out_of_blocks_rotation_migration_and_refusals(cloud, prefect_api, 
         policy = store.client.get_iam_policy(request={"resource": operator_secret})
         from google.iam.v1 import policy_pb2
 
-        store.client.set_iam_policy(request={"resource": operator_secret, "policy": policy_pb2.Policy(
-            bindings=[policy_pb2.Binding(role="roles/secretmanager.secretAccessor",
-                                         members=["serviceAccount:someone@else.iam.gserviceaccount.com"])],
-            etag=policy.etag)})
+        store.client.set_iam_policy(
+            request={
+                "resource": operator_secret,
+                "policy": policy_pb2.Policy(
+                    bindings=[
+                        policy_pb2.Binding(
+                            role="roles/secretmanager.secretAccessor",
+                            members=["serviceAccount:someone@else.iam.gserviceaccount.com"],
+                        )
+                    ],
+                    etag=policy.etag,
+                ),
+            }
+        )
         cloud.admin.clear_calls()
         with pytest.raises(KeysUnreadable, match=f"may not read secret {operator_secret}"):
             add_replica(cluster=cluster)
@@ -219,9 +240,9 @@ def test_keys_out_of_blocks_rotation_migration_and_refusals(cloud, prefect_api, 
         block = read_block(cluster)
         if block is not None and SNAPSHOT in block.key_versions:
             # forget the deleted snapshot key so that delete-cluster can read the others
-            ClusterPKI.model_copy(block, update={"key_versions": {n: v for n, v in block.key_versions.items()
-                                                                  if n != SNAPSHOT}}).save(
-                block_name(cluster), overwrite=True)
+            ClusterPKI.model_copy(
+                block, update={"key_versions": {n: v for n, v in block.key_versions.items() if n != SNAPSHOT}}
+            ).save(block_name(cluster), overwrite=True)
         delete_cluster(cluster=cluster)
     assert store.list(cluster) == []  # delete-cluster removed the cluster's secrets with its VMs
     assert read_block(cluster) is None
