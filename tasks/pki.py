@@ -18,7 +18,7 @@ from prefect import get_run_logger
 from pydantic import SecretStr
 
 from blocks import delete_block_document
-from blocks.pki import CA, OPERATOR, SERVICE_ACCOUNT, SNAPSHOT, ClusterPKI, block_name, cas_keys
+from blocks.pki import OPERATOR, SERVICE_ACCOUNT, SNAPSHOT, ClusterPKI, block_name, cas_keys
 from haplane.etcd import EtcdTLS
 from haplane.gce import Gce, Instance, OpRef
 from haplane.node import (
@@ -92,16 +92,17 @@ def ensure_cluster_pki(cluster: str, step: str = "pki", leaf_minutes: int | None
     import haplane.snapshots as snap
 
     name, lifetimes = block_name(cluster), Lifetimes(leaf_minutes=leaf_minutes)
+    made: list[bool] = []
 
     def update(block, keys):
         if block is not None:
             return None
+        made.append(True)
         cas = create_cluster_cas(cluster, lifetimes=lifetimes)
         return ClusterPKI.public_fields(cas), {**cas_keys(cas), SNAPSHOT: SecretStr(snap.new_key())}
 
-    made = save_pki(cluster, store_for(connection), update)
-    if made is not None and not made.legacy_keys() and SNAPSHOT in made.key_versions and \
-            SERVICE_ACCOUNT in made.key_versions and made.key_versions.get(CA, "").endswith("/versions/1"):
+    save_pki(cluster, store_for(connection), update)
+    if made:
         get_run_logger().info("the cluster CA, the etcd CA, the service-account and snapshot keys of %s are in "
                               "Secret Manager, their certificates in block %s (leaf certificates last %s)",
                               cluster, name, lifetimes.leaf_text)
