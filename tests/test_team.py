@@ -220,7 +220,7 @@ def test_an_unauthenticated_request_is_refused_and_starts_nothing(prefect_on_pos
         if auth:
             env["PREFECT_API_AUTH_STRING"] = auth
         out = subprocess.run([sys.executable, "-m", "haplane.cli", "migrate-keys", CLUSTER], env=env,
-                             capture_output=True, text=True, timeout=120)
+                             capture_output=True, text=True, timeout=400)
         assert out.returncode == 1, out
         assert "PREFECT_API_AUTH_STRING" in out.stderr and "401" in out.stderr, out.stderr
         assert "Traceback" not in out.stderr, out.stderr
