@@ -82,8 +82,8 @@ def test_no_private_key_in_metadata_and_a_vm_reads_only_its_own(cloud):
             assert set(__import__("json").loads(items[SECRETS_KEY])) == SECRET_SUFFIXES
             assert [sa.email for sa in inst.service_accounts] == [service_account_email(PROJECT, inst.name)]
         # one secret per replica and key (beside the cluster's own keys, readable by the workers alone)
-        own = {store.name(key_secret_id(cluster, n)) for n in KEY_NAMES}
-        assert sorted(set(store.list(cluster)) - own) == sorted(store.name(secret_id(i.name, s))
+        cluster_keys = {store.name(key_secret_id(cluster, n)) for n in KEY_NAMES}
+        assert sorted(set(store.list(cluster)) - cluster_keys) == sorted(store.name(secret_id(i.name, s))
                                                                 for i in instances for s in SECRET_SUFFIXES)
 
         a, b = instances[0], instances[1]
@@ -108,13 +108,13 @@ def test_no_private_key_in_metadata_and_a_vm_reads_only_its_own(cloud):
         cloud.gce.wait(cloud.gce.delete_instance(ZONES[1], lost.name, rid=str(uuid.uuid4())))
         replace_replica(cluster=cluster, replica_name=lost.name)
         assert store.list(cluster, lost.name) == []
-        assert len(set(store.list(cluster)) - own) == 3 * len(SECRET_SUFFIXES)
+        assert len(set(store.list(cluster)) - cluster_keys) == 3 * len(SECRET_SUFFIXES)
 
         # removing a replica destroys its secrets, and only its
         victim = next(i for i in instances if i.zone.endswith(ZONES[2]))
         remove_replica(cluster=cluster, zone=ZONES[2], replica_name=victim.name)
         assert store.list(cluster, victim.name) == []
-        assert len(set(store.list(cluster)) - own) == 2 * len(SECRET_SUFFIXES)
+        assert len(set(store.list(cluster)) - cluster_keys) == 2 * len(SECRET_SUFFIXES)
     finally:
         delete_cluster(cluster=cluster)
     assert store.list(cluster) == []
