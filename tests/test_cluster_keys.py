@@ -213,8 +213,10 @@ def test_keys_out_of_blocks_rotation_migration_and_refusals(cloud, prefect_api, 
             t.start()
         for t in threads:
             t.join(60)
-        assert errors == [] and len(got) == 2
-        assert got[0] == got[1], "two first snapshots made two keys"
+        # the second waits for the first's lock and finds its key; on a slow host it may give up waiting
+        # (ClusterBusy: that snapshot is skipped, no key made). Never a second key.
+        assert [e for e in errors if "ClusterBusy" not in e] == [] and got, errors
+        assert len(set(got)) == 1, "two first snapshots made two keys"
         assert len(cluster_secret_versions(store, cluster)[key_secret_id(cluster, SNAPSHOT)]) == 1
         monkeypatch.setattr(snap, "new_key", slow)
 
