@@ -243,7 +243,10 @@ def test_keys_out_of_blocks_rotation_migration_and_refusals(cloud, prefect_api, 
         with pytest.raises(KeysUnreadable, match=f"may not read secret {operator_secret}"):
             add_replica(cluster=cluster)
         assert cloud.admin.calls() == []
-        store.client.set_iam_policy(request={"resource": operator_secret, "policy": policy})
+        now = store.client.get_iam_policy(request={"resource": operator_secret})  # its etag moved on
+        store.client.set_iam_policy(
+            request={"resource": operator_secret, "policy": policy_pb2.Policy(bindings=policy.bindings, etag=now.etag)}
+        )
         snapshot_secret = store.name(key_secret_id(cluster, SNAPSHOT))
         store.delete(snapshot_secret)
         with pytest.raises(KeysUnreadable, match=f"secret {snapshot_secret} .*does not exist"):
