@@ -33,10 +33,17 @@ CA, ETCD_CA, OPERATOR, SERVICE_ACCOUNT, SNAPSHOT = "ca", "etcd-ca", "operator", 
 NEXT_CA, NEXT_ETCD_CA, PREVIOUS_CA, PREVIOUS_ETCD_CA = "next-ca", "next-etcd-ca", "previous-ca", "previous-etcd-ca"
 KEY_NAMES = (CA, ETCD_CA, OPERATOR, SERVICE_ACCOUNT, SNAPSHOT, NEXT_CA, NEXT_ETCD_CA, PREVIOUS_CA, PREVIOUS_ETCD_CA)
 # the inline fields of documents saved before migration, by key name
-LEGACY_FIELDS = {CA: "ca_key", ETCD_CA: "etcd_ca_key", OPERATOR: "operator_key", NEXT_CA: "next_ca_key",
-                 NEXT_ETCD_CA: "next_etcd_ca_key", PREVIOUS_CA: "previous_ca_key",
-                 PREVIOUS_ETCD_CA: "previous_etcd_ca_key", SERVICE_ACCOUNT: "service_account_key",
-                 SNAPSHOT: "snapshot_key"}
+LEGACY_FIELDS = {
+    CA: "ca_key",
+    ETCD_CA: "etcd_ca_key",
+    OPERATOR: "operator_key",
+    NEXT_CA: "next_ca_key",
+    NEXT_ETCD_CA: "next_etcd_ca_key",
+    PREVIOUS_CA: "previous_ca_key",
+    PREVIOUS_ETCD_CA: "previous_etcd_ca_key",
+    SERVICE_ACCOUNT: "service_account_key",
+    SNAPSHOT: "snapshot_key",
+}
 
 
 def block_name(cluster: str) -> str:
@@ -62,27 +69,34 @@ class ClusterPKI(Block):
     ca_days: int = Field(default=Lifetimes().ca_days, description="CA lifetime in days")
     leaf_days: int = Field(default=Lifetimes().leaf_days, description="Leaf certificate lifetime in days")
     leaf_minutes: int | None = Field(
-        default=None, description="Leaf certificate lifetime in minutes, instead of leaf_days (short-lived leaves; "
-                                  "set by create-cluster's leaf_lifetime_minutes)")
+        default=None,
+        description="Leaf certificate lifetime in minutes, instead of leaf_days (short-lived leaves; "
+        "set by create-cluster's leaf_lifetime_minutes)",
+    )
     # a CA rotation under way (rotate-certificates with rotate_ca): see haplane.pki.begin_ca_rotation
     ca_rotation: str | None = Field(default=None, description="Change id of the CA rotation under way, if any")
     next_ca_cert: str | None = Field(default=None, description="New cluster CA, trusted but not signing yet")
     next_etcd_ca_cert: str | None = Field(default=None, description="New etcd CA, trusted but not signing yet")
-    previous_ca_cert: str | None = Field(default=None, description="Old cluster CA, still trusted until the "
-                                                                   "rotation finishes")
-    previous_etcd_ca_cert: str | None = Field(default=None, description="Old etcd CA, still trusted until the "
-                                                                        "rotation finishes")
+    previous_ca_cert: str | None = Field(
+        default=None, description="Old cluster CA, still trusted until the rotation finishes"
+    )
+    previous_etcd_ca_cert: str | None = Field(
+        default=None, description="Old etcd CA, still trusted until the rotation finishes"
+    )
     # the service-account key pair (absent in documents saved before it existed; see
     # tasks.keys.ensure_keys, which adds it)
     service_account_key_created: dt.datetime | None = Field(
-        default=None, description="When the service-account key was created")
+        default=None, description="When the service-account key was created"
+    )
     service_account_previous_public_keys: list[str] = Field(
-        default_factory=list, description="Public keys (PEM) still accepted after the last rotation")
+        default_factory=list, description="Public keys (PEM) still accepted after the last rotation"
+    )
     key_versions: dict[str, str] = Field(
         default_factory=dict,
         description="Each private key's Secret Manager version (key name -> projects/P/secrets/S/versions/N): "
-                    "ca, etcd-ca, operator, service-account, snapshot, and during a CA rotation next-ca, "
-                    "next-etcd-ca, previous-ca, previous-etcd-ca. The keys themselves are never in this block")
+        "ca, etcd-ca, operator, service-account, snapshot, and during a CA rotation next-ca, "
+        "next-etcd-ca, previous-ca, previous-etcd-ca. The keys themselves are never in this block",
+    )
     # documents saved before the keys moved to Secret Manager: read by migration, then emptied
     ca_key: SecretStr | None = Field(default=None, description="Legacy: emptied by migration")
     etcd_ca_key: SecretStr | None = Field(default=None, description="Legacy: emptied by migration")
@@ -108,19 +122,32 @@ class ClusterPKI(Block):
     @classmethod
     def public_fields(cls, cas: ClusterCAs) -> dict:
         """The block's fields for ``cas``: certificates, lifetimes, rotation state; no key."""
+
         def cert(ck: CertKey | None) -> str | None:
             return ck.cert_pem if ck else None
 
         sa = cas.service_account
         return {
-            "cluster": cas.cluster, "ca_cert": cas.ca.cert_pem, "etcd_ca_cert": cas.etcd_ca.cert_pem,
-            "operator_cert": cas.operator.cert_pem, "ca_days": cas.lifetimes.ca_days,
-            "leaf_days": cas.lifetimes.leaf_days, "leaf_minutes": cas.lifetimes.leaf_minutes,
-            "ca_rotation": cas.ca_rotation, "next_ca_cert": cert(cas.next_ca),
-            "next_etcd_ca_cert": cert(cas.next_etcd_ca), "previous_ca_cert": cert(cas.previous_ca),
+            "cluster": cas.cluster,
+            "ca_cert": cas.ca.cert_pem,
+            "etcd_ca_cert": cas.etcd_ca.cert_pem,
+            "operator_cert": cas.operator.cert_pem,
+            "ca_days": cas.lifetimes.ca_days,
+            "leaf_days": cas.lifetimes.leaf_days,
+            "leaf_minutes": cas.lifetimes.leaf_minutes,
+            "ca_rotation": cas.ca_rotation,
+            "next_ca_cert": cert(cas.next_ca),
+            "next_etcd_ca_cert": cert(cas.next_etcd_ca),
+            "previous_ca_cert": cert(cas.previous_ca),
             "previous_etcd_ca_cert": cert(cas.previous_etcd_ca),
-            **({"service_account_key_created": sa.created,
-                "service_account_previous_public_keys": list(sa.previous_public_pems)} if sa else {}),
+            **(
+                {
+                    "service_account_key_created": sa.created,
+                    "service_account_previous_public_keys": list(sa.previous_public_pems),
+                }
+                if sa
+                else {}
+            ),
         }
 
     def legacy_keys(self) -> dict[str, SecretStr]:
@@ -144,10 +171,15 @@ class ClusterPKI(Block):
             etcd_ca=CertKey("etcd-ca", self.etcd_ca_cert, key(ETCD_CA)),
             operator=CertKey("operator-etcd-client", self.operator_cert, key(OPERATOR)),
             lifetimes=Lifetimes(ca_days=self.ca_days, leaf_days=self.leaf_days, leaf_minutes=self.leaf_minutes),
-            service_account=(ServiceAccountKeys(
-                key_pem=sa_key, created=self.service_account_key_created or dt.datetime.now(dt.UTC),
-                previous_public_pems=tuple(self.service_account_previous_public_keys))
-                if sa_key is not None else None),
+            service_account=(
+                ServiceAccountKeys(
+                    key_pem=sa_key,
+                    created=self.service_account_key_created or dt.datetime.now(dt.UTC),
+                    previous_public_pems=tuple(self.service_account_previous_public_keys),
+                )
+                if sa_key is not None
+                else None
+            ),
             ca_rotation=self.ca_rotation,
             next_ca=self._pair("cluster-ca", self.next_ca_cert, key(NEXT_CA)),
             next_etcd_ca=self._pair("etcd-ca", self.next_etcd_ca_cert, key(NEXT_ETCD_CA)),
@@ -164,10 +196,17 @@ class ClusterPKI(Block):
 
 def cas_keys(cas: ClusterCAs) -> dict[str, SecretStr | None]:
     """Every private key of ``cas`` by key name (None: the cluster has no such key now)."""
+
     def key(ck: CertKey | None) -> SecretStr | None:
         return ck.key_pem if ck else None
 
-    return {CA: key(cas.ca), ETCD_CA: key(cas.etcd_ca), OPERATOR: key(cas.operator),
-            NEXT_CA: key(cas.next_ca), NEXT_ETCD_CA: key(cas.next_etcd_ca), PREVIOUS_CA: key(cas.previous_ca),
-            PREVIOUS_ETCD_CA: key(cas.previous_etcd_ca),
-            SERVICE_ACCOUNT: cas.service_account.key_pem if cas.service_account else None}
+    return {
+        CA: key(cas.ca),
+        ETCD_CA: key(cas.etcd_ca),
+        OPERATOR: key(cas.operator),
+        NEXT_CA: key(cas.next_ca),
+        NEXT_ETCD_CA: key(cas.next_etcd_ca),
+        PREVIOUS_CA: key(cas.previous_ca),
+        PREVIOUS_ETCD_CA: key(cas.previous_etcd_ca),
+        SERVICE_ACCOUNT: cas.service_account.key_pem if cas.service_account else None,
+    }

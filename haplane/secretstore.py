@@ -83,8 +83,9 @@ class SecretStore:
         """Store ``value`` as the newest version of the replica's secret, readable by ``reader`` (a
         service-account email) alone. Idempotent: the secret and its policy are made once. Returns
         the version's resource name (no secret in it)."""
-        return self.add(secret_id(replica, suffix), {LABEL_CLUSTER: _label(cluster), LABEL_REPLICA: _label(replica)},
-                        value, reader)
+        return self.add(
+            secret_id(replica, suffix), {LABEL_CLUSTER: _label(cluster), LABEL_REPLICA: _label(replica)}, value, reader
+        )
 
     def add(self, sid: str, labels: dict[str, str], value: str, reader: str) -> str:
         """Add ``value`` as the newest version of secret ``sid`` (made once, with ``labels``), whose
@@ -93,21 +94,35 @@ class SecretStore:
         from google.iam.v1 import policy_pb2
 
         try:
-            self.client.create_secret(request={
-                "parent": f"projects/{self.project}", "secret_id": sid,
-                "secret": {"replication": {"automatic": {}}, "labels": labels}})
+            self.client.create_secret(
+                request={
+                    "parent": f"projects/{self.project}",
+                    "secret_id": sid,
+                    "secret": {"replication": {"automatic": {}}, "labels": labels},
+                }
+            )
         except Conflict:  # ALREADY_EXISTS: made by an earlier attempt
             pass
         member = f"serviceAccount:{reader}"
         policy = self.client.get_iam_policy(request={"resource": self.name(sid)})
         if [(b.role, list(b.members)) for b in policy.bindings] != [(ACCESSOR, [member])]:
-            self.client.set_iam_policy(request={"resource": self.name(sid), "policy": policy_pb2.Policy(
-                bindings=[policy_pb2.Binding(role=ACCESSOR, members=[member])], etag=policy.etag)})
+            self.client.set_iam_policy(
+                request={
+                    "resource": self.name(sid),
+                    "policy": policy_pb2.Policy(
+                        bindings=[policy_pb2.Binding(role=ACCESSOR, members=[member])], etag=policy.etag
+                    ),
+                }
+            )
         from haplane.scrub import call_carrying_secrets
 
         # the request carries the key: an error must not carry it onwards (see haplane.scrub)
-        version = call_carrying_secrets(f"adding a version to secret {sid}", [value], self.client.add_secret_version,
-                                        request={"parent": self.name(sid), "payload": {"data": value.encode()}})
+        version = call_carrying_secrets(
+            f"adding a version to secret {sid}",
+            [value],
+            self.client.add_secret_version,
+            request={"parent": self.name(sid), "payload": {"data": value.encode()}},
+        )
         return version.name
 
     def read(self, version: str) -> str:
@@ -120,17 +135,23 @@ class SecretStore:
         try:
             return self.client.access_secret_version(request={"name": version}).payload.data.decode()
         except core.NotFound:
-            problem = (f"secret {secret} (version {version.rsplit('/', 1)[-1]}) does not exist in project "
-                       f"{self.project}: it was deleted, or this is not the cluster's project")
+            problem = (
+                f"secret {secret} (version {version.rsplit('/', 1)[-1]}) does not exist in project "
+                f"{self.project}: it was deleted, or this is not the cluster's project"
+            )
         except core.Forbidden:
-            problem = (f"the workers' account may not read secret {secret}: its IAM policy must grant "
-                       f"{ACCESSOR} to the workers' service account")
+            problem = (
+                f"the workers' account may not read secret {secret}: its IAM policy must grant "
+                f"{ACCESSOR} to the workers' service account"
+            )
         except (core.FailedPrecondition, core.BadRequest):
             problem = f"version {version} of secret {secret} is destroyed or disabled"
         except (core.Unauthorized, GoogleAuthError):
-            problem = (f"Secret Manager refused the workers' credentials reading {secret}: give the workers a "
-                       "valid credential (real GCE: application default credentials or the connection's GCP "
-                       "credentials; the emulator: HAPLANE_GCE_TOKEN or the connection block's token)")
+            problem = (
+                f"Secret Manager refused the workers' credentials reading {secret}: give the workers a "
+                "valid credential (real GCE: application default credentials or the connection's GCP "
+                "credentials; the emulator: HAPLANE_GCE_TOKEN or the connection block's token)"
+            )
         raise SecretUnreadable(problem)
 
     def destroy_versions(self, sid: str, keep: str | None = None) -> list[str]:
@@ -164,20 +185,22 @@ class SecretStore:
         if self.endpoint and token:
             import httpx
 
-            reply = httpx.get(self.endpoint.rstrip("/") + "/oauth2/v3/tokeninfo", params={"access_token": token},
-                              timeout=10)
+            reply = httpx.get(
+                self.endpoint.rstrip("/") + "/oauth2/v3/tokeninfo", params={"access_token": token}, timeout=10
+            )
             if reply.status_code == 200:
                 return reply.json()["email"]
-        raise ValueError("cannot tell the workers' service account, which alone may read the cluster's keys: set "
-                         "HAPLANE_WORKERS_ACCOUNT to its email (or give the connection service-account credentials)")
+        raise ValueError(
+            "cannot tell the workers' service account, which alone may read the cluster's keys: set "
+            "HAPLANE_WORKERS_ACCOUNT to its email (or give the connection service-account credentials)"
+        )
 
     def list(self, cluster: str, replica: str | None = None) -> list[str]:
         """Names of the cluster's (or one replica's) secrets."""
         flt = f"labels.{LABEL_CLUSTER}={_label(cluster)}"
         if replica:
             flt += f" AND labels.{LABEL_REPLICA}={_label(replica)}"
-        return [s.name for s in self.client.list_secrets(request={"parent": f"projects/{self.project}",
-                                                                  "filter": flt})]
+        return [s.name for s in self.client.list_secrets(request={"parent": f"projects/{self.project}", "filter": flt})]
 
     def delete(self, name: str) -> bool:
         """Delete a secret (every version is destroyed with it). False if it was already gone."""

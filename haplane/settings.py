@@ -26,6 +26,7 @@ HEALTH_LOCK_WAIT = "HAPLANE_HEALTH_LOCK_WAIT_S"
 ETCD = "HAPLANE_ETCD"
 ETCDUTL = "HAPLANE_ETCDUTL"
 SNAPSHOT_DIR = "HAPLANE_SNAPSHOT_DIR"
+WATCH_HEARTBEAT = "HAPLANE_WATCH_HEARTBEAT_S"
 
 NAMES = (
     GCE_ENDPOINT,
@@ -41,6 +42,7 @@ NAMES = (
     ETCD,
     ETCDUTL,
     SNAPSHOT_DIR,
+    WATCH_HEARTBEAT,
 )
 
 LOCK_LEASE_MIN_S = 60.0  # Prefect's minimum lease for a global concurrency slot
@@ -143,3 +145,8 @@ def snapshot_dir() -> Path | None:
     """Where snapshots go when a cluster names no storage block; None: ``$PREFECT_HOME/haplane-snapshots``."""
     raw = _raw(SNAPSHOT_DIR)
     return Path(raw) if raw is not None else None
+
+
+def watch_heartbeat_s() -> float:
+    """Seconds between ``haplane watch``'s heartbeats ``haplane.watch.alive`` (60; tests shorten it)."""
+    return _seconds(WATCH_HEARTBEAT, 60.0, "how often haplane watch says it is alive")

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from haplane.quorum import check_target_size
 
 NAME_RE = re.compile(r"^[a-z]([-a-z0-9]{0,28}[a-z0-9])?$")
+# a change id: a checkpoint path component, a requestId seed and a label value, so nothing that could
+# name another folder ("../other/x") or another change after truncation
+CHANGE_ID_RE = re.compile(r"^[a-z0-9-]{1,63}$")
 
 LABEL_CLUSTER = "haplane-cluster"
 LABEL_ROLE = "haplane-role"
@@ -22,6 +25,7 @@ LABEL_QUORUM_READS = "haplane-quorum-reads"
 LABEL_CHANGE = "haplane-change"
 LABEL_UID = "haplane-uid"  # the cluster's identity (haplane.ownership)
 ROLE_MASTER = "master"
+
 
 class TopologyError(ValueError):
     """A request that does not fit the cluster's shape; nothing was changed."""
@@ -33,6 +37,16 @@ def check_cluster_name(name: str) -> None:
             f"cluster name {name!r} is not valid: use 1-30 lowercase letters, digits or '-', "
             "starting with a letter and not ending with '-'"
         )
+
+
+def check_change_id(change_id: str) -> str:
+    """The one pattern of every flow's ``change_id``: lower-case letters, digits and '-', at most 63."""
+    if not isinstance(change_id, str) or not CHANGE_ID_RE.match(change_id):
+        raise TopologyError(
+            f"change_id {change_id!r} is not valid: use 1-63 lower-case letters, digits or '-' (the id a plan "
+            f"artifact shows, e.g. 'add-0b6f...'); nothing was read or changed"
+        )
+    return change_id
 
 
 def check_cluster_size(replicas: int) -> None:
@@ -55,10 +69,23 @@ def check_distinct_zones(zones: Iterable[str]) -> list[str]:
     seen: list[str] = []
     for zone in zones:
         if zone in seen:
-            raise TopologyError(f"zone {zone!r} is listed twice in zones; list each zone once (replicas are "
-                                f"spread over the listed zones, fewest first)")
+            raise TopologyError(
+                f"zone {zone!r} is listed twice in zones; list each zone once (replicas are "
+                f"spread over the listed zones, fewest first)"
+            )
         seen.append(zone)
     return seen
+
+
+def check_multizone(multizone: bool, zones: Iterable[str]) -> None:
+    """``multizone=False`` (the seed's MULTIZONE=false: every replica and kubelet in one zone) with several
+    zones is a contradiction: refused, naming both ways out, before anything is read or changed."""
+    listed = list(dict.fromkeys(zones))
+    if not multizone and len(listed) > 1:
+        raise TopologyError(
+            f"multizone=false keeps the cluster in one zone, but {len(listed)} zones were given "
+            f"({', '.join(listed)}): pass one zone, or multizone=true to spread replicas over them"
+        )
 
 
 def check_zones(region: str, zones: Iterable[str], known: Iterable[str]) -> list[str]:
@@ -98,10 +125,17 @@ def label_value(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in text.lower())[:63]
 
 
-def replica_name(cluster: str, change_id: str, slot: int) -> str:
+def replica_name(cluster: str, change_id: str, slot: int | str) -> str:
     """A replica's VM name, fixed by the change that creates it (so a resumed run finds it again)."""
     digest = hashlib.sha256(f"{cluster}/{change_id}/{slot}".encode()).hexdigest()[:5]
     return f"{cluster}-master-{digest}"
+
+
+def restored_replica_name(cluster: str, change_id: str) -> str:
+    """The replica a restore-cluster change boots from its snapshot: a name no other flow's change gives
+    (create and add use numbered slots), so a restore given another change's id never takes that change's
+    VMs for its own."""
+    return replica_name(cluster, change_id, "restore")
 
 
 @dataclass(frozen=True)

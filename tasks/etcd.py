@@ -42,8 +42,9 @@ def add_learner(change: Change, step: str, member_ips: list[str], new_ip: str) -
 
 
 @probe(retries=2, retry_delay_seconds=3, task_run_name="{step}")
-def promote(change: Change, member_ips: list[str], member_id: int, name: str, timeout: float = 120.0,
-            step: str = "promote") -> None:
+def promote(
+    change: Change, member_ips: list[str], member_id: int, name: str, timeout: float = 120.0, step: str = "promote"
+) -> None:
     """Promote the learner once it has caught up with the leader (retried until then)."""
     with closing(_client(change.cluster, member_ips, connection=change.connection)) as etcd:
         member = next((m for m in etcd.member_list() if m.id == member_id), None)
@@ -56,8 +57,9 @@ def promote(change: Change, member_ips: list[str], member_id: int, name: str, ti
 
 
 @probe(retries=2, retry_delay_seconds=3, task_run_name="{step}")
-def move_leader_away(change: Change, member_ips: list[str], member_id: int, name: str,
-                     healthy_ids: list[int], step: str = "move-leader") -> None:
+def move_leader_away(
+    change: Change, member_ips: list[str], member_id: int, name: str, healthy_ids: list[int], step: str = "move-leader"
+) -> None:
     """If ``member_id`` leads, hand leadership to a healthy voting member first."""
     with closing(_client(change.cluster, member_ips, connection=change.connection)) as etcd:
         leader_id, _ = etcd.leader()
@@ -80,8 +82,14 @@ def remove_member(change: Change, step: str, member_ips: list[str], member_id: i
 
 
 @probe(task_run_name="{step}")
-def wait_quorum(cluster: str, ips: list[str], expect_voting: int, timeout: float = 180.0,
-                step: str = "quorum", connection: str | None = None) -> None:
+def wait_quorum(
+    cluster: str,
+    ips: list[str],
+    expect_voting: int,
+    timeout: float = 180.0,
+    step: str = "quorum",
+    connection: str | None = None,
+) -> None:
     """Wait until every endpoint answers a linearizable read and ``expect_voting`` members vote."""
     deadline = time.monotonic() + timeout
     last = "no answer yet"
@@ -99,3 +107,30 @@ def wait_quorum(cluster: str, ips: list[str], expect_voting: int, timeout: float
             last = str(exc)
         time.sleep(1.0)
     raise TimeoutError(f"etcd of {cluster} not healthy after {timeout:.0f}s: {last}")
+
+
+@probe(task_run_name="{step}")
+def wait_cluster_version(
+    cluster: str,
+    ips: list[str],
+    expect: str,
+    timeout: float = 120.0,
+    step: str = "cluster-version",
+    connection: str | None = None,
+) -> str:
+    """Wait until every member reports ``expect`` (X.Y) as its etcd version and as the cluster version
+    (``GET /version``): etcd moves the cluster version once the last older member is gone."""
+    deadline = time.monotonic() + timeout
+    last = "no answer yet"
+    while time.monotonic() < deadline:
+        try:
+            with closing(_client(cluster, ips, timeout=3.0, connection=connection)) as etcd:
+                seen = [etcd.version(client_url(ip)) for ip in ips]
+            if all(s.startswith(expect + ".") and c.startswith(expect + ".") for s, c in seen):
+                get_run_logger().info("every member runs etcd %s; the cluster version is %s", expect, seen[0][1])
+                return seen[0][1]
+            last = ", ".join(f"{ip}: server {s}, cluster {c}" for ip, (s, c) in zip(ips, seen, strict=True))
+        except EtcdError as exc:
+            last = str(exc)
+        time.sleep(1.0)
+    raise TimeoutError(f"the etcd cluster version of {cluster} did not become {expect} after {timeout:.0f}s: {last}")

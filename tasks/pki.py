@@ -31,6 +31,7 @@ from haplane.node import (
     NodeSpec,
     RestoreSpec,
 )
+from haplane.ownership import check_key_recipient
 from haplane.pki import (
     CertKey,
     ClusterCAs,
@@ -44,18 +45,19 @@ from haplane.pki import (
     service_account_tls,
     switch_cas,
 )
-from haplane.secretstore import SecretStore
+from haplane.secretstore import SecretStore, service_account_email
 from tasks.keys import KeysUnreadable, changed_keys, ensure_keys, read_block, read_keys, save_pki, store_for
 from tasks.steps import Change, checkpoint, probe
 
 
-def load_cas(cluster: str, connection: str | None = None) -> ClusterCAs | None:
+def load_cas(cluster: str, connection: str | None = None, names: tuple[str, ...] | None = None) -> ClusterCAs | None:
     """The cluster's CAs with their keys (read from Secret Manager with the connection's
-    credentials), inside a task only: never return or log them. None: the cluster has no PKI block."""
+    credentials), inside a task only: never return or log them. None: the cluster has no PKI block.
+    ``names``: read only these keys (the others are empty placeholders); None: all of them."""
     block = read_block(cluster)
     if block is None:
         return None
-    return block.to_cas(read_keys(block, store_for(connection) if block.key_versions else None))
+    return block.to_cas(read_keys(block, store_for(connection) if block.key_versions else None, names))
 
 
 def load_certs(cluster: str) -> ClusterCAs | None:
@@ -64,11 +66,14 @@ def load_certs(cluster: str) -> ClusterCAs | None:
     return block.to_cas({}) if block is not None else None
 
 
-def read_cas(cluster: str, connection: str | None = None) -> tuple[ClusterCAs | None, str | None]:
-    """The cluster's CAs, or None and why they could not be read (absent, or unreadable)."""
+def read_cas(
+    cluster: str, connection: str | None = None, names: tuple[str, ...] | None = None
+) -> tuple[ClusterCAs | None, str | None]:
+    """The cluster's CAs (with the keys ``names``, None: all), or None and why they could not be read
+    (absent, or unreadable)."""
     name = block_name(cluster)
     try:
-        cas = load_cas(cluster, connection)
+        cas = load_cas(cluster, connection, names)
     except KeysUnreadable as exc:
         return None, str(exc)
     except Exception as exc:  # noqa: BLE001 - any failure to read it is "unknown", never "no PKI"
@@ -84,8 +89,9 @@ def operator_tls(cluster: str, connection: str | None = None) -> EtcdTLS | None:
 
 
 @probe(task_run_name="{step}")
-def ensure_cluster_pki(cluster: str, step: str = "pki", leaf_minutes: int | None = None,
-                       connection: str | None = None) -> str:
+def ensure_cluster_pki(
+    cluster: str, step: str = "pki", leaf_minutes: int | None = None, connection: str | None = None
+) -> str:
     """Create the cluster CA, the etcd CA, the service-account and the snapshot keys once (keys in
     Secret Manager, certificates in the block); later runs keep the saved ones. Returns the block name.
     ``leaf_minutes``: every leaf lasts this many minutes (None: ``Lifetimes.leaf_days``)."""
@@ -103,9 +109,13 @@ def ensure_cluster_pki(cluster: str, step: str = "pki", leaf_minutes: int | None
 
     save_pki(cluster, store_for(connection), update)
     if made:
-        get_run_logger().info("the cluster CA, the etcd CA, the service-account and snapshot keys of %s are in "
-                              "Secret Manager, their certificates in block %s (leaf certificates last %s)",
-                              cluster, name, lifetimes.leaf_text)
+        get_run_logger().info(
+            "the cluster CA, the etcd CA, the service-account and snapshot keys of %s are in "
+            "Secret Manager, their certificates in block %s (leaf certificates last %s)",
+            cluster,
+            name,
+            lifetimes.leaf_text,
+        )
     ensure_keys(cluster, connection)
     return name
 
@@ -122,13 +132,18 @@ def rotate_service_account(change: Change, step: str) -> str:
         old = block.to_cas(keys).service_account
         new = rotate_service_account_key(old)
         kids[:] = [old.kid, new.kid]
-        return ({"service_account_key_created": new.created,
-                 "service_account_previous_public_keys": list(new.previous_public_pems)},
-                {SERVICE_ACCOUNT: new.key_pem})
+        return (
+            {
+                "service_account_key_created": new.created,
+                "service_account_previous_public_keys": list(new.previous_public_pems),
+            },
+            {SERVICE_ACCOUNT: new.key_pem},
+        )
 
     save_pki(change.cluster, store_for(change.connection), update)
-    get_run_logger().info("service-account key %s replaces %s (still accepted until the next rotation)",
-                          kids[1], kids[0])
+    get_run_logger().info(
+        "service-account key %s replaces %s (still accepted until the next rotation)", kids[1], kids[0]
+    )
     return kids[1]
 
 
@@ -138,7 +153,9 @@ def submit_deliver_service_account(change: Change, step: str, zone: str, name: s
     picks them up: the stand-in re-reads its key files, the startup script restarts kube-apiserver)."""
     cas = load_cas(change.cluster, change.connection)
     if cas is None or cas.service_account is None:
-        raise RuntimeError(f"cluster {change.cluster} has no service-account key in block {block_name(change.cluster)!r}")
+        raise RuntimeError(
+            f"cluster {change.cluster} has no service-account key in block {block_name(change.cluster)!r}"
+        )
     get_run_logger().info("delivering service-account key %s to %s", cas.service_account.kid, name)
     gce = change.gce()
     vm = gce.get_instance(zone, name)
@@ -158,8 +175,11 @@ def _keys_to_secrets(change: Change, gce: Gce, vm: Instance, spec: NodeSpec) -> 
     if spec.snapshot_key:
         keys[SNAPSHOT_KEY_SECRET] = spec.snapshot_key
     if not vm.service_accounts:
-        get_run_logger().warning("%s has no service account: its private keys stay in its instance metadata "
-                                 "(replace the replica to move them to Secret Manager)", vm.name)
+        get_run_logger().warning(
+            "%s has no service account: its private keys stay in its instance metadata "
+            "(replace the replica to move them to Secret Manager)",
+            vm.name,
+        )
         return spec
     store = SecretStore.for_gce(gce)
     refs = dict(spec.secret_refs)
@@ -183,12 +203,20 @@ def submit_reissue_leaves(change: Change, step: str, zone: str, name: str, endpo
     ensure_keys(change.cluster, change.connection)  # a cluster from before service-account keys gets one
     cas = load_cas(change.cluster, change.connection)
     api = ApiServerSpec.from_json(vm.metadata[APISERVER_KEY]) if vm.metadata.get(APISERVER_KEY) else ApiServerSpec()
-    certs = issue_replica_certs(cas, hostname=name, internal_ip=vm.internal_ip, endpoint_ip=endpoint_ip,
-                                service_cidr=api.service_cluster_ip_range)
+    certs = issue_replica_certs(
+        cas,
+        hostname=name,
+        internal_ip=vm.internal_ip,
+        endpoint_ip=endpoint_ip,
+        service_cidr=api.service_cluster_ip_range,
+    )
     refs = json.loads(vm.metadata.get(SECRETS_KEY) or "{}")
     spec = _keys_to_secrets(change, gce, vm, NodeSpec(None, None, node_tls(cas, certs), refs))
-    get_run_logger().info("re-issued the certificates of %s (API server until %s)", name,
-                          certs.apiserver.certificate.not_valid_after_utc.isoformat())
+    get_run_logger().info(
+        "re-issued the certificates of %s (API server until %s)",
+        name,
+        certs.apiserver.certificate.not_valid_after_utc.isoformat(),
+    )
     return gce.set_metadata(zone, name, spec.to_metadata(), rid=change.rid(step))
 
 
@@ -208,8 +236,10 @@ def wait_serving_new_certs(change: Change, zone: str, name: str, timeout: float 
     api_ctx = ssl.create_default_context(cadata=cas.ca_bundle())
     for ctx in (etcd_ctx, api_ctx):
         ctx.check_hostname = False  # the chain is verified; the IP is in the SANs anyway
-    wanted = {ETCD_CLIENT_PORT: _der(vm.metadata[TLS_PREFIX + "etcd-server-cert"]),
-              APISERVER_PORT: _der(vm.metadata[TLS_PREFIX + "apiserver-cert"])}
+    wanted = {
+        ETCD_CLIENT_PORT: _der(vm.metadata[TLS_PREFIX + "etcd-server-cert"]),
+        APISERVER_PORT: _der(vm.metadata[TLS_PREFIX + "apiserver-cert"]),
+    }
     contexts = {ETCD_CLIENT_PORT: etcd_ctx, APISERVER_PORT: api_ctx}
     deadline = time.monotonic() + timeout
     served: dict[int, bytes | None] = {}
@@ -219,8 +249,10 @@ def wait_serving_new_certs(change: Change, zone: str, name: str, timeout: float 
             return
         time.sleep(0.5)
     stale = [str(p) for p in wanted if served.get(p) != wanted[p]]
-    raise TimeoutError(f"{name} does not serve its new certificate on port(s) {', '.join(stale)} after "
-                       f"{timeout:.0f} s; its processes were not restarted on the new files (check the VM's logs)")
+    raise TimeoutError(
+        f"{name} does not serve its new certificate on port(s) {', '.join(stale)} after "
+        f"{timeout:.0f} s; its processes were not restarted on the new files (check the VM's logs)"
+    )
 
 
 def _der(pem: str) -> bytes:
@@ -288,16 +320,37 @@ def certificate_inventory(cluster: str, zones: list[str], connection: str | None
         for vm in vms:
             for key, pem in sorted(vm.metadata.items()):
                 if key.startswith(TLS_PREFIX) and key.endswith("-cert"):
-                    infos.append(describe(pem, f"{vm.name}/{key[len(TLS_PREFIX):-len('-cert')]}"))
-    rows = [{"certificate": i.role, "subject": i.subject, "expires": i.not_after.strftime("%Y-%m-%d %H:%M UTC"),
-             "days left": f"{(i.not_after - now).total_seconds() / 86400:.1f}", "not_after": i.not_after.isoformat()}
-            for i in infos]
-    rows += [{"certificate": f"replicas in {zone}", "subject": "unknown: the zone's API does not answer",
-              "expires": "unknown", "days left": "-", "not_after": ""} for zone in unseen]
+                    infos.append(describe(pem, f"{vm.name}/{key[len(TLS_PREFIX) : -len('-cert')]}"))
+    rows = [
+        {
+            "certificate": i.role,
+            "subject": i.subject,
+            "expires": i.not_after.strftime("%Y-%m-%d %H:%M UTC"),
+            "days left": f"{(i.not_after - now).total_seconds() / 86400:.1f}",
+            "not_after": i.not_after.isoformat(),
+        }
+        for i in infos
+    ]
+    rows += [
+        {
+            "certificate": f"replicas in {zone}",
+            "subject": "unknown: the zone's API does not answer",
+            "expires": "unknown",
+            "days left": "-",
+            "not_after": "",
+        }
+        for zone in unseen
+    ]
     sa = cas.service_account
-    rows.append({"certificate": "service-account key", "subject": f"kid {sa.kid}" if sa else "(none yet)",
-                 "expires": "never (rotated by rotate-certificates)",
-                 "days left": f"age {sa.age(now).total_seconds() / 86400:.1f} days" if sa else "-", "not_after": ""})
+    rows.append(
+        {
+            "certificate": "service-account key",
+            "subject": f"kid {sa.kid}" if sa else "(none yet)",
+            "expires": "never (rotated by rotate-certificates)",
+            "days left": f"age {sa.age(now).total_seconds() / 86400:.1f} days" if sa else "-",
+            "not_after": "",
+        }
+    )
     return rows
 
 
@@ -324,9 +377,16 @@ def delete_cluster_pki(cluster: str, step: str = "pki") -> None:
 
 
 @checkpoint
-def submit_configure_replica(change: Change, step: str, zone: str, name: str, endpoint_ip: str,
-                             etcd: EtcdSpec, apiserver: ApiServerSpec,
-                             restore: RestoreSpec | None = None) -> OpRef | None:
+def submit_configure_replica(
+    change: Change,
+    step: str,
+    zone: str,
+    name: str,
+    endpoint_ip: str,
+    etcd: EtcdSpec,
+    apiserver: ApiServerSpec,
+    restore: RestoreSpec | None = None,
+) -> OpRef | None:
     """Issue the replica's certificates and write them with its etcd and API-server settings into
     its metadata; the VM starts what the metadata describes. With ``restore``, its etcd starts from
     that snapshot (the key that opens it goes into the metadata too, never into a result)."""
@@ -334,21 +394,38 @@ def submit_configure_replica(change: Change, step: str, zone: str, name: str, en
     vm = gce.get_instance(zone, name)
     if vm is None:
         raise RuntimeError(f"VM {name} in {zone} does not exist; cannot configure it")
+    # a VM not running as the replica's own account is not ours: no key goes to it (before any key is read)
+    check_key_recipient(name, vm.service_accounts, service_account_email(gce.project, name))
     if load_certs(change.cluster) is None:
         raise RuntimeError(f"cluster {change.cluster} has no PKI block {block_name(change.cluster)!r}")
     ensure_keys(change.cluster, change.connection)  # a cluster from before service-account keys gets one
     cas = load_cas(change.cluster, change.connection)
-    certs = issue_replica_certs(cas, hostname=name, internal_ip=vm.internal_ip, endpoint_ip=endpoint_ip,
-                                service_cidr=apiserver.service_cluster_ip_range)
+    certs = issue_replica_certs(
+        cas,
+        hostname=name,
+        internal_ip=vm.internal_ip,
+        endpoint_ip=endpoint_ip,
+        service_cidr=apiserver.service_cluster_ip_range,
+    )
     key = None
     if restore is not None:
         from tasks.snapshots import snapshot_key
 
         key = snapshot_key(change.cluster, change.connection, create=False)
-    spec = _keys_to_secrets(change, gce, vm, NodeSpec(etcd=etcd, apiserver=apiserver, tls=node_tls(cas, certs),
-                                                      restore=restore, snapshot_key=key))
-    get_run_logger().info("configuring %s: etcd member %s (%s), certificates for %s and %s",
-                          name, etcd.name, etcd.initial_cluster_state, vm.internal_ip, endpoint_ip)
+    spec = _keys_to_secrets(
+        change,
+        gce,
+        vm,
+        NodeSpec(etcd=etcd, apiserver=apiserver, tls=node_tls(cas, certs), restore=restore, snapshot_key=key),
+    )
+    get_run_logger().info(
+        "configuring %s: etcd member %s (%s), certificates for %s and %s",
+        name,
+        etcd.name,
+        etcd.initial_cluster_state,
+        vm.internal_ip,
+        endpoint_ip,
+    )
     return gce.set_metadata(zone, name, spec.to_metadata(), rid=change.rid(step))
 
 
@@ -360,6 +437,7 @@ def _save_cas(change: Change, decide: Callable[[ClusterCAs], ClusterCAs | None])
     nothing to do): certificates in the block, each changed key a new version of its secret (the
     version it replaced destroyed), a CA key no longer kept deleted. Returns the CAs as saved
     (certificates only)."""
+
     def update(block, keys):
         cas = block.to_cas(keys)
         new = decide(cas)
@@ -373,10 +451,19 @@ def _save_cas(change: Change, decide: Callable[[ClusterCAs], ClusterCAs | None])
 
 def _ca_rows(cas: ClusterCAs) -> dict[str, str]:
     """Public facts of the CAs (what a CA-rotation step returns and logs)."""
-    return {c.role if where == "" else f"{where}/{c.role}": f"{c.certificate.subject.rfc4514_string()} serial "
-            f"{format(c.certificate.serial_number, 'x')[:12]}" for where, c in
-            (("", cas.ca), ("", cas.etcd_ca), ("next", cas.next_ca), ("next", cas.next_etcd_ca),
-             ("previous", cas.previous_ca), ("previous", cas.previous_etcd_ca)) if c is not None}
+    return {
+        c.role if where == "" else f"{where}/{c.role}": f"{c.certificate.subject.rfc4514_string()} serial "
+        f"{format(c.certificate.serial_number, 'x')[:12]}"
+        for where, c in (
+            ("", cas.ca),
+            ("", cas.etcd_ca),
+            ("next", cas.next_ca),
+            ("next", cas.next_etcd_ca),
+            ("previous", cas.previous_ca),
+            ("previous", cas.previous_etcd_ca),
+        )
+        if c is not None
+    }
 
 
 @checkpoint(retries=0)
@@ -394,8 +481,10 @@ def start_ca_rotation(change: Change, step: str) -> dict[str, str]:
 
     cas = _save_cas(change, decide)
     if began:
-        get_run_logger().info("new cluster and etcd CAs in block %s, trusted beside the current ones until the "
-                              "rotation switches to them", block_name(change.cluster))
+        get_run_logger().info(
+            "new cluster and etcd CAs in block %s, trusted beside the current ones until the rotation switches to them",
+            block_name(change.cluster),
+        )
     return _ca_rows(cas)
 
 
@@ -406,8 +495,10 @@ def switch_to_new_cas(change: Change, step: str) -> dict[str, str]:
 
     def decide(cas: ClusterCAs) -> ClusterCAs | None:
         if cas.ca_rotation != change.change_id:
-            raise RuntimeError(f"block {block_name(change.cluster)} has no CA rotation of change "
-                               f"{change.change_id!r} (it has {cas.ca_rotation!r}); nothing was switched")
+            raise RuntimeError(
+                f"block {block_name(change.cluster)} has no CA rotation of change "
+                f"{change.change_id!r} (it has {cas.ca_rotation!r}); nothing was switched"
+            )
         if cas.ca_phase != "trusting":
             return None
         switched.append(True)
@@ -415,8 +506,10 @@ def switch_to_new_cas(change: Change, step: str) -> dict[str, str]:
 
     cas = _save_cas(change, decide)
     if switched:
-        get_run_logger().info("the new CAs of %s sign from now on; the old ones stay trusted until every replica "
-                              "has new leaves", change.cluster)
+        get_run_logger().info(
+            "the new CAs of %s sign from now on; the old ones stay trusted until every replica has new leaves",
+            change.cluster,
+        )
     return _ca_rows(cas)
 
 
@@ -436,8 +529,9 @@ def finish_ca_rotation_task(change: Change, step: str) -> dict[str, str]:
 
     cas = _save_cas(change, decide)
     if finished:
-        get_run_logger().info("the old CAs of %s and their keys are deleted; the CA rotation is complete",
-                              change.cluster)
+        get_run_logger().info(
+            "the old CAs of %s and their keys are deleted; the CA rotation is complete", change.cluster
+        )
     return _ca_rows(cas)
 
 
@@ -449,11 +543,11 @@ def submit_deliver_trust(change: Change, step: str, zone: str, name: str, drop_p
     cas = load_certs(change.cluster)
     if cas is None:
         raise RuntimeError(f"cluster {change.cluster} has no PKI block {block_name(change.cluster)!r}")
-    tls = {"ca": cas.ca_bundle(drop_previous=drop_previous),
-           "etcd-ca": cas.etcd_ca_bundle(drop_previous=drop_previous)}
+    tls = {"ca": cas.ca_bundle(drop_previous=drop_previous), "etcd-ca": cas.etcd_ca_bundle(drop_previous=drop_previous)}
     count = tls["etcd-ca"].count("BEGIN CERTIFICATE")
-    get_run_logger().info("%s trusts %d etcd CA(s) and %d cluster CA(s) from now", name, count,
-                          tls["ca"].count("BEGIN CERTIFICATE"))
+    get_run_logger().info(
+        "%s trusts %d etcd CA(s) and %d cluster CA(s) from now", name, count, tls["ca"].count("BEGIN CERTIFICATE")
+    )
     return change.gce().set_metadata(zone, name, NodeSpec(None, None, tls).to_metadata(), rid=change.rid(step))
 
 
@@ -480,8 +574,9 @@ def wait_etcd_trust(change: Change, zone: str, name: str, dropped: bool, timeout
     old = cas.etcd_ca if cas.ca_phase == "trusting" else cas.previous_etcd_ca
 
     def context(ca):
-        leaf = issue(ca, role="trust-probe", common_name="haplane-trust-probe", client=True,
-                     lifetime=dt.timedelta(minutes=10))
+        leaf = issue(
+            ca, role="trust-probe", common_name="haplane-trust-probe", client=True, lifetime=dt.timedelta(minutes=10)
+        )
         return EtcdTLS(ca_pem=cas.etcd_ca_bundle(), cert_pem=leaf.cert_pem, key_pem=leaf.key_pem).ssl_context()
 
     def accepts(ctx) -> bool:
@@ -499,6 +594,9 @@ def wait_etcd_trust(change: Change, zone: str, name: str, dropped: bool, timeout
         if seen[0] and not seen[1]:
             return
         time.sleep(0.5)
-    raise TimeoutError(f"{name}'s etcd did not take up its new trust bundle within {timeout:.0f} s (a client of "
-                       f"the new etcd CA accepted: {seen[0]}"
-                       + (f"; a client of the old etcd CA refused: {not seen[1]}" if bad is not None else "") + ")")
+    raise TimeoutError(
+        f"{name}'s etcd did not take up its new trust bundle within {timeout:.0f} s (a client of "
+        f"the new etcd CA accepted: {seen[0]}"
+        + (f"; a client of the old etcd CA refused: {not seen[1]}" if bad is not None else "")
+        + ")"
+    )

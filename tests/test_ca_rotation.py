@@ -52,11 +52,16 @@ def test_ca_rotation_phases_trust_both_then_sign_new_then_drop_old():
     assert trusting.ca_phase == "trusting" and trusting.ca_rotation == "rot-1"
     assert trusting.ca == old_ca and trusting.etcd_ca == old_etcd  # the old CAs still sign
     assert {c.subject for c in _certs(trusting.etcd_ca_bundle())} == {
-        old_etcd.certificate.subject, trusting.next_etcd_ca.certificate.subject}
+        old_etcd.certificate.subject,
+        trusting.next_etcd_ca.certificate.subject,
+    }
     assert len(_certs(trusting.ca_bundle())) == 2
     assert trusting.next_ca.certificate.subject != old_ca.certificate.subject  # chains are never ambiguous
-    with pytest.raises(ValueError, match=r"already under way \(change 'rot-1', trusting\): resume it with "
-                                         r"rotate_ca=true, change_id='rot-1'"):
+    with pytest.raises(
+        ValueError,
+        match=r"already under way \(change 'rot-1', trusting\): resume it with "
+        r"rotate_ca=true, change_id='rot-1'",
+    ):
         pki.begin_ca_rotation(trusting, "rot-2")
     with pytest.raises(ValueError, match="cannot finish before the switch"):
         pki.finish_ca_rotation(trusting)
@@ -87,8 +92,9 @@ def test_the_pki_block_keeps_a_rotation_under_way_and_the_lifetime():
     from blocks.pki import ClusterPKI, cas_keys
     from tasks.keys import changed_keys
 
-    cas = pki.switch_cas(pki.begin_ca_rotation(pki.create_cluster_cas(
-        "c", lifetimes=pki.Lifetimes(leaf_minutes=5)), "rot-1"))
+    cas = pki.switch_cas(
+        pki.begin_ca_rotation(pki.create_cluster_cas("c", lifetimes=pki.Lifetimes(leaf_minutes=5)), "rot-1")
+    )
     back = ClusterPKI.from_cas(cas).to_cas()
     assert back.ca_phase == "switched" and back.ca_rotation == "rot-1" and back.lifetimes.leaf_minutes == 5
     assert back.previous_etcd_ca.key_pem.get_secret_value() == cas.previous_etcd_ca.key_pem.get_secret_value()
@@ -106,9 +112,12 @@ def test_only_the_ca_rotation_under_way_may_run():
     check_rotation(None, "any", rotate_ca=False)
     check_rotation("rot-1", "rot-1", rotate_ca=True)
     for change, rotate_ca in (("rot-2", True), ("rot-1", False), ("rot-2", False)):
-        with pytest.raises(RuntimeError, match=r"CA rotation of this cluster is under way \(change 'rot-1'\): "
-                                               r"finish it first with rotate-certificates rotate_ca=true "
-                                               r"change_id='rot-1'"):
+        with pytest.raises(
+            RuntimeError,
+            match=r"CA rotation of this cluster is under way \(change 'rot-1'\): "
+            r"finish it first with rotate-certificates rotate_ca=true "
+            r"change_id='rot-1'",
+        ):
             check_rotation("rot-1", change, rotate_ca)
 
 
@@ -123,8 +132,10 @@ def _vm_tls_of(gce, cluster: str) -> dict[str, dict[str, str]]:
     from haplane.node import TLS_PREFIX
     from haplane.topology import LABEL_CLUSTER
 
-    return {vm.name: {k[len(TLS_PREFIX):]: v for k, v in vm.metadata.items() if k.startswith(TLS_PREFIX)}
-            for vm in gce.list_instances(ZONES, labels={LABEL_CLUSTER: cluster})}
+    return {
+        vm.name: {k[len(TLS_PREFIX) :]: v for k, v in vm.metadata.items() if k.startswith(TLS_PREFIX)}
+        for vm in gce.list_instances(ZONES, labels={LABEL_CLUSTER: cluster})
+    }
 
 
 @pytest.mark.long  # about 3 minutes: three passes over three replicas, each restarting etcd
@@ -167,36 +178,49 @@ def test_ca_rotation_killed_half_way_resumes_with_no_failed_write_and_the_old_ca
         canary = EndpointCanary(endpoint, bundle, period=0.2, retry_s=10.0)
         with canary:
             env = prefect_api.env()
-            env.update(HAPLANE_GCE_ENDPOINT=cloud.emulator.url, HAPLANE_PROJECT=PROJECT,
-                       PREFECT_LOGGING_LEVEL="WARNING")
-            code = ("from flows.rotate_certificates import rotate_certificates; "
-                    f"rotate_certificates(cluster={cluster!r}, rotate_ca=True, service_account_key=False, "
-                    f"change_id={change_id!r})")
-            proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=os.getcwd(), start_new_session=True,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            env.update(
+                HAPLANE_GCE_ENDPOINT=cloud.emulator.url, HAPLANE_PROJECT=PROJECT, PREFECT_LOGGING_LEVEL="WARNING"
+            )
+            code = (
+                "from flows.rotate_certificates import rotate_certificates; "
+                f"rotate_certificates(cluster={cluster!r}, rotate_ca=True, service_account_key=False, "
+                f"change_id={change_id!r})"
+            )
+            proc = subprocess.Popen(
+                [sys.executable, "-c", code],
+                env=env,
+                cwd=os.getcwd(),
+                start_new_session=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             try:  # killed once the first replica has leaves of the new CA (the old CA signs nothing any more)
                 deadline, moved = time.monotonic() + 240, []
                 while time.monotonic() < deadline and not moved and proc.poll() is None:
-                    moved = [n for n, tls in _vm_tls(cloud, cluster).items()
-                             if not _signed_by(x509.load_pem_x509_certificate(tls["apiserver-cert"].encode()),
-                                               old.ca)]
+                    moved = [
+                        n
+                        for n, tls in _vm_tls(cloud, cluster).items()
+                        if not _signed_by(x509.load_pem_x509_certificate(tls["apiserver-cert"].encode()), old.ca)
+                    ]
                     time.sleep(0.1)
             finally:
                 stop_group(proc, sig=signal.SIGKILL)
             assert moved and len(moved) < 3, f"the CA rotation was not caught half-way: {moved}"
             halfway = ClusterPKI.load(block_name(cluster))
-            assert halfway.ca_rotation == change_id and "previous-ca" in halfway.key_versions, \
+            assert halfway.ca_rotation == change_id and "previous-ca" in halfway.key_versions, (
                 "the old CA's key must be kept until the rotation is complete"
+            )
             assert halfway.previous_etcd_ca_cert == old.etcd_ca.cert_pem
             force_unlock(cluster)
 
-            rows = rotate_certificates(cluster=cluster, rotate_ca=True, service_account_key=False,
-                                       change_id=change_id)
+            rows = rotate_certificates(cluster=cluster, rotate_ca=True, service_account_key=False, change_id=change_id)
             time.sleep(2)
         elapsed = time.monotonic() - started
-        print(f"\nCA rotation (killed once, resumed): {elapsed:.1f} s; canary: {len(canary.samples)} writes "
-              f"through {endpoint}, {sum(s.attempts - 1 for s in canary.samples)} retried, "
-              f"{len(canary.failed_writes)} failed")
+        print(
+            f"\nCA rotation (killed once, resumed): {elapsed:.1f} s; canary: {len(canary.samples)} writes "
+            f"through {endpoint}, {sum(s.attempts - 1 for s in canary.samples)} retried, "
+            f"{len(canary.failed_writes)} failed"
+        )
         assert canary.failed_writes == [], [(s.t, s.error) for s in canary.failed_writes[:5]]
         assert len(canary.samples) > 20
         assert all(r["health"] == "healthy" for r in rows)
@@ -211,8 +235,13 @@ def test_ca_rotation_killed_half_way_resumes_with_no_failed_write_and_the_old_ca
         from tasks.keys import key_secret_id
 
         left = set(SecretStore.for_gce(cloud.gce).list(cluster))
-        assert not {f"projects/{cloud.gce.project}/secrets/{key_secret_id(cluster, n)}"
-                    for n in ("previous-ca", "previous-etcd-ca")} & left
+        assert (
+            not {
+                f"projects/{cloud.gce.project}/secrets/{key_secret_id(cluster, n)}"
+                for n in ("previous-ca", "previous-etcd-ca")
+            }
+            & left
+        )
         assert _signed_by(new.operator.certificate, new.etcd_ca)
         for name, tls in _vm_tls(cloud, cluster).items():
             assert _certs(tls["ca"]) == [new.ca.certificate], f"{name} still trusts another cluster CA"
@@ -236,14 +265,20 @@ def test_ca_rotation_killed_half_way_resumes_with_no_failed_write_and_the_old_ca
         import ssl
 
         with pytest.raises(httpx.ConnectError):
-            httpx.get(f"https://{endpoint}:6443/readyz", verify=ssl.create_default_context(cadata=old.ca.cert_pem),
-                      timeout=5)
-        assert httpx.get(f"https://{endpoint}:6443/readyz", timeout=5,
-                         verify=ssl.create_default_context(cadata=new.ca.cert_pem)).status_code == 200
+            httpx.get(
+                f"https://{endpoint}:6443/readyz", verify=ssl.create_default_context(cadata=old.ca.cert_pem), timeout=5
+            )
+        assert (
+            httpx.get(
+                f"https://{endpoint}:6443/readyz", timeout=5, verify=ssl.create_default_context(cadata=new.ca.cert_pem)
+            ).status_code
+            == 200
+        )
 
         # no private key in the run's logs or artifacts
-        logs = httpx.post(f"{prefect_api.url}/logs/filter", json={"limit": 200, "sort": "TIMESTAMP_DESC"},
-                          timeout=30).json()
+        logs = httpx.post(
+            f"{prefect_api.url}/logs/filter", json={"limit": 200, "sort": "TIMESTAMP_DESC"}, timeout=30
+        ).json()
         assert logs and not any("PRIVATE KEY" in entry["message"] for entry in logs)
         arts = httpx.post(f"{prefect_api.url}/artifacts/filter", json={"limit": 200}, timeout=30).json()
         assert not any("PRIVATE KEY" in str(a.get("data")) for a in arts)

@@ -17,8 +17,17 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PURE = ["haplane.model", "haplane.gce_timings", "haplane.steps", "haplane.quorum", "haplane.topology", "haplane.plans",
-        "haplane.remediation", "haplane.restore"]
+PURE = [
+    "haplane.model",
+    "haplane.gce_timings",
+    "haplane.steps",
+    "haplane.quorum",
+    "haplane.topology",
+    "haplane.plans",
+    "haplane.remediation",
+    "haplane.restore",
+    "haplane.versions",
+]
 BLOCKED = ["httpx", "google", "prefect", "cryptography", "pydantic", "haplane.emulator"]
 
 BLOCKER = """
@@ -38,16 +47,26 @@ print("ok")
 @pytest.mark.parametrize("module", PURE)
 def test_pure_modules_import_without_io_libraries(module):
     code = BLOCKER.format(blocked=BLOCKED, module=module)
-    done = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r})\n" + code],
-                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r})\n" + code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
 def test_the_blocker_does_block():
     """The purity test can fail: a module that needs httpx is refused under the same blocker."""
     code = BLOCKER.format(blocked=BLOCKED, module="haplane.observe")
-    done = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r})\n" + code],
-                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r})\n" + code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
     assert done.returncode != 0 and "is blocked" in done.stderr
 
 
@@ -67,13 +86,20 @@ def _py(*dirs: str) -> list[Path]:
 
 
 def _violations(files: list[Path], forbidden: tuple[str, ...]) -> list[str]:
-    return [f"{p.relative_to(ROOT)} imports {m}" for p in files for m in sorted(_imports(p))
-            if any(m == f or m.startswith(f + ".") for f in forbidden)]
+    return [
+        f"{p.relative_to(ROOT)} imports {m}"
+        for p in files
+        for m in sorted(_imports(p))
+        if any(m == f or m.startswith(f + ".") for f in forbidden)
+    ]
 
 
 def test_nothing_but_the_command_line_imports_the_emulator():
-    files = [p for p in _py("flows", "tasks", "blocks", "deployments", "haplane")
-             if "emulator" not in p.relative_to(ROOT).parts and p != ROOT / "haplane" / "cli.py"]
+    files = [
+        p
+        for p in _py("flows", "tasks", "blocks", "deployments", "haplane")
+        if "emulator" not in p.relative_to(ROOT).parts and p != ROOT / "haplane" / "cli.py"
+    ]
     assert len(files) > 20
     assert _violations(files, ("haplane.emulator",)) == []
 
@@ -86,3 +112,11 @@ def test_the_library_does_not_import_flows_or_tasks():
 def test_the_scan_sees_imports():
     """The scan can fail: the command line does import the emulator."""
     assert _violations([ROOT / "haplane" / "cli.py"], ("haplane.emulator",))
+
+
+def test_tasks_blocks_and_the_library_do_not_import_the_workspace_setup():
+    """deployments/ sets up a workspace (it may use tasks' names); tasks/, blocks/ and the library never
+    import it: the per-cluster schedules and automations are removed by the flow (delete-cluster)."""
+    files = [p for p in _py("tasks", "blocks", "haplane") if p != ROOT / "haplane" / "cli.py"]
+    assert _violations(files, ("deployments",)) == []
+    assert _violations([ROOT / "haplane" / "cli.py"], ("deployments",)), "the scan sees the command line's import"

@@ -44,7 +44,8 @@ def test_secret_manager_subset_with_the_real_client(tmp_path):
         assert store.read(v2.rsplit("/", 1)[0] + "/latest") == "two"
         policy = store.client.get_iam_policy(request={"resource": store.name("r1-master-etcd-peer-key")})
         assert [(b.role, list(b.members)) for b in policy.bindings] == [
-            ("roles/secretmanager.secretAccessor", [f"serviceAccount:{reader}"])]
+            ("roles/secretmanager.secretAccessor", [f"serviceAccount:{reader}"])
+        ]
         store.put("c2", "r9-master", "etcd-peer-key", "other cluster", reader)
         assert store.list("c1") == ["projects/p/secrets/r1-master-etcd-peer-key"]
         store.client.destroy_secret_version(request={"name": v2})
@@ -60,10 +61,10 @@ def test_secret_manager_subset_with_the_real_client(tmp_path):
 
 
 def _instances(cloud, cluster: str) -> list[compute_v1.Instance]:
-    client = compute_v1.InstancesClient(client_options={"api_endpoint": cloud.emulator.url},
-                                        credentials=AnonymousCredentials())
-    return [i for z in ZONES for i in client.list(project=PROJECT, zone=z)
-            if i.labels.get(LABEL_CLUSTER) == cluster]
+    client = compute_v1.InstancesClient(
+        client_options={"api_endpoint": cloud.emulator.url}, credentials=AnonymousCredentials()
+    )
+    return [i for z in ZONES for i in client.list(project=PROJECT, zone=z) if i.labels.get(LABEL_CLUSTER) == cluster]
 
 
 @pytest.mark.usefixtures("prefect_api")
@@ -83,12 +84,15 @@ def test_no_private_key_in_metadata_and_a_vm_reads_only_its_own(cloud):
             assert [sa.email for sa in inst.service_accounts] == [service_account_email(PROJECT, inst.name)]
         # one secret per replica and key (beside the cluster's own keys, readable by the workers alone)
         cluster_keys = {store.name(key_secret_id(cluster, n)) for n in KEY_NAMES}
-        assert sorted(set(store.list(cluster)) - cluster_keys) == sorted(store.name(secret_id(i.name, s))
-                                                                for i in instances for s in SECRET_SUFFIXES)
+        assert sorted(set(store.list(cluster)) - cluster_keys) == sorted(
+            store.name(secret_id(i.name, s)) for i in instances for s in SECRET_SUFFIXES
+        )
 
         a, b = instances[0], instances[1]
         token_a = cloud.emulator.runtime.token_for_ip(a.network_interfaces[0].network_i_p)
-        own = read_as_vm(cloud.emulator.url, token_a, store.name(secret_id(a.name, "etcd-peer-key")) + "/versions/latest")
+        own = read_as_vm(
+            cloud.emulator.url, token_a, store.name(secret_id(a.name, "etcd-peer-key")) + "/versions/latest"
+        )
         from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
         assert load_pem_private_key(own.encode(), password=None) is not None  # its own key, readable
@@ -99,9 +103,10 @@ def test_no_private_key_in_metadata_and_a_vm_reads_only_its_own(cloud):
             from google.oauth2.credentials import Credentials
 
             secretmanager_v1.SecretManagerServiceClient(
-                transport="rest", credentials=Credentials(token=token_a),
-                client_options={"api_endpoint": cloud.emulator.url}).delete_secret(
-                request={"name": store.name(secret_id(b.name, "etcd-peer-key"))})
+                transport="rest",
+                credentials=Credentials(token=token_a),
+                client_options={"api_endpoint": cloud.emulator.url},
+            ).delete_secret(request={"name": store.name(secret_id(b.name, "etcd-peer-key"))})
 
         # a VM deleted behind haplane's back: replacing its replica destroys the lost replica's secrets too
         lost = next(i for i in instances if i.zone.endswith(ZONES[1]))

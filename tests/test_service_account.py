@@ -89,8 +89,10 @@ def test_rotation_keeps_the_previous_public_key_accepted_until_the_next():
 
 def test_every_replica_gets_the_same_service_account_key():
     cas = create_cluster_cas("sa")
-    tls = [node_tls(cas, issue_replica_certs(cas, hostname=f"r{i}", internal_ip=f"10.0.0.{i}",
-                                             endpoint_ip="10.1.0.1")) for i in (1, 2, 3)]
+    tls = [
+        node_tls(cas, issue_replica_certs(cas, hostname=f"r{i}", internal_ip=f"10.0.0.{i}", endpoint_ip="10.1.0.1"))
+        for i in (1, 2, 3)
+    ]
     assert len({t["service-account-key"] for t in tls}) == 1
     assert len({t["apiserver-key"] for t in tls}) == 3  # the serving keys stay each replica's own
     assert tls[0]["service-account-pub"] == cas.service_account.public_pem
@@ -146,16 +148,24 @@ def _admin_ctx(cluster: str) -> ssl.SSLContext:
 
 
 def _mint(ip: str, admin: ssl.SSLContext, name: str) -> str:
-    resp = httpx.post(f"https://{ip}:6443/api/v1/namespaces/default/serviceaccounts/{name}/token",
-                      json={"spec": {"expirationSeconds": 3600}}, verify=admin, timeout=10)
+    resp = httpx.post(
+        f"https://{ip}:6443/api/v1/namespaces/default/serviceaccounts/{name}/token",
+        json={"spec": {"expirationSeconds": 3600}},
+        verify=admin,
+        timeout=10,
+    )
     assert resp.status_code == 201, resp.text
     return resp.json()["status"]["token"]
 
 
 def _who(ip: str, ca_pem: str, token: str) -> httpx.Response:
-    return httpx.post(f"https://{ip}:6443/apis/authentication.k8s.io/v1/selfsubjectreviews",
-                      headers={"Authorization": f"Bearer {token}"}, json={},
-                      verify=ssl.create_default_context(cadata=ca_pem), timeout=10)
+    return httpx.post(
+        f"https://{ip}:6443/apis/authentication.k8s.io/v1/selfsubjectreviews",
+        headers={"Authorization": f"Bearer {token}"},
+        json={},
+        verify=ssl.create_default_context(cadata=ca_pem),
+        timeout=10,
+    )
 
 
 def _kid(token: str) -> str:
@@ -174,8 +184,12 @@ def test_tokens_verify_on_every_replica_before_and_after_a_rotation(cloud, prefe
         admin = _admin_ctx(cluster)
 
         # no credentials: refused; a client certificate of another CA: refused at minting
-        resp = httpx.post(f"https://{ips[0]}:6443/api/v1/namespaces/default/serviceaccounts/x/token",
-                          json={}, verify=ssl.create_default_context(cadata=cas.ca.cert_pem), timeout=10)
+        resp = httpx.post(
+            f"https://{ips[0]}:6443/api/v1/namespaces/default/serviceaccounts/x/token",
+            json={},
+            verify=ssl.create_default_context(cadata=cas.ca.cert_pem),
+            timeout=10,
+        )
         assert resp.status_code == 401
 
         before = {ip: _mint(ip, admin, f"before-{i}") for i, ip in enumerate(ips)}
@@ -185,8 +199,9 @@ def test_tokens_verify_on_every_replica_before_and_after_a_rotation(cloud, prefe
                 assert resp.status_code == 201, f"token minted on {minted_on} refused by {ip}: {resp.text}"
                 assert resp.json()["status"]["userInfo"]["username"].startswith("system:serviceaccount:default:before-")
         # a token signed by a key the cluster never had is refused everywhere
-        stranger, _ = serviceaccount.mint(new_service_account_key().key_pem.get_secret_value(),
-                                          namespace="default", name="evil")
+        stranger, _ = serviceaccount.mint(
+            new_service_account_key().key_pem.get_secret_value(), namespace="default", name="evil"
+        )
         assert all(_who(ip, cas.ca.cert_pem, stranger).status_code == 401 for ip in ips)
 
         old_kid = cas.service_account.kid

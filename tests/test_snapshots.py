@@ -27,7 +27,7 @@ def _take(cluster, path) -> bytes:
 def test_json_stream_splits_objects_however_they_arrive():
     objs = [{"result": {"blob": "QUJD", "remaining_bytes": "3"}}, {"result": {"blob": "REVG"}}]
     text = "".join(json.dumps(o) for o in objs)  # back to back, no newline
-    chunks = [text[i:i + 7] for i in range(0, len(text), 7)]
+    chunks = [text[i : i + 7] for i in range(0, len(text), 7)]
     assert list(json_stream(chunks)) == objs
     with pytest.raises(ValueError, match="inside a JSON object"):
         list(json_stream([text[:-3]]))
@@ -47,8 +47,7 @@ def test_snapshot_verified_sealed_and_stored_in_gcs(etcd_cluster_factory, tmp_pa
     assert checked.keys_served == 51  # a real etcd started on the restored data answers with every key
 
     gcs.create_bucket("haplane-snapshots")
-    block = GcsBucket(bucket="haplane-snapshots", bucket_folder="prod",
-                      gcp_credentials=gcs.credentials())
+    block = GcsBucket(bucket="haplane-snapshots", bucket_folder="prod", gcp_credentials=gcs.credentials())
     store = SnapshotStore(block, "gcs-bucket/test")
     key = snap.new_key()
     sealed = snap.seal(db, meta, key)
@@ -100,8 +99,14 @@ def test_local_file_system_store_and_retention(tmp_path):
     metas = []
     for hours in (0, 1, 2, 30, 200):
         taken = now - dt.timedelta(hours=hours)
-        m = snap.SnapshotMeta(cluster="c", snapshot_id=snap.snapshot_id(taken, 100 - hours), revision=100 - hours,
-                              taken_at=taken.isoformat(), sha256="0" * 64, size=1)
+        m = snap.SnapshotMeta(
+            cluster="c",
+            snapshot_id=snap.snapshot_id(taken, 100 - hours),
+            revision=100 - hours,
+            taken_at=taken.isoformat(),
+            sha256="0" * 64,
+            size=1,
+        )
         store.save(m, b"sealed")
         metas.append(m)
     listed = store.snapshots("c")

@@ -26,8 +26,17 @@ class CallLog:
         self._lock = threading.Lock()
         self._entries: deque[dict] = deque(maxlen=max_entries)
 
-    def record(self, *, method: str, verb: str, path: str, request_id: str | None, status: int,
-               operation: str | None, outcome: str) -> None:
+    def record(
+        self,
+        *,
+        method: str,
+        verb: str,
+        path: str,
+        request_id: str | None,
+        status: int,
+        operation: str | None,
+        outcome: str,
+    ) -> None:
         entry = {
             "time": datetime.now(UTC).isoformat(),
             "method": method,

@@ -94,9 +94,13 @@ class SecretManager:
     # --- the metadata server ------------------------------------------------------------------
     @staticmethod
     def metadata(path: str) -> tuple[int, dict | str]:
-        raise _error(403, "FORBIDDEN", f"the emulator's metadata server does not answer {path} over HTTP: a "
-                                       "request's source address does not prove which VM sent it. A VM gets its "
-                                       "token through its runtime (SecretManager.token_for_instance)")
+        raise _error(
+            403,
+            "FORBIDDEN",
+            f"the emulator's metadata server does not answer {path} over HTTP: a "
+            "request's source address does not prove which VM sent it. A VM gets its "
+            "token through its runtime (SecretManager.token_for_instance)",
+        )
 
     def tokeninfo(self, query: dict[str, str]) -> tuple[int, dict]:
         email = self._account_of(query.get("access_token", ""))
@@ -136,15 +140,17 @@ class SecretManager:
         scheme, _, token = (authorization or "").partition(" ")
         email = self._account_of(token.strip()) if scheme.lower() == "bearer" else None
         if email is None:
-            raise _error(401, "UNAUTHENTICATED",
-                         "Request is missing required authentication credential or had invalid authentication "
-                         "credentials. Expected OAuth 2 access token (the workers' token of the emulator, "
-                         "HAPLANE_GCE_TOKEN, or a VM's metadata-server token).")
+            raise _error(
+                401,
+                "UNAUTHENTICATED",
+                "Request is missing required authentication credential or had invalid authentication "
+                "credentials. Expected OAuth 2 access token (the workers' token of the emulator, "
+                "HAPLANE_GCE_TOKEN, or a VM's metadata-server token).",
+            )
         return f"serviceAccount:{email}"
 
     # --- the API ------------------------------------------------------------------------------
-    def handle(self, verb: str, path: str, query: dict[str, str], body: dict | None,
-               who: str) -> tuple[int, dict]:
+    def handle(self, verb: str, path: str, query: dict[str, str], body: dict | None, who: str) -> tuple[int, dict]:
         for route_verb, pattern, method in ROUTES:
             m = pattern.match(path)
             if m and route_verb == verb:
@@ -154,8 +160,9 @@ class SecretManager:
 
     def _operator_only(self, who: str, what: str) -> None:
         if who != f"serviceAccount:{self.workers_account}":
-            raise _error(403, "PERMISSION_DENIED",
-                         f"Permission '{what}' denied for {who} (it has no role on the project)")
+            raise _error(
+                403, "PERMISSION_DENIED", f"Permission '{what}' denied for {who} (it has no role on the project)"
+            )
 
     def _secret(self, p: dict) -> dict:
         name = f"projects/{p['project']}/secrets/{p['secret']}"
@@ -176,9 +183,15 @@ class SecretManager:
         name = f"projects/{p['project']}/secrets/{sid}"
         if name in self._secrets:
             raise _error(409, "ALREADY_EXISTS", f"Secret [{name}] already exists.")
-        secret = {"name": name, "replication": body.get("replication") or {"automatic": {}},
-                  "createTime": now_rfc3339(), "labels": body.get("labels") or {}, "etag": '"1"',
-                  "_versions": [], "_policy": {"version": 1, "etag": base64.b64encode(bytes(5)).decode()}}
+        secret = {
+            "name": name,
+            "replication": body.get("replication") or {"automatic": {}},
+            "createTime": now_rfc3339(),
+            "labels": body.get("labels") or {},
+            "etag": '"1"',
+            "_versions": [],
+            "_policy": {"version": 1, "etag": base64.b64encode(bytes(5)).decode()},
+        }
         self._secrets[name] = secret
         return self._public(secret)
 
@@ -186,8 +199,11 @@ class SecretManager:
         self._operator_only(who, "secretmanager.secrets.list")
         prefix = f"projects/{p['project']}/secrets/"
         wanted = dict(re.findall(r"labels\.([\w-]+)\s*[:=]\s*\"?([\w-]+)\"?", query.get("filter", "")))
-        found = [self._public(s) for n, s in sorted(self._secrets.items()) if n.startswith(prefix)
-                 and all(s["labels"].get(k) == v for k, v in wanted.items())]
+        found = [
+            self._public(s)
+            for n, s in sorted(self._secrets.items())
+            if n.startswith(prefix) and all(s["labels"].get(k) == v for k, v in wanted.items())
+        ]
         return {"secrets": found, "totalSize": len(found)} if found else {}
 
     def _get(self, p, query, body, who):
@@ -211,8 +227,12 @@ class SecretManager:
         except ValueError:
             raise _error(400, "INVALID_ARGUMENT", "payload.data is not base64") from None
         number = len(secret["_versions"]) + 1
-        version = {"name": f"{secret['name']}/versions/{number}", "createTime": now_rfc3339(),
-                   "state": "ENABLED", "_data": data}
+        version = {
+            "name": f"{secret['name']}/versions/{number}",
+            "createTime": now_rfc3339(),
+            "state": "ENABLED",
+            "_data": data,
+        }
         secret["_versions"].append(version)
         return self._public(version)
 
@@ -230,9 +250,12 @@ class SecretManager:
     def _access(self, p, query, body, who):
         secret = self._secret(p)
         if not self._granted(secret, who, ACCESSOR):
-            raise _error(403, "PERMISSION_DENIED",
-                         f"Permission 'secretmanager.versions.access' denied for resource "
-                         f"'{secret['name']}/versions/{p['version']}' (or it may not exist).")
+            raise _error(
+                403,
+                "PERMISSION_DENIED",
+                f"Permission 'secretmanager.versions.access' denied for resource "
+                f"'{secret['name']}/versions/{p['version']}' (or it may not exist).",
+            )
         version = self._version(p)
         if version["state"] != "ENABLED":
             raise _error(400, "FAILED_PRECONDITION", f"{version['name']} is in {version['state']} state.")
@@ -254,8 +277,7 @@ class SecretManager:
 
     @staticmethod
     def _granted(secret: dict, who: str, role: str) -> bool:
-        return any(b.get("role") == role and who in b.get("members", [])
-                   for b in secret["_policy"].get("bindings", []))
+        return any(b.get("role") == role and who in b.get("members", []) for b in secret["_policy"].get("bindings", []))
 
     def _get_iam(self, p, query, body, who):
         self._operator_only(who, "secretmanager.secrets.getIamPolicy")
@@ -269,6 +291,9 @@ class SecretManager:
         if policy.get("etag") and policy["etag"] != current["etag"]:
             raise _error(409, "ABORTED", "There were concurrent policy changes; read the policy and try again.")
         serial = int.from_bytes(base64.b64decode(current["etag"]), "big") + 1
-        secret["_policy"] = {"version": 1, "bindings": policy.get("bindings", []),
-                             "etag": base64.b64encode(serial.to_bytes(5, "big")).decode()}
+        secret["_policy"] = {
+            "version": 1,
+            "bindings": policy.get("bindings", []),
+            "etag": base64.b64encode(serial.to_bytes(5, "big")).decode(),
+        }
         return dict(secret["_policy"])
