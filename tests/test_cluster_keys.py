@@ -5,7 +5,7 @@ a CA rotation (new CA keys, the switch, the old ones deleted), a snapshot; then 
 document is read through the Prefect API with its secrets and no private key is found in any of
 them, in PEM, base64 or DER-in-base64 form. The same cluster is then saved the old way (keys
 inline) and migrated by ``haplane migrate-keys``, killed part-way and resumed; two first snapshots
-at once make one key.
+at once make one key; and a key that cannot be read is refused, naming its secret, before any GCE call.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from blocks.pki import LEGACY_FIELDS, SNAPSHOT, block_name
+from blocks.pki import LEGACY_FIELDS, SNAPSHOT, ClusterPKI, block_name
+from flows.add_replica import add_replica
 from flows.create_cluster import create_cluster
 from flows.delete_cluster import delete_cluster
 from flows.rotate_certificates import rotate_certificates
@@ -36,7 +37,7 @@ from haplane.etcd import EtcdClient, EtcdTLS
 from haplane.node import client_url
 from haplane.secretstore import SecretStore
 from tasks.cluster import force_unlock
-from tasks.keys import key_secret_id, read_block, read_keys, save_pki
+from tasks.keys import KeysUnreadable, key_secret_id, read_block, read_keys, save_pki
 from tasks.pki import load_cas
 
 pytestmark = [pytest.mark.long, pytest.mark.timeout(1800)]
@@ -101,6 +102,24 @@ def cluster_secret_versions(store: SecretStore, cluster: str) -> dict[str, list[
             versions = store.client.list_secret_versions(request={"parent": secret})
             out[sid] = [v.name for v in versions if v.state.name == "ENABLED"]
     return out
+
+
+def _workers_may_read(store: SecretStore, secret: str) -> None:
+    """Give the secret's policy back to the workers' account (as the cluster's keys have it), so that
+    delete-cluster can read the key again after a test that took it away failed half-way."""
+    from google.api_core.exceptions import NotFound
+    from google.iam.v1 import policy_pb2
+
+    try:
+        now = store.client.get_iam_policy(request={"resource": secret})
+    except NotFound:
+        return
+    workers = policy_pb2.Binding(
+        role="roles/secretmanager.secretAccessor", members=[f"serviceAccount:{store.workers_account()}"]
+    )
+    store.client.set_iam_policy(
+        request={"resource": secret, "policy": policy_pb2.Policy(bindings=[workers], etag=now.etag)}
+    )
 
 
 def _migrate(env: dict[str, str], cluster: str) -> subprocess.Popen:
@@ -219,8 +238,45 @@ def test_keys_out_of_blocks_rotation_migration_and_refusals(cloud, prefect_api, 
         assert len(cluster_secret_versions(store, cluster)[key_secret_id(cluster, SNAPSHOT)]) == 1
         monkeypatch.setattr(snap, "new_key", slow)
 
+        # --- a key the workers may not read, or deleted by hand: refused, naming it, before any GCE call
+        from google.iam.v1 import policy_pb2
+
+        operator_secret = store.name(key_secret_id(cluster, "operator"))
+        policy = store.client.get_iam_policy(request={"resource": operator_secret})
+        someone_else = policy_pb2.Binding(
+            role="roles/secretmanager.secretAccessor", members=["serviceAccount:someone@else.iam.gserviceaccount.com"]
+        )
+        store.client.set_iam_policy(
+            request={
+                "resource": operator_secret,
+                "policy": policy_pb2.Policy(bindings=[someone_else], etag=policy.etag),
+            }
+        )
+        cloud.admin.clear_calls()
+        with pytest.raises(KeysUnreadable, match=f"may not read secret {operator_secret}"):
+            add_replica(cluster=cluster)
+        assert cloud.admin.calls() == []
+        now = store.client.get_iam_policy(request={"resource": operator_secret})  # its etag moved on
+        store.client.set_iam_policy(
+            request={"resource": operator_secret, "policy": policy_pb2.Policy(bindings=policy.bindings, etag=now.etag)}
+        )
+        assert read_keys(read_block(cluster), store, ("operator",))  # readable again: the policy is back
+        snapshot_secret = store.name(key_secret_id(cluster, SNAPSHOT))
+        store.delete(snapshot_secret)
+        cloud.admin.clear_calls()
+        with pytest.raises(KeysUnreadable, match=f"secret {snapshot_secret} .*does not exist"):
+            add_replica(cluster=cluster)
+        assert cloud.admin.calls() == []
+        assert read_block(cluster).key_versions.get(SNAPSHOT), "the block still names the lost key (nothing dropped)"
     finally:
         force_unlock(cluster)
+        _workers_may_read(store, store.name(key_secret_id(cluster, "operator")))  # a failure above must not hide
+        block = read_block(cluster)
+        if block is not None and SNAPSHOT in block.key_versions:
+            # forget the deleted snapshot key so that delete-cluster can read the others
+            ClusterPKI.model_copy(
+                block, update={"key_versions": {n: v for n, v in block.key_versions.items() if n != SNAPSHOT}}
+            ).save(block_name(cluster), overwrite=True)
         delete_cluster(cluster=cluster)
     assert store.list(cluster) == []  # delete-cluster removed the cluster's secrets with its VMs
     assert read_block(cluster) is None
