@@ -458,6 +458,7 @@ def run(time_scale: float, create_scale: float, out: Path, work: Path) -> None:
     emulator = Emulator(state_dir=state, runtime=ProcessRuntime(state)).start()
     admin = EmulatorAdmin(emulator.url)
     os.environ["HAPLANE_GCE_ENDPOINT"], os.environ["HAPLANE_PROJECT"] = emulator.url, PROJECT
+    os.environ["HAPLANE_GCE_TOKEN"] = emulator.workers_token
     os.environ["HAPLANE_GCE_READ_RETRY_S"] = "1"  # a failed zone is seen as such at once
     created: list[str] = []
     cases: list[Case] = []

@@ -194,6 +194,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     watcher: subprocess.Popen | None = None
     os.environ.pop("HAPLANE_GCE_ENDPOINT", None)
     os.environ.pop("HAPLANE_PROJECT", None)
+    os.environ.pop("HAPLANE_GCE_TOKEN", None)
     try:
         pg.start()
         emulator.start()
@@ -217,6 +218,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
                 endpoint=emulator.url,
                 connection="fleet",
                 result_storage="local-file-system/fleet-results",
+                token=emulator.workers_token,
             )
             ensure_limits(names)
             create_fleet(names, args.replicas)
@@ -229,7 +231,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
                         {"PREFECT_HOME": str(home), "PREFECT_LOGGING_LEVEL": "WARNING"},
                         home / "worker.log",
                         name=f"fleet-{i}",
-                        env_drop=("HAPLANE_GCE_ENDPOINT", "HAPLANE_PROJECT"),
+                        env_drop=("HAPLANE_GCE_ENDPOINT", "HAPLANE_PROJECT", "HAPLANE_GCE_TOKEN"),
                     )
                 )
             setup_workspace(clusters=names, health_interval=args.interval, connection="fleet")
@@ -329,7 +331,7 @@ def start_watcher(server: PrefectServer, home: Path, period: float) -> subproces
     """``haplane watch`` as the README's production section runs it, on its own PREFECT_HOME."""
     home.mkdir()
     env = server.env() | {"PREFECT_HOME": str(home), "PREFECT_LOGGING_LEVEL": "WARNING"}
-    for key in ("HAPLANE_GCE_ENDPOINT", "HAPLANE_PROJECT"):
+    for key in ("HAPLANE_GCE_ENDPOINT", "HAPLANE_PROJECT", "HAPLANE_GCE_TOKEN"):  # all from --connection fleet
         env.pop(key, None)
     with open(home / "watch.log", "ab") as out:
         return subprocess.Popen(

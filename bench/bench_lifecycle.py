@@ -181,6 +181,7 @@ def run(time_scale: float, work: Path) -> None:
     emulator = Emulator(state_dir=state, runtime=runtime).start()
     admin = EmulatorAdmin(emulator.url)
     os.environ["HAPLANE_GCE_ENDPOINT"], os.environ["HAPLANE_PROJECT"] = emulator.url, PROJECT
+    os.environ["HAPLANE_GCE_TOKEN"] = emulator.workers_token
     try:
         print(f"emulator on {emulator.url}; latency profile 'instant'", flush=True)
         emulator.latency.configure(profile="instant", time_scale=1.0)

@@ -145,6 +145,7 @@ def run(keys: int, value_bytes: int, storage: str, work: Path) -> dict[str, floa
     state = work / "emulator"
     emulator = Emulator(state_dir=state, runtime=ProcessRuntime(state)).start()
     os.environ["HAPLANE_GCE_ENDPOINT"], os.environ["HAPLANE_PROJECT"] = emulator.url, PROJECT
+    os.environ["HAPLANE_GCE_TOKEN"] = emulator.workers_token
     gce = Gce(PROJECT, emulator.url)
     created = False
     try:

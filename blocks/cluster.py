@@ -10,11 +10,11 @@ from typing import ClassVar
 
 from prefect.blocks.core import Block
 from prefect_gcp import GcpCredentials
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from haplane import settings
 from haplane.endpoint import EndpointMode
-from haplane.gce import Gce
+from haplane.gce import Gce, token_credentials
 from haplane.remediation import StrandedVm
 from haplane.versions import DEFAULT_ETCD_VERSION, DEFAULT_KUBERNETES_VERSION
 
@@ -37,11 +37,18 @@ class GceConnection(Block):
     gcp_credentials: GcpCredentials | None = Field(
         default=None, description="prefect-gcp credentials for real GCE (unused with an endpoint)"
     )
+    token: SecretStr | None = Field(
+        default=None,
+        description="With an endpoint (the emulator): the workers' bearer token, which its Secret "
+        "Manager requires (the file workers-token in the emulator's state directory)",
+    )
 
     def gce(self) -> Gce:
         creds = None
         if not self.endpoint and self.gcp_credentials is not None:
             creds = self.gcp_credentials.get_credentials_from_service_account()
+        elif self.endpoint and self.token is not None:
+            creds = token_credentials(self.token.get_secret_value())
         return Gce(project=self.project, endpoint=self.endpoint, credentials=creds)
 
 

@@ -97,11 +97,18 @@ def ensure_block_types() -> None:
     say("block types registered: haplane-gce-connection, haplane-cluster-spec, haplane-cluster-pki")
 
 
-def ensure_connection(name: str, project: str, endpoint: str | None) -> None:
+def ensure_connection(name: str, project: str, endpoint: str | None, token: str | None = None) -> None:
+    """Save the connection block; with an endpoint (the emulator), the workers' token goes in it
+    (``token``, else ``HAPLANE_GCE_TOKEN``), since the emulator's Secret Manager requires one."""
     from blocks.cluster import GceConnection
+    from haplane import settings
 
-    GceConnection(project=project, endpoint=endpoint or None).save(name, overwrite=True)
-    say(f"connection block {name!r}: project {project!r}, endpoint {endpoint or 'real GCE'}")
+    token = ((token or "").strip() or settings.gce_token()) if endpoint else None
+    GceConnection(project=project, endpoint=endpoint or None, token=token).save(name, overwrite=True)
+    say(
+        f"connection block {name!r}: project {project!r}, endpoint {endpoint or 'real GCE'}"
+        + (" with the workers' token" if token else "")
+    )
 
 
 def ensure_repo_variable(repo: Path) -> None:
@@ -440,6 +447,7 @@ def setup_workspace(
     pool: str = POOL,
     snapshot_interval: float = 3600.0,
     result_storage: str | None = None,
+    token: str | None = None,
     watcher_silence_s: float = WATCHER_SILENCE_S,
 ) -> dict[str, Any]:
     """Everything above; returns what was set up."""
@@ -456,7 +464,7 @@ def setup_workspace(
     if result_storage:
         ensure_result_storage(result_storage)
     if project:
-        ensure_connection(connection, project, endpoint)
+        ensure_connection(connection, project, endpoint, token)
     connection = workspace_connection(connection)
     ensure_repo_variable(repo)
     ensure_limits(clusters)
@@ -504,6 +512,12 @@ def add_cli(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--project", help="GCE project: save a connection block for it")
     p.add_argument("--endpoint", help="GCE endpoint, e.g. http://127.0.0.1:8787 for the emulator (empty: real GCE)")
     p.add_argument(
+        "--token-file",
+        type=Path,
+        help="with --endpoint (the emulator): the file holding the workers' token (workers-token in "
+        "the emulator's state directory; default: $HAPLANE_GCE_TOKEN)",
+    )
+    p.add_argument(
         "--result-storage",
         metavar="BLOCK",
         help="storage block for every worker's checkpoints, as <type>/<name>: gcs-bucket/NAME (prefect-gcp) "
@@ -513,6 +527,15 @@ def add_cli(sub: Any) -> argparse.ArgumentParser:
 
 
 def run_cli(args: argparse.Namespace) -> int:
+    token = None
+    if getattr(args, "token_file", None):
+        try:
+            token = args.token_file.read_text().strip()
+        except OSError as exc:
+            print(
+                f"haplane setup-workspace: cannot read --token-file {args.token_file}: {exc.strerror}", file=sys.stderr
+            )
+            return 2
     setup_workspace(
         clusters=args.cluster,
         health_interval=args.health_interval,
@@ -521,5 +544,6 @@ def run_cli(args: argparse.Namespace) -> int:
         endpoint=args.endpoint,
         snapshot_interval=args.snapshot_interval,
         result_storage=args.result_storage,
+        token=token,
     )
     return 0

@@ -16,11 +16,17 @@ from haplane import watch
 from haplane.watch import DEFAULT_PERIOD_S, Watcher, parse_shard
 
 
-def read_pki(cluster: str) -> tuple[Any, str | None]:
-    """The cluster's CAs, or None and why they could not be read (then the cluster is unknown)."""
+def pki_reader(connection: str | None) -> Callable[[str], tuple[Any, str | None]]:
+    """``read_pki(cluster)``: the cluster's certificates with the one key the watcher uses, the operator's
+    etcd client key, read from Secret Manager with the connection's credentials (the workers' account);
+    or None and why they could not be read (then the cluster is unknown). The CA keys are never read here."""
+    from blocks.pki import OPERATOR
     from tasks.pki import read_cas
 
-    return read_cas(cluster)
+    def read_pki(cluster: str) -> tuple[Any, str | None]:
+        return read_cas(cluster, connection, names=(OPERATOR,))
+
+    return read_pki
 
 
 def cluster_locked(cluster: str) -> bool:
@@ -88,7 +94,8 @@ def add_cli(sub: Any) -> Any:
     p.add_argument("--shard", default="0/1", help="i/n: watch only the clusters whose name hashes to shard i of n")
     p.add_argument(
         "--connection",
-        help="haplane-gce-connection block (default: the workspace's, else HAPLANE_PROJECT / HAPLANE_GCE_ENDPOINT)",
+        help="haplane-gce-connection block: the GCE calls and the operator key's reads in Secret Manager (default: "
+        "the workspace's, else HAPLANE_PROJECT / HAPLANE_GCE_ENDPOINT / HAPLANE_GCE_TOKEN)",
     )
     p.add_argument("--name", help="this watcher's name in its heartbeat (default haplane-watch-<i>-of-<n>)")
     return p
@@ -109,7 +116,7 @@ def run_cli(args: Any) -> int:
     watcher = Watcher(
         gce_factory(connection),
         spec_blocks,
-        read_pki,
+        pki_reader(connection),
         cluster_locked,
         period=args.period,
         shard=shard,

@@ -45,11 +45,10 @@ def add_replica(
     if zone is not None:
         check_multizone(spec.multizone, [*spec.zones, zone])  # a one-zone cluster stays in its zone
     change = Change(cluster, change_id or f"add-{flow_run.get_id()}", connection)
-    known = zones_of(spec.region, connection)
-    return run_change(
+    return run_change(  # the zones are listed once the keys are read: a key that cannot be, before any GCE call
         change,
         spec,
-        lambda state, _: plan_add(state, zone, change.change_id, known, spec.zones),
+        lambda state, _: plan_add(state, zone, change.change_id, zones_of(spec.region, connection), spec.zones),
         dry_run,
         skip_snapshot=skip_snapshot,
     )

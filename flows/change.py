@@ -18,6 +18,7 @@ from haplane.model import ClusterState
 from haplane.plans import Plan
 from tasks.cluster import cluster_lock, observe_cluster, publish_plan, publish_report
 from tasks.execute import Run, execute
+from tasks.keys import check_keys, ensure_keys
 from tasks.snapshots import SNAPSHOT_BEFORE, snapshot_before_change
 from tasks.steps import Change, check_step_schema
 
@@ -47,10 +48,14 @@ def run_change(
         return observe_cluster(change.cluster, spec.region, change.connection, tolerate_zones=tolerate_zones)
 
     if dry_run:
+        check_keys(change.cluster, change.connection)  # a key that cannot be read: refused, as the run would be
         plan = plan_for(observe(), False)
         publish_plan(plan, change)
         return plan
     with cluster_lock(change.cluster):
+        # before any GCE or etcd call: a cluster saved the old way has its keys moved to Secret Manager,
+        # and a key that cannot be read is refused, naming its secret
+        ensure_keys(change.cluster, change.connection)
         check_step_schema(change)
         plan = plan_for(observe(), True)
         publish_plan(plan, change)

@@ -71,7 +71,7 @@ from tasks.health import (
     remediation_history,
     remediation_tags,
 )
-from tasks.pki import certificate_inventory, load_cas
+from tasks.pki import certificate_inventory, load_certs
 from tasks.snapshots import newest_snapshot_age, observe_quorum
 
 ZONES_OUT_LOCK_WAIT_S = 2.0  # how long the check waits for the cluster lock to record a zone outage
@@ -165,7 +165,7 @@ def _certificates(
     """Warn about certificates close to expiry and rotate them within ``rotate_days``."""
     logger = get_run_logger()
     spec = load_spec(cluster)
-    cas = load_cas(cluster)
+    cas = load_certs(cluster)
     misfit = rotation_fits(rotate_days, cas.lifetimes.leaf) if cas else None
     if misfit:  # said, not refused: a threshold above the lifetime is also how to force a rotation now
         logger.warning("%s", misfit)

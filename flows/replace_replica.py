@@ -38,9 +38,9 @@ def replace_replica(
 ) -> Plan | list[dict[str, str]]:
     spec = load_spec(cluster)
     change = Change(cluster, change_id or f"replace-{flow_run.get_id()}", connection)
-    known = zones_of(spec.region, connection)
 
     def plan_for(state: ClusterState, running: bool) -> Plan:
-        return plan_replacement(change, spec, known, replica_name, state, running)
+        # the zones are listed once the keys are read: a key that cannot be is refused before any GCE call
+        return plan_replacement(change, spec, zones_of(spec.region, connection), replica_name, state, running)
 
     return run_change(change, spec, plan_for, dry_run, note=f"replaced {replica_name}", skip_snapshot=skip_snapshot)

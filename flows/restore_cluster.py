@@ -31,6 +31,7 @@ from haplane.plans import plan_add
 from haplane.restore import QuorumView, RestorePlan, Survivor, best_survivor, own_replicas, plan_restore, quorum_view
 from tasks.cluster import cluster_lock, load_spec, observe_cluster, publish_plan, publish_report, zones_of
 from tasks.execute import Run, execute
+from tasks.keys import check_keys, ensure_keys
 from tasks.snapshots import check_restorable, observe_quorum
 from tasks.steps import Change, check_step_schema, remember
 
@@ -42,7 +43,7 @@ def plan_for(
     saves a snapshot from (a resumed run, whose survivors are deleted by then, finds that snapshot again)."""
     cluster, connection = change.cluster, change.connection
     state = observe_cluster(cluster, spec.region, connection)
-    meta = check_restorable(spec, snapshot, storage)  # refuses a snapshot that cannot work: nothing changed
+    meta = check_restorable(spec, snapshot, storage, connection)  # refuses a snapshot that cannot work: nothing changed
     evidence, ips = observe_quorum(
         spec, connection, ignore=own_replicas(cluster, change.change_id), snapshot_voters=meta.members
     )
@@ -107,10 +108,12 @@ def restore_cluster(
     # another project's view is not the cluster's: refused before anything is looked at there
     check_project(cluster, change.gce().project, SpecWhere(spec.region, spec.project, spec.uid), "nothing was changed")
     if dry_run:
+        check_keys(cluster, connection)  # a key that cannot be read: refused, as the run would be
         plan = plan_for(change, spec, snapshot, storage, size, running=False)
         _publish(plan, change)
         return plan
     with cluster_lock(cluster):
+        ensure_keys(cluster, connection)  # keys moved out of an old block; an unreadable one refuses here
         check_step_schema(change)
         plan = plan_for(change, spec, snapshot, storage, size, running=True)
         _publish(plan, change)

@@ -39,10 +39,11 @@ from haplane.model import ClusterState, ReplicaState
 from haplane.rotation import check_rotation, rotation_order
 from tasks.cluster import cluster_lock, load_spec, observe_cluster, publish_report, wait_api_ready
 from tasks.etcd import wait_quorum
+from tasks.keys import ensure_keys
 from tasks.operations import Step, apply
 from tasks.pki import (
     finish_ca_rotation_task,
-    load_cas,
+    load_certs,
     renew_operator_cert,
     rotate_service_account,
     start_ca_rotation,
@@ -99,7 +100,8 @@ def rotate_certificates(
     spec = load_spec(cluster)
     change = Change(cluster, change_id or f"rotate-{flow_run.get_id()}", connection)
     with cluster_lock(cluster):
-        cas = load_cas(cluster)
+        ensure_keys(cluster, connection)  # a cluster saved the old way is migrated; an unreadable key refuses here
+        cas = load_certs(cluster)
         if cas is None:
             raise RuntimeError(f"cluster {cluster} has no PKI block: nothing to rotate")
         check_rotation(cas.ca_rotation, change.change_id, rotate_ca)
@@ -126,7 +128,7 @@ def rotate_certificates(
                     ),
                 )
                 wait_serving_new_certs(change, r.zone, r.name)
-                wait_quorum(cluster, ips, expect_voting=len(order))
+                wait_quorum(cluster, ips, expect_voting=len(order), connection=connection)
         if rotate_ca:
             logger.info("every leaf is signed by the new CAs: every replica drops the old ones")
             for r in order:
@@ -164,4 +166,4 @@ def _trust(change: Change, r: ReplicaState, ips: list[str], *, drop_previous: bo
     )
     wait_etcd_trust(change, r.zone, r.name, dropped=drop_previous)
     wait_api_ready(change.cluster, r.name, r.internal_ip, step=f"ca/{phase}/api-ready/{r.name}", timeout=120.0)
-    wait_quorum(change.cluster, ips, expect_voting=len(ips))
+    wait_quorum(change.cluster, ips, expect_voting=len(ips), connection=change.connection)

@@ -5,6 +5,7 @@
                       verified TLS, delete the cluster, stop everything.
 ``haplane emulator``  run the GCE emulator in the foreground (see haplane.emulator.server).
 ``haplane setup-workspace``  set up a Prefect workspace: pool, blocks, limits, deployments, schedules.
+``haplane migrate-keys C``  move cluster C's private keys out of its PKI block into Secret Manager.
 ``haplane watch``     watch every cluster (one long-lived process) and emit events on transitions.
 ``haplane unlock C``  free cluster C's lock (``--lock health``: its health check's) once its holder's run has
                       ended (a killed flow run); ``--force`` frees it anyway, saying what it overrides.
@@ -37,6 +38,7 @@ def _demo(args: argparse.Namespace) -> int:
     emulator.start()
     os.environ["HAPLANE_GCE_ENDPOINT"] = emulator.url
     os.environ["HAPLANE_PROJECT"] = args.project
+    os.environ["HAPLANE_GCE_TOKEN"] = emulator.workers_token
     print(f"GCE emulator on {emulator.url} (state in {state_dir})", flush=True)
     try:
         from flows.create_cluster import create_cluster
@@ -71,9 +73,9 @@ def _check_endpoint(cluster: str, ip: str) -> str:
 
     import httpx
 
-    from tasks.pki import load_cas
+    from tasks.pki import load_certs
 
-    cas = load_cas(cluster)
+    cas = load_certs(cluster)
     if cas is None:
         return "no cluster CA found"
     ctx = ssl.create_default_context(cadata=cas.ca_bundle())
@@ -120,7 +122,7 @@ def _kubeconfig(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"haplane kubeconfig: {exc}; nothing was written", file=sys.stderr)
         return 2
-    cas, problem = read_cas(args.cluster)
+    cas, problem = read_cas(args.cluster, args.connection)  # the CA key from Secret Manager, never a block
     if cas is None:
         print(f"haplane kubeconfig: {problem}; nothing was written", file=sys.stderr)
         return 2
@@ -139,6 +141,33 @@ def _kubeconfig(args: argparse.Namespace) -> int:
     print(
         f"wrote {out} (mode 0600): server https://{address.address}:{APISERVER_PORT}, user haplane-admin "
         f"(system:masters) until {expires}. Use: kubectl --kubeconfig {out} get --raw /readyz"
+    )
+    return 0
+
+
+def _migrate_keys(args: argparse.Namespace) -> int:
+    """Move the private keys of a cluster saved before they lived in Secret Manager out of its PKI
+    block: each stored as a secret, read back and compared, then removed from the block (resumable)."""
+    from blocks.pki import block_name
+    from tasks.cluster import ClusterBusy
+    from tasks.keys import KeysUnreadable, ensure_keys, read_block
+
+    try:
+        if read_block(args.cluster) is None:
+            print(
+                f"haplane migrate-keys: cluster {args.cluster!r} has no PKI block {block_name(args.cluster)!r}",
+                file=sys.stderr,
+            )
+            return 2
+        written = ensure_keys(args.cluster, args.connection)
+    except (KeysUnreadable, ClusterBusy, ValueError) as exc:
+        print(f"haplane migrate-keys: {exc}", file=sys.stderr)
+        return 1
+    block = read_block(args.cluster)
+    print(
+        f"{args.cluster}: "
+        + (f"moved or made {', '.join(written)}" if written else "nothing to move")
+        + f"; block {block_name(args.cluster)} names {len(block.key_versions)} secret versions and holds no key"
     )
     return 0
 
@@ -178,12 +207,25 @@ def main(argv: list[str] | None = None) -> int:
     )
     unlock.set_defaults(run=_unlock)
 
+    migrate = sub.add_parser(
+        "migrate-keys",
+        help="move a cluster's private keys out of its PKI block into "
+        "Secret Manager (clusters saved before they lived there)",
+    )
+    migrate.add_argument("cluster")
+    migrate.add_argument(
+        "--connection",
+        help="haplane-gce-connection block (default: HAPLANE_PROJECT / HAPLANE_GCE_ENDPOINT / HAPLANE_GCE_TOKEN)",
+    )
+    migrate.set_defaults(run=_migrate_keys)
+
     kube = sub.add_parser("kubeconfig", help="write a kubeconfig with a short-lived administrator certificate")
     kube.add_argument("cluster")
     kube.add_argument("--ttl", default="8h", help="how long the certificate lasts: 8h (default), 90m, ... at most 24h")
     kube.add_argument("-o", "--output", help="the file to write (mode 0600; default ./CLUSTER.kubeconfig)")
     kube.add_argument(
-        "--connection", help="a haplane-gce-connection block (default: HAPLANE_GCE_ENDPOINT / HAPLANE_PROJECT)"
+        "--connection",
+        help="haplane-gce-connection block (default: HAPLANE_PROJECT / HAPLANE_GCE_ENDPOINT / HAPLANE_GCE_TOKEN)",
     )
     kube.set_defaults(run=_kubeconfig)
 
@@ -199,7 +241,33 @@ def main(argv: list[str] | None = None) -> int:
 
     add_watch_cli(sub).set_defaults(run=run_watch_cli)
     args = parser.parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except Exception as exc:  # noqa: BLE001 - a refused credential is said plainly; anything else propagates
+        refused = prefect_auth_refused(exc)
+        if refused is None:
+            raise
+        print(f"haplane {args.command}: {refused}", file=sys.stderr)
+        return 1
+
+
+def prefect_auth_refused(exc: BaseException) -> str | None:
+    """What to do when ``exc`` (or its cause) is the Prefect API refusing this client's credential
+    (401); None for any other error."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        response = getattr(exc, "response", None)
+        if getattr(response, "status_code", None) == 401:
+            api = os.environ.get("PREFECT_API_URL") or "the Prefect API"
+            given = "a wrong" if os.environ.get("PREFECT_API_AUTH_STRING") else "no"
+            return (
+                f"{api} refused the request (401 Unauthorized): this client sent {given} credential. Set "
+                "PREFECT_API_AUTH_STRING to the server's PREFECT_SERVER_API_AUTH_STRING (user:password), as the "
+                "workers have it; nothing was changed"
+            )
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 if __name__ == "__main__":

@@ -160,6 +160,14 @@ def _status_name(value: Any, enum: Any) -> str:
         return str(value)
 
 
+def token_credentials(token: str) -> Any:
+    """Credentials that send ``token`` as the bearer token: the emulator's workers' token
+    (``HAPLANE_GCE_TOKEN``, or a connection block's ``token``), which its Secret Manager requires."""
+    from google.oauth2.credentials import Credentials
+
+    return Credentials(token=token.strip())
+
+
 @dataclass
 class Gce:
     """Compute Engine for one project, real or emulated (``endpoint``)."""
@@ -178,7 +186,10 @@ class Gce:
         project = project or settings.project()
         if not project:
             raise ValueError("no GCE project: pass project=... or set HAPLANE_PROJECT")
-        return cls(project=project, endpoint=endpoint or settings.gce_endpoint(), credentials=credentials)
+        endpoint = endpoint or settings.gce_endpoint()
+        if credentials is None and endpoint and settings.gce_token():
+            credentials = token_credentials(settings.gce_token())
+        return cls(project=project, endpoint=endpoint, credentials=credentials)
 
     def _client(self, cls: type) -> Any:
         name = cls.__name__

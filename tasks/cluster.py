@@ -33,7 +33,7 @@ from haplane.observe import observe
 from haplane.ownership import SpecWhere, owned, uid_in
 from haplane.plans import Plan
 from haplane.topology import LABEL_CLUSTER, LABEL_UID, ClusterNames
-from tasks.pki import load_cas, read_cas
+from tasks.pki import load_certs, read_cas
 from tasks.steps import Change, cluster_uid, probe
 
 
@@ -88,7 +88,7 @@ def delete_spec(cluster: str, step: str = "spec") -> None:
 def observe_cluster(cluster: str, region: str, connection: str | None, tolerate_zones: bool = False) -> ClusterState:
     """Rebuild the cluster's picture from GCE and etcd (never cached); with ``tolerate_zones`` a zone
     whose API does not answer is recorded in ``unavailable_zones`` instead of failing the run."""
-    cas, problem = read_cas(cluster)
+    cas, problem = read_cas(cluster, connection)
     from haplane.etcd import EtcdTLS
 
     tls = EtcdTLS.from_cas(cas) if cas else None
@@ -257,7 +257,7 @@ def wait_api_ready(cluster: str, name: str, ip: str, step: str = "api-ready", ti
 
     from haplane.node import APISERVER_PORT
 
-    cas = load_cas(cluster)
+    cas = load_certs(cluster)
     if cas is None:
         raise RuntimeError(f"no PKI for cluster {cluster!r}: cannot verify {name}'s API server")
     from haplane.observe import _components, client_context

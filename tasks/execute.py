@@ -238,7 +238,11 @@ def _wait_whole(run: Run, name: str, state: Any, timeout: float = 180.0) -> Any:
 def _cluster_version(run: Run, s: PlanStep, a: dict[str, Any]) -> None:
     state = observe_cluster(run.change.cluster, run.spec.region, run.change.connection)
     wait_cluster_version(
-        run.change.cluster, [r.internal_ip for r in state.voting if r.internal_ip], a["expect"], step=s.id
+        run.change.cluster,
+        [r.internal_ip for r in state.voting if r.internal_ip],
+        a["expect"],
+        step=s.id,
+        connection=run.change.connection,
     )
 
 
@@ -247,14 +251,17 @@ LOCAL: dict[StepKind, Callable[[Run, PlanStep, dict[str, Any]], dict[str, Any] |
         run.change.cluster, run.spec, step=s.id, settings=dict(a["settings"]) if "settings" in a else None
     ),
     StepKind.CREATE_PKI: lambda run, s, a: (
-        ensure_cluster_pki(run.change.cluster, step=s.id, leaf_minutes=a.get("leaf_minutes")) and None
+        ensure_cluster_pki(
+            run.change.cluster, step=s.id, leaf_minutes=a.get("leaf_minutes"), connection=run.change.connection
+        )
+        and None
     ),
     StepKind.ADD_LEARNER: _add_learner,
     StepKind.PROMOTE: lambda run, s, a: promote(
         run.change, list(a["member_ips"]), a["member_id"], a["name"], step=s.id
     ),
     StepKind.WAIT_QUORUM: lambda run, s, a: wait_quorum(
-        run.change.cluster, list(a["ips"]), expect_voting=a["voting"], step=s.id
+        run.change.cluster, list(a["ips"]), expect_voting=a["voting"], step=s.id, connection=run.change.connection
     ),
     StepKind.MOVE_LEADER: lambda run, s, a: move_leader_away(
         run.change, list(a["member_ips"]), a["member_id"], a["name"], list(a["healthy_ids"]), step=s.id

@@ -15,10 +15,9 @@ from pathlib import Path
 
 from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
-from pydantic import SecretStr
 
 from blocks.cluster import ClusterSpec
-from blocks.pki import ClusterPKI, block_name
+from blocks.pki import SNAPSHOT, block_name
 from haplane import snapshots as snap
 from haplane.etcd import EndpointStatus, EtcdClient, EtcdTLS
 from haplane.gce import Gce
@@ -38,20 +37,26 @@ class SnapshotFailed(RuntimeError):
     """A snapshot taken before a change failed: the change is stopped before it starts."""
 
 
-def snapshot_key(cluster: str, create: bool = True) -> str:
-    """The cluster's snapshot key (base64). Created and saved in the PKI block when missing (clusters
-    made before snapshots existed). Only for use inside a task; never return it."""
-    pki = ClusterPKI.load(block_name(cluster))
-    if pki.snapshot_key is None:
+def snapshot_key(cluster: str, connection: str | None = None, create: bool = True) -> str:
+    """The cluster's snapshot key (base64), read from Secret Manager. Made with the cluster's PKI; a
+    cluster from before that gets it once, under the cluster lock (:func:`tasks.keys.ensure_keys`, which
+    re-reads first: two first snapshots at once make one key). Only for use inside a task; never return it."""
+    from tasks.keys import ensure_keys, read_block, read_keys, store_for
+
+    block = read_block(cluster)
+    if block is None:
+        raise snap.SnapshotError(f"cluster {cluster!r} has no PKI block {block_name(cluster)!r}")
+    store = store_for(connection)
+    keys = read_keys(block, store, names=(SNAPSHOT,))
+    if SNAPSHOT not in keys:
         if not create:
             raise snap.SnapshotError(
                 f"cluster {cluster!r} has no snapshot key in block {block_name(cluster)!r}: "
                 "it has never been snapshotted, so there is nothing to restore"
             )
-        pki.snapshot_key = SecretStr(snap.new_key())
-        pki.save(block_name(cluster), overwrite=True)
-        get_run_logger().info("created the snapshot key of %s in block %s", cluster, block_name(cluster))
-    return pki.snapshot_key.get_secret_value()
+        ensure_keys(cluster, connection)
+        keys = read_keys(read_block(cluster), store, names=(SNAPSHOT,))
+    return keys[SNAPSHOT].get_secret_value()
 
 
 def store_of(spec: ClusterSpec, storage: str | None = None) -> SnapshotStore:
@@ -109,11 +114,11 @@ def snapshot_now(spec: ClusterSpec, connection: str | None, storage: str | None 
     from blocks.cluster import resolve_gce
     from tasks.pki import operator_tls
 
-    tls = operator_tls(spec.cluster)
+    tls = operator_tls(spec.cluster, connection)
     if tls is None:
         raise snap.SnapshotError(f"cluster {spec.cluster!r} has no PKI block {block_name(spec.cluster)!r}")
     store = store_of(spec, storage)
-    meta = take_snapshot(resolve_gce(connection), spec, tls, snapshot_key(spec.cluster), store)
+    meta = take_snapshot(resolve_gce(connection), spec, tls, snapshot_key(spec.cluster, connection), store)
     prune(spec, store)
     return meta
 
@@ -199,7 +204,9 @@ def newest_snapshot_age(cluster: str, spec: ClusterSpec) -> float | None:
 
 
 @probe(task_run_name="check the snapshot to restore", timeout_seconds=1800)
-def check_restorable(spec: ClusterSpec, snapshot_id: str | None, storage: str | None = None) -> snap.SnapshotMeta:
+def check_restorable(
+    spec: ClusterSpec, snapshot_id: str | None, storage: str | None = None, connection: str | None = None
+) -> snap.SnapshotMeta:
     """The chosen (or newest) snapshot, fetched, decrypted and restored into a throw-away etcd: a restore
     that cannot work is refused here, before anything is removed."""
     store = store_of(spec, storage)
@@ -218,7 +225,9 @@ def check_restorable(spec: ClusterSpec, snapshot_id: str | None, storage: str | 
                 + ", ".join(m.snapshot_id for m in metas[:10])
             )
     try:
-        sealed_meta, db = snap.unseal(store.load_sealed(meta), snapshot_key(spec.cluster, create=False), spec.cluster)
+        sealed_meta, db = snap.unseal(
+            store.load_sealed(meta), snapshot_key(spec.cluster, connection, create=False), spec.cluster
+        )
         if sealed_meta.snapshot_id != meta.snapshot_id or sealed_meta.sha256 != meta.sha256:
             raise snap.SnapshotInvalid(f"{meta.where} holds snapshot {sealed_meta.snapshot_id}, not {meta.snapshot_id}")
         checked = snap.verify(db, find_etcd(), expect_revision=meta.revision)
@@ -274,7 +283,7 @@ def observe_quorum(
     from tasks.pki import operator_tls
     from tasks.steps import cluster_uid
 
-    gce, tls, uid = resolve_gce(connection), operator_tls(spec.cluster), cluster_uid(spec.cluster)
+    gce, tls, uid = resolve_gce(connection), operator_tls(spec.cluster, connection), cluster_uid(spec.cluster)
     election_s = EtcdSpec(name="", initial_cluster="").election_ms / 1000
     interval = ELECTIONS_SPANNED * election_s / max(1, looks - 1)
     taken: list[Look] = []
@@ -313,7 +322,7 @@ def save_member_snapshot(change: Change, step: str, spec: ClusterSpec, name: str
     a resumed run finds it. Plain JSON (no key material): where it is, its id, sha256 and revision."""
     from tasks.pki import operator_tls
 
-    tls = operator_tls(spec.cluster)
+    tls = operator_tls(spec.cluster, change.connection)
     if tls is None:
         raise snap.SnapshotError(f"cluster {spec.cluster!r} has no PKI block {block_name(spec.cluster)!r}")
     with tempfile.TemporaryDirectory(prefix="haplane-snapshot-") as tmp:
@@ -324,7 +333,7 @@ def save_member_snapshot(change: Change, step: str, spec: ClusterSpec, name: str
         db = path.read_bytes()
     meta = snap.describe(db, spec.cluster, members=voting)
     checked = snap.verify(db, find_etcd(), expect_revision=meta.revision)
-    where = store_of(spec).save(meta, snap.seal(db, meta, snapshot_key(spec.cluster)))
+    where = store_of(spec).save(meta, snap.seal(db, meta, snapshot_key(spec.cluster, change.connection)))
     get_run_logger().info(
         "snapshot %s of %s's own store (member %s): revision %d, %d keys restored in a trial etcd; stored at %s",
         meta.snapshot_id,

@@ -218,6 +218,7 @@ def test_bad_input_is_refused_before_any_change(case: Case, shared_cloud, monkey
     emulator, admin = shared_cloud
     monkeypatch.setenv("HAPLANE_GCE_ENDPOINT", emulator.url)
     monkeypatch.setenv("HAPLANE_PROJECT", PROJECT)
+    monkeypatch.setenv("HAPLANE_GCE_TOKEN", emulator.workers_token)
     monkeypatch.setenv("HAPLANE_GCE_READ_RETRY_S", "2")
     for key, value in case.env.items():
         if value is None:

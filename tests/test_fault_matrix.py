@@ -39,6 +39,7 @@ from flows.remove_replica import remove_replica
 from flows.replace_replica import replace_replica
 from haplane.etcd import EtcdTLS
 from haplane.gce import GceTimeout
+from haplane.secretstore import SecretStore
 from haplane.topology import LABEL_CLUSTER, ClusterNames
 from tasks.pki import load_cas
 from tests.fixtures.cluster import PROJECT
@@ -662,17 +663,20 @@ def test_operator_certificate_expired(cloud, prefect_api):
     same flows work."""
     import datetime as dt
 
-    from blocks.pki import ClusterPKI, block_name
+    from blocks.pki import block_name
     from flows.health_check import health_check
     from haplane.pki import issue_operator
+    from tasks.keys import save_pki
 
     cluster = f"fc-{uuid.uuid4().hex[:6]}"
     vms = {r["replica"]: r for r in create_cluster(cluster=cluster, region=REGION, zones=ZONES, replicas=3)}
-    real = ClusterPKI.load(block_name(cluster))
-    expired = issue_operator(real.to_cas().etcd_ca, days=1, now=dt.datetime.now(dt.UTC) - dt.timedelta(days=3))
+    real = load_cas(cluster).operator
+    expired = issue_operator(load_cas(cluster).etcd_ca, days=1, now=dt.datetime.now(dt.UTC) - dt.timedelta(days=3))
     assert expired.certificate.not_valid_after_utc < dt.datetime.now(dt.UTC)
-    real.model_copy(update={"operator_cert": expired.cert_pem, "operator_key": expired.key_pem}).save(
-        block_name(cluster), overwrite=True
+    save_pki(
+        cluster,
+        SecretStore.for_gce(cloud.gce),
+        lambda block, keys: ({"operator_cert": expired.cert_pem}, {"operator": expired.key_pem}),
     )
     dead = next(r for r in vms.values() if r["zone"] == ZONES[1])
     cloud.admin.kill_vm(PROJECT, dead["zone"], dead["replica"])  # a real failure, to tempt the health check
@@ -696,7 +700,11 @@ def test_operator_certificate_expired(cloud, prefect_api):
     assert len(cloud.gce.list_instances(ZONES, labels={LABEL_CLUSTER: cluster})) == 3
     assert load_cas(cluster) is not None
 
-    real.save(block_name(cluster), overwrite=True)  # a valid certificate again: the dead replica is replaced
+    save_pki(
+        cluster,
+        SecretStore.for_gce(cloud.gce),  # a valid certificate again: the dead replica is replaced
+        lambda block, keys: ({"operator_cert": real.cert_pem}, {"operator": real.key_pem}),
+    )
     replace_replica(cluster=cluster, replica_name=dead["replica"])
     _converged(cloud, cluster, 3)
     delete_cluster(cluster=cluster)

@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from tests.fixtures.cluster import PROJECT
+from tests.fixtures.prefect import auth_headers
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -34,7 +35,7 @@ CLUSTER = f"ops-{uuid.uuid4().hex[:4]}"
 
 def start_deployment(api: str, name: str, parameters: dict, idempotency_key: str) -> dict:
     """Start deployment ``flow/deployment`` with parameters over the Prefect REST API (README, "Operate")."""
-    with httpx.Client(base_url=api, timeout=30) as http:
+    with httpx.Client(base_url=api, timeout=30, headers=auth_headers()) as http:
         deployment = http.get(f"/deployments/name/{name}").raise_for_status().json()
         # a 503 (the server's database busy) is retried, as Prefect's own client does; the idempotency
         # key makes a retry of a request that did create the run return that run
@@ -53,7 +54,7 @@ def start_deployment(api: str, name: str, parameters: dict, idempotency_key: str
 def wait_run(api: str, run_id: str, timeout: float = 240) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        run = httpx.get(f"{api}/flow_runs/{run_id}", timeout=10).json()
+        run = httpx.get(f"{api}/flow_runs/{run_id}", timeout=10, headers=auth_headers()).json()
         if run["state_type"] in FINAL:
             return run
         time.sleep(1)
@@ -62,17 +63,23 @@ def wait_run(api: str, run_id: str, timeout: float = 240) -> dict:
 
 def artifacts(api: str, **flt) -> list[dict]:
     body = {"artifacts": flt, "sort": "CREATED_DESC"}
-    return httpx.post(f"{api}/artifacts/filter", json=body, timeout=10).raise_for_status().json()
+    return (
+        httpx.post(f"{api}/artifacts/filter", json=body, timeout=10, headers=auth_headers()).raise_for_status().json()
+    )
 
 
 def flow_runs(api: str, flow: str, **flt) -> list[dict]:
     body = {"flows": {"name": {"any_": [flow]}}, "flow_runs": flt, "sort": "EXPECTED_START_TIME_DESC"}
-    return httpx.post(f"{api}/flow_runs/filter", json=body, timeout=10).raise_for_status().json()
+    return (
+        httpx.post(f"{api}/flow_runs/filter", json=body, timeout=10, headers=auth_headers()).raise_for_status().json()
+    )
 
 
 def run_log(api: str, run_id: str) -> str:
     body = {"logs": {"flow_run_id": {"any_": [run_id]}}, "sort": "TIMESTAMP_ASC"}
-    return "\n".join(r["message"] for r in httpx.post(f"{api}/logs/filter", json=body, timeout=10).json())
+    return "\n".join(
+        r["message"] for r in httpx.post(f"{api}/logs/filter", json=body, timeout=10, headers=auth_headers()).json()
+    )
 
 
 # ------------------------------------------------------------------ in-process checks (no worker)
@@ -94,9 +101,11 @@ def test_health_check_skips_while_another_check_of_the_cluster_runs(ops_cloud):
 
 def test_workspace_has_pool_deployments_blocks_and_automation(prefect_api, workspace):
     api = prefect_api.url
-    pool = httpx.get(f"{api}/work_pools/haplane", timeout=10).json()
+    pool = httpx.get(f"{api}/work_pools/haplane", timeout=10, headers=auth_headers()).json()
     assert pool["type"] == "process"
-    names = {d["name"] for d in httpx.post(f"{api}/deployments/filter", json={}, timeout=10).json()}
+    names = {
+        d["name"] for d in httpx.post(f"{api}/deployments/filter", json={}, timeout=10, headers=auth_headers()).json()
+    }
     assert {
         "create-cluster",
         "add-replica",
@@ -109,11 +118,15 @@ def test_workspace_has_pool_deployments_blocks_and_automation(prefect_api, works
         "snapshot-cluster",
         "restore-cluster",
     } <= names
-    types = {b["slug"] for b in httpx.post(f"{api}/block_types/filter", json={}, timeout=10).json()}
+    types = {
+        b["slug"] for b in httpx.post(f"{api}/block_types/filter", json={}, timeout=10, headers=auth_headers()).json()
+    }
     assert {"haplane-gce-connection", "haplane-cluster-spec", "haplane-cluster-pki"} <= types
-    autos = httpx.post(f"{api}/automations/filter", json={}, timeout=10).json()
+    autos = httpx.post(f"{api}/automations/filter", json={}, timeout=10, headers=auth_headers()).json()
     assert "haplane-health-check-on-request" in {a["name"] for a in autos}
-    schema = httpx.get(f"{api}/deployments/name/create-cluster/create-cluster", timeout=10).json()
+    schema = httpx.get(
+        f"{api}/deployments/name/create-cluster/create-cluster", timeout=10, headers=auth_headers()
+    ).json()
     assert schema["enforce_parameter_schema"] is True
     props = schema["parameter_openapi_schema"]["properties"]
     assert "description" in props["cluster"] and "pattern" in str(props["cluster"])
@@ -158,7 +171,8 @@ def test_create_cluster_over_the_api_with_an_idempotency_key(prefect_api, prefec
 def health_schedules_paused_after(prefect_api):
     """Leave no health-check schedule running for the modules after this one."""
     yield
-    with httpx.Client(base_url=prefect_api.url, timeout=10) as http:  # the shared one and each cluster's own
+    # the shared one and each cluster's own
+    with httpx.Client(base_url=prefect_api.url, timeout=10, headers=auth_headers()) as http:
         for deployment in http.post("/deployments/filter", json={"flows": {"name": {"any_": ["health-check"]}}}).json():
             for s in http.get(f"/deployments/{deployment['id']}/schedules").json():
                 http.patch(f"/deployments/{deployment['id']}/schedules/{s['id']}", json={"active": False})
@@ -201,8 +215,8 @@ def test_scheduled_health_check_replaces_a_killed_replica(prefect_api, prefect_w
         time.sleep(2)
     assert replaced is not None, "the scheduled health check did not replace the killed replica"
     assert f"replica:{victim.name}" in replaced["tags"]
-    parent = httpx.get(f"{api}/task_runs/{replaced['parent_task_run_id']}", timeout=10).json()
-    check = httpx.get(f"{api}/flow_runs/{parent['flow_run_id']}", timeout=10).json()
+    parent = httpx.get(f"{api}/task_runs/{replaced['parent_task_run_id']}", timeout=10, headers=auth_headers()).json()
+    check = httpx.get(f"{api}/flow_runs/{parent['flow_run_id']}", timeout=10, headers=auth_headers()).json()
     assert check["deployment_id"] and check["parameters"]["cluster"] == CLUSTER
     check = wait_run(api, check["id"])  # the finished run: its end_time is what the next check follows
 
@@ -218,7 +232,10 @@ def test_scheduled_health_check_replaces_a_killed_replica(prefect_api, prefect_w
     deadline = time.monotonic() + 30
     while True:
         events = httpx.post(
-            f"{api}/events/filter", json={"filter": {"event": {"prefix": ["haplane."]}}, "limit": 50}, timeout=10
+            f"{api}/events/filter",
+            json={"filter": {"event": {"prefix": ["haplane."]}}, "limit": 50},
+            timeout=10,
+            headers=auth_headers(),
         ).json()["events"]
         seen = {(e["event"], e["resource"]["prefect.resource.id"]) for e in events}
         if wanted <= seen or time.monotonic() > deadline:

@@ -102,7 +102,11 @@ def test_every_replica_gets_the_same_service_account_key():
 
 
 @pytest.mark.usefixtures("prefect_api")
-def test_a_cluster_saved_before_service_account_keys_gets_one_and_keeps_it():
+def test_a_cluster_saved_before_service_account_keys_gets_one_and_keeps_it(bare_emulator, monkeypatch):
+    # the keys go to Secret Manager: the emulator's, as the workers
+    monkeypatch.setenv("HAPLANE_GCE_ENDPOINT", bare_emulator.url)
+    monkeypatch.setenv("HAPLANE_PROJECT", "old-project")
+    monkeypatch.setenv("HAPLANE_GCE_TOKEN", bare_emulator.workers_token)
     cluster = f"old-{uuid.uuid4().hex[:5]}"
     cas = create_cluster_cas(cluster)
     legacy = ClusterPKI.from_cas(cas)
@@ -116,6 +120,8 @@ def test_a_cluster_saved_before_service_account_keys_gets_one_and_keeps_it():
         assert load_cas(cluster).ca.cert_pem == cas.ca.cert_pem  # the CAs are untouched
         ensure_cluster_pki(cluster)
         assert load_cas(cluster).service_account.kid == made.kid  # made once, then kept
+        saved = ClusterPKI.load(block_name(cluster))  # and moved out of the block with the other keys
+        assert saved.legacy_keys() == {} and "service-account" in saved.key_versions
     finally:
         from blocks import delete_block_document
 

@@ -20,6 +20,14 @@ PACKAGES = ("haplane", "flows", "tasks", "blocks", "deployments")
 CASES = [
     (settings.gce_endpoint, "HAPLANE_GCE_ENDPOINT", None, "http://127.0.0.1:8787", "http://127.0.0.1:8787"),
     (settings.project, "HAPLANE_PROJECT", None, "p-1", "p-1"),
+    (settings.gce_token, "HAPLANE_GCE_TOKEN", None, "t0k3n", "t0k3n"),
+    (
+        settings.workers_account,
+        "HAPLANE_WORKERS_ACCOUNT",
+        None,
+        "w@p-1.iam.gserviceaccount.com",
+        "w@p-1.iam.gserviceaccount.com",
+    ),
     (settings.gce_read_retry_s, "HAPLANE_GCE_READ_RETRY_S", 30.0, "2", 2.0),
     (settings.op_wait_s, "HAPLANE_OP_WAIT_S", 900.0, "30", 30.0),
     (settings.lb_wait_s, "HAPLANE_LB_WAIT_S", 3600.0, "7.5", 7.5),

@@ -21,8 +21,8 @@ import pytest
 from haplane.emulator.admin import EmulatorAdmin
 from haplane.emulator.server import Emulator
 from haplane.emulator.vm import ProcessRuntime
-from haplane.gce import Gce
-from tests.fixtures.cluster import PROJECT, Cloud, api_through
+from tests.fixtures.cluster import PROJECT, Cloud, api_through, workers_gce
+from tests.fixtures.prefect import auth_headers
 from tests.fixtures.worker import start_worker
 from tests.test_operate import start_deployment, wait_run
 from tests.test_resume import ADD_STEPS
@@ -43,7 +43,7 @@ def team_cloud(tmp_path_factory: pytest.TempPathFactory):
     emulator.start()
     admin = EmulatorAdmin(emulator.url)
     try:
-        yield Cloud(emulator=emulator, admin=admin, gce=Gce(PROJECT, emulator.url), state_dir=state)
+        yield Cloud(emulator=emulator, admin=admin, gce=workers_gce(emulator), state_dir=state)
     finally:
         admin.close()
         emulator.stop()
@@ -62,6 +62,7 @@ def team_workspace(prefect_on_postgres, team_cloud, tmp_path_factory):
         endpoint=team_cloud.emulator.url,
         connection=CONNECTION,
         result_storage="local-file-system/haplane-results",
+        token=team_cloud.emulator.workers_token,
     )
     return shared
 
@@ -77,7 +78,7 @@ def two_workers(prefect_on_postgres, team_workspace, tmp_path_factory):
                 {"PREFECT_HOME": str(home)},
                 home / "worker.log",
                 name=name,
-                env_drop=("HAPLANE_GCE_ENDPOINT", "HAPLANE_PROJECT"),
+                env_drop=("HAPLANE_GCE_ENDPOINT", "HAPLANE_PROJECT", "HAPLANE_GCE_TOKEN"),
             )
         yield workers
     finally:
@@ -87,7 +88,9 @@ def two_workers(prefect_on_postgres, team_workspace, tmp_path_factory):
 
 def task_runs(api: str, flow_run_id: str) -> list[dict]:
     body = {"task_runs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200}
-    return httpx.post(f"{api}/task_runs/filter", json=body, timeout=10).raise_for_status().json()
+    return (
+        httpx.post(f"{api}/task_runs/filter", json=body, timeout=10, headers=auth_headers()).raise_for_status().json()
+    )
 
 
 def checkpoint_steps(api: str, flow_run_id: str) -> list[tuple[str, str]]:
@@ -112,7 +115,7 @@ def test_operate_on_postgresql_with_the_workspace_connection(prefect_on_postgres
     api, pg = prefect_on_postgres.url, prefect_on_postgres.postgres
     # every deployment defaults to the workspace's connection block
     for name in ("create-cluster", "add-replica", "replace-replica", "health-check"):
-        deployment = httpx.get(f"{api}/deployments/name/{name}/{name}", timeout=10).json()
+        deployment = httpx.get(f"{api}/deployments/name/{name}/{name}", timeout=10, headers=auth_headers()).json()
         assert deployment["parameters"].get("connection") == CONNECTION, deployment["parameters"]
 
     # the README's REST recipe, without `connection`, picked up by one of the two workers
@@ -155,7 +158,7 @@ def test_a_change_killed_on_one_worker_resumes_on_the_other(
     prefect_on_postgres, two_workers, team_cloud, team_workspace
 ):
     from tasks.cluster import force_unlock
-    from tasks.pki import load_cas
+    from tasks.pki import load_certs
 
     api, cloud = prefect_on_postgres.url, team_cloud
     assert len(cloud.gce.list_instances(ZONES, labels={"haplane-cluster": CLUSTER})) == 1, "needs the cluster above"
@@ -208,5 +211,60 @@ def test_a_change_killed_on_one_worker_resumes_on_the_other(
     vms = cloud.gce.list_instances(ZONES, labels={"haplane-cluster": CLUSTER})
     assert sorted(v.zone for v in vms) == ["europe-west1-b", "europe-west1-c"]
     assert cloud.gce.get_forwarding_rule(REGION, f"{CLUSTER}-master-lb").ip == endpoint
-    assert api_through(endpoint, load_cas(CLUSTER).ca.cert_pem).status_code == 200
+    assert api_through(endpoint, load_certs(CLUSTER).ca.cert_pem).status_code == 200
     assert any(team_workspace.rglob("*")), "no checkpoint in the shared result storage"
+
+
+def test_an_unauthenticated_request_is_refused_and_starts_nothing(prefect_on_postgres, team_workspace):
+    """The server runs with PREFECT_SERVER_API_AUTH_STRING (as the README's production set-up): without the
+    credential, or with a wrong one, deployments, block documents and flow-run creation answer 401 and
+    nothing starts; haplane's CLI says which setting to fix instead of printing a traceback."""
+    import base64
+    import subprocess
+    import sys
+
+    api = prefect_on_postgres.url
+    deployment = (
+        httpx.get(f"{api}/deployments/name/delete-cluster/delete-cluster", headers=auth_headers(), timeout=10)
+        .raise_for_status()
+        .json()
+    )
+
+    def flow_runs() -> int:
+        return (
+            httpx.post(f"{api}/flow_runs/count", json={}, headers=auth_headers(), timeout=10).raise_for_status().json()
+        )
+
+    before = flow_runs()
+    for headers in ({}, {"Authorization": "Basic " + base64.b64encode(b"haplane:wrong").decode()}):
+        calls = [
+            ("POST", "/deployments/filter", {}),
+            ("GET", f"/deployments/{deployment['id']}", None),
+            ("POST", "/block_documents/filter", {"include_secrets": True}),
+            (
+                "POST",
+                f"/deployments/{deployment['id']}/create_flow_run",
+                {"parameters": {"cluster": CLUSTER, "connection": CONNECTION}},
+            ),
+        ]
+        for verb, path, body in calls:
+            reply = httpx.request(verb, api + path, json=body, headers=headers, timeout=10)
+            assert reply.status_code == 401, (verb, path, headers, reply.status_code)
+            assert "BEGIN" not in reply.text and CLUSTER not in reply.text
+    assert flow_runs() == before, "an unauthenticated request started a flow run"
+
+    for auth in ("haplane:wrong", None):
+        env = prefect_on_postgres.env()
+        env.pop("PREFECT_API_AUTH_STRING", None)
+        if auth:
+            env["PREFECT_API_AUTH_STRING"] = auth
+        out = subprocess.run(
+            [sys.executable, "-m", "haplane.cli", "migrate-keys", CLUSTER],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=400,
+        )
+        assert out.returncode == 1, out
+        assert "PREFECT_API_AUTH_STRING" in out.stderr and "401" in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr, out.stderr

@@ -105,6 +105,7 @@ def watcher(prefect_api, ops_cloud, cluster, tmp_path_factory):
     env = prefect_api.env() | {
         "HAPLANE_GCE_ENDPOINT": ops_cloud.emulator.url,
         "HAPLANE_PROJECT": PROJECT,
+        "HAPLANE_GCE_TOKEN": ops_cloud.emulator.workers_token,  # reads the operator key in Secret Manager
         "HAPLANE_WATCH_HEARTBEAT_S": "3",
     }
     with open(log, "ab") as out:

@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from deployments.watch import cluster_locked, gce_factory, read_pki, spec_blocks
+from deployments.watch import cluster_locked, gce_factory, pki_reader, spec_blocks
 from haplane.gce import request_id
 from haplane.topology import ClusterNames
 from haplane.watch import ALIVE, CLUSTER_UNKNOWN, RECOVERED, UNHEALTHY, Watcher
@@ -33,7 +33,7 @@ def test_a_watcher_cut_off_from_a_cluster_reports_unknown_never_failed(ns_cloud)
     watcher = Watcher(
         gce_factory(None),
         lambda: [d for d in spec_blocks() if d["cluster"] == cluster],
-        read_pki,
+        pki_reader(None),
         cluster_locked,
         emit=lambda e: e.name != ALIVE and emitted.append(e),  # the heartbeat aside
         period=1,

@@ -16,8 +16,8 @@ stops cleanly (runtime closed, exit 0) on SIGINT/SIGTERM.
 
 Paths: ``/compute/v1/...`` the Compute API (:mod:`.api`), ``/_emulator/...``
 the admin API (:mod:`.control`, client :mod:`.admin`), ``/v1/projects/...``
-Secret Manager and ``/computeMetadata/v1/...`` the metadata server's service-account
-token (:mod:`.secretmanager`). Anything else: 404
+Secret Manager and ``/oauth2/v3/tokeninfo`` (:mod:`.secretmanager`; every Secret Manager
+call needs a bearer token: the workers' one, :attr:`Emulator.workers_token`, or a VM's). Anything else: 404
 in Google's error shape.
 """
 
@@ -27,6 +27,7 @@ import argparse
 import ipaddress
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -49,6 +50,7 @@ from haplane.emulator.store import Store
 
 log = logging.getLogger(__name__)
 DEFAULT_PORT = 8787
+WORKERS_TOKEN_FILE = "workers-token"  # in the state directory, mode 0600
 MAX_BODY = 8 * 1024 * 1024
 
 
@@ -88,8 +90,10 @@ class _Handler(BaseHTTPRequestHandler):
             elif parts.path.startswith("/v1/projects/"):  # Secret Manager
                 who = emulator.secrets.identity(self.headers.get("Authorization"))
                 status, reply = emulator.secrets.handle(self.command, parts.path, query, body, who)
-            elif parts.path.startswith("/computeMetadata/v1/"):  # the metadata server, per calling VM
-                status, reply = emulator.secrets.metadata(parts.path, self.client_address[0], self.headers)
+            elif parts.path.startswith("/computeMetadata/v1/"):  # refused: see secretmanager's docstring
+                status, reply = emulator.secrets.metadata(parts.path)
+            elif parts.path == "/oauth2/v3/tokeninfo":
+                status, reply = emulator.secrets.tokeninfo(query)
             else:
                 raise ApiError(404, "notFound", f"No such path: {self.command} {parts.path}")
         except ApiError as exc:
@@ -153,6 +157,11 @@ class Emulator:
         self._timer: Timer | None = None
 
     @property
+    def workers_token(self) -> str:
+        """The workers' credential for Secret Manager (``HAPLANE_GCE_TOKEN``, or the connection block's token)."""
+        return self.secrets.workers_token
+
+    @property
     def url(self) -> str:
         if self._server is None:
             raise RuntimeError("the emulator is not started")
@@ -182,6 +191,12 @@ class Emulator:
         self.api = ComputeApi(self.ctx, self.faults, self.calls)
         self.control = Control(self.ctx, self.faults, self.calls)
         self.secrets = SecretManager(store)
+        if self.state_dir is not None:  # for clients in other processes: HAPLANE_GCE_TOKEN=$(cat ...)
+            token_file = self.state_dir / WORKERS_TOKEN_FILE
+            token_file.unlink(missing_ok=True)
+            fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(self.secrets.workers_token)
         attach = getattr(self.runtime, "attach", None)
         if attach is not None:  # VMs read their keys from this emulator's Secret Manager
             attach(self.url, self.secrets.token_for_instance)
@@ -321,6 +336,12 @@ def run_cli(args: argparse.Namespace) -> int:
                 file=sys.stderr,
                 flush=True,
             )
+        print(
+            f"haplane emulator: the workers' token for Secret Manager is in {state_dir / WORKERS_TOKEN_FILE} "
+            f"(export HAPLANE_GCE_TOKEN=$(cat {state_dir / WORKERS_TOKEN_FILE}))",
+            file=sys.stderr,
+            flush=True,
+        )
         print(f"haplane emulator ready on {emulator.url}", flush=True)
         while not stop.wait(0.5):
             pass

@@ -203,8 +203,8 @@ class ProcessRuntime:
     def attach(self, endpoint: str, token_for_ip: Callable[[str], str] | None = None) -> None:
         """Where the VMs find Secret Manager and the metadata server (the emulator, once it serves).
         ``token_for_ip``: the metadata server's token for the VM with that internal address, asked
-        in-process; used in namespaces mode, where a VM's address lives in its own namespace and the
-        host cannot send from it (on loopback the VM asks over HTTP from its own address)."""
+        in-process (the hypervisor side) in both network modes: never over HTTP, where the source
+        address would have to say which VM asks."""
         self.endpoint = endpoint
         self.token_for_ip = token_for_ip
 
@@ -470,21 +470,18 @@ class ProcessRuntime:
 
     def _apply_files(self, m: Machine, key: str, tls: dict[str, str], refs: dict[str, str]) -> None:
         """What the VM does at boot and whenever its metadata changes: read its private keys from
-        Secret Manager as its own service account (a token from the metadata server, asked from
-        the VM's internal address), write them and its certificates to its disk, and restart the
+        Secret Manager as its own service account (a token from the metadata server, asked
+        in-process for this VM), write them and its certificates to its disk, and restart the
         processes that run on older files (etcd and the API server reload their certificates).
         Runs outside the lock."""
-        from haplane.secretstore import read_as_vm, vm_token
+        from haplane.secretstore import read_as_vm
 
         try:
             files = dict(tls)
             if refs:
-                if self.endpoint is None:
+                if self.endpoint is None or self.token_for_ip is None:
                     raise RuntimeError("no Secret Manager: the runtime is not attached to an emulator")
-                if self.network is not None and self.token_for_ip is not None:
-                    token = self.token_for_ip(m.view.internal_ip)
-                else:
-                    token = vm_token(self.endpoint, m.view.internal_ip)
+                token = self.token_for_ip(m.view.internal_ip)
                 files.update({suffix: read_as_vm(self.endpoint, token, ref) for suffix, ref in refs.items()})
             snapshot_key = files.pop(SNAPSHOT_KEY_SECRET, None)
             if snapshot_key is not None:  # restore-cluster: the key that opens the snapshot
