@@ -19,6 +19,13 @@ before a miss to the first after it), and a timeline PNG (member roles, endpoint
 writes, the flows' task runs). Then create-cluster with 3 replicas under the "gce" profile scaled by
 --create-scale, over the forwarding rule's own modelled latency (the load balancer off the
 critical path: goal <= 1.05). Everything it starts is stopped, even on failure.
+
+``--upgrade``: instead, a 3-replica cluster on etcd 3.4.23 (Debian's etcd-server) upgraded to 3.5.1
+by upgrade-cluster while the canary runs, the etcd cluster version and each member's version sampled
+every 0.3 s (``GET /version``), then one replace-replica of a healthy follower on the same cluster:
+canary writes answered and longest gap, upgrade time / (3 x replace time) (goal <= 1.2), and when the
+cluster version moved against when the last 3.4 member left. Figures and the timeline go to
+``OUT/upgrade.json`` and ``OUT/upgrade-3.4-3.5.png``.
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ ZONES = ["europe-west1-b", "europe-west1-c", "europe-west1-d"]
 
 
 # --- what is measured ---------------------------------------------------------------------------
+
 
 class RoleWatch:
     """Every 0.3 s: each etcd member's role (leader, follower, learner) or 'down' if it does not answer."""
@@ -146,7 +154,9 @@ def task_runs(since: float, until: float) -> list[tuple[str, float, float]]:
         while True:
             page = client.read_task_runs(
                 task_run_filter=TaskRunFilter(start_time=TaskRunFilterStartTime(after_=after)),
-                limit=200, offset=len(runs))
+                limit=200,
+                offset=len(runs),
+            )
             runs += page
             if len(page) < 200:
                 break
@@ -155,14 +165,15 @@ def task_runs(since: float, until: float) -> list[tuple[str, float, float]]:
         if r.start_time is None:
             continue
         start = r.start_time.timestamp()
-        end = (r.end_time.timestamp() if r.end_time else until)
+        end = r.end_time.timestamp() if r.end_time else until
         if start <= until:
             out.append((r.name, start, end))
     return sorted(out, key=lambda x: x[1])
 
 
-def measure(case: Case, endpoint: str, ca_pem: str, tls: EtcdTLS, etcd_endpoints: list[str],
-            body: Callable[[Case], object]) -> Case:
+def measure(
+    case: Case, endpoint: str, ca_pem: str, tls: EtcdTLS, etcd_endpoints: list[str], body: Callable[[Case], object]
+) -> Case:
     with EndpointCanary(endpoint, ca_pem) as canary, RoleWatch(tls, etcd_endpoints) as roles:
         time.sleep(1.0)  # a second of steady state before the change
         case.start = time.time()
@@ -178,8 +189,13 @@ def measure(case: Case, endpoint: str, ca_pem: str, tls: EtcdTLS, etcd_endpoints
 
 # --- the picture ----------------------------------------------------------------------------------
 
-ROLE_COLOURS = {"leader": "#6a3d9a", "follower": "#1f78b4", "learner": "#ff7f00", "down": "#e31a1c",
-                "learner (down)": "#fb9a99"}
+ROLE_COLOURS = {
+    "leader": "#6a3d9a",
+    "follower": "#1f78b4",
+    "learner": "#ff7f00",
+    "down": "#e31a1c",
+    "learner (down)": "#fb9a99",
+}
 BORING = ("observe ", "report ", "zones of ", "is ", "remediation history", "remember ")
 
 
@@ -206,8 +222,9 @@ def draw(case: Case, path: Path) -> None:
         lanes[lane] = max(e, label_end)
         placed.append((name, s, e, lane))
     heights = [max(1.2, 0.35 * len(members) + 0.4), 0.6, 0.6, max(1.2, 0.22 * len(lanes) + 0.4)]
-    fig, axes = plt.subplots(4, 1, figsize=(13, sum(heights) + 1.6), sharex=True,
-                             gridspec_kw={"height_ratios": heights})
+    fig, axes = plt.subplots(
+        4, 1, figsize=(13, sum(heights) + 1.6), sharex=True, gridspec_kw={"height_ratios": heights}
+    )
     ax_roles, ax_read, ax_write, ax_steps = axes
 
     for i, name in enumerate(members):
@@ -221,8 +238,14 @@ def draw(case: Case, path: Path) -> None:
     ax_roles.set_yticks(range(len(members)), [case.names.get(m, f"member {m}") for m in members], fontsize=7)
     ax_roles.set_ylim(-0.6, max(0.6, len(members) - 0.4))
     ax_roles.set_title("etcd members (role every 0.3 s)", fontsize=9, loc="left")
-    ax_roles.legend(handles=[Patch(color=c, label=r) for r, c in ROLE_COLOURS.items()], fontsize=7,
-                    loc="lower left", bbox_to_anchor=(0.55, 1.0), ncol=5, frameon=False)
+    ax_roles.legend(
+        handles=[Patch(color=c, label=r) for r, c in ROLE_COLOURS.items()],
+        fontsize=7,
+        loc="lower left",
+        bbox_to_anchor=(0.55, 1.0),
+        ncol=5,
+        frameon=False,
+    )
 
     for ax, attr, label in ((ax_read, "read_ok", "endpoint /readyz"), (ax_write, "write_ok", "canary write")):
         ok = [rel(s.t) for s in case.samples if getattr(s, attr)]
@@ -230,8 +253,12 @@ def draw(case: Case, path: Path) -> None:
         ax.vlines(ok, 0, 1, color="#33a02c", linewidth=0.8)
         ax.vlines(bad, 0, 1, color="#e31a1c", linewidth=1.2)
         ax.set_yticks([])
-        ax.set_title(f"{label}: {case.ratio(attr) * 100:.2f} % of {len(case.samples)} answered, longest gap "
-                     f"{case.longest_gap(attr):.2f} s (green answered, red did not)", fontsize=9, loc="left")
+        ax.set_title(
+            f"{label}: {case.ratio(attr) * 100:.2f} % of {len(case.samples)} answered, longest gap "
+            f"{case.longest_gap(attr):.2f} s (green answered, red did not)",
+            fontsize=9,
+            loc="left",
+        )
 
     for name, s, e, lane in placed:
         ax_steps.broken_barh([(rel(s), max(0.02, e - s))], (lane - 0.4, 0.8), color="#b2df8a", edgecolor="#33a02c")
@@ -245,8 +272,14 @@ def draw(case: Case, path: Path) -> None:
         for t, _what in case.marks:
             ax.axvline(rel(t), color="black", linestyle=":", linewidth=0.8)
     for i, (t, what) in enumerate(case.marks):  # staggered, so that close marks do not overwrite each other
-        ax_roles.text(rel(t), len(members) - 0.45 - 0.5 * (i % 3), " " + what, fontsize=7, va="top",
-                      bbox={"facecolor": "white", "alpha": 0.7, "edgecolor": "none", "pad": 0.5})
+        ax_roles.text(
+            rel(t),
+            len(members) - 0.45 - 0.5 * (i % 3),
+            " " + what,
+            fontsize=7,
+            va="top",
+            bbox={"facecolor": "white", "alpha": 0.7, "edgecolor": "none", "pad": 0.5},
+        )
     fig.suptitle(case.title, fontsize=11, x=0.01, ha="left")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -255,6 +288,159 @@ def draw(case: Case, path: Path) -> None:
 
 
 # --- the run --------------------------------------------------------------------------------------
+
+
+class VersionWatch:
+    """Every 0.3 s: each answering member's etcd version and its view of the cluster version (/version)."""
+
+    def __init__(self, tls: EtcdTLS, endpoints: Callable[[], list[str]]):
+        self.tls, self.endpoints = tls, endpoints
+        self.samples: list[tuple[float, str, dict[str, str]]] = []  # (time, cluster version, {url: server})
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="versions", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.3):
+            try:
+                urls = self.endpoints()
+                with EtcdClient(urls, tls=self.tls, timeout=0.5) as client:
+                    seen = {}
+                    for url in urls:
+                        try:
+                            seen[url] = client.version(url)
+                        except Exception:  # noqa: BLE001 - a member that does not answer is left out
+                            pass
+            except Exception:  # noqa: BLE001 - nothing answered this time
+                continue
+            clusters = {c for _, c in seen.values() if c and c != "not_decided"}
+            self.samples.append((time.time(), ",".join(sorted(clusters)), {u: s for u, (s, _) in seen.items()}))
+
+    def __enter__(self) -> VersionWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def moments(self) -> dict[str, float | None]:
+        """When the last 3.4 member was last seen answering, and when the cluster version first read 3.5."""
+        last_34 = max(
+            (t for t, _, servers in self.samples if any(v.startswith("3.4.") for v in servers.values())), default=None
+        )
+        first_35 = min((t for t, c, _ in self.samples if c.startswith("3.5.")), default=None)
+        early = [
+            t
+            for t, c, servers in self.samples
+            if c.startswith("3.5.") and any(v.startswith("3.4.") for v in servers.values())
+        ]
+        return {
+            "last_34_member_seen": last_34,
+            "cluster_version_35_from": first_35,
+            "cluster_35_while_a_34_member_answered": len(early),
+        }
+
+
+def run_upgrade(time_scale: float, out: Path, work: Path) -> None:
+    """The --upgrade mode (see the module's doc)."""
+    from flows.create_cluster import create_cluster
+    from flows.replace_replica import replace_replica
+    from flows.upgrade_cluster import upgrade_cluster
+    from haplane.node import client_url
+    from tasks.cluster import observe_cluster
+    from tasks.pki import load_cas
+
+    name = f"bench-up-{uuid.uuid4().hex[:4]}"
+    state = work / "emulator"
+    emulator = Emulator(state_dir=state, runtime=ProcessRuntime(state)).start()
+    os.environ["HAPLANE_GCE_ENDPOINT"], os.environ["HAPLANE_PROJECT"] = emulator.url, PROJECT
+    figures: dict[str, object] = {}
+    try:
+        emulator.latency.configure(profile="gce", time_scale=time_scale)
+        print(f"emulator on {emulator.url}; latency profile 'gce' x {time_scale:g}", flush=True)
+        rows = create_cluster(cluster=name, region=REGION, zones=ZONES, replicas=3, etcd_version="3.4.23")
+        cas = load_cas(name)
+        endpoint, tls = rows[0]["endpoint IP"], EtcdTLS.from_cas(cas)
+        wait_answering(endpoint, cas.ca.cert_pem)
+
+        def eps() -> list[str]:
+            from haplane.topology import LABEL_CLUSTER
+            from tasks.steps import Change
+
+            vms = Change(name, "bench").gce().list_instances(ZONES, labels={LABEL_CLUSTER: name})
+            return [client_url(v.internal_ip) for v in vms if v.status == "RUNNING"]
+
+        case = Case("upgrade-3.4-3.5", f"upgrade-cluster etcd 3.4.23 -> 3.5.1, 3 replicas (gce x{time_scale:g})")
+        with VersionWatch(tls, eps) as versions:
+
+            def upgrade(c: Case) -> None:
+                c.marks.append((time.time(), "upgrade-cluster"))
+                upgrade_cluster(cluster=name, etcd_version="3.5.1")
+
+            print(f"case {case.key}", flush=True)
+            measure(case, endpoint, cas.ca.cert_pem, tls, eps(), upgrade)
+        figures["versions"] = versions.moments()
+        for label, t in (
+            ("last 3.4 member", figures["versions"]["last_34_member_seen"]),
+            ("cluster version 3.5", figures["versions"]["cluster_version_35_from"]),
+        ):
+            if t:
+                case.marks.append((t, label))
+        st = observe_cluster.fn(name, REGION, None)
+        follower = next(r.name for r in st.replicas if r.role == "follower")
+        print("replace of a healthy follower, for the ratio", flush=True)
+        start = time.monotonic()
+        replace_replica(cluster=name, replica_name=follower)
+        figures["replace_s"] = time.monotonic() - start
+        figures["upgrade_s"] = case.end - case.start
+    finally:
+        emulator.latency.configure(profile="instant", time_scale=1.0)
+        delete_clusters([name])
+        emulator.stop()
+    out.mkdir(parents=True, exist_ok=True)
+    draw(case, out / f"{case.key}.png")
+    v = figures["versions"]
+    summary = {
+        "case": case.key,
+        "time_scale": time_scale,
+        "seconds": figures["upgrade_s"],
+        "probes": len(case.samples),
+        "write_ok": case.ratio("write_ok"),
+        "longest_write_gap_s": case.longest_gap("write_ok"),
+        "read_ok": case.ratio("read_ok"),
+        "longest_read_gap_s": case.longest_gap("read_ok"),
+        "replace_s": figures["replace_s"],
+        "upgrade_over_3_replaces": figures["upgrade_s"] / (3 * figures["replace_s"]),
+        "versions": v,
+        "timeline": dataclasses.asdict(case),
+    }
+    (out / "upgrade.json").write_text(json.dumps(summary) + "\n")
+    print()
+    print(
+        f"haplane availability benchmark (upgrade), {dt.date.today().isoformat()}, {platform.machine()}, "
+        f"{os.cpu_count()} CPUs, Python {platform.python_version()}; canary every {PERIOD * 1000:.0f} ms"
+    )
+    print(
+        f"upgrade 3.4.23 -> 3.5.1 (3 replicas, gce x{time_scale:g}): {summary['seconds']:.1f} s; canary "
+        f"{len(case.samples)} probes, writes answered {summary['write_ok'] * 100:.2f} % (longest gap "
+        f"{summary['longest_write_gap_s']:.2f} s), reads {summary['read_ok'] * 100:.2f} % (longest gap "
+        f"{summary['longest_read_gap_s']:.2f} s)"
+    )
+    print(
+        f"upgrade / (3 x replace): {summary['seconds']:.1f} / (3 x {summary['replace_s']:.1f}) = "
+        f"{summary['upgrade_over_3_replaces']:.3f}"
+    )
+    moved = (
+        (v["cluster_version_35_from"] - v["last_34_member_seen"])
+        if v["cluster_version_35_from"] and v["last_34_member_seen"]
+        else float("nan")
+    )
+    print(
+        f"cluster version 3.5 read {moved:.1f} s after the last 3.4 member was last seen answering; samples "
+        f"reading 3.5 while a 3.4 member answered: {v['cluster_35_while_a_34_member_answered']}; picture "
+        f"{out / (case.key + '.png')}"
+    )
+
 
 def run(time_scale: float, create_scale: float, out: Path, work: Path) -> None:
     from flows.add_replica import add_replica
@@ -269,6 +455,7 @@ def run(time_scale: float, create_scale: float, out: Path, work: Path) -> None:
     emulator = Emulator(state_dir=state, runtime=ProcessRuntime(state)).start()
     admin = EmulatorAdmin(emulator.url)
     os.environ["HAPLANE_GCE_ENDPOINT"], os.environ["HAPLANE_PROJECT"] = emulator.url, PROJECT
+    os.environ["HAPLANE_GCE_TOKEN"] = emulator.workers_token
     os.environ["HAPLANE_GCE_READ_RETRY_S"] = "1"  # a failed zone is seen as such at once
     created: list[str] = []
     cases: list[Case] = []
@@ -290,6 +477,7 @@ def run(time_scale: float, create_scale: float, out: Path, work: Path) -> None:
 
                 vms = Change(name, "bench").gce().list_instances(ZONES, labels={LABEL_CLUSTER: name})
                 return [client_url(v.internal_ip) for v in vms if v.status == "RUNNING"]
+
             return endpoint, cas.ca.cert_pem, EtcdTLS.from_cas(cas), etcd_endpoints
 
         scaled: dict[str, dict[str, str]] = {}
@@ -297,12 +485,14 @@ def run(time_scale: float, create_scale: float, out: Path, work: Path) -> None:
             name = f"bench-{'al' if mode == 'always' else 'an'}-{tag}"
             endpoint, ca, tls, eps = cluster_of(name, mode)
             for step, zone in (("1-2", ZONES[1]), ("2-3", ZONES[2])):
-                case = Case(f"{step}-{mode}", f"{step.replace('-', ' -> ')} in endpoint mode '{mode}' "
-                                              f"(gce x{time_scale:g})")
+                case = Case(
+                    f"{step}-{mode}", f"{step.replace('-', ' -> ')} in endpoint mode '{mode}' (gce x{time_scale:g})"
+                )
 
                 def add(c: Case, zone: str = zone, name: str = name) -> None:
                     c.marks.append((time.time(), "add-replica"))
                     add_replica(cluster=name, zone=zone)
+
                 print(f"case {case.key}", flush=True)
                 cases.append(measure(case, endpoint, ca, tls, eps(), add))
             scaled[mode] = {"name": name, "endpoint": endpoint}
@@ -317,8 +507,10 @@ def run(time_scale: float, create_scale: float, out: Path, work: Path) -> None:
             from tasks.cluster import observe_cluster
 
             st = observe_cluster.fn(name, REGION, None)
-            return ([{"name": r.name, "zone": r.zone, "role": r.role} for r in st.replicas],
-                    [client_url(r.internal_ip) for r in st.replicas if r.vm_status == "RUNNING"])
+            return (
+                [{"name": r.name, "zone": r.zone, "role": r.role} for r in st.replicas],
+                [client_url(r.internal_ip) for r in st.replicas if r.vm_status == "RUNNING"],
+            )
 
         reps, eps = members()
         follower = next(r for r in reps if r["role"] == "follower")
@@ -327,10 +519,21 @@ def run(time_scale: float, create_scale: float, out: Path, work: Path) -> None:
             admin.kill_vm(PROJECT, follower["zone"], follower["name"])
             c.marks.append((time.time(), f"{follower['name']} killed"))
             replace_replica(cluster=name, replica_name=follower["name"])
+
         print("case follower-replace", flush=True)
-        cases.append(measure(Case("follower-replace", f"follower replace: {follower['name']} killed, then "
-                                                      f"replace-replica (gce x{time_scale:g})"),
-                             endpoint, ca, tls, eps, follower_replace))
+        cases.append(
+            measure(
+                Case(
+                    "follower-replace",
+                    f"follower replace: {follower['name']} killed, then replace-replica (gce x{time_scale:g})",
+                ),
+                endpoint,
+                ca,
+                tls,
+                eps,
+                follower_replace,
+            )
+        )
 
         reps, eps = members()
         leader = next(r for r in reps if r["role"] == "leader")
@@ -338,10 +541,21 @@ def run(time_scale: float, create_scale: float, out: Path, work: Path) -> None:
         def leader_replace(c: Case) -> None:
             c.marks.append((time.time(), "replace-replica (leader)"))
             replace_replica(cluster=name, replica_name=leader["name"])
+
         print("case leader-replace", flush=True)
-        cases.append(measure(Case("leader-replace", f"leader replace (planned: leadership moves first): "
-                                                    f"{leader['name']} (gce x{time_scale:g})"),
-                             endpoint, ca, tls, eps, leader_replace))
+        cases.append(
+            measure(
+                Case(
+                    "leader-replace",
+                    f"leader replace (planned: leadership moves first): {leader['name']} (gce x{time_scale:g})",
+                ),
+                endpoint,
+                ca,
+                tls,
+                eps,
+                leader_replace,
+            )
+        )
 
         reps, eps = members()
         dead_zone = next(r for r in reps if r["role"] == "follower")["zone"]
@@ -355,11 +569,23 @@ def run(time_scale: float, create_scale: float, out: Path, work: Path) -> None:
             c.marks.append((time.time(), "zone restored"))
             health_check(cluster=name, zone_grace_s=0)
             c.marks.append((time.time(), "stranded VM deleted"))
+
         print("case zone-outage", flush=True)
-        cases.append(measure(Case("zone-outage", f"zone outage: {dead_zone} fails, the health check moves its "
-                                                 f"replica, the zone returns, the stranded VM is deleted "
-                                                 f"(gce x{time_scale:g})"),
-                             endpoint, ca, tls, eps, zone_outage))
+        cases.append(
+            measure(
+                Case(
+                    "zone-outage",
+                    f"zone outage: {dead_zone} fails, the health check moves its "
+                    f"replica, the zone returns, the stranded VM is deleted "
+                    f"(gce x{time_scale:g})",
+                ),
+                endpoint,
+                ca,
+                tls,
+                eps,
+                zone_outage,
+            )
+        )
 
         # create 3 at once, the load balancer beside the VMs
         emulator.latency.configure(profile="gce", time_scale=create_scale)
@@ -378,8 +604,12 @@ def run(time_scale: float, create_scale: float, out: Path, work: Path) -> None:
         emulator.stop()
 
     out.mkdir(parents=True, exist_ok=True)
-    raw = {"time_scale": time_scale, "create_scale": create_scale, "figures": figures,
-           "cases": [dataclasses.asdict(c) for c in cases]}
+    raw = {
+        "time_scale": time_scale,
+        "create_scale": create_scale,
+        "figures": figures,
+        "cases": [dataclasses.asdict(c) for c in cases],
+    }
     (out / "timelines.json").write_text(json.dumps(raw) + "\n")
     redraw(out)
 
@@ -414,27 +644,44 @@ def wait_answering(ip: str, ca_pem: str, timeout: float = 120.0) -> None:
 
 def report(cases: list[Case], f: dict[str, float], time_scale: float, create_scale: float, out: Path) -> None:
     print()
-    print(f"haplane availability benchmark, {dt.date.today().isoformat()}, {platform.machine()}, "
-          f"{os.cpu_count()} CPUs, Python {platform.python_version()}; canary every {PERIOD * 1000:.0f} ms")
-    head = (f"{'case':<18} {'seconds':>8} {'probes':>7} {'writes ok':>10} {'longest':>8} {'reads ok':>10} "
-            f"{'longest':>8}  picture")
+    print(
+        f"haplane availability benchmark, {dt.date.today().isoformat()}, {platform.machine()}, "
+        f"{os.cpu_count()} CPUs, Python {platform.python_version()}; canary every {PERIOD * 1000:.0f} ms"
+    )
+    head = (
+        f"{'case':<18} {'seconds':>8} {'probes':>7} {'writes ok':>10} {'longest':>8} {'reads ok':>10} "
+        f"{'longest':>8}  picture"
+    )
     print(head)
     for c in cases:
-        print(f"{c.key:<18} {c.end - c.start:8.1f} {len(c.samples):7d} {c.ratio('write_ok') * 100:9.2f}% "
-              f"{c.longest_gap('write_ok'):7.2f}s "
-              f"{c.ratio('read_ok') * 100:9.2f}% {c.longest_gap('read_ok'):7.2f}s  {out / (c.key + '.png')}")
+        print(
+            f"{c.key:<18} {c.end - c.start:8.1f} {len(c.samples):7d} {c.ratio('write_ok') * 100:9.2f}% "
+            f"{c.longest_gap('write_ok'):7.2f}s "
+            f"{c.ratio('read_ok') * 100:9.2f}% {c.longest_gap('read_ok'):7.2f}s  {out / (c.key + '.png')}"
+        )
     by = {c.key: c for c in cases}
     print()
-    print(f"1 -> 2 endpoint downtime (longest /readyz gap): always {by['1-2-always'].longest_gap('read_ok'):.2f} s, "
-          f"as-needed {by['1-2-as-needed'].longest_gap('read_ok'):.2f} s (its forwarding rule is modelled as "
-          f"{1200 * time_scale:.0f} s = 1200 s x {time_scale:g})")
-    print(f"create 3 / forwarding rule, gce x{create_scale:g}: {f['create3']:.1f} s / {f['fr']:.1f} s = "
-          f"{f['create3'] / f['fr']:.3f}")
+    print(
+        f"1 -> 2 endpoint downtime (longest /readyz gap): always {by['1-2-always'].longest_gap('read_ok'):.2f} s, "
+        f"as-needed {by['1-2-as-needed'].longest_gap('read_ok'):.2f} s (its forwarding rule is modelled as "
+        f"{1200 * time_scale:.0f} s = 1200 s x {time_scale:g})"
+    )
+    print(
+        f"create 3 / forwarding rule, gce x{create_scale:g}: {f['create3']:.1f} s / {f['fr']:.1f} s = "
+        f"{f['create3'] / f['fr']:.3f}"
+    )
     print(f"follower replace, canary writes answered: {by['follower-replace'].ratio('write_ok') * 100:.2f} %")
     print(f"leader replace, longest canary write gap: {by['leader-replace'].longest_gap('write_ok'):.2f} s")
-    summary = {c.key: {"seconds": c.end - c.start, "write_ok": c.ratio("write_ok"), "read_ok": c.ratio("read_ok"),
-                       "longest_write_gap_s": c.longest_gap("write_ok"),
-                       "longest_read_gap_s": c.longest_gap("read_ok")} for c in cases}
+    summary = {
+        c.key: {
+            "seconds": c.end - c.start,
+            "write_ok": c.ratio("write_ok"),
+            "read_ok": c.ratio("read_ok"),
+            "longest_write_gap_s": c.longest_gap("write_ok"),
+            "longest_read_gap_s": c.longest_gap("read_ok"),
+        }
+        for c in cases
+    }
     summary["create3"] = {"seconds": f["create3"], "forwarding_rule_s": f["fr"], "ratio": f["create3"] / f["fr"]}
     (out / "figures.json").write_text(json.dumps(summary, indent=1) + "\n")
 
@@ -442,19 +689,31 @@ def report(cases: list[Case], f: dict[str, float], time_scale: float, create_sca
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--time-scale", type=float, default=0.01, help="'gce' profile scale for the cases")
-    parser.add_argument("--create-scale", type=float, default=0.1,
-                        help="'gce' profile scale for create-3 over the forwarding rule (default 0.1: the rule "
-                             "takes 120 s, so Prefect's own seconds do not hide the overlap)")
+    parser.add_argument(
+        "--create-scale",
+        type=float,
+        default=0.1,
+        help="'gce' profile scale for create-3 over the forwarding rule (default 0.1: the rule "
+        "takes 120 s, so Prefect's own seconds do not hide the overlap)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "availability")
     parser.add_argument("--verbose", action="store_true", help="show the flows' logs")
     parser.add_argument("--redraw", action="store_true", help="only draw the PNGs again from OUT/timelines.json")
+    parser.add_argument(
+        "--upgrade",
+        action="store_true",
+        help="only the rolling upgrade 3.4.23 -> 3.5.1 (needs Debian's etcd-server for /usr/bin/etcd)",
+    )
     args = parser.parse_args(argv)
     if args.redraw:
         redraw(args.out)
         return 0
 
     with prefect_server("haplane-avail-", args.verbose) as work:
-        run(args.time_scale, args.create_scale, args.out, work)
+        if args.upgrade:
+            run_upgrade(args.time_scale, args.out, work)
+        else:
+            run(args.time_scale, args.create_scale, args.out, work)
     return 0
 
 

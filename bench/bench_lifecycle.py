@@ -64,6 +64,7 @@ def timed(figures: dict[str, float], key: str, fn: Callable[[], object]) -> obje
 
 # --- (b) the floor ---------------------------------------------------------------------------
 
+
 def floor(etcd_bin: str, root: Path, timeout: float = 60.0) -> float:
     """Issue certificates and start three etcd members with mutual TLS until all are healthy."""
     procs = []
@@ -82,8 +83,11 @@ def floor(etcd_bin: str, root: Path, timeout: float = 60.0) -> float:
             spec = node.EtcdSpec(name=name, initial_cluster=initial, initial_cluster_token="floor")
             argv = node.etcd_argv(etcd_bin, spec, ip, base / "data", base / "pki")
             with open(base / "etcd.log", "ab") as log:
-                procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                              stdin=subprocess.DEVNULL, start_new_session=True))
+                procs.append(
+                    subprocess.Popen(
+                        argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+                    )
+                )
         urls = [node.client_url(ip) for ip in ips]
         # a short timeout: a read sent before the first election blocks until then, and the floor
         # should not be quantised by the poller
@@ -103,6 +107,7 @@ def floor(etcd_bin: str, root: Path, timeout: float = 60.0) -> float:
 
 
 # --- endpoint downtime, seen from outside -------------------------------------------------------
+
 
 class EndpointWatch:
     """Polls https://IP:6443/readyz (TLS verified) in a thread; the longest run of failures."""
@@ -156,6 +161,7 @@ def reported_downtime(cluster: str) -> float | None:
 
 # --- the run ----------------------------------------------------------------------------------
 
+
 def run(time_scale: float, work: Path) -> None:
     from flows.add_replica import add_replica
     from flows.create_cluster import create_cluster
@@ -171,12 +177,12 @@ def run(time_scale: float, work: Path) -> None:
     emulator = Emulator(state_dir=state, runtime=runtime).start()
     admin = EmulatorAdmin(emulator.url)
     os.environ["HAPLANE_GCE_ENDPOINT"], os.environ["HAPLANE_PROJECT"] = emulator.url, PROJECT
+    os.environ["HAPLANE_GCE_TOKEN"] = emulator.workers_token
     try:
         print(f"emulator on {emulator.url}; latency profile 'instant'", flush=True)
         emulator.latency.configure(profile="instant", time_scale=1.0)
         created.append(names["a"])
-        rows = timed(figures, "a", lambda: create_cluster(cluster=names["a"], region=REGION, zones=ZONES,
-                                                          replicas=3))
+        rows = timed(figures, "a", lambda: create_cluster(cluster=names["a"], region=REGION, zones=ZONES, replicas=3))
         # The floor is short and noisy (etcd's randomised election timeout): the median of three runs.
         floors = sorted(floor(runtime.etcd_bin, work / f"floor-{i}") for i in range(3))
         figures["b"] = floors[1]
@@ -189,8 +195,13 @@ def run(time_scale: float, work: Path) -> None:
         print(f"latency profile 'gce' x {time_scale:g}", flush=True)
         emulator.latency.configure(profile="gce", time_scale=time_scale)
         created.append(names["d"])
-        rows = timed(figures, "d1", lambda: create_cluster(cluster=names["d"], region=REGION, zones=ZONES[:1],
-                                                           replicas=1, load_balancer="as-needed"))
+        rows = timed(
+            figures,
+            "d1",
+            lambda: create_cluster(
+                cluster=names["d"], region=REGION, zones=ZONES[:1], replicas=1, load_balancer="as-needed"
+            ),
+        )
         watch = EndpointWatch(rows[0]["endpoint IP"], load_cas(names["d"]).ca.cert_pem)
         with watch:
             timed(figures, "d2", lambda: add_replica(cluster=names["d"], zone=ZONES[1]))
@@ -220,22 +231,31 @@ def report(f: dict[str, float], time_scale: float) -> None:
         ("    total", f["d"]),
         (f"(e) create_cluster, 3 at once, gce x{time_scale:g}", f["e"]),
     ]
-    print_seconds(f"haplane lifecycle benchmark, {dt.date.today().isoformat()}, {platform.machine()}, "
-          f"{os.cpu_count()} CPUs, Python {platform.python_version()}", rows)
+    print_seconds(
+        f"haplane lifecycle benchmark, {dt.date.today().isoformat()}, {platform.machine()}, "
+        f"{os.cpu_count()} CPUs, Python {platform.python_version()}",
+        rows,
+    )
     print()
     print(f"(a)/(b) haplane's create over the floor:           {f['a'] / f['b']:.1f}x")
     print(f"(c)/(b) replace over the floor:                    {f['c'] / f['b']:.1f}x")
     print(f"(d)/(e) seed's order over create 3 at once:        {f['d'] / f['e']:.2f}x")
-    print(f"1 -> 2 endpoint downtime: reported by add_replica {f['downtime_reported']:.1f} s, "
-          f"observed at /readyz {f['downtime_observed']:.1f} s "
-          f"(the load balancer alone is modelled as {lb:.0f} s = 1200 s x {time_scale:g})")
+    print(
+        f"1 -> 2 endpoint downtime: reported by add_replica {f['downtime_reported']:.1f} s, "
+        f"observed at /readyz {f['downtime_observed']:.1f} s "
+        f"(the load balancer alone is modelled as {lb:.0f} s = 1200 s x {time_scale:g})"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--time-scale", type=float, default=0.01,
-                        help="scale of the 'gce' latency profile for (d) and (e) (default 0.01: the "
-                             "20-minute load balancer takes 12 s)")
+    parser.add_argument(
+        "--time-scale",
+        type=float,
+        default=0.01,
+        help="scale of the 'gce' latency profile for (d) and (e) (default 0.01: the "
+        "20-minute load balancer takes 12 s)",
+    )
     parser.add_argument("--verbose", action="store_true", help="show the flows' logs")
     args = parser.parse_args(argv)
 

@@ -75,8 +75,13 @@ def start_gcs(work: Path) -> subprocess.Popen | None:
     exe = Path(sys.executable).parent / "gcp-storage-emulator"
     port = free_port()
     log = open(work / "gcs.log", "ab")
-    proc = subprocess.Popen([str(exe), "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"],
-                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(exe), "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
@@ -100,12 +105,21 @@ def gcs_block(work: Path) -> str:
 
     storage.Client(credentials=AnonymousCredentials(), project=PROJECT).create_bucket("bench-snapshots")
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption()).decode()
-    creds = GcpCredentials(project=PROJECT, service_account_info={
-        "type": "service_account", "project_id": PROJECT, "private_key_id": "bench", "private_key": pem,
-        "client_email": f"bench@{PROJECT}.iam.gserviceaccount.com", "client_id": "1",
-        "token_uri": "http://127.0.0.1:9/token"})
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    creds = GcpCredentials(
+        project=PROJECT,
+        service_account_info={
+            "type": "service_account",
+            "project_id": PROJECT,
+            "private_key_id": "bench",
+            "private_key": pem,
+            "client_email": f"bench@{PROJECT}.iam.gserviceaccount.com",
+            "client_id": "1",
+            "token_uri": "http://127.0.0.1:9/token",
+        },
+    )
     GcsBucket(bucket="bench-snapshots", bucket_folder="etcd", gcp_credentials=creds).save("bench", overwrite=True)
     return "gcs-bucket/bench"
 
@@ -127,6 +141,7 @@ def run(keys: int, value_bytes: int, storage: str, work: Path) -> dict[str, floa
     state = work / "emulator"
     emulator = Emulator(state_dir=state, runtime=ProcessRuntime(state)).start()
     os.environ["HAPLANE_GCE_ENDPOINT"], os.environ["HAPLANE_PROJECT"] = emulator.url, PROJECT
+    os.environ["HAPLANE_GCE_TOKEN"] = emulator.workers_token
     gce = Gce(PROJECT, emulator.url)
     created = False
     try:
@@ -141,8 +156,9 @@ def run(keys: int, value_bytes: int, storage: str, work: Path) -> dict[str, floa
 
         def etcd() -> EtcdClient:
             vms = gce.list_instances(ZONES, labels={LABEL_CLUSTER: cluster})
-            return EtcdClient([client_url(v.internal_ip) for v in vms if v.status == "RUNNING"],
-                              tls=EtcdTLS.from_cas(cas), timeout=30)
+            return EtcdClient(
+                [client_url(v.internal_ip) for v in vms if v.status == "RUNNING"], tls=EtcdTLS.from_cas(cas), timeout=30
+            )
 
         value = os.urandom(value_bytes // 2).hex().encode()[:value_bytes]
         start = time.monotonic()
@@ -184,8 +200,9 @@ def run(keys: int, value_bytes: int, storage: str, work: Path) -> dict[str, floa
         with etcd() as c:
             assert c.get(f"/bench/{keys - 1:06d}") == value
             f["members"] = len([m for m in c.member_list() if not m.is_learner])
-        print(f"  restore_cluster {f['restore']:.1f} s (API through the endpoint after {f['api_back']:.1f} s)",
-              flush=True)
+        print(
+            f"  restore_cluster {f['restore']:.1f} s (API through the endpoint after {f['api_back']:.1f} s)", flush=True
+        )
     finally:
         if created:
             delete_clusters([cluster])
@@ -202,8 +219,11 @@ def report(f: dict[str, float], keys: int, value_bytes: int, storage: str) -> No
         ("restore_cluster: API answers through the endpoint IP", f["api_back"]),
         (f"restore_cluster: back at {f['members']:.0f} replicas (RTO)", f["restore"]),
     ]
-    print_seconds(f"haplane snapshot benchmark, {dt.date.today().isoformat()}, {platform.machine()}, {os.cpu_count()} CPUs, "
-          f"Python {platform.python_version()}, emulator latency profile 'instant'", rows)
+    print_seconds(
+        f"haplane snapshot benchmark, {dt.date.today().isoformat()}, {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}, emulator latency profile 'instant'",
+        rows,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

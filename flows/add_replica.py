@@ -20,6 +20,7 @@ from pydantic import Field
 from flows.change import run_change
 from flows.params import ChangeId, ClusterName, Connection, DryRun, SkipSnapshot, documented
 from haplane.plans import Plan, plan_add
+from haplane.topology import check_multizone
 from tasks.cluster import load_spec, zones_of
 from tasks.steps import Change
 
@@ -28,14 +29,26 @@ from tasks.steps import Change
 @documented
 def add_replica(
     cluster: ClusterName,
-    zone: Annotated[str | None, Field(description="Zone of the cluster's region; empty: the zone with the fewest replicas", pattern=r"^[a-z]+-[a-z]+[0-9]+-[a-z]$")] = None,
+    zone: Annotated[
+        str | None,
+        Field(
+            description="Zone of the cluster's region; empty: the zone with the fewest replicas",
+            pattern=r"^[a-z]+-[a-z]+[0-9]+-[a-z]$",
+        ),
+    ] = None,
     connection: Connection = None,
     change_id: ChangeId = None,
     dry_run: DryRun = False,
     skip_snapshot: SkipSnapshot = False,
 ) -> Plan | list[dict[str, str]]:
     spec = load_spec(cluster)
+    if zone is not None:
+        check_multizone(spec.multizone, [*spec.zones, zone])  # a one-zone cluster stays in its zone
     change = Change(cluster, change_id or f"add-{flow_run.get_id()}", connection)
-    known = zones_of(spec.region, connection)
-    return run_change(change, spec, lambda state, _: plan_add(state, zone, change.change_id, known, spec.zones),
-                      dry_run, skip_snapshot=skip_snapshot)
+    return run_change(  # the zones are listed once the keys are read: a key that cannot be, before any GCE call
+        change,
+        spec,
+        lambda state, _: plan_add(state, zone, change.change_id, zones_of(spec.region, connection), spec.zones),
+        dry_run,
+        skip_snapshot=skip_snapshot,
+    )

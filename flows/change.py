@@ -18,6 +18,7 @@ from haplane.model import ClusterState
 from haplane.plans import Plan
 from tasks.cluster import cluster_lock, observe_cluster, publish_plan, publish_report
 from tasks.execute import Run, execute
+from tasks.keys import check_keys, ensure_keys
 from tasks.snapshots import SNAPSHOT_BEFORE, snapshot_before_change
 from tasks.steps import Change, check_step_schema
 
@@ -25,9 +26,16 @@ from tasks.steps import Change, check_step_schema
 PlanFor = Callable[[ClusterState, bool], Plan]
 
 
-def run_change(change: Change, spec: ClusterSpec, plan_for: PlanFor, dry_run: bool = False,
-               note: str = "", report: bool = True, tolerate_zones: bool = False,
-               skip_snapshot: bool = False) -> Plan | list[dict[str, str]]:
+def run_change(
+    change: Change,
+    spec: ClusterSpec,
+    plan_for: PlanFor,
+    dry_run: bool = False,
+    note: str = "",
+    report: bool = True,
+    tolerate_zones: bool = False,
+    skip_snapshot: bool = False,
+) -> Plan | list[dict[str, str]]:
     """A dry run returns the plan; a run returns the replica table it leaves (or the plan, without ``report``).
     ``tolerate_zones``: a zone whose API does not answer is observed as such (the health check's zone
     moves) instead of failing the run.
@@ -35,18 +43,23 @@ def run_change(change: Change, spec: ClusterSpec, plan_for: PlanFor, dry_run: bo
     A membership change (:data:`tasks.snapshots.SNAPSHOT_BEFORE`) takes and verifies an etcd snapshot
     once its plan is accepted and before its first step; if that fails, the run stops with nothing
     changed, unless ``skip_snapshot``."""
+
     def observe() -> ClusterState:
         return observe_cluster(change.cluster, spec.region, change.connection, tolerate_zones=tolerate_zones)
 
     if dry_run:
+        check_keys(change.cluster, change.connection)  # a key that cannot be read: refused, as the run would be
         plan = plan_for(observe(), False)
         publish_plan(plan, change)
         return plan
     with cluster_lock(change.cluster):
+        # before any GCE or etcd call: a cluster saved the old way has its keys moved to Secret Manager,
+        # and a key that cannot be read is refused, naming its secret
+        ensure_keys(change.cluster, change.connection)
         check_step_schema(change)
         plan = plan_for(observe(), True)
         publish_plan(plan, change)
-        if plan.action in SNAPSHOT_BEFORE:
+        if plan.action in SNAPSHOT_BEFORE and plan.steps:  # a plan with no step changes nothing
             snapshot_before_change(change, spec, plan.action, skip_snapshot)
         figures = execute(Run(change, spec), plan)
     if not report:

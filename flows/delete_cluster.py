@@ -14,6 +14,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from pydantic import Field
 
+from deployments.clusters import forget_cluster as forget_workspace_entries
 from flows.change import run_change
 from flows.params import ChangeId, ClusterName, Connection, DryRun, documented
 from haplane.ownership import SpecWhere, check_delete
@@ -30,8 +31,13 @@ def delete_cluster(
     connection: Connection = None,
     change_id: ChangeId = None,
     dry_run: DryRun = False,
-    gone: Annotated[bool, Field(description="The cluster is truly gone from GCE: remove its spec, PKI, schedule "
-                                            "and locks although GCE shows nothing of it")] = False,
+    gone: Annotated[
+        bool,
+        Field(
+            description="The cluster is truly gone from GCE: remove its spec, PKI, schedule "
+            "and locks although GCE shows nothing of it"
+        ),
+    ] = False,
 ) -> list[str] | Plan:
     check_cluster_name(cluster)
     spec = load_spec(cluster)
@@ -49,8 +55,9 @@ def delete_cluster(
     plan = run_change(change, spec, plan_for, dry_run, report=False)
     if dry_run:
         return plan
-    removed = forget_cluster(cluster)  # after the lock is released: its limit goes too
-    get_run_logger().info("removed %s", ", ".join(removed) or "no health schedule or lock")
+    # after the lock is released (its limit goes too): every schedule and automation naming the cluster
+    removed = forget_workspace_entries(cluster) + forget_cluster(cluster)
+    get_run_logger().info("removed %s", ", ".join(removed) or "no schedule, automation or lock")
     deleted = [s.arguments["name"] for s in plan.steps if s.id.startswith("vm/")]
     get_run_logger().info("deleted cluster %s: VMs %s", cluster, deleted)
     return deleted

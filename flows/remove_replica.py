@@ -31,7 +31,9 @@ def remove_replica(
     cluster: ClusterName,
     zone: Annotated[Zone, Field(description="Zone to remove a replica from")],
     replica_name: Annotated[str | None, Field(description="The replica to remove; empty: one in the zone")] = None,
-    delete_nodes: Annotated[bool, Field(description="KUBE_DELETE_NODES: haplane manages masters only and never deletes worker nodes")] = False,
+    delete_nodes: Annotated[
+        bool, Field(description="KUBE_DELETE_NODES: haplane manages masters only and never deletes worker nodes")
+    ] = False,
     connection: Connection = None,
     change_id: ChangeId = None,
     dry_run: DryRun = False,
@@ -39,8 +41,10 @@ def remove_replica(
 ) -> Plan | list[dict[str, str]]:
     spec = load_spec(cluster)
     if delete_nodes:
-        raise ValueError("delete_nodes=True is not supported: haplane manages master replicas only and keeps "
-                         "worker nodes; delete nodes with your node-pool tooling")
+        raise ValueError(
+            "delete_nodes=True is not supported: haplane manages master replicas only and keeps "
+            "worker nodes; delete nodes with your node-pool tooling"
+        )
     change = Change(cluster, change_id or f"remove-{flow_run.get_id()}", connection)
 
     def plan_for(state: ClusterState, running: bool) -> Plan:

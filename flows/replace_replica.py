@@ -11,7 +11,6 @@ haplane.plans.plan_replace.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Annotated
 
 from prefect import flow
@@ -21,12 +20,10 @@ from pydantic import Field
 from flows.change import run_change
 from flows.params import ChangeId, ClusterName, Connection, DryRun, SkipSnapshot, documented
 from haplane.model import ClusterState
-from haplane.plans import ADD_PREFIX, REMOVE_PREFIX, Plan, plan_add, plan_removed, plan_replace
-from haplane.topology import label_value
+from haplane.plans import Plan
 from tasks.cluster import load_spec, zones_of
-from tasks.steps import Change, remember
-
-ACTION = "replace-replica"
+from tasks.replace import plan_replacement
+from tasks.steps import Change
 
 
 @flow(name="replace-replica", log_prints=True)
@@ -41,23 +38,9 @@ def replace_replica(
 ) -> Plan | list[dict[str, str]]:
     spec = load_spec(cluster)
     change = Change(cluster, change_id or f"replace-{flow_run.get_id()}", connection)
-    known = zones_of(spec.region, connection)
 
     def plan_for(state: ClusterState, running: bool) -> Plan:
-        victim = state.replica(replica_name)
-        if victim is not None:
-            removal, addition = plan_replace(state, replica_name, change.change_id, known, spec.zones,
-                                             spec.load_balancer)
-            if running:  # kept for a run resumed once the replica is gone (a VM gone has no zone: "?")
-                remember(change, "replaced-zone", victim.zone if victim.zone in known else None)
-            return removal.then(addition, ACTION)
-        # resumed after the removal: the new replica goes where the old one was
-        zone = remember(change, "replaced-zone", None) if running else None
-        if zone is None and not any(r.change == label_value(change.change_id) for r in state.vms):
-            plan_replace(state, replica_name, change.change_id, known)  # not a resumed replace: refuse
-        addition = plan_add(state, zone, change.change_id, known, spec.zones, prefix=ADD_PREFIX)
-        if zone is not None:  # the removal's last step again: it deletes the old replica's private keys
-            return plan_removed(state, replica_name, zone, prefix=REMOVE_PREFIX).then(addition, ACTION)
-        return replace(addition, action=ACTION)
+        # the zones are listed once the keys are read: a key that cannot be is refused before any GCE call
+        return plan_replacement(change, spec, zones_of(spec.region, connection), replica_name, state, running)
 
     return run_change(change, spec, plan_for, dry_run, note=f"replaced {replica_name}", skip_snapshot=skip_snapshot)

@@ -31,19 +31,22 @@ from haplane.plans import plan_add
 from haplane.restore import QuorumView, RestorePlan, Survivor, best_survivor, own_replicas, plan_restore, quorum_view
 from tasks.cluster import cluster_lock, load_spec, observe_cluster, publish_plan, publish_report, zones_of
 from tasks.execute import Run, execute
+from tasks.keys import check_keys, ensure_keys
 from tasks.snapshots import check_restorable, observe_quorum
 from tasks.steps import Change, check_step_schema, remember
 
 
-def plan_for(change: Change, spec: ClusterSpec, snapshot: str | None, storage: str | None, size: int | None,
-             running: bool) -> RestorePlan:
+def plan_for(
+    change: Change, spec: ClusterSpec, snapshot: str | None, storage: str | None, size: int | None, running: bool
+) -> RestorePlan:
     """Observe, check the snapshot, look at etcd several times, decide. A run records the surviving member it
     saves a snapshot from (a resumed run, whose survivors are deleted by then, finds that snapshot again)."""
     cluster, connection = change.cluster, change.connection
     state = observe_cluster(cluster, spec.region, connection)
-    meta = check_restorable(spec, snapshot, storage)  # refuses a snapshot that cannot work: nothing changed
-    evidence, ips = observe_quorum(spec, connection, ignore=own_replicas(cluster, change.change_id),
-                                   snapshot_voters=meta.members)
+    meta = check_restorable(spec, snapshot, storage, connection)  # refuses a snapshot that cannot work: nothing changed
+    evidence, ips = observe_quorum(
+        spec, connection, ignore=own_replicas(cluster, change.change_id), snapshot_voters=meta.members
+    )
     view = quorum_view(evidence)
     best = best_survivor(evidence.looks) if view[0] is QuorumView.LOST else None
     seen = [best[0], ips[best[0]], best[1]] if best else None
@@ -54,9 +57,20 @@ def plan_for(change: Change, spec: ClusterSpec, snapshot: str | None, storage: s
 
     def decide(found: list | None) -> RestorePlan:
         survivor = Survivor(*found) if found else None
-        return plan_restore(state, view, meta, survivor.revision if survivor else None, now_utc(), change.change_id,
-                            spec.zones, size, survivor=survivor, named=snapshot is not None, gone_members=gone,
-                            pool_links=links)
+        return plan_restore(
+            state,
+            view,
+            meta,
+            survivor.revision if survivor else None,
+            now_utc(),
+            change.change_id,
+            spec.zones,
+            size,
+            survivor=survivor,
+            named=snapshot is not None,
+            gone_members=gone,
+            pool_links=links,
+        )
 
     plan = decide(seen)  # refuses here, before anything is recorded, unless quorum is seen lost
     if running:
@@ -70,11 +84,18 @@ def plan_for(change: Change, spec: ClusterSpec, snapshot: str | None, storage: s
 @documented
 def restore_cluster(
     cluster: ClusterName,
-    snapshot: Annotated[str | None, Field(description="Snapshot id to restore (see the <cluster>-snapshots "
-                                                      "artifact); empty: the newer of the newest stored one and "
-                                                      "the one saved first from the surviving members")] = None,
-    size: Annotated[int | None, Field(description="Replicas to grow back to; empty: as many as voted when the "
-                                                  "snapshot was taken", ge=1, le=7)] = None,
+    snapshot: Annotated[
+        str | None,
+        Field(
+            description="Snapshot id to restore (see the <cluster>-snapshots "
+            "artifact); empty: the newer of the newest stored one and "
+            "the one saved first from the surviving members"
+        ),
+    ] = None,
+    size: Annotated[
+        int | None,
+        Field(description="Replicas to grow back to; empty: as many as voted when the snapshot was taken", ge=1, le=7),
+    ] = None,
     storage: Annotated[str | None, Field(description="Storage block '<type>/<name>'; empty: the cluster's")] = None,
     connection: Connection = None,
     change_id: ChangeId = None,
@@ -87,10 +108,12 @@ def restore_cluster(
     # another project's view is not the cluster's: refused before anything is looked at there
     check_project(cluster, change.gce().project, SpecWhere(spec.region, spec.project, spec.uid), "nothing was changed")
     if dry_run:
+        check_keys(cluster, connection)  # a key that cannot be read: refused, as the run would be
         plan = plan_for(change, spec, snapshot, storage, size, running=False)
         _publish(plan, change)
         return plan
     with cluster_lock(cluster):
+        ensure_keys(cluster, connection)  # keys moved out of an old block; an unreadable one refuses here
         check_step_schema(change)
         plan = plan_for(change, spec, snapshot, storage, size, running=True)
         _publish(plan, change)
@@ -110,10 +133,15 @@ def restore_cluster(
             execute(Run(grow, spec), addition)
     total_s = time.monotonic() - started
     lost = "unknown" if plan.lost_revisions is None else str(plan.lost_revisions)
-    source = (f"the snapshot saved from {plan.survivor.name} (revision {plan.survivor.revision})"
-              if plan.from_survivor and plan.survivor else f"{plan.snapshot_id} (revision {plan.snapshot_revision})")
-    note = (f"restored from {source}; lost revisions {lost}; etcd answered after {restored_s:.1f} s, "
-            f"{plan.grow_to} replicas after {total_s:.1f} s")
+    source = (
+        f"the snapshot saved from {plan.survivor.name} (revision {plan.survivor.revision})"
+        if plan.from_survivor and plan.survivor
+        else f"{plan.snapshot_id} (revision {plan.snapshot_revision})"
+    )
+    note = (
+        f"restored from {source}; lost revisions {lost}; etcd answered after {restored_s:.1f} s, "
+        f"{plan.grow_to} replicas after {total_s:.1f} s"
+    )
     logger.info("%s", note)
     return publish_report(observe_cluster(cluster, spec.region, connection), note)
 
@@ -121,5 +149,8 @@ def restore_cluster(
 def _publish(plan: RestorePlan, change: Change) -> None:
     get_run_logger().warning("%s", plan.loss())
     publish_plan(plan.plan, change)
-    create_markdown_artifact(plan.markdown() + f"\n\n- change id: `{change.change_id}`", key=f"{change.cluster}-restore",
-                             description=f"restore-cluster plan for {change.cluster}: what is lost, what is done")
+    create_markdown_artifact(
+        plan.markdown() + f"\n\n- change id: `{change.change_id}`",
+        key=f"{change.cluster}-restore",
+        description=f"restore-cluster plan for {change.cluster}: what is lost, what is done",
+    )

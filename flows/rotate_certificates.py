@@ -39,10 +39,11 @@ from haplane.model import ClusterState, ReplicaState
 from haplane.rotation import check_rotation, rotation_order
 from tasks.cluster import cluster_lock, load_spec, observe_cluster, publish_report, wait_api_ready
 from tasks.etcd import wait_quorum
+from tasks.keys import ensure_keys
 from tasks.operations import Step, apply
 from tasks.pki import (
     finish_ca_rotation_task,
-    load_cas,
+    load_certs,
     renew_operator_cert,
     rotate_service_account,
     start_ca_rotation,
@@ -72,26 +73,35 @@ def settled_state(cluster: str, region: str, connection: str | None, timeout: fl
 @documented
 def rotate_certificates(
     cluster: ClusterName,
-    leaves: Annotated[bool, Field(
-        description="Re-issue every replica's certificates and keys, one replica at a time")] = True,
+    leaves: Annotated[
+        bool, Field(description="Re-issue every replica's certificates and keys, one replica at a time")
+    ] = True,
     operator: Annotated[bool, Field(description="Renew the operator's etcd client certificate")] = True,
-    service_account_key: Annotated[bool, Field(
-        description="Rotate the service-account signing key (the previous public key stays accepted)")] = True,
-    rotate_ca: Annotated[bool, Field(
-        description="Also replace the cluster CA and the etcd CA: new CAs trusted beside the old ones on every "
-                    "replica, then every leaf re-issued from them, then the old CAs dropped and deleted (three "
-                    "passes, one replica at a time). Needs leaves and operator")] = False,
+    service_account_key: Annotated[
+        bool, Field(description="Rotate the service-account signing key (the previous public key stays accepted)")
+    ] = True,
+    rotate_ca: Annotated[
+        bool,
+        Field(
+            description="Also replace the cluster CA and the etcd CA: new CAs trusted beside the old ones on every "
+            "replica, then every leaf re-issued from them, then the old CAs dropped and deleted (three "
+            "passes, one replica at a time). Needs leaves and operator"
+        ),
+    ] = False,
     connection: Connection = None,
     change_id: ChangeId = None,
 ) -> list[dict[str, str]]:
     logger = get_run_logger()
     if rotate_ca and not (leaves and operator):
-        raise ValueError("rotate_ca re-issues every certificate from the new CAs: leave leaves and operator true "
-                         "(nothing was rotated)")
+        raise ValueError(
+            "rotate_ca re-issues every certificate from the new CAs: leave leaves and operator true "
+            "(nothing was rotated)"
+        )
     spec = load_spec(cluster)
     change = Change(cluster, change_id or f"rotate-{flow_run.get_id()}", connection)
     with cluster_lock(cluster):
-        cas = load_cas(cluster)
+        ensure_keys(cluster, connection)  # a cluster saved the old way is migrated; an unreadable key refuses here
+        cas = load_certs(cluster)
         if cas is None:
             raise RuntimeError(f"cluster {cluster} has no PKI block: nothing to rotate")
         check_rotation(cas.ca_rotation, change.change_id, rotate_ca)
@@ -108,10 +118,17 @@ def rotate_certificates(
         if leaves:
             for i, r in enumerate(order, 1):
                 logger.info("re-issuing the certificates of %s (%d of %d)", r.name, i, len(order))
-                apply(change, Step(submit_reissue_leaves, f"leaves/{r.name}", f"new certificates for {r.name}",
-                                   (r.zone, r.name, state.endpoint_ip)))
+                apply(
+                    change,
+                    Step(
+                        submit_reissue_leaves,
+                        f"leaves/{r.name}",
+                        f"new certificates for {r.name}",
+                        (r.zone, r.name, state.endpoint_ip),
+                    ),
+                )
                 wait_serving_new_certs(change, r.zone, r.name)
-                wait_quorum(cluster, ips, expect_voting=len(order))
+                wait_quorum(cluster, ips, expect_voting=len(order), connection=connection)
         if rotate_ca:
             logger.info("every leaf is signed by the new CAs: every replica drops the old ones")
             for r in order:
@@ -123,10 +140,18 @@ def rotate_certificates(
             kid = rotate_service_account(change, "service-account/rotate")
             logger.info("delivering service-account key %s to %d replicas, one at a time", kid, len(order))
             for r in order:  # kube-apiserver restarts on new key files: never all replicas at once
-                apply(change, Step(submit_deliver_service_account, f"service-account/deliver/{r.name}",
-                                   f"service-account key to {r.name}", (r.zone, r.name)))
-                wait_api_ready(cluster, r.name, r.internal_ip, step=f"service-account/api-ready/{r.name}",
-                               timeout=120.0)
+                apply(
+                    change,
+                    Step(
+                        submit_deliver_service_account,
+                        f"service-account/deliver/{r.name}",
+                        f"service-account key to {r.name}",
+                        (r.zone, r.name),
+                    ),
+                )
+                wait_api_ready(
+                    cluster, r.name, r.internal_ip, step=f"service-account/api-ready/{r.name}", timeout=120.0
+                )
     return publish_report(observe_cluster(cluster, spec.region, connection), f"rotated by run {flow_run.get_id()}")
 
 
@@ -136,9 +161,9 @@ def _trust(change: Change, r: ReplicaState, ips: list[str], *, drop_previous: bo
     and etcd has its full quorum, before the next replica."""
     phase = "drop" if drop_previous else "trust"
     what = "trusts the new CAs alone" if drop_previous else "trusts the new CAs beside the old ones"
-    apply(change, Step(submit_deliver_trust, f"ca/{phase}/{r.name}", f"{r.name} {what}",
-                       (r.zone, r.name, drop_previous)))
+    apply(
+        change, Step(submit_deliver_trust, f"ca/{phase}/{r.name}", f"{r.name} {what}", (r.zone, r.name, drop_previous))
+    )
     wait_etcd_trust(change, r.zone, r.name, dropped=drop_previous)
     wait_api_ready(change.cluster, r.name, r.internal_ip, step=f"ca/{phase}/api-ready/{r.name}", timeout=120.0)
-    wait_quorum(change.cluster, ips, expect_voting=len(ips))
-
+    wait_quorum(change.cluster, ips, expect_voting=len(ips), connection=change.connection)

@@ -36,5 +36,10 @@ def set_load_balancer(
     current = spec.load_balancer
     change = Change(cluster, change_id or f"endpoint-{flow_run.get_id()}", connection)
     target_spec = spec.model_copy(update={"load_balancer": mode})  # what the plan's "spec" step saves
-    return run_change(change, target_spec, lambda state, _: plan_set_load_balancer(state, current, mode), dry_run,
-                      note=f"endpoint mode {mode.value}")
+    return run_change(
+        change,
+        target_spec,
+        lambda state, _: plan_set_load_balancer(state, current, mode),
+        dry_run,
+        note=f"endpoint mode {mode.value}",
+    )

@@ -25,11 +25,21 @@ from tasks.snapshots import publish_snapshots, snapshot_now, store_of
 def snapshot_cluster(
     cluster: ClusterName,
     connection: Connection = None,
-    storage: Annotated[str | None, Field(description="Storage block '<type>/<name>' (e.g. gcs-bucket/prod-"
-                                                     "snapshots); empty: the cluster's (its spec block)")] = None,
+    storage: Annotated[
+        str | None,
+        Field(
+            description="Storage block '<type>/<name>' (e.g. gcs-bucket/prod-"
+            "snapshots); empty: the cluster's (its spec block)"
+        ),
+    ] = None,
 ) -> dict[str, str | int]:
     spec = load_spec(cluster)
     meta = snapshot_now(spec, connection, storage)
     publish_snapshots(cluster, store_of(spec, storage))
-    return {"snapshot": meta.snapshot_id, "revision": meta.revision, "size": meta.size, "where": meta.where,
-            "taken_at": meta.taken_at}
+    return {
+        "snapshot": meta.snapshot_id,
+        "revision": meta.revision,
+        "size": meta.size,
+        "where": meta.where,
+        "taken_at": meta.taken_at,
+    }

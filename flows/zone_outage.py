@@ -34,9 +34,15 @@ def move_out_of_zone(cluster: str, connection: str | None, verdict: ZoneVerdict)
     spec = load_spec(cluster)
     change = _change(cluster, connection, "zone-move")
     known = zones_of(spec.region, connection)
-    plan = run_change(change, spec, lambda state, _: plan_zone_move(
-        state, verdict.replica, verdict.to_zone, change.change_id, known, spec.zones, verdict.add_now),
-        report=False, tolerate_zones=True)
+    plan = run_change(
+        change,
+        spec,
+        lambda state, _: plan_zone_move(
+            state, verdict.replica, verdict.to_zone, change.change_id, known, spec.zones, verdict.add_now
+        ),
+        report=False,
+        tolerate_zones=True,
+    )
     return plan.new_replicas[0][0] if plan.new_replicas else ""
 
 
@@ -44,9 +50,15 @@ def add_owed_replacement(cluster: str, connection: str | None, verdict: ZoneVerd
     spec = load_spec(cluster)
     change = _change(cluster, connection, "zone-add")
     known = zones_of(spec.region, connection)
-    plan = run_change(change, spec, lambda state, _: plan_replacement_of(
-        state, verdict.replica, verdict.to_zone, change.change_id, known, spec.zones),
-        report=False, tolerate_zones=True)
+    plan = run_change(
+        change,
+        spec,
+        lambda state, _: plan_replacement_of(
+            state, verdict.replica, verdict.to_zone, change.change_id, known, spec.zones
+        ),
+        report=False,
+        tolerate_zones=True,
+    )
     return plan.replica or ""
 
 
@@ -54,8 +66,7 @@ def delete_stranded(cluster: str, connection: str | None, verdict: ZoneVerdict) 
     spec = load_spec(cluster)
     change = _change(cluster, connection, "zone-clean")
     stale = [(s.name, s.zone) for s in verdict.stale]
-    run_change(change, spec, lambda state, _: plan_delete_stranded(state, stale), report=False,
-               tolerate_zones=True)
+    run_change(change, spec, lambda state, _: plan_delete_stranded(state, stale), report=False, tolerate_zones=True)
     return ", ".join(n for n, _ in stale)
 
 
@@ -65,8 +76,9 @@ def rebalance(cluster: str, connection: str | None, verdict: ZoneVerdict) -> str
     known = zones_of(spec.region, connection)
 
     def plan_for(state, _):
-        removal, addition = plan_replace(state, verdict.replica, change.change_id, known, spec.zones,
-                                         spec.load_balancer, to_zone=verdict.to_zone)
+        removal, addition = plan_replace(
+            state, verdict.replica, change.change_id, known, spec.zones, spec.load_balancer, to_zone=verdict.to_zone
+        )
         return removal.then(addition, "rebalance")
 
     plan = run_change(change, spec, plan_for, report=False)

@@ -179,8 +179,10 @@ class Member:
     @classmethod
     def from_json(cls, m: dict) -> Member:
         return cls(
-            id=int(m.get("ID", 0)), name=m.get("name", ""),
-            peer_urls=tuple(m.get("peerURLs", ())), client_urls=tuple(m.get("clientURLs", ())),
+            id=int(m.get("ID", 0)),
+            name=m.get("name", ""),
+            peer_urls=tuple(m.get("peerURLs", ())),
+            client_urls=tuple(m.get("clientURLs", ())),
             is_learner=bool(m.get("isLearner", False)),
         )
 
@@ -331,8 +333,10 @@ class EtcdClient:
                 failures.append(e)
         if len(failures) == 1:
             raise failures[0]
-        raise EtcdUnavailable(", ".join(self.endpoints),
-                              "no endpoint answered: " + "; ".join(f"{f.endpoint}: {f.reason}" for f in failures))
+        raise EtcdUnavailable(
+            ", ".join(self.endpoints),
+            "no endpoint answered: " + "; ".join(f"{f.endpoint}: {f.reason}" for f in failures),
+        )
 
     # -- cluster membership
 
@@ -347,8 +351,9 @@ class EtcdClient:
 
     def member_add(self, peer_urls: list[str], learner: bool = True) -> MemberAdded:
         _, data = self._cluster_call("/v3/cluster/member/add", {"peerURLs": list(peer_urls), "isLearner": learner})
-        return MemberAdded(member=Member.from_json(data["member"]),
-                           members=tuple(Member.from_json(m) for m in data.get("members", [])))
+        return MemberAdded(
+            member=Member.from_json(data["member"]), members=tuple(Member.from_json(m) for m in data.get("members", []))
+        )
 
     def member_promote(self, member_id: int) -> list[Member]:
         _, data = self._cluster_call("/v3/cluster/member/promote", {"ID": str(member_id)})
@@ -369,23 +374,45 @@ class EtcdClient:
         d = self._post(endpoint, "/v3/maintenance/status", {})
         header = d.get("header", {})
         return EndpointStatus(
-            endpoint=endpoint, member_id=int(header.get("member_id", 0)), leader_id=int(d.get("leader", 0)),
-            raft_index=int(d.get("raftIndex", 0)), raft_term=int(d.get("raftTerm", 0)),
-            raft_applied_index=int(d.get("raftAppliedIndex", 0)), version=d.get("version", ""),
-            db_size=int(d.get("dbSize", 0)), errors=tuple(d.get("errors", ())),
-            is_learner=bool(d.get("isLearner", False)), revision=int(header.get("revision", 0)),
+            endpoint=endpoint,
+            member_id=int(header.get("member_id", 0)),
+            leader_id=int(d.get("leader", 0)),
+            raft_index=int(d.get("raftIndex", 0)),
+            raft_term=int(d.get("raftTerm", 0)),
+            raft_applied_index=int(d.get("raftAppliedIndex", 0)),
+            version=d.get("version", ""),
+            db_size=int(d.get("dbSize", 0)),
+            errors=tuple(d.get("errors", ())),
+            is_learner=bool(d.get("isLearner", False)),
+            revision=int(header.get("revision", 0)),
         )
 
     def statuses(self, endpoints: Iterable[str] | None = None) -> list[EndpointStatus | EndpointUnreachable]:
         """Status of every endpoint (this client's, or those given, e.g. every member's client URL);
         one that cannot be asked is reported, not raised."""
         out: list[EndpointStatus | EndpointUnreachable] = []
-        for endpoint in (self.endpoints if endpoints is None else [e.rstrip("/") for e in endpoints]):
+        for endpoint in self.endpoints if endpoints is None else [e.rstrip("/") for e in endpoints]:
             try:
                 out.append(self.status(endpoint))
             except EtcdError as e:
                 out.append(EndpointUnreachable(endpoint, e.reason))
         return out
+
+    def version(self, endpoint: str) -> tuple[str, str]:
+        """(the member's own etcd version, the cluster version) as ``endpoint`` reports them (``GET /version``;
+        the cluster version is "not_decided" until the member has joined)."""
+        endpoint = endpoint.rstrip("/")
+        try:
+            r = self._http.get(f"{endpoint}/version")
+        except httpx.TransportError as e:
+            raise EtcdUnavailable(endpoint, f"{type(e).__name__} calling /version: {e}") from None
+        if r.status_code != 200:
+            raise _classify(endpoint, r.status_code, f"/version: {r.text.strip()} (HTTP {r.status_code})")
+        try:
+            d = r.json()
+        except ValueError:
+            raise EtcdError(endpoint, f"/version: answer is not JSON: {r.text[:200]!r}", r.status_code) from None
+        return str(d.get("etcdserver", "")), str(d.get("etcdcluster", ""))
 
     def alarms(self) -> list[Alarm]:
         _, d = self._cluster_call("/v3/maintenance/alarm", {"action": "GET", "memberID": "0", "alarm": "NONE"})
@@ -421,8 +448,12 @@ class EtcdClient:
         leader_id, endpoint = self.leader()
         if leader_id == target_id:
             return leader_id
-        self._post(endpoint, "/v3/maintenance/transfer-leadership", {"targetID": str(target_id)},
-                   timeout=max(self.timeout, 10.0))
+        self._post(
+            endpoint,
+            "/v3/maintenance/transfer-leadership",
+            {"targetID": str(target_id)},
+            timeout=max(self.timeout, 10.0),
+        )
         return leader_id
 
     def snapshot(self, path: str | Path) -> int:
@@ -444,8 +475,12 @@ class EtcdClient:
     def _snapshot_from(self, endpoint: str, partial: Path) -> int:
         size = 0
         try:
-            with self._http.stream("POST", f"{endpoint}/v3/maintenance/snapshot", json={},
-                                   timeout=httpx.Timeout(self.timeout, read=max(self.timeout, 60.0))) as r:
+            with self._http.stream(
+                "POST",
+                f"{endpoint}/v3/maintenance/snapshot",
+                json={},
+                timeout=httpx.Timeout(self.timeout, read=max(self.timeout, 60.0)),
+            ) as r:
                 if r.status_code != 200:
                     r.read()
                     raise _classify(endpoint, r.status_code, f"/v3/maintenance/snapshot: {r.text.strip()}")
@@ -503,8 +538,9 @@ def _retry_deadline(deadline: float, interval: float) -> bool:
     return time.monotonic() + interval <= deadline
 
 
-def promote_when_ready(client: EtcdClient, member_id: int, timeout: float = 60.0,
-                       interval: float = 0.5) -> list[Member]:
+def promote_when_ready(
+    client: EtcdClient, member_id: int, timeout: float = 60.0, interval: float = 0.5
+) -> list[Member]:
     """Promote a learner, retrying while etcd says it has not caught up yet.
 
     Also retried: "unhealthy cluster" / "not enough started members" (etcd's strict
@@ -519,13 +555,15 @@ def promote_when_ready(client: EtcdClient, member_id: int, timeout: float = 60.0
             return client.member_list()
         except (EtcdNotLearnerReady, *_TRANSIENT_RECONFIG) as e:
             if not _retry_deadline(deadline, interval):
-                raise EtcdNotLearnerReady(e.endpoint, f"learner {member_id:x} not promoted after {timeout:.0f}s: "
-                                          f"{e.reason}", e.status_code) from None
+                raise EtcdNotLearnerReady(
+                    e.endpoint, f"learner {member_id:x} not promoted after {timeout:.0f}s: {e.reason}", e.status_code
+                ) from None
             time.sleep(interval)
 
 
-def add_member_when_ready(client: EtcdClient, peer_urls: list[str], learner: bool = True,
-                          timeout: float = 30.0, interval: float = 0.5) -> MemberAdded:
+def add_member_when_ready(
+    client: EtcdClient, peer_urls: list[str], learner: bool = True, timeout: float = 30.0, interval: float = 0.5
+) -> MemberAdded:
     """Add a member, retrying etcd's transient refusals (a member that joined less than
     5 s ago makes etcd answer "unhealthy cluster"). Idempotent: when a member with these
     peer URLs already exists (a resumed run), that member is returned."""
@@ -545,8 +583,9 @@ def add_member_when_ready(client: EtcdClient, peer_urls: list[str], learner: boo
             time.sleep(interval)
 
 
-def remove_member_when_ready(client: EtcdClient, member_id: int, timeout: float = 30.0,
-                             interval: float = 0.5) -> list[Member]:
+def remove_member_when_ready(
+    client: EtcdClient, member_id: int, timeout: float = 30.0, interval: float = 0.5
+) -> list[Member]:
     """Remove a member, retrying etcd's transient refusals ("not enough started members").
     Idempotent: a member already gone counts as removed. Quorum safety is the caller's
     decision (:func:`haplane.quorum.can_remove`); etcd's own check is a second line."""

@@ -36,18 +36,26 @@ def read_retry() -> retries.Retry:
     """Reads retry transient errors (429, 500, 503) for ``HAPLANE_GCE_READ_RETRY_S`` seconds (30), not
     the client library's 600 s: a zone whose API is down must surface as an error a flow can report,
     not as a ten-minute hang."""
-    return retries.Retry(initial=0.5, maximum=5.0, multiplier=2.0,
-                         timeout=settings.gce_read_retry_s(),
-                         predicate=retries.if_exception_type(*TRANSIENT))
+    return retries.Retry(
+        initial=0.5,
+        maximum=5.0,
+        multiplier=2.0,
+        timeout=settings.gce_read_retry_s(),
+        predicate=retries.if_exception_type(*TRANSIENT),
+    )
 
 
 class GceZoneUnavailable(RuntimeError):
     """A zone's API does not answer: the cluster cannot be observed there, so nothing is changed."""
 
     def __init__(self, zone: str, cause: Exception) -> None:
-        super().__init__(f"GCE zone {zone} does not answer ({cause}); the cluster's replicas there cannot be "
-                         f"seen, so nothing was changed: run this again when the zone's API is back")
+        super().__init__(
+            f"GCE zone {zone} does not answer ({cause}); the cluster's replicas there cannot be "
+            f"seen, so nothing was changed: run this again when the zone's API is back"
+        )
         self.zone = zone
+
+
 NIC = "nic0"
 
 
@@ -60,8 +68,7 @@ class GceOperationError(RuntimeError):
     """A GCE operation finished with an error."""
 
     def __init__(self, op: OpRef, code: str, message: str) -> None:
-        super().__init__(f"GCE operation {op.name} ({op.kind} on {op.target or op.location}) failed: "
-                         f"{code}: {message}")
+        super().__init__(f"GCE operation {op.name} ({op.kind} on {op.target or op.location}) failed: {code}: {message}")
         self.op, self.code, self.message = op, code, message
 
 
@@ -71,9 +78,11 @@ class GceTimeout(TimeoutError):
 
     def __init__(self, op: OpRef, waited: float, last_error: str | None = None, bound: str = "") -> None:
         seen = f"; its status could not be read (last poll: {last_error})" if last_error else ""
-        super().__init__(f"GCE operation {op.name} ({op.kind} on {op.target or op.location}) still not DONE "
-                         f"after {waited:.0f} s{bound}{seen}. It was not sent again: run the flow again with the "
-                         f"same change_id to resume waiting on this operation")
+        super().__init__(
+            f"GCE operation {op.name} ({op.kind} on {op.target or op.location}) still not DONE "
+            f"after {waited:.0f} s{bound}{seen}. It was not sent again: run the flow again with the "
+            f"same change_id to resume waiting on this operation"
+        )
         self.op, self.waited, self.last_error = op, waited, last_error
 
 
@@ -151,6 +160,14 @@ def _status_name(value: Any, enum: Any) -> str:
         return str(value)
 
 
+def token_credentials(token: str) -> Any:
+    """Credentials that send ``token`` as the bearer token: the emulator's workers' token
+    (``HAPLANE_GCE_TOKEN``, or a connection block's ``token``), which its Secret Manager requires."""
+    from google.oauth2.credentials import Credentials
+
+    return Credentials(token=token.strip())
+
+
 @dataclass
 class Gce:
     """Compute Engine for one project, real or emulated (``endpoint``)."""
@@ -169,8 +186,10 @@ class Gce:
         project = project or settings.project()
         if not project:
             raise ValueError("no GCE project: pass project=... or set HAPLANE_PROJECT")
-        return cls(project=project, endpoint=endpoint or settings.gce_endpoint(),
-                   credentials=credentials)
+        endpoint = endpoint or settings.gce_endpoint()
+        if credentials is None and endpoint and settings.gce_token():
+            credentials = token_credentials(settings.gce_token())
+        return cls(project=project, endpoint=endpoint, credentials=credentials)
 
     def _client(self, cls: type) -> Any:
         name = cls.__name__
@@ -218,13 +237,13 @@ class Gce:
                 import google.auth
                 from google.auth.transport.requests import AuthorizedSession
 
-                creds = self.credentials or google.auth.default(
-                    scopes=["https://www.googleapis.com/auth/compute"])[0]
+                creds = self.credentials or google.auth.default(scopes=["https://www.googleapis.com/auth/compute"])[0]
                 self._clients["legacy"] = AuthorizedSession(creds)
         base = (self.endpoint or "https://compute.googleapis.com").rstrip("/")
         url = f"{base}/compute/v1/projects/{self.project}/{path}"
-        resp = self._clients["legacy"].request(method, url, json=body, params={"requestId": rid} if rid else None,
-                                               timeout=60)
+        resp = self._clients["legacy"].request(
+            method, url, json=body, params={"requestId": rid} if rid else None, timeout=60
+        )
         if resp.status_code == 404 and method == "GET":
             return None
         if resp.status_code >= 400:
@@ -232,14 +251,25 @@ class Gce:
         return resp.json()
 
     def _legacy_op(self, data: dict) -> OpRef:
-        return OpRef(name=data["name"], scope="global", location=None, kind=data.get("operationType", ""),
-                     target=data.get("targetLink", "").rsplit("/", 1)[-1], done=data.get("status") == "DONE")
+        return OpRef(
+            name=data["name"],
+            scope="global",
+            location=None,
+            kind=data.get("operationType", ""),
+            target=data.get("targetLink", "").rsplit("/", 1)[-1],
+            done=data.get("status") == "DONE",
+        )
 
     # --- operations -------------------------------------------------------
     def _ref(self, op: compute_v1.Operation, scope: str, location: str | None) -> OpRef:
-        return OpRef(name=op.name, scope=scope, location=location, kind=op.operation_type,
-                     target=op.target_link.rsplit("/", 1)[-1] if op.target_link else "",
-                     done=_status_name(op.status, compute_v1.Operation.Status) == "DONE")
+        return OpRef(
+            name=op.name,
+            scope=scope,
+            location=location,
+            kind=op.operation_type,
+            target=op.target_link.rsplit("/", 1)[-1] if op.target_link else "",
+            done=_status_name(op.status, compute_v1.Operation.Status) == "DONE",
+        )
 
     def _op_get(self, ref: OpRef, wait: bool) -> compute_v1.Operation:
         """One poll. No client-side retry (the library's default retries a 503 for 600 s, which would
@@ -303,11 +333,16 @@ class Gce:
         nat = nic.access_configs[0].nat_i_p if nic and nic.access_configs else None
         items = {i.key: i.value for i in raw.metadata.items} if raw.metadata else {}
         return Instance(
-            name=raw.name, zone=zone, status=_status_name(raw.status, compute_v1.Instance.Status),
-            internal_ip=nic.network_i_p if nic else "", external_ip=nat or None,
-            labels=dict(raw.labels), metadata=public_metadata(items),
+            name=raw.name,
+            zone=zone,
+            status=_status_name(raw.status, compute_v1.Instance.Status),
+            internal_ip=nic.network_i_p if nic else "",
+            external_ip=nat or None,
+            labels=dict(raw.labels),
+            metadata=public_metadata(items),
             metadata_fingerprint=raw.metadata.fingerprint if raw.metadata else "",
-            self_link=raw.self_link, id=str(raw.id),
+            self_link=raw.self_link,
+            id=str(raw.id),
             service_accounts=tuple(sa.email for sa in raw.service_accounts),
         )
 
@@ -326,6 +361,17 @@ class Gce:
                 raise GceZoneUnavailable(zone, exc) from exc
         return sorted(out, key=lambda i: (i.zone, i.name))
 
+    def list_labelled_instances(self, label: str, timeout: float = 10.0) -> list[Instance]:
+        """Every VM of the project that carries ``label``, in every zone: ONE ``instances.aggregatedList``
+        (a page per 500 VMs), not retried (the watcher looks again next period). A zone that does not
+        answer fails the whole list (this client library cannot ask for a partial answer)."""
+        req = compute_v1.AggregatedListInstancesRequest(project=self.project, filter=f"labels.{label}:*")
+        out: list[Instance] = []
+        for scope, scoped in self.instances.aggregated_list(request=req, retry=None, timeout=timeout):
+            zone = scope.rsplit("/", 1)[-1]
+            out.extend(self._instance(raw, zone) for raw in scoped.instances)
+        return sorted(out, key=lambda i: (i.zone, i.name))
+
     def list_zones(self, region: str) -> list[str]:
         raw = self._client(compute_v1.RegionsClient).get(project=self.project, region=region, retry=read_retry())
         return sorted(z.rsplit("/", 1)[-1] for z in raw.zones)
@@ -338,33 +384,48 @@ class Gce:
         raw = self._missing(self.addresses.get, project=self.project, region=region, address=name)
         if raw is None:
             return None
-        return Address(name=raw.name, region=region, address=raw.address,
-                       status=_status_name(raw.status, compute_v1.Address.Status),
-                       users=tuple(raw.users), self_link=raw.self_link)
+        return Address(
+            name=raw.name,
+            region=region,
+            address=raw.address,
+            status=_status_name(raw.status, compute_v1.Address.Status),
+            users=tuple(raw.users),
+            self_link=raw.self_link,
+        )
 
     def get_target_pool(self, region: str, name: str) -> TargetPool | None:
         raw = self._missing(self.target_pools.get, project=self.project, region=region, target_pool=name)
         if raw is None:
             return None
-        return TargetPool(name=raw.name, region=region, instances=tuple(raw.instances),
-                          health_checks=tuple(raw.health_checks), self_link=raw.self_link)
+        return TargetPool(
+            name=raw.name,
+            region=region,
+            instances=tuple(raw.instances),
+            health_checks=tuple(raw.health_checks),
+            self_link=raw.self_link,
+        )
 
     def get_forwarding_rule(self, region: str, name: str) -> ForwardingRule | None:
-        raw = self._missing(self.forwarding_rules.get, project=self.project, region=region,
-                            forwarding_rule=name)
+        raw = self._missing(self.forwarding_rules.get, project=self.project, region=region, forwarding_rule=name)
         if raw is None:
             return None
-        return ForwardingRule(name=raw.name, region=region, ip=raw.I_p_address, target=raw.target,
-                              self_link=raw.self_link)
+        return ForwardingRule(
+            name=raw.name, region=region, ip=raw.I_p_address, target=raw.target, self_link=raw.self_link
+        )
 
     def get_firewall(self, name: str) -> Firewall | None:
         raw = self._missing(self.firewalls.get, project=self.project, firewall=name)
         if raw is None:
             return None
         ports = tuple(p for rule in raw.allowed for p in rule.ports)
-        return Firewall(name=raw.name, source_ranges=tuple(raw.source_ranges),
-                        source_tags=tuple(raw.source_tags), target_tags=tuple(raw.target_tags),
-                        ports=ports, self_link=raw.self_link)
+        return Firewall(
+            name=raw.name,
+            source_ranges=tuple(raw.source_ranges),
+            source_tags=tuple(raw.source_tags),
+            target_tags=tuple(raw.target_tags),
+            ports=ports,
+            self_link=raw.self_link,
+        )
 
     def description_of(self, kind: str, name: str, region: str | None = None) -> str | None:
         """The description of a named resource (``address``, ``target_pool``, ``forwarding_rule``
@@ -392,11 +453,21 @@ class Gce:
         return f"{base}/compute/v1/projects/{self.project}/zones/{zone}/instances/{name}"
 
     # --- submits: instances -----------------------------------------------
-    def insert_instance(self, zone: str, name: str, *, machine_type: str, labels: dict[str, str],
-                        metadata: dict[str, str], tags: list[str], external_ip: bool, rid: str,
-                        nat_ip: str | None = None,
-                        image: str = "projects/debian-cloud/global/images/family/debian-12",
-                        service_account: str | None = None) -> OpRef:
+    def insert_instance(
+        self,
+        zone: str,
+        name: str,
+        *,
+        machine_type: str,
+        labels: dict[str, str],
+        metadata: dict[str, str],
+        tags: list[str],
+        external_ip: bool,
+        rid: str,
+        nat_ip: str | None = None,
+        image: str = "projects/debian-cloud/global/images/family/debian-12",
+        service_account: str | None = None,
+    ) -> OpRef:
         nic = compute_v1.NetworkInterface(network=f"projects/{self.project}/global/networks/default")
         if external_ip:
             access = compute_v1.AccessConfig(name=ACCESS_CONFIG_NAME, type_="ONE_TO_ONE_NAT")
@@ -404,17 +475,27 @@ class Gce:
                 access.nat_i_p = nat_ip
             nic.access_configs = [access]
         body = compute_v1.Instance(
-            name=name, machine_type=f"zones/{zone}/machineTypes/{machine_type}", labels=labels,
+            name=name,
+            machine_type=f"zones/{zone}/machineTypes/{machine_type}",
+            labels=labels,
             tags=compute_v1.Tags(items=tags),
             metadata=compute_v1.Metadata(items=[compute_v1.Items(key=k, value=v) for k, v in metadata.items()]),
             network_interfaces=[nic],
-            disks=[compute_v1.AttachedDisk(boot=True, auto_delete=True, initialize_params=compute_v1.AttachedDiskInitializeParams(source_image=image))],
+            disks=[
+                compute_v1.AttachedDisk(
+                    boot=True,
+                    auto_delete=True,
+                    initialize_params=compute_v1.AttachedDiskInitializeParams(source_image=image),
+                )
+            ],
         )
         if service_account:  # the VM's identity: what reads its keys from Secret Manager
-            body.service_accounts = [compute_v1.ServiceAccount(
-                email=service_account, scopes=["https://www.googleapis.com/auth/cloud-platform"])]
-        req = compute_v1.InsertInstanceRequest(project=self.project, zone=zone, instance_resource=body,
-                                               request_id=rid)
+            body.service_accounts = [
+                compute_v1.ServiceAccount(
+                    email=service_account, scopes=["https://www.googleapis.com/auth/cloud-platform"]
+                )
+            ]
+        req = compute_v1.InsertInstanceRequest(project=self.project, zone=zone, instance_resource=body, request_id=rid)
         return self._ref(self.instances.insert_unary(request=req), "zone", zone)
 
     def delete_instance(self, zone: str, name: str, *, rid: str) -> OpRef:
@@ -426,13 +507,16 @@ class Gce:
         raw = self.instances.get(project=self.project, zone=zone, instance=name, retry=read_retry())
         merged = {i.key: i.value for i in raw.metadata.items}
         merged.update(items)
-        body = compute_v1.Metadata(fingerprint=raw.metadata.fingerprint,
-                                   items=[compute_v1.Items(key=k, value=v) for k, v in merged.items()])
-        req = compute_v1.SetMetadataInstanceRequest(project=self.project, zone=zone, instance=name,
-                                                    metadata_resource=body, request_id=rid)
+        body = compute_v1.Metadata(
+            fingerprint=raw.metadata.fingerprint, items=[compute_v1.Items(key=k, value=v) for k, v in merged.items()]
+        )
+        req = compute_v1.SetMetadataInstanceRequest(
+            project=self.project, zone=zone, instance=name, metadata_resource=body, request_id=rid
+        )
         # the body holds private keys: an error must not carry the request or response onwards
-        op = call_carrying_secrets(f"setMetadata of instance {name} in {zone}", merged.values(),
-                                   self.instances.set_metadata_unary, request=req)
+        op = call_carrying_secrets(
+            f"setMetadata of instance {name} in {zone}", merged.values(), self.instances.set_metadata_unary, request=req
+        )
         return self._ref(op, "zone", zone)
 
     def add_access_config(self, zone: str, name: str, *, nat_ip: str | None, rid: str) -> OpRef:
@@ -440,37 +524,61 @@ class Gce:
         if nat_ip:
             body.nat_i_p = nat_ip
         req = compute_v1.AddAccessConfigInstanceRequest(
-            project=self.project, zone=zone, instance=name, network_interface=NIC,
-            access_config_resource=body, request_id=rid)
+            project=self.project,
+            zone=zone,
+            instance=name,
+            network_interface=NIC,
+            access_config_resource=body,
+            request_id=rid,
+        )
         return self._ref(self.instances.add_access_config_unary(request=req), "zone", zone)
 
     def delete_access_config(self, zone: str, name: str, *, rid: str) -> OpRef:
         req = compute_v1.DeleteAccessConfigInstanceRequest(
-            project=self.project, zone=zone, instance=name, network_interface=NIC,
-            access_config=ACCESS_CONFIG_NAME, request_id=rid)
+            project=self.project,
+            zone=zone,
+            instance=name,
+            network_interface=NIC,
+            access_config=ACCESS_CONFIG_NAME,
+            request_id=rid,
+        )
         return self._ref(self.instances.delete_access_config_unary(request=req), "zone", zone)
 
     # --- submits: network -------------------------------------------------
-    def insert_address(self, region: str, name: str, *, address: str | None, rid: str,
-                       description: str = "") -> OpRef:
+    def insert_address(self, region: str, name: str, *, address: str | None, rid: str, description: str = "") -> OpRef:
         body = compute_v1.Address(name=name, description=description)
         if address:
             body.address = address
-        req = compute_v1.InsertAddressRequest(project=self.project, region=region, address_resource=body,
-                                              request_id=rid)
+        req = compute_v1.InsertAddressRequest(
+            project=self.project, region=region, address_resource=body, request_id=rid
+        )
         return self._ref(self.addresses.insert_unary(request=req), "region", region)
 
     def delete_address(self, region: str, name: str, *, rid: str) -> OpRef:
-        req = compute_v1.DeleteAddressRequest(project=self.project, region=region, address=name,
-                                              request_id=rid)
+        req = compute_v1.DeleteAddressRequest(project=self.project, region=region, address=name, request_id=rid)
         return self._ref(self.addresses.delete_unary(request=req), "region", region)
 
-    def insert_firewall(self, name: str, *, ports: list[str], source_ranges: list[str],
-                        source_tags: list[str], target_tags: list[str], description: str, rid: str) -> OpRef:
+    def insert_firewall(
+        self,
+        name: str,
+        *,
+        ports: list[str],
+        source_ranges: list[str],
+        source_tags: list[str],
+        target_tags: list[str],
+        description: str,
+        rid: str,
+    ) -> OpRef:
         body = compute_v1.Firewall(
-            name=name, network=f"projects/{self.project}/global/networks/default", direction="INGRESS",
-            description=description, allowed=[compute_v1.Allowed(I_p_protocol="tcp", ports=ports)],
-            source_ranges=source_ranges, source_tags=source_tags, target_tags=target_tags)
+            name=name,
+            network=f"projects/{self.project}/global/networks/default",
+            direction="INGRESS",
+            description=description,
+            allowed=[compute_v1.Allowed(I_p_protocol="tcp", ports=ports)],
+            source_ranges=source_ranges,
+            source_tags=source_tags,
+            target_tags=target_tags,
+        )
         req = compute_v1.InsertFirewallRequest(project=self.project, firewall_resource=body, request_id=rid)
         return self._ref(self.firewalls.insert_unary(request=req), "global", None)
 
@@ -479,53 +587,78 @@ class Gce:
         return self._ref(self.firewalls.delete_unary(request=req), "global", None)
 
     def insert_health_check(self, name: str, *, port: int, path: str, rid: str, description: str = "") -> OpRef:
-        body = {"name": name, "port": port, "requestPath": path, "checkIntervalSec": 2, "timeoutSec": 1,
-                "description": description}
+        body = {
+            "name": name,
+            "port": port,
+            "requestPath": path,
+            "checkIntervalSec": 2,
+            "timeoutSec": 1,
+            "description": description,
+        }
         return self._legacy_op(self._legacy("POST", "global/httpHealthChecks", body, rid))
 
     def delete_health_check(self, name: str, *, rid: str) -> OpRef:
         return self._legacy_op(self._legacy("DELETE", f"global/httpHealthChecks/{name}", rid=rid))
 
-    def insert_target_pool(self, region: str, name: str, *, instances: list[str], health_check: str,
-                           rid: str, description: str = "") -> OpRef:
+    def insert_target_pool(
+        self, region: str, name: str, *, instances: list[str], health_check: str, rid: str, description: str = ""
+    ) -> OpRef:
         hc = f"projects/{self.project}/global/httpHealthChecks/{health_check}"
         body = compute_v1.TargetPool(name=name, instances=instances, health_checks=[hc], description=description)
-        req = compute_v1.InsertTargetPoolRequest(project=self.project, region=region,
-                                                 target_pool_resource=body, request_id=rid)
+        req = compute_v1.InsertTargetPoolRequest(
+            project=self.project, region=region, target_pool_resource=body, request_id=rid
+        )
         return self._ref(self.target_pools.insert_unary(request=req), "region", region)
 
     def add_pool_instances(self, region: str, pool: str, instances: list[str], *, rid: str) -> OpRef:
         body = compute_v1.TargetPoolsAddInstanceRequest(
-            instances=[compute_v1.InstanceReference(instance=i) for i in instances])
+            instances=[compute_v1.InstanceReference(instance=i) for i in instances]
+        )
         req = compute_v1.AddInstanceTargetPoolRequest(
-            project=self.project, region=region, target_pool=pool,
-            target_pools_add_instance_request_resource=body, request_id=rid)
+            project=self.project,
+            region=region,
+            target_pool=pool,
+            target_pools_add_instance_request_resource=body,
+            request_id=rid,
+        )
         return self._ref(self.target_pools.add_instance_unary(request=req), "region", region)
 
     def remove_pool_instances(self, region: str, pool: str, instances: list[str], *, rid: str) -> OpRef:
         body = compute_v1.TargetPoolsRemoveInstanceRequest(
-            instances=[compute_v1.InstanceReference(instance=i) for i in instances])
+            instances=[compute_v1.InstanceReference(instance=i) for i in instances]
+        )
         req = compute_v1.RemoveInstanceTargetPoolRequest(
-            project=self.project, region=region, target_pool=pool,
-            target_pools_remove_instance_request_resource=body, request_id=rid)
+            project=self.project,
+            region=region,
+            target_pool=pool,
+            target_pools_remove_instance_request_resource=body,
+            request_id=rid,
+        )
         return self._ref(self.target_pools.remove_instance_unary(request=req), "region", region)
 
     def delete_target_pool(self, region: str, name: str, *, rid: str) -> OpRef:
-        req = compute_v1.DeleteTargetPoolRequest(project=self.project, region=region, target_pool=name,
-                                                 request_id=rid)
+        req = compute_v1.DeleteTargetPoolRequest(project=self.project, region=region, target_pool=name, request_id=rid)
         return self._ref(self.target_pools.delete_unary(request=req), "region", region)
 
-    def insert_forwarding_rule(self, region: str, name: str, *, ip: str, pool: str, port: int,
-                               rid: str, description: str = "") -> OpRef:
+    def insert_forwarding_rule(
+        self, region: str, name: str, *, ip: str, pool: str, port: int, rid: str, description: str = ""
+    ) -> OpRef:
         body = compute_v1.ForwardingRule(
-            name=name, description=description, I_p_address=ip, I_p_protocol="TCP", port_range=f"{port}-{port}",
+            name=name,
+            description=description,
+            I_p_address=ip,
+            I_p_protocol="TCP",
+            port_range=f"{port}-{port}",
             target=f"projects/{self.project}/regions/{region}/targetPools/{pool}",
-            load_balancing_scheme="EXTERNAL")
-        req = compute_v1.InsertForwardingRuleRequest(project=self.project, region=region,
-                                                     forwarding_rule_resource=body, request_id=rid)
+            load_balancing_scheme="EXTERNAL",
+        )
+        req = compute_v1.InsertForwardingRuleRequest(
+            project=self.project, region=region, forwarding_rule_resource=body, request_id=rid
+        )
         return self._ref(self.forwarding_rules.insert_unary(request=req), "region", region)
 
     def delete_forwarding_rule(self, region: str, name: str, *, rid: str) -> OpRef:
-        req = compute_v1.DeleteForwardingRuleRequest(project=self.project, region=region,
-                                                     forwarding_rule=name, request_id=rid)
+        req = compute_v1.DeleteForwardingRuleRequest(
+            project=self.project, region=region, forwarding_rule=name, request_id=rid
+        )
         return self._ref(self.forwarding_rules.delete_unary(request=req), "region", region)

@@ -16,6 +16,7 @@ from enum import StrEnum
 
 MISSING = "MISSING"  # vm_status of an etcd member whose VM is gone
 ZONE_OUT = "UNKNOWN"  # vm_status of an etcd member whose VM is unseen because its zone's API does not answer
+UNPLACED = "?"  # zone of a ZONE_OUT member when several zones are out: which one it is in is unknown
 
 
 class LbChange(StrEnum):
@@ -51,6 +52,34 @@ class Unknown:
         return self.text
 
 
+# the control-plane components every replica runs with --leader-elect=true: name -> its Lease in kube-system
+COMPONENTS: dict[str, str] = {"controller-manager": "kube-controller-manager", "scheduler": "kube-scheduler"}
+
+
+@dataclass(frozen=True)
+class LeaderLease:
+    """A component's ``coordination.k8s.io/v1`` Lease as read from etcd: who leads it, till when."""
+
+    component: str  # "controller-manager" | "scheduler"
+    holder: str | None = None  # the replica (hostname of holderIdentity ``<hostname>_<uuid>``); None: no Lease
+    identity: str | None = None
+    renew_time: str | None = None  # ISO 8601
+    duration_s: float = 15.0
+    expired: bool = True  # renewTime + leaseDurationSeconds is past (or there is no Lease)
+
+    @property
+    def leader(self) -> str | None:
+        """The replica leading the component now, or None (no Lease, or it lapsed)."""
+        return None if self.expired else self.holder
+
+    @property
+    def text(self) -> str:
+        if self.holder is None:
+            return f"{COMPONENTS[self.component]}: no Lease, no leader"
+        state = "lapsed, no leader" if self.expired else "leader"
+        return f"{COMPONENTS[self.component]}: {self.holder} ({state}; renewed {self.renew_time})"
+
+
 @dataclass(frozen=True)
 class ReplicaState:
     name: str
@@ -69,15 +98,32 @@ class ReplicaState:
     problems: tuple[str, ...] = ()
     etcd_unknown: Unknown | None = None  # its etcd health could not be observed
     api_unknown: Unknown | None = None  # its API server's readiness could not be observed
+    # components (see COMPONENTS) its API server reports not running (componentstatuses)
+    components_down: tuple[str, ...] = ()
+    components_unknown: Unknown | None = None  # its API server answered /readyz but not componentstatuses
+    leads: tuple[str, ...] = ()  # components whose Lease it holds now
+    etcd_version: str | None = None  # the etcd server version the member itself reports (/version); None: unread
+    kubernetes_version: str | None = None  # the kube-apiserver version its VM asked for (metadata)
+    vm_unknown: Unknown | None = None  # its VM could not be looked at (ZONE_OUT: its zone's API does not answer)
 
     @property
     def healthy(self) -> bool:
         """Known to be healthy (an unknown is never healthy, nor known unhealthy)."""
-        return self.vm_status == "RUNNING" and self.etcd_ok and not self.learner and self.api_ready
+        return (
+            self.vm_status == "RUNNING"
+            and self.etcd_ok
+            and not self.learner
+            and self.api_ready
+            and not self.components_down
+            and self.components_unknown is None
+        )
 
     @property
     def unknowns(self) -> tuple[Unknown, ...]:
-        return tuple(u for u in (self.etcd_unknown, self.api_unknown) if u is not None)
+        vm = self.vm_unknown
+        if vm is None and self.vm_status == ZONE_OUT:  # unseen in a zone that does not answer: never "not running"
+            vm = Unknown(f"the VM of {self.name}", "its zone's API does not answer")
+        return tuple(u for u in (vm, self.etcd_unknown, self.api_unknown, self.components_unknown) if u is not None)
 
     @property
     def role(self) -> str:
@@ -102,6 +148,14 @@ class ClusterState:
     membership_unknown: Unknown | None = None  # etcd's member list could not be read
     unavailable_zones: tuple[str, ...] = ()  # zones whose API did not answer (observed with tolerate_zones)
     look_alikes: tuple[str, ...] = ()  # VMs with the cluster's label but not its uid (haplane.ownership)
+    leases: tuple[LeaderLease, ...] = ()  # one per component, read from etcd (empty: not read)
+    leases_unknown: Unknown | None = None  # the Leases could not be read
+
+    def leaderless(self) -> tuple[LeaderLease, ...]:
+        """Components with no leader: no Lease, or one not renewed within its duration (known only)."""
+        return tuple(lease for lease in self.leases if lease.leader is None)
+
+    etcd_cluster_version: str | None = None  # etcd's cluster version (/version "etcdcluster"); None: unread
 
     @property
     def names(self):  # -> haplane.topology.ClusterNames (pure, imported late to keep this module standalone)

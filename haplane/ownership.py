@@ -60,7 +60,46 @@ class LookAlike(OwnershipError):
         super().__init__(
             f"{what} has the name of cluster {cluster!r} but is not its own (uid {found_uid or 'none'}, the "
             f"cluster's is {cluster_uid}); it was not adopted, changed or deleted: rename or remove it, or "
-            f"check that the connection points at the right project")
+            f"check that the connection points at the right project"
+        )
+
+
+class NotOurs(OwnershipError):
+    """A VM under a replica's planned name that this change did not create: never adopted, configured or keyed."""
+
+
+def check_adoptable(
+    vm: str, zone: str, labels: dict[str, str], cluster: str, cluster_uid: str | None, change_label: str
+) -> None:
+    """A create step that finds a VM of its planned name goes on only with the VM its own change made: the
+    cluster's label and uid (labels ``haplane-cluster``, ``haplane-uid``) and this change's label
+    (``haplane-change``). Replica names follow from the change id, and the plan naming them is published
+    before the step runs, so anyone could make that VM first. Anything else is refused, naming it."""
+    found = {
+        "cluster": labels.get("haplane-cluster"),
+        "uid": labels.get("haplane-uid"),
+        "change": labels.get("haplane-change"),
+    }
+    wanted = {"cluster": cluster, "uid": cluster_uid if cluster_uid else found["uid"], "change": change_label}
+    wrong = [f"{k} {found[k] or '(none)'!r} (expected {wanted[k]!r})" for k in wanted if found[k] != wanted[k]]
+    if wrong:
+        raise NotOurs(
+            f"VM {vm} in {zone} has the name this change planned for a replica of cluster {cluster!r}, but this "
+            f"change did not create it: {', '.join(wrong)}. It was not adopted: no certificate issued, no key "
+            f"granted, nothing changed on it. Delete or rename that VM if it is left over, or run the change with "
+            f"another change_id (the replica then gets another name)"
+        )
+
+
+def check_key_recipient(vm: str, accounts: tuple[str, ...] | list[str], own: str) -> None:
+    """A replica's keys go only to a VM whose service account is the replica's own (Secret Manager grants
+    read access to that account): a VM running as another account is refused before anything is issued."""
+    if list(accounts) != [own]:
+        raise NotOurs(
+            f"VM {vm} runs as service account(s) {', '.join(accounts) or '(none)'}, not the replica's "
+            f"own {own}: "
+            f"no certificate was issued and no key granted to it. Delete that VM and run the change again"
+        )
 
 
 @dataclass(frozen=True)
@@ -79,13 +118,15 @@ def check_create(cluster: str, region: str, project: str, spec: SpecWhere | None
             raise OwnershipError(
                 f"cluster {cluster!r} already exists in region {spec.region!r} of project "
                 f"{spec.project or '(not recorded)'!r} (block {cluster}-spec); nothing was changed: pick another "
-                f"name, or delete that cluster first with delete-cluster")
+                f"name, or delete that cluster first with delete-cluster"
+            )
         return  # the same cluster: a resumed create
     if found:
         raise OwnershipError(
             f"GCE project {project!r} already has resources named for a cluster {cluster!r} but this workspace "
             f"has no spec for it ({', '.join(found)}); nothing was changed: pick another name, or remove those "
-            f"resources if they are left over")
+            f"resources if they are left over"
+        )
 
 
 def check_project(cluster: str, project: str, spec: SpecWhere, nothing: str = "nothing was deleted") -> None:
@@ -94,7 +135,8 @@ def check_project(cluster: str, project: str, spec: SpecWhere, nothing: str = "n
     if spec.project is not None and spec.project != project:
         raise OwnershipError(
             f"cluster {cluster!r} lives in project {spec.project!r} but the connection points at project "
-            f"{project!r}; {nothing}: pass the connection of project {spec.project!r}")
+            f"{project!r}; {nothing}: pass the connection of project {spec.project!r}"
+        )
 
 
 def check_delete(cluster: str, project: str, spec: SpecWhere, found: list[str], gone: bool) -> None:
@@ -105,4 +147,5 @@ def check_delete(cluster: str, project: str, spec: SpecWhere, found: list[str], 
             f"GCE (project {project!r}) shows nothing of cluster {cluster!r}, whose spec says it was created in "
             f"region {spec.region!r}; nothing was deleted. If the connection is wrong, pass the right one; if "
             f"the cluster is truly gone, run delete-cluster again with gone=true to remove its spec, PKI, "
-            f"health schedule and locks")
+            f"health schedule and locks"
+        )

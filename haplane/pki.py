@@ -9,8 +9,10 @@ Per cluster (created once, see :func:`create_cluster_cas`):
   which the API servers sign and verify service-account tokens.
 
 Per replica (see :func:`issue_replica_certs`): the API server's serving
-certificate, the etcd peer and server certificates, and the API server's
-client certificate to etcd. :func:`node_tls` turns them into the
+certificate, the etcd peer and server certificates, the API server's
+client certificate to etcd, and the controller-manager's and scheduler's
+client certificates to the API server (``system:kube-controller-manager``,
+``system:kube-scheduler``). :func:`node_tls` turns them into the
 ``NodeSpec.tls`` dict (keys of :data:`haplane.node.TLS_FILES`).
 
 Key algorithm: **ECDSA P-256**. A key takes about a millisecond to generate
@@ -60,6 +62,9 @@ KUBERNETES_DNS_NAMES = (
 )
 # clock skew between the machine that signs and the VMs that verify
 _BACKDATE = dt.timedelta(minutes=5)
+# the users kube-controller-manager and kube-scheduler authenticate as (the certificate's CN, no group:
+# kube-apiserver's default RBAC binds system:kube-controller-manager and system:kube-scheduler)
+CONTROL_PLANE_USERS = ("kube-controller-manager", "kube-scheduler")
 
 
 MIN_LEAF_MINUTES = 2  # a leaf must outlast a rotation of every replica (tens of seconds per replica)
@@ -70,15 +75,21 @@ def check_leaf_minutes(value: object, ca_days: int = CA_DAYS) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"leaf_lifetime_minutes must be a whole number of minutes, got {value!r}: pass e.g. 10 "
-                         f"(or leave it empty for {LEAF_DAYS}-day leaves)")
+        raise ValueError(
+            f"leaf_lifetime_minutes must be a whole number of minutes, got {value!r}: pass e.g. 10 "
+            f"(or leave it empty for {LEAF_DAYS}-day leaves)"
+        )
     if value < MIN_LEAF_MINUTES:
-        raise ValueError(f"leaf_lifetime_minutes={value} is too short: a leaf must last at least "
-                         f"{MIN_LEAF_MINUTES} minutes, so that rotating every replica fits in its lifetime "
-                         f"(leave it empty for {LEAF_DAYS}-day leaves)")
+        raise ValueError(
+            f"leaf_lifetime_minutes={value} is too short: a leaf must last at least "
+            f"{MIN_LEAF_MINUTES} minutes, so that rotating every replica fits in its lifetime "
+            f"(leave it empty for {LEAF_DAYS}-day leaves)"
+        )
     if value > ca_days * 1440:
-        raise ValueError(f"leaf_lifetime_minutes={value} outlives the CA ({ca_days} days = {ca_days * 1440} "
-                         f"minutes): give at most {ca_days * 1440}")
+        raise ValueError(
+            f"leaf_lifetime_minutes={value} outlives the CA ({ca_days} days = {ca_days * 1440} "
+            f"minutes): give at most {ca_days * 1440}"
+        )
     return value
 
 
@@ -184,8 +195,11 @@ class ClusterCAs:
 
     def cas(self) -> tuple[CertKey, ...]:
         """Every CA the cluster holds now (current, and those of a CA rotation under way)."""
-        return tuple(c for c in (self.ca, self.etcd_ca, self.next_ca, self.next_etcd_ca, self.previous_ca,
-                                 self.previous_etcd_ca) if c is not None)
+        return tuple(
+            c
+            for c in (self.ca, self.etcd_ca, self.next_ca, self.next_etcd_ca, self.previous_ca, self.previous_etcd_ca)
+            if c is not None
+        )
 
 
 def _bundle(*cas: CertKey | None) -> str:
@@ -204,15 +218,28 @@ class ReplicaCerts:
     etcd_peer: CertKey
     etcd_server: CertKey
     apiserver_etcd_client: CertKey
+    # the controller-manager's and the scheduler's client certificates to their local API server
+    # (users system:kube-controller-manager and system:kube-scheduler, which kube-apiserver's RBAC binds)
+    controller_manager: CertKey
+    scheduler: CertKey
 
     def __repr__(self) -> str:
-        return (f"ReplicaCerts(hostname={self.hostname!r}, internal_ip={self.internal_ip!r}, "
-                f"endpoint_ip={self.endpoint_ip!r})")
+        return (
+            f"ReplicaCerts(hostname={self.hostname!r}, internal_ip={self.internal_ip!r}, "
+            f"endpoint_ip={self.endpoint_ip!r})"
+        )
 
     __str__ = __repr__
 
     def leaves(self) -> tuple[CertKey, ...]:
-        return (self.apiserver, self.etcd_peer, self.etcd_server, self.apiserver_etcd_client)
+        return (
+            self.apiserver,
+            self.etcd_peer,
+            self.etcd_server,
+            self.apiserver_etcd_client,
+            self.controller_manager,
+            self.scheduler,
+        )
 
 
 @dataclass(frozen=True)
@@ -262,8 +289,12 @@ class ServiceAccountKeys:
 
     @property
     def public_pem(self) -> str:
-        return self.private_key().public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+        return (
+            self.private_key()
+            .public_key()
+            .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+            .decode()
+        )
 
     @property
     def kid(self) -> str:
@@ -285,8 +316,7 @@ def new_service_account_key(now: dt.datetime | None = None) -> ServiceAccountKey
 def rotate_service_account_key(current: ServiceAccountKeys, now: dt.datetime | None = None) -> ServiceAccountKeys:
     """A new signing key; the current public key stays accepted (one previous key is kept)."""
     fresh = new_service_account_key(now)
-    return ServiceAccountKeys(key_pem=fresh.key_pem, created=fresh.created,
-                              previous_public_pems=(current.public_pem,))
+    return ServiceAccountKeys(key_pem=fresh.key_pem, created=fresh.created, previous_public_pems=(current.public_pem,))
 
 
 # ---------------------------------------------------------------- building blocks
@@ -297,9 +327,13 @@ def _new_key() -> ec.EllipticCurvePrivateKey:
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> SecretStr:
-    return SecretStr(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption(),
-    ).decode())
+    return SecretStr(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode()
+    )
 
 
 def _name(cn: str, org: str | None = None) -> x509.Name:
@@ -329,16 +363,27 @@ def new_ca(common_name: str, role: str, *, days: int = CA_DAYS, now: dt.datetime
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     cert = (
         x509.CertificateBuilder()
-        .subject_name(name).issuer_name(name)
+        .subject_name(name)
+        .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
         .not_valid_after(start + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(
-            digital_signature=True, content_commitment=False, key_encipherment=False,
-            data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-            encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(ski, critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
         .sign(key, hashes.SHA256())
@@ -346,11 +391,20 @@ def new_ca(common_name: str, role: str, *, days: int = CA_DAYS, now: dt.datetime
     return CertKey(role=role, cert_pem=cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem=_key_pem(key))
 
 
-def issue(ca: CertKey, *, role: str, common_name: str, organization: str | None = None,
-          dns_names: Iterable[str] = (), ip_addresses: Iterable[str] = (),
-          server: bool = False, client: bool = False,
-          days: int = LEAF_DAYS, lifetime: dt.timedelta | None = None,
-          now: dt.datetime | None = None) -> CertKey:
+def issue(
+    ca: CertKey,
+    *,
+    role: str,
+    common_name: str,
+    organization: str | None = None,
+    dns_names: Iterable[str] = (),
+    ip_addresses: Iterable[str] = (),
+    server: bool = False,
+    client: bool = False,
+    days: int = LEAF_DAYS,
+    lifetime: dt.timedelta | None = None,
+    now: dt.datetime | None = None,
+) -> CertKey:
     """A leaf signed by ``ca`` with the given SANs and extended key usages, valid for ``lifetime``
     (else ``days``). It is back-dated by 5 minutes for clock skew, or by a tenth of a shorter
     lifetime, so that a leaf of a few minutes is still valid for most of them from now."""
@@ -369,16 +423,27 @@ def issue(ca: CertKey, *, role: str, common_name: str, organization: str | None 
     eku = ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + ([ExtendedKeyUsageOID.CLIENT_AUTH] if client else [])
     builder = (
         x509.CertificateBuilder()
-        .subject_name(_name(common_name, organization)).issuer_name(ca_cert.subject)
+        .subject_name(_name(common_name, organization))
+        .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(
-            digital_signature=True, content_commitment=False, key_encipherment=False,
-            data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
-            encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(x509.ExtendedKeyUsage(eku), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
@@ -392,22 +457,38 @@ def issue(ca: CertKey, *, role: str, common_name: str, organization: str | None 
 # ---------------------------------------------------------------- the cluster
 
 
-def create_cluster_cas(cluster: str, *, lifetimes: Lifetimes = Lifetimes(),
-                       now: dt.datetime | None = None) -> ClusterCAs:
+def create_cluster_cas(
+    cluster: str, *, lifetimes: Lifetimes = Lifetimes(), now: dt.datetime | None = None
+) -> ClusterCAs:
     """Both CAs of a cluster and the operator's etcd client certificate. Done once per cluster."""
     ca = new_ca(f"{cluster}-ca", "cluster-ca", days=lifetimes.ca_days, now=now)
     etcd_ca = new_ca(f"{cluster}-etcd-ca", "etcd-ca", days=lifetimes.ca_days, now=now)
     operator = issue_operator(etcd_ca, lifetime=lifetimes.leaf, now=now)
-    return ClusterCAs(cluster=cluster, ca=ca, etcd_ca=etcd_ca, operator=operator, lifetimes=lifetimes,
-                      service_account=new_service_account_key(now))
+    return ClusterCAs(
+        cluster=cluster,
+        ca=ca,
+        etcd_ca=etcd_ca,
+        operator=operator,
+        lifetimes=lifetimes,
+        service_account=new_service_account_key(now),
+    )
 
 
-def issue_operator(etcd_ca: CertKey, *, days: int = LEAF_DAYS, lifetime: dt.timedelta | None = None,
-                   now: dt.datetime | None = None) -> CertKey:
+def issue_operator(
+    etcd_ca: CertKey, *, days: int = LEAF_DAYS, lifetime: dt.timedelta | None = None, now: dt.datetime | None = None
+) -> CertKey:
     """The operator's (Prefect worker's) etcd client certificate."""
-    return issue(etcd_ca, role="operator-etcd-client", common_name="haplane-operator",
-                 organization="haplane", dns_names=["haplane-operator"], client=True, days=days,
-                 lifetime=lifetime, now=now)
+    return issue(
+        etcd_ca,
+        role="operator-etcd-client",
+        common_name="haplane-operator",
+        organization="haplane",
+        dns_names=["haplane-operator"],
+        client=True,
+        days=days,
+        lifetime=lifetime,
+        now=now,
+    )
 
 
 # ---------------------------------------------------------------- CA rotation (pure transitions)
@@ -416,8 +497,10 @@ def issue_operator(etcd_ca: CertKey, *, days: int = LEAF_DAYS, lifetime: dt.time
 def begin_ca_rotation(cas: ClusterCAs, change_id: str, now: dt.datetime | None = None) -> ClusterCAs:
     """Phase 1: new CAs beside the current ones ("next"): trusted everywhere, signing nothing yet."""
     if cas.ca_rotation is not None:
-        raise ValueError(f"a CA rotation of {cas.cluster} is already under way (change {cas.ca_rotation!r}, "
-                         f"{cas.ca_phase}): resume it with rotate_ca=true, change_id={cas.ca_rotation!r}")
+        raise ValueError(
+            f"a CA rotation of {cas.cluster} is already under way (change {cas.ca_rotation!r}, "
+            f"{cas.ca_phase}): resume it with rotate_ca=true, change_id={cas.ca_rotation!r}"
+        )
     stamp = _now(now).strftime("%Y%m%d%H%M%S")
     ca = new_ca(f"{cas.cluster}-ca-{stamp}", "cluster-ca", days=cas.lifetimes.ca_days, now=now)
     etcd_ca = new_ca(f"{cas.cluster}-etcd-ca-{stamp}", "etcd-ca", days=cas.lifetimes.ca_days, now=now)
@@ -428,8 +511,15 @@ def switch_cas(cas: ClusterCAs) -> ClusterCAs:
     """Phase 2: the new CAs sign from now on; the old ones stay trusted ("previous"), keys kept."""
     if cas.ca_phase != "trusting":
         raise ValueError(f"no new CA to switch to (CA rotation phase: {cas.ca_phase})")
-    return dataclasses.replace(cas, ca=cas.next_ca, etcd_ca=cas.next_etcd_ca, next_ca=None, next_etcd_ca=None,
-                               previous_ca=cas.ca, previous_etcd_ca=cas.etcd_ca)
+    return dataclasses.replace(
+        cas,
+        ca=cas.next_ca,
+        etcd_ca=cas.next_etcd_ca,
+        next_ca=None,
+        next_etcd_ca=None,
+        previous_ca=cas.ca,
+        previous_etcd_ca=cas.etcd_ca,
+    )
 
 
 def finish_ca_rotation(cas: ClusterCAs) -> ClusterCAs:
@@ -445,18 +535,30 @@ def first_service_ip(service_cidr: str = DEFAULT_SERVICE_CIDR) -> str:
     return str(net.network_address + 1)
 
 
-def apiserver_sans(*, hostname: str, internal_ip: str, endpoint_ip: str,
-                   service_cidr: str = DEFAULT_SERVICE_CIDR) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def apiserver_sans(
+    *, hostname: str, internal_ip: str, endpoint_ip: str, service_cidr: str = DEFAULT_SERVICE_CIDR
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(DNS names, IPs) of a replica's API-server certificate."""
-    ips = (str(_ip(internal_ip, "internal_ip")), str(_ip(endpoint_ip, "endpoint_ip")), "127.0.0.1",
-           first_service_ip(service_cidr))
+    ips = (
+        str(_ip(internal_ip, "internal_ip")),
+        str(_ip(endpoint_ip, "endpoint_ip")),
+        "127.0.0.1",
+        first_service_ip(service_cidr),
+    )
     dns = ("localhost", *KUBERNETES_DNS_NAMES, hostname)
     return tuple(dict.fromkeys(dns)), tuple(dict.fromkeys(ips))
 
 
-def issue_replica_certs(cas: ClusterCAs, *, hostname: str, internal_ip: str, endpoint_ip: str,
-                        service_cidr: str = DEFAULT_SERVICE_CIDR, days: int | None = None,
-                        now: dt.datetime | None = None) -> ReplicaCerts:
+def issue_replica_certs(
+    cas: ClusterCAs,
+    *,
+    hostname: str,
+    internal_ip: str,
+    endpoint_ip: str,
+    service_cidr: str = DEFAULT_SERVICE_CIDR,
+    days: int | None = None,
+    now: dt.datetime | None = None,
+) -> ReplicaCerts:
     """Every leaf a replica needs.
 
     ``endpoint_ip`` is the cluster's static endpoint IP (the first replica's
@@ -464,26 +566,71 @@ def issue_replica_certs(cas: ClusterCAs, *, hostname: str, internal_ip: str, end
     add another IP: an ephemeral public IP must never be in a certificate.
     """
     lifetime = dt.timedelta(days=days) if days is not None else cas.lifetimes.leaf
-    dns, ips = apiserver_sans(hostname=hostname, internal_ip=internal_ip, endpoint_ip=endpoint_ip,
-                              service_cidr=service_cidr)
-    apiserver = issue(cas.ca, role="apiserver", common_name="kube-apiserver", dns_names=dns,
-                      ip_addresses=ips, server=True, lifetime=lifetime, now=now)
+    dns, ips = apiserver_sans(
+        hostname=hostname, internal_ip=internal_ip, endpoint_ip=endpoint_ip, service_cidr=service_cidr
+    )
+    apiserver = issue(
+        cas.ca,
+        role="apiserver",
+        common_name="kube-apiserver",
+        dns_names=dns,
+        ip_addresses=ips,
+        server=True,
+        lifetime=lifetime,
+        now=now,
+    )
     # etcd checks a peer's client certificate against the connection's source address;
     # 127.0.0.1 is there for connections from the same host (kubeadm's peer SANs have it too,
     # and on loopback test rigs every connection comes from 127.0.0.1)
-    peer = issue(cas.etcd_ca, role="etcd-peer", common_name=f"{hostname}-etcd-peer",
-                 dns_names=[hostname, "localhost"], ip_addresses=[internal_ip, "127.0.0.1"],
-                 server=True, client=True, lifetime=lifetime, now=now)
+    peer = issue(
+        cas.etcd_ca,
+        role="etcd-peer",
+        common_name=f"{hostname}-etcd-peer",
+        dns_names=[hostname, "localhost"],
+        ip_addresses=[internal_ip, "127.0.0.1"],
+        server=True,
+        client=True,
+        lifetime=lifetime,
+        now=now,
+    )
     # the server certificate carries clientAuth too: etcd's embedded gRPC gateway dials
     # its own gRPC server with it when --client-cert-auth is on (kubeadm does the same)
-    server = issue(cas.etcd_ca, role="etcd-server", common_name=f"{hostname}-etcd-server",
-                   dns_names=[hostname, "localhost"], ip_addresses=[internal_ip, "127.0.0.1"],
-                   server=True, client=True, lifetime=lifetime, now=now)
-    client = issue(cas.etcd_ca, role="apiserver-etcd-client", common_name="kube-apiserver-etcd-client",
-                   organization="system:masters", dns_names=[hostname], client=True, lifetime=lifetime, now=now)
-    return ReplicaCerts(hostname=hostname, internal_ip=str(_ip(internal_ip, "internal_ip")),
-                        endpoint_ip=str(_ip(endpoint_ip, "endpoint_ip")), apiserver=apiserver,
-                        etcd_peer=peer, etcd_server=server, apiserver_etcd_client=client)
+    server = issue(
+        cas.etcd_ca,
+        role="etcd-server",
+        common_name=f"{hostname}-etcd-server",
+        dns_names=[hostname, "localhost"],
+        ip_addresses=[internal_ip, "127.0.0.1"],
+        server=True,
+        client=True,
+        lifetime=lifetime,
+        now=now,
+    )
+    client = issue(
+        cas.etcd_ca,
+        role="apiserver-etcd-client",
+        common_name="kube-apiserver-etcd-client",
+        organization="system:masters",
+        dns_names=[hostname],
+        client=True,
+        lifetime=lifetime,
+        now=now,
+    )
+    controller_manager, scheduler = (
+        issue(cas.ca, role=f"{user}-client", common_name=f"system:{user}", client=True, lifetime=lifetime, now=now)
+        for user in CONTROL_PLANE_USERS
+    )
+    return ReplicaCerts(
+        hostname=hostname,
+        internal_ip=str(_ip(internal_ip, "internal_ip")),
+        endpoint_ip=str(_ip(endpoint_ip, "endpoint_ip")),
+        apiserver=apiserver,
+        etcd_peer=peer,
+        etcd_server=server,
+        apiserver_etcd_client=client,
+        controller_manager=controller_manager,
+        scheduler=scheduler,
+    )
 
 
 def node_tls(cas: ClusterCAs, replica: ReplicaCerts) -> dict[str, str]:
@@ -504,6 +651,10 @@ def node_tls(cas: ClusterCAs, replica: ReplicaCerts) -> dict[str, str]:
         "apiserver-key": replica.apiserver.key_pem.get_secret_value(),
         "apiserver-etcd-client-cert": replica.apiserver_etcd_client.cert_pem,
         "apiserver-etcd-client-key": replica.apiserver_etcd_client.key_pem.get_secret_value(),
+        "controller-manager-cert": replica.controller_manager.cert_pem,
+        "controller-manager-key": replica.controller_manager.key_pem.get_secret_value(),
+        "scheduler-cert": replica.scheduler.cert_pem,
+        "scheduler-key": replica.scheduler.key_pem.get_secret_value(),
     }
     if cas.service_account is None:
         raise ValueError(f"cluster {cas.cluster} has no service-account key: run ensure_cluster_pki first")
@@ -537,14 +688,22 @@ def describe(cert_pem: str, role: str) -> CertInfo:
     except x509.ExtensionNotFound:
         is_ca = False
     try:
-        eku = tuple(_EKU_NAMES.get(o, o.dotted_string)
-                    for o in cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+        eku = tuple(
+            _EKU_NAMES.get(o, o.dotted_string)
+            for o in cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        )
     except x509.ExtensionNotFound:
         eku = ()
     return CertInfo(
-        role=role, subject=cert.subject.rfc4514_string(), issuer=cert.issuer.rfc4514_string(),
-        serial=format(cert.serial_number, "x"), not_before=cert.not_valid_before_utc,
-        not_after=cert.not_valid_after_utc, dns_names=dns, ip_addresses=ips, is_ca=is_ca,
+        role=role,
+        subject=cert.subject.rfc4514_string(),
+        issuer=cert.issuer.rfc4514_string(),
+        serial=format(cert.serial_number, "x"),
+        not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc,
+        dns_names=dns,
+        ip_addresses=ips,
+        is_ca=is_ca,
         extended_key_usage=eku,
     )
 
@@ -562,8 +721,12 @@ def inventory(cas: ClusterCAs, replicas: Iterable[ReplicaCerts] = ()) -> list[Ce
 def ca_rotation_infos(cas: ClusterCAs) -> list[CertInfo]:
     """The CAs of a rotation under way, as "next/<role>" and "previous/<role>"."""
     out = []
-    for where, ca in (("next", cas.next_ca), ("next", cas.next_etcd_ca), ("previous", cas.previous_ca),
-                      ("previous", cas.previous_etcd_ca)):
+    for where, ca in (
+        ("next", cas.next_ca),
+        ("next", cas.next_etcd_ca),
+        ("previous", cas.previous_ca),
+        ("previous", cas.previous_etcd_ca),
+    ):
         if ca is not None:
             out.append(describe(ca.cert_pem, f"{where}/{ca.role}"))
     return out

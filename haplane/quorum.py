@@ -27,8 +27,10 @@ from enum import StrEnum
 from typing import Any
 
 VALID_SIZES = (1, 3, 5, 7)
-TWO_IS_WORSE = ("two members are worse than one: with 2 voting members losing either one loses quorum, "
-                "so 2 tolerates no failure, like 1, and is twice as likely to fail")
+TWO_IS_WORSE = (
+    "two members are worse than one: with 2 voting members losing either one loses quorum, "
+    "so 2 tolerates no failure, like 1, and is twice as likely to fail"
+)
 
 
 def quorum(voting: int) -> int:
@@ -85,9 +87,15 @@ class Decision:
     reason: str
 
 
-def unhealthy_reasons(*, started: bool, reachable: bool, is_learner: bool = False,
-                      learner_caught_up: bool = True, alarms: Iterable[str] = (),
-                      knows_leader: bool = True) -> tuple[Reason, ...]:
+def unhealthy_reasons(
+    *,
+    started: bool,
+    reachable: bool,
+    is_learner: bool = False,
+    learner_caught_up: bool = True,
+    alarms: Iterable[str] = (),
+    knows_leader: bool = True,
+) -> tuple[Reason, ...]:
     """Classify one member from observed facts (empty tuple: healthy)."""
     if not started:
         return (Reason.NEVER_STARTED,)
@@ -104,8 +112,9 @@ def unhealthy_reasons(*, started: bool, reachable: bool, is_learner: bool = Fals
     return tuple(out)
 
 
-def assess(members: Iterable[Any], statuses: Iterable[Any], alarms: Iterable[Any] = (),
-           max_learner_lag: int = 100) -> list[MemberHealth]:
+def assess(
+    members: Iterable[Any], statuses: Iterable[Any], alarms: Iterable[Any] = (), max_learner_lag: int = 100
+) -> list[MemberHealth]:
     """Member health from what :mod:`haplane.etcd` returns (duck-typed, so this stays pure).
 
     ``members``: objects with ``id, name, client_urls, is_learner``;
@@ -124,11 +133,16 @@ def assess(members: Iterable[Any], statuses: Iterable[Any], alarms: Iterable[Any
         started = bool(m.name) and bool(m.client_urls)
         caught_up = True
         if m.is_learner:
-            caught_up = (s is not None and leader_index is not None
-                         and leader_index - s.raft_applied_index <= max_learner_lag)
+            caught_up = (
+                s is not None and leader_index is not None and leader_index - s.raft_applied_index <= max_learner_lag
+            )
         reasons = unhealthy_reasons(
-            started=started, reachable=s is not None, is_learner=m.is_learner, learner_caught_up=caught_up,
-            alarms=alarmed.get(m.id, ()), knows_leader=s is None or bool(s.leader_id),
+            started=started,
+            reachable=s is not None,
+            is_learner=m.is_learner,
+            learner_caught_up=caught_up,
+            alarms=alarmed.get(m.id, ()),
+            knows_leader=s is None or bool(s.leader_id),
         )
         out.append(MemberHealth(id=m.id, name=m.name, voting=not m.is_learner, reasons=reasons))
     return out
@@ -163,9 +177,12 @@ def _quorum_now(members: Sequence[MemberHealth]) -> Decision | None:
     bad = _unhealthy_voting(members)
     if has_quorum(voting, len(bad)):
         return None
-    return Decision(False, f"quorum is already lost: {voting - len(bad)} of {voting} voting members are healthy "
-                           f"and {quorum(voting)} are needed ({_names(bad)}); etcd cannot change its membership "
-                           f"now: restore from a snapshot instead")
+    return Decision(
+        False,
+        f"quorum is already lost: {voting - len(bad)} of {voting} voting members are healthy "
+        f"and {quorum(voting)} are needed ({_names(bad)}); etcd cannot change its membership "
+        f"now: restore from a snapshot instead",
+    )
 
 
 def _two_note(voting_after: int) -> str:
@@ -184,8 +201,11 @@ def check_target_size(size: int) -> Decision:
     if size < 1:
         return Decision(False, f"a cluster needs at least 1 replica, not {size}")
     if size % 2 == 0:
-        return Decision(False, f"{size} replicas is an even count: it tolerates no more failures than "
-                               f"{size - 1} and needs a bigger quorum; use {size - 1} or {size + 1}")
+        return Decision(
+            False,
+            f"{size} replicas is an even count: it tolerates no more failures than "
+            f"{size - 1} and needs a bigger quorum; use {size - 1} or {size + 1}",
+        )
     return Decision(False, f"{size} replicas is more than the supported maximum of {VALID_SIZES[-1]}")
 
 
@@ -195,8 +215,11 @@ def can_add(members: Sequence[MemberHealth]) -> Decision:
         return Decision(False, "there is no cluster to add to: create it first")
     learners = _learners(members)
     if learners:
-        return Decision(False, f"a member is already being added ({_names(learners)}): promote it or remove it "
-                               f"before another change, one change at a time")
+        return Decision(
+            False,
+            f"a member is already being added ({_names(learners)}): promote it or remove it "
+            f"before another change, one change at a time",
+        )
     lost = _quorum_now(members)
     if lost is not None:
         return lost
@@ -208,17 +231,25 @@ def can_add(members: Sequence[MemberHealth]) -> Decision:
     # promoted. It is promoted only once caught up (can_promote); then quorum must hold over
     # voting + 1 members with the current unhealthy ones still unhealthy.
     if not has_quorum(after, len(bad)):
-        return Decision(False, f"after the new member is promoted there would be {after - len(bad)} healthy of "
-                               f"{after} voting members, below the quorum of {quorum(after)}: replace an "
-                               f"unhealthy member first")
+        return Decision(
+            False,
+            f"after the new member is promoted there would be {after - len(bad)} healthy of "
+            f"{after} voting members, below the quorum of {quorum(after)}: replace an "
+            f"unhealthy member first",
+        )
     if bad:
-        return Decision(False, f"{len(bad)} voting member(s) are unhealthy ({_names(bad)}): remove them first; "
-                               f"etcd refuses to add a member unless every voting member is connected "
-                               f"(its strict reconfiguration check), and it advises removing a failed member "
-                               f"before adding its replacement")
-    return Decision(True, f"adding a learner keeps quorum ({voting} voting, quorum {quorum(voting)}); once "
-                          f"promoted the cluster has {after} voting members, quorum {quorum(after)}"
-                          + _two_note(after))
+        return Decision(
+            False,
+            f"{len(bad)} voting member(s) are unhealthy ({_names(bad)}): remove them first; "
+            f"etcd refuses to add a member unless every voting member is connected "
+            f"(its strict reconfiguration check), and it advises removing a failed member "
+            f"before adding its replacement",
+        )
+    return Decision(
+        True,
+        f"adding a learner keeps quorum ({voting} voting, quorum {quorum(voting)}); once "
+        f"promoted the cluster has {after} voting members, quorum {quorum(after)}" + _two_note(after),
+    )
 
 
 def can_promote(members: Sequence[MemberHealth], member_id: int) -> Decision:
@@ -236,10 +267,16 @@ def can_promote(members: Sequence[MemberHealth], member_id: int) -> Decision:
     voting = len(_voting(members)) + 1
     bad = len(_unhealthy_voting(members))
     if not has_quorum(voting, bad):
-        return Decision(False, f"promoting {m.label} would leave {voting - bad} healthy of {voting} voting "
-                               f"members, below the quorum of {quorum(voting)}")
-    return Decision(True, f"promoting {m.label} gives {voting} voting members, quorum {quorum(voting)}, "
-                          f"{voting - bad} healthy" + _two_note(voting))
+        return Decision(
+            False,
+            f"promoting {m.label} would leave {voting - bad} healthy of {voting} voting "
+            f"members, below the quorum of {quorum(voting)}",
+        )
+    return Decision(
+        True,
+        f"promoting {m.label} gives {voting} voting members, quorum {quorum(voting)}, "
+        f"{voting - bad} healthy" + _two_note(voting),
+    )
 
 
 def can_remove(members: Sequence[MemberHealth], member_id: int) -> Decision:
@@ -250,12 +287,16 @@ def can_remove(members: Sequence[MemberHealth], member_id: int) -> Decision:
     if len(members) == 1:
         return Decision(False, f"{victim.label} is the last member: never remove the last member of a cluster")
     if not victim.voting:
-        return Decision(True, f"{victim.label} is a learner ({victim.reason}): it does not vote, removing it "
-                              f"does not change quorum")
+        return Decision(
+            True, f"{victim.label} is a learner ({victim.reason}): it does not vote, removing it does not change quorum"
+        )
     others = [m for m in _learners(members) if m.id != member_id]
     if others:
-        return Decision(False, f"a member is being added ({_names(others)}): promote it or remove it before "
-                               f"removing another, one change at a time")
+        return Decision(
+            False,
+            f"a member is being added ({_names(others)}): promote it or remove it before "
+            f"removing another, one change at a time",
+        )
     if len(_voting(members)) == 1:
         return Decision(False, f"{victim.label} is the only voting member: never remove the last voting member")
     lost = _quorum_now(members)
@@ -264,11 +305,17 @@ def can_remove(members: Sequence[MemberHealth], member_id: int) -> Decision:
     after = len(_voting(members)) - 1
     bad_after = [m for m in _unhealthy_voting(members) if m.id != member_id]
     if not has_quorum(after, len(bad_after)):
-        return Decision(False, f"removing {victim.label} would leave {after - len(bad_after)} healthy of {after} "
-                               f"voting members, below the quorum of {quorum(after)} (unhealthy: "
-                               f"{_names(bad_after)}); replace the unhealthy member(s) first")
-    return Decision(True, f"removing {victim.label} ({victim.reason}) leaves {after} voting members, "
-                          f"{after - len(bad_after)} healthy, quorum {quorum(after)}" + _two_note(after))
+        return Decision(
+            False,
+            f"removing {victim.label} would leave {after - len(bad_after)} healthy of {after} "
+            f"voting members, below the quorum of {quorum(after)} (unhealthy: "
+            f"{_names(bad_after)}); replace the unhealthy member(s) first",
+        )
+    return Decision(
+        True,
+        f"removing {victim.label} ({victim.reason}) leaves {after} voting members, "
+        f"{after - len(bad_after)} healthy, quorum {quorum(after)}" + _two_note(after),
+    )
 
 
 def can_replace(members: Sequence[MemberHealth], member_ids: Sequence[int]) -> Decision:

@@ -37,7 +37,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from haplane.model import MISSING, ClusterState, ReplicaState, Unknown
+from haplane.model import MISSING, ZONE_OUT, ClusterState, ReplicaState, Unknown
 from haplane.plans import member_health
 from haplane.quorum import MemberHealth, Reason, can_replace
 
@@ -49,6 +49,7 @@ class Problem(StrEnum):
     LEARNER_STUCK = "etcd learner never caught up"
     ETCD_UNHEALTHY = "etcd member unhealthy or unreachable"
     API_NOT_READY = "API server not ready"
+    COMPONENT_DOWN = "controller-manager or scheduler not running"
 
 
 SEVERITY = list(Problem)  # most severe first: a dead VM before a slow API server
@@ -113,6 +114,7 @@ class Verdict:
     findings: tuple[Finding, ...] = ()
     notes: tuple[tuple[str, str], ...] = field(default_factory=tuple)  # (replica, why not acted on)
     unknowns: tuple[Unknown, ...] = ()  # what could not be observed
+    leaders: tuple[str, ...] = ()  # who leads each component (LeaderLease.text), for the report
 
     @property
     def unremediable(self) -> tuple[tuple[str, str], ...]:
@@ -130,6 +132,9 @@ class Verdict:
             lines.append("")
         if self.notes:
             lines += ["Not acted on:", ""] + [f"- **{r}**: {why}" for r, why in self.notes]
+            lines.append("")
+        if self.leaders:
+            lines += ["Leader election:", ""] + [f"- {line}" for line in self.leaders]
         return "\n".join(lines).rstrip() + "\n"
 
 
@@ -150,6 +155,8 @@ def find_problems(state: ClusterState, busy: bool = False) -> list[Finding]:
 def _problem(r: ReplicaState, busy: bool) -> Problem | None:
     if r.vm_status == MISSING:
         return Problem.VM_GONE
+    if r.vm_status == ZONE_OUT:  # its zone does not answer: unknown, never "not running"
+        return None
     if r.vm_status != "RUNNING":
         return Problem.VM_STOPPED
     if r.etcd_unknown is not None:  # unknown is not unhealthy (nor "never joined")
@@ -162,6 +169,8 @@ def _problem(r: ReplicaState, busy: bool) -> Problem | None:
         return Problem.ETCD_UNHEALTHY
     if not r.api_ready and r.api_unknown is None:
         return Problem.API_NOT_READY
+    if r.components_down:
+        return Problem.COMPONENT_DOWN
     return None
 
 
@@ -192,14 +201,17 @@ def _quorum_check(state: ClusterState, replica: ReplicaState) -> str | None:
         return None  # not a voter: removing it cannot cost quorum
     health: list[MemberHealth] = member_health(state)
     # an unhealthy API server over a healthy etcd member: that member is the one being replaced
-    health = [MemberHealth(m.id, m.name, m.voting, m.reasons or (Reason.UNREACHABLE,)) if m.id == replica.member_id
-              else m for m in health]
+    health = [
+        MemberHealth(m.id, m.name, m.voting, m.reasons or (Reason.UNREACHABLE,)) if m.id == replica.member_id else m
+        for m in health
+    ]
     decision = can_replace(health, [replica.member_id])
     return None if decision.allowed else decision.reason
 
 
-def decide(state: ClusterState, attempts: Sequence[Attempt], now: dt.datetime, *, busy: bool = False,
-           policy: Policy = Policy()) -> Verdict:
+def decide(
+    state: ClusterState, attempts: Sequence[Attempt], now: dt.datetime, *, busy: bool = False, policy: Policy = Policy()
+) -> Verdict:
     """The health check's decision for one cluster; see the module docstring for the rules."""
     cluster = state.cluster
     recent = [a for a in attempts if (now - a.started).total_seconds() <= policy.window_s]
@@ -208,17 +220,30 @@ def decide(state: ClusterState, attempts: Sequence[Attempt], now: dt.datetime, *
     findings = tuple(find_problems(state, busy))
     running = [a for a in recent if a.outcome is Outcome.RUNNING]
     if busy:
-        return Verdict(cluster, Action.NOTHING if not findings else Action.WAIT,
-                       f"a change is in progress on {cluster!r} (its lock cluster-{cluster} is held): "
-                       f"one change at a time, nothing is done now", findings=findings)
+        return Verdict(
+            cluster,
+            Action.NOTHING if not findings else Action.WAIT,
+            f"a change is in progress on {cluster!r} (its lock cluster-{cluster} is held): "
+            f"one change at a time, nothing is done now",
+            findings=findings,
+        )
     unknowns = state.unknowns
     if unknowns:
-        return Verdict(cluster, Action.UNKNOWN,
-                       f"part of {cluster!r} could not be observed, so no replica is judged failed or replaced: "
-                       + "; ".join(u.text for u in unknowns), findings=findings, unknowns=unknowns)
+        return Verdict(
+            cluster,
+            Action.UNKNOWN,
+            f"part of {cluster!r} could not be observed, so no replica is judged failed or replaced: "
+            + "; ".join(u.text for u in unknowns),
+            findings=findings,
+            unknowns=unknowns,
+        )
     if running:
-        return Verdict(cluster, Action.WAIT, f"the replacement of {running[0].replica} ({running[0].run}) is still "
-                                             f"running: one replacement at a time", findings=findings)
+        return Verdict(
+            cluster,
+            Action.WAIT,
+            f"the replacement of {running[0].replica} ({running[0].run}) is still running: one replacement at a time",
+            findings=findings,
+        )
     notes: list[tuple[str, str]] = []
     waiting = False
     pending = unfinished_replacement(state, recent)
@@ -226,19 +251,34 @@ def decide(state: ClusterState, attempts: Sequence[Attempt], now: dt.datetime, *
         failed = failures_in_a_row(recent, pending.replica)
         ready_at = failed[-1].started + dt.timedelta(seconds=policy.backoff_s(len(failed)))
         if len(failed) >= policy.max_failures:
-            notes.append((pending.replica, f"{GIVEN_UP} after {len(failed)} failed replacements in a row; its "
-                                           f"replacement was never added (run replace-replica with "
-                                           f"change_id={pending.change_id!r}, or add-replica, by hand)"))
+            notes.append(
+                (
+                    pending.replica,
+                    f"{GIVEN_UP} after {len(failed)} failed replacements in a row; its "
+                    f"replacement was never added (run replace-replica with "
+                    f"change_id={pending.change_id!r}, or add-replica, by hand)",
+                )
+            )
         elif now < ready_at:
-            notes.append((pending.replica, f"{BACKING_OFF}: its replacement ({pending.run}) removed it but failed "
-                                           f"to add the new replica; trying again after "
-                                           f"{ready_at.isoformat(timespec='seconds')}"))
+            notes.append(
+                (
+                    pending.replica,
+                    f"{BACKING_OFF}: its replacement ({pending.run}) removed it but failed "
+                    f"to add the new replica; trying again after "
+                    f"{ready_at.isoformat(timespec='seconds')}",
+                )
+            )
             waiting = True
         else:
-            return Verdict(cluster, Action.RESUME,
-                           f"finish replacing {pending.replica}: run {pending.run} removed it but failed before "
-                           f"its replacement was added; running change {pending.change_id} again",
-                           replica=pending.replica, change_id=pending.change_id, findings=findings)
+            return Verdict(
+                cluster,
+                Action.RESUME,
+                f"finish replacing {pending.replica}: run {pending.run} removed it but failed before "
+                f"its replacement was added; running change {pending.change_id} again",
+                replica=pending.replica,
+                change_id=pending.change_id,
+                findings=findings,
+            )
     if not findings and not notes:
         return Verdict(cluster, Action.NOTHING, f"all {len(state.replicas)} replica(s) of {cluster!r} are healthy")
 
@@ -246,17 +286,27 @@ def decide(state: ClusterState, attempts: Sequence[Attempt], now: dt.datetime, *
         replica = state.replica(f.replica)
         failed = failures_in_a_row(recent, f.replica)
         if len(failed) >= policy.max_failures:
-            notes.append((f.replica, f"{GIVEN_UP} after {len(failed)} failed replacements in a row "
-                                     f"(last: {failed[-1].run or failed[-1].started.isoformat()}); a person must "
-                                     f"look at it (run replace-replica or remove-replica by hand)"))
+            notes.append(
+                (
+                    f.replica,
+                    f"{GIVEN_UP} after {len(failed)} failed replacements in a row "
+                    f"(last: {failed[-1].run or failed[-1].started.isoformat()}); a person must "
+                    f"look at it (run replace-replica or remove-replica by hand)",
+                )
+            )
             continue
         if failed:
             wait = policy.backoff_s(len(failed))
             ready_at = failed[-1].started + dt.timedelta(seconds=wait)
             if now < ready_at:
                 left = (ready_at - now).total_seconds()
-                notes.append((f.replica, f"{BACKING_OFF}: {len(failed)} failed replacement(s) in a row; next try "
-                                         f"in {left:.0f} s (after {ready_at.isoformat(timespec='seconds')})"))
+                notes.append(
+                    (
+                        f.replica,
+                        f"{BACKING_OFF}: {len(failed)} failed replacement(s) in a row; next try "
+                        f"in {left:.0f} s (after {ready_at.isoformat(timespec='seconds')})",
+                    )
+                )
                 waiting = True
                 continue
         refusal = _quorum_check(state, replica)
@@ -271,10 +321,16 @@ def decide(state: ClusterState, attempts: Sequence[Attempt], now: dt.datetime, *
             reason += "; one replacement at a time: " + ", ".join(o.replica for o in others) + " next"
         return Verdict(cluster, Action.REPLACE, reason, replica=f.replica, findings=findings, notes=tuple(notes))
     action = Action.WAIT if waiting else Action.CANNOT
-    summary = ("no failed replica can be replaced now" if waiting else
-               "no failed replica can be replaced without a person")
-    return Verdict(cluster, action, f"{summary}: " + "; ".join(f"{r}: {why}" for r, why in notes),
-                   findings=findings, notes=tuple(notes))
+    summary = (
+        "no failed replica can be replaced now" if waiting else "no failed replica can be replaced without a person"
+    )
+    return Verdict(
+        cluster,
+        action,
+        f"{summary}: " + "; ".join(f"{r}: {why}" for r, why in notes),
+        findings=findings,
+        notes=tuple(notes),
+    )
 
 
 # --- zone outage ------------------------------------------------------------------------------------
@@ -311,6 +367,7 @@ class ZoneAction(StrEnum):
     DELETE_STALE = "delete-stale"  # delete stranded VMs whose zone answers again
     REBALANCE = "rebalance"  # move one replica back to an empty zone of the cluster's zones
     CANNOT = "cannot-remediate"  # quorum lost, or no zone left to move to: a person must act
+    UNKNOWN = "unknown"  # members unseen in several zones that do not answer: nothing is done, a person must look
 
 
 @dataclass(frozen=True)
@@ -323,9 +380,12 @@ class ZoneVerdict:
     to_zone: str | None = None
     stale: tuple[StrandedVm, ...] = ()
     add_now: bool = True  # MOVE: add the replacement right after the removal (no other dead voter left)
+    unknowns: tuple[Unknown, ...] = ()  # UNKNOWN: what could not be observed
 
     def markdown(self) -> str:
         lines = [f"## Zone check of `{self.cluster}`: {self.action.value}", "", self.reason]
+        if self.unknowns:
+            lines += ["", "Could not be observed:", ""] + [f"- {u.text}" for u in self.unknowns]
         if self.stale:
             lines += ["", "| stranded VM | zone | member removed at |", "| --- | --- | --- |"]
             lines += [f"| {s.name} | {s.zone} | {s.since} |" for s in self.stale]
@@ -341,9 +401,18 @@ def _quorum(voters: int) -> int:
     return voters // 2 + 1
 
 
-def decide_zones(state: ClusterState, outages: dict[str, str], stranded: Sequence[StrandedVm], now: dt.datetime,
-                 *, grace_s: float, zones: Sequence[str], region_zones: Sequence[str], busy: bool = False,
-                 rebalance: bool = False) -> ZoneVerdict:
+def decide_zones(
+    state: ClusterState,
+    outages: dict[str, str],
+    stranded: Sequence[StrandedVm],
+    now: dt.datetime,
+    *,
+    grace_s: float,
+    zones: Sequence[str],
+    region_zones: Sequence[str],
+    busy: bool = False,
+    rebalance: bool = False,
+) -> ZoneVerdict:
     """The zone-outage decision for one cluster (see the section comment above).
 
     ``state`` was observed tolerating unavailable zones (``state.unavailable_zones``; the members there
@@ -351,27 +420,65 @@ def decide_zones(state: ClusterState, outages: dict[str, str], stranded: Sequenc
     ``zones`` are the cluster's zones (its spec), ``region_zones`` every zone of its region.
     """
     cluster, down = state.cluster, set(state.unavailable_zones)
+    # 0. Members unseen while several zones are out: in which zone each is, and whether its VM runs, is
+    # unknown (not "not running", not "lost"): nothing is moved, replaced or deleted on that view.
+    if down and state.membership_unknown is not None:  # which members the dead zones hold cannot be told
+        return ZoneVerdict(
+            cluster,
+            ZoneAction.UNKNOWN,
+            f"zone(s) {', '.join(sorted(down))} do not answer and the etcd membership could not be "
+            f"read, so which replicas are there is unknown: nothing is moved, replaced or deleted",
+            unknowns=(state.membership_unknown,),
+        )
+    unplaced = [r for r in state.replicas if r.vm_status == ZONE_OUT and r.zone not in down]
+    if unplaced:
+        unknowns = tuple(r.vm_unknown for r in unplaced if r.vm_unknown is not None)
+        return ZoneVerdict(
+            cluster,
+            ZoneAction.UNKNOWN,
+            f"zones {', '.join(sorted(down))} do not answer, and etcd member(s) "
+            f"{', '.join(r.name for r in unplaced)} are in none of the zones that answer: which of "
+            f"those zones each is in, and whether its VM still runs, cannot be known. They are "
+            f"unknown, not failed: nothing is moved, replaced or deleted until at most one of those "
+            f"zones is out; a person must look (the zones' status)",
+            unknowns=unknowns,
+        )
     # 1. Stranded VMs whose zone answers again: delete them (never while it is still out: unseen).
     back = tuple(s for s in stranded if not s.deleted and s.zone not in down)
     if back:
         members = [s.name for s in back if (r := state.replica(s.name)) is not None and r.member_id is not None]
         if members:
-            return ZoneVerdict(cluster, ZoneAction.CANNOT,
-                               f"stranded VM(s) {', '.join(members)} are etcd members again: they were removed "
-                               f"from etcd when their zone was out and must not have rejoined; a person must look "
-                               f"(remove-replica by name)", stale=back)
-        return ZoneVerdict(cluster, ZoneAction.DELETE_STALE,
-                           f"zone(s) {', '.join(sorted({s.zone for s in back}))} answer again: delete the VM(s) left "
-                           f"there when their replicas were moved ({', '.join(s.name for s in back)}); they are no "
-                           f"longer etcd members and never start etcd again", stale=back)
+            return ZoneVerdict(
+                cluster,
+                ZoneAction.CANNOT,
+                f"stranded VM(s) {', '.join(members)} are etcd members again: they were removed "
+                f"from etcd when their zone was out and must not have rejoined; a person must look "
+                f"(remove-replica by name)",
+                stale=back,
+            )
+        return ZoneVerdict(
+            cluster,
+            ZoneAction.DELETE_STALE,
+            f"zone(s) {', '.join(sorted({s.zone for s in back}))} answer again: delete the VM(s) left "
+            f"there when their replicas were moved ({', '.join(s.name for s in back)}); they are no "
+            f"longer etcd members and never start etcd again",
+            stale=back,
+        )
     if busy:
-        return ZoneVerdict(cluster, ZoneAction.WAIT if down else ZoneAction.NOTHING,
-                           f"a change holds cluster-{cluster}: one change at a time, nothing is done now")
-    dead = sorted((r for r in state.replicas if r.zone in down and r.member_id is not None),
-                  key=lambda r: (not r.learner, r.name))  # a learner costs no vote: it goes first
+        return ZoneVerdict(
+            cluster,
+            ZoneAction.WAIT if down else ZoneAction.NOTHING,
+            f"a change holds cluster-{cluster}: one change at a time, nothing is done now",
+        )
+    dead = sorted(
+        (r for r in state.replicas if r.zone in down and r.member_id is not None), key=lambda r: (not r.learner, r.name)
+    )  # a learner costs no vote: it goes first
     if down and not dead and all(s.replacement for s in stranded):
-        return ZoneVerdict(cluster, ZoneAction.NOTHING,
-                           f"zone(s) {', '.join(sorted(down))} do not answer, but no replica of {cluster!r} is there")
+        return ZoneVerdict(
+            cluster,
+            ZoneAction.NOTHING,
+            f"zone(s) {', '.join(sorted(down))} do not answer, but no replica of {cluster!r} is there",
+        )
     if dead:
         victim = dead[0]
         since = dt.datetime.fromisoformat(outages.get(victim.zone) or now.isoformat())
@@ -379,63 +486,97 @@ def decide_zones(state: ClusterState, outages: dict[str, str], stranded: Sequenc
         voters = [r for r in state.replicas if r.member_id is not None and not r.learner]
         answering = [r for r in voters if r.etcd_ok]
         if len(answering) < _quorum(len(voters)):
-            return ZoneVerdict(cluster, ZoneAction.CANNOT,
-                               f"quorum lost: {len(answering)} of {len(voters)} etcd voting members answer (quorum "
-                               f"{_quorum(len(voters))}) with zone(s) {', '.join(sorted(down))} out; etcd refuses "
-                               f"membership changes now, so nothing is done. A person must either bring the zone "
-                               f"back, or restore etcd from a snapshot on a surviving replica (etcdutl snapshot "
-                               f"restore, then --force-new-cluster) and add replicas again")
+            return ZoneVerdict(
+                cluster,
+                ZoneAction.CANNOT,
+                f"quorum lost: {len(answering)} of {len(voters)} etcd voting members answer (quorum "
+                f"{_quorum(len(voters))}) with zone(s) {', '.join(sorted(down))} out; etcd refuses "
+                f"membership changes now, so nothing is done. A person must either bring the zone "
+                f"back, or restore etcd from a snapshot on a surviving replica (etcdutl snapshot "
+                f"restore, then --force-new-cluster) and add replicas again",
+            )
         if out_s < grace_s:
-            return ZoneVerdict(cluster, ZoneAction.WAIT,
-                               f"zone {victim.zone} has been out {out_s:.0f} s (since {since.isoformat()}); its "
-                               f"replica(s) {', '.join(r.name for r in dead)} are moved after the grace period of "
-                               f"{grace_s:.0f} s", replica=victim.name, from_zone=victim.zone)
+            return ZoneVerdict(
+                cluster,
+                ZoneAction.WAIT,
+                f"zone {victim.zone} has been out {out_s:.0f} s (since {since.isoformat()}); its "
+                f"replica(s) {', '.join(r.name for r in dead)} are moved after the grace period of "
+                f"{grace_s:.0f} s",
+                replica=victim.name,
+                from_zone=victim.zone,
+            )
         # every dead member is removed before any replacement is added: etcd refuses to add a member
         # while a voter is unreachable (its strict reconfiguration check)
         dead_voters = [r.member_id for r in dead if not r.learner]
         if not dead_voters:
             decision_ok, why = True, "a learner does not vote"
         else:
-            health = [MemberHealth(m.id, m.name, m.voting, m.reasons or (Reason.UNREACHABLE,))
-                      if m.id in dead_voters else m for m in member_health(state)]
+            health = [
+                MemberHealth(m.id, m.name, m.voting, m.reasons or (Reason.UNREACHABLE,)) if m.id in dead_voters else m
+                for m in member_health(state)
+            ]
             decision = can_replace(health, dead_voters)
             decision_ok, why = decision.allowed, decision.reason
         if not decision_ok:
-            return ZoneVerdict(cluster, ZoneAction.CANNOT,
-                               f"moving {victim.name} out of zone {victim.zone} would lose quorum: {why}; a person "
-                               f"must act (bring the zone back)", replica=victim.name, from_zone=victim.zone)
+            return ZoneVerdict(
+                cluster,
+                ZoneAction.CANNOT,
+                f"moving {victim.name} out of zone {victim.zone} would lose quorum: {why}; a person "
+                f"must act (bring the zone back)",
+                replica=victim.name,
+                from_zone=victim.zone,
+            )
         target = _target_zone(state, zones, region_zones, down)
         if target is None:
-            return ZoneVerdict(cluster, ZoneAction.CANNOT,
-                               f"no zone of region {state.region} answers besides {', '.join(sorted(down))}: "
-                               f"nowhere to move {victim.name}", replica=victim.name, from_zone=victim.zone)
+            return ZoneVerdict(
+                cluster,
+                ZoneAction.CANNOT,
+                f"no zone of region {state.region} answers besides {', '.join(sorted(down))}: "
+                f"nowhere to move {victim.name}",
+                replica=victim.name,
+                from_zone=victim.zone,
+            )
         others = [r.name for r in dead[1:]]
         add_now = not others
-        return ZoneVerdict(cluster, ZoneAction.MOVE,
-                           f"zone {victim.zone} has been out {out_s:.0f} s (grace {grace_s:.0f} s): remove "
-                           f"{victim.name} from etcd, leave its VM stranded until the zone answers, "
-                           + (f"add a replica in {target}" if add_now else
-                              f"then remove {', '.join(others)} (one per check) before adding replacements")
-                           + (f"; quorum: {why}" if why else ""),
-                           replica=victim.name, from_zone=victim.zone, to_zone=target, add_now=add_now)
+        return ZoneVerdict(
+            cluster,
+            ZoneAction.MOVE,
+            f"zone {victim.zone} has been out {out_s:.0f} s (grace {grace_s:.0f} s): remove "
+            f"{victim.name} from etcd, leave its VM stranded until the zone answers, "
+            + (
+                f"add a replica in {target}"
+                if add_now
+                else f"then remove {', '.join(others)} (one per check) before adding replacements"
+            )
+            + (f"; quorum: {why}" if why else ""),
+            replica=victim.name,
+            from_zone=victim.zone,
+            to_zone=target,
+            add_now=add_now,
+        )
     owed = [s for s in stranded if not s.replacement]
     if owed:
         target = _target_zone(state, zones, region_zones, down)
         if target is None:
             return ZoneVerdict(cluster, ZoneAction.CANNOT, f"no zone answers to add the replacement of {owed[0].name}")
-        return ZoneVerdict(cluster, ZoneAction.ADD,
-                           f"add the replacement of {owed[0].name} (removed from etcd when zone {owed[0].zone} was "
-                           f"out) in {target}", replica=owed[0].name, from_zone=owed[0].zone, to_zone=target)
+        return ZoneVerdict(
+            cluster,
+            ZoneAction.ADD,
+            f"add the replacement of {owed[0].name} (removed from etcd when zone {owed[0].zone} was out) in {target}",
+            replica=owed[0].name,
+            from_zone=owed[0].zone,
+            to_zone=target,
+        )
     if rebalance:
         return _rebalance(state, zones, region_zones)
     return ZoneVerdict(cluster, ZoneAction.NOTHING, "every zone answers; nothing stranded")
 
 
-def _target_zone(state: ClusterState, zones: Sequence[str], region_zones: Sequence[str],
-                 down: set[str]) -> str | None:
+def _target_zone(state: ClusterState, zones: Sequence[str], region_zones: Sequence[str], down: set[str]) -> str | None:
     """The least used zone that answers: among the cluster's zones, else among the region's."""
-    return _least_used(state, [z for z in zones if z in region_zones and z not in down]
-                       or [z for z in region_zones if z not in down])
+    return _least_used(
+        state, [z for z in zones if z in region_zones and z not in down] or [z for z in region_zones if z not in down]
+    )
 
 
 def _least_used(state: ClusterState, candidates: Sequence[str]) -> str | None:
@@ -452,14 +593,20 @@ def _rebalance(state: ClusterState, zones: Sequence[str], region_zones: Sequence
         return ZoneVerdict(cluster, ZoneAction.NOTHING, "not rebalancing: a replica is not healthy")
     mine = [z for z in zones if z in region_zones]
     counts = {z: sum(1 for r in state.replicas if r.zone == z) for z in mine}
-    crowded = max((r.zone for r in state.replicas), key=lambda z: (sum(1 for r in state.replicas if r.zone == z), z),
-                  default=None)
+    crowded = max(
+        (r.zone for r in state.replicas), key=lambda z: (sum(1 for r in state.replicas if r.zone == z), z), default=None
+    )
     empty = [z for z in mine if counts[z] == 0]
     if crowded is None or not empty or sum(1 for r in state.replicas if r.zone == crowded) < 2:
         return ZoneVerdict(cluster, ZoneAction.NOTHING, "placement is one replica per zone where it can be")
     victim = sorted((r for r in state.replicas if r.zone == crowded), key=lambda r: (r.leader, r.name))[0]
-    return ZoneVerdict(cluster, ZoneAction.REBALANCE,
-                       f"zone {empty[0]} has no replica and {crowded} has "
-                       f"{sum(1 for r in state.replicas if r.zone == crowded)}: move {victim.name} to {empty[0]} "
-                       f"(remove it, then add the new replica)", replica=victim.name, from_zone=crowded,
-                       to_zone=empty[0])
+    return ZoneVerdict(
+        cluster,
+        ZoneAction.REBALANCE,
+        f"zone {empty[0]} has no replica and {crowded} has "
+        f"{sum(1 for r in state.replicas if r.zone == crowded)}: move {victim.name} to {empty[0]} "
+        f"(remove it, then add the new replica)",
+        replica=victim.name,
+        from_zone=crowded,
+        to_zone=empty[0],
+    )

@@ -92,9 +92,11 @@ def quorum_view(ev: QuorumEvidence) -> tuple[QuorumView, str]:
     if held:
         return QuorumView.HOLDS, f"{', '.join(held)} served a linearizable read"
     if not ev.footprint_seen:
-        return QuorumView.UNKNOWN, ("GCE shows nothing stamped with the cluster's uid through this connection (no "
-                                    "VM, address or firewall rule): the connection may point at another project; "
-                                    "nothing of the cluster is taken for lost on that view")
+        return QuorumView.UNKNOWN, (
+            "GCE shows nothing stamped with the cluster's uid through this connection (no "
+            "VM, address or firewall rule): the connection may point at another project; "
+            "nothing of the cluster is taken for lost on that view"
+        )
     status = {n: s for n, s in ev.vms if n not in ev.ignore}
     if not status:
         return QuorumView.LOST, "the cluster has no replica VM left (its uid-stamped resources are seen)"
@@ -103,12 +105,15 @@ def quorum_view(ev: QuorumEvidence) -> tuple[QuorumView, str]:
     span = ev.looks[-1].at_s - ev.looks[0].at_s if ev.looks else 0.0
     seen = ", ".join([f"{g} (VM gone)" for g in gone] + [f"{s} (no leader)" for s in silent]) or "none"
     if len(dead) >= need and span >= ELECTIONS_SPANNED * ev.election_s:
-        return QuorumView.LOST, (f"{len(dead)} of {n} voting member(s) are seen gone or without a leader across "
-                                 f"{len(ev.looks)} looks over {span:.1f} s: {seen}; quorum needs {need}")
+        return QuorumView.LOST, (
+            f"{len(dead)} of {n} voting member(s) are seen gone or without a leader across "
+            f"{len(ev.looks)} looks over {span:.1f} s: {seen}; quorum needs {need}"
+        )
     if len(dead) >= need:
         return QuorumView.UNKNOWN, (
             f"{seen} seen without a leader for only {span:.1f} s, under {ELECTIONS_SPANNED} election timeouts "
-            f"({ev.election_s:g} s each): an election looks the same; look again")
+            f"({ev.election_s:g} s each): an election looks the same; look again"
+        )
     reasons: dict[str, str] = {}
     for look in ev.looks:
         for u in look.unreachable:
@@ -131,7 +136,8 @@ def quorum_view(ev: QuorumEvidence) -> tuple[QuorumView, str]:
         f"only {len(dead)} of {n} voting member(s) are seen gone or without a leader ({seen}); lost quorum needs "
         f"{need}. Not seen: {'; '.join(unseen)}. A member that does not answer this worker may be on the "
         f"majority's side of a partition, with quorum: check that this worker reaches port 2379 of those VMs "
-        f"(the etcd-client firewall rule, the worker's network) and that they run, then look again")
+        f"(the etcd-client firewall rule, the worker's network) and that they run, then look again"
+    )
 
 
 def _count(ev: QuorumEvidence) -> tuple[set[str], int, int, list[str], list[str]]:
@@ -165,7 +171,8 @@ def best_survivor(looks: tuple[Look, ...], ignore: tuple[str, ...] = ()) -> tupl
 def own_replicas(cluster: str, change_id: str) -> tuple[str, ...]:
     """The replica names a restore change makes: the restored one, then one per grow change."""
     return (restored_replica_name(cluster, change_id),) + tuple(
-        replica_name(cluster, f"{change_id}-grow-{i}", 0) for i in range(1, GROW_CHANGES + 1))
+        replica_name(cluster, f"{change_id}-grow-{i}", 0) for i in range(1, GROW_CHANGES + 1)
+    )
 
 
 @dataclass(frozen=True)
@@ -206,25 +213,44 @@ class RestorePlan:
 
     def loss(self) -> str:
         if self.from_survivor and self.survivor:
-            return (f"restoring the snapshot saved first from surviving member {self.survivor.name} (revision "
-                    f"{self.survivor.revision}, the highest a member reports; newer than stored snapshot "
-                    f"{self.snapshot_id} at revision {self.snapshot_revision}): {self.lost_revisions} revision(s) "
-                    f"lost (last seen {self.last_revision_seen}); writes only the unseen members held are lost")
-        revs = ("an unknown number of revisions (no member answers)" if self.lost_revisions is None
-                else f"{self.lost_revisions} revision(s) (last seen {self.last_revision_seen})")
-        kept = (f"; the snapshot saved first from {self.survivor.name} (revision {self.survivor.revision}) keeps "
-                f"them in the snapshot storage" if self.survivor else "")
-        return (f"restoring snapshot {self.snapshot_id} (revision {self.snapshot_revision}, taken "
-                f"{self.snapshot_time}) loses every write after it: {revs}, up to {self.lost_seconds:.0f} s of "
-                f"writes{kept}")
+            return (
+                f"restoring the snapshot saved first from surviving member {self.survivor.name} (revision "
+                f"{self.survivor.revision}, the highest a member reports; newer than stored snapshot "
+                f"{self.snapshot_id} at revision {self.snapshot_revision}): {self.lost_revisions} revision(s) "
+                f"lost (last seen {self.last_revision_seen}); writes only the unseen members held are lost"
+            )
+        revs = (
+            "an unknown number of revisions (no member answers)"
+            if self.lost_revisions is None
+            else f"{self.lost_revisions} revision(s) (last seen {self.last_revision_seen})"
+        )
+        kept = (
+            f"; the snapshot saved first from {self.survivor.name} (revision {self.survivor.revision}) keeps "
+            f"them in the snapshot storage"
+            if self.survivor
+            else ""
+        )
+        return (
+            f"restoring snapshot {self.snapshot_id} (revision {self.snapshot_revision}, taken "
+            f"{self.snapshot_time}) loses every write after it: {revs}, up to {self.lost_seconds:.0f} s of "
+            f"writes{kept}"
+        )
 
     def markdown(self) -> str:
-        lines = [f"## Plan: restore-cluster on `{self.cluster}`", "", f"**Quorum:** {self.why or 'resuming'}.", "",
-                 f"**Data loss:** {self.loss()}.", ""]
+        lines = [
+            f"## Plan: restore-cluster on `{self.cluster}`",
+            "",
+            f"**Quorum:** {self.why or 'resuming'}.",
+            "",
+            f"**Data loss:** {self.loss()}.",
+            "",
+        ]
         lines += [f"{i}. {s.text} (`{s.id}`)" for i, s in enumerate(self.plan.steps, 1)]
         if self.grow_to > 1:
-            lines.append(f"{len(self.plan.steps) + 1}. add-replica: grow to {self.grow_to} replicas (learner "
-                         f"first, as always; changes `<change id>-grow-N`)")
+            lines.append(
+                f"{len(self.plan.steps) + 1}. add-replica: grow to {self.grow_to} replicas (learner "
+                f"first, as always; changes `<change id>-grow-N`)"
+            )
         lines += ["", "The cluster CA, the etcd CA and the endpoint IP are kept: clients keep working."]
         return "\n".join(lines)
 
@@ -238,10 +264,20 @@ def grow_size(state: ClusterState, snapshot: SnapshotMeta, size: int | None) -> 
     return n
 
 
-def plan_restore(state: ClusterState, view: tuple[QuorumView, str], snapshot: SnapshotMeta,
-                 last_revision_seen: int | None, now: dt.datetime, change_id: str, zones: list[str],
-                 size: int | None = None, survivor: Survivor | None = None, named: bool = False,
-                 gone_members: tuple[str, ...] = (), pool_links: tuple[str, ...] = ()) -> RestorePlan:
+def plan_restore(
+    state: ClusterState,
+    view: tuple[QuorumView, str],
+    snapshot: SnapshotMeta,
+    last_revision_seen: int | None,
+    now: dt.datetime,
+    change_id: str,
+    zones: list[str],
+    size: int | None = None,
+    survivor: Survivor | None = None,
+    named: bool = False,
+    gone_members: tuple[str, ...] = (),
+    pool_links: tuple[str, ...] = (),
+) -> RestorePlan:
     """Refuses unless quorum is seen lost among every VM that is not this restore's own (a resumed run,
     whose restored replica exists, is judged on the others alike). ``named``: the snapshot was asked for
     by id (it is restored even when the survivor's is newer). ``gone_members``: members whose VM is
@@ -253,10 +289,13 @@ def plan_restore(state: ClusterState, view: tuple[QuorumView, str], snapshot: Sn
     if verdict is QuorumView.HOLDS:
         raise PlanRefused(
             f"cluster {state.cluster!r} still has etcd quorum ({why}): nothing needs restoring and nothing "
-            f"was changed; replace failed replicas with replace-replica (or let the health check do it)")
+            f"was changed; replace failed replicas with replace-replica (or let the health check do it)"
+        )
     if verdict is QuorumView.UNKNOWN:
-        raise PlanRefused(f"cannot tell whether {state.cluster!r} lost etcd quorum: {why}. A restore removes "
-                          f"every replica, so it needs quorum seen lost; nothing was changed")
+        raise PlanRefused(
+            f"cannot tell whether {state.cluster!r} lost etcd quorum: {why}. A restore removes "
+            f"every replica, so it needs quorum seen lost; nothing was changed"
+        )
     if snapshot.cluster != state.cluster:
         raise PlanRefused(f"snapshot {snapshot.snapshot_id} is of cluster {snapshot.cluster!r}, not {state.cluster!r}")
     if not zones:
@@ -269,47 +308,141 @@ def plan_restore(state: ClusterState, view: tuple[QuorumView, str], snapshot: Sn
     token = label_value(f"{state.cluster}-{change_id}")[:48]
     steps: list[PlanStep] = []
     if survivor is not None:
-        steps.append(step(StepKind.SAVE_SNAPSHOT, "snapshot-survivor", f"save a verified snapshot of {survivor.name}'s "
-                          f"etcd data (revision {survivor.revision}, served from its own store without quorum) "
-                          f"before anything is deleted", name=survivor.name, ip=survivor.ip))
-    steps += [step(StepKind.POOL_REMOVE, f"pool-remove/{n}", f"take {n} out of the target pool", "pool",
-                   region=state.region, zone=z, name=n) for n, z in remove if n in state.pool_members]
+        steps.append(
+            step(
+                StepKind.SAVE_SNAPSHOT,
+                "snapshot-survivor",
+                f"save a verified snapshot of {survivor.name}'s "
+                f"etcd data (revision {survivor.revision}, served from its own store without quorum) "
+                f"before anything is deleted",
+                name=survivor.name,
+                ip=survivor.ip,
+            )
+        )
+    steps += [
+        step(
+            StepKind.POOL_REMOVE,
+            f"pool-remove/{n}",
+            f"take {n} out of the target pool",
+            "pool",
+            region=state.region,
+            zone=z,
+            name=n,
+        )
+        for n, z in remove
+        if n in state.pool_members
+    ]
     vm_names = {r.name for r in state.vms}
-    steps += [step(StepKind.POOL_REMOVE, f"pool-remove/{link.rsplit('/', 1)[-1]}", f"take {link.rsplit('/', 1)[-1]} "
-                   f"(its VM is gone) out of the target pool", "pool", region=state.region, link=link)
-              for link in pool_links if link.rsplit("/", 1)[-1] not in vm_names | set(ours)]
-    steps += [step(StepKind.DELETE_VM, f"delete-vm/{n}", f"delete replica {n} ({z}) and its private keys: its etcd "
-                   f"data belongs to the lost cluster", "vms", zone=z, name=n) for n, z in remove]
-    steps += [step(StepKind.DELETE_KEYS, f"delete-keys/{n}", f"delete the private keys of {n}, whose VM is gone",
-                   name=n) for n in gone_members if n not in ours and n not in {r for r, _ in remove}]
+    steps += [
+        step(
+            StepKind.POOL_REMOVE,
+            f"pool-remove/{link.rsplit('/', 1)[-1]}",
+            f"take {link.rsplit('/', 1)[-1]} (its VM is gone) out of the target pool",
+            "pool",
+            region=state.region,
+            link=link,
+        )
+        for link in pool_links
+        if link.rsplit("/", 1)[-1] not in vm_names | set(ours)
+    ]
+    steps += [
+        step(
+            StepKind.DELETE_VM,
+            f"delete-vm/{n}",
+            f"delete replica {n} ({z}) and its private keys: its etcd data belongs to the lost cluster",
+            "vms",
+            zone=z,
+            name=n,
+        )
+        for n, z in remove
+    ]
+    steps += [
+        step(StepKind.DELETE_KEYS, f"delete-keys/{n}", f"delete the private keys of {n}, whose VM is gone", name=n)
+        for n in gone_members
+        if n not in ours and n not in {r for r, _ in remove}
+    ]
     vm = f"vm/{name}"
     ip = Ref(vm, "internal_ip")
     if from_survivor:
-        source = (Ref("snapshot-survivor", "where"), Ref("snapshot-survivor", "snapshot_id"),
-                  Ref("snapshot-survivor", "sha256"))
+        source = (
+            Ref("snapshot-survivor", "where"),
+            Ref("snapshot-survivor", "snapshot_id"),
+            Ref("snapshot-survivor", "sha256"),
+        )
         what = f"the snapshot saved from {survivor.name}"  # type: ignore[union-attr]
     else:
         source = (snapshot.where, snapshot.snapshot_id, snapshot.sha256)
         what = f"stored snapshot {snapshot.snapshot_id}"
     steps += [
-        step(StepKind.CREATE_VM, vm, f"insert VM {name} in {zone}" + ("" if keep_lb else " with the endpoint IP"),
-             zone=zone, name=name, nat_ip=None if keep_lb else state.endpoint_ip),
-        step(StepKind.CONFIGURE, f"configure/{name}", f"issue {name}'s certificates; its etcd restores {what} at "
-             f"boot as a new one-member cluster (token {token}, new member id)", zone=zone, name=name,
-             endpoint_ip=state.endpoint_ip, initial_cluster=((name, ip),), cluster_state="new", token=token,
-             restore=source),
-        step(StepKind.WAIT_QUORUM, f"quorum/{name}", "wait for etcd quorum: 1 voting member answering a "
-             "linearizable read", ips=(ip,), voting=1)]
+        step(
+            StepKind.CREATE_VM,
+            vm,
+            f"insert VM {name} in {zone}" + ("" if keep_lb else " with the endpoint IP"),
+            zone=zone,
+            name=name,
+            nat_ip=None if keep_lb else state.endpoint_ip,
+        ),
+        step(
+            StepKind.CONFIGURE,
+            f"configure/{name}",
+            f"issue {name}'s certificates; its etcd restores {what} at "
+            f"boot as a new one-member cluster (token {token}, new member id)",
+            zone=zone,
+            name=name,
+            endpoint_ip=state.endpoint_ip,
+            initial_cluster=((name, ip),),
+            cluster_state="new",
+            token=token,
+            restore=source,
+        ),
+        step(
+            StepKind.WAIT_QUORUM,
+            f"quorum/{name}",
+            "wait for etcd quorum: 1 voting member answering a linearizable read",
+            ips=(ip,),
+            voting=1,
+        ),
+    ]
     if keep_lb:
-        steps.append(step(StepKind.POOL_ADD, f"pool-add/{name}", f"add {name} to the target pool (the endpoint IP "
-                          f"is kept)", region=state.region, zone=zone, name=name))
+        steps.append(
+            step(
+                StepKind.POOL_ADD,
+                f"pool-add/{name}",
+                f"add {name} to the target pool (the endpoint IP is kept)",
+                region=state.region,
+                zone=zone,
+                name=name,
+            )
+        )
     seconds = GCE_SECONDS["instance_delete"] + GCE_SECONDS["instance_insert"] + GCE_SECONDS["instance_update"] + 30
-    plan = Plan(action="restore-cluster", cluster=state.cluster, steps=tuple(steps),
-                voting_before=0, voting_after=1, expected_seconds=seconds, reason=why, replica=name, zone=zone,
-                new_replicas=((name, zone),))
+    plan = Plan(
+        action="restore-cluster",
+        cluster=state.cluster,
+        steps=tuple(steps),
+        voting_before=0,
+        voting_after=1,
+        expected_seconds=seconds,
+        reason=why,
+        replica=name,
+        zone=zone,
+        new_replicas=((name, zone),),
+    )
     return RestorePlan(
-        cluster=state.cluster, snapshot_id=snapshot.snapshot_id, snapshot_revision=snapshot.revision,
-        snapshot_time=snapshot.taken_at, last_revision_seen=last_revision_seen,
-        lost_seconds=max(0.0, snapshot.age_s(now)), remove=remove, replica=name, zone=zone,
-        grow_to=grow_size(state, snapshot, size), token=token, keep_load_balancer=keep_lb, plan=plan,
-        survivor=survivor, from_survivor=from_survivor, resuming=mine is not None, why=why)
+        cluster=state.cluster,
+        snapshot_id=snapshot.snapshot_id,
+        snapshot_revision=snapshot.revision,
+        snapshot_time=snapshot.taken_at,
+        last_revision_seen=last_revision_seen,
+        lost_seconds=max(0.0, snapshot.age_s(now)),
+        remove=remove,
+        replica=name,
+        zone=zone,
+        grow_to=grow_size(state, snapshot, size),
+        token=token,
+        keep_load_balancer=keep_lb,
+        plan=plan,
+        survivor=survivor,
+        from_survivor=from_survivor,
+        resuming=mine is not None,
+        why=why,
+    )

@@ -29,8 +29,10 @@ def restore_once(spec_file: Path, data_dir: Path, name: str, peer_url: str, toke
         return False
     spec = json.loads(spec_file.read_text())
     if not spec.get("key"):
-        raise SnapshotInvalid(f"no key to open snapshot {spec['snapshot_id']} yet (haplane-snapshot-key in the "
-                              "metadata, or the snapshot-key secret read as the VM's service account)")
+        raise SnapshotInvalid(
+            f"no key to open snapshot {spec['snapshot_id']} yet (haplane-snapshot-key in the "
+            "metadata, or the snapshot-key secret read as the VM's service account)"
+        )
     meta, db = unseal(fetch_url(spec["url"]), spec["key"])
     if meta.sha256 != spec["sha256"] or meta.snapshot_id != spec["snapshot_id"]:
         raise SnapshotInvalid(f"{spec['url']} holds snapshot {meta.snapshot_id}, not {spec['snapshot_id']}")
@@ -42,8 +44,11 @@ def restore_once(spec_file: Path, data_dir: Path, name: str, peer_url: str, toke
         restore_data_dir(db_path, staging, name, peer_url, token)
     shutil.rmtree(data_dir, ignore_errors=True)
     staging.replace(data_dir)
-    print(f"haplane: restored etcd data of {name} from snapshot {meta.snapshot_id} (revision {meta.revision})",
-          file=sys.stderr, flush=True)
+    print(
+        f"haplane: restored etcd data of {name} from snapshot {meta.snapshot_id} (revision {meta.revision})",
+        file=sys.stderr,
+        flush=True,
+    )
     return True
 
 
@@ -56,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     for opt in ("--restore", "--data-dir", "--name", "--peer-url", "--token"):
         p.add_argument(opt, required=True)
     args = p.parse_args(argv[:split])
-    etcd = argv[split + 1:]
+    etcd = argv[split + 1 :]
     restore_once(Path(args.restore), Path(args.data_dir), args.name, args.peer_url, args.token)
     os.execv(etcd[0], etcd)
 

@@ -55,14 +55,17 @@ def sanitised(what: str, exc: BaseException, secrets: Iterable[str] = ()) -> Sec
     status = int(status) if isinstance(status, int) else None
     reason = str(getattr(exc, "reason", "") or "")
     detail = scrub(str(getattr(exc, "message", "") or exc), secrets)
-    message = (f"{what} failed: {type(exc).__name__}" + (f" {status}" if status else "")
-               + (f" ({scrub(reason, secrets)})" if reason else "") + f": {detail} "
-               "[request and response dropped: the call carried private keys]")
+    message = (
+        f"{what} failed: {type(exc).__name__}"
+        + (f" {status}" if status else "")
+        + (f" ({scrub(reason, secrets)})" if reason else "")
+        + f": {detail} "
+        "[request and response dropped: the call carried private keys]"
+    )
     return SecretCallFailed(message, type(exc).__name__, status, scrub(reason, secrets))
 
 
-def call_carrying_secrets(what: str, secrets: Iterable[str], fn: Callable[..., T], *args: Any,
-                          **kwargs: Any) -> T:
+def call_carrying_secrets(what: str, secrets: Iterable[str], fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """``fn(*args, **kwargs)``; any exception becomes a :class:`SecretCallFailed` with no cause or
     context (it is raised outside the handler, so Python links nothing to the original)."""
     secrets = list(secrets)

@@ -77,31 +77,51 @@ def public_keys(bundle_pem: str) -> list[ec.EllipticCurvePublicKey]:
     return keys
 
 
-def mint(signing_key_pem: str, *, namespace: str, name: str, audiences: tuple[str, ...] = (ISSUER,),
-         expiration_s: int = 3600, issuer: str = ISSUER, uid: str | None = None,
-         now: float | None = None) -> tuple[str, int]:
+def mint(
+    signing_key_pem: str,
+    *,
+    namespace: str,
+    name: str,
+    audiences: tuple[str, ...] = (ISSUER,),
+    expiration_s: int = 3600,
+    issuer: str = ISSUER,
+    uid: str | None = None,
+    now: float | None = None,
+) -> tuple[str, int]:
     """(token, expiry as Unix time) for service account ``namespace/name``."""
     key = serialization.load_pem_private_key(signing_key_pem.encode(), password=None)
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise ValueError("the service-account signing key must be an ECDSA P-256 key")
-    public_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                               serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    public_pem = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
     iat = int(now if now is not None else time.time())
     exp = iat + expiration_s
     header = {"alg": "ES256", "kid": key_id(public_pem)}
     claims = {
-        "aud": list(audiences), "exp": exp, "iat": iat, "nbf": iat, "iss": issuer,
+        "aud": list(audiences),
+        "exp": exp,
+        "iat": iat,
+        "nbf": iat,
+        "iss": issuer,
         "sub": f"system:serviceaccount:{namespace}:{name}",
-        "kubernetes.io": {"namespace": namespace,
-                          "serviceaccount": {"name": name, "uid": uid or str(uuid.uuid4())}},
+        "kubernetes.io": {"namespace": namespace, "serviceaccount": {"name": name, "uid": uid or str(uuid.uuid4())}},
     }
     signing_input = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}"
     r, s = decode_dss_signature(key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256())))
     return f"{signing_input}.{_b64(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}", exp
 
 
-def verify(token: str, bundle_pem: str, *, issuer: str = ISSUER, audiences: tuple[str, ...] = (ISSUER,),
-           now: float | None = None) -> ServiceAccountUser:
+def verify(
+    token: str,
+    bundle_pem: str,
+    *,
+    issuer: str = ISSUER,
+    audiences: tuple[str, ...] = (ISSUER,),
+    now: float | None = None,
+) -> ServiceAccountUser:
     """The service account a token authenticates, or :class:`TokenError` saying why not."""
     parts = token.split(".")
     if len(parts) != 3:
@@ -139,5 +159,9 @@ def verify(token: str, bundle_pem: str, *, issuer: str = ISSUER, audiences: tupl
     sa = k8s.get("serviceaccount") or {}
     if claims.get("sub") != f"system:serviceaccount:{k8s.get('namespace')}:{sa.get('name')}":
         raise TokenError("token subject does not name its service account")
-    return ServiceAccountUser(namespace=k8s["namespace"], name=sa["name"], uid=sa.get("uid", ""),
-                              audiences=tuple(a for a in aud if a in audiences))
+    return ServiceAccountUser(
+        namespace=k8s["namespace"],
+        name=sa["name"],
+        uid=sa.get("uid", ""),
+        audiences=tuple(a for a in aud if a in audiences),
+    )

@@ -15,6 +15,8 @@ from pathlib import Path
 
 GCE_ENDPOINT = "HAPLANE_GCE_ENDPOINT"
 PROJECT = "HAPLANE_PROJECT"
+GCE_TOKEN = "HAPLANE_GCE_TOKEN"
+WORKERS_ACCOUNT = "HAPLANE_WORKERS_ACCOUNT"
 GCE_READ_RETRY = "HAPLANE_GCE_READ_RETRY_S"
 OP_WAIT = "HAPLANE_OP_WAIT_S"
 LB_WAIT = "HAPLANE_LB_WAIT_S"
@@ -24,10 +26,13 @@ HEALTH_LOCK_WAIT = "HAPLANE_HEALTH_LOCK_WAIT_S"
 ETCD = "HAPLANE_ETCD"
 ETCDUTL = "HAPLANE_ETCDUTL"
 SNAPSHOT_DIR = "HAPLANE_SNAPSHOT_DIR"
+WATCH_HEARTBEAT = "HAPLANE_WATCH_HEARTBEAT_S"
 
 NAMES = (
     GCE_ENDPOINT,
     PROJECT,
+    GCE_TOKEN,
+    WORKERS_ACCOUNT,
     GCE_READ_RETRY,
     OP_WAIT,
     LB_WAIT,
@@ -37,6 +42,7 @@ NAMES = (
     ETCD,
     ETCDUTL,
     SNAPSHOT_DIR,
+    WATCH_HEARTBEAT,
 )
 
 LOCK_LEASE_MIN_S = 60.0  # Prefect's minimum lease for a global concurrency slot
@@ -70,6 +76,17 @@ def gce_endpoint() -> str | None:
 def project() -> str | None:
     """The GCE project when no connection block is given; None when unset."""
     return _raw(PROJECT)
+
+
+def gce_token() -> str | None:
+    """With an endpoint (the emulator): the workers' bearer token, which its Secret Manager requires."""
+    return _raw(GCE_TOKEN)
+
+
+def workers_account() -> str | None:
+    """The workers' service-account email, the one reader of each cluster's own keys; None: from the
+    credentials (a service account's) or, on the emulator, the token's account."""
+    return _raw(WORKERS_ACCOUNT)
 
 
 def gce_read_retry_s() -> float:
@@ -128,3 +145,8 @@ def snapshot_dir() -> Path | None:
     """Where snapshots go when a cluster names no storage block; None: ``$PREFECT_HOME/haplane-snapshots``."""
     raw = _raw(SNAPSHOT_DIR)
     return Path(raw) if raw is not None else None
+
+
+def watch_heartbeat_s() -> float:
+    """Seconds between ``haplane watch``'s heartbeats ``haplane.watch.alive`` (60; tests shorten it)."""
+    return _seconds(WATCH_HEARTBEAT, 60.0, "how often haplane watch says it is alive")

@@ -47,8 +47,10 @@ class SnapshotStore:
         if not storage:
             return cls(LocalFileSystem(basepath=str(default_dir())), f"local {default_dir()}")
         if "/" not in storage:
-            raise SnapshotError(f"storage {storage!r}: name a block as '<type>/<name>', e.g. "
-                                "'gcs-bucket/prod-snapshots' or 'local-file-system/snapshots'")
+            raise SnapshotError(
+                f"storage {storage!r}: name a block as '<type>/<name>', e.g. "
+                "'gcs-bucket/prod-snapshots' or 'local-file-system/snapshots'"
+            )
         from prefect.blocks.core import Block
 
         try:
@@ -58,8 +60,10 @@ class SnapshotStore:
         try:
             block = Block.load(storage)
         except (ValueError, Exception) as e:  # ObjectNotFound, or an unknown type slug
-            raise SnapshotError(f"cannot load the snapshot storage block {storage!r}: {e}; create it in the "
-                                "Prefect UI (Blocks) or pass another storage=") from None
+            raise SnapshotError(
+                f"cannot load the snapshot storage block {storage!r}: {e}; create it in the "
+                "Prefect UI (Blocks) or pass another storage="
+            ) from None
         return cls(block, storage)
 
     # -- the two kinds of block
@@ -71,8 +75,9 @@ class SnapshotStore:
             if os.environ.get("STORAGE_EMULATOR_HOST"):
                 from google.auth.credentials import AnonymousCredentials
 
-                client = storage.Client(credentials=AnonymousCredentials(),
-                                        project=self.block.gcp_credentials.project or "haplane")
+                client = storage.Client(
+                    credentials=AnonymousCredentials(), project=self.block.gcp_credentials.project or "haplane"
+                )
             else:
                 client = self.block.gcp_credentials.get_cloud_storage_client()
             self._bucket = client.bucket(self.block.bucket)
@@ -112,8 +117,9 @@ class SnapshotStore:
         base = self._local(folder)
         if not base.is_dir():
             return []
-        return sorted(f"{folder.strip('/')}/{p.name}" for p in base.iterdir() if p.is_file()
-                      and not p.name.endswith(".part"))
+        return sorted(
+            f"{folder.strip('/')}/{p.name}" for p in base.iterdir() if p.is_file() and not p.name.endswith(".part")
+        )
 
     def delete(self, path: str) -> None:
         if self._gcs:
@@ -180,7 +186,7 @@ def fetch_url(url: str) -> bytes:
     if url.startswith("gs://"):
         from google.cloud import storage
 
-        bucket, _, name = url[len("gs://"):].partition("/")
+        bucket, _, name = url[len("gs://") :].partition("/")
         if os.environ.get("STORAGE_EMULATOR_HOST"):
             from google.auth.credentials import AnonymousCredentials
 

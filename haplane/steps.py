@@ -68,12 +68,15 @@ class StepKind(StrEnum):
     STRAND = "strand"  # record a dead zone's VM as stranded in the spec (before its member goes)
     STRAND_REPLACED = "strand-replaced"  # record the replica added for a stranded VM
     STRAND_DELETED = "strand-deleted"  # record stranded VMs as deleted (their zone answered)
+    UPGRADE_REPLICA = "upgrade-replica"  # replace one replica with one at the target versions (its own plan)
+    CLUSTER_VERSION = "cluster-version"  # wait for etcd's cluster version to be the one expected
     SAVE_SNAPSHOT = "save-snapshot"  # a verified snapshot of one member's local store (no quorum needed)
 
 
 # Steps that destroy something that cannot be had back: refused on an unknown view (haplane.plans).
-DESTRUCTIVE = frozenset({StepKind.REMOVE_MEMBER, StepKind.DELETE_VM, StepKind.DELETE_KEYS,
-                         StepKind.RELEASE_ADDRESS, StepKind.DELETE_PKI})
+DESTRUCTIVE = frozenset(
+    {StepKind.REMOVE_MEMBER, StepKind.DELETE_VM, StepKind.DELETE_KEYS, StepKind.RELEASE_ADDRESS, StepKind.DELETE_PKI}
+)
 
 # The named outputs a step of each kind produces, for later steps to refer to.
 OUTPUTS: dict[StepKind, tuple[str, ...]] = {

@@ -26,6 +26,7 @@ LABEL_CHANGE = "haplane-change"
 LABEL_UID = "haplane-uid"  # the cluster's identity (haplane.ownership)
 ROLE_MASTER = "master"
 
+
 class TopologyError(ValueError):
     """A request that does not fit the cluster's shape; nothing was changed."""
 
@@ -43,7 +44,8 @@ def check_change_id(change_id: str) -> str:
     if not isinstance(change_id, str) or not CHANGE_ID_RE.match(change_id):
         raise TopologyError(
             f"change_id {change_id!r} is not valid: use 1-63 lower-case letters, digits or '-' (the id a plan "
-            f"artifact shows, e.g. 'add-0b6f...'); nothing was read or changed")
+            f"artifact shows, e.g. 'add-0b6f...'); nothing was read or changed"
+        )
     return change_id
 
 
@@ -67,10 +69,23 @@ def check_distinct_zones(zones: Iterable[str]) -> list[str]:
     seen: list[str] = []
     for zone in zones:
         if zone in seen:
-            raise TopologyError(f"zone {zone!r} is listed twice in zones; list each zone once (replicas are "
-                                f"spread over the listed zones, fewest first)")
+            raise TopologyError(
+                f"zone {zone!r} is listed twice in zones; list each zone once (replicas are "
+                f"spread over the listed zones, fewest first)"
+            )
         seen.append(zone)
     return seen
+
+
+def check_multizone(multizone: bool, zones: Iterable[str]) -> None:
+    """``multizone=False`` (the seed's MULTIZONE=false: every replica and kubelet in one zone) with several
+    zones is a contradiction: refused, naming both ways out, before anything is read or changed."""
+    listed = list(dict.fromkeys(zones))
+    if not multizone and len(listed) > 1:
+        raise TopologyError(
+            f"multizone=false keeps the cluster in one zone, but {len(listed)} zones were given "
+            f"({', '.join(listed)}): pass one zone, or multizone=true to spread replicas over them"
+        )
 
 
 def check_zones(region: str, zones: Iterable[str], known: Iterable[str]) -> list[str]:

@@ -26,18 +26,21 @@ from blocks.cluster import ClusterSpec
 from haplane.node import ApiServerSpec, EtcdSpec, RestoreSpec, peer_url
 from haplane.plans import Plan
 from haplane.steps import PlanStep, StepKind, resolve
-from haplane.topology import ClusterNames
+from haplane.topology import ClusterNames, label_value
 from tasks.cluster import (
     check_gone_from_gce,
     delete_spec,
+    observe_cluster,
+    publish_plan,
     record_deleted,
     record_replacement,
     record_stranded,
     save_spec,
     wait_api_ready,
+    zones_of,
 )
 from tasks.compute import submit_create_vm, submit_delete_vm
-from tasks.etcd import add_learner, move_leader_away, promote, remove_member, wait_quorum
+from tasks.etcd import add_learner, move_leader_away, promote, remove_member, wait_cluster_version, wait_quorum
 from tasks.network import (
     default_operator_ranges,
     firewall_rules,
@@ -63,6 +66,7 @@ from tasks.pki import (
     ensure_cluster_pki,
     submit_configure_replica,
 )
+from tasks.replace import plan_replacement
 from tasks.snapshots import save_member_snapshot
 from tasks.steps import Change
 
@@ -85,14 +89,19 @@ class Run:
 
 # --- GCE steps: a kind -> the checkpointed submit to apply ------------------------------------------
 
+
 def _link(run: Run, zone: str, name: str) -> str:
     return run.change.gce().instance_link(zone, name)
 
 
 def _configure(run: Run, s: PlanStep, a: dict[str, Any]) -> Step:
     initial = ",".join(f"{n}={peer_url(ip)}" for n, ip in a["initial_cluster"])
-    etcd = EtcdSpec(name=a["name"], initial_cluster=initial, initial_cluster_state=a["cluster_state"],
-                    initial_cluster_token=a.get("token") or run.change.cluster)
+    etcd = EtcdSpec(
+        name=a["name"],
+        initial_cluster=initial,
+        initial_cluster_state=a["cluster_state"],
+        initial_cluster_token=a.get("token") or run.change.cluster,
+    )
     api = ApiServerSpec(quorum_reads=run.spec.quorum_reads, service_cluster_ip_range=run.spec.service_cidr)
     # restore-cluster: the new member's etcd starts from this snapshot (url, snapshot id, sha256)
     restore = {"restore": RestoreSpec(*a["restore"])} if a.get("restore") else {}
@@ -105,8 +114,11 @@ def _firewall(run: Run, s: PlanStep, a: dict[str, Any]) -> Step:
     operator = run.spec.operator_ranges
     if not operator:
         operator = default_operator_ranges(run.change.gce().get_address(run.spec.region, run.names.address).address)
-        get_run_logger().info("etcd's client port admits this worker's egress %s (operator_ranges not given; give "
-                              "them when workers reach the VMs through NAT or from other hosts)", operator[0])
+        get_run_logger().info(
+            "etcd's client port admits this worker's egress %s (operator_ranges not given; give "
+            "them when workers reach the VMs through NAT or from other hosts)",
+            operator[0],
+        )
     rule = firewall_rules(run.change.cluster, run.spec.api_source_ranges, operator)[a["name"]]
     return Step(submit_firewall, s.id, s.text, (a["name"], rule))
 
@@ -118,26 +130,44 @@ def _lb(submit: Callable, args: Callable[[dict], tuple]) -> Callable[[Run, PlanS
 GCE: dict[StepKind, Callable[[Run, PlanStep, dict[str, Any]], Step]] = {
     StepKind.RESERVE_ADDRESS: lambda run, s, a: Step(submit_reserve_address, s.id, s.text, (a["region"],)),
     StepKind.FIREWALL: _firewall,
-    StepKind.CREATE_VM: lambda run, s, a: Step(submit_create_vm, s.id, s.text, (
-        a["zone"], a["name"], run.spec.machine_type, run.names.labels(run.spec.multizone, run.spec.quorum_reads),
-        [run.names.tag], a["nat_ip"])),
+    StepKind.CREATE_VM: lambda run, s, a: Step(
+        submit_create_vm,
+        s.id,
+        s.text,
+        (
+            a["zone"],
+            a["name"],
+            run.spec.machine_type,
+            run.names.labels(run.spec.multizone, run.spec.quorum_reads),
+            [run.names.tag],
+            a["nat_ip"],
+            run.spec.etcd_version,
+            run.spec.kubernetes_version,
+        ),
+    ),
     StepKind.CONFIGURE: _configure,
     StepKind.HEALTH_CHECK: lambda run, s, a: Step(submit_health_check, s.id, s.text),
-    StepKind.TARGET_POOL: lambda run, s, a: Step(submit_target_pool, s.id, s.text, (
-        a["region"], [_link(run, z, n) for z, n in a["instances"]])),
-    StepKind.POOL_ADD: lambda run, s, a: Step(submit_target_pool, s.id, s.text, (
-        a["region"], [_link(run, a["zone"], a["name"])])),
-    StepKind.RELEASE_IP: lambda run, s, a: Step(submit_drop_access_config, s.id, s.text, (a["zone"], a["name"]),
-                                                {"only_if_ip": a["only_if_ip"]}),
+    StepKind.TARGET_POOL: lambda run, s, a: Step(
+        submit_target_pool, s.id, s.text, (a["region"], [_link(run, z, n) for z, n in a["instances"]])
+    ),
+    StepKind.POOL_ADD: lambda run, s, a: Step(
+        submit_target_pool, s.id, s.text, (a["region"], [_link(run, a["zone"], a["name"])])
+    ),
+    StepKind.RELEASE_IP: lambda run, s, a: Step(
+        submit_drop_access_config, s.id, s.text, (a["zone"], a["name"]), {"only_if_ip": a["only_if_ip"]}
+    ),
     StepKind.FORWARDING_RULE: _lb(submit_forwarding_rule, lambda a: (a["region"], a["ip"])),
     StepKind.EPHEMERAL_IP: lambda run, s, a: Step(submit_give_access_config, s.id, s.text, (a["zone"], a["name"])),
-    StepKind.POOL_REMOVE: lambda run, s, a: Step(submit_pool_remove, s.id, s.text, (
-        a["region"], a.get("link") or _link(run, a["zone"], a["name"]))),  # link: a VM gone, its zone unknown
+    StepKind.POOL_REMOVE: lambda run, s, a: Step(
+        submit_pool_remove, s.id, s.text, (a["region"], a.get("link") or _link(run, a["zone"], a["name"]))
+    ),  # link: a VM gone, its zone unknown
     StepKind.DELETE_FORWARDING_RULE: _lb(submit_delete_forwarding_rule, lambda a: (a["region"],)),
-    StepKind.DROP_EPHEMERAL_IP: lambda run, s, a: Step(submit_drop_access_config, s.id, s.text,
-                                                       (a["zone"], a["name"]), {"unless_ip": a["unless_ip"]}),
-    StepKind.ENDPOINT_IP: lambda run, s, a: Step(submit_give_access_config, s.id, s.text, (a["zone"], a["name"]),
-                                                 {"nat_ip": a["ip"]}),
+    StepKind.DROP_EPHEMERAL_IP: lambda run, s, a: Step(
+        submit_drop_access_config, s.id, s.text, (a["zone"], a["name"]), {"unless_ip": a["unless_ip"]}
+    ),
+    StepKind.ENDPOINT_IP: lambda run, s, a: Step(
+        submit_give_access_config, s.id, s.text, (a["zone"], a["name"]), {"nat_ip": a["ip"]}
+    ),
     StepKind.DELETE_TARGET_POOL: lambda run, s, a: Step(submit_delete_target_pool, s.id, s.text, (a["region"],)),
     StepKind.DELETE_HEALTH_CHECK: lambda run, s, a: Step(submit_delete_health_check, s.id, s.text),
     StepKind.DELETE_VM: lambda run, s, a: Step(submit_delete_vm, s.id, s.text, (a["zone"], a["name"])),
@@ -147,6 +177,7 @@ GCE: dict[StepKind, Callable[[Run, PlanStep, dict[str, Any]], Step]] = {
 
 
 # --- other steps: etcd, PKI, blocks ---------------------------------------------------------------
+
 
 def _add_learner(run: Run, s: PlanStep, a: dict[str, Any]) -> dict[str, Any]:
     return {"member_id": add_learner(run.change, s.id, list(a["member_ips"]), a["ip"])}
@@ -160,33 +191,102 @@ def _delete_pki(run: Run, s: PlanStep) -> None:
     delete_cluster_pki(run.change.cluster, step=s.id)
 
 
+def _upgrade_replica(run: Run, s: PlanStep, a: dict[str, Any]) -> None:
+    """One replica of an upgrade replaced by one at the target versions (``run.spec``'s): a change of its
+    own (``a["change"]``), planned on the cluster as observed now and run through this executor. Done
+    already (the replica gone, its replacement a healthy voter): skipped. Not started yet: it waits
+    for the cluster to be whole first (every replica healthy, no learner), as the upgrade's rules ask."""
+    cluster, connection = run.change.cluster, run.change.connection
+    sub = Change(cluster, a["change"], connection)
+    state = observe_cluster(cluster, run.spec.region, connection)
+    victim, new = state.replica(a["name"]), [r for r in state.vms if r.change == label_value(sub.change_id)]
+    if victim is None and new and new[0].healthy and new[0].etcd_version == a["etcd_to"]:
+        get_run_logger().info(
+            "%s was replaced by %s (etcd %s) already: not again", a["name"], new[0].name, new[0].etcd_version
+        )
+        return None
+    if victim is not None and not new:
+        state = _wait_whole(run, a["name"], state)
+    plan = plan_replacement(
+        sub, run.spec, zones_of(run.spec.region, connection), a["name"], state, True, action="upgrade-replica"
+    )
+    publish_plan(plan, sub)
+    execute(Run(sub, run.spec), plan)
+    return None
+
+
+def _wait_whole(run: Run, name: str, state: Any, timeout: float = 180.0) -> Any:
+    """The cluster, once every replica is healthy and no learner is pending (between two replacements)."""
+    from haplane.versions import VersionRefused, check_whole
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            check_whole(state)
+            return state
+        except VersionRefused as exc:
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"not replacing {name}: the cluster did not become whole in {timeout:.0f} s "
+                    f"({exc}); nothing more was changed: look at the replica table, then resume "
+                    f"with the same change_id"
+                ) from None
+        time.sleep(1.0)
+        state = observe_cluster(run.change.cluster, run.spec.region, run.change.connection)
+
+
+def _cluster_version(run: Run, s: PlanStep, a: dict[str, Any]) -> None:
+    state = observe_cluster(run.change.cluster, run.spec.region, run.change.connection)
+    wait_cluster_version(
+        run.change.cluster,
+        [r.internal_ip for r in state.voting if r.internal_ip],
+        a["expect"],
+        step=s.id,
+        connection=run.change.connection,
+    )
+
+
 LOCAL: dict[StepKind, Callable[[Run, PlanStep, dict[str, Any]], dict[str, Any] | None]] = {
-    StepKind.SAVE_SPEC: lambda run, s, a: save_spec(run.change.cluster, run.spec, step=s.id),
-    StepKind.CREATE_PKI: lambda run, s, a: ensure_cluster_pki(run.change.cluster, step=s.id,
-                                                             leaf_minutes=a.get("leaf_minutes")) and None,
+    StepKind.SAVE_SPEC: lambda run, s, a: save_spec(
+        run.change.cluster, run.spec, step=s.id, settings=dict(a["settings"]) if "settings" in a else None
+    ),
+    StepKind.CREATE_PKI: lambda run, s, a: (
+        ensure_cluster_pki(
+            run.change.cluster, step=s.id, leaf_minutes=a.get("leaf_minutes"), connection=run.change.connection
+        )
+        and None
+    ),
     StepKind.ADD_LEARNER: _add_learner,
-    StepKind.PROMOTE: lambda run, s, a: promote(run.change, list(a["member_ips"]), a["member_id"], a["name"],
-                                                step=s.id),
-    StepKind.WAIT_QUORUM: lambda run, s, a: wait_quorum(run.change.cluster, list(a["ips"]),
-                                                        expect_voting=a["voting"], step=s.id),
-    StepKind.MOVE_LEADER: lambda run, s, a: move_leader_away(run.change, list(a["member_ips"]), a["member_id"],
-                                                             a["name"], list(a["healthy_ids"]), step=s.id),
-    StepKind.REMOVE_MEMBER: lambda run, s, a: remove_member(run.change, s.id, list(a["member_ips"]),
-                                                            a["member_id"], a["name"]),
+    StepKind.PROMOTE: lambda run, s, a: promote(
+        run.change, list(a["member_ips"]), a["member_id"], a["name"], step=s.id
+    ),
+    StepKind.WAIT_QUORUM: lambda run, s, a: wait_quorum(
+        run.change.cluster, list(a["ips"]), expect_voting=a["voting"], step=s.id, connection=run.change.connection
+    ),
+    StepKind.MOVE_LEADER: lambda run, s, a: move_leader_away(
+        run.change, list(a["member_ips"]), a["member_id"], a["name"], list(a["healthy_ids"]), step=s.id
+    ),
+    StepKind.REMOVE_MEMBER: lambda run, s, a: remove_member(
+        run.change, s.id, list(a["member_ips"]), a["member_id"], a["name"]
+    ),
     StepKind.DELETE_PKI: lambda run, s, a: _delete_pki(run, s),
     StepKind.DELETE_KEYS: lambda run, s, a: delete_replica_secrets(run.change, a["name"]) and None,
     StepKind.DELETE_SPEC: lambda run, s, a: delete_spec(run.change.cluster, step=s.id),
     StepKind.WAIT_API: lambda run, s, a: wait_api_ready(run.change.cluster, a["name"], a["ip"], step=s.id),
     StepKind.AWAIT: lambda run, s, a: finish(run.change, run.pending.pop(a["step"]), s.id),
     StepKind.STRAND: lambda run, s, a: record_stranded(run.change.cluster, a["name"], a["zone"], step=s.id),
-    StepKind.STRAND_REPLACED: lambda run, s, a: record_replacement(run.change.cluster, a["name"], a["replacement"],
-                                                                   step=s.id),
+    StepKind.STRAND_REPLACED: lambda run, s, a: record_replacement(
+        run.change.cluster, a["name"], a["replacement"], step=s.id
+    ),
     StepKind.STRAND_DELETED: lambda run, s, a: record_deleted(run.change.cluster, list(a["names"]), step=s.id),
+    StepKind.UPGRADE_REPLICA: _upgrade_replica,
+    StepKind.CLUSTER_VERSION: _cluster_version,
     StepKind.SAVE_SNAPSHOT: lambda run, s, a: save_member_snapshot(run.change, s.id, run.spec, a["name"], a["ip"]),
 }
 
 
 # --- what a step produced, and the endpoint's downtime ------------------------------------------------
+
 
 def _produced(run: Run, s: PlanStep, a: dict[str, Any]) -> dict[str, Any] | None:
     gce = run.change.gce()
@@ -219,6 +319,7 @@ def _after(run: Run, s: PlanStep, a: dict[str, Any]) -> None:
 
 
 # --- the executor -------------------------------------------------------------------------------------
+
 
 def groups(steps: tuple[PlanStep, ...]) -> list[list[PlanStep]]:
     """Consecutive steps with one ``parallel`` tag form a group; every other step is a group of one."""

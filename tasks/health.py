@@ -68,8 +68,9 @@ _OUTCOMES = {"COMPLETED": Outcome.COMPLETED, "FAILED": Outcome.FAILED, "CRASHED"
 
 
 @probe(task_run_name="remediation history of {cluster}")
-def remediation_history(cluster: str, window_s: float, orphans_failed: bool = True,
-                        flow_name: str = REPLACE_FLOW) -> list[Attempt]:
+def remediation_history(
+    cluster: str, window_s: float, orphans_failed: bool = True, flow_name: str = REPLACE_FLOW
+) -> list[Attempt]:
     """The replacements health checks started for ``cluster`` within ``window_s``, from Prefect's run history.
 
     Cancelled runs are left out. With ``orphans_failed`` (the caller holds ``health-<cluster>``, so
@@ -88,9 +89,12 @@ def remediation_history(cluster: str, window_s: float, orphans_failed: bool = Tr
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(
             flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
-            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[REMEDIATION_TAG, f"cluster:{cluster}"]),
-                                          expected_start_time=FlowRunFilterExpectedStartTime(after_=since)),
-            limit=200)
+            flow_run_filter=FlowRunFilter(
+                tags=FlowRunFilterTags(all_=[REMEDIATION_TAG, f"cluster:{cluster}"]),
+                expected_start_time=FlowRunFilterExpectedStartTime(after_=since),
+            ),
+            limit=200,
+        )
     attempts = []
     for run in runs:
         replica = next((t.split(":", 1)[1] for t in run.tags if t.startswith("replica:")), None)
@@ -104,16 +108,6 @@ def remediation_history(cluster: str, window_s: float, orphans_failed: bool = Tr
     return attempts
 
 
-def replica_resource(cluster: str, replica: str) -> dict[str, str]:
-    return {"prefect.resource.id": f"haplane.cluster.{cluster}.replica.{replica}",
-            "prefect.resource.name": replica, "haplane.cluster": cluster, "haplane.replica": replica}
-
-
-def cluster_resource(cluster: str) -> dict[str, str]:
-    return {"prefect.resource.id": f"haplane.cluster.{cluster}", "prefect.resource.name": cluster,
-            "haplane.cluster": cluster}
-
-
 def emit(event: str, resource: dict[str, str], payload: dict[str, Any]) -> None:
     """A Prefect event (names, zones, reasons: never a key or certificate)."""
     emit_event(event=event, resource=resource, payload=payload)
@@ -124,5 +118,6 @@ def publish_verdict(verdict: Verdict) -> None:
     logger = get_run_logger()
     text = verdict.markdown()
     (logger.warning if verdict.findings else logger.info)("%s", text)
-    create_markdown_artifact(text, key=f"{verdict.cluster}-health",
-                             description=f"health check of {verdict.cluster}: {verdict.action.value}")
+    create_markdown_artifact(
+        text, key=f"{verdict.cluster}-health", description=f"health check of {verdict.cluster}: {verdict.action.value}"
+    )

@@ -33,8 +33,12 @@ def refuse_look_alike(change: Change, kind: str, name: str, region: str | None =
     found = presence(change, kind, name, region)
     if found == "foreign":
         uid = cluster_uid(change.cluster) or ""
-        raise LookAlike(f"{kind.replace('_', ' ')} {name}", change.cluster,
-                        uid_in(change.gce().description_of(kind, name, region)), uid)
+        raise LookAlike(
+            f"{kind.replace('_', ' ')} {name}",
+            change.cluster,
+            uid_in(change.gce().description_of(kind, name, region)),
+            uid,
+        )
     return found == "ours"
 
 
@@ -42,8 +46,12 @@ def ours_to_delete(change: Change, kind: str, name: str, region: str | None = No
     """Before deleting: True if the cluster's own resource is there; a look-alike is reported and kept."""
     found = presence(change, kind, name, region)
     if found == "foreign":
-        get_run_logger().warning("%s %s has cluster %s's name but not its uid: a look-alike, not deleted",
-                                 kind.replace("_", " "), name, change.cluster)
+        get_run_logger().warning(
+            "%s %s has cluster %s's name but not its uid: a look-alike, not deleted",
+            kind.replace("_", " "),
+            name,
+            change.cluster,
+        )
     return found == "ours"
 
 
@@ -60,8 +68,9 @@ def submit_reserve_address(change: Change, step: str, region: str, address: str 
         if address and found.address != address:
             raise RuntimeError(f"address {names.address} already holds {found.address}, not {address}")
         return None
-    return gce.insert_address(region, names.address, address=address, rid=change.rid(step),
-                              description=described(change, "endpoint IP"))
+    return gce.insert_address(
+        region, names.address, address=address, rid=change.rid(step), description=described(change, "endpoint IP")
+    )
 
 
 @checkpoint
@@ -80,8 +89,10 @@ def check_source_ranges(ranges: list[str], parameter: str) -> list[str]:
         except ValueError:
             net = None
         if net is None or net.version != 4:
-            raise ValueError(f"{parameter}: {value!r} is not an IPv4 range; give CIDRs such as "
-                             "'203.0.113.7/32' (one address) or '10.128.0.0/20'")
+            raise ValueError(
+                f"{parameter}: {value!r} is not an IPv4 range; give CIDRs such as "
+                "'203.0.113.7/32' (one address) or '10.128.0.0/20'"
+            )
     return list(ranges)
 
 
@@ -107,14 +118,27 @@ def firewall_rules(cluster: str, api_source_ranges: list[str], operator_ranges: 
     names = ClusterNames(cluster)
     tag = [names.tag]
     return {
-        names.firewall_etcd_peer: dict(ports=[str(ETCD_PEER_PORT)], source_ranges=[], source_tags=tag,
-                                       target_tags=tag, description="etcd peer traffic between replicas"),
-        names.firewall_etcd_client: dict(ports=[str(ETCD_CLIENT_PORT)], source_ranges=list(operator_ranges),
-                                         source_tags=tag, target_tags=tag,
-                                         description="etcd clients: API servers and the operator"),
-        names.firewall_apiserver: dict(ports=[str(APISERVER_PORT), str(HEALTH_PORT)],
-                                       source_ranges=sorted(set(api_source_ranges) | set(HEALTH_CHECK_RANGES)),
-                                       source_tags=[], target_tags=tag, description="Kubernetes API server"),
+        names.firewall_etcd_peer: dict(
+            ports=[str(ETCD_PEER_PORT)],
+            source_ranges=[],
+            source_tags=tag,
+            target_tags=tag,
+            description="etcd peer traffic between replicas",
+        ),
+        names.firewall_etcd_client: dict(
+            ports=[str(ETCD_CLIENT_PORT)],
+            source_ranges=list(operator_ranges),
+            source_tags=tag,
+            target_tags=tag,
+            description="etcd clients: API servers and the operator",
+        ),
+        names.firewall_apiserver: dict(
+            ports=[str(APISERVER_PORT), str(HEALTH_PORT)],
+            source_ranges=sorted(set(api_source_ranges) | set(HEALTH_CHECK_RANGES)),
+            source_tags=[],
+            target_tags=tag,
+            description="Kubernetes API server",
+        ),
     }
 
 
@@ -140,8 +164,13 @@ def submit_health_check(change: Change, step: str) -> OpRef | None:
     gce, names = change.gce(), ClusterNames(change.cluster)
     if refuse_look_alike(change, "health_check", names.health_check):
         return None
-    return gce.insert_health_check(names.health_check, port=HEALTH_PORT, path="/healthz", rid=change.rid(step),
-                                   description=described(change, "load balancer health check"))
+    return gce.insert_health_check(
+        names.health_check,
+        port=HEALTH_PORT,
+        path="/healthz",
+        rid=change.rid(step),
+        description=described(change, "load balancer health check"),
+    )
 
 
 @checkpoint
@@ -159,9 +188,14 @@ def submit_target_pool(change: Change, step: str, region: str, instances: list[s
     refuse_look_alike(change, "target_pool", names.target_pool, region)
     pool = gce.get_target_pool(region, names.target_pool)
     if pool is None:
-        return gce.insert_target_pool(region, names.target_pool, instances=instances,
-                                      health_check=names.health_check, rid=change.rid(step),
-                                      description=described(change, "load balancer pool"))
+        return gce.insert_target_pool(
+            region,
+            names.target_pool,
+            instances=instances,
+            health_check=names.health_check,
+            rid=change.rid(step),
+            description=described(change, "load balancer pool"),
+        )
     missing = [link for link in instances if link not in pool.instances]
     if not missing:
         return None
@@ -192,9 +226,15 @@ def submit_forwarding_rule(change: Change, step: str, region: str, ip: str) -> O
     if refuse_look_alike(change, "forwarding_rule", names.forwarding_rule, region):
         return None
     get_run_logger().info("creating the load balancer on %s; on GCE this takes about 20 minutes to propagate", ip)
-    return gce.insert_forwarding_rule(region, names.forwarding_rule, ip=ip, pool=names.target_pool,
-                                      port=APISERVER_PORT, rid=change.rid(step),
-                                      description=described(change, "load balancer"))
+    return gce.insert_forwarding_rule(
+        region,
+        names.forwarding_rule,
+        ip=ip,
+        pool=names.target_pool,
+        port=APISERVER_PORT,
+        rid=change.rid(step),
+        description=described(change, "load balancer"),
+    )
 
 
 @checkpoint
@@ -206,20 +246,26 @@ def submit_delete_forwarding_rule(change: Change, step: str, region: str) -> OpR
 
 
 @checkpoint
-def submit_drop_access_config(change: Change, step: str, zone: str, name: str,
-                              only_if_ip: str | None = None, unless_ip: str | None = None) -> OpRef | None:
+def submit_drop_access_config(
+    change: Change, step: str, zone: str, name: str, only_if_ip: str | None = None, unless_ip: str | None = None
+) -> OpRef | None:
     """Remove a VM's external access config: only if it carries ``only_if_ip``, never if ``unless_ip``."""
     gce = change.gce()
     vm = gce.get_instance(zone, name)
-    if vm is None or vm.external_ip is None or (only_if_ip and vm.external_ip != only_if_ip) \
-            or (unless_ip and vm.external_ip == unless_ip):
+    if (
+        vm is None
+        or vm.external_ip is None
+        or (only_if_ip and vm.external_ip != only_if_ip)
+        or (unless_ip and vm.external_ip == unless_ip)
+    ):
         return None
     return gce.delete_access_config(zone, name, rid=change.rid(step))
 
 
 @checkpoint
-def submit_give_access_config(change: Change, step: str, zone: str, name: str,
-                              nat_ip: str | None = None) -> OpRef | None:
+def submit_give_access_config(
+    change: Change, step: str, zone: str, name: str, nat_ip: str | None = None
+) -> OpRef | None:
     """Give a VM an external IP: ``nat_ip`` (a reserved address) or a new ephemeral one."""
     gce = change.gce()
     vm = gce.get_instance(zone, name)

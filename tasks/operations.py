@@ -38,8 +38,9 @@ def wait_bound(load_balancer: bool = False) -> tuple[str, float]:
 
 
 @probe(task_run_name="wait {what}")
-def wait_op(change: Change, op: OpRef | None, what: str, timeout: float | None = None,
-            progress_key: str | None = None) -> None:
+def wait_op(
+    change: Change, op: OpRef | None, what: str, timeout: float | None = None, progress_key: str | None = None
+) -> None:
     """Wait for a submitted operation; ``None`` means there was nothing to do.
 
     ``timeout`` None: the setting :func:`wait_bound` names (the load-balancer one with ``progress_key``).
@@ -96,8 +97,15 @@ class Step:
     progress_key: str | None = None  # a load-balancer step: reported as progress, bounded by HAPLANE_LB_WAIT_S
 
     def retried_after(self, failed: OpRef) -> Step:
-        return Step(self.submit, f"{self.step}/after-{failed.name}", self.what, self.args, self.kwargs,
-                    self.timeout, self.progress_key)
+        return Step(
+            self.submit,
+            f"{self.step}/after-{failed.name}",
+            self.what,
+            self.args,
+            self.kwargs,
+            self.timeout,
+            self.progress_key,
+        )
 
 
 def _submit(change: Change, step: Step) -> tuple[OpRef | None, bool]:
@@ -120,8 +128,9 @@ def apply(change: Change, step: Step) -> None:
             failed += 0 if replayed else 1
             if failed >= ATTEMPTS:
                 raise
-            get_run_logger().warning("%s: operation %s failed (%s); submitting it again", step.what,
-                                     exc.op.name, exc.code)
+            get_run_logger().warning(
+                "%s: operation %s failed (%s); submitting it again", step.what, exc.op.name, exc.code
+            )
             step = step.retried_after(exc.op)
 
 
@@ -134,8 +143,7 @@ def apply_all(change: Change, steps: list[Step]) -> None:
         try:
             future.result()
         except GceOperationError as exc:
-            get_run_logger().warning("%s: operation %s failed (%s); submitting it again", s.what,
-                                     exc.op.name, exc.code)
+            get_run_logger().warning("%s: operation %s failed (%s); submitting it again", s.what, exc.op.name, exc.code)
             apply(change, s.retried_after(exc.op))
 
 
@@ -160,8 +168,9 @@ def await_started(change: Change, started: Started, step: str) -> OpRef | None:
     try:
         wait_op(change, started.op, started.step.what, started.step.timeout, started.step.progress_key)
     except GceOperationError as exc:
-        get_run_logger().warning("%s: operation %s failed (%s); submitting it again", started.step.what,
-                                 exc.op.name, exc.code)
+        get_run_logger().warning(
+            "%s: operation %s failed (%s); submitting it again", started.step.what, exc.op.name, exc.code
+        )
         return exc.op
     return None
 

@@ -1,22 +1,24 @@
-"""PKI tasks: the cluster's CAs (a Prefect block) and each replica's certificates and keys.
+"""PKI tasks: the cluster's CAs (a Prefect block, their keys in Secret Manager) and each replica's
+certificates and keys.
 
-No task here returns key material: the CAs go straight into the ``<cluster>-pki``
-block; a replica's certificates into its instance metadata and its private keys
-into Secret Manager, one secret per key readable by the replica's VM service
-account only (:mod:`haplane.secretstore`); the metadata names the versions to read.
+No task here returns key material: the CAs' certificates go into the ``<cluster>-pki`` block and
+their keys into Secret Manager, readable by the workers' account only (:mod:`tasks.keys`, the one
+writer of both); a replica's certificates into its instance metadata and its private keys into
+Secret Manager, one secret per key readable by the replica's VM service account only
+(:mod:`haplane.secretstore`); the metadata names the versions to read.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 
 from prefect import get_run_logger
-from prefect.exceptions import ObjectNotFound
 from pydantic import SecretStr
 
 from blocks import delete_block_document
-from blocks.pki import ClusterPKI, block_name
+from blocks.pki import OPERATOR, SERVICE_ACCOUNT, SNAPSHOT, ClusterPKI, block_name, cas_keys
 from haplane import snapshots as snap
 from haplane.etcd import EtcdTLS
 from haplane.gce import Gce, Instance, OpRef
@@ -30,118 +32,149 @@ from haplane.node import (
     NodeSpec,
     RestoreSpec,
 )
+from haplane.ownership import check_key_recipient
 from haplane.pki import (
+    CertKey,
     ClusterCAs,
     Lifetimes,
     begin_ca_rotation,
     create_cluster_cas,
     finish_ca_rotation,
     issue_replica_certs,
-    new_service_account_key,
     node_tls,
     rotate_service_account_key,
     service_account_tls,
     switch_cas,
 )
-from haplane.scrub import call_carrying_secrets
-from haplane.secretstore import SecretStore
+from haplane.secretstore import SecretStore, service_account_email
+from tasks.keys import KeysUnreadable, changed_keys, ensure_keys, read_block, read_keys, save_pki, store_for
 from tasks.steps import Change, checkpoint, probe
 
 
-def load_cas(cluster: str) -> ClusterCAs | None:
-    try:
-        return ClusterPKI.load(block_name(cluster)).to_cas()
-    except (ValueError, ObjectNotFound):
+def load_cas(cluster: str, connection: str | None = None, names: tuple[str, ...] | None = None) -> ClusterCAs | None:
+    """The cluster's CAs with their keys (read from Secret Manager with the connection's
+    credentials), inside a task only: never return or log them. None: the cluster has no PKI block.
+    ``names``: read only these keys (the others are empty placeholders); None: all of them."""
+    block = read_block(cluster)
+    if block is None:
         return None
+    return block.to_cas(read_keys(block, store_for(connection) if block.key_versions else None, names))
 
 
-def read_cas(cluster: str) -> tuple[ClusterCAs | None, str | None]:
-    """The cluster's CAs, or None and why they could not be read (absent, or unreadable)."""
+def load_certs(cluster: str) -> ClusterCAs | None:
+    """The cluster's CA certificates alone (their keys are empty placeholders: nothing can be signed)."""
+    block = read_block(cluster)
+    return block.to_cas({}) if block is not None else None
+
+
+def read_cas(
+    cluster: str, connection: str | None = None, names: tuple[str, ...] | None = None
+) -> tuple[ClusterCAs | None, str | None]:
+    """The cluster's CAs (with the keys ``names``, None: all), or None and why they could not be read
+    (absent, or unreadable)."""
     name = block_name(cluster)
     try:
-        return ClusterPKI.load(name).to_cas(), None
-    except ObjectNotFound:
-        return None, f"the PKI block {name} does not exist"
-    except ValueError as exc:
-        if "Unable to find" in str(exc):  # how Prefect's Block.load says a block does not exist
-            return None, f"the PKI block {name} does not exist"
-        return None, f"the PKI block {name} could not be read (ValueError)"
+        cas = load_cas(cluster, connection, names)
+    except KeysUnreadable as exc:
+        return None, str(exc)
     except Exception as exc:  # noqa: BLE001 - any failure to read it is "unknown", never "no PKI"
         # the type only: a message could quote the block's content
         return None, f"the PKI block {name} could not be read ({type(exc).__name__})"
+    return (cas, None) if cas is not None else (None, f"the PKI block {name} does not exist")
 
 
-def operator_tls(cluster: str) -> EtcdTLS | None:
+def operator_tls(cluster: str, connection: str | None = None) -> EtcdTLS | None:
     """The operator's etcd client credentials, for use inside a task (never return them)."""
-    cas = load_cas(cluster)
+    cas = load_cas(cluster, connection)
     return EtcdTLS.from_cas(cas) if cas else None
 
 
-def snapshot_key(cluster: str, create: bool = True) -> str:
-    """The cluster's snapshot key (base64). Created and saved in the PKI block when missing (clusters
-    made before snapshots existed). Only for use inside a task; never return it."""
-    pki = ClusterPKI.load(block_name(cluster))
-    if pki.snapshot_key is None:
+def snapshot_key(cluster: str, connection: str | None = None, create: bool = True) -> str:
+    """The cluster's snapshot key (base64), read from Secret Manager. Made with the cluster's PKI; a
+    cluster from before that gets it once, under the cluster lock (:func:`tasks.keys.ensure_keys`, which
+    re-reads first: two first snapshots at once make one key). Only for use inside a task; never return it."""
+    block = read_block(cluster)
+    if block is None:
+        raise snap.SnapshotError(f"cluster {cluster!r} has no PKI block {block_name(cluster)!r}")
+    store = store_for(connection)
+    keys = read_keys(block, store, names=(SNAPSHOT,))
+    if SNAPSHOT not in keys:
         if not create:
-            raise snap.SnapshotError(f"cluster {cluster!r} has no snapshot key in block {block_name(cluster)!r}: "
-                                     "it has never been snapshotted, so there is nothing to restore")
-        pki.snapshot_key = SecretStr(snap.new_key())
-        pki.save(block_name(cluster), overwrite=True)
-        get_run_logger().info("created the snapshot key of %s in block %s", cluster, block_name(cluster))
-    return pki.snapshot_key.get_secret_value()
+            raise snap.SnapshotError(
+                f"cluster {cluster!r} has no snapshot key in block {block_name(cluster)!r}: "
+                "it has never been snapshotted, so there is nothing to restore"
+            )
+        ensure_keys(cluster, connection)
+        keys = read_keys(read_block(cluster), store, names=(SNAPSHOT,))
+    return keys[SNAPSHOT].get_secret_value()
 
 
 @probe(task_run_name="{step}")
-def ensure_cluster_pki(cluster: str, step: str = "pki", leaf_minutes: int | None = None) -> str:
-    """Create the cluster CA and etcd CA once; later runs keep the saved ones. Returns the block name.
+def ensure_cluster_pki(
+    cluster: str, step: str = "pki", leaf_minutes: int | None = None, connection: str | None = None
+) -> str:
+    """Create the cluster CA, the etcd CA, the service-account and the snapshot keys once (keys in
+    Secret Manager, certificates in the block); later runs keep the saved ones. Returns the block name.
     ``leaf_minutes``: every leaf lasts this many minutes (None: ``Lifetimes.leaf_days``)."""
-    name = block_name(cluster)
-    if load_cas(cluster) is None:
-        lifetimes = Lifetimes(leaf_minutes=leaf_minutes)
-        # the request carries the CA keys: an error must not carry it onwards
-        call_carrying_secrets(f"saving block {name}", (),
-                              ClusterPKI.from_cas(create_cluster_cas(cluster, lifetimes=lifetimes)).save,
-                              name, overwrite=False)
-        get_run_logger().info("created the cluster CA, the etcd CA and the service-account key in block %s "
-                              "(leaf certificates last %s)", name, lifetimes.leaf_text)
-    else:
-        ensure_service_account_key(cluster)
+    name, lifetimes = block_name(cluster), Lifetimes(leaf_minutes=leaf_minutes)
+    made: list[bool] = []
+
+    def update(block, keys):
+        if block is not None:
+            return None
+        made.append(True)
+        cas = create_cluster_cas(cluster, lifetimes=lifetimes)
+        return ClusterPKI.public_fields(cas), {**cas_keys(cas), SNAPSHOT: SecretStr(snap.new_key())}
+
+    save_pki(cluster, store_for(connection), update)
+    if made:
+        get_run_logger().info(
+            "the cluster CA, the etcd CA, the service-account and snapshot keys of %s are in "
+            "Secret Manager, their certificates in block %s (leaf certificates last %s)",
+            cluster,
+            name,
+            lifetimes.leaf_text,
+        )
+    ensure_keys(cluster, connection)
     return name
-
-
-def ensure_service_account_key(cluster: str) -> None:
-    """Give a cluster saved before service-account keys existed its key pair (kept once made)."""
-    block = ClusterPKI.load(block_name(cluster))
-    if block.service_account_key is None:
-        call_carrying_secrets(f"saving block {block_name(cluster)}", (),
-                              block.with_service_account(new_service_account_key()).save, block_name(cluster),
-                              overwrite=True)
-        get_run_logger().info("added a service-account key pair to block %s", block_name(cluster))
 
 
 @checkpoint(retries=0)
 def rotate_service_account(change: Change, step: str) -> str:
-    """A new service-account signing key in the cluster's block; the old public key stays accepted.
-    Checkpointed: a resumed run does not rotate twice. Returns the new key's id (public)."""
-    ensure_service_account_key(change.cluster)
-    block = ClusterPKI.load(block_name(change.cluster))
-    old = block.to_cas().service_account
-    assert old is not None
-    new = rotate_service_account_key(old)
-    call_carrying_secrets(f"saving block {block_name(change.cluster)}", (), block.with_service_account(new).save,
-                          block_name(change.cluster), overwrite=True)
-    get_run_logger().info("service-account key %s replaces %s (still accepted until the next rotation)",
-                          new.kid, old.kid)
-    return new.kid
+    """A new service-account signing key (a new version of its secret; the one it replaced is
+    destroyed); the old public key stays accepted. Checkpointed: a resumed run does not rotate twice.
+    Returns the new key's id (public)."""
+    ensure_keys(change.cluster, change.connection)
+    kids: list[str] = []
+
+    def update(block, keys):
+        old = block.to_cas(keys).service_account
+        new = rotate_service_account_key(old)
+        kids[:] = [old.kid, new.kid]
+        return (
+            {
+                "service_account_key_created": new.created,
+                "service_account_previous_public_keys": list(new.previous_public_pems),
+            },
+            {SERVICE_ACCOUNT: new.key_pem},
+        )
+
+    save_pki(change.cluster, store_for(change.connection), update)
+    get_run_logger().info(
+        "service-account key %s replaces %s (still accepted until the next rotation)", kids[1], kids[0]
+    )
+    return kids[1]
 
 
 @checkpoint
 def submit_deliver_service_account(change: Change, step: str, zone: str, name: str) -> OpRef | None:
     """Write the cluster's current service-account keys into a replica's metadata (the API server
     picks them up: the stand-in re-reads its key files, the startup script restarts kube-apiserver)."""
-    cas = load_cas(change.cluster)
+    cas = load_cas(change.cluster, change.connection)
     if cas is None or cas.service_account is None:
-        raise RuntimeError(f"cluster {change.cluster} has no service-account key in block {block_name(change.cluster)!r}")
+        raise RuntimeError(
+            f"cluster {change.cluster} has no service-account key in block {block_name(change.cluster)!r}"
+        )
     get_run_logger().info("delivering service-account key %s to %s", cas.service_account.kid, name)
     gce = change.gce()
     vm = gce.get_instance(zone, name)
@@ -161,8 +194,11 @@ def _keys_to_secrets(change: Change, gce: Gce, vm: Instance, spec: NodeSpec) -> 
     if spec.snapshot_key:
         keys[SNAPSHOT_KEY_SECRET] = spec.snapshot_key
     if not vm.service_accounts:
-        get_run_logger().warning("%s has no service account: its private keys stay in its instance metadata "
-                                 "(replace the replica to move them to Secret Manager)", vm.name)
+        get_run_logger().warning(
+            "%s has no service account: its private keys stay in its instance metadata "
+            "(replace the replica to move them to Secret Manager)",
+            vm.name,
+        )
         return spec
     store = SecretStore.for_gce(gce)
     refs = dict(spec.secret_refs)
@@ -181,19 +217,25 @@ def submit_reissue_leaves(change: Change, step: str, zone: str, name: str, endpo
     vm = gce.get_instance(zone, name)
     if vm is None:
         raise RuntimeError(f"VM {name} in {zone} does not exist; cannot re-issue its certificates")
-    cas = load_cas(change.cluster)
-    if cas is None:
+    if load_certs(change.cluster) is None:
         raise RuntimeError(f"cluster {change.cluster} has no PKI block {block_name(change.cluster)!r}")
-    if cas.service_account is None:
-        ensure_service_account_key(change.cluster)
-        cas = load_cas(change.cluster)
+    ensure_keys(change.cluster, change.connection)  # a cluster from before service-account keys gets one
+    cas = load_cas(change.cluster, change.connection)
     api = ApiServerSpec.from_json(vm.metadata[APISERVER_KEY]) if vm.metadata.get(APISERVER_KEY) else ApiServerSpec()
-    certs = issue_replica_certs(cas, hostname=name, internal_ip=vm.internal_ip, endpoint_ip=endpoint_ip,
-                                service_cidr=api.service_cluster_ip_range)
+    certs = issue_replica_certs(
+        cas,
+        hostname=name,
+        internal_ip=vm.internal_ip,
+        endpoint_ip=endpoint_ip,
+        service_cidr=api.service_cluster_ip_range,
+    )
     refs = json.loads(vm.metadata.get(SECRETS_KEY) or "{}")
     spec = _keys_to_secrets(change, gce, vm, NodeSpec(None, None, node_tls(cas, certs), refs))
-    get_run_logger().info("re-issued the certificates of %s (API server until %s)", name,
-                          certs.apiserver.certificate.not_valid_after_utc.isoformat())
+    get_run_logger().info(
+        "re-issued the certificates of %s (API server until %s)",
+        name,
+        certs.apiserver.certificate.not_valid_after_utc.isoformat(),
+    )
     return gce.set_metadata(zone, name, spec.to_metadata(), rid=change.rid(step))
 
 
@@ -206,15 +248,17 @@ def wait_serving_new_certs(change: Change, zone: str, name: str, timeout: float 
     from haplane.node import APISERVER_PORT, ETCD_CLIENT_PORT, TLS_PREFIX
 
     vm = change.gce().get_instance(zone, name)
-    cas = load_cas(change.cluster)
+    cas = load_cas(change.cluster, change.connection)
     if vm is None or cas is None:
         raise RuntimeError(f"VM {name} in {zone} or the cluster's PKI block is gone")
     etcd_ctx = EtcdTLS.from_cas(cas).ssl_context()  # etcd asks for a client certificate
     api_ctx = ssl.create_default_context(cadata=cas.ca_bundle())
     for ctx in (etcd_ctx, api_ctx):
         ctx.check_hostname = False  # the chain is verified; the IP is in the SANs anyway
-    wanted = {ETCD_CLIENT_PORT: _der(vm.metadata[TLS_PREFIX + "etcd-server-cert"]),
-              APISERVER_PORT: _der(vm.metadata[TLS_PREFIX + "apiserver-cert"])}
+    wanted = {
+        ETCD_CLIENT_PORT: _der(vm.metadata[TLS_PREFIX + "etcd-server-cert"]),
+        APISERVER_PORT: _der(vm.metadata[TLS_PREFIX + "apiserver-cert"]),
+    }
     contexts = {ETCD_CLIENT_PORT: etcd_ctx, APISERVER_PORT: api_ctx}
     deadline = time.monotonic() + timeout
     served: dict[int, bytes | None] = {}
@@ -224,8 +268,10 @@ def wait_serving_new_certs(change: Change, zone: str, name: str, timeout: float 
             return
         time.sleep(0.5)
     stale = [str(p) for p in wanted if served.get(p) != wanted[p]]
-    raise TimeoutError(f"{name} does not serve its new certificate on port(s) {', '.join(stale)} after "
-                       f"{timeout:.0f} s; its processes were not restarted on the new files (check the VM's logs)")
+    raise TimeoutError(
+        f"{name} does not serve its new certificate on port(s) {', '.join(stale)} after "
+        f"{timeout:.0f} s; its processes were not restarted on the new files (check the VM's logs)"
+    )
 
 
 def _der(pem: str) -> bytes:
@@ -248,17 +294,20 @@ def _served_der(ip: str, port: int, ctx) -> bytes | None:
 
 @checkpoint(retries=0)
 def renew_operator_cert(change: Change, step: str) -> str:
-    """A new etcd client certificate for the operator in the cluster's block (etcd trusts any
-    certificate of its CA, so nothing is delivered). Returns its expiry (public)."""
+    """A new etcd client certificate for the operator in the cluster's block, its key a new version
+    of its secret (the one it replaced is destroyed; etcd trusts any certificate of its CA, so
+    nothing is delivered). Returns its expiry (public)."""
     from haplane.pki import issue_operator
 
-    block = ClusterPKI.load(block_name(change.cluster))
-    cas = block.to_cas()
-    fresh = issue_operator(cas.etcd_ca, lifetime=cas.lifetimes.leaf)
-    call_carrying_secrets(f"saving block {block_name(change.cluster)}", (),
-                          block.model_copy(update={"operator_cert": fresh.cert_pem, "operator_key": fresh.key_pem}).save,
-                          block_name(change.cluster), overwrite=True)
-    expiry = fresh.certificate.not_valid_after_utc.isoformat()
+    issued: list[CertKey] = []
+
+    def update(block, keys):
+        cas = block.to_cas(keys)
+        issued[:] = [issue_operator(cas.etcd_ca, lifetime=cas.lifetimes.leaf)]
+        return {"operator_cert": issued[0].cert_pem}, {OPERATOR: issued[0].key_pem}
+
+    save_pki(change.cluster, store_for(change.connection), update)
+    expiry = issued[0].certificate.not_valid_after_utc.isoformat()
     get_run_logger().info("renewed the operator's etcd client certificate (until %s)", expiry)
     return expiry
 
@@ -275,7 +324,7 @@ def certificate_inventory(cluster: str, zones: list[str], connection: str | None
     from haplane.pki import ca_rotation_infos, describe
     from haplane.topology import LABEL_CLUSTER
 
-    cas = load_cas(cluster)
+    cas = load_cas(cluster, connection)
     if cas is None:
         raise RuntimeError(f"cluster {cluster} has no PKI block {block_name(cluster)!r}: its certificates are unknown")
     now = dt.datetime.now(dt.UTC)
@@ -290,16 +339,37 @@ def certificate_inventory(cluster: str, zones: list[str], connection: str | None
         for vm in vms:
             for key, pem in sorted(vm.metadata.items()):
                 if key.startswith(TLS_PREFIX) and key.endswith("-cert"):
-                    infos.append(describe(pem, f"{vm.name}/{key[len(TLS_PREFIX):-len('-cert')]}"))
-    rows = [{"certificate": i.role, "subject": i.subject, "expires": i.not_after.strftime("%Y-%m-%d %H:%M UTC"),
-             "days left": f"{(i.not_after - now).total_seconds() / 86400:.1f}", "not_after": i.not_after.isoformat()}
-            for i in infos]
-    rows += [{"certificate": f"replicas in {zone}", "subject": "unknown: the zone's API does not answer",
-              "expires": "unknown", "days left": "-", "not_after": ""} for zone in unseen]
+                    infos.append(describe(pem, f"{vm.name}/{key[len(TLS_PREFIX) : -len('-cert')]}"))
+    rows = [
+        {
+            "certificate": i.role,
+            "subject": i.subject,
+            "expires": i.not_after.strftime("%Y-%m-%d %H:%M UTC"),
+            "days left": f"{(i.not_after - now).total_seconds() / 86400:.1f}",
+            "not_after": i.not_after.isoformat(),
+        }
+        for i in infos
+    ]
+    rows += [
+        {
+            "certificate": f"replicas in {zone}",
+            "subject": "unknown: the zone's API does not answer",
+            "expires": "unknown",
+            "days left": "-",
+            "not_after": "",
+        }
+        for zone in unseen
+    ]
     sa = cas.service_account
-    rows.append({"certificate": "service-account key", "subject": f"kid {sa.kid}" if sa else "(none yet)",
-                 "expires": "never (rotated by rotate-certificates)",
-                 "days left": f"age {sa.age(now).total_seconds() / 86400:.1f} days" if sa else "-", "not_after": ""})
+    rows.append(
+        {
+            "certificate": "service-account key",
+            "subject": f"kid {sa.kid}" if sa else "(none yet)",
+            "expires": "never (rotated by rotate-certificates)",
+            "days left": f"age {sa.age(now).total_seconds() / 86400:.1f} days" if sa else "-",
+            "not_after": "",
+        }
+    )
     return rows
 
 
@@ -326,9 +396,16 @@ def delete_cluster_pki(cluster: str, step: str = "pki") -> None:
 
 
 @checkpoint
-def submit_configure_replica(change: Change, step: str, zone: str, name: str, endpoint_ip: str,
-                             etcd: EtcdSpec, apiserver: ApiServerSpec,
-                             restore: RestoreSpec | None = None) -> OpRef | None:
+def submit_configure_replica(
+    change: Change,
+    step: str,
+    zone: str,
+    name: str,
+    endpoint_ip: str,
+    etcd: EtcdSpec,
+    apiserver: ApiServerSpec,
+    restore: RestoreSpec | None = None,
+) -> OpRef | None:
     """Issue the replica's certificates and write them with its etcd and API-server settings into
     its metadata; the VM starts what the metadata describes. With ``restore``, its etcd starts from
     that snapshot (the key that opens it goes into the metadata too, never into a result)."""
@@ -336,38 +413,74 @@ def submit_configure_replica(change: Change, step: str, zone: str, name: str, en
     vm = gce.get_instance(zone, name)
     if vm is None:
         raise RuntimeError(f"VM {name} in {zone} does not exist; cannot configure it")
-    cas = load_cas(change.cluster)
-    if cas is None:
+    # a VM not running as the replica's own account is not ours: no key goes to it (before any key is read)
+    check_key_recipient(name, vm.service_accounts, service_account_email(gce.project, name))
+    if load_certs(change.cluster) is None:
         raise RuntimeError(f"cluster {change.cluster} has no PKI block {block_name(change.cluster)!r}")
-    if cas.service_account is None:  # a cluster from before service-account keys: give it one
-        ensure_service_account_key(change.cluster)
-        cas = load_cas(change.cluster)
-    certs = issue_replica_certs(cas, hostname=name, internal_ip=vm.internal_ip, endpoint_ip=endpoint_ip,
-                                service_cidr=apiserver.service_cluster_ip_range)
+    ensure_keys(change.cluster, change.connection)  # a cluster from before service-account keys gets one
+    cas = load_cas(change.cluster, change.connection)
+    certs = issue_replica_certs(
+        cas,
+        hostname=name,
+        internal_ip=vm.internal_ip,
+        endpoint_ip=endpoint_ip,
+        service_cidr=apiserver.service_cluster_ip_range,
+    )
     key = None
     if restore is not None:
-        key = snapshot_key(change.cluster, create=False)
-    spec = _keys_to_secrets(change, gce, vm, NodeSpec(etcd=etcd, apiserver=apiserver, tls=node_tls(cas, certs),
-                                                      restore=restore, snapshot_key=key))
-    get_run_logger().info("configuring %s: etcd member %s (%s), certificates for %s and %s",
-                          name, etcd.name, etcd.initial_cluster_state, vm.internal_ip, endpoint_ip)
+        key = snapshot_key(change.cluster, change.connection, create=False)
+    spec = _keys_to_secrets(
+        change,
+        gce,
+        vm,
+        NodeSpec(etcd=etcd, apiserver=apiserver, tls=node_tls(cas, certs), restore=restore, snapshot_key=key),
+    )
+    get_run_logger().info(
+        "configuring %s: etcd member %s (%s), certificates for %s and %s",
+        name,
+        etcd.name,
+        etcd.initial_cluster_state,
+        vm.internal_ip,
+        endpoint_ip,
+    )
     return gce.set_metadata(zone, name, spec.to_metadata(), rid=change.rid(step))
 
 
 # ---------------------------------------------------------------- CA rotation (flows/rotate_certificates.py)
 
 
-def _save_cas(cluster: str, block: ClusterPKI, cas: ClusterCAs) -> None:
-    call_carrying_secrets(f"saving block {block_name(cluster)}", (), block.with_cas(cas).save, block_name(cluster),
-                          overwrite=True)
+def _save_cas(change: Change, decide: Callable[[ClusterCAs], ClusterCAs | None]) -> ClusterCAs:
+    """Save the CAs ``decide`` makes of the ones saved now (re-read under the cluster lock; None:
+    nothing to do): certificates in the block, each changed key a new version of its secret (the
+    version it replaced destroyed), a CA key no longer kept deleted. Returns the CAs as saved
+    (certificates only)."""
+
+    def update(block, keys):
+        cas = block.to_cas(keys)
+        new = decide(cas)
+        if new is None:
+            return None
+        return ClusterPKI.public_fields(new), changed_keys(keys, cas_keys(new))
+
+    saved = save_pki(change.cluster, store_for(change.connection), update)
+    return saved.to_cas({})
 
 
 def _ca_rows(cas: ClusterCAs) -> dict[str, str]:
     """Public facts of the CAs (what a CA-rotation step returns and logs)."""
-    return {c.role if where == "" else f"{where}/{c.role}": f"{c.certificate.subject.rfc4514_string()} serial "
-            f"{format(c.certificate.serial_number, 'x')[:12]}" for where, c in
-            (("", cas.ca), ("", cas.etcd_ca), ("next", cas.next_ca), ("next", cas.next_etcd_ca),
-             ("previous", cas.previous_ca), ("previous", cas.previous_etcd_ca)) if c is not None}
+    return {
+        c.role if where == "" else f"{where}/{c.role}": f"{c.certificate.subject.rfc4514_string()} serial "
+        f"{format(c.certificate.serial_number, 'x')[:12]}"
+        for where, c in (
+            ("", cas.ca),
+            ("", cas.etcd_ca),
+            ("next", cas.next_ca),
+            ("next", cas.next_etcd_ca),
+            ("previous", cas.previous_ca),
+            ("previous", cas.previous_etcd_ca),
+        )
+        if c is not None
+    }
 
 
 @checkpoint(retries=0)
@@ -375,45 +488,67 @@ def start_ca_rotation(change: Change, step: str) -> dict[str, str]:
     """Phase 1 of a CA rotation: new cluster and etcd CAs in the block, beside the current ones
     (trusted by every replica once delivered, signing nothing yet). A resumed change finds them
     there and keeps them. Returns the CAs' subjects and serials (public)."""
-    block = ClusterPKI.load(block_name(change.cluster))
-    cas = block.to_cas()
-    if cas.ca_rotation != change.change_id:
-        cas = begin_ca_rotation(cas, change.change_id)  # refuses while another CA rotation is under way
-        _save_cas(change.cluster, block, cas)
-        get_run_logger().info("new cluster and etcd CAs in block %s, trusted beside the current ones until the "
-                              "rotation switches to them", block_name(change.cluster))
+    began: list[bool] = []
+
+    def decide(cas: ClusterCAs) -> ClusterCAs | None:
+        if cas.ca_rotation == change.change_id:
+            return None
+        began.append(True)
+        return begin_ca_rotation(cas, change.change_id)  # refuses while another CA rotation is under way
+
+    cas = _save_cas(change, decide)
+    if began:
+        get_run_logger().info(
+            "new cluster and etcd CAs in block %s, trusted beside the current ones until the rotation switches to them",
+            block_name(change.cluster),
+        )
     return _ca_rows(cas)
 
 
 @checkpoint(retries=0)
 def switch_to_new_cas(change: Change, step: str) -> dict[str, str]:
     """Phase 2: the new CAs sign from now on; the old ones (and their keys) stay until the end."""
-    block = ClusterPKI.load(block_name(change.cluster))
-    cas = block.to_cas()
-    if cas.ca_rotation != change.change_id:
-        raise RuntimeError(f"block {block_name(change.cluster)} has no CA rotation of change {change.change_id!r} "
-                           f"(it has {cas.ca_rotation!r}); nothing was switched")
-    if cas.ca_phase == "trusting":
-        cas = switch_cas(cas)
-        _save_cas(change.cluster, block, cas)
-        get_run_logger().info("the new CAs of %s sign from now on; the old ones stay trusted until every replica "
-                              "has new leaves", change.cluster)
+    switched: list[bool] = []
+
+    def decide(cas: ClusterCAs) -> ClusterCAs | None:
+        if cas.ca_rotation != change.change_id:
+            raise RuntimeError(
+                f"block {block_name(change.cluster)} has no CA rotation of change "
+                f"{change.change_id!r} (it has {cas.ca_rotation!r}); nothing was switched"
+            )
+        if cas.ca_phase != "trusting":
+            return None
+        switched.append(True)
+        return switch_cas(cas)
+
+    cas = _save_cas(change, decide)
+    if switched:
+        get_run_logger().info(
+            "the new CAs of %s sign from now on; the old ones stay trusted until every replica has new leaves",
+            change.cluster,
+        )
     return _ca_rows(cas)
 
 
 @checkpoint(retries=0)
 def finish_ca_rotation_task(change: Change, step: str) -> dict[str, str]:
     """The end: no replica trusts the old CAs any more; their certificates and private keys are
-    deleted from the block (the only place they were kept)."""
-    block = ClusterPKI.load(block_name(change.cluster))
-    cas = block.to_cas()
-    if cas.ca_rotation is not None:
+    deleted from the block and Secret Manager (the only places they were kept)."""
+    finished: list[bool] = []
+
+    def decide(cas: ClusterCAs) -> ClusterCAs | None:
+        if cas.ca_rotation is None:
+            return None
         if cas.ca_rotation != change.change_id:
             raise RuntimeError(f"the CA rotation under way is change {cas.ca_rotation!r}, not {change.change_id!r}")
-        cas = finish_ca_rotation(cas)
-        _save_cas(change.cluster, block, cas)
-        get_run_logger().info("the old CAs of %s and their keys are deleted; the CA rotation is complete",
-                              change.cluster)
+        finished.append(True)
+        return finish_ca_rotation(cas)
+
+    cas = _save_cas(change, decide)
+    if finished:
+        get_run_logger().info(
+            "the old CAs of %s and their keys are deleted; the CA rotation is complete", change.cluster
+        )
     return _ca_rows(cas)
 
 
@@ -422,14 +557,14 @@ def submit_deliver_trust(change: Change, step: str, zone: str, name: str, drop_p
     """Write the CAs a replica trusts (``ca.crt``, ``etcd-ca.crt``) into its metadata: during a CA
     rotation both CAs; with ``drop_previous``, the new ones alone. The replica restarts etcd and
     its API server on them; its certificates and keys are not touched."""
-    cas = load_cas(change.cluster)
+    cas = load_certs(change.cluster)
     if cas is None:
         raise RuntimeError(f"cluster {change.cluster} has no PKI block {block_name(change.cluster)!r}")
-    tls = {"ca": cas.ca_bundle(drop_previous=drop_previous),
-           "etcd-ca": cas.etcd_ca_bundle(drop_previous=drop_previous)}
+    tls = {"ca": cas.ca_bundle(drop_previous=drop_previous), "etcd-ca": cas.etcd_ca_bundle(drop_previous=drop_previous)}
     count = tls["etcd-ca"].count("BEGIN CERTIFICATE")
-    get_run_logger().info("%s trusts %d etcd CA(s) and %d cluster CA(s) from now", name, count,
-                          tls["ca"].count("BEGIN CERTIFICATE"))
+    get_run_logger().info(
+        "%s trusts %d etcd CA(s) and %d cluster CA(s) from now", name, count, tls["ca"].count("BEGIN CERTIFICATE")
+    )
     return change.gce().set_metadata(zone, name, NodeSpec(None, None, tls).to_metadata(), rid=change.rid(step))
 
 
@@ -448,7 +583,7 @@ def wait_etcd_trust(change: Change, zone: str, name: str, dropped: bool, timeout
     from haplane.node import client_url
     from haplane.pki import issue
 
-    cas = load_cas(change.cluster)
+    cas = load_cas(change.cluster, change.connection)
     vm = change.gce().get_instance(zone, name)
     if cas is None or vm is None:
         raise RuntimeError(f"VM {name} in {zone} or the cluster's PKI block is gone")
@@ -456,8 +591,9 @@ def wait_etcd_trust(change: Change, zone: str, name: str, dropped: bool, timeout
     old = cas.etcd_ca if cas.ca_phase == "trusting" else cas.previous_etcd_ca
 
     def context(ca):
-        leaf = issue(ca, role="trust-probe", common_name="haplane-trust-probe", client=True,
-                     lifetime=dt.timedelta(minutes=10))
+        leaf = issue(
+            ca, role="trust-probe", common_name="haplane-trust-probe", client=True, lifetime=dt.timedelta(minutes=10)
+        )
         return EtcdTLS(ca_pem=cas.etcd_ca_bundle(), cert_pem=leaf.cert_pem, key_pem=leaf.key_pem).ssl_context()
 
     def accepts(ctx) -> bool:
@@ -475,6 +611,9 @@ def wait_etcd_trust(change: Change, zone: str, name: str, dropped: bool, timeout
         if seen[0] and not seen[1]:
             return
         time.sleep(0.5)
-    raise TimeoutError(f"{name}'s etcd did not take up its new trust bundle within {timeout:.0f} s (a client of "
-                       f"the new etcd CA accepted: {seen[0]}"
-                       + (f"; a client of the old etcd CA refused: {not seen[1]}" if bad is not None else "") + ")")
+    raise TimeoutError(
+        f"{name}'s etcd did not take up its new trust bundle within {timeout:.0f} s (a client of "
+        f"the new etcd CA accepted: {seen[0]}"
+        + (f"; a client of the old etcd CA refused: {not seen[1]}" if bad is not None else "")
+        + ")"
+    )

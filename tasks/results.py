@@ -78,12 +78,17 @@ def encode(obj: Any) -> dict[str, Any]:
     if isinstance(obj, OpRef):
         return {FIELD: SCHEMA_VERSION, "kind": "gce-operation", "value": asdict(obj)}
     if isinstance(obj, BaseException):
-        return {FIELD: SCHEMA_VERSION, "kind": "error",
-                "value": {"type": f"{type(obj).__module__}.{type(obj).__qualname__}", "message": str(obj)[:2000]}}
+        return {
+            FIELD: SCHEMA_VERSION,
+            "kind": "error",
+            "value": {"type": f"{type(obj).__module__}.{type(obj).__qualname__}", "message": str(obj)[:2000]},
+        }
     if _is_plain(obj):
         return {FIELD: SCHEMA_VERSION, "kind": "json", "value": obj}
-    raise TypeError(f"a checkpoint holds JSON values, GCE operation references or errors, not "
-                    f"{type(obj).__qualname__}: return plain data from a checkpointed step")
+    raise TypeError(
+        f"a checkpoint holds JSON values, GCE operation references or errors, not "
+        f"{type(obj).__qualname__}: return plain data from a checkpointed step"
+    )
 
 
 def decode(doc: Any) -> Any:
@@ -121,7 +126,8 @@ def refusal(step_key: str, found: IncompatibleCheckpoint) -> CheckpointSchemaErr
     return CheckpointSchemaError(
         f"checkpoint {step_key!r} was written with haplane checkpoint schema {found.found!r}; this haplane "
         f"reads schema {found.expected}. Nothing was changed. Resume this change with the haplane version "
-        f"that started it, or look at the cluster and start a new change (a new change_id) with this one.")
+        f"that started it, or look at the cluster and start a new change (a new change_id) with this one."
+    )
 
 
 def retry_delays(default: object) -> object:

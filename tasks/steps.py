@@ -50,10 +50,24 @@ def cluster_uid(cluster: str) -> str | None:
         return None
 
 
+def retry_unless_refused(task: Any, task_run: Any, state: Any) -> bool:
+    """A step that refused (a resource that is not ours) refuses again: it is not retried."""
+    from haplane.ownership import OwnershipError
+
+    return not isinstance(state.data, OwnershipError)
+
+
 def checkpoint(fn: Any = None, **options: Any) -> Any:
     """A mutating task whose result is persisted under its change step."""
-    opts = dict(cache_key_fn=step_key, persist_result=True, retries=3, retry_delay_seconds=[1, 3, 10],
-                task_run_name="{step}", result_serializer=CheckpointSerializer())
+    opts = dict(
+        cache_key_fn=step_key,
+        persist_result=True,
+        retries=3,
+        retry_delay_seconds=[1, 3, 10],
+        task_run_name="{step}",
+        result_serializer=CheckpointSerializer(),
+        retry_condition_fn=retry_unless_refused,
+    )
     opts.update(options)
     if fn is None:
         return lambda f: CheckpointTask(f, **opts)
@@ -94,4 +108,5 @@ def check_step_schema(change: Change, current: int = STEP_SCHEMA) -> None:
             f"schema is {recorded}; this one uses step schema {current}, so the change's checkpoints would not "
             f"be found and its GCE calls would be sent again. Nothing was changed: finish the change with the "
             f"haplane version that started it, or look at the cluster (the replica table) and start a new "
-            f"change (a new change_id)")
+            f"change (a new change_id)"
+        )

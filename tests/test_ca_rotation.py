@@ -28,12 +28,6 @@ from tests.unit.test_ca_rotation import _certs, _signed_by
 # ---------------------------------------------------------------- pure
 
 
-
-
-
-
-
-
 # ---------------------------------------------------------------- end to end
 
 
@@ -45,8 +39,10 @@ def _vm_tls_of(gce, cluster: str) -> dict[str, dict[str, str]]:
     from haplane.node import TLS_PREFIX
     from haplane.topology import LABEL_CLUSTER
 
-    return {vm.name: {k[len(TLS_PREFIX):]: v for k, v in vm.metadata.items() if k.startswith(TLS_PREFIX)}
-            for vm in gce.list_instances(ZONES, labels={LABEL_CLUSTER: cluster})}
+    return {
+        vm.name: {k[len(TLS_PREFIX) :]: v for k, v in vm.metadata.items() if k.startswith(TLS_PREFIX)}
+        for vm in gce.list_instances(ZONES, labels={LABEL_CLUSTER: cluster})
+    }
 
 
 @pytest.mark.long  # about 3 minutes: three passes over three replicas, each restarting etcd
@@ -89,36 +85,49 @@ def test_ca_rotation_killed_half_way_resumes_with_no_failed_write_and_the_old_ca
         canary = EndpointCanary(endpoint, bundle, period=0.2, retry_s=10.0)
         with canary:
             env = prefect_api.env()
-            env.update(HAPLANE_GCE_ENDPOINT=cloud.emulator.url, HAPLANE_PROJECT=PROJECT,
-                       PREFECT_LOGGING_LEVEL="WARNING")
-            code = ("from flows.rotate_certificates import rotate_certificates; "
-                    f"rotate_certificates(cluster={cluster!r}, rotate_ca=True, service_account_key=False, "
-                    f"change_id={change_id!r})")
-            proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=os.getcwd(), start_new_session=True,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            env.update(
+                HAPLANE_GCE_ENDPOINT=cloud.emulator.url, HAPLANE_PROJECT=PROJECT, PREFECT_LOGGING_LEVEL="WARNING"
+            )
+            code = (
+                "from flows.rotate_certificates import rotate_certificates; "
+                f"rotate_certificates(cluster={cluster!r}, rotate_ca=True, service_account_key=False, "
+                f"change_id={change_id!r})"
+            )
+            proc = subprocess.Popen(
+                [sys.executable, "-c", code],
+                env=env,
+                cwd=os.getcwd(),
+                start_new_session=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             try:  # killed once the first replica has leaves of the new CA (the old CA signs nothing any more)
                 deadline, moved = time.monotonic() + 240, []
                 while time.monotonic() < deadline and not moved and proc.poll() is None:
-                    moved = [n for n, tls in _vm_tls(cloud, cluster).items()
-                             if not _signed_by(x509.load_pem_x509_certificate(tls["apiserver-cert"].encode()),
-                                               old.ca)]
+                    moved = [
+                        n
+                        for n, tls in _vm_tls(cloud, cluster).items()
+                        if not _signed_by(x509.load_pem_x509_certificate(tls["apiserver-cert"].encode()), old.ca)
+                    ]
                     time.sleep(0.1)
             finally:
                 stop_group(proc, sig=signal.SIGKILL)
             assert moved and len(moved) < 3, f"the CA rotation was not caught half-way: {moved}"
             halfway = ClusterPKI.load(block_name(cluster))
-            assert halfway.ca_rotation == change_id and halfway.previous_ca_key is not None, \
+            assert halfway.ca_rotation == change_id and "previous-ca" in halfway.key_versions, (
                 "the old CA's key must be kept until the rotation is complete"
+            )
             assert halfway.previous_etcd_ca_cert == old.etcd_ca.cert_pem
             force_unlock(cluster)
 
-            rows = rotate_certificates(cluster=cluster, rotate_ca=True, service_account_key=False,
-                                       change_id=change_id)
+            rows = rotate_certificates(cluster=cluster, rotate_ca=True, service_account_key=False, change_id=change_id)
             time.sleep(2)
         elapsed = time.monotonic() - started
-        print(f"\nCA rotation (killed once, resumed): {elapsed:.1f} s; canary: {len(canary.samples)} writes "
-              f"through {endpoint}, {sum(s.attempts - 1 for s in canary.samples)} retried, "
-              f"{len(canary.failed_writes)} failed")
+        print(
+            f"\nCA rotation (killed once, resumed): {elapsed:.1f} s; canary: {len(canary.samples)} writes "
+            f"through {endpoint}, {sum(s.attempts - 1 for s in canary.samples)} retried, "
+            f"{len(canary.failed_writes)} failed"
+        )
         assert canary.failed_writes == [], [(s.t, s.error) for s in canary.failed_writes[:5]]
         assert len(canary.samples) > 20
         assert all(r["health"] == "healthy" for r in rows)
@@ -127,7 +136,19 @@ def test_ca_rotation_killed_half_way_resumes_with_no_failed_write_and_the_old_ca
         assert new.ca_phase == "none" and new.ca_rotation is None
         assert new.ca.cert_pem != old.ca.cert_pem and new.etcd_ca.cert_pem != old.etcd_ca.cert_pem
         block = ClusterPKI.load(block_name(cluster))
-        assert block.previous_ca_key is None and block.previous_etcd_ca_key is None  # the old keys are gone
+        # the old keys are gone: from the block, and their secrets from Secret Manager
+        assert not {"previous-ca", "previous-etcd-ca"} & set(block.key_versions) and block.legacy_keys() == {}
+        from haplane.secretstore import SecretStore
+        from tasks.keys import key_secret_id
+
+        left = set(SecretStore.for_gce(cloud.gce).list(cluster))
+        assert (
+            not {
+                f"projects/{cloud.gce.project}/secrets/{key_secret_id(cluster, n)}"
+                for n in ("previous-ca", "previous-etcd-ca")
+            }
+            & left
+        )
         assert _signed_by(new.operator.certificate, new.etcd_ca)
         for name, tls in _vm_tls(cloud, cluster).items():
             assert _certs(tls["ca"]) == [new.ca.certificate], f"{name} still trusts another cluster CA"
@@ -151,14 +172,20 @@ def test_ca_rotation_killed_half_way_resumes_with_no_failed_write_and_the_old_ca
         import ssl
 
         with pytest.raises(httpx.ConnectError):
-            httpx.get(f"https://{endpoint}:6443/readyz", verify=ssl.create_default_context(cadata=old.ca.cert_pem),
-                      timeout=5)
-        assert httpx.get(f"https://{endpoint}:6443/readyz", timeout=5,
-                         verify=ssl.create_default_context(cadata=new.ca.cert_pem)).status_code == 200
+            httpx.get(
+                f"https://{endpoint}:6443/readyz", verify=ssl.create_default_context(cadata=old.ca.cert_pem), timeout=5
+            )
+        assert (
+            httpx.get(
+                f"https://{endpoint}:6443/readyz", timeout=5, verify=ssl.create_default_context(cadata=new.ca.cert_pem)
+            ).status_code
+            == 200
+        )
 
         # no private key in the run's logs or artifacts
-        logs = httpx.post(f"{prefect_api.url}/logs/filter", json={"limit": 200, "sort": "TIMESTAMP_DESC"},
-                          timeout=30).json()
+        logs = httpx.post(
+            f"{prefect_api.url}/logs/filter", json={"limit": 200, "sort": "TIMESTAMP_DESC"}, timeout=30
+        ).json()
         assert logs and not any("PRIVATE KEY" in entry["message"] for entry in logs)
         arts = httpx.post(f"{prefect_api.url}/artifacts/filter", json={"limit": 200}, timeout=30).json()
         assert not any("PRIVATE KEY" in str(a.get("data")) for a in arts)

@@ -27,12 +27,6 @@ LEAVES = ("apiserver-cert", "etcd-peer-cert", "etcd-server-cert", "apiserver-etc
 # ---------------------------------------------------------------- pure
 
 
-
-
-
-
-
-
 # ---------------------------------------------------------------- end to end
 
 
@@ -41,8 +35,9 @@ def _leaves(cloud, cluster: str) -> dict[str, dict[str, x509.Certificate]]:
     from haplane.topology import LABEL_CLUSTER
 
     vms = cloud.gce.list_instances(ZONES, labels={LABEL_CLUSTER: cluster})
-    return {vm.name: {s: x509.load_pem_x509_certificate(vm.metadata[TLS_PREFIX + s].encode()) for s in LEAVES}
-            for vm in vms}
+    return {
+        vm.name: {s: x509.load_pem_x509_certificate(vm.metadata[TLS_PREFIX + s].encode()) for s in LEAVES} for vm in vms
+    }
 
 
 def _serials(leaves: dict[str, dict[str, x509.Certificate]]) -> dict[str, dict[str, int]]:
@@ -55,10 +50,11 @@ def task_runs_of(flow_run_id) -> list[tuple[str, float, float]]:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
-                                     limit=200)
-    return sorted(((r.name, r.start_time.timestamp(), r.end_time.timestamp()) for r in runs
-                   if r.start_time and r.end_time), key=lambda r: r[1])
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])), limit=200)
+    return sorted(
+        ((r.name, r.start_time.timestamp(), r.end_time.timestamp()) for r in runs if r.start_time and r.end_time),
+        key=lambda r: r[1],
+    )
 
 
 def assert_one_replica_at_a_time(runs: list[tuple[str, float, float]], replicas: set[str]) -> list[str]:
@@ -82,8 +78,10 @@ def rotation_runs(since: float) -> list:
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(
             flow_filter=FlowFilter(name=FlowFilterName(any_=["rotate-certificates"])),
-            flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(
-                after_=dt.datetime.fromtimestamp(since, dt.UTC))))
+            flow_run_filter=FlowRunFilter(
+                start_time=FlowRunFilterStartTime(after_=dt.datetime.fromtimestamp(since, dt.UTC))
+            ),
+        )
     return sorted(runs, key=lambda r: r.start_time)
 
 
@@ -109,7 +107,8 @@ def test_health_check_rotates_leaves_of_a_few_minutes_before_expiry_with_no_fail
         certs = [c for v in original.values() for c in v.values()] + [cas.operator.certificate]
         for c in certs:
             assert abs((c.not_valid_after_utc - c.not_valid_before_utc) - dt.timedelta(minutes=3)) < dt.timedelta(
-                seconds=2)
+                seconds=2
+            )
         expiry = min(c.not_valid_after_utc for c in certs).timestamp()
         old_operator = EtcdTLS.from_cas(cas)
         ips = [vm.internal_ip for vm in cloud.gce.list_instances(ZONES, labels={LABEL_CLUSTER: cluster})]
@@ -124,9 +123,11 @@ def test_health_check_rotates_leaves_of_a_few_minutes_before_expiry_with_no_fail
                 checks.append((t0, time.time(), result or {}, _serials(_leaves(cloud, cluster))))
                 time.sleep(max(0.0, 10 - (time.time() - t0)))
         after_expiry = [s for s in canary.samples if s.t > expiry + 1]
-        print(f"\n{len(checks)} health checks; actions {[c[2].get('action') for c in checks]}; canary: "
-              f"{len(canary.samples)} writes through {endpoint}, {sum(s.attempts - 1 for s in canary.samples)} "
-              f"retried, {len(canary.failed_writes)} failed; {len(after_expiry)} after the first expiry")
+        print(
+            f"\n{len(checks)} health checks; actions {[c[2].get('action') for c in checks]}; canary: "
+            f"{len(canary.samples)} writes through {endpoint}, {sum(s.attempts - 1 for s in canary.samples)} "
+            f"retried, {len(canary.failed_writes)} failed; {len(after_expiry)} after the first expiry"
+        )
 
         assert canary.failed_writes == [], [(s.t, s.error) for s in canary.failed_writes[:5]]
         assert len(after_expiry) > 10 and all(s.write_ok for s in after_expiry)
@@ -135,13 +136,16 @@ def test_health_check_rotates_leaves_of_a_few_minutes_before_expiry_with_no_fail
         assert all(a in ("warn", "rotate", "nothing") for a in actions), actions  # nothing failed or deferred
         first = next(c for c in checks if c[2].get("action") == "rotate")
         assert first[1] < expiry, "the rotation finished after the first leaf had expired"
-        assert all(first[3][n][s] != _serials(original)[n][s] for n in original for s in LEAVES), \
+        assert all(first[3][n][s] != _serials(original)[n][s] for n in original for s in LEAVES), (
             "a leaf was not re-issued by the first rotation"
+        )
         runs = rotation_runs(started)
         assert runs, "no rotate-certificates run was recorded"
         order = assert_one_replica_at_a_time(task_runs_of(runs[0].id), set(original))
-        print(f"first rotation: {first[1] - first[0]:.1f} s, order {order}, finished {expiry - first[1]:.0f} s "
-              f"before the first leaf's expiry")
+        print(
+            f"first rotation: {first[1] - first[0]:.1f} s, order {order}, finished {expiry - first[1]:.0f} s "
+            f"before the first leaf's expiry"
+        )
 
         # past the original expiry: etcd takes writes with the renewed operator certificate, and refuses
         # the original one (it has expired: the rotation is what keeps the cluster working)

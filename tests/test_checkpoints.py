@@ -126,14 +126,16 @@ def shared_results(request, prefect_api, tmp_path):
         from prefect_gcp import GcpCredentials
 
         made = gcs.credentials()  # a service-account key generated for the test
-        credentials = GcpCredentials(project=made.project,
-                                     service_account_info=made.service_account_info.get_secret_value()
-                                     | {"token_uri": token_uri})
+        credentials = GcpCredentials(
+            project=made.project,
+            service_account_info=made.service_account_info.get_secret_value() | {"token_uri": token_uri},
+        )
         bucket = GcsBucket(bucket=name, gcp_credentials=credentials)
         bucket.save(name)
 
         def stored() -> list[str]:
             return [blob.name for blob in bucket.list_blobs()]
+
     ensure_result_storage(f"{request.param}/{name}")
     try:
         yield stored
@@ -146,10 +148,18 @@ def run_as_worker(prefect_api, home: Path, cluster: str, change_id: str, value: 
     """The flow in a process of its own with its own PREFECT_HOME, like a worker on another machine."""
     home.mkdir()
     env = dict(os.environ, PREFECT_API_URL=prefect_api.url, PREFECT_HOME=str(home), PYTHONPATH=str(REPO))
-    code = ("import json, sys; from tests.test_checkpoints import change_flow; "
-            "print('RESULT=' + json.dumps(change_flow(*sys.argv[1:])))")
-    out = subprocess.run([sys.executable, "-c", code, cluster, change_id, value, str(marker)], env=env, cwd=REPO,
-                         capture_output=True, text=True, timeout=150)
+    code = (
+        "import json, sys; from tests.test_checkpoints import change_flow; "
+        "print('RESULT=' + json.dumps(change_flow(*sys.argv[1:])))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, cluster, change_id, value, str(marker)],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT="))
     return json.loads(line.removeprefix("RESULT="))
@@ -165,3 +175,34 @@ def test_a_checkpoint_written_by_one_worker_is_read_by_the_other(prefect_api, sh
     b = run_as_worker(prefect_api, tmp_path / "home-b", cluster, change_id, "b", tmp_path / "ran-b")
     assert b == {"op": "operation-a", "state": "Cached"}
     assert not (tmp_path / "ran-b").exists(), "worker B ran the step again instead of reading A's checkpoint"
+
+
+@flow
+def snapshot_before_flow(cluster: str, change_id: str) -> dict:
+    """The snapshot every membership change takes first, as run_change takes it (one per change id)."""
+    from tasks.cluster import load_spec
+    from tasks.snapshots import snapshot_for_change
+
+    state = snapshot_for_change(Change(cluster, change_id), "snapshot-before", load_spec(cluster), return_state=True)
+    return {"meta": state.result(), "state": state.name}
+
+
+def test_the_snapshot_before_a_change_is_a_json_checkpoint_found_by_a_second_run(cloud, prefect_api):
+    """A resumed change finds the snapshot its first run took instead of taking another: the step's
+    checkpoint is plain JSON (its metadata was once a dataclass the serializer refused, so nothing was
+    written and every run of the change took a new snapshot)."""
+    from flows.create_cluster import create_cluster
+    from haplane.snapshot_store import SnapshotStore
+
+    cluster, change_id = f"cks-{uuid.uuid4().hex[:5]}", "add-cks-1"
+    create_cluster(cluster=cluster, region="europe-west1", zones=["europe-west1-b"], replicas=1)
+    first = snapshot_before_flow(cluster, change_id)
+    assert first["state"] == "Completed"
+    path = record_path(prefect_api.home / "storage", cluster, change_id).with_name("snapshot-before")
+    assert path.exists(), "the snapshot step left no checkpoint: a resumed change would take another snapshot"
+    doc = json.loads(json.loads(path.read_text())["result"])
+    assert doc["kind"] == "json" and doc["value"]["cluster"] == cluster and doc["value"] == first["meta"]
+
+    again = snapshot_before_flow(cluster, change_id)
+    assert again == {"meta": first["meta"], "state": "Cached"}
+    assert [m.snapshot_id for m in SnapshotStore.load(None).snapshots(cluster)] == [doc["value"]["snapshot_id"]]

@@ -24,10 +24,15 @@ def rid() -> str:
 
 def vm_request(name: str, zone: str = Z, request_id: str | None = None) -> compute_v1.InsertInstanceRequest:
     return compute_v1.InsertInstanceRequest(
-        project=P, zone=zone, request_id=request_id or rid(),
+        project=P,
+        zone=zone,
+        request_id=request_id or rid(),
         instance_resource=compute_v1.Instance(
-            name=name, machine_type="e2-small",
-            network_interfaces=[compute_v1.NetworkInterface(access_configs=[compute_v1.AccessConfig()])]))
+            name=name,
+            machine_type="e2-small",
+            network_interfaces=[compute_v1.NetworkInterface(access_configs=[compute_v1.AccessConfig()])],
+        ),
+    )
 
 
 class RecordingRuntime(NullRuntime):
@@ -70,8 +75,11 @@ def test_fault_429_and_503_change_nothing(c, emulator_admin):
     assert not op.error.errors
     for _ in range(2):
         with pytest.raises(exceptions.ServiceUnavailable):
-            c.addresses.insert_unary(request=compute_v1.InsertAddressRequest(
-                project=P, region=R, address_resource=compute_v1.Address(name="a"), request_id=rid()))
+            c.addresses.insert_unary(
+                request=compute_v1.InsertAddressRequest(
+                    project=P, region=R, address_resource=compute_v1.Address(name="a"), request_id=rid()
+                )
+            )
     assert list(c.addresses.list(project=P, region=R)) == []
     assert emulator_admin.faults() == []
     outcomes = [e["outcome"] for e in emulator_admin.calls() if e["method"].endswith(".insert")]
@@ -79,8 +87,13 @@ def test_fault_429_and_503_change_nothing(c, emulator_admin):
 
 
 def test_fault_operation_error_changes_nothing(c, emulator_admin):
-    emulator_admin.add_fault("compute.instances.insert", mode="operation_error", error_code="ZONE_RESOURCE_POOL_EXHAUSTED",
-                             error_message="no capacity", http_status=503)
+    emulator_admin.add_fault(
+        "compute.instances.insert",
+        mode="operation_error",
+        error_code="ZONE_RESOURCE_POOL_EXHAUSTED",
+        error_message="no capacity",
+        http_status=503,
+    )
     op = c.instances.insert_unary(request=vm_request("m1"))
     op = wait_op(c, op)
     assert op.status == DONE and op.error.errors[0].code == "ZONE_RESOURCE_POOL_EXHAUSTED"
@@ -91,8 +104,12 @@ def test_fault_operation_error_changes_nothing(c, emulator_admin):
     # a fault on a method of one resource
     wait_op(c, c.instances.insert_unary(request=vm_request("m1")))
     emulator_admin.add_fault("compute.instances.delete", mode="operation_error")
-    op = wait_op(c, c.instances.delete_unary(request=compute_v1.DeleteInstanceRequest(
-        project=P, zone=Z, instance="m1", request_id=rid())))
+    op = wait_op(
+        c,
+        c.instances.delete_unary(
+            request=compute_v1.DeleteInstanceRequest(project=P, zone=Z, instance="m1", request_id=rid())
+        ),
+    )
     assert op.error.errors[0].code == "INTERNAL_ERROR" and op.target_link.endswith("/instances/m1")
     assert c.instances.get(project=P, zone=Z, instance="m1").status == "RUNNING"
     with pytest.raises(EmulatorAdminError):  # read-only methods have no operation to fail
@@ -103,9 +120,13 @@ def test_fault_operation_error_changes_nothing(c, emulator_admin):
 
 def test_fault_hang_until_cleared(c, emulator_admin):
     emulator_admin.add_fault("compute.firewalls.insert", mode="hang")
-    op = c.firewalls.insert_unary(request=compute_v1.InsertFirewallRequest(
-        project=P, request_id=rid(), firewall_resource=compute_v1.Firewall(
-            name="fw", allowed=[compute_v1.Allowed(I_p_protocol="tcp")])))
+    op = c.firewalls.insert_unary(
+        request=compute_v1.InsertFirewallRequest(
+            project=P,
+            request_id=rid(),
+            firewall_resource=compute_v1.Firewall(name="fw", allowed=[compute_v1.Allowed(I_p_protocol="tcp")]),
+        )
+    )
     time.sleep(0.3)
     assert c.global_operations.get(project=P, operation=op.name).status == compute_v1.Operation.Status.RUNNING
     assert emulator_admin.clear_faults() == 1
@@ -160,8 +181,15 @@ def test_call_log(c, emulator_admin):
     # the resource each call is about: the inserted one's name from the body, else the name in the path
     assert [e["resource"] for e in calls] == ["m1", "m1", "zz"]
     wait_op(c, op)
-    c.instances.set_labels_unary(project=P, zone=Z, instance="m1", instances_set_labels_request_resource={
-        "labels": {"a": "b"}, "label_fingerprint": c.instances.get(project=P, zone=Z, instance="m1").label_fingerprint})
+    c.instances.set_labels_unary(
+        project=P,
+        zone=Z,
+        instance="m1",
+        instances_set_labels_request_resource={
+            "labels": {"a": "b"},
+            "label_fingerprint": c.instances.get(project=P, zone=Z, instance="m1").label_fingerprint,
+        },
+    )
     assert [e["resource"] for e in emulator_admin.calls("compute.instances.setLabels")] == ["m1"]
     assert {e["resource"] for e in emulator_admin.calls() if e["method"].endswith(".wait")} == {None}
     emulator_admin.clear_calls()
@@ -176,8 +204,14 @@ def test_admin_actions_and_runtime_calls(tmp_path):
         wait_op(c, c.instances.insert_unary(request=vm_request("m2", zone="us-central1-b")))
         vm = c.instances.get(project=P, zone=Z, instance="m1")
         md = compute_v1.Metadata(fingerprint=vm.metadata.fingerprint, items=[compute_v1.Items(key="k", value="v")])
-        wait_op(c, c.instances.set_metadata_unary(request=compute_v1.SetMetadataInstanceRequest(
-            project=P, zone=Z, instance="m1", metadata_resource=md, request_id=rid())))
+        wait_op(
+            c,
+            c.instances.set_metadata_unary(
+                request=compute_v1.SetMetadataInstanceRequest(
+                    project=P, zone=Z, instance="m1", metadata_resource=md, request_id=rid()
+                )
+            ),
+        )
         info = admin.vm(P, Z, "m1")
         assert info["status"] == "RUNNING" and info["internalIP"] == vm.network_interfaces[0].network_i_p
         assert info["externalIPs"] == [vm.network_interfaces[0].access_configs[0].nat_i_p]
@@ -201,12 +235,21 @@ def test_admin_actions_and_runtime_calls(tmp_path):
         assert c.instances.get(project=P, zone=Z, instance="m1")  # other zones still answer
         admin.restore_zone("us-central1-b")
         assert c.instances.get(project=P, zone="us-central1-b", instance="m2").status == "RUNNING"
-        wait_op(c, c.instances.delete_unary(request=compute_v1.DeleteInstanceRequest(
-            project=P, zone=Z, instance="m1", request_id=rid())))
+        wait_op(
+            c,
+            c.instances.delete_unary(
+                request=compute_v1.DeleteInstanceRequest(project=P, zone=Z, instance="m1", request_id=rid())
+            ),
+        )
         with pytest.raises(EmulatorAdminError):
             admin.vm(P, Z, "m1")
         assert admin.health()["status"] == "ok"
     assert runtime.events == [
-        ("start", "m1"), ("start", "m2"), ("update", "m1"), ("kill", "m1"), ("stop", "m1"), ("kill", "m2"),
+        ("start", "m1"),
+        ("start", "m2"),
+        ("update", "m1"),
+        ("kill", "m1"),
+        ("stop", "m1"),
+        ("kill", "m2"),
         ("delete", "m1"),
     ]

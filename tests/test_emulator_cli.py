@@ -9,14 +9,20 @@ import sys
 
 import httpx
 
-RUN = ("import argparse; from haplane.emulator import server; p = argparse.ArgumentParser(); "
-       "s = p.add_subparsers(dest='cmd'); server.add_cli(s); raise SystemExit(server.run_cli(p.parse_args()))")
+RUN = (
+    "import argparse; from haplane.emulator import server; p = argparse.ArgumentParser(); "
+    "s = p.add_subparsers(dest='cmd'); server.add_cli(s); raise SystemExit(server.run_cli(p.parse_args()))"
+)
 
 
 def start(tmp_path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-c", RUN, "emulator", "--port", "0", "--bare", "--state-dir", str(tmp_path), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def test_cli_ready_line_and_sigterm(tmp_path):

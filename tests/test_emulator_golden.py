@@ -46,9 +46,17 @@ def steps(name: str) -> dict[str, dict]:
 
 # --- shape comparison ---------------------------------------------------------------------------
 
+
 def _type(value) -> str:
-    return {bool: "bool", int: "number", float: "number", str: "string", list: "list", dict: "object",
-            type(None): "null"}[type(value)]
+    return {
+        bool: "bool",
+        int: "number",
+        float: "number",
+        str: "string",
+        list: "list",
+        dict: "object",
+        type(None): "null",
+    }[type(value)]
 
 
 def shape_differences(recorded, served, path: str = "", absent: frozenset[str] = frozenset()) -> list[str]:
@@ -83,9 +91,24 @@ def _enum(descriptor, json_name: str):
 
 # google-cloud-compute has no message for the legacy httpHealthChecks resource (no longer generated): its
 # fields as GCE's REST reference (compute/docs/reference/rest/v1/httpHealthChecks) lists them
-LEGACY_HTTP_HEALTH_CHECK = frozenset({
-    "kind", "id", "creationTimestamp", "name", "description", "host", "requestPath", "port", "checkIntervalSec",
-    "timeoutSec", "unhealthyThreshold", "healthyThreshold", "selfLink", "proxyHeader"})
+LEGACY_HTTP_HEALTH_CHECK = frozenset(
+    {
+        "kind",
+        "id",
+        "creationTimestamp",
+        "name",
+        "description",
+        "host",
+        "requestPath",
+        "port",
+        "checkIntervalSec",
+        "timeoutSec",
+        "unhealthyThreshold",
+        "healthyThreshold",
+        "selfLink",
+        "proxyHeader",
+    }
+)
 
 
 def unknown_fields(served, message, path: str = "") -> list[str]:
@@ -113,8 +136,9 @@ def unknown_fields(served, message, path: str = "") -> list[str]:
     return out
 
 
-def check(step: dict, served: httpx.Response, message, absent: frozenset[str] = frozenset(),
-          same_status: bool = True) -> dict:
+def check(
+    step: dict, served: httpx.Response, message, absent: frozenset[str] = frozenset(), same_status: bool = True
+) -> dict:
     """Compare one served response with the recorded step; returns the served JSON."""
     recorded = step["response"]
     body = served.json()
@@ -124,8 +148,7 @@ def check(step: dict, served: httpx.Response, message, absent: frozenset[str] = 
         pattern = re.escape(recorded["error"]["message"])
         pattern = re.sub(r"\\\$\\\{\w+\\\}", "[^/']+", pattern)
         pattern = pattern.replace("us\\-central1", "[a-z0-9-]+").replace("us\\-west1", "[a-z0-9-]+")
-        assert re.fullmatch(pattern, body["error"]["message"]), (recorded["error"]["message"],
-                                                                 body["error"]["message"])
+        assert re.fullmatch(pattern, body["error"]["message"]), (recorded["error"]["message"], body["error"]["message"])
         assert [e["reason"] for e in body["error"]["errors"]] == [e["reason"] for e in recorded["error"]["errors"]]
         return body
     assert shape_differences(recorded, body, absent=absent) == [], step["step"]
@@ -138,10 +161,12 @@ def check(step: dict, served: httpx.Response, message, absent: frozenset[str] = 
 
 # --- the emulator, and raw REST -----------------------------------------------------------------
 
+
 @pytest.fixture
 def emu(tmp_path):
-    emulator = Emulator(state_dir=tmp_path / "emulator", catalog=Catalog({"us-west1": ["a", "b", "c"]}),
-                        wait_timeout=10.0)
+    emulator = Emulator(
+        state_dir=tmp_path / "emulator", catalog=Catalog({"us-west1": ["a", "b", "c"]}), wait_timeout=10.0
+    )
     emulator.start()
     try:
         with httpx.Client(base_url=f"{emulator.url}/compute/v1/projects/{P}/", timeout=30) as http:
@@ -177,6 +202,7 @@ OP = compute_v1.Operation
 
 # --- per resource -------------------------------------------------------------------------------
 
+
 def test_instances_match_recorded_gce(emu):
     s = steps("instances")
     zone, region, name = "us-west1-a", "us-west1", "golden-vm"
@@ -184,8 +210,17 @@ def test_instances_match_recorded_gce(emu):
     # the recorded instance uses a reserved external address as natIP
     addr = done(emu, call(emu, "POST", f"regions/{region}/addresses", {"name": "golden-ip"}).json())
     ip = emu.get(f"regions/{region}/addresses/golden-ip").json()["address"]
-    body = fill(s["insert"]["request"], {"projectId": P, "instanceID": name, "diskID": "golden-disk",
-                                         "networkID": "default", "addressID": "golden-ip", "uniqueId": "x"})
+    body = fill(
+        s["insert"]["request"],
+        {
+            "projectId": P,
+            "instanceID": name,
+            "diskID": "golden-disk",
+            "networkID": "default",
+            "addressID": "golden-ip",
+            "uniqueId": "x",
+        },
+    )
     nic = body["networkInterfaces"][0]
     nic.pop("networkIP")  # normalised to an address link in the recording
     nic["accessConfigs"][0]["natIP"] = ip
@@ -199,12 +234,28 @@ def test_instances_match_recorded_gce(emu):
     check(s["stop-done"], done(emu, op), OP)
     check(s["get-terminated"], emu.get(f"zones/{zone}/instances/{name}"), compute_v1.Instance)
     fp = emu.get(f"zones/{zone}/instances/{name}").json()["metadata"]["fingerprint"]
-    op = check(s["set-metadata"], call(emu, "POST", f"zones/{zone}/instances/{name}/setMetadata", {
-        "fingerprint": fp, "items": [{"key": "foo", "value": "bar"}]}), OP)
+    op = check(
+        s["set-metadata"],
+        call(
+            emu,
+            "POST",
+            f"zones/{zone}/instances/{name}/setMetadata",
+            {"fingerprint": fp, "items": [{"key": "foo", "value": "bar"}]},
+        ),
+        OP,
+    )
     done(emu, op)
     fp = emu.get(f"zones/{zone}/instances/{name}").json()["labelFingerprint"]
-    op = check(s["set-labels"], call(emu, "POST", f"zones/{zone}/instances/{name}/setLabels", {
-        "labelFingerprint": fp, "labels": {"env": "golden"}}), OP)
+    op = check(
+        s["set-labels"],
+        call(
+            emu,
+            "POST",
+            f"zones/{zone}/instances/{name}/setLabels",
+            {"labelFingerprint": fp, "labels": {"env": "golden"}},
+        ),
+        OP,
+    )
     done(emu, op)
     op = check(s["start"], call(emu, "POST", f"zones/{zone}/instances/{name}/start"), OP)
     check(s["start-done"], done(emu, op), OP)
@@ -214,9 +265,11 @@ def test_instances_match_recorded_gce(emu):
 
 
 # Fields of the recorded address that belong to what the emulator does not serve (say why):
-ADDRESS_ABSENT = frozenset({
-    "ipCollection",  # BYOIP public delegated prefixes: the emulator's external IPs are its own pool
-})
+ADDRESS_ABSENT = frozenset(
+    {
+        "ipCollection",  # BYOIP public delegated prefixes: the emulator's external IPs are its own pool
+    }
+)
 
 
 def test_addresses_match_recorded_gce(emu):
@@ -228,8 +281,9 @@ def test_addresses_match_recorded_gce(emu):
     body.pop("address", None)  # a normalised IP from the BYOIP range: the emulator picks from its pool
     op = check(s["insert"], call(emu, "POST", f"regions/{region}/addresses", body), OP)
     check(s["insert-done"], done(emu, op), OP)
-    got = check(s["get-reserved"], emu.get(f"regions/{region}/addresses/{name}"), compute_v1.Address,
-                absent=ADDRESS_ABSENT)
+    got = check(
+        s["get-reserved"], emu.get(f"regions/{region}/addresses/{name}"), compute_v1.Address, absent=ADDRESS_ABSENT
+    )
     assert got["labels"] == body["labels"]
     op = check(s["delete"], call(emu, "DELETE", f"regions/{region}/addresses/{name}"), OP)
     check(s["delete-done"], done(emu, op), OP)
@@ -267,8 +321,9 @@ def test_target_pool_operations_are_shaped_like_recorded_regional_operations(emu
     done(emu, call(emu, "POST", f"zones/{zone}/instances", {"name": "vm1", "machineType": "e2-small"}).json())
     vm = emu.get(f"zones/{zone}/instances/vm1").json()["selfLink"]
     for method, op_type in (("addInstance", "AddInstance"), ("removeInstance", "RemoveInstance")):
-        reply = call(emu, "POST", f"regions/{region}/targetPools/golden-pool/{method}",
-                     {"instances": [{"instance": vm}]})
+        reply = call(
+            emu, "POST", f"regions/{region}/targetPools/golden-pool/{method}", {"instances": [{"instance": vm}]}
+        )
         op = check(s["set-target"], reply, OP)
         assert op["operationType"] == op_type
         finished = done(emu, op).json()
@@ -302,28 +357,39 @@ def test_firewall_without_a_source_matches_recorded_gce(emu):
     # logConfig is not served by the emulator; enableLogging is not in google-cloud-compute's Firewall
     assert shape_differences(recorded, got, absent=frozenset({"logConfig", "enableLogging"})) == []
     assert unknown_fields(got, compute_v1.Firewall) == []
-    assert (got["direction"], got["sourceRanges"]) == (recorded["direction"], recorded["sourceRanges"]) == (
-        "INGRESS", ["0.0.0.0/0"])
+    assert (
+        (got["direction"], got["sourceRanges"])
+        == (recorded["direction"], recorded["sourceRanges"])
+        == ("INGRESS", ["0.0.0.0/0"])
+    )
 
 
-@pytest.mark.parametrize("given, served", [
-    ({}, ["0.0.0.0/0"]),
-    ({"direction": "INGRESS"}, ["0.0.0.0/0"]),
-    ({"sourceRanges": ["10.0.0.0/8"]}, ["10.0.0.0/8"]),
-    ({"sourceTags": ["etcd"]}, None),  # a source is given: no default range is added
-    ({"sourceServiceAccounts": ["sa@golden-proj.iam.gserviceaccount.com"]}, None),
-    ({"direction": "EGRESS", "destinationRanges": ["10.0.0.0/8"]}, None),  # sources are for ingress only
-])
+@pytest.mark.parametrize(
+    "given, served",
+    [
+        ({}, ["0.0.0.0/0"]),
+        ({"direction": "INGRESS"}, ["0.0.0.0/0"]),
+        ({"sourceRanges": ["10.0.0.0/8"]}, ["10.0.0.0/8"]),
+        ({"sourceTags": ["etcd"]}, None),  # a source is given: no default range is added
+        ({"sourceServiceAccounts": ["sa@golden-proj.iam.gserviceaccount.com"]}, None),
+        ({"direction": "EGRESS", "destinationRanges": ["10.0.0.0/8"]}, None),  # sources are for ingress only
+    ],
+)
 def test_firewall_default_source_range(emu, given, served):
     name = f"fw-{uuid.uuid4().hex[:6]}"
-    body = {"name": name, "network": f"projects/{P}/global/networks/default",
-            "allowed": [{"IPProtocol": "tcp", "ports": ["2379"]}], **given}
+    body = {
+        "name": name,
+        "network": f"projects/{P}/global/networks/default",
+        "allowed": [{"IPProtocol": "tcp", "ports": ["2379"]}],
+        **given,
+    }
     done(emu, call(emu, "POST", "global/firewalls", body).raise_for_status().json())
     assert emu.get(f"global/firewalls/{name}").json().get("sourceRanges") == served
 
 
-@pytest.mark.parametrize("collection, message", [
-    ("http_health_checks", LEGACY_HTTP_HEALTH_CHECK), ("health_checks", compute_v1.HealthCheck)])
+@pytest.mark.parametrize(
+    "collection, message", [("http_health_checks", LEGACY_HTTP_HEALTH_CHECK), ("health_checks", compute_v1.HealthCheck)]
+)
 def test_health_checks_match_recorded_gce(emu, collection, message):
     s = steps(collection)
     path = "global/httpHealthChecks" if collection == "http_health_checks" else "global/healthChecks"
@@ -346,8 +412,12 @@ def test_failed_operation_matches_recorded_gce(emu):
     ip = emu.get(f"regions/{region}/addresses/golden-ip").json()["address"]
     nic = {"accessConfigs": [{"name": "External NAT", "natIP": ip}]}
     for name in ("vm1", "vm2"):
-        op = call(emu, "POST", f"zones/{zone}/instances", {"name": name, "machineType": "e2-small",
-                                                            "networkInterfaces": [nic]}).json()
+        op = call(
+            emu,
+            "POST",
+            f"zones/{zone}/instances",
+            {"name": name, "machineType": "e2-small", "networkInterfaces": [nic]},
+        ).json()
         finished = done(emu, op)
     body = check(recorded, finished, OP)
     assert body["error"]["errors"][0]["code"] == "IP_IN_USE_BY_ANOTHER_RESOURCE"

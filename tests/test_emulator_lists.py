@@ -52,9 +52,18 @@ def fleet(tmp_path_factory):
             for i in range(N_INSTANCES):
                 zone, name = ZONES[i % len(ZONES)], f"vm-{i:03d}"
                 names[name] = zone
-                ops.append(post(http, f"zones/{zone}/instances", {
-                    "name": name, "machineType": "e2-small", "labels": {"parity": "odd" if i % 2 else "even"},
-                    "networkInterfaces": [{}]}))
+                ops.append(
+                    post(
+                        http,
+                        f"zones/{zone}/instances",
+                        {
+                            "name": name,
+                            "machineType": "e2-small",
+                            "labels": {"parity": "odd" if i % 2 else "even"},
+                            "networkInterfaces": [{}],
+                        },
+                    )
+                )
             wait_all_done(http, ops)
         yield emulator, names
     finally:
@@ -64,8 +73,7 @@ def fleet(tmp_path_factory):
 def test_aggregated_list_pages_through_250_instances_over_zones(fleet):
     emulator, names = fleet
     c = compute_clients(emulator.url)
-    pager = c.instances.aggregated_list(request=compute_v1.AggregatedListInstancesRequest(
-        project=P, max_results=40))
+    pager = c.instances.aggregated_list(request=compute_v1.AggregatedListInstancesRequest(project=P, max_results=40))
     seen: list[tuple[str, str]] = []
     pages = 0
     for page in pager.pages:
@@ -91,13 +99,20 @@ def test_zonal_list_pages_with_filter_and_order(fleet):
     in_zone = sorted(n for n, z in names.items() if z == zone)
     pager = c.instances.list(request=compute_v1.ListInstancesRequest(project=P, zone=zone, max_results=7))
     assert [i.name for i in pager] == in_zone
-    assert len(list(c.instances.list(request=compute_v1.ListInstancesRequest(
-        project=P, zone=zone, max_results=7)).pages)) == -(-len(in_zone) // 7)
-    odd = c.instances.list(request=compute_v1.ListInstancesRequest(
-        project=P, zone=zone, max_results=5, filter='labels.parity = "odd"'))
+    assert len(
+        list(c.instances.list(request=compute_v1.ListInstancesRequest(project=P, zone=zone, max_results=7)).pages)
+    ) == -(-len(in_zone) // 7)
+    odd = c.instances.list(
+        request=compute_v1.ListInstancesRequest(project=P, zone=zone, max_results=5, filter='labels.parity = "odd"')
+    )
     assert [i.name for i in odd] == [n for n in in_zone if int(n[3:]) % 2]
-    newest = list(c.instances.list(request=compute_v1.ListInstancesRequest(
-        project=P, zone=zone, max_results=4, order_by="creationTimestamp desc")))
+    newest = list(
+        c.instances.list(
+            request=compute_v1.ListInstancesRequest(
+                project=P, zone=zone, max_results=4, order_by="creationTimestamp desc"
+            )
+        )
+    )
     stamps = [i.creation_timestamp for i in newest]
     assert stamps == sorted(stamps, reverse=True) and {i.name for i in newest} == set(in_zone)
     for bad in (dict(order_by="zone"), dict(max_results=501), dict(page_token="not-a-token")):
@@ -136,15 +151,19 @@ def test_aggregated_list_names_an_unreachable_zone_instead_of_leaving_it_out(fle
             with pytest.raises(exceptions.ServiceUnavailable):
                 list(c.instances.aggregated_list(project=P, retry=None))  # the client retries 503 by default
             # returnPartialSuccess (not in this client version's request type): over REST
-            page = httpx.get(f"{emulator.url}/compute/v1/projects/{P}/aggregated/instances",
-                             params={"returnPartialSuccess": "true"}).json()
+            page = httpx.get(
+                f"{emulator.url}/compute/v1/projects/{P}/aggregated/instances", params={"returnPartialSuccess": "true"}
+            ).json()
             assert page["unreachables"] == [f"zones/{ZONES[2]}"]
             assert f"zones/{ZONES[2]}" not in page["items"]
             listed = {i["name"] for scoped in page["items"].values() for i in scoped.get("instances", [])}
             assert listed == {n for n, z in names.items() if z != ZONES[2]}
             assert compute_v1.InstanceAggregatedList.from_json(
-                httpx.get(f"{emulator.url}/compute/v1/projects/{P}/aggregated/instances",
-                          params={"returnPartialSuccess": "true"}).text).unreachables == [f"zones/{ZONES[2]}"]
+                httpx.get(
+                    f"{emulator.url}/compute/v1/projects/{P}/aggregated/instances",
+                    params={"returnPartialSuccess": "true"},
+                ).text
+            ).unreachables == [f"zones/{ZONES[2]}"]
         finally:
             admin.restore_zone(ZONES[2])
 
@@ -153,31 +172,39 @@ def test_pagers_page_through_600_operations(fleet):
     emulator, names = fleet
     c = compute_clients(emulator.url)
     with httpx.Client(base_url=emulator.url, timeout=60) as http:
-        ops = [post(http, "global/firewalls", {"name": f"fw-{i:03d}", "allowed": [{"IPProtocol": "tcp"}]})
-               for i in range(300)]
+        ops = [
+            post(http, "global/firewalls", {"name": f"fw-{i:03d}", "allowed": [{"IPProtocol": "tcp"}]})
+            for i in range(300)
+        ]
         wait_all_done(http, ops)
-        deletes = [http.delete(f"/compute/v1/projects/{P}/global/firewalls/fw-{i:03d}",
-                               params={"requestId": rid()}).json() for i in range(300)]
+        deletes = [
+            http.delete(f"/compute/v1/projects/{P}/global/firewalls/fw-{i:03d}", params={"requestId": rid()}).json()
+            for i in range(300)
+        ]
         wait_all_done(http, deletes)
     expected = {op["name"] for op in ops + deletes}
     pager = c.global_operations.list(request=compute_v1.ListGlobalOperationsRequest(project=P, max_results=100))
     listed = [op.name for op in pager]
     assert len(listed) == 600 and set(listed) == expected
-    assert Counter(op.operation_type for op in c.global_operations.list(project=P)) == {"insert": 300,
-                                                                                       "delete": 300}
-    done = c.global_operations.list(request=compute_v1.ListGlobalOperationsRequest(
-        project=P, max_results=250, filter='operationType = "delete"'))
+    assert Counter(op.operation_type for op in c.global_operations.list(project=P)) == {"insert": 300, "delete": 300}
+    done = c.global_operations.list(
+        request=compute_v1.ListGlobalOperationsRequest(project=P, max_results=250, filter='operationType = "delete"')
+    )
     assert {op.name for op in done} == {op["name"] for op in deletes}
     # aggregated: the 600 global ones and every zone's instance inserts, over pages of 500
-    agg = c.global_operations.aggregated_list(request=compute_v1.AggregatedListGlobalOperationsRequest(
-        project=P, max_results=500))
+    agg = c.global_operations.aggregated_list(
+        request=compute_v1.AggregatedListGlobalOperationsRequest(project=P, max_results=500)
+    )
     by_scope: Counter = Counter()
     for scope, scoped in agg:
         by_scope[scope] += len(scoped.operations)
     assert by_scope["global"] == 600
     assert sum(by_scope[f"zones/{z}"] for z in ZONES) >= N_INSTANCES
-    zone_ops = c.zone_operations.list(request=compute_v1.ListZoneOperationsRequest(
-        project=P, zone=ZONES[0], max_results=9, filter='operationType = "insert"'))
+    zone_ops = c.zone_operations.list(
+        request=compute_v1.ListZoneOperationsRequest(
+            project=P, zone=ZONES[0], max_results=9, filter='operationType = "insert"'
+        )
+    )
     assert {op.target_link.rsplit("/", 1)[1] for op in zone_ops} >= {n for n, z in names.items() if z == ZONES[0]}
 
 
@@ -185,25 +212,41 @@ def test_load_balancer_and_address_lists_page(fleet):
     emulator, names = fleet
     c = compute_clients(emulator.url)
     region = "us-central1"
-    members = [f"{emulator.url}/compute/v1/projects/{P}/zones/{names[n]}/instances/{n}"
-               for n in sorted(names) if names[n].startswith(region)][:3]
+    members = [
+        f"{emulator.url}/compute/v1/projects/{P}/zones/{names[n]}/instances/{n}"
+        for n in sorted(names)
+        if names[n].startswith(region)
+    ][:3]
     with httpx.Client(base_url=emulator.url, timeout=60) as http:
         ops = [post(http, "global/httpHealthChecks", {"name": f"hc-{i}", "port": 8080}) for i in range(3)]
-        ops += [post(http, "global/healthChecks", {"name": f"hhc-{i}", "type": "TCP",
-                                                   "tcpHealthCheck": {"port": 22}}) for i in range(3)]
+        ops += [
+            post(http, "global/healthChecks", {"name": f"hhc-{i}", "type": "TCP", "tcpHealthCheck": {"port": 22}})
+            for i in range(3)
+        ]
         ops += [post(http, f"regions/{region}/addresses", {"name": f"addr-{i}"}) for i in range(3)]
-        ops += [post(http, f"regions/{region}/targetPools", {"name": f"pool-{i}", "instances": members})
-                for i in range(3)]
+        ops += [
+            post(http, f"regions/{region}/targetPools", {"name": f"pool-{i}", "instances": members}) for i in range(3)
+        ]
         wait_all_done(http, ops)
-        rules = [post(http, f"regions/{region}/forwardingRules", {
-            "name": f"rule-{i}", "target": f"{emulator.url}/compute/v1/projects/{P}/regions/{region}/targetPools/pool-{i}"})
-            for i in range(3)]
+        rules = [
+            post(
+                http,
+                f"regions/{region}/forwardingRules",
+                {
+                    "name": f"rule-{i}",
+                    "target": f"{emulator.url}/compute/v1/projects/{P}/regions/{region}/targetPools/pool-{i}",
+                },
+            )
+            for i in range(3)
+        ]
         wait_all_done(http, rules)
         legacy = []
         token = None
         while True:
-            page = http.get(f"/compute/v1/projects/{P}/global/httpHealthChecks",
-                            params={"maxResults": 2, **({"pageToken": token} if token else {})}).json()
+            page = http.get(
+                f"/compute/v1/projects/{P}/global/httpHealthChecks",
+                params={"maxResults": 2, **({"pageToken": token} if token else {})},
+            ).json()
             assert page["kind"] == "compute#httpHealthCheckList"
             legacy += [hc["name"] for hc in page["items"]]
             token = page.get("nextPageToken")
@@ -212,23 +255,33 @@ def test_load_balancer_and_address_lists_page(fleet):
     assert legacy == ["hc-0", "hc-1", "hc-2"]
     one = {"project": P, "max_results": 1}
     assert [h.name for h in c.health_checks.list(request=compute_v1.ListHealthChecksRequest(**one))] == [
-        "hhc-0", "hhc-1", "hhc-2"]
+        "hhc-0",
+        "hhc-1",
+        "hhc-2",
+    ]
     assert [a.name for a in c.addresses.list(request=compute_v1.ListAddressesRequest(region=region, **one))] == [
-        "addr-0", "addr-1", "addr-2"]
+        "addr-0",
+        "addr-1",
+        "addr-2",
+    ]
     pools = list(c.target_pools.list(request=compute_v1.ListTargetPoolsRequest(region=region, **one)))
     assert [p.name for p in pools] == ["pool-0", "pool-1", "pool-2"] and list(pools[0].instances) == members
-    assert [f.name for f in c.forwarding_rules.list(request=compute_v1.ListForwardingRulesRequest(
-        region=region, **one))] == ["rule-0", "rule-1", "rule-2"]
+    assert [
+        f.name for f in c.forwarding_rules.list(request=compute_v1.ListForwardingRulesRequest(region=region, **one))
+    ] == ["rule-0", "rule-1", "rule-2"]
     for client, request, field in (
-            (c.addresses, compute_v1.AggregatedListAddressesRequest, "addresses"),
-            (c.target_pools, compute_v1.AggregatedListTargetPoolsRequest, "target_pools"),
-            (c.forwarding_rules, compute_v1.AggregatedListForwardingRulesRequest, "forwarding_rules"),
-            (c.health_checks, compute_v1.AggregatedListHealthChecksRequest, "health_checks")):
-        found = {(scope, r.name) for scope, scoped in client.aggregated_list(request=request(**one))
-                 for r in getattr(scoped, field)}
+        (c.addresses, compute_v1.AggregatedListAddressesRequest, "addresses"),
+        (c.target_pools, compute_v1.AggregatedListTargetPoolsRequest, "target_pools"),
+        (c.forwarding_rules, compute_v1.AggregatedListForwardingRulesRequest, "forwarding_rules"),
+        (c.health_checks, compute_v1.AggregatedListHealthChecksRequest, "health_checks"),
+    ):
+        found = {
+            (scope, r.name)
+            for scope, scoped in client.aggregated_list(request=request(**one))
+            for r in getattr(scoped, field)
+        }
         where = "global" if field == "health_checks" else f"regions/{region}"
         assert {name for scope, name in found if scope == where} >= {n for _, n in found}, field
         assert len(found) == 3, (field, found)
-    region_ops = c.region_operations.list(request=compute_v1.ListRegionOperationsRequest(
-        region=region, **one))
+    region_ops = c.region_operations.list(request=compute_v1.ListRegionOperationsRequest(region=region, **one))
     assert len(list(region_ops)) == 9  # 3 addresses, 3 pools, 3 rules

@@ -40,28 +40,36 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _insert(clients, zone: str, name: str, metadata: dict[str, str] | None = None,
-            nat_ip: str | None = None) -> compute_v1.Instance:
+def _insert(
+    clients, zone: str, name: str, metadata: dict[str, str] | None = None, nat_ip: str | None = None
+) -> compute_v1.Instance:
     access = compute_v1.AccessConfig(name="external-nat", type_="ONE_TO_ONE_NAT")
     if nat_ip:
         access.nat_i_p = nat_ip
     body = compute_v1.Instance(
-        name=name, machine_type=f"zones/{zone}/machineTypes/e2-standard-2",
+        name=name,
+        machine_type=f"zones/{zone}/machineTypes/e2-standard-2",
         network_interfaces=[compute_v1.NetworkInterface(access_configs=[access])],
-        metadata=compute_v1.Metadata(items=[compute_v1.Items(key=k, value=v) for k, v in (metadata or {}).items()]))
+        metadata=compute_v1.Metadata(items=[compute_v1.Items(key=k, value=v) for k, v in (metadata or {}).items()]),
+    )
     wait_op(clients, clients.instances.insert_unary(project=PROJECT, zone=zone, instance_resource=body))
     return clients.instances.get(project=PROJECT, zone=zone, instance=name)
 
 
 def _configure(clients, cas, vm: compute_v1.Instance, zone: str, initial: str, endpoint_ip: str) -> None:
-    certs = issue_replica_certs(cas, hostname=vm.name, internal_ip=vm.network_interfaces[0].network_i_p,
-                                endpoint_ip=endpoint_ip)
-    spec = NodeSpec(etcd=EtcdSpec(name=vm.name, initial_cluster=initial), apiserver=ApiServerSpec(),
-                    tls=node_tls(cas, certs))
+    certs = issue_replica_certs(
+        cas, hostname=vm.name, internal_ip=vm.network_interfaces[0].network_i_p, endpoint_ip=endpoint_ip
+    )
+    spec = NodeSpec(
+        etcd=EtcdSpec(name=vm.name, initial_cluster=initial), apiserver=ApiServerSpec(), tls=node_tls(cas, certs)
+    )
     items = [compute_v1.Items(key=k, value=v) for k, v in spec.to_metadata().items()]
     op = clients.instances.set_metadata_unary(
-        project=PROJECT, zone=zone, instance=vm.name,
-        metadata_resource=compute_v1.Metadata(fingerprint=vm.metadata.fingerprint, items=items))
+        project=PROJECT,
+        zone=zone,
+        instance=vm.name,
+        metadata_resource=compute_v1.Metadata(fingerprint=vm.metadata.fingerprint, items=items),
+    )
     wait_op(clients, op)
 
 
@@ -96,11 +104,14 @@ def test_three_vms_in_three_zones_form_one_etcd_cluster_with_mutual_tls(tmp_path
     try:
         clients = compute_clients(emulator.url)
         # the endpoint IP: a reserved static address, given to the first VM as its external IP
-        wait_op(clients, clients.addresses.insert_unary(
-            project=PROJECT, region="us-central1", address_resource=compute_v1.Address(name="endpoint")))
+        wait_op(
+            clients,
+            clients.addresses.insert_unary(
+                project=PROJECT, region="us-central1", address_resource=compute_v1.Address(name="endpoint")
+            ),
+        )
         endpoint_ip = clients.addresses.get(project=PROJECT, region="us-central1", address="endpoint").address
-        vms = [_insert(clients, zone, f"m{i}", nat_ip=endpoint_ip if i == 0 else None)
-               for i, zone in enumerate(ZONES)]
+        vms = [_insert(clients, zone, f"m{i}", nat_ip=endpoint_ip if i == 0 else None) for i, zone in enumerate(ZONES)]
         ips = [vm.network_interfaces[0].network_i_p for vm in vms]
         initial = ",".join(f"{vm.name}={peer_url(ip)}" for vm, ip in zip(vms, ips, strict=True))
         for vm, zone in zip(vms, ZONES, strict=True):
@@ -119,8 +130,12 @@ def test_three_vms_in_three_zones_form_one_etcd_cluster_with_mutual_tls(tmp_path
             etcd.close()
         # a client without a certificate is refused at the handshake
         with pytest.raises(httpx.HTTPError):
-            httpx.post(f"{client_url(ips[0])}/v3/cluster/member/list", json={},
-                       verify=ssl.create_default_context(cadata=cas.etcd_ca.cert_pem), timeout=5)
+            httpx.post(
+                f"{client_url(ips[0])}/v3/cluster/member/list",
+                json={},
+                verify=ssl.create_default_context(cadata=cas.etcd_ca.cert_pem),
+                timeout=5,
+            )
 
         # the API-server stand-in serves the replica's certificate: verified through the internal IP
         # and the endpoint IP, refused through an ephemeral public IP (no certificate is issued for one)
@@ -161,8 +176,13 @@ def test_three_vms_in_three_zones_form_one_etcd_cluster_with_mutual_tls(tmp_path
 
 def test_emulator_command_stops_every_vm_process_on_sigterm(tmp_path):
     haplane = os.path.join(os.path.dirname(sys.executable), "haplane")
-    proc = subprocess.Popen([haplane, "emulator", "--port", "0", "--state-dir", str(tmp_path / "emu")],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [haplane, "emulator", "--port", "0", "--state-dir", str(tmp_path / "emu")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         line = proc.stdout.readline()
         url = re.search(r"ready on (http://127\.0\.0\.1:\d+)", line).group(1)
@@ -178,7 +198,9 @@ def test_emulator_command_stops_every_vm_process_on_sigterm(tmp_path):
                     break
                 time.sleep(0.2)
             pids = [p["pid"] for p in procs.values()]
-        assert len(pids) == 2 and all(_alive(p) for p in pids)
+        # etcd, the API server, and the controller-manager and scheduler stand-ins (their certificates are there)
+        assert set(procs) == {"etcd", "apiserver", "controller-manager", "scheduler"}, procs
+        assert all(_alive(p) for p in pids)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
         time.sleep(0.5)

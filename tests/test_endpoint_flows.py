@@ -107,10 +107,14 @@ def test_always_mode_endpoint_answers_throughout_one_two_three_two_one(shared_cl
     _canary_write_through(cluster, endpoint, ca, rows[0]["internal IP"])
     canary = Canary(cloud, cluster)
     with EndpointProbe(endpoint, ca) as probe:
-        for step, change in enumerate([lambda: add_replica(cluster=cluster, zone="europe-west1-c"),
-                                       lambda: add_replica(cluster=cluster),
-                                       lambda: remove_replica(cluster=cluster, zone="europe-west1-d"),
-                                       lambda: remove_replica(cluster=cluster, zone="europe-west1-c")]):
+        for step, change in enumerate(
+            [
+                lambda: add_replica(cluster=cluster, zone="europe-west1-c"),
+                lambda: add_replica(cluster=cluster),
+                lambda: remove_replica(cluster=cluster, zone="europe-west1-d"),
+                lambda: remove_replica(cluster=cluster, zone="europe-west1-c"),
+            ]
+        ):
             canary.write(f"step-{step}")
             rows = change()
             canary.check()
@@ -130,8 +134,12 @@ def test_always_mode_endpoint_answers_throughout_one_two_three_two_one(shared_cl
 def _canary_write_through(cluster: str, endpoint: str, ca: str, internal_ip: str) -> None:
     """The API server's canary write (the availability benchmark's) lands in etcd; HTTPS only."""
     value = uuid.uuid4().hex
-    resp = httpx.post(f"https://{endpoint}:6443/haplane/canary", json={"key": "t", "value": value},
-                      verify=ssl.create_default_context(cadata=ca), timeout=5)
+    resp = httpx.post(
+        f"https://{endpoint}:6443/haplane/canary",
+        json={"key": "t", "value": value},
+        verify=ssl.create_default_context(cadata=ca),
+        timeout=5,
+    )
     assert resp.status_code == 200, resp.text
     client = EtcdClient([client_url(internal_ip)], tls=EtcdTLS.from_cas(load_cas(cluster)))
     try:

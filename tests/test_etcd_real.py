@@ -33,7 +33,6 @@ def leader_of(client: EtcdClient) -> int:
     return client.leader()[0]
 
 
-
 def health_of(cluster, client: EtcdClient):
     """Member health as the flows observe it: status asked of every member's client URL."""
     members = client.member_list()
@@ -67,7 +66,9 @@ def test_one_member_grows_to_three_moves_leader_and_shrinks(etcd_cluster_factory
     learner2, proc2 = c.join("m2")
     h = health_of(c, client)
     assert any(x.id == learner2.id and x.is_learner for x in h)
-    eventually(lambda: can_promote(health_of(c, client), learner2.id).allowed, 20, "learner m2 to catch up", interval=0.2)
+    eventually(
+        lambda: can_promote(health_of(c, client), learner2.id).allowed, 20, "learner m2 to catch up", interval=0.2
+    )
     promote_when_ready(client, learner2.id, timeout=20)
     c.wait_healthy(c.running())
     members = client.member_list()
@@ -207,8 +208,9 @@ def test_clients_without_the_right_certificate_are_refused(etcd_cluster_factory,
     # no client certificate at all
     no_cert = ssl.create_default_context(cadata=c.cas.etcd_ca.cert_pem)
     with pytest.raises(httpx.TransportError):
-        httpx.post(f"{m0.client_url}/v3/kv/range", json={"key": "c2VjcmV0"}, verify=no_cert, timeout=3,
-                   trust_env=False).raise_for_status()
+        httpx.post(
+            f"{m0.client_url}/v3/kv/range", json={"key": "c2VjcmV0"}, verify=no_cert, timeout=3, trust_env=False
+        ).raise_for_status()
 
     # the client does not trust a server from another CA either
     with pytest.raises(EtcdTLSError):

@@ -39,19 +39,33 @@ from flows.remove_replica import remove_replica
 from flows.replace_replica import replace_replica
 from haplane.etcd import EtcdTLS
 from haplane.gce import GceTimeout
+from haplane.secretstore import SecretStore
 from haplane.testing import REGION, ZONES
 from haplane.topology import LABEL_CLUSTER, ClusterNames
 from tasks.pki import load_cas
 from tests.fixtures.cluster import PROJECT
-from tests.test_secrets import PEM_MARKER, _leaks
+from tests.test_secrets import PEM_MARKER
+from tests.unit.test_secrets import _leaks
 
 pytestmark = [pytest.mark.long, pytest.mark.usefixtures("prefect_api")]
 
-CREATE_METHODS = ["compute.addresses.insert", "compute.firewalls.insert", "compute.instances.insert",
-                  "compute.instances.setMetadata", "compute.httpHealthChecks.insert", "compute.targetPools.insert",
-                  "compute.forwardingRules.insert"]
-DELETE_METHODS = ["compute.forwardingRules.delete", "compute.targetPools.delete", "compute.httpHealthChecks.delete",
-                  "compute.instances.delete", "compute.addresses.delete", "compute.firewalls.delete"]
+CREATE_METHODS = [
+    "compute.addresses.insert",
+    "compute.firewalls.insert",
+    "compute.instances.insert",
+    "compute.instances.setMetadata",
+    "compute.httpHealthChecks.insert",
+    "compute.targetPools.insert",
+    "compute.forwardingRules.insert",
+]
+DELETE_METHODS = [
+    "compute.forwardingRules.delete",
+    "compute.targetPools.delete",
+    "compute.httpHealthChecks.delete",
+    "compute.instances.delete",
+    "compute.addresses.delete",
+    "compute.firewalls.delete",
+]
 MODES = ["503", "operation_error"]
 # Operation errors: one create method, then one delete method faulted per case (paired, so that every
 # method is hit without a cluster per method); 429 and 503 on all of them at once (test_create_delete_faults).
@@ -91,11 +105,16 @@ def _sent_twice(calls: list[dict]) -> list[str]:
 def _leftovers(cloud, cluster: str) -> list[str]:
     gce, names = cloud.gce, ClusterNames(cluster)
     left = [f"VM {i.name}" for i in gce.list_instances(gce.list_zones(REGION), labels={LABEL_CLUSTER: cluster})]
-    for kind, name, region in (("address", names.address, REGION), ("target_pool", names.target_pool, REGION),
-                               ("forwarding_rule", names.forwarding_rule, REGION),
-                               ("health_check", names.health_check, None),
-                               *(("firewall", n, None) for n in (names.firewall_etcd_peer, names.firewall_etcd_client,
-                                                                names.firewall_apiserver))):
+    for kind, name, region in (
+        ("address", names.address, REGION),
+        ("target_pool", names.target_pool, REGION),
+        ("forwarding_rule", names.forwarding_rule, REGION),
+        ("health_check", names.health_check, None),
+        *(
+            ("firewall", n, None)
+            for n in (names.firewall_etcd_peer, names.firewall_etcd_client, names.firewall_apiserver)
+        ),
+    ):
         if gce.description_of(kind, name, region) is not None:
             left.append(f"{kind} {name}")
     return left
@@ -108,10 +127,16 @@ def _key_material(home: Path) -> list[str]:
 # Every create (delete) method faulted at once in each case; on one of them, a step of its own (not one
 # of three side by side, which would share the faults), more faults than a run absorbs.
 CREATE_FAULTED = CREATE_METHODS + ["compute.targetPools.addInstance"]
-CREATE_FORCED = {"429": "compute.addresses.insert", "503": "compute.targetPools.insert",
-                 "operation_error": "compute.forwardingRules.insert"}
-DELETE_FORCED = {"429": "compute.forwardingRules.delete", "503": "compute.httpHealthChecks.delete",
-                 "operation_error": "compute.addresses.delete"}
+CREATE_FORCED = {
+    "429": "compute.addresses.insert",
+    "503": "compute.targetPools.insert",
+    "operation_error": "compute.forwardingRules.insert",
+}
+DELETE_FORCED = {
+    "429": "compute.forwardingRules.delete",
+    "503": "compute.httpHealthChecks.delete",
+    "operation_error": "compute.addresses.delete",
+}
 
 
 @pytest.mark.parametrize("mode", list(CREATE_FORCED))
@@ -120,16 +145,27 @@ def test_create_delete_faults(mode, cloud, prefect_api, quick_retries):
     delete-cluster likewise: on one method of each more than a run absorbs, so the run fails and is run
     again with the same change id; the other faults are absorbed by the steps' retries."""
     cluster = f"fm-{uuid.uuid4().hex[:6]}"
-    hit = _faulted(cloud, CREATE_FAULTED, mode, CREATE_FORCED[mode],
-                   lambda cid: create_cluster(cluster=cluster, region=REGION, zones=ZONES, replicas=3, change_id=cid),
-                   f"create-{cluster}")
+    hit = _faulted(
+        cloud,
+        CREATE_FAULTED,
+        mode,
+        CREATE_FORCED[mode],
+        lambda cid: create_cluster(cluster=cluster, region=REGION, zones=ZONES, replicas=3, change_id=cid),
+        f"create-{cluster}",
+    )
     assert hit == set(CREATE_FAULTED), f"{mode} faults never hit: {set(CREATE_FAULTED) - hit}"
     vms = _converged(cloud, cluster, 3)
     assert all(v.status == "RUNNING" for v in vms), vms
     assert _carried_out_twice(cloud.admin.calls()) == []
 
-    hit = _faulted(cloud, DELETE_METHODS, mode, DELETE_FORCED[mode],
-                   lambda cid: delete_cluster(cluster=cluster, change_id=cid), f"delete-{cluster}")
+    hit = _faulted(
+        cloud,
+        DELETE_METHODS,
+        mode,
+        DELETE_FORCED[mode],
+        lambda cid: delete_cluster(cluster=cluster, change_id=cid),
+        f"delete-{cluster}",
+    )
     assert hit == set(DELETE_METHODS), f"{mode} faults never hit: {set(DELETE_METHODS) - hit}"
     assert _leftovers(cloud, cluster) == []
     assert load_cas(cluster) is None
@@ -137,13 +173,18 @@ def test_create_delete_faults(mode, cloud, prefect_api, quick_retries):
     assert _key_material(Path(prefect_api.home)) == []
 
 
-@pytest.mark.parametrize("create_method,delete_method,mode", CASES,
-                         ids=[f"{c.split('.', 1)[1]}+{d.split('.', 1)[1]}-{mode}" for c, d, mode in CASES])
+@pytest.mark.parametrize(
+    "create_method,delete_method,mode",
+    CASES,
+    ids=[f"{c.split('.', 1)[1]}+{d.split('.', 1)[1]}-{mode}" for c, d, mode in CASES],
+)
 def test_create_delete_fault(create_method, delete_method, mode, cloud, prefect_api):
     cluster = f"fm-{uuid.uuid4().hex[:6]}"
     cloud.admin.add_fault(create_method, mode, count=4)
-    _run_until_done(lambda cid: create_cluster(cluster=cluster, region=REGION, zones=ZONES, replicas=3,
-                                               change_id=cid), f"create-{cluster}")
+    _run_until_done(
+        lambda cid: create_cluster(cluster=cluster, region=REGION, zones=ZONES, replicas=3, change_id=cid),
+        f"create-{cluster}",
+    )
     cloud.admin.clear_faults()
     vms = cloud.gce.list_instances(ZONES, labels={LABEL_CLUSTER: cluster})
     assert len(vms) == 3 and all(v.status == "RUNNING" for v in vms), vms
@@ -205,13 +246,19 @@ class QuorumWatcher:
         self.thread.join(10)
 
 
-REPLACE_METHODS = ["compute.targetPools.removeInstance", "compute.instances.delete", "compute.instances.insert",
-                   "compute.instances.setMetadata", "compute.targetPools.addInstance"]
+REPLACE_METHODS = [
+    "compute.targetPools.removeInstance",
+    "compute.instances.delete",
+    "compute.instances.insert",
+    "compute.instances.setMetadata",
+    "compute.targetPools.addInstance",
+]
 REPLACE_CASES = [(m, mode) for m in REPLACE_METHODS for mode in MODES if mode == "operation_error" or "Pools" not in m]
 
 
-@pytest.mark.parametrize("method,mode", REPLACE_CASES,
-                         ids=[f"replace-{m.split('.', 1)[1]}-{mode}" for m, mode in REPLACE_CASES])
+@pytest.mark.parametrize(
+    "method,mode", REPLACE_CASES, ids=[f"replace-{m.split('.', 1)[1]}-{mode}" for m, mode in REPLACE_CASES]
+)
 def test_replace_fault(method, mode, cloud, prefect_api):
     """replace-replica of a killed replica (the health check's remediation) with a fault: quorum is
     never lost (watched throughout from outside), the run converges after a resume, nothing orphaned."""
@@ -223,11 +270,14 @@ def test_replace_fault(method, mode, cloud, prefect_api):
     cloud.admin.clear_calls()
     cloud.admin.add_fault(method, mode, count=4)
     with QuorumWatcher(cluster, survivors) as watcher:
-        _run_until_done(lambda cid: replace_replica(cluster=cluster, replica_name=victim["replica"], change_id=cid),
-                        f"replace-{cluster}")
+        _run_until_done(
+            lambda cid: replace_replica(cluster=cluster, replica_name=victim["replica"], change_id=cid),
+            f"replace-{cluster}",
+        )
     cloud.admin.clear_faults()
-    assert watcher.samples > 5 and watcher.worst < 10.0, \
+    assert watcher.samples > 5 and watcher.worst < 10.0, (
         f"no linearizable read for {watcher.worst:.1f} s ({watcher.errors} of {watcher.samples} samples failed)"
+    )
     vms = cloud.gce.list_instances(ZONES, labels={LABEL_CLUSTER: cluster})
     assert len(vms) == 3 and victim["replica"] not in {v.name for v in vms}
     assert all(v.status == "RUNNING" for v in vms)
@@ -290,8 +340,9 @@ def _ips(cloud, cluster: str, but: str | None = None) -> list[str]:
 
 
 def _quorum_held(watcher: QuorumWatcher) -> None:
-    assert watcher.samples > 3 and watcher.worst < 10.0, \
+    assert watcher.samples > 3 and watcher.worst < 10.0, (
         f"no linearizable read for {watcher.worst:.1f} s ({watcher.errors} of {watcher.samples} samples failed)"
+    )
 
 
 def _watched(cloud, cluster: str, ips: list[str], call) -> None:
@@ -320,14 +371,25 @@ def _faulted(cloud, methods: list[str], mode: str, forced: str, call, change_id:
     return {c["method"] for c in cloud.admin.calls()[start:] if c["outcome"] == f"fault:{mode}"}
 
 
-ADD_LB = ["compute.instances.insert", "compute.instances.setMetadata", "compute.httpHealthChecks.insert",
-          "compute.targetPools.insert", "compute.instances.deleteAccessConfig", "compute.forwardingRules.insert",
-          "compute.instances.addAccessConfig"]  # 1 -> 2, as-needed: the seed's IP move onto a new load balancer
+ADD_LB = [
+    "compute.instances.insert",
+    "compute.instances.setMetadata",
+    "compute.httpHealthChecks.insert",
+    "compute.targetPools.insert",
+    "compute.instances.deleteAccessConfig",
+    "compute.forwardingRules.insert",
+    "compute.instances.addAccessConfig",
+]  # 1 -> 2, as-needed: the seed's IP move onto a new load balancer
 ADD_POOL = ["compute.instances.insert", "compute.instances.setMetadata", "compute.targetPools.addInstance"]
 REMOVE_POOL = ["compute.targetPools.removeInstance", "compute.instances.delete"]
-REMOVE_LB = ["compute.forwardingRules.delete", "compute.instances.deleteAccessConfig",
-             "compute.instances.addAccessConfig", "compute.targetPools.delete", "compute.httpHealthChecks.delete",
-             "compute.instances.delete"]  # 2 -> 1, as-needed: the IP handed back to the last replica
+REMOVE_LB = [
+    "compute.forwardingRules.delete",
+    "compute.instances.deleteAccessConfig",
+    "compute.instances.addAccessConfig",
+    "compute.targetPools.delete",
+    "compute.httpHealthChecks.delete",
+    "compute.instances.delete",
+]  # 2 -> 1, as-needed: the IP handed back to the last replica
 
 
 @pytest.fixture
@@ -352,16 +414,29 @@ def test_add_remove_fault(cloud, prefect_api, quick_retries):
         hit: set[str] = set()
         for n, methods in ((2, ADD_LB), (3, ADD_POOL)):
             with QuorumWatcher(cluster, _ips(cloud, cluster)) as watcher:
-                hit |= _faulted(cloud, methods, mode, methods[(n + i) % len(methods)],
-                                lambda cid: add_replica(cluster=cluster, change_id=cid), f"add{n}-{mode}-{cluster}")
+                hit |= _faulted(
+                    cloud,
+                    methods,
+                    mode,
+                    methods[(n + i) % len(methods)],
+                    lambda cid: add_replica(cluster=cluster, change_id=cid),
+                    f"add{n}-{mode.replace('_', '-')}-{cluster}",
+                )
             _quorum_held(watcher)
             _converged(cloud, cluster, n)
         for n, methods in ((2, REMOVE_POOL), (1, REMOVE_LB)):
             victim = cloud.gce.list_instances(ZONES, labels={LABEL_CLUSTER: cluster})[-1]
             with QuorumWatcher(cluster, _ips(cloud, cluster, but=victim.name)) as watcher:
-                hit |= _faulted(cloud, methods, mode, methods[(n + i) % len(methods)],
-                                lambda cid, v=victim: remove_replica(cluster=cluster, zone=v.zone, replica_name=v.name,
-                                                                     change_id=cid), f"remove{n}-{mode}-{cluster}")
+                hit |= _faulted(
+                    cloud,
+                    methods,
+                    mode,
+                    methods[(n + i) % len(methods)],
+                    lambda cid, v=victim: remove_replica(
+                        cluster=cluster, zone=v.zone, replica_name=v.name, change_id=cid
+                    ),
+                    f"remove{n}-{mode.replace('_', '-')}-{cluster}",
+                )
             _quorum_held(watcher)
             _converged(cloud, cluster, n, pool=n > 1)
         assert hit == every, f"{mode} faults never hit: {every - hit}"
@@ -408,32 +483,69 @@ def test_hung_operations(cloud, prefect_api, quick_retries, monkeypatch):
     monkeypatch.setenv("HAPLANE_LB_WAIT_S", "3")
     cluster = f"fh-{uuid.uuid4().hex[:6]}"
     hung: set[str] = set()
-    _hung_walk(cloud, lambda cid: create_cluster(cluster=cluster, region=REGION, zones=ZONES, replicas=3,
-                                                 change_id=cid), f"create-{cluster}", set(CREATE_METHODS + ADD_POOL), hung)
+    _hung_walk(
+        cloud,
+        lambda cid: create_cluster(cluster=cluster, region=REGION, zones=ZONES, replicas=3, change_id=cid),
+        f"create-{cluster}",
+        set(CREATE_METHODS + ADD_POOL),
+        hung,
+    )
     assert set(CREATE_METHODS) <= hung
     vms = _converged(cloud, cluster, 3)
 
     victim = vms[1]
     cloud.admin.kill_vm(PROJECT, victim.zone, victim.name)
-    _watched(cloud, cluster, _ips(cloud, cluster, but=victim.name), lambda: _hung_walk(
-        cloud, lambda cid: replace_replica(cluster=cluster, replica_name=victim.name, change_id=cid),
-        f"replace-{cluster}", set(REPLACE_METHODS), hung))
+    _watched(
+        cloud,
+        cluster,
+        _ips(cloud, cluster, but=victim.name),
+        lambda: _hung_walk(
+            cloud,
+            lambda cid: replace_replica(cluster=cluster, replica_name=victim.name, change_id=cid),
+            f"replace-{cluster}",
+            set(REPLACE_METHODS),
+            hung,
+        ),
+    )
     vms = _converged(cloud, cluster, 3)
     assert victim.name not in {v.name for v in vms}
 
     victim = vms[-1]
-    _watched(cloud, cluster, _ips(cloud, cluster, but=victim.name), lambda: _hung_walk(
-        cloud, lambda cid: remove_replica(cluster=cluster, zone=victim.zone, replica_name=victim.name, change_id=cid),
-        f"remove-{cluster}", {"compute.instances.delete"}, hung))
+    _watched(
+        cloud,
+        cluster,
+        _ips(cloud, cluster, but=victim.name),
+        lambda: _hung_walk(
+            cloud,
+            lambda cid: remove_replica(cluster=cluster, zone=victim.zone, replica_name=victim.name, change_id=cid),
+            f"remove-{cluster}",
+            {"compute.instances.delete"},
+            hung,
+        ),
+    )
     _converged(cloud, cluster, 2)
-    _watched(cloud, cluster, _ips(cloud, cluster), lambda: _hung_walk(
-        cloud, lambda cid: add_replica(cluster=cluster, change_id=cid), f"add-{cluster}",
-        {"compute.targetPools.addInstance"}, hung))
+    _watched(
+        cloud,
+        cluster,
+        _ips(cloud, cluster),
+        lambda: _hung_walk(
+            cloud,
+            lambda cid: add_replica(cluster=cluster, change_id=cid),
+            f"add-{cluster}",
+            {"compute.targetPools.addInstance"},
+            hung,
+        ),
+    )
     _converged(cloud, cluster, 3)
     assert _carried_out_twice(cloud.admin.calls()) == []
 
-    _hung_walk(cloud, lambda cid: delete_cluster(cluster=cluster, change_id=cid), f"delete-{cluster}",
-               set(DELETE_METHODS), hung)
+    _hung_walk(
+        cloud,
+        lambda cid: delete_cluster(cluster=cluster, change_id=cid),
+        f"delete-{cluster}",
+        set(DELETE_METHODS),
+        hung,
+    )
     every = set(CREATE_METHODS + DELETE_METHODS + ADD_POOL + REMOVE_POOL + REPLACE_METHODS)
     assert hung == every, f"never hung: {every - hung}"
     assert _leftovers(cloud, cluster) == [] and load_cas(cluster) is None and cloud.processes() == []
@@ -454,8 +566,10 @@ class ZoneFailsOn:
 
     def _watch(self) -> None:
         while not self.stop.wait(0.05):
-            if any(f"/zones/{self.zone}/" in c["path"] and c["status"] < REJECTED
-                   for c in self.cloud.admin.calls(self.method)[self.seen:]):
+            if any(
+                f"/zones/{self.zone}/" in c["path"] and c["status"] < REJECTED
+                for c in self.cloud.admin.calls(self.method)[self.seen :]
+            ):
                 self.cloud.admin.fail_zone(self.zone, mode="kill")
                 self.failed_at = len(self.cloud.admin.calls())
                 return
@@ -486,7 +600,7 @@ def _zone_fails_during(cloud, zone: str, call, change_id: str) -> None:
         with pytest.raises(Exception) as stopped:  # noqa: PT011 - any clean stop; the message is checked below
             call(change_id)
     assert outage.failed_at is not None, "the zone never failed"
-    after = _mutating(cloud.admin.calls()[outage.failed_at:])
+    after = _mutating(cloud.admin.calls()[outage.failed_at :])
     assert not [c for c in after if c["method"].endswith(DESTRUCTIVE) and c["status"] < REJECTED], after
     # named: the zone, what could not be read, or etcd's own refusal to change membership while a member
     # (the one in the failed zone) is down
@@ -501,20 +615,38 @@ def test_zone_fails_mid_change(cloud, prefect_api, quick_retries):
     """A zone fails in the middle of create-cluster (3), add-replica and replace-replica: each run stops,
     destroys nothing once the zone is out of sight, and the same change converges after the zone returns."""
     cluster = f"fz-{uuid.uuid4().hex[:6]}"
-    _zone_fails_during(cloud, ZONES[2], lambda cid: create_cluster(cluster=cluster, region=REGION, zones=ZONES,
-                                                                   replicas=3, change_id=cid), f"create-{cluster}")
+    _zone_fails_during(
+        cloud,
+        ZONES[2],
+        lambda cid: create_cluster(cluster=cluster, region=REGION, zones=ZONES, replicas=3, change_id=cid),
+        f"create-{cluster}",
+    )
     vms = _converged(cloud, cluster, 3)
 
     others = [v.internal_ip for v in vms if v.zone != ZONES[2]]
-    _watched(cloud, cluster, others, lambda: _zone_fails_during(
-        cloud, ZONES[2], lambda cid: add_replica(cluster=cluster, zone=ZONES[2], change_id=cid), f"add-{cluster}"))
+    _watched(
+        cloud,
+        cluster,
+        others,
+        lambda: _zone_fails_during(
+            cloud, ZONES[2], lambda cid: add_replica(cluster=cluster, zone=ZONES[2], change_id=cid), f"add-{cluster}"
+        ),
+    )
     vms = _converged(cloud, cluster, 4)
 
     victim = next(v for v in vms if v.zone == ZONES[0])
     cloud.admin.kill_vm(PROJECT, victim.zone, victim.name)
-    _watched(cloud, cluster, [v.internal_ip for v in vms if v.zone != ZONES[0]], lambda: _zone_fails_during(
-        cloud, ZONES[0], lambda cid: replace_replica(cluster=cluster, replica_name=victim.name, change_id=cid),
-        f"replace-{cluster}"))
+    _watched(
+        cloud,
+        cluster,
+        [v.internal_ip for v in vms if v.zone != ZONES[0]],
+        lambda: _zone_fails_during(
+            cloud,
+            ZONES[0],
+            lambda cid: replace_replica(cluster=cluster, replica_name=victim.name, change_id=cid),
+            f"replace-{cluster}",
+        ),
+    )
     vms = _converged(cloud, cluster, 4)
     assert victim.name not in {v.name for v in vms}
     assert _carried_out_twice(cloud.admin.calls()) == []
@@ -531,17 +663,21 @@ def test_operator_certificate_expired(cloud, prefect_api):
     same flows work."""
     import datetime as dt
 
-    from blocks.pki import ClusterPKI, block_name
+    from blocks.pki import block_name
     from flows.health_check import health_check
     from haplane.pki import issue_operator
+    from tasks.keys import save_pki
 
     cluster = f"fc-{uuid.uuid4().hex[:6]}"
     vms = {r["replica"]: r for r in create_cluster(cluster=cluster, region=REGION, zones=ZONES, replicas=3)}
-    real = ClusterPKI.load(block_name(cluster))
-    expired = issue_operator(real.to_cas().etcd_ca, days=1, now=dt.datetime.now(dt.UTC) - dt.timedelta(days=3))
+    real = load_cas(cluster).operator
+    expired = issue_operator(load_cas(cluster).etcd_ca, days=1, now=dt.datetime.now(dt.UTC) - dt.timedelta(days=3))
     assert expired.certificate.not_valid_after_utc < dt.datetime.now(dt.UTC)
-    real.model_copy(update={"operator_cert": expired.cert_pem, "operator_key": expired.key_pem}).save(
-        block_name(cluster), overwrite=True)
+    save_pki(
+        cluster,
+        SecretStore.for_gce(cloud.gce),
+        lambda block, keys: ({"operator_cert": expired.cert_pem}, {"operator": expired.key_pem}),
+    )
     dead = next(r for r in vms.values() if r["zone"] == ZONES[1])
     cloud.admin.kill_vm(PROJECT, dead["zone"], dead["replica"])  # a real failure, to tempt the health check
     other = next(r for r in vms.values() if r["zone"] == ZONES[2])
@@ -564,9 +700,105 @@ def test_operator_certificate_expired(cloud, prefect_api):
     assert len(cloud.gce.list_instances(ZONES, labels={LABEL_CLUSTER: cluster})) == 3
     assert load_cas(cluster) is not None
 
-    real.save(block_name(cluster), overwrite=True)  # a valid certificate again: the dead replica is replaced
+    save_pki(
+        cluster,
+        SecretStore.for_gce(cloud.gce),  # a valid certificate again: the dead replica is replaced
+        lambda block, keys: ({"operator_cert": real.cert_pem}, {"operator": real.key_pem}),
+    )
     replace_replica(cluster=cluster, replica_name=dead["replica"])
     _converged(cloud, cluster, 3)
+    delete_cluster(cluster=cluster)
+    assert _leftovers(cloud, cluster) == [] and cloud.processes() == []
+    assert _key_material(Path(prefect_api.home)) == []
+
+
+def test_look_alike_vm_with_the_planned_name(cloud, prefect_api):
+    """Someone makes a VM under the name create-cluster planned for a replica (names follow from the change
+    id, and the plan is published before the step runs) before the step runs: the create step refuses it,
+    naming the VM; no certificate is issued to it and no key granted (Secret Manager holds nothing of the
+    cluster, the VM's metadata is as it was made). Once that VM is gone, the same change converges, and
+    delete-cluster leaves nothing behind."""
+    from haplane.secretstore import SecretStore
+    from haplane.topology import replica_name
+
+    cluster = f"fl-{uuid.uuid4().hex[:6]}"
+    change_id = f"create-{cluster}"
+    planned = replica_name(cluster, change_id, 0)
+    gce, zone = cloud.gce, ZONES[0]
+    # without the cluster's label: create-cluster's check of the name (anything labelled for the cluster
+    # without a spec is refused up front) does not see it, the create step itself must
+    gce.wait(
+        gce.insert_instance(
+            zone,
+            planned,
+            machine_type="e2-small",
+            labels={"made-by": "mallory"},
+            metadata={"owner": "mallory"},
+            tags=[],
+            external_ip=False,
+            rid=str(uuid.uuid4()),
+            service_account=f"mallory@{PROJECT}.iam.gserviceaccount.com",
+        )
+    )
+    cloud.admin.clear_calls()
+    with pytest.raises(
+        Exception,
+        match=f"VM {planned} in {zone} has the name this change planned for a replica "
+        f"of cluster '{cluster}', but this change did not create it",
+    ) as refused:
+        create_cluster(cluster=cluster, region=REGION, zones=[zone], replicas=1, change_id=change_id)
+    assert "not adopted: no certificate issued, no key granted" in str(refused.value)
+    touched = [c for c in _mutating(cloud.admin.calls()) if planned in c.get("path", "")]
+    assert touched == [], f"the look-alike was changed: {touched}"
+    vm = gce.get_instance(zone, planned)
+    assert vm.metadata == {"owner": "mallory"} and vm.labels == {"made-by": "mallory"}
+    assert SecretStore.for_gce(gce).list(cluster) == [], "a key of the cluster reached Secret Manager"
+
+    gce.wait(gce.delete_instance(zone, planned, rid=str(uuid.uuid4())))  # the person removes it
+    create_cluster(cluster=cluster, region=REGION, zones=[zone], replicas=1, change_id=change_id)
+    _converged(cloud, cluster, 1)
+    assert _carried_out_twice(cloud.admin.calls()) == []
+    delete_cluster(cluster=cluster)
+    assert _leftovers(cloud, cluster) == [] and cloud.processes() == []
+    assert SecretStore.for_gce(gce).list(cluster) == []
+    assert _key_material(Path(prefect_api.home)) == []
+
+
+def test_two_zones_out(cloud, prefect_api, monkeypatch):
+    """Two of the three zones of a 3-replica cluster fail (their APIs answer 503, their VMs' processes die).
+    The health check, past any grace period, reports the members there as unknown (not "VM not running",
+    not "quorum lost", not absent) and acts on nothing: no mutating call. When the zones return (their VMs
+    boot again with their disks), the cluster is whole again: nothing was lost, and delete leaves nothing."""
+    from flows.health_check import health_check
+    from tasks.cluster import load_spec
+
+    monkeypatch.setenv("HAPLANE_GCE_READ_RETRY_S", "1")  # a zone that does not answer is seen as such at once
+    cluster = f"f2z-{uuid.uuid4().hex[:6]}"
+    create_cluster(cluster=cluster, region=REGION, zones=ZONES, replicas=3)
+    out = ZONES[1:]
+    for zone in out:
+        cloud.admin.fail_zone(zone, mode="kill")
+    cloud.admin.clear_calls()
+    for _ in range(2):  # the first check records the outages, the second is past the grace period
+        state = health_check(cluster=cluster, zone_grace_s=0, backoff_s=0, return_state=True)
+        assert state.is_completed(), state.message
+        result = state.result()
+        assert result["action"] == "unknown", result
+        assert "nothing is moved, replaced or deleted" in result["reason"], result
+    assert sorted(load_spec(cluster).zones_out) == out
+    assert _mutating(cloud.admin.calls()) == [], _mutating(cloud.admin.calls())
+
+    for zone in out:
+        _zone_returns(cloud, zone)
+    deadline = time.monotonic() + 120
+    while True:  # the returned members rejoin their quorum; the check then finds the cluster healthy
+        result = health_check(cluster=cluster, zone_grace_s=0, backoff_s=0, return_state=True).result()
+        if result["action"] == "nothing" or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert result["action"] == "nothing", result
+    _converged(cloud, cluster, 3)
+    assert load_spec(cluster).zones_out == {}
     delete_cluster(cluster=cluster)
     assert _leftovers(cloud, cluster) == [] and cloud.processes() == []
     assert _key_material(Path(prefect_api.home)) == []

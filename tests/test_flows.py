@@ -32,7 +32,6 @@ from tests.fixtures.cluster import api_through
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
 
-
 def _name(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:5]}"
 
@@ -46,8 +45,7 @@ class Canary:
     def _client(self) -> EtcdClient:
         cas = load_cas(self.cluster)
         vms = self.cloud.gce.list_instances(ZONES, labels={LABEL_CLUSTER: self.cluster})
-        return EtcdClient([client_url(v.internal_ip) for v in vms if v.status == "RUNNING"],
-                          tls=EtcdTLS.from_cas(cas))
+        return EtcdClient([client_url(v.internal_ip) for v in vms if v.status == "RUNNING"], tls=EtcdTLS.from_cas(cas))
 
     def write(self, label: str) -> None:
         key, value = f"/canary/{label}", uuid.uuid4().hex
@@ -92,8 +90,11 @@ def _ran_steps(prefect_api, state, snapshot_first: bool = False) -> list[str]:
     """The steps a flow run executed, in order: its task runs, less observations, reports and waits
     (each plan step leaves one task run named by its step id). ``snapshot_first``: a membership change
     took its snapshot before its first step (checked, then left out)."""
-    body = {"flow_runs": {"id": {"any_": [str(state.state_details.flow_run_id)]}}, "sort": "EXPECTED_START_TIME_ASC",
-            "limit": 200}
+    body = {
+        "flow_runs": {"id": {"any_": [str(state.state_details.flow_run_id)]}},
+        "sort": "EXPECTED_START_TIME_ASC",
+        "limit": 200,
+    }
     runs = httpx.post(f"{prefect_api.url}/task_runs/filter", json=body, timeout=30).json()
     names = [r["name"] for r in runs if not r["name"].startswith(NOT_STEPS)]
     if snapshot_first:
@@ -116,8 +117,9 @@ def _as_planned(prefect_api, flow, **params):
 @pytest.mark.long  # ~30 s; .ci/run runs it with the long suites (README suite under 10 min)
 def test_seed_way_create_one_then_add_two_then_shrink_back(cloud, prefect_api):
     cluster = _name("seed")
-    rows = _as_planned(prefect_api, create_cluster, cluster=cluster, region=REGION, zones=ZONES, replicas=1,
-                       load_balancer="as-needed")
+    rows = _as_planned(
+        prefect_api, create_cluster, cluster=cluster, region=REGION, zones=ZONES, replicas=1, load_balancer="as-needed"
+    )
     assert len(rows) == 1 and rows[0]["role"] == "leader" and rows[0]["health"] == "healthy"
     endpoint = _endpoint_ok(cluster, rows)
     # one replica: it carries the static endpoint IP itself, no load balancer
@@ -198,8 +200,11 @@ def test_create_three_at_once_and_replace_a_killed_replica(shared_cloud, prefect
     plan = _artifacts(prefect_api, cluster)[f"{cluster}-plan"]
     assert "replace-replica" in plan["data"], plan["data"]
     assert "(`remove/" in plan["data"] and "(`add/" in plan["data"], plan["data"]
-    of_run = httpx.post(f"{prefect_api.url}/artifacts/filter", timeout=10, json={"artifacts": {
-        "key": {"any_": [f"{cluster}-plan"]}, "flow_run_id": {"any_": [plan["flow_run_id"]]}}}).json()
+    of_run = httpx.post(
+        f"{prefect_api.url}/artifacts/filter",
+        timeout=10,
+        json={"artifacts": {"key": {"any_": [f"{cluster}-plan"]}, "flow_run_id": {"any_": [plan["flow_run_id"]]}}},
+    ).json()
     assert len(of_run) == 1
     delete_cluster(cluster=cluster)
     assert cloud.processes(cluster) == []
@@ -211,8 +216,10 @@ def _unknown_is_not_absent(cloud, cluster: str) -> None:
     or the PKI block sees the membership as unknown, not empty, and no removal is planned on it."""
     cas = load_cas(cluster)
     foreign = EtcdTLS.from_cas(create_cluster_cas("someone-else"))
-    views = [observe(cloud.gce, cluster, REGION, foreign, cas.ca.cert_pem),
-             observe(cloud.gce, cluster, REGION, None, None, pki_problem=f"the PKI block {cluster}-pki could not be read")]
+    views = [
+        observe(cloud.gce, cluster, REGION, foreign, cas.ca.cert_pem),
+        observe(cloud.gce, cluster, REGION, None, None, pki_problem=f"the PKI block {cluster}-pki could not be read"),
+    ]
     for state in views:
         assert len(state.vms) == 3 and state.membership_unknown is not None
         assert all(r.etcd_unknown is not None and not r.etcd_ok for r in state.replicas)

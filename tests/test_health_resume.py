@@ -18,7 +18,6 @@ from tests.fixtures.cluster import PROJECT
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
 
-
 def _a_worker_that_cannot_see_etcd_replaces_nothing(cloud, prefect_api, cluster: str) -> None:
     """With credentials etcd and the API servers refuse (as an expired or wrong certificate is), the
     check sees the membership as unknown, not empty: it replaces nothing, says what it could not
@@ -36,8 +35,11 @@ def _a_worker_that_cannot_see_etcd_replaces_nothing(cloud, prefect_api, cluster:
     assert cloud.mutating_calls() == []
     deadline = time.monotonic() + 30
     while True:
-        events = httpx.post(f"{prefect_api.url}/events/filter", timeout=10, json={
-            "filter": {"event": {"prefix": ["haplane.cluster.unknown"]}}, "limit": 10}).json()["events"]
+        events = httpx.post(
+            f"{prefect_api.url}/events/filter",
+            timeout=10,
+            json={"filter": {"event": {"prefix": ["haplane.cluster.unknown"]}}, "limit": 10},
+        ).json()["events"]
         if events or time.monotonic() > deadline:
             break
         time.sleep(1)
@@ -53,7 +55,9 @@ def test_health_check_resumes_a_replacement_whose_add_failed(cloud, prefect_api)
     _a_worker_that_cannot_see_etcd_replaces_nothing(cloud, prefect_api, cluster)
 
     # the new replica's VM cannot be created: the replacement removes the dead one, then fails
-    cloud.admin.add_fault("compute.instances.insert", "operation_error", count=3, error_code="ZONE_RESOURCE_POOL_EXHAUSTED")
+    cloud.admin.add_fault(
+        "compute.instances.insert", "operation_error", count=3, error_code="ZONE_RESOURCE_POOL_EXHAUSTED"
+    )
     first = health_check(cluster=cluster, backoff_s=0, return_state=True)
     assert first.is_failed(), first.message
     vms = cloud.gce.list_instances(ZONES, labels={LABEL_CLUSTER: cluster})

@@ -38,8 +38,11 @@ CONNECT = "import socket, sys; socket.create_connection((sys.argv[1], int(sys.ar
 
 def connects_from(namespace: str, ip: str, port: int, timeout: float = 3.0) -> bool:
     """Whether a TCP connection from inside ``namespace`` to ``ip:port`` is accepted."""
-    done = subprocess.run(["ip", "netns", "exec", namespace, sys.executable, "-c", CONNECT, ip, str(port),
-                           str(timeout)], capture_output=True, timeout=timeout + 30)
+    done = subprocess.run(
+        ["ip", "netns", "exec", namespace, sys.executable, "-c", CONNECT, ip, str(port), str(timeout)],
+        capture_output=True,
+        timeout=timeout + 30,
+    )
     return done.returncode == 0
 
 
@@ -53,11 +56,16 @@ def connects(ip: str, port: int, timeout: float = 3.0) -> bool:
         return False
 
 
-
 def _host_state(prefix: str, net: str) -> str:
-    out = [subprocess.run(argv, capture_output=True, text=True).stdout
-           for argv in (["ip", "netns", "list"], ["ip", "-o", "link", "show"], ["ip", "route", "show"],
-                        ["nft", "list", "tables"])]
+    out = [
+        subprocess.run(argv, capture_output=True, text=True).stdout
+        for argv in (
+            ["ip", "netns", "list"],
+            ["ip", "-o", "link", "show"],
+            ["ip", "route", "show"],
+            ["nft", "list", "tables"],
+        )
+    ]
     return "\n".join(line for text in out for line in text.splitlines() if prefix in line or net in line)
 
 
@@ -71,11 +79,17 @@ def test_the_emulator_removes_every_namespace_link_route_and_table_it_made(tmp_p
         emulator.start()
         options, creds = {"api_endpoint": emulator.url}, AnonymousCredentials()
         instances = compute_v1.InstancesClient(client_options=options, credentials=creds)
-        clients = type("C", (), {"zone_operations": compute_v1.ZoneOperationsClient(
-            client_options=options, credentials=creds)})()
+        clients = type(
+            "C", (), {"zone_operations": compute_v1.ZoneOperationsClient(client_options=options, credentials=creds)}
+        )()
         for i, zone in enumerate(ZONES[:2]):
-            body = compute_v1.Instance(name=f"bare-{i}", machine_type="e2-small", network_interfaces=[
-                compute_v1.NetworkInterface(access_configs=[compute_v1.AccessConfig(name="External NAT")])])
+            body = compute_v1.Instance(
+                name=f"bare-{i}",
+                machine_type="e2-small",
+                network_interfaces=[
+                    compute_v1.NetworkInterface(access_configs=[compute_v1.AccessConfig(name="External NAT")])
+                ],
+            )
             wait_op(clients, instances.insert_unary(project=PROJECT, zone=zone, instance_resource=body))
         ip = instances.get(project=PROJECT, zone=ZONES[0], instance="bare-0").network_interfaces[0].network_i_p
         assert ip.startswith(net), f"{ip} is not on the namespaced network {netns.net}"
@@ -111,9 +125,17 @@ def test_firewall_partition_and_no_stale_voter_after_restore(ns_cloud):
     # Firewall changes apply when their operation is DONE: a rule admitting the outside client
     # opens 2379 to it, deleting the rule closes it again.
     gce = cloud.gce
-    gce.wait(gce.insert_firewall("let-outside-in", ports=[str(ETCD_CLIENT_PORT)],
-                                 source_ranges=[f"{netns.outside_ip}/32"], source_tags=[],
-                                 target_tags=[f"{cluster}-master"], description="test", rid=str(uuid.uuid4())))
+    gce.wait(
+        gce.insert_firewall(
+            "let-outside-in",
+            ports=[str(ETCD_CLIENT_PORT)],
+            source_ranges=[f"{netns.outside_ip}/32"],
+            source_tags=[],
+            target_tags=[f"{cluster}-master"],
+            description="test",
+            rid=str(uuid.uuid4()),
+        )
+    )
     assert connects_from(netns.outside, target, ETCD_CLIENT_PORT)
     gce.wait(gce.delete_firewall("let-outside-in", rid=str(uuid.uuid4())))
     assert not connects_from(netns.outside, target, ETCD_CLIENT_PORT)
@@ -147,11 +169,17 @@ def test_firewall_partition_and_no_stale_voter_after_restore(ns_cloud):
     stale_log = cloud.state_dir / "vms" / PROJECT / victim["zone"] / victim["replica"] / "logs" / "etcd.log"
 
     cloud.admin.restore_zone(victim["zone"])
-    eventually(lambda: connects_from(cut_ns, others[0]["internal IP"], ETCD_PEER_PORT), 30,
-               "the restored zone reaches the others again")
+    eventually(
+        lambda: connects_from(cut_ns, others[0]["internal IP"], ETCD_PEER_PORT),
+        30,
+        "the restored zone reaches the others again",
+    )
     # The stale member learns it was removed; it never comes back as a voter (or at all).
-    eventually(lambda: "removed" in stale_log.read_text(errors="replace"), 60,
-               "the stale etcd member notices it was removed from the cluster")
+    eventually(
+        lambda: "removed" in stale_log.read_text(errors="replace"),
+        60,
+        "the stale etcd member notices it was removed from the cluster",
+    )
     deadline = time.monotonic() + 10
     with EtcdClient([client_url(r["internal IP"]) for r in others], tls=tls) as etcd:
         while time.monotonic() < deadline:
@@ -165,9 +193,13 @@ def test_firewall_partition_and_no_stale_voter_after_restore(ns_cloud):
 def test_cli_network_namespaces_serves_and_cleans_up_on_sigterm(tmp_path):
     from tests.test_emulator_cli import RUN
 
-    proc = subprocess.Popen([sys.executable, "-c", RUN, "emulator", "--port", "0", "--network", "namespaces",
-                             "--state-dir", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", RUN, "emulator", "--port", "0", "--network", "namespaces", "--state-dir", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         network = proc.stderr.readline()
         m = re.match(r"haplane emulator network: namespaces (hp[0-9a-f]+)-\*, VMs in (10\.\d+)\.0\.0/16", network)

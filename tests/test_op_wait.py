@@ -12,8 +12,7 @@ import pytest
 
 from haplane.emulator.admin import EmulatorAdmin
 from haplane.gce import Gce, GceTimeout, request_id
-
-PROJECT = "haplane-test"
+from haplane.testing import PROJECT
 
 
 def test_a_hung_operation_times_out_within_the_bound_and_is_waited_on_again(bare_emulator):
@@ -37,11 +36,17 @@ def test_a_wait_in_a_zone_that_does_not_answer_says_so(bare_emulator):
     gce = Gce(PROJECT, bare_emulator.url)
     with EmulatorAdmin(bare_emulator.url) as admin:
         admin.add_fault("compute.instances.insert", "hang")
-        op = gce.insert_instance("europe-west1-b", "vm-1", machine_type="e2-small", labels={}, metadata={}, tags=[],
-                                 external_ip=False, rid=request_id("vm"))
+        op = gce.insert_instance(
+            "europe-west1-b",
+            "vm-1",
+            machine_type="e2-small",
+            labels={},
+            metadata={},
+            tags=[],
+            external_ip=False,
+            rid=request_id("vm"),
+        )
         admin.fail_zone("europe-west1-b", mode="kill")
         with pytest.raises(GceTimeout) as timed_out:
             gce.wait(op, timeout=2)
         assert "could not be read" in str(timed_out.value) and "europe-west1-b" in str(timed_out.value)
-
-

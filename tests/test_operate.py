@@ -21,6 +21,7 @@ import pytest
 
 from haplane.testing import REGION, ZONES
 from tests.fixtures.cluster import PROJECT
+from tests.fixtures.prefect import auth_headers
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -33,16 +34,18 @@ CLUSTER = f"ops-{uuid.uuid4().hex[:4]}"
 
 def start_deployment(api: str, name: str, parameters: dict, idempotency_key: str) -> dict:
     """Start deployment ``flow/deployment`` with parameters over the Prefect REST API (README, "Operate")."""
-    with httpx.Client(base_url=api, timeout=30) as http:
+    with httpx.Client(base_url=api, timeout=30, headers=auth_headers()) as http:
         deployment = http.get(f"/deployments/name/{name}").raise_for_status().json()
         # a 503 (the server's database busy) is retried, as Prefect's own client does; the idempotency
         # key makes a retry of a request that did create the run return that run
         for attempt in range(6):
-            run = http.post(f"/deployments/{deployment['id']}/create_flow_run",
-                            json={"parameters": parameters, "idempotency_key": idempotency_key})
+            run = http.post(
+                f"/deployments/{deployment['id']}/create_flow_run",
+                json={"parameters": parameters, "idempotency_key": idempotency_key},
+            )
             if run.status_code != 503:
                 break
-            time.sleep(2 ** attempt)
+            time.sleep(2**attempt)
         run.raise_for_status()
         return run.json()
 
@@ -50,7 +53,7 @@ def start_deployment(api: str, name: str, parameters: dict, idempotency_key: str
 def wait_run(api: str, run_id: str, timeout: float = 240) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        run = httpx.get(f"{api}/flow_runs/{run_id}", timeout=10).json()
+        run = httpx.get(f"{api}/flow_runs/{run_id}", timeout=10, headers=auth_headers()).json()
         if run["state_type"] in FINAL:
             return run
         time.sleep(1)
@@ -59,17 +62,23 @@ def wait_run(api: str, run_id: str, timeout: float = 240) -> dict:
 
 def artifacts(api: str, **flt) -> list[dict]:
     body = {"artifacts": flt, "sort": "CREATED_DESC"}
-    return httpx.post(f"{api}/artifacts/filter", json=body, timeout=10).raise_for_status().json()
+    return (
+        httpx.post(f"{api}/artifacts/filter", json=body, timeout=10, headers=auth_headers()).raise_for_status().json()
+    )
 
 
 def flow_runs(api: str, flow: str, **flt) -> list[dict]:
     body = {"flows": {"name": {"any_": [flow]}}, "flow_runs": flt, "sort": "EXPECTED_START_TIME_DESC"}
-    return httpx.post(f"{api}/flow_runs/filter", json=body, timeout=10).raise_for_status().json()
+    return (
+        httpx.post(f"{api}/flow_runs/filter", json=body, timeout=10, headers=auth_headers()).raise_for_status().json()
+    )
 
 
 def run_log(api: str, run_id: str) -> str:
     body = {"logs": {"flow_run_id": {"any_": [run_id]}}, "sort": "TIMESTAMP_ASC"}
-    return "\n".join(r["message"] for r in httpx.post(f"{api}/logs/filter", json=body, timeout=10).json())
+    return "\n".join(
+        r["message"] for r in httpx.post(f"{api}/logs/filter", json=body, timeout=10, headers=auth_headers()).json()
+    )
 
 
 # ------------------------------------------------------------------ in-process checks (no worker)
@@ -91,16 +100,32 @@ def test_health_check_skips_while_another_check_of_the_cluster_runs(ops_cloud):
 
 def test_workspace_has_pool_deployments_blocks_and_automation(prefect_api, workspace):
     api = prefect_api.url
-    pool = httpx.get(f"{api}/work_pools/haplane", timeout=10).json()
+    pool = httpx.get(f"{api}/work_pools/haplane", timeout=10, headers=auth_headers()).json()
     assert pool["type"] == "process"
-    names = {d["name"] for d in httpx.post(f"{api}/deployments/filter", json={}, timeout=10).json()}
-    assert {"create-cluster", "add-replica", "remove-replica", "replace-replica", "set-load-balancer", "delete-cluster",
-            "rotate-certificates", "health-check", "snapshot-cluster", "restore-cluster"} <= names
-    types = {b["slug"] for b in httpx.post(f"{api}/block_types/filter", json={}, timeout=10).json()}
+    names = {
+        d["name"] for d in httpx.post(f"{api}/deployments/filter", json={}, timeout=10, headers=auth_headers()).json()
+    }
+    assert {
+        "create-cluster",
+        "add-replica",
+        "remove-replica",
+        "replace-replica",
+        "set-load-balancer",
+        "delete-cluster",
+        "rotate-certificates",
+        "health-check",
+        "snapshot-cluster",
+        "restore-cluster",
+    } <= names
+    types = {
+        b["slug"] for b in httpx.post(f"{api}/block_types/filter", json={}, timeout=10, headers=auth_headers()).json()
+    }
     assert {"haplane-gce-connection", "haplane-cluster-spec", "haplane-cluster-pki"} <= types
-    autos = httpx.post(f"{api}/automations/filter", json={}, timeout=10).json()
+    autos = httpx.post(f"{api}/automations/filter", json={}, timeout=10, headers=auth_headers()).json()
     assert "haplane-health-check-on-request" in {a["name"] for a in autos}
-    schema = httpx.get(f"{api}/deployments/name/create-cluster/create-cluster", timeout=10).json()
+    schema = httpx.get(
+        f"{api}/deployments/name/create-cluster/create-cluster", timeout=10, headers=auth_headers()
+    ).json()
     assert schema["enforce_parameter_schema"] is True
     props = schema["parameter_openapi_schema"]["properties"]
     assert "description" in props["cluster"] and "pattern" in str(props["cluster"])
@@ -109,9 +134,15 @@ def test_workspace_has_pool_deployments_blocks_and_automation(prefect_api, works
     assert modes["enum"] == ["always", "as-needed"] and props["load_balancer"]["default"] == "always"
 
 
-@pytest.mark.parametrize(("bad", "words"), [({"replicas": 2}, "replicas"), ({"cluster": "Bad_Name"}, "cluster"),
-                                            ({"zones": ["nowhere"]}, "zones"),
-                                            ({"load_balancer": "sometimes"}, "load_balancer")])
+@pytest.mark.parametrize(
+    ("bad", "words"),
+    [
+        ({"replicas": 2}, "replicas"),
+        ({"cluster": "Bad_Name"}, "cluster"),
+        ({"zones": ["nowhere"]}, "zones"),
+        ({"load_balancer": "sometimes"}, "load_balancer"),
+    ],
+)
 def test_bad_parameters_are_refused_before_a_run_starts(prefect_api, workspace, bad, words):
     params = {"cluster": "ok", "region": REGION, "zones": ZONES, "replicas": 3} | bad
     with pytest.raises(httpx.HTTPStatusError) as refused:
@@ -139,10 +170,11 @@ def test_create_cluster_over_the_api_with_an_idempotency_key(prefect_api, prefec
 def health_schedules_paused_after(prefect_api):
     """Leave no health-check schedule running for the modules after this one."""
     yield
-    with httpx.Client(base_url=prefect_api.url, timeout=10) as http:
-        deployment = http.get("/deployments/name/health-check/health-check").json()
-        for s in http.get(f"/deployments/{deployment['id']}/schedules").json():
-            http.patch(f"/deployments/{deployment['id']}/schedules/{s['id']}", json={"active": False})
+    # the shared one and each cluster's own
+    with httpx.Client(base_url=prefect_api.url, timeout=10, headers=auth_headers()) as http:
+        for deployment in http.post("/deployments/filter", json={"flows": {"name": {"any_": ["health-check"]}}}).json():
+            for s in http.get(f"/deployments/{deployment['id']}/schedules").json():
+                http.patch(f"/deployments/{deployment['id']}/schedules/{s['id']}", json={"active": False})
 
 
 @pytest.mark.usefixtures("health_schedules_paused_after")
@@ -155,8 +187,20 @@ def test_scheduled_health_check_replaces_a_killed_replica(prefect_api, prefect_w
 
     # The documented command, run again (idempotent), now with the cluster and a short interval.
     env = prefect_api.env() | {"HAPLANE_GCE_ENDPOINT": ops_cloud.emulator.url, "HAPLANE_PROJECT": PROJECT}
-    out = subprocess.run([str(Path(sys.executable).parent / "haplane"), "setup-workspace", "--cluster", CLUSTER,
-                          "--health-interval", "10"], env=env, capture_output=True, text=True, timeout=180)
+    out = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "haplane"),
+            "setup-workspace",
+            "--cluster",
+            CLUSTER,
+            "--health-interval",
+            "10",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "exists" in out.stdout and f"health check of {CLUSTER!r} every 10 s" in out.stdout
 
@@ -170,10 +214,10 @@ def test_scheduled_health_check_replaces_a_killed_replica(prefect_api, prefect_w
         time.sleep(2)
     assert replaced is not None, "the scheduled health check did not replace the killed replica"
     assert f"replica:{victim.name}" in replaced["tags"]
-    parent = httpx.get(f"{api}/task_runs/{replaced['parent_task_run_id']}", timeout=10).json()
-    check = httpx.get(f"{api}/flow_runs/{parent['flow_run_id']}", timeout=10).json()
+    parent = httpx.get(f"{api}/task_runs/{replaced['parent_task_run_id']}", timeout=10, headers=auth_headers()).json()
+    check = httpx.get(f"{api}/flow_runs/{parent['flow_run_id']}", timeout=10, headers=auth_headers()).json()
     assert check["deployment_id"] and check["parameters"]["cluster"] == CLUSTER
-    wait_run(api, check["id"])
+    check = wait_run(api, check["id"])  # the finished run: its end_time is what the next check follows
 
     # the replica table now shows the new replica, healthy, in the killed one's zone
     table = artifacts(api, key={"any_": [f"{CLUSTER}-replicas"]})[0]
@@ -186,8 +230,12 @@ def test_scheduled_health_check_replaces_a_killed_replica(prefect_api, prefect_w
     wanted = {("haplane.replica.unhealthy", rid), ("haplane.replica.replaced", rid)}
     deadline = time.monotonic() + 30
     while True:
-        events = httpx.post(f"{api}/events/filter", json={"filter": {"event": {"prefix": ["haplane."]}},
-                                                          "limit": 50}, timeout=10).json()["events"]
+        events = httpx.post(
+            f"{api}/events/filter",
+            json={"filter": {"event": {"prefix": ["haplane."]}}, "limit": 50},
+            timeout=10,
+            headers=auth_headers(),
+        ).json()["events"]
         seen = {(e["event"], e["resource"]["prefect.resource.id"]) for e in events}
         if wanted <= seen or time.monotonic() > deadline:
             break

@@ -40,8 +40,11 @@ def _health_schedule(cluster: str, create: bool = False) -> bool:
             deployment = client.read_deployment_by_name(HEALTH_DEPLOYMENT)
         if create:
             client.create_deployment_schedules(
-                deployment.id, [(IntervalSchedule(interval=dt.timedelta(hours=1)), False)],
-                parameters={"cluster": cluster}, slug=f"health-{cluster}")
+                deployment.id,
+                [(IntervalSchedule(interval=dt.timedelta(hours=1)), False)],
+                parameters={"cluster": cluster},
+                slug=f"health-{cluster}",
+            )
         return any(s.slug == f"health-{cluster}" for s in client.read_deployment_schedules(deployment.id))
 
 
@@ -67,22 +70,36 @@ def test_names_are_owned_and_delete_cleans_up(cloud):
     assert (where.region, where.project) == (REGION, PROJECT) and len(where.uid) == 12
 
     # the same name in another region: refused, the spec is not overwritten
-    refused(lambda: create_cluster(cluster=cluster, region="us-central1", zones=["us-central1-a"]),
-            f"cluster '{cluster}' already exists in region 'europe-west1'")
+    refused(
+        lambda: create_cluster(cluster=cluster, region="us-central1", zones=["us-central1-a"]),
+        f"cluster '{cluster}' already exists in region 'europe-west1'",
+    )
     assert spec_where(cluster).region == REGION
 
     # a name whose resources exist in GCE without a spec here (another workspace's cluster)
     other = f"own-{uuid.uuid4().hex[:5]}"
-    cloud.gce.wait(cloud.gce.insert_firewall(f"{other}-etcd-peer", ports=["2380"], source_ranges=[],
-                                             source_tags=[], target_tags=[], description="someone's",
-                                             rid=str(uuid.uuid4())))
-    refused(lambda: create_cluster(cluster=other, region=REGION, zones=ZONES[:1]),
-            f"already has resources named for a cluster '{other}'.*firewall {other}-etcd-peer")
+    cloud.gce.wait(
+        cloud.gce.insert_firewall(
+            f"{other}-etcd-peer",
+            ports=["2380"],
+            source_ranges=[],
+            source_tags=[],
+            target_tags=[],
+            description="someone's",
+            rid=str(uuid.uuid4()),
+        )
+    )
+    refused(
+        lambda: create_cluster(cluster=other, region=REGION, zones=ZONES[:1]),
+        f"already has resources named for a cluster '{other}'.*firewall {other}-etcd-peer",
+    )
 
     # delete through a connection to another project: refused, the CA stays
     GceConnection(project="someone-else", endpoint=cloud.emulator.url).save("elsewhere", overwrite=True)
-    refused(lambda: delete_cluster(cluster=cluster, connection="elsewhere"),
-            f"lives in project '{PROJECT}' but the connection points at project 'someone-else'")
+    refused(
+        lambda: delete_cluster(cluster=cluster, connection="elsewhere"),
+        f"lives in project '{PROJECT}' but the connection points at project 'someone-else'",
+    )
     assert load_cas(cluster) is not None and spec_where(cluster) is not None
 
     # a spec whose cluster GCE does not show: refused unless gone=True
@@ -123,18 +140,33 @@ def test_look_alikes_are_reported_never_touched(cloud):
     gce = cloud.gce
     (vm,) = gce.list_instances(ZONES, labels={LABEL_CLUSTER: cluster})
     assert vm.labels[LABEL_UID] == uid
-    for kind, name, region in (("address", names.address, REGION), ("firewall", names.firewall_etcd_peer, None),
-                               ("firewall", names.firewall_apiserver, None)):
+    for kind, name, region in (
+        ("address", names.address, REGION),
+        ("firewall", names.firewall_etcd_peer, None),
+        ("firewall", names.firewall_apiserver, None),
+    ):
         assert uid_in(gce.description_of(kind, name, region)) == uid, f"{kind} {name} is not stamped"
 
     # look-alikes: a VM with the cluster's label (no uid, or another one) and a pool under its name
     for zone, extra in ((ZONES[1], {}), (ZONES[2], {LABEL_UID: "0123456789ab"})):
-        gce.wait(gce.insert_instance(zone, f"{cluster}-fake-{zone[-1]}", machine_type="e2-small",
-                                     labels={LABEL_CLUSTER: cluster, **extra}, metadata={}, tags=[],
-                                     external_ip=False, rid=str(uuid.uuid4())))
+        gce.wait(
+            gce.insert_instance(
+                zone,
+                f"{cluster}-fake-{zone[-1]}",
+                machine_type="e2-small",
+                labels={LABEL_CLUSTER: cluster, **extra},
+                metadata={},
+                tags=[],
+                external_ip=False,
+                rid=str(uuid.uuid4()),
+            )
+        )
     gce.wait(gce.insert_health_check(f"{cluster}-other-hc", port=8080, path="/", rid=str(uuid.uuid4())))
-    gce.wait(gce.insert_target_pool(REGION, names.target_pool, instances=[], health_check=f"{cluster}-other-hc",
-                                    rid=str(uuid.uuid4())))
+    gce.wait(
+        gce.insert_target_pool(
+            REGION, names.target_pool, instances=[], health_check=f"{cluster}-other-hc", rid=str(uuid.uuid4())
+        )
+    )
     state = observe_cluster(cluster, REGION, None)
     assert [r.name for r in state.replicas] == [vm.name]
     assert state.look_alikes == (f"{cluster}-fake-c ({ZONES[1]})", f"{cluster}-fake-d ({ZONES[2]})")
@@ -153,3 +185,69 @@ def test_look_alikes_are_reported_never_touched(cloud):
     with pytest.raises(Exception, match="already has resources named for a cluster"):
         create_cluster(cluster=cluster, region=REGION, zones=ZONES[:1], replicas=1)
     assert cloud.mutating_calls() == []
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_delete_cluster_removes_every_schedule_and_automation_naming_the_cluster(cloud):
+    """Whatever deployment a schedule is on and whatever an automation is called: the health and snapshot
+    schedules, a tagged automation, one whose trigger is the cluster's resource; another cluster's stay."""
+    import datetime as dt
+
+    from prefect.automations import Automation
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.schedules import IntervalSchedule
+    from prefect.events.actions import DoNothing
+    from prefect.events.schemas.automations import EventTrigger, Posture
+
+    from blocks.cluster import ClusterSpec
+    from deployments.clusters import HEALTH_DEPLOYMENT, SNAPSHOT_DEPLOYMENT
+    from flows.delete_cluster import delete_cluster
+    from tests.fixtures.cluster import PROJECT
+
+    gone, other = f"own-{uuid.uuid4().hex[:5]}", f"own-{uuid.uuid4().hex[:5]}"
+    ClusterSpec(cluster=gone, region=REGION, zones=ZONES, project=PROJECT).save(f"{gone}-spec")
+    with get_client(sync_client=True) as client:
+        for full in (HEALTH_DEPLOYMENT, SNAPSHOT_DEPLOYMENT):
+            flow_name, name = full.split("/")
+            try:
+                deployment_id = client.read_deployment_by_name(full).id
+            except Exception:  # noqa: BLE001 - not deployed in this session yet
+                deployment_id = client.create_deployment(client.create_flow_from_name(flow_name), name, paused=True)
+            for c in (gone, other):
+                client.create_deployment_schedules(
+                    deployment_id,
+                    [(IntervalSchedule(interval=dt.timedelta(hours=1)), False)],
+                    parameters={"cluster": c},
+                    slug=f"{name.split('-')[0]}-{c}",
+                )
+
+    def automation(name: str, resource: str, tags: list[str]) -> str:
+        Automation(
+            name=name,
+            tags=tags,
+            actions=[DoNothing()],
+            trigger=EventTrigger(
+                expect={"haplane.replica.unhealthy"},
+                match={"prefect.resource.id": resource},
+                posture=Posture.Reactive,
+                threshold=1,
+                within=dt.timedelta(0),
+            ),
+        ).create()
+        return name
+
+    tagged = automation(f"haplane-{gone}-anything", "haplane.cluster.*", [f"cluster:{gone}"])
+    by_resource = automation(f"whoever-{gone}", f"haplane.cluster.{gone}.replica.*", [])
+    kept = automation(f"haplane-{other}-watch", f"haplane.cluster.{other}.*", [f"cluster:{other}"])
+
+    delete_cluster(cluster=gone, gone=True)
+    with get_client(sync_client=True) as client:
+        left = {
+            s.slug
+            for full in (HEALTH_DEPLOYMENT, SNAPSHOT_DEPLOYMENT)
+            for s in client.read_deployment_schedules(client.read_deployment_by_name(full).id)
+        }
+        names = {a.name for a in client.read_automations()}
+    assert not {f"health-{gone}", f"snapshot-{gone}"} & left, left
+    assert {f"health-{other}", f"snapshot-{other}"} <= left
+    assert tagged not in names and by_resource not in names and kept in names

@@ -29,7 +29,6 @@ from tests.fixtures.cluster import PROJECT
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
 
-
 def _refused(cloud, call, match: str, cluster: str | None = None) -> None:
     """``cluster``: only that cluster's calls count (the emulator is shared with other tests)."""
     cloud.admin.clear_calls()
@@ -46,17 +45,42 @@ def _record_step_schema(cluster: str, change_id: str, version: int) -> None:
 
 def test_create_refusals_change_nothing(shared_cloud):
     cloud = shared_cloud
-    _refused(cloud, lambda: create_cluster(cluster="two", region=REGION, zones=ZONES, replicas=2),
-             "worse than one", cluster="two")
-    _refused(cloud, lambda: create_cluster(cluster="four", region=REGION, zones=ZONES, replicas=4),
-             "even count", cluster="four")
-    _refused(cloud, lambda: create_cluster(cluster="far", region=REGION, zones=["us-central1-a"], replicas=1),
-             "not a zone of region 'europe-west1'", cluster="far")
-    _refused(cloud, lambda: create_cluster(cluster="nozone", region=REGION, zones=["europe-west1-z"], replicas=1),
-             "not a zone of region", cluster="nozone")
-    _refused(cloud, lambda: create_cluster(cluster="noregion", region="mars-north1", zones=["mars-north1-a"]),
-             "region 'mars-north1' is unknown", cluster="noregion")
-    _refused(cloud, lambda: create_cluster(cluster="Bad_Name", region=REGION, zones=ZONES), "not valid", cluster="Bad_Name")
+    _refused(
+        cloud,
+        lambda: create_cluster(cluster="two", region=REGION, zones=ZONES, replicas=2),
+        "worse than one",
+        cluster="two",
+    )
+    _refused(
+        cloud,
+        lambda: create_cluster(cluster="four", region=REGION, zones=ZONES, replicas=4),
+        "even count",
+        cluster="four",
+    )
+    _refused(
+        cloud,
+        lambda: create_cluster(cluster="far", region=REGION, zones=["us-central1-a"], replicas=1),
+        "not a zone of region 'europe-west1'",
+        cluster="far",
+    )
+    _refused(
+        cloud,
+        lambda: create_cluster(cluster="nozone", region=REGION, zones=["europe-west1-z"], replicas=1),
+        "not a zone of region",
+        cluster="nozone",
+    )
+    _refused(
+        cloud,
+        lambda: create_cluster(cluster="noregion", region="mars-north1", zones=["mars-north1-a"]),
+        "region 'mars-north1' is unknown",
+        cluster="noregion",
+    )
+    _refused(
+        cloud,
+        lambda: create_cluster(cluster="Bad_Name", region=REGION, zones=ZONES),
+        "not valid",
+        cluster="Bad_Name",
+    )
 
 
 @pytest.mark.long  # 40 s: .ci/run runs it; the README's suite stays under 10 min (the bad-input table is quick)
@@ -76,15 +100,21 @@ def test_refusals_on_a_cluster_change_nothing(cloud, prefect_api):
 
     _refused(cloud, lambda: add_replica(cluster=cluster, zone="us-central1-a"), "not a zone of region")
     _refused(cloud, lambda: add_replica(cluster="nosuch", zone="europe-west1-b"), "unknown")
-    _refused(cloud, lambda: remove_replica(cluster=cluster, zone="europe-west1-b", replica_name="nosuch"),
-             "no replica named 'nosuch'")
+    _refused(
+        cloud,
+        lambda: remove_replica(cluster=cluster, zone="europe-west1-b", replica_name="nosuch"),
+        "no replica named 'nosuch'",
+    )
     _refused(cloud, lambda: remove_replica(cluster=cluster, zone="europe-west1-f"), "no replica in zone")
     _refused(cloud, lambda: replace_replica(cluster=cluster, replica_name="nosuch"), "no replica named")
 
     # a change recorded under another step schema (its checkpoints have other ids) is not resumed
     _record_step_schema(cluster, "add-old", STEP_SCHEMA - 1)
-    _refused(cloud, lambda: add_replica(cluster=cluster, zone="europe-west1-b", change_id="add-old"),
-             f"step schema is {STEP_SCHEMA - 1}; this one uses step schema {STEP_SCHEMA}")
+    _refused(
+        cloud,
+        lambda: add_replica(cluster=cluster, zone="europe-west1-b", change_id="add-old"),
+        f"step schema is {STEP_SCHEMA - 1}; this one uses step schema {STEP_SCHEMA}",
+    )
 
     # one replica down: removing a healthy one would leave 1 healthy of 2 voting, below quorum
     cloud.admin.kill_vm(PROJECT, "europe-west1-b", names["europe-west1-b"])
@@ -95,9 +125,17 @@ def test_refusals_on_a_cluster_change_nothing(cloud, prefect_api):
     cloud.admin.add_fault("compute.instances.delete", "hang")
     env = prefect_api.env()
     env.update(HAPLANE_GCE_ENDPOINT=cloud.emulator.url, HAPLANE_PROJECT=PROJECT, PREFECT_LOGGING_LEVEL="WARNING")
-    code = f"from flows.remove_replica import remove_replica; remove_replica(cluster={cluster!r}, zone='europe-west1-b')"
-    first = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    code = (
+        f"from flows.remove_replica import remove_replica; remove_replica(cluster={cluster!r}, zone='europe-west1-b')"
+    )
+    first = subprocess.Popen(
+        [sys.executable, "-c", code],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 90
         while not cloud.admin.calls("compute.instances.delete") and time.monotonic() < deadline:
@@ -129,8 +167,11 @@ def test_a_zone_whose_api_is_down_changes_nothing(cloud, monkeypatch):
     monkeypatch.setenv("HAPLANE_GCE_READ_RETRY_S", "2")
     cloud.admin.fail_zone("europe-west1-c")
     try:
-        _refused(cloud, lambda: add_replica(cluster=cluster, zone="europe-west1-d"),
-                 "GCE zone europe-west1-c does not answer")
+        _refused(
+            cloud,
+            lambda: add_replica(cluster=cluster, zone="europe-west1-d"),
+            "GCE zone europe-west1-c does not answer",
+        )
     finally:
         cloud.admin.restore_zone("europe-west1-c")
     rows = add_replica(cluster=cluster, zone="europe-west1-d")

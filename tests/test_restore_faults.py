@@ -8,8 +8,8 @@ One 3-replica cluster (one VM per zone, each in its own network namespace) walks
 - a connection to another project: refused before anything is looked at there, nothing sent;
 - a partitioned minority: one member cut from its peers but reachable, the two others (with quorum) cut from
   the worker, by real nftables rules in the router namespace: unknown, refused, naming the two;
-- an election: every peer link cut until the members answer without a leader, healed once the restore starts
-  looking: refused (one look would have called it lost);
+- an election: every peer link cut until the members answer without a leader, healed while the restore
+  looks (after its second look): refused (a restore judging on one look would have called it lost);
 - then a real loss (two VMs deleted by hand): the restore saves a verified snapshot of the survivor first,
   restores it (newer than the stored one: no key lost), deletes the deleted replicas' keys, and grows back to 3.
 
@@ -36,9 +36,10 @@ from haplane.gce import request_id
 from haplane.node import client_url
 from haplane.secretstore import SecretStore
 from haplane.snapshot_store import SnapshotStore
+from haplane.testing import REGION, ZONES
 from tasks.pki import load_cas
 from tests.fixtures.poll import eventually
-from tests.test_fault_matrix import REGION, ZONES, _converged, _key_material, _leftovers, _members, _mutating
+from tests.test_fault_matrix import _converged, _key_material, _leftovers, _members, _mutating
 
 pytestmark = [pytest.mark.long, pytest.mark.usefixtures("prefect_api"), pytest.mark.timeout(1500)]
 
@@ -71,20 +72,32 @@ def _nothing_lost(cloud, cluster: str, names: list[str], keys: int = KEYS) -> No
 
 
 class HealWhenLooking:
-    """Heals every cut link as soon as the restore starts looking at etcd: the first instance listing
-    after its observation of the cluster (which ends with the target pool)."""
+    """Heals every cut link while the restore looks at etcd: once its second look has listed the VMs (each
+    look lists the region's zones, then each zone's instances, after the observation of the cluster that
+    ends with the target pool) and ``delay_s`` more, so the second look saw no leader and a later one a
+    leader. (A restore that looked once would have looked there, and judged on that one look.)"""
 
-    def __init__(self, cloud, netns) -> None:
+    def __init__(self, cloud, netns, looks: int = 2, delay_s: float = 1.5) -> None:
         self.cloud, self.netns, self.start = cloud, netns, len(cloud.admin.calls())
+        self.looks, self.delay_s = looks, delay_s
         self.healed_at: float | None = None
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._watch, daemon=True)
 
+    def _listed(self) -> bool:
+        methods = [c["method"] for c in self.cloud.admin.calls()[self.start :]]
+        if "compute.targetPools.get" not in methods:
+            return False
+        after = methods[methods.index("compute.targetPools.get") :]
+        starts = [i for i, m in enumerate(after) if m == "compute.regions.get"]
+        return len(starts) >= self.looks and after[starts[self.looks - 1] :].count("compute.instances.list") >= len(
+            ZONES
+        )
+
     def _watch(self) -> None:
         while not self.stop.wait(0.02):
-            methods = [c["method"] for c in self.cloud.admin.calls()[self.start:]]
-            if "compute.targetPools.get" in methods and \
-                    "compute.instances.list" in methods[methods.index("compute.targetPools.get"):]:
+            if self._listed():
+                self.stop.wait(self.delay_s)
                 self.netns.heal_links()
                 self.healed_at = time.monotonic()
                 return
@@ -132,8 +145,10 @@ def test_restore_refuses_every_view_that_could_be_wrong_then_saves_the_survivor_
 
     # A connection to another project: what GCE shows there is not the cluster.
     GceConnection(project="someone-else", endpoint=cloud.emulator.url).save("elsewhere", overwrite=True)
-    refused("lives in project .* but the connection points at project 'someone-else'.*nothing was changed",
-            connection="elsewhere")
+    refused(
+        "lives in project .* but the connection points at project 'someone-else'.*nothing was changed",
+        connection="elsewhere",
+    )
     assert [c for c in cloud.admin.calls() if "someone-else" in c["path"] and c["verb"] != "GET"] == []
 
     # A partitioned minority: a is cut from its peers but answers the worker (without a leader); b and c
@@ -149,8 +164,8 @@ def test_restore_refuses_every_view_that_could_be_wrong_then_saves_the_survivor_
     eventually(lambda: _readable(cluster, ip[a]), 60, f"{a} serves reads again after the partition")
     _nothing_lost(cloud, cluster, names)
 
-    # An election: every peer link cut until all three answer without a leader; healed as soon as the
-    # restore starts looking, so a leader is elected while it looks.
+    # An election: every peer link cut until all three answer without a leader; healed while the restore
+    # looks, so a leader is elected while it looks.
     netns.cut_links([(ip[a], ip[b]), (ip[a], ip[c]), (ip[b], ip[c])])
     eventually(lambda: _leaderless(cluster, list(ip.values())), 30, "every member answers without a leader")
     with HealWhenLooking(cloud, netns) as healer:
@@ -185,5 +200,8 @@ def test_restore_refuses_every_view_that_could_be_wrong_then_saves_the_survivor_
     delete_cluster(cluster=cluster)
     assert _leftovers(cloud, cluster) == [] and load_cas(cluster) is None
     assert _key_material(Path(prefect_api.home)) == []
-    print("restore fault cases, seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()) +
-          f"; in all {time.monotonic() - started:.1f}")
+    print(
+        "restore fault cases, seconds: "
+        + ", ".join(f"{k} {v:.1f}" for k, v in timings.items())
+        + f"; in all {time.monotonic() - started:.1f}"
+    )

@@ -46,7 +46,9 @@ ADD_STEPS = [
 @pytest.mark.long  # one of the kill suites (tests/test_kill_matrix.py): .ci/run runs it; the README's suite stays under 10 min
 def test_add_replica_killed_at_every_step_resumes_without_repeating_a_call(cloud, prefect_api):
     cluster = "resume-add"
-    create_cluster(cluster=cluster, region=REGION, zones=ZONES, replicas=1, load_balancer="as-needed")  # the seed's 1 -> 2 move
+    create_cluster(
+        cluster=cluster, region=REGION, zones=ZONES, replicas=1, load_balancer="as-needed"
+    )  # the seed's 1 -> 2 move
     endpoint = cloud.gce.get_address(REGION, f"{cluster}-master-ip").address
     cloud.admin.clear_calls()
     code = f"from flows.add_replica import add_replica; add_replica(cluster={cluster!r}, zone='europe-west1-c', change_id='grow-1')"
@@ -93,7 +95,9 @@ def test_failed_operations_are_submitted_again_and_a_failed_run_resumes(cloud, p
     repeated one with the failed operation); a run that gave up is resumed with
     ``prefect flow-run retry`` (same flow run, so the same default change id)."""
     cluster = "resume-err"
-    create_cluster(cluster=cluster, region=REGION, zones=ZONES, replicas=1, load_balancer="as-needed")  # the seed's 1 -> 2 move
+    create_cluster(
+        cluster=cluster, region=REGION, zones=ZONES, replicas=1, load_balancer="as-needed"
+    )  # the seed's 1 -> 2 move
     endpoint = cloud.gce.get_address(REGION, f"{cluster}-master-ip").address
     cloud.admin.clear_calls()
 
@@ -107,9 +111,20 @@ def test_failed_operations_are_submitted_again_and_a_failed_run_resumes(cloud, p
     env = prefect_api.env()
     env.update(HAPLANE_GCE_ENDPOINT=cloud.emulator.url, HAPLANE_PROJECT=PROJECT)
     prefect = os.path.join(os.path.dirname(sys.executable), "prefect")
-    retry = subprocess.run([prefect, "flow-run", "retry", str(state.state_details.flow_run_id),
-                            "--entrypoint", "flows/add_replica.py:add_replica"],
-                           env=env, capture_output=True, text=True, timeout=300)
+    retry = subprocess.run(
+        [
+            prefect,
+            "flow-run",
+            "retry",
+            str(state.state_details.flow_run_id),
+            "--entrypoint",
+            "flows/add_replica.py:add_replica",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert retry.returncode == 0, retry.stdout + retry.stderr
 
     assert cloud.gce.get_forwarding_rule(REGION, f"{cluster}-master-lb").ip == endpoint
@@ -119,5 +134,6 @@ def test_failed_operations_are_submitted_again_and_a_failed_run_resumes(cloud, p
     assert len(rules) == 5  # 3 failed in the first run; in the retry, 1 fresh failure, then success
     ids = [c["requestId"] for c in mutating]
     assert len(ids) == len(set(ids)), [(c["method"], c["outcome"]) for c in mutating if ids.count(c["requestId"]) > 1]
-    assert [c["method"] for c in mutating if c["method"] != "compute.forwardingRules.insert"] == \
-        [m for m in ADD_STEPS if m != "compute.forwardingRules.insert"]
+    assert [c["method"] for c in mutating if c["method"] != "compute.forwardingRules.insert"] == [
+        m for m in ADD_STEPS if m != "compute.forwardingRules.insert"
+    ]

@@ -30,12 +30,6 @@ LEAVES = ("apiserver-cert", "etcd-peer-cert", "etcd-server-cert", "apiserver-etc
 # ---------------------------------------------------------------- pure rules
 
 
-
-
-
-
-
-
 # ---------------------------------------------------------------- end to end
 
 
@@ -81,14 +75,16 @@ class Canary(threading.Thread):
 
 def _leaves(cloud, cluster: str) -> dict[str, dict[str, x509.Certificate]]:
     vms = cloud.gce.list_instances(ZONES, labels={LABEL_CLUSTER: cluster})
-    return {vm.name: {s: x509.load_pem_x509_certificate(vm.metadata[TLS_PREFIX + s].encode()) for s in LEAVES}
-            for vm in vms}
+    return {
+        vm.name: {s: x509.load_pem_x509_certificate(vm.metadata[TLS_PREFIX + s].encode()) for s in LEAVES} for vm in vms
+    }
 
 
 def _sans(cert: x509.Certificate) -> set[str]:
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     return {str(v) for v in san.get_values_for_type(x509.DNSName)} | {
-        str(v) for v in san.get_values_for_type(x509.IPAddress)}
+        str(v) for v in san.get_values_for_type(x509.IPAddress)
+    }
 
 
 @pytest.mark.long  # .ci/run runs it
@@ -107,8 +103,10 @@ def test_rotation_renews_every_leaf_one_replica_at_a_time_with_no_failed_write(c
             rows = rotate_certificates(cluster=cluster, change_id=f"rot-{cluster}")
         finally:
             canary.finish()
-        print(f"rotation of 3 replicas: {time.monotonic() - started:.1f} s, {canary.writes} canary writes, "
-              f"{canary.retried} attempts retried on another member, {len(canary.failures)} failed")
+        print(
+            f"rotation of 3 replicas: {time.monotonic() - started:.1f} s, {canary.writes} canary writes, "
+            f"{canary.retried} attempts retried on another member, {len(canary.failures)} failed"
+        )
         assert canary.writes > 5 and canary.failures == [], canary.failures[:5]
         assert all(r["health"] == "healthy" for r in rows)
 
@@ -125,7 +123,8 @@ def test_rotation_renews_every_leaf_one_replica_at_a_time_with_no_failed_write(c
         rotate_certificates(cluster=cluster, change_id=f"rot-{cluster}")
         again = _leaves(cloud, cluster)
         assert {n: {s: c.serial_number for s, c in v.items()} for n, v in again.items()} == {
-            n: {s: c.serial_number for s, c in v.items()} for n, v in after.items()}
+            n: {s: c.serial_number for s, c in v.items()} for n, v in after.items()
+        }
     finally:
         delete_cluster(cluster=cluster)
     assert cloud.processes() == []
@@ -150,10 +149,18 @@ def test_a_rotation_killed_half_way_resumes_without_redoing_a_replica(cloud, pre
         original = {n: {s: c.serial_number for s, c in v.items()} for n, v in _leaves(cloud, cluster).items()}
         env = prefect_api.env()
         env.update(HAPLANE_GCE_ENDPOINT=cloud.emulator.url, HAPLANE_PROJECT=PROJECT, PREFECT_LOGGING_LEVEL="WARNING")
-        code = ("from flows.rotate_certificates import rotate_certificates; "
-                f"rotate_certificates(cluster={cluster!r}, change_id={change_id!r})")
-        proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=os.getcwd(), start_new_session=True,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        code = (
+            "from flows.rotate_certificates import rotate_certificates; "
+            f"rotate_certificates(cluster={cluster!r}, change_id={change_id!r})"
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code],
+            env=env,
+            cwd=os.getcwd(),
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:  # kill it as soon as the first replica has its new certificates
             deadline, done = time.monotonic() + 120, {}
             while time.monotonic() < deadline and not done and proc.poll() is None:
@@ -200,8 +207,10 @@ def test_health_check_warns_then_rotates_every_leaf_within_the_threshold(cloud, 
             rotated = health_check(cluster=cluster, warn_days=400, rotate_days=366)
         finally:
             canary.finish()
-        print(f"health-check rotation: {canary.writes} canary writes, {canary.retried} attempts retried on "
-              f"another member, {len(canary.failures)} failed")
+        print(
+            f"health-check rotation: {canary.writes} canary writes, {canary.retried} attempts retried on "
+            f"another member, {len(canary.failures)} failed"
+        )
         assert canary.writes > 5 and canary.failures == [], canary.failures[:5]
         after = {n: {s: c.serial_number for s, c in v.items()} for n, v in _leaves(cloud, cluster).items()}
         assert all(after[n][s] != before[n][s] for n in before for s in LEAVES)
@@ -209,13 +218,19 @@ def test_health_check_warns_then_rotates_every_leaf_within_the_threshold(cloud, 
 
         deadline, names = time.monotonic() + 60, []
         while time.monotonic() < deadline and "haplane.certificates.rotated" not in names:  # events arrive async
-            events = httpx.post(f"{prefect_api.url}/events/filter", json={"filter": {"event": {"prefix": [
-                "haplane.certificates."]}}, "limit": 50}, timeout=30).json()["events"]
+            events = httpx.post(
+                f"{prefect_api.url}/events/filter",
+                json={"filter": {"event": {"prefix": ["haplane.certificates."]}}, "limit": 50},
+                timeout=30,
+            ).json()["events"]
             names = [e["event"] for e in events if e["resource"].get("haplane.cluster") == cluster]
             time.sleep(1)
         assert "haplane.certificates.expiring" in names and "haplane.certificates.rotated" in names
-        arts = httpx.post(f"{prefect_api.url}/artifacts/filter", json={"artifacts": {"key": {"any_": [
-            f"{cluster}-certificates", f"{cluster}-certificates-expiring"]}}}, timeout=10).json()
+        arts = httpx.post(
+            f"{prefect_api.url}/artifacts/filter",
+            json={"artifacts": {"key": {"any_": [f"{cluster}-certificates", f"{cluster}-certificates-expiring"]}}},
+            timeout=10,
+        ).json()
         assert {a["key"] for a in arts} == {f"{cluster}-certificates", f"{cluster}-certificates-expiring"}
         table = next(a for a in arts if a["key"] == f"{cluster}-certificates")["data"]
         assert "service-account key" in table and "etcd-peer" in table and "PRIVATE" not in table

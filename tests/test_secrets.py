@@ -32,26 +32,33 @@ ZONE = "europe-west1-b"
 PEM_MARKER = b"PRIVATE KEY-----"
 
 
-
-
-
-
-
-
 def test_a_failed_setmetadata_carries_no_key(cloud):
     """The raw client's error keeps the key (the leak); haplane's error holds strings only."""
     gce = cloud.gce
-    gce.wait(gce.insert_instance(ZONE, "bare", machine_type="e2-small", labels={}, metadata={}, tags=[],
-                                 external_ip=False, rid=request_id("secrets", "bare")))
+    gce.wait(
+        gce.insert_instance(
+            ZONE,
+            "bare",
+            machine_type="e2-small",
+            labels={},
+            metadata={},
+            tags=[],
+            external_ip=False,
+            rid=request_id("secrets", "bare"),
+        )
+    )
     key = new_ca("x", "etcd-ca").key_pem.get_secret_value()
     needles = _key_lines(key) + [PEM_MARKER]
 
     # the leak this guards against: google-api-core's exception pickles with the request body
     cloud.admin.add_fault("compute.instances.setMetadata", "503")
     raw_req = compute_v1.SetMetadataInstanceRequest(
-        project=PROJECT, zone=ZONE, instance="bare", request_id=str(uuid.uuid4()),
-        metadata_resource=compute_v1.Metadata(items=[compute_v1.Items(key="haplane-tls-etcd-peer-key",
-                                                                      value=key)]))
+        project=PROJECT,
+        zone=ZONE,
+        instance="bare",
+        request_id=str(uuid.uuid4()),
+        metadata_resource=compute_v1.Metadata(items=[compute_v1.Items(key="haplane-tls-etcd-peer-key", value=key)]),
+    )
     with pytest.raises(gexc.ServiceUnavailable) as raw:
         gce.instances.set_metadata_unary(request=raw_req)
     assert _leaks(pickle.dumps(raw.value), needles), "the control case should carry the key"
@@ -64,8 +71,12 @@ def test_a_failed_setmetadata_carries_no_key(cloud):
         assert err.status == status and err.transient
         assert err.__cause__ is None and err.__context__ is None
         assert "setMetadata of instance bare" in str(err)
-        for blob in (pickle.dumps(err), cloudpickle.dumps(err), repr(err).encode(),
-                     "".join(traceback.format_exception(err)).encode()):
+        for blob in (
+            pickle.dumps(err),
+            cloudpickle.dumps(err),
+            repr(err).encode(),
+            "".join(traceback.format_exception(err)).encode(),
+        ):
             assert not _leaks(blob, needles)
         assert pickle.loads(pickle.dumps(err)).status == status
     assert "haplane-tls-etcd-peer-key" not in gce.get_instance(ZONE, "bare").metadata
@@ -75,8 +86,9 @@ def _prefect_records(url: str, flow_run_id: str) -> bytes:
     """Everything the API shows of the run: logs, artifacts, events, task-run states."""
     out = []
     with httpx.Client(base_url=url, timeout=30) as api:
-        out.append(api.post("/logs/filter", json={"logs": {"flow_run_id": {"any_": [flow_run_id]}},
-                                                   "limit": 200}).content)
+        out.append(
+            api.post("/logs/filter", json={"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200}).content
+        )
         out.append(api.post("/artifacts/filter", json={"limit": 200}).content)
         out.append(api.post("/events/filter", json={"limit": 200}).content)
         out.append(api.post("/task_runs/filter", json={"flow_runs": {"id": {"any_": [flow_run_id]}}}).content)

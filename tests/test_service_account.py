@@ -34,19 +34,15 @@ from tasks.pki import ensure_cluster_pki, load_cas
 # ---------------------------------------------------------------- pure: tokens as kube-apiserver sees them
 
 
-
-
-
-
-
-
-
-
 # ---------------------------------------------------------------- the PKI block
 
 
 @pytest.mark.usefixtures("prefect_api")
-def test_a_cluster_saved_before_service_account_keys_gets_one_and_keeps_it():
+def test_a_cluster_saved_before_service_account_keys_gets_one_and_keeps_it(bare_emulator, monkeypatch):
+    # the keys go to Secret Manager: the emulator's, as the workers
+    monkeypatch.setenv("HAPLANE_GCE_ENDPOINT", bare_emulator.url)
+    monkeypatch.setenv("HAPLANE_PROJECT", "old-project")
+    monkeypatch.setenv("HAPLANE_GCE_TOKEN", bare_emulator.workers_token)
     cluster = f"old-{uuid.uuid4().hex[:5]}"
     cas = create_cluster_cas(cluster)
     legacy = ClusterPKI.from_cas(cas)
@@ -60,6 +56,8 @@ def test_a_cluster_saved_before_service_account_keys_gets_one_and_keeps_it():
         assert load_cas(cluster).ca.cert_pem == cas.ca.cert_pem  # the CAs are untouched
         ensure_cluster_pki(cluster)
         assert load_cas(cluster).service_account.kid == made.kid  # made once, then kept
+        saved = ClusterPKI.load(block_name(cluster))  # and moved out of the block with the other keys
+        assert saved.legacy_keys() == {} and "service-account" in saved.key_versions
     finally:
         from blocks import delete_block_document
 
@@ -86,16 +84,24 @@ def _admin_ctx(cluster: str) -> ssl.SSLContext:
 
 
 def _mint(ip: str, admin: ssl.SSLContext, name: str) -> str:
-    resp = httpx.post(f"https://{ip}:6443/api/v1/namespaces/default/serviceaccounts/{name}/token",
-                      json={"spec": {"expirationSeconds": 3600}}, verify=admin, timeout=10)
+    resp = httpx.post(
+        f"https://{ip}:6443/api/v1/namespaces/default/serviceaccounts/{name}/token",
+        json={"spec": {"expirationSeconds": 3600}},
+        verify=admin,
+        timeout=10,
+    )
     assert resp.status_code == 201, resp.text
     return resp.json()["status"]["token"]
 
 
 def _who(ip: str, ca_pem: str, token: str) -> httpx.Response:
-    return httpx.post(f"https://{ip}:6443/apis/authentication.k8s.io/v1/selfsubjectreviews",
-                      headers={"Authorization": f"Bearer {token}"}, json={},
-                      verify=ssl.create_default_context(cadata=ca_pem), timeout=10)
+    return httpx.post(
+        f"https://{ip}:6443/apis/authentication.k8s.io/v1/selfsubjectreviews",
+        headers={"Authorization": f"Bearer {token}"},
+        json={},
+        verify=ssl.create_default_context(cadata=ca_pem),
+        timeout=10,
+    )
 
 
 def _kid(token: str) -> str:
@@ -115,8 +121,12 @@ def test_tokens_verify_on_every_replica_before_and_after_a_rotation(shared_cloud
         admin = _admin_ctx(cluster)
 
         # no credentials: refused; a client certificate of another CA: refused at minting
-        resp = httpx.post(f"https://{ips[0]}:6443/api/v1/namespaces/default/serviceaccounts/x/token",
-                          json={}, verify=ssl.create_default_context(cadata=cas.ca.cert_pem), timeout=10)
+        resp = httpx.post(
+            f"https://{ips[0]}:6443/api/v1/namespaces/default/serviceaccounts/x/token",
+            json={},
+            verify=ssl.create_default_context(cadata=cas.ca.cert_pem),
+            timeout=10,
+        )
         assert resp.status_code == 401
 
         before = {ip: _mint(ip, admin, f"before-{i}") for i, ip in enumerate(ips)}
@@ -126,8 +136,9 @@ def test_tokens_verify_on_every_replica_before_and_after_a_rotation(shared_cloud
                 assert resp.status_code == 201, f"token minted on {minted_on} refused by {ip}: {resp.text}"
                 assert resp.json()["status"]["userInfo"]["username"].startswith("system:serviceaccount:default:before-")
         # a token signed by a key the cluster never had is refused everywhere
-        stranger, _ = serviceaccount.mint(new_service_account_key().key_pem.get_secret_value(),
-                                          namespace="default", name="evil")
+        stranger, _ = serviceaccount.mint(
+            new_service_account_key().key_pem.get_secret_value(), namespace="default", name="evil"
+        )
         assert all(_who(ip, cas.ca.cert_pem, stranger).status_code == 401 for ip in ips)
 
         old_kid = cas.service_account.kid

@@ -19,8 +19,6 @@ def _take(cluster, path) -> bytes:
     return path.read_bytes()
 
 
-
-
 def test_snapshot_verified_sealed_and_stored_in_gcs(etcd_cluster_factory, tmp_path, gcs):
     cluster = etcd_cluster_factory(3, cluster="snap")
     client = cluster.client()
@@ -35,8 +33,7 @@ def test_snapshot_verified_sealed_and_stored_in_gcs(etcd_cluster_factory, tmp_pa
     assert checked.keys_served == 51  # a real etcd started on the restored data answers with every key
 
     gcs.create_bucket("haplane-snapshots")
-    block = GcsBucket(bucket="haplane-snapshots", bucket_folder="prod",
-                      gcp_credentials=gcs.credentials())
+    block = GcsBucket(bucket="haplane-snapshots", bucket_folder="prod", gcp_credentials=gcs.credentials())
     store = SnapshotStore(block, "gcs-bucket/test")
     key = snap.new_key()
     sealed = snap.seal(db, meta, key)
@@ -80,5 +77,3 @@ def test_corrupted_truncated_or_foreign_snapshots_are_refused(etcd_cluster_facto
     # a plain snapshot cut short fails etcd's own sha256 trailer, before anything restores it
     with pytest.raises(snap.SnapshotInvalid, match="trailer"):
         snap.verify(db[:-100], find_etcd())
-
-

@@ -21,10 +21,10 @@ import pytest
 from haplane.emulator.admin import EmulatorAdmin
 from haplane.emulator.server import Emulator
 from haplane.emulator.vm import ProcessRuntime
-from haplane.gce import Gce
 from haplane.testing import REGION, ZONES
+from haplane.testing.prefect import auth_headers
 from haplane.testing.worker import start_worker
-from tests.fixtures.cluster import PROJECT, Cloud, api_through
+from tests.fixtures.cluster import PROJECT, Cloud, api_through, workers_gce
 from tests.test_operate import start_deployment, wait_run
 from tests.test_resume import ADD_STEPS
 
@@ -42,7 +42,7 @@ def team_cloud(tmp_path_factory: pytest.TempPathFactory):
     emulator.start()
     admin = EmulatorAdmin(emulator.url)
     try:
-        yield Cloud(emulator=emulator, admin=admin, gce=Gce(PROJECT, emulator.url), state_dir=state)
+        yield Cloud(emulator=emulator, admin=admin, gce=workers_gce(emulator), state_dir=state)
     finally:
         admin.close()
         emulator.stop()
@@ -56,8 +56,13 @@ def team_workspace(prefect_on_postgres, team_cloud, tmp_path_factory):
 
     shared = tmp_path_factory.mktemp("shared-results")
     LocalFileSystem(basepath=str(shared)).save("haplane-results", overwrite=True)
-    setup_workspace(project=PROJECT, endpoint=team_cloud.emulator.url, connection=CONNECTION,
-                    result_storage="local-file-system/haplane-results")
+    setup_workspace(
+        project=PROJECT,
+        endpoint=team_cloud.emulator.url,
+        connection=CONNECTION,
+        result_storage="local-file-system/haplane-results",
+        token=team_cloud.emulator.workers_token,
+    )
     return shared
 
 
@@ -67,8 +72,13 @@ def two_workers(prefect_on_postgres, team_workspace, tmp_path_factory):
     try:
         for name in ("team-a", "team-b"):
             home = tmp_path_factory.mktemp(f"home-{name}")
-            workers[name] = start_worker(prefect_on_postgres, {"PREFECT_HOME": str(home)}, home / "worker.log",
-                                         name=name, env_drop=("HAPLANE_GCE_ENDPOINT", "HAPLANE_PROJECT"))
+            workers[name] = start_worker(
+                prefect_on_postgres,
+                {"PREFECT_HOME": str(home)},
+                home / "worker.log",
+                name=name,
+                env_drop=("HAPLANE_GCE_ENDPOINT", "HAPLANE_PROJECT", "HAPLANE_GCE_TOKEN"),
+            )
         yield workers
     finally:
         for worker in workers.values():
@@ -77,7 +87,9 @@ def two_workers(prefect_on_postgres, team_workspace, tmp_path_factory):
 
 def task_runs(api: str, flow_run_id: str) -> list[dict]:
     body = {"task_runs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200}
-    return httpx.post(f"{api}/task_runs/filter", json=body, timeout=10).raise_for_status().json()
+    return (
+        httpx.post(f"{api}/task_runs/filter", json=body, timeout=10, headers=auth_headers()).raise_for_status().json()
+    )
 
 
 def checkpoint_steps(api: str, flow_run_id: str) -> list[tuple[str, str]]:
@@ -89,8 +101,12 @@ def checkpoint_steps(api: str, flow_run_id: str) -> list[tuple[str, str]]:
     import tasks.steps
     from tasks.results import CheckpointTask
 
-    fns = {t.fn.__name__ for m in (tasks.compute, tasks.etcd, tasks.network, tasks.pki, tasks.steps)
-           for t in vars(m).values() if isinstance(t, CheckpointTask)}
+    fns = {
+        t.fn.__name__
+        for m in (tasks.compute, tasks.etcd, tasks.network, tasks.pki, tasks.steps)
+        for t in vars(m).values()
+        if isinstance(t, CheckpointTask)
+    }
     return [(t["name"], t["state_name"]) for t in task_runs(api, flow_run_id) if t["task_key"].split("-")[0] in fns]
 
 
@@ -98,15 +114,24 @@ def test_operate_on_postgresql_with_the_workspace_connection(prefect_on_postgres
     api, pg = prefect_on_postgres.url, prefect_on_postgres.postgres
     # every deployment defaults to the workspace's connection block
     for name in ("create-cluster", "add-replica", "replace-replica", "health-check"):
-        deployment = httpx.get(f"{api}/deployments/name/{name}/{name}", timeout=10).json()
+        deployment = httpx.get(f"{api}/deployments/name/{name}/{name}", timeout=10, headers=auth_headers()).json()
         assert deployment["parameters"].get("connection") == CONNECTION, deployment["parameters"]
 
     # the README's REST recipe, without `connection`, picked up by one of the two workers
-    run = start_deployment(api, "create-cluster/create-cluster",
-                           {"cluster": CLUSTER, "region": REGION, "zones": ZONES, "replicas": 1,
-                            # the seed's endpoint mode: its 1 -> 2 add waits on the forwarding rule,
-                            # where the worker is killed below
-                            "load_balancer": "as-needed"}, f"{CLUSTER}-create")
+    run = start_deployment(
+        api,
+        "create-cluster/create-cluster",
+        {
+            "cluster": CLUSTER,
+            "region": REGION,
+            "zones": ZONES,
+            "replicas": 1,
+            # the seed's endpoint mode: its 1 -> 2 add waits on the forwarding rule,
+            # where the worker is killed below
+            "load_balancer": "as-needed",
+        },
+        f"{CLUSTER}-create",
+    )
     done = wait_run(api, run["id"], timeout=300)
     assert done["state_type"] == "COMPLETED", done["state"]
     assert done["parameters"]["connection"] == CONNECTION
@@ -128,10 +153,11 @@ def test_operate_on_postgresql_with_the_workspace_connection(prefect_on_postgres
     wait_run(api, fresh["id"])
 
 
-def test_a_change_killed_on_one_worker_resumes_on_the_other(prefect_on_postgres, two_workers, team_cloud,
-                                                           team_workspace):
+def test_a_change_killed_on_one_worker_resumes_on_the_other(
+    prefect_on_postgres, two_workers, team_cloud, team_workspace
+):
     from tasks.cluster import force_unlock
-    from tasks.pki import load_cas
+    from tasks.pki import load_certs
 
     api, cloud = prefect_on_postgres.url, team_cloud
     assert len(cloud.gce.list_instances(ZONES, labels={"haplane-cluster": CLUSTER})) == 1, "needs the cluster above"
@@ -145,8 +171,9 @@ def test_a_change_killed_on_one_worker_resumes_on_the_other(prefect_on_postgres,
     deadline, victim = time.monotonic() + 300, None
     while time.monotonic() < deadline and victim is None:
         held = [c for c in cloud.admin.calls() if c["method"] == "compute.forwardingRules.insert"]
-        waiting = [t for t in task_runs(api, killed["id"])
-                   if t["state_type"] == "RUNNING" and t["name"].startswith("wait ")]
+        waiting = [
+            t for t in task_runs(api, killed["id"]) if t["state_type"] == "RUNNING" and t["name"].startswith("wait ")
+        ]
         if held and waiting:
             victim = next((n for n, w in two_workers.items() if w.flow_run_pids()), None)
         time.sleep(0.5)
@@ -160,12 +187,15 @@ def test_a_change_killed_on_one_worker_resumes_on_the_other(prefect_on_postgres,
     assert force_unlock(CLUSTER)  # as the operator would, instead of waiting out the dead run's lease
 
     # the README: run the flow again with the killed run's change id; only the survivor is left to run it
-    resumed = start_deployment(api, "add-replica/add-replica", params | {"change_id": f"add-{killed['id']}"},
-                               f"{CLUSTER}-grow-resume")
+    resumed = start_deployment(
+        api, "add-replica/add-replica", params | {"change_id": f"add-{killed['id']}"}, f"{CLUSTER}-grow-resume"
+    )
     done = wait_run(api, resumed["id"], timeout=400)
     assert done["state_type"] == "COMPLETED", done["state"]
-    assert f"submitting flow run '{resumed['id']}'" in two_workers[survivor].log.read_text() or \
-        resumed["id"] in two_workers[survivor].log.read_text()
+    assert (
+        f"submitting flow run '{resumed['id']}'" in two_workers[survivor].log.read_text()
+        or resumed["id"] in two_workers[survivor].log.read_text()
+    )
 
     # every step the killed run had completed came back from the shared checkpoints (Cached), not run again
     cached = {step for step, state in checkpoint_steps(api, resumed["id"]) if state == "Cached"}
@@ -180,5 +210,60 @@ def test_a_change_killed_on_one_worker_resumes_on_the_other(prefect_on_postgres,
     vms = cloud.gce.list_instances(ZONES, labels={"haplane-cluster": CLUSTER})
     assert sorted(v.zone for v in vms) == ["europe-west1-b", "europe-west1-c"]
     assert cloud.gce.get_forwarding_rule(REGION, f"{CLUSTER}-master-lb").ip == endpoint
-    assert api_through(endpoint, load_cas(CLUSTER).ca.cert_pem).status_code == 200
+    assert api_through(endpoint, load_certs(CLUSTER).ca.cert_pem).status_code == 200
     assert any(team_workspace.rglob("*")), "no checkpoint in the shared result storage"
+
+
+def test_an_unauthenticated_request_is_refused_and_starts_nothing(prefect_on_postgres, team_workspace):
+    """The server runs with PREFECT_SERVER_API_AUTH_STRING (as the README's production set-up): without the
+    credential, or with a wrong one, deployments, block documents and flow-run creation answer 401 and
+    nothing starts; haplane's CLI says which setting to fix instead of printing a traceback."""
+    import base64
+    import subprocess
+    import sys
+
+    api = prefect_on_postgres.url
+    deployment = (
+        httpx.get(f"{api}/deployments/name/delete-cluster/delete-cluster", headers=auth_headers(), timeout=10)
+        .raise_for_status()
+        .json()
+    )
+
+    def flow_runs() -> int:
+        return (
+            httpx.post(f"{api}/flow_runs/count", json={}, headers=auth_headers(), timeout=10).raise_for_status().json()
+        )
+
+    before = flow_runs()
+    for headers in ({}, {"Authorization": "Basic " + base64.b64encode(b"haplane:wrong").decode()}):
+        calls = [
+            ("POST", "/deployments/filter", {}),
+            ("GET", f"/deployments/{deployment['id']}", None),
+            ("POST", "/block_documents/filter", {"include_secrets": True}),
+            (
+                "POST",
+                f"/deployments/{deployment['id']}/create_flow_run",
+                {"parameters": {"cluster": CLUSTER, "connection": CONNECTION}},
+            ),
+        ]
+        for verb, path, body in calls:
+            reply = httpx.request(verb, api + path, json=body, headers=headers, timeout=10)
+            assert reply.status_code == 401, (verb, path, headers, reply.status_code)
+            assert "BEGIN" not in reply.text and CLUSTER not in reply.text
+    assert flow_runs() == before, "an unauthenticated request started a flow run"
+
+    for auth in ("haplane:wrong", None):
+        env = prefect_on_postgres.env()
+        env.pop("PREFECT_API_AUTH_STRING", None)
+        if auth:
+            env["PREFECT_API_AUTH_STRING"] = auth
+        out = subprocess.run(
+            [sys.executable, "-m", "haplane.cli", "migrate-keys", CLUSTER],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=400,
+        )
+        assert out.returncode == 1, out
+        assert "PREFECT_API_AUTH_STRING" in out.stderr and "401" in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr, out.stderr

@@ -21,8 +21,10 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
 if not (CHROMIUM and CHROMEDRIVER):
-    pytest.skip("Chromium and chromedriver are not installed: apt-get install -y chromium chromium-driver "
-                "(.ci/run does it)", allow_module_level=True)
+    pytest.skip(
+        "Chromium and chromedriver are not installed: apt-get install -y chromium chromium-driver (.ci/run does it)",
+        allow_module_level=True,
+    )
 
 from selenium.common.exceptions import WebDriverException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
@@ -40,9 +42,19 @@ def browser():
     profile = tempfile.mkdtemp(prefix="haplane-chromium-")
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1400,1100"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={profile}",
+        "--window-size=1400,1100",
+    ):
         opts.add_argument(flag)
     try:
         driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
@@ -120,8 +132,10 @@ def test_start_add_replica_from_its_form_and_see_it_complete(prefect_api, prefec
                 break
             time.sleep(2)
         assert state and state["state_type"] == "COMPLETED", state
-        assert state["parameters"] == {"cluster": cluster, "zone": "europe-west1-c"} or \
-            (state["parameters"]["cluster"], state["parameters"]["zone"]) == (cluster, "europe-west1-c")
+        assert state["parameters"] == {"cluster": cluster, "zone": "europe-west1-c"} or (
+            state["parameters"]["cluster"],
+            state["parameters"]["zone"],
+        ) == (cluster, "europe-west1-c")
         # the run page shows it completed (it refreshes itself; reload to be sure) and its artifacts
         driver.refresh()
         WebDriverWait(driver, 60).until(lambda d: "Completed" in d.find_element(By.TAG_NAME, "body").text)

@@ -121,8 +121,9 @@ def test_a_failed_zone_has_its_replica_moved_and_its_stranded_vm_deleted(cloud, 
         state = health_check(cluster=cluster, zone_grace_s=0, return_state=True)
         assert state.result()["action"] == "nothing", state.result()
 
-    assert len(writer.results) > 20 and all(writer.results), \
+    assert len(writer.results) > 20 and all(writer.results), (
         f"{writer.results.count(False)} of {len(writer.results)} etcd writes failed: quorum was lost"
+    )
     # The API answered through the endpoint at every probe. When the dead zone held etcd's leader,
     # /readyz (a linearizable read) says 503 during the one election that follows (etcd's election
     # timeout is 1 s): that is the only readiness gap allowed.
@@ -131,11 +132,14 @@ def test_a_failed_zone_has_its_replica_moved_and_its_stranded_vm_deleted(cloud, 
     # the only miss allowed; after that window every probe is answered.
     detect_s = 2 * 2 + 1
     late = [t - failed_at for t in probe.unanswered_at if t > failed_at + detect_s]
-    print(f"endpoint probes: {len(probe.results)}, unanswered {probe.unanswered} "
-          f"(within {detect_s} s of the failure: {probe.unanswered - len(late)})")
-    assert len(probe.results) > 50 and not late, \
-        f"{len(late)} of {len(probe.results)} probes got no answer through the endpoint after the LB's " \
+    print(
+        f"endpoint probes: {len(probe.results)}, unanswered {probe.unanswered} "
+        f"(within {detect_s} s of the failure: {probe.unanswered - len(late)})"
+    )
+    assert len(probe.results) > 50 and not late, (
+        f"{len(late)} of {len(probe.results)} probes got no answer through the endpoint after the LB's "
         f"health check had {detect_s} s to notice the dead zone (at +{', '.join(f'{x:.1f}' for x in late)} s)"
+    )
     assert probe.longest_gap() < 3.0, f"/readyz was not ready for {probe.longest_gap():.2f} s"
     delete_cluster(cluster=cluster)
     assert cloud.processes() == []

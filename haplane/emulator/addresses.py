@@ -47,8 +47,10 @@ def insert(ctx: Ctx, call: Call) -> dict:
     key = _key(call, name)
     address_type = body.get("addressType", "EXTERNAL")
     if address_type != "EXTERNAL":
-        raise invalid(f"Invalid value for field 'resource.addressType': '{address_type}'. "
-                      "The emulator serves EXTERNAL addresses only.")
+        raise invalid(
+            f"Invalid value for field 'resource.addressType': '{address_type}'. "
+            "The emulator serves EXTERNAL addresses only."
+        )
     wanted = body.get("address")
     with ctx.store.lock:
         if key in ctx.store.addresses:
@@ -61,9 +63,19 @@ def insert(ctx: Ctx, call: Call) -> dict:
                 raise invalid(f"Invalid value for field 'resource.address': '{wanted}'.") from None
             holder = next((a for a in ctx.store.addresses.values() if a.get("address") == wanted), None)
             if holder is not None:
-                return ctx.operation(call, "insert", "default", link, None, [], fail=OperationError(
-                    "IP_IN_USE_BY_ANOTHER_RESOURCE",
-                    f"IP '{wanted}' is already reserved by '{holder['selfLink']}'.", 409))
+                return ctx.operation(
+                    call,
+                    "insert",
+                    "default",
+                    link,
+                    None,
+                    [],
+                    fail=OperationError(
+                        "IP_IN_USE_BY_ANOTHER_RESOURCE",
+                        f"IP '{wanted}' is already reserved by '{holder['selfLink']}'.",
+                        409,
+                    ),
+                )
             user = ctx.store.instance_using_ip(wanted)
             if user is not None and ctx.catalog.region_of(user["_zone"]) != region:
                 user = None
@@ -71,8 +83,10 @@ def insert(ctx: Ctx, call: Call) -> dict:
             if rule is not None and rule["_region"] != region:
                 rule = None
             if user is None and rule is None:
-                raise invalid(f"Invalid value for field 'resource.address': '{wanted}'. "
-                              f"Requested address '{wanted}' is not available in region '{region}'.")
+                raise invalid(
+                    f"Invalid value for field 'resource.address': '{wanted}'. "
+                    f"Requested address '{wanted}' is not available in region '{region}'."
+                )
             ip = wanted
         else:
             ip = ctx.store.static_ips.allocate()
@@ -125,8 +139,9 @@ def delete(ctx: Ctx, call: Call) -> dict:
             if addr is None or addr["id"] != addr_id:
                 return
             if addr.get("users"):
-                raise OperationError("RESOURCE_IN_USE_BY_ANOTHER_RESOURCE",
-                                     f"The address is in use by '{addr['users'][0]}'", 400)
+                raise OperationError(
+                    "RESOURCE_IN_USE_BY_ANOTHER_RESOURCE", f"The address is in use by '{addr['users'][0]}'", 400
+                )
             del ctx.store.addresses[key]
             release_ip(ctx.store, ip)
 

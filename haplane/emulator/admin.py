@@ -1,11 +1,11 @@
 """A typed client for the emulator's admin API (``/_emulator/...``, see :mod:`.control`).
 
-    admin = EmulatorAdmin("http://127.0.0.1:8787")
-    admin.add_fault("compute.instances.insert", mode="503", count=2)
-    admin.set_latency(profile="gce", time_scale=0.01)
-    admin.kill_vm("my-project", "us-central1-a", "master-1")
-    admin.fail_zone("us-central1-b"); admin.restore_zone("us-central1-b")
-    [c["method"] for c in admin.calls()]
+admin = EmulatorAdmin("http://127.0.0.1:8787")
+admin.add_fault("compute.instances.insert", mode="503", count=2)
+admin.set_latency(profile="gce", time_scale=0.01)
+admin.kill_vm("my-project", "us-central1-a", "master-1")
+admin.fail_zone("us-central1-b"); admin.restore_zone("us-central1-b")
+[c["method"] for c in admin.calls()]
 """
 
 from __future__ import annotations
@@ -59,8 +59,15 @@ class EmulatorAdmin:
 
     # --- faults ---------------------------------------------------------------------------------
 
-    def add_fault(self, method: str, mode: FaultMode, count: int = 1, error_code: str | None = None,
-                  error_message: str | None = None, http_status: int | None = None) -> list[dict]:
+    def add_fault(
+        self,
+        method: str,
+        mode: FaultMode,
+        count: int = 1,
+        error_code: str | None = None,
+        error_message: str | None = None,
+        http_status: int | None = None,
+    ) -> list[dict]:
         """The next ``count`` calls of ``method`` (e.g. ``compute.instances.insert``) fail as ``mode``."""
         spec: dict[str, Any] = {"method": method, "mode": mode, "count": count}
         if error_code:
@@ -76,16 +83,16 @@ class EmulatorAdmin:
 
     def clear_faults(self, method: str | None = None) -> int:
         """Drop pending faults (all, or one method's); returns how many hung operations were released."""
-        return self._call("DELETE", "/faults", params={"method": method} if method else None)[
-            "releasedOperations"]
+        return self._call("DELETE", "/faults", params={"method": method} if method else None)["releasedOperations"]
 
     # --- latency --------------------------------------------------------------------------------
 
     def latency(self) -> dict:
         return self._call("GET", "/latency")
 
-    def set_latency(self, profile: str | None = None, time_scale: float | None = None,
-                    seconds: dict[str, float] | None = None) -> dict:
+    def set_latency(
+        self, profile: str | None = None, time_scale: float | None = None, seconds: dict[str, float] | None = None
+    ) -> dict:
         body: dict[str, Any] = {}
         if profile is not None:
             body["profile"] = profile

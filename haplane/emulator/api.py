@@ -120,8 +120,15 @@ def op_aggregated_list(ctx: Ctx, call: Call) -> dict:
             if p == call.project:
                 scoped.setdefault(scope, []).append(op)
         unreachable = [f"zones/{z}" for z in ctx.store.failed_zones]
-        return listing.aggregated_reply(ctx.store.base_url, call.project, "compute#operationAggregatedList",
-                                        "operations", scoped, call.query, unreachable)
+        return listing.aggregated_reply(
+            ctx.store.base_url,
+            call.project,
+            "compute#operationAggregatedList",
+            "operations",
+            scoped,
+            call.query,
+            unreachable,
+        )
 
 
 ROUTES: list[Route] = [
@@ -130,92 +137,191 @@ ROUTES: list[Route] = [
     Route("GET", "{project}/zones", "compute.zones.list", zone_list),
     Route("GET", "{project}/zones/{zone}", "compute.zones.get", zone_get),
     # instances
-    Route("POST", "{project}/zones/{zone}/instances", "compute.instances.insert", instances.insert,
-          "instance_insert"),
+    Route("POST", "{project}/zones/{zone}/instances", "compute.instances.insert", instances.insert, "instance_insert"),
     Route("GET", "{project}/zones/{zone}/instances", "compute.instances.list", instances.list_),
     Route("GET", "{project}/aggregated/instances", "compute.instances.aggregatedList", instances.aggregated_list),
     Route("GET", "{project}/zones/{zone}/instances/{instance}", "compute.instances.get", instances.get),
-    Route("DELETE", "{project}/zones/{zone}/instances/{instance}", "compute.instances.delete",
-          instances.delete, "instance_delete"),
-    Route("POST", "{project}/zones/{zone}/instances/{instance}/addAccessConfig",
-          "compute.instances.addAccessConfig", instances.add_access_config, "instance_update"),
-    Route("POST", "{project}/zones/{zone}/instances/{instance}/deleteAccessConfig",
-          "compute.instances.deleteAccessConfig", instances.delete_access_config, "instance_update"),
-    Route("POST", "{project}/zones/{zone}/instances/{instance}/setLabels", "compute.instances.setLabels",
-          instances.set_labels, "instance_update"),
-    Route("POST", "{project}/zones/{zone}/instances/{instance}/setMetadata", "compute.instances.setMetadata",
-          instances.set_metadata, "instance_update"),
-    Route("POST", "{project}/zones/{zone}/instances/{instance}/stop", "compute.instances.stop",
-          instances.stop, "instance_stop"),
-    Route("POST", "{project}/zones/{zone}/instances/{instance}/start", "compute.instances.start",
-          instances.start, "instance_start"),
+    Route(
+        "DELETE",
+        "{project}/zones/{zone}/instances/{instance}",
+        "compute.instances.delete",
+        instances.delete,
+        "instance_delete",
+    ),
+    Route(
+        "POST",
+        "{project}/zones/{zone}/instances/{instance}/addAccessConfig",
+        "compute.instances.addAccessConfig",
+        instances.add_access_config,
+        "instance_update",
+    ),
+    Route(
+        "POST",
+        "{project}/zones/{zone}/instances/{instance}/deleteAccessConfig",
+        "compute.instances.deleteAccessConfig",
+        instances.delete_access_config,
+        "instance_update",
+    ),
+    Route(
+        "POST",
+        "{project}/zones/{zone}/instances/{instance}/setLabels",
+        "compute.instances.setLabels",
+        instances.set_labels,
+        "instance_update",
+    ),
+    Route(
+        "POST",
+        "{project}/zones/{zone}/instances/{instance}/setMetadata",
+        "compute.instances.setMetadata",
+        instances.set_metadata,
+        "instance_update",
+    ),
+    Route(
+        "POST",
+        "{project}/zones/{zone}/instances/{instance}/stop",
+        "compute.instances.stop",
+        instances.stop,
+        "instance_stop",
+    ),
+    Route(
+        "POST",
+        "{project}/zones/{zone}/instances/{instance}/start",
+        "compute.instances.start",
+        instances.start,
+        "instance_start",
+    ),
     # addresses
-    Route("POST", "{project}/regions/{region}/addresses", "compute.addresses.insert", addresses.insert,
-          "address"),
+    Route("POST", "{project}/regions/{region}/addresses", "compute.addresses.insert", addresses.insert, "address"),
     Route("GET", "{project}/regions/{region}/addresses", "compute.addresses.list", addresses.list_),
     Route("GET", "{project}/aggregated/addresses", "compute.addresses.aggregatedList", addresses.aggregated_list),
     Route("GET", "{project}/regions/{region}/addresses/{address}", "compute.addresses.get", addresses.get),
-    Route("DELETE", "{project}/regions/{region}/addresses/{address}", "compute.addresses.delete",
-          addresses.delete, "address"),
+    Route(
+        "DELETE",
+        "{project}/regions/{region}/addresses/{address}",
+        "compute.addresses.delete",
+        addresses.delete,
+        "address",
+    ),
     # load balancing
-    Route("POST", "{project}/global/httpHealthChecks", "compute.httpHealthChecks.insert",
-          loadbalancer.hc_insert, "health_check"),
+    Route(
+        "POST",
+        "{project}/global/httpHealthChecks",
+        "compute.httpHealthChecks.insert",
+        loadbalancer.hc_insert,
+        "health_check",
+    ),
     Route("GET", "{project}/global/httpHealthChecks", "compute.httpHealthChecks.list", loadbalancer.hc_list),
-    Route("GET", "{project}/global/httpHealthChecks/{httpHealthCheck}", "compute.httpHealthChecks.get",
-          loadbalancer.hc_get),
-    Route("DELETE", "{project}/global/httpHealthChecks/{httpHealthCheck}", "compute.httpHealthChecks.delete",
-          loadbalancer.hc_delete, "health_check"),
-    Route("POST", "{project}/global/healthChecks", "compute.healthChecks.insert",
-          loadbalancer.hc_insert, "health_check"),
+    Route(
+        "GET",
+        "{project}/global/httpHealthChecks/{httpHealthCheck}",
+        "compute.httpHealthChecks.get",
+        loadbalancer.hc_get,
+    ),
+    Route(
+        "DELETE",
+        "{project}/global/httpHealthChecks/{httpHealthCheck}",
+        "compute.httpHealthChecks.delete",
+        loadbalancer.hc_delete,
+        "health_check",
+    ),
+    Route(
+        "POST", "{project}/global/healthChecks", "compute.healthChecks.insert", loadbalancer.hc_insert, "health_check"
+    ),
     Route("GET", "{project}/global/healthChecks", "compute.healthChecks.list", loadbalancer.hc_list),
-    Route("GET", "{project}/aggregated/healthChecks", "compute.healthChecks.aggregatedList",
-          loadbalancer.hc_aggregated_list),
-    Route("GET", "{project}/global/healthChecks/{healthCheck}", "compute.healthChecks.get",
-          loadbalancer.hc_get),
-    Route("DELETE", "{project}/global/healthChecks/{healthCheck}", "compute.healthChecks.delete",
-          loadbalancer.hc_delete, "health_check"),
-    Route("POST", "{project}/regions/{region}/targetPools", "compute.targetPools.insert",
-          loadbalancer.tp_insert, "target_pool"),
+    Route(
+        "GET",
+        "{project}/aggregated/healthChecks",
+        "compute.healthChecks.aggregatedList",
+        loadbalancer.hc_aggregated_list,
+    ),
+    Route("GET", "{project}/global/healthChecks/{healthCheck}", "compute.healthChecks.get", loadbalancer.hc_get),
+    Route(
+        "DELETE",
+        "{project}/global/healthChecks/{healthCheck}",
+        "compute.healthChecks.delete",
+        loadbalancer.hc_delete,
+        "health_check",
+    ),
+    Route(
+        "POST",
+        "{project}/regions/{region}/targetPools",
+        "compute.targetPools.insert",
+        loadbalancer.tp_insert,
+        "target_pool",
+    ),
     Route("GET", "{project}/regions/{region}/targetPools", "compute.targetPools.list", loadbalancer.tp_list),
-    Route("GET", "{project}/aggregated/targetPools", "compute.targetPools.aggregatedList",
-          loadbalancer.tp_aggregated_list),
-    Route("GET", "{project}/regions/{region}/targetPools/{targetPool}", "compute.targetPools.get",
-          loadbalancer.tp_get),
-    Route("DELETE", "{project}/regions/{region}/targetPools/{targetPool}", "compute.targetPools.delete",
-          loadbalancer.tp_delete, "target_pool"),
-    Route("POST", "{project}/regions/{region}/targetPools/{targetPool}/addInstance",
-          "compute.targetPools.addInstance", loadbalancer.tp_add_instance, "target_pool"),
-    Route("POST", "{project}/regions/{region}/targetPools/{targetPool}/removeInstance",
-          "compute.targetPools.removeInstance", loadbalancer.tp_remove_instance, "target_pool"),
-    Route("POST", "{project}/regions/{region}/targetPools/{targetPool}/getHealth",
-          "compute.targetPools.getHealth", loadbalancer.tp_get_health),
-    Route("POST", "{project}/regions/{region}/forwardingRules", "compute.forwardingRules.insert",
-          loadbalancer.fr_insert, "forwarding_rule_insert"),
-    Route("GET", "{project}/regions/{region}/forwardingRules", "compute.forwardingRules.list",
-          loadbalancer.fr_list),
-    Route("GET", "{project}/aggregated/forwardingRules", "compute.forwardingRules.aggregatedList",
-          loadbalancer.fr_aggregated_list),
-    Route("GET", "{project}/regions/{region}/forwardingRules/{forwardingRule}", "compute.forwardingRules.get",
-          loadbalancer.fr_get),
-    Route("DELETE", "{project}/regions/{region}/forwardingRules/{forwardingRule}",
-          "compute.forwardingRules.delete", loadbalancer.fr_delete, "forwarding_rule_delete"),
+    Route(
+        "GET", "{project}/aggregated/targetPools", "compute.targetPools.aggregatedList", loadbalancer.tp_aggregated_list
+    ),
+    Route("GET", "{project}/regions/{region}/targetPools/{targetPool}", "compute.targetPools.get", loadbalancer.tp_get),
+    Route(
+        "DELETE",
+        "{project}/regions/{region}/targetPools/{targetPool}",
+        "compute.targetPools.delete",
+        loadbalancer.tp_delete,
+        "target_pool",
+    ),
+    Route(
+        "POST",
+        "{project}/regions/{region}/targetPools/{targetPool}/addInstance",
+        "compute.targetPools.addInstance",
+        loadbalancer.tp_add_instance,
+        "target_pool",
+    ),
+    Route(
+        "POST",
+        "{project}/regions/{region}/targetPools/{targetPool}/removeInstance",
+        "compute.targetPools.removeInstance",
+        loadbalancer.tp_remove_instance,
+        "target_pool",
+    ),
+    Route(
+        "POST",
+        "{project}/regions/{region}/targetPools/{targetPool}/getHealth",
+        "compute.targetPools.getHealth",
+        loadbalancer.tp_get_health,
+    ),
+    Route(
+        "POST",
+        "{project}/regions/{region}/forwardingRules",
+        "compute.forwardingRules.insert",
+        loadbalancer.fr_insert,
+        "forwarding_rule_insert",
+    ),
+    Route("GET", "{project}/regions/{region}/forwardingRules", "compute.forwardingRules.list", loadbalancer.fr_list),
+    Route(
+        "GET",
+        "{project}/aggregated/forwardingRules",
+        "compute.forwardingRules.aggregatedList",
+        loadbalancer.fr_aggregated_list,
+    ),
+    Route(
+        "GET",
+        "{project}/regions/{region}/forwardingRules/{forwardingRule}",
+        "compute.forwardingRules.get",
+        loadbalancer.fr_get,
+    ),
+    Route(
+        "DELETE",
+        "{project}/regions/{region}/forwardingRules/{forwardingRule}",
+        "compute.forwardingRules.delete",
+        loadbalancer.fr_delete,
+        "forwarding_rule_delete",
+    ),
     # firewalls
     Route("POST", "{project}/global/firewalls", "compute.firewalls.insert", firewalls.insert, "firewall"),
     Route("GET", "{project}/global/firewalls", "compute.firewalls.list", firewalls.list_),
     Route("GET", "{project}/global/firewalls/{firewall}", "compute.firewalls.get", firewalls.get),
-    Route("DELETE", "{project}/global/firewalls/{firewall}", "compute.firewalls.delete", firewalls.delete,
-          "firewall"),
+    Route("DELETE", "{project}/global/firewalls/{firewall}", "compute.firewalls.delete", firewalls.delete, "firewall"),
     # operations
     Route("GET", "{project}/zones/{zone}/operations", "compute.zoneOperations.list", op_list),
     Route("GET", "{project}/regions/{region}/operations", "compute.regionOperations.list", op_list),
     Route("GET", "{project}/global/operations", "compute.globalOperations.list", op_list),
-    Route("GET", "{project}/aggregated/operations", "compute.globalOperations.aggregatedList",
-          op_aggregated_list),
+    Route("GET", "{project}/aggregated/operations", "compute.globalOperations.aggregatedList", op_aggregated_list),
     Route("GET", "{project}/zones/{zone}/operations/{operation}", "compute.zoneOperations.get", op_get),
     Route("POST", "{project}/zones/{zone}/operations/{operation}/wait", "compute.zoneOperations.wait", op_wait),
     Route("GET", "{project}/regions/{region}/operations/{operation}", "compute.regionOperations.get", op_get),
-    Route("POST", "{project}/regions/{region}/operations/{operation}/wait", "compute.regionOperations.wait",
-          op_wait),
+    Route("POST", "{project}/regions/{region}/operations/{operation}/wait", "compute.regionOperations.wait", op_wait),
     Route("GET", "{project}/global/operations/{operation}", "compute.globalOperations.get", op_get),
     Route("POST", "{project}/global/operations/{operation}/wait", "compute.globalOperations.wait", op_wait),
 ]
@@ -268,9 +374,16 @@ class ComputeApi:
             log.exception("emulator handler failed: %s %s", verb, path)
             meta["outcome"] = "backendError"
             status, reply = 500, ApiError(500, "backendError", f"emulator bug: {type(exc).__name__}: {exc}").body()
-        self.calls.record(method=meta["method"], verb=verb, path=path, request_id=query.get("requestId"),
-                          status=status, operation=meta["operation"], outcome=meta["outcome"],
-                          resource=meta["resource"])
+        self.calls.record(
+            method=meta["method"],
+            verb=verb,
+            path=path,
+            request_id=query.get("requestId"),
+            status=status,
+            operation=meta["operation"],
+            outcome=meta["outcome"],
+            resource=meta["resource"],
+        )
         return status, reply
 
     def _handle(self, verb: str, path: str, query: dict[str, str], body, meta: dict) -> tuple[int, dict]:
@@ -320,8 +433,10 @@ class ComputeApi:
             target = "projects/" + m.group(1).format(**call.params)
         else:  # an insert: the target is the resource it would have created
             target = "projects/" + route.template.format(**call.params) + f"/{body.get('name', '')}"
-        error = OperationError(fault.errorCode, fault.errorMessage or f"Injected fault on {route.method}",
-                               fault.httpStatus)
-        op = self.ctx.ops.create(call.project, call.scope, route.method.rsplit(".", 1)[1],
-                                 self.ctx.store.link(target), None, None)
+        error = OperationError(
+            fault.errorCode, fault.errorMessage or f"Injected fault on {route.method}", fault.httpStatus
+        )
+        op = self.ctx.ops.create(
+            call.project, call.scope, route.method.rsplit(".", 1)[1], self.ctx.store.link(target), None, None
+        )
         return self.ctx.ops.run(op, route.kind or "default", [], fail=error)

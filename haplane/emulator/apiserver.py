@@ -24,6 +24,13 @@ Minting and reviewing need a client certificate signed by ``--client-ca-file``
 re-read when they change on disk, so a rotation delivered to the VM takes effect
 without a restart.
 
+The Kubernetes API kubectl and the controller-manager and scheduler stand-ins use (discovery,
+``/version``, the ``kubernetes`` Endpoints, Leases, ComponentStatuses): see
+:mod:`haplane.emulator.kubeapi`. Every path under ``/api``, ``/apis`` and ``/version`` needs a client
+certificate of ``--client-ca-file`` (401 otherwise; a certificate of another CA fails the TLS
+handshake). While it runs, the stand-in keeps ``/registry/masterleases/<ip>`` in etcd with a 15 s
+etcd lease (kube-apiserver's lease endpoint reconciler) and deletes it when it stops.
+
 Run as its own process (``python -m haplane.emulator.apiserver ...``) so
 that killing a VM kills it too.
 """
@@ -48,7 +55,9 @@ from pathlib import Path
 import httpx
 
 from haplane import serviceaccount
-from haplane.node import TLS_FILES
+from haplane.emulator import kubeapi
+from haplane.node import CONTROLLER_MANAGER_PORT, SCHEDULER_PORT, TLS_FILES
+from haplane.startup import KUBERNETES_VERSION
 
 _TOKEN_REQUEST = re.compile(r"^/api/v1/namespaces/([a-z0-9-]+)/serviceaccounts/([a-z0-9.-]+)/token$")
 _TOKEN_REVIEW = "/apis/authentication.k8s.io/v1/tokenreviews"
@@ -129,17 +138,39 @@ def _etcd_ready(client: httpx.Client, etcd_url: str) -> tuple[bool, str]:
 
 
 def _etcd_put(client: httpx.Client, etcd_url: str, key: str, value: str) -> tuple[bool, str]:
-    body = {"key": base64.b64encode(f"/haplane/canary/{key}".encode()).decode(),
-            "value": base64.b64encode(value.encode()).decode()}
+    body = {
+        "key": base64.b64encode(f"/haplane/canary/{key}".encode()).decode(),
+        "value": base64.b64encode(value.encode()).decode(),
+    }
     resp, why = _etcd_post(client, etcd_url, "/v3/kv/put", body)
     if resp is None:
         return False, why
     return True, json.dumps({"revision": resp.json().get("header", {}).get("revision")})
 
 
-def make_handler(etcd: httpx.Client, etcd_url: str, name: str,
-                 sa: ServiceAccounts | None = None) -> type[BaseHTTPRequestHandler]:
+def _component_probe(ip: str, port: int) -> tuple[bool, str]:
+    """A component's /healthz on this VM (kube-apiserver asks 127.0.0.1; the stand-ins share loopback,
+    so the VM's own address)."""
+    try:
+        resp = httpx.get(f"http://{ip}:{port}/healthz", timeout=1.0)
+    except httpx.HTTPError as exc:
+        return False, f"Get http://{ip}:{port}/healthz: {type(exc).__name__}"
+    return resp.status_code == 200, resp.text.strip() or str(resp.status_code)
+
+
+COMPONENTS = {"controller-manager": CONTROLLER_MANAGER_PORT, "scheduler": SCHEDULER_PORT}
+
+
+def make_handler(
+    etcd: httpx.Client,
+    etcd_url: str,
+    name: str,
+    sa: ServiceAccounts | None = None,
+    ip: str = "127.0.0.1",
+    port: int = 6443,
+) -> type[BaseHTTPRequestHandler]:
     sa = sa or ServiceAccounts(KeyFile(None), KeyFile(None))
+    kv = kubeapi.EtcdKv(etcd, etcd_url)
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, format: str, *args: object) -> None:  # quiet
@@ -155,8 +186,17 @@ def make_handler(etcd: httpx.Client, etcd_url: str, name: str,
             self.wfile.write(data)
 
         def _status(self, code: int, reason: str, message: str) -> None:
-            self._json(code, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                              "reason": reason, "message": message, "code": code})
+            self._json(
+                code,
+                {
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "status": "Failure",
+                    "reason": reason,
+                    "message": message,
+                    "code": code,
+                },
+            )
 
         def _admin(self) -> bool:
             """A client certificate verified against --client-ca-file was presented."""
@@ -176,10 +216,19 @@ def make_handler(etcd: httpx.Client, etcd_url: str, name: str,
                 user = serviceaccount.verify(token, sa.public_keys.text(), issuer=sa.issuer)
             except serviceaccount.TokenError as exc:
                 return {"authenticated": False, "error": str(exc)}
-            return {"authenticated": True, "audiences": list(user.audiences),
-                    "user": {"username": user.username, "uid": user.uid,
-                             "groups": ["system:serviceaccounts", f"system:serviceaccounts:{user.namespace}",
-                                        "system:authenticated"]}}
+            return {
+                "authenticated": True,
+                "audiences": list(user.audiences),
+                "user": {
+                    "username": user.username,
+                    "uid": user.uid,
+                    "groups": [
+                        "system:serviceaccounts",
+                        f"system:serviceaccounts:{user.namespace}",
+                        "system:authenticated",
+                    ],
+                },
+            }
 
         def do_POST(self) -> None:
             path = self.path.split("?", 1)[0]
@@ -193,6 +242,11 @@ def make_handler(etcd: httpx.Client, etcd_url: str, name: str,
             if path == "/haplane/canary":  # the availability canary: a write through this replica, HTTPS only
                 self._canary(body)
                 return
+            lease = kubeapi.LEASE_PATH.match(path)
+            if lease and self._bearer() is None:
+                if self._authenticated():
+                    self._write_lease(lease[1], None, body)
+                return
             if not sa.enabled:
                 self._status(404, "NotFound", f"no such path {path}")
                 return
@@ -203,8 +257,14 @@ def make_handler(etcd: httpx.Client, etcd_url: str, name: str,
                     self._status(401, "Unauthorized", review["error"])
                     return
                 if path == _SELF_REVIEW:
-                    self._json(201, {"kind": "SelfSubjectReview", "apiVersion": "authentication.k8s.io/v1",
-                                     "status": {"userInfo": review["user"]}})
+                    self._json(
+                        201,
+                        {
+                            "kind": "SelfSubjectReview",
+                            "apiVersion": "authentication.k8s.io/v1",
+                            "status": {"userInfo": review["user"]},
+                        },
+                    )
                 else:
                     self._status(403, "Forbidden", f"{review['user']['username']} may not POST {path}")
                 return
@@ -217,13 +277,27 @@ def make_handler(etcd: httpx.Client, etcd_url: str, name: str,
                 audiences = tuple(spec.get("audiences") or (sa.issuer,))
                 expiration = int(spec.get("expirationSeconds") or 3600)
                 if expiration < 600:
-                    self._status(422, "Invalid", "spec.expirationSeconds: may not specify a duration less than 10 minutes")
+                    self._status(
+                        422, "Invalid", "spec.expirationSeconds: may not specify a duration less than 10 minutes"
+                    )
                     return
-                token, exp = serviceaccount.mint(sa.signing_key.text(), namespace=match[1], name=match[2],
-                                                 audiences=audiences, expiration_s=expiration, issuer=sa.issuer)
-                self._json(201, {"kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1",
-                                 "spec": {"audiences": list(audiences), "expirationSeconds": expiration},
-                                 "status": {"token": token, "expirationTimestamp": _rfc3339(exp)}})
+                token, exp = serviceaccount.mint(
+                    sa.signing_key.text(),
+                    namespace=match[1],
+                    name=match[2],
+                    audiences=audiences,
+                    expiration_s=expiration,
+                    issuer=sa.issuer,
+                )
+                self._json(
+                    201,
+                    {
+                        "kind": "TokenRequest",
+                        "apiVersion": "authentication.k8s.io/v1",
+                        "spec": {"audiences": list(audiences), "expirationSeconds": expiration},
+                        "status": {"token": token, "expirationTimestamp": _rfc3339(exp)},
+                    },
+                )
             elif path == _TOKEN_REVIEW:
                 review = self._review(str((body.get("spec") or {}).get("token", "")))
                 self._json(201, {"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1", "status": review})
@@ -249,6 +323,13 @@ def make_handler(etcd: httpx.Client, etcd_url: str, name: str,
             self.end_headers()
             self.wfile.write(data)
 
+        def _authenticated(self) -> bool:
+            """A client certificate of the cluster CA was presented; else a 401 is sent."""
+            if self.server.tls is not None and self._admin():  # type: ignore[attr-defined]
+                return True
+            self._status(401, "Unauthorized", "Unauthorized: present a client certificate of the cluster CA")
+            return False
+
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/livez":
@@ -256,10 +337,124 @@ def make_handler(etcd: httpx.Client, etcd_url: str, name: str,
             elif path in ("/readyz", "/healthz"):
                 ok, why = _etcd_ready(etcd, etcd_url)
                 self._send(200 if ok else 503, why)
-            elif path == "/version":
-                self._send(200, json.dumps({"replica": name, "gitVersion": "haplane-standin"}))
+            elif path == "/version" or path.startswith(("/api/", "/apis/")) or path in ("/api", "/apis"):
+                if self._authenticated():
+                    try:
+                        self._api_get(path)
+                    except kubeapi.EtcdUnavailable as exc:
+                        self._status(503, "ServiceUnavailable", str(exc))
             else:
                 self._send(404, f"no such path {path}")
+
+        def do_PUT(self) -> None:
+            path = self.path.split("?", 1)[0]
+            try:
+                body = self._body()
+            except ValueError:
+                self._status(400, "BadRequest", "the body is not JSON")
+                return
+            lease = kubeapi.LEASE_PATH.match(path)
+            if not self._authenticated():
+                return
+            if lease and lease[2]:
+                self._write_lease(lease[1], lease[2], body)
+            else:
+                self._status(405, "MethodNotAllowed", f"PUT is not supported on {path}")
+
+        def _write_lease(self, namespace: str, name: str | None, body: dict) -> None:
+            """Create (``name`` None: POST) or update a Lease; 409 on a conflict, as kube-apiserver."""
+            lease, why = kubeapi.check_lease(body, namespace, name)
+            if lease is None:
+                self._status(422, "Invalid", why)
+                return
+            lease_name = lease["metadata"]["name"]
+            key = f"{kubeapi.LEASES}{namespace}/{lease_name}"
+            try:
+                if name is None:
+                    lease["metadata"]["creationTimestamp"] = _rfc3339(int(dt.datetime.now(dt.UTC).timestamp()))
+                    rev = kv.put_if(key, lease, None)
+                    conflict = f'leases.coordination.k8s.io "{lease_name}" already exists'
+                    code, reason = 409, "AlreadyExists"
+                else:
+                    rv = str((body.get("metadata") or {}).get("resourceVersion") or "")
+                    old = kv.get(key)
+                    if old is None:
+                        self._status(404, "NotFound", f'leases.coordination.k8s.io "{lease_name}" not found')
+                        return
+                    if not rv.isdigit():
+                        self._status(422, "Invalid", "metadata.resourceVersion: must be specified for an update")
+                        return
+                    lease["metadata"]["creationTimestamp"] = old.value.get("metadata", {}).get("creationTimestamp")
+                    rev = kv.put_if(key, lease, int(rv))
+                    conflict = (
+                        f'Operation cannot be fulfilled on leases.coordination.k8s.io "{lease_name}": the '
+                        f"object has been modified; please apply your changes to the latest version and try "
+                        f"again"
+                    )
+                    code, reason = 409, "Conflict"
+            except kubeapi.EtcdUnavailable as exc:
+                self._status(503, "ServiceUnavailable", str(exc))
+                return
+            if rev is None:
+                self._status(code, reason, conflict)
+                return
+            lease["metadata"]["resourceVersion"] = str(rev)
+            self._json(201 if name is None else 200, lease)
+
+        def _api_get(self, path: str) -> None:
+            now = dt.datetime.now(dt.UTC)
+            table = kubeapi.wants_table(self.headers.get("Accept", ""))
+            if path == "/version":
+                self._json(200, kubeapi.version_info(KUBERNETES_VERSION))
+                return
+            doc = kubeapi.discovery(path, f"{ip}:{port}")
+            if doc is not None:
+                self._json(200, doc)
+                return
+            if m := kubeapi.ENDPOINTS_PATH.match(path):
+                if m[1] != "default" or m[2] not in (None, "kubernetes"):
+                    if m[2]:
+                        self._status(404, "NotFound", f'endpoints "{m[2]}" not found')
+                    else:
+                        self._json(200, kubeapi.as_list("EndpointsList", "v1", [], 0))
+                    return
+                kvs, rev = kv.list(kubeapi.MASTER_LEASES)
+                objs = [kubeapi.endpoints(kvs, port)]
+                if table:
+                    self._json(200, kubeapi.endpoints_table(objs, now))
+                else:
+                    self._json(200, objs[0] if m[2] else kubeapi.as_list("EndpointsList", "v1", objs, rev))
+                return
+            if m := kubeapi.LEASE_PATH.match(path):
+                if m[2]:
+                    found = kv.get(f"{kubeapi.LEASES}{m[1]}/{m[2]}")
+                    if found is None:
+                        self._status(404, "NotFound", f'leases.coordination.k8s.io "{m[2]}" not found')
+                        return
+                    objs = [kubeapi.lease_object(found)]
+                    rev = found.mod_revision
+                else:
+                    kvs, rev = kv.list(f"{kubeapi.LEASES}{m[1]}/")
+                    objs = [kubeapi.lease_object(k) for k in kvs]
+                if table:
+                    self._json(200, kubeapi.leases_table(objs, now))
+                else:
+                    self._json(
+                        200, objs[0] if m[2] else kubeapi.as_list("LeaseList", "coordination.k8s.io/v1", objs, rev)
+                    )
+                return
+            if m := kubeapi.COMPONENTS_PATH.match(path):
+                wanted = [m[1]] if m[1] else list(COMPONENTS)
+                if any(c not in COMPONENTS for c in wanted):
+                    self._status(404, "NotFound", f'componentstatuses "{m[1]}" not found')
+                    return
+                objs = [kubeapi.component_status(c, lambda c=c: _component_probe(ip, COMPONENTS[c])) for c in wanted]
+                if table:
+                    self._json(200, kubeapi.components_table(objs))
+                else:
+                    self._json(200, objs[0] if m[1] else kubeapi.as_list("ComponentStatusList", "v1", objs, 0))
+                return
+            self._status(404, "NotFound", "the server could not find the requested resource")
 
     return Handler
 
@@ -277,18 +472,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--service-account-signing-key-file", type=Path, help="private key that signs them")
     p.add_argument("--service-account-issuer", default=serviceaccount.ISSUER)
     args = p.parse_args(argv)
-    sa = ServiceAccounts(KeyFile(args.service_account_signing_key_file), KeyFile(args.service_account_key_file),
-                         args.service_account_issuer)
+    sa = ServiceAccounts(
+        KeyFile(args.service_account_signing_key_file),
+        KeyFile(args.service_account_key_file),
+        args.service_account_issuer,
+    )
 
     if args.pki_dir:
         pki: Path = args.pki_dir
         verify = ssl.create_default_context(cafile=str(pki / TLS_FILES["etcd-ca"]))
-        verify.load_cert_chain(pki / TLS_FILES["apiserver-etcd-client-cert"],
-                               pki / TLS_FILES["apiserver-etcd-client-key"])
+        verify.load_cert_chain(
+            pki / TLS_FILES["apiserver-etcd-client-cert"], pki / TLS_FILES["apiserver-etcd-client-key"]
+        )
         etcd = httpx.Client(verify=verify, timeout=2.0)
     else:
         etcd = httpx.Client(timeout=2.0)
-    handler = make_handler(etcd, args.etcd_url, args.name, sa)
+    handler = make_handler(etcd, args.etcd_url, args.name, sa, ip=args.ip, port=args.port)
 
     api = _Server((args.ip, args.port), handler)
     if args.pki_dir:
@@ -305,10 +504,35 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     for server in (api, health):
         threading.Thread(target=server.serve_forever, daemon=True).start()
+    reconciler = threading.Thread(
+        target=keep_master_lease, args=(kubeapi.EtcdKv(etcd, args.etcd_url), args.ip, stop), daemon=True
+    )
+    reconciler.start()
     stop.wait()
+    reconciler.join(3)
     api.shutdown()
     health.shutdown()
     return 0
+
+
+def keep_master_lease(kv: kubeapi.EtcdKv, ip: str, stop: threading.Event) -> None:
+    """kube-apiserver's lease endpoint reconciler: this API server's IP under
+    ``/registry/masterleases/`` with an etcd lease of 15 s, renewed every 5 s while it runs (it
+    drops out of the ``kubernetes`` Endpoints 15 s after it dies), deleted when it stops."""
+    key = f"{kubeapi.MASTER_LEASES}{ip}"
+    since = kubeapi.micro_time()
+    while not stop.is_set():
+        try:
+            old = kv.get(key)
+            since = (old.value.get("since") if old else None) or since
+            kv.put_with_ttl(key, {"ip": ip, "since": since}, kubeapi.MASTER_LEASE_TTL_S)
+        except (kubeapi.EtcdUnavailable, ValueError, KeyError):
+            pass  # etcd not there yet, or no quorum: try again
+        stop.wait(kubeapi.MASTER_LEASE_TTL_S / 3)
+    try:
+        kv.delete(key)
+    except kubeapi.EtcdUnavailable:
+        pass
 
 
 if __name__ == "__main__":

@@ -29,8 +29,18 @@ class CallLog:
         self._lock = threading.Lock()
         self._entries: deque[dict] = deque(maxlen=max_entries)
 
-    def record(self, *, method: str, verb: str, path: str, request_id: str | None, status: int,
-               operation: str | None, outcome: str, resource: str | None = None) -> None:
+    def record(
+        self,
+        *,
+        method: str,
+        verb: str,
+        path: str,
+        request_id: str | None,
+        status: int,
+        operation: str | None,
+        outcome: str,
+        resource: str | None = None,
+    ) -> None:
         entry = {
             "time": datetime.now(UTC).isoformat(),
             "method": method,

@@ -40,7 +40,7 @@ class Catalog:
         data = json.loads(Path(path).read_text())
         regions = data.get("regions", data) if isinstance(data, dict) else None
         if not isinstance(regions, dict) or not all(isinstance(z, list) for z in regions.values()):
-            raise ValueError(f"{path}: expected {{\"regions\": {{\"REGION\": [\"a\", \"b\"]}}}}")
+            raise ValueError(f'{path}: expected {{"regions": {{"REGION": ["a", "b"]}}}}')
         return cls(regions)
 
     def has_region(self, region: str) -> bool:

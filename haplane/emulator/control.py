@@ -63,8 +63,13 @@ class Control:
         if path == "/_emulator/health" and verb == "GET":
             with ctx.store.lock:
                 count = len(ctx.store.instances)
-            return {"status": "ok", "url": ctx.store.base_url, "instances": count,
-                    "latency": ctx.latency.snapshot(), "failedZones": sorted(ctx.store.failed_zones)}
+            return {
+                "status": "ok",
+                "url": ctx.store.base_url,
+                "instances": count,
+                "latency": ctx.latency.snapshot(),
+                "failedZones": sorted(ctx.store.failed_zones),
+            }
         if path == "/_emulator/calls":
             if verb == "GET":
                 return {"calls": self.calls.entries(query.get("method"))}
@@ -79,8 +84,9 @@ class Control:
                 if fault.method not in ALL_METHODS:
                     raise ValueError(f"unknown method {fault.method!r}; the emulator serves {sorted(ALL_METHODS)}")
                 if fault.mode in ("operation_error", "hang") and fault.method not in MUTATING:
-                    raise ValueError(f"mode {fault.mode!r} needs a method that returns an operation; "
-                                     f"{fault.method} does not")
+                    raise ValueError(
+                        f"mode {fault.mode!r} needs a method that returns an operation; {fault.method} does not"
+                    )
                 self.faults.add(fault)
                 return {"faults": self.faults.list()}
             if verb == "DELETE":
@@ -92,8 +98,9 @@ class Control:
                 return ctx.latency.snapshot()
             if verb == "POST":
                 body = body or {}
-                return ctx.latency.configure(profile=body.get("profile"), time_scale=body.get("timeScale"),
-                                             seconds=body.get("seconds"))
+                return ctx.latency.configure(
+                    profile=body.get("profile"), time_scale=body.get("timeScale"), seconds=body.get("seconds")
+                )
         if path == "/_emulator/zones" and verb == "GET":
             return {"failed": sorted(ctx.store.failed_zones)}
         m = ZONE.match(path)
@@ -121,11 +128,18 @@ class Control:
             if ctx.runtime.partition_zone(zone):
                 with ctx.store.lock:
                     ctx.store.failed_zones.add(zone)
-                return {"zone": zone, "failed": True, "mode": "partition", "killed": [],
-                        "partitioned": [vm.key for vm in victims]}
+                return {
+                    "zone": zone,
+                    "failed": True,
+                    "mode": "partition",
+                    "killed": [],
+                    "partitioned": [vm.key for vm in victims],
+                }
             if mode == "partition":
-                raise ValueError("this emulator's network cannot partition a zone: run it with "
-                                 "--network namespaces (root), or fail the zone with mode=kill")
+                raise ValueError(
+                    "this emulator's network cannot partition a zone: run it with "
+                    "--network namespaces (root), or fail the zone with mode=kill"
+                )
         with ctx.store.lock:
             ctx.store.failed_zones.add(zone)
         for vm in victims:
@@ -141,9 +155,15 @@ class Control:
                 raise not_found(f"projects/{project}/zones/{zone}/instances/{name}")
             vm, inst_id, status = vm_view(inst), inst["id"], inst["status"]
         if act is None and verb == "GET":
-            return {"project": project, "zone": zone, "name": name, "status": status,
-                    "internalIP": vm.internal_ip, "externalIPs": list(vm.external_ips),
-                    "processes": ctx.runtime.processes(vm)}
+            return {
+                "project": project,
+                "zone": zone,
+                "name": name,
+                "status": status,
+                "internalIP": vm.internal_ip,
+                "externalIPs": list(vm.external_ips),
+                "processes": ctx.runtime.processes(vm),
+            }
         if act == "kill" and verb == "POST":
             ctx.runtime.kill(vm)
             return {"killed": vm.key}

@@ -45,8 +45,7 @@ class Fault:
             raise ValueError("fault spec must be a JSON object")
         method = data.get("method")
         if not isinstance(method, str) or not method.startswith("compute."):
-            raise ValueError(f"fault 'method' must be an API method id like compute.instances.insert, "
-                             f"got {method!r}")
+            raise ValueError(f"fault 'method' must be an API method id like compute.instances.insert, got {method!r}")
         mode = str(data.get("mode", ""))
         if mode not in MODES:
             raise ValueError(f"fault 'mode' must be one of {list(MODES)}, got {mode!r}")

@@ -59,7 +59,7 @@ def _split_terms(expr: str) -> list[str]:
             if not m:
                 raise invalid(f"Invalid list filter expression {expr!r}")
             terms.append(m.group(1))
-            rest = rest[m.end():].strip()
+            rest = rest[m.end() :].strip()
         return terms
     if "(" in expr or ")" in expr:
         raise invalid(f"Invalid list filter expression {expr!r}")

@@ -57,8 +57,10 @@ def _machine_type(ctx: Ctx, call: Call, value) -> str:
         raise invalid("Invalid value for field 'resource.machineType': ''. Machine type must be specified.")
     m = re.match(r"^(?:.*?zones/(?P<zone>[^/]+)/machineTypes/)?(?P<type>[^/]+)$", str(value))
     if not m or (m.group("zone") and m.group("zone") != zone) or not MACHINE_TYPE_RE.match(m.group("type")):
-        raise invalid(f"Invalid value for field 'resource.machineType': '{value}'. "
-                      f"Machine type with name '{value}' does not exist in zone '{zone}'.")
+        raise invalid(
+            f"Invalid value for field 'resource.machineType': '{value}'. "
+            f"Machine type with name '{value}' does not exist in zone '{zone}'."
+        )
     return ctx.store.link(f"projects/{call.project}/zones/{zone}/machineTypes/{m.group('type')}")
 
 
@@ -69,8 +71,10 @@ def _labels(value, field: str = "labels") -> dict[str, str]:
         raise invalid(f"Invalid value for field '{field}': must be a map")
     for k, v in value.items():
         if not LABEL_KEY_RE.match(str(k)) or not LABEL_VALUE_RE.match(str(v)):
-            raise invalid(f"Invalid value for field '{field}': '{k}={v}'. Label keys and values must "
-                          "be lowercase letters, digits, '_' or '-' (keys start with a letter).")
+            raise invalid(
+                f"Invalid value for field '{field}': '{k}={v}'. Label keys and values must "
+                "be lowercase letters, digits, '_' or '-' (keys start with a letter)."
+            )
     return {str(k): str(v) for k, v in value.items()}
 
 
@@ -115,16 +119,19 @@ def _static_for_nat(ctx: Ctx, call: Call, nat_ip: str, field: str) -> dict:
     region = ctx.catalog.region_of(call.params["zone"])
     addr = ctx.store.address_by_ip(call.project, region, nat_ip)
     if addr is None:
-        raise invalid(f"Invalid value for field '{field}': '{nat_ip}'. The specified external IP address "
-                      f"'{nat_ip}' was not reserved in region '{region}'.")
+        raise invalid(
+            f"Invalid value for field '{field}': '{nat_ip}'. The specified external IP address "
+            f"'{nat_ip}' was not reserved in region '{region}'."
+        )
     return addr
 
 
 def _nat_conflict(ctx: Ctx, nat_ip: str) -> OperationError | None:
     user = ctx.store.instance_using_ip(nat_ip) or ctx.store.forwarding_rule_on_ip(nat_ip)
     if user is not None:
-        return OperationError(IP_CONFLICT, f"IP '{nat_ip}' is already being used by another resource "
-                                           f"'{user['selfLink']}'.", 409)
+        return OperationError(
+            IP_CONFLICT, f"IP '{nat_ip}' is already being used by another resource '{user['selfLink']}'.", 409
+        )
     return None
 
 
@@ -149,8 +156,7 @@ def _assign_ephemeral(ctx: Ctx, inst: dict) -> None:
 def _alive(ctx: Ctx, key, inst_id: str) -> dict:
     inst = ctx.store.instances.get(key)
     if inst is None or inst["id"] != inst_id:
-        raise OperationError("RESOURCE_NOT_FOUND", f"The resource '{key[0]}/{key[1]}/{key[2]}' was not found",
-                             404)
+        raise OperationError("RESOURCE_NOT_FOUND", f"The resource '{key[0]}/{key[1]}/{key[2]}' was not found", 404)
     return inst
 
 
@@ -161,23 +167,38 @@ def _disk(ctx: Ctx, call: Call, instance: str, index: int, d: dict) -> dict:
     disk_name = (d.get("initializeParams") or {}).get("diskName") or device
     source = d.get("source") or f"projects/{call.project}/zones/{call.params['zone']}/disks/{disk_name}"
     if not source.startswith("http"):
-        source = ctx.store.link(source[source.index("projects/"):] if "projects/" in source else
-                                f"projects/{call.project}/zones/{call.params['zone']}/disks/{source}")
-    return {"kind": "compute#attachedDisk", "index": index, "boot": bool(d.get("boot", index == 0)),
-            "deviceName": device, "source": source, "autoDelete": d.get("autoDelete", d.get("source") is None),
-            "type": d.get("type", "PERSISTENT"), "mode": d.get("mode", "READ_WRITE")}
+        source = ctx.store.link(
+            source[source.index("projects/") :]
+            if "projects/" in source
+            else f"projects/{call.project}/zones/{call.params['zone']}/disks/{source}"
+        )
+    return {
+        "kind": "compute#attachedDisk",
+        "index": index,
+        "boot": bool(d.get("boot", index == 0)),
+        "deviceName": device,
+        "source": source,
+        "autoDelete": d.get("autoDelete", d.get("source") is None),
+        "type": d.get("type", "PERSISTENT"),
+        "mode": d.get("mode", "READ_WRITE"),
+    }
 
 
 def _scheduling(value) -> dict:
     """The scheduling GCE keeps: what was given, over GCE's defaults (a preemptible VM can't migrate)."""
     given = value if isinstance(value, dict) else {}
     preemptible = bool(given.get("preemptible", False))
-    out = {"onHostMaintenance": "TERMINATE" if preemptible else "MIGRATE", "automaticRestart": not preemptible,
-           "preemptible": preemptible}
+    out = {
+        "onHostMaintenance": "TERMINATE" if preemptible else "MIGRATE",
+        "automaticRestart": not preemptible,
+        "preemptible": preemptible,
+    }
     out.update({k: v for k, v in given.items() if v is not None})
     if out["onHostMaintenance"] not in ("MIGRATE", "TERMINATE"):
-        raise invalid(f"Invalid value for field 'resource.scheduling.onHostMaintenance': "
-                      f"'{out['onHostMaintenance']}'. Must be MIGRATE or TERMINATE.")
+        raise invalid(
+            f"Invalid value for field 'resource.scheduling.onHostMaintenance': "
+            f"'{out['onHostMaintenance']}'. Must be MIGRATE or TERMINATE."
+        )
     return out
 
 
@@ -192,6 +213,12 @@ def insert(ctx: Ctx, call: Call) -> dict:
     machine_type = _machine_type(ctx, call, body.get("machineType"))
     labels = _labels(body.get("labels"), "resource.labels")
     items = _metadata_items(body.get("metadata"), "resource.metadata")
+    check_image = getattr(ctx.runtime, "check_image", None)  # the host must have the versions the VM asks for
+    if check_image is not None:
+        try:
+            check_image({i["key"]: i["value"] for i in items})
+        except FileNotFoundError as exc:
+            raise invalid(f"Invalid value for field 'resource.metadata': {exc}") from None
     nics = body.get("networkInterfaces") or [{}]
     if len(nics) != 1:
         raise invalid("The emulator supports exactly one network interface per instance")
@@ -215,7 +242,8 @@ def insert(ctx: Ctx, call: Call) -> dict:
             "name": "nic0",
             "network": ctx.store.link(f"projects/{call.project}/global/networks/default"),
             "subnetwork": ctx.store.link(
-                f"projects/{call.project}/regions/{ctx.catalog.region_of(zone)}/subnetworks/default"),
+                f"projects/{call.project}/regions/{ctx.catalog.region_of(zone)}/subnetworks/default"
+            ),
             "networkIP": ctx.store.internal_ips.allocate(zone),
             "stackType": "IPV4_ONLY",
             "accessConfigs": [_access_config(ac) for ac in acs],
@@ -226,8 +254,10 @@ def insert(ctx: Ctx, call: Call) -> dict:
             "creationTimestamp": now_rfc3339(),
             "name": name,
             "description": body.get("description", ""),
-            "tags": {"fingerprint": fingerprint(body.get("tags", {}).get("items", [])),
-                     **({"items": body["tags"]["items"]} if body.get("tags", {}).get("items") else {})},
+            "tags": {
+                "fingerprint": fingerprint(body.get("tags", {}).get("items", [])),
+                **({"items": body["tags"]["items"]} if body.get("tags", {}).get("items") else {}),
+            },
             "machineType": machine_type,
             "status": "PROVISIONING",
             "zone": ctx.store.link(f"projects/{call.project}/zones/{zone}"),
@@ -288,8 +318,7 @@ def delete(ctx: Ctx, call: Call) -> dict:
     with ctx.store.lock:
         inst = _instance(ctx, call)
         if inst.get("deletionProtection"):
-            raise ApiError(400, "resourceIsProtected",
-                           f"The instance '{_path(call)}' is protected against deletion")
+            raise ApiError(400, "resourceIsProtected", f"The instance '{_path(call)}' is protected against deletion")
         inst_id, link = inst["id"], inst["selfLink"]
         inst["status"] = "STOPPING"
 
@@ -366,8 +395,9 @@ def delete_access_config(ctx: Ctx, call: Call) -> dict:
         inst = _instance(ctx, call)
         nic = _nic(inst, call)
         if not any(ac["name"] == ac_name for ac in nic.get("accessConfigs", [])):
-            raise invalid(f"Invalid value for field 'accessConfig': '{ac_name}'. "
-                          "The specified access config does not exist.")
+            raise invalid(
+                f"Invalid value for field 'accessConfig': '{ac_name}'. The specified access config does not exist."
+            )
         inst_id, link, nic_name = inst["id"], inst["selfLink"], nic["name"]
 
     def apply() -> None:
@@ -393,8 +423,7 @@ def set_labels(ctx: Ctx, call: Call) -> dict:
     with ctx.store.lock:
         inst = _instance(ctx, call)
         if body.get("labelFingerprint", "") != inst["labelFingerprint"]:
-            raise ApiError(412, "conditionNotMet",
-                           "Labels fingerprint either invalid or resource labels have changed")
+            raise ApiError(412, "conditionNotMet", "Labels fingerprint either invalid or resource labels have changed")
         inst_id, link = inst["id"], inst["selfLink"]
 
     def apply() -> None:
@@ -411,8 +440,7 @@ def set_metadata(ctx: Ctx, call: Call) -> dict:
     with ctx.store.lock:
         inst = _instance(ctx, call)
         if body.get("fingerprint", "") != inst["metadata"]["fingerprint"]:
-            raise ApiError(412, "conditionNotMet",
-                           "Supplied fingerprint does not match current metadata fingerprint.")
+            raise ApiError(412, "conditionNotMet", "Supplied fingerprint does not match current metadata fingerprint.")
         inst_id, link = inst["id"], inst["selfLink"]
 
     def apply() -> None:
@@ -453,8 +481,7 @@ def stop(ctx: Ctx, call: Call) -> dict:
         inst_id, link = inst["id"], inst["selfLink"]
         if inst["status"] not in ("TERMINATED",):
             inst["status"] = "STOPPING"
-    return ctx.operation(call, "stop", "instance_stop", link, inst_id,
-                         [(1.0, lambda: stop_now(ctx, key, inst_id))])
+    return ctx.operation(call, "stop", "instance_stop", link, inst_id, [(1.0, lambda: stop_now(ctx, key, inst_id))])
 
 
 def start(ctx: Ctx, call: Call) -> dict:
@@ -463,8 +490,7 @@ def start(ctx: Ctx, call: Call) -> dict:
         inst = _instance(ctx, call)
         inst_id, link = inst["id"], inst["selfLink"]
         if inst["status"] in ("STOPPING",):
-            raise ApiError(400, "resourceNotReady",
-                           f"The resource '{_path(call)}' is not ready (it is stopping)")
+            raise ApiError(400, "resourceNotReady", f"The resource '{_path(call)}' is not ready (it is stopping)")
         already = inst["status"] in ("RUNNING", "PROVISIONING", "STAGING")
         if not already:
             inst["status"] = "STAGING"
@@ -481,4 +507,3 @@ def start(ctx: Ctx, call: Call) -> dict:
         ctx.runtime.start(vm)
 
     return ctx.operation(call, "start", "instance_start", link, inst_id, [(1.0, running)])
-

@@ -53,14 +53,21 @@ class ListQuery:
         except ValueError:
             raise invalid(f"Invalid value for field 'maxResults': '{raw_max}'. Must be an integer.") from None
         if not 0 <= max_results <= MAX_RESULTS:
-            raise invalid(f"Invalid value for field 'maxResults': {max_results}. "
-                          f"Must be in the range [0, {MAX_RESULTS}].")
+            raise invalid(
+                f"Invalid value for field 'maxResults': {max_results}. Must be in the range [0, {MAX_RESULTS}]."
+            )
         order = " ".join((query.get("orderBy") or "name").split())
         if order not in ORDERS:
-            raise invalid(f"Invalid value for field 'orderBy': '{query.get('orderBy')}'. "
-                          "Only 'name' and 'creationTimestamp desc' are supported.")
-        return cls(filter=query.get("filter"), max_results=max_results or MAX_RESULTS, order=order,
-                   after=_decode_token(query.get("pageToken")))
+            raise invalid(
+                f"Invalid value for field 'orderBy': '{query.get('orderBy')}'. "
+                "Only 'name' and 'creationTimestamp desc' are supported."
+            )
+        return cls(
+            filter=query.get("filter"),
+            max_results=max_results or MAX_RESULTS,
+            order=order,
+            after=_decode_token(query.get("pageToken")),
+        )
 
 
 def _decode_token(token: str | None) -> tuple | None:
@@ -71,8 +78,9 @@ def _decode_token(token: str | None) -> tuple | None:
     except (ValueError, binascii.Error):
         key = None
     if not isinstance(key, list) or not key:
-        raise invalid(f"Invalid value for field 'pageToken': '{token}'. "
-                      "Pass the nextPageToken of the previous page, unchanged.")
+        raise invalid(
+            f"Invalid value for field 'pageToken': '{token}'. Pass the nextPageToken of the previous page, unchanged."
+        )
     return tuple(key)
 
 
@@ -98,11 +106,10 @@ def _sort_key(order: str, scope: str, resource: dict) -> tuple:
 def _page(q: ListQuery, scoped: Iterable[tuple[str, dict]]) -> tuple[list[tuple[str, dict]], str | None]:
     """Filter, order and cut one page out of ``(scope, served resource)`` pairs."""
     predicate = compile_filter(q.filter)
-    keyed = sorted(((_sort_key(q.order, s, r), s, r) for s, r in scoped if predicate(r)),
-                   key=lambda t: t[0])
+    keyed = sorted(((_sort_key(q.order, s, r), s, r) for s, r in scoped if predicate(r)), key=lambda t: t[0])
     if q.after is not None:
         keyed = [t for t in keyed if _comparable(t[0]) > _comparable(q.after)]
-    page = keyed[:q.max_results]
+    page = keyed[: q.max_results]
     token = _encode_token(page[-1][0]) if len(keyed) > q.max_results else None
     return [(s, r) for _, s, r in page], token
 
@@ -116,8 +123,12 @@ def list_reply(base_link: str, path: str, kind: str, resources: Iterable[dict], 
     """A ``list`` reply for the collection at ``path`` (``projects/P/zones/Z/instances``...)."""
     q = ListQuery.parse(query)
     page, token = _page(q, (("", public(r)) for r in resources))
-    reply: dict = {"kind": kind, "id": path, "items": [r for _, r in page],
-                   "selfLink": f"{base_link}/compute/v1/{path}"}
+    reply: dict = {
+        "kind": kind,
+        "id": path,
+        "items": [r for _, r in page],
+        "selfLink": f"{base_link}/compute/v1/{path}",
+    }
     if not reply["items"]:
         del reply["items"]
     if token:
@@ -125,16 +136,24 @@ def list_reply(base_link: str, path: str, kind: str, resources: Iterable[dict], 
     return reply
 
 
-def aggregated_reply(base_link: str, project: str, kind: str, collection: str,
-                     scoped: dict[str, list[dict]], query: dict[str, str],
-                     unreachable: Iterable[str] = ()) -> dict:
+def aggregated_reply(
+    base_link: str,
+    project: str,
+    kind: str,
+    collection: str,
+    scoped: dict[str, list[dict]],
+    query: dict[str, str],
+    unreachable: Iterable[str] = (),
+) -> dict:
     """An ``aggregatedList`` reply over every scope in ``scoped`` (scope -> resources)."""
     q = ListQuery.parse(query)
     unreachable = sorted(unreachable)
     partial = (query.get("returnPartialSuccess") or "").lower() == "true"
     if unreachable and not partial:
-        raise backend_error(f"Scopes {', '.join(unreachable)} are unavailable; retry, or list with "
-                            "returnPartialSuccess=true to get the other scopes and 'unreachables'.")
+        raise backend_error(
+            f"Scopes {', '.join(unreachable)} are unavailable; retry, or list with "
+            "returnPartialSuccess=true to get the other scopes and 'unreachables'."
+        )
     page, token = _page(q, ((s, public(r)) for s, rs in scoped.items() if s not in unreachable for r in rs))
     items: dict[str, dict] = {}
     for scope in sorted(scoped):
@@ -144,11 +163,13 @@ def aggregated_reply(base_link: str, project: str, kind: str, collection: str,
         if found:
             items[scope] = {collection: found}
         else:
-            items[scope] = {"warning": {
-                "code": "NO_RESULTS_ON_PAGE",
-                "message": f"There are no results for scope '{scope}' on this page.",
-                "data": [{"key": "scope", "value": scope}],
-            }}
+            items[scope] = {
+                "warning": {
+                    "code": "NO_RESULTS_ON_PAGE",
+                    "message": f"There are no results for scope '{scope}' on this page.",
+                    "data": [{"key": "scope", "value": scope}],
+                }
+            }
     path = f"projects/{project}/aggregated/{collection}"
     reply: dict = {"kind": kind, "id": path, "items": items, "selfLink": f"{base_link}/compute/v1/{path}"}
     if token:

@@ -79,16 +79,25 @@ def hc_insert(ctx: Ctx, call: Call) -> dict:
         "healthyThreshold": int(body.get("healthyThreshold", 2)),
     }
     if collection == "httpHealthChecks":
-        spec = {"requestPath": body.get("requestPath", "/"), "port": int(body.get("port", 80)),
-                "proxyHeader": body.get("proxyHeader", "NONE"), **({"host": body["host"]} if body.get("host") else {})}
+        spec = {
+            "requestPath": body.get("requestPath", "/"),
+            "port": int(body.get("port", 80)),
+            "proxyHeader": body.get("proxyHeader", "NONE"),
+            **({"host": body["host"]} if body.get("host") else {}),
+        }
     else:
         kind = body.get("type")
         if kind not in ("HTTP", "HTTPS", "TCP", "SSL", "HTTP2", "GRPC"):
             raise invalid(f"Invalid value for field 'resource.type': '{kind}'.")
-        field = {"HTTP": "httpHealthCheck", "HTTPS": "httpsHealthCheck", "TCP": "tcpHealthCheck",
-                 "SSL": "sslHealthCheck", "HTTP2": "http2HealthCheck", "GRPC": "grpcHealthCheck"}[kind]
-        spec = {"type": kind, field: {**({"proxyHeader": "NONE"} if kind != "GRPC" else {}),
-                                      **(body.get(field) or {})}}
+        field = {
+            "HTTP": "httpHealthCheck",
+            "HTTPS": "httpsHealthCheck",
+            "TCP": "tcpHealthCheck",
+            "SSL": "sslHealthCheck",
+            "HTTP2": "http2HealthCheck",
+            "GRPC": "grpcHealthCheck",
+        }[kind]
+        spec = {"type": kind, field: {**({"proxyHeader": "NONE"} if kind != "GRPC" else {}), **(body.get(field) or {})}}
     with ctx.store.lock:
         if key in table:
             raise already_exists(_hc_path(call, collection, name))
@@ -124,8 +133,14 @@ def hc_list(ctx: Ctx, call: Call) -> dict:
 def hc_aggregated_list(ctx: Ctx, call: Call) -> dict:
     """healthChecks.aggregatedList (GCE has none for the legacy httpHealthChecks): global, and each region."""
     with ctx.store.lock:
-        return aggregated_reply(ctx, call, "compute#healthChecksAggregatedList", "healthChecks",
-                                ctx.store.health_checks, ("global", "regions"))
+        return aggregated_reply(
+            ctx,
+            call,
+            "compute#healthChecksAggregatedList",
+            "healthChecks",
+            ctx.store.health_checks,
+            ("global", "regions"),
+        )
 
 
 def hc_delete(ctx: Ctx, call: Call) -> dict:
@@ -165,8 +180,9 @@ def _instance_link(ctx: Ctx, call: Call, link: str) -> str:
         raise invalid(f"Invalid value for field 'instance': '{link}'")
     zone = parts["scope"]
     if not ctx.catalog.has_zone(zone) or ctx.catalog.region_of(zone) != call.params["region"]:
-        raise invalid(f"Invalid value for field 'instance': '{link}'. "
-                      f"Instance must be in region '{call.params['region']}'.")
+        raise invalid(
+            f"Invalid value for field 'instance': '{link}'. Instance must be in region '{call.params['region']}'."
+        )
     inst = ctx.store.instances.get((parts["project"], zone, parts["name"]))
     if inst is None:
         raise not_found(resource_path(parts["project"], f"zones/{zone}", "instances", parts["name"]))
@@ -185,8 +201,10 @@ def tp_insert(ctx: Ctx, call: Call) -> dict:
         for link in body.get("healthChecks") or []:
             parts = parse_link(link)
             if parts["collection"] == "healthChecks":
-                raise invalid(f"Invalid value for field 'resource.healthChecks': '{link}'. Target pools "
-                              "support legacy HTTP health checks (global/httpHealthChecks) only.")
+                raise invalid(
+                    f"Invalid value for field 'resource.healthChecks': '{link}'. Target pools "
+                    "support legacy HTTP health checks (global/httpHealthChecks) only."
+                )
             hc = ctx.store.http_health_checks.get((parts["project"], parts["name"]))
             if parts["collection"] != "httpHealthChecks" or hc is None:
                 raise not_found(resource_path(parts["project"], "global", "httpHealthChecks", parts["name"]))
@@ -296,11 +314,14 @@ def tp_get_health(ctx: Ctx, call: Call) -> dict:
         pool = get_or_404(ctx.store.target_pools, _tp_key(call), _tp_path(call))
         link = _canonical(ctx, link)
         if link not in pool.get("instances", []):
-            raise invalid(f"Invalid value for field 'resource.instance': '{link}'. "
-                          f"Instance is not a member of target pool '{_tp_path(call)}'.")
+            raise invalid(
+                f"Invalid value for field 'resource.instance': '{link}'. "
+                f"Instance is not a member of target pool '{_tp_path(call)}'."
+            )
         inst = ctx.store.instance_by_link(link)
-        rule_ip = next((r["IPAddress"] for r in ctx.store.forwarding_rules.values()
-                        if r.get("target") == pool["selfLink"]), None)
+        rule_ip = next(
+            (r["IPAddress"] for r in ctx.store.forwarding_rules.values() if r.get("target") == pool["selfLink"]), None
+        )
         vm = vm_view(inst) if inst is not None and inst["status"] == "RUNNING" else None
         checked = bool(pool.get("healthChecks"))
         ip = rule_ip or (inst["networkInterfaces"][0]["networkIP"] if inst is not None else "")
@@ -333,17 +354,21 @@ def _resolve_ip(ctx: Ctx, call: Call, value: str | None) -> tuple[str | None, di
     except ValueError:
         is_ip = False
     if not is_ip:
-        parts = parse_link(value) if "/" in value else {"project": call.project, "scope": region,
-                                                          "collection": "addresses", "name": value}
+        parts = (
+            parse_link(value)
+            if "/" in value
+            else {"project": call.project, "scope": region, "collection": "addresses", "name": value}
+        )
         addr = ctx.store.addresses.get((parts["project"], parts["scope"], parts["name"]))
         if parts["collection"] != "addresses" or addr is None:
-            raise not_found(resource_path(parts["project"], f"regions/{parts['scope']}", "addresses",
-                                          parts["name"]))
+            raise not_found(resource_path(parts["project"], f"regions/{parts['scope']}", "addresses", parts["name"]))
         return addr["address"], addr
     addr = ctx.store.address_by_ip(call.project, region, value)
     if addr is None and ctx.store.instance_using_ip(value) is None and ctx.store.forwarding_rule_on_ip(value) is None:
-        raise invalid(f"Invalid value for field 'resource.IPAddress': '{value}'. "
-                      f"The IP address is not reserved in region '{region}'.")
+        raise invalid(
+            f"Invalid value for field 'resource.IPAddress': '{value}'. "
+            f"The IP address is not reserved in region '{region}'."
+        )
     return value, addr
 
 
@@ -362,17 +387,24 @@ def fr_insert(ctx: Ctx, call: Call) -> dict:
         pool_key = (parts["project"], parts["scope"], parts["name"])
         pool = ctx.store.target_pools.get(pool_key)
         if parts["collection"] != "targetPools" or pool is None:
-            raise not_found(resource_path(parts["project"], f"regions/{parts['scope']}", "targetPools",
-                                          parts["name"]))
+            raise not_found(resource_path(parts["project"], f"regions/{parts['scope']}", "targetPools", parts["name"]))
         if parts["scope"] != call.params["region"]:
             raise invalid("The target pool must be in the forwarding rule's region")
         ip, _ = _resolve_ip(ctx, call, body.get("IPAddress"))
         if ip is not None:
             user = ctx.store.instance_using_ip(ip) or ctx.store.forwarding_rule_on_ip(ip)
             if user is not None:
-                return ctx.operation(call, "insert", "default", link, None, [], fail=OperationError(
-                    IP_CONFLICT, f"IP '{ip}' is already being used by another resource "
-                                 f"'{user['selfLink']}'.", 409))
+                return ctx.operation(
+                    call,
+                    "insert",
+                    "default",
+                    link,
+                    None,
+                    [],
+                    fail=OperationError(
+                        IP_CONFLICT, f"IP '{ip}' is already being used by another resource '{user['selfLink']}'.", 409
+                    ),
+                )
         else:
             ip = ctx.store.ephemeral_ips.allocate()
         rule_id = ctx.store.new_id()
@@ -421,8 +453,7 @@ def fr_get(ctx: Ctx, call: Call) -> dict:
         return public(get_or_404(ctx.store.forwarding_rules, _fr_key(call), _fr_path(call)))
 
 
-fr_list, fr_aggregated_list = scoped_list_handlers("forwarding_rules", "forwardingRule", "forwardingRules",
-                                                  "region")
+fr_list, fr_aggregated_list = scoped_list_handlers("forwarding_rules", "forwardingRule", "forwardingRules", "region")
 
 
 def fr_delete(ctx: Ctx, call: Call) -> dict:

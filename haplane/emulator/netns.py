@@ -56,12 +56,13 @@ class NetworkSetupError(RuntimeError):
 def check_privileges() -> None:
     """Refuse early, saying what is missing, when namespaces cannot be made here."""
     if os.geteuid() != 0:
-        raise NetworkSetupError("--network namespaces needs root (network namespaces, veth pairs, nftables); "
-                                "run as root, or use the default --network loopback")
+        raise NetworkSetupError(
+            "--network namespaces needs root (network namespaces, veth pairs, nftables); "
+            "run as root, or use the default --network loopback"
+        )
     for tool, package in (("ip", "iproute2"), ("nft", "nftables")):
         if shutil.which(tool) is None:
-            raise NetworkSetupError(f"--network namespaces needs the '{tool}' command: "
-                                    f"apt-get install -y {package}")
+            raise NetworkSetupError(f"--network namespaces needs the '{tool}' command: apt-get install -y {package}")
 
 
 def run(*argv: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
@@ -74,8 +75,9 @@ def run(*argv: str, stdin: str | None = None, check: bool = True) -> subprocess.
 def _used_second_octets() -> set[int]:
     """Second octets of 10.x.0.0/16 already addressed or routed on this host (not to be shadowed)."""
     used = set()
-    text = run("ip", "-4", "-o", "addr", "show", check=False).stdout + run("ip", "-4", "route", "show",
-                                                                             check=False).stdout
+    text = (
+        run("ip", "-4", "-o", "addr", "show", check=False).stdout + run("ip", "-4", "route", "show", check=False).stdout
+    )
     for word in text.split():
         try:
             net = ipaddress.ip_network(word.split("/")[0] if "/" not in word else word, strict=False)
@@ -160,8 +162,7 @@ class NamespacedNetwork:
 
     def pools(self) -> tuple[ZonedPool, IpPool, IpPool]:
         """(internal, ephemeral external, static external) pools for the emulator's store."""
-        return (ZonedPool(self.zone_subnet), IpPool(f"10.{self.octet}.128.0/19"),
-                IpPool(f"10.{self.octet}.160.0/19"))
+        return (ZonedPool(self.zone_subnet), IpPool(f"10.{self.octet}.128.0/19"), IpPool(f"10.{self.octet}.160.0/19"))
 
     # --- set-up and tear-down -------------------------------------------------------------------
 
@@ -188,18 +189,28 @@ class NamespacedNetwork:
         run("ip", "-n", self.outside, "link", "set", "eth0", "up")
         run("ip", "-n", self.outside, "route", "add", "default", "via", f"10.{o}.253.1")
         self._render_router()
-        self._probes = ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"{self.prefix}-probe",
-                                          initializer=enter_namespace, initargs=(self.router,))
+        self._probes = ThreadPoolExecutor(
+            max_workers=4,
+            thread_name_prefix=f"{self.prefix}-probe",
+            initializer=enter_namespace,
+            initargs=(self.router,),
+        )
         self._refresher = threading.Thread(target=self._refresh_lbs, name=f"{self.prefix}-lb", daemon=True)
         self._refresher.start()
 
     def leftovers(self) -> list[str]:
         """Namespaces and host links of this network that exist (empty after :meth:`close`)."""
-        found = [n.split()[0] for n in run("ip", "netns", "list", check=False).stdout.splitlines()
-                 if n.startswith(self.prefix + "-")]
+        found = [
+            n.split()[0]
+            for n in run("ip", "netns", "list", check=False).stdout.splitlines()
+            if n.startswith(self.prefix + "-")
+        ]
         links = run("ip", "-o", "link", "show", check=False).stdout
-        found += [line.split(":")[1].strip().split("@")[0] for line in links.splitlines()
-                  if line.split(":")[1].strip().startswith(self.prefix)]
+        found += [
+            line.split(":")[1].strip().split("@")[0]
+            for line in links.splitlines()
+            if line.split(":")[1].strip().startswith(self.prefix)
+        ]
         return found
 
     def close(self) -> None:
@@ -296,8 +307,9 @@ class NamespacedNetwork:
         hosts = {key: Host(ip=view.internal_ip, tags=view.tags) for key, (_, view) in self._vms.items()}
         for key, (ns, view) in self._vms.items():
             project_rules = [f for f in self._firewalls if f"/projects/{view.project}/" in f.get("selfLink", "")]
-            script = vm_ruleset(hosts[key], project_rules,
-                                [h for k, h in hosts.items() if self._vms[k][1].project == view.project])
+            script = vm_ruleset(
+                hosts[key], project_rules, [h for k, h in hosts.items() if self._vms[k][1].project == view.project]
+            )
             run("ip", "netns", "exec", ns, "nft", "-f", "-", stdin=script)
 
     # --- zones ----------------------------------------------------------------------------------
@@ -381,6 +393,7 @@ class NamespacedNetwork:
                     log.exception("load balancer %s: health refresh failed", ip)
 
     def _render_router(self) -> None:
-        script = router_ruleset(self._cut, self._nat, {ip: list(lb.healthy) for ip, lb in self._lbs.items()},
-                                (APISERVER_PORT,), self._links)
+        script = router_ruleset(
+            self._cut, self._nat, {ip: list(lb.healthy) for ip, lb in self._lbs.items()}, (APISERVER_PORT,), self._links
+        )
         run("ip", "netns", "exec", self.router, "nft", "-f", "-", stdin=script)

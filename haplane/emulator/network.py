@@ -87,6 +87,7 @@ class Forwarder:
         with self._lock:
             server = self._servers.pop((ip, port), None)
         if server is not None:
+
             async def stop() -> None:
                 server.close()
                 try:

@@ -96,35 +96,44 @@ def rule_lines(rule: dict, hosts: Iterable[Host]) -> list[str]:
 def vm_ruleset(host: Host, firewalls: Iterable[dict], hosts: Iterable[Host]) -> str:
     """The whole nft script for one VM: replaces its table atomically (``nft -f -``)."""
     hosts = list(hosts)
-    ordered = sorted((r for r in firewalls if applies_to(r, host)),
-                     key=lambda r: (int(r.get("priority", 1000)), 0 if r.get("denied") else 1, r.get("name", "")))
+    ordered = sorted(
+        (r for r in firewalls if applies_to(r, host)),
+        key=lambda r: (int(r.get("priority", 1000)), 0 if r.get("denied") else 1, r.get("name", "")),
+    )
     body = []
     for rule in ordered:
         lines = rule_lines(rule, hosts)
         if lines:
             body.append(f"    # {rule.get('name', '?')} (priority {int(rule.get('priority', 1000))})")
             body += [f"    {line}" for line in lines]
-    return "\n".join([
-        f"table inet {TABLE}",  # create if missing, so that the delete below never fails
-        f"delete table inet {TABLE}",
-        f"table inet {TABLE} {{",
-        "  chain ingress {",
-        "    type filter hook input priority 0; policy drop;",
-        "    ct state established,related accept",
-        "    ct state invalid drop",
-        '    iif "lo" accept',
-        *body,
-        "  }",
-        "}",
-        "",
-    ])
+    return "\n".join(
+        [
+            f"table inet {TABLE}",  # create if missing, so that the delete below never fails
+            f"delete table inet {TABLE}",
+            f"table inet {TABLE} {{",
+            "  chain ingress {",
+            "    type filter hook input priority 0; policy drop;",
+            "    ct state established,related accept",
+            "    ct state invalid drop",
+            '    iif "lo" accept',
+            *body,
+            "  }",
+            "}",
+            "",
+        ]
+    )
 
 
 ROUTER_TABLE = "haplane_router"
 
 
-def router_ruleset(cut: Iterable[str], nat: dict[str, str], lbs: dict[str, list[str]],
-                   lb_ports: Iterable[int], links: Iterable[tuple[str, str]] = ()) -> str:
+def router_ruleset(
+    cut: Iterable[str],
+    nat: dict[str, str],
+    lbs: dict[str, list[str]],
+    lb_ports: Iterable[int],
+    links: Iterable[tuple[str, str]] = (),
+) -> str:
     """The router namespace's table: cut zones (subnets), cut links (pairs of addresses that no longer
     reach each other, either way: a partition inside the network), and the 1:1 NAT and load-balancer DNAT.
 
@@ -161,8 +170,9 @@ def router_ruleset(cut: Iterable[str], nat: dict[str, str], lbs: dict[str, list[
             lines.append(f"    ip daddr {ip} tcp dport {{ {ports} }} dnat to {backends[0]}")
         else:
             table = ", ".join(f"{i} : {b}" for i, b in enumerate(backends))
-            lines.append(f"    ip daddr {ip} tcp dport {{ {ports} }} dnat to numgen inc mod {len(backends)} "
-                         f"map {{ {table} }}")
+            lines.append(
+                f"    ip daddr {ip} tcp dport {{ {ports} }} dnat to numgen inc mod {len(backends)} map {{ {table} }}"
+            )
     for ext, internal in sorted(nat.items()):
         lines.append(f"    ip daddr {ext} dnat to {internal}")
     lines += ["  }", "}", ""]

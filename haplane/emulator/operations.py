@@ -104,8 +104,15 @@ class OperationBook:
             op = self._by_request.get((project, scope, request_id))
             return copy.deepcopy(op) if op else None
 
-    def create(self, project: str, scope: str, op_type: str, target_link: str, target_id: str | None,
-               request_id: str | None = None) -> dict:
+    def create(
+        self,
+        project: str,
+        scope: str,
+        op_type: str,
+        target_link: str,
+        target_id: str | None,
+        request_id: str | None = None,
+    ) -> dict:
         """A new PENDING operation; remembered under ``request_id`` when one is given."""
         name = f"operation-{int(time.time() * 1000)}-{secrets.token_hex(6)}-{secrets.token_hex(4)}"
         scope_path = f"projects/{project}/{scope}" if scope != "global" else f"projects/{project}/global"
@@ -160,8 +167,9 @@ class OperationBook:
 
     # --- progress -----------------------------------------------------------------------
 
-    def run(self, op_json: dict, kind: str, phases: list[Phase], *, hang: bool = False,
-            fail: OperationError | None = None) -> dict:
+    def run(
+        self, op_json: dict, kind: str, phases: list[Phase], *, hang: bool = False, fail: OperationError | None = None
+    ) -> dict:
         """Carry the operation out: RUNNING now (as GCE answers the call), ``phases`` over its
         duration, DONE at the end. Returns the operation as the call answers it."""
         project_scope_name = self._key(op_json)
@@ -188,8 +196,7 @@ class OperationBook:
             self.timer.call_later(0, cont)
         return len(hung)
 
-    def _step(self, op: dict, duration: float, phases: list[Phase], fail: OperationError | None,
-              done: float) -> None:
+    def _step(self, op: dict, duration: float, phases: list[Phase], fail: OperationError | None, done: float) -> None:
         if not phases:
             self.timer.call_later(max(0.0, (1.0 - done) * duration), lambda: self._finish(op, fail))
             return

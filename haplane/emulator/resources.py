@@ -70,8 +70,16 @@ class Ctx:
     wait_timeout: float = 120.0
     extra: dict = field(default_factory=dict)
 
-    def operation(self, call: Call, op_type: str, kind: str, target_link: str, target_id: str | None,
-                  phases: list[Phase], fail: OperationError | None = None) -> dict:
+    def operation(
+        self,
+        call: Call,
+        op_type: str,
+        kind: str,
+        target_link: str,
+        target_id: str | None,
+        phases: list[Phase],
+        fail: OperationError | None = None,
+    ) -> dict:
         """Create the call's operation (remembering its requestId) and start it."""
         hang = call.fault is not None and call.fault.mode == "hang"
         op = self.ops.create(call.project, call.scope, op_type, target_link, target_id, call.request_id)
@@ -94,9 +102,12 @@ def labelled(value, field: str = "labels") -> dict:
     if value is None:
         value = {}
     if not isinstance(value, dict) or not all(
-            LABEL_KEY_RE.match(str(k)) and LABEL_VALUE_RE.match(str(v)) for k, v in value.items()):
-        raise invalid(f"Invalid value for field '{field}': {value!r}. Label keys and values must be lowercase "
-                      "letters, digits, '_' or '-' (keys start with a letter).")
+        LABEL_KEY_RE.match(str(k)) and LABEL_VALUE_RE.match(str(v)) for k, v in value.items()
+    ):
+        raise invalid(
+            f"Invalid value for field '{field}': {value!r}. Label keys and values must be lowercase "
+            "letters, digits, '_' or '-' (keys start with a letter)."
+        )
     labels = {str(k): str(v) for k, v in value.items()}
     return {**({"labels": labels} if labels else {}), "labelFingerprint": fingerprint(labels)}
 
@@ -141,8 +152,9 @@ def scopes(ctx: Ctx, kind: str) -> list[str]:
     return ["global"]
 
 
-def aggregated_reply(ctx: Ctx, call: Call, kind: str, collection: str, table: dict,
-                     scope_kinds: tuple[str, ...]) -> dict:
+def aggregated_reply(
+    ctx: Ctx, call: Call, kind: str, collection: str, table: dict, scope_kinds: tuple[str, ...]
+) -> dict:
     """A paged ``aggregatedList`` reply over a store table keyed ``(project, [zone|region,] name)``."""
     scoped: dict[str, list[dict]] = {s: [] for k in scope_kinds for s in scopes(ctx, k)}
     scope_kind = scope_kinds[0]
@@ -152,8 +164,7 @@ def aggregated_reply(ctx: Ctx, call: Call, kind: str, collection: str, table: di
         scope = "global" if len(key) == 2 else f"{scope_kind}/{key[1]}"
         scoped.setdefault(scope, []).append(resource)
     unreachable = [f"zones/{z}" for z in ctx.store.failed_zones] if "zones" in scope_kinds else []
-    return listing.aggregated_reply(ctx.store.base_url, call.project, kind, collection, scoped, call.query,
-                                    unreachable)
+    return listing.aggregated_reply(ctx.store.base_url, call.project, kind, collection, scoped, call.query, unreachable)
 
 
 def scoped_list_handlers(table: str, resource: str, collection: str, scope: str):
@@ -169,8 +180,9 @@ def scoped_list_handlers(table: str, resource: str, collection: str, scope: str)
 
     def aggregated_list(ctx: Ctx, call: Call) -> dict:
         with ctx.store.lock:
-            return aggregated_reply(ctx, call, f"compute#{resource}AggregatedList", collection,
-                                    getattr(ctx.store, table), (scope + "s",))
+            return aggregated_reply(
+                ctx, call, f"compute#{resource}AggregatedList", collection, getattr(ctx.store, table), (scope + "s",)
+            )
 
     return list_, aggregated_list
 

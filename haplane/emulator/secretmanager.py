@@ -7,23 +7,29 @@ Served by the emulator beside the Compute API, for the real
                                client_options={"api_endpoint": emulator.url})
 
 Methods: ``secrets.create/get/delete/list``, ``secrets.addVersion``,
-``versions.access/destroy`` (``latest`` resolves to the newest enabled version),
+``versions.list/access/destroy`` (``latest`` resolves to the newest enabled version),
 ``secrets.getIamPolicy/setIamPolicy``.
 
-Who is calling:
+Who is calling, from the request's ``Authorization: Bearer T`` alone (never from its source address):
 
-- a request with ``Authorization: Bearer T`` where ``T`` came from the metadata
-  server of an instance is that instance's **service account**; it may only
-  *access* versions of secrets whose IAM policy grants it
-  ``roles/secretmanager.secretAccessor`` (everything else: 403, as for a VM
-  service account without project roles);
-- any other request is the **operator** (the project's owner, like the
-  emulator's Compute API, which takes anonymous credentials).
+- ``T`` is the **workers' token** (:attr:`SecretManager.workers_token`, the credential the
+  workers hold, like a service-account key): the caller is the workers' service account
+  (:data:`WORKERS_ACCOUNT`). It manages secrets in every project (create, list, get, delete,
+  add and destroy versions, get and set IAM policies: ``roles/secretmanager.secretVersionManager``
+  plus IAM admin), and *accesses* a version only where the secret's policy grants it
+  ``roles/secretmanager.secretAccessor``;
+- ``T`` was issued to a VM by its metadata server: the caller is that VM's **service account**; it
+  may only *access* versions of secrets whose IAM policy grants it the accessor role (everything
+  else: 403, as for a VM service account without project roles);
+- no ``Authorization``, or a token nobody issued (or an expired one): 401 ``UNAUTHENTICATED``.
 
-The metadata server: ``GET /computeMetadata/v1/instance/service-accounts/default/token``
-(and ``.../email``) with ``Metadata-Flavor: Google`` answers for the instance
-whose internal IP the request comes *from* (a VM's processes bind to its
-internal loopback address), as GCE's metadata server answers each VM for itself.
+The metadata server answers each VM for itself through the VM's runtime (the hypervisor side,
+:meth:`SecretManager.token_for_instance`), in both network modes. Its HTTP path
+``/computeMetadata/v1/...`` refuses: on loopback any process of the host could send from a VM's
+address, so the source address proves nothing.
+
+``GET /oauth2/v3/tokeninfo?access_token=T`` answers the email of the token's account, as
+Google's token-info endpoint does (haplane asks it which account its workers are).
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from haplane.emulator.store import Store, now_rfc3339
 
 ACCESSOR = "roles/secretmanager.secretAccessor"
 TOKEN_TTL_S = 3600
+WORKERS_ACCOUNT = "haplane-workers@haplane-emulator.iam.gserviceaccount.com"
 _SECRET_ID = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 _P = r"projects/(?P<project>[^/]+)"
 _S = _P + r"/secrets/(?P<secret>[^/:]+)"
@@ -49,14 +56,14 @@ ROUTES = [
     ("GET", re.compile(f"^/v1/{_S}$"), "get"),
     ("DELETE", re.compile(f"^/v1/{_S}$"), "delete"),
     ("POST", re.compile(f"^/v1/{_S}:addVersion$"), "add_version"),
+    ("GET", re.compile(f"^/v1/{_S}/versions$"), "list_versions"),
     ("GET", re.compile(f"^/v1/{_V}:access$"), "access"),
     ("POST", re.compile(f"^/v1/{_V}:destroy$"), "destroy"),
     ("GET", re.compile(f"^/v1/{_S}:getIamPolicy$"), "get_iam"),
     ("POST", re.compile(f"^/v1/{_S}:getIamPolicy$"), "get_iam"),
     ("POST", re.compile(f"^/v1/{_S}:setIamPolicy$"), "set_iam"),
 ]
-TOKEN_PATH = "/computeMetadata/v1/instance/service-accounts/default/token"
-EMAIL_PATH = "/computeMetadata/v1/instance/service-accounts/default/email"
+TOKENINFO_PATH = "/oauth2/v3/tokeninfo"
 
 
 class RpcError(ApiError):
@@ -80,24 +87,31 @@ class SecretManager:
         self._lock = threading.RLock()
         self._secrets: dict[str, dict] = {}  # name -> secret (with "_versions", "_policy")
         self._tokens: dict[str, tuple[str, float]] = {}  # token -> (service account email, expiry)
+        self.workers_account = WORKERS_ACCOUNT
+        # the workers' credential: no expiry, like a service-account key (see the module's docstring)
+        self.workers_token = "ya29.emulated-workers-" + pysecrets.token_urlsafe(32)
 
     # --- the metadata server ------------------------------------------------------------------
-    def metadata(self, path: str, client_ip: str, headers) -> tuple[int, dict | str]:
-        if headers.get("Metadata-Flavor") != "Google":
-            raise _error(403, "FORBIDDEN", "Missing Metadata-Flavor:Google header")
-        email = self._instance_service_account(client_ip)
-        if path == EMAIL_PATH:
-            return 200, email
-        if path == TOKEN_PATH:
-            token = "ya29.emulated-" + pysecrets.token_urlsafe(24)
-            with self._lock:
-                self._tokens[token] = (email, time.time() + TOKEN_TTL_S)
-            return 200, {"access_token": token, "expires_in": TOKEN_TTL_S, "token_type": "Bearer"}
-        raise _error(404, "NOT_FOUND", f"no metadata at {path}")
+    @staticmethod
+    def metadata(path: str) -> tuple[int, dict | str]:
+        raise _error(
+            403,
+            "FORBIDDEN",
+            f"the emulator's metadata server does not answer {path} over HTTP: a "
+            "request's source address does not prove which VM sent it. A VM gets its "
+            "token through its runtime (SecretManager.token_for_instance)",
+        )
+
+    def tokeninfo(self, query: dict[str, str]) -> tuple[int, dict]:
+        email = self._account_of(query.get("access_token", ""))
+        if email is None:
+            raise _error(400, "INVALID_ARGUMENT", "invalid_token")
+        return 200, {"email": email, "email_verified": "true"}
 
     def token_for_instance(self, internal_ip: str) -> str:
-        """What the metadata server answers the VM with this internal address, asked in-process by
-        the emulator's VM runtime (the hypervisor side) when the VM's address is not the host's."""
+        """What the metadata server answers the running VM with this internal address: a token for its
+        service account. Asked in-process by the emulator's VM runtime (the hypervisor side, which
+        knows which VM it runs), never over the network."""
         email = self._instance_service_account(internal_ip)
         token = "ya29.emulated-" + pysecrets.token_urlsafe(24)
         with self._lock:
@@ -114,20 +128,29 @@ class SecretManager:
                     return accounts[0]["email"]
         raise _error(404, "NOT_FOUND", f"no running instance has the internal IP {client_ip}")
 
-    def identity(self, authorization: str | None) -> str | None:
-        """``serviceAccount:EMAIL`` for a metadata-server token; None (the operator) without one."""
-        if not authorization:
-            return None
-        token = authorization.split(" ", 1)[-1].strip()
+    def _account_of(self, token: str) -> str | None:
+        if token and pysecrets.compare_digest(token, self.workers_token):
+            return self.workers_account
         with self._lock:
             found = self._tokens.get(token)
-        if found is None or found[1] < time.time():
-            raise _error(401, "UNAUTHENTICATED", "Request had invalid authentication credentials.")
-        return f"serviceAccount:{found[0]}"
+        return found[0] if found is not None and found[1] >= time.time() else None
+
+    def identity(self, authorization: str | None) -> str:
+        """``serviceAccount:EMAIL`` of the bearer token; 401 without a valid one."""
+        scheme, _, token = (authorization or "").partition(" ")
+        email = self._account_of(token.strip()) if scheme.lower() == "bearer" else None
+        if email is None:
+            raise _error(
+                401,
+                "UNAUTHENTICATED",
+                "Request is missing required authentication credential or had invalid authentication "
+                "credentials. Expected OAuth 2 access token (the workers' token of the emulator, "
+                "HAPLANE_GCE_TOKEN, or a VM's metadata-server token).",
+            )
+        return f"serviceAccount:{email}"
 
     # --- the API ------------------------------------------------------------------------------
-    def handle(self, verb: str, path: str, query: dict[str, str], body: dict | None,
-               who: str | None) -> tuple[int, dict]:
+    def handle(self, verb: str, path: str, query: dict[str, str], body: dict | None, who: str) -> tuple[int, dict]:
         for route_verb, pattern, method in ROUTES:
             m = pattern.match(path)
             if m and route_verb == verb:
@@ -135,11 +158,11 @@ class SecretManager:
                     return 200, getattr(self, "_" + method)(m.groupdict(), query, body or {}, who)
         raise _error(404, "NOT_FOUND", f"No such Secret Manager method: {verb} {path}")
 
-    @staticmethod
-    def _operator_only(who: str | None, what: str) -> None:
-        if who is not None:
-            raise _error(403, "PERMISSION_DENIED",
-                         f"Permission '{what}' denied for {who} (it has no role on the project)")
+    def _operator_only(self, who: str, what: str) -> None:
+        if who != f"serviceAccount:{self.workers_account}":
+            raise _error(
+                403, "PERMISSION_DENIED", f"Permission '{what}' denied for {who} (it has no role on the project)"
+            )
 
     def _secret(self, p: dict) -> dict:
         name = f"projects/{p['project']}/secrets/{p['secret']}"
@@ -160,9 +183,15 @@ class SecretManager:
         name = f"projects/{p['project']}/secrets/{sid}"
         if name in self._secrets:
             raise _error(409, "ALREADY_EXISTS", f"Secret [{name}] already exists.")
-        secret = {"name": name, "replication": body.get("replication") or {"automatic": {}},
-                  "createTime": now_rfc3339(), "labels": body.get("labels") or {}, "etag": '"1"',
-                  "_versions": [], "_policy": {"version": 1, "etag": base64.b64encode(bytes(5)).decode()}}
+        secret = {
+            "name": name,
+            "replication": body.get("replication") or {"automatic": {}},
+            "createTime": now_rfc3339(),
+            "labels": body.get("labels") or {},
+            "etag": '"1"',
+            "_versions": [],
+            "_policy": {"version": 1, "etag": base64.b64encode(bytes(5)).decode()},
+        }
         self._secrets[name] = secret
         return self._public(secret)
 
@@ -170,8 +199,11 @@ class SecretManager:
         self._operator_only(who, "secretmanager.secrets.list")
         prefix = f"projects/{p['project']}/secrets/"
         wanted = dict(re.findall(r"labels\.([\w-]+)\s*[:=]\s*\"?([\w-]+)\"?", query.get("filter", "")))
-        found = [self._public(s) for n, s in sorted(self._secrets.items()) if n.startswith(prefix)
-                 and all(s["labels"].get(k) == v for k, v in wanted.items())]
+        found = [
+            self._public(s)
+            for n, s in sorted(self._secrets.items())
+            if n.startswith(prefix) and all(s["labels"].get(k) == v for k, v in wanted.items())
+        ]
         return {"secrets": found, "totalSize": len(found)} if found else {}
 
     def _get(self, p, query, body, who):
@@ -195,8 +227,12 @@ class SecretManager:
         except ValueError:
             raise _error(400, "INVALID_ARGUMENT", "payload.data is not base64") from None
         number = len(secret["_versions"]) + 1
-        version = {"name": f"{secret['name']}/versions/{number}", "createTime": now_rfc3339(),
-                   "state": "ENABLED", "_data": data}
+        version = {
+            "name": f"{secret['name']}/versions/{number}",
+            "createTime": now_rfc3339(),
+            "state": "ENABLED",
+            "_data": data,
+        }
         secret["_versions"].append(version)
         return self._public(version)
 
@@ -213,26 +249,35 @@ class SecretManager:
 
     def _access(self, p, query, body, who):
         secret = self._secret(p)
-        if who is not None and not self._granted(secret, who, ACCESSOR):
-            raise _error(403, "PERMISSION_DENIED",
-                         f"Permission 'secretmanager.versions.access' denied for resource "
-                         f"'{secret['name']}/versions/{p['version']}' (or it may not exist).")
+        if not self._granted(secret, who, ACCESSOR):
+            raise _error(
+                403,
+                "PERMISSION_DENIED",
+                f"Permission 'secretmanager.versions.access' denied for resource "
+                f"'{secret['name']}/versions/{p['version']}' (or it may not exist).",
+            )
         version = self._version(p)
         if version["state"] != "ENABLED":
             raise _error(400, "FAILED_PRECONDITION", f"{version['name']} is in {version['state']} state.")
         return {"name": version["name"], "payload": {"data": version["_data"]}}
 
+    def _list_versions(self, p, query, body, who):
+        self._operator_only(who, "secretmanager.versions.list")
+        found = [self._public(v) for v in reversed(self._secret(p)["_versions"])]  # newest first, as GCE
+        return {"versions": found, "totalSize": len(found)} if found else {}
+
     def _destroy(self, p, query, body, who):
         self._operator_only(who, "secretmanager.versions.destroy")
         version = self._version(p)
+        if version["state"] == "DESTROYED":
+            raise _error(400, "FAILED_PRECONDITION", f"{version['name']} is already in DESTROYED state.")
         version.update(state="DESTROYED", destroyTime=now_rfc3339())
         version.pop("_data", None)
         return self._public(version)
 
     @staticmethod
     def _granted(secret: dict, who: str, role: str) -> bool:
-        return any(b.get("role") == role and who in b.get("members", [])
-                   for b in secret["_policy"].get("bindings", []))
+        return any(b.get("role") == role and who in b.get("members", []) for b in secret["_policy"].get("bindings", []))
 
     def _get_iam(self, p, query, body, who):
         self._operator_only(who, "secretmanager.secrets.getIamPolicy")
@@ -246,6 +291,9 @@ class SecretManager:
         if policy.get("etag") and policy["etag"] != current["etag"]:
             raise _error(409, "ABORTED", "There were concurrent policy changes; read the policy and try again.")
         serial = int.from_bytes(base64.b64decode(current["etag"]), "big") + 1
-        secret["_policy"] = {"version": 1, "bindings": policy.get("bindings", []),
-                             "etag": base64.b64encode(serial.to_bytes(5, "big")).decode()}
+        secret["_policy"] = {
+            "version": 1,
+            "bindings": policy.get("bindings", []),
+            "etag": base64.b64encode(serial.to_bytes(5, "big")).decode(),
+        }
         return dict(secret["_policy"])

@@ -16,8 +16,8 @@ stops cleanly (runtime closed, exit 0) on SIGINT/SIGTERM.
 
 Paths: ``/compute/v1/...`` the Compute API (:mod:`.api`), ``/_emulator/...``
 the admin API (:mod:`.control`, client :mod:`.admin`), ``/v1/projects/...``
-Secret Manager and ``/computeMetadata/v1/...`` the metadata server's service-account
-token (:mod:`.secretmanager`). Anything else: 404
+Secret Manager and ``/oauth2/v3/tokeninfo`` (:mod:`.secretmanager`; every Secret Manager
+call needs a bearer token: the workers' one, :attr:`Emulator.workers_token`, or a VM's). Anything else: 404
 in Google's error shape.
 """
 
@@ -27,6 +27,7 @@ import argparse
 import ipaddress
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -49,6 +50,7 @@ from haplane.emulator.store import Store
 
 log = logging.getLogger(__name__)
 DEFAULT_PORT = 8787
+WORKERS_TOKEN_FILE = "workers-token"  # in the state directory, mode 0600
 MAX_BODY = 8 * 1024 * 1024
 
 
@@ -88,8 +90,10 @@ class _Handler(BaseHTTPRequestHandler):
             elif parts.path.startswith("/v1/projects/"):  # Secret Manager
                 who = emulator.secrets.identity(self.headers.get("Authorization"))
                 status, reply = emulator.secrets.handle(self.command, parts.path, query, body, who)
-            elif parts.path.startswith("/computeMetadata/v1/"):  # the metadata server, per calling VM
-                status, reply = emulator.secrets.metadata(parts.path, self.client_address[0], self.headers)
+            elif parts.path.startswith("/computeMetadata/v1/"):  # refused: see secretmanager's docstring
+                status, reply = emulator.secrets.metadata(parts.path)
+            elif parts.path == "/oauth2/v3/tokeninfo":
+                status, reply = emulator.secrets.tokeninfo(query)
             else:
                 raise ApiError(404, "notFound", f"No such path: {self.command} {parts.path}")
         except ApiError as exc:
@@ -128,9 +132,17 @@ class Emulator:
     (GCE: about 2 minutes).
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, state_dir: Path | str | None = None,
-                 runtime: Runtime | None = None, profile: str = "instant", time_scale: float = 1.0,
-                 catalog: Catalog | None = None, wait_timeout: float = 120.0):
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        state_dir: Path | str | None = None,
+        runtime: Runtime | None = None,
+        profile: str = "instant",
+        time_scale: float = 1.0,
+        catalog: Catalog | None = None,
+        wait_timeout: float = 120.0,
+    ):
         self.host = check_host(host)
         self.port = port
         self.state_dir = Path(state_dir) if state_dir is not None else None
@@ -143,6 +155,11 @@ class Emulator:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._timer: Timer | None = None
+
+    @property
+    def workers_token(self) -> str:
+        """The workers' credential for Secret Manager (``HAPLANE_GCE_TOKEN``, or the connection block's token)."""
+        return self.secrets.workers_token
 
     @property
     def url(self) -> str:
@@ -163,16 +180,32 @@ class Emulator:
         store = Store(self.url, pools)
         self.store = store
         self.ops = OperationBook(store, self.latency, self._timer)
-        self.ctx = Ctx(store=store, ops=self.ops, runtime=self.runtime, catalog=self.catalog,
-                       latency=self.latency, wait_timeout=self.wait_timeout)
+        self.ctx = Ctx(
+            store=store,
+            ops=self.ops,
+            runtime=self.runtime,
+            catalog=self.catalog,
+            latency=self.latency,
+            wait_timeout=self.wait_timeout,
+        )
         self.api = ComputeApi(self.ctx, self.faults, self.calls)
         self.control = Control(self.ctx, self.faults, self.calls)
         self.secrets = SecretManager(store)
+        if self.state_dir is not None:  # for clients in other processes: HAPLANE_GCE_TOKEN=$(cat ...)
+            token_file = self.state_dir / WORKERS_TOKEN_FILE
+            token_file.unlink(missing_ok=True)
+            fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(self.secrets.workers_token)
         attach = getattr(self.runtime, "attach", None)
         if attach is not None:  # VMs read their keys from this emulator's Secret Manager
             attach(self.url, self.secrets.token_for_instance)
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name="emulator-http", daemon=True)
+        time_scale = getattr(self.runtime, "follow_time_scale", None)
+        if time_scale is not None:  # the VMs' leader-election timings scale with the latency model's
+            time_scale(lambda: self.latency.time_scale)
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="emulator-http", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -205,21 +238,32 @@ class Emulator:
 
 def add_cli(subparsers) -> argparse.ArgumentParser:
     """Register the ``emulator`` subcommand on an argparse subparsers object."""
-    p = subparsers.add_parser("emulator", help="run the GCE emulator (Compute API on loopback)",
-                              description="Run the GCE emulator: Compute Engine's REST API on loopback, "
-                                          "with real processes per VM (or none with --bare).")
+    p = subparsers.add_parser(
+        "emulator",
+        help="run the GCE emulator (Compute API on loopback)",
+        description="Run the GCE emulator: Compute Engine's REST API on loopback, "
+        "with real processes per VM (or none with --bare).",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address in 127.0.0.0/8 to serve on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 = pick one)")
-    p.add_argument("--state-dir", type=Path, default=Path(".haplane/emulator"),
-                   help="directory for the VMs' data (default .haplane/emulator)")
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(".haplane/emulator"),
+        help="directory for the VMs' data (default .haplane/emulator)",
+    )
     p.add_argument("--profile", choices=sorted(PROFILES), default="instant", help="latency profile")
     p.add_argument("--time-scale", type=float, default=1.0, help="multiply every latency by this")
     p.add_argument("--catalog", type=Path, help='JSON file adding regions: {"regions": {"R": ["a", "b"]}}')
     p.add_argument("--bare", action="store_true", help="run no processes for VMs (NullRuntime)")
-    p.add_argument("--network", choices=("loopback", "namespaces"), default="loopback",
-                   help="loopback (default, no privileges): VMs bind 127.x addresses, firewalls are stored "
-                        "only; namespaces (root, iproute2 and nftables): a network namespace per VM on a "
-                        "bridge per zone, firewalls enforced, zone failures are partitions")
+    p.add_argument(
+        "--network",
+        choices=("loopback", "namespaces"),
+        default="loopback",
+        help="loopback (default, no privileges): VMs bind 127.x addresses, firewalls are stored "
+        "only; namespaces (root, iproute2 and nftables): a network namespace per VM on a "
+        "bridge per zone, firewalls enforced, zone failures are partitions",
+    )
     return p
 
 
@@ -235,8 +279,11 @@ def run_cli(args: argparse.Namespace) -> int:
         return 2
     network = getattr(args, "network", "loopback")
     if network == "namespaces" and args.bare:
-        print("haplane emulator: --network namespaces runs VM processes in their namespaces; "
-              "drop --bare (or use --network loopback)", file=sys.stderr)
+        print(
+            "haplane emulator: --network namespaces runs VM processes in their namespaces; "
+            "drop --bare (or use --network loopback)",
+            file=sys.stderr,
+        )
         return 2
     state_dir = Path(args.state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -260,8 +307,15 @@ def run_cli(args: argparse.Namespace) -> int:
             if netns is not None:
                 netns.close()
             raise
-    emulator = Emulator(host=host, port=args.port, state_dir=state_dir, runtime=runtime,
-                        profile=args.profile, time_scale=args.time_scale, catalog=catalog)
+    emulator = Emulator(
+        host=host,
+        port=args.port,
+        state_dir=state_dir,
+        runtime=runtime,
+        profile=args.profile,
+        time_scale=args.time_scale,
+        catalog=catalog,
+    )
     stop = threading.Event()
 
     def on_signal(signum, frame):
@@ -276,8 +330,18 @@ def run_cli(args: argparse.Namespace) -> int:
             return 1
         netns = getattr(runtime, "network", None)
         if netns is not None:
-            print(f"haplane emulator network: namespaces {netns.prefix}-*, VMs in {netns.net}, "
-                  f"this host reaches them from {netns.host_ip}", file=sys.stderr, flush=True)
+            print(
+                f"haplane emulator network: namespaces {netns.prefix}-*, VMs in {netns.net}, "
+                f"this host reaches them from {netns.host_ip}",
+                file=sys.stderr,
+                flush=True,
+            )
+        print(
+            f"haplane emulator: the workers' token for Secret Manager is in {state_dir / WORKERS_TOKEN_FILE} "
+            f"(export HAPLANE_GCE_TOKEN=$(cat {state_dir / WORKERS_TOKEN_FILE}))",
+            file=sys.stderr,
+            flush=True,
+        )
         print(f"haplane emulator ready on {emulator.url}", flush=True)
         while not stop.wait(0.5):
             pass

@@ -120,8 +120,11 @@ class Store:
         self.http_health_checks: dict[tuple[str, str], dict] = {}
         self.health_checks: dict[tuple[str, str], dict] = {}
         if pools is None:
-            pools = (IpPool("127.10.0.0/16", ports=VM_PORTS), IpPool("127.20.0.0/16", ports=FORWARDED_PORTS),
-                     IpPool("127.30.0.0/16", ports=FORWARDED_PORTS))
+            pools = (
+                IpPool("127.10.0.0/16", ports=VM_PORTS),
+                IpPool("127.20.0.0/16", ports=FORWARDED_PORTS),
+                IpPool("127.30.0.0/16", ports=FORWARDED_PORTS),
+            )
         self.internal_ips, self.ephemeral_ips, self.static_ips = pools
         self.failed_zones: set[str] = set()
         self._rng = random.Random()
@@ -166,6 +169,7 @@ class Store:
 
 def public(resource: dict) -> dict:
     """The resource as served: a deep copy without internal ``_`` keys."""
+
     def clean(value):
         if isinstance(value, dict):
             return {k: clean(v) for k, v in value.items() if not k.startswith("_")}

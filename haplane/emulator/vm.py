@@ -1,4 +1,6 @@
-"""Emulated VMs that run real processes: etcd and the API-server stand-in.
+"""Emulated VMs that run real processes: etcd, the API-server stand-in, and the controller-manager
+and scheduler stand-ins (:mod:`haplane.emulator.controllers`: leader election through the local API
+server, on a VM whose metadata carries their certificates).
 
 Each VM is a directory under ``STATE_DIR/vms/`` (its disk: ``pki/``,
 ``etcd-data/``, ``logs/``) and up to two supervised processes bound to its
@@ -33,14 +35,18 @@ from haplane.emulator.network import Forwarder
 from haplane.emulator.runtime import VmView
 from haplane.node import (
     APISERVER_PORT,
+    CONTROLLER_MANAGER_PORT,
+    ETCD_VERSION_KEY,
     FORWARDED_PORTS,
     HEALTH_PORT,
+    SCHEDULER_PORT,
     SNAPSHOT_KEY_SECRET,
     TLS_FILES,
     NodeSpec,
     client_url,
     etcd_argv,
     find_etcd,
+    find_etcd_version,
     peer_url,
     write_pki,
 )
@@ -54,17 +60,45 @@ BACKOFF_MAX_S = 5.0
 # service-account files are not here: the API-server stand-in re-reads them by itself.
 PROC_FILES: dict[str, frozenset[str]] = {
     "etcd": frozenset({"etcd-ca", "etcd-peer-cert", "etcd-peer-key", "etcd-server-cert", "etcd-server-key"}),
-    "apiserver": frozenset({"ca", "etcd-ca", "apiserver-cert", "apiserver-key", "apiserver-etcd-client-cert",
-                            "apiserver-etcd-client-key"}),
+    "apiserver": frozenset(
+        {"ca", "etcd-ca", "apiserver-cert", "apiserver-key", "apiserver-etcd-client-cert", "apiserver-etcd-client-key"}
+    ),
+    "controller-manager": frozenset({"ca", "controller-manager-cert", "controller-manager-key"}),
+    "scheduler": frozenset({"ca", "scheduler-cert", "scheduler-key"}),
 }
+# process -> (its Lease in kube-system, its /healthz port); its certificate is TLS_FILES["<process>-cert"]
+CONTROLLERS: dict[str, tuple[str, int]] = {
+    "controller-manager": ("kube-controller-manager", CONTROLLER_MANAGER_PORT),
+    "scheduler": ("kube-scheduler", SCHEDULER_PORT),
+}
+# client-go's leader-election defaults (seconds), scaled by the emulator's time scale (not below a
+# fifth: a lease of 3 s, renewed every 0.4 s, is as busy as a VM of the emulator should get)
+LEASE_DURATION_S, RENEW_DEADLINE_S, RETRY_PERIOD_S = 15.0, 10.0, 2.0
+MIN_LEASE_SCALE = 0.2
+
+
+def leader_election_flags(time_scale: float) -> list[str]:
+    scale = max(MIN_LEASE_SCALE, time_scale)
+    return [
+        "--leader-elect-lease-duration",
+        f"{LEASE_DURATION_S * scale:g}",
+        "--leader-elect-renew-deadline",
+        f"{RENEW_DEADLINE_S * scale:g}",
+        "--leader-elect-retry-period",
+        f"{RETRY_PERIOD_S * scale:g}",
+    ]
 
 
 def service_account_flags(files: set[str], pki: Path) -> list[str]:
     """The stand-in's client-CA and service-account flags, as the startup script gives kube-apiserver."""
     flags = ["--client-ca-file", str(pki / TLS_FILES["ca"])] if "ca" in files else []
     if "service-account-key" in files and "service-account-pub" in files:
-        flags += ["--service-account-key-file", str(pki / TLS_FILES["service-account-pub"]),
-                  "--service-account-signing-key-file", str(pki / TLS_FILES["service-account-key"])]
+        flags += [
+            "--service-account-key-file",
+            str(pki / TLS_FILES["service-account-pub"]),
+            "--service-account-signing-key-file",
+            str(pki / TLS_FILES["service-account-key"]),
+        ]
     return flags
 
 
@@ -86,7 +120,10 @@ class Proc:
     def spawn(self) -> None:
         with open(self.log, "ab") as log:
             self.popen = subprocess.Popen(
-                self.wrap + self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                self.wrap + self.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
 
@@ -138,8 +175,13 @@ class ProcessRuntime:
     zone partitions). The runtime closes the network it was given.
     """
 
-    def __init__(self, state_dir: Path, etcd_bin: str | None = None, python: str | None = None,
-                 network: NamespacedNetwork | None = None) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        etcd_bin: str | None = None,
+        python: str | None = None,
+        network: NamespacedNetwork | None = None,
+    ) -> None:
         self.state_dir = Path(state_dir)
         self.etcd_bin = etcd_bin or find_etcd()
         self.python = python or sys.executable
@@ -154,18 +196,32 @@ class ProcessRuntime:
         self._closed = False
         self.endpoint: str | None = None  # the emulator's URL: Secret Manager and the metadata server
         self.token_for_ip: Callable[[str], str] | None = None
+        self.time_scale: Callable[[], float] = lambda: 1.0
         self._supervisor = threading.Thread(target=self._supervise, name="vm-supervisor", daemon=True)
         self._supervisor.start()
 
     def attach(self, endpoint: str, token_for_ip: Callable[[str], str] | None = None) -> None:
         """Where the VMs find Secret Manager and the metadata server (the emulator, once it serves).
         ``token_for_ip``: the metadata server's token for the VM with that internal address, asked
-        in-process; used in namespaces mode, where a VM's address lives in its own namespace and the
-        host cannot send from it (on loopback the VM asks over HTTP from its own address)."""
+        in-process (the hypervisor side) in both network modes: never over HTTP, where the source
+        address would have to say which VM asks."""
         self.endpoint = endpoint
         self.token_for_ip = token_for_ip
 
+    def follow_time_scale(self, time_scale: Callable[[], float]) -> None:
+        """The emulator's time scale, asked when a VM's processes are planned (leader-election timings)."""
+        self.time_scale = time_scale
+
     # --- Runtime protocol -------------------------------------------------
+    def check_image(self, metadata: dict[str, str]) -> None:
+        """Refuse a VM whose etcd version this host lacks (FileNotFoundError naming the package)."""
+        self._etcd_bin(metadata)
+
+    def _etcd_bin(self, metadata: dict[str, str]) -> str:
+        """The etcd binary of the version the VM asks for; without one, the runtime's (today's default)."""
+        version = metadata.get(ETCD_VERSION_KEY)
+        return find_etcd_version(version) if version else self.etcd_bin
+
     def start(self, vm: VmView) -> None:
         with self._lock:
             m = self._machine(vm)
@@ -309,17 +365,54 @@ class ProcessRuntime:
         ip = m.view.internal_ip
         wanted: dict[str, list[str]] = {}
         if spec.etcd is not None:
-            wanted["etcd"] = etcd_argv(self.etcd_bin, spec.etcd, ip, m.root / "etcd-data", pki)
+            wanted["etcd"] = etcd_argv(self._etcd_bin(m.view.metadata), spec.etcd, ip, m.root / "etcd-data", pki)
             if spec.restore is not None:  # restore-cluster: etcd's data comes from a snapshot at first boot
                 wanted["etcd"] = self._restore_argv(m, spec, ip) + wanted["etcd"]
         if spec.apiserver is not None and spec.etcd is not None:
-            argv = [self.python, "-m", "haplane.emulator.apiserver", "--ip", ip, "--name", m.view.name,
-                    "--port", str(spec.apiserver.port), "--health-port", str(spec.apiserver.health_port),
-                    "--etcd-url", client_url(ip) if pki else client_url(ip).replace("https", "http")]
+            argv = [
+                self.python,
+                "-m",
+                "haplane.emulator.apiserver",
+                "--ip",
+                ip,
+                "--name",
+                m.view.name,
+                "--port",
+                str(spec.apiserver.port),
+                "--health-port",
+                str(spec.apiserver.health_port),
+                "--etcd-url",
+                client_url(ip) if pki else client_url(ip).replace("https", "http"),
+            ]
             if pki is not None:
                 argv += ["--pki-dir", str(pki)]
                 argv += service_account_flags(set(spec.tls) | set(spec.secret_refs), pki)
             wanted["apiserver"] = argv
+            files = set(spec.tls) | set(spec.secret_refs)
+            for name, (component, port) in CONTROLLERS.items():
+                if pki is not None and {"ca", f"{name}-cert", f"{name}-key"} <= files:
+                    wanted[name] = [
+                        self.python,
+                        "-m",
+                        "haplane.emulator.controllers",
+                        "--component",
+                        component,
+                        "--ip",
+                        ip,
+                        "--port",
+                        str(port),
+                        "--hostname",
+                        m.view.name,
+                        "--apiserver-port",
+                        str(spec.apiserver.port),
+                        "--ca-file",
+                        str(pki / TLS_FILES["ca"]),
+                        "--cert-file",
+                        str(pki / TLS_FILES[f"{name}-cert"]),
+                        "--key-file",
+                        str(pki / TLS_FILES[f"{name}-key"]),
+                        *leader_election_flags(self.time_scale()),
+                    ]
         wrap = self.network.exec_prefix(m.view) if self.network is not None else []
         for name, argv in wanted.items():
             proc = m.procs.get(name)
@@ -331,9 +424,22 @@ class ProcessRuntime:
     def _restore_argv(self, m: Machine, spec: NodeSpec, ip: str) -> list[str]:
         """The boot step that restores etcd's data dir from the snapshot in metadata, then execs etcd."""
         restore_file = self._write_restore_file(m, spec=json.loads(spec.restore.to_json()), key=spec.snapshot_key)
-        return [self.python, "-m", "haplane.restore_boot", "--restore", str(restore_file),
-                "--data-dir", str(m.root / "etcd-data"), "--name", spec.etcd.name, "--peer-url", peer_url(ip),
-                "--token", spec.etcd.initial_cluster_token, "--"]
+        return [
+            self.python,
+            "-m",
+            "haplane.restore_boot",
+            "--restore",
+            str(restore_file),
+            "--data-dir",
+            str(m.root / "etcd-data"),
+            "--name",
+            spec.etcd.name,
+            "--peer-url",
+            peer_url(ip),
+            "--token",
+            spec.etcd.initial_cluster_token,
+            "--",
+        ]
 
     @staticmethod
     def _write_restore_file(m: Machine, spec: dict | None = None, key: str | None = None) -> Path:
@@ -364,21 +470,18 @@ class ProcessRuntime:
 
     def _apply_files(self, m: Machine, key: str, tls: dict[str, str], refs: dict[str, str]) -> None:
         """What the VM does at boot and whenever its metadata changes: read its private keys from
-        Secret Manager as its own service account (a token from the metadata server, asked from
-        the VM's internal address), write them and its certificates to its disk, and restart the
+        Secret Manager as its own service account (a token from the metadata server, asked
+        in-process for this VM), write them and its certificates to its disk, and restart the
         processes that run on older files (etcd and the API server reload their certificates).
         Runs outside the lock."""
-        from haplane.secretstore import read_as_vm, vm_token
+        from haplane.secretstore import read_as_vm
 
         try:
             files = dict(tls)
             if refs:
-                if self.endpoint is None:
+                if self.endpoint is None or self.token_for_ip is None:
                     raise RuntimeError("no Secret Manager: the runtime is not attached to an emulator")
-                if self.network is not None and self.token_for_ip is not None:
-                    token = self.token_for_ip(m.view.internal_ip)
-                else:
-                    token = vm_token(self.endpoint, m.view.internal_ip)
+                token = self.token_for_ip(m.view.internal_ip)
                 files.update({suffix: read_as_vm(self.endpoint, token, ref) for suffix, ref in refs.items()})
             snapshot_key = files.pop(SNAPSHOT_KEY_SECRET, None)
             if snapshot_key is not None:  # restore-cluster: the key that opens the snapshot
@@ -391,8 +494,11 @@ class ProcessRuntime:
             return
         with self._lock:
             m.files_applied, m.secrets_error = key, None
-            stale = [p for name, p in m.procs.items()
-                     if p.running and p.files not in (None, m.files_key(PROC_FILES.get(name)))]
+            stale = [
+                p
+                for name, p in m.procs.items()
+                if p.running and p.files not in (None, m.files_key(PROC_FILES.get(name)))
+            ]
         for p in stale:  # a reload: restart at once, not counted as a crash
             p.terminate()
             with self._lock:
@@ -406,9 +512,11 @@ class ProcessRuntime:
                 if self._closed:
                     return
                 now = time.monotonic()
-                applies = [(m, m.files_key(), dict(m.tls_wanted), dict(m.secrets_wanted))
-                           for m in self._machines.values()
-                           if m.powered and not m.killed and not m.keys_ready and now >= m.next_read]
+                applies = [
+                    (m, m.files_key(), dict(m.tls_wanted), dict(m.secrets_wanted))
+                    for m in self._machines.values()
+                    if m.powered and not m.killed and not m.keys_ready and now >= m.next_read
+                ]
             for m, key, tls, refs in applies:
                 self._apply_files(m, key, tls, refs)
             with self._lock:

@@ -40,8 +40,16 @@ class Sample:
 class EndpointCanary:
     """Every ``period`` s: a write through the endpoint (API server -> etcd) and a /readyz read."""
 
-    def __init__(self, ip: str, ca: str | Callable[[], str], *, period: float = PERIOD, retry_s: float = 0.0,
-                 timeout: float = 1.0, ca_refresh_s: float = 0.5):
+    def __init__(
+        self,
+        ip: str,
+        ca: str | Callable[[], str],
+        *,
+        period: float = PERIOD,
+        retry_s: float = 0.0,
+        timeout: float = 1.0,
+        ca_refresh_s: float = 0.5,
+    ):
         self.base = f"https://{ip}:6443"
         self._ca = ca
         self.period, self.retry_s, self.timeout, self.ca_refresh_s = period, retry_s, timeout, ca_refresh_s

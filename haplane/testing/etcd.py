@@ -32,8 +32,11 @@ def allocate_subnet(hosts: int = 8) -> str:
     for _ in range(250):
         x = next(_subnets) % 250 + 1
         prefix = f"{SUBNET_PREFIX}.{x}"
-        if all(can_bind(f"{prefix}.{h}", p) for h in range(2, hosts + 2)
-               for p in (node.ETCD_CLIENT_PORT, node.ETCD_PEER_PORT)):
+        if all(
+            can_bind(f"{prefix}.{h}", p)
+            for h in range(2, hosts + 2)
+            for p in (node.ETCD_CLIENT_PORT, node.ETCD_PEER_PORT)
+        ):
             return prefix
     raise RuntimeError(f"no free {SUBNET_PREFIX}.X subnet for etcd")
 
@@ -108,21 +111,24 @@ class EtcdCluster:
         replica = pki.issue_replica_certs(cas, hostname=name, internal_ip=ip, endpoint_ip=ip)
         return pki.node_tls(cas, replica)
 
-    def launch(self, name: str, ip: str, initial_cluster: str, state: str,
-               tls: dict[str, str] | None = None) -> EtcdProc:
+    def launch(
+        self, name: str, ip: str, initial_cluster: str, state: str, tls: dict[str, str] | None = None
+    ) -> EtcdProc:
         """Start one etcd process (does not wait)."""
         base = self.root / name
         pki_dir = base / "pki"
         node.write_pki(tls if tls is not None else self.tls_for(name, ip), pki_dir)
         data_dir = base / "data"
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        spec = node.EtcdSpec(name=name, initial_cluster=initial_cluster, initial_cluster_state=state,
-                             initial_cluster_token=self.token)
+        spec = node.EtcdSpec(
+            name=name, initial_cluster=initial_cluster, initial_cluster_state=state, initial_cluster_token=self.token
+        )
         argv = node.etcd_argv(self.etcd_bin, spec, ip, data_dir, pki_dir)
         m = EtcdProc(name=name, ip=ip, data_dir=data_dir, pki_dir=pki_dir, log_path=base / "etcd.log")
         with open(m.log_path, "ab") as log:
-            m.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                      start_new_session=True)
+            m.proc = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
         self.members[name] = m
         return m
 
@@ -134,8 +140,15 @@ class EtcdCluster:
         self.wait_healthy(procs)
         return procs
 
-    def join(self, name: str, *, learner: bool = True, wait: bool = True,
-             tls: dict[str, str] | None = None, ip: str | None = None) -> tuple[Member, EtcdProc]:
+    def join(
+        self,
+        name: str,
+        *,
+        learner: bool = True,
+        wait: bool = True,
+        tls: dict[str, str] | None = None,
+        ip: str | None = None,
+    ) -> tuple[Member, EtcdProc]:
         """Add a member (learner by default) through the API, then start it with state=existing."""
         ip = ip or self.next_ip()
         added = add_member_when_ready(self.client(), [node.peer_url(ip)], learner=learner)

@@ -25,8 +25,7 @@ USER = "haplane"
 
 
 def pg_bindir() -> Path | None:
-    for candidate in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]),
-                            reverse=True):
+    for candidate in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]), reverse=True):
         if (Path(candidate) / "initdb").exists():
             return Path(candidate)
     initdb = shutil.which("initdb")
@@ -48,23 +47,62 @@ class Postgres:
             cmd = ["runuser", "-u", "postgres", "--", *cmd]
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
         if out.returncode != 0:
-            raise RuntimeError(f"{' '.join(argv[:2])} failed ({out.returncode}): {out.stdout[-2000:]}{out.stderr[-2000:]}")
+            raise RuntimeError(
+                f"{' '.join(argv[:2])} failed ({out.returncode}): {out.stdout[-2000:]}{out.stderr[-2000:]}"
+            )
 
     def start(self) -> None:
         if self.as_root:
             shutil.chown(self.dir, "postgres", "postgres")
         self._run("initdb", "-D", str(self.data), "-U", USER, "--auth=trust", "-E", "UTF8", "--no-sync")
-        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.dir / "postgres.log"), "-w", "-t", "90", "-o",
-                  f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
-                  "start")
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.dir / "postgres.log"),
+            "-w",
+            "-t",
+            "90",
+            "-o",
+            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+            "start",
+        )
         for sql, db in (("CREATE DATABASE prefect", "postgres"), ("CREATE EXTENSION IF NOT EXISTS pg_trgm", "prefect")):
-            self._run("psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", USER, "-d", db, "-v", "ON_ERROR_STOP=1",
-                      "-c", sql)
+            self._run(
+                "psql",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                USER,
+                "-d",
+                db,
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                sql,
+            )
 
     def query(self, sql: str) -> str:
         """One value or row of ``sql`` on the prefect database (psql -At)."""
-        cmd = [str(self.bindir / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", USER, "-d", "prefect", "-At",
-               "-v", "ON_ERROR_STOP=1", "-c", sql]
+        cmd = [
+            str(self.bindir / "psql"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            USER,
+            "-d",
+            "prefect",
+            "-At",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            sql,
+        ]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True).stdout.strip()
 
     def stop(self) -> None:

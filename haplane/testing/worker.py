@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 
 from haplane.processes import stop_group
+from haplane.testing.prefect import auth_headers
 
 POOL = "haplane"
 
@@ -56,28 +57,44 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def start_worker(server, env_extra: dict[str, str], log: Path, timeout: float = 60.0, name: str | None = None,
-                 env_drop: tuple[str, ...] = ()) -> Worker:
+def start_worker(
+    server,
+    env_extra: dict[str, str],
+    log: Path,
+    timeout: float = 60.0,
+    name: str | None = None,
+    env_drop: tuple[str, ...] = (),
+) -> Worker:
     env = server.env()
     env.update(env_extra)
     for key in env_drop:
         env.pop(key, None)
     name = name or f"test-worker-{os.getpid()}"
-    env.update(PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_PREFETCH_SECONDS="5",
-               PREFECT_WORKER_HEARTBEAT_SECONDS="5", PREFECT_LOGGING_LEVEL="INFO")
+    env.update(
+        PREFECT_WORKER_QUERY_SECONDS="1",
+        PREFECT_WORKER_PREFETCH_SECONDS="5",
+        PREFECT_WORKER_HEARTBEAT_SECONDS="5",
+        PREFECT_LOGGING_LEVEL="INFO",
+    )
     prefect = Path(sys.executable).parent / "prefect"
     with open(log, "ab") as out:
-        proc = subprocess.Popen([str(prefect), "worker", "start", "--pool", POOL, "--type", "process",
-                                 "--name", name],
-                                env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [str(prefect), "worker", "start", "--pool", POOL, "--type", "process", "--name", name],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     worker = Worker(proc, log, server.url)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"prefect worker exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
         try:
-            resp = httpx.post(f"{server.url}/work_pools/{POOL}/workers/filter", json={}, timeout=5)
+            resp = httpx.post(
+                f"{server.url}/work_pools/{POOL}/workers/filter", json={}, timeout=5, headers=auth_headers()
+            )
             if resp.status_code == 200 and name in {w["name"] for w in resp.json()}:
                 return worker
         except httpx.HTTPError:

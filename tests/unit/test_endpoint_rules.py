@@ -23,8 +23,11 @@ TWO_LB = cluster(replica(0, "us-central1-a"), replica(1, "us-central1-b"))
 
 # --- endpoint modes -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("mode", "replicas", "lb"), [
-    (ALWAYS, 1, "create"), (ALWAYS, 3, "create"), (AS_NEEDED, 1, "none"), (AS_NEEDED, 3, "create")])
+
+@pytest.mark.parametrize(
+    ("mode", "replicas", "lb"),
+    [(ALWAYS, 1, "create"), (ALWAYS, 3, "create"), (AS_NEEDED, 1, "none"), (AS_NEEDED, 3, "create")],
+)
 def test_create_has_a_load_balancer_from_the_first_replica_only_in_always_mode(mode, replicas, lb):
     plan = plan_create("c", REGION, ZONES, replicas, "create-1", KNOWN, None, mode)
     assert plan.lb == lb
@@ -43,6 +46,7 @@ def test_create_has_a_load_balancer_from_the_first_replica_only_in_always_mode(m
 
 def test_create_three_expects_little_more_than_the_forwarding_rule_on_gce():
     from haplane.plans import GCE_SECONDS
+
     plan = plan_create("c", REGION, ZONES, 3, "create-1", KNOWN, None, ALWAYS)
     assert plan.expected_seconds / GCE_SECONDS["forwarding_rule_insert"] <= 1.05
 
@@ -72,17 +76,19 @@ def test_replace_at_three_in_always_mode_keeps_the_load_balancer():
     assert removal.lb == "shrink" and addition.lb == "extend"
 
 
-@pytest.mark.parametrize(("state", "current", "target", "lb", "downtime"), [
-    (ONE, AS_NEEDED, ALWAYS, "create", True),  # 1 replica: the seed's 1 -> 2 move without a new replica
-    (ONE_LB, ALWAYS, AS_NEEDED, "delete", True),  # 1 replica: the 2 -> 1 move
-    (THREE, AS_NEEDED, ALWAYS, "none", False),  # the load balancer is there already: the spec alone
-    (THREE, ALWAYS, AS_NEEDED, "none", False),
-    (ONE_LB, ALWAYS, ALWAYS, "none", False),
-    # an interrupted conversion (the forwarding rule exists, the spec not yet written) is finished, not redone
-    (ONE_LB, AS_NEEDED, ALWAYS, "none", False),
-])
-def test_set_load_balancer_changes_gce_only_at_one_replica_and_says_the_downtime(state, current, target, lb,
-                                                                                 downtime):
+@pytest.mark.parametrize(
+    ("state", "current", "target", "lb", "downtime"),
+    [
+        (ONE, AS_NEEDED, ALWAYS, "create", True),  # 1 replica: the seed's 1 -> 2 move without a new replica
+        (ONE_LB, ALWAYS, AS_NEEDED, "delete", True),  # 1 replica: the 2 -> 1 move
+        (THREE, AS_NEEDED, ALWAYS, "none", False),  # the load balancer is there already: the spec alone
+        (THREE, ALWAYS, AS_NEEDED, "none", False),
+        (ONE_LB, ALWAYS, ALWAYS, "none", False),
+        # an interrupted conversion (the forwarding rule exists, the spec not yet written) is finished, not redone
+        (ONE_LB, AS_NEEDED, ALWAYS, "none", False),
+    ],
+)
+def test_set_load_balancer_changes_gce_only_at_one_replica_and_says_the_downtime(state, current, target, lb, downtime):
     plan = plan_set_load_balancer(state, current, target)
     assert plan.lb == lb
     assert bool(plan.downtime) is downtime
@@ -90,8 +96,14 @@ def test_set_load_balancer_changes_gce_only_at_one_replica_and_says_the_downtime
     if lb == "create":
         assert kinds == ["health-check", "target-pool", "release-ip", "forwarding-rule", "ephemeral-ip", "save-spec"]
     elif lb == "delete":
-        assert kinds == ["delete-forwarding-rule", "drop-ephemeral-ip", "endpoint-ip", "delete-target-pool",
-                         "delete-health-check", "save-spec"]
+        assert kinds == [
+            "delete-forwarding-rule",
+            "drop-ephemeral-ip",
+            "endpoint-ip",
+            "delete-target-pool",
+            "delete-health-check",
+            "save-spec",
+        ]
     else:
         assert kinds in ([], ["save-spec"])
     if downtime:
@@ -106,20 +118,34 @@ def test_set_load_balancer_refuses_while_a_replica_is_being_added():
 
 def test_specs_saved_before_the_mode_existed_read_as_as_needed():
     from blocks.cluster import ClusterSpec
+
     spec = ClusterSpec.model_validate({"cluster": "c", "region": REGION, "zones": ZONES})
     assert spec.load_balancer is AS_NEEDED and spec.stranded == [] and spec.zones_out == {}
 
 
 # --- zone outage ----------------------------------------------------------------------------------
 
+
 def out(state: ClusterState, zone: str, **kw) -> ClusterState:
     """``state`` seen while ``zone``'s API does not answer: its replicas are UNKNOWN and unreachable."""
-    reps = tuple(r if r.zone != zone else replica(int(r.name.rsplit("-", 1)[1]), zone, vm_status="UNKNOWN",
-                                                   external_ip=None, leader=False, **DEAD, **kw)
-                 for r in state.replicas)
-    return ClusterState(cluster=state.cluster, region=state.region, replicas=reps, endpoint_ip=state.endpoint_ip,
-                        address_status=state.address_status, load_balancer=state.load_balancer,
-                        target_pool=state.target_pool, unavailable_zones=(zone,))
+    reps = tuple(
+        r
+        if r.zone != zone
+        else replica(
+            int(r.name.rsplit("-", 1)[1]), zone, vm_status="UNKNOWN", external_ip=None, leader=False, **DEAD, **kw
+        )
+        for r in state.replicas
+    )
+    return ClusterState(
+        cluster=state.cluster,
+        region=state.region,
+        replicas=reps,
+        endpoint_ip=state.endpoint_ip,
+        address_status=state.address_status,
+        load_balancer=state.load_balancer,
+        target_pool=state.target_pool,
+        unavailable_zones=(zone,),
+    )
 
 
 def ago(seconds: float) -> str:
@@ -136,22 +162,33 @@ def test_outages_keep_their_first_sighting_and_end_when_the_zone_answers():
     assert first == {"us-central1-b": NOW.isoformat(timespec="seconds")}
     later = NOW + dt.timedelta(minutes=5)
     assert track_outages(first, ["us-central1-b", "us-central1-c"], later) == {
-        "us-central1-b": first["us-central1-b"], "us-central1-c": later.isoformat(timespec="seconds")}
+        "us-central1-b": first["us-central1-b"],
+        "us-central1-c": later.isoformat(timespec="seconds"),
+    }
     assert track_outages(first, [], later) == {}
 
 
-@pytest.mark.parametrize(("state", "outages", "kw", "action", "words"), [
-    # within the grace period: wait, saying how long it has been out
-    (out(THREE, "us-central1-b"), {"us-central1-b": ago(60)}, {}, ZoneAction.WAIT, "out 60 s"),
-    # after it: move the replica to the least used zone that answers (the fourth zone is not the cluster's)
-    (out(THREE, "us-central1-b"), {"us-central1-b": ago(301)}, {}, ZoneAction.MOVE, "add a replica in us-central1-a"),
-    # a change holds the lock: one change at a time
-    (out(THREE, "us-central1-b"), {"us-central1-b": ago(900)}, {"busy": True}, ZoneAction.WAIT, "one change"),
-    # a zone out where the cluster has no replica: nothing
-    (out(THREE, "us-central1-f"), {"us-central1-f": ago(900)}, {}, ZoneAction.NOTHING, "no replica"),
-    # nothing out
-    (THREE, {}, {}, ZoneAction.NOTHING, "every zone answers"),
-])
+@pytest.mark.parametrize(
+    ("state", "outages", "kw", "action", "words"),
+    [
+        # within the grace period: wait, saying how long it has been out
+        (out(THREE, "us-central1-b"), {"us-central1-b": ago(60)}, {}, ZoneAction.WAIT, "out 60 s"),
+        # after it: move the replica to the least used zone that answers (the fourth zone is not the cluster's)
+        (
+            out(THREE, "us-central1-b"),
+            {"us-central1-b": ago(301)},
+            {},
+            ZoneAction.MOVE,
+            "add a replica in us-central1-a",
+        ),
+        # a change holds the lock: one change at a time
+        (out(THREE, "us-central1-b"), {"us-central1-b": ago(900)}, {"busy": True}, ZoneAction.WAIT, "one change"),
+        # a zone out where the cluster has no replica: nothing
+        (out(THREE, "us-central1-f"), {"us-central1-f": ago(900)}, {}, ZoneAction.NOTHING, "no replica"),
+        # nothing out
+        (THREE, {}, {}, ZoneAction.NOTHING, "every zone answers"),
+    ],
+)
 def test_zone_outage_decisions(state, outages, kw, action, words):
     verdict = decide(state, outages, **kw)
     assert verdict.action is action, verdict.reason
@@ -165,16 +202,25 @@ def test_a_move_names_the_replica_and_both_zones():
 
 def test_quorum_lost_does_nothing_and_says_what_a_person_must_do():
     # two of three voters down (zone b out, the replica in c dead too): etcd refuses membership changes
-    state = out(cluster(replica(0, "us-central1-a"), replica(1, "us-central1-b"),
-                        replica(2, "us-central1-c", **DEAD)), "us-central1-b")
+    state = out(
+        cluster(replica(0, "us-central1-a"), replica(1, "us-central1-b"), replica(2, "us-central1-c", **DEAD)),
+        "us-central1-b",
+    )
     verdict = decide(state, {"us-central1-b": ago(3600)})
     assert verdict.action is ZoneAction.CANNOT
-    assert "quorum lost: 1 of 3" in verdict.reason and "snapshot" in verdict.reason and "bring the zone" in verdict.reason
+    assert (
+        "quorum lost: 1 of 3" in verdict.reason and "snapshot" in verdict.reason and "bring the zone" in verdict.reason
+    )
 
 
 def test_one_at_a_time_when_a_zone_holds_two_replicas():
-    five = cluster(replica(0, "us-central1-a"), replica(1, "us-central1-b"), replica(2, "us-central1-c"),
-                   replica(3, "us-central1-a"), replica(4, "us-central1-b"))
+    five = cluster(
+        replica(0, "us-central1-a"),
+        replica(1, "us-central1-b"),
+        replica(2, "us-central1-c"),
+        replica(3, "us-central1-a"),
+        replica(4, "us-central1-b"),
+    )
     verdict = decide(out(five, "us-central1-b"), {"us-central1-b": ago(400)})
     assert verdict.action is ZoneAction.MOVE and verdict.replica == "c-master-1"
     # etcd refuses to add while a voter is unreachable: both dead members go before any replacement
@@ -187,8 +233,12 @@ def test_one_at_a_time_when_a_zone_holds_two_replicas():
     assert verdict.to_zone == "us-central1-c"  # the least used zone that answers
     # then the replacement the first move owed
     stranded.append(StrandedVm("c-master-4", "us-central1-b", ago(30), replacement="c-master-5"))
-    three = cluster(replica(0, "us-central1-a"), replica(2, "us-central1-c"), replica(3, "us-central1-a"),
-                    replica(5, "us-central1-c"))
+    three = cluster(
+        replica(0, "us-central1-a"),
+        replica(2, "us-central1-c"),
+        replica(3, "us-central1-a"),
+        replica(5, "us-central1-c"),
+    )
     still_out = ClusterState(**{**three.__dict__, "unavailable_zones": ("us-central1-b",)})
     verdict = decide(still_out, {"us-central1-b": ago(600)}, stranded)
     assert verdict.action is ZoneAction.ADD and verdict.replica == "c-master-1"
@@ -224,6 +274,7 @@ def test_rebalance_back_to_one_per_zone_only_when_asked_and_healthy():
 
 # --- zone-outage plans (what the health check executes) ---------------------------------------------
 
+
 def test_a_zone_move_records_the_stranded_vm_before_removing_its_member_then_adds_elsewhere():
     from haplane.plans import plan_zone_move
 
@@ -253,9 +304,80 @@ def test_a_zone_move_is_refused_for_a_replica_that_can_be_seen():
 def test_stranded_vms_are_deleted_unless_they_are_members_again():
     from haplane.plans import plan_delete_stranded
 
-    back = cluster(replica(0, "us-central1-a"), replica(2, "us-central1-c"), replica(3, "us-central1-a"),
-                   replica(1, "us-central1-b", member_id=None, **DEAD))
+    back = cluster(
+        replica(0, "us-central1-a"),
+        replica(2, "us-central1-c"),
+        replica(3, "us-central1-a"),
+        replica(1, "us-central1-b", member_id=None, **DEAD),
+    )
     plan = plan_delete_stranded(back, [("c-master-1", "us-central1-b")])
     assert [s.kind.value for s in plan.steps] == ["delete-vm", "strand-deleted"]
     with pytest.raises(PlanRefused, match="etcd member again"):
         plan_delete_stranded(THREE, [("c-master-1", "us-central1-b")])
+
+
+def two_zones_out(state: ClusterState, zones: tuple[str, str]) -> ClusterState:
+    """``state`` seen while two zones do not answer, as haplane.observe reports it: the members there are
+    UNKNOWN and, since neither zone can be looked at, placed in no zone ("?")."""
+    reps = tuple(
+        r
+        if r.zone not in zones
+        else replica(int(r.name.rsplit("-", 1)[1]), "?", vm_status="UNKNOWN", external_ip=None, leader=False, **DEAD)
+        for r in state.replicas
+    )
+    return ClusterState(
+        cluster=state.cluster,
+        region=state.region,
+        replicas=reps,
+        endpoint_ip=state.endpoint_ip,
+        address_status=state.address_status,
+        load_balancer=state.load_balancer,
+        target_pool=state.target_pool,
+        unavailable_zones=zones,
+    )
+
+
+FIVE = cluster(
+    replica(0, "us-central1-a"),
+    replica(1, "us-central1-b"),
+    replica(2, "us-central1-c"),
+    replica(3, "us-central1-f"),
+    replica(4, "us-central1-a"),
+)
+
+
+@pytest.mark.parametrize(
+    "state",
+    [two_zones_out(THREE, ("us-central1-b", "us-central1-c")), two_zones_out(FIVE, ("us-central1-b", "us-central1-c"))],
+    ids=["3", "5"],
+)
+def test_members_in_two_zones_that_do_not_answer_are_unknown_not_failed(state):
+    """Two zones out (quorum kept at 5, not at 3): the unseen members are unknown, never "VM not running",
+    never "quorum lost"; neither the zone rules nor the replica rules act."""
+    from haplane.remediation import Action, Problem
+    from haplane.remediation import decide as decide_replicas
+
+    outages = {"us-central1-b": ago(3600), "us-central1-c": ago(3600)}
+    verdict = decide(state, outages)
+    assert verdict.action.value == "unknown", verdict.reason
+    assert "c-master-1, c-master-2" in verdict.reason and "nothing is moved, replaced or deleted" in verdict.reason
+    assert verdict.replica is None and verdict.to_zone is None
+    replicas = decide_replicas(state, [], NOW)
+    assert replicas.action is Action.UNKNOWN and replicas.replica is None, replicas.reason
+    assert not [f for f in replicas.findings if f.problem is Problem.VM_STOPPED], replicas.findings
+    assert sum("the VM of c-master-" in u.text for u in replicas.unknowns) == 2
+
+
+def test_a_zone_out_while_the_membership_cannot_be_read_is_unknown():
+    """Which members the dead zone holds cannot be told without the member list: not "no replica is there"."""
+    from dataclasses import replace
+
+    from haplane.model import Unknown
+
+    state = replace(
+        cluster(replica(0, "us-central1-a"), replica(2, "us-central1-c")),
+        unavailable_zones=("us-central1-b",),
+        membership_unknown=Unknown("etcd membership of c", "member list failed", "the firewall"),
+    )
+    verdict = decide(state, {"us-central1-b": ago(3600)})
+    assert verdict.action.value == "unknown" and "etcd membership could not be read" in verdict.reason

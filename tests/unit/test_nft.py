@@ -14,8 +14,12 @@ NODE = Host("10.9.1.9", ("c-node",))
 
 def _gce(name: str, rule: dict, priority: int = 1000) -> dict:
     """A rule as haplane's flows create it, in the shape the emulator stores (GCE's JSON)."""
-    body = {"name": name, "priority": priority, "direction": "INGRESS",
-            "allowed": [{"IPProtocol": "tcp", "ports": rule["ports"]}]}
+    body = {
+        "name": name,
+        "priority": priority,
+        "direction": "INGRESS",
+        "allowed": [{"IPProtocol": "tcp", "ports": rule["ports"]}],
+    }
     for field, key in (("sourceRanges", "source_ranges"), ("sourceTags", "source_tags"), ("targetTags", "target_tags")):
         if rule[key]:
             body[field] = rule[key]
@@ -55,16 +59,20 @@ def test_lower_priority_first_and_deny_wins_at_equal_priority():
     deny = {"name": "deny", "priority": 500, "denied": [{"IPProtocol": "all"}], "sourceRanges": ["198.51.100.0/24"]}
     late = {"name": "late", "priority": 2000, "allowed": [{"IPProtocol": "icmp"}]}
     lines = _lines(vm_ruleset(REPLICA_A, [late, allow, deny], [REPLICA_A]))
-    body = [line for line in lines if line.endswith(("accept", "drop")) and "ct state" not in line
-            and "iif" not in line]
+    body = [
+        line for line in lines if line.endswith(("accept", "drop")) and "ct state" not in line and "iif" not in line
+    ]
     assert body == ["ip saddr { 198.51.100.0/24 } drop", "tcp dport { 22 } accept", "meta l4proto icmp accept"]
 
 
-@pytest.mark.parametrize("rule, expected", [
-    ({"sourceTags": ["nobody"]}, []),  # tags no instance carries match nothing
-    ({}, ["0.0.0.0/0"]),  # an ingress rule without sources: GCE's default 0.0.0.0/0
-    ({"sourceRanges": ["10.9.0.0/16", "10.9.0.0/16"], "sourceTags": ["c-node"]}, ["10.9.0.0/16", "10.9.1.9/32"]),
-])
+@pytest.mark.parametrize(
+    "rule, expected",
+    [
+        ({"sourceTags": ["nobody"]}, []),  # tags no instance carries match nothing
+        ({}, ["0.0.0.0/0"]),  # an ingress rule without sources: GCE's default 0.0.0.0/0
+        ({"sourceRanges": ["10.9.0.0/16", "10.9.0.0/16"], "sourceTags": ["c-node"]}, ["10.9.0.0/16", "10.9.1.9/32"]),
+    ],
+)
 def test_sources(rule, expected):
     assert sources(rule, [REPLICA_A, NODE]) == expected
 
@@ -75,13 +83,13 @@ def test_disabled_and_egress_rules_do_not_apply():
 
 
 def test_router_ruleset_cuts_zones_and_balances_over_healthy_backends_only():
-    script = router_ruleset(["10.9.3.0/24"], {"10.9.128.4": "10.9.1.5"},
-                            {"10.9.160.2": ["10.9.1.5", "10.9.2.7"], "10.9.160.3": []}, [6443])
+    script = router_ruleset(
+        ["10.9.3.0/24"], {"10.9.128.4": "10.9.1.5"}, {"10.9.160.2": ["10.9.1.5", "10.9.2.7"], "10.9.160.3": []}, [6443]
+    )
     lines = _lines(script)
     assert "elements = { 10.9.3.0/24 }" in lines and "ip saddr @cut drop" in lines
     assert "ip daddr 10.9.128.4 dnat to 10.9.1.5" in lines
-    assert ("ip daddr 10.9.160.2 tcp dport { 6443 } dnat to numgen inc mod 2 map { 0 : 10.9.1.5, 1 : 10.9.2.7 }"
-            in lines)
+    assert "ip daddr 10.9.160.2 tcp dport { 6443 } dnat to numgen inc mod 2 map { 0 : 10.9.1.5, 1 : 10.9.2.7 }" in lines
     assert "10.9.160.3" not in script  # no healthy backend: not routed, the client is refused
 
 

@@ -51,9 +51,21 @@ def client_verifier(ca: pki.CertKey):
 # ---------------------------------------------------------------- chains and SANs
 
 
-@pytest.mark.parametrize("name", [INTERNAL_IP, ENDPOINT_IP, "127.0.0.1", "10.0.0.1", "localhost", "kubernetes",
-                                  "kubernetes.default", "kubernetes.default.svc",
-                                  "kubernetes.default.svc.cluster.local", "prod-master-b"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        INTERNAL_IP,
+        ENDPOINT_IP,
+        "127.0.0.1",
+        "10.0.0.1",
+        "localhost",
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local",
+        "prod-master-b",
+    ],
+)
 def test_apiserver_cert_verifies_for_each_san(cas, replica, name):
     chain = server_verifier(cas.ca, name).verify(replica.apiserver.certificate, [])
     assert chain[-1] == cas.ca.certificate
@@ -73,8 +85,9 @@ def test_apiserver_cert_is_not_trusted_by_the_etcd_ca(cas, replica):
 def test_service_range_first_ip():
     assert pki.first_service_ip("10.0.0.0/24") == "10.0.0.1"
     assert pki.first_service_ip("10.96.0.0/12") == "10.96.0.1"
-    dns, ips = pki.apiserver_sans(hostname="h", internal_ip="10.1.0.2", endpoint_ip="35.0.0.1",
-                                  service_cidr="10.96.0.0/12")
+    dns, ips = pki.apiserver_sans(
+        hostname="h", internal_ip="10.1.0.2", endpoint_ip="35.0.0.1", service_cidr="10.96.0.0/12"
+    )
     assert "10.96.0.1" in ips and "10.0.0.1" not in ips
 
 
@@ -82,8 +95,9 @@ def test_no_way_to_pass_an_ephemeral_ip(cas):
     params = set(inspect.signature(pki.issue_replica_certs).parameters)
     assert params == {"cas", "hostname", "internal_ip", "endpoint_ip", "service_cidr", "days", "now"}
     with pytest.raises(TypeError):
-        pki.issue_replica_certs(cas, hostname="h", internal_ip="10.0.0.2", endpoint_ip="35.0.0.1",
-                                external_ip="34.1.1.1")  # type: ignore[call-arg]
+        pki.issue_replica_certs(
+            cas, hostname="h", internal_ip="10.0.0.2", endpoint_ip="35.0.0.1", external_ip="34.1.1.1"
+        )  # type: ignore[call-arg]
     with pytest.raises(ValueError, match="endpoint_ip"):
         pki.issue_replica_certs(cas, hostname="h", internal_ip="10.0.0.2", endpoint_ip="my-lb")
 
@@ -165,8 +179,17 @@ def test_node_tls_bundle(cas, replica):
 def test_inventory_lists_everything_without_keys(cas, replica):
     inv = pki.inventory(cas, [replica])
     roles = [i.role for i in inv]
-    assert roles == ["cluster-ca", "etcd-ca", "operator-etcd-client", "prod-master-b/apiserver",
-                     "prod-master-b/etcd-peer", "prod-master-b/etcd-server", "prod-master-b/apiserver-etcd-client"]
+    assert roles == [
+        "cluster-ca",
+        "etcd-ca",
+        "operator-etcd-client",
+        "prod-master-b/apiserver",
+        "prod-master-b/etcd-peer",
+        "prod-master-b/etcd-server",
+        "prod-master-b/apiserver-etcd-client",
+        "prod-master-b/kube-controller-manager-client",
+        "prod-master-b/kube-scheduler-client",
+    ]
     api = inv[3]
     assert api.issuer == cas.ca.info().subject
     assert set(api.ip_addresses) == {INTERNAL_IP, ENDPOINT_IP, "127.0.0.1", "10.0.0.1"}
@@ -219,8 +242,9 @@ def https_servers(replica_tls: dict[str, str], ips: list[str], port: int, tmp_pa
     """One HTTPS server per IP, all serving the replica's API-server certificate."""
     node.write_pki(replica_tls, tmp_path / "pki")
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(tmp_path / "pki" / node.TLS_FILES["apiserver-cert"],
-                        tmp_path / "pki" / node.TLS_FILES["apiserver-key"])
+    ctx.load_cert_chain(
+        tmp_path / "pki" / node.TLS_FILES["apiserver-cert"], tmp_path / "pki" / node.TLS_FILES["apiserver-key"]
+    )
     servers = []
     try:
         for ip in ips:
@@ -254,8 +278,9 @@ def test_real_tls_handshake(tmp_path):
             # the ephemeral public IP: the server answers, but its certificate does not name that IP
             with pytest.raises(httpx.ConnectError) as err:
                 http.get(f"https://{ephemeral}:{port}/livez")
-            assert isinstance(err.value.__context__ or err.value.__cause__, ssl.SSLCertVerificationError) \
-                or "CERTIFICATE_VERIFY_FAILED" in str(err.value)
+            assert isinstance(
+                err.value.__context__ or err.value.__cause__, ssl.SSLCertVerificationError
+            ) or "CERTIFICATE_VERIFY_FAILED" in str(err.value)
         with socket.create_connection((ephemeral, port), timeout=5) as raw:
             with pytest.raises(ssl.SSLCertVerificationError, match="IP address mismatch"):
                 client_ctx.wrap_socket(raw, server_hostname=ephemeral)

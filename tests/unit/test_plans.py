@@ -32,18 +32,36 @@ KNOWN = ["us-central1-a", "us-central1-b", "us-central1-c", "us-central1-f"]
 
 
 def replica(i: int, zone: str, **kw) -> ReplicaState:
-    base = dict(name=f"c-master-{i}", zone=zone, vm_status="RUNNING", internal_ip=f"127.10.0.{i + 2}",
-                external_ip=f"127.20.0.{i + 2}", change="create-1", member_id=100 + i, started=True,
-                etcd_ok=True, api_ready=True, leader=i == 0)
+    base = dict(
+        name=f"c-master-{i}",
+        zone=zone,
+        vm_status="RUNNING",
+        internal_ip=f"127.10.0.{i + 2}",
+        external_ip=f"127.20.0.{i + 2}",
+        change="create-1",
+        member_id=100 + i,
+        started=True,
+        etcd_ok=True,
+        api_ready=True,
+        leader=i == 0,
+    )
     base.update(kw)
     return ReplicaState(**base)
 
 
-def cluster(*replicas: ReplicaState, lb: bool | None = None, endpoint: str = "127.30.0.2",
-            address_status: str = "IN_USE") -> ClusterState:
+def cluster(
+    *replicas: ReplicaState, lb: bool | None = None, endpoint: str = "127.30.0.2", address_status: str = "IN_USE"
+) -> ClusterState:
     lb = len(replicas) > 1 if lb is None else lb
-    return ClusterState(cluster="c", region=REGION, replicas=tuple(replicas), endpoint_ip=endpoint,
-                        address_status=address_status, load_balancer=lb, target_pool=lb)
+    return ClusterState(
+        cluster="c",
+        region=REGION,
+        replicas=tuple(replicas),
+        endpoint_ip=endpoint,
+        address_status=address_status,
+        load_balancer=lb,
+        target_pool=lb,
+    )
 
 
 ONE = cluster(replica(0, "us-central1-a", external_ip="127.30.0.2"))
@@ -53,26 +71,33 @@ DEAD = dict(etcd_ok=False, api_ready=False)
 
 # --- topology -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("zones", "existing", "count", "expected"), [
-    (["a", "b", "c"], [], 3, ["a", "b", "c"]),
-    (["a", "b", "c"], [], 5, ["a", "b", "c", "a", "b"]),
-    (["a", "b", "c"], ["a", "a", "b"], 1, ["c"]),
-    (["a", "b", "c"], ["a", "b", "c"], 1, ["a"]),  # ties go to the zone listed first
-    (["a", "b"], ["x", "a"], 2, ["b", "a"]),  # a replica outside the zones does not count
-])
+
+@pytest.mark.parametrize(
+    ("zones", "existing", "count", "expected"),
+    [
+        (["a", "b", "c"], [], 3, ["a", "b", "c"]),
+        (["a", "b", "c"], [], 5, ["a", "b", "c", "a", "b"]),
+        (["a", "b", "c"], ["a", "a", "b"], 1, ["c"]),
+        (["a", "b", "c"], ["a", "b", "c"], 1, ["a"]),  # ties go to the zone listed first
+        (["a", "b"], ["x", "a"], 2, ["b", "a"]),  # a replica outside the zones does not count
+    ],
+)
 def test_next_zones_fills_the_zone_with_the_fewest_replicas_first(zones, existing, count, expected):
     assert next_zones(zones, existing, count) == expected
 
 
 def test_zones_must_be_known_zones_of_the_region():
-    assert check_zones(REGION, ["us-central1-b", "us-central1-a", "us-central1-b"], KNOWN) == \
-        ["us-central1-b", "us-central1-a"]
+    assert check_zones(REGION, ["us-central1-b", "us-central1-a", "us-central1-b"], KNOWN) == [
+        "us-central1-b",
+        "us-central1-a",
+    ]
     with pytest.raises(TopologyError, match="not a zone of region 'us-central1'"):
         check_zones(REGION, ["europe-west1-b"], KNOWN)
 
 
-@pytest.mark.parametrize(("size", "words"), [(2, "worse than one"), (4, "even count"), (0, "at least 1"),
-                                              (9, "maximum of 7")])
+@pytest.mark.parametrize(
+    ("size", "words"), [(2, "worse than one"), (4, "even count"), (0, "at least 1"), (9, "maximum of 7")]
+)
 def test_sizes_other_than_1_3_5_7_are_refused_with_a_reason(size, words):
     with pytest.raises(TopologyError, match=words):
         check_cluster_size(size)
@@ -95,6 +120,7 @@ def test_names_are_fixed_by_the_change_and_labels_are_gce_safe():
 
 # --- create ---------------------------------------------------------------------------------------
 
+
 def test_create_three_spreads_over_zones_with_a_load_balancer():
     plan = plan_create("c", REGION, KNOWN[:3], 3, "create-1", KNOWN, None)
     assert [z for _, z in plan.new_replicas] == KNOWN[:3]
@@ -116,6 +142,7 @@ def test_create_refuses_an_existing_cluster_but_resumes_its_own_change():
 
 
 # --- add ------------------------------------------------------------------------------------------
+
 
 def test_add_to_one_creates_the_load_balancer_and_passes_through_two():
     plan = plan_add(ONE, None, "add-1", KNOWN, ["us-central1-a", "us-central1-b", "us-central1-c"])
@@ -151,17 +178,22 @@ def test_add_is_refused_while_a_voter_is_down():
 
 def test_an_interrupted_one_to_two_move_is_finished_on_resume():
     # the forwarding rule exists but the first replica has no external IP yet
-    moved = cluster(replica(0, "us-central1-a", external_ip=None),
-                    replica(1, "us-central1-b", change="add-1"), lb=True)
+    moved = cluster(replica(0, "us-central1-a", external_ip=None), replica(1, "us-central1-b", change="add-1"), lb=True)
     plan = plan_add(moved, None, "add-1", KNOWN)
     assert plan.replica == "c-master-1" and plan.lb == "create"
 
 
 # --- remove ---------------------------------------------------------------------------------------
 
+
 def test_remove_by_zone_prefers_an_unhealthy_then_a_non_leader():
-    two_in_a = cluster(replica(0, "us-central1-a"), replica(1, "us-central1-a"), replica(2, "us-central1-b"),
-                       replica(3, "us-central1-c", **DEAD), replica(4, "us-central1-c"))
+    two_in_a = cluster(
+        replica(0, "us-central1-a"),
+        replica(1, "us-central1-a"),
+        replica(2, "us-central1-b"),
+        replica(3, "us-central1-c", **DEAD),
+        replica(4, "us-central1-c"),
+    )
     assert choose_victim(two_in_a, "us-central1-a", None).name == "c-master-1"  # c-master-0 leads
     assert choose_victim(two_in_a, "us-central1-c", None).name == "c-master-3"  # the dead one
 
@@ -184,8 +216,9 @@ def test_two_to_one_hands_the_ip_back():
 
 def test_a_resumed_two_to_one_still_hands_the_ip_back():
     # the forwarding rule and pool are gone, the IP is reserved, the victim's VM is still there
-    half = cluster(replica(0, "us-central1-a"), replica(1, "us-central1-b", member_id=None), lb=False,
-                   address_status="RESERVED")
+    half = cluster(
+        replica(0, "us-central1-a"), replica(1, "us-central1-b", member_id=None), lb=False, address_status="RESERVED"
+    )
     assert plan_remove(half, "us-central1-b", None).lb == "delete"
 
 
@@ -210,20 +243,28 @@ def test_a_replica_whose_vm_is_gone_has_its_member_and_keys_removed():
     assert plan.steps[-1].arguments == {"name": "c-master-1"}
 
 
-@pytest.mark.parametrize(("state", "zone", "name", "words"), [
-    (ONE, "us-central1-a", None, "last replica"),
-    (THREE, "us-central1-f", None, "no replica in zone"),
-    (THREE, "us-central1-a", "nosuch", "no replica named 'nosuch'"),
-    (THREE, "us-central1-b", "c-master-0", "is in zone us-central1-a"),
-    (cluster(replica(0, "us-central1-a"), replica(1, "us-central1-b", **DEAD), replica(2, "us-central1-c")),
-     "us-central1-c", None, "below the quorum"),
-])
+@pytest.mark.parametrize(
+    ("state", "zone", "name", "words"),
+    [
+        (ONE, "us-central1-a", None, "last replica"),
+        (THREE, "us-central1-f", None, "no replica in zone"),
+        (THREE, "us-central1-a", "nosuch", "no replica named 'nosuch'"),
+        (THREE, "us-central1-b", "c-master-0", "is in zone us-central1-a"),
+        (
+            cluster(replica(0, "us-central1-a"), replica(1, "us-central1-b", **DEAD), replica(2, "us-central1-c")),
+            "us-central1-c",
+            None,
+            "below the quorum",
+        ),
+    ],
+)
 def test_remove_refusals(state, zone, name, words):
     with pytest.raises(PlanRefused, match=words):
         plan_remove(state, zone, name)
 
 
 # --- replace --------------------------------------------------------------------------------------
+
 
 def test_replace_removes_first_then_adds_in_the_same_zone():
     sick = cluster(replica(0, "us-central1-a"), replica(1, "us-central1-b", **DEAD), replica(2, "us-central1-c"))
@@ -234,15 +275,20 @@ def test_replace_removes_first_then_adds_in_the_same_zone():
 
 
 def test_replace_is_refused_when_quorum_would_be_lost():
-    lost = cluster(replica(0, "us-central1-a", **DEAD), replica(1, "us-central1-b", **DEAD),
-                   replica(2, "us-central1-c"))
+    lost = cluster(
+        replica(0, "us-central1-a", **DEAD), replica(1, "us-central1-b", **DEAD), replica(2, "us-central1-c")
+    )
     with pytest.raises(PlanRefused, match="cannot replace"):
         plan_replace(lost, "c-master-0", "replace-1", KNOWN)
 
 
 def test_member_health_marks_unreachable_members_and_learners():
-    state = cluster(replica(0, "us-central1-a"), replica(1, "us-central1-b", **DEAD),
-                    replica(2, "us-central1-c", learner=True), replica(3, "us-central1-f", member_id=None))
+    state = cluster(
+        replica(0, "us-central1-a"),
+        replica(1, "us-central1-b", **DEAD),
+        replica(2, "us-central1-c", learner=True),
+        replica(3, "us-central1-f", member_id=None),
+    )
     health = {m.name: m for m in member_health(state)}
     assert set(health) == {"c-master-0", "c-master-1", "c-master-2"}  # a VM that is no member is not counted
     assert health["c-master-0"].healthy and Reason.UNREACHABLE in health["c-master-1"].reasons
@@ -258,39 +304,136 @@ TWO = cluster(replica(0, "us-central1-a"), replica(1, "us-central1-b"))
 # haplane.steps.STEP_SCHEMA (a change recorded under another schema is then refused) and update this table.
 PINNED_SCHEMA = 2
 PINNED = {
-    "create 3": (lambda: plan_create("c", REGION, KNOWN[:3], 3, "create-1", KNOWN, None), (
-        "spec", "pki", "address", "firewall/c-etcd-peer", "firewall/c-etcd-client", "firewall/c-apiserver",
-        "health-check", "target-pool", "forwarding-rule", "vm/c-master-f4cdf", "vm/c-master-66d92",
-        "vm/c-master-62567", "configure/c-master-f4cdf", "configure/c-master-66d92", "configure/c-master-62567",
-        "quorum", "api-ready/c-master-f4cdf", "api-ready/c-master-66d92", "api-ready/c-master-62567",
-        "pool-members", "forwarding-rule/wait")),
-    "create 1 (always)": (lambda: plan_create("c", REGION, KNOWN[:3], 1, "create-1", KNOWN, None, "always"), (
-        "spec", "pki", "address", "firewall/c-etcd-peer", "firewall/c-etcd-client", "firewall/c-apiserver",
-        "health-check", "target-pool", "forwarding-rule", "vm/c-master-f4cdf", "configure/c-master-f4cdf",
-        "quorum", "api-ready/c-master-f4cdf", "pool-members", "forwarding-rule/wait")),
-    "create 1 (as-needed)": (lambda: plan_create("c", REGION, KNOWN[:3], 1, "create-1", KNOWN, None), (
-        "spec", "pki", "address", "firewall/c-etcd-peer", "firewall/c-etcd-client", "firewall/c-apiserver",
-        "vm/c-master-f4cdf", "configure/c-master-f4cdf", "quorum")),
-    "add 1->2": (lambda: plan_add(ONE, None, "add-1", KNOWN, KNOWN[:3]), (
-        "vm/c-master-4c643", "learner/c-master-4c643", "configure/c-master-4c643", "promote/c-master-4c643",
-        "quorum/c-master-4c643", "health-check", "target-pool", "release-ip/c-master-0", "forwarding-rule",
-        "ephemeral-ip/c-master-0")),
-    "add 2->3": (lambda: plan_add(TWO, None, "add-2", KNOWN, KNOWN[:3]), (
-        "vm/c-master-c922a", "learner/c-master-c922a", "configure/c-master-c922a", "promote/c-master-c922a",
-        "quorum/c-master-c922a", "api-ready/c-master-c922a", "pool-add/c-master-c922a")),
-    "remove 3->2": (lambda: plan_remove(THREE, "us-central1-a", None), (
-        "pool-remove/c-master-0", "move-leader/c-master-0", "member/c-master-0", "quorum/c-master-0",
-        "delete-vm/c-master-0")),
-    "remove 2->1 (always)": (lambda: plan_remove(TWO, "us-central1-b", None, mode="always"), (
-        "pool-remove/c-master-1", "member/c-master-1", "quorum/c-master-1", "delete-vm/c-master-1")),
-    "remove 2->1": (lambda: plan_remove(TWO, "us-central1-b", None), (
-        "member/c-master-1", "quorum/c-master-1", "delete-forwarding-rule", "drop-ephemeral/c-master-0",
-        "endpoint-ip/c-master-0", "delete-target-pool", "delete-health-check", "delete-vm/c-master-1")),
-    "replace": (lambda: plan_replace(THREE, "c-master-1", "replace-1", KNOWN, KNOWN[:3]), (
-        "remove/pool-remove/c-master-1", "remove/member/c-master-1", "remove/quorum/c-master-1",
-        "remove/delete-vm/c-master-1", "add/vm/c-master-fc142", "add/learner/c-master-fc142",
-        "add/configure/c-master-fc142", "add/promote/c-master-fc142", "add/quorum/c-master-fc142",
-        "add/api-ready/c-master-fc142", "add/pool-add/c-master-fc142")),
+    "create 3": (
+        lambda: plan_create("c", REGION, KNOWN[:3], 3, "create-1", KNOWN, None),
+        (
+            "spec",
+            "pki",
+            "address",
+            "firewall/c-etcd-peer",
+            "firewall/c-etcd-client",
+            "firewall/c-apiserver",
+            "health-check",
+            "target-pool",
+            "forwarding-rule",
+            "vm/c-master-f4cdf",
+            "vm/c-master-66d92",
+            "vm/c-master-62567",
+            "configure/c-master-f4cdf",
+            "configure/c-master-66d92",
+            "configure/c-master-62567",
+            "quorum",
+            "api-ready/c-master-f4cdf",
+            "api-ready/c-master-66d92",
+            "api-ready/c-master-62567",
+            "pool-members",
+            "forwarding-rule/wait",
+        ),
+    ),
+    "create 1 (always)": (
+        lambda: plan_create("c", REGION, KNOWN[:3], 1, "create-1", KNOWN, None, "always"),
+        (
+            "spec",
+            "pki",
+            "address",
+            "firewall/c-etcd-peer",
+            "firewall/c-etcd-client",
+            "firewall/c-apiserver",
+            "health-check",
+            "target-pool",
+            "forwarding-rule",
+            "vm/c-master-f4cdf",
+            "configure/c-master-f4cdf",
+            "quorum",
+            "api-ready/c-master-f4cdf",
+            "pool-members",
+            "forwarding-rule/wait",
+        ),
+    ),
+    "create 1 (as-needed)": (
+        lambda: plan_create("c", REGION, KNOWN[:3], 1, "create-1", KNOWN, None),
+        (
+            "spec",
+            "pki",
+            "address",
+            "firewall/c-etcd-peer",
+            "firewall/c-etcd-client",
+            "firewall/c-apiserver",
+            "vm/c-master-f4cdf",
+            "configure/c-master-f4cdf",
+            "quorum",
+        ),
+    ),
+    "add 1->2": (
+        lambda: plan_add(ONE, None, "add-1", KNOWN, KNOWN[:3]),
+        (
+            "vm/c-master-4c643",
+            "learner/c-master-4c643",
+            "configure/c-master-4c643",
+            "promote/c-master-4c643",
+            "quorum/c-master-4c643",
+            "health-check",
+            "target-pool",
+            "release-ip/c-master-0",
+            "forwarding-rule",
+            "ephemeral-ip/c-master-0",
+        ),
+    ),
+    "add 2->3": (
+        lambda: plan_add(TWO, None, "add-2", KNOWN, KNOWN[:3]),
+        (
+            "vm/c-master-c922a",
+            "learner/c-master-c922a",
+            "configure/c-master-c922a",
+            "promote/c-master-c922a",
+            "quorum/c-master-c922a",
+            "api-ready/c-master-c922a",
+            "pool-add/c-master-c922a",
+        ),
+    ),
+    "remove 3->2": (
+        lambda: plan_remove(THREE, "us-central1-a", None),
+        (
+            "pool-remove/c-master-0",
+            "move-leader/c-master-0",
+            "member/c-master-0",
+            "quorum/c-master-0",
+            "delete-vm/c-master-0",
+        ),
+    ),
+    "remove 2->1 (always)": (
+        lambda: plan_remove(TWO, "us-central1-b", None, mode="always"),
+        ("pool-remove/c-master-1", "member/c-master-1", "quorum/c-master-1", "delete-vm/c-master-1"),
+    ),
+    "remove 2->1": (
+        lambda: plan_remove(TWO, "us-central1-b", None),
+        (
+            "member/c-master-1",
+            "quorum/c-master-1",
+            "delete-forwarding-rule",
+            "drop-ephemeral/c-master-0",
+            "endpoint-ip/c-master-0",
+            "delete-target-pool",
+            "delete-health-check",
+            "delete-vm/c-master-1",
+        ),
+    ),
+    "replace": (
+        lambda: plan_replace(THREE, "c-master-1", "replace-1", KNOWN, KNOWN[:3]),
+        (
+            "remove/pool-remove/c-master-1",
+            "remove/member/c-master-1",
+            "remove/quorum/c-master-1",
+            "remove/delete-vm/c-master-1",
+            "add/vm/c-master-fc142",
+            "add/learner/c-master-fc142",
+            "add/configure/c-master-fc142",
+            "add/promote/c-master-fc142",
+            "add/quorum/c-master-fc142",
+            "add/api-ready/c-master-fc142",
+            "add/pool-add/c-master-fc142",
+        ),
+    ),
 }
 
 
@@ -334,17 +477,34 @@ def test_a_plan_whose_reference_points_nowhere_is_a_bug():
     from haplane.steps import Ref, StepKind, step
 
     with pytest.raises(ValueError, match="which no earlier step produces"):
-        Plan("x", "c", (step(StepKind.PROMOTE, "promote/x", "promote", member_id=Ref("learner/x", "member_id")),),
-             1, 2, 0.0)
+        Plan(
+            "x",
+            "c",
+            (step(StepKind.PROMOTE, "promote/x", "promote", member_id=Ref("learner/x", "member_id")),),
+            1,
+            2,
+            0.0,
+        )
 
 
-@pytest.mark.parametrize(("case", "make"), [
-    ("remove 3->2", lambda: plan_remove(THREE, "us-central1-a", None)),
-    ("remove a member whose VM is gone", lambda: plan_remove(
-        cluster(replica(0, "us-central1-a"), replica(1, "us-central1-b"),
-                replica(2, "?", vm_status="MISSING", internal_ip="", etcd_ok=False, api_ready=False, leader=False)),
-        "?", "c-master-2")),
-])
+@pytest.mark.parametrize(
+    ("case", "make"),
+    [
+        ("remove 3->2", lambda: plan_remove(THREE, "us-central1-a", None)),
+        (
+            "remove a member whose VM is gone",
+            lambda: plan_remove(
+                cluster(
+                    replica(0, "us-central1-a"),
+                    replica(1, "us-central1-b"),
+                    replica(2, "?", vm_status="MISSING", internal_ip="", etcd_ok=False, api_ready=False, leader=False),
+                ),
+                "?",
+                "c-master-2",
+            ),
+        ),
+    ],
+)
 def test_removal_steps_follow_the_remove_order(case, make):
     """Out of the pool -> leadership away -> member removed -> VM deleted (or, for a VM that is gone, its
     keys); no pool or VM step for a VM that is gone."""
@@ -371,8 +531,21 @@ def test_side_by_side_steps_are_grouped_and_nothing_else():
 
     plan = plan_create("c", REGION, KNOWN[:3], 3, "create-1", KNOWN, None)
     shape = [(g[0].kind.value, len(g)) for g in groups(plan.steps)]
-    assert shape == [("save-spec", 1), ("create-pki", 1), ("reserve-address", 1), ("firewall", 3),
-                     ("health-check", 1), ("target-pool", 1),
-                     ("forwarding-rule", 1), ("create-vm", 3), ("configure", 3), ("wait-quorum", 1),
-                     ("wait-api", 1), ("wait-api", 1), ("wait-api", 1), ("target-pool", 1), ("await", 1)]
+    assert shape == [
+        ("save-spec", 1),
+        ("create-pki", 1),
+        ("reserve-address", 1),
+        ("firewall", 3),
+        ("health-check", 1),
+        ("target-pool", 1),
+        ("forwarding-rule", 1),
+        ("create-vm", 3),
+        ("configure", 3),
+        ("wait-quorum", 1),
+        ("wait-api", 1),
+        ("wait-api", 1),
+        ("wait-api", 1),
+        ("target-pool", 1),
+        ("await", 1),
+    ]
     assert [s.id for g in groups(plan.steps) for s in g] == list(plan.ids)

@@ -34,28 +34,50 @@ _LETTERS = {
 
 
 def cluster(spec: str) -> list[MemberHealth]:
-    return [MemberHealth(id=i, name=f"m{i}", voting=_LETTERS[c][0], reasons=_LETTERS[c][1])
-            for i, c in enumerate(spec, 1)]
+    return [
+        MemberHealth(id=i, name=f"m{i}", voting=_LETTERS[c][0], reasons=_LETTERS[c][1]) for i, c in enumerate(spec, 1)
+    ]
 
 
-@pytest.mark.parametrize("voting,q,tol", [(0, 1, 0), (1, 1, 0), (2, 2, 0), (3, 2, 1), (4, 3, 1), (5, 3, 2),
-                                          (6, 4, 2), (7, 4, 3)])
+@pytest.mark.parametrize(
+    "voting,q,tol", [(0, 1, 0), (1, 1, 0), (2, 2, 0), (3, 2, 1), (4, 3, 1), (5, 3, 2), (6, 4, 2), (7, 4, 3)]
+)
 def test_quorum_size(voting, q, tol):
     assert quorum(voting) == q
     assert fault_tolerance(voting) == tol
 
 
-@pytest.mark.parametrize("voting,unhealthy,ok", [(1, 0, True), (1, 1, False), (2, 1, False), (3, 1, True),
-                                                  (3, 2, False), (5, 2, True), (5, 3, False), (0, 0, False)])
+@pytest.mark.parametrize(
+    "voting,unhealthy,ok",
+    [
+        (1, 0, True),
+        (1, 1, False),
+        (2, 1, False),
+        (3, 1, True),
+        (3, 2, False),
+        (5, 2, True),
+        (5, 3, False),
+        (0, 0, False),
+    ],
+)
 def test_has_quorum(voting, unhealthy, ok):
     assert has_quorum(voting, unhealthy) is ok
 
 
-@pytest.mark.parametrize("size,ok,words", [
-    (1, True, "0 failure"), (3, True, "1 failure"), (5, True, "2 failure"), (7, True, "3 failure"),
-    (2, False, "two members are worse than one"), (4, False, "even"), (6, False, "even"),
-    (0, False, "at least 1"), (9, False, "maximum"),
-])
+@pytest.mark.parametrize(
+    "size,ok,words",
+    [
+        (1, True, "0 failure"),
+        (3, True, "1 failure"),
+        (5, True, "2 failure"),
+        (7, True, "3 failure"),
+        (2, False, "two members are worse than one"),
+        (4, False, "even"),
+        (6, False, "even"),
+        (0, False, "at least 1"),
+        (9, False, "maximum"),
+    ],
+)
 def test_target_size(size, ok, words):
     d = check_target_size(size)
     assert d.allowed is ok
@@ -65,22 +87,22 @@ def test_target_size(size, ok, words):
 # (cluster, victim id, allowed, words in the reason)
 REMOVE_TABLE = [
     ("H", 1, False, "last member"),
-    ("HL", 1, False, "being added"),           # a learner in progress blocks other changes
-    ("HL", 2, True, "learner"),               # ...but the learner itself may be swept
+    ("HL", 1, False, "being added"),  # a learner in progress blocks other changes
+    ("HL", 2, True, "learner"),  # ...but the learner itself may be swept
     ("Hl", 2, True, "learner"),
     ("HH", 1, True, "leaves 1 voting"),
     ("HU", 2, False, "quorum is already lost"),  # 2 voting, 1 down: etcd cannot commit the removal
     ("HHH", 1, True, "two members are worse than one"),  # passes through 2: allowed, said plainly
-    ("HHU", 3, True, "leaves 2 voting"),      # Cluster API: 3 CP tolerates no failure besides the victim
-    ("HHU", 1, False, "below the quorum"),    # removing a healthy one while another is down
+    ("HHU", 3, True, "leaves 2 voting"),  # Cluster API: 3 CP tolerates no failure besides the victim
+    ("HHU", 1, False, "below the quorum"),  # removing a healthy one while another is down
     ("HUU", 2, False, "quorum is already lost"),
     ("HHHHU", 5, True, "leaves 4 voting"),
-    ("HHHUU", 4, True, "3 healthy"),          # 5 CP tolerates 1 more failure besides the victim
+    ("HHHUU", 4, True, "3 healthy"),  # 5 CP tolerates 1 more failure besides the victim
     ("HHHUU", 1, False, "below the quorum"),
     ("HHHHHUU", 6, True, "leaves 6 voting"),  # 7 CP tolerates 2 more
     ("HHHHUUU", 5, True, "leaves 6 voting"),
     ("HHHHUUU", 1, False, "below the quorum"),
-    ("HHN", 3, True, "never started"),        # sweep members that never started
+    ("HHN", 3, True, "never started"),  # sweep members that never started
     ("HHA", 3, True, "alarm"),
     ("HHH", 9, False, "no member"),
 ]
@@ -101,7 +123,7 @@ ADD_TABLE = [
     ("HL", False, "already being added"),
     ("HHl", False, "already being added"),
     ("HU", False, "quorum is already lost"),
-    ("HHU", False, "remove them first"),     # etcd: every voting member must be connected to add
+    ("HHU", False, "remove them first"),  # etcd: every voting member must be connected to add
     ("HHA", False, "strict reconfiguration"),
     ("HUU", False, "quorum is already lost"),
     ("HHHHU", False, "remove them first"),
@@ -136,10 +158,14 @@ def test_can_promote(spec, member, ok, words):
 REPLACE_TABLE = [
     ("HHU", [3], True, "down to 2 voting"),
     ("HHU", [3], True, "two members are worse than one"),
-    ("HHHUU", [4, 5], True, "remove m4 (4); then remove m5 (5); then add and promote replacement 1; "
-                              "then add and promote replacement 2"),
+    (
+        "HHHUU",
+        [4, 5],
+        True,
+        "remove m4 (4); then remove m5 (5); then add and promote replacement 1; then add and promote replacement 2",
+    ),
     ("HHHUU", [5, 4], True, "remove m5"),
-    ("HHHUU", [4], False, "remove them first"),   # m5 still down: etcd would refuse the add
+    ("HHHUU", [4], False, "remove them first"),  # m5 still down: etcd would refuse the add
     ("HHHHU", [5], True, "one change at a time"),
     ("HUU", [2, 3], False, "quorum is already lost"),
     ("HHHHUUU", [5, 6, 7], True, "then"),
@@ -159,25 +185,36 @@ def test_can_replace(spec, ids, ok, words):
     assert words in d.reason
 
 
-@pytest.mark.parametrize("facts,expected", [
-    (dict(started=True, reachable=True), ()),
-    (dict(started=False, reachable=False), (Reason.NEVER_STARTED,)),
-    (dict(started=True, reachable=False), (Reason.UNREACHABLE,)),
-    (dict(started=True, reachable=True, is_learner=True, learner_caught_up=False), (Reason.LEARNER_NOT_CAUGHT_UP,)),
-    (dict(started=True, reachable=True, is_learner=True, learner_caught_up=True), ()),
-    (dict(started=True, reachable=True, alarms=["NOSPACE"]), (Reason.ALARM,)),
-    (dict(started=True, reachable=True, alarms=["NONE"]), ()),
-    (dict(started=True, reachable=False, alarms=["CORRUPT"]), (Reason.UNREACHABLE, Reason.ALARM)),
-    (dict(started=True, reachable=True, knows_leader=False), (Reason.NO_LEADER,)),
-])
+@pytest.mark.parametrize(
+    "facts,expected",
+    [
+        (dict(started=True, reachable=True), ()),
+        (dict(started=False, reachable=False), (Reason.NEVER_STARTED,)),
+        (dict(started=True, reachable=False), (Reason.UNREACHABLE,)),
+        (dict(started=True, reachable=True, is_learner=True, learner_caught_up=False), (Reason.LEARNER_NOT_CAUGHT_UP,)),
+        (dict(started=True, reachable=True, is_learner=True, learner_caught_up=True), ()),
+        (dict(started=True, reachable=True, alarms=["NOSPACE"]), (Reason.ALARM,)),
+        (dict(started=True, reachable=True, alarms=["NONE"]), ()),
+        (dict(started=True, reachable=False, alarms=["CORRUPT"]), (Reason.UNREACHABLE, Reason.ALARM)),
+        (dict(started=True, reachable=True, knows_leader=False), (Reason.NO_LEADER,)),
+    ],
+)
 def test_unhealthy_reasons(facts, expected):
     assert unhealthy_reasons(**facts) == expected
 
 
 def _status(url, mid, leader, index, applied=None, learner=False):
-    return EndpointStatus(endpoint=url, member_id=mid, leader_id=leader, raft_index=index, raft_term=2,
-                          raft_applied_index=applied if applied is not None else index, version="3.5.1",
-                          db_size=1, is_learner=learner)
+    return EndpointStatus(
+        endpoint=url,
+        member_id=mid,
+        leader_id=leader,
+        raft_index=index,
+        raft_term=2,
+        raft_applied_index=applied if applied is not None else index,
+        version="3.5.1",
+        db_size=1,
+        is_learner=learner,
+    )
 
 
 def test_assess_from_observations():
@@ -185,7 +222,7 @@ def test_assess_from_observations():
         Member(1, "a", ("https://a:2380",), ("https://a:2379",)),
         Member(2, "b", ("https://b:2380",), ("https://b:2379",)),
         Member(3, "c", ("https://c:2380",), ("https://c:2379",)),
-        Member(4, "", ("https://d:2380",), (), is_learner=True),          # added, never started
+        Member(4, "", ("https://d:2380",), (), is_learner=True),  # added, never started
         Member(5, "e", ("https://e:2380",), ("https://e:2379",), is_learner=True),  # lagging learner
     ]
     statuses = [
@@ -221,6 +258,10 @@ def test_decision_has_no_truth_value_trap():
     for path in paths:
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
-            if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not) and isinstance(node.operand, ast.Name) \
-                    and node.operand.id in ("decision", "d"):
+            if (
+                isinstance(node, ast.UnaryOp)
+                and isinstance(node.op, ast.Not)
+                and isinstance(node.operand, ast.Name)
+                and node.operand.id in ("decision", "d")
+            ):
                 raise AssertionError(f"{path.name}:{node.lineno} tests a Decision's truth; use .allowed")

@@ -37,57 +37,114 @@ def _looks(n: int = 4, span: float = SPAN, **kw) -> tuple[Look, ...]:
 
 
 def _ev(vms=ABC, looks=(), seen=True, snapshot_voters=0, ignore=()) -> QuorumEvidence:
-    return QuorumEvidence(vms=vms, footprint_seen=seen, looks=looks, snapshot_voters=snapshot_voters,
-                          election_s=1.0, ignore=ignore)
+    return QuorumEvidence(
+        vms=vms, footprint_seen=seen, looks=looks, snapshot_voters=snapshot_voters, election_s=1.0, ignore=ignore
+    )
 
 
 # Each row: what was seen, the verdict, and a phrase the verdict must carry.
 CASES = [
-    ("a member serves a read", _ev(looks=_looks(1, 0, answering=("a", "b"), with_leader=("a", "b"),
-                                                readable=("a",))), QuorumView.HOLDS, "a served a linearizable read"),
+    (
+        "a member serves a read",
+        _ev(looks=_looks(1, 0, answering=("a", "b"), with_leader=("a", "b"), readable=("a",))),
+        QuorumView.HOLDS,
+        "a served a linearizable read",
+    ),
     # the first example: the cut-off member answers without a leader, the majority (with quorum) does
     # not answer this worker
-    ("a minority answers, the majority is unreachable",
-     _ev(looks=_looks(answering=("a",), unreachable=("b: timed out", "c: timed out"), voters=("a", "b", "c"))),
-     QuorumView.UNKNOWN, "b (unreachable: timed out); c (unreachable: timed out)"),
+    (
+        "a minority answers, the majority is unreachable",
+        _ev(looks=_looks(answering=("a",), unreachable=("b: timed out", "c: timed out"), voters=("a", "b", "c"))),
+        QuorumView.UNKNOWN,
+        "b (unreachable: timed out); c (unreachable: timed out)",
+    ),
     # the second example: one probe during a leader election
-    ("a single look during an election",
-     _ev(looks=_looks(1, 0, answering=("a", "b", "c"), voters=("a", "b", "c"))), QuorumView.UNKNOWN,
-     "election"),
-    ("looks spanning too short a time",
-     _ev(looks=_looks(4, SPAN - 0.5, answering=("a", "b", "c"))), QuorumView.UNKNOWN, "election"),
-    ("every member without a leader across the looks",
-     _ev(looks=_looks(answering=("a", "b", "c"))), QuorumView.LOST, "3 of 3"),
-    ("a majority without a leader, one unreachable",
-     _ev(looks=_looks(answering=("a", "b"), unreachable=("c: timed out",))), QuorumView.LOST, "2 of 3"),
-    ("a leader appears in one look (an election that ended)",
-     _ev(looks=_looks(answering=("a", "b", "c"))[:3] + (Look(at_s=SPAN, answering=("a", "b", "c"),
-                                                            with_leader=("a", "b", "c")),)),
-     QuorumView.UNKNOWN, "names a leader"),
-    ("a member answers only in some looks",
-     _ev(looks=(Look(0, answering=("a", "b")), Look(SPAN, answering=("a",), unreachable=("b: timed out",))),
-         vms=ABC), QuorumView.UNKNOWN, "b (unreachable"),
+    (
+        "a single look during an election",
+        _ev(looks=_looks(1, 0, answering=("a", "b", "c"), voters=("a", "b", "c"))),
+        QuorumView.UNKNOWN,
+        "election",
+    ),
+    (
+        "looks spanning too short a time",
+        _ev(looks=_looks(4, SPAN - 0.5, answering=("a", "b", "c"))),
+        QuorumView.UNKNOWN,
+        "election",
+    ),
+    (
+        "every member without a leader across the looks",
+        _ev(looks=_looks(answering=("a", "b", "c"))),
+        QuorumView.LOST,
+        "3 of 3",
+    ),
+    (
+        "a majority without a leader, one unreachable",
+        _ev(looks=_looks(answering=("a", "b"), unreachable=("c: timed out",))),
+        QuorumView.LOST,
+        "2 of 3",
+    ),
+    (
+        "a leader appears in one look (an election that ended)",
+        _ev(
+            looks=_looks(answering=("a", "b", "c"))[:3]
+            + (Look(at_s=SPAN, answering=("a", "b", "c"), with_leader=("a", "b", "c")),)
+        ),
+        QuorumView.UNKNOWN,
+        "names a leader",
+    ),
+    (
+        "a member answers only in some looks",
+        _ev(
+            looks=(Look(0, answering=("a", "b")), Look(SPAN, answering=("a",), unreachable=("b: timed out",))), vms=ABC
+        ),
+        QuorumView.UNKNOWN,
+        "b (unreachable",
+    ),
     # two of three VMs deleted (GCE shows them gone, the cluster's resources seen): the survivor's own member
     # list names them
-    ("two VMs gone, the survivor without a leader",
-     _ev(vms=(("c", "RUNNING"),), looks=_looks(answering=("c",), voters=("a", "b", "c"))), QuorumView.LOST,
-     "a (VM gone), b (VM gone), c (no leader)"),
-    ("two VMs gone but the survivor is not reached",
-     _ev(vms=(("c", "RUNNING"),), looks=_looks(unreachable=("c: timed out",), voters=())), QuorumView.UNKNOWN,
-     "c (unreachable"),
-    ("the snapshot counts more voters than are seen by name",
-     _ev(vms=(("c", "RUNNING"),), looks=_looks(answering=("c",)), snapshot_voters=3), QuorumView.UNKNOWN,
-     "2 more member(s) the newest snapshot counts"),
-    ("stopped VMs keep their data", _ev(vms=(("a", "TERMINATED"), ("b", "TERMINATED")), looks=_looks()),
-     QuorumView.UNKNOWN, "a (VM TERMINATED: start it"),
+    (
+        "two VMs gone, the survivor without a leader",
+        _ev(vms=(("c", "RUNNING"),), looks=_looks(answering=("c",), voters=("a", "b", "c"))),
+        QuorumView.LOST,
+        "a (VM gone), b (VM gone), c (no leader)",
+    ),
+    (
+        "two VMs gone but the survivor is not reached",
+        _ev(vms=(("c", "RUNNING"),), looks=_looks(unreachable=("c: timed out",), voters=())),
+        QuorumView.UNKNOWN,
+        "c (unreachable",
+    ),
+    (
+        "the snapshot counts more voters than are seen by name",
+        _ev(vms=(("c", "RUNNING"),), looks=_looks(answering=("c",)), snapshot_voters=3),
+        QuorumView.UNKNOWN,
+        "2 more member(s) the newest snapshot counts",
+    ),
+    (
+        "stopped VMs keep their data",
+        _ev(vms=(("a", "TERMINATED"), ("b", "TERMINATED")), looks=_looks()),
+        QuorumView.UNKNOWN,
+        "a (VM TERMINATED: start it",
+    ),
     ("no VM left, the cluster's resources seen", _ev(vms=(), looks=_looks()), QuorumView.LOST, "no replica VM left"),
     # a wrong connection: nothing stamped with the cluster's uid is seen there
     ("nothing of the cluster seen (another project?)", _ev(vms=(), seen=False), QuorumView.UNKNOWN, "another project"),
-    ("TLS refused everywhere", _ev(looks=_looks(unreachable=("a: TLS handshake failed", "b: timed out",
-                                                             "c: timed out"))), QuorumView.UNKNOWN, "0 of 3"),
-    ("this restore's own replica serving reads is not the old cluster's quorum",
-     _ev(vms=(("c", "RUNNING"),), looks=_looks(answering=("c", "mine"), readable=("mine",), voters=("a", "b", "c")),
-         ignore=("mine",)), QuorumView.LOST, "3 of 3"),
+    (
+        "TLS refused everywhere",
+        _ev(looks=_looks(unreachable=("a: TLS handshake failed", "b: timed out", "c: timed out"))),
+        QuorumView.UNKNOWN,
+        "0 of 3",
+    ),
+    (
+        "this restore's own replica serving reads is not the old cluster's quorum",
+        _ev(
+            vms=(("c", "RUNNING"),),
+            looks=_looks(answering=("c", "mine"), readable=("mine",), voters=("a", "b", "c")),
+            ignore=("mine",),
+        ),
+        QuorumView.LOST,
+        "3 of 3",
+    ),
 ]
 
 
@@ -103,13 +160,16 @@ def test_an_unknown_verdict_names_what_to_check():
     assert "port 2379" in why and "partition" in why and "look again" in why
 
 
-@pytest.mark.parametrize(("seen", "done"), [
-    (_ev(looks=_looks(1, 0, answering=("a",), readable=("a",))), True),  # quorum holds: no need to look again
-    (_ev(looks=_looks(1, 0, answering=("a",), unreachable=("b: x", "c: x"))), True),  # 1 of 3: can never be lost
-    (_ev(looks=_looks(1, 0, answering=("a", "b", "c"))), False),  # all without a leader once: look again
-    (_ev(looks=_looks(2, 1, answering=("a", "b"))), False),
-    (_ev(looks=()), False),
-])
+@pytest.mark.parametrize(
+    ("seen", "done"),
+    [
+        (_ev(looks=_looks(1, 0, answering=("a",), readable=("a",))), True),  # quorum holds: no need to look again
+        (_ev(looks=_looks(1, 0, answering=("a",), unreachable=("b: x", "c: x"))), True),  # 1 of 3: can never be lost
+        (_ev(looks=_looks(1, 0, answering=("a", "b", "c"))), False),  # all without a leader once: look again
+        (_ev(looks=_looks(2, 1, answering=("a", "b"))), False),
+        (_ev(looks=()), False),
+    ],
+)
 def test_looking_stops_early_only_when_more_looks_cannot_make_it_lost(seen, done):
     assert settled(seen) is done
     if done:
@@ -117,8 +177,10 @@ def test_looking_stops_early_only_when_more_looks_cannot_make_it_lost(seen, done
 
 
 def test_the_survivor_with_the_highest_revision_is_chosen():
-    looks = (Look(0, answering=("a", "b"), revisions=(("a", 90), ("b", 80))),
-             Look(SPAN, answering=("a", "b"), revisions=(("a", 100), ("b", 120))))
+    looks = (
+        Look(0, answering=("a", "b"), revisions=(("a", 90), ("b", 80))),
+        Look(SPAN, answering=("a", "b"), revisions=(("a", 100), ("b", 120))),
+    )
     assert best_survivor(looks) == ("b", 120)
     assert best_survivor(looks, ignore=("b",)) == ("a", 100)
     assert best_survivor((Look(0),)) is None
@@ -137,14 +199,28 @@ def test_change_id_pattern_accepts():
 
 def _snap(members: int = 3, minutes: float = 10, cluster: str = "c", revision: int = 100) -> SnapshotMeta:
     taken = NOW - dt.timedelta(minutes=minutes)
-    return SnapshotMeta(cluster=cluster, snapshot_id="s1", revision=revision, taken_at=taken.isoformat(),
-                        sha256="0" * 64, size=1, members=members, where="file:///s1")
+    return SnapshotMeta(
+        cluster=cluster,
+        snapshot_id="s1",
+        revision=revision,
+        taken_at=taken.isoformat(),
+        sha256="0" * 64,
+        size=1,
+        members=members,
+        where="file:///s1",
+    )
 
 
 def _state(*replicas: ReplicaState, pool: bool = True) -> ClusterState:
-    return ClusterState(cluster="c", region="europe-west1", replicas=replicas, endpoint_ip="127.30.0.1",
-                        load_balancer=pool, target_pool=pool,
-                        pool_members=tuple(r.name for r in replicas) if pool else ())
+    return ClusterState(
+        cluster="c",
+        region="europe-west1",
+        replicas=replicas,
+        endpoint_ip="127.30.0.1",
+        load_balancer=pool,
+        target_pool=pool,
+        pool_members=tuple(r.name for r in replicas) if pool else (),
+    )
 
 
 def _r(name: str, zone: str = "europe-west1-b", change: str | None = None) -> ReplicaState:
@@ -163,18 +239,32 @@ def test_the_plan_saves_the_survivor_first_deletes_with_keys_and_restores_the_ne
     survivor = Survivor("b", "127.10.0.3", 130)
     gone_link = "https://compute/projects/p/zones/europe-west1-d/instances/g"
     links = (gone_link, "https://compute/projects/p/zones/europe-west1-b/instances/a")
-    plan = plan_restore(state, LOST, _snap(), 130, NOW, "restore-1", ZONES, survivor=survivor, gone_members=("g",),
-                        pool_links=links)
+    plan = plan_restore(
+        state, LOST, _snap(), 130, NOW, "restore-1", ZONES, survivor=survivor, gone_members=("g",), pool_links=links
+    )
     mine = restored_replica_name("c", "restore-1")
-    assert plan.plan.ids == ("snapshot-survivor", "pool-remove/a", "pool-remove/b", "pool-remove/g", "delete-vm/a",
-                             "delete-vm/b", "delete-keys/g", f"vm/{mine}", f"configure/{mine}", f"quorum/{mine}",
-                             f"pool-add/{mine}")
+    assert plan.plan.ids == (
+        "snapshot-survivor",
+        "pool-remove/a",
+        "pool-remove/b",
+        "pool-remove/g",
+        "delete-vm/a",
+        "delete-vm/b",
+        "delete-keys/g",
+        f"vm/{mine}",
+        f"configure/{mine}",
+        f"quorum/{mine}",
+        f"pool-add/{mine}",
+    )
     assert plan.plan.steps[3].arguments["link"] == gone_link  # a VM gone: its link, as the pool holds it
     kinds = [s.kind for s in plan.plan.steps]
     assert kinds[0] is StepKind.SAVE_SNAPSHOT and kinds.index(StepKind.SAVE_SNAPSHOT) < kinds.index(StepKind.DELETE_VM)
     configure = plan.plan.steps[8].arguments
-    assert configure["restore"] == (Ref("snapshot-survivor", "where"), Ref("snapshot-survivor", "snapshot_id"),
-                                    Ref("snapshot-survivor", "sha256"))
+    assert configure["restore"] == (
+        Ref("snapshot-survivor", "where"),
+        Ref("snapshot-survivor", "snapshot_id"),
+        Ref("snapshot-survivor", "sha256"),
+    )
     assert plan.from_survivor and plan.lost_revisions == 0
     assert "saved first from surviving member b (revision 130" in plan.loss()
     assert "snapshot-survivor" in plan.markdown() and "grow to 3 replicas" in plan.markdown()
@@ -186,8 +276,9 @@ def test_a_stored_snapshot_newer_than_the_survivor_or_named_is_restored_and_the_
     plan = plan_restore(state, LOST, _snap(), 90, NOW, "restore-1", ZONES, survivor=older)
     assert not plan.from_survivor and plan.plan.steps[0].kind is StepKind.SAVE_SNAPSHOT
     assert plan.plan.steps[6].arguments["restore"] == ("file:///s1", "s1", "0" * 64)
-    named = plan_restore(state, LOST, _snap(), 130, NOW, "restore-1", ZONES, survivor=Survivor("b", "ip", 130),
-                         named=True)
+    named = plan_restore(
+        state, LOST, _snap(), 130, NOW, "restore-1", ZONES, survivor=Survivor("b", "ip", 130), named=True
+    )
     assert not named.from_survivor and named.lost_revisions == 30
     assert "30 revision(s) (last seen 130)" in named.loss() and "keeps them" in named.loss()
 

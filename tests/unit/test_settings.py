@@ -20,6 +20,14 @@ PACKAGES = ("haplane", "flows", "tasks", "blocks", "deployments")
 CASES = [
     (settings.gce_endpoint, "HAPLANE_GCE_ENDPOINT", None, "http://127.0.0.1:8787", "http://127.0.0.1:8787"),
     (settings.project, "HAPLANE_PROJECT", None, "p-1", "p-1"),
+    (settings.gce_token, "HAPLANE_GCE_TOKEN", None, "t0k3n", "t0k3n"),
+    (
+        settings.workers_account,
+        "HAPLANE_WORKERS_ACCOUNT",
+        None,
+        "w@p-1.iam.gserviceaccount.com",
+        "w@p-1.iam.gserviceaccount.com",
+    ),
     (settings.gce_read_retry_s, "HAPLANE_GCE_READ_RETRY_S", 30.0, "2", 2.0),
     (settings.op_wait_s, "HAPLANE_OP_WAIT_S", 900.0, "30", 30.0),
     (settings.lb_wait_s, "HAPLANE_LB_WAIT_S", 3600.0, "7.5", 7.5),
@@ -29,6 +37,7 @@ CASES = [
     (settings.etcd_binary, "HAPLANE_ETCD", None, "/opt/etcd/etcd", "/opt/etcd/etcd"),
     (settings.etcdutl_binary, "HAPLANE_ETCDUTL", None, "/opt/etcd/etcdutl", "/opt/etcd/etcdutl"),
     (settings.snapshot_dir, "HAPLANE_SNAPSHOT_DIR", None, "/var/snaps", Path("/var/snaps")),
+    (settings.watch_heartbeat_s, "HAPLANE_WATCH_HEARTBEAT_S", 60.0, "3", 3.0),
 ]
 
 # (function, a value it refuses)
@@ -42,6 +51,7 @@ BAD = [
     (settings.retry_delays_s, "HAPLANE_RETRY_DELAYS_S", "1,-2"),
     (settings.lock_lease_s, "HAPLANE_LOCK_LEASE_S", "two minutes"),
     (settings.health_lock_wait_s, "HAPLANE_HEALTH_LOCK_WAIT_S", "-1"),
+    (settings.watch_heartbeat_s, "HAPLANE_WATCH_HEARTBEAT_S", "0"),
 ]
 
 

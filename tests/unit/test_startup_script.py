@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from haplane.node import (
     TLS_FILES,
@@ -35,26 +36,42 @@ from haplane.startup import (
     ETCD_DATA_DIR,
     ETCD_ENV,
     ETCD_VERSION,
+    KUBE_CONTROLLER_MANAGER_BIN,
+    KUBE_SCHEDULER_BIN,
     PKI_DIR,
     apiserver_unit_argv,
+    controller_manager_unit_argv,
     etcd_unit_argv,
     render_startup_script,
+    scheduler_unit_argv,
 )
+from haplane.versions import ETCD_RELEASES
 
 IP = "10.132.0.7"
 SPECS = {
     "new member of three": (
-        EtcdSpec(name="prod-master-a1b2", initial_cluster=",".join(
-            f"prod-master-{i}={peer_url(f'10.132.0.{i}')}" for i in (7, 8, 9)), initial_cluster_token="prod"),
-        ApiServerSpec()),
+        EtcdSpec(
+            name="prod-master-a1b2",
+            initial_cluster=",".join(f"prod-master-{i}={peer_url(f'10.132.0.{i}')}" for i in (7, 8, 9)),
+            initial_cluster_token="prod",
+        ),
+        ApiServerSpec(),
+    ),
     "joining an existing cluster, quorum reads": (
-        EtcdSpec(name="prod-master-c3d4", initial_cluster=f"prod-master-x={peer_url('10.132.0.2')},"
-                 f"prod-master-c3d4={peer_url(IP)}", initial_cluster_state="existing",
-                 initial_cluster_token="prod", heartbeat_ms=250, election_ms=2500),
-        ApiServerSpec(quorum_reads=True, service_cluster_ip_range="10.96.0.0/16", port=443, health_port=8081)),
+        EtcdSpec(
+            name="prod-master-c3d4",
+            initial_cluster=f"prod-master-x={peer_url('10.132.0.2')},prod-master-c3d4={peer_url(IP)}",
+            initial_cluster_state="existing",
+            initial_cluster_token="prod",
+            heartbeat_ms=250,
+            election_ms=2500,
+        ),
+        ApiServerSpec(quorum_reads=True, service_cluster_ip_range="10.96.0.0/16", port=443, health_port=8081),
+    ),
     "single replica": (
         EtcdSpec(name="solo-master-0", initial_cluster=f"solo-master-0={peer_url(IP)}"),
-        ApiServerSpec()),
+        ApiServerSpec(),
+    ),
 }
 
 
@@ -73,8 +90,9 @@ def script_path(script: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def node_spec_tls() -> dict[str, str]:
     cas = create_cluster_cas("prod")
-    certs = issue_replica_certs(cas, hostname="prod-master-a1b2", internal_ip=IP, endpoint_ip="34.1.2.3",
-                                service_cidr="10.0.0.0/24")
+    certs = issue_replica_certs(
+        cas, hostname="prod-master-a1b2", internal_ip=IP, endpoint_ip="34.1.2.3", service_cidr="10.0.0.0/24"
+    )
     return node_tls(cas, certs)
 
 
@@ -105,27 +123,77 @@ def test_bash_syntax(script_path: Path):
 
 
 def test_shellcheck_clean(script_path: Path):
-    result = subprocess.run([_shellcheck(), "--shell=bash", "--severity=style", str(script_path)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [_shellcheck(), "--shell=bash", "--severity=style", str(script_path)], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_script_pins_versions_and_checks_downloads(script: str):
     assert script.startswith("#!/bin/bash\n")
     assert "set -euo pipefail" in script
-    assert f'ETCD_VERSION="{ETCD_VERSION}"' in script
-    assert "https://github.com/etcd-io/etcd/releases/download/v${ETCD_VERSION}/${ETCD_TARBALL}" in script
+    assert f'ETCD_DEFAULT_VERSION="{ETCD_VERSION}"' in script
+    for version in ETCD_RELEASES:  # every offered release, with its pinned sha256 (empty: not pinned)
+        assert f"[{version}]=" in script
+    assert "https://github.com/etcd-io/etcd/releases/download/v${version}/${tarball}" in script
     assert "sha256sum --check" in script
+    assert "SHA256SUMS" not in script and "kube-apiserver.sha256" not in script  # no checksum fetched beside it
     assert "wait_for_change=true" in script
 
 
 def test_pinned_sha256_is_rendered_and_validated():
     digest = "0" * 63 + "a"
-    assert f'ETCD_SHA256="{digest}"' in render_startup_script(etcd_sha256=digest)
+    assert f"[3.5.1]='{digest}'" in render_startup_script(etcd_releases={"3.5.1": digest})
     with pytest.raises(ValueError):
-        render_startup_script(etcd_sha256="not-a-digest")
+        render_startup_script(etcd_releases={"3.5.1": "not-a-digest"})
     with pytest.raises(ValueError):
-        render_startup_script(kubernetes_version="1.30")
+        render_startup_script(kubernetes_releases={"1.30": None})
+
+
+FAKE_CURL = """#!/bin/bash
+echo "$*" >>"$CURL_LOG"
+case "$*" in
+  *attributes/haplane-etcd-version*) [[ -n "${WANT_ETCD:-}" ]] && { echo "$WANT_ETCD"; exit 0; }; exit 22 ;;
+esac
+out=""
+while [[ $# -gt 0 ]]; do [[ "$1" == -o ]] && out=$2; shift; done
+[[ -n "$out" ]] && echo "not the release" >"$out"
+exit 0
+"""
+
+
+@pytest.mark.parametrize(
+    ("want", "pinned", "error"),
+    [
+        ("3.6.0", {}, "etcd 3.6.0 is not a release this image offers"),
+        ("3.4.23", {}, "etcd 3.4.23: no pinned sha256 (haplane/versions.py)"),
+        ("3.4.23", {"3.4.23": "1" * 64}, "etcd-v3.4.23-linux-amd64.tar.gz: sha256 mismatch"),
+        (None, {"3.5.1": "2" * 64}, "etcd-v3.5.1-linux-amd64.tar.gz: sha256 mismatch"),  # no key: the default
+    ],
+)
+def test_install_takes_the_version_from_metadata_and_only_a_pinned_sha256(tmp_path: Path, want, pinned, error):
+    """The VM installs the release its metadata names, checked against the sha256 pinned for it: a release
+    the image does not offer, or one with no pinned sha256, is refused without fetching any checksum file."""
+    releases = {v: pinned.get(v) for v in ETCD_RELEASES}
+    path = tmp_path / "startup.sh"
+    path.write_text(render_startup_script(etcd_releases=releases))
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "curl").write_text(FAKE_CURL)
+    (bindir / "curl").chmod(0o755)
+    env = {
+        **os.environ,
+        "PATH": f"{bindir}:{os.environ['PATH']}",
+        "CURL_LOG": str(tmp_path / "curl.log"),
+        **({"WANT_ETCD": want} if want else {}),
+    }
+    result = subprocess.run(
+        ["bash", "-c", f"source {path} && install_etcd"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode != 0
+    assert error in result.stderr, result.stderr
+    fetched = (tmp_path / "curl.log").read_text()
+    assert "SHA256SUMS" not in fetched and ".sha256" not in fetched
 
 
 def test_script_is_the_same_for_every_replica_and_holds_no_secret(script: str, node_spec_tls: dict[str, str]):
@@ -143,13 +211,21 @@ def test_etcd_unit_is_etcd_argv_for_the_same_spec(script: str, case: str):
     spec, _ = SPECS[case]
     words = _exec_start(script.split("etcd.service\" 0644 <<'EOF'", 1)[1])
     assert words == etcd_unit_argv()
-    env = {"HAPLANE_IP": IP, **{f"HAPLANE_ETCD_{f.name.upper()}": str(getattr(spec, f.name))
-                                for f in dataclasses.fields(EtcdSpec)}}
+    env = {
+        "HAPLANE_IP": IP,
+        **{f"HAPLANE_ETCD_{f.name.upper()}": str(getattr(spec, f.name)) for f in dataclasses.fields(EtcdSpec)},
+    }
     assert _expand(words, env) == etcd_argv(ETCD_BIN, spec, IP, ETCD_DATA_DIR, PKI_DIR)
 
 
-def _boot(script_path: Path, tmp_path: Path, metadata: dict[str, str], ip: str = IP,
-          secrets: dict[str, str] | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def _boot(
+    script_path: Path,
+    tmp_path: Path,
+    metadata: dict[str, str],
+    ip: str = IP,
+    secrets: dict[str, str] | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess:
     """Run the script's boot-time ``apply`` against fake metadata (and a fake Secret Manager:
     version name -> payload); files land under tmp_path/root."""
     sm = tmp_path / "sm"
@@ -157,8 +233,7 @@ def _boot(script_path: Path, tmp_path: Path, metadata: dict[str, str], ip: str =
     for version, payload in (secrets or {}).items():
         (sm / version.replace("/", "_")).write_text(payload)
     md = tmp_path / "md"
-    for key, value in {**{f"attributes/{k}": v for k, v in metadata.items()},
-                       "network-interfaces/0/ip": ip}.items():
+    for key, value in {**{f"attributes/{k}": v for k, v in metadata.items()}, "network-interfaces/0/ip": ip}.items():
         (md / key).parent.mkdir(parents=True, exist_ok=True)
         (md / key).write_text(value)
     root = tmp_path / "root"
@@ -170,19 +245,25 @@ sm_access() {{ [[ -f "$FAKE_SM/${{1//\//_}}" ]] && cat "$FAKE_SM/${{1//\//_}}"; 
 systemctl() {{ echo "$*" >>"$DESTDIR/systemctl.log"; }}
 apply
 """
-    return subprocess.run(["bash", "-c", driver], env={**os.environ, "DESTDIR": str(root), "FAKE_MD": str(md),
-                                                          "FAKE_SM": str(sm), **(env or {})},
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        ["bash", "-c", driver],
+        env={**os.environ, "DESTDIR": str(root), "FAKE_MD": str(md), "FAKE_SM": str(sm), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
-needs_jq = pytest.mark.skipif(shutil.which("jq") is None, reason="jq not installed (apt-get install jq); "
-                              "the VM installs it itself")
+needs_jq = pytest.mark.skipif(
+    shutil.which("jq") is None, reason="jq not installed (apt-get install jq); the VM installs it itself"
+)
 
 
 @needs_jq
 @pytest.mark.parametrize("case", list(SPECS))
-def test_boot_writes_what_the_emulator_would_run(script_path: Path, tmp_path: Path, node_spec_tls: dict[str, str],
-                                                  case: str):
+def test_boot_writes_what_the_emulator_would_run(
+    script_path: Path, tmp_path: Path, node_spec_tls: dict[str, str], case: str
+):
     etcd, api = SPECS[case]
     metadata = {"startup-script": "ignored", **NodeSpec(etcd=etcd, apiserver=api, tls=node_spec_tls).to_metadata()}
     result = _boot(script_path, tmp_path, metadata)
@@ -208,9 +289,14 @@ def test_boot_writes_what_the_emulator_would_run(script_path: Path, tmp_path: Pa
     # kube-apiserver: local etcd over mutual TLS, the replica's own certificates, the spec's settings
     unit = (root / "etc/systemd/system/kube-apiserver.service").read_text()
     argv = _expand(_exec_start(unit), _env_file(root / str(APISERVER_ENV).lstrip("/")))
-    assert argv == _expand(apiserver_unit_argv(), {"HAPLANE_IP": IP, "HAPLANE_API_PORT": str(api.port),
-                                                   "HAPLANE_API_SERVICE_CLUSTER_IP_RANGE":
-                                                       api.service_cluster_ip_range})
+    assert argv == _expand(
+        apiserver_unit_argv(),
+        {
+            "HAPLANE_IP": IP,
+            "HAPLANE_API_PORT": str(api.port),
+            "HAPLANE_API_SERVICE_CLUSTER_IP_RANGE": api.service_cluster_ip_range,
+        },
+    )
     assert f"--etcd-servers=https://{IP}:2379" in argv
     assert f"--secure-port={api.port}" in argv
     assert f"--service-cluster-ip-range={api.service_cluster_ip_range}" in argv
@@ -233,8 +319,9 @@ def test_boot_writes_what_the_emulator_would_run(script_path: Path, tmp_path: Pa
 
 
 @needs_jq
-def test_boot_fills_spec_defaults_and_refuses_unsafe_values(script_path: Path, tmp_path: Path,
-                                                              node_spec_tls: dict[str, str]):
+def test_boot_fills_spec_defaults_and_refuses_unsafe_values(
+    script_path: Path, tmp_path: Path, node_spec_tls: dict[str, str]
+):
     spec = EtcdSpec(name="m-0", initial_cluster=f"m-0={peer_url(IP)}")
     tls = {TLS_PREFIX + k: v for k, v in node_spec_tls.items()}
     minimal = {"haplane-etcd": json.dumps({"name": spec.name, "initial_cluster": spec.initial_cluster}), **tls}
@@ -256,8 +343,9 @@ def test_boot_fills_spec_defaults_and_refuses_unsafe_values(script_path: Path, t
 
 
 @needs_jq
-def test_private_keys_come_from_secret_manager_not_metadata(script_path: Path, tmp_path: Path,
-                                                            node_spec_tls: dict[str, str]):
+def test_private_keys_come_from_secret_manager_not_metadata(
+    script_path: Path, tmp_path: Path, node_spec_tls: dict[str, str]
+):
     from haplane.node import SECRET_SUFFIXES
 
     etcd, api = SPECS[list(SPECS)[0]]
@@ -277,10 +365,73 @@ def test_private_keys_come_from_secret_manager_not_metadata(script_path: Path, t
     assert result.returncode != 0 and "cannot read projects/p/secrets/m-0-" in result.stderr
 
 
+@needs_jq
+def test_boot_runs_controller_manager_and_scheduler_leader_elected(
+    script_path: Path, tmp_path: Path, node_spec_tls: dict[str, str]
+):
+    """Each unit's ExecStart, run with a recording stand-in for its binary: leader election on, its own
+    client certificate (key 0600) in a kubeconfig for the replica's own API server, and the
+    controller-manager's service-account key and root CA; no CA key, so no CSR signing."""
+    etcd, api = SPECS["joining an existing cluster, quorum reads"]
+    metadata = NodeSpec(etcd=etcd, apiserver=api, tls=node_spec_tls).to_metadata()
+    result = _boot(script_path, tmp_path, metadata)
+    assert result.returncode == 0, result.stderr
+    root = tmp_path / "root"
+    calls = (root / "systemctl.log").read_text().splitlines()
+    assert "restart --no-block kube-controller-manager.service kube-scheduler.service" in calls
+    env = _env_file(root / str(APISERVER_ENV).lstrip("/"))
+    recorded = tmp_path / "argv"
+    for unit_name, binary, user, unit_argv in (
+        (
+            "kube-controller-manager",
+            KUBE_CONTROLLER_MANAGER_BIN,
+            "system:kube-controller-manager",
+            controller_manager_unit_argv,
+        ),
+        ("kube-scheduler", KUBE_SCHEDULER_BIN, "system:kube-scheduler", scheduler_unit_argv),
+    ):
+        unit = (root / f"etc/systemd/system/{unit_name}.service").read_text()
+        assert "Restart=always" in unit and "After=kube-apiserver.service" in unit
+        words = _expand(_exec_start(unit), env)
+        assert words == _expand(unit_argv(), env) and words[0] == binary
+        stand_in = root / binary.lstrip("/")
+        stand_in.parent.mkdir(parents=True, exist_ok=True)
+        stand_in.write_text(f'#!/bin/bash\nprintf "%s\\n" "$@" > {recorded}\n')
+        stand_in.chmod(0o755)
+        subprocess.run([str(stand_in), *words[1:]], check=True, timeout=10)
+        flags = dict(w.removeprefix("--").split("=", 1) for w in recorded.read_text().splitlines())
+        assert flags["leader-elect"] == "true"
+        assert (
+            flags["leader-elect-lease-duration"],
+            flags["leader-elect-renew-deadline"],
+            flags["leader-elect-retry-period"],
+        ) == ("15s", "10s", "2s")
+        assert flags["bind-address"] == "127.0.0.1"
+        assert not any(f.startswith("cluster-signing") for f in flags)  # the CA key is not on the replica
+        config_path = root / flags["kubeconfig"].lstrip("/")
+        assert flags["authentication-kubeconfig"] == flags["authorization-kubeconfig"] == flags["kubeconfig"]
+        assert stat.S_IMODE(config_path.stat().st_mode) == 0o600
+        config = config_path.read_text()
+        assert f"server: https://127.0.0.1:{api.port}" in config
+        assert f"certificate-authority: {PKI_DIR}/ca.crt" in config
+        assert f"- name: {user}" in config
+        cert = re.search(r"client-certificate: (\S+)", config)[1]
+        key = re.search(r"client-key: (\S+)", config)[1]
+        suffix = "controller-manager" if unit_name == "kube-controller-manager" else "scheduler"
+        assert (root / cert.lstrip("/")).read_text().strip() == node_spec_tls[f"{suffix}-cert"].strip()
+        assert (root / key.lstrip("/")).read_text().strip() == node_spec_tls[f"{suffix}-key"].strip()
+        assert stat.S_IMODE((root / key.lstrip("/")).stat().st_mode) == 0o600
+        assert (
+            x509.load_pem_x509_certificate((root / cert.lstrip("/")).read_bytes()).subject.rfc4514_string()
+            == f"CN={user}"
+        )
+        if unit_name == "kube-controller-manager":
+            assert flags["service-account-private-key-file"] == f"{PKI_DIR}/service-account.key"
+            assert flags["root-ca-file"] == f"{PKI_DIR}/ca.crt"
+            assert flags["service-cluster-ip-range"] == api.service_cluster_ip_range
+            sa_key = root / flags["service-account-private-key-file"].lstrip("/")
+            assert stat.S_IMODE(sa_key.stat().st_mode) == 0o600
+            assert sa_key.read_text().strip() == node_spec_tls["service-account-key"].strip()
+
+
 # ---------------------------------------------------------------- restore-cluster's first replica
-
-
-
-
-
-
