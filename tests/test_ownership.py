@@ -188,7 +188,7 @@ def test_look_alikes_are_reported_never_touched(cloud):
 
 
 @pytest.mark.usefixtures("prefect_api")
-def test_delete_cluster_removes_every_schedule_and_automation_naming_the_cluster(cloud):
+def test_delete_cluster_removes_every_schedule_and_automation_naming_the_cluster(shared_cloud):
     """Whatever deployment a schedule is on and whatever an automation is called: the health and snapshot
     schedules, a tagged automation, one whose trigger is the cluster's resource; another cluster's stay."""
     import datetime as dt
