@@ -272,7 +272,9 @@ LOCAL: dict[StepKind, Callable[[Run, PlanStep, dict[str, Any]], dict[str, Any] |
     StepKind.DELETE_PKI: lambda run, s, a: _delete_pki(run, s),
     StepKind.DELETE_KEYS: lambda run, s, a: delete_replica_secrets(run.change, a["name"]) and None,
     StepKind.DELETE_SPEC: lambda run, s, a: delete_spec(run.change.cluster, step=s.id),
-    StepKind.WAIT_API: lambda run, s, a: wait_api_ready(run.change.cluster, a["name"], a["ip"], step=s.id),
+    StepKind.WAIT_API: lambda run, s, a: wait_api_ready(
+        run.change.cluster, a["name"], a["ip"], step=s.id, connection=run.change.connection
+    ),
     StepKind.AWAIT: lambda run, s, a: finish(run.change, run.pending.pop(a["step"]), s.id),
     StepKind.STRAND: lambda run, s, a: record_stranded(run.change.cluster, a["name"], a["zone"], step=s.id),
     StepKind.STRAND_REPLACED: lambda run, s, a: record_replacement(
