@@ -652,25 +652,17 @@ def test_boot_runs_controller_manager_and_scheduler_leader_elected(
     root = tmp_path / "root"
     bin_dir = root / KUBE_APISERVER_BIN.lstrip("/").rsplit("/", 1)[0]
 
-    tampered = _boot(
-        boot_script,
-        tmp_path,
-        metadata,
-        env=_fake_curl_env(tmp_path, SERVE_TARBALL=str(tmp_path / "tampered.tar.gz")),
-        steps="install_kubernetes && apply",
-    )
+    def boot_serving(tarball: str) -> subprocess.CompletedProcess:  # install, then apply, as a VM's boot
+        env = _fake_curl_env(tmp_path, SERVE_TARBALL=str(tmp_path / tarball))
+        return _boot(boot_script, tmp_path, metadata, env=env, steps="install_kubernetes && apply")
+
+    tampered = boot_serving("tampered.tar.gz")
     assert tampered.returncode != 0
     assert f"{KUBE_SERVER_TARBALL} {version}: sha512 mismatch (pinned {pinned}); nothing installed" in tampered.stderr
     assert not bin_dir.exists() or list(bin_dir.iterdir()) == []
     assert not (root / "systemctl.log").exists()  # stopped before apply: nothing started
 
-    result = _boot(
-        boot_script,
-        tmp_path,
-        metadata,
-        env=_fake_curl_env(tmp_path, SERVE_TARBALL=str(tmp_path / "server.tar.gz")),
-        steps="install_kubernetes && apply",
-    )
+    result = boot_serving("server.tar.gz")
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in bin_dir.iterdir()) == sorted(KUBE_SERVER_BINARIES)
     calls = (root / "systemctl.log").read_text().splitlines()
