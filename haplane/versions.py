@@ -83,12 +83,14 @@ KUBERNETES_RELEASES: dict[str, KubernetesRelease] = {
     "v1.30.0": KubernetesRelease(
         "v1.30.0",
         # kubernetes/kubernetes CHANGELOG/CHANGELOG-1.30.md, "Downloads for v1.30.0", Server Binaries
+        # (the same at commits 03fe89c2339a and a7f9938cd545)
         "320c934728b8720b08da5a2d4c95cea111e4bc2efa508a8e48393f45037b0cb3"
         "c5331e3ec1f744f83dd57644c6fdd684bdcad9c2fa01108ed2cca6b1046cb821",
     ),
     "v1.31.0": KubernetesRelease(
         "v1.31.0",
         # kubernetes/kubernetes CHANGELOG/CHANGELOG-1.31.md, "Downloads for v1.31.0", Server Binaries
+        # (commit 1892e4deb967)
         "4d73777e4f139c67c4551c1ca30aefa4782b2d9f3e5c48b8b010ffc329065e90"
         "ae9df3fd515cc13534c586f6edd58c3324943ce9ac48e60bb4fa49113a2e09d4",
     ),
