@@ -752,7 +752,15 @@ def test_look_alike_vm_with_the_planned_name(cloud, prefect_api):
     assert touched == [], f"the look-alike was changed: {touched}"
     vm = gce.get_instance(zone, planned)
     assert vm.metadata == {"owner": "mallory"} and vm.labels == {"made-by": "mallory"}
-    assert SecretStore.for_gce(gce).list(cluster) == [], "a key of the cluster reached Secret Manager"
+    # the cluster's own keys are in Secret Manager (its CA is made before any VM), readable by the workers
+    # alone; the look-alike got no key of its own and no grant on any of them
+    store = SecretStore.for_gce(gce)
+    assert store.list(cluster, replica=planned) == [], "a replica key was made for the look-alike"
+    mallory = f"serviceAccount:mallory@{PROJECT}.iam.gserviceaccount.com"
+    for secret in store.list(cluster):
+        policy = store.client.get_iam_policy(request={"resource": secret})
+        members = {m for b in policy.bindings for m in b.members}
+        assert mallory not in members, f"the look-alike's account may read {secret}"
 
     gce.wait(gce.delete_instance(zone, planned, rid=str(uuid.uuid4())))  # the person removes it
     create_cluster(cluster=cluster, region=REGION, zones=[zone], replicas=1, change_id=change_id)
