@@ -1,6 +1,6 @@
-"""Emulated VMs that run real processes: etcd, the API-server stand-in, and the controller-manager
-and scheduler stand-ins (:mod:`haplane.emulator.controllers`: leader election through the local API
-server, on a VM whose metadata carries their certificates).
+"""Emulated VMs that run real processes: etcd, and the API-server stand-in, whose process also runs
+the controller-manager and scheduler stand-ins as threads (:mod:`haplane.emulator.controllers`:
+leader election through the local API server, on a VM whose metadata carries their certificates).
 
 Each VM is a directory under ``STATE_DIR/vms/`` (its disk: ``pki/``,
 ``etcd-data/``, ``logs/``) and up to two supervised processes bound to its
@@ -60,11 +60,11 @@ BACKOFF_MAX_S = 5.0
 # service-account files are not here: the API-server stand-in re-reads them by itself.
 PROC_FILES: dict[str, frozenset[str]] = {
     "etcd": frozenset({"etcd-ca", "etcd-peer-cert", "etcd-peer-key", "etcd-server-cert", "etcd-server-key"}),
+    # the API server's process also runs the controller-manager and scheduler stand-ins (threads)
     "apiserver": frozenset(
         {"ca", "etcd-ca", "apiserver-cert", "apiserver-key", "apiserver-etcd-client-cert", "apiserver-etcd-client-key"}
+        | {"controller-manager-cert", "controller-manager-key", "scheduler-cert", "scheduler-key"}
     ),
-    "controller-manager": frozenset({"ca", "controller-manager-cert", "controller-manager-key"}),
-    "scheduler": frozenset({"ca", "scheduler-cert", "scheduler-key"}),
 }
 # process -> (its Lease in kube-system, its /healthz port); its certificate is TLS_FILES["<process>-cert"]
 CONTROLLERS: dict[str, tuple[str, int]] = {
@@ -387,32 +387,16 @@ class ProcessRuntime:
             if pki is not None:
                 argv += ["--pki-dir", str(pki)]
                 argv += service_account_flags(set(spec.tls) | set(spec.secret_refs), pki)
-            wanted["apiserver"] = argv
             files = set(spec.tls) | set(spec.secret_refs)
-            for name, (component, port) in CONTROLLERS.items():
-                if pki is not None and {"ca", f"{name}-cert", f"{name}-key"} <= files:
-                    wanted[name] = [
-                        self.python,
-                        "-m",
-                        "haplane.emulator.controllers",
-                        "--component",
-                        component,
-                        "--ip",
-                        ip,
-                        "--port",
-                        str(port),
-                        "--hostname",
-                        m.view.name,
-                        "--apiserver-port",
-                        str(spec.apiserver.port),
-                        "--ca-file",
-                        str(pki / TLS_FILES["ca"]),
-                        "--cert-file",
-                        str(pki / TLS_FILES[f"{name}-cert"]),
-                        "--key-file",
-                        str(pki / TLS_FILES[f"{name}-key"]),
-                        *leader_election_flags(self.time_scale()),
-                    ]
+            controllers = [
+                f"{component}:{port}:{pki / TLS_FILES[f'{name}-cert']}:{pki / TLS_FILES[f'{name}-key']}"
+                for name, (component, port) in CONTROLLERS.items()
+                if pki is not None and {"ca", f"{name}-cert", f"{name}-key"} <= files
+            ]
+            if controllers:  # threads of the API server's process: one Python process per VM, not three
+                argv += [arg for c in controllers for arg in ("--controller", c)]
+                argv += leader_election_flags(self.time_scale())
+            wanted["apiserver"] = argv
         wrap = self.network.exec_prefix(m.view) if self.network is not None else []
         for name, argv in wanted.items():
             proc = m.procs.get(name)
