@@ -49,7 +49,7 @@ def _stat(pid: int) -> tuple[float, int] | None:
     return (int(fields[11]) + int(fields[12])) / TICK, int(fields[21]) * PAGE
 
 
-def boot_cluster(clients, name: str) -> list[tuple[str, str]]:
+def boot_cluster(clients, name: str, apiserver: bool = True, heartbeat_ms: int = 100) -> list[tuple[str, str]]:
     """Three VMs of one cluster, configured as create-cluster's metadata does; [(zone, vm name)]."""
     cas = create_cluster_cas(name)
     vms = []
@@ -66,7 +66,11 @@ def boot_cluster(clients, name: str) -> list[tuple[str, str]]:
         ip = vm.network_interfaces[0].network_i_p
         certs = issue_replica_certs(cas, hostname=vm.name, internal_ip=ip, endpoint_ip=ip)
         spec = NodeSpec(
-            etcd=EtcdSpec(name=vm.name, initial_cluster=initial), apiserver=ApiServerSpec(), tls=node_tls(cas, certs)
+            etcd=EtcdSpec(
+                name=vm.name, initial_cluster=initial, heartbeat_ms=heartbeat_ms, election_ms=10 * heartbeat_ms
+            ),
+            apiserver=ApiServerSpec() if apiserver else None,
+            tls=node_tls(cas, certs),
         )
         items = [compute_v1.Items(key=k, value=v) for k, v in spec.to_metadata().items()]
         metadata = compute_v1.Metadata(fingerprint=vm.metadata.fingerprint, items=items)
@@ -84,13 +88,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clusters", type=int, default=1)
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--settle", type=float, default=20.0, help="seconds after every process runs, before measuring")
+    p.add_argument("--no-apiserver", action="store_true", help="etcd alone (what etcd costs without its clients)")
+    p.add_argument("--heartbeat-ms", type=int, default=100, help="etcd's heartbeat interval (election timeout x10)")
     args = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="haplane-vm-"))
     emulator = Emulator(state_dir=work / "emu", runtime=ProcessRuntime(work / "emu"), profile="instant")
     emulator.start()
     try:
         clients = compute_clients(emulator.url)
-        vms = [vm for c in range(args.clusters) for vm in boot_cluster(clients, f"c{c}")]
+        vms = [
+            vm
+            for c in range(args.clusters)
+            for vm in boot_cluster(clients, f"c{c}", not args.no_apiserver, args.heartbeat_ms)
+        ]
         admin = EmulatorAdmin(emulator.url)
         deadline = time.monotonic() + 120
         while True:
