@@ -262,8 +262,8 @@ def run(args: argparse.Namespace, work: Path) -> dict:
                     )
                 )
             setup_workspace(clusters=names, health_interval=args.interval, connection="fleet")
-            vm = vm_cost(emulator, 10.0)
-            say(f"one VM: {vm[0]:.0f} MB RSS, {vm[1]:.1f} % of a core ({vm[2]} processes)")
+            one_vm = vm_cost(emulator, 10.0)
+            say(f"one VM: {one_vm[0]:.0f} MB RSS, {one_vm[1]:.1f} % of a core ({one_vm[2]} processes)")
             pids = {"prefect server": server.proc.pid, "postgresql": _postmaster(pg)}
             pids |= {f"worker {i}": w.proc.pid for i, w in enumerate(workers)}
             if args.watch:
@@ -286,14 +286,14 @@ def run(args: argparse.Namespace, work: Path) -> dict:
             steady_to = time.time()
             say("steady state measured; killing replicas")
 
-            victims = {}
+            victims, zones = {}, {}
             for name in names[: args.kill] if args.watch else names[:: args.kill_every]:
-                vm = sorted(gce.list_instances(ZONES, labels={"haplane-cluster": name}), key=lambda v: v.name)[0]
-                victims[name] = vm.name
-            killed_at = time.time()
+                first = sorted(gce.list_instances(ZONES, labels={"haplane-cluster": name}), key=lambda v: v.name)[0]
+                victims[name], zones[name] = first.name, first.zone
+            killed_at = time.time()  # the VMs looked up first: the kills follow each other within moments
             for name, vm in victims.items():
-                zone = next(v.zone for v in gce.list_instances(ZONES, labels={"haplane-cluster": name}) if v.name == vm)
-                admin.kill_vm(PROJECT, zone, vm)
+                admin.kill_vm(PROJECT, zones[name], vm)
+            say(f"{len(victims)} replicas killed in {time.time() - killed_at:.1f} s")
             healed: dict[str, float] = {}
             deadline = time.monotonic() + args.heal_timeout
             with Sampler(pids) as healing:
@@ -340,7 +340,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
                 "args": args,
                 "detected": detected,
                 "started": started,
-                "vm": vm,
+                "vm": one_vm,
                 "api": api,
                 "started_in_steady": _started_in(api, steady_from, steady_to),
             }  # while the server still runs
