@@ -310,6 +310,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
                     time.sleep(3)
             end = time.time()
             checks = runs(api, "health-check")
+            replaces = [r for r in runs(api, "replace-replica") if r["start_time"] and ts(r["start_time"]) > killed_at]
             rids = [f"haplane.cluster.{c}.replica.{vm}" for c, vm in victims.items()]
             seen = first_events(api, "haplane.replica.unhealthy", killed_at, rids) if args.watch else {}
             detected = {
@@ -341,6 +342,8 @@ def run(args: argparse.Namespace, work: Path) -> dict:
                 "detected": detected,
                 "started": started,
                 "vm": one_vm,
+                "killed_at": killed_at,
+                "replaces": replaces,
                 "api": api,
                 "started_in_steady": _started_in(api, steady_from, steady_to),
             }  # while the server still runs
@@ -492,6 +495,15 @@ def report(r: dict) -> None:
         print(f"{'kill -> healthy, median s':<58}{statistics.median(heal):>12.1f}")
         print(f"{'kill -> healthy, worst s':<58}{heal[-1]:>12.1f}")
     if args.watch:
+        after = [c for c in checks if c["start_time"] and ts(c["start_time"]) > r["killed_at"]]
+        healing_cpu = sum(r["healing"].figures(n)["cpu_s"] for n in r["healing"].pids if n.startswith("worker"))
+        print(
+            f"{'health checks / replace-replica runs started after the kill':<58}{len(after):>6} / {len(r['replaces'])}"
+        )
+        if after:
+            print(f"{'workers: CPU s per health check (their replaces included)':<58}{healing_cpu / len(after):>12.2f}")
+        f = r["healing"].figures("prefect server")
+        print(f"{'prefect server while healing: CPU % of one core':<58}{f['cpu_pct']:>12.1f}")
         w = r["healing"].figures("watcher")
         print(f"{'watcher while healing: CPU % of one core':<58}{w['cpu_pct']:>12.1f}")
     print()
