@@ -19,6 +19,7 @@ import httpx
 import pytest
 from google.cloud import compute_v1
 
+from haplane.emulator import apiserver, controllers
 from haplane.emulator.admin import EmulatorAdmin
 from haplane.emulator.server import Emulator
 from haplane.emulator.vm import ProcessRuntime
@@ -229,3 +230,12 @@ def test_emulator_command_stops_every_vm_process_on_sigterm(tmp_path):
         assert not any(_answers(f"http://{ip}:{port}/healthz") for port in (CONTROLLER_MANAGER_PORT, SCHEDULER_PORT))
     finally:
         stop_group(proc, grace=5)
+
+
+def test_the_api_servers_controller_flag_names_a_known_component_or_is_refused():
+    c = controllers.Component.parse("kube-scheduler:10259:/pki/scheduler.crt:/pki/scheduler.key")
+    assert c == controllers.Component("kube-scheduler", 10259, "/pki/scheduler.crt", "/pki/scheduler.key")
+    with pytest.raises(ValueError, match="unknown component 'kube-proxy'"):
+        controllers.Component.parse("kube-proxy:10256:/a:/b")
+    with pytest.raises(SystemExit):  # argparse's error, before anything is served
+        apiserver.main(["--ip", "127.0.0.1", "--etcd-url", "http://127.0.0.1:2379", "--controller", "kube-proxy:1:a:b"])
