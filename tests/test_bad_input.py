@@ -157,9 +157,9 @@ CASES = CHANGE_ID_CASES + [
         r"kubernetes_version[\s\S]*'v1\.30\.0' or 'v1\.31\.0'",
     ),
     Case(
-        "real GCE and a release with no pinned sha256",
-        _create(),
-        r"refused by rule pinned-sha256: kube-apiserver v1\.30\.0 has no pinned sha256",
+        "real GCE and a release with no pinned checksum",
+        _create(etcd_version="3.4.23"),
+        r"refused by rule pinned-checksum: etcd 3\.4\.23 has no pinned sha256 of etcd-v3\.4\.23-linux-amd64\.tar\.gz",
         env={"HAPLANE_GCE_ENDPOINT": None},
     ),
     Case(

