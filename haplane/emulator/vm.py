@@ -14,6 +14,7 @@ handler threads only record what should run and wake it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -126,6 +127,12 @@ class Proc:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
+
+    def send(self, sig: int) -> None:
+        """Send ``sig`` to its process group without waiting (:meth:`terminate` waits)."""
+        if self.popen is not None and self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.popen.pid, sig)
 
     def terminate(self, sig: int = signal.SIGTERM, grace: float = 5.0) -> None:
         if self.popen is not None:
@@ -336,9 +343,12 @@ class ProcessRuntime:
             self._wake.notify_all()
         self._supervisor.join(5)
         try:
-            for m in machines:
-                for p in m.procs.values():
-                    p.terminate(grace=3.0)
+            procs = [p for m in machines for p in m.procs.values()]
+            for p in procs:  # every VM at once: one after another, 54 VMs took minutes to stop
+                p.send(signal.SIGTERM)
+            deadline = time.monotonic() + 3.0
+            for p in procs:
+                p.terminate(grace=max(0.1, deadline - time.monotonic()))
         finally:
             self.forwarder.shutdown()
             self._health.close()
