@@ -14,11 +14,9 @@ import pytest
 
 from deployments.setup import setup_workspace
 from flows.create_cluster import create_cluster
+from haplane.testing import REGION, ZONES
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
-
-REGION = "europe-west1"
-ZONES = ["europe-west1-b", "europe-west1-c", "europe-west1-d"]
 
 
 @dataclass(frozen=True)
@@ -190,24 +188,6 @@ CASES = CHANGE_ID_CASES + [
 ]
 
 
-@pytest.fixture(scope="module")
-def shared_cloud(tmp_path_factory):
-    """One emulator for the whole table (each case clears its call log)."""
-    from haplane.emulator.admin import EmulatorAdmin
-    from haplane.emulator.server import Emulator
-    from haplane.emulator.vm import ProcessRuntime
-
-    state = tmp_path_factory.mktemp("bad-input-emulator")
-    emulator = Emulator(state_dir=state, runtime=ProcessRuntime(state))
-    emulator.start()
-    admin = EmulatorAdmin(emulator.url)
-    try:
-        yield emulator, admin
-    finally:
-        admin.close()
-        emulator.stop()
-
-
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_bad_input_is_refused_before_any_change(case: Case, shared_cloud, monkeypatch):
     from prefect.client.orchestration import get_client
@@ -215,7 +195,7 @@ def test_bad_input_is_refused_before_any_change(case: Case, shared_cloud, monkey
 
     from tests.fixtures.cluster import MUTATING, PROJECT
 
-    emulator, admin = shared_cloud
+    emulator, admin = shared_cloud.emulator, shared_cloud.admin  # the run's one emulator
     monkeypatch.setenv("HAPLANE_GCE_ENDPOINT", emulator.url)
     monkeypatch.setenv("HAPLANE_PROJECT", PROJECT)
     monkeypatch.setenv("HAPLANE_GCE_TOKEN", emulator.workers_token)
