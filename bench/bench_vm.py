@@ -19,19 +19,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
+from google.auth.credentials import AnonymousCredentials
 from google.cloud import compute_v1
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # tests.fixtures.emulator (the real compute_v1 clients)
-
-from haplane.emulator.admin import EmulatorAdmin  # noqa: E402
-from haplane.emulator.server import Emulator  # noqa: E402
-from haplane.emulator.vm import ProcessRuntime  # noqa: E402
-from haplane.node import ApiServerSpec, EtcdSpec, NodeSpec, peer_url  # noqa: E402
-from haplane.pki import create_cluster_cas, issue_replica_certs, node_tls  # noqa: E402
-from tests.fixtures.emulator import compute_clients, wait_op  # noqa: E402
+from haplane.emulator.admin import EmulatorAdmin
+from haplane.emulator.server import Emulator
+from haplane.emulator.vm import ProcessRuntime
+from haplane.node import ApiServerSpec, EtcdSpec, NodeSpec, peer_url
+from haplane.pki import create_cluster_cas, issue_replica_certs, node_tls
 
 PROJECT = "vm-bench"
 REGION = "us-central1"
@@ -47,6 +44,25 @@ def _stat(pid: int) -> tuple[float, int] | None:
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) / TICK, int(fields[21]) * PAGE
+
+
+def compute_clients(url: str) -> SimpleNamespace:
+    """The real compute_v1 clients this bench uses, pointed at the emulator."""
+    options, credentials = {"api_endpoint": url}, AnonymousCredentials()
+    return SimpleNamespace(
+        instances=compute_v1.InstancesClient(client_options=options, credentials=credentials),
+        zone_operations=compute_v1.ZoneOperationsClient(client_options=options, credentials=credentials),
+    )
+
+
+def wait_op(clients: SimpleNamespace, op: compute_v1.Operation, timeout: float = 60.0) -> None:
+    """Wait for a zonal operation until DONE."""
+    zone = op.zone.rsplit("/", 1)[1]
+    deadline = time.monotonic() + timeout
+    while op.status != compute_v1.Operation.Status.DONE:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"operation {op.name} not DONE after {timeout} s")
+        op = clients.zone_operations.wait(project=PROJECT, zone=zone, operation=op.name)
 
 
 def boot_cluster(clients, name: str, apiserver: bool = True, heartbeat_ms: int = 100) -> list[tuple[str, str]]:
