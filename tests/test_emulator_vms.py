@@ -19,11 +19,20 @@ import httpx
 import pytest
 from google.cloud import compute_v1
 
+from haplane.emulator import apiserver, controllers
 from haplane.emulator.admin import EmulatorAdmin
 from haplane.emulator.server import Emulator
 from haplane.emulator.vm import ProcessRuntime
 from haplane.etcd import EtcdClient, EtcdTLS
-from haplane.node import ApiServerSpec, EtcdSpec, NodeSpec, client_url, peer_url
+from haplane.node import (
+    CONTROLLER_MANAGER_PORT,
+    SCHEDULER_PORT,
+    ApiServerSpec,
+    EtcdSpec,
+    NodeSpec,
+    client_url,
+    peer_url,
+)
 from haplane.pki import create_cluster_cas, issue_replica_certs, node_tls
 from haplane.processes import stop_group
 from tests.fixtures.emulator import compute_clients, wait_op
@@ -71,6 +80,13 @@ def _configure(clients, cas, vm: compute_v1.Instance, zone: str, initial: str, e
         metadata_resource=compute_v1.Metadata(fingerprint=vm.metadata.fingerprint, items=items),
     )
     wait_op(clients, op)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).text == "ok"
+    except httpx.HTTPError:
+        return False
 
 
 def _wait_healthy(client: EtcdClient, endpoints: list[str], timeout: float = 60) -> None:
@@ -198,12 +214,28 @@ def test_emulator_command_stops_every_vm_process_on_sigterm(tmp_path):
                     break
                 time.sleep(0.2)
             pids = [p["pid"] for p in procs.values()]
-        # etcd, the API server, and the controller-manager and scheduler stand-ins (their certificates are there)
-        assert set(procs) == {"etcd", "apiserver", "controller-manager", "scheduler"}, procs
+        # etcd, and the API server whose process runs the controller-manager and scheduler stand-ins
+        # (their certificates are there): both answer /healthz on the VM's address
+        assert set(procs) == {"etcd", "apiserver"}, procs
         assert all(_alive(p) for p in pids)
+        for port in (CONTROLLER_MANAGER_PORT, SCHEDULER_PORT):
+            deadline = time.monotonic() + 30
+            while not _answers(f"http://{ip}:{port}/healthz") and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert _answers(f"http://{ip}:{port}/healthz"), port
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
         time.sleep(0.5)
         assert not any(_alive(p) for p in pids)
+        assert not any(_answers(f"http://{ip}:{port}/healthz") for port in (CONTROLLER_MANAGER_PORT, SCHEDULER_PORT))
     finally:
         stop_group(proc, grace=5)
+
+
+def test_the_api_servers_controller_flag_names_a_known_component_or_is_refused():
+    c = controllers.Component.parse("kube-scheduler:10259:/pki/scheduler.crt:/pki/scheduler.key")
+    assert c == controllers.Component("kube-scheduler", 10259, "/pki/scheduler.crt", "/pki/scheduler.key")
+    with pytest.raises(ValueError, match="unknown component 'kube-proxy'"):
+        controllers.Component.parse("kube-proxy:10256:/a:/b")
+    with pytest.raises(SystemExit):  # argparse's error, before anything is served
+        apiserver.main(["--ip", "127.0.0.1", "--etcd-url", "http://127.0.0.1:2379", "--controller", "kube-proxy:1:a:b"])

@@ -32,7 +32,8 @@ handshake). While it runs, the stand-in keeps ``/registry/masterleases/<ip>`` in
 etcd lease (kube-apiserver's lease endpoint reconciler) and deletes it when it stops.
 
 Run as its own process (``python -m haplane.emulator.apiserver ...``) so
-that killing a VM kills it too.
+that killing a VM kills it too; with ``--controller`` the controller-manager and scheduler stand-ins
+of :mod:`haplane.emulator.controllers` run in that process as threads (one Python process per VM).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ from pathlib import Path
 import httpx
 
 from haplane import serviceaccount
-from haplane.emulator import kubeapi
+from haplane.emulator import controllers, kubeapi
 from haplane.node import CONTROLLER_MANAGER_PORT, SCHEDULER_PORT, TLS_FILES
 from haplane.startup import KUBERNETES_VERSION
 
@@ -471,7 +472,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--service-account-key-file", type=Path, help="public keys that verify service-account tokens")
     p.add_argument("--service-account-signing-key-file", type=Path, help="private key that signs them")
     p.add_argument("--service-account-issuer", default=serviceaccount.ISSUER)
+    p.add_argument(
+        "--controller",
+        action="append",
+        default=[],
+        metavar="NAME:PORT:CERT:KEY",
+        help="run this controller-manager or scheduler stand-in in this process (needs --client-ca-file)",
+    )
+    p.add_argument("--leader-elect-lease-duration", type=float, default=15.0)
+    p.add_argument("--leader-elect-renew-deadline", type=float, default=10.0)
+    p.add_argument("--leader-elect-retry-period", type=float, default=2.0)
     args = p.parse_args(argv)
+    try:
+        components = [controllers.Component.parse(c) for c in args.controller]
+    except ValueError as exc:
+        p.error(f"--controller: {exc}")
+    if components and not args.client_ca_file:
+        p.error("--controller needs --client-ca-file (the CA the stand-ins verify this server with)")
     sa = ServiceAccounts(
         KeyFile(args.service_account_signing_key_file),
         KeyFile(args.service_account_key_file),
@@ -508,8 +525,14 @@ def main(argv: list[str] | None = None) -> int:
         target=keep_master_lease, args=(kubeapi.EtcdKv(etcd, args.etcd_url), args.ip, stop), daemon=True
     )
     reconciler.start()
+    timings = (args.leader_elect_lease_duration, args.leader_elect_renew_deadline, args.leader_elect_retry_period)
+    threads = controllers.start_components(
+        components, args.ip, args.name, args.port, str(args.client_ca_file), timings, stop
+    )
     stop.wait()
     reconciler.join(3)
+    for t in threads:
+        t.join(3)
     api.shutdown()
     health.shutdown()
     return 0
