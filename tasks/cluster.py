@@ -371,16 +371,6 @@ def gce_footprint(cluster: str, region: str, connection: str | None, ours_only: 
     return found
 
 
-def check_gone_from_gce(cluster: str, region: str, connection: str | None) -> None:
-    """Before delete-cluster removes the CA and the spec: nothing of the cluster may be left in GCE."""
-    left = gce_footprint(cluster, region, connection, ours_only=True)
-    if left:
-        raise RuntimeError(
-            f"cluster {cluster!r} still has {', '.join(left)} in GCE; its spec and PKI are kept: "
-            f"run delete-cluster again"
-        )
-
-
 def forget_cluster(cluster: str) -> list[str]:
     """After a cluster is gone from GCE: its locks (the limits ``cluster-<name>`` and ``health-<name>``).
     Its schedules and automations are the workspace's (:func:`deployments.clusters.forget_cluster`, called by

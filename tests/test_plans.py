@@ -226,8 +226,9 @@ def test_a_removal_resumed_once_its_replica_is_gone_deletes_it_again_and_nothing
     # its run was killed while the VM was being deleted: VM and etcd member gone, its keys not yet
     two = cluster(replica(0, "us-central1-a"), replica(2, "us-central1-c"))
     plan = plan_removed(two, "c-master-1", "us-central1-b", prefix="remove/")
-    assert plan.ids == ("remove/delete-vm/c-master-1",) and plan.voting_after == 2
+    assert plan.ids == ("remove/delete-vm/c-master-1", "remove/delete-keys/c-master-1") and plan.voting_after == 2
     assert plan.steps[0].arguments == {"zone": "us-central1-b", "name": "c-master-1"}
+    assert plan.steps[1].arguments == {"name": "c-master-1"}
     # its VM was gone before the removal started: its private keys are still deleted
     assert plan_removed(two, "c-master-1", "?").ids == ("delete-keys/c-master-1",)
     with pytest.raises(PlanRefused, match="still in"):
@@ -399,11 +400,18 @@ PINNED = {
             "member/c-master-0",
             "quorum/c-master-0",
             "delete-vm/c-master-0",
+            "delete-keys/c-master-0",
         ),
     ),
     "remove 2->1 (always)": (
         lambda: plan_remove(TWO, "us-central1-b", None, mode="always"),
-        ("pool-remove/c-master-1", "member/c-master-1", "quorum/c-master-1", "delete-vm/c-master-1"),
+        (
+            "pool-remove/c-master-1",
+            "member/c-master-1",
+            "quorum/c-master-1",
+            "delete-vm/c-master-1",
+            "delete-keys/c-master-1",
+        ),
     ),
     "remove 2->1": (
         lambda: plan_remove(TWO, "us-central1-b", None),
@@ -416,6 +424,7 @@ PINNED = {
             "delete-target-pool",
             "delete-health-check",
             "delete-vm/c-master-1",
+            "delete-keys/c-master-1",
         ),
     ),
     "replace": (
@@ -425,6 +434,7 @@ PINNED = {
             "remove/member/c-master-1",
             "remove/quorum/c-master-1",
             "remove/delete-vm/c-master-1",
+            "remove/delete-keys/c-master-1",
             "add/vm/c-master-fc142",
             "add/learner/c-master-fc142",
             "add/configure/c-master-fc142",
@@ -515,11 +525,11 @@ def test_removal_steps_follow_the_remove_order(case, make):
         assert "delete-vm" not in kinds and "pool-remove" not in kinds
 
 
-def test_every_step_kind_has_an_executor():
+def test_every_step_kind_has_a_handler():
     from haplane.steps import StepKind
-    from tasks.execute import GCE, LOCAL
+    from tasks.kinds import registry
 
-    assert set(GCE) | set(LOCAL) == set(StepKind) and not set(GCE) & set(LOCAL)
+    assert set(registry()) == set(StepKind)
 
 
 def test_side_by_side_steps_are_grouped_and_nothing_else():
