@@ -120,3 +120,74 @@ def test_tasks_blocks_and_the_library_do_not_import_the_workspace_setup():
     files = [p for p in _py("tasks", "blocks", "haplane") if p != ROOT / "haplane" / "cli.py"]
     assert _violations(files, ("deployments",)) == []
     assert _violations([ROOT / "haplane" / "cli.py"], ("deployments",)), "the scan sees the command line's import"
+
+
+def test_the_executor_names_no_step_kind():
+    """tasks/execute.py is generic: what a kind does lives in its module of tasks/kinds/, not in the executor
+    (no ``StepKind`` at all, no kind's value as a string)."""
+    from haplane.steps import StepKind
+
+    source = (ROOT / "tasks" / "execute.py").read_text()
+    tree = ast.parse(source)
+    names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} | {
+        n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)
+    }
+    strings = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+    assert "StepKind" not in names and "StepKind" not in _imported_names(tree)
+    assert not names & {k.name for k in StepKind}, "the executor names a step kind"
+    assert not strings & {k.value for k in StepKind}, "the executor names a step kind"
+
+
+def _imported_names(tree: ast.AST) -> set[str]:
+    return {a.asname or a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
+
+
+def test_the_executor_check_sees_a_kind():
+    """The check above can fail: the module that handles the VM kinds names them."""
+    tree = ast.parse((ROOT / "tasks" / "kinds" / "vm.py").read_text())
+    assert "StepKind" in _imported_names(tree)
+
+
+def test_every_step_kind_has_exactly_one_handler_module():
+    from haplane.steps import StepKind
+    from tasks.kinds import handler_modules
+
+    modules = handler_modules()
+    homes: dict[StepKind, list[str]] = {k: [] for k in StepKind}
+    for module, kinds in modules.items():
+        assert kinds, f"tasks/kinds/{module}.py handles no step kind"
+        for k in kinds:
+            homes[k.kind].append(module)
+    assert {k.value: m for k, m in homes.items() if len(m) != 1} == {}
+
+
+def test_the_step_kinds_and_the_executor_are_in_no_import_circle():
+    """Module-level imports among the project's own modules: nothing that tasks.kinds or tasks.execute
+    reaches imports them back (the registry finds the kind modules at run time, not by import)."""
+    own = ("haplane", "tasks", "flows", "blocks", "deployments")
+    graph: dict[str, set[str]] = {}
+    for p in _py(*own):
+        rel = p.relative_to(ROOT).with_suffix("")
+        module = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        tree = ast.parse(p.read_text(), filename=str(p))
+        found: set[str] = set()
+        for node in tree.body:  # module level: what importing the module imports
+            if isinstance(node, ast.Import):
+                found |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+        graph[module] = {m for m in found if m.split(".")[0] in own}
+
+    def reach(start: str) -> set[str]:
+        seen, todo = set(), [start]
+        while todo:
+            m = todo.pop()
+            for n in graph.get(m, ()):
+                if n in graph and n not in seen:
+                    seen.add(n)
+                    todo.append(n)
+        return seen
+
+    kinds = [m for m in graph if m == "tasks.kinds" or m.startswith("tasks.kinds.")]
+    assert len(kinds) > 10 and "tasks.kinds" in reach("tasks.kinds.vm"), "the scan sees the imports"
+    assert [m for m in [*kinds, "tasks.execute"] if m in reach(m)] == []

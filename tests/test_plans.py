@@ -12,11 +12,14 @@ from haplane.plans import (
     member_health,
     plan_add,
     plan_create,
+    plan_delete,
+    plan_delete_stranded,
     plan_remove,
     plan_removed,
     plan_replace,
 )
 from haplane.quorum import Reason
+from haplane.steps import StepKind
 from haplane.topology import (
     TopologyError,
     check_cluster_name,
@@ -523,6 +526,47 @@ def test_removal_steps_follow_the_remove_order(case, make):
     assert kinds == [k for k in order if k in kinds]
     if case.startswith("remove a member"):
         assert "delete-vm" not in kinds and "pool-remove" not in kinds
+
+
+# --- the plan says what the run does -------------------------------------------------------------------
+
+
+def _stranded_two() -> tuple[ClusterState, list[tuple[str, str]]]:
+    state = cluster(replica(0, "us-central1-a"), replica(1, "us-central1-b", member_id=None), replica(2, "us-central1-c"))
+    return state, [("c-master-1", "us-central1-b")]
+
+
+DELETES_VMS = {
+    "remove 3->2": lambda: plan_remove(THREE, "us-central1-a", None),
+    "remove 2->1": lambda: plan_remove(TWO, "us-central1-b", None),
+    "removal resumed": lambda: plan_removed(TWO_OF_THREE, "c-master-1", "us-central1-b", prefix="remove/"),
+    "replace": lambda: plan_replace(THREE, "c-master-1", "replace-1", KNOWN, KNOWN[:3])[0],
+    "stranded": lambda: plan_delete_stranded(*_stranded_two()),
+}
+TWO_OF_THREE = cluster(replica(0, "us-central1-a"), replica(2, "us-central1-c"))
+
+
+@pytest.mark.parametrize("case", list(DELETES_VMS))
+def test_a_deleted_vms_private_keys_are_a_step_after_it(case):
+    """The run deletes a replica's keys in Secret Manager when it deletes its VM: the dry run lists that
+    step (``delete-keys/<name>``, after the VM's deletion), the run does not do it on the side."""
+    steps = DELETES_VMS[case]().steps
+    vms = [(i, s.arguments["name"]) for i, s in enumerate(steps) if s.kind is StepKind.DELETE_VM]
+    assert vms
+    for i, name in vms:
+        keys = [s for s in steps[i + 1 :] if s.kind is StepKind.DELETE_KEYS and s.arguments["name"] == name]
+        assert len(keys) == 1 and keys[0].id.endswith(f"delete-keys/{name}"), [s.id for s in steps]
+
+
+def test_delete_cluster_checks_gce_is_empty_before_the_keys_and_cas_go():
+    """delete-cluster: every GCE deletion, then the footprint check, then the secrets, the CAs, the spec;
+    each a step of its own (the check failing stops the run before anything that cannot be had back)."""
+    plan = plan_delete(THREE)
+    kinds = [s.kind for s in plan.steps]
+    tail = [StepKind.CHECK_GONE, StepKind.DELETE_CLUSTER_KEYS, StepKind.DELETE_PKI, StepKind.DELETE_SPEC]
+    assert kinds[-4:] == tail
+    assert plan.ids[-4:] == ("gone-from-gce", "keys", "pki", "spec")
+    assert not set(kinds[:-4]) & set(tail) and StepKind.DELETE_VM in kinds[:-4]
 
 
 def test_every_step_kind_has_a_handler():
