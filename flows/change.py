@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from blocks.cluster import ClusterSpec
 from haplane.model import ClusterState
+from haplane.ownership import SpecWhere, check_project
 from haplane.plans import Plan
 from tasks.cluster import cluster_lock, observe_cluster, publish_plan, publish_report
 from tasks.execute import Run, execute
@@ -47,6 +48,11 @@ def run_change(
     def observe() -> ClusterState:
         return observe_cluster(change.cluster, spec.region, change.connection, tolerate_zones=tolerate_zones)
 
+    # a connection to another project than the spec's sees another cluster: refused before any key
+    # is read or anything is changed
+    check_project(
+        change.cluster, change.gce().project, SpecWhere(spec.region, spec.project, spec.uid), "nothing was changed"
+    )
     if dry_run:
         check_keys(change.cluster, change.connection)  # a key that cannot be read: refused, as the run would be
         plan = plan_for(observe(), False)

@@ -150,7 +150,12 @@ def rotate_certificates(
                     ),
                 )
                 wait_api_ready(
-                    cluster, r.name, r.internal_ip, step=f"service-account/api-ready/{r.name}", timeout=120.0
+                    cluster,
+                    r.name,
+                    r.internal_ip,
+                    step=f"service-account/api-ready/{r.name}",
+                    timeout=120.0,
+                    connection=connection,
                 )
     return publish_report(observe_cluster(cluster, spec.region, connection), f"rotated by run {flow_run.get_id()}")
 
@@ -165,5 +170,12 @@ def _trust(change: Change, r: ReplicaState, ips: list[str], *, drop_previous: bo
         change, Step(submit_deliver_trust, f"ca/{phase}/{r.name}", f"{r.name} {what}", (r.zone, r.name, drop_previous))
     )
     wait_etcd_trust(change, r.zone, r.name, dropped=drop_previous)
-    wait_api_ready(change.cluster, r.name, r.internal_ip, step=f"ca/{phase}/api-ready/{r.name}", timeout=120.0)
+    wait_api_ready(
+        change.cluster,
+        r.name,
+        r.internal_ip,
+        step=f"ca/{phase}/api-ready/{r.name}",
+        timeout=120.0,
+        connection=change.connection,
+    )
     wait_quorum(change.cluster, ips, expect_voting=len(ips), connection=change.connection)

@@ -17,6 +17,7 @@ from pydantic import TypeAdapter
 
 from blocks import delete_block_document
 from blocks.cluster import ClusterSpec, resolve_gce
+from blocks.pki import CA
 from blocks.store import update_spec
 from haplane.locks import (  # noqa: F401 - the lock is haplane.locks'; flows and tests take it from here
     LOCK_WAIT_S,
@@ -33,7 +34,7 @@ from haplane.observe import observe
 from haplane.ownership import SpecWhere, owned, uid_in
 from haplane.plans import Plan
 from haplane.topology import LABEL_CLUSTER, LABEL_UID, ClusterNames
-from tasks.pki import load_certs, read_cas
+from tasks.pki import load_cas, load_certs, read_cas
 from tasks.steps import Change, cluster_uid, probe
 
 
@@ -247,9 +248,18 @@ def format_table(rows: list[dict[str, str]]) -> str:
 
 
 @probe(task_run_name="{step}")
-def wait_api_ready(cluster: str, name: str, ip: str, step: str = "api-ready", timeout: float = 180.0) -> None:
+def wait_api_ready(
+    cluster: str,
+    name: str,
+    ip: str,
+    step: str = "api-ready",
+    timeout: float = 180.0,
+    connection: str | None = None,
+) -> None:
     """Wait until the replica's API server answers /readyz (TLS verified against the cluster CA): a
-    replica joins the load balancer's pool once it would pass the pool's health check."""
+    replica joins the load balancer's pool once it would pass the pool's health check. Then until its
+    controller-manager and scheduler run, asked with a short-lived client certificate of the cluster CA
+    (its key read from Secret Manager with ``connection``'s credentials, kept in memory)."""
     import ssl
     import time
 
@@ -278,7 +288,10 @@ def wait_api_ready(cluster: str, name: str, ip: str, step: str = "api-ready", ti
             raise TimeoutError(f"the API server of {name} ({ip}) was not ready after {timeout:.0f} s: {last}")
     # a whole master: its controller-manager and scheduler run too (the API server's componentstatuses),
     # so that a replica is not reported "not running" for the moment they take to start after it
-    with httpx.Client(verify=client_context(cas.ca_bundle(), *_observer_client(cas)), timeout=2.0) as http:
+    signer = load_cas(cluster, connection, names=(CA,))
+    if signer is None:
+        raise RuntimeError(f"no PKI for cluster {cluster!r}: cannot ask {name}'s API server for its components")
+    with httpx.Client(verify=client_context(cas.ca_bundle(), *_observer_client(signer)), timeout=2.0) as http:
         while time.monotonic() < deadline:
             down, why = _components(http, ip)
             if down == ():

@@ -7,5 +7,10 @@ from tasks.cluster import wait_api_ready
 from tasks.kinds import Kind
 
 KINDS = (
-    Kind(StepKind.WAIT_API, act=lambda run, s, a: wait_api_ready(run.change.cluster, a["name"], a["ip"], step=s.id)),
+    Kind(
+        StepKind.WAIT_API,
+        act=lambda run, s, a: wait_api_ready(
+            run.change.cluster, a["name"], a["ip"], step=s.id, connection=run.change.connection
+        ),
+    ),
 )
