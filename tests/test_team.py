@@ -97,7 +97,6 @@ def checkpoint_steps(api: str, flow_run_id: str) -> list[tuple[str, str]]:
     """(step, state name) of the run's checkpointed steps (tasks made with ``tasks.steps.checkpoint``)."""
     import importlib
 
-    import tasks.etcd
     import tasks.pki
     import tasks.steps
     from tasks.kinds import handler_modules
@@ -106,7 +105,7 @@ def checkpoint_steps(api: str, flow_run_id: str) -> list[tuple[str, str]]:
     kinds = [importlib.import_module(f"tasks.kinds.{m}") for m in handler_modules()]
     fns = {
         t.fn.__name__
-        for m in (tasks.etcd, tasks.pki, tasks.steps, *kinds)
+        for m in (tasks.pki, tasks.steps, *kinds)
         for t in vars(m).values()
         if isinstance(t, CheckpointTask)
     }
