@@ -269,3 +269,55 @@ def test_an_unauthenticated_request_is_refused_and_starts_nothing(prefect_on_pos
         assert out.returncode == 1, out
         assert "PREFECT_API_AUTH_STRING" in out.stderr and "401" in out.stderr, out.stderr
         assert "Traceback" not in out.stderr, out.stderr
+
+
+def test_the_watcher_works_with_the_credential_and_names_it_without(prefect_on_postgres, team_workspace, tmp_path):
+    """``haplane watch`` as the production set-up runs it (PREFECT_API_AUTH_STRING set, the workspace's
+    connection): its heartbeat reaches the authenticated server. Without the credential it stops at once
+    and names the setting to fix, without a traceback."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from haplane.processes import stop_group
+    from tests.test_watch_flow import eventually
+
+    api = prefect_on_postgres.url
+    haplane = str(Path(sys.executable).parent / "haplane")
+
+    def heartbeats(name: str) -> list[dict]:
+        body = {"filter": {"event": {"name": ["haplane.watch.alive"]}}, "limit": 50}
+        found = httpx.post(f"{api}/events/filter", json=body, headers=auth_headers(), timeout=10)
+        events = found.raise_for_status().json()["events"]
+        return [e for e in events if name in str(e["resource"])]
+
+    env = prefect_on_postgres.env() | {"HAPLANE_WATCH_HEARTBEAT_S": "3"}
+    assert env.get("PREFECT_API_AUTH_STRING")
+    log = tmp_path / "watch.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [haplane, "watch", "--period", "2", "--name", "team-watch"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    try:
+        eventually("a heartbeat of the authenticated watcher", lambda: heartbeats("team-watch"), 240)
+        assert proc.poll() is None, log.read_text()[-3000:]
+    finally:
+        stop_group(proc)
+
+    env.pop("PREFECT_API_AUTH_STRING")
+    out = subprocess.run(
+        [haplane, "watch", "--period", "2", "--name", "no-credential"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert out.returncode == 1, out
+    assert "PREFECT_API_AUTH_STRING" in out.stderr and "401" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr, out.stderr
+    assert not heartbeats("no-credential")

@@ -83,7 +83,7 @@ def click(driver, xpath: str, timeout: float = 30):
     return element
 
 
-def wait_for_run(api: str, flow: str, cluster: str, timeout: float = 30) -> dict:
+def wait_for_run(api: str, flow: str, cluster: str, timeout: float = 90) -> dict:
     body = {"flows": {"name": {"any_": [flow]}}, "sort": "EXPECTED_START_TIME_DESC"}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -328,6 +328,7 @@ def run_cli(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"haplane emulator: cannot serve on {host}:{args.port}: {exc}", file=sys.stderr)
             return 1
+        print(f"haplane emulator ready on {emulator.url}", flush=True)  # the ready line comes first
         netns = getattr(runtime, "network", None)
         if netns is not None:
             print(
@@ -342,7 +343,6 @@ def run_cli(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
-        print(f"haplane emulator ready on {emulator.url}", flush=True)
         while not stop.wait(0.5):
             pass
     finally:
