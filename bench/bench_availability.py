@@ -46,18 +46,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from common import delete_clusters, prefect_server
+
+from haplane.emulator.admin import EmulatorAdmin
+from haplane.emulator.server import Emulator
+from haplane.emulator.vm import ProcessRuntime
+from haplane.etcd import EndpointStatus, EtcdClient, EtcdTLS
+from haplane.testing.canary import PERIOD, EndpointCanary, Sample
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from bench.common import delete_clusters, prefect_server  # noqa: E402
-from haplane.emulator.admin import EmulatorAdmin  # noqa: E402
-from haplane.emulator.server import Emulator  # noqa: E402
-from haplane.emulator.vm import ProcessRuntime  # noqa: E402
-from haplane.etcd import EndpointStatus, EtcdClient, EtcdTLS  # noqa: E402
-from tests.fixtures.canary import PERIOD, EndpointCanary, Sample  # noqa: E402
-
 PROJECT = "haplane-bench"
 REGION = "europe-west1"
 ZONES = ["europe-west1-b", "europe-west1-c", "europe-west1-d"]

@@ -49,19 +49,16 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # the figures, not every task run
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # tests.fixtures (PostgreSQL, Prefect server, worker helpers), flows, tasks
 
-from haplane.emulator.admin import EmulatorAdmin  # noqa: E402
-from haplane.emulator.server import Emulator  # noqa: E402
-from haplane.emulator.vm import ProcessRuntime  # noqa: E402
-from haplane.gce import Gce  # noqa: E402
-from haplane.processes import stop_group  # noqa: E402
-from tests.fixtures.postgres import Postgres, pg_bindir  # noqa: E402
-from tests.fixtures.prefect import PrefectServer, serving  # noqa: E402
-from tests.fixtures.worker import descendants, start_worker  # noqa: E402
+from haplane.emulator.admin import EmulatorAdmin
+from haplane.emulator.server import Emulator
+from haplane.emulator.vm import ProcessRuntime
+from haplane.gce import Gce
+from haplane.processes import stop_group
+from haplane.testing.postgres import Postgres, pg_bindir
+from haplane.testing.prefect import PrefectServer, serving
+from haplane.testing.worker import descendants, start_worker
 
 PROJECT = "haplane-fleet"
 REGION = "europe-west1"

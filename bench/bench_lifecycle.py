@@ -38,19 +38,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+from common import delete_clusters, prefect_server, print_seconds
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # tests.fixtures.prefect (the Prefect server helper), flows, tasks
-
-from bench.common import delete_clusters, prefect_server, print_seconds  # noqa: E402
-from haplane import node, pki  # noqa: E402
-from haplane.emulator.admin import EmulatorAdmin  # noqa: E402
-from haplane.emulator.server import Emulator  # noqa: E402
-from haplane.emulator.vm import ProcessRuntime  # noqa: E402
-from haplane.etcd import EtcdClient, EtcdTLS  # noqa: E402
-from haplane.processes import stop_group  # noqa: E402
-from tests.fixtures.etcd import allocate_subnet  # noqa: E402
+from haplane import node, pki
+from haplane.emulator.admin import EmulatorAdmin
+from haplane.emulator.server import Emulator
+from haplane.emulator.vm import ProcessRuntime
+from haplane.etcd import EtcdClient, EtcdTLS
+from haplane.processes import stop_group
+from haplane.testing.etcd import allocate_subnet
 
 PROJECT = "haplane-bench"
 REGION = "europe-west1"

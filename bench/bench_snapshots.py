@@ -33,16 +33,12 @@ import uuid
 from pathlib import Path
 
 import httpx
+from common import delete_clusters, prefect_server, print_seconds
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from bench.common import delete_clusters, prefect_server, print_seconds  # noqa: E402
-from haplane.emulator.server import Emulator  # noqa: E402
-from haplane.emulator.vm import ProcessRuntime  # noqa: E402
-from haplane.processes import stop_group  # noqa: E402
-from tests.fixtures.prefect import free_port  # noqa: E402
+from haplane.emulator.server import Emulator
+from haplane.emulator.vm import ProcessRuntime
+from haplane.processes import stop_group
+from haplane.testing.prefect import free_port
 
 PROJECT = "haplane-bench"
 REGION = "europe-west1"

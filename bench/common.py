@@ -10,11 +10,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # flows, tasks, tests.fixtures
-
-from tests.fixtures.prefect import PrefectServer  # noqa: E402
+from haplane.testing.prefect import PrefectServer
 
 
 @contextlib.contextmanager

@@ -78,7 +78,7 @@ def create_cluster(
     if operator_ranges:
         check_source_ranges(operator_ranges, "operator_ranges")
     change = Change(cluster, change_id or f"create-{flow_run.get_id()}", connection)
-    if not change.gce().endpoint:  # real GCE: its VMs install only releases with a pinned sha256
+    if not change.gce().endpoint:  # real GCE: its VMs install only releases with a pinned checksum
         check_pinned(etcd_version, kubernetes_version)
     known = zones_of(region, connection)  # refuses an unknown region before anything else
     project = change.gce().project

@@ -53,7 +53,7 @@ def upgrade_cluster(
     etcd_to, kube_to = etcd_version or spec.etcd_version, kubernetes_version or spec.kubernetes_version
     check_offered(etcd_to, kube_to)  # also when called as a function, without the form
     change = Change(cluster, change_id or f"upgrade-{flow_run.get_id()}", connection)
-    if not change.gce().endpoint:  # real GCE: its VMs install only releases with a pinned sha256
+    if not change.gce().endpoint:  # real GCE: its VMs install only releases with a pinned checksum
         check_pinned(etcd_to, kube_to)
     target = spec.model_copy(update={"etcd_version": etcd_to, "kubernetes_version": kube_to})
 

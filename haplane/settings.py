@@ -4,7 +4,7 @@ Nothing here is read at import time, and no other module reads a ``HAPLANE_*`` v
 worker whose environment changes between runs, and a test that sets a variable, see the value of
 the moment. A value that does not parse is refused with the variable's name, what it sets and the
 default to fall back on. The README's *Settings* table lists every variable of :data:`NAMES`
-(``tests/test_settings.py`` checks it). Standard library only.
+(``tests/unit/test_settings.py`` checks it). Standard library only.
 """
 
 from __future__ import annotations

@@ -4,12 +4,15 @@ The emulator boots a VM by reading ``haplane-*`` metadata keys and running
 ``etcd_argv(...)`` plus an API server; on real GCE this bash script does the
 same on Debian 12:
 
-* installs the etcd and kube-apiserver releases its VM asks for (metadata
+* installs the etcd and Kubernetes releases its VM asks for (metadata
   ``haplane-etcd-version`` / ``haplane-kubernetes-version``, written at insert from
   the cluster's spec; absent: :data:`ETCD_VERSION` / :data:`KUBERNETES_VERSION`),
   only releases the image offers (:mod:`haplane.versions`), each download checked
-  against the sha256 pinned there for that version (never a checksum file
-  fetched beside the download: a version with none pinned is refused);
+  against the digest pinned there for that version (etcd's tarball: sha256;
+  Kubernetes's server tarball, as kube-up installs masters: sha512, and
+  kube-apiserver, kube-controller-manager and kube-scheduler all come out of it;
+  never a checksum file fetched beside the download: a version with none
+  pinned is refused);
 * installs itself as ``haplane-node.service``, which waits for the
   ``haplane-etcd`` metadata key (the flows write it after the VM boots, once
   every replica's IP is known), then writes the TLS files of
@@ -96,7 +99,9 @@ ETCD_VAR_PREFIX = "HAPLANE_ETCD_"
 API_VAR_PREFIX = "HAPLANE_API_"
 SERVICE_ACCOUNT_ISSUER = serviceaccount.ISSUER
 
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# the upstream artifact Kubernetes's control-plane binaries are installed from, and those binaries
+KUBE_SERVER_TARBALL = "kubernetes-server-linux-amd64.tar.gz"
+KUBE_SERVER_BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
 _SAFE_WORD = re.compile(r"^[A-Za-z0-9=:/.,_${}+-]+$")
 
 
@@ -155,8 +160,6 @@ def apiserver_unit_argv() -> list[str]:
 # controller-manager's CSR signer does not start and a compromised replica cannot mint certificates.
 KUBE_CONTROLLER_MANAGER_BIN = f"{BIN_DIR}/kube-controller-manager"
 KUBE_SCHEDULER_BIN = f"{BIN_DIR}/kube-scheduler"
-KUBE_CONTROLLER_MANAGER_SHA256: str | None = None  # of kube-controller-manager {KUBERNETES_VERSION} linux/amd64
-KUBE_SCHEDULER_SHA256: str | None = None  # of kube-scheduler {KUBERNETES_VERSION} linux/amd64
 CONTROLLER_MANAGER_KUBECONFIG = CONF_DIR / "controller-manager.kubeconfig"
 SCHEDULER_KUBECONFIG = CONF_DIR / "scheduler.kubeconfig"
 LEADER_ELECTION_FLAGS = (
@@ -222,19 +225,17 @@ def _spec_defaults(cls: type) -> dict:
     return out
 
 
-def _check_sha(name: str, value: str | None) -> str:
+def _check_digest(name: str, value: str | None, hex_digits: int) -> str:
     if value is None:
         return ""
-    if not _SHA256.match(value):
-        raise ValueError(f"{name} must be 64 lowercase hex digits, got {value!r}")
+    if not re.fullmatch(f"[0-9a-f]{{{hex_digits}}}", value):
+        raise ValueError(f"{name} must be {hex_digits} lowercase hex digits, got {value!r}")
     return value
 
 
 def _controller_values() -> dict[str, str]:
     """The template's values for kube-controller-manager and kube-scheduler."""
     return {
-        "KUBE_CONTROLLER_MANAGER_SHA256": _check_sha("kube_controller_manager_sha256", KUBE_CONTROLLER_MANAGER_SHA256),
-        "KUBE_SCHEDULER_SHA256": _check_sha("kube_scheduler_sha256", KUBE_SCHEDULER_SHA256),
         "CONTROLLER_MANAGER_KUBECONFIG": str(CONTROLLER_MANAGER_KUBECONFIG),
         "SCHEDULER_KUBECONFIG": str(SCHEDULER_KUBECONFIG),
         "CONTROLLER_MANAGER_EXEC_START": _exec_start(controller_manager_unit_argv()),
@@ -242,13 +243,15 @@ def _controller_values() -> dict[str, str]:
     }
 
 
-def _sha_table(releases: dict[str, str | None], pattern: str, what: str) -> str:
-    """A bash associative array's body: ``[version]=sha256`` (empty: not pinned) per offered release."""
+def _digest_table(releases: dict[str, str | None], pattern: str, what: str, digest: str) -> str:
+    """A bash associative array's body: ``[version]=digest`` (empty: not pinned) per offered release;
+    ``digest``: ``sha256`` or ``sha512``."""
+    hex_digits = {"sha256": 64, "sha512": 128}[digest]
     lines = []
-    for version, sha in releases.items():
+    for version, value in releases.items():
         if not re.match(pattern, version):
             raise ValueError(f"{what} version {version!r} is not {'X.Y.Z' if what == 'etcd' else 'vX.Y.Z'}")
-        lines.append(f"  [{version}]={_check_sha(f'{what} {version} sha256', sha)!r}")
+        lines.append(f"  [{version}]={_check_digest(f'{what} {version} {digest}', value, hex_digits)!r}")
     return "\n".join(lines)
 
 
@@ -259,21 +262,24 @@ def render_startup_script(
 
     It is the same for every replica: the versions a replica installs and its spec and
     certificates are read from the metadata server at boot, so the script carries no secret.
-    ``etcd_releases`` / ``kubernetes_releases``: version -> pinned sha256 (None: not pinned, refused
-    at install); default: the tables of :mod:`haplane.versions`.
+    ``etcd_releases``: version -> pinned sha256 of etcd's tarball; ``kubernetes_releases``: version ->
+    pinned sha512 of :data:`KUBE_SERVER_TARBALL` (None: not pinned, refused at install); default: the
+    tables of :mod:`haplane.versions`.
     """
     if etcd_releases is None:
         etcd_releases = {v: r.sha256 for v, r in ETCD_RELEASES.items()}
     if kubernetes_releases is None:
-        kubernetes_releases = {v: r.sha256 for v, r in KUBERNETES_RELEASES.items()}
+        kubernetes_releases = {v: r.server_tarball_sha512 for v, r in KUBERNETES_RELEASES.items()}
     tls_table = "\n".join(
         f"  {suffix}:{name}:{'0600' if suffix in SECRET_SUFFIXES else '0644'}" for suffix, name in TLS_FILES.items()
     )
     values = {
         "ETCD_VERSION": ETCD_VERSION,
-        "ETCD_SHA_TABLE": _sha_table(etcd_releases, r"^\d+\.\d+\.\d+$", "etcd"),
+        "ETCD_SHA_TABLE": _digest_table(etcd_releases, r"^\d+\.\d+\.\d+$", "etcd", "sha256"),
         "KUBERNETES_VERSION": KUBERNETES_VERSION,
-        "KUBE_SHA_TABLE": _sha_table(kubernetes_releases, r"^v\d+\.\d+\.\d+$", "Kubernetes"),
+        "KUBE_SHA_TABLE": _digest_table(kubernetes_releases, r"^v\d+\.\d+\.\d+$", "Kubernetes", "sha512"),
+        "KUBE_SERVER_TARBALL": KUBE_SERVER_TARBALL,
+        "KUBE_SERVER_BINARIES": " ".join(KUBE_SERVER_BINARIES),
         "ETCD_VERSION_KEY": ETCD_VERSION_KEY,
         "KUBERNETES_VERSION_KEY": KUBERNETES_VERSION_KEY,
         "BIN_DIR": BIN_DIR,
@@ -323,29 +329,29 @@ _TEMPLATE = r"""#!/bin/bash
 # server (keys @ETCD_KEY@, @APISERVER_KEY@, @TLS_PREFIX@*), which the haplane flows write after
 # the VM boots.
 #
-#   (no argument)  as GCE's startup script: install pinned etcd and kube-apiserver, install this
+#   (no argument)  as GCE's startup script: install pinned etcd and Kubernetes, install this
 #                  script as @SELF_PATH@ and start haplane-node.service
 #   watch          haplane-node.service: wait for @ETCD_KEY@, apply, re-apply on every change
 set -euo pipefail
 
-# The releases the image offers (haplane/versions.py), each with the sha256 pinned for its download
-# (etcd-vX.Y.Z-linux-amd64.tar.gz; kube-apiserver linux/amd64). Empty: not pinned yet, and then not
-# installed: a checksum fetched from the release host beside the download is never trusted.
+# The releases the image offers (haplane/versions.py), each with the digest pinned for its download:
+# the sha256 of etcd-vX.Y.Z-linux-amd64.tar.gz, the sha512 of Kubernetes's @KUBE_SERVER_TARBALL@
+# (published in Kubernetes's CHANGELOG). Empty: not pinned yet, and then not installed: a checksum
+# fetched from the release host beside the download is never trusted.
 declare -A ETCD_SHA256S=(
 @ETCD_SHA_TABLE@
 )
-declare -A KUBE_APISERVER_SHA256S=(
+declare -A KUBE_SERVER_SHA512S=(
 @KUBE_SHA_TABLE@
 )
+KUBE_SERVER_TARBALL="@KUBE_SERVER_TARBALL@"
+# what is installed from kubernetes/server/bin/ of it
+KUBE_SERVER_BINARIES=(@KUBE_SERVER_BINARIES@)
 # What a VM whose metadata names no version runs (a cluster from before versions were recorded).
 ETCD_DEFAULT_VERSION="@ETCD_VERSION@"
 KUBERNETES_DEFAULT_VERSION="@KUBERNETES_VERSION@"
 ETCD_VERSION_KEY="@ETCD_VERSION_KEY@"
 KUBERNETES_VERSION_KEY="@KUBERNETES_VERSION_KEY@"
-# kube-controller-manager and kube-scheduler of the default release, pinned sha256 each (empty: not
-# pinned yet, and then not installed: a checksum fetched beside the download is never trusted)
-KUBE_CONTROLLER_MANAGER_SHA256="@KUBE_CONTROLLER_MANAGER_SHA256@"
-KUBE_SCHEDULER_SHA256="@KUBE_SCHEDULER_SHA256@"
 
 MD_URL="http://metadata.google.internal/computeMetadata/v1/instance"
 SM_URL="https://secretmanager.googleapis.com/v1"
@@ -409,7 +415,7 @@ wanted_version() {
   echo "${v:-$2}"
 }
 
-# pinned_sha NAME VERSION SHA: SHA if it is a pinned digest, else stop: the image does not offer
+# pinned_sha NAME VERSION SHA: SHA if it is a pinned sha256, else stop: the image does not offer
 # VERSION (not in the table), or it does but nobody has pinned its sha256 yet.
 pinned_sha() {
   local name=$1 version=$2 sha=$3
@@ -421,6 +427,11 @@ pinned_sha() {
 # sha256_ok FILE WANT: FILE's sha256 is WANT.
 sha256_ok() {
   echo "$2  $1" | sha256sum --check --strict --status
+}
+
+# sha512_ok FILE WANT: FILE's sha512 is WANT.
+sha512_ok() {
+  echo "$2  $1" | sha512sum --check --strict --status
 }
 
 install_packages() {
@@ -453,38 +464,40 @@ install_etcd() {
   log "installed etcd ${version}"
 }
 
-install_kube_apiserver() {
-  local version sha tmp
+# install_kubernetes: kube-apiserver, kube-controller-manager and kube-scheduler of the release the VM
+# asks for, all three from Kubernetes's server tarball (as kube-up installs masters), checked against its
+# pinned sha512 before anything is unpacked: a release not offered, or not pinned, or a tarball whose
+# sha512 differs, is refused and nothing is installed.
+install_kubernetes() {
+  local version sha name tmp bin="${DESTDIR}${BIN_DIR}" members=() current=1
   version=$(wanted_version "$KUBERNETES_VERSION_KEY" "$KUBERNETES_DEFAULT_VERSION")
-  [[ -v "KUBE_APISERVER_SHA256S[${version}]" ]] \
-    || die "Kubernetes ${version} is not a release this image offers: ${!KUBE_APISERVER_SHA256S[*]}"
-  if [[ -x "${BIN_DIR}/kube-apiserver" ]] && "${BIN_DIR}/kube-apiserver" --version | grep -qx "Kubernetes ${version}"; then
+  [[ -v "KUBE_SERVER_SHA512S[${version}]" ]] \
+    || die "Kubernetes ${version} is not a release this image offers: ${!KUBE_SERVER_SHA512S[*]}"
+  for name in "${KUBE_SERVER_BINARIES[@]}"; do
+    if ! { [[ -x "${bin}/${name}" ]] && "${bin}/${name}" --version | grep -qx "Kubernetes ${version}"; }; then
+      current=0
+    fi
+    members+=("kubernetes/server/bin/${name}")
+  done
+  if ((current)); then
     return 0
   fi
-  sha=$(pinned_sha kube-apiserver "$version" "${KUBE_APISERVER_SHA256S[${version}]}")
+  sha=${KUBE_SERVER_SHA512S[${version}]}
+  [[ "$sha" =~ ^[0-9a-f]{128}$ ]] || die "Kubernetes ${version}: no pinned sha512 of ${KUBE_SERVER_TARBALL}" \
+    "(haplane/versions.py); an unchecked download is not installed"
   tmp=$(mktemp -d)
-  curl -fsSL --retry 5 -o "${tmp}/kube-apiserver" "https://dl.k8s.io/release/${version}/bin/linux/amd64/kube-apiserver"
-  sha256_ok "${tmp}/kube-apiserver" "$sha" || die "kube-apiserver ${version}: sha256 mismatch (pinned ${sha})"
-  install -m 0755 "${tmp}/kube-apiserver" "${BIN_DIR}/kube-apiserver"
-  rm -rf "$tmp"
-  log "installed kube-apiserver ${version}"
-}
-
-# install_kube_component NAME PINNED_SHA256: a control-plane binary of the release the VM asks for,
-# checked against its pinned sha256 (none pinned: refused, as for kube-apiserver).
-install_kube_component() {
-  local name=$1 pinned=$2 version tmp
-  version=$(wanted_version "$KUBERNETES_VERSION_KEY" "$KUBERNETES_DEFAULT_VERSION")
-  if [[ -x "${BIN_DIR}/${name}" ]] && "${BIN_DIR}/${name}" --version | grep -qx "Kubernetes ${version}"; then
-    return 0
+  curl -fsSL --retry 5 -o "${tmp}/${KUBE_SERVER_TARBALL}" "https://dl.k8s.io/${version}/${KUBE_SERVER_TARBALL}"
+  if ! sha512_ok "${tmp}/${KUBE_SERVER_TARBALL}" "$sha"; then
+    rm -rf "$tmp"
+    die "${KUBE_SERVER_TARBALL} ${version}: sha512 mismatch (pinned ${sha}); nothing installed"
   fi
-  [[ -n "$pinned" ]] || die "${name} ${version}: no pinned sha256 in haplane/startup.py; not installing it"
-  tmp=$(mktemp -d)
-  curl -fsSL --retry 5 -o "${tmp}/${name}" "https://dl.k8s.io/release/${version}/bin/linux/amd64/${name}"
-  sha256_ok "${tmp}/${name}" "$pinned" || die "${name} ${version}: sha256 mismatch (pinned ${pinned})"
-  install -m 0755 "${tmp}/${name}" "${BIN_DIR}/${name}"
+  tar -xzf "${tmp}/${KUBE_SERVER_TARBALL}" -C "$tmp" "${members[@]}"
+  install -d -m 0755 "$bin"
+  for name in "${KUBE_SERVER_BINARIES[@]}"; do
+    install -m 0755 "${tmp}/kubernetes/server/bin/${name}" "${bin}/${name}"
+  done
   rm -rf "$tmp"
-  log "installed ${name} ${version}"
+  log "installed ${KUBE_SERVER_BINARIES[*]} ${version} from ${KUBE_SERVER_TARBALL} (sha512 checked)"
 }
 
 install_self() {
@@ -892,9 +905,7 @@ main() {
     boot)
       install_packages
       install_etcd
-      install_kube_apiserver
-      install_kube_component kube-controller-manager "$KUBE_CONTROLLER_MANAGER_SHA256"
-      install_kube_component kube-scheduler "$KUBE_SCHEDULER_SHA256"
+      install_kubernetes
       install -d -m 0700 "$CONF_DIR"
       install_self
       ;;

@@ -9,7 +9,7 @@ so what a plan says and what a run does cannot drift apart.
 Prefect's result store and the seed of its GCE ``requestId``. Renaming one
 orphans the checkpoints of a change in flight: a resumed run would not find
 them and would send its GCE calls again. So the ids a plan produces are
-pinned by tests (tests/test_plans.py), and any change to them must come with
+pinned by tests (tests/unit/test_plans.py), and any change to them must come with
 a new :data:`STEP_SCHEMA`. A change records the schema it started with; a
 resumed change whose recorded schema differs is refused before any call.
 

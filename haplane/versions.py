@@ -3,10 +3,11 @@
 **What the image offers** is one table per component (:data:`ETCD_RELEASES`,
 :data:`KUBERNETES_RELEASES`): a cluster's spec may name only these, the UI's
 form offers only these (:data:`EtcdVersion`, :data:`KubernetesVersion`), the
-real-GCE startup script installs only these, each checked against the sha256
-pinned here (never a checksum file fetched beside the download), and the
-emulator boots each from a binary on the host (:attr:`EtcdRelease.package`
-says what to install when the host lacks it).
+real-GCE startup script installs only these, each download checked against the
+digest pinned here (etcd's tarball: sha256; Kubernetes's server tarball:
+sha512; never a checksum file fetched beside the download), and the emulator
+boots each from a binary on the host (:attr:`EtcdRelease.package` says what to
+install when the host lacks it).
 
 **The upgrade rules** (anchors: etcd's upgrade guides, Kubernetes's version
 skew policy), each refusal naming its rule (:class:`VersionRefused`):
@@ -29,6 +30,9 @@ skew policy), each refusal naming its rule (:class:`VersionRefused`):
   quorum, and not when a member's version could not be read (unknown is not
   absent);
 - ``already-at-target``: a cluster already at the target is a no-op that says so.
+
+On real GCE, ``pinned-checksum`` refuses a release whose download has no digest
+pinned here (:func:`check_pinned`): its VMs would stop at install.
 """
 
 from __future__ import annotations
@@ -54,12 +58,17 @@ class EtcdRelease:
 @dataclass(frozen=True)
 class KubernetesRelease:
     version: str
-    sha256: str | None  # of kube-apiserver linux/amd64 from dl.k8s.io; None: not pinned yet (refused on GCE)
+    # sha512 of kubernetes-server-linux-amd64.tar.gz (https://dl.k8s.io/{version}/...), the server tarball
+    # kube-up installs masters from: kube-apiserver, kube-controller-manager and kube-scheduler all come
+    # from kubernetes/server/bin/ of it. None: not pinned (refused on real GCE).
+    server_tarball_sha512: str | None
 
 
-# The release hosts were not reachable where this table was written: a value is pinned only where two
-# independent public pins of exactly that artifact agree (see git log); the others stay None until they
-# are pinned from the release's own SHA256SUMS / .sha256 file, checked by hand, before using them on GCE.
+# The release hosts were not reachable where these tables were written. etcd 3.5.1: two independent public
+# pins of exactly that artifact agree (see git log). Kubernetes: the sha512 Kubernetes itself publishes for
+# the server tarball in its repository's CHANGELOG/CHANGELOG-1.NN.md ("Downloads for vX.Y.Z" -> "Server
+# Binaries"). etcd 3.4.23 has none: no upstream checksum of its tarball could be found offline (the
+# emulator runs Debian's etcd-server build), so real GCE refuses it until someone pins it by hand.
 ETCD_RELEASES: dict[str, EtcdRelease] = {
     "3.4.23": EtcdRelease("3.4.23", None, "Debian's etcd-server (apt-get install -y etcd-server)", "/usr/bin/etcd"),
     "3.5.1": EtcdRelease(
@@ -71,8 +80,20 @@ ETCD_RELEASES: dict[str, EtcdRelease] = {
     ),
 }
 KUBERNETES_RELEASES: dict[str, KubernetesRelease] = {
-    "v1.30.0": KubernetesRelease("v1.30.0", None),
-    "v1.31.0": KubernetesRelease("v1.31.0", None),
+    "v1.30.0": KubernetesRelease(
+        "v1.30.0",
+        # kubernetes/kubernetes CHANGELOG/CHANGELOG-1.30.md, "Downloads for v1.30.0", Server Binaries
+        # (the same at commits 03fe89c2339a and a7f9938cd545)
+        "320c934728b8720b08da5a2d4c95cea111e4bc2efa508a8e48393f45037b0cb3"
+        "c5331e3ec1f744f83dd57644c6fdd684bdcad9c2fa01108ed2cca6b1046cb821",
+    ),
+    "v1.31.0": KubernetesRelease(
+        "v1.31.0",
+        # kubernetes/kubernetes CHANGELOG/CHANGELOG-1.31.md, "Downloads for v1.31.0", Server Binaries
+        # (commit 1892e4deb967)
+        "4d73777e4f139c67c4551c1ca30aefa4782b2d9f3e5c48b8b010ffc329065e90"
+        "ae9df3fd515cc13534c586f6edd58c3324943ce9ac48e60bb4fa49113a2e09d4",
+    ),
 }
 
 # The form's choices (a Literal is an enum in the UI); tests check they are the tables' keys.
@@ -356,17 +377,28 @@ def plan_upgrade(state: ClusterState, decision: UpgradeDecision, change_id: str,
 
 
 def check_pinned(etcd_version: str, kubernetes_version: str) -> None:
-    """On real GCE a VM installs only a release whose sha256 is pinned here: refuse the others before any
-    call (the startup script would stop at install, leaving VMs that never join)."""
-    unpinned = [f"etcd {etcd_version}" for r in [ETCD_RELEASES.get(etcd_version)] if r is None or not r.sha256]
-    unpinned += [
-        f"kube-apiserver {kubernetes_version}"
-        for r in [KUBERNETES_RELEASES.get(kubernetes_version)]
-        if r is None or not r.sha256
-    ]
+    """On real GCE a VM installs only a release whose download has its digest pinned here (etcd's tarball:
+    sha256; Kubernetes's server tarball: sha512): refuse the others before any call (the startup script
+    would stop at install, leaving VMs that never join)."""
+    unpinned = []
+    etcd = ETCD_RELEASES.get(etcd_version)
+    if etcd is None or not etcd.sha256:
+        unpinned.append(
+            f"etcd {etcd_version} has no pinned sha256 of etcd-v{etcd_version}-linux-amd64.tar.gz "
+            f"(ETCD_RELEASES in haplane/versions.py)"
+        )
+    kube = KUBERNETES_RELEASES.get(kubernetes_version)
+    if kube is None or not kube.server_tarball_sha512:
+        unpinned.append(
+            f"Kubernetes {kubernetes_version} has no pinned sha512 of kubernetes-server-linux-amd64.tar.gz "
+            f"(KUBERNETES_RELEASES in haplane/versions.py)"
+        )
     if unpinned:
+        etcd_pinned = ", ".join(v for v, r in ETCD_RELEASES.items() if r.sha256) or "none"
+        kube_pinned = ", ".join(v for v, r in KUBERNETES_RELEASES.items() if r.server_tarball_sha512) or "none"
         raise VersionRefused(
-            "pinned-sha256",
-            f"{' and '.join(unpinned)} has no pinned sha256 in haplane/versions.py, so a VM on real GCE would "
-            f"refuse to install it: pin it from the release's own SHA256SUMS / .sha256, checked by hand, first",
+            "pinned-checksum",
+            f"{'; '.join(unpinned)}, so a VM on real GCE would refuse to install it. Choose a pinned release "
+            f"(etcd {etcd_pinned}; Kubernetes {kube_pinned}), or first pin the digest from the release's own "
+            f"published checksum, checked by hand",
         )

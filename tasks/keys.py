@@ -24,6 +24,7 @@ from prefect.exceptions import ObjectNotFound
 from pydantic import SecretStr
 
 from blocks.pki import LEGACY_FIELDS, SERVICE_ACCOUNT, SNAPSHOT, ClusterPKI, block_name
+from haplane.locks import cluster_lock
 from haplane.scrub import call_carrying_secrets
 from haplane.secretstore import LABEL_CLUSTER, SecretStore, SecretUnreadable
 
@@ -92,8 +93,6 @@ def save_pki(
     """The one writer of block ``<cluster>-pki``: under the cluster lock, re-read the block and its
     keys, ``update(block, keys)`` decides (None: nothing to do), then write (see the module's
     docstring). Returns the block as saved (or as found when nothing was done)."""
-    from tasks.cluster import cluster_lock
-
     with cluster_lock(cluster):
         block = read_block(cluster)
         keys = read_keys(block, store) if block is not None else {}

@@ -19,6 +19,7 @@ from pydantic import SecretStr
 
 from blocks import delete_block_document
 from blocks.pki import OPERATOR, SERVICE_ACCOUNT, SNAPSHOT, ClusterPKI, block_name, cas_keys
+from haplane import snapshots as snap
 from haplane.etcd import EtcdTLS
 from haplane.gce import Gce, Instance, OpRef
 from haplane.node import (
@@ -88,6 +89,26 @@ def operator_tls(cluster: str, connection: str | None = None) -> EtcdTLS | None:
     return EtcdTLS.from_cas(cas) if cas else None
 
 
+def snapshot_key(cluster: str, connection: str | None = None, create: bool = True) -> str:
+    """The cluster's snapshot key (base64), read from Secret Manager. Made with the cluster's PKI; a
+    cluster from before that gets it once, under the cluster lock (:func:`tasks.keys.ensure_keys`, which
+    re-reads first: two first snapshots at once make one key). Only for use inside a task; never return it."""
+    block = read_block(cluster)
+    if block is None:
+        raise snap.SnapshotError(f"cluster {cluster!r} has no PKI block {block_name(cluster)!r}")
+    store = store_for(connection)
+    keys = read_keys(block, store, names=(SNAPSHOT,))
+    if SNAPSHOT not in keys:
+        if not create:
+            raise snap.SnapshotError(
+                f"cluster {cluster!r} has no snapshot key in block {block_name(cluster)!r}: "
+                "it has never been snapshotted, so there is nothing to restore"
+            )
+        ensure_keys(cluster, connection)
+        keys = read_keys(read_block(cluster), store, names=(SNAPSHOT,))
+    return keys[SNAPSHOT].get_secret_value()
+
+
 @probe(task_run_name="{step}")
 def ensure_cluster_pki(
     cluster: str, step: str = "pki", leaf_minutes: int | None = None, connection: str | None = None
@@ -95,8 +116,6 @@ def ensure_cluster_pki(
     """Create the cluster CA, the etcd CA, the service-account and the snapshot keys once (keys in
     Secret Manager, certificates in the block); later runs keep the saved ones. Returns the block name.
     ``leaf_minutes``: every leaf lasts this many minutes (None: ``Lifetimes.leaf_days``)."""
-    import haplane.snapshots as snap
-
     name, lifetimes = block_name(cluster), Lifetimes(leaf_minutes=leaf_minutes)
     made: list[bool] = []
 
@@ -392,8 +411,6 @@ def submit_configure_replica(
     )
     key = None
     if restore is not None:
-        from tasks.snapshots import snapshot_key
-
         key = snapshot_key(change.cluster, change.connection, create=False)
     spec = _keys_to_secrets(
         change,

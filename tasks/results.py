@@ -36,6 +36,16 @@ FIELD = "haplane-checkpoint"
 _PLAIN = (type(None), bool, int, float, str)
 
 
+def step_key(context: Any, parameters: dict[str, Any]) -> str:
+    """Where a step's checkpoint is kept: ``haplane/<cluster>/<change id>/<step>`` (the task's cache key;
+    ``parameters["change"]`` is a :class:`tasks.steps.Change`)."""
+    change = parameters["change"]
+    # the key names a file in the result store: the step is one path component, so that a step
+    # and a step derived from it ("lb", "lb/after-op") never need a file and a folder of one name
+    step = parameters["step"].replace("/", "~")
+    return f"haplane/{change.cluster}/{change.change_id}/{step}"
+
+
 class CheckpointSchemaError(RuntimeError):
     """A checkpoint written by a haplane with another checkpoint schema."""
 
@@ -143,8 +153,6 @@ class CheckpointTask(Task):
         out = super().__call__(*args, return_state=return_state, **kwargs)
         value = out.result(raise_on_failure=False) if return_state else out
         if isinstance(value, IncompatibleCheckpoint):
-            from tasks.steps import step_key
-
             params = dict(zip(("change", "step"), args, strict=False)) | kwargs
             raise refusal(step_key(None, params), value)
         return out

@@ -17,7 +17,7 @@ from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from blocks.cluster import ClusterSpec
-from blocks.pki import SNAPSHOT, block_name
+from blocks.pki import block_name
 from haplane import snapshots as snap
 from haplane.etcd import EndpointStatus, EtcdClient, EtcdTLS
 from haplane.gce import Gce
@@ -27,6 +27,7 @@ from haplane.ownership import owned
 from haplane.restore import ELECTIONS_SPANNED, Look, QuorumEvidence, settled
 from haplane.snapshot_store import SnapshotStore
 from haplane.topology import LABEL_CLUSTER, LABEL_UID
+from tasks.pki import operator_tls, snapshot_key
 from tasks.steps import Change, checkpoint, probe
 
 # the changes that start with a verified snapshot (create has nothing to save; delete removes the key)
@@ -35,28 +36,6 @@ SNAPSHOT_BEFORE = frozenset({"add-replica", "remove-replica", "replace-replica",
 
 class SnapshotFailed(RuntimeError):
     """A snapshot taken before a change failed: the change is stopped before it starts."""
-
-
-def snapshot_key(cluster: str, connection: str | None = None, create: bool = True) -> str:
-    """The cluster's snapshot key (base64), read from Secret Manager. Made with the cluster's PKI; a
-    cluster from before that gets it once, under the cluster lock (:func:`tasks.keys.ensure_keys`, which
-    re-reads first: two first snapshots at once make one key). Only for use inside a task; never return it."""
-    from tasks.keys import ensure_keys, read_block, read_keys, store_for
-
-    block = read_block(cluster)
-    if block is None:
-        raise snap.SnapshotError(f"cluster {cluster!r} has no PKI block {block_name(cluster)!r}")
-    store = store_for(connection)
-    keys = read_keys(block, store, names=(SNAPSHOT,))
-    if SNAPSHOT not in keys:
-        if not create:
-            raise snap.SnapshotError(
-                f"cluster {cluster!r} has no snapshot key in block {block_name(cluster)!r}: "
-                "it has never been snapshotted, so there is nothing to restore"
-            )
-        ensure_keys(cluster, connection)
-        keys = read_keys(read_block(cluster), store, names=(SNAPSHOT,))
-    return keys[SNAPSHOT].get_secret_value()
 
 
 def store_of(spec: ClusterSpec, storage: str | None = None) -> SnapshotStore:
@@ -112,7 +91,6 @@ def take_snapshot(gce: Gce, spec: ClusterSpec, tls: EtcdTLS, key_b64: str, store
 def snapshot_now(spec: ClusterSpec, connection: str | None, storage: str | None = None) -> snap.SnapshotMeta:
     """Take, verify, seal and store one snapshot; then prune by the cluster's retention."""
     from blocks.cluster import resolve_gce
-    from tasks.pki import operator_tls
 
     tls = operator_tls(spec.cluster, connection)
     if tls is None:
@@ -280,7 +258,6 @@ def observe_quorum(
     of each VM. ``ignore``: a restore's own replicas. Stops early once a member serves a read."""
     from blocks.cluster import resolve_gce
     from tasks.cluster import gce_footprint
-    from tasks.pki import operator_tls
     from tasks.steps import cluster_uid
 
     gce, tls, uid = resolve_gce(connection), operator_tls(spec.cluster, connection), cluster_uid(spec.cluster)
@@ -320,7 +297,6 @@ def save_member_snapshot(change: Change, step: str, spec: ClusterSpec, name: str
     """A snapshot of one member's local store (etcd serves it without quorum: what a member of a cluster
     that lost quorum holds), verified by a trial restore, sealed and stored like any other. Checkpointed:
     a resumed run finds it. Plain JSON (no key material): where it is, its id, sha256 and revision."""
-    from tasks.pki import operator_tls
 
     tls = operator_tls(spec.cluster, change.connection)
     if tls is None:

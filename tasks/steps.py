@@ -20,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 from blocks.cluster import resolve_gce
 from haplane.gce import Gce, request_id
 from haplane.steps import STEP_SCHEMA
-from tasks.results import CheckpointSerializer, CheckpointTask
+from tasks.results import CheckpointSerializer, CheckpointTask, step_key
 
 
 @dataclass(frozen=True)
@@ -48,14 +48,6 @@ def cluster_uid(cluster: str) -> str | None:
         return ClusterSpec.load(ClusterNames(cluster).spec_block).uid
     except ValueError:
         return None
-
-
-def step_key(context: Any, parameters: dict[str, Any]) -> str:
-    change: Change = parameters["change"]
-    # the key names a file in the result store: the step is one path component, so that a step
-    # and a step derived from it ("lb", "lb/after-op") never need a file and a folder of one name
-    step = parameters["step"].replace("/", "~")
-    return f"haplane/{change.cluster}/{change.change_id}/{step}"
 
 
 def retry_unless_refused(task: Any, task_run: Any, state: Any) -> bool:

@@ -14,11 +14,9 @@ import pytest
 
 from deployments.setup import setup_workspace
 from flows.create_cluster import create_cluster
+from haplane.testing import REGION, ZONES
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
-
-REGION = "europe-west1"
-ZONES = ["europe-west1-b", "europe-west1-c", "europe-west1-d"]
 
 
 @dataclass(frozen=True)
@@ -157,9 +155,9 @@ CASES = CHANGE_ID_CASES + [
         r"kubernetes_version[\s\S]*'v1\.30\.0' or 'v1\.31\.0'",
     ),
     Case(
-        "real GCE and a release with no pinned sha256",
-        _create(),
-        r"refused by rule pinned-sha256: kube-apiserver v1\.30\.0 has no pinned sha256",
+        "real GCE and a release with no pinned checksum",
+        _create(etcd_version="3.4.23"),
+        r"refused by rule pinned-checksum: etcd 3\.4\.23 has no pinned sha256 of etcd-v3\.4\.23-linux-amd64\.tar\.gz",
         env={"HAPLANE_GCE_ENDPOINT": None},
     ),
     Case(
@@ -190,24 +188,6 @@ CASES = CHANGE_ID_CASES + [
 ]
 
 
-@pytest.fixture(scope="module")
-def shared_cloud(tmp_path_factory):
-    """One emulator for the whole table (each case clears its call log)."""
-    from haplane.emulator.admin import EmulatorAdmin
-    from haplane.emulator.server import Emulator
-    from haplane.emulator.vm import ProcessRuntime
-
-    state = tmp_path_factory.mktemp("bad-input-emulator")
-    emulator = Emulator(state_dir=state, runtime=ProcessRuntime(state))
-    emulator.start()
-    admin = EmulatorAdmin(emulator.url)
-    try:
-        yield emulator, admin
-    finally:
-        admin.close()
-        emulator.stop()
-
-
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_bad_input_is_refused_before_any_change(case: Case, shared_cloud, monkeypatch):
     from prefect.client.orchestration import get_client
@@ -215,7 +195,7 @@ def test_bad_input_is_refused_before_any_change(case: Case, shared_cloud, monkey
 
     from tests.fixtures.cluster import MUTATING, PROJECT
 
-    emulator, admin = shared_cloud
+    emulator, admin = shared_cloud.emulator, shared_cloud.admin  # the run's one emulator
     monkeypatch.setenv("HAPLANE_GCE_ENDPOINT", emulator.url)
     monkeypatch.setenv("HAPLANE_PROJECT", PROJECT)
     monkeypatch.setenv("HAPLANE_GCE_TOKEN", emulator.workers_token)

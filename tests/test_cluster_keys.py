@@ -36,14 +36,12 @@ from flows.snapshot_cluster import snapshot_cluster
 from haplane.etcd import EtcdClient, EtcdTLS
 from haplane.node import client_url
 from haplane.secretstore import SecretStore
+from haplane.testing import REGION, ZONES
 from tasks.cluster import force_unlock
 from tasks.keys import KeysUnreadable, key_secret_id, read_block, read_keys, save_pki
 from tasks.pki import load_cas
 
 pytestmark = [pytest.mark.long, pytest.mark.timeout(1800)]
-
-REGION = "europe-west1"
-ZONES = ["europe-west1-b", "europe-west1-c", "europe-west1-d"]
 
 
 def _strings(value):

@@ -178,6 +178,20 @@ def test_call_log(c, emulator_admin):
     assert calls[0]["path"] == f"/compute/v1/projects/{P}/zones/{Z}/instances" and calls[0]["time"]
     assert "metadata" not in str(calls)  # bodies are never logged
     assert len(emulator_admin.calls("compute.instances.get")) == 1
+    # the resource each call is about: the inserted one's name from the body, else the name in the path
+    assert [e["resource"] for e in calls] == ["m1", "m1", "zz"]
+    wait_op(c, op)
+    c.instances.set_labels_unary(
+        project=P,
+        zone=Z,
+        instance="m1",
+        instances_set_labels_request_resource={
+            "labels": {"a": "b"},
+            "label_fingerprint": c.instances.get(project=P, zone=Z, instance="m1").label_fingerprint,
+        },
+    )
+    assert [e["resource"] for e in emulator_admin.calls("compute.instances.setLabels")] == ["m1"]
+    assert {e["resource"] for e in emulator_admin.calls() if e["method"].endswith(".wait")} == {None}
     emulator_admin.clear_calls()
     assert emulator_admin.calls() == []
 

@@ -23,8 +23,9 @@ from flows.set_load_balancer import set_load_balancer
 from haplane.etcd import EtcdClient, EtcdTLS
 from haplane.node import client_url
 from haplane.plans import Plan
+from haplane.testing import REGION, ZONES
 from tasks.pki import load_cas
-from tests.test_flows import REGION, ZONES, Canary
+from tests.test_flows import Canary
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -94,7 +95,8 @@ def _name(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:5]}"
 
 
-def test_always_mode_endpoint_answers_throughout_one_two_three_two_one(cloud):
+def test_always_mode_endpoint_answers_throughout_one_two_three_two_one(shared_cloud):
+    cloud = shared_cloud
     cluster = _name("always")
     rows = create_cluster(cluster=cluster, region=REGION, zones=ZONES, replicas=1)  # "always" is the default
     endpoint, ca = rows[0]["endpoint IP"], load_cas(cluster).ca.cert_pem
@@ -123,10 +125,10 @@ def test_always_mode_endpoint_answers_throughout_one_two_three_two_one(cloud):
     assert len(probe.results) > 50
     assert probe.failures == 0, f"the endpoint missed {probe.failures} of {len(probe.results)} probes"
     # the IP moved nowhere: no access config was deleted or added on any VM
-    methods = [c["method"] for c in cloud.mutating_calls()]
+    methods = [c["method"] for c in cloud.mutating_calls(cluster)]
     assert not [m for m in methods if m.endswith(("deleteAccessConfig", "addAccessConfig"))], methods
     delete_cluster(cluster=cluster)
-    assert cloud.processes() == []
+    assert cloud.processes(cluster) == []
 
 
 def _canary_write_through(cluster: str, endpoint: str, ca: str, internal_ip: str) -> None:

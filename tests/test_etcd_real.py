@@ -24,7 +24,7 @@ from haplane.etcd import (
     remove_member_when_ready,
 )
 from haplane.quorum import assess, can_add, can_promote, can_remove, can_replace
-from tests.fixtures.poll import eventually
+from haplane.testing.poll import eventually
 
 pytestmark = pytest.mark.timeout(120)
 

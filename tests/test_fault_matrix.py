@@ -40,15 +40,15 @@ from flows.replace_replica import replace_replica
 from haplane.etcd import EtcdTLS
 from haplane.gce import GceTimeout
 from haplane.secretstore import SecretStore
+from haplane.testing import REGION, ZONES
 from haplane.topology import LABEL_CLUSTER, ClusterNames
 from tasks.pki import load_cas
 from tests.fixtures.cluster import PROJECT
-from tests.test_secrets import PEM_MARKER, _leaks
+from tests.test_secrets import PEM_MARKER
+from tests.unit.test_secrets import _leaks
 
 pytestmark = [pytest.mark.long, pytest.mark.usefixtures("prefect_api")]
 
-REGION = "europe-west1"
-ZONES = ["europe-west1-b", "europe-west1-c", "europe-west1-d"]
 CREATE_METHODS = [
     "compute.addresses.insert",
     "compute.firewalls.insert",

@@ -23,15 +23,13 @@ from haplane.node import client_url
 from haplane.observe import observe
 from haplane.pki import create_cluster_cas
 from haplane.plans import PlanRefused, plan_remove
+from haplane.testing import REGION, ZONES
 from haplane.topology import LABEL_CLUSTER
 from tasks.pki import load_cas
 from tasks.snapshots import SNAPSHOT_BEFORE
 from tests.fixtures.cluster import api_through
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
-
-REGION = "europe-west1"
-ZONES = ["europe-west1-b", "europe-west1-c", "europe-west1-d"]
 
 
 def _name(prefix: str) -> str:
@@ -171,7 +169,8 @@ def test_seed_way_create_one_then_add_two_then_shrink_back(cloud, prefect_api):
     assert cloud.processes() == []
 
 
-def test_create_three_at_once_and_replace_a_killed_replica(cloud, prefect_api):
+def test_create_three_at_once_and_replace_a_killed_replica(shared_cloud, prefect_api):
+    cloud = shared_cloud
     cluster = _name("three")
     rows = _as_planned(prefect_api, create_cluster, cluster=cluster, region=REGION, zones=ZONES, replicas=3)
     assert sorted(r["zone"] for r in rows) == ZONES
@@ -208,7 +207,7 @@ def test_create_three_at_once_and_replace_a_killed_replica(cloud, prefect_api):
     ).json()
     assert len(of_run) == 1
     delete_cluster(cluster=cluster)
-    assert cloud.processes() == []
+    assert cloud.processes(cluster) == []
     _assert_no_private_keys_in_prefect(prefect_api)
 
 

@@ -18,12 +18,10 @@ import pytest
 from flows.create_cluster import create_cluster
 from flows.delete_cluster import delete_cluster
 from flows.health_check import health_check
+from haplane.testing import REGION, ZONES
 from tests.fixtures.cluster import PROJECT
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
-
-REGION = "europe-west1"
-ZONES = ["europe-west1-b", "europe-west1-c", "europe-west1-d"]
 
 
 class HeldLock:
@@ -70,9 +68,10 @@ def _replace_runs(cluster: str) -> int:
         )
 
 
-def test_busy_cluster_is_skipped_then_replaced_under_the_lock(cloud, monkeypatch):
+def test_busy_cluster_is_skipped_then_replaced_under_the_lock(shared_cloud, monkeypatch):
     import flows.health_check as hc
 
+    cloud = shared_cloud
     cluster = f"hlock-{uuid.uuid4().hex[:5]}"
     rows = create_cluster(cluster=cluster, region=REGION, zones=ZONES, replicas=3)
     victim = next(r["replica"] for r in rows if r["zone"] == ZONES[1])
@@ -84,7 +83,7 @@ def test_busy_cluster_is_skipped_then_replaced_under_the_lock(cloud, monkeypatch
     with HeldLock(cluster):
         result = health_check(cluster=cluster)
     assert result["action"] == "skipped" and "another mutating flow is running" in result["reason"]
-    assert cloud.mutating_calls() == []
+    assert cloud.mutating_calls(cluster) == []
     assert _replace_runs(cluster) == 0, "a skipped check must not count as a remediation attempt"
 
     # lock free: the check takes it, decides again, and replace-replica runs under that hold

@@ -11,13 +11,11 @@ from blocks.pki import ClusterPKI, block_name
 from flows.create_cluster import create_cluster
 from flows.health_check import health_check
 from haplane.pki import create_cluster_cas
+from haplane.testing import REGION, ZONES
 from haplane.topology import LABEL_CLUSTER
 from tests.fixtures.cluster import PROJECT
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
-
-REGION = "europe-west1"
-ZONES = ["europe-west1-b", "europe-west1-c", "europe-west1-d"]
 
 
 def _a_worker_that_cannot_see_etcd_replaces_nothing(cloud, prefect_api, cluster: str) -> None:

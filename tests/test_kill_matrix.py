@@ -29,19 +29,18 @@ import pytest
 from blocks.pki import KEY_NAMES
 from flows.create_cluster import create_cluster
 from haplane.secretstore import SecretStore
+from haplane.testing import REGION, ZONES
+from haplane.testing.poll import eventually
 from haplane.topology import LABEL_CLUSTER, ClusterNames
 from tasks.cluster import lock_name
 from tasks.keys import key_secret_id
 from tasks.pki import load_cas
 from tests.fixtures.cluster import PROJECT, api_through
 from tests.fixtures.kills import KillPoint, Walk, mutating, sent_once
-from tests.fixtures.poll import eventually
 from tests.test_fault_matrix import QuorumWatcher, _key_material, _leftovers, _members
 
 pytestmark = [pytest.mark.long, pytest.mark.timeout(900), pytest.mark.usefixtures("prefect_api")]
 
-REGION = "europe-west1"
-ZONES = ["europe-west1-b", "europe-west1-c", "europe-west1-d"]
 INSERT, SET_METADATA, DELETE = "compute.instances.insert", "compute.instances.setMetadata", "compute.instances.delete"
 POOL_ADD, POOL_REMOVE = "compute.targetPools.addInstance", "compute.targetPools.removeInstance"
 

@@ -31,11 +31,10 @@ from haplane.emulator.kubeapi import MASTER_LEASE_TTL_S
 from haplane.emulator.vm import LEASE_DURATION_S, RETRY_PERIOD_S
 from haplane.pki import create_cluster_cas
 from haplane.startup import KUBERNETES_VERSION
+from haplane.testing import REGION, ZONES
 
 pytestmark = [pytest.mark.long, pytest.mark.timeout(900), pytest.mark.usefixtures("prefect_api")]
 
-REGION = "europe-west1"
-ZONES = ["europe-west1-b", "europe-west1-c", "europe-west1-d"]
 KUBECTL = os.environ.get("HAPLANE_KUBECTL") or shutil.which("kubectl")
 if not KUBECTL:
     pytest.skip(

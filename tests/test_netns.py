@@ -24,15 +24,14 @@ from flows.create_cluster import create_cluster
 from haplane.emulator.server import Emulator
 from haplane.etcd import EtcdClient, EtcdTLS
 from haplane.node import APISERVER_PORT, ETCD_CLIENT_PORT, ETCD_PEER_PORT, client_url
+from haplane.testing import REGION, ZONES
+from haplane.testing.poll import eventually
 from tasks.pki import load_cas
 from tests.fixtures.cluster import PROJECT, api_through, vm_runtime
 from tests.fixtures.emulator import wait_op
-from tests.fixtures.poll import eventually
 
 pytestmark = pytest.mark.long
 
-REGION = "europe-west1"
-ZONES = ["europe-west1-b", "europe-west1-c", "europe-west1-d"]
 
 CONNECT = "import socket, sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3]))"
 

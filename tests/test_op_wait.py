@@ -12,10 +12,7 @@ import pytest
 
 from haplane.emulator.admin import EmulatorAdmin
 from haplane.gce import Gce, GceTimeout, request_id
-from tasks.operations import wait_bound
-from tasks.results import retry_delays
-
-PROJECT = "haplane-test"
+from haplane.testing import PROJECT
 
 
 def test_a_hung_operation_times_out_within_the_bound_and_is_waited_on_again(bare_emulator):
@@ -53,23 +50,3 @@ def test_a_wait_in_a_zone_that_does_not_answer_says_so(bare_emulator):
         with pytest.raises(GceTimeout) as timed_out:
             gce.wait(op, timeout=2)
         assert "could not be read" in str(timed_out.value) and "europe-west1-b" in str(timed_out.value)
-
-
-def test_wait_and_retry_settings(monkeypatch):
-    monkeypatch.delenv("HAPLANE_OP_WAIT_S", raising=False)
-    monkeypatch.delenv("HAPLANE_LB_WAIT_S", raising=False)
-    assert wait_bound() == ("HAPLANE_OP_WAIT_S", 900.0)
-    assert wait_bound(load_balancer=True) == ("HAPLANE_LB_WAIT_S", 3600.0)
-    monkeypatch.setenv("HAPLANE_OP_WAIT_S", "30")
-    assert wait_bound() == ("HAPLANE_OP_WAIT_S", 30.0)
-    for bad in ("0", "-5", "ten", "nan"):
-        monkeypatch.setenv("HAPLANE_OP_WAIT_S", bad)
-        with pytest.raises(ValueError, match="HAPLANE_OP_WAIT_S must be a positive number of seconds"):
-            wait_bound()
-    monkeypatch.delenv("HAPLANE_RETRY_DELAYS_S", raising=False)
-    assert retry_delays([1, 3, 10]) == [1, 3, 10]
-    monkeypatch.setenv("HAPLANE_RETRY_DELAYS_S", "0.5, 2")
-    assert retry_delays([1, 3, 10]) == [0.5, 2.0]
-    monkeypatch.setenv("HAPLANE_RETRY_DELAYS_S", "1,x")
-    with pytest.raises(ValueError, match="HAPLANE_RETRY_DELAYS_S must be seconds"):
-        retry_delays([1])

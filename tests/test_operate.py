@@ -19,13 +19,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from haplane.testing import REGION, ZONES
 from tests.fixtures.cluster import PROJECT
 from tests.fixtures.prefect import auth_headers
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
-REGION = "europe-west1"
-ZONES = ["europe-west1-b", "europe-west1-c", "europe-west1-d"]
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 CLUSTER = f"ops-{uuid.uuid4().hex[:4]}"
 

@@ -33,15 +33,13 @@ from haplane.gce import request_id
 from haplane.node import client_url, find_etcd
 from haplane.plans import PlanRefused
 from haplane.snapshot_store import SnapshotStore
+from haplane.testing import REGION, ZONES
 from haplane.topology import LABEL_CLUSTER, ClusterNames
 from tasks.pki import load_cas
 from tasks.snapshots import SnapshotFailed, snapshot_key
 from tests.fixtures.cluster import api_through
 
 pytestmark = [pytest.mark.usefixtures("prefect_api"), pytest.mark.timeout(900)]
-
-REGION = "europe-west1"
-ZONES = ["europe-west1-b", "europe-west1-c", "europe-west1-d"]
 
 
 def _name(prefix: str) -> str:
@@ -190,7 +188,8 @@ def test_restore_after_losing_two_of_three_replicas(cloud, gcs, prefect_api):
     )
 
 
-def test_a_snapshot_is_taken_before_a_change_and_a_failed_one_stops_it(cloud, prefect_api):
+def test_a_snapshot_is_taken_before_a_change_and_a_failed_one_stops_it(shared_cloud, prefect_api):
+    cloud = shared_cloud
     cluster = _name("pre")
     create_cluster(cluster=cluster, region=REGION, zones=ZONES, replicas=1)
     store = SnapshotStore.load(None)  # the default: $PREFECT_HOME/haplane-snapshots
@@ -198,10 +197,10 @@ def test_a_snapshot_is_taken_before_a_change_and_a_failed_one_stops_it(cloud, pr
 
     # storage that cannot be used: the change stops before changing anything
     _use_storage(cluster, "gcs-bucket/no-such-block")
-    calls = len(cloud.mutating_calls())
+    calls = len(cloud.mutating_calls(cluster))
     with pytest.raises(SnapshotFailed, match="stopped before changing anything.*skip_snapshot=True"):
         add_replica(cluster=cluster)
-    assert len(cloud.mutating_calls()) == calls
+    assert len(cloud.mutating_calls(cluster)) == calls
     assert len(cloud.gce.list_instances(ZONES, labels={LABEL_CLUSTER: cluster})) == 1
 
     _use_storage(cluster, None)

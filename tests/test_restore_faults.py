@@ -36,9 +36,10 @@ from haplane.gce import request_id
 from haplane.node import client_url
 from haplane.secretstore import SecretStore
 from haplane.snapshot_store import SnapshotStore
+from haplane.testing import REGION, ZONES
 from tasks.pki import load_cas
 from tests.fixtures.poll import eventually
-from tests.test_fault_matrix import REGION, ZONES, _converged, _key_material, _leftovers, _members, _mutating
+from tests.test_fault_matrix import _converged, _key_material, _leftovers, _members, _mutating
 
 pytestmark = [pytest.mark.long, pytest.mark.usefixtures("prefect_api"), pytest.mark.timeout(1500)]
 

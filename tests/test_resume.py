@@ -19,6 +19,7 @@ import pytest
 
 from flows.add_replica import add_replica
 from flows.create_cluster import create_cluster
+from haplane.testing import REGION, ZONES
 from haplane.topology import LABEL_CLUSTER
 from tasks.cluster import force_unlock
 from tasks.pki import load_cas
@@ -27,8 +28,6 @@ from tests.fixtures.kills import flow_process, kill, wait_until_waiting_on
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
-REGION = "europe-west1"
-ZONES = ["europe-west1-b", "europe-west1-c", "europe-west1-d"]
 
 # Every GCE call add_replica makes going 1 -> 2, in order. A hang on each one kills the flow
 # after the step before it has completed: VM insert; after the etcd learner add (setMetadata);

@@ -25,12 +25,10 @@ from haplane.emulator.server import Emulator
 from haplane.gce import token_credentials
 from haplane.node import SECRET_SUFFIXES, SECRETS_KEY
 from haplane.secretstore import SecretStore, SecretUnreadable, read_as_vm, secret_id, service_account_email
+from haplane.testing import REGION, ZONES
 from haplane.topology import LABEL_CLUSTER
 from tasks.keys import key_secret_id
 from tests.fixtures.cluster import PROJECT
-
-REGION = "europe-west1"
-ZONES = ["europe-west1-b", "europe-west1-c", "europe-west1-d"]
 
 
 def test_secret_manager_subset_with_the_real_client(tmp_path):
@@ -68,7 +66,8 @@ def _instances(cloud, cluster: str) -> list[compute_v1.Instance]:
 
 
 @pytest.mark.usefixtures("prefect_api")
-def test_no_private_key_in_metadata_and_a_vm_reads_only_its_own(cloud):
+def test_no_private_key_in_metadata_and_a_vm_reads_only_its_own(shared_cloud):
+    cloud = shared_cloud
     cluster = f"sec-{uuid.uuid4().hex[:5]}"
     rows = create_cluster(cluster=cluster, region=REGION, zones=ZONES, replicas=3)
     assert all(r["health"] == "healthy" for r in rows)  # etcd and the API servers run on keys read from secrets
@@ -123,4 +122,4 @@ def test_no_private_key_in_metadata_and_a_vm_reads_only_its_own(cloud):
     finally:
         delete_cluster(cluster=cluster)
     assert store.list(cluster) == []
-    assert cloud.processes() == []
+    assert cloud.processes(cluster) == []

@@ -8,11 +8,7 @@ database, the result storage, logs, artifacts and events.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import pickle
-import re
 import traceback
 import uuid
 from pathlib import Path
@@ -27,40 +23,13 @@ from flows.create_cluster import create_cluster
 from flows.delete_cluster import delete_cluster
 from haplane.gce import request_id
 from haplane.pki import new_ca
-from haplane.scrub import SecretCallFailed, scrub
+from haplane.scrub import SecretCallFailed
+from haplane.testing import REGION
 from tests.fixtures.cluster import PROJECT
+from tests.unit.test_secrets import _key_lines, _leaks
 
-REGION = "europe-west1"
 ZONE = "europe-west1-b"
 PEM_MARKER = b"PRIVATE KEY-----"
-B64_RE = re.compile(rb"[A-Za-z0-9+/=]{80,}")
-
-
-def _key_lines(pem: str) -> list[bytes]:
-    """The base64 lines of a PEM private key: any of them found anywhere means the key leaked."""
-    return [line.encode() for line in pem.strip().splitlines()[1:-1] if len(line) >= 40]
-
-
-def _leaks(blob: bytes, needles: list[bytes]) -> list[bytes]:
-    """Needles found in ``blob``, or in base64 text inside it (Prefect's result files hold the
-    pickled value as base64 with line breaks, inside JSON)."""
-    found = [n for n in needles if n in blob]
-    flat = blob.replace(b"\\n", b"").replace(b"\n", b"")
-    for chunk in B64_RE.findall(flat):
-        try:
-            decoded = base64.b64decode(chunk + b"=" * (-len(chunk) % 4))
-        except (binascii.Error, ValueError):
-            continue
-        found += [n for n in needles if n in decoded]
-    return found
-
-
-def test_scrub_removes_pem_blocks_and_secret_values():
-    pem = new_ca("x", "cluster-ca").key_pem.get_secret_value()
-    text = f"400 bad value '{pem}' and escaped {json.dumps(pem)} and plain secret-value-123"
-    out = scrub(text, [pem, "secret-value-123"])
-    assert "PRIVATE KEY" not in out and "secret-value-123" not in out
-    assert not _leaks(out.encode(), _key_lines(pem))
 
 
 def test_a_failed_setmetadata_carries_no_key(cloud):

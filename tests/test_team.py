@@ -21,16 +21,15 @@ import pytest
 from haplane.emulator.admin import EmulatorAdmin
 from haplane.emulator.server import Emulator
 from haplane.emulator.vm import ProcessRuntime
+from haplane.testing import REGION, ZONES
+from haplane.testing.prefect import auth_headers
+from haplane.testing.worker import start_worker
 from tests.fixtures.cluster import PROJECT, Cloud, api_through, workers_gce
-from tests.fixtures.prefect import auth_headers
-from tests.fixtures.worker import start_worker
 from tests.test_operate import start_deployment, wait_run
 from tests.test_resume import ADD_STEPS
 
 pytestmark = [pytest.mark.long, pytest.mark.timeout(900)]
 
-REGION = "europe-west1"
-ZONES = ["europe-west1-b", "europe-west1-c", "europe-west1-d"]
 CLUSTER = f"team-{uuid.uuid4().hex[:4]}"
 CONNECTION = "team"
 

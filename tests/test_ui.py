@@ -32,9 +32,9 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support import expected_conditions as ec  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
+from haplane.testing import REGION, ZONES  # noqa: E402
+
 OUT = Path(__file__).resolve().parent.parent / "test-output"
-REGION = "europe-west1"
-ZONES = ["europe-west1-b", "europe-west1-c", "europe-west1-d"]
 
 
 @pytest.fixture

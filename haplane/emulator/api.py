@@ -346,6 +346,16 @@ def route_for(verb: str, path: str) -> tuple[Route, dict[str, str]]:
     raise ApiError(404, "notFound", f"No such Compute Engine API method: {verb} {path}")
 
 
+def resource_named(params: dict[str, str], body) -> str | None:
+    """The resource a call is about: the innermost name in its path (not the project, zone, region or
+    operation), else the ``name`` of the inserted resource; None for lists and operation waits."""
+    for key in reversed(list(params)):
+        if key not in ("project", "zone", "region", "operation"):
+            return params[key]
+    name = body.get("name") if isinstance(body, dict) else None
+    return name if isinstance(name, str) else None
+
+
 class ComputeApi:
     def __init__(self, ctx: Ctx, faults: FaultBook, calls: CallLog):
         self.ctx = ctx
@@ -353,7 +363,7 @@ class ComputeApi:
         self.calls = calls
 
     def handle(self, verb: str, path: str, query: dict[str, str], body) -> tuple[int, dict]:
-        meta = {"method": "unknown", "operation": None, "outcome": "ok"}
+        meta = {"method": "unknown", "operation": None, "outcome": "ok", "resource": None}
         try:
             status, reply = self._handle(verb, path, query, body, meta)
         except ApiError as exc:
@@ -372,12 +382,14 @@ class ComputeApi:
             status=status,
             operation=meta["operation"],
             outcome=meta["outcome"],
+            resource=meta["resource"],
         )
         return status, reply
 
     def _handle(self, verb: str, path: str, query: dict[str, str], body, meta: dict) -> tuple[int, dict]:
         route, params = route_for(verb, path)
         meta["method"] = route.method
+        meta["resource"] = resource_named(params, body)
         call = Call(verb=verb, path=path, method=route.method, params=params, query=query, body=body)
         self._check_scope(call)
         fault = self.faults.take(route.method)

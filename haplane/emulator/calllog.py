@@ -5,10 +5,13 @@ Entry (JSON)::
     {"time": "2024-01-01T00:00:00.123456+00:00", "method": "compute.instances.insert",
      "verb": "POST", "path": "/compute/v1/projects/p/zones/z/instances",
      "requestId": "..." | null, "status": 200, "operation": "operation-..." | null,
-     "outcome": "ok" | "deduplicated" | "<error reason>" | "fault:<mode>"}
+     "outcome": "ok" | "deduplicated" | "<error reason>" | "fault:<mode>",
+     "resource": "c1-master-0" | null}
 
-Request bodies are never logged (instance metadata carries private keys);
-the path holds no query string. Read with ``GET /_emulator/calls`` (optional
+``resource`` names the resource the call is about: the innermost name in the path, or for an
+insert the ``name`` of the body (haplane's names start with the cluster's name, so a test that
+shares the emulator picks its own calls out by it). Request bodies are never logged (instance
+metadata carries private keys); the path holds no query string. Read with ``GET /_emulator/calls`` (optional
 ``?method=compute.instances.insert``), clear with ``DELETE /_emulator/calls``.
 """
 
@@ -36,6 +39,7 @@ class CallLog:
         status: int,
         operation: str | None,
         outcome: str,
+        resource: str | None = None,
     ) -> None:
         entry = {
             "time": datetime.now(UTC).isoformat(),
@@ -46,6 +50,7 @@ class CallLog:
             "status": status,
             "operation": operation,
             "outcome": outcome,
+            "resource": resource,
         }
         with self._lock:
             self._entries.append(entry)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import pytest
@@ -66,17 +67,32 @@ def test_kubernetes_rules(replicas, target, rule):
     assert rule_of(lambda: check_kubernetes_move(replicas, target)) == rule
 
 
-def test_real_gce_needs_a_pinned_sha256(monkeypatch):
+def test_real_gce_needs_a_pinned_checksum(monkeypatch):
+    """Real GCE installs only what is pinned: etcd 3.5.1 (its tarball's sha256) and every Kubernetes release
+    (its server tarball's sha512); etcd 3.4.23 has no upstream checksum pinned, so it is refused, naming the fix."""
     from dataclasses import replace as swap
 
     from haplane import versions
 
-    assert rule_of(lambda: versions.check_pinned("3.5.1", "v1.30.0")) == "pinned-sha256"  # v1.30.0 unpinned
-    monkeypatch.setitem(versions.ETCD_RELEASES, "3.5.1", swap(ETCD_RELEASES["3.5.1"], sha256="a" * 64))
-    assert rule_of(lambda: versions.check_pinned("3.5.1", "v1.30.0")) == "pinned-sha256"  # kube-apiserver not
-    monkeypatch.setitem(versions.KUBERNETES_RELEASES, "v1.30.0", swap(KUBERNETES_RELEASES["v1.30.0"], sha256="b" * 64))
+    for kube in KUBERNETES_RELEASES:
+        versions.check_pinned("3.5.1", kube)  # pinned: no refusal
+    with pytest.raises(versions.VersionRefused) as refused:
+        versions.check_pinned("3.4.23", "v1.30.0")
+    assert refused.value.rule == "pinned-checksum"
+    assert "etcd 3.4.23 has no pinned sha256 of etcd-v3.4.23-linux-amd64.tar.gz" in str(refused.value)
+    assert "Choose a pinned release (etcd 3.5.1; Kubernetes v1.30.0, v1.31.0)" in str(refused.value)
+    monkeypatch.setitem(
+        versions.KUBERNETES_RELEASES, "v1.31.0", swap(KUBERNETES_RELEASES["v1.31.0"], server_tarball_sha512=None)
+    )
+    with pytest.raises(versions.VersionRefused, match="Kubernetes v1.31.0 has no pinned sha512 of kubernetes-server"):
+        versions.check_pinned("3.5.1", "v1.31.0")
     assert rule_of(lambda: versions.check_pinned("3.5.1", "v1.30.0")) is None
-    assert rule_of(lambda: versions.check_pinned("3.4.23", "v1.30.0")) == "pinned-sha256"
+
+
+def test_every_kubernetes_release_pins_its_server_tarball_sha512():
+    for version, release in KUBERNETES_RELEASES.items():
+        assert release.version == version
+        assert re.fullmatch(r"[0-9a-f]{128}", release.server_tarball_sha512 or ""), version
 
 
 def test_offered_versions_are_one_list():

@@ -16,9 +16,8 @@ import pytest
 from haplane.model import ClusterState, ReplicaState, Unknown
 from haplane.plans import PlanRefused, plan_add, plan_remove, plan_replace
 from haplane.remediation import Action, Attempt, Outcome, decide, find_problems
+from haplane.testing import REGION, ZONES
 
-REGION = "europe-west1"
-ZONES = ["europe-west1-b", "europe-west1-c", "europe-west1-d"]
 NOW = dt.datetime(2025, 1, 1, 12, 0, tzinfo=dt.UTC)
 CERT = Unknown(
     "etcd membership of c",

@@ -9,7 +9,7 @@ import pytest
 from haplane.model import LeaderLease as Lease
 from haplane.model import Unknown
 from haplane.remediation import Action, Problem, decide, find_problems
-from tests.test_remediation import NOW, cluster, ok
+from tests.unit.test_remediation import NOW, cluster, ok
 
 
 @pytest.mark.parametrize(

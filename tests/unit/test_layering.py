@@ -2,9 +2,12 @@
 
 - The rules (model, plans, remediation, restore, quorum, topology, GCE timings) import with httpx, google,
   prefect, cryptography and pydantic made unimportable: they decide, they do no I/O.
-- Nothing in flows/, tasks/, blocks/, deployments/ or the library (other than its command line)
-  imports the emulator: production decisions do not depend on the test world.
+- Nothing in flows/, tasks/, blocks/, deployments/ or the library (other than its command line and
+  haplane/testing/, the harness of tests and benchmarks) imports the emulator: production decisions do not
+  depend on the test world.
 - Nothing in haplane/ imports flows/ or tasks/, except haplane/cli.py (the entry point).
+- The project's own modules import one another without a circle (every import counts, also one inside a
+  function), and tasks/ never reaches up into deployments/.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PURE = [
     "haplane.model",
     "haplane.gce_timings",
@@ -95,10 +98,11 @@ def _violations(files: list[Path], forbidden: tuple[str, ...]) -> list[str]:
 
 
 def test_nothing_but_the_command_line_imports_the_emulator():
+    # haplane/testing/ is the harness that tests/ and bench/ share: it may use the emulator
     files = [
         p
         for p in _py("flows", "tasks", "blocks", "deployments", "haplane")
-        if "emulator" not in p.relative_to(ROOT).parts and p != ROOT / "haplane" / "cli.py"
+        if not {"emulator", "testing"} & set(p.relative_to(ROOT).parts) and p != ROOT / "haplane" / "cli.py"
     ]
     assert len(files) > 20
     assert _violations(files, ("haplane.emulator",)) == []
@@ -116,10 +120,115 @@ def test_the_scan_sees_imports():
 
 def test_tasks_blocks_and_the_library_do_not_import_the_workspace_setup():
     """deployments/ sets up a workspace (it may use tasks' names); tasks/, blocks/ and the library never
-    import it: the per-cluster schedules and automations are removed by the flow (delete-cluster)."""
+    import it (also not inside a function): the per-cluster schedules and automations are removed by the
+    flow (delete-cluster)."""
     files = [p for p in _py("tasks", "blocks", "haplane") if p != ROOT / "haplane" / "cli.py"]
     assert _violations(files, ("deployments",)) == []
     assert _violations([ROOT / "haplane" / "cli.py"], ("deployments",)), "the scan sees the command line's import"
+
+
+PACKAGES = ("haplane", "flows", "tasks", "blocks", "deployments")
+
+
+def _modules(root: Path) -> dict[str, Path]:
+    """Every module of the project's packages, by dotted name (a package by its ``__init__.py``)."""
+    out = {}
+    for package in PACKAGES:
+        for path in sorted((root / package).rglob("*.py")):
+            parts = list(path.relative_to(root).with_suffix("").parts)
+            out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
+
+
+def import_graph(root: Path = ROOT) -> dict[str, set[str]]:
+    """module -> the project's modules it imports, at module level or inside a function.
+
+    ``from a.b import c`` counts as importing ``a.b.c`` when that is a module, else ``a.b``.
+    """
+    modules = _modules(root)
+
+    def known(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {}
+    for module, path in modules.items():
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        deps: set[str | None] = set()
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                deps |= {known(a.name) for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                    base = ".".join([*up, base] if base else up)
+                deps |= {known(f"{base}.{a.name}") for a in node.names}
+        graph[module] = {d for d in deps if d is not None and d != module}
+    return graph
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return sorted(found)
+
+
+def _described(found: list[list[str]], graph: dict[str, set[str]]) -> list[str]:
+    return [" / ".join(f"{m} -> {sorted(d for d in graph[m] if d in c)}" for m in c) for c in found]
+
+
+def test_the_circle_finder_finds_circles():
+    """The circle test can fail: a two-module circle, a three-module one and a lazy import are found."""
+    graph = {"a": {"b"}, "b": {"a"}, "c": {"d"}, "d": {"e"}, "e": {"c", "f"}, "f": set()}
+    assert circles(graph) == [["a", "b"], ["c", "d", "e"]]
+    assert circles({"a": {"b"}, "b": {"c"}, "c": set()}) == []
+
+
+def test_the_import_graph_sees_lazy_and_relative_imports(tmp_path):
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "__init__.py").write_text("")
+    (tmp_path / "tasks" / "one.py").write_text("def f():\n    from tasks.two import g\n")
+    (tmp_path / "tasks" / "two.py").write_text("from . import one\nfrom tasks import one as again\n")
+    graph = import_graph(tmp_path)
+    assert graph["tasks.one"] == {"tasks.two"} and graph["tasks.two"] == {"tasks.one"}
+    assert circles(graph) == [["tasks.one", "tasks.two"]]
+
+
+def test_the_projects_modules_import_one_another_without_a_circle():
+    graph = import_graph()
+    assert len(graph) > 50
+    assert circles(graph) == [], _described(circles(graph), graph)
 
 
 def test_the_executor_names_no_step_kind():
@@ -159,35 +268,3 @@ def test_every_step_kind_has_exactly_one_handler_module():
         for k in kinds:
             homes[k.kind].append(module)
     assert {k.value: m for k, m in homes.items() if len(m) != 1} == {}
-
-
-def test_the_step_kinds_and_the_executor_are_in_no_import_circle():
-    """Module-level imports among the project's own modules: nothing that tasks.kinds or tasks.execute
-    reaches imports them back (the registry finds the kind modules at run time, not by import)."""
-    own = ("haplane", "tasks", "flows", "blocks", "deployments")
-    graph: dict[str, set[str]] = {}
-    for p in _py(*own):
-        rel = p.relative_to(ROOT).with_suffix("")
-        module = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
-        tree = ast.parse(p.read_text(), filename=str(p))
-        found: set[str] = set()
-        for node in tree.body:  # module level: what importing the module imports
-            if isinstance(node, ast.Import):
-                found |= {a.name for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
-        graph[module] = {m for m in found if m.split(".")[0] in own}
-
-    def reach(start: str) -> set[str]:
-        seen, todo = set(), [start]
-        while todo:
-            m = todo.pop()
-            for n in graph.get(m, ()):
-                if n in graph and n not in seen:
-                    seen.add(n)
-                    todo.append(n)
-        return seen
-
-    kinds = [m for m in graph if m == "tasks.kinds" or m.startswith("tasks.kinds.")]
-    assert len(kinds) > 10 and "tasks.kinds" in reach("tasks.kinds.vm"), "the scan sees the imports"
-    assert [m for m in [*kinds, "tasks.execute"] if m in reach(m)] == []

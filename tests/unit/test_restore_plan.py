@@ -23,10 +23,10 @@ from haplane.restore import (
 )
 from haplane.snapshots import SnapshotMeta
 from haplane.steps import Ref, StepKind
+from haplane.testing import ZONES
 from haplane.topology import TopologyError, check_change_id, label_value, replica_name, restored_replica_name
 
 NOW = dt.datetime(2026, 11, 27, 12, tzinfo=dt.UTC)
-ZONES = ["europe-west1-b", "europe-west1-c", "europe-west1-d"]
 LOST = (QuorumView.LOST, "seen lost")
 ABC = (("a", "RUNNING"), ("b", "RUNNING"), ("c", "RUNNING"))
 SPAN = ELECTIONS_SPANNED  # seconds: election timeouts of 1 s

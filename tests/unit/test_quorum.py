@@ -252,8 +252,10 @@ def test_decision_has_no_truth_value_trap():
     import ast
     import pathlib
 
-    root = pathlib.Path(__file__).resolve().parents[1]
-    for path in [*root.glob("haplane/*.py"), *root.glob("flows/*.py"), *root.glob("tasks/*.py")]:
+    root = pathlib.Path(__file__).resolve().parents[2]
+    paths = [*root.glob("haplane/*.py"), *root.glob("flows/*.py"), *root.glob("tasks/*.py")]
+    assert len(paths) > 20, f"no sources found under {root}"
+    for path in paths:
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if (

@@ -11,7 +11,7 @@ from haplane.endpoint import EndpointMode
 from haplane.observe import ClusterState
 from haplane.plans import PlanRefused, plan_add, plan_create, plan_remove, plan_replace, plan_set_load_balancer
 from haplane.remediation import StrandedVm, ZoneAction, decide_zones, track_outages
-from tests.test_plans import DEAD, KNOWN, ONE, REGION, THREE, cluster, replica
+from tests.unit.test_plans import DEAD, KNOWN, ONE, REGION, THREE, cluster, replica
 
 ALWAYS, AS_NEEDED = EndpointMode.ALWAYS, EndpointMode.AS_NEEDED
 ZONES = ["us-central1-a", "us-central1-b", "us-central1-c"]

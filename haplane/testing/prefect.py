@@ -1,0 +1,132 @@
+"""A real Prefect server (``prefect server start``, SQLite unless told otherwise) for tests and benchmarks.
+
+Started on a free loopback port with its own PREFECT_HOME, in its own process group, and stopped
+with it. The tests' ``prefect_api`` fixture (tests/fixtures/prefect.py) runs one per test session;
+bench/common.py one per benchmark. ``auth``: the server asks every client for that credential
+(``PREFECT_SERVER_API_AUTH_STRING``), as in production; :func:`auth_headers` is what a raw REST call sends.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from haplane.processes import stop_group
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def auth_headers() -> dict[str, str]:
+    """What Prefect's client sends with ``PREFECT_API_AUTH_STRING`` set (for raw REST calls of tests)."""
+    auth = os.environ.get("PREFECT_API_AUTH_STRING")
+    return {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()} if auth else {}
+
+
+class PrefectServer:
+    def __init__(self, home: Path, env_extra: dict[str, str] | None = None, auth: str | None = None) -> None:
+        self.home = home
+        self.env_extra = dict(env_extra or {})  # e.g. PREFECT_API_DATABASE_CONNECTION_URL (haplane/testing/postgres.py)
+        self.auth = auth  # the server's PREFECT_SERVER_API_AUTH_STRING; its clients (workers) get it too
+        if auth:
+            self.env_extra.update(PREFECT_SERVER_API_AUTH_STRING=auth, PREFECT_API_AUTH_STRING=auth)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/api"
+        self.log = home / "server.log"
+        self.proc: subprocess.Popen | None = None
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            PREFECT_HOME=str(self.home),
+            PREFECT_API_URL=self.url,
+            PREFECT_SERVER_ANALYTICS_ENABLED="false",
+            PREFECT_UI_ENABLED=os.environ.get("PREFECT_UI_ENABLED", "true"),
+            # expire a killed flow's cluster-lock lease within seconds, not the default 15 s loop
+            PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS="1",
+        )
+        env.update(self.env_extra)
+        return env
+
+    def start(self, timeout: float = 240.0) -> None:  # generous: ~75 s on this 2-core host under load
+        prefect = Path(sys.executable).parent / "prefect"
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
+                env=self.env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"prefect server exited with {self.proc.returncode}; see {self.log}")
+                try:
+                    if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.5)
+            raise RuntimeError(f"prefect server not healthy after {timeout:.0f}s; see {self.log}")
+        except BaseException:  # not healthy in time, or the test's own timeout struck while waiting
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_group(self.proc)
+
+
+def _drain_prefect_services() -> None:
+    """Send this process's pending logs and events before the server goes, instead of retrying
+    against a stopped server at exit."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for service in (APILogWorker, EventsWorker):
+        try:
+            service.drain_all(timeout=10)
+        except Exception:  # nothing pending, or already stopped
+            pass
+
+
+@contextlib.contextmanager
+def serving(server: PrefectServer):
+    """Start ``server`` and point this process's Prefect client at it; stop it afterwards."""
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, PREFECT_HOME, temporary_settings
+
+    # a generous deadline: on a loaded 2-core machine the server's start has taken over 90 s
+    server.start(timeout=float(os.environ.get("HAPLANE_PREFECT_START_S", "300")))
+    old = {k: os.environ.get(k) for k in ("PREFECT_API_URL", "PREFECT_HOME", "PREFECT_API_AUTH_STRING")}
+    os.environ["PREFECT_API_URL"], os.environ["PREFECT_HOME"] = server.url, str(server.home)
+    if server.auth:
+        os.environ["PREFECT_API_AUTH_STRING"] = server.auth
+    else:
+        os.environ.pop("PREFECT_API_AUTH_STRING", None)
+    try:
+        with temporary_settings(
+            updates={PREFECT_API_URL: server.url, PREFECT_HOME: str(server.home), PREFECT_API_AUTH_STRING: server.auth}
+        ):
+            yield server
+    finally:
+        _drain_prefect_services()
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        server.stop()
