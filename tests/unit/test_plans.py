@@ -532,7 +532,9 @@ def test_removal_steps_follow_the_remove_order(case, make):
 
 
 def _stranded_two() -> tuple[ClusterState, list[tuple[str, str]]]:
-    state = cluster(replica(0, "us-central1-a"), replica(1, "us-central1-b", member_id=None), replica(2, "us-central1-c"))
+    state = cluster(
+        replica(0, "us-central1-a"), replica(1, "us-central1-b", member_id=None), replica(2, "us-central1-c")
+    )
     return state, [("c-master-1", "us-central1-b")]
 
 
