@@ -39,7 +39,7 @@ from haplane.plans import Plan, plan_create
 from haplane.topology import check_cluster_name, check_multizone
 from haplane.versions import DEFAULT_ETCD_VERSION, DEFAULT_KUBERNETES_VERSION, check_offered, check_pinned
 from tasks.cluster import gce_footprint, spec_where, zones_of
-from tasks.network import check_source_ranges
+from tasks.kinds.firewall import check_source_ranges
 from tasks.steps import Change
 
 

@@ -651,6 +651,7 @@ def plan_remove(
                 name=name,
             )
         )
+        steps.append(_delete_keys(p, name, "its VM is deleted"))
     else:  # the VM is gone (verified: not in any zone that answered); its private keys are not
         steps.append(_delete_keys(p, name))
     return Plan(
@@ -668,21 +669,22 @@ def plan_remove(
     )
 
 
-def _delete_keys(prefix: str, name: str) -> PlanStep:
+def _delete_keys(prefix: str, name: str, why: str = "its VM is gone already") -> PlanStep:
+    """A replica's private keys in Secret Manager: after its VM is deleted, or once it is found gone."""
     return step(
         StepKind.DELETE_KEYS,
         f"{prefix}delete-keys/{name}",
-        f"delete the private keys of {name} from Secret Manager (its VM is gone already)",
+        f"delete the private keys of {name} from Secret Manager ({why})",
         name=name,
     )
 
 
 def plan_removed(state: ClusterState, replica: str, zone: str, prefix: str = "") -> Plan:
     """A removal resumed once the replica's VM and etcd member are gone (its run was killed while the
-    VM was being deleted): its last step again. That step looks first (no call for a VM that is gone;
-    a resumed run waits on the deletion it submitted) and deletes the replica's private keys from
-    Secret Manager, which nothing else would. A replica whose VM was gone before its removal started
-    (zone "?") gets its keys deleted again (a step that finds none is done)."""
+    VM was being deleted): its last steps again. The VM's deletion looks first (no call for a VM that is
+    gone; a resumed run waits on the deletion it submitted), then the replica's private keys are deleted
+    from Secret Manager, which nothing else would do. A replica whose VM was gone before its removal
+    started (zone "?") gets its keys deleted again (a step that finds none is done)."""
     if state.replica(replica) is not None:
         raise PlanRefused(f"{replica} is still in {state.cluster!r}: plan its removal, not its end")
     voting = len(state.voting)
@@ -693,10 +695,11 @@ def plan_removed(state: ClusterState, replica: str, zone: str, prefix: str = "")
             step(
                 StepKind.DELETE_VM,
                 f"{prefix}delete-vm/{replica}",
-                f"delete VM {replica} in {zone} (gone already) and its private keys",
+                f"delete VM {replica} in {zone} (gone already)",
                 zone=zone,
                 name=replica,
             ),
+            _delete_keys(prefix, replica, "its VM is deleted"),
         )
     )
     return Plan(
@@ -788,6 +791,12 @@ def plan_delete(state: ClusterState) -> Plan:
         for n in (names.firewall_etcd_peer, names.firewall_etcd_client, names.firewall_apiserver)
     ]
     steps += [
+        step(StepKind.CHECK_GONE, "gone-from-gce", "check that GCE holds nothing of the cluster any more"),
+        step(
+            StepKind.DELETE_CLUSTER_KEYS,
+            "keys",
+            "delete the cluster's secrets from Secret Manager (the CAs' and the replicas' private keys)",
+        ),
         step(StepKind.DELETE_PKI, "pki", f"delete the cluster's CAs (block {names.pki_block})"),
         step(StepKind.DELETE_SPEC, "spec", f"delete the cluster's spec (block {names.spec_block})"),
     ]
@@ -1116,6 +1125,7 @@ def plan_delete_stranded(state: ClusterState, stranded: list[tuple[str, str]]) -
                 name=name,
             )
         )
+    steps += [_delete_keys("", name, "its VM is deleted") for name, _ in stranded]
     steps.append(
         step(
             StepKind.STRAND_DELETED,

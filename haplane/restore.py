@@ -349,12 +349,16 @@ def plan_restore(
         step(
             StepKind.DELETE_VM,
             f"delete-vm/{n}",
-            f"delete replica {n} ({z}) and its private keys: its etcd data belongs to the lost cluster",
+            f"delete replica {n} ({z}): its etcd data belongs to the lost cluster",
             "vms",
             zone=z,
             name=n,
         )
         for n, z in remove
+    ]
+    steps += [
+        step(StepKind.DELETE_KEYS, f"delete-keys/{n}", f"delete the private keys of {n}, whose VM is deleted", name=n)
+        for n, _ in remove
     ]
     steps += [
         step(StepKind.DELETE_KEYS, f"delete-keys/{n}", f"delete the private keys of {n}, whose VM is gone", name=n)

@@ -2,7 +2,7 @@
 
 A plan (:mod:`haplane.plans`) is a tuple of :class:`PlanStep`. The dry-run
 text, the plan artifact and the run all come from that one tuple: the flows
-hand it to one executor (``tasks/execute.py``, a step kind -> task mapping),
+hand it to one executor (``tasks/execute.py``; each kind's handler is a module of ``tasks/kinds/``),
 so what a plan says and what a run does cannot drift apart.
 
 **Step ids are a persistence schema.** A step's id is its checkpoint key in
@@ -58,9 +58,11 @@ class StepKind(StrEnum):
     DELETE_TARGET_POOL = "delete-target-pool"
     DELETE_HEALTH_CHECK = "delete-health-check"
     DELETE_VM = "delete-vm"
-    DELETE_KEYS = "delete-keys"  # a replica's private keys in Secret Manager, when its VM is gone already
+    DELETE_KEYS = "delete-keys"  # a replica's private keys in Secret Manager, once its VM is deleted or gone
     RELEASE_ADDRESS = "release-address"
     DELETE_FIREWALL = "delete-firewall"
+    CHECK_GONE = "check-gone"  # delete-cluster: GCE holds nothing of the cluster (else what follows does not run)
+    DELETE_CLUSTER_KEYS = "delete-cluster-keys"  # every secret of the cluster in Secret Manager
     DELETE_PKI = "delete-pki"
     DELETE_SPEC = "delete-spec"
     WAIT_API = "wait-api"  # until the replica's API server is ready (it would pass the pool's check)
@@ -75,7 +77,14 @@ class StepKind(StrEnum):
 
 # Steps that destroy something that cannot be had back: refused on an unknown view (haplane.plans).
 DESTRUCTIVE = frozenset(
-    {StepKind.REMOVE_MEMBER, StepKind.DELETE_VM, StepKind.DELETE_KEYS, StepKind.RELEASE_ADDRESS, StepKind.DELETE_PKI}
+    {
+        StepKind.REMOVE_MEMBER,
+        StepKind.DELETE_VM,
+        StepKind.DELETE_KEYS,
+        StepKind.RELEASE_ADDRESS,
+        StepKind.DELETE_CLUSTER_KEYS,
+        StepKind.DELETE_PKI,
+    }
 )
 
 # The named outputs a step of each kind produces, for later steps to refer to.

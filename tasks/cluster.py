@@ -13,12 +13,9 @@ from google.api_core import exceptions as gexc
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.client.orchestration import get_client
-from pydantic import TypeAdapter
 
-from blocks import delete_block_document
 from blocks.cluster import ClusterSpec, resolve_gce
 from blocks.pki import CA
-from blocks.store import update_spec
 from haplane.locks import (  # noqa: F401 - the lock is haplane.locks'; flows and tests take it from here
     LOCK_WAIT_S,
     ClusterBusy,
@@ -55,36 +52,6 @@ def load_spec(cluster: str) -> ClusterSpec:
 
 
 # fields only the health check writes (what it observed): a flow saving its settings keeps them as they are
-OBSERVED_FIELDS = ("zones_out", "stranded")
-
-
-@probe(task_run_name="{step}")
-def save_spec(cluster: str, spec: ClusterSpec, step: str = "spec", settings: dict | None = None) -> None:
-    """Record settings in block ``<cluster>-spec`` (:func:`blocks.store.update_spec`: under the cluster lock,
-    onto the spec as saved now). ``settings``: those fields only (set-load-balancer's endpoint mode);
-    None: every setting of ``spec`` (create-cluster), keeping what the health check observed."""
-
-    def change(saved: ClusterSpec | None) -> ClusterSpec:
-        if saved is None:
-            return spec
-        if settings is not None:  # each value checked as its field's type (the mode arrives as its value)
-            return saved.model_copy(
-                update={
-                    k: TypeAdapter(ClusterSpec.model_fields[k].annotation).validate_python(v)
-                    for k, v in settings.items()
-                }
-            )
-        return spec.model_copy(update={f: getattr(saved, f) for f in OBSERVED_FIELDS})
-
-    update_spec(cluster, change)
-
-
-@probe(task_run_name="{step}")
-def delete_spec(cluster: str, step: str = "spec") -> None:
-    with cluster_lock(cluster):
-        delete_block_document(ClusterNames(cluster).spec_block, ClusterSpec.get_block_type_slug())
-
-
 @probe(task_run_name="observe {cluster}")
 def observe_cluster(cluster: str, region: str, connection: str | None, tolerate_zones: bool = False) -> ClusterState:
     """Rebuild the cluster's picture from GCE and etcd (never cached); with ``tolerate_zones`` a zone
@@ -301,46 +268,6 @@ def wait_api_ready(
     raise TimeoutError(f"the API server of {name} ({ip}) is ready but {last} after {timeout:.0f} s")
 
 
-# --- the stranded VMs of a zone outage (haplane.remediation.decide_zones), kept in the spec -------------
-
-
-def _update_stranded(cluster: str, update) -> None:
-    """Save ``update(stranded)`` onto the spec as saved now; records that are done (deleted and replaced) go."""
-    update_spec(
-        cluster,
-        lambda spec: spec.model_copy(update={"stranded": [s for s in update(list(spec.stranded)) if not s.done]}),
-    )
-
-
-@probe(task_run_name="{step}")
-def record_stranded(cluster: str, name: str, zone: str, step: str) -> None:
-    from haplane.observe import now_utc
-    from haplane.remediation import StrandedVm
-
-    _update_stranded(
-        cluster,
-        lambda s: (
-            s
-            if any(x.name == name for x in s)
-            else [*s, StrandedVm(name, zone, now_utc().isoformat(timespec="seconds"))]
-        ),
-    )
-
-
-@probe(task_run_name="{step}")
-def record_replacement(cluster: str, name: str, replacement: str, step: str) -> None:
-    from dataclasses import replace
-
-    _update_stranded(cluster, lambda s: [replace(x, replacement=replacement) if x.name == name else x for x in s])
-
-
-@probe(task_run_name="{step}")
-def record_deleted(cluster: str, names: list[str], step: str) -> None:
-    from dataclasses import replace
-
-    _update_stranded(cluster, lambda s: [replace(x, deleted=True) if x.name in names else x for x in s])
-
-
 def spec_where(cluster: str) -> SpecWhere | None:
     """Where the cluster's saved spec says it lives; None without a spec."""
     try:
@@ -382,16 +309,6 @@ def gce_footprint(cluster: str, region: str, connection: str | None, ours_only: 
         if description is not None and keep(uid_in(description)):
             found.append(f"{kind.replace('_', ' ')} {name}")
     return found
-
-
-def check_gone_from_gce(cluster: str, region: str, connection: str | None) -> None:
-    """Before delete-cluster removes the CA and the spec: nothing of the cluster may be left in GCE."""
-    left = gce_footprint(cluster, region, connection, ours_only=True)
-    if left:
-        raise RuntimeError(
-            f"cluster {cluster!r} still has {', '.join(left)} in GCE; its spec and PKI are kept: "
-            f"run delete-cluster again"
-        )
 
 
 def forget_cluster(cluster: str) -> list[str]:

@@ -1,8 +1,6 @@
-"""etcd tasks: membership changes (learner first) and quorum waits, over mutual TLS.
-
-Every task connects with the operator's client certificate from the cluster's
-PKI block, looks at the membership first, and does nothing when the change
-is already there.
+"""etcd over mutual TLS with the operator's client certificate: the client, and the waits on etcd as a
+whole (quorum, cluster version) that plans (``tasks/kinds/quorum.py``) and rotate-certificates share.
+A replica's membership changes are the ``tasks/kinds/etcd_member.py`` steps.
 """
 
 from __future__ import annotations
@@ -12,73 +10,15 @@ from contextlib import closing
 
 from prefect import get_run_logger
 
-from haplane.etcd import (
-    EtcdClient,
-    EtcdError,
-    add_member_when_ready,
-    promote_when_ready,
-    remove_member_when_ready,
-)
-from haplane.node import client_url, peer_url
+from haplane.etcd import EtcdClient, EtcdError
+from haplane.node import client_url
 from tasks.pki import operator_tls
-from tasks.steps import Change, checkpoint, probe
+from tasks.steps import probe
 
 
-def _client(cluster: str, ips: list[str], timeout: float = 5.0, connection: str | None = None) -> EtcdClient:
+def operator_client(cluster: str, ips: list[str], timeout: float = 5.0, connection: str | None = None) -> EtcdClient:
+    """An etcd client of the cluster's members at ``ips``, with the operator's certificate (inside a task only)."""
     return EtcdClient([client_url(ip) for ip in ips], tls=operator_tls(cluster, connection), timeout=timeout)
-
-
-@checkpoint
-def add_learner(change: Change, step: str, member_ips: list[str], new_ip: str) -> int:
-    """Add the new replica as a non-voting learner; returns its member id."""
-    with closing(_client(change.cluster, member_ips, connection=change.connection)) as etcd:
-        for m in etcd.member_list():
-            if peer_url(new_ip) in m.peer_urls:
-                get_run_logger().info("member %s for %s already exists", m.hex_id, new_ip)
-                return m.id
-        added = add_member_when_ready(etcd, [peer_url(new_ip)], learner=True)
-        get_run_logger().info("added learner %s for %s", added.member.hex_id, new_ip)
-        return added.member.id
-
-
-@probe(retries=2, retry_delay_seconds=3, task_run_name="{step}")
-def promote(
-    change: Change, member_ips: list[str], member_id: int, name: str, timeout: float = 120.0, step: str = "promote"
-) -> None:
-    """Promote the learner once it has caught up with the leader (retried until then)."""
-    with closing(_client(change.cluster, member_ips, connection=change.connection)) as etcd:
-        member = next((m for m in etcd.member_list() if m.id == member_id), None)
-        if member is None:
-            raise RuntimeError(f"etcd member {member_id:x} ({name}) is not in the cluster")
-        if not member.is_learner:
-            return
-        promote_when_ready(etcd, member_id, timeout=timeout)
-        get_run_logger().info("promoted %s (%x) to a voting member", name, member_id)
-
-
-@probe(retries=2, retry_delay_seconds=3, task_run_name="{step}")
-def move_leader_away(
-    change: Change, member_ips: list[str], member_id: int, name: str, healthy_ids: list[int], step: str = "move-leader"
-) -> None:
-    """If ``member_id`` leads, hand leadership to a healthy voting member first."""
-    with closing(_client(change.cluster, member_ips, connection=change.connection)) as etcd:
-        leader_id, _ = etcd.leader()
-        if leader_id != member_id:
-            return
-        target = next((i for i in healthy_ids if i != member_id), None)
-        if target is None:
-            raise RuntimeError(f"{name} leads etcd and no other healthy voting member can take over")
-        etcd.move_leader(target)
-        get_run_logger().info("moved etcd leadership from %s to %x", name, target)
-
-
-@checkpoint
-def remove_member(change: Change, step: str, member_ips: list[str], member_id: int, name: str) -> None:
-    with closing(_client(change.cluster, member_ips, connection=change.connection)) as etcd:
-        if not any(m.id == member_id for m in etcd.member_list()):
-            return
-        remove_member_when_ready(etcd, member_id)
-        get_run_logger().info("removed etcd member %s (%x)", name, member_id)
 
 
 def _minor(version: str) -> tuple[int, ...]:
@@ -112,7 +52,7 @@ def wait_quorum(
     last = "no answer yet"
     while time.monotonic() < deadline:
         try:
-            with closing(_client(cluster, ips, timeout=3.0, connection=connection)) as etcd:
+            with closing(operator_client(cluster, ips, timeout=3.0, connection=connection)) as etcd:
                 members = etcd.member_list()
                 voting = [m for m in members if not m.is_learner and m.started]
                 unhealthy = [h.endpoint for h in (etcd.health(client_url(ip)) for ip in ips) if not h.healthy]
@@ -149,7 +89,7 @@ def wait_cluster_version(
     last = "no answer yet"
     while time.monotonic() < deadline:
         try:
-            with closing(_client(cluster, ips, timeout=3.0, connection=connection)) as etcd:
+            with closing(operator_client(cluster, ips, timeout=3.0, connection=connection)) as etcd:
                 seen = [etcd.version(client_url(ip)) for ip in ips]
             if all(s.startswith(expect + ".") and c.startswith(expect + ".") for s, c in seen):
                 get_run_logger().info("every member runs etcd %s; the cluster version is %s", expect, seen[0][1])

@@ -373,23 +373,6 @@ def certificate_inventory(cluster: str, zones: list[str], connection: str | None
     return rows
 
 
-@probe(task_run_name="delete secrets of {replica}")
-def delete_replica_secrets(change: Change, replica: str) -> int:
-    """Destroy a removed replica's private keys (every secret labelled with it). Returns how many."""
-    store = SecretStore.for_gce(change.gce())
-    gone = sum(store.delete(n) for n in store.list(change.cluster, replica))
-    get_run_logger().info("deleted %d secrets of %s", gone, replica)
-    return gone
-
-
-@probe(task_run_name="delete secrets of cluster {change.cluster}")
-def delete_cluster_secrets(change: Change) -> int:
-    store = SecretStore.for_gce(change.gce())
-    gone = sum(store.delete(n) for n in store.list(change.cluster))
-    get_run_logger().info("deleted %d secrets of cluster %s", gone, change.cluster)
-    return gone
-
-
 @probe(task_run_name="{step}")
 def delete_cluster_pki(cluster: str, step: str = "pki") -> None:
     delete_block_document(block_name(cluster), ClusterPKI.get_block_type_slug())

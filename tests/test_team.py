@@ -94,16 +94,17 @@ def task_runs(api: str, flow_run_id: str) -> list[dict]:
 
 def checkpoint_steps(api: str, flow_run_id: str) -> list[tuple[str, str]]:
     """(step, state name) of the run's checkpointed steps (tasks made with ``tasks.steps.checkpoint``)."""
-    import tasks.compute
-    import tasks.etcd
-    import tasks.network
+    import importlib
+
     import tasks.pki
     import tasks.steps
+    from tasks.kinds import handler_modules
     from tasks.results import CheckpointTask
 
+    kinds = [importlib.import_module(f"tasks.kinds.{m}") for m in handler_modules()]
     fns = {
         t.fn.__name__
-        for m in (tasks.compute, tasks.etcd, tasks.network, tasks.pki, tasks.steps)
+        for m in (tasks.pki, tasks.steps, *kinds)
         for t in vars(m).values()
         if isinstance(t, CheckpointTask)
     }

@@ -59,7 +59,13 @@ def test_always_mode_scales_one_two_one_by_the_pool_alone_without_downtime():
     remove = plan_remove(TWO_LB, "us-central1-b", None, mode=ALWAYS)
     assert remove.lb == "shrink" and remove.downtime == ""
     # out of the pool before etcd: no request through the endpoint reaches a leaving replica
-    assert [s.kind.value for s in remove.steps] == ["pool-remove", "remove-member", "wait-quorum", "delete-vm"]
+    assert [s.kind.value for s in remove.steps] == [
+        "pool-remove",
+        "remove-member",
+        "wait-quorum",
+        "delete-vm",
+        "delete-keys",
+    ]
 
 
 def test_as_needed_mode_keeps_the_seeds_ip_move_and_says_its_downtime():
@@ -311,7 +317,7 @@ def test_stranded_vms_are_deleted_unless_they_are_members_again():
         replica(1, "us-central1-b", member_id=None, **DEAD),
     )
     plan = plan_delete_stranded(back, [("c-master-1", "us-central1-b")])
-    assert [s.kind.value for s in plan.steps] == ["delete-vm", "strand-deleted"]
+    assert [s.kind.value for s in plan.steps] == ["delete-vm", "delete-keys", "strand-deleted"]
     with pytest.raises(PlanRefused, match="etcd member again"):
         plan_delete_stranded(THREE, [("c-master-1", "us-central1-b")])
 

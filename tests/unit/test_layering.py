@@ -229,3 +229,42 @@ def test_the_projects_modules_import_one_another_without_a_circle():
     graph = import_graph()
     assert len(graph) > 50
     assert circles(graph) == [], _described(circles(graph), graph)
+
+
+def test_the_executor_names_no_step_kind():
+    """tasks/execute.py is generic: what a kind does lives in its module of tasks/kinds/, not in the executor
+    (no ``StepKind`` at all, no kind's value as a string)."""
+    from haplane.steps import StepKind
+
+    source = (ROOT / "tasks" / "execute.py").read_text()
+    tree = ast.parse(source)
+    names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} | {
+        n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)
+    }
+    strings = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+    assert "StepKind" not in names and "StepKind" not in _imported_names(tree)
+    assert not names & {k.name for k in StepKind}, "the executor names a step kind"
+    assert not strings & {k.value for k in StepKind}, "the executor names a step kind"
+
+
+def _imported_names(tree: ast.AST) -> set[str]:
+    return {a.asname or a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
+
+
+def test_the_executor_check_sees_a_kind():
+    """The check above can fail: the module that handles the VM kinds names them."""
+    tree = ast.parse((ROOT / "tasks" / "kinds" / "vm.py").read_text())
+    assert "StepKind" in _imported_names(tree)
+
+
+def test_every_step_kind_has_exactly_one_handler_module():
+    from haplane.steps import StepKind
+    from tasks.kinds import handler_modules
+
+    modules = handler_modules()
+    homes: dict[StepKind, list[str]] = {k: [] for k in StepKind}
+    for module, kinds in modules.items():
+        assert kinds, f"tasks/kinds/{module}.py handles no step kind"
+        for k in kinds:
+            homes[k.kind].append(module)
+    assert {k.value: m for k, m in homes.items() if len(m) != 1} == {}

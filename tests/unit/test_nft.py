@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from haplane.emulator.nft import Host, applies_to, router_ruleset, sources, vm_ruleset
-from tasks.network import check_source_ranges, firewall_rules, worker_egress
+from tasks.kinds.firewall import check_source_ranges, firewall_rules, worker_egress
 
 REPLICA_A = Host("10.9.1.5", ("c-master",))
 REPLICA_B = Host("10.9.2.7", ("c-master",))

@@ -12,11 +12,14 @@ from haplane.plans import (
     member_health,
     plan_add,
     plan_create,
+    plan_delete,
+    plan_delete_stranded,
     plan_remove,
     plan_removed,
     plan_replace,
 )
 from haplane.quorum import Reason
+from haplane.steps import StepKind
 from haplane.topology import (
     TopologyError,
     check_cluster_name,
@@ -226,8 +229,9 @@ def test_a_removal_resumed_once_its_replica_is_gone_deletes_it_again_and_nothing
     # its run was killed while the VM was being deleted: VM and etcd member gone, its keys not yet
     two = cluster(replica(0, "us-central1-a"), replica(2, "us-central1-c"))
     plan = plan_removed(two, "c-master-1", "us-central1-b", prefix="remove/")
-    assert plan.ids == ("remove/delete-vm/c-master-1",) and plan.voting_after == 2
+    assert plan.ids == ("remove/delete-vm/c-master-1", "remove/delete-keys/c-master-1") and plan.voting_after == 2
     assert plan.steps[0].arguments == {"zone": "us-central1-b", "name": "c-master-1"}
+    assert plan.steps[1].arguments == {"name": "c-master-1"}
     # its VM was gone before the removal started: its private keys are still deleted
     assert plan_removed(two, "c-master-1", "?").ids == ("delete-keys/c-master-1",)
     with pytest.raises(PlanRefused, match="still in"):
@@ -399,11 +403,18 @@ PINNED = {
             "member/c-master-0",
             "quorum/c-master-0",
             "delete-vm/c-master-0",
+            "delete-keys/c-master-0",
         ),
     ),
     "remove 2->1 (always)": (
         lambda: plan_remove(TWO, "us-central1-b", None, mode="always"),
-        ("pool-remove/c-master-1", "member/c-master-1", "quorum/c-master-1", "delete-vm/c-master-1"),
+        (
+            "pool-remove/c-master-1",
+            "member/c-master-1",
+            "quorum/c-master-1",
+            "delete-vm/c-master-1",
+            "delete-keys/c-master-1",
+        ),
     ),
     "remove 2->1": (
         lambda: plan_remove(TWO, "us-central1-b", None),
@@ -416,6 +427,7 @@ PINNED = {
             "delete-target-pool",
             "delete-health-check",
             "delete-vm/c-master-1",
+            "delete-keys/c-master-1",
         ),
     ),
     "replace": (
@@ -425,6 +437,7 @@ PINNED = {
             "remove/member/c-master-1",
             "remove/quorum/c-master-1",
             "remove/delete-vm/c-master-1",
+            "remove/delete-keys/c-master-1",
             "add/vm/c-master-fc142",
             "add/learner/c-master-fc142",
             "add/configure/c-master-fc142",
@@ -515,11 +528,54 @@ def test_removal_steps_follow_the_remove_order(case, make):
         assert "delete-vm" not in kinds and "pool-remove" not in kinds
 
 
-def test_every_step_kind_has_an_executor():
-    from haplane.steps import StepKind
-    from tasks.execute import GCE, LOCAL
+# --- the plan says what the run does -------------------------------------------------------------------
 
-    assert set(GCE) | set(LOCAL) == set(StepKind) and not set(GCE) & set(LOCAL)
+
+def _stranded_two() -> tuple[ClusterState, list[tuple[str, str]]]:
+    state = cluster(
+        replica(0, "us-central1-a"), replica(1, "us-central1-b", member_id=None), replica(2, "us-central1-c")
+    )
+    return state, [("c-master-1", "us-central1-b")]
+
+
+DELETES_VMS = {
+    "remove 3->2": lambda: plan_remove(THREE, "us-central1-a", None),
+    "remove 2->1": lambda: plan_remove(TWO, "us-central1-b", None),
+    "removal resumed": lambda: plan_removed(TWO_OF_THREE, "c-master-1", "us-central1-b", prefix="remove/"),
+    "replace": lambda: plan_replace(THREE, "c-master-1", "replace-1", KNOWN, KNOWN[:3])[0],
+    "stranded": lambda: plan_delete_stranded(*_stranded_two()),
+}
+TWO_OF_THREE = cluster(replica(0, "us-central1-a"), replica(2, "us-central1-c"))
+
+
+@pytest.mark.parametrize("case", list(DELETES_VMS))
+def test_a_deleted_vms_private_keys_are_a_step_after_it(case):
+    """The run deletes a replica's keys in Secret Manager when it deletes its VM: the dry run lists that
+    step (``delete-keys/<name>``, after the VM's deletion), the run does not do it on the side."""
+    steps = DELETES_VMS[case]().steps
+    vms = [(i, s.arguments["name"]) for i, s in enumerate(steps) if s.kind is StepKind.DELETE_VM]
+    assert vms
+    for i, name in vms:
+        keys = [s for s in steps[i + 1 :] if s.kind is StepKind.DELETE_KEYS and s.arguments["name"] == name]
+        assert len(keys) == 1 and keys[0].id.endswith(f"delete-keys/{name}"), [s.id for s in steps]
+
+
+def test_delete_cluster_checks_gce_is_empty_before_the_keys_and_cas_go():
+    """delete-cluster: every GCE deletion, then the footprint check, then the secrets, the CAs, the spec;
+    each a step of its own (the check failing stops the run before anything that cannot be had back)."""
+    plan = plan_delete(THREE)
+    kinds = [s.kind for s in plan.steps]
+    tail = [StepKind.CHECK_GONE, StepKind.DELETE_CLUSTER_KEYS, StepKind.DELETE_PKI, StepKind.DELETE_SPEC]
+    assert kinds[-4:] == tail
+    assert plan.ids[-4:] == ("gone-from-gce", "keys", "pki", "spec")
+    assert not set(kinds[:-4]) & set(tail) and StepKind.DELETE_VM in kinds[:-4]
+
+
+def test_every_step_kind_has_a_handler():
+    from haplane.steps import StepKind
+    from tasks.kinds import registry
+
+    assert set(registry()) == set(StepKind)
 
 
 def test_side_by_side_steps_are_grouped_and_nothing_else():

@@ -250,6 +250,8 @@ def test_the_plan_saves_the_survivor_first_deletes_with_keys_and_restores_the_ne
         "pool-remove/g",
         "delete-vm/a",
         "delete-vm/b",
+        "delete-keys/a",
+        "delete-keys/b",
         "delete-keys/g",
         f"vm/{mine}",
         f"configure/{mine}",
@@ -259,7 +261,7 @@ def test_the_plan_saves_the_survivor_first_deletes_with_keys_and_restores_the_ne
     assert plan.plan.steps[3].arguments["link"] == gone_link  # a VM gone: its link, as the pool holds it
     kinds = [s.kind for s in plan.plan.steps]
     assert kinds[0] is StepKind.SAVE_SNAPSHOT and kinds.index(StepKind.SAVE_SNAPSHOT) < kinds.index(StepKind.DELETE_VM)
-    configure = plan.plan.steps[8].arguments
+    configure = plan.plan.steps[plan.plan.ids.index(f"configure/{mine}")].arguments
     assert configure["restore"] == (
         Ref("snapshot-survivor", "where"),
         Ref("snapshot-survivor", "snapshot_id"),
@@ -275,7 +277,8 @@ def test_a_stored_snapshot_newer_than_the_survivor_or_named_is_restored_and_the_
     older = Survivor("b", "127.10.0.3", 90)
     plan = plan_restore(state, LOST, _snap(), 90, NOW, "restore-1", ZONES, survivor=older)
     assert not plan.from_survivor and plan.plan.steps[0].kind is StepKind.SAVE_SNAPSHOT
-    assert plan.plan.steps[6].arguments["restore"] == ("file:///s1", "s1", "0" * 64)
+    configure = next(s for s in plan.plan.steps if s.kind is StepKind.CONFIGURE)
+    assert configure.arguments["restore"] == ("file:///s1", "s1", "0" * 64)
     named = plan_restore(
         state, LOST, _snap(), 130, NOW, "restore-1", ZONES, survivor=Survivor("b", "ip", 130), named=True
     )

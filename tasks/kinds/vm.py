@@ -1,4 +1,6 @@
-"""Compute tasks: replica VMs. Each submit looks before it acts and returns the operation to wait on."""
+"""Replica VMs: create-vm (bare, with haplane's startup script; its internal IP and self link are its
+outputs), delete-vm (the VM only: its private keys are the delete-keys step after it). Each submit looks
+before it acts and returns the operation to wait on."""
 
 from __future__ import annotations
 
@@ -9,8 +11,10 @@ from haplane.node import ETCD_VERSION_KEY, KUBERNETES_VERSION_KEY
 from haplane.ownership import check_adoptable, owned
 from haplane.secretstore import service_account_email
 from haplane.startup import render_startup_script
+from haplane.steps import StepKind
 from haplane.topology import LABEL_CHANGE, LABEL_UID, label_value
 from haplane.versions import DEFAULT_ETCD_VERSION, DEFAULT_KUBERNETES_VERSION
+from tasks.kinds import Kind, gce
 from tasks.steps import Change, checkpoint, cluster_uid
 
 
@@ -73,3 +77,30 @@ def submit_delete_vm(change: Change, step: str, zone: str, name: str) -> OpRef |
         )
         return None
     return gce.delete_instance(zone, name, rid=change.rid(step))
+
+
+def _created(run, s, a) -> dict:
+    vm = run.change.gce().get_instance(a["zone"], a["name"])
+    return {"internal_ip": vm.internal_ip, "self_link": vm.self_link}
+
+
+KINDS = (
+    Kind(
+        StepKind.CREATE_VM,
+        submit=gce(
+            submit_create_vm,
+            lambda run, a: (
+                a["zone"],
+                a["name"],
+                run.spec.machine_type,
+                run.names.labels(run.spec.multizone, run.spec.quorum_reads),
+                [run.names.tag],
+                a["nat_ip"],
+                run.spec.etcd_version,
+                run.spec.kubernetes_version,
+            ),
+        ),
+        produced=_created,
+    ),
+    Kind(StepKind.DELETE_VM, submit=gce(submit_delete_vm, lambda run, a: (a["zone"], a["name"]))),
+)
