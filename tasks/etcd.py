@@ -12,6 +12,7 @@ from prefect import get_run_logger
 
 from haplane.etcd import EtcdClient, EtcdError
 from haplane.node import client_url
+from haplane.versions import VersionRefused, minor
 from tasks.pki import operator_tls
 from tasks.steps import probe
 
@@ -21,20 +22,18 @@ def operator_client(cluster: str, ips: list[str], timeout: float = 5.0, connecti
     return EtcdClient([client_url(ip) for ip in ips], tls=operator_tls(cluster, connection), timeout=timeout)
 
 
-def _minor(version: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
-
-
 def cluster_version_settled(versions: list[tuple[str, str]]) -> bool:
     """Whether etcd has decided its cluster version: every member reports the same one, and it is the
     lowest minor the members run. A new cluster reports 3.0.0 (or ``not_decided``) for its first
     seconds, until the leader has read every member's version; a table or an upgrade plan read in that
     moment would take 3.0 for the cluster's version."""
-    servers = [_minor(s) for s, _ in versions]
     clusters = {c for _, c in versions}
-    if not versions or len(clusters) != 1 or not all(servers):
+    if not versions or len(clusters) != 1:
         return False
-    return _minor(next(iter(clusters))) == min(servers)
+    try:
+        return minor(next(iter(clusters))) == min(minor(s) for s, _ in versions)
+    except VersionRefused:  # "not_decided", or a member that did not say its version
+        return False
 
 
 @probe(task_run_name="{step}")
