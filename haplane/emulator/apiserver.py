@@ -29,7 +29,7 @@ The Kubernetes API kubectl and the controller-manager and scheduler stand-ins us
 :mod:`haplane.emulator.kubeapi`. Every path under ``/api``, ``/apis`` and ``/version`` needs a client
 certificate of ``--client-ca-file`` (401 otherwise; a certificate of another CA fails the TLS
 handshake). While it runs, the stand-in keeps ``/registry/masterleases/<ip>`` in etcd with a 15 s
-etcd lease (kube-apiserver's lease endpoint reconciler) and deletes it when it stops.
+etcd lease, renewed every 10 s (kube-apiserver's lease endpoint reconciler) and deletes it when it stops.
 
 Run as its own process (``python -m haplane.emulator.apiserver ...``) so
 that killing a VM kills it too; with ``--controller`` the controller-manager and scheduler stand-ins
@@ -577,18 +577,21 @@ def main(argv: list[str] | None = None) -> int:
 
 def keep_master_lease(kv: kubeapi.EtcdKv, ip: str, stop: threading.Event) -> None:
     """kube-apiserver's lease endpoint reconciler: this API server's IP under
-    ``/registry/masterleases/`` with an etcd lease of 15 s, renewed every 5 s while it runs (it
-    drops out of the ``kubernetes`` Endpoints 15 s after it dies), deleted when it stops."""
+    ``/registry/masterleases/`` with an etcd lease of 15 s, renewed every 10 s while it runs
+    (kube-apiserver's reconcile interval: it drops out of the ``kubernetes`` Endpoints at most 15 s
+    after it dies), deleted when it stops. A renewal is a lease grant and a put; the key's ``since``
+    (kept across restarts) is read once, by the first renewal that reaches etcd."""
     key = f"{kubeapi.MASTER_LEASES}{ip}"
-    since = kubeapi.micro_time()
+    since = None
     while not stop.is_set():
         try:
-            old = kv.get(key)
-            since = (old.value.get("since") if old else None) or since
+            if since is None:
+                old = kv.get(key)
+                since = (old.value.get("since") if old else None) or kubeapi.micro_time()
             kv.put_with_ttl(key, {"ip": ip, "since": since}, kubeapi.MASTER_LEASE_TTL_S)
         except (kubeapi.EtcdUnavailable, ValueError, KeyError):
             pass  # etcd not there yet, or no quorum: try again
-        stop.wait(kubeapi.MASTER_LEASE_TTL_S / 3)
+        stop.wait(kubeapi.MASTER_LEASE_RENEW_S)
     try:
         kv.delete(key)
     except kubeapi.EtcdUnavailable:

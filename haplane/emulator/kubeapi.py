@@ -33,7 +33,9 @@ import httpx
 
 MASTER_LEASES = "/registry/masterleases/"
 LEASES = "/registry/leases/"
-MASTER_LEASE_TTL_S = 15  # kube-apiserver's --endpoint-reconciler-type=lease: a 15 s TTL, renewed every 10 s
+# kube-apiserver's --endpoint-reconciler-type=lease: a 15 s TTL, renewed every 10 s (its reconcile interval)
+MASTER_LEASE_TTL_S = 15
+MASTER_LEASE_RENEW_S = 10
 
 LEASE_PATH = re.compile(r"^/apis/coordination\.k8s\.io/v1/namespaces/([a-z0-9-]+)/leases(?:/([a-z0-9.-]+))?$")
 ENDPOINTS_PATH = re.compile(r"^/api/v1/namespaces/([a-z0-9-]+)/endpoints(?:/([a-z0-9.-]+))?$")
