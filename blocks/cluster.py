@@ -15,6 +15,7 @@ from pydantic import Field, SecretStr
 from haplane import settings
 from haplane.endpoint import EndpointMode
 from haplane.gce import Gce, token_credentials
+from haplane.node import ETCD_HEARTBEAT_MAX_MS, ETCD_HEARTBEAT_MIN_MS, ETCD_HEARTBEAT_MS, ETCD_HEARTBEAT_TEXT
 from haplane.remediation import StrandedVm
 from haplane.versions import DEFAULT_ETCD_VERSION, DEFAULT_KUBERNETES_VERSION
 
@@ -109,6 +110,13 @@ class ClusterSpec(Block):
         "(create-cluster detects the worker's egress if none)",
     )
     service_cidr: str = Field(default="10.0.0.0/24", description="Kubernetes service range")
+    # Specs saved before this field existed: their replicas run etcd's default, which this is.
+    etcd_heartbeat_ms: int = Field(
+        default=ETCD_HEARTBEAT_MS,
+        ge=ETCD_HEARTBEAT_MIN_MS,
+        le=ETCD_HEARTBEAT_MAX_MS,
+        description=ETCD_HEARTBEAT_TEXT,
+    )
     # Specs saved before this field existed were clusters of the seed's way: they read as "as-needed".
     load_balancer: EndpointMode = Field(
         default=EndpointMode.AS_NEEDED,

@@ -25,6 +25,7 @@ from flows.params import (
     ClusterName,
     Connection,
     DryRun,
+    EtcdHeartbeat,
     EtcdRelease,
     KubernetesRelease,
     LeafLifetime,
@@ -34,6 +35,7 @@ from flows.params import (
     documented,
 )
 from haplane.endpoint import EndpointMode
+from haplane.node import ETCD_HEARTBEAT_MS, check_etcd_heartbeat
 from haplane.ownership import check_create, new_uid
 from haplane.plans import Plan, plan_create
 from haplane.topology import check_cluster_name, check_multizone
@@ -54,6 +56,7 @@ def create_cluster(
     multizone: Annotated[bool, Field(description=MULTIZONE_TEXT)] = True,
     quorum_reads: Annotated[bool, Field(description=QUORUM_READS_TEXT)] = False,
     machine_type: str = "e2-standard-2",
+    etcd_heartbeat_ms: EtcdHeartbeat = ETCD_HEARTBEAT_MS,
     api_source_ranges: list[str] | None = None,
     operator_ranges: Annotated[
         list[str] | None,
@@ -72,6 +75,7 @@ def create_cluster(
     check_cluster_name(cluster)
     check_offered(etcd_version, kubernetes_version)  # also when called as a function, without the form
     check_multizone(multizone, zones)
+    check_etcd_heartbeat(etcd_heartbeat_ms)
     if quorum_reads:
         get_run_logger().warning("quorum_reads=true is recorded but changes nothing: %s", QUORUM_READS_NOTE)
     api_ranges = check_source_ranges(api_source_ranges or ["0.0.0.0/0"], "api_source_ranges")
@@ -91,6 +95,7 @@ def create_cluster(
         multizone=multizone,
         quorum_reads=quorum_reads,
         machine_type=machine_type,
+        etcd_heartbeat_ms=etcd_heartbeat_ms,
         api_source_ranges=api_ranges,
         operator_ranges=operator_ranges or [],  # none: the worker's egress (tasks/execute.py)
         project=project,

@@ -12,6 +12,7 @@ from typing import Annotated
 from pydantic import AfterValidator, BeforeValidator, Field
 
 from haplane.endpoint import EndpointMode
+from haplane.node import ETCD_HEARTBEAT_MAX_MS, ETCD_HEARTBEAT_MIN_MS, ETCD_HEARTBEAT_TEXT
 from haplane.quorum import VALID_SIZES, check_target_size
 from haplane.topology import CHANGE_ID_RE, NAME_RE, check_change_id, check_cluster_name, check_distinct_zones
 from haplane.versions import EtcdVersion, KubernetesVersion
@@ -145,6 +146,21 @@ LeafLifetime = Annotated[
         "operator's), in minutes, at least 2; empty: 1 year. Short lifetimes need a health check with "
         "rotate_minutes well under them, scheduled more often than that"
     ),
+]
+
+
+def _etcd_heartbeat(value: object) -> object:
+    from haplane.node import check_etcd_heartbeat
+
+    return check_etcd_heartbeat(value)
+
+
+# etcd's heartbeat interval of a new cluster's replicas (the election timeout is 10x); checked before
+# anything is created, with the bounds in the UI's form.
+EtcdHeartbeat = Annotated[
+    Annotated[int, Field(ge=ETCD_HEARTBEAT_MIN_MS, le=ETCD_HEARTBEAT_MAX_MS)],
+    BeforeValidator(_etcd_heartbeat),
+    Field(description=ETCD_HEARTBEAT_TEXT),
 ]
 
 

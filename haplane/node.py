@@ -94,14 +94,50 @@ SNAPSHOT_KEY_SECRET = "snapshot-key"
 SECRET_REF_SUFFIXES = SECRET_SUFFIXES | {SNAPSHOT_KEY_SECRET}
 
 
+# etcd's heartbeat interval (ms): etcd's default, what a cluster runs unless its spec says otherwise.
+# The election timeout is ELECTION_PER_HEARTBEAT times it (etcd's tuning guide: heartbeat about the
+# round-trip time between members, election about 10x; etcd allows at most 50 s of election timeout).
+ETCD_HEARTBEAT_MS = 100
+ETCD_HEARTBEAT_MIN_MS, ETCD_HEARTBEAT_MAX_MS = 50, 5000
+ELECTION_PER_HEARTBEAT = 10
+
+
+ETCD_HEARTBEAT_TEXT = (
+    f"etcd's heartbeat interval in ms on every replica (created, added or replaced later), "
+    f"{ETCD_HEARTBEAT_MIN_MS}-{ETCD_HEARTBEAT_MAX_MS}; the election timeout is {ELECTION_PER_HEARTBEAT}x. "
+    f"Default {ETCD_HEARTBEAT_MS} (etcd's own). etcd's tuning guide: about the round-trip time between "
+    f"replicas. Longer: less CPU and traffic while idle, but a dead leader is replaced later"
+)
+
+
+def check_etcd_heartbeat(heartbeat_ms: object) -> int:
+    """A cluster's etcd heartbeat interval in ms, or a ValueError that says what is allowed."""
+    if (
+        isinstance(heartbeat_ms, bool)
+        or not isinstance(heartbeat_ms, int)
+        or not ETCD_HEARTBEAT_MIN_MS <= heartbeat_ms <= ETCD_HEARTBEAT_MAX_MS
+    ):
+        raise ValueError(
+            f"etcd_heartbeat_ms={heartbeat_ms!r}: give etcd's heartbeat interval in whole milliseconds, "
+            f"{ETCD_HEARTBEAT_MIN_MS} to {ETCD_HEARTBEAT_MAX_MS} (about the round-trip time between replicas; "
+            f"the election timeout is {ELECTION_PER_HEARTBEAT}x). Default {ETCD_HEARTBEAT_MS}, etcd's own"
+        )
+    return heartbeat_ms
+
+
+def election_s(heartbeat_ms: int = ETCD_HEARTBEAT_MS) -> float:
+    """etcd's election timeout, in seconds, for a cluster whose heartbeat is ``heartbeat_ms``."""
+    return ELECTION_PER_HEARTBEAT * heartbeat_ms / 1000
+
+
 @dataclass(frozen=True)
 class EtcdSpec:
     name: str
     initial_cluster: str  # "name1=https://ip1:2380,name2=https://ip2:2380"
     initial_cluster_state: str = "new"  # "new" | "existing"
     initial_cluster_token: str = "haplane"
-    heartbeat_ms: int = 100
-    election_ms: int = 1000
+    heartbeat_ms: int = ETCD_HEARTBEAT_MS
+    election_ms: int = ELECTION_PER_HEARTBEAT * ETCD_HEARTBEAT_MS
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

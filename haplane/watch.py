@@ -164,6 +164,7 @@ class Watched:
     pki_problem: str | None = None
     pki_read: float = -1e9
     etcd_looks: list = field(default_factory=list)  # haplane.restore.Look of the last periods, while etcd is unseen
+    election_s: float = 1.0  # the cluster's etcd election timeout (its spec's etcd_heartbeat_ms x 10)
 
     def close(self) -> None:
         for c in (self.etcd, self.api):
@@ -234,6 +235,8 @@ class Watcher:
 
     # -- one period
     def refresh(self) -> None:
+        from haplane.node import ETCD_HEARTBEAT_MS, election_s
+
         i, n = self.shard
         seen = {}
         for data in self.specs():
@@ -245,7 +248,13 @@ class Watcher:
             log.info("cluster %s is gone: no longer watched", c)
         for c, data in seen.items():
             if c not in self.watched:
-                self.watched[c] = Watched(c, data["region"], data.get("project") or "", data.get("uid"))
+                self.watched[c] = Watched(
+                    c,
+                    data["region"],
+                    data.get("project") or "",
+                    data.get("uid"),
+                    election_s=election_s(data.get("etcd_heartbeat_ms") or ETCD_HEARTBEAT_MS),
+                )
                 log.info("watching cluster %s", c)
 
     def tick(self) -> None:
@@ -318,12 +327,11 @@ class Watcher:
         if state.membership_unknown is None or w.etcd is None:
             w.etcd_looks = []
         else:  # lost quorum or only cut off? decided on the looks of the last few periods, as a restore does
-            from haplane.node import EtcdSpec
             from haplane.restore import ELECTIONS_SPANNED, QuorumEvidence
 
             running = {client_url(i.internal_ip): i.name for i in instances if i.status == "RUNNING" and i.internal_ip}
             now = time.monotonic()
-            election_s = EtcdSpec(name="", initial_cluster="").election_ms / 1000
+            election_s = w.election_s
             keep = max(2 * ELECTIONS_SPANNED * election_s, 3 * self.period)
             w.etcd_looks = [x for x in w.etcd_looks if now - x.at_s <= keep]
             if running:

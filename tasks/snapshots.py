@@ -21,7 +21,8 @@ from blocks.pki import block_name
 from haplane import snapshots as snap
 from haplane.etcd import EndpointStatus, EtcdClient, EtcdTLS
 from haplane.gce import Gce
-from haplane.node import EtcdSpec, client_url, find_etcd
+from haplane.node import client_url, find_etcd
+from haplane.node import election_s as node_election_s
 from haplane.observe import etcd_look
 from haplane.ownership import owned
 from haplane.restore import ELECTIONS_SPANNED, Look, QuorumEvidence, settled
@@ -261,7 +262,7 @@ def observe_quorum(
     from tasks.steps import cluster_uid
 
     gce, tls, uid = resolve_gce(connection), operator_tls(spec.cluster, connection), cluster_uid(spec.cluster)
-    election_s = EtcdSpec(name="", initial_cluster="").election_ms / 1000
+    election_s = node_election_s(spec.etcd_heartbeat_ms)
     interval = ELECTIONS_SPANNED * election_s / max(1, looks - 1)
     taken: list[Look] = []
     vms: tuple[tuple[str, str], ...] = ()

@@ -145,6 +145,18 @@ CASES = CHANGE_ID_CASES + [
         r"leaf_lifetime_minutes=100000000 outlives the CA \(3650 days = 5256000 minutes\): give at most",
     ),
     Case(
+        "etcd heartbeat of 10 ms",
+        _create(etcd_heartbeat_ms=10),
+        r"etcd_heartbeat_ms=10: give etcd's heartbeat interval in whole milliseconds, 50 to 5000",
+        reads=False,
+    ),
+    Case(
+        "etcd heartbeat as text",
+        _create(etcd_heartbeat_ms="500"),
+        r"etcd_heartbeat_ms='500': give etcd's heartbeat interval in whole milliseconds",
+        reads=False,
+    ),
+    Case(
         "etcd version the image does not offer",
         _create(etcd_version="3.6.0"),
         r"etcd_version[\s\S]*'3\.4\.23' or '3\.5\.1'",

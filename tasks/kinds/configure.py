@@ -4,7 +4,7 @@ restore-cluster, the snapshot its etcd starts from) into its metadata. The submi
 
 from __future__ import annotations
 
-from haplane.node import ApiServerSpec, EtcdSpec, RestoreSpec, peer_url
+from haplane.node import ELECTION_PER_HEARTBEAT, ApiServerSpec, EtcdSpec, RestoreSpec, peer_url
 from haplane.steps import PlanStep, StepKind
 from tasks.kinds import Args, Kind, Run
 from tasks.operations import Step
@@ -18,6 +18,9 @@ def _configure(run: Run, s: PlanStep, a: Args) -> Step:
         initial_cluster=initial,
         initial_cluster_state=a["cluster_state"],
         initial_cluster_token=a.get("token") or run.change.cluster,
+        # the cluster's etcd timings, the same on every replica (created, added, replaced, restored)
+        heartbeat_ms=run.spec.etcd_heartbeat_ms,
+        election_ms=ELECTION_PER_HEARTBEAT * run.spec.etcd_heartbeat_ms,
     )
     api = ApiServerSpec(quorum_reads=run.spec.quorum_reads, service_cluster_ip_range=run.spec.service_cidr)
     # restore-cluster: the new member's etcd starts from this snapshot (url, snapshot id, sha256)
