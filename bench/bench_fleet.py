@@ -24,7 +24,10 @@ it reports the watcher's CPU and RSS, the flow runs started in the steady state 
 backstop), kill -> the watcher's ``haplane.replica.unhealthy`` event and kill -> the health check the
 automation started, per cluster (median, worst), and what one emulated VM costs (RSS, CPU):
 
-    .venv/bin/python bench/bench_fleet.py --watch --clusters 50 --kill 10
+    .venv/bin/python bench/bench_fleet.py --watch --clusters 50 --kill 10 --etcd-heartbeat-ms 500 --create-minutes 22
+
+``--etcd-heartbeat-ms`` is create-cluster's ``etcd_heartbeat_ms`` for every cluster (default 100, etcd's);
+no create-cluster starts after ``--create-minutes``, and the clusters created by then are the fleet.
 
 Everything it starts is stopped at the end, even on failure or Ctrl-C.
 """
@@ -163,33 +166,47 @@ def say(msg: str) -> None:
 # ------------------------------------------------------------------ the run
 
 
-def create_clusters(names: list[str], replicas: int) -> None:
-    """create-cluster for each of ``names`` in turn, in this process (the Prefect API from the environment)."""
+def create_clusters(names: list[str], replicas: int, heartbeat_ms: int, until: float, done: Path) -> None:
+    """create-cluster for each of ``names`` in turn, in this process (the Prefect API from the environment);
+    none is started after the epoch time ``until``. Each created cluster's name is appended to ``done``."""
     from flows.create_cluster import create_cluster
 
     for name in names:
+        if time.time() > until:
+            say(f"create deadline passed: {name} and the rest not created")
+            return
         state = create_cluster(
-            cluster=name, region=REGION, zones=ZONES, replicas=replicas, connection="fleet", return_state=True
+            cluster=name,
+            region=REGION,
+            zones=ZONES,
+            replicas=replicas,
+            connection="fleet",
+            etcd_heartbeat_ms=heartbeat_ms,
+            return_state=True,
         )
         if not state.is_completed():
             raise RuntimeError(f"create-cluster {name} ended {state.type.value}: {state.message}")
+        with open(done, "a") as f:
+            f.write(name + "\n")
 
 
-def create_fleet(names: list[str], replicas: int, parallel: int, logs: Path) -> None:
-    """The clusters, created by ``parallel`` processes at once (each a share of ``names`` in turn): one
-    after another, 50 clusters took longer than the benchmark's window."""
+def create_fleet(names: list[str], args: argparse.Namespace, logs: Path) -> list[str]:
+    """The clusters, created by ``--create-parallel`` processes at once (each a share of ``names`` in turn):
+    one after another, 50 clusters took longer than the benchmark's window. No create starts after
+    ``--create-minutes``; the clusters created by then are the fleet (the figures say how many)."""
     started = time.monotonic()
+    until = time.time() + 60 * args.create_minutes
+    parallel = args.create_parallel
     procs = []
     for i in range(min(parallel, len(names))):
         share = names[i::parallel]
+        argv = [sys.executable, __file__, "--create", ",".join(share), "--replicas", str(args.replicas)]
+        argv += ["--etcd-heartbeat-ms", str(args.etcd_heartbeat_ms), "--create-until", str(until)]
+        argv += ["--create-done", str(logs / f"created-{i}.txt")]
         with open(logs / f"create-{i}.log", "ab") as out:
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, __file__, "--create", ",".join(share), "--replicas", str(replicas)],
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,
+                    argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
                 )
             )
     try:
@@ -200,7 +217,18 @@ def create_fleet(names: list[str], replicas: int, parallel: int, logs: Path) -> 
     if failed:
         tails = "; ".join((logs / f"create-{i}.log").read_text()[-500:] for i in failed)
         raise RuntimeError(f"create-cluster failed in {len(failed)} of {len(procs)} creators: {tails}")
-    say(f"{len(names)} clusters of {replicas} created in {time.monotonic() - started:.0f} s ({parallel} at once)")
+    created = []
+    for i in range(len(procs)):
+        done = logs / f"created-{i}.txt"
+        created += done.read_text().split() if done.exists() else []
+    created = [n for n in names if n in created]
+    say(
+        f"{len(created)} of {len(names)} clusters of {args.replicas} created in {time.monotonic() - started:.0f} s "
+        f"({parallel} at once; etcd heartbeat {args.etcd_heartbeat_ms} ms)"
+    )
+    if not created:
+        raise RuntimeError(f"no cluster created within --create-minutes {args.create_minutes:g}")
+    return created
 
 
 def run(args: argparse.Namespace, work: Path) -> dict:
@@ -245,7 +273,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
                 token=emulator.workers_token,
             )
             ensure_limits(names)
-            create_fleet(names, args.replicas, args.create_parallel, work)
+            names = create_fleet(names, args, work)
             for i in range(args.workers):
                 home = work / f"worker-{i}"
                 home.mkdir()
@@ -451,8 +479,12 @@ def report(r: dict) -> None:
         f"load average at the end {os.getloadavg()[0]:.1f}"
     )
     print(
-        f"fleet: {len(r['names'])} clusters x {args.replicas} replicas (instant profile), checks every "
-        f"{args.interval:g} s, {r['workers']} process workers, Prefect on PostgreSQL"
+        f"fleet: {len(r['names'])} clusters (of {args.clusters} asked) x {args.replicas} replicas (instant profile), "
+        f"checks every {args.interval:g} s, {r['workers']} process workers, Prefect on PostgreSQL"
+    )
+    print(
+        f"clusters run etcd with heartbeat {args.etcd_heartbeat_ms} ms, election timeout "
+        f"{10 * args.etcd_heartbeat_ms} ms (create-cluster's etcd_heartbeat_ms; etcd's default is 100 ms)"
     )
     print()
     print(f"{'steady state (' + format(minutes, '.1f') + ' min)':<58}{'value':>12}")
@@ -552,10 +584,26 @@ def main(argv: list[str] | None = None) -> int:
         "--warmup", type=float, default=30.0, help="--watch: seconds between the watcher's start and the steady state"
     )
     p.add_argument("--create-parallel", type=int, default=5, help="create-cluster runs at once while setting up")
+    p.add_argument(
+        "--create-minutes",
+        type=float,
+        default=60.0,
+        help="start no create-cluster after this many minutes; the clusters created by then are the fleet",
+    )
+    p.add_argument(
+        "--etcd-heartbeat-ms",
+        type=int,
+        default=100,
+        help="create-cluster's etcd_heartbeat_ms for every cluster (etcd's default 100; election timeout 10x)",
+    )
     p.add_argument("--create", help=argparse.SUPPRESS)  # internal: create these clusters (comma-separated) and exit
+    p.add_argument("--create-until", type=float, help=argparse.SUPPRESS)  # internal: epoch time, no create after
+    p.add_argument("--create-done", type=Path, help=argparse.SUPPRESS)  # internal: created names go here
     args = p.parse_args(argv)
     if args.create:
-        create_clusters(args.create.split(","), args.replicas)
+        create_clusters(
+            args.create.split(","), args.replicas, args.etcd_heartbeat_ms, args.create_until, args.create_done
+        )
         return 0
     if args.watch and "--interval" not in " ".join(argv or sys.argv):
         args.interval = 900.0
