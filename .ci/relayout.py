@@ -46,8 +46,8 @@ MOVES = {
 }
 NAMES = "|".join(sorted(MOVES, key=len, reverse=True))
 # not preceded by a name, path or dot character (so /etc/haplane/pki stays), not followed by one
-# haplane.node is also the new package: its modules, and the package quoted as a string (never the old
-# module's way), are left alone, so a second run changes nothing
+# the package node is also the old module's name: its modules, and the package's name quoted as a string
+# (never the old module's way), are left alone, so a second run changes nothing
 NODE = "spec|restore_boot|startup"
 DOTTED = re.compile(rf"""(?<![\w/.-])haplane\.({NAMES})(?![\w])(?!\.(?:{NODE})\b| import (?:{NODE})\b|(?<=node)["'])""")
 PATH = re.compile(rf"(?<![\w/.-])haplane/({NAMES})\.py\b")
@@ -92,7 +92,7 @@ def main(argv: list[str]) -> None:
         argv = [*argv, *(f"haplane/{new.replace('.', '/')}.py" for new in MOVES.values())]
     for name in argv:
         path = Path(name)
-        if not path.is_file():
+        if not path.is_file() or path.resolve() == Path(__file__).resolve():
             continue
         try:
             old = path.read_text()
