@@ -11,11 +11,11 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BeforeValidator, Field
 
-from haplane.endpoint import EndpointMode
-from haplane.node import ETCD_HEARTBEAT_MAX_MS, ETCD_HEARTBEAT_MIN_MS, ETCD_HEARTBEAT_TEXT
-from haplane.quorum import VALID_SIZES, check_target_size
-from haplane.topology import CHANGE_ID_RE, NAME_RE, check_change_id, check_cluster_name, check_distinct_zones
-from haplane.versions import EtcdVersion, KubernetesVersion
+from haplane.core.endpoint import EndpointMode
+from haplane.core.quorum import VALID_SIZES, check_target_size
+from haplane.core.topology import CHANGE_ID_RE, NAME_RE, check_change_id, check_cluster_name, check_distinct_zones
+from haplane.core.versions import EtcdVersion, KubernetesVersion
+from haplane.node.spec import ETCD_HEARTBEAT_MAX_MS, ETCD_HEARTBEAT_MIN_MS, ETCD_HEARTBEAT_TEXT
 
 
 def _cluster_name(value: str) -> str:
@@ -132,7 +132,7 @@ def documented(fn):
 
 
 def _leaf_minutes(value: object) -> object:
-    from haplane.pki import check_leaf_minutes
+    from haplane.cloud.pki import check_leaf_minutes
 
     return check_leaf_minutes(value)
 
@@ -150,7 +150,7 @@ LeafLifetime = Annotated[
 
 
 def _etcd_heartbeat(value: object) -> object:
-    from haplane.node import check_etcd_heartbeat
+    from haplane.node.spec import check_etcd_heartbeat
 
     return check_etcd_heartbeat(value)
 
@@ -164,7 +164,7 @@ EtcdHeartbeat = Annotated[
 ]
 
 
-# The endpoint mode, a choice in the UI's form (haplane/endpoint.py says what each costs).
+# The endpoint mode, a choice in the UI's form (haplane/core/endpoint.py says what each costs).
 LoadBalancerMode = Annotated[
     EndpointMode,
     Field(
@@ -175,7 +175,7 @@ LoadBalancerMode = Annotated[
 ]
 
 
-# The versions the image offers, a choice in the UI's form (haplane/versions.py holds the one list).
+# The versions the image offers, a choice in the UI's form (haplane/core/versions.py holds the one list).
 EtcdRelease = Annotated[EtcdVersion, Field(description="etcd release the replicas run (the versions the image offers)")]
 KubernetesRelease = Annotated[
     KubernetesVersion, Field(description="kube-apiserver release the replicas run (the versions the image offers)")

@@ -20,9 +20,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from haplane.cloud.pki import create_cluster_cas, issue_replica_certs, node_tls
 from haplane.emulator import apiserver, controllers
-from haplane.node import TLS_FILES, write_pki
-from haplane.pki import create_cluster_cas, issue_replica_certs, node_tls
+from haplane.node.spec import TLS_FILES, write_pki
 
 
 def _free_etcd_url() -> str:

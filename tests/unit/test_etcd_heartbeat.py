@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 
 from blocks.cluster import ClusterSpec
-from haplane.node import ETCD_HEARTBEAT_MS, NodeSpec, check_etcd_heartbeat, etcd_argv
-from haplane.steps import PlanStep, StepKind
+from haplane.core.steps import PlanStep, StepKind
+from haplane.node.spec import ETCD_HEARTBEAT_MS, NodeSpec, check_etcd_heartbeat, etcd_argv
 from haplane.watch import Watcher
 from tasks.kinds import Run
 from tasks.kinds.configure import _configure
