@@ -184,8 +184,9 @@ def create_clusters(names: list[str], replicas: int, heartbeat_ms: int, until: f
             etcd_heartbeat_ms=heartbeat_ms,
             return_state=True,
         )
-        if not state.is_completed():
-            raise RuntimeError(f"create-cluster {name} ended {state.type.value}: {state.message}")
+        if not state.is_completed():  # said, and left out of the fleet: one failure does not end the run
+            say(f"create-cluster {name} ended {state.type.value}: {state.message}")
+            continue
         with open(done, "a") as f:
             f.write(name + "\n")
 
@@ -216,7 +217,7 @@ def create_fleet(names: list[str], args: argparse.Namespace, logs: Path) -> list
             stop_group(proc, sig=signal.SIGTERM)
     if failed:
         tails = "; ".join((logs / f"create-{i}.log").read_text()[-500:] for i in failed)
-        raise RuntimeError(f"create-cluster failed in {len(failed)} of {len(procs)} creators: {tails}")
+        say(f"{len(failed)} of {len(procs)} creators failed: {tails}")
     created = []
     for i in range(len(procs)):
         done = logs / f"created-{i}.txt"
@@ -596,6 +597,7 @@ def main(argv: list[str] | None = None) -> int:
         default=100,
         help="create-cluster's etcd_heartbeat_ms for every cluster (etcd's default 100; election timeout 10x)",
     )
+    p.add_argument("--keep-logs", type=Path, help="copy the creators', workers' and watcher's logs here at the end")
     p.add_argument("--create", help=argparse.SUPPRESS)  # internal: create these clusters (comma-separated) and exit
     p.add_argument("--create-until", type=float, help=argparse.SUPPRESS)  # internal: epoch time, no create after
     p.add_argument("--create-done", type=Path, help=argparse.SUPPRESS)  # internal: created names go here
@@ -613,6 +615,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report(run(args, work))
     finally:
+        if args.keep_logs:  # the creators', workers' and watcher's logs, before the work directory goes
+            args.keep_logs.mkdir(parents=True, exist_ok=True)
+            for log in work.glob("**/*.log"):
+                if "emulator" not in log.parts:
+                    shutil.copy(log, args.keep_logs / "-".join(log.relative_to(work).parts))
         shutil.rmtree(work, ignore_errors=True)
     return 0
 
