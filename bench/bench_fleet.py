@@ -324,12 +324,17 @@ def run(args: argparse.Namespace, work: Path) -> dict:
             deadline = time.monotonic() + args.heal_timeout
             with Sampler(pids) as healing:
                 while time.monotonic() < deadline and len(healed) < len(victims):
-                    for r in runs(
-                        api,
-                        "replace-replica",
-                        tags={"all_": ["haplane-remediation"]},
-                        state={"type": {"any_": ["COMPLETED"]}},
-                    ):
+                    try:
+                        done = runs(
+                            api,
+                            "replace-replica",
+                            tags={"all_": ["haplane-remediation"]},
+                            state={"type": {"any_": ["COMPLETED"]}},
+                        )
+                    except httpx.HTTPError as exc:  # a loaded server's 500 or timeout: ask again next round
+                        say(f"the server did not answer the poll ({exc}); asking again")
+                        done = []
+                    for r in done:
                         cluster = next((t.split(":", 1)[1] for t in r["tags"] if t.startswith("cluster:")), None)
                         if cluster in victims and cluster not in healed and ts(r["end_time"]) > killed_at:
                             healed[cluster] = ts(r["end_time"]) - killed_at
