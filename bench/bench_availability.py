@@ -48,10 +48,10 @@ from pathlib import Path
 import httpx
 from common import delete_clusters, prefect_server
 
+from haplane.cloud.etcd import EndpointStatus, EtcdClient, EtcdTLS
 from haplane.emulator.admin import EmulatorAdmin
 from haplane.emulator.server import Emulator
 from haplane.emulator.vm import ProcessRuntime
-from haplane.etcd import EndpointStatus, EtcdClient, EtcdTLS
 from haplane.testing.canary import PERIOD, EndpointCanary, Sample
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -346,7 +346,7 @@ def run_upgrade(time_scale: float, out: Path, work: Path) -> None:
     from flows.create_cluster import create_cluster
     from flows.replace_replica import replace_replica
     from flows.upgrade_cluster import upgrade_cluster
-    from haplane.node import client_url
+    from haplane.node.spec import client_url
     from tasks.cluster import observe_cluster
     from tasks.pki import load_cas
 
@@ -364,7 +364,7 @@ def run_upgrade(time_scale: float, out: Path, work: Path) -> None:
         wait_answering(endpoint, cas.ca.cert_pem)
 
         def eps() -> list[str]:
-            from haplane.topology import LABEL_CLUSTER
+            from haplane.core.topology import LABEL_CLUSTER
             from tasks.steps import Change
 
             vms = Change(name, "bench").gce().list_instances(ZONES, labels={LABEL_CLUSTER: name})
@@ -447,7 +447,7 @@ def run(time_scale: float, create_scale: float, out: Path, work: Path) -> None:
     from flows.create_cluster import create_cluster
     from flows.health_check import health_check
     from flows.replace_replica import replace_replica
-    from haplane.node import client_url
+    from haplane.node.spec import client_url
     from tasks.pki import load_cas
 
     tag = uuid.uuid4().hex[:4]
@@ -472,7 +472,7 @@ def run(time_scale: float, create_scale: float, out: Path, work: Path) -> None:
             wait_answering(endpoint, cas.ca.cert_pem)
 
             def etcd_endpoints() -> list[str]:
-                from haplane.topology import LABEL_CLUSTER
+                from haplane.core.topology import LABEL_CLUSTER
                 from tasks.steps import Change
 
                 vms = Change(name, "bench").gce().list_instances(ZONES, labels={LABEL_CLUSTER: name})

@@ -51,10 +51,10 @@ import httpx
 
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # the figures, not every task run
 
+from haplane.cloud.gce import Gce
 from haplane.emulator.admin import EmulatorAdmin
 from haplane.emulator.server import Emulator
 from haplane.emulator.vm import ProcessRuntime
-from haplane.gce import Gce
 from haplane.processes import stop_group
 from haplane.testing.postgres import Postgres, pg_bindir
 from haplane.testing.prefect import PrefectServer, serving

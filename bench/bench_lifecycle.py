@@ -40,11 +40,12 @@ from pathlib import Path
 import httpx
 from common import delete_clusters, prefect_server, print_seconds
 
-from haplane import node, pki
+from haplane.cloud import pki
+from haplane.cloud.etcd import EtcdClient, EtcdTLS
 from haplane.emulator.admin import EmulatorAdmin
 from haplane.emulator.server import Emulator
 from haplane.emulator.vm import ProcessRuntime
-from haplane.etcd import EtcdClient, EtcdTLS
+from haplane.node import spec as node
 from haplane.processes import stop_group
 from haplane.testing.etcd import allocate_subnet
 

@@ -129,11 +129,11 @@ def run(keys: int, value_bytes: int, storage: str, work: Path) -> dict[str, floa
     from flows.create_cluster import create_cluster
     from flows.restore_cluster import restore_cluster
     from flows.snapshot_cluster import snapshot_cluster
-    from haplane import snapshots as snap
-    from haplane.etcd import EtcdClient, EtcdTLS
-    from haplane.gce import Gce, request_id
-    from haplane.node import client_url, find_etcd
-    from haplane.topology import LABEL_CLUSTER, ClusterNames
+    from haplane.cloud import snapshots as snap
+    from haplane.cloud.etcd import EtcdClient, EtcdTLS
+    from haplane.cloud.gce import Gce, request_id
+    from haplane.core.topology import LABEL_CLUSTER, ClusterNames
+    from haplane.node.spec import client_url, find_etcd
     from tasks.pki import load_cas
 
     f: dict[str, float] = {}

@@ -24,11 +24,11 @@ from types import SimpleNamespace
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import compute_v1
 
+from haplane.cloud.pki import create_cluster_cas, issue_replica_certs, node_tls
 from haplane.emulator.admin import EmulatorAdmin
 from haplane.emulator.server import Emulator
 from haplane.emulator.vm import ProcessRuntime
-from haplane.node import ApiServerSpec, EtcdSpec, NodeSpec, peer_url
-from haplane.pki import create_cluster_cas, issue_replica_certs, node_tls
+from haplane.node.spec import ApiServerSpec, EtcdSpec, NodeSpec, peer_url
 
 PROJECT = "vm-bench"
 REGION = "us-central1"

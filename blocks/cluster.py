@@ -13,10 +13,10 @@ from prefect_gcp import GcpCredentials
 from pydantic import Field, SecretStr
 
 from haplane import settings
-from haplane.endpoint import EndpointMode
-from haplane.gce import Gce, token_credentials
-from haplane.remediation import StrandedVm
-from haplane.versions import DEFAULT_ETCD_VERSION, DEFAULT_KUBERNETES_VERSION
+from haplane.cloud.gce import Gce, token_credentials
+from haplane.core.endpoint import EndpointMode
+from haplane.core.remediation import StrandedVm
+from haplane.core.versions import DEFAULT_ETCD_VERSION, DEFAULT_KUBERNETES_VERSION
 
 
 class GceConnection(Block):
@@ -149,7 +149,7 @@ class ClusterSpec(Block):
     # Specs saved before versions were recorded read as the versions every replica ran then.
     etcd_version: str = Field(
         default=DEFAULT_ETCD_VERSION,
-        description="etcd release the replicas run (haplane.versions.ETCD_RELEASES); changed by upgrade-cluster",
+        description="etcd release the replicas run (haplane.core.versions.ETCD_RELEASES); changed by upgrade-cluster",
     )
     kubernetes_version: str = Field(
         default=DEFAULT_KUBERNETES_VERSION,

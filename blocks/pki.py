@@ -14,7 +14,7 @@ migration (:func:`tasks.keys.ensure_keys`) moves them out and empties the fields
 Per-replica leaves are not kept here: they are issued from the CAs when a replica is created or
 rotated; their certificates go to the replica's instance metadata and their private keys to Secret
 Manager, one secret per replica and key, readable by that replica's VM service account alone
-(:mod:`haplane.secretstore`). Only a VM created without a service account keeps its keys in
+(:mod:`haplane.cloud.secretstore`). Only a VM created without a service account keeps its keys in
 instance metadata, until it is replaced.
 """
 
@@ -27,7 +27,7 @@ from typing import ClassVar
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
-from haplane.pki import CertKey, ClusterCAs, Lifetimes, ServiceAccountKeys
+from haplane.cloud.pki import CertKey, ClusterCAs, Lifetimes, ServiceAccountKeys
 
 CA, ETCD_CA, OPERATOR, SERVICE_ACCOUNT, SNAPSHOT = "ca", "etcd-ca", "operator", "service-account", "snapshot"
 NEXT_CA, NEXT_ETCD_CA, PREVIOUS_CA, PREVIOUS_ETCD_CA = "next-ca", "next-etcd-ca", "previous-ca", "previous-etcd-ca"
@@ -73,7 +73,7 @@ class ClusterPKI(Block):
         description="Leaf certificate lifetime in minutes, instead of leaf_days (short-lived leaves; "
         "set by create-cluster's leaf_lifetime_minutes)",
     )
-    # a CA rotation under way (rotate-certificates with rotate_ca): see haplane.pki.begin_ca_rotation
+    # a CA rotation under way (rotate-certificates with rotate_ca): see haplane.cloud.pki.begin_ca_rotation
     ca_rotation: str | None = Field(default=None, description="Change id of the CA rotation under way, if any")
     next_ca_cert: str | None = Field(default=None, description="New cluster CA, trusted but not signing yet")
     next_etcd_ca_cert: str | None = Field(default=None, description="New etcd CA, trusted but not signing yet")

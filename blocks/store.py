@@ -3,11 +3,11 @@
 A block is saved whole. Two writers that each read it, change a field and save it lose one another's
 change (a health check recording a zone outage, a flow recording the endpoint mode). So every save of
 a cluster's blocks goes through :func:`update_under_lock`: it takes the cluster's lock
-(:func:`haplane.locks.cluster_lock`; re-entrant, so a flow that holds it already just goes on), reads the
+(:func:`haplane.cloud.locks.cluster_lock`; re-entrant, so a flow that holds it already just goes on), reads the
 block again, applies the caller's change to what it read, and saves that.
 
 :func:`update_spec` is that for the spec block ``<cluster>-spec``; a save carrying secrets (the PKI
-block) passes a ``write`` that goes through :func:`haplane.scrub.call_carrying_secrets`.
+block) passes a ``write`` that goes through :func:`haplane.core.scrub.call_carrying_secrets`.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from blocks.cluster import ClusterSpec
-from haplane.locks import cluster_lock
-from haplane.topology import ClusterNames
+from haplane.cloud.locks import cluster_lock
+from haplane.core.topology import ClusterNames
 
 B = TypeVar("B")
 
@@ -30,8 +30,8 @@ def update_under_lock(
     wait_s: float | None = None,
 ) -> B:
     """Under the cluster's lock: ``write(change(read()))``; returns what was written. Raises
-    :class:`haplane.locks.ClusterBusy` (nothing written) when another run keeps the lock ``wait_s`` s
-    (None: ``haplane.locks.LOCK_WAIT_S``)."""
+    :class:`haplane.cloud.locks.ClusterBusy` (nothing written) when another run keeps the lock ``wait_s`` s
+    (None: ``haplane.cloud.locks.LOCK_WAIT_S``)."""
     with cluster_lock(cluster, wait_s):
         updated = change(read())
         write(updated)

@@ -121,7 +121,7 @@ def ensure_repo_variable(repo: Path) -> None:
 def ensure_limits(clusters: list[str]) -> None:
     from prefect.client.orchestration import get_client
 
-    from haplane.locks import health_lock_name, lock_name
+    from haplane.cloud.locks import health_lock_name, lock_name
 
     with get_client(sync_client=True) as client:
         for c in clusters:
@@ -452,7 +452,7 @@ def setup_workspace(
 ) -> dict[str, Any]:
     """Everything above; returns what was set up."""
     clusters = list(clusters or [])
-    from haplane.topology import check_cluster_name
+    from haplane.core.topology import check_cluster_name
 
     for c in clusters:
         check_cluster_name(c)

@@ -57,7 +57,7 @@ def gce_factory(connection: str | None) -> Callable[[str | None], Any]:
     """Gce per project: the connection's endpoint and credentials, the spec's project (default: the
     connection's)."""
     from blocks.cluster import resolve_gce
-    from haplane.gce import Gce
+    from haplane.cloud.gce import Gce
 
     base = resolve_gce(connection)
     cache: dict[str, Gce] = {}

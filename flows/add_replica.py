@@ -6,7 +6,7 @@ Join order: the VM runs -> its etcd member is added as a learner -> its
 certificates and settings are written and etcd starts with
 initial-cluster-state=existing -> promoted once caught up. Going 1 -> 2
 creates the load balancer and moves the first replica's static IP onto it,
-timing how long the endpoint does not answer. The steps: haplane.plans.plan_add.
+timing how long the endpoint does not answer. The steps: haplane.core.plans.plan_add.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from pydantic import Field
 
 from flows.change import run_change
 from flows.params import ChangeId, ClusterName, Connection, DryRun, SkipSnapshot, documented
-from haplane.plans import Plan, plan_add
-from haplane.topology import check_multizone
+from haplane.core.plans import Plan, plan_add
+from haplane.core.topology import check_multizone
 from tasks.cluster import load_spec, zones_of
 from tasks.steps import Change
 

@@ -2,7 +2,7 @@
 
 create-cluster, add-replica, remove-replica, replace-replica and delete-cluster
 differ only in how they plan (a pure function of the observed cluster, from
-:mod:`haplane.plans`). A dry run observes, plans and publishes, and stops
+:mod:`haplane.core.plans`). A dry run observes, plans and publishes, and stops
 there; a real run does the same under the cluster's lock, checks the change's
 step schema (a change started by a haplane with other step ids is refused
 before any call), runs the plan's steps through the one executor
@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from blocks.cluster import ClusterSpec
-from haplane.model import ClusterState
-from haplane.ownership import SpecWhere, check_project
-from haplane.plans import Plan
+from haplane.core.model import ClusterState
+from haplane.core.ownership import SpecWhere, check_project
+from haplane.core.plans import Plan
 from tasks.cluster import cluster_lock, observe_cluster, publish_plan, publish_report
 from tasks.execute import Run, execute
 from tasks.keys import check_keys, ensure_keys

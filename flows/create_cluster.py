@@ -7,7 +7,7 @@ replica in endpoint mode ``always`` (the default), from 2 replicas in
 ``as-needed`` (the seed's). The load balancer is built beside the VMs, off
 the critical path; replicas join its pool once their API servers are ready.
 The VMs are created side by side; etcd forms with initial-cluster when their
-members start together. The steps: haplane.plans.plan_create.
+members start together. The steps: haplane.core.plans.plan_create.
 """
 
 from __future__ import annotations
@@ -33,11 +33,11 @@ from flows.params import (
     Zones,
     documented,
 )
-from haplane.endpoint import EndpointMode
-from haplane.ownership import check_create, new_uid
-from haplane.plans import Plan, plan_create
-from haplane.topology import check_cluster_name, check_multizone
-from haplane.versions import DEFAULT_ETCD_VERSION, DEFAULT_KUBERNETES_VERSION, check_offered, check_pinned
+from haplane.core.endpoint import EndpointMode
+from haplane.core.ownership import check_create, new_uid
+from haplane.core.plans import Plan, plan_create
+from haplane.core.topology import check_cluster_name, check_multizone
+from haplane.core.versions import DEFAULT_ETCD_VERSION, DEFAULT_KUBERNETES_VERSION, check_offered, check_pinned
 from tasks.cluster import gce_footprint, spec_where, zones_of
 from tasks.kinds.firewall import check_source_ranges
 from tasks.steps import Change

@@ -3,7 +3,7 @@
 Load balancer first (forwarding rule, pool, health check), then the replica
 VMs, the endpoint IP, the firewall rules, and last the cluster's PKI and
 spec blocks. Every step looks first, so a failed run is simply run again.
-The steps: haplane.plans.plan_delete.
+The steps: haplane.core.plans.plan_delete.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from pydantic import Field
 from deployments.clusters import forget_cluster as forget_workspace_entries
 from flows.change import run_change
 from flows.params import ChangeId, ClusterName, Connection, DryRun, documented
-from haplane.ownership import SpecWhere, check_delete
-from haplane.plans import Plan, plan_delete
-from haplane.topology import check_cluster_name
+from haplane.core.ownership import SpecWhere, check_delete
+from haplane.core.plans import Plan, plan_delete
+from haplane.core.topology import check_cluster_name
 from tasks.cluster import forget_cluster, gce_footprint, load_spec
 from tasks.steps import Change, remember
 

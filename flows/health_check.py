@@ -8,7 +8,7 @@ with no leader past its lease duration is reported (event ``haplane.cluster.no-l
 newest snapshot's age), never restored. A zone whose API does not answer is handled first
 (:mod:`flows.zone_outage`): after ``zone_grace_s`` its replicas move to the region's other zones,
 one per check, quorum permitting; the VMs left there are deleted once it answers again.
-Decides with the pure rules of :mod:`haplane.remediation` (one
+Decides with the pure rules of :mod:`haplane.core.remediation` (one
 replacement at a time, never when quorum would be lost, back-off after
 repeated failures of the same replica) and says why in its log and in the
 ``<cluster>-health`` artifact. Acts by running replace-replica as a subflow.
@@ -18,7 +18,7 @@ service-account key's age (artifact ``<cluster>-certificates``), warns (event
 ``haplane.certificates.expiring``) when one expires within ``warn_days``, and
 within ``rotate_days`` runs rotate-certificates as a subflow itself (both can be
 given in minutes instead, for leaves that last minutes), under the
-same back-off rules as replacements (:mod:`haplane.rotation`).
+same back-off rules as replacements (:mod:`haplane.core.rotation`).
 
 Locks: the check holds ``health-<cluster>`` for its whole run, so two checks of
 one cluster never overlap. Before acting it takes ``cluster-<cluster>``, observes
@@ -46,10 +46,10 @@ from flows.replace_replica import replace_replica
 from flows.rotate_certificates import rotate_certificates
 from flows.zone_outage import add_owed_replacement, delete_stranded, move_out_of_zone
 from flows.zone_outage import rebalance as zone_rebalance
-from haplane.observe import now_utc
-from haplane.remediation import Action, Policy, ZoneAction, decide, decide_zones, track_outages
-from haplane.restore import QuorumView, quorum_view
-from haplane.rotation import (
+from haplane.cloud.observe import now_utc
+from haplane.core.remediation import Action, Policy, ZoneAction, decide, decide_zones, track_outages
+from haplane.core.restore import QuorumView, quorum_view
+from haplane.core.rotation import (
     ROTATE_DAYS,
     ROTATION_TARGET,
     WARN_DAYS,
@@ -59,7 +59,7 @@ from haplane.rotation import (
     span_text,
     thresholds,
 )
-from haplane.topology import check_cluster_name
+from haplane.core.topology import check_cluster_name
 from haplane.watch import cluster_resource, replica_resource
 from tasks.cluster import ClusterBusy, cluster_lock, load_spec, observe_cluster, publish_report, zones_of
 from tasks.health import (
@@ -229,7 +229,7 @@ def _certificates(
 
 
 def _zones(cluster: str, connection: str | None, dry_run: bool, grace_s: float, rebalance: bool) -> State | None:
-    """The zone-outage rules (:func:`haplane.remediation.decide_zones`) first; None: nothing for them to do."""
+    """The zone-outage rules (:func:`haplane.core.remediation.decide_zones`) first; None: nothing for them to do."""
     logger = get_run_logger()
     spec = load_spec(cluster)
     now = now_utc()

@@ -11,10 +11,10 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BeforeValidator, Field
 
-from haplane.endpoint import EndpointMode
-from haplane.quorum import VALID_SIZES, check_target_size
-from haplane.topology import CHANGE_ID_RE, NAME_RE, check_change_id, check_cluster_name, check_distinct_zones
-from haplane.versions import EtcdVersion, KubernetesVersion
+from haplane.core.endpoint import EndpointMode
+from haplane.core.quorum import VALID_SIZES, check_target_size
+from haplane.core.topology import CHANGE_ID_RE, NAME_RE, check_change_id, check_cluster_name, check_distinct_zones
+from haplane.core.versions import EtcdVersion, KubernetesVersion
 
 
 def _cluster_name(value: str) -> str:
@@ -131,7 +131,7 @@ def documented(fn):
 
 
 def _leaf_minutes(value: object) -> object:
-    from haplane.pki import check_leaf_minutes
+    from haplane.cloud.pki import check_leaf_minutes
 
     return check_leaf_minutes(value)
 
@@ -148,7 +148,7 @@ LeafLifetime = Annotated[
 ]
 
 
-# The endpoint mode, a choice in the UI's form (haplane/endpoint.py says what each costs).
+# The endpoint mode, a choice in the UI's form (haplane/core/endpoint.py says what each costs).
 LoadBalancerMode = Annotated[
     EndpointMode,
     Field(
@@ -159,7 +159,7 @@ LoadBalancerMode = Annotated[
 ]
 
 
-# The versions the image offers, a choice in the UI's form (haplane/versions.py holds the one list).
+# The versions the image offers, a choice in the UI's form (haplane/core/versions.py holds the one list).
 EtcdRelease = Annotated[EtcdVersion, Field(description="etcd release the replicas run (the versions the image offers)")]
 KubernetesRelease = Annotated[
     KubernetesVersion, Field(description="kube-apiserver release the replicas run (the versions the image offers)")

@@ -6,7 +6,7 @@ read. Remove order: take the VM out of the target pool (no request through
 the endpoint reaches it) -> move etcd leadership away if the victim leads ->
 remove the member -> delete the VM. In endpoint mode ``as-needed`` going
 2 -> 1 deletes the load balancer and hands its IP back to the last replica;
-in ``always`` the load balancer stays. The steps: haplane.plans.plan_remove.
+in ``always`` the load balancer stays. The steps: haplane.core.plans.plan_remove.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from pydantic import Field
 
 from flows.change import run_change
 from flows.params import ChangeId, ClusterName, Connection, DryRun, SkipSnapshot, Zone, documented
-from haplane.model import ClusterState
-from haplane.plans import Plan, PlanRefused, choose_victim, plan_remove, plan_removed
+from haplane.core.model import ClusterState
+from haplane.core.plans import Plan, PlanRefused, choose_victim, plan_remove, plan_removed
 from tasks.cluster import load_spec
 from tasks.steps import Change, remember
 

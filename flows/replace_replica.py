@@ -6,7 +6,7 @@ one plan: the removal's steps ("remove/...") then the addition's ("add/...").
 Removing first is what etcd advises: a dead member still counts in the
 quorum, so adding before removing would raise the quorum it cannot meet.
 A run resumed after the removal plans the rest of the addition. The steps:
-haplane.plans.plan_replace.
+haplane.core.plans.plan_replace.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from pydantic import Field
 
 from flows.change import run_change
 from flows.params import ChangeId, ClusterName, Connection, DryRun, SkipSnapshot, documented
-from haplane.model import ClusterState
-from haplane.plans import Plan
+from haplane.core.model import ClusterState
+from haplane.core.plans import Plan
 from tasks.cluster import load_spec, zones_of
 from tasks.replace import plan_replacement
 from tasks.steps import Change

@@ -1,6 +1,6 @@
 """restore-cluster: rebuild a cluster that lost etcd quorum from a snapshot, keeping its endpoint IP and CA.
 
-Refused, with nothing changed, unless etcd quorum is *seen* lost (:mod:`haplane.restore`): a majority
+Refused, with nothing changed, unless etcd quorum is *seen* lost (:mod:`haplane.core.restore`): a majority
 of the voting members as last known seen gone or answering without a leader across looks spanning
 several election timeouts. Refused too while a member serves reads (replace-replica repairs that),
 while members do not answer this worker (a partition may hide a majority with quorum), on a
@@ -25,10 +25,18 @@ from pydantic import Field
 
 from blocks.cluster import ClusterSpec
 from flows.params import ChangeId, ClusterName, Connection, DryRun, documented
-from haplane.observe import now_utc
-from haplane.ownership import SpecWhere, check_project
-from haplane.plans import plan_add
-from haplane.restore import QuorumView, RestorePlan, Survivor, best_survivor, own_replicas, plan_restore, quorum_view
+from haplane.cloud.observe import now_utc
+from haplane.core.ownership import SpecWhere, check_project
+from haplane.core.plans import plan_add
+from haplane.core.restore import (
+    QuorumView,
+    RestorePlan,
+    Survivor,
+    best_survivor,
+    own_replicas,
+    plan_restore,
+    quorum_view,
+)
 from tasks.cluster import cluster_lock, load_spec, observe_cluster, publish_plan, publish_report, zones_of
 from tasks.execute import Run, execute
 from tasks.keys import check_keys, ensure_keys

@@ -35,8 +35,8 @@ from prefect.runtime import flow_run
 from pydantic import Field
 
 from flows.params import ChangeId, ClusterName, Connection, documented
-from haplane.model import ClusterState, ReplicaState
-from haplane.rotation import check_rotation, rotation_order
+from haplane.core.model import ClusterState, ReplicaState
+from haplane.core.rotation import check_rotation, rotation_order
 from tasks.cluster import cluster_lock, load_spec, observe_cluster, publish_report, wait_api_ready
 from tasks.etcd import wait_quorum
 from tasks.keys import ensure_keys

@@ -6,7 +6,7 @@ A 1-replica cluster changes in GCE, with a one-time endpoint downtime its plan
 states up front: to 'always' the replica's static IP moves onto a new forwarding
 rule (the seed's 1 -> 2 move without the new replica); to 'as-needed' the
 forwarding rule goes and the IP returns to the replica (the seed's 2 -> 1 move).
-The steps: haplane.plans.plan_set_load_balancer.
+The steps: haplane.core.plans.plan_set_load_balancer.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from prefect.runtime import flow_run
 
 from flows.change import run_change
 from flows.params import ChangeId, ClusterName, Connection, DryRun, LoadBalancerMode, documented
-from haplane.endpoint import EndpointMode
-from haplane.plans import Plan, plan_set_load_balancer
+from haplane.core.endpoint import EndpointMode
+from haplane.core.plans import Plan, plan_set_load_balancer
 from tasks.cluster import load_spec
 from tasks.steps import Change
 

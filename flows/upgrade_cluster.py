@@ -7,7 +7,7 @@ first, like every membership change. The plan says, before anything changes, the
 on each side and the etcd cluster version expected at the end (etcd keeps the old one until the last
 older member is gone). The rules (one etcd minor at a time, no minor downgrade once the cluster
 version moved, kube-apiserver one minor at most, a whole cluster only) refuse before any call,
-naming the rule: :mod:`haplane.versions`. Resumed by ``change_id``: each replacement is a change of
+naming the rule: :mod:`haplane.core.versions`. Resumed by ``change_id``: each replacement is a change of
 its own (``<change_id>-<n>``), so a resumed run skips the replicas already replaced and finishes the
 one it stopped in.
 """
@@ -28,10 +28,10 @@ from flows.params import (
     SkipSnapshot,
     documented,
 )
-from haplane.model import ClusterState
-from haplane.plans import Plan, PlanRefused
-from haplane.topology import label_value
-from haplane.versions import VersionRefused, check_offered, check_pinned, decide_upgrade, plan_upgrade
+from haplane.core.model import ClusterState
+from haplane.core.plans import Plan, PlanRefused
+from haplane.core.topology import label_value
+from haplane.core.versions import VersionRefused, check_offered, check_pinned, decide_upgrade, plan_upgrade
 from tasks.cluster import load_spec
 from tasks.steps import Change, remember
 
@@ -93,7 +93,7 @@ def upgrade_cluster(
 
 def _resumed(state: ClusterState, etcd_to: str, kube_to: str):
     """The decision of a resumed upgrade whose cluster is mid-replacement: versions as observed."""
-    from haplane.versions import UpgradeDecision, minor_text
+    from haplane.core.versions import UpgradeDecision, minor_text
 
     return UpgradeDecision(
         noop=False,

@@ -1,7 +1,7 @@
-"""What the health check does about a zone outage (decided by :func:`haplane.remediation.decide_zones`).
+"""What the health check does about a zone outage (decided by :func:`haplane.core.remediation.decide_zones`).
 
 Not a flow of its own: the health-check flow calls these. Each runs a plan of
-:mod:`haplane.plans` through the one change skeleton (:func:`flows.change.run_change`:
+:mod:`haplane.core.plans` through the one change skeleton (:func:`flows.change.run_change`:
 lock, observe, plan, publish, execute, report), observing the cluster with the
 zones that do not answer recorded as such rather than failing the run.
 
@@ -20,8 +20,8 @@ from __future__ import annotations
 from prefect.runtime import flow_run
 
 from flows.change import run_change
-from haplane.plans import plan_delete_stranded, plan_replace, plan_replacement_of, plan_zone_move
-from haplane.remediation import ZoneVerdict
+from haplane.core.plans import plan_delete_stranded, plan_replace, plan_replacement_of, plan_zone_move
+from haplane.core.remediation import ZoneVerdict
 from tasks.cluster import load_spec, zones_of
 from tasks.steps import Change
 

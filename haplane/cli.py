@@ -87,7 +87,7 @@ def _check_endpoint(cluster: str, ip: str) -> str:
 
 
 def _unlock(args: argparse.Namespace) -> int:
-    from haplane.locks import LockHeld, unlock
+    from haplane.cloud.locks import LockHeld, unlock
 
     try:
         print(unlock(args.cluster, args.lock, force=args.force))
@@ -98,9 +98,9 @@ def _unlock(args: argparse.Namespace) -> int:
 
 
 def _kubeconfig(args: argparse.Namespace) -> int:
+    from haplane.core.topology import ClusterNames, check_cluster_name
     from haplane.kubeconfig import DEFAULT_TTL, issue_admin, parse_ttl, render, server_url, write_private
-    from haplane.node import APISERVER_PORT
-    from haplane.topology import ClusterNames, check_cluster_name
+    from haplane.node.spec import APISERVER_PORT
 
     try:
         check_cluster_name(args.cluster)

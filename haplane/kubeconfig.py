@@ -16,7 +16,7 @@ import os
 import re
 from pathlib import Path
 
-from haplane.pki import CertKey, ClusterCAs, issue
+from haplane.cloud.pki import CertKey, ClusterCAs, issue
 
 DEFAULT_TTL = "8h"
 MAX_TTL = dt.timedelta(hours=24)

@@ -8,9 +8,9 @@ Every ``period`` seconds it:
 - lists every cluster's VMs with ONE ``instances.aggregatedList`` per project (label ``haplane-cluster``);
 - per cluster, over connections it keeps alive: etcd's member list from one member, each member's
   status and a linearizable read through it, each API server's ``/readyz``
-  (:func:`haplane.observe.observe_instances`: the same look as the health check's);
-- judges each replica with the health check's own rule (:func:`haplane.remediation.find_problems`) and
-  tells lost quorum from unknown with :func:`haplane.restore.quorum_view`.
+  (:func:`haplane.cloud.observe.observe_instances`: the same look as the health check's);
+- judges each replica with the health check's own rule (:func:`haplane.core.remediation.find_problems`) and
+  tells lost quorum from unknown with :func:`haplane.core.restore.quorum_view`.
 
 It keeps each replica's state in memory and emits events only on transitions (:func:`step`, pure):
 ``haplane.replica.unhealthy`` (with what was seen), ``haplane.replica.recovered``,
@@ -36,9 +36,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from haplane import settings
-from haplane.model import ClusterState
-from haplane.remediation import Finding, Problem, find_problems
-from haplane.restore import QuorumView
+from haplane.core.model import ClusterState
+from haplane.core.remediation import Finding, Problem, find_problems
+from haplane.core.restore import QuorumView
 
 UNHEALTHY = "haplane.replica.unhealthy"
 RECOVERED = "haplane.replica.recovered"
@@ -157,13 +157,14 @@ class Watched:
     project: str
     uid: str | None
     memory: Memory = field(default_factory=Memory)
-    etcd: Any = None  # haplane.etcd.EtcdClient, kept alive
+    etcd: Any = None  # haplane.cloud.etcd.EtcdClient, kept alive
     api: Any = None  # httpx.Client verifying the cluster CA, kept alive
     tls: Any = None
     ca_pem: str | None = None
     pki_problem: str | None = None
     pki_read: float = -1e9
-    etcd_looks: list = field(default_factory=list)  # haplane.restore.Look of the last periods, while etcd is unseen
+    # haplane.core.restore.Look of the last periods, while etcd is unseen
+    etcd_looks: list = field(default_factory=list)
 
     def close(self) -> None:
         for c in (self.etcd, self.api):
@@ -208,7 +209,7 @@ def prefect_emit(event: Event) -> None:
 
 
 class Watcher:
-    """The loop of ``haplane watch``. ``gce_for(project)`` gives a :class:`haplane.gce.Gce`; ``specs()``
+    """The loop of ``haplane watch``. ``gce_for(project)`` gives a :class:`haplane.cloud.gce.Gce`; ``specs()``
     the cluster spec blocks' data; ``read_pki(cluster)`` its CAs or why not; ``busy(cluster)`` whether a
     change holds its lock; ``emit`` sends an :class:`Event` (the Prefect wiring: :mod:`deployments.watch`)."""
 
@@ -272,7 +273,7 @@ class Watcher:
             )
 
     def _look_project(self, project: str, clusters: list[Watched]) -> None:
-        from haplane.topology import LABEL_CLUSTER
+        from haplane.core.topology import LABEL_CLUSTER
 
         try:
             gce = self.gce_for(project or None)
@@ -296,11 +297,11 @@ class Watcher:
             self._record(w, look)
 
     def _look_cluster(self, w: Watched, instances: list) -> Look:
-        from haplane.node import client_url
-        from haplane.observe import etcd_look, observe_instances
-        from haplane.ownership import owned
-        from haplane.restore import quorum_view
-        from haplane.topology import LABEL_UID
+        from haplane.cloud.observe import etcd_look, observe_instances
+        from haplane.core.ownership import owned
+        from haplane.core.restore import quorum_view
+        from haplane.core.topology import LABEL_UID
+        from haplane.node.spec import client_url
 
         self._connect(w)
         instances = [i for i in instances if owned(i.labels.get(LABEL_UID), w.uid)]
@@ -318,8 +319,8 @@ class Watcher:
         if state.membership_unknown is None or w.etcd is None:
             w.etcd_looks = []
         else:  # lost quorum or only cut off? decided on the looks of the last few periods, as a restore does
-            from haplane.node import EtcdSpec
-            from haplane.restore import ELECTIONS_SPANNED, QuorumEvidence
+            from haplane.core.restore import ELECTIONS_SPANNED, QuorumEvidence
+            from haplane.node.spec import EtcdSpec
 
             running = {client_url(i.internal_ip): i.name for i in instances if i.status == "RUNNING" and i.internal_ip}
             now = time.monotonic()
@@ -354,7 +355,7 @@ class Watcher:
             return  # (a PKI that could not be read is read again every period)
         import httpx
 
-        from haplane.etcd import EtcdClient, EtcdTLS
+        from haplane.cloud.etcd import EtcdClient, EtcdTLS
 
         w.close()
         w.pki_read = time.monotonic()
@@ -372,7 +373,7 @@ class Watcher:
             return None
         import httpx
 
-        from haplane.node import APISERVER_PORT
+        from haplane.node.spec import APISERVER_PORT
 
         def probe(ip: str) -> tuple[bool, str | None, str | None, bool]:
             try:

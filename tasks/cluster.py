@@ -1,6 +1,6 @@
 """Cluster-wide tasks: observe, lock, and report.
 
-``cluster_lock`` is the one-mutating-flow-per-cluster rule (:mod:`haplane.locks`): a Prefect global
+``cluster_lock`` is the one-mutating-flow-per-cluster rule (:mod:`haplane.cloud.locks`): a Prefect global
 concurrency limit ``cluster-<name>`` of 1, taken with ``strict=True``. A second mutating flow on the
 same cluster **fails fast** (after ``LOCK_WAIT_S``) with a message naming the cluster. A killed
 holder's lease expires after :func:`haplane.settings.lock_lease_s`; ``haplane unlock CLUSTER`` frees it at once once its
@@ -16,7 +16,7 @@ from prefect.client.orchestration import get_client
 
 from blocks.cluster import ClusterSpec, resolve_gce
 from blocks.pki import CA
-from haplane.locks import (  # noqa: F401 - the lock is haplane.locks'; flows and tests take it from here
+from haplane.cloud.locks import (  # noqa: F401 - the lock is haplane.cloud.locks'; flows and tests take it from here
     LOCK_WAIT_S,
     ClusterBusy,
     cluster_lock,
@@ -26,17 +26,17 @@ from haplane.locks import (  # noqa: F401 - the lock is haplane.locks'; flows an
     hold,
     lock_name,
 )
-from haplane.model import ClusterState
-from haplane.observe import observe
-from haplane.ownership import SpecWhere, owned, uid_in
-from haplane.plans import Plan
-from haplane.topology import LABEL_CLUSTER, LABEL_UID, ClusterNames
+from haplane.cloud.observe import observe
+from haplane.core.model import ClusterState
+from haplane.core.ownership import SpecWhere, owned, uid_in
+from haplane.core.plans import Plan
+from haplane.core.topology import LABEL_CLUSTER, LABEL_UID, ClusterNames
 from tasks.pki import load_cas, load_certs, read_cas
 from tasks.steps import Change, cluster_uid, probe
 
 
 def force_unlock(cluster: str) -> list[str]:
-    """Delete both locks of the cluster at once, whoever holds them (:func:`haplane.locks.forget_locks`):
+    """Delete both locks of the cluster at once, whoever holds them (:func:`haplane.cloud.locks.forget_locks`):
     for delete-cluster and for tests; a person frees one lock of a dead run with ``haplane unlock``."""
     return forget_locks(cluster)
 
@@ -57,7 +57,7 @@ def observe_cluster(cluster: str, region: str, connection: str | None, tolerate_
     """Rebuild the cluster's picture from GCE and etcd (never cached); with ``tolerate_zones`` a zone
     whose API does not answer is recorded in ``unavailable_zones`` instead of failing the run."""
     cas, problem = read_cas(cluster, connection)
-    from haplane.etcd import EtcdTLS
+    from haplane.cloud.etcd import EtcdTLS
 
     tls = EtcdTLS.from_cas(cas) if cas else None
     state = observe(
@@ -232,12 +232,12 @@ def wait_api_ready(
 
     import httpx
 
-    from haplane.node import APISERVER_PORT
+    from haplane.node.spec import APISERVER_PORT
 
     cas = load_certs(cluster)
     if cas is None:
         raise RuntimeError(f"no PKI for cluster {cluster!r}: cannot verify {name}'s API server")
-    from haplane.observe import _components, client_context
+    from haplane.cloud.observe import _components, client_context
 
     ctx = ssl.create_default_context(cadata=cas.ca_bundle())
     deadline, last = time.monotonic() + timeout, "no answer yet"

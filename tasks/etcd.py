@@ -10,9 +10,9 @@ from contextlib import closing
 
 from prefect import get_run_logger
 
-from haplane.etcd import EtcdClient, EtcdError
-from haplane.node import client_url
-from haplane.versions import VersionRefused, minor
+from haplane.cloud.etcd import EtcdClient, EtcdError
+from haplane.core.versions import VersionRefused, minor
+from haplane.node.spec import client_url
 from tasks.pki import operator_tls
 from tasks.steps import probe
 

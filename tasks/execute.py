@@ -1,7 +1,7 @@
 """Run a plan: each step's kind names its handler (:mod:`tasks.kinds`), called with the step's id and arguments.
 
 The flows do not write their steps again: they hand the plan's steps
-(:mod:`haplane.steps`, built by :mod:`haplane.plans`) to :func:`execute`, so the
+(:mod:`haplane.core.steps`, built by :mod:`haplane.core.plans`) to :func:`execute`, so the
 dry run, the plan artifact and the run are one list. Every step leaves one
 task run named by its step id (GCE steps also a ``wait ...`` task run), which
 is how tests compare a run with its plan.
@@ -11,15 +11,15 @@ whether its steps are GCE steps (a checkpointed submit, which go through
 :func:`tasks.operations.apply`; consecutive steps sharing a ``parallel`` tag through
 ``apply_all``; ``background=True``: submitted now, waited for by a later ``await`` step)
 or local actions, what they produce and what happens before and after them.
-Values only an earlier step produces (:class:`haplane.steps.Ref`: the endpoint
+Values only an earlier step produces (:class:`haplane.core.steps.Ref`: the endpoint
 IP, a new VM's internal IP and self link, a learner's member id) are recorded
 in ``Run.outputs`` after that step and resolved when a later step runs.
 """
 
 from __future__ import annotations
 
-from haplane.plans import Plan
-from haplane.steps import PlanStep, resolve
+from haplane.core.plans import Plan
+from haplane.core.steps import PlanStep, resolve
 from tasks.kinds import Run, SubPlan, registry
 from tasks.operations import apply, apply_all, start
 

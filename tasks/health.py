@@ -1,6 +1,6 @@
 """The health check's I/O: its own lock, the cluster lock's state, remediation history, events, the verdict.
 
-Decisions are not made here: :mod:`haplane.remediation` decides from what these tasks read.
+Decisions are not made here: :mod:`haplane.core.remediation` decides from what these tasks read.
 
 - **Two health checks of one cluster never run at once**: the check holds the global
   concurrency limit ``health-<cluster>`` (limit 1, ``strict=True``) for its whole run; a
@@ -27,7 +27,7 @@ from prefect.events import emit_event
 from prefect.exceptions import ObjectNotFound
 
 from haplane import settings
-from haplane.remediation import Attempt, Outcome, Verdict
+from haplane.core.remediation import Attempt, Outcome, Verdict
 from tasks.cluster import health_lock_name, hold, lock_name
 from tasks.steps import probe
 

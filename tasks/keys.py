@@ -24,9 +24,9 @@ from prefect.exceptions import ObjectNotFound
 from pydantic import SecretStr
 
 from blocks.pki import LEGACY_FIELDS, SERVICE_ACCOUNT, SNAPSHOT, ClusterPKI, block_name
-from haplane.locks import cluster_lock
-from haplane.scrub import call_carrying_secrets
-from haplane.secretstore import LABEL_CLUSTER, SecretStore, SecretUnreadable
+from haplane.cloud.locks import cluster_lock
+from haplane.cloud.secretstore import LABEL_CLUSTER, SecretStore, SecretUnreadable
+from haplane.core.scrub import call_carrying_secrets
 
 LABEL_KEY = "haplane-key"
 # what an update decides on a fresh view: new field values, and keys by name (None: the key goes)
@@ -152,8 +152,8 @@ def ensure_keys(cluster: str, connection: str | None) -> list[str]:
     first: one that cannot be read is a refusal before anything changes. Resumable: a killed run
     left the block as it was (or done), and the next run does what is left. Returns the key names
     written (none: nothing to do)."""
-    import haplane.snapshots as snap
-    from haplane.pki import new_service_account_key
+    import haplane.cloud.snapshots as snap
+    from haplane.cloud.pki import new_service_account_key
 
     written: list[str] = []
 

@@ -8,7 +8,7 @@ name is deterministic, so a resumed run replays the same chain and finds
 every checkpoint on it instead of sending the calls again.
 
 A wait is bounded (:func:`wait_bound`): an operation that never finishes (a stuck GCE
-operation) fails the run with :class:`haplane.gce.GceTimeout` naming the operation and the
+operation) fails the run with :class:`haplane.cloud.gce.GceTimeout` naming the operation and the
 setting; a run of the same change waits on that same operation again, it does not send it again.
 """
 
@@ -22,7 +22,7 @@ from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from haplane import settings
-from haplane.gce import GceOperationError, GceTimeout, OpRef
+from haplane.cloud.gce import GceOperationError, GceTimeout, OpRef
 from tasks.steps import Change, probe
 
 ATTEMPTS = 3  # failed operations of one step, in one run
@@ -49,7 +49,7 @@ def wait_op(
 
     With ``progress_key`` the wait is reported as a Prefect progress artifact (GCE's own
     ``progress`` of the operation), for the long load-balancer waits people watch in the UI.
-    Transient API errors are retried inside :meth:`haplane.gce.Gce.wait`; an operation that
+    Transient API errors are retried inside :meth:`haplane.cloud.gce.Gce.wait`; an operation that
     failed raises :class:`GceOperationError` at once (waiting again would not change it)."""
     if op is None or op.done:
         return

@@ -5,7 +5,7 @@ No task here returns key material: the CAs' certificates go into the ``<cluster>
 their keys into Secret Manager, readable by the workers' account only (:mod:`tasks.keys`, the one
 writer of both); a replica's certificates into its instance metadata and its private keys into
 Secret Manager, one secret per key readable by the replica's VM service account only
-(:mod:`haplane.secretstore`); the metadata names the versions to read.
+(:mod:`haplane.cloud.secretstore`); the metadata names the versions to read.
 """
 
 from __future__ import annotations
@@ -19,21 +19,10 @@ from pydantic import SecretStr
 
 from blocks import delete_block_document
 from blocks.pki import OPERATOR, SERVICE_ACCOUNT, SNAPSHOT, ClusterPKI, block_name, cas_keys
-from haplane import snapshots as snap
-from haplane.etcd import EtcdTLS
-from haplane.gce import Gce, Instance, OpRef
-from haplane.node import (
-    APISERVER_KEY,
-    SECRET_SUFFIXES,
-    SECRETS_KEY,
-    SNAPSHOT_KEY_SECRET,
-    ApiServerSpec,
-    EtcdSpec,
-    NodeSpec,
-    RestoreSpec,
-)
-from haplane.ownership import check_key_recipient
-from haplane.pki import (
+from haplane.cloud import snapshots as snap
+from haplane.cloud.etcd import EtcdTLS
+from haplane.cloud.gce import Gce, Instance, OpRef
+from haplane.cloud.pki import (
     CertKey,
     ClusterCAs,
     Lifetimes,
@@ -46,7 +35,18 @@ from haplane.pki import (
     service_account_tls,
     switch_cas,
 )
-from haplane.secretstore import SecretStore, service_account_email
+from haplane.cloud.secretstore import SecretStore, service_account_email
+from haplane.core.ownership import check_key_recipient
+from haplane.node.spec import (
+    APISERVER_KEY,
+    SECRET_SUFFIXES,
+    SECRETS_KEY,
+    SNAPSHOT_KEY_SECRET,
+    ApiServerSpec,
+    EtcdSpec,
+    NodeSpec,
+    RestoreSpec,
+)
 from tasks.keys import KeysUnreadable, changed_keys, ensure_keys, read_block, read_keys, save_pki, store_for
 from tasks.steps import Change, checkpoint, probe
 
@@ -245,7 +245,7 @@ def wait_serving_new_certs(change: Change, zone: str, name: str, timeout: float 
     import ssl
     import time
 
-    from haplane.node import APISERVER_PORT, ETCD_CLIENT_PORT, TLS_PREFIX
+    from haplane.node.spec import APISERVER_PORT, ETCD_CLIENT_PORT, TLS_PREFIX
 
     vm = change.gce().get_instance(zone, name)
     cas = load_cas(change.cluster, change.connection)
@@ -297,7 +297,7 @@ def renew_operator_cert(change: Change, step: str) -> str:
     """A new etcd client certificate for the operator in the cluster's block, its key a new version
     of its secret (the one it replaced is destroyed; etcd trusts any certificate of its CA, so
     nothing is delivered). Returns its expiry (public)."""
-    from haplane.pki import issue_operator
+    from haplane.cloud.pki import issue_operator
 
     issued: list[CertKey] = []
 
@@ -319,10 +319,10 @@ def certificate_inventory(cluster: str, zones: list[str], connection: str | None
     import datetime as dt
 
     from blocks.cluster import resolve_gce
-    from haplane.gce import GceZoneUnavailable
-    from haplane.node import TLS_PREFIX
-    from haplane.pki import ca_rotation_infos, describe
-    from haplane.topology import LABEL_CLUSTER
+    from haplane.cloud.gce import GceZoneUnavailable
+    from haplane.cloud.pki import ca_rotation_infos, describe
+    from haplane.core.topology import LABEL_CLUSTER
+    from haplane.node.spec import TLS_PREFIX
 
     cas = load_cas(cluster, connection)
     if cas is None:
@@ -563,8 +563,8 @@ def wait_etcd_trust(change: Change, zone: str, name: str, dropped: bool, timeout
 
     import httpx
 
-    from haplane.node import client_url
-    from haplane.pki import issue
+    from haplane.cloud.pki import issue
+    from haplane.node.spec import client_url
 
     cas = load_cas(change.cluster, change.connection)
     vm = change.gce().get_instance(zone, name)

@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 from blocks.cluster import ClusterSpec
-from haplane.model import ClusterState
-from haplane.plans import ADD_PREFIX, REMOVE_PREFIX, Plan, plan_add, plan_removed, plan_replace
-from haplane.topology import label_value
+from haplane.core.model import ClusterState
+from haplane.core.plans import ADD_PREFIX, REMOVE_PREFIX, Plan, plan_add, plan_removed, plan_replace
+from haplane.core.topology import label_value
 from tasks.steps import Change, remember
 
 ACTION = "replace-replica"

@@ -29,7 +29,7 @@ from prefect.serializers import Serializer
 from pydantic import Field
 
 from haplane import settings
-from haplane.gce import OpRef
+from haplane.cloud.gce import OpRef
 
 SCHEMA_VERSION = 1
 FIELD = "haplane-checkpoint"

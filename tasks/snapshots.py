@@ -18,15 +18,15 @@ from prefect.artifacts import create_table_artifact
 
 from blocks.cluster import ClusterSpec
 from blocks.pki import block_name
-from haplane import snapshots as snap
-from haplane.etcd import EndpointStatus, EtcdClient, EtcdTLS
-from haplane.gce import Gce
-from haplane.node import EtcdSpec, client_url, find_etcd
-from haplane.observe import etcd_look
-from haplane.ownership import owned
-from haplane.restore import ELECTIONS_SPANNED, Look, QuorumEvidence, settled
-from haplane.snapshot_store import SnapshotStore
-from haplane.topology import LABEL_CLUSTER, LABEL_UID
+from haplane.cloud import snapshots as snap
+from haplane.cloud.etcd import EndpointStatus, EtcdClient, EtcdTLS
+from haplane.cloud.gce import Gce
+from haplane.cloud.observe import etcd_look
+from haplane.cloud.snapshot_store import SnapshotStore
+from haplane.core.ownership import owned
+from haplane.core.restore import ELECTIONS_SPANNED, Look, QuorumEvidence, settled
+from haplane.core.topology import LABEL_CLUSTER, LABEL_UID
+from haplane.node.spec import EtcdSpec, client_url, find_etcd
 from tasks.pki import operator_tls, snapshot_key
 from tasks.steps import Change, checkpoint, probe
 
@@ -254,7 +254,7 @@ def observe_quorum(
     spec: ClusterSpec, connection: str | None, ignore: tuple[str, ...] = (), looks: int = 6, snapshot_voters: int = 0
 ) -> tuple[QuorumEvidence, dict[str, str]]:
     """Look at every running replica's etcd ``looks`` times, spread over :data:`ELECTIONS_SPANNED` election
-    timeouts (one look may fall in an election), for :func:`haplane.restore.quorum_view`; with the internal IP
+    timeouts (one look may fall in an election), for :func:`haplane.core.restore.quorum_view`; with the internal IP
     of each VM. ``ignore``: a restore's own replicas. Stops early once a member serves a read."""
     from blocks.cluster import resolve_gce
     from tasks.cluster import gce_footprint

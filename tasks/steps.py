@@ -18,8 +18,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from blocks.cluster import resolve_gce
-from haplane.gce import Gce, request_id
-from haplane.steps import STEP_SCHEMA
+from haplane.cloud.gce import Gce, request_id
+from haplane.core.steps import STEP_SCHEMA
 from tasks.results import CheckpointSerializer, CheckpointTask, step_key
 
 
@@ -42,7 +42,7 @@ class Change:
 def cluster_uid(cluster: str) -> str | None:
     """The cluster's uid from its spec (None: no spec, or a cluster from before uids)."""
     from blocks.cluster import ClusterSpec
-    from haplane.topology import ClusterNames
+    from haplane.core.topology import ClusterNames
 
     try:
         return ClusterSpec.load(ClusterNames(cluster).spec_block).uid
@@ -52,7 +52,7 @@ def cluster_uid(cluster: str) -> str | None:
 
 def retry_unless_refused(task: Any, task_run: Any, state: Any) -> bool:
     """A step that refused (a resource that is not ours) refuses again: it is not retried."""
-    from haplane.ownership import OwnershipError
+    from haplane.core.ownership import OwnershipError
 
     return not isinstance(state.data, OwnershipError)
 

@@ -1,6 +1,6 @@
 """CA rotation: new CAs trusted beside the old ones, leaves re-issued from them, the old ones dropped.
 
-Pure: the phases of :mod:`haplane.pki` (begin, switch, finish) and what each replica trusts in each,
+Pure: the phases of :mod:`haplane.cloud.pki` (begin, switch, finish) and what each replica trusts in each,
 the PKI block's round trip, the refusal of a second rotation while one is under way. End to end
 (long): ``rotate-certificates rotate_ca=true`` on a 3-replica cluster, killed half-way (after the
 switch, with leaves re-issued from the new CA on some replicas only) and resumed with the same
@@ -21,7 +21,7 @@ import uuid
 import pytest
 from cryptography import x509
 
-from haplane import pki
+from haplane.cloud import pki
 from haplane.testing import REGION, ZONES
 from tests.unit.test_ca_rotation import _certs, _signed_by
 
@@ -36,8 +36,8 @@ def _vm_tls(cloud, cluster: str) -> dict[str, dict[str, str]]:
 
 
 def _vm_tls_of(gce, cluster: str) -> dict[str, dict[str, str]]:
-    from haplane.node import TLS_PREFIX
-    from haplane.topology import LABEL_CLUSTER
+    from haplane.core.topology import LABEL_CLUSTER
+    from haplane.node.spec import TLS_PREFIX
 
     return {
         vm.name: {k[len(TLS_PREFIX) :]: v for k, v in vm.metadata.items() if k.startswith(TLS_PREFIX)}
@@ -55,9 +55,9 @@ def test_ca_rotation_killed_half_way_resumes_with_no_failed_write_and_the_old_ca
     from flows.create_cluster import create_cluster
     from flows.delete_cluster import delete_cluster
     from flows.rotate_certificates import rotate_certificates
-    from haplane.etcd import EtcdClient, EtcdTLS, EtcdUnavailable
-    from haplane.gce import Gce
-    from haplane.node import client_url
+    from haplane.cloud.etcd import EtcdClient, EtcdTLS, EtcdUnavailable
+    from haplane.cloud.gce import Gce
+    from haplane.node.spec import client_url
     from haplane.processes import stop_group
     from haplane.testing.canary import EndpointCanary
     from tasks.cluster import force_unlock
@@ -138,7 +138,7 @@ def test_ca_rotation_killed_half_way_resumes_with_no_failed_write_and_the_old_ca
         block = ClusterPKI.load(block_name(cluster))
         # the old keys are gone: from the block, and their secrets from Secret Manager
         assert not {"previous-ca", "previous-etcd-ca"} & set(block.key_versions) and block.legacy_keys() == {}
-        from haplane.secretstore import SecretStore
+        from haplane.cloud.secretstore import SecretStore
         from tasks.keys import key_secret_id
 
         left = set(SecretStore.for_gce(cloud.gce).list(cluster))

@@ -31,8 +31,8 @@ LEAVES = ("apiserver-cert", "etcd-peer-cert", "etcd-server-cert", "apiserver-etc
 
 
 def _leaves(cloud, cluster: str) -> dict[str, dict[str, x509.Certificate]]:
-    from haplane.node import TLS_PREFIX
-    from haplane.topology import LABEL_CLUSTER
+    from haplane.core.topology import LABEL_CLUSTER
+    from haplane.node.spec import TLS_PREFIX
 
     vms = cloud.gce.list_instances(ZONES, labels={LABEL_CLUSTER: cluster})
     return {
@@ -91,10 +91,10 @@ def test_health_check_rotates_leaves_of_a_few_minutes_before_expiry_with_no_fail
     from flows.create_cluster import create_cluster
     from flows.delete_cluster import delete_cluster
     from flows.health_check import health_check
-    from haplane.etcd import EtcdClient, EtcdTLS, EtcdUnavailable
-    from haplane.node import client_url
+    from haplane.cloud.etcd import EtcdClient, EtcdTLS, EtcdUnavailable
+    from haplane.core.topology import LABEL_CLUSTER
+    from haplane.node.spec import client_url
     from haplane.testing.canary import EndpointCanary
-    from haplane.topology import LABEL_CLUSTER
     from tasks.pki import load_cas
 
     cluster = f"short-{uuid.uuid4().hex[:5]}"

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from prefect import flow
 
-from haplane.gce import OpRef
+from haplane.cloud.gce import OpRef
 from tasks.results import CheckpointSchemaError
 from tasks.steps import Change, checkpoint
 
@@ -192,7 +192,7 @@ def test_the_snapshot_before_a_change_is_a_json_checkpoint_found_by_a_second_run
     checkpoint is plain JSON (its metadata was once a dataclass the serializer refused, so nothing was
     written and every run of the change took a new snapshot)."""
     from flows.create_cluster import create_cluster
-    from haplane.snapshot_store import SnapshotStore
+    from haplane.cloud.snapshot_store import SnapshotStore
 
     cluster, change_id = f"cks-{uuid.uuid4().hex[:5]}", "add-cks-1"
     create_cluster(cluster=cluster, region="europe-west1", zones=["europe-west1-b"], replicas=1)

@@ -33,9 +33,9 @@ from flows.create_cluster import create_cluster
 from flows.delete_cluster import delete_cluster
 from flows.rotate_certificates import rotate_certificates
 from flows.snapshot_cluster import snapshot_cluster
-from haplane.etcd import EtcdClient, EtcdTLS
-from haplane.node import client_url
-from haplane.secretstore import SecretStore
+from haplane.cloud.etcd import EtcdClient, EtcdTLS
+from haplane.cloud.secretstore import SecretStore
+from haplane.node.spec import client_url
 from haplane.testing import REGION, ZONES
 from tasks.cluster import force_unlock
 from tasks.keys import KeysUnreadable, key_secret_id, read_block, read_keys, save_pki
@@ -202,7 +202,7 @@ def test_keys_out_of_blocks_rotation_migration_and_refusals(cloud, prefect_api, 
 
         # --- two first snapshots at once (a cluster from before snapshot keys): one key
         save_pki(cluster, store, lambda b, k: ({}, {SNAPSHOT: None}))
-        import haplane.snapshots as snap
+        import haplane.cloud.snapshots as snap
         from tasks.snapshots import snapshot_key
 
         slow = snap.new_key

@@ -19,12 +19,13 @@ import httpx
 import pytest
 from google.cloud import compute_v1
 
+from haplane.cloud.etcd import EtcdClient, EtcdTLS
+from haplane.cloud.pki import create_cluster_cas, issue_replica_certs, node_tls
 from haplane.emulator import apiserver, controllers
 from haplane.emulator.admin import EmulatorAdmin
 from haplane.emulator.server import Emulator
 from haplane.emulator.vm import ProcessRuntime
-from haplane.etcd import EtcdClient, EtcdTLS
-from haplane.node import (
+from haplane.node.spec import (
     CONTROLLER_MANAGER_PORT,
     SCHEDULER_PORT,
     ApiServerSpec,
@@ -33,7 +34,6 @@ from haplane.node import (
     client_url,
     peer_url,
 )
-from haplane.pki import create_cluster_cas, issue_replica_certs, node_tls
 from haplane.processes import stop_group
 from tests.fixtures.emulator import compute_clients, wait_op
 

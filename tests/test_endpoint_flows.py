@@ -20,9 +20,9 @@ from flows.create_cluster import create_cluster
 from flows.delete_cluster import delete_cluster
 from flows.remove_replica import remove_replica
 from flows.set_load_balancer import set_load_balancer
-from haplane.etcd import EtcdClient, EtcdTLS
-from haplane.node import client_url
-from haplane.plans import Plan
+from haplane.cloud.etcd import EtcdClient, EtcdTLS
+from haplane.core.plans import Plan
+from haplane.node.spec import client_url
 from haplane.testing import REGION, ZONES
 from tasks.pki import load_cas
 from tests.test_flows import Canary

@@ -8,8 +8,8 @@ import time
 import httpx
 import pytest
 
-from haplane import node, pki
-from haplane.etcd import (
+from haplane.cloud import pki
+from haplane.cloud.etcd import (
     EndpointStatus,
     EndpointUnreachable,
     EtcdClient,
@@ -23,7 +23,8 @@ from haplane.etcd import (
     promote_when_ready,
     remove_member_when_ready,
 )
-from haplane.quorum import assess, can_add, can_promote, can_remove, can_replace
+from haplane.core.quorum import assess, can_add, can_promote, can_remove, can_replace
+from haplane.node import spec as node
 from haplane.testing.poll import eventually
 
 pytestmark = pytest.mark.timeout(120)

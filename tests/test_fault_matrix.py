@@ -37,11 +37,11 @@ from flows.create_cluster import create_cluster
 from flows.delete_cluster import delete_cluster
 from flows.remove_replica import remove_replica
 from flows.replace_replica import replace_replica
-from haplane.etcd import EtcdTLS
-from haplane.gce import GceTimeout
-from haplane.secretstore import SecretStore
+from haplane.cloud.etcd import EtcdTLS
+from haplane.cloud.gce import GceTimeout
+from haplane.cloud.secretstore import SecretStore
+from haplane.core.topology import LABEL_CLUSTER, ClusterNames
 from haplane.testing import REGION, ZONES
-from haplane.topology import LABEL_CLUSTER, ClusterNames
 from tasks.pki import load_cas
 from tests.fixtures.cluster import PROJECT
 from tests.test_secrets import PEM_MARKER
@@ -665,7 +665,7 @@ def test_operator_certificate_expired(cloud, prefect_api):
 
     from blocks.pki import block_name
     from flows.health_check import health_check
-    from haplane.pki import issue_operator
+    from haplane.cloud.pki import issue_operator
     from tasks.keys import save_pki
 
     cluster = f"fc-{uuid.uuid4().hex[:6]}"
@@ -718,8 +718,8 @@ def test_look_alike_vm_with_the_planned_name(cloud, prefect_api):
     naming the VM; no certificate is issued to it and no key granted (Secret Manager holds nothing of the
     cluster, the VM's metadata is as it was made). Once that VM is gone, the same change converges, and
     delete-cluster leaves nothing behind."""
-    from haplane.secretstore import SecretStore
-    from haplane.topology import replica_name
+    from haplane.cloud.secretstore import SecretStore
+    from haplane.core.topology import replica_name
 
     cluster = f"fl-{uuid.uuid4().hex[:6]}"
     change_id = f"create-{cluster}"

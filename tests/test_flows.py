@@ -18,13 +18,13 @@ from flows.create_cluster import create_cluster
 from flows.delete_cluster import delete_cluster
 from flows.remove_replica import remove_replica
 from flows.replace_replica import replace_replica
-from haplane.etcd import EtcdClient, EtcdTLS
-from haplane.node import client_url
-from haplane.observe import observe
-from haplane.pki import create_cluster_cas
-from haplane.plans import PlanRefused, plan_remove
+from haplane.cloud.etcd import EtcdClient, EtcdTLS
+from haplane.cloud.observe import observe
+from haplane.cloud.pki import create_cluster_cas
+from haplane.core.plans import PlanRefused, plan_remove
+from haplane.core.topology import LABEL_CLUSTER
+from haplane.node.spec import client_url
 from haplane.testing import REGION, ZONES
-from haplane.topology import LABEL_CLUSTER
 from tasks.pki import load_cas
 from tasks.snapshots import SNAPSHOT_BEFORE
 from tests.fixtures.cluster import api_through

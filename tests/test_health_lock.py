@@ -257,7 +257,7 @@ def test_set_load_balancer_records_its_mode_onto_the_spec_as_saved_under_the_loc
     from flows.set_load_balancer import set_load_balancer
 
     # it waits for the holder, however loaded the machine (tasks.cluster's name: where the lock lived before)
-    monkeypatch.setattr("haplane.locks.LOCK_WAIT_S", 300.0)
+    monkeypatch.setattr("haplane.cloud.locks.LOCK_WAIT_S", 300.0)
     monkeypatch.setattr("tasks.cluster.LOCK_WAIT_S", 300.0)
     cluster = f"hspec-{uuid.uuid4().hex[:5]}"
     create_cluster(cluster=cluster, region=REGION, zones=ZONES, replicas=3, load_balancer="always")

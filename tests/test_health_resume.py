@@ -10,9 +10,9 @@ import pytest
 from blocks.pki import ClusterPKI, block_name
 from flows.create_cluster import create_cluster
 from flows.health_check import health_check
-from haplane.pki import create_cluster_cas
+from haplane.cloud.pki import create_cluster_cas
+from haplane.core.topology import LABEL_CLUSTER
 from haplane.testing import REGION, ZONES
-from haplane.topology import LABEL_CLUSTER
 from tests.fixtures.cluster import PROJECT
 
 pytestmark = pytest.mark.usefixtures("prefect_api")

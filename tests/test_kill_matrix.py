@@ -28,10 +28,10 @@ import pytest
 
 from blocks.pki import KEY_NAMES
 from flows.create_cluster import create_cluster
-from haplane.secretstore import SecretStore
+from haplane.cloud.secretstore import SecretStore
+from haplane.core.topology import LABEL_CLUSTER, ClusterNames
 from haplane.testing import REGION, ZONES
 from haplane.testing.poll import eventually
-from haplane.topology import LABEL_CLUSTER, ClusterNames
 from tasks.cluster import lock_name
 from tasks.keys import key_secret_id
 from tasks.pki import load_cas

@@ -27,10 +27,10 @@ from flows.health_check import health_check
 from flows.remove_replica import remove_replica
 from haplane import kubeconfig
 from haplane.cli import main as haplane
+from haplane.cloud.pki import create_cluster_cas
 from haplane.emulator.kubeapi import MASTER_LEASE_TTL_S
 from haplane.emulator.vm import LEASE_DURATION_S, RETRY_PERIOD_S
-from haplane.pki import create_cluster_cas
-from haplane.startup import KUBERNETES_VERSION
+from haplane.node.startup import KUBERNETES_VERSION
 from haplane.testing import REGION, ZONES
 
 pytestmark = [pytest.mark.long, pytest.mark.timeout(900), pytest.mark.usefixtures("prefect_api")]

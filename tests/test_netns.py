@@ -21,9 +21,9 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import compute_v1
 
 from flows.create_cluster import create_cluster
+from haplane.cloud.etcd import EtcdClient, EtcdTLS
 from haplane.emulator.server import Emulator
-from haplane.etcd import EtcdClient, EtcdTLS
-from haplane.node import APISERVER_PORT, ETCD_CLIENT_PORT, ETCD_PEER_PORT, client_url
+from haplane.node.spec import APISERVER_PORT, ETCD_CLIENT_PORT, ETCD_PEER_PORT, client_url
 from haplane.testing import REGION, ZONES
 from haplane.testing.poll import eventually
 from tasks.pki import load_cas

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
+from haplane.cloud.gce import Gce, GceTimeout, request_id
 from haplane.emulator.admin import EmulatorAdmin
-from haplane.gce import Gce, GceTimeout, request_id
 from haplane.testing import PROJECT
 
 

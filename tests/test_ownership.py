@@ -129,8 +129,8 @@ def test_look_alikes_are_reported_never_touched(cloud):
     with its pool's name, are left alone by observe and delete, and block a new cluster of that name."""
     from flows.create_cluster import create_cluster
     from flows.delete_cluster import delete_cluster
-    from haplane.ownership import uid_in
-    from haplane.topology import LABEL_CLUSTER, LABEL_UID, ClusterNames
+    from haplane.core.ownership import uid_in
+    from haplane.core.topology import LABEL_CLUSTER, LABEL_UID, ClusterNames
     from tasks.cluster import observe_cluster, spec_where
 
     cluster = f"look-{uuid.uuid4().hex[:5]}"

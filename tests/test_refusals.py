@@ -19,9 +19,9 @@ from flows.create_cluster import create_cluster
 from flows.delete_cluster import delete_cluster
 from flows.remove_replica import remove_replica
 from flows.replace_replica import replace_replica
-from haplane.plans import Plan
+from haplane.core.plans import Plan
+from haplane.core.steps import STEP_SCHEMA
 from haplane.processes import stop_group
-from haplane.steps import STEP_SCHEMA
 from haplane.testing import REGION, ZONES
 from tasks.steps import SCHEMA_STEP, Change, remember
 from tests.fixtures.cluster import PROJECT

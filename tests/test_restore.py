@@ -27,14 +27,14 @@ from flows.create_cluster import create_cluster
 from flows.health_check import health_check
 from flows.restore_cluster import restore_cluster
 from flows.snapshot_cluster import snapshot_cluster
-from haplane import snapshots as snap
-from haplane.etcd import EtcdClient, EtcdTLS
-from haplane.gce import request_id
-from haplane.node import client_url, find_etcd
-from haplane.plans import PlanRefused
-from haplane.snapshot_store import SnapshotStore
+from haplane.cloud import snapshots as snap
+from haplane.cloud.etcd import EtcdClient, EtcdTLS
+from haplane.cloud.gce import request_id
+from haplane.cloud.snapshot_store import SnapshotStore
+from haplane.core.plans import PlanRefused
+from haplane.core.topology import LABEL_CLUSTER, ClusterNames
+from haplane.node.spec import client_url, find_etcd
 from haplane.testing import REGION, ZONES
-from haplane.topology import LABEL_CLUSTER, ClusterNames
 from tasks.pki import load_cas
 from tasks.snapshots import SnapshotFailed, snapshot_key
 from tests.fixtures.cluster import api_through

@@ -31,11 +31,11 @@ from flows.create_cluster import create_cluster
 from flows.delete_cluster import delete_cluster
 from flows.restore_cluster import restore_cluster
 from flows.snapshot_cluster import snapshot_cluster
-from haplane.etcd import EndpointStatus, EtcdClient, EtcdTLS
-from haplane.gce import request_id
-from haplane.node import client_url
-from haplane.secretstore import SecretStore
-from haplane.snapshot_store import SnapshotStore
+from haplane.cloud.etcd import EndpointStatus, EtcdClient, EtcdTLS
+from haplane.cloud.gce import request_id
+from haplane.cloud.secretstore import SecretStore
+from haplane.cloud.snapshot_store import SnapshotStore
+from haplane.node.spec import client_url
 from haplane.testing import REGION, ZONES
 from tasks.pki import load_cas
 from tests.fixtures.poll import eventually

@@ -19,8 +19,8 @@ import pytest
 
 from flows.add_replica import add_replica
 from flows.create_cluster import create_cluster
+from haplane.core.topology import LABEL_CLUSTER
 from haplane.testing import REGION, ZONES
-from haplane.topology import LABEL_CLUSTER
 from tasks.cluster import force_unlock
 from tasks.pki import load_cas
 from tests.fixtures.cluster import PROJECT, api_through

@@ -18,10 +18,10 @@ from cryptography import x509
 from flows.create_cluster import create_cluster
 from flows.delete_cluster import delete_cluster
 from flows.rotate_certificates import rotate_certificates
-from haplane.etcd import EtcdClient, EtcdTLS
-from haplane.node import TLS_PREFIX, client_url
+from haplane.cloud.etcd import EtcdClient, EtcdTLS
+from haplane.core.topology import LABEL_CLUSTER
+from haplane.node.spec import TLS_PREFIX, client_url
 from haplane.testing import REGION, ZONES
-from haplane.topology import LABEL_CLUSTER
 from tasks.pki import load_cas
 
 LEAVES = ("apiserver-cert", "etcd-peer-cert", "etcd-server-cert", "apiserver-etcd-client-cert")

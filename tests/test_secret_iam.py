@@ -14,10 +14,10 @@ from google.api_core.exceptions import Forbidden
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import compute_v1
 
+from haplane.cloud.gce import token_credentials
+from haplane.cloud.secretstore import SecretStore, SecretUnreadable, read_as_vm, service_account_email
 from haplane.emulator.secretmanager import WORKERS_ACCOUNT
 from haplane.emulator.server import Emulator
-from haplane.gce import token_credentials
-from haplane.secretstore import SecretStore, SecretUnreadable, read_as_vm, service_account_email
 from tests.fixtures.cluster import PROJECT, vm_runtime
 from tests.fixtures.emulator import wait_op
 

@@ -20,13 +20,13 @@ from flows.create_cluster import create_cluster
 from flows.delete_cluster import delete_cluster
 from flows.remove_replica import remove_replica
 from flows.replace_replica import replace_replica
+from haplane.cloud.gce import token_credentials
+from haplane.cloud.secretstore import SecretStore, SecretUnreadable, read_as_vm, secret_id, service_account_email
+from haplane.core.topology import LABEL_CLUSTER
 from haplane.emulator.secretmanager import WORKERS_ACCOUNT
 from haplane.emulator.server import Emulator
-from haplane.gce import token_credentials
-from haplane.node import SECRET_SUFFIXES, SECRETS_KEY
-from haplane.secretstore import SecretStore, SecretUnreadable, read_as_vm, secret_id, service_account_email
+from haplane.node.spec import SECRET_SUFFIXES, SECRETS_KEY
 from haplane.testing import REGION, ZONES
-from haplane.topology import LABEL_CLUSTER
 from tasks.keys import key_secret_id
 from tests.fixtures.cluster import PROJECT
 

@@ -21,9 +21,9 @@ from google.cloud import compute_v1
 
 from flows.create_cluster import create_cluster
 from flows.delete_cluster import delete_cluster
-from haplane.gce import request_id
-from haplane.pki import new_ca
-from haplane.scrub import SecretCallFailed
+from haplane.cloud.gce import request_id
+from haplane.cloud.pki import new_ca
+from haplane.core.scrub import SecretCallFailed
 from haplane.testing import REGION
 from tests.fixtures.cluster import PROJECT
 from tests.unit.test_secrets import _key_lines, _leaks

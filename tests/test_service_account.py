@@ -21,14 +21,14 @@ from blocks.pki import ClusterPKI, block_name
 from flows.create_cluster import create_cluster
 from flows.delete_cluster import delete_cluster
 from flows.rotate_certificates import rotate_certificates
-from haplane import serviceaccount
-from haplane.pki import (
+from haplane.cloud import serviceaccount
+from haplane.cloud.pki import (
     create_cluster_cas,
     issue,
     new_service_account_key,
 )
+from haplane.core.topology import LABEL_CLUSTER
 from haplane.testing import REGION, ZONES
-from haplane.topology import LABEL_CLUSTER
 from tasks.pki import ensure_cluster_pki, load_cas
 
 # ---------------------------------------------------------------- pure: tokens as kube-apiserver sees them

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from prefect_gcp.cloud_storage import GcsBucket
 
-from haplane import snapshots as snap
-from haplane.node import find_etcd
-from haplane.snapshot_store import SnapshotStore, fetch_url
+from haplane.cloud import snapshots as snap
+from haplane.cloud.snapshot_store import SnapshotStore, fetch_url
+from haplane.node.spec import find_etcd
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import httpx
 
-from haplane import snapshots as snap
-from haplane.node import (
+from haplane.cloud import snapshots as snap
+from haplane.node.spec import (
     RESTORE_KEY,
     SNAPSHOT_KEY_KEY,
     SNAPSHOT_KEY_SECRET,
@@ -24,10 +24,10 @@ from haplane.node import (
     RestoreSpec,
     peer_url,
 )
-from haplane.processes import stop_group
-from haplane.startup import (
+from haplane.node.startup import (
     ETCD_DATA_DIR,
 )
+from haplane.processes import stop_group
 from tests.unit import test_startup_script as unit
 from tests.unit.test_startup_script import IP, _boot, needs_jq
 
@@ -93,7 +93,7 @@ def _serve_and_read(etcd_bin: str, data_dir: Path, log: Path, prefix: str) -> di
 def test_restore_boot_fills_the_empty_data_dir_from_a_sealed_snapshot(
     script_path: Path, tmp_path: Path, node_spec_tls: dict[str, str], etcd_cluster_factory, etcd_bin: str
 ):
-    """A real etcd's snapshot, sealed by haplane.snapshots, restored by the boot step with the real etcdutl;
+    """A real etcd's snapshot, sealed by haplane.cloud.snapshots, restored by the boot step with the real etcdutl;
     a real etcd then serves its keys. A snapshot whose sha256 is not the one asked for is refused."""
     source = etcd_cluster_factory(1, cluster="rs")
     client = source.client()

@@ -13,7 +13,7 @@ import sys
 import uuid
 
 from haplane.cli import main
-from haplane.locks import health_lock_name, lock_name
+from haplane.cloud.locks import health_lock_name, lock_name
 from tests.test_health_lock import HeldLock
 
 HERE = socket.gethostname()
@@ -70,7 +70,7 @@ def test_unlock_frees_one_lock_of_a_dead_holder_and_refuses_a_live_one(prefect_a
     # a holder killed while it holds the lock (SIGKILL: nothing released, its lease still runs), beside a
     # live health check: unlock frees the dead run's lock alone, without --force
     code = (
-        f"import time\nfrom haplane.locks import cluster_lock\nwith cluster_lock({cluster!r}):\n"
+        f"import time\nfrom haplane.cloud.locks import cluster_lock\nwith cluster_lock({cluster!r}):\n"
         f"    print('held', flush=True)\n    time.sleep(600)\n"
     )
     proc = subprocess.Popen(

@@ -18,7 +18,7 @@ import uuid
 
 import pytest
 
-from haplane.node import find_etcd_version
+from haplane.node.spec import find_etcd_version
 from haplane.testing import REGION, ZONES
 
 
@@ -41,8 +41,8 @@ def test_a_vm_asking_for_an_etcd_the_host_lacks_is_refused_naming_the_package(sh
     cloud = shared_cloud
     from dataclasses import replace
 
-    from haplane import versions
-    from haplane.node import ETCD_VERSION_KEY
+    from haplane.core import versions
+    from haplane.node.spec import ETCD_VERSION_KEY
 
     missing = replace(versions.ETCD_RELEASES["3.4.23"], host_binary="/nonexistent/etcd")
     monkeypatch.setitem(versions.ETCD_RELEASES, "3.4.23", missing)
@@ -67,8 +67,8 @@ def test_a_vm_asking_for_an_etcd_the_host_lacks_is_refused_naming_the_package(sh
 def _keys(cluster: str, ips: list[str], prefix: str) -> dict[str, str]:
     import base64
 
-    from haplane.etcd import EtcdClient
-    from haplane.node import client_url
+    from haplane.cloud.etcd import EtcdClient
+    from haplane.node.spec import client_url
     from tasks.pki import operator_tls
 
     with EtcdClient([client_url(ip) for ip in ips], tls=operator_tls(cluster), timeout=5) as etcd:
@@ -92,9 +92,9 @@ def test_upgrade_34_to_35_killed_between_replicas_resumes_with_every_key_and_no_
     from flows.create_cluster import create_cluster
     from flows.delete_cluster import delete_cluster
     from flows.upgrade_cluster import upgrade_cluster
-    from haplane.etcd import EtcdClient
-    from haplane.node import client_url
-    from haplane.plans import PlanRefused
+    from haplane.cloud.etcd import EtcdClient
+    from haplane.core.plans import PlanRefused
+    from haplane.node.spec import client_url
     from haplane.processes import stop_group
     from tasks.cluster import force_unlock
     from tasks.pki import load_cas, operator_tls

@@ -12,9 +12,9 @@ import uuid
 import pytest
 
 from deployments.watch import cluster_locked, gce_factory, pki_reader, spec_blocks
-from haplane.gce import request_id
+from haplane.cloud.gce import request_id
+from haplane.core.topology import ClusterNames
 from haplane.testing import REGION, ZONES
-from haplane.topology import ClusterNames
 from haplane.watch import ALIVE, CLUSTER_UNKNOWN, RECOVERED, UNHEALTHY, Watcher
 from tests.fixtures.cluster import PROJECT
 

@@ -19,9 +19,9 @@ import pytest
 from flows.create_cluster import create_cluster
 from flows.delete_cluster import delete_cluster
 from flows.health_check import health_check
+from haplane.cloud.etcd import EtcdClient, EtcdTLS
 from haplane.emulator.resources import vm_view
-from haplane.etcd import EtcdClient, EtcdTLS
-from haplane.node import client_url, peer_url
+from haplane.node.spec import client_url, peer_url
 from haplane.testing import REGION, ZONES
 from tasks.cluster import load_spec
 from tasks.pki import load_cas

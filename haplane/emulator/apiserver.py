@@ -10,7 +10,7 @@ benchmark's canary). A plain-HTTP ``/healthz`` on
 check, as nginx in front of ``/healthz`` does in Kubernetes the Hard Way.
 
 Service-account tokens, as kube-apiserver handles them (see
-:mod:`haplane.serviceaccount`), when started with the key files:
+:mod:`haplane.cloud.serviceaccount`), when started with the key files:
 
 - ``POST /api/v1/namespaces/{ns}/serviceaccounts/{name}/token`` (TokenRequest)
   mints a token signed with ``--service-account-signing-key-file``;
@@ -55,10 +55,10 @@ from pathlib import Path
 
 import httpx
 
-from haplane import serviceaccount
+from haplane.cloud import serviceaccount
 from haplane.emulator import controllers, kubeapi
-from haplane.node import CONTROLLER_MANAGER_PORT, SCHEDULER_PORT, TLS_FILES
-from haplane.startup import KUBERNETES_VERSION
+from haplane.node.spec import CONTROLLER_MANAGER_PORT, SCHEDULER_PORT, TLS_FILES
+from haplane.node.startup import KUBERNETES_VERSION
 
 _TOKEN_REQUEST = re.compile(r"^/api/v1/namespaces/([a-z0-9-]+)/serviceaccounts/([a-z0-9.-]+)/token$")
 _TOKEN_REVIEW = "/apis/authentication.k8s.io/v1/tokenreviews"

@@ -6,7 +6,7 @@ the way). Two profiles:
 
 ``instant``  every kind 0 s: operations finish as soon as the emulator's
              timer thread gets to them (the default, for tests).
-``gce``      figures from published measurements (:mod:`haplane.gce_timings`, the
+``gce``      figures from published measurements (:mod:`haplane.core.gce_timings`, the
              same ones the plans estimate durations with); with
              ``time_scale=0.01`` a 20-minute load balancer takes 12 s.
 
@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import threading
 
-from haplane.gce_timings import GCE_SECONDS, KINDS
+from haplane.core.gce_timings import GCE_SECONDS, KINDS
 
 PROFILES: dict[str, dict[str, float]] = {
     "instant": {kind: 0.0 for kind in KINDS},
-    # figures from published measurements, with their sources: haplane/gce_timings.py
+    # figures from published measurements, with their sources: haplane/core/gce_timings.py
     "gce": dict(GCE_SECONDS),
 }
 

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from haplane.emulator.nft import Host, router_ruleset, vm_ruleset
 from haplane.emulator.runtime import VmView
 from haplane.emulator.store import IpPool, ZonedPool
-from haplane.node import APISERVER_PORT, HEALTH_PORT
+from haplane.node.spec import APISERVER_PORT, HEALTH_PORT
 
 log = logging.getLogger(__name__)
 PROBER_IP = "35.191.0.1"  # inside 35.191.0.0/16, a documented source range of GCE's health checkers

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from haplane.emulator.network import can_bind
-from haplane.node import FORWARDED_PORTS, VM_PORTS
+from haplane.node.spec import FORWARDED_PORTS, VM_PORTS
 
 
 def now_rfc3339() -> str:

@@ -34,7 +34,7 @@ import httpx
 
 from haplane.emulator.network import Forwarder
 from haplane.emulator.runtime import VmView
-from haplane.node import (
+from haplane.node.spec import (
     APISERVER_PORT,
     CONTROLLER_MANAGER_PORT,
     ETCD_VERSION_KEY,
@@ -421,7 +421,7 @@ class ProcessRuntime:
         return [
             self.python,
             "-m",
-            "haplane.restore_boot",
+            "haplane.node.restore_boot",
             "--restore",
             str(restore_file),
             "--data-dir",
@@ -468,7 +468,7 @@ class ProcessRuntime:
         in-process for this VM), write them and its certificates to its disk, and restart the
         processes that run on older files (etcd and the API server reload their certificates).
         Runs outside the lock."""
-        from haplane.secretstore import read_as_vm
+        from haplane.cloud.secretstore import read_as_vm
 
         try:
             files = dict(tls)

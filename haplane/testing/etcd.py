@@ -1,8 +1,8 @@
 """Real etcd clusters on loopback, with mutual TLS, for tests and benchmarks.
 
 Each member runs on its own address 127.11.<subnet>.<host> with the standard
-ports (2379 client, 2380 peer), from :func:`haplane.node.etcd_argv` and PKI
-from :mod:`haplane.pki` written by :func:`haplane.node.write_pki`. Every
+ports (2379 client, 2380 peer), from :func:`haplane.node.spec.etcd_argv` and PKI
+from :mod:`haplane.cloud.pki` written by :func:`haplane.node.spec.write_pki`. Every
 process runs in its own process group and is killed by :meth:`EtcdCluster.close`.
 The tests' fixtures ``etcd_cluster_factory`` and ``etcd_bin`` are in tests/fixtures/etcd.py.
 """
@@ -18,9 +18,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from haplane import node, pki
+from haplane.cloud import pki
+from haplane.cloud.etcd import EtcdClient, EtcdError, EtcdTLS, Member, add_member_when_ready
 from haplane.emulator.network import can_bind
-from haplane.etcd import EtcdClient, EtcdError, EtcdTLS, Member, add_member_when_ready
+from haplane.node import spec as node
 
 SUBNET_PREFIX = "127.11"
 # a per-process start so that two pytest sessions on one machine rarely pick the same subnet

@@ -55,6 +55,9 @@ class PrefectServer:
             PREFECT_UI_ENABLED=os.environ.get("PREFECT_UI_ENABLED", "true"),
             # expire a killed flow's cluster-lock lease within seconds, not the default 15 s loop
             PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS="1",
+            # evaluate proactive automations (the watcher's grace) every second, not every 5 s: as
+            # docs/production.md sets it, so a grace of 10 s fires at 10-11 s, not 10-15 s
+            PREFECT_SERVER_EVENTS_PROACTIVE_GRANULARITY="PT1S",  # an ISO 8601 duration ("1" is refused)
         )
         env.update(self.env_extra)
         return env

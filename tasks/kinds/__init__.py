@@ -1,18 +1,18 @@
 """Step kinds: one module per resource or action, each declaring the kinds of plan step it runs.
 
 A module of this package (``firewall.py``, ``vm.py``, ``etcd_member.py`` ...) holds everything the
-executor (:mod:`tasks.execute`) needs for the :class:`haplane.steps.StepKind` members it handles, as a
+executor (:mod:`tasks.execute`) needs for the :class:`haplane.core.steps.StepKind` members it handles, as a
 module-level ``KINDS`` tuple of :class:`Kind`:
 
 - how a step runs: ``submit`` (a GCE step: the checkpointed submit task and its arguments, which
   :func:`tasks.operations.apply` submits and waits for) or ``act`` (a local action: etcd, blocks, Secret
   Manager, a wait), never both;
-- what it produces for later steps (``produced``; the names are :data:`haplane.steps.OUTPUTS`);
+- what it produces for later steps (``produced``; the names are :data:`haplane.core.steps.OUTPUTS`);
 - what happens around it (``before``/``after``: the endpoint's downtime clock, warnings).
 
 :func:`registry` collects them (every module not starting with ``_``); each StepKind has exactly one
 handler, so the executor names no kind. To add a kind: a member of ``StepKind``, the plan function that
-emits it (``haplane/plans.py``), and one module here (or a ``Kind`` in the module of its resource).
+emits it (``haplane/core/plans.py``), and one module here (or a ``Kind`` in the module of its resource).
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from typing import Any
 from prefect import get_run_logger
 
 from blocks.cluster import ClusterSpec
-from haplane.plans import Plan
-from haplane.steps import OUTPUTS, PlanStep, StepKind
-from haplane.topology import ClusterNames
+from haplane.core.plans import Plan
+from haplane.core.steps import OUTPUTS, PlanStep, StepKind
+from haplane.core.topology import ClusterNames
 from tasks.operations import Started, Step
 from tasks.steps import Change
 

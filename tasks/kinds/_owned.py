@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from prefect import get_run_logger
 
-from haplane.ownership import LookAlike, owned, stamp, uid_in
+from haplane.core.ownership import LookAlike, owned, stamp, uid_in
 from tasks.steps import Change, cluster_uid
 
 

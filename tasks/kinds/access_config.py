@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from prefect import get_run_logger
 
-from haplane.gce import OpRef
-from haplane.steps import StepKind
+from haplane.cloud.gce import OpRef
+from haplane.core.steps import StepKind
 from tasks.kinds import Kind, gce
 from tasks.steps import Change, checkpoint
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from haplane.steps import StepKind
+from haplane.core.steps import StepKind
 from tasks.cluster import wait_api_ready
 from tasks.kinds import Kind
 

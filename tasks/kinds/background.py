@@ -3,7 +3,7 @@ minutes on GCE run while the VMs are made); the executor keeps such steps in ``R
 
 from __future__ import annotations
 
-from haplane.steps import StepKind
+from haplane.core.steps import StepKind
 from tasks.kinds import Kind
 from tasks.operations import finish
 

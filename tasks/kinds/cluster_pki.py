@@ -3,7 +3,7 @@ delete-cluster checks GCE's footprint and deletes the cluster's secrets in steps
 
 from __future__ import annotations
 
-from haplane.steps import StepKind
+from haplane.core.steps import StepKind
 from tasks.kinds import Kind
 from tasks.pki import delete_cluster_pki, ensure_cluster_pki
 

@@ -4,8 +4,8 @@ restore-cluster, the snapshot its etcd starts from) into its metadata. The submi
 
 from __future__ import annotations
 
-from haplane.node import ApiServerSpec, EtcdSpec, RestoreSpec, peer_url
-from haplane.steps import PlanStep, StepKind
+from haplane.core.steps import PlanStep, StepKind
+from haplane.node.spec import ApiServerSpec, EtcdSpec, RestoreSpec, peer_url
 from tasks.kinds import Args, Kind, Run
 from tasks.operations import Step
 from tasks.pki import submit_configure_replica

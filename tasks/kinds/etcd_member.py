@@ -8,9 +8,9 @@ from contextlib import closing
 
 from prefect import get_run_logger
 
-from haplane.etcd import add_member_when_ready, promote_when_ready, remove_member_when_ready
-from haplane.node import peer_url
-from haplane.steps import StepKind
+from haplane.cloud.etcd import add_member_when_ready, promote_when_ready, remove_member_when_ready
+from haplane.core.steps import StepKind
+from haplane.node.spec import peer_url
 from tasks.etcd import operator_client
 from tasks.kinds import Kind
 from tasks.steps import Change, checkpoint, probe

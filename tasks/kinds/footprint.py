@@ -4,7 +4,7 @@ left, or a zone that does not answer, fails the step: those steps do not run."""
 
 from __future__ import annotations
 
-from haplane.steps import StepKind
+from haplane.core.steps import StepKind
 from tasks.cluster import gce_footprint
 from tasks.kinds import Kind
 from tasks.steps import probe

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from prefect import get_run_logger
 
-from haplane.gce import OpRef
-from haplane.node import APISERVER_PORT
-from haplane.steps import PlanStep, StepKind
-from haplane.topology import ClusterNames
+from haplane.cloud.gce import OpRef
+from haplane.core.steps import PlanStep, StepKind
+from haplane.core.topology import ClusterNames
+from haplane.node.spec import APISERVER_PORT
 from tasks.kinds import Args, Kind, Run, gce
 from tasks.kinds._owned import described, ours_to_delete, refuse_look_alike
 from tasks.steps import Change, checkpoint

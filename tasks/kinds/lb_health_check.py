@@ -3,10 +3,10 @@ delete-health-check."""
 
 from __future__ import annotations
 
-from haplane.gce import OpRef
-from haplane.node import HEALTH_PORT
-from haplane.steps import StepKind
-from haplane.topology import ClusterNames
+from haplane.cloud.gce import OpRef
+from haplane.core.steps import StepKind
+from haplane.core.topology import ClusterNames
+from haplane.node.spec import HEALTH_PORT
 from tasks.kinds import Kind, gce
 from tasks.kinds._owned import described, ours_to_delete, refuse_look_alike
 from tasks.steps import Change, checkpoint

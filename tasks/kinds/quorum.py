@@ -3,7 +3,7 @@ cluster version is the one expected, after an upgrade's last replica)."""
 
 from __future__ import annotations
 
-from haplane.steps import PlanStep, StepKind
+from haplane.core.steps import PlanStep, StepKind
 from tasks.cluster import observe_cluster
 from tasks.etcd import wait_cluster_version, wait_quorum
 from tasks.kinds import Args, Kind, Run

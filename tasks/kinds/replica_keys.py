@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from prefect import get_run_logger
 
-from haplane.secretstore import SecretStore
-from haplane.steps import StepKind
+from haplane.cloud.secretstore import SecretStore
+from haplane.core.steps import StepKind
 from tasks.kinds import Kind
 from tasks.steps import Change, probe
 

@@ -3,7 +3,7 @@ it of the survivor before anything is deleted). Its outputs say where it went an
 
 from __future__ import annotations
 
-from haplane.steps import StepKind
+from haplane.core.steps import StepKind
 from tasks.kinds import Kind
 from tasks.snapshots import save_member_snapshot
 

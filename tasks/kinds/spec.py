@@ -7,9 +7,9 @@ from pydantic import TypeAdapter
 from blocks import delete_block_document
 from blocks.cluster import ClusterSpec
 from blocks.store import update_spec
-from haplane.locks import cluster_lock
-from haplane.steps import StepKind
-from haplane.topology import ClusterNames
+from haplane.cloud.locks import cluster_lock
+from haplane.core.steps import StepKind
+from haplane.core.topology import ClusterNames
 from tasks.kinds import Kind
 from tasks.steps import probe
 

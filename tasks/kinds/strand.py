@@ -1,10 +1,10 @@
 """The spec's record of VMs stranded in a zone that stopped answering (zone-outage,
-:func:`haplane.remediation.decide_zones`): strand, strand-replaced, strand-deleted."""
+:func:`haplane.core.remediation.decide_zones`): strand, strand-replaced, strand-deleted."""
 
 from __future__ import annotations
 
 from blocks.store import update_spec
-from haplane.steps import StepKind
+from haplane.core.steps import StepKind
 from tasks.kinds import Kind
 from tasks.steps import probe
 
@@ -19,8 +19,8 @@ def _update_stranded(cluster: str, update) -> None:
 
 @probe(task_run_name="{step}")
 def record_stranded(cluster: str, name: str, zone: str, step: str) -> None:
-    from haplane.observe import now_utc
-    from haplane.remediation import StrandedVm
+    from haplane.cloud.observe import now_utc
+    from haplane.core.remediation import StrandedVm
 
     _update_stranded(
         cluster,

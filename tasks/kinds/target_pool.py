@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from haplane.gce import OpRef
-from haplane.steps import StepKind
-from haplane.topology import ClusterNames
+from haplane.cloud.gce import OpRef
+from haplane.core.steps import StepKind
+from haplane.core.topology import ClusterNames
 from tasks.kinds import Kind, Run, gce
 from tasks.kinds._owned import described, ours_to_delete, refuse_look_alike
 from tasks.steps import Change, checkpoint

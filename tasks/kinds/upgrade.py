@@ -8,9 +8,9 @@ from typing import Any
 
 from prefect import get_run_logger
 
-from haplane.steps import PlanStep, StepKind
-from haplane.topology import label_value
-from haplane.versions import VersionRefused, check_whole
+from haplane.core.steps import PlanStep, StepKind
+from haplane.core.topology import label_value
+from haplane.core.versions import VersionRefused, check_whole
 from tasks.cluster import observe_cluster, publish_plan, zones_of
 from tasks.kinds import Args, Kind, Run, SubPlan
 from tasks.replace import plan_replacement

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 from prefect import get_run_logger
 
-from haplane.gce import OpRef
-from haplane.node import ETCD_VERSION_KEY, KUBERNETES_VERSION_KEY
-from haplane.ownership import check_adoptable, owned
-from haplane.secretstore import service_account_email
-from haplane.startup import render_startup_script
-from haplane.steps import StepKind
-from haplane.topology import LABEL_CHANGE, LABEL_UID, label_value
-from haplane.versions import DEFAULT_ETCD_VERSION, DEFAULT_KUBERNETES_VERSION
+from haplane.cloud.gce import OpRef
+from haplane.cloud.secretstore import service_account_email
+from haplane.core.ownership import check_adoptable, owned
+from haplane.core.steps import StepKind
+from haplane.core.topology import LABEL_CHANGE, LABEL_UID, label_value
+from haplane.core.versions import DEFAULT_ETCD_VERSION, DEFAULT_KUBERNETES_VERSION
+from haplane.node.spec import ETCD_VERSION_KEY, KUBERNETES_VERSION_KEY
+from haplane.node.startup import render_startup_script
 from tasks.kinds import Kind, gce
 from tasks.steps import Change, checkpoint, cluster_uid
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from cryptography import x509
 
-from haplane import pki
-from haplane.rotation import check_rotation
+from haplane.cloud import pki
+from haplane.core.rotation import check_rotation
 
 
 def test_ca_rotation_phases_trust_both_then_sign_new_then_drop_old():

@@ -6,8 +6,8 @@ import datetime as dt
 
 import pytest
 
-from haplane import pki
-from haplane.rotation import expiry_decision, rotation_fits, thresholds
+from haplane.cloud import pki
+from haplane.core.rotation import expiry_decision, rotation_fits, thresholds
 
 
 def test_a_leaf_lifetime_in_minutes_is_honoured_and_valid_from_now():

@@ -1,5 +1,5 @@
-"""Endpoint modes and zone-outage remediation, pure: plans (haplane/plans.py) and the zone rules
-(haplane/remediation.py: decide_zones, track_outages). No I/O."""
+"""Endpoint modes and zone-outage remediation, pure: plans (haplane/core/plans.py) and the zone rules
+(haplane/core/remediation.py: decide_zones, track_outages). No I/O."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import datetime as dt
 
 import pytest
 
-from haplane.endpoint import EndpointMode
-from haplane.observe import ClusterState
-from haplane.plans import PlanRefused, plan_add, plan_create, plan_remove, plan_replace, plan_set_load_balancer
-from haplane.remediation import StrandedVm, ZoneAction, decide_zones, track_outages
+from haplane.cloud.observe import ClusterState
+from haplane.core.endpoint import EndpointMode
+from haplane.core.plans import PlanRefused, plan_add, plan_create, plan_remove, plan_replace, plan_set_load_balancer
+from haplane.core.remediation import StrandedVm, ZoneAction, decide_zones, track_outages
 from tests.unit.test_plans import DEAD, KNOWN, ONE, REGION, THREE, cluster, replica
 
 ALWAYS, AS_NEEDED = EndpointMode.ALWAYS, EndpointMode.AS_NEEDED
@@ -45,7 +45,7 @@ def test_create_has_a_load_balancer_from_the_first_replica_only_in_always_mode(m
 
 
 def test_create_three_expects_little_more_than_the_forwarding_rule_on_gce():
-    from haplane.plans import GCE_SECONDS
+    from haplane.core.plans import GCE_SECONDS
 
     plan = plan_create("c", REGION, ZONES, 3, "create-1", KNOWN, None, ALWAYS)
     assert plan.expected_seconds / GCE_SECONDS["forwarding_rule_insert"] <= 1.05
@@ -282,7 +282,7 @@ def test_rebalance_back_to_one_per_zone_only_when_asked_and_healthy():
 
 
 def test_a_zone_move_records_the_stranded_vm_before_removing_its_member_then_adds_elsewhere():
-    from haplane.plans import plan_zone_move
+    from haplane.core.plans import plan_zone_move
 
     state = out(THREE, "us-central1-b")
     state = ClusterState(**{**state.__dict__, "pool_members": ("c-master-0", "c-master-1", "c-master-2")})
@@ -301,14 +301,14 @@ def test_a_zone_move_records_the_stranded_vm_before_removing_its_member_then_add
 
 
 def test_a_zone_move_is_refused_for_a_replica_that_can_be_seen():
-    from haplane.plans import plan_zone_move
+    from haplane.core.plans import plan_zone_move
 
     with pytest.raises(PlanRefused, match="not an etcd member in a zone that does not answer"):
         plan_zone_move(THREE, "c-master-1", "us-central1-a", "zone-move-1", KNOWN, ZONES)
 
 
 def test_stranded_vms_are_deleted_unless_they_are_members_again():
-    from haplane.plans import plan_delete_stranded
+    from haplane.core.plans import plan_delete_stranded
 
     back = cluster(
         replica(0, "us-central1-a"),
@@ -323,7 +323,7 @@ def test_stranded_vms_are_deleted_unless_they_are_members_again():
 
 
 def two_zones_out(state: ClusterState, zones: tuple[str, str]) -> ClusterState:
-    """``state`` seen while two zones do not answer, as haplane.observe reports it: the members there are
+    """``state`` seen while two zones do not answer, as haplane.cloud.observe reports it: the members there are
     UNKNOWN and, since neither zone can be looked at, placed in no zone ("?")."""
     reps = tuple(
         r
@@ -360,8 +360,8 @@ FIVE = cluster(
 def test_members_in_two_zones_that_do_not_answer_are_unknown_not_failed(state):
     """Two zones out (quorum kept at 5, not at 3): the unseen members are unknown, never "VM not running",
     never "quorum lost"; neither the zone rules nor the replica rules act."""
-    from haplane.remediation import Action, Problem
-    from haplane.remediation import decide as decide_replicas
+    from haplane.core.remediation import Action, Problem
+    from haplane.core.remediation import decide as decide_replicas
 
     outages = {"us-central1-b": ago(3600), "us-central1-c": ago(3600)}
     verdict = decide(state, outages)
@@ -378,7 +378,7 @@ def test_a_zone_out_while_the_membership_cannot_be_read_is_unknown():
     """Which members the dead zone holds cannot be told without the member list: not "no replica is there"."""
     from dataclasses import replace
 
-    from haplane.model import Unknown
+    from haplane.core.model import Unknown
 
     state = replace(
         cluster(replica(0, "us-central1-a"), replica(2, "us-central1-c")),

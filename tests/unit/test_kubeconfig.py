@@ -13,7 +13,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from haplane import kubeconfig
-from haplane.pki import create_cluster_cas
+from haplane.cloud.pki import create_cluster_cas
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,9 @@
 """The shape of the code: a pure core that imports in a bare interpreter, and layers that point one way.
 
-- The rules (model, plans, remediation, restore, quorum, topology, GCE timings) import with httpx, google,
-  prefect, cryptography and pydantic made unimportable: they decide, they do no I/O.
+- The rules (every module of haplane/core/: model, plans, remediation, restore, quorum, topology, GCE
+  timings ...) import with httpx, google, prefect, cryptography and pydantic made unimportable: they decide,
+  they do no I/O. Nothing in haplane/core/ imports the adapters (haplane/cloud/) or the VM's side
+  (haplane/node/), not even for a type.
 - Nothing in flows/, tasks/, blocks/, deployments/ or the library (other than its command line and
   haplane/testing/, the harness of tests and benchmarks) imports the emulator: production decisions do not
   depend on the test world.
@@ -20,17 +22,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PURE = [
-    "haplane.model",
-    "haplane.gce_timings",
-    "haplane.steps",
-    "haplane.quorum",
-    "haplane.topology",
-    "haplane.plans",
-    "haplane.remediation",
-    "haplane.restore",
-    "haplane.versions",
-]
+# every module of haplane/core/ (a new one is checked without being listed)
+PURE = sorted(f"haplane.core.{p.stem}" for p in (ROOT / "haplane" / "core").glob("*.py") if p.stem != "__init__")
 BLOCKED = ["httpx", "google", "prefect", "cryptography", "pydantic", "haplane.emulator"]
 
 BLOCKER = """
@@ -45,6 +38,10 @@ sys.meta_path.insert(0, Blocker())
 import {module}
 print("ok")
 """
+
+
+def test_the_core_is_what_the_purity_test_covers():
+    assert len(PURE) > 10 and "haplane.core.plans" in PURE
 
 
 @pytest.mark.parametrize("module", PURE)
@@ -62,7 +59,7 @@ def test_pure_modules_import_without_io_libraries(module):
 
 def test_the_blocker_does_block():
     """The purity test can fail: a module that needs httpx is refused under the same blocker."""
-    code = BLOCKER.format(blocked=BLOCKED, module="haplane.observe")
+    code = BLOCKER.format(blocked=BLOCKED, module="haplane.cloud.observe")
     done = subprocess.run(
         [sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r})\n" + code],
         capture_output=True,
@@ -106,6 +103,19 @@ def test_nothing_but_the_command_line_imports_the_emulator():
     ]
     assert len(files) > 20
     assert _violations(files, ("haplane.emulator",)) == []
+
+
+def test_the_core_imports_neither_the_adapters_nor_the_node():
+    """haplane/core/ decides on observed state; the adapters (haplane/cloud/) and what a VM runs
+    (haplane/node/) sit above it and import it, never the other way (an import for type checking counts)."""
+    files = _py("haplane/core")
+    assert len(files) > 10
+    assert _violations(files, ("haplane.cloud", "haplane.node")) == []
+
+
+def test_the_core_scan_sees_imports():
+    """The scan above can fail: the adapters' observation imports the core."""
+    assert _violations([ROOT / "haplane" / "cloud" / "observe.py"], ("haplane.core",))
 
 
 def test_the_library_does_not_import_flows_or_tasks():
@@ -234,7 +244,7 @@ def test_the_projects_modules_import_one_another_without_a_circle():
 def test_the_executor_names_no_step_kind():
     """tasks/execute.py is generic: what a kind does lives in its module of tasks/kinds/, not in the executor
     (no ``StepKind`` at all, no kind's value as a string)."""
-    from haplane.steps import StepKind
+    from haplane.core.steps import StepKind
 
     source = (ROOT / "tasks" / "execute.py").read_text()
     tree = ast.parse(source)
@@ -258,7 +268,7 @@ def test_the_executor_check_sees_a_kind():
 
 
 def test_every_step_kind_has_exactly_one_handler_module():
-    from haplane.steps import StepKind
+    from haplane.core.steps import StepKind
     from tasks.kinds import handler_modules
 
     modules = handler_modules()

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from haplane.model import LeaderLease as Lease
-from haplane.model import Unknown
-from haplane.remediation import Action, Problem, decide, find_problems
+from haplane.core.model import LeaderLease as Lease
+from haplane.core.model import Unknown
+from haplane.core.remediation import Action, Problem, decide, find_problems
 from tests.unit.test_remediation import NOW, cluster, ok
 
 

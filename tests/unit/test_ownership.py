@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from haplane.ownership import OwnershipError, SpecWhere, check_create, check_delete
+from haplane.core.ownership import OwnershipError, SpecWhere, check_create, check_delete
 from haplane.testing import REGION
 
 CREATE_CASES = [
@@ -35,7 +35,7 @@ ADOPT_CASES = [
 
 @pytest.mark.parametrize("labels,uid,refused", ADOPT_CASES)
 def test_a_create_step_adopts_only_the_vm_its_own_change_made(labels, uid, refused):
-    from haplane.ownership import NotOurs, check_adoptable
+    from haplane.core.ownership import NotOurs, check_adoptable
 
     if refused is None:
         check_adoptable("c-master-1", "z", labels, "c", uid, "create-1")
@@ -54,7 +54,7 @@ def test_a_create_step_adopts_only_the_vm_its_own_change_made(labels, uid, refus
     ],
 )
 def test_keys_go_only_to_a_vm_running_as_the_replicas_own_account(accounts, refused):
-    from haplane.ownership import NotOurs, check_key_recipient
+    from haplane.core.ownership import NotOurs, check_key_recipient
 
     if not refused:
         check_key_recipient("c-master-1", accounts, "own@p.iam.gserviceaccount.com")

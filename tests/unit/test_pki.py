@@ -19,8 +19,9 @@ import pytest
 from cryptography.x509.verification import DNSName, IPAddress, PolicyBuilder, Store, VerificationError
 
 from blocks.pki import ClusterPKI, block_name
-from haplane import node, pki
+from haplane.cloud import pki
 from haplane.emulator.network import can_bind
+from haplane.node import spec as node
 
 INTERNAL_IP = "10.240.0.5"
 ENDPOINT_IP = "35.1.2.3"

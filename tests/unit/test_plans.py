@@ -1,12 +1,12 @@
-"""The flows' decisions, pure: plans from observed state (haplane/plans.py) and placement and naming
-rules (haplane/topology.py). No I/O."""
+"""The flows' decisions, pure: plans from observed state (haplane/core/plans.py) and placement and naming
+rules (haplane/core/topology.py). No I/O."""
 
 from __future__ import annotations
 
 import pytest
 
-from haplane.model import ClusterState, ReplicaState
-from haplane.plans import (
+from haplane.core.model import ClusterState, ReplicaState
+from haplane.core.plans import (
     PlanRefused,
     choose_victim,
     member_health,
@@ -18,9 +18,9 @@ from haplane.plans import (
     plan_removed,
     plan_replace,
 )
-from haplane.quorum import Reason
-from haplane.steps import StepKind
-from haplane.topology import (
+from haplane.core.quorum import Reason
+from haplane.core.steps import StepKind
+from haplane.core.topology import (
     TopologyError,
     check_cluster_name,
     check_cluster_size,
@@ -305,7 +305,7 @@ TWO = cluster(replica(0, "us-central1-a"), replica(1, "us-central1-b"))
 
 # Step ids are checkpoint keys and requestId seeds: a change in flight after an upgrade finds its
 # checkpoints only if they stay the same. Changing any of these is a deliberate act: bump
-# haplane.steps.STEP_SCHEMA (a change recorded under another schema is then refused) and update this table.
+# haplane.core.steps.STEP_SCHEMA (a change recorded under another schema is then refused) and update this table.
 PINNED_SCHEMA = 2
 PINNED = {
     "create 3": (
@@ -452,7 +452,7 @@ PINNED = {
 
 @pytest.mark.parametrize("case", list(PINNED))
 def test_step_ids_are_pinned(case):
-    from haplane.steps import STEP_SCHEMA
+    from haplane.core.steps import STEP_SCHEMA
 
     make, ids = PINNED[case]
     plan = make()
@@ -473,7 +473,7 @@ def test_the_dry_run_text_is_the_step_list():
 
 
 def test_values_produced_by_earlier_steps_are_explicit_references():
-    from haplane.steps import Ref, resolve
+    from haplane.core.steps import Ref, resolve
 
     plan = plan_add(ONE, None, "add-1", KNOWN, KNOWN[:3])
     vm, learner, configure, promote = plan.steps[:4]
@@ -486,8 +486,8 @@ def test_values_produced_by_earlier_steps_are_explicit_references():
 
 
 def test_a_plan_whose_reference_points_nowhere_is_a_bug():
-    from haplane.plans import Plan
-    from haplane.steps import Ref, StepKind, step
+    from haplane.core.plans import Plan
+    from haplane.core.steps import Ref, StepKind, step
 
     with pytest.raises(ValueError, match="which no earlier step produces"):
         Plan(
@@ -572,7 +572,7 @@ def test_delete_cluster_checks_gce_is_empty_before_the_keys_and_cas_go():
 
 
 def test_every_step_kind_has_a_handler():
-    from haplane.steps import StepKind
+    from haplane.core.steps import StepKind
     from tasks.kinds import registry
 
     assert set(registry()) == set(StepKind)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from haplane.etcd import Alarm, EndpointStatus, EndpointUnreachable, Member
-from haplane.quorum import (
+from haplane.cloud.etcd import Alarm, EndpointStatus, EndpointUnreachable, Member
+from haplane.core.quorum import (
     MemberHealth,
     Reason,
     assess,
@@ -253,7 +253,7 @@ def test_decision_has_no_truth_value_trap():
     import pathlib
 
     root = pathlib.Path(__file__).resolve().parents[2]
-    paths = [*root.glob("haplane/*.py"), *root.glob("flows/*.py"), *root.glob("tasks/*.py")]
+    paths = [*root.glob("haplane/**/*.py"), *root.glob("flows/*.py"), *root.glob("tasks/**/*.py")]
     assert len(paths) > 20, f"no sources found under {root}"
     for path in paths:
         tree = ast.parse(path.read_text())

@@ -1,4 +1,4 @@
-"""The health check's decision rules (haplane/remediation.py), table-driven. Pure: no I/O."""
+"""The health check's decision rules (haplane/core/remediation.py), table-driven. Pure: no I/O."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import datetime as dt
 
 import pytest
 
-from haplane.model import ClusterState, ReplicaState
-from haplane.remediation import Action, Attempt, Outcome, Policy, Problem, decide, failures_in_a_row, find_problems
+from haplane.core.model import ClusterState, ReplicaState
+from haplane.core.remediation import Action, Attempt, Outcome, Policy, Problem, decide, failures_in_a_row, find_problems
 
 NOW = dt.datetime(2025, 1, 1, 12, 0, tzinfo=dt.UTC)
 ZONES = "bcdfg"

@@ -7,9 +7,9 @@ import datetime as dt
 
 import pytest
 
-from haplane.model import ClusterState, ReplicaState
-from haplane.plans import PlanRefused
-from haplane.restore import (
+from haplane.core.model import ClusterState, ReplicaState
+from haplane.core.plans import PlanRefused
+from haplane.core.restore import (
     ELECTIONS_SPANNED,
     Look,
     QuorumEvidence,
@@ -21,10 +21,10 @@ from haplane.restore import (
     quorum_view,
     settled,
 )
-from haplane.snapshots import SnapshotMeta
-from haplane.steps import Ref, StepKind
+from haplane.core.snapshot_meta import SnapshotMeta
+from haplane.core.steps import Ref, StepKind
+from haplane.core.topology import TopologyError, check_change_id, label_value, replica_name, restored_replica_name
 from haplane.testing import ZONES
-from haplane.topology import TopologyError, check_change_id, label_value, replica_name, restored_replica_name
 
 NOW = dt.datetime(2026, 11, 27, 12, tzinfo=dt.UTC)
 LOST = (QuorumView.LOST, "seen lost")

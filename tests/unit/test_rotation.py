@@ -6,8 +6,8 @@ import datetime as dt
 
 import pytest
 
-from haplane.model import ClusterState, ReplicaState, Unknown
-from haplane.rotation import expiry_decision, rotation_order
+from haplane.core.model import ClusterState, ReplicaState, Unknown
+from haplane.core.rotation import expiry_decision, rotation_order
 
 
 def test_rotation_goes_leader_last_and_refuses_a_sick_or_unknown_cluster():

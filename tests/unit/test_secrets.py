@@ -7,8 +7,8 @@ import binascii
 import json
 import re
 
-from haplane.pki import new_ca
-from haplane.scrub import scrub
+from haplane.cloud.pki import new_ca
+from haplane.core.scrub import scrub
 
 B64_RE = re.compile(rb"[A-Za-z0-9+/=]{80,}")
 

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from haplane import serviceaccount
-from haplane.pki import (
+from haplane.cloud import serviceaccount
+from haplane.cloud.pki import (
     create_cluster_cas,
     issue_replica_certs,
     key_id,

@@ -8,9 +8,9 @@ import json
 import pytest
 from prefect.filesystems import LocalFileSystem
 
-from haplane import snapshots as snap
-from haplane.etcd import json_stream
-from haplane.snapshot_store import SnapshotStore
+from haplane.cloud import snapshots as snap
+from haplane.cloud.etcd import json_stream
+from haplane.cloud.snapshot_store import SnapshotStore
 
 
 def test_json_stream_splits_objects_however_they_arrive():

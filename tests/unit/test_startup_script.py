@@ -1,5 +1,5 @@
 """The real-GCE startup script: valid bash, shellcheck-clean, secret-free, and built from the same data
-the emulator boots from (its etcd command line is haplane.node.etcd_argv for the same spec).
+the emulator boots from (its etcd command line is haplane.node.spec.etcd_argv for the same spec).
 
 The boot step (``apply``) is run for real in bash against fake metadata (files under a temporary
 directory) with every file written under ``DESTDIR``; only ``systemctl`` is stubbed.
@@ -23,7 +23,9 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from haplane.node import (
+from haplane.cloud.pki import create_cluster_cas, issue_replica_certs, node_tls
+from haplane.core.versions import ETCD_RELEASES, KUBERNETES_RELEASES
+from haplane.node.spec import (
     KUBERNETES_VERSION_KEY,
     TLS_FILES,
     TLS_PREFIX,
@@ -33,8 +35,7 @@ from haplane.node import (
     etcd_argv,
     peer_url,
 )
-from haplane.pki import create_cluster_cas, issue_replica_certs, node_tls
-from haplane.startup import (
+from haplane.node.startup import (
     APISERVER_ENV,
     ETCD_BIN,
     ETCD_DATA_DIR,
@@ -53,7 +54,6 @@ from haplane.startup import (
     render_startup_script,
     scheduler_unit_argv,
 )
-from haplane.versions import ETCD_RELEASES, KUBERNETES_RELEASES
 
 IP = "10.132.0.7"
 SPECS = {
@@ -221,7 +221,7 @@ def _server_tarball(path: Path, version: str, recorded: Path, tampered: bool = F
     ("want", "pinned", "error"),
     [
         ("3.6.0", {}, "etcd 3.6.0 is not a release this image offers"),
-        ("3.4.23", {}, "etcd 3.4.23: no pinned sha256 (haplane/versions.py)"),
+        ("3.4.23", {}, "etcd 3.4.23: no pinned sha256 (haplane/core/versions.py)"),
         ("3.4.23", {"3.4.23": "1" * 64}, "etcd-v3.4.23-linux-amd64.tar.gz: sha256 mismatch"),
         (None, {"3.5.1": "2" * 64}, "etcd-v3.5.1-linux-amd64.tar.gz: sha256 mismatch"),  # no key: the default
     ],
@@ -470,7 +470,7 @@ def test_boot_fills_spec_defaults_and_refuses_unsafe_values(
 def test_private_keys_come_from_secret_manager_not_metadata(
     script_path: Path, tmp_path: Path, node_spec_tls: dict[str, str]
 ):
-    from haplane.node import SECRET_SUFFIXES
+    from haplane.node.spec import SECRET_SUFFIXES
 
     etcd, api = SPECS[list(SPECS)[0]]
     refs = {s: f"projects/p/secrets/m-0-{s}/versions/3" for s in SECRET_SUFFIXES}

@@ -13,9 +13,9 @@ import datetime as dt
 
 import pytest
 
-from haplane.model import ClusterState, ReplicaState, Unknown
-from haplane.plans import PlanRefused, plan_add, plan_remove, plan_replace
-from haplane.remediation import Action, Attempt, Outcome, decide, find_problems
+from haplane.core.model import ClusterState, ReplicaState, Unknown
+from haplane.core.plans import PlanRefused, plan_add, plan_remove, plan_replace
+from haplane.core.remediation import Action, Attempt, Outcome, decide, find_problems
 from haplane.testing import REGION, ZONES
 
 NOW = dt.datetime(2025, 1, 1, 12, 0, tzinfo=dt.UTC)

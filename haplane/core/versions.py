@@ -41,8 +41,8 @@ import re
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-from haplane.model import ClusterState, ReplicaState
-from haplane.quorum import quorum
+from haplane.core.model import ClusterState, ReplicaState
+from haplane.core.quorum import quorum
 
 
 @dataclass(frozen=True)
@@ -309,9 +309,9 @@ def plan_upgrade(state: ClusterState, decision: UpgradeDecision, change_id: str,
     replace-replica of its own (:func:`round_change`), planned on the cluster as it is when its turn
     comes: remove (leadership moved away first), add a learner at the target versions, promote it
     once caught up, wait for quorum."""
-    from haplane.gce_timings import GCE_SECONDS
-    from haplane.plans import Plan
-    from haplane.steps import StepKind, step
+    from haplane.core.gce_timings import GCE_SECONDS
+    from haplane.core.plans import Plan
+    from haplane.core.steps import StepKind, step
 
     voting = len(state.voting)
     if decision.noop:
@@ -385,13 +385,13 @@ def check_pinned(etcd_version: str, kubernetes_version: str) -> None:
     if etcd is None or not etcd.sha256:
         unpinned.append(
             f"etcd {etcd_version} has no pinned sha256 of etcd-v{etcd_version}-linux-amd64.tar.gz "
-            f"(ETCD_RELEASES in haplane/versions.py)"
+            f"(ETCD_RELEASES in haplane/core/versions.py)"
         )
     kube = KUBERNETES_RELEASES.get(kubernetes_version)
     if kube is None or not kube.server_tarball_sha512:
         unpinned.append(
             f"Kubernetes {kubernetes_version} has no pinned sha512 of kubernetes-server-linux-amd64.tar.gz "
-            f"(KUBERNETES_RELEASES in haplane/versions.py)"
+            f"(KUBERNETES_RELEASES in haplane/core/versions.py)"
         )
     if unpinned:
         etcd_pinned = ", ".join(v for v, r in ETCD_RELEASES.items() if r.sha256) or "none"

@@ -1,7 +1,7 @@
 """The observed cluster, as plain data. Pure: standard library only.
 
-:mod:`haplane.observe` fills it from GCE and etcd; the rules in
-:mod:`haplane.plans`, :mod:`haplane.quorum` and :mod:`haplane.remediation`
+:mod:`haplane.cloud.observe` fills it from GCE and etcd; the rules in
+:mod:`haplane.core.plans`, :mod:`haplane.core.quorum` and :mod:`haplane.core.remediation`
 decide on it. It knows what it does not know: etcd membership, a member's
 etcd health and an API server's readiness each have an explicit *unknown*
 state (:class:`Unknown`, with the reason and what to check), distinct from
@@ -147,7 +147,7 @@ class ClusterState:
     settings: dict[str, str] = field(default_factory=dict)
     membership_unknown: Unknown | None = None  # etcd's member list could not be read
     unavailable_zones: tuple[str, ...] = ()  # zones whose API did not answer (observed with tolerate_zones)
-    look_alikes: tuple[str, ...] = ()  # VMs with the cluster's label but not its uid (haplane.ownership)
+    look_alikes: tuple[str, ...] = ()  # VMs with the cluster's label but not its uid (haplane.core.ownership)
     leases: tuple[LeaderLease, ...] = ()  # one per component, read from etcd (empty: not read)
     leases_unknown: Unknown | None = None  # the Leases could not be read
 
@@ -158,8 +158,8 @@ class ClusterState:
     etcd_cluster_version: str | None = None  # etcd's cluster version (/version "etcdcluster"); None: unread
 
     @property
-    def names(self):  # -> haplane.topology.ClusterNames (pure, imported late to keep this module standalone)
-        from haplane.topology import ClusterNames
+    def names(self):  # -> haplane.core.topology.ClusterNames (pure, imported late to keep this module standalone)
+        from haplane.core.topology import ClusterNames
 
         return ClusterNames(self.cluster)
 

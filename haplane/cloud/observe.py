@@ -1,4 +1,4 @@
-"""Observe a cluster: the adapter that fills the model (:mod:`haplane.model`) from GCE and etcd.
+"""Observe a cluster: the adapter that fills the model (:mod:`haplane.core.model`) from GCE and etcd.
 
 Nothing is remembered between runs; every flow starts from :func:`observe`.
 What cannot be looked at is recorded as unknown, with the reason, never as
@@ -22,13 +22,12 @@ from pathlib import Path
 import httpx
 from cryptography import x509
 
-from haplane.etcd import EndpointStatus, EtcdClient, EtcdError, EtcdTLS, Member
-from haplane.gce import Gce, GceZoneUnavailable, Instance
-from haplane.model import COMPONENTS, MISSING, UNPLACED, ZONE_OUT, ClusterState, LeaderLease, ReplicaState, Unknown
-from haplane.node import APISERVER_PORT, ETCD_CLIENT_PORT, KUBERNETES_VERSION_KEY, client_url, peer_url
-from haplane.ownership import owned
-from haplane.restore import Look
-from haplane.topology import (
+from haplane.cloud.etcd import EndpointStatus, EtcdClient, EtcdError, EtcdTLS, Member
+from haplane.cloud.gce import Gce, GceZoneUnavailable, Instance
+from haplane.core.model import COMPONENTS, MISSING, UNPLACED, ZONE_OUT, ClusterState, LeaderLease, ReplicaState, Unknown
+from haplane.core.ownership import owned
+from haplane.core.restore import Look
+from haplane.core.topology import (
     LABEL_CHANGE,
     LABEL_CLUSTER,
     LABEL_MULTIZONE,
@@ -36,7 +35,8 @@ from haplane.topology import (
     LABEL_UID,
     ClusterNames,
 )
-from haplane.versions import DEFAULT_KUBERNETES_VERSION
+from haplane.core.versions import DEFAULT_KUBERNETES_VERSION
+from haplane.node.spec import APISERVER_PORT, ETCD_CLIENT_PORT, KUBERNETES_VERSION_KEY, client_url, peer_url
 
 __all__ = ["ClusterState", "ReplicaState", "Unknown", "observe", "now_utc"]
 
@@ -156,7 +156,7 @@ def observe(
     ``tls``/``ca_pem`` None (with ``pki_problem`` saying why) means the cluster's PKI could not be
     read: etcd membership and API readiness are then unknown, not empty.
 
-    A zone whose API does not answer raises :class:`~haplane.gce.GceZoneUnavailable`, unless
+    A zone whose API does not answer raises :class:`~haplane.cloud.gce.GceZoneUnavailable`, unless
     ``tolerate_zones``: then it is listed in ``unavailable_zones`` and the etcd members without a VM
     seen elsewhere are ``ZONE_OUT`` (never ``MISSING``: unknown is not absent) with a ``vm_unknown``, placed
     in that zone when only one zone is out (zone ``UNPLACED`` when several are: which one is unknown).
@@ -478,7 +478,7 @@ def _replica(
 def etcd_look(client: EtcdClient, running: dict[str, str], at_s: float) -> Look:
     """One look at the etcd of each running replica (``running``: client URL -> VM name), by name: status
     (alive, credentials accepted, leader, store revision), a linearizable read, and the member list each
-    member itself last knew; what :func:`haplane.restore.quorum_view` decides on, over several looks."""
+    member itself last knew; what :func:`haplane.core.restore.quorum_view` decides on, over several looks."""
     answering, with_leader, readable, unreachable, revisions, voters = [], [], [], [], [], set()
     for st in client.statuses(list(running)):
         name = running[st.endpoint]

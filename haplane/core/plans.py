@@ -4,11 +4,11 @@ A plan says which replica, in which zone, whether the load balancer is
 created, extended, shrunk or deleted, the etcd membership before and after,
 and whether quorum allows it. Flows execute plans; ``dry_run=True`` prints
 them. Expected durations use the published GCE figures of
-:mod:`haplane.gce_timings` (the emulator's "gce" latency profile uses the same).
+:mod:`haplane.core.gce_timings` (the emulator's "gce" latency profile uses the same).
 
 Unknown is not absent: a plan that would remove an etcd member or delete a
 VM is refused when the etcd membership or a member's health could not be
-observed (:attr:`haplane.model.ClusterState.etcd_unknowns`), naming what could
+observed (:attr:`haplane.core.model.ClusterState.etcd_unknowns`), naming what could
 not be seen and what to check.
 """
 
@@ -16,13 +16,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from haplane.endpoint import EndpointMode
-from haplane.gce_timings import GCE_SECONDS
-from haplane.model import MISSING, ZONE_OUT, ClusterState, LbChange, ReplicaState, Unknown
-from haplane.quorum import Decision, MemberHealth, Reason, can_add, can_remove, can_replace, quorum
-from haplane.quorum import unhealthy_reasons as classify
-from haplane.steps import STEP_SCHEMA, PlanStep, Ref, StepKind, check_refs, step
-from haplane.topology import (
+from haplane.core.endpoint import EndpointMode
+from haplane.core.gce_timings import GCE_SECONDS
+from haplane.core.model import MISSING, ZONE_OUT, ClusterState, LbChange, ReplicaState, Unknown
+from haplane.core.quorum import Decision, MemberHealth, Reason, can_add, can_remove, can_replace, quorum
+from haplane.core.quorum import unhealthy_reasons as classify
+from haplane.core.steps import STEP_SCHEMA, PlanStep, Ref, StepKind, check_refs, step
+from haplane.core.topology import (
     ClusterNames,
     TopologyError,
     check_cluster_size,
@@ -50,7 +50,7 @@ def refuse_on_unknown(what: str, unknowns: tuple[Unknown, ...] | list[Unknown]) 
 
 @dataclass(frozen=True)
 class Plan:
-    """What a flow will do: typed steps (:mod:`haplane.steps`) and the decisions behind them."""
+    """What a flow will do: typed steps (:mod:`haplane.core.steps`) and the decisions behind them."""
 
     action: str
     cluster: str
@@ -70,7 +70,7 @@ class Plan:
 
     @property
     def ids(self) -> tuple[str, ...]:
-        """The step ids, in order: what a run checkpoints (see :data:`haplane.steps.STEP_SCHEMA`)."""
+        """The step ids, in order: what a run checkpoints (see :data:`haplane.core.steps.STEP_SCHEMA`)."""
         return tuple(s.id for s in self.steps)
 
     @property
@@ -976,7 +976,7 @@ def plan_zone_move(
     spread_over: list[str] | None = None,
     add_now: bool = True,
 ) -> Plan:
-    """Move a replica out of a zone whose API does not answer (:func:`haplane.remediation.decide_zones`
+    """Move a replica out of a zone whose API does not answer (:func:`haplane.core.remediation.decide_zones`
     decided it): record its VM as stranded *first* (a crash after the removal still leaves it to be
     deleted), remove its etcd member (its peers refuse it from then on: it cannot rejoin as a voter),
     take it out of the target pool, wait for quorum; then, with ``add_now``, add a replica in

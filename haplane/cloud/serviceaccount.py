@@ -4,7 +4,7 @@ kube-apiserver signs a token with ``--service-account-signing-key-file`` and
 accepts a token signed by *any* key of ``--service-account-key-file`` (a PEM
 file that may hold several public keys: the current one and, during a
 rotation, the previous one). The ``kid`` header is the key's id as
-:func:`haplane.pki.key_id` computes it. The issuer must match
+:func:`haplane.cloud.pki.key_id` computes it. The issuer must match
 ``--service-account-issuer`` and the audiences must meet the API server's
 (by default: the issuer).
 

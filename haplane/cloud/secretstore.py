@@ -6,7 +6,7 @@ which anyone with ``compute.instances.get`` can read. Each goes into its own
 secret ``<replica>-<key>``, labelled with the cluster and replica, whose IAM
 policy grants ``roles/secretmanager.secretAccessor`` to that replica's VM service
 account only. Instance metadata carries the *names of the versions* to read
-(``haplane-secrets``, see :mod:`haplane.node`); the VM reads them with its own
+(``haplane-secrets``, see :mod:`haplane.node.spec`); the VM reads them with its own
 identity (the metadata server's token) at boot and whenever that key changes.
 
 The operator (the flows) talks to Secret Manager with the same endpoint and
@@ -114,9 +114,9 @@ class SecretStore:
                     ),
                 }
             )
-        from haplane.scrub import call_carrying_secrets
+        from haplane.core.scrub import call_carrying_secrets
 
-        # the request carries the key: an error must not carry it onwards (see haplane.scrub)
+        # the request carries the key: an error must not carry it onwards (see haplane.core.scrub)
         version = call_carrying_secrets(
             f"adding a version to secret {sid}",
             [value],

@@ -1,6 +1,6 @@
 """The steps a plan is made of: typed, with stable ids. Pure: standard library only.
 
-A plan (:mod:`haplane.plans`) is a tuple of :class:`PlanStep`. The dry-run
+A plan (:mod:`haplane.core.plans`) is a tuple of :class:`PlanStep`. The dry-run
 text, the plan artifact and the run all come from that one tuple: the flows
 hand it to one executor (``tasks/execute.py``; each kind's handler is a module of ``tasks/kinds/``),
 so what a plan says and what a run does cannot drift apart.
@@ -75,7 +75,7 @@ class StepKind(StrEnum):
     SAVE_SNAPSHOT = "save-snapshot"  # a verified snapshot of one member's local store (no quorum needed)
 
 
-# Steps that destroy something that cannot be had back: refused on an unknown view (haplane.plans).
+# Steps that destroy something that cannot be had back: refused on an unknown view (haplane.core.plans).
 DESTRUCTIVE = frozenset(
     {
         StepKind.REMOVE_MEMBER,

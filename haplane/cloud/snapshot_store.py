@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from haplane import settings
-from haplane.snapshots import SnapshotError, SnapshotMeta
+from haplane.cloud.snapshots import SnapshotError
+from haplane.core.snapshot_meta import SnapshotMeta
 
 SNAP_SUFFIX = ".snap"
 META_SUFFIX = ".json"

@@ -14,8 +14,8 @@ import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from haplane.model import ClusterState, ReplicaState
-from haplane.remediation import Attempt, Outcome, Policy
+from haplane.core.model import ClusterState, ReplicaState
+from haplane.core.remediation import Attempt, Outcome, Policy
 
 WARN_DAYS = 30  # the health check warns (event + artifact) within this many days of an expiry
 ROTATE_DAYS = 14  # ... and starts rotate-certificates itself within this many

@@ -115,7 +115,7 @@ def unhealthy_reasons(
 def assess(
     members: Iterable[Any], statuses: Iterable[Any], alarms: Iterable[Any] = (), max_learner_lag: int = 100
 ) -> list[MemberHealth]:
-    """Member health from what :mod:`haplane.etcd` returns (duck-typed, so this stays pure).
+    """Member health from what :mod:`haplane.cloud.etcd` returns (duck-typed, so this stays pure).
 
     ``members``: objects with ``id, name, client_urls, is_learner``;
     ``statuses``: ``EndpointStatus`` (``endpoint, member_id, leader_id, raft_index, raft_applied_index``)

@@ -1,6 +1,6 @@
 """What the scheduled health check does about a cluster: replace which replica, or why not. Pure.
 
-Input: the observed :class:`~haplane.model.ClusterState`, whether a mutating
+Input: the observed :class:`~haplane.core.model.ClusterState`, whether a mutating
 flow holds the cluster's lock right now, and the recent remediation attempts
 (replace-replica runs the health check started, with their outcome). Output: a
 :class:`Verdict`. The shape is Cluster API's control-plane remediation:
@@ -12,8 +12,8 @@ flow holds the cluster's lock right now, and the recent remediation attempts
   progress looks exactly like that).
 - **One at a time.** Nothing is done while a change holds the cluster's lock or
   while an earlier replacement is still running; at most one replica is chosen.
-- **Never lose quorum.** The choice must pass :func:`haplane.quorum.can_replace`
-  on the members' health (:func:`haplane.plans.member_health`).
+- **Never lose quorum.** The choice must pass :func:`haplane.core.quorum.can_replace`
+  on the members' health (:func:`haplane.core.plans.member_health`).
 - **Back off.** After the n-th failed replacement of the same replica in a row
   the next try waits ``base * 2**(n-1)`` (capped); after ``max_failures`` in a
   row the replica is given up on (a person must act) until those failures age
@@ -37,9 +37,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from haplane.model import MISSING, ZONE_OUT, ClusterState, ReplicaState, Unknown
-from haplane.plans import member_health
-from haplane.quorum import MemberHealth, Reason, can_replace
+from haplane.core.model import MISSING, ZONE_OUT, ClusterState, ReplicaState, Unknown
+from haplane.core.plans import member_health
+from haplane.core.quorum import MemberHealth, Reason, can_replace
 
 
 class Problem(StrEnum):

@@ -1,6 +1,6 @@
 """Pure rules about a cluster's shape: sizes, zones, and the names of what it owns.
 
-No I/O. The quorum arithmetic lives in :mod:`haplane.quorum`.
+No I/O. The quorum arithmetic lives in :mod:`haplane.core.quorum`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from haplane.quorum import check_target_size
+from haplane.core.quorum import check_target_size
 
 NAME_RE = re.compile(r"^[a-z]([-a-z0-9]{0,28}[a-z0-9])?$")
 # a change id: a checkpoint path component, a requestId seed and a label value, so nothing that could
@@ -23,7 +23,7 @@ LABEL_ROLE = "haplane-role"
 LABEL_MULTIZONE = "haplane-multizone"
 LABEL_QUORUM_READS = "haplane-quorum-reads"
 LABEL_CHANGE = "haplane-change"
-LABEL_UID = "haplane-uid"  # the cluster's identity (haplane.ownership)
+LABEL_UID = "haplane-uid"  # the cluster's identity (haplane.core.ownership)
 ROLE_MASTER = "master"
 
 
