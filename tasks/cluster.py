@@ -14,8 +14,9 @@ from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.client.orchestration import get_client
 
-from blocks.cluster import ClusterSpec, resolve_gce
+from blocks.cluster import resolve_gce
 from blocks.pki import CA
+from blocks.store import read_spec
 from haplane.cloud.locks import (  # noqa: F401 - the lock is haplane.cloud.locks'; flows and tests take it from here
     LOCK_WAIT_S,
     ClusterBusy,
@@ -39,16 +40,6 @@ def force_unlock(cluster: str) -> list[str]:
     """Delete both locks of the cluster at once, whoever holds them (:func:`haplane.cloud.locks.forget_locks`):
     for delete-cluster and for tests; a person frees one lock of a dead run with ``haplane unlock``."""
     return forget_locks(cluster)
-
-
-def load_spec(cluster: str) -> ClusterSpec:
-    names = ClusterNames(cluster)
-    try:
-        return ClusterSpec.load(names.spec_block)
-    except ValueError as exc:
-        raise ValueError(
-            f"cluster {cluster!r} is unknown: no block {names.spec_block!r} (create it with create-cluster)"
-        ) from exc
 
 
 # fields only the health check writes (what it observed): a flow saving its settings keeps them as they are
@@ -270,9 +261,8 @@ def wait_api_ready(
 
 def spec_where(cluster: str) -> SpecWhere | None:
     """Where the cluster's saved spec says it lives; None without a spec."""
-    try:
-        spec = ClusterSpec.load(ClusterNames(cluster).spec_block)
-    except ValueError:
+    spec = read_spec(cluster)
+    if spec is None:
         return None
     return SpecWhere(region=spec.region, project=spec.project, uid=spec.uid)
 
