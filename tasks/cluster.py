@@ -42,7 +42,6 @@ def force_unlock(cluster: str) -> list[str]:
     return forget_locks(cluster)
 
 
-# fields only the health check writes (what it observed): a flow saving its settings keeps them as they are
 @probe(task_run_name="observe {cluster}")
 def observe_cluster(cluster: str, region: str, connection: str | None, tolerate_zones: bool = False) -> ClusterState:
     """Rebuild the cluster's picture from GCE and etcd (never cached); with ``tolerate_zones`` a zone
@@ -228,7 +227,7 @@ def wait_api_ready(
     cas = load_certs(cluster)
     if cas is None:
         raise RuntimeError(f"no PKI for cluster {cluster!r}: cannot verify {name}'s API server")
-    from haplane.cloud.observe import _components, client_context
+    from haplane.cloud.observe import client_context, components_down
 
     ctx = ssl.create_default_context(cadata=cas.ca_bundle())
     deadline, last = time.monotonic() + timeout, "no answer yet"
@@ -251,7 +250,7 @@ def wait_api_ready(
         raise RuntimeError(f"no PKI for cluster {cluster!r}: cannot ask {name}'s API server for its components")
     with httpx.Client(verify=client_context(cas.ca_bundle(), *_observer_client(signer)), timeout=2.0) as http:
         while time.monotonic() < deadline:
-            down, why = _components(http, ip)
+            down, why = components_down(http, ip)
             if down == ():
                 return
             last = f"{' and '.join(down)} not running" if down else why
