@@ -129,9 +129,6 @@ def test_start_add_replica_from_its_form_and_see_it_complete(prefect_api, prefec
             shot(driver, "ui-add-replica-retried")
             click(driver, "//button[normalize-space()='Submit']")
             run = wait_for_run(prefect_api.url, "add-replica", cluster)
-        # the deployment's page may still show the run list it fetched before the run existed (its refresh
-        # lagged under the suite's load, seen in full runs): reload it, as a person would, then open the run
-        driver.refresh()
         click(driver, f"//a[normalize-space()='{run['name']}']")
         WebDriverWait(driver, 30).until(ec.url_contains("/flow-run/"))
         run_id = run["id"]
