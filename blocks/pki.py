@@ -46,11 +46,6 @@ LEGACY_FIELDS = {
 }
 
 
-def block_name(cluster: str) -> str:
-    """The document name a cluster's PKI is saved under."""
-    return f"{cluster}-pki"
-
-
 class ClusterPKI(Block):
     """Certificate authorities of one haplane cluster (saved as "<cluster>-pki")."""
 
@@ -107,10 +102,6 @@ class ClusterPKI(Block):
     previous_etcd_ca_key: SecretStr | None = Field(default=None, description="Legacy: emptied by migration")
     service_account_key: SecretStr | None = Field(default=None, description="Legacy: emptied by migration")
     snapshot_key: SecretStr | None = Field(default=None, description="Legacy: emptied by migration")
-
-    @property
-    def document_name(self) -> str:
-        return block_name(self.cluster)
 
     @classmethod
     def from_cas(cls, cas: ClusterCAs) -> ClusterPKI:

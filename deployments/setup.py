@@ -420,11 +420,10 @@ def ensure_watch_automations(
 def cluster_grace(cluster: str) -> float:
     """The cluster's ``unhealthy_grace_s`` from its spec (the default when it has none yet)."""
     from blocks.cluster import ClusterSpec
+    from blocks.store import read_spec
 
-    try:
-        return ClusterSpec.load(f"{cluster}-spec").unhealthy_grace_s
-    except ValueError:
-        return ClusterSpec.model_fields["unhealthy_grace_s"].default
+    spec = read_spec(cluster)
+    return spec.unhealthy_grace_s if spec is not None else ClusterSpec.model_fields["unhealthy_grace_s"].default
 
 
 def check_health_interval(seconds: float) -> None:

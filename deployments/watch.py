@@ -44,15 +44,6 @@ def cluster_locked(cluster: str) -> bool:
             return False
 
 
-def spec_blocks() -> list[dict]:
-    """The data of every ``haplane-cluster-spec`` block (no secrets in them)."""
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        docs = client.read_block_documents_by_type("haplane-cluster-spec", include_secrets=False)
-    return [dict(d.data) for d in docs]
-
-
 def gce_factory(connection: str | None) -> Callable[[str | None], Any]:
     """Gce per project: the connection's endpoint and credentials, the spec's project (default: the
     connection's)."""
@@ -111,6 +102,8 @@ def run_cli(args: Any) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not every request of every period
     import signal
+
+    from blocks.store import spec_blocks
 
     connection = args.connection or workspace_connection()
     watcher = Watcher(

@@ -17,11 +17,12 @@ from prefect import flow
 from prefect.runtime import flow_run
 from pydantic import Field
 
+from blocks.store import load_spec
 from flows.change import run_change
 from flows.params import ChangeId, ClusterName, Connection, DryRun, SkipSnapshot, documented
 from haplane.core.plans import Plan, plan_add
 from haplane.core.topology import check_multizone
-from tasks.cluster import load_spec, zones_of
+from tasks.cluster import zones_of
 from tasks.steps import Change
 
 

@@ -14,13 +14,14 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from pydantic import Field
 
+from blocks.store import load_spec
 from deployments.clusters import forget_cluster as forget_workspace_entries
 from flows.change import run_change
 from flows.params import ChangeId, ClusterName, Connection, DryRun, documented
 from haplane.core.ownership import SpecWhere, check_delete
 from haplane.core.plans import Plan, plan_delete
 from haplane.core.topology import check_cluster_name
-from tasks.cluster import forget_cluster, gce_footprint, load_spec
+from tasks.cluster import forget_cluster, gce_footprint
 from tasks.steps import Change, remember
 
 

@@ -40,7 +40,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed, Failed, State
 from pydantic import Field
 
-from blocks.store import update_spec
+from blocks.store import load_spec, update_spec
 from flows.params import ClusterName, Connection, documented
 from flows.replace_replica import replace_replica
 from flows.rotate_certificates import rotate_certificates
@@ -61,7 +61,7 @@ from haplane.core.rotation import (
 )
 from haplane.core.topology import check_cluster_name
 from haplane.watch import cluster_resource, replica_resource
-from tasks.cluster import ClusterBusy, cluster_lock, load_spec, observe_cluster, publish_report, zones_of
+from tasks.cluster import ClusterBusy, cluster_lock, observe_cluster, publish_report, zones_of
 from tasks.health import (
     cluster_busy,
     emit,

@@ -17,11 +17,11 @@ from prefect import flow
 from prefect.runtime import flow_run
 from pydantic import Field
 
+from blocks.store import load_spec
 from flows.change import run_change
 from flows.params import ChangeId, ClusterName, Connection, DryRun, SkipSnapshot, Zone, documented
 from haplane.core.model import ClusterState
 from haplane.core.plans import Plan, PlanRefused, choose_victim, plan_remove, plan_removed
-from tasks.cluster import load_spec
 from tasks.steps import Change, remember
 
 

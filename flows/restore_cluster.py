@@ -24,6 +24,7 @@ from prefect.runtime import flow_run
 from pydantic import Field
 
 from blocks.cluster import ClusterSpec
+from blocks.store import load_spec
 from flows.params import ChangeId, ClusterName, Connection, DryRun, documented
 from haplane.cloud.observe import now_utc
 from haplane.core.ownership import SpecWhere, check_project
@@ -37,7 +38,7 @@ from haplane.core.restore import (
     plan_restore,
     quorum_view,
 )
-from tasks.cluster import cluster_lock, load_spec, observe_cluster, publish_plan, publish_report, zones_of
+from tasks.cluster import cluster_lock, observe_cluster, publish_plan, publish_report, zones_of
 from tasks.execute import Run, execute
 from tasks.keys import check_keys, ensure_keys
 from tasks.snapshots import check_restorable, observe_quorum

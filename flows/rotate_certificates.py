@@ -34,10 +34,11 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from pydantic import Field
 
+from blocks.store import load_spec
 from flows.params import ChangeId, ClusterName, Connection, documented
 from haplane.core.model import ClusterState, ReplicaState
 from haplane.core.rotation import check_rotation, rotation_order
-from tasks.cluster import cluster_lock, load_spec, observe_cluster, publish_report, wait_api_ready
+from tasks.cluster import cluster_lock, observe_cluster, publish_report, wait_api_ready
 from tasks.etcd import wait_quorum
 from tasks.keys import ensure_keys
 from tasks.operations import Step, apply

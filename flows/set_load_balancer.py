@@ -14,11 +14,11 @@ from __future__ import annotations
 from prefect import flow
 from prefect.runtime import flow_run
 
+from blocks.store import load_spec
 from flows.change import run_change
 from flows.params import ChangeId, ClusterName, Connection, DryRun, LoadBalancerMode, documented
 from haplane.core.endpoint import EndpointMode
 from haplane.core.plans import Plan, plan_set_load_balancer
-from tasks.cluster import load_spec
 from tasks.steps import Change
 
 

@@ -15,8 +15,8 @@ from typing import Annotated
 from prefect import flow
 from pydantic import Field
 
+from blocks.store import load_spec
 from flows.params import ClusterName, Connection, documented
-from tasks.cluster import load_spec
 from tasks.snapshots import publish_snapshots, snapshot_now, store_of
 
 

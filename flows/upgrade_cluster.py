@@ -17,6 +17,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
+from blocks.store import load_spec
 from flows.change import run_change
 from flows.params import (
     ChangeId,
@@ -32,7 +33,6 @@ from haplane.core.model import ClusterState
 from haplane.core.plans import Plan, PlanRefused
 from haplane.core.topology import label_value
 from haplane.core.versions import VersionRefused, check_offered, check_pinned, decide_upgrade, plan_upgrade
-from tasks.cluster import load_spec
 from tasks.steps import Change, remember
 
 ORDER_STEP = "upgrade-order"

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 from prefect.runtime import flow_run
 
+from blocks.store import load_spec
 from flows.change import run_change
 from haplane.core.plans import plan_delete_stranded, plan_replace, plan_replacement_of, plan_zone_move
 from haplane.core.remediation import ZoneVerdict
-from tasks.cluster import load_spec, zones_of
+from tasks.cluster import zones_of
 from tasks.steps import Change
 
 

@@ -113,7 +113,7 @@ def _kubeconfig(args: argparse.Namespace) -> int:
         print(f"haplane kubeconfig: the directory {out.parent} does not exist; nothing was written", file=sys.stderr)
         return 2
     from blocks.cluster import resolve_gce
-    from tasks.cluster import load_spec
+    from blocks.store import load_spec
     from tasks.pki import read_cas
 
     try:
@@ -148,14 +148,15 @@ def _kubeconfig(args: argparse.Namespace) -> int:
 def _migrate_keys(args: argparse.Namespace) -> int:
     """Move the private keys of a cluster saved before they lived in Secret Manager out of its PKI
     block: each stored as a secret, read back and compared, then removed from the block (resumable)."""
-    from blocks.pki import block_name
+    from blocks.store import read_pki
+    from haplane.core.topology import ClusterNames
     from tasks.cluster import ClusterBusy
-    from tasks.keys import KeysUnreadable, ensure_keys, read_block
+    from tasks.keys import KeysUnreadable, ensure_keys
 
     try:
-        if read_block(args.cluster) is None:
+        if read_pki(args.cluster) is None:
             print(
-                f"haplane migrate-keys: cluster {args.cluster!r} has no PKI block {block_name(args.cluster)!r}",
+                f"haplane migrate-keys: cluster {args.cluster!r} has no PKI block {ClusterNames(args.cluster).pki_block!r}",
                 file=sys.stderr,
             )
             return 2
@@ -163,11 +164,11 @@ def _migrate_keys(args: argparse.Namespace) -> int:
     except (KeysUnreadable, ClusterBusy, ValueError) as exc:
         print(f"haplane migrate-keys: {exc}", file=sys.stderr)
         return 1
-    block = read_block(args.cluster)
+    block = read_pki(args.cluster)
     print(
         f"{args.cluster}: "
         + (f"moved or made {', '.join(written)}" if written else "nothing to move")
-        + f"; block {block_name(args.cluster)} names {len(block.key_versions)} secret versions and holds no key"
+        + f"; block {ClusterNames(args.cluster).pki_block} names {len(block.key_versions)} secret versions and holds no key"
     )
     return 0
 

@@ -14,8 +14,9 @@ from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.client.orchestration import get_client
 
-from blocks.cluster import ClusterSpec, resolve_gce
+from blocks.cluster import resolve_gce
 from blocks.pki import CA
+from blocks.store import read_spec
 from haplane.cloud.locks import (  # noqa: F401 - the lock is haplane.cloud.locks'; flows and tests take it from here
     LOCK_WAIT_S,
     ClusterBusy,
@@ -41,17 +42,6 @@ def force_unlock(cluster: str) -> list[str]:
     return forget_locks(cluster)
 
 
-def load_spec(cluster: str) -> ClusterSpec:
-    names = ClusterNames(cluster)
-    try:
-        return ClusterSpec.load(names.spec_block)
-    except ValueError as exc:
-        raise ValueError(
-            f"cluster {cluster!r} is unknown: no block {names.spec_block!r} (create it with create-cluster)"
-        ) from exc
-
-
-# fields only the health check writes (what it observed): a flow saving its settings keeps them as they are
 @probe(task_run_name="observe {cluster}")
 def observe_cluster(cluster: str, region: str, connection: str | None, tolerate_zones: bool = False) -> ClusterState:
     """Rebuild the cluster's picture from GCE and etcd (never cached); with ``tolerate_zones`` a zone
@@ -237,7 +227,7 @@ def wait_api_ready(
     cas = load_certs(cluster)
     if cas is None:
         raise RuntimeError(f"no PKI for cluster {cluster!r}: cannot verify {name}'s API server")
-    from haplane.cloud.observe import _components, client_context
+    from haplane.cloud.observe import client_context, components_down
 
     ctx = ssl.create_default_context(cadata=cas.ca_bundle())
     deadline, last = time.monotonic() + timeout, "no answer yet"
@@ -260,7 +250,7 @@ def wait_api_ready(
         raise RuntimeError(f"no PKI for cluster {cluster!r}: cannot ask {name}'s API server for its components")
     with httpx.Client(verify=client_context(cas.ca_bundle(), *_observer_client(signer)), timeout=2.0) as http:
         while time.monotonic() < deadline:
-            down, why = _components(http, ip)
+            down, why = components_down(http, ip)
             if down == ():
                 return
             last = f"{' and '.join(down)} not running" if down else why
@@ -270,9 +260,8 @@ def wait_api_ready(
 
 def spec_where(cluster: str) -> SpecWhere | None:
     """Where the cluster's saved spec says it lives; None without a spec."""
-    try:
-        spec = ClusterSpec.load(ClusterNames(cluster).spec_block)
-    except ValueError:
+    spec = read_spec(cluster)
+    if spec is None:
         return None
     return SpecWhere(region=spec.region, project=spec.project, uid=spec.uid)
 

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from prefect.exceptions import ObjectNotFound
 from pydantic import SecretStr
 
-from blocks.pki import LEGACY_FIELDS, SERVICE_ACCOUNT, SNAPSHOT, ClusterPKI, block_name
+from blocks.pki import LEGACY_FIELDS, SERVICE_ACCOUNT, SNAPSHOT, ClusterPKI
+from blocks.store import read_pki, write_pki
 from haplane.cloud.locks import cluster_lock
 from haplane.cloud.secretstore import LABEL_CLUSTER, SecretStore, SecretUnreadable
-from haplane.core.scrub import call_carrying_secrets
+from haplane.core.topology import ClusterNames
 
 LABEL_KEY = "haplane-key"
 # what an update decides on a fresh view: new field values, and keys by name (None: the key goes)
@@ -50,18 +50,6 @@ def store_for(connection: str | None) -> SecretStore:
     return SecretStore.for_gce(resolve_gce(connection))
 
 
-def read_block(cluster: str) -> ClusterPKI | None:
-    """The PKI block as saved now (None: there is none)."""
-    try:
-        return ClusterPKI.load(block_name(cluster))
-    except ObjectNotFound:
-        return None
-    except ValueError as exc:
-        if "Unable to find" in str(exc):  # how Prefect's Block.load says a block does not exist
-            return None
-        raise
-
-
 def read_keys(
     block: ClusterPKI, store: SecretStore | None, names: tuple[str, ...] | None = None
 ) -> dict[str, SecretStr]:
@@ -80,7 +68,7 @@ def read_keys(
         except SecretUnreadable as exc:
             raise KeysUnreadable(
                 f"cannot read the {name} key of cluster {block.cluster}: {exc}. Nothing was changed. Block "
-                f"{block_name(block.cluster)} names version {version}; make that version readable by the workers' "
+                f"{ClusterNames(block.cluster).pki_block} names version {version}; make that version readable by the workers' "
                 f"account again (restore the secret, or fix its IAM policy or the workers' credentials), then run "
                 f"again"
             ) from None
@@ -94,7 +82,7 @@ def save_pki(
     keys, ``update(block, keys)`` decides (None: nothing to do), then write (see the module's
     docstring). Returns the block as saved (or as found when nothing was done)."""
     with cluster_lock(cluster):
-        block = read_block(cluster)
+        block = read_pki(cluster)
         keys = read_keys(block, store) if block is not None else {}
         decided = update(block, keys)
         if decided is None:
@@ -112,7 +100,7 @@ def save_pki(
             )
             if store.read(version) != pem.get_secret_value():  # checked before the block names it
                 raise RuntimeError(
-                    f"secret {sid} reads back other than what was written; block {block_name(cluster)} "
+                    f"secret {sid} reads back other than what was written; block {ClusterNames(cluster).pki_block} "
                     "still names the version before: nothing was changed"
                 )
             versions[name] = version
@@ -121,9 +109,7 @@ def save_pki(
             saved = ClusterPKI(**fields, key_versions=versions)
         else:
             saved = block.model_copy(update={**fields, **cleared, "key_versions": versions})
-        call_carrying_secrets(
-            f"saving block {block_name(cluster)}", (), saved.save, block_name(cluster), overwrite=block is not None
-        )
+        write_pki(saved, overwrite=block is not None)
         for name in new_keys:  # what this save replaced, and what a killed earlier attempt left unused
             sid = key_secret_id(cluster, name)
             if name in versions:
@@ -180,6 +166,6 @@ def ensure_keys(cluster: str, connection: str | None) -> list[str]:
 
 def check_keys(cluster: str, connection: str | None) -> None:
     """Read every key of the cluster (a dry run's check): :class:`KeysUnreadable` if one cannot be read."""
-    block = read_block(cluster)
+    block = read_pki(cluster)
     if block is not None:
         read_keys(block, store_for(connection) if block.key_versions else None)

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from prefect import get_run_logger
 from pydantic import SecretStr
 
-from blocks import delete_block_document
-from blocks.pki import OPERATOR, SERVICE_ACCOUNT, SNAPSHOT, ClusterPKI, block_name, cas_keys
+from blocks.pki import OPERATOR, SERVICE_ACCOUNT, SNAPSHOT, ClusterPKI, cas_keys
+from blocks.store import delete_pki, read_pki
 from haplane.cloud import snapshots as snap
 from haplane.cloud.etcd import EtcdTLS
 from haplane.cloud.gce import Gce, Instance, OpRef
@@ -37,6 +37,7 @@ from haplane.cloud.pki import (
 )
 from haplane.cloud.secretstore import SecretStore, service_account_email
 from haplane.core.ownership import check_key_recipient
+from haplane.core.topology import ClusterNames
 from haplane.node.spec import (
     APISERVER_KEY,
     SECRET_SUFFIXES,
@@ -47,7 +48,7 @@ from haplane.node.spec import (
     NodeSpec,
     RestoreSpec,
 )
-from tasks.keys import KeysUnreadable, changed_keys, ensure_keys, read_block, read_keys, save_pki, store_for
+from tasks.keys import KeysUnreadable, changed_keys, ensure_keys, read_keys, save_pki, store_for
 from tasks.steps import Change, checkpoint, probe
 
 
@@ -55,7 +56,7 @@ def load_cas(cluster: str, connection: str | None = None, names: tuple[str, ...]
     """The cluster's CAs with their keys (read from Secret Manager with the connection's
     credentials), inside a task only: never return or log them. None: the cluster has no PKI block.
     ``names``: read only these keys (the others are empty placeholders); None: all of them."""
-    block = read_block(cluster)
+    block = read_pki(cluster)
     if block is None:
         return None
     return block.to_cas(read_keys(block, store_for(connection) if block.key_versions else None, names))
@@ -63,7 +64,7 @@ def load_cas(cluster: str, connection: str | None = None, names: tuple[str, ...]
 
 def load_certs(cluster: str) -> ClusterCAs | None:
     """The cluster's CA certificates alone (their keys are empty placeholders: nothing can be signed)."""
-    block = read_block(cluster)
+    block = read_pki(cluster)
     return block.to_cas({}) if block is not None else None
 
 
@@ -72,7 +73,7 @@ def read_cas(
 ) -> tuple[ClusterCAs | None, str | None]:
     """The cluster's CAs (with the keys ``names``, None: all), or None and why they could not be read
     (absent, or unreadable)."""
-    name = block_name(cluster)
+    name = ClusterNames(cluster).pki_block
     try:
         cas = load_cas(cluster, connection, names)
     except KeysUnreadable as exc:
@@ -93,19 +94,19 @@ def snapshot_key(cluster: str, connection: str | None = None, create: bool = Tru
     """The cluster's snapshot key (base64), read from Secret Manager. Made with the cluster's PKI; a
     cluster from before that gets it once, under the cluster lock (:func:`tasks.keys.ensure_keys`, which
     re-reads first: two first snapshots at once make one key). Only for use inside a task; never return it."""
-    block = read_block(cluster)
+    block = read_pki(cluster)
     if block is None:
-        raise snap.SnapshotError(f"cluster {cluster!r} has no PKI block {block_name(cluster)!r}")
+        raise snap.SnapshotError(f"cluster {cluster!r} has no PKI block {ClusterNames(cluster).pki_block!r}")
     store = store_for(connection)
     keys = read_keys(block, store, names=(SNAPSHOT,))
     if SNAPSHOT not in keys:
         if not create:
             raise snap.SnapshotError(
-                f"cluster {cluster!r} has no snapshot key in block {block_name(cluster)!r}: "
+                f"cluster {cluster!r} has no snapshot key in block {ClusterNames(cluster).pki_block!r}: "
                 "it has never been snapshotted, so there is nothing to restore"
             )
         ensure_keys(cluster, connection)
-        keys = read_keys(read_block(cluster), store, names=(SNAPSHOT,))
+        keys = read_keys(read_pki(cluster), store, names=(SNAPSHOT,))
     return keys[SNAPSHOT].get_secret_value()
 
 
@@ -116,7 +117,7 @@ def ensure_cluster_pki(
     """Create the cluster CA, the etcd CA, the service-account and the snapshot keys once (keys in
     Secret Manager, certificates in the block); later runs keep the saved ones. Returns the block name.
     ``leaf_minutes``: every leaf lasts this many minutes (None: ``Lifetimes.leaf_days``)."""
-    name, lifetimes = block_name(cluster), Lifetimes(leaf_minutes=leaf_minutes)
+    name, lifetimes = ClusterNames(cluster).pki_block, Lifetimes(leaf_minutes=leaf_minutes)
     made: list[bool] = []
 
     def update(block, keys):
@@ -173,7 +174,7 @@ def submit_deliver_service_account(change: Change, step: str, zone: str, name: s
     cas = load_cas(change.cluster, change.connection)
     if cas is None or cas.service_account is None:
         raise RuntimeError(
-            f"cluster {change.cluster} has no service-account key in block {block_name(change.cluster)!r}"
+            f"cluster {change.cluster} has no service-account key in block {ClusterNames(change.cluster).pki_block!r}"
         )
     get_run_logger().info("delivering service-account key %s to %s", cas.service_account.kid, name)
     gce = change.gce()
@@ -218,7 +219,7 @@ def submit_reissue_leaves(change: Change, step: str, zone: str, name: str, endpo
     if vm is None:
         raise RuntimeError(f"VM {name} in {zone} does not exist; cannot re-issue its certificates")
     if load_certs(change.cluster) is None:
-        raise RuntimeError(f"cluster {change.cluster} has no PKI block {block_name(change.cluster)!r}")
+        raise RuntimeError(f"cluster {change.cluster} has no PKI block {ClusterNames(change.cluster).pki_block!r}")
     ensure_keys(change.cluster, change.connection)  # a cluster from before service-account keys gets one
     cas = load_cas(change.cluster, change.connection)
     api = ApiServerSpec.from_json(vm.metadata[APISERVER_KEY]) if vm.metadata.get(APISERVER_KEY) else ApiServerSpec()
@@ -326,7 +327,9 @@ def certificate_inventory(cluster: str, zones: list[str], connection: str | None
 
     cas = load_cas(cluster, connection)
     if cas is None:
-        raise RuntimeError(f"cluster {cluster} has no PKI block {block_name(cluster)!r}: its certificates are unknown")
+        raise RuntimeError(
+            f"cluster {cluster} has no PKI block {ClusterNames(cluster).pki_block!r}: its certificates are unknown"
+        )
     now = dt.datetime.now(dt.UTC)
     infos = [cas.ca.info(), cas.etcd_ca.info(), cas.operator.info(), *ca_rotation_infos(cas)]
     gce, unseen = resolve_gce(connection), []
@@ -375,7 +378,7 @@ def certificate_inventory(cluster: str, zones: list[str], connection: str | None
 
 @probe(task_run_name="{step}")
 def delete_cluster_pki(cluster: str, step: str = "pki") -> None:
-    delete_block_document(block_name(cluster), ClusterPKI.get_block_type_slug())
+    delete_pki(cluster)
 
 
 @checkpoint
@@ -399,7 +402,7 @@ def submit_configure_replica(
     # a VM not running as the replica's own account is not ours: no key goes to it (before any key is read)
     check_key_recipient(name, vm.service_accounts, service_account_email(gce.project, name))
     if load_certs(change.cluster) is None:
-        raise RuntimeError(f"cluster {change.cluster} has no PKI block {block_name(change.cluster)!r}")
+        raise RuntimeError(f"cluster {change.cluster} has no PKI block {ClusterNames(change.cluster).pki_block!r}")
     ensure_keys(change.cluster, change.connection)  # a cluster from before service-account keys gets one
     cas = load_cas(change.cluster, change.connection)
     certs = issue_replica_certs(
@@ -483,7 +486,7 @@ def start_ca_rotation(change: Change, step: str) -> dict[str, str]:
     if began:
         get_run_logger().info(
             "new cluster and etcd CAs in block %s, trusted beside the current ones until the rotation switches to them",
-            block_name(change.cluster),
+            ClusterNames(change.cluster).pki_block,
         )
     return _ca_rows(cas)
 
@@ -496,7 +499,7 @@ def switch_to_new_cas(change: Change, step: str) -> dict[str, str]:
     def decide(cas: ClusterCAs) -> ClusterCAs | None:
         if cas.ca_rotation != change.change_id:
             raise RuntimeError(
-                f"block {block_name(change.cluster)} has no CA rotation of change "
+                f"block {ClusterNames(change.cluster).pki_block} has no CA rotation of change "
                 f"{change.change_id!r} (it has {cas.ca_rotation!r}); nothing was switched"
             )
         if cas.ca_phase != "trusting":
@@ -542,7 +545,7 @@ def submit_deliver_trust(change: Change, step: str, zone: str, name: str, drop_p
     its API server on them; its certificates and keys are not touched."""
     cas = load_certs(change.cluster)
     if cas is None:
-        raise RuntimeError(f"cluster {change.cluster} has no PKI block {block_name(change.cluster)!r}")
+        raise RuntimeError(f"cluster {change.cluster} has no PKI block {ClusterNames(change.cluster).pki_block!r}")
     tls = {"ca": cas.ca_bundle(drop_previous=drop_previous), "etcd-ca": cas.etcd_ca_bundle(drop_previous=drop_previous)}
     count = tls["etcd-ca"].count("BEGIN CERTIFICATE")
     get_run_logger().info(

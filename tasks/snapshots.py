@@ -17,7 +17,7 @@ from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from blocks.cluster import ClusterSpec
-from blocks.pki import block_name
+from blocks.store import snapshot_store
 from haplane.cloud import snapshots as snap
 from haplane.cloud.etcd import EndpointStatus, EtcdClient, EtcdTLS
 from haplane.cloud.gce import Gce
@@ -25,7 +25,7 @@ from haplane.cloud.observe import etcd_look
 from haplane.cloud.snapshot_store import SnapshotStore
 from haplane.core.ownership import owned
 from haplane.core.restore import ELECTIONS_SPANNED, Look, QuorumEvidence, settled
-from haplane.core.topology import LABEL_CLUSTER, LABEL_UID
+from haplane.core.topology import LABEL_CLUSTER, LABEL_UID, ClusterNames
 from haplane.node.spec import client_url, find_etcd
 from haplane.node.spec import election_s as node_election_s
 from tasks.pki import operator_tls, snapshot_key
@@ -40,7 +40,7 @@ class SnapshotFailed(RuntimeError):
 
 
 def store_of(spec: ClusterSpec, storage: str | None = None) -> SnapshotStore:
-    return SnapshotStore.load(storage or spec.snapshot_storage)
+    return snapshot_store(storage or spec.snapshot_storage)
 
 
 def retention_of(spec: ClusterSpec) -> snap.Retention:
@@ -95,7 +95,7 @@ def snapshot_now(spec: ClusterSpec, connection: str | None, storage: str | None 
 
     tls = operator_tls(spec.cluster, connection)
     if tls is None:
-        raise snap.SnapshotError(f"cluster {spec.cluster!r} has no PKI block {block_name(spec.cluster)!r}")
+        raise snap.SnapshotError(f"cluster {spec.cluster!r} has no PKI block {ClusterNames(spec.cluster).pki_block!r}")
     store = store_of(spec, storage)
     meta = take_snapshot(resolve_gce(connection), spec, tls, snapshot_key(spec.cluster, connection), store)
     prune(spec, store)
@@ -241,7 +241,7 @@ def look_at_etcd(
             ()
             if tls
             else tuple(
-                f"{n}: no operator certificate (the PKI block {block_name(spec.cluster)} is missing)"
+                f"{n}: no operator certificate (the PKI block {ClusterNames(spec.cluster).pki_block} is missing)"
                 for n in running.values()
             )
         )
@@ -301,7 +301,7 @@ def save_member_snapshot(change: Change, step: str, spec: ClusterSpec, name: str
 
     tls = operator_tls(spec.cluster, change.connection)
     if tls is None:
-        raise snap.SnapshotError(f"cluster {spec.cluster!r} has no PKI block {block_name(spec.cluster)!r}")
+        raise snap.SnapshotError(f"cluster {spec.cluster!r} has no PKI block {ClusterNames(spec.cluster).pki_block!r}")
     with tempfile.TemporaryDirectory(prefix="haplane-snapshot-") as tmp:
         path = Path(tmp) / "snapshot.db"
         with closing(EtcdClient([client_url(ip)], tls=tls, timeout=10.0)) as client:

@@ -11,6 +11,7 @@ Checkpoints are JSON with a schema version, in the workspace's shared result sto
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,18 +37,34 @@ class Change:
         return request_id(self.cluster, self.change_id, step)
 
     def gce(self) -> Gce:
-        return resolve_gce(self.connection)
+        """Compute Engine as the change's connection: one client per change, flow run and thread. The
+        connection block is read once and the clients' HTTP sessions are reused by the change's steps;
+        a client is never shared between threads (parallel steps each get their own), and a resumed run
+        (a new flow run) reads the connection again. Outside a flow run, a new one each call."""
+        from prefect.runtime import flow_run
+
+        run = flow_run.get_id()
+        if run is None:
+            return resolve_gce(self.connection)
+        cache: dict[tuple, Gce] = _per_thread.__dict__.setdefault("gce", {})
+        key = (run, self.connection, self.cluster, self.change_id)
+        if key not in cache:
+            while len(cache) >= _GCE_KEPT:
+                del cache[next(iter(cache))]  # the oldest: a thread of a worker may serve many runs
+            cache[key] = resolve_gce(self.connection)
+        return cache[key]
+
+
+_per_thread = threading.local()
+_GCE_KEPT = 4  # changes whose client a thread keeps (a flow run has one change at a time, or a few)
 
 
 def cluster_uid(cluster: str) -> str | None:
     """The cluster's uid from its spec (None: no spec, or a cluster from before uids)."""
-    from blocks.cluster import ClusterSpec
-    from haplane.core.topology import ClusterNames
+    from blocks.store import read_spec
 
-    try:
-        return ClusterSpec.load(ClusterNames(cluster).spec_block).uid
-    except ValueError:
-        return None
+    spec = read_spec(cluster)
+    return spec.uid if spec is not None else None
 
 
 def retry_unless_refused(task: Any, task_run: Any, state: Any) -> bool:

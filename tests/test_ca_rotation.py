@@ -21,6 +21,7 @@ import uuid
 import pytest
 from cryptography import x509
 
+from blocks.store import read_pki
 from haplane.cloud import pki
 from haplane.testing import REGION, ZONES
 from tests.unit.test_ca_rotation import _certs, _signed_by
@@ -51,7 +52,6 @@ def test_ca_rotation_killed_half_way_resumes_with_no_failed_write_and_the_old_ca
     import httpx
     from cryptography.hazmat.primitives.serialization import Encoding
 
-    from blocks.pki import ClusterPKI, block_name
     from flows.create_cluster import create_cluster
     from flows.delete_cluster import delete_cluster
     from flows.rotate_certificates import rotate_certificates
@@ -113,7 +113,7 @@ def test_ca_rotation_killed_half_way_resumes_with_no_failed_write_and_the_old_ca
             finally:
                 stop_group(proc, sig=signal.SIGKILL)
             assert moved and len(moved) < 3, f"the CA rotation was not caught half-way: {moved}"
-            halfway = ClusterPKI.load(block_name(cluster))
+            halfway = read_pki(cluster)
             assert halfway.ca_rotation == change_id and "previous-ca" in halfway.key_versions, (
                 "the old CA's key must be kept until the rotation is complete"
             )
@@ -135,7 +135,7 @@ def test_ca_rotation_killed_half_way_resumes_with_no_failed_write_and_the_old_ca
         new = load_cas(cluster)
         assert new.ca_phase == "none" and new.ca_rotation is None
         assert new.ca.cert_pem != old.ca.cert_pem and new.etcd_ca.cert_pem != old.etcd_ca.cert_pem
-        block = ClusterPKI.load(block_name(cluster))
+        block = read_pki(cluster)
         # the old keys are gone: from the block, and their secrets from Secret Manager
         assert not {"previous-ca", "previous-etcd-ca"} & set(block.key_versions) and block.legacy_keys() == {}
         from haplane.cloud.secretstore import SecretStore

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from prefect import flow
 
+from blocks.store import snapshot_store
 from haplane.cloud.gce import OpRef
 from tasks.results import CheckpointSchemaError
 from tasks.steps import Change, checkpoint
@@ -180,7 +181,7 @@ def test_a_checkpoint_written_by_one_worker_is_read_by_the_other(prefect_api, sh
 @flow
 def snapshot_before_flow(cluster: str, change_id: str) -> dict:
     """The snapshot every membership change takes first, as run_change takes it (one per change id)."""
-    from tasks.cluster import load_spec
+    from blocks.store import load_spec
     from tasks.snapshots import snapshot_for_change
 
     state = snapshot_for_change(Change(cluster, change_id), "snapshot-before", load_spec(cluster), return_state=True)
@@ -192,7 +193,6 @@ def test_the_snapshot_before_a_change_is_a_json_checkpoint_found_by_a_second_run
     checkpoint is plain JSON (its metadata was once a dataclass the serializer refused, so nothing was
     written and every run of the change took a new snapshot)."""
     from flows.create_cluster import create_cluster
-    from haplane.cloud.snapshot_store import SnapshotStore
 
     cluster, change_id = f"cks-{uuid.uuid4().hex[:5]}", "add-cks-1"
     create_cluster(cluster=cluster, region="europe-west1", zones=["europe-west1-b"], replicas=1)
@@ -205,4 +205,4 @@ def test_the_snapshot_before_a_change_is_a_json_checkpoint_found_by_a_second_run
 
     again = snapshot_before_flow(cluster, change_id)
     assert again == {"meta": first["meta"], "state": "Cached"}
-    assert [m.snapshot_id for m in SnapshotStore.load(None).snapshots(cluster)] == [doc["value"]["snapshot_id"]]
+    assert [m.snapshot_id for m in snapshot_store(None).snapshots(cluster)] == [doc["value"]["snapshot_id"]]

@@ -27,7 +27,8 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from blocks.pki import LEGACY_FIELDS, SNAPSHOT, ClusterPKI, block_name
+from blocks.pki import LEGACY_FIELDS, SNAPSHOT, ClusterPKI
+from blocks.store import read_pki
 from flows.add_replica import add_replica
 from flows.create_cluster import create_cluster
 from flows.delete_cluster import delete_cluster
@@ -35,10 +36,11 @@ from flows.rotate_certificates import rotate_certificates
 from flows.snapshot_cluster import snapshot_cluster
 from haplane.cloud.etcd import EtcdClient, EtcdTLS
 from haplane.cloud.secretstore import SecretStore
+from haplane.core.topology import ClusterNames
 from haplane.node.spec import client_url
 from haplane.testing import REGION, ZONES
 from tasks.cluster import force_unlock
-from tasks.keys import KeysUnreadable, key_secret_id, read_block, read_keys, save_pki
+from tasks.keys import KeysUnreadable, key_secret_id, read_keys, save_pki
 from tasks.pki import load_cas
 
 pytestmark = [pytest.mark.long, pytest.mark.timeout(1800)]
@@ -137,13 +139,13 @@ def test_keys_out_of_blocks_rotation_migration_and_refusals(cloud, prefect_api, 
     rows = create_cluster(cluster=cluster, region=REGION, zones=ZONES[:1], replicas=1)
     try:
         assert [r["health"] for r in rows] == ["healthy"]
-        before = {n: k.get_secret_value() for n, k in read_keys(read_block(cluster), store).items()}
+        before = {n: k.get_secret_value() for n, k in read_keys(read_pki(cluster), store).items()}
         assert set(before) == {"ca", "etcd-ca", "operator", "service-account", "snapshot"}
 
         # --- rotation: every key written again; each secret keeps one enabled version, the block's
         rotate_certificates(cluster=cluster, rotate_ca=True)
         snapshot_cluster(cluster=cluster)
-        block = read_block(cluster)
+        block = read_pki(cluster)
         after = {n: k.get_secret_value() for n, k in read_keys(block, store).items()}
         assert set(after) == set(before)
         assert all(after[n] != before[n] for n in ("ca", "etcd-ca", "operator", "service-account"))
@@ -161,7 +163,7 @@ def test_keys_out_of_blocks_rotation_migration_and_refusals(cloud, prefect_api, 
         legacy = block.model_copy(
             update={"key_versions": {}, **{LEGACY_FIELDS[n]: SecretStr(v) for n, v in after.items()}}
         )
-        legacy.save(block_name(cluster), overwrite=True)
+        legacy.save(ClusterNames(cluster).pki_block, overwrite=True)
         for sid in enabled:
             store.delete(store.name(sid))
         env = prefect_api.env() | {"PREFECT_LOGGING_LEVEL": "WARNING"}
@@ -180,14 +182,14 @@ def test_keys_out_of_blocks_rotation_migration_and_refusals(cloud, prefect_api, 
         proc_box.append(_migrate(env, cluster))
         out, _ = proc_box[0].communicate(timeout=400)
         assert proc_box[0].returncode == -signal.SIGKILL, out
-        half = read_block(cluster)  # killed before the block was saved: still the old way, nothing lost
+        half = read_pki(cluster)  # killed before the block was saved: still the old way, nothing lost
         assert half.key_versions == {} and {n: k.get_secret_value() for n, k in half.legacy_keys().items()} == after
         monkeypatch.setattr(cloud.emulator.secrets, "_add_version", original_add)
         force_unlock(cluster)  # the killed run's lock (`haplane unlock`), rather than waiting out its lease
         from haplane.cli import main
 
         assert main(["migrate-keys", cluster]) == 0  # resumed (in this process: no second start-up to wait for)
-        migrated = read_block(cluster)
+        migrated = read_pki(cluster)
         assert migrated.legacy_keys() == {}
         assert {n: k.get_secret_value() for n, k in read_keys(migrated, store).items()} == after
         enabled = cluster_secret_versions(store, cluster)
@@ -258,23 +260,23 @@ def test_keys_out_of_blocks_rotation_migration_and_refusals(cloud, prefect_api, 
         store.client.set_iam_policy(
             request={"resource": operator_secret, "policy": policy_pb2.Policy(bindings=policy.bindings, etag=now.etag)}
         )
-        assert read_keys(read_block(cluster), store, ("operator",))  # readable again: the policy is back
+        assert read_keys(read_pki(cluster), store, ("operator",))  # readable again: the policy is back
         snapshot_secret = store.name(key_secret_id(cluster, SNAPSHOT))
         store.delete(snapshot_secret)
         cloud.admin.clear_calls()
         with pytest.raises(KeysUnreadable, match=f"secret {snapshot_secret} .*does not exist"):
             add_replica(cluster=cluster)
         assert cloud.admin.calls() == []
-        assert read_block(cluster).key_versions.get(SNAPSHOT), "the block still names the lost key (nothing dropped)"
+        assert read_pki(cluster).key_versions.get(SNAPSHOT), "the block still names the lost key (nothing dropped)"
     finally:
         force_unlock(cluster)
         _workers_may_read(store, store.name(key_secret_id(cluster, "operator")))  # a failure above must not hide
-        block = read_block(cluster)
+        block = read_pki(cluster)
         if block is not None and SNAPSHOT in block.key_versions:
             # forget the deleted snapshot key so that delete-cluster can read the others
             ClusterPKI.model_copy(
                 block, update={"key_versions": {n: v for n, v in block.key_versions.items() if n != SNAPSHOT}}
-            ).save(block_name(cluster), overwrite=True)
+            ).save(ClusterNames(cluster).pki_block, overwrite=True)
         delete_cluster(cluster=cluster)
     assert store.list(cluster) == []  # delete-cluster removed the cluster's secrets with its VMs
-    assert read_block(cluster) is None
+    assert read_pki(cluster) is None

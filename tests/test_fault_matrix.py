@@ -663,7 +663,6 @@ def test_operator_certificate_expired(cloud, prefect_api):
     same flows work."""
     import datetime as dt
 
-    from blocks.pki import block_name
     from flows.health_check import health_check
     from haplane.cloud.pki import issue_operator
     from tasks.keys import save_pki
@@ -692,7 +691,9 @@ def test_operator_certificate_expired(cloud, prefect_api):
             call()
         message = str(refused.value)
         assert "etcd membership" in message and "unknown is not absent" in message, (name, message)
-        assert f"operator certificate in block {block_name(cluster)}" in message and "expired" in message, message
+        assert f"operator certificate in block {ClusterNames(cluster).pki_block}" in message and "expired" in message, (
+            message
+        )
     state = health_check(cluster=cluster, backoff_s=0, return_state=True)
     assert state.is_completed() and state.result()["action"] == "unknown", (state.message, state.result())
     assert "could not be observed" in state.message
@@ -777,8 +778,8 @@ def test_two_zones_out(cloud, prefect_api, monkeypatch):
     The health check, past any grace period, reports the members there as unknown (not "VM not running",
     not "quorum lost", not absent) and acts on nothing: no mutating call. When the zones return (their VMs
     boot again with their disks), the cluster is whole again: nothing was lost, and delete leaves nothing."""
+    from blocks.store import load_spec
     from flows.health_check import health_check
-    from tasks.cluster import load_spec
 
     monkeypatch.setenv("HAPLANE_GCE_READ_RETRY_S", "1")  # a zone that does not answer is seen as such at once
     cluster = f"f2z-{uuid.uuid4().hex[:6]}"

@@ -7,11 +7,12 @@ import time
 import httpx
 import pytest
 
-from blocks.pki import ClusterPKI, block_name
+from blocks.pki import ClusterPKI
+from blocks.store import read_pki
 from flows.create_cluster import create_cluster
 from flows.health_check import health_check
 from haplane.cloud.pki import create_cluster_cas
-from haplane.core.topology import LABEL_CLUSTER
+from haplane.core.topology import LABEL_CLUSTER, ClusterNames
 from haplane.testing import REGION, ZONES
 from tests.fixtures.cluster import PROJECT
 
@@ -22,13 +23,13 @@ def _a_worker_that_cannot_see_etcd_replaces_nothing(cloud, prefect_api, cluster:
     """With credentials etcd and the API servers refuse (as an expired or wrong certificate is), the
     check sees the membership as unknown, not empty: it replaces nothing, says what it could not
     observe, and emits haplane.cluster.unknown -- although a replica really is dead."""
-    real = ClusterPKI.load(block_name(cluster))
-    ClusterPKI.from_cas(create_cluster_cas(cluster)).save(block_name(cluster), overwrite=True)  # another CA
+    real = read_pki(cluster)
+    ClusterPKI.from_cas(create_cluster_cas(cluster)).save(ClusterNames(cluster).pki_block, overwrite=True)  # another CA
     cloud.admin.clear_calls()
     try:
         blind = health_check(cluster=cluster, backoff_s=0, return_state=True)
     finally:
-        real.save(block_name(cluster), overwrite=True)
+        real.save(ClusterNames(cluster).pki_block, overwrite=True)
     assert blind.is_completed(), blind.message
     assert "could not be observed" in blind.message and "etcd membership" in blind.message
     assert blind.result()["action"] == "unknown"

@@ -22,6 +22,7 @@ import pytest
 from prefect_gcp.cloud_storage import GcsBucket
 
 from blocks.cluster import ClusterSpec
+from blocks.store import snapshot_store
 from flows.add_replica import add_replica
 from flows.create_cluster import create_cluster
 from flows.health_check import health_check
@@ -30,7 +31,6 @@ from flows.snapshot_cluster import snapshot_cluster
 from haplane.cloud import snapshots as snap
 from haplane.cloud.etcd import EtcdClient, EtcdTLS
 from haplane.cloud.gce import request_id
-from haplane.cloud.snapshot_store import SnapshotStore
 from haplane.core.plans import PlanRefused
 from haplane.core.topology import LABEL_CLUSTER, ClusterNames
 from haplane.node.spec import client_url, find_etcd
@@ -122,7 +122,7 @@ def test_restore_after_losing_two_of_three_replicas(cloud, gcs, prefect_api):
     assert 0 < found[0]["payload"]["newest_snapshot_age_s"] < 600
 
     # a newer snapshot that is corrupted (truncated) is refused, before anything is removed
-    store = SnapshotStore.load("gcs-bucket/dr")
+    store = snapshot_store("gcs-bucket/dr")
     good = store.snapshots(cluster)[0]
     sealed = store.load_sealed(good)
     later = dt.datetime.now(dt.UTC)
@@ -192,7 +192,7 @@ def test_a_snapshot_is_taken_before_a_change_and_a_failed_one_stops_it(shared_cl
     cloud = shared_cloud
     cluster = _name("pre")
     create_cluster(cluster=cluster, region=REGION, zones=ZONES, replicas=1)
-    store = SnapshotStore.load(None)  # the default: $PREFECT_HOME/haplane-snapshots
+    store = snapshot_store(None)  # the default: $PREFECT_HOME/haplane-snapshots
     assert store.snapshots(cluster) == []
 
     # storage that cannot be used: the change stops before changing anything

@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from blocks.cluster import GceConnection
+from blocks.store import snapshot_store
 from flows.create_cluster import create_cluster
 from flows.delete_cluster import delete_cluster
 from flows.restore_cluster import restore_cluster
@@ -34,7 +35,6 @@ from flows.snapshot_cluster import snapshot_cluster
 from haplane.cloud.etcd import EndpointStatus, EtcdClient, EtcdTLS
 from haplane.cloud.gce import request_id
 from haplane.cloud.secretstore import SecretStore
-from haplane.cloud.snapshot_store import SnapshotStore
 from haplane.node.spec import client_url
 from haplane.testing import REGION, ZONES
 from tasks.pki import load_cas
@@ -194,7 +194,7 @@ def test_restore_refuses_every_view_that_could_be_wrong_then_saves_the_survivor_
     assert sorted(m["name"] for m in _members(cluster, [r["internal IP"] for r in rows])) == new
     for old in names:  # the deleted replicas' and the removed survivor's private keys went with them
         assert secrets.list(cluster, old) == [], f"{old}'s keys are left in Secret Manager"
-    saved = [m for m in SnapshotStore.load(None).snapshots(cluster) if m.snapshot_id != stored["snapshot"]]
+    saved = [m for m in snapshot_store(None).snapshots(cluster) if m.snapshot_id != stored["snapshot"]]
     assert saved and saved[0].revision > stored["revision"], "no snapshot of the survivor was saved"
 
     delete_cluster(cluster=cluster)

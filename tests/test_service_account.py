@@ -17,7 +17,8 @@ import uuid
 import httpx
 import pytest
 
-from blocks.pki import ClusterPKI, block_name
+from blocks.pki import ClusterPKI
+from blocks.store import delete_pki, read_pki
 from flows.create_cluster import create_cluster
 from flows.delete_cluster import delete_cluster
 from flows.rotate_certificates import rotate_certificates
@@ -27,7 +28,7 @@ from haplane.cloud.pki import (
     issue,
     new_service_account_key,
 )
-from haplane.core.topology import LABEL_CLUSTER
+from haplane.core.topology import LABEL_CLUSTER, ClusterNames
 from haplane.testing import REGION, ZONES
 from tasks.pki import ensure_cluster_pki, load_cas
 
@@ -47,7 +48,7 @@ def test_a_cluster_saved_before_service_account_keys_gets_one_and_keeps_it(bare_
     cas = create_cluster_cas(cluster)
     legacy = ClusterPKI.from_cas(cas)
     legacy = legacy.model_copy(update={"service_account_key": None, "service_account_key_created": None})
-    legacy.save(block_name(cluster))
+    legacy.save(ClusterNames(cluster).pki_block)
     assert load_cas(cluster).service_account is None
     try:
         ensure_cluster_pki(cluster)
@@ -56,12 +57,10 @@ def test_a_cluster_saved_before_service_account_keys_gets_one_and_keeps_it(bare_
         assert load_cas(cluster).ca.cert_pem == cas.ca.cert_pem  # the CAs are untouched
         ensure_cluster_pki(cluster)
         assert load_cas(cluster).service_account.kid == made.kid  # made once, then kept
-        saved = ClusterPKI.load(block_name(cluster))  # and moved out of the block with the other keys
+        saved = read_pki(cluster)  # and moved out of the block with the other keys
         assert saved.legacy_keys() == {} and "service-account" in saved.key_versions
     finally:
-        from blocks import delete_block_document
-
-        delete_block_document(block_name(cluster), ClusterPKI.get_block_type_slug())
+        delete_pki(cluster)
 
 
 # ---------------------------------------------------------------- end to end: three replicas, one key

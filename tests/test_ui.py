@@ -26,7 +26,7 @@ if not (CHROMIUM and CHROMEDRIVER):
         allow_module_level=True,
     )
 
-from selenium.common.exceptions import WebDriverException  # noqa: E402
+from selenium.common.exceptions import TimeoutException, WebDriverException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support import expected_conditions as ec  # noqa: E402
@@ -129,9 +129,14 @@ def test_start_add_replica_from_its_form_and_see_it_complete(prefect_api, prefec
             shot(driver, "ui-add-replica-retried")
             click(driver, "//button[normalize-space()='Submit']")
             run = wait_for_run(prefect_api.url, "add-replica", cluster)
-        click(driver, f"//a[normalize-space()='{run['name']}']")
-        WebDriverWait(driver, 30).until(ec.url_contains("/flow-run/"))
         run_id = run["id"]
+        # the deployment's page lists the new run: open it. Its list can lag the API under load, and it
+        # hides a run still Scheduled (its default filter): then open the run's own page by its address
+        try:
+            click(driver, f"//a[normalize-space()='{run['name']}']", timeout=20)
+        except TimeoutException:
+            driver.get(f"{ui}/runs/flow-run/{run_id}")
+        WebDriverWait(driver, 30).until(ec.url_contains("/flow-run/"))
 
         deadline = time.monotonic() + 180
         state = None

@@ -11,7 +11,8 @@ import uuid
 
 import pytest
 
-from deployments.watch import cluster_locked, gce_factory, pki_reader, spec_blocks
+from blocks.store import spec_blocks
+from deployments.watch import cluster_locked, gce_factory, pki_reader
 from haplane.cloud.gce import request_id
 from haplane.core.topology import ClusterNames
 from haplane.testing import REGION, ZONES

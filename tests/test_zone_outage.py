@@ -16,6 +16,7 @@ import uuid
 
 import pytest
 
+from blocks.store import load_spec
 from flows.create_cluster import create_cluster
 from flows.delete_cluster import delete_cluster
 from flows.health_check import health_check
@@ -23,7 +24,6 @@ from haplane.cloud.etcd import EtcdClient, EtcdTLS
 from haplane.emulator.resources import vm_view
 from haplane.node.spec import client_url, peer_url
 from haplane.testing import REGION, ZONES
-from tasks.cluster import load_spec
 from tasks.pki import load_cas
 from tests.fixtures.cluster import PROJECT
 from tests.test_endpoint_flows import EndpointProbe, wait_answering

@@ -79,7 +79,7 @@ def client_context(ca_pem: str, cert_pem: str, key_pem: str) -> ssl.SSLContext:
     return ctx
 
 
-def _components(http: httpx.Client, ip: str) -> tuple[tuple[str, ...] | None, str]:
+def components_down(http: httpx.Client, ip: str) -> tuple[tuple[str, ...] | None, str]:
     """The components the API server at ``ip`` reports not running (its componentstatuses, which
     asks each component's /healthz on the replica), or None and why it could not be read."""
     try:
@@ -282,7 +282,7 @@ def observe_instances(
     ready = [i for i in running if probes.get(i.name, (False,))[0]]
     if api_client is not None and ca_pem is not None and ready:
         with httpx.Client(verify=client_context(ca_pem, *api_client), timeout=2.0) as http:
-            components = {i.name: _components(http, i.internal_ip) for i in ready}
+            components = {i.name: components_down(http, i.internal_ip) for i in ready}
             why = "no API server answered"
             for i in ready:
                 try:

@@ -1,4 +1,4 @@
-"""Where sealed snapshots are kept: a Prefect storage block.
+"""Where sealed snapshots are kept: a Prefect storage block (loaded by :func:`blocks.store.snapshot_store`).
 
 * prefect-gcp's ``GcsBucket`` (real use): objects ``<bucket_folder>/<cluster>/<id>.snap`` and a
   ``.json`` beside each with its metadata, written with google-cloud-storage through the block's
@@ -40,32 +40,6 @@ class SnapshotStore:
         self.label = label
         self._gcs = type(block).__name__ == "GcsBucket"
         self._bucket = None
-
-    @classmethod
-    def load(cls, storage: str | None) -> SnapshotStore:
-        from prefect.filesystems import LocalFileSystem
-
-        if not storage:
-            return cls(LocalFileSystem(basepath=str(default_dir())), f"local {default_dir()}")
-        if "/" not in storage:
-            raise SnapshotError(
-                f"storage {storage!r}: name a block as '<type>/<name>', e.g. "
-                "'gcs-bucket/prod-snapshots' or 'local-file-system/snapshots'"
-            )
-        from prefect.blocks.core import Block
-
-        try:
-            import prefect_gcp.cloud_storage  # noqa: F401  (registers the gcs-bucket block type)
-        except ImportError:
-            pass
-        try:
-            block = Block.load(storage)
-        except (ValueError, Exception) as e:  # ObjectNotFound, or an unknown type slug
-            raise SnapshotError(
-                f"cannot load the snapshot storage block {storage!r}: {e}; create it in the "
-                "Prefect UI (Blocks) or pass another storage="
-            ) from None
-        return cls(block, storage)
 
     # -- the two kinds of block
 

@@ -10,9 +10,7 @@ that must answer a read) — a snapshot is only kept once it has been restored.
 At rest a snapshot is *sealed*: AES-256-GCM with the cluster's snapshot key
 (held as a secret in the cluster's PKI block), its metadata in clear text in
 front, authenticated with it (a header moved from another snapshot does not
-open). Format::
-
-    MAGIC | u32 header length | header JSON (SnapshotMeta) | 12-byte nonce | ciphertext+tag
+open). The format, and opening it, are :mod:`haplane.node.sealed`'s: the module a VM runs too.
 """
 
 from __future__ import annotations
@@ -24,7 +22,6 @@ import json
 import os
 import shutil
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -33,25 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from haplane import settings
 from haplane.core.snapshot_meta import SnapshotMeta
+from haplane.node import sealed
+from haplane.node.sealed import SnapshotError as SnapshotError  # the snapshot code raises the format's errors
+from haplane.node.sealed import SnapshotInvalid, check_trailer
 from haplane.processes import stop_group
-
-MAGIC = b"HAPLANE-ETCD-SNAPSHOT-1\n"
-NONCE_BYTES = 12
-KEY_BYTES = 32
-SHA256_TRAILER = 32
-
-
-class SnapshotError(RuntimeError):
-    """A snapshot could not be taken, stored or read."""
-
-
-class SnapshotInvalid(SnapshotError):
-    """A snapshot file is corrupted, truncated, from another cluster, or does not restore."""
 
 
 def snapshot_id(taken: dt.datetime, revision: int) -> str:
@@ -66,66 +52,29 @@ def new_key() -> str:
     return base64.b64encode(AESGCM.generate_key(bit_length=256)).decode()
 
 
-def _key(key_b64: str) -> bytes:
-    key = base64.b64decode(key_b64)
-    if len(key) != KEY_BYTES:
-        raise SnapshotError(f"the snapshot key must be {KEY_BYTES} bytes (base64), not {len(key)}")
-    return key
-
-
 def seal(db: bytes, meta: SnapshotMeta, key_b64: str) -> bytes:
     """The snapshot encrypted with the cluster's key; the metadata header is authenticated with it."""
-    header = meta.to_json().encode()
-    prefix = MAGIC + struct.pack(">I", len(header)) + header
-    nonce = os.urandom(NONCE_BYTES)
-    return prefix + nonce + AESGCM(_key(key_b64)).encrypt(nonce, db, prefix)
+    return sealed.seal(db, meta.to_json().encode(), key_b64)
 
 
 def read_header(blob: bytes) -> SnapshotMeta:
     """The clear-text metadata of a sealed snapshot (not yet authenticated: use :func:`unseal`)."""
-    if not blob.startswith(MAGIC):
-        raise SnapshotInvalid("not a haplane snapshot (bad magic): the file is corrupted or of another kind")
-    if len(blob) < len(MAGIC) + 4:
-        raise SnapshotInvalid("snapshot truncated inside its header")
-    (n,) = struct.unpack(">I", blob[len(MAGIC) : len(MAGIC) + 4])
-    start = len(MAGIC) + 4
-    if n > 65536 or len(blob) < start + n + NONCE_BYTES + 16:
-        raise SnapshotInvalid("snapshot truncated: shorter than its header says")
     try:
-        return SnapshotMeta.from_json(blob[start : start + n])
+        return SnapshotMeta.from_dict(sealed.header(blob))
     except (ValueError, TypeError) as e:
         raise SnapshotInvalid(f"snapshot header is not valid metadata ({e})") from None
 
 
 def unseal(blob: bytes, key_b64: str, cluster: str | None = None) -> tuple[SnapshotMeta, bytes]:
-    """Decrypt and check a sealed snapshot: authentic, complete, its sha256 and size as recorded."""
+    """Decrypt and check a sealed snapshot (:func:`haplane.node.sealed.open_sealed`: authentic, complete,
+    its sha256 and size as recorded), refusing one of another cluster than ``cluster`` before that."""
     meta = read_header(blob)
-    start = len(MAGIC) + 4 + len(meta.to_json().encode())
-    prefix, nonce, body = blob[:start], blob[start : start + NONCE_BYTES], blob[start + NONCE_BYTES :]
     if cluster is not None and meta.cluster != cluster:
         raise SnapshotInvalid(f"snapshot {meta.snapshot_id} is of cluster {meta.cluster!r}, not {cluster!r}")
-    try:
-        db = AESGCM(_key(key_b64)).decrypt(nonce, body, prefix)
-    except InvalidTag:
-        raise SnapshotInvalid(
-            f"snapshot {meta.snapshot_id} does not decrypt with cluster {meta.cluster!r}'s snapshot key: "
-            "it is truncated or corrupted (or was sealed with another key)"
-        ) from None
-    if len(db) != meta.size or hashlib.sha256(db).hexdigest() != meta.sha256:
-        raise SnapshotInvalid(f"snapshot {meta.snapshot_id}: size or sha256 differ from its metadata")
-    check_trailer(db)
-    return meta, db
+    return meta, sealed.open_sealed(blob, key_b64)[1]
 
 
 # ---------------------------------------------------------------- verification
-
-
-def check_trailer(db: bytes) -> None:
-    """etcd appends sha256(file) to a snapshot: a truncated or altered file fails here."""
-    if len(db) <= SHA256_TRAILER:
-        raise SnapshotInvalid(f"snapshot too short ({len(db)} bytes) to be an etcd snapshot")
-    if hashlib.sha256(db[:-SHA256_TRAILER]).digest() != db[-SHA256_TRAILER:]:
-        raise SnapshotInvalid("etcd snapshot's sha256 trailer does not match: truncated or corrupted")
 
 
 def find_etcdutl() -> str:

@@ -39,6 +39,9 @@ class SnapshotMeta:
 
     @classmethod
     def from_json(cls, text: str | bytes, where: str = "") -> SnapshotMeta:
-        d = json.loads(text)
+        return cls.from_dict(json.loads(text), where)
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "") -> SnapshotMeta:
         known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
         return cls(**{**known, "where": where})

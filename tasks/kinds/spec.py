@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from pydantic import TypeAdapter
 
-from blocks import delete_block_document
+from blocks import store
 from blocks.cluster import ClusterSpec
 from blocks.store import update_spec
 from haplane.cloud.locks import cluster_lock
 from haplane.core.steps import StepKind
-from haplane.core.topology import ClusterNames
 from tasks.kinds import Kind
 from tasks.steps import probe
 
@@ -40,7 +39,7 @@ def save_spec(cluster: str, spec: ClusterSpec, step: str = "spec", settings: dic
 @probe(task_run_name="{step}")
 def delete_spec(cluster: str, step: str = "spec") -> None:
     with cluster_lock(cluster):
-        delete_block_document(ClusterNames(cluster).spec_block, ClusterSpec.get_block_type_slug())
+        store.delete_spec(cluster)
 
 
 KINDS = (

@@ -118,6 +118,14 @@ def test_the_core_scan_sees_imports():
     assert _violations([ROOT / "haplane" / "cloud" / "observe.py"], ("haplane.core",))
 
 
+def test_the_sealed_snapshot_format_stands_alone():
+    """haplane/node/sealed.py runs on a VM as it is (the startup script embeds its source): it imports
+    the standard library and cryptography only, nothing of haplane (also not inside a function)."""
+    imported = _imports(ROOT / "haplane" / "node" / "sealed.py")
+    assert "cryptography.hazmat.primitives.ciphers.aead" in imported
+    assert {m for m in imported if m.split(".")[0] not in sys.stdlib_module_names | {"cryptography"}} == set()
+
+
 def test_the_library_does_not_import_flows_or_tasks():
     files = [p for p in _py("haplane") if p != ROOT / "haplane" / "cli.py"]
     assert _violations(files, ("flows", "tasks")) == []

@@ -18,8 +18,9 @@ import httpx
 import pytest
 from cryptography.x509.verification import DNSName, IPAddress, PolicyBuilder, Store, VerificationError
 
-from blocks.pki import ClusterPKI, block_name
+from blocks.pki import ClusterPKI
 from haplane.cloud import pki
+from haplane.core.topology import ClusterNames
 from haplane.emulator.network import can_bind
 from haplane.node import spec as node
 
@@ -211,7 +212,7 @@ def test_reprs_hold_no_key_material(cas, replica):
 def test_block_round_trip_and_secrecy(cas):
     block = ClusterPKI.from_cas(cas)
     assert block.to_cas() == cas
-    assert block.document_name == block_name("prod") == "prod-pki"
+    assert ClusterNames(block.cluster).pki_block == "prod-pki"
     assert ClusterPKI.get_block_type_slug() == "haplane-cluster-pki"
     for text in (repr(block), str(block), block.model_dump_json(), str(block.model_dump())):
         assert "PRIVATE KEY" not in text

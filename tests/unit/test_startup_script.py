@@ -24,6 +24,7 @@ import pytest
 from cryptography import x509
 
 from haplane.cloud.pki import create_cluster_cas, issue_replica_certs, node_tls
+from haplane.core.snapshot_meta import SnapshotMeta
 from haplane.core.versions import ETCD_RELEASES, KUBERNETES_RELEASES
 from haplane.node.spec import (
     KUBERNETES_VERSION_KEY,
@@ -587,3 +588,77 @@ def test_boot_runs_controller_manager_and_scheduler_leader_elected(
 
 
 # ---------------------------------------------------------------- restore-cluster's first replica
+
+
+def _unseal_source(script: str) -> str:
+    """The Python of the script's ``unseal()`` (a quoted heredoc, so bash passes it as it is)."""
+    m = re.search(r"^unseal\(\) \{\n  \"\$PYTHON3\" - \"\$@\" <<'PY'\n(.*?)\nPY\n\}$", script, re.M | re.S)
+    assert m, "no unseal() heredoc in the script"
+    return m.group(1)
+
+
+def test_the_script_opens_snapshots_with_the_workers_module_verbatim(script: str):
+    """One implementation of the sealed format: what a real VM runs is haplane/node/sealed.py itself, the
+    module the workers' snapshot code and the emulator's VMs open snapshots with."""
+    from haplane.node import sealed
+
+    assert _unseal_source(script) == Path(sealed.__file__).read_text().rstrip("\n")
+
+
+def _sealed_file(tmp_path: Path, key: str, cluster: str = "rs") -> tuple[Path, SnapshotMeta, bytes]:
+    from haplane.cloud import snapshots as snap
+
+    body = os.urandom(4096)
+    db = body + hashlib.sha256(body).digest()  # etcd's trailer
+    meta = SnapshotMeta(
+        cluster=cluster,
+        snapshot_id="20261202T060000000000Z-r7",
+        revision=7,
+        taken_at="2026-12-02T06:00:00+00:00",
+        sha256=hashlib.sha256(db).hexdigest(),
+        size=len(db),
+    )
+    path = tmp_path / "sealed.snap"
+    path.write_bytes(snap.seal(db, meta, key))
+    return path, meta, db
+
+
+def test_the_embedded_unseal_opens_what_the_workers_seal_and_refuses_the_rest(script: str, tmp_path: Path):
+    from haplane.cloud import snapshots as snap
+
+    key = snap.new_key()
+    sealed, meta, db = _sealed_file(tmp_path, key)
+    key_file = tmp_path / "key"
+    key_file.write_text(key + "\n")
+    source = _unseal_source(script)
+
+    def unseal(blob: Path, out: str, sha: str = meta.sha256, snapshot_id: str = meta.snapshot_id):
+        args = [str(blob), str(key_file), str(tmp_path / out), sha, snapshot_id]
+        return subprocess.run([sys.executable, "-", *args], input=source, capture_output=True, text=True, timeout=60)
+
+    done = unseal(sealed, "plain.db")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "plain.db").read_bytes() == db
+    assert stat.S_IMODE((tmp_path / "plain.db").stat().st_mode) == 0o600
+    assert key not in done.stderr + done.stdout
+
+    tampered = tmp_path / "tampered.snap"
+    blob = bytearray(sealed.read_bytes())
+    blob[-40] ^= 1
+    tampered.write_bytes(bytes(blob))
+    cut = tmp_path / "cut.snap"
+    cut.write_bytes(sealed.read_bytes()[:60])
+    for n, (blob_path, kwargs, why) in enumerate(
+        (
+            (tampered, {}, "does not decrypt with cluster 'rs''s snapshot key"),
+            (cut, {}, "truncated"),
+            (sealed, {"sha": "0" * 64}, f"bad hash: its sha256 is {meta.sha256}"),
+            (sealed, {"snapshot_id": "20261201T000000000000Z-r1"}, f"it is snapshot {meta.snapshot_id}, not the one"),
+        )
+    ):
+        done = unseal(blob_path, f"out-{n}.db", **kwargs)
+        assert done.returncode != 0 and why in done.stderr and "not restoring" in done.stderr, done.stderr
+        assert not (tmp_path / f"out-{n}.db").exists(), "nothing is written from a snapshot that does not check out"
+    for blob_path in (tampered, cut):  # the workers refuse the same files, with the same words
+        with pytest.raises(snap.SnapshotInvalid, match="does not decrypt|truncated"):
+            snap.unseal(blob_path.read_bytes(), key, "rs")
