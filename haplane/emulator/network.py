@@ -4,7 +4,9 @@ One asyncio loop in a background thread carries every listener. A listener
 on ``ip:port`` asks its ``pick`` function for a backend at each new
 connection and pipes bytes both ways (TLS passes through untouched, so a
 client verifies the replica's own certificate, as through a GCE access
-config or a network load balancer).
+config or a network load balancer). Closing a listener also ends the
+connections it carries: an IP taken off an instance, or a forwarding rule
+deleted, breaks the connections through it, kept-alive ones included.
 """
 
 from __future__ import annotations
@@ -57,12 +59,16 @@ class Forwarder:
         self._thread = threading.Thread(target=self._loop.run_forever, name="forwarder", daemon=True)
         self._thread.start()
         self._servers: dict[Backend, asyncio.AbstractServer] = {}
+        # the open connections through each listener (both ends), ended when the listener closes
+        self._conns: dict[Backend, set[asyncio.StreamWriter]] = {}
         self._lock = threading.Lock()
 
     def listen(self, ip: str, port: int, pick: Pick) -> None:
         """Forward connections to ``ip:port`` to ``pick()``; replaces an existing listener there."""
         require_loopback(ip)
         self.close(ip, port)
+
+        conns: set[asyncio.StreamWriter] = set()
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             target = await asyncio.to_thread(pick)
@@ -74,7 +80,12 @@ class Forwarder:
             except (TimeoutError, OSError):
                 writer.close()
                 return
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+            ends = (writer, up_writer)
+            conns.update(ends)
+            try:
+                await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+            finally:
+                conns.difference_update(ends)
 
         async def start() -> asyncio.AbstractServer:
             return await asyncio.start_server(handle, ip, port, reuse_address=True)
@@ -82,14 +93,18 @@ class Forwarder:
         server = asyncio.run_coroutine_threadsafe(start(), self._loop).result(10)
         with self._lock:
             self._servers[(ip, port)] = server
+            self._conns[(ip, port)] = conns
 
     def close(self, ip: str, port: int) -> None:
         with self._lock:
             server = self._servers.pop((ip, port), None)
+            conns = self._conns.pop((ip, port), set())
         if server is not None:
 
             async def stop() -> None:
                 server.close()
+                for end in list(conns):  # the connections through it end too (server.close() leaves them)
+                    end.close()
                 try:
                     await asyncio.wait_for(server.wait_closed(), 2)
                 except TimeoutError:
