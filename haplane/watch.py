@@ -158,7 +158,7 @@ class Watched:
     uid: str | None
     memory: Memory = field(default_factory=Memory)
     etcd: Any = None  # haplane.cloud.etcd.EtcdClient, kept alive
-    api: Any = None  # httpx.Client verifying the cluster CA, kept alive
+    api: Any = None  # httpx.Client verifying the cluster CA (its TLS context kept; a new connection a probe)
     tls: Any = None
     ca_pem: str | None = None
     pki_problem: str | None = None
@@ -373,7 +373,14 @@ class Watcher:
             return
         w.tls, w.ca_pem = EtcdTLS.from_cas(cas), cas.ca_bundle()
         w.etcd = EtcdClient(["https://127.0.0.1:2379"], tls=w.tls, timeout=2.0)  # endpoints set per look
-        w.api = httpx.Client(verify=ssl.create_default_context(cadata=w.ca_pem), timeout=2.0, trust_env=False)
+        # /readyz on a new connection each look, as a load balancer's health check asks: an established
+        # connection outlives a firewall change (GCE's firewalls are stateful) and would hide a cut
+        w.api = httpx.Client(
+            verify=ssl.create_default_context(cadata=w.ca_pem),
+            timeout=2.0,
+            trust_env=False,
+            limits=httpx.Limits(max_keepalive_connections=0),
+        )
 
     @staticmethod
     def _prober(w: Watched) -> Callable[[str], tuple[bool, str | None, str | None, bool]] | None:
