@@ -63,10 +63,9 @@ from haplane.node.startup import KUBERNETES_VERSION
 _TOKEN_REQUEST = re.compile(r"^/api/v1/namespaces/([a-z0-9-]+)/serviceaccounts/([a-z0-9.-]+)/token$")
 _TOKEN_REVIEW = "/apis/authentication.k8s.io/v1/tokenreviews"
 _SELF_REVIEW = "/apis/authentication.k8s.io/v1/selfsubjectreviews"
-# kube-apiserver's: a kept-alive connection (HTTP/1.1) that sends no request for 90 s is closed
-# (its http.Server IdleTimeout), and a TLS handshake must end within 10 s
-IDLE_TIMEOUT_S = 90.0
-HANDSHAKE_TIMEOUT_S = 10.0
+# a kept-alive connection (HTTP/1.1) that sends no request for this long is closed, as is a TLS
+# handshake that takes longer
+IDLE_TIMEOUT_S = 10.0
 
 
 class KeyFile:
@@ -115,7 +114,7 @@ class _Server(ThreadingHTTPServer):
 
     def finish_request(self, request, client_address) -> None:  # type: ignore[override]
         if self.tls is not None:
-            request.settimeout(HANDSHAKE_TIMEOUT_S)
+            request.settimeout(IDLE_TIMEOUT_S)
             request = self.tls.wrap_socket(request, server_side=True)
         super().finish_request(request, client_address)
 
