@@ -63,9 +63,6 @@ from haplane.node.startup import KUBERNETES_VERSION
 _TOKEN_REQUEST = re.compile(r"^/api/v1/namespaces/([a-z0-9-]+)/serviceaccounts/([a-z0-9.-]+)/token$")
 _TOKEN_REVIEW = "/apis/authentication.k8s.io/v1/tokenreviews"
 _SELF_REVIEW = "/apis/authentication.k8s.io/v1/selfsubjectreviews"
-# a kept-alive connection (HTTP/1.1) that sends no request for this long is closed, as is a TLS
-# handshake that takes longer
-IDLE_TIMEOUT_S = 10.0
 
 
 class KeyFile:
@@ -98,9 +95,7 @@ class ServiceAccounts:
 
 
 class _Server(ThreadingHTTPServer):
-    """Threaded HTTP(S) server; the TLS handshake runs in the request's thread, not in accept().
-    One thread per connection: a kept-alive connection keeps its thread until the client closes it
-    or it idles for :data:`IDLE_TIMEOUT_S`."""
+    """Threaded HTTP(S) server; the TLS handshake runs in the request's thread, not in accept()."""
 
     daemon_threads = True
     allow_reuse_address = True
@@ -114,7 +109,7 @@ class _Server(ThreadingHTTPServer):
 
     def finish_request(self, request, client_address) -> None:  # type: ignore[override]
         if self.tls is not None:
-            request.settimeout(IDLE_TIMEOUT_S)
+            request.settimeout(10)
             request = self.tls.wrap_socket(request, server_side=True)
         super().finish_request(request, client_address)
 
@@ -179,12 +174,6 @@ def make_handler(
     kv = kubeapi.EtcdKv(etcd, etcd_url)
 
     class Handler(BaseHTTPRequestHandler):
-        # HTTP/1.1: a connection is kept alive between requests (the controller stand-ins, kubectl and
-        # the watcher's probes reuse theirs instead of a TLS handshake per request). Every answer
-        # carries Content-Length (_json, _send; BaseHTTPRequestHandler's own errors close the connection).
-        protocol_version = "HTTP/1.1"
-        timeout = IDLE_TIMEOUT_S
-
         def log_message(self, format: str, *args: object) -> None:  # quiet
             pass
 
@@ -194,8 +183,6 @@ def make_handler(
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.send_header("X-Haplane-Replica", name)
-            if self.close_connection:  # the client is told, not left to find the connection closed
-                self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(data)
 
@@ -221,29 +208,8 @@ def make_handler(
             auth = self.headers.get("Authorization", "")
             return auth[7:].strip() if auth.lower().startswith("bearer ") else None
 
-        def _drain(self) -> None:
-            """Read (and drop) a body the request carries: on a kept-alive connection, unread bytes
-            would be taken for the next request."""
-            try:
-                length = self._length()
-            except ValueError:
-                return
-            if length:
-                self.rfile.read(length)
-
-        def _length(self) -> int:
-            """The body's length; a body whose end cannot be told (a bad Content-Length, or chunked)
-            ends the connection after this answer (such a body reads as empty, as before HTTP/1.1)."""
-            if self.headers.get("Transfer-Encoding"):
-                self.close_connection = True
-            try:
-                return int(self.headers.get("Content-Length") or 0)
-            except ValueError:
-                self.close_connection = True
-                raise
-
         def _body(self) -> dict:
-            length = self._length()
+            length = int(self.headers.get("Content-Length") or 0)
             return json.loads(self.rfile.read(length) or b"{}") if length else {}
 
         def _review(self, token: str) -> dict:
@@ -355,8 +321,6 @@ def make_handler(
             self.send_header("Content-Type", "text/plain")
             self.send_header("Content-Length", str(len(data)))
             self.send_header("X-Haplane-Replica", name)
-            if self.close_connection:  # the client is told, not left to find the connection closed
-                self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(data)
 
@@ -369,7 +333,6 @@ def make_handler(
 
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
-            self._drain()
             if path == "/livez":
                 self._send(200, "ok")
             elif path in ("/readyz", "/healthz"):

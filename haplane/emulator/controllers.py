@@ -59,48 +59,22 @@ def _parse(text: str | None) -> dt.datetime | None:
 
 
 class Api:
-    """The local API server, over HTTPS with this component's client certificate, on one kept-alive
-    connection (as client-go keeps its own): a TLS handshake when it is first used, or after it broke,
-    not per request."""
+    """The local API server, over HTTPS with this component's client certificate."""
 
     def __init__(self, host: str, port: int, ctx: ssl.SSLContext, timeout: float) -> None:
         self.host, self.port, self.ctx, self.timeout = host, port, ctx, timeout
-        self._conn: http.client.HTTPSConnection | None = None
-        self.connections = 0  # connections opened so far
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
 
     def call(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
-        data = json.dumps(body).encode() if body is not None else None
-        headers = {"Accept": "application/json", "Content-Type": "application/json"}
-        reused = self._conn is not None
+        conn = http.client.HTTPSConnection(self.host, self.port, context=self.ctx, timeout=self.timeout)
         try:
-            return self._call(method, path, data, headers)
-        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-            if not reused:
-                raise
-        # the server closed the kept connection while it idled (its idle timeout, a restart): no answer
-        # was read, so the request is sent again once on a new connection; a write carries the
-        # resourceVersion it read, so it cannot apply twice
-        return self._call(method, path, data, headers)
-
-    def _call(self, method: str, path: str, data: bytes | None, headers: dict) -> tuple[int, dict]:
-        if self._conn is None:
-            self._conn = http.client.HTTPSConnection(self.host, self.port, context=self.ctx, timeout=self.timeout)
-            self.connections += 1
-        try:
-            self._conn.request(method, path, body=data, headers=headers)
-            resp = self._conn.getresponse()
+            data = json.dumps(body).encode() if body is not None else None
+            headers = {"Accept": "application/json", "Content-Type": "application/json"}
+            conn.request(method, path, body=data, headers=headers)
+            resp = conn.getresponse()
             raw = resp.read()
-        except BaseException:
-            self.close()
-            raise
-        if resp.will_close:
-            self.close()
-        return resp.status, (json.loads(raw) if raw else {})
+            return resp.status, (json.loads(raw) if raw else {})
+        finally:
+            conn.close()
 
 
 class Elector:
@@ -201,20 +175,16 @@ def run_component(
         ctx = ssl.create_default_context(cafile=ca_file)
         ctx.load_cert_chain(component.cert_file, component.key_file)
         api = Api(ip, apiserver_port, ctx, timeout=max(1.0, retry_s))
-        try:
-            while not stop.is_set():
-                elector = Elector(api, component.name, f"{hostname}_{uuid.uuid4()}", lease_s, renew_s, retry_s)
-                while not stop.is_set() and elector.step():
-                    stop.wait(retry_s)
-                if stop.is_set():
-                    break
-                if not restart_on_loss:
-                    return 1
-                api.close()  # the restarted component's first request opens a new connection
+        while not stop.is_set():
+            elector = Elector(api, component.name, f"{hostname}_{uuid.uuid4()}", lease_s, renew_s, retry_s)
+            while not stop.is_set() and elector.step():
                 stop.wait(retry_s)
-            return 0
-        finally:
-            api.close()
+            if stop.is_set():
+                break
+            if not restart_on_loss:
+                return 1
+            stop.wait(retry_s)
+        return 0
     finally:
         health.shutdown()
         health.server_close()
