@@ -6,8 +6,8 @@ Every ``period`` seconds it:
 - reads the cluster spec blocks (``haplane-cluster-spec``): a cluster created or deleted is picked up
   on the next period, without a restart; ``--shard i/n`` keeps the clusters whose name hashes to ``i``;
 - lists every cluster's VMs with ONE ``instances.aggregatedList`` per project (label ``haplane-cluster``);
-- per cluster, over connections it keeps alive: etcd's member list from one member, each member's
-  status and a linearizable read through it, each API server's ``/readyz``
+- per cluster, over etcd connections it keeps alive: etcd's member list from one member, each member's
+  status and a linearizable read through it; and each API server's ``/readyz`` on a new connection
   (:func:`haplane.cloud.observe.observe_instances`: the same look as the health check's);
 - judges each replica with the health check's own rule (:func:`haplane.core.remediation.find_problems`) and
   tells lost quorum from unknown with :func:`haplane.core.restore.quorum_view`.
