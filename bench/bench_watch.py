@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--heartbeat-ms", type=int, default=500, help="the clusters' etcd heartbeat")
     p.add_argument("--settle", type=float, default=15.0, help="seconds after boot before measuring")
     p.add_argument("--profile", type=int, default=0, metavar="N", help="print cProfile's N costliest functions")
+    p.add_argument("--sort", default="tottime", help="--profile: cProfile's sort key (tottime, cumulative)")
     args = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="haplane-watch-bench-"))
     emulator = Emulator(state_dir=work / "emu", runtime=ProcessRuntime(work / "emu"), profile="instant")
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"load average at the end: {os.getloadavg()[0]:.1f} ({os.cpu_count()} cores)")
         if profiler is not None:
-            pstats.Stats(profiler).sort_stats("tottime").print_stats(args.profile)
+            pstats.Stats(profiler).sort_stats(args.sort).print_stats(args.profile)
         for w in watcher.watched.values():
             w.close()
     finally:
