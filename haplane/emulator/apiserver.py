@@ -33,7 +33,9 @@ etcd lease, renewed every 10 s (kube-apiserver's lease endpoint reconciler) and 
 
 Run as its own process (``python -m haplane.emulator.apiserver ...``) so
 that killing a VM kills it too; with ``--controller`` the controller-manager and scheduler stand-ins
-of :mod:`haplane.emulator.controllers` run in that process as threads (one Python process per VM).
+of :mod:`haplane.emulator.controllers` run in that process as threads (one Python process per VM),
+and reach it on a listener of their own with keep-alive (:func:`local_handler`), not through the port
+the load balancer forwards.
 """
 
 from __future__ import annotations

@@ -20,8 +20,10 @@ server's ``componentstatuses`` asks it. Standard library only, so it is up withi
 On an emulated VM both run as threads of the API-server stand-in's process (``--controller``,
 :func:`start_components`): one Python process per VM instead of three (about 44 MB less a VM), and
 killing the VM ends them with it; a thread that loses its leadership starts over with a new
-identity, as the restarted process would. ``python -m haplane.emulator.controllers`` runs one as
-its own process, which exits on a lost leadership.
+identity, as the restarted process would. They reach the API server on its listener for the VM's own
+components (an ephemeral port, HTTP/1.1 with keep-alive: one TLS handshake per connection, not per
+request). ``python -m haplane.emulator.controllers`` runs one as its own process, which exits on a
+lost leadership.
 """
 
 from __future__ import annotations
