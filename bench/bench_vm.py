@@ -25,6 +25,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import compute_v1
 
 from haplane.cloud.pki import create_cluster_cas, issue_replica_certs, node_tls
+from haplane.core.topology import LABEL_CLUSTER
 from haplane.emulator.admin import EmulatorAdmin
 from haplane.emulator.server import Emulator
 from haplane.emulator.vm import ProcessRuntime
@@ -65,15 +66,18 @@ def wait_op(clients: SimpleNamespace, op: compute_v1.Operation, timeout: float =
         op = clients.zone_operations.wait(project=PROJECT, zone=zone, operation=op.name)
 
 
-def boot_cluster(clients, name: str, apiserver: bool = True, heartbeat_ms: int = 100) -> list[tuple[str, str]]:
+def boot_cluster(
+    clients, name: str, apiserver: bool = True, heartbeat_ms: int = 100, cas=None
+) -> list[tuple[str, str]]:
     """Three VMs of one cluster, configured as create-cluster's metadata does; [(zone, vm name)]."""
-    cas = create_cluster_cas(name)
+    cas = cas or create_cluster_cas(name)
     vms = []
     for i, zone in enumerate(ZONES):
         body = compute_v1.Instance(
             name=f"{name}-{i}",
             machine_type=f"zones/{zone}/machineTypes/e2-standard-2",
             network_interfaces=[compute_v1.NetworkInterface()],
+            labels={LABEL_CLUSTER: name},  # what the watcher lists (bench/bench_watch.py)
         )
         wait_op(clients, clients.instances.insert_unary(project=PROJECT, zone=zone, instance_resource=body))
         vms.append((zone, clients.instances.get(project=PROJECT, zone=zone, instance=body.name)))
@@ -141,16 +145,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(vms)} VMs ({args.clusters} clusters of 3), idle for {args.seconds:g} s, instant profile, loopback")
         print(f"{'process':<22}{'count':>6}{'RSS MB (mean)':>15}{'CPU % of a core (mean / max)':>30}")
         total_rss = total_cpu = 0.0
+        split = {}
         for name in names:
             keys = [k for k in pids if k[1] == name]
             rss = [after[k][1] / 2**20 for k in keys]
             cpu = [100 * (after[k][0] - before[k][0]) / args.seconds for k in keys]
             total_rss += sum(rss)
             total_cpu += sum(cpu)
+            split[name] = sum(cpu) / len(vms)
             print(
                 f"{name:<22}{len(keys):>6}{statistics.mean(rss):>15.1f}{statistics.mean(cpu):>20.2f} / {max(cpu):.2f}"
             )
         print(f"{'one VM (all of the above)':<28}{total_rss / len(vms):>15.1f}{total_cpu / len(vms):>20.2f}")
+        parts = " + ".join(f"{name} {cpu:.2f}" for name, cpu in split.items())
+        print(f"one VM, CPU % of a core: {parts} = {total_cpu / len(vms):.2f} (etcd heartbeat {args.heartbeat_ms} ms)")
         print(
             f"{'the emulator itself (this process)':<28}{emu_after[1] / 2**20:>15.1f}"
             f"{100 * (emu_after[0] - emu_before[0]) / args.seconds:>20.2f}"

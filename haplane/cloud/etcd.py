@@ -275,14 +275,23 @@ def json_stream(texts: Iterable[str]) -> Iterable[dict]:
 class EtcdClient:
     """A small etcd v3 client. ``endpoints`` are client URLs such as ``https://10.0.0.2:2379``."""
 
-    def __init__(self, endpoints: Iterable[str], tls: EtcdTLS | None = None, timeout: float = DEFAULT_TIMEOUT):
+    def __init__(
+        self,
+        endpoints: Iterable[str],
+        tls: EtcdTLS | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        keepalive_s: float | None = None,
+    ):
+        """``keepalive_s``: how long an idle connection is kept for the next call (httpx's 5 s when None;
+        a caller that calls every few seconds gives more, or every call pays a new TLS handshake)."""
         self.endpoints = [e.rstrip("/") for e in endpoints]
         if not self.endpoints:
             raise ValueError("at least one etcd endpoint is needed")
         self.tls = tls
         self.timeout = timeout
         verify: ssl.SSLContext | bool = tls.ssl_context() if tls else True
-        self._http = httpx.Client(verify=verify, timeout=timeout, trust_env=False)
+        limits = httpx.Limits() if keepalive_s is None else httpx.Limits(keepalive_expiry=keepalive_s)
+        self._http = httpx.Client(verify=verify, timeout=timeout, trust_env=False, limits=limits)
 
     def __repr__(self) -> str:
         return f"EtcdClient(endpoints={self.endpoints!r}, tls={'mutual' if self.tls else 'none'})"

@@ -211,9 +211,11 @@ def observe_instances(
     etcd: EtcdClient | None = None,
     api_probe: ApiProbe | None = None,
     api_client: tuple[str, str] | None = None,
+    read_versions: bool = True,
 ) -> ClusterState:
     """The replicas of a cluster whose VMs (``instances``, the cluster's own) were listed already: etcd
-    membership, each member's status and a linearizable read through it, each API server's readiness.
+    membership, each member's status and a linearizable read through it, each API server's readiness;
+    with ``read_versions`` each member's etcd version too (else left unread: None).
 
     :func:`observe` lists the VMs per zone; the watcher (:mod:`haplane.watch`) lists every cluster's
     at once and passes kept-alive connections: ``etcd`` (its endpoints are set here) and ``api_probe``
@@ -248,7 +250,8 @@ def observe_instances(
                         statuses[st.endpoint] = st
                         if client.health(st.endpoint).healthy:
                             healthy.add(st.endpoint)
-                        _read_version(client, st.endpoint, versions, cluster_versions)
+                        if read_versions:
+                            _read_version(client, st.endpoint, versions, cluster_versions)
         finally:
             if etcd is None:
                 client.close()

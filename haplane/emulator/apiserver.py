@@ -33,7 +33,9 @@ etcd lease, renewed every 10 s (kube-apiserver's lease endpoint reconciler) and 
 
 Run as its own process (``python -m haplane.emulator.apiserver ...``) so
 that killing a VM kills it too; with ``--controller`` the controller-manager and scheduler stand-ins
-of :mod:`haplane.emulator.controllers` run in that process as threads (one Python process per VM).
+of :mod:`haplane.emulator.controllers` run in that process as threads (one Python process per VM),
+and reach it on a listener of their own with keep-alive (:func:`local_handler`), not through the port
+the load balancer forwards.
 """
 
 from __future__ import annotations
@@ -115,6 +117,24 @@ class _Server(ThreadingHTTPServer):
 
     def handle_error(self, request, client_address) -> None:  # failed handshakes are the client's problem
         pass
+
+
+LOCAL_IDLE_TIMEOUT_S = 90.0  # kube-apiserver's IdleTimeout: a kept-alive connection idle this long is closed
+
+
+def local_handler(handler: type[BaseHTTPRequestHandler]) -> type[BaseHTTPRequestHandler]:
+    """``handler`` answering HTTP/1.1 with keep-alive, for the listener of this VM's own components only.
+
+    The controller-manager and scheduler stand-ins read their Lease every retry period (2 s); over
+    HTTP/1.0 each read paid a TLS handshake, most of an idle VM's CPU. The port the load balancer
+    forwards (``--port``) stays HTTP/1.0: a kept-alive connection through the load balancer stays on
+    its backend while that replica is replaced (an upgrade's canary got 503s so)."""
+
+    class Local(handler):  # type: ignore[misc, valid-type]
+        protocol_version = "HTTP/1.1"
+        timeout = LOCAL_IDLE_TIMEOUT_S  # applied after the handshake (StreamRequestHandler.setup)
+
+    return Local
 
 
 def _rfc3339(unix: int) -> str:
@@ -515,11 +535,21 @@ def main(argv: list[str] | None = None) -> int:
             ctx.verify_mode = ssl.CERT_OPTIONAL
         api.tls = ctx
     health = _Server((args.ip, args.health_port), handler)
+    servers = [api, health]
+    local_port = args.port
+    if components and args.pki_dir:
+        # the VM's own components: a listener of their own, with keep-alive, on an ephemeral port of the
+        # VM's address that nothing forwards to (kube-controller-manager once used the apiserver's
+        # localhost port so); the same handler, TLS and client-certificate check as --port
+        local = _Server((args.ip, 0), local_handler(handler))
+        local.tls = api.tls
+        servers.append(local)
+        local_port = local.server_address[1]
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    for server in (api, health):
+    for server in servers:
         threading.Thread(target=server.serve_forever, daemon=True).start()
     reconciler = threading.Thread(
         target=keep_master_lease, args=(kubeapi.EtcdKv(etcd, args.etcd_url), args.ip, stop), daemon=True
@@ -527,14 +557,14 @@ def main(argv: list[str] | None = None) -> int:
     reconciler.start()
     timings = (args.leader_elect_lease_duration, args.leader_elect_renew_deadline, args.leader_elect_retry_period)
     threads = controllers.start_components(
-        components, args.ip, args.name, args.port, str(args.client_ca_file), timings, stop
+        components, args.ip, args.name, local_port, str(args.client_ca_file), timings, stop
     )
     stop.wait()
     reconciler.join(3)
     for t in threads:
         t.join(3)
-    api.shutdown()
-    health.shutdown()
+    for server in servers:
+        server.shutdown()
     return 0
 
 

@@ -20,8 +20,10 @@ server's ``componentstatuses`` asks it. Standard library only, so it is up withi
 On an emulated VM both run as threads of the API-server stand-in's process (``--controller``,
 :func:`start_components`): one Python process per VM instead of three (about 44 MB less a VM), and
 killing the VM ends them with it; a thread that loses its leadership starts over with a new
-identity, as the restarted process would. ``python -m haplane.emulator.controllers`` runs one as
-its own process, which exits on a lost leadership.
+identity, as the restarted process would. They reach the API server on its listener for the VM's own
+components (an ephemeral port, HTTP/1.1 with keep-alive: one TLS handshake per connection, not per
+request). ``python -m haplane.emulator.controllers`` runs one as its own process, which exits on a
+lost leadership.
 """
 
 from __future__ import annotations
@@ -59,22 +61,39 @@ def _parse(text: str | None) -> dt.datetime | None:
 
 
 class Api:
-    """The local API server, over HTTPS with this component's client certificate."""
+    """The local API server, over HTTPS with this component's client certificate, on one connection
+    kept alive between calls (reopened when the server closed it: HTTP/1.0, or idle too long)."""
 
     def __init__(self, host: str, port: int, ctx: ssl.SSLContext, timeout: float) -> None:
         self.host, self.port, self.ctx, self.timeout = host, port, ctx, timeout
+        self._conn: http.client.HTTPSConnection | None = None
 
     def call(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
-        conn = http.client.HTTPSConnection(self.host, self.port, context=self.ctx, timeout=self.timeout)
-        try:
-            data = json.dumps(body).encode() if body is not None else None
-            headers = {"Accept": "application/json", "Content-Type": "application/json"}
-            conn.request(method, path, body=data, headers=headers)
-            resp = conn.getresponse()
-            raw = resp.read()
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Accept": "application/json", "Content-Type": "application/json"}
+        for attempt in (1, 2):
+            reused = self._conn is not None and self._conn.sock is not None
+            if self._conn is None:
+                self._conn = http.client.HTTPSConnection(self.host, self.port, context=self.ctx, timeout=self.timeout)
+            try:
+                self._conn.request(method, path, body=data, headers=headers)
+                resp = self._conn.getresponse()
+                raw = resp.read()
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                self.close()
+                if reused and attempt == 1:  # the server closed an idle connection: the request never ran
+                    continue
+                raise
+            except BaseException:
+                self.close()
+                raise
             return resp.status, (json.loads(raw) if raw else {})
-        finally:
-            conn.close()
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
 
 class Elector:
@@ -171,6 +190,7 @@ def run_component(
     with a new identity after a retry period, as a restarted process would."""
     lease_s, renew_s, retry_s = timings
     health = _health_server(ip, component.port)
+    api = None
     try:
         ctx = ssl.create_default_context(cafile=ca_file)
         ctx.load_cert_chain(component.cert_file, component.key_file)
@@ -186,6 +206,8 @@ def run_component(
             stop.wait(retry_s)
         return 0
     finally:
+        if api is not None:
+            api.close()
         health.shutdown()
         health.server_close()
 
