@@ -40,10 +40,11 @@ from pydantic import Field
 from blocks.store import load_spec
 from flows.params import ChangeId, ClusterName, Connection, documented
 from haplane.core.model import ClusterState
+from haplane.core.plans import with_preamble
 from haplane.core.rotation import RotationOptions, plan_rotation
 from tasks.cluster import cluster_lock, observe_cluster, publish_plan, publish_report
 from tasks.execute import Run, execute
-from tasks.keys import ensure_keys
+from tasks.keys import check_keys
 from tasks.pki import load_certs
 from tasks.steps import Change, probe
 
@@ -87,12 +88,13 @@ def rotate_certificates(
     spec = load_spec(cluster)
     change = Change(cluster, change_id or f"rotate-{flow_run.get_id()}", connection)
     with cluster_lock(cluster):
-        ensure_keys(cluster, connection)  # a cluster saved the old way is migrated; an unreadable key refuses here
+        keys = check_keys(cluster, connection)  # an unreadable key refuses here, before any call
         cas = load_certs(cluster)
         if cas is None:
             raise RuntimeError(f"cluster {cluster} has no PKI block: nothing to rotate")
         state = settled_state(cluster, spec.region, connection)
-        plan = plan_rotation(state, options, cas.ca_rotation, change.change_id)
+        # a cluster saved the old way has its keys moved to Secret Manager by the plan's first step
+        plan = with_preamble(plan_rotation(state, options, cas.ca_rotation, change.change_id), keys)
         publish_plan(plan, change)
         execute(Run(change, spec), plan)
     return publish_report(observe_cluster(cluster, spec.region, connection), f"rotated by run {flow_run.get_id()}")

@@ -73,6 +73,9 @@ class StepKind(StrEnum):
     UPGRADE_REPLICA = "upgrade-replica"  # replace one replica with one at the target versions (its own plan)
     CLUSTER_VERSION = "cluster-version"  # wait for etcd's cluster version to be the one expected
     SAVE_SNAPSHOT = "save-snapshot"  # a verified snapshot of one member's local store (no quorum needed)
+    # the head of a plan (haplane.core.plans.with_preamble)
+    COMPLETE_KEYS = "complete-keys"  # keys of an old PKI block moved to Secret Manager, missing ones made
+    SNAPSHOT_BEFORE = "snapshot-before"  # a membership change's verified snapshot, before its first step
     # rotate-certificates (haplane.core.rotation.plan_rotation)
     START_CA_ROTATION = "start-ca-rotation"  # new CAs in the PKI block beside the current ones
     DELIVER_TRUST = "deliver-trust"  # a replica's trust bundle: both CAs, or the new ones alone
