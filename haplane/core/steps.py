@@ -76,6 +76,7 @@ class StepKind(StrEnum):
     # the head of a plan (haplane.core.plans.with_preamble)
     COMPLETE_KEYS = "complete-keys"  # keys of an old PKI block moved to Secret Manager, missing ones made
     SNAPSHOT_BEFORE = "snapshot-before"  # a membership change's verified snapshot, before its first step
+    GROW = "grow"  # restore-cluster: one replica more through add-replica's path (a change of its own)
     # rotate-certificates (haplane.core.rotation.plan_rotation)
     START_CA_ROTATION = "start-ca-rotation"  # new CAs in the PKI block beside the current ones
     DELIVER_TRUST = "deliver-trust"  # a replica's trust bundle: both CAs, or the new ones alone
