@@ -9,13 +9,15 @@ restore into a throw-away etcd. Its plan is typed steps run by the one executor 
 run): save a verified snapshot from the surviving member with the highest revision, remove the
 replicas left with their private keys, create one replica whose etcd restores the newer of that
 snapshot and the stored one at boot as a new one-member cluster (new token, new member id), put it
-behind the endpoint IP, then grow back through add-replica's path (learner first). A failed run is
+behind the endpoint IP, then grow back through add-replica's path (learner first; each replica a
+``grow/N`` step, a change of its own ``<change id>-grow-N`` planned when its turn comes). A failed run is
 resumed with the same change_id. Never run by the health check: it only reports lost quorum.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Annotated
 
 from prefect import flow, get_run_logger
@@ -28,7 +30,7 @@ from blocks.store import load_spec
 from flows.params import ChangeId, ClusterName, Connection, DryRun, documented
 from haplane.cloud.observe import now_utc
 from haplane.core.ownership import SpecWhere, check_project
-from haplane.core.plans import plan_add
+from haplane.core.plans import with_preamble
 from haplane.core.restore import (
     QuorumView,
     RestorePlan,
@@ -38,9 +40,9 @@ from haplane.core.restore import (
     plan_restore,
     quorum_view,
 )
-from tasks.cluster import cluster_lock, observe_cluster, publish_plan, publish_report, zones_of
+from tasks.cluster import cluster_lock, observe_cluster, publish_plan, publish_report
 from tasks.execute import Run, execute
-from tasks.keys import check_keys, ensure_keys
+from tasks.keys import check_keys
 from tasks.snapshots import check_restorable, observe_quorum
 from tasks.steps import Change, check_step_schema, remember
 
@@ -117,29 +119,22 @@ def restore_cluster(
     # another project's view is not the cluster's: refused before anything is looked at there
     check_project(cluster, change.gce().project, SpecWhere(spec.region, spec.project, spec.uid), "nothing was changed")
     if dry_run:
-        check_keys(cluster, connection)  # a key that cannot be read: refused, as the run would be
+        keys = check_keys(cluster, connection)  # a key that cannot be read: refused, as the run would be
         plan = plan_for(change, spec, snapshot, storage, size, running=False)
+        plan = replace(plan, plan=with_preamble(plan.plan, keys))
         _publish(plan, change)
         return plan
     with cluster_lock(cluster):
-        ensure_keys(cluster, connection)  # keys moved out of an old block; an unreadable one refuses here
+        keys = check_keys(cluster, connection)  # an unreadable key refuses here; the plan's first step moves old ones
         check_step_schema(change)
         plan = plan_for(change, spec, snapshot, storage, size, running=True)
+        plan = replace(plan, plan=with_preamble(plan.plan, keys))
         _publish(plan, change)
-        execute(Run(change, spec), plan.plan)  # save the survivor's data, delete what is left, boot the restore
-        restored_s = time.monotonic() - started
-        logger.info("etcd of %s answers again after %.1f s", cluster, restored_s)
-
-        # Back to the previous size through the normal add path.
-        known = zones_of(spec.region, connection)
-        for i in range(1, plan.grow_to):
-            grow = Change(cluster, f"{change.change_id}-grow-{i}", connection)
-            current = observe_cluster(cluster, spec.region, connection)
-            if len(current.voting) >= plan.grow_to:
-                break
-            addition = plan_add(current, None, grow.change_id, known, spec.zones)
-            publish_plan(addition, grow)
-            execute(Run(grow, spec), addition)
+        # save the survivor's data, delete what is left, boot the restore, grow back through add-replica's path
+        run = Run(change, spec)
+        figures = execute(run, plan.plan)
+        restored_s = run.started - started + figures.get("etcd_back_s", time.monotonic() - run.started)
+        logger.info("etcd of %s answered again after %.1f s", cluster, restored_s)
     total_s = time.monotonic() - started
     lost = "unknown" if plan.lost_revisions is None else str(plan.lost_revisions)
     source = (

@@ -19,7 +19,10 @@
      CA; then the old CAs' certificates and private keys are deleted from the block. Until that last
      step they are kept, so a killed CA rotation can always be resumed.
 
-Resumable: each step is checkpointed under the change id; run again with the
+One plan (:func:`haplane.core.rotation.plan_rotation`, pure: from the observed cluster and the options,
+replicas in the order :func:`haplane.core.rotation.rotation_order` decides), published as the
+``<cluster>-plan`` artifact and run by the one executor: every action and every wait of the rotation
+is a step of it. Resumable: each step is checkpointed under the change id; run again with the
 same ``change_id`` to finish a rotation that was killed half-way (replicas
 already done are not done again). While a CA rotation is under way, every other
 rotation is refused until it is finished.
@@ -30,31 +33,19 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
-from prefect import flow, get_run_logger
+from prefect import flow
 from prefect.runtime import flow_run
 from pydantic import Field
 
 from blocks.store import load_spec
 from flows.params import ChangeId, ClusterName, Connection, documented
-from haplane.core.model import ClusterState, ReplicaState
-from haplane.core.rotation import check_rotation, rotation_order
-from tasks.cluster import cluster_lock, observe_cluster, publish_report, wait_api_ready
-from tasks.etcd import wait_quorum
-from tasks.keys import ensure_keys
-from tasks.operations import Step, apply
-from tasks.pki import (
-    finish_ca_rotation_task,
-    load_certs,
-    renew_operator_cert,
-    rotate_service_account,
-    start_ca_rotation,
-    submit_deliver_service_account,
-    submit_deliver_trust,
-    submit_reissue_leaves,
-    switch_to_new_cas,
-    wait_etcd_trust,
-    wait_serving_new_certs,
-)
+from haplane.core.model import ClusterState
+from haplane.core.plans import with_preamble
+from haplane.core.rotation import RotationOptions, plan_rotation
+from tasks.cluster import cluster_lock, observe_cluster, publish_plan, publish_report
+from tasks.execute import Run, execute
+from tasks.keys import check_keys
+from tasks.pki import load_certs
 from tasks.steps import Change, probe
 
 
@@ -92,91 +83,18 @@ def rotate_certificates(
     connection: Connection = None,
     change_id: ChangeId = None,
 ) -> list[dict[str, str]]:
-    logger = get_run_logger()
-    if rotate_ca and not (leaves and operator):
-        raise ValueError(
-            "rotate_ca re-issues every certificate from the new CAs: leave leaves and operator true "
-            "(nothing was rotated)"
-        )
+    options = RotationOptions(leaves, operator, service_account_key, rotate_ca)
+    options.check()
     spec = load_spec(cluster)
     change = Change(cluster, change_id or f"rotate-{flow_run.get_id()}", connection)
     with cluster_lock(cluster):
-        ensure_keys(cluster, connection)  # a cluster saved the old way is migrated; an unreadable key refuses here
+        keys = check_keys(cluster, connection)  # an unreadable key refuses here, before any call
         cas = load_certs(cluster)
         if cas is None:
             raise RuntimeError(f"cluster {cluster} has no PKI block: nothing to rotate")
-        check_rotation(cas.ca_rotation, change.change_id, rotate_ca)
         state = settled_state(cluster, spec.region, connection)
-        order = rotation_order(state)
-        ips = [r.internal_ip for r in order]
-        if rotate_ca:
-            start_ca_rotation(change, "ca/start")
-            logger.info("the new CAs go to every replica's trust bundle, beside the old ones")
-            for r in order:
-                _trust(change, r, ips, drop_previous=False)
-            switch_to_new_cas(change, "ca/switch")
-            renew_operator_cert(change, "ca/operator")
-        if leaves:
-            for i, r in enumerate(order, 1):
-                logger.info("re-issuing the certificates of %s (%d of %d)", r.name, i, len(order))
-                apply(
-                    change,
-                    Step(
-                        submit_reissue_leaves,
-                        f"leaves/{r.name}",
-                        f"new certificates for {r.name}",
-                        (r.zone, r.name, state.endpoint_ip),
-                    ),
-                )
-                wait_serving_new_certs(change, r.zone, r.name)
-                wait_quorum(cluster, ips, expect_voting=len(order), connection=connection)
-        if rotate_ca:
-            logger.info("every leaf is signed by the new CAs: every replica drops the old ones")
-            for r in order:
-                _trust(change, r, ips, drop_previous=True)
-            finish_ca_rotation_task(change, "ca/finish")
-        elif operator:
-            renew_operator_cert(change, "operator")
-        if service_account_key:
-            kid = rotate_service_account(change, "service-account/rotate")
-            logger.info("delivering service-account key %s to %d replicas, one at a time", kid, len(order))
-            for r in order:  # kube-apiserver restarts on new key files: never all replicas at once
-                apply(
-                    change,
-                    Step(
-                        submit_deliver_service_account,
-                        f"service-account/deliver/{r.name}",
-                        f"service-account key to {r.name}",
-                        (r.zone, r.name),
-                    ),
-                )
-                wait_api_ready(
-                    cluster,
-                    r.name,
-                    r.internal_ip,
-                    step=f"service-account/api-ready/{r.name}",
-                    timeout=120.0,
-                    connection=connection,
-                )
+        # a cluster saved the old way has its keys moved to Secret Manager by the plan's first step
+        plan = with_preamble(plan_rotation(state, options, cas.ca_rotation, change.change_id), keys)
+        publish_plan(plan, change)
+        execute(Run(change, spec), plan)
     return publish_report(observe_cluster(cluster, spec.region, connection), f"rotated by run {flow_run.get_id()}")
-
-
-def _trust(change: Change, r: ReplicaState, ips: list[str], *, drop_previous: bool) -> None:
-    """One replica's trust bundle changed (both CAs, or the new ones alone), then checked: its etcd
-    accepts the new CA's clients (and refuses the old one's once dropped), its API server is ready,
-    and etcd has its full quorum, before the next replica."""
-    phase = "drop" if drop_previous else "trust"
-    what = "trusts the new CAs alone" if drop_previous else "trusts the new CAs beside the old ones"
-    apply(
-        change, Step(submit_deliver_trust, f"ca/{phase}/{r.name}", f"{r.name} {what}", (r.zone, r.name, drop_previous))
-    )
-    wait_etcd_trust(change, r.zone, r.name, dropped=drop_previous)
-    wait_api_ready(
-        change.cluster,
-        r.name,
-        r.internal_ip,
-        step=f"ca/{phase}/api-ready/{r.name}",
-        timeout=120.0,
-        connection=change.connection,
-    )
-    wait_quorum(change.cluster, ips, expect_voting=len(ips), connection=change.connection)

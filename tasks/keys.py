@@ -164,8 +164,12 @@ def ensure_keys(cluster: str, connection: str | None) -> list[str]:
     return written
 
 
-def check_keys(cluster: str, connection: str | None) -> None:
-    """Read every key of the cluster (a dry run's check): :class:`KeysUnreadable` if one cannot be read."""
+def check_keys(cluster: str, connection: str | None) -> tuple[str, ...]:
+    """Read every key of the cluster, changing nothing: :class:`KeysUnreadable` if one cannot be read (a
+    refusal before any call). Returns the keys :func:`ensure_keys` would write (inline ones to move to
+    Secret Manager, a missing service-account or snapshot key to make): a plan's ``complete-keys`` step."""
     block = read_pki(cluster)
-    if block is not None:
-        read_keys(block, store_for(connection) if block.key_versions else None)
+    if block is None:
+        return ()
+    keys = read_keys(block, store_for(connection) if block.key_versions else None)
+    return tuple(sorted(set(block.legacy_keys()) | {n for n in (SERVICE_ACCOUNT, SNAPSHOT) if n not in keys}))

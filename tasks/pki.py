@@ -240,8 +240,8 @@ def submit_reissue_leaves(change: Change, step: str, zone: str, name: str, endpo
     return gce.set_metadata(zone, name, spec.to_metadata(), rid=change.rid(step))
 
 
-@probe(task_run_name="wait for {name} to serve its new certificates")
-def wait_serving_new_certs(change: Change, zone: str, name: str, timeout: float = 120.0) -> None:
+@probe(task_run_name="{step}")
+def wait_serving_new_certs(change: Change, zone: str, name: str, step: str, timeout: float = 120.0) -> None:
     """Until the replica's etcd and API server present the certificates now in its metadata."""
     import ssl
     import time
@@ -432,7 +432,7 @@ def submit_configure_replica(
     return gce.set_metadata(zone, name, spec.to_metadata(), rid=change.rid(step))
 
 
-# ---------------------------------------------------------------- CA rotation (flows/rotate_certificates.py)
+# ---------------------------------------------------------------- CA rotation (rotate-certificates' plan)
 
 
 def _save_cas(change: Change, decide: Callable[[ClusterCAs], ClusterCAs | None]) -> ClusterCAs:
@@ -554,8 +554,8 @@ def submit_deliver_trust(change: Change, step: str, zone: str, name: str, drop_p
     return change.gce().set_metadata(zone, name, NodeSpec(None, None, tls).to_metadata(), rid=change.rid(step))
 
 
-@probe(task_run_name="wait for {name} to take up its trust bundle")
-def wait_etcd_trust(change: Change, zone: str, name: str, dropped: bool, timeout: float = 120.0) -> None:
+@probe(task_run_name="{step}")
+def wait_etcd_trust(change: Change, zone: str, name: str, dropped: bool, step: str, timeout: float = 120.0) -> None:
     """Until the replica's etcd accepts a client certificate of the new etcd CA and, once the old CA
     is ``dropped``, refuses one of the old CA: proof that it runs on the trust bundle just
     delivered. The probe certificates are issued here, in memory, for this check alone. (A resumed

@@ -32,7 +32,6 @@ from tasks.pki import operator_tls, snapshot_key
 from tasks.steps import Change, checkpoint, probe
 
 # the changes that start with a verified snapshot (create has nothing to save; delete removes the key)
-SNAPSHOT_BEFORE = frozenset({"add-replica", "remove-replica", "replace-replica", "upgrade-cluster"})
 
 
 class SnapshotFailed(RuntimeError):
@@ -113,14 +112,16 @@ def prune(spec: ClusterSpec, store: SnapshotStore) -> list[str]:
     return [m.snapshot_id for m in drop]
 
 
-@checkpoint(retries=0, task_run_name="snapshot {change.cluster} before {change.change_id}", timeout_seconds=1800)
+@checkpoint(retries=0, timeout_seconds=1800)
 def snapshot_for_change(change: Change, step: str, spec: ClusterSpec) -> dict:
     """One verified snapshot per change: a resumed run of the change finds it and does not take another.
     Returns the snapshot's metadata as plain JSON (a checkpoint holds JSON, not classes: see tasks/results.py)."""
     return dataclasses.asdict(snapshot_now.fn(spec, change.connection))
 
 
-def snapshot_before_change(change: Change, spec: ClusterSpec, action: str, skip: bool) -> str | None:
+def snapshot_before_change(
+    change: Change, spec: ClusterSpec, action: str, skip: bool, step: str = "snapshot-before"
+) -> str | None:
     """Every membership change starts with a verified snapshot (one per change id: a resumed run does
     not take another); one that fails stops the change
     (nothing changed yet) unless the caller passed ``skip_snapshot=True``. Returns the snapshot id."""
@@ -129,7 +130,7 @@ def snapshot_before_change(change: Change, spec: ClusterSpec, action: str, skip:
         logger.warning("%s on %s WITHOUT a snapshot first (skip_snapshot=True)", action, spec.cluster)
         return None
     try:
-        meta = snap.SnapshotMeta(**snapshot_for_change(change, "snapshot-before", spec))
+        meta = snap.SnapshotMeta(**snapshot_for_change(change, step, spec))
     except Exception as exc:  # any failure: say so and stop before changing anything
         raise SnapshotFailed(
             f"{action} on {spec.cluster!r} stopped before changing anything: the snapshot taken before every "

@@ -61,11 +61,11 @@ def assert_one_replica_at_a_time(runs: list[tuple[str, float, float]], replicas:
     """Each replica's new leaves are delivered only after the one before serves its own: returns the order."""
     order, ready_at = [], 0.0
     for name, start, end in runs:
-        if name.startswith("leaves/"):
+        if name.startswith("leaves/served/"):  # the plan's wait after each replica's new leaves
+            ready_at = end
+        elif name.startswith("leaves/") and name.count("/") == 1:
             assert start >= ready_at, f"{name} started before the previous replica served its new certificates"
             order.append(name.split("/", 1)[1])
-        elif name.startswith("wait for ") and name.endswith(" to serve its new certificates"):
-            ready_at = end
     assert set(order) == replicas and len(order) == len(replicas), order
     return order
 

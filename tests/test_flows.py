@@ -21,12 +21,11 @@ from flows.replace_replica import replace_replica
 from haplane.cloud.etcd import EtcdClient, EtcdTLS
 from haplane.cloud.observe import observe
 from haplane.cloud.pki import create_cluster_cas
-from haplane.core.plans import PlanRefused, plan_remove
+from haplane.core.plans import SNAPSHOT_BEFORE, PlanRefused, plan_remove
 from haplane.core.topology import LABEL_CLUSTER
 from haplane.node.spec import client_url
 from haplane.testing import REGION, ZONES
 from tasks.pki import load_cas
-from tasks.snapshots import SNAPSHOT_BEFORE
 from tests.fixtures.cluster import api_through
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -83,23 +82,18 @@ def _endpoint_ok(cluster: str, rows: list[dict]) -> str:
 
 
 NOT_STEPS = ("observe ", "zones of ", "report ", "wait ", "remember ")
-SNAPSHOT = "snapshot "  # the verified snapshot a membership change takes before its first step
 
 
-def _ran_steps(prefect_api, state, snapshot_first: bool = False) -> list[str]:
+def _ran_steps(prefect_api, state) -> list[str]:
     """The steps a flow run executed, in order: its task runs, less observations, reports and waits
-    (each plan step leaves one task run named by its step id). ``snapshot_first``: a membership change
-    took its snapshot before its first step (checked, then left out)."""
+    (each plan step leaves one task run named by its step id)."""
     body = {
         "flow_runs": {"id": {"any_": [str(state.state_details.flow_run_id)]}},
         "sort": "EXPECTED_START_TIME_ASC",
         "limit": 200,
     }
     runs = httpx.post(f"{prefect_api.url}/task_runs/filter", json=body, timeout=30).json()
-    names = [r["name"] for r in runs if not r["name"].startswith(NOT_STEPS)]
-    if snapshot_first:
-        assert names and names[0].startswith(SNAPSHOT), f"no snapshot before the first step: {names[:3]}"
-    return [n for n in names if not n.startswith(SNAPSHOT)]
+    return [r["name"] for r in runs if not r["name"].startswith(NOT_STEPS)]
 
 
 def _as_planned(prefect_api, flow, **params):
@@ -110,7 +104,9 @@ def _as_planned(prefect_api, flow, **params):
     assert plan.ids, plan
     state = flow(**params, return_state=True)
     assert state.is_completed(), state.message
-    assert _ran_steps(prefect_api, state, snapshot_first=flow.name in SNAPSHOT_BEFORE) == list(plan.ids)
+    assert _ran_steps(prefect_api, state) == list(plan.ids)
+    # a membership change's verified snapshot is the first step of its plan, before any change
+    assert (plan.ids[0] == "snapshot-before") == (flow.name in SNAPSHOT_BEFORE), plan.ids[:2]
     return state.result()
 
 

@@ -14,7 +14,7 @@ not be seen and what to check.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from haplane.core.endpoint import EndpointMode
 from haplane.core.gce_timings import GCE_SECONDS
@@ -124,6 +124,41 @@ class Plan:
             new_replicas=self.new_replicas + other.new_replicas,
             downtime="; ".join(d for d in (self.downtime, other.downtime) if d),
         )
+
+
+# membership changes: each starts with a verified etcd snapshot (a step of its plan, "snapshot-before")
+SNAPSHOT_BEFORE = frozenset({"add-replica", "remove-replica", "replace-replica", "upgrade-cluster"})
+
+
+def with_preamble(plan: Plan, keys: tuple[str, ...] = (), snapshot: bool = True) -> Plan:
+    """``plan`` with what a run does before its own steps, as steps at its head: the cluster's keys made
+    complete (``keys``: those a check of the PKI block found to move into Secret Manager or to make; none:
+    no step), then, for a membership change (:data:`SNAPSHOT_BEFORE`) that changes anything, a verified
+    snapshot (``snapshot`` False: skip_snapshot, no snapshot step). Both ids are new to these plans
+    (``snapshot-before`` is the checkpoint key the snapshot always had): every other id stays as it is."""
+    head = []
+    if keys:
+        head.append(
+            step(
+                StepKind.COMPLETE_KEYS,
+                "complete-keys",
+                f"complete the cluster's keys in Secret Manager ({', '.join(keys)}: moved out of the PKI block, "
+                f"or made), before anything else",
+                keys=tuple(keys),
+            )
+        )
+    if snapshot and plan.action in SNAPSHOT_BEFORE and plan.steps:  # a plan with no step changes nothing
+        head.append(
+            step(
+                StepKind.SNAPSHOT_BEFORE,
+                "snapshot-before",
+                "take and verify an etcd snapshot of the cluster (if it fails, the run stops with nothing changed)",
+                action=plan.action,
+            )
+        )
+    if not head:
+        return plan
+    return replace(plan, steps=(*head, *plan.steps))
 
 
 def member_health(state: ClusterState) -> list[MemberHealth]:

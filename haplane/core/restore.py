@@ -243,13 +243,13 @@ class RestorePlan:
             "",
         ]
         lines += [f"{i}. {s.text} (`{s.id}`)" for i, s in enumerate(self.plan.steps, 1)]
-        if self.grow_to > 1:
-            lines.append(
-                f"{len(self.plan.steps) + 1}. add-replica: grow to {self.grow_to} replicas (learner "
-                f"first, as always; changes `<change id>-grow-N`)"
-            )
         lines += ["", "The cluster CA, the etcd CA and the endpoint IP are kept: clients keep working."]
         return "\n".join(lines)
+
+
+def grow_change(change_id: str, i: int) -> str:
+    """The change id of a restore's i-th replica grown back (its checkpoints; the new VM's label)."""
+    return f"{change_id}-grow-{i}"
 
 
 def grow_size(state: ClusterState, snapshot: SnapshotMeta, size: int | None) -> int:
@@ -415,13 +415,25 @@ def plan_restore(
                 name=name,
             )
         )
+    grow_to = grow_size(state, snapshot, size)
+    for i in range(1, grow_to):  # each a change of its own, planned on the cluster as it is when its turn comes
+        steps.append(
+            step(
+                StepKind.GROW,
+                f"grow/{i}",
+                f"add-replica: grow to {i + 1} replicas (learner first, as always; change {grow_change(change_id, i)})",
+                change=grow_change(change_id, i),
+                grow_to=grow_to,
+            )
+        )
     seconds = GCE_SECONDS["instance_delete"] + GCE_SECONDS["instance_insert"] + GCE_SECONDS["instance_update"] + 30
+    seconds += (grow_to - 1) * (GCE_SECONDS["instance_insert"] + GCE_SECONDS["instance_update"] + 30)
     plan = Plan(
         action="restore-cluster",
         cluster=state.cluster,
         steps=tuple(steps),
         voting_before=0,
-        voting_after=1,
+        voting_after=grow_to,
         expected_seconds=seconds,
         reason=why,
         replica=name,
@@ -438,7 +450,7 @@ def plan_restore(
         remove=remove,
         replica=name,
         zone=zone,
-        grow_to=grow_size(state, snapshot, size),
+        grow_to=grow_to,
         token=token,
         keep_load_balancer=keep_lb,
         plan=plan,

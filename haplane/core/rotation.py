@@ -6,6 +6,8 @@
   warn within ``warn_days``, rotate within ``rotate_days`` (a lower threshold);
   :func:`thresholds` lets them be given in minutes instead, for leaves that last minutes.
 - :func:`check_rotation`: a rotation refused while a CA rotation of another change is under way.
+- :func:`plan_rotation`: rotate-certificates' plan, every action it takes a step (the CA phases, each
+  replica's deliveries and the waits after them), from the observed cluster and the options.
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from haplane.core.gce_timings import GCE_SECONDS
 from haplane.core.model import ClusterState, ReplicaState
+from haplane.core.plans import Plan
 from haplane.core.remediation import Attempt, Outcome, Policy
+from haplane.core.steps import PlanStep, StepKind, step
 
 WARN_DAYS = 30  # the health check warns (event + artifact) within this many days of an expiry
 ROTATE_DAYS = 14  # ... and starts rotate-certificates itself within this many
@@ -92,6 +97,177 @@ def check_rotation(ca_rotation: str | None, change_id: str, rotate_ca: bool) -> 
     raise RuntimeError(
         f"a CA rotation of this cluster is under way (change {ca_rotation!r}): finish it first with "
         f"rotate-certificates rotate_ca=true change_id={ca_rotation!r}. Nothing was rotated."
+    )
+
+
+@dataclass(frozen=True)
+class RotationOptions:
+    """What rotate-certificates renews (its form's choices)."""
+
+    leaves: bool = True
+    operator: bool = True
+    service_account_key: bool = True
+    rotate_ca: bool = False
+
+    def check(self) -> None:
+        if self.rotate_ca and not (self.leaves and self.operator):
+            raise ValueError(
+                "rotate_ca re-issues every certificate from the new CAs: leave leaves and operator true "
+                "(nothing was rotated)"
+            )
+
+
+def plan_rotation(state: ClusterState, options: RotationOptions, ca_rotation: str | None, change_id: str) -> Plan:
+    """rotate-certificates' plan for the observed cluster (``ca_rotation``: the change id of a CA rotation
+    under way, from the PKI block). Refused, before anything is changed, when a CA rotation of another
+    change is under way or the cluster cannot lose one member for a moment (:func:`rotation_order`).
+
+    One replica at a time, followers first and the leader last: each delivery to a replica is followed
+    by the waits that prove it took (its etcd on the new trust bundle, its new certificates served, its
+    API server ready) and by etcd's full quorum, before the next replica. Step ids are checkpoint keys:
+    ``ca/start``, ``ca/trust/<name>``, ``ca/switch``, ``ca/operator``, ``leaves/<name>``,
+    ``ca/drop/<name>``, ``ca/finish``, ``operator``, ``service-account/rotate``,
+    ``service-account/deliver/<name>`` are the checkpoints of rotations started before there was a plan."""
+    options.check()
+    check_rotation(ca_rotation, change_id, options.rotate_ca)
+    order = rotation_order(state)
+    ips = tuple(r.internal_ip for r in order)
+    steps: list[PlanStep] = []
+
+    def quorum(sid: str, after: str) -> PlanStep:
+        return step(
+            StepKind.WAIT_QUORUM,
+            sid,
+            f"wait until etcd has its {len(order)} voting members and a leader again ({after})",
+            ips=ips,
+            voting=len(order),
+        )
+
+    def trust(r: ReplicaState, drop: bool) -> list[PlanStep]:
+        phase = "drop" if drop else "trust"
+        what = "trusts the new CAs alone" if drop else "trusts the new CAs beside the old ones"
+        proof = (
+            "accepts a client of the new etcd CA and refuses one of the old"
+            if drop
+            else "accepts a client of the new etcd CA"
+        )
+        return [
+            step(
+                StepKind.DELIVER_TRUST,
+                f"ca/{phase}/{r.name}",
+                f"{r.name} {what}",
+                zone=r.zone,
+                name=r.name,
+                drop_previous=drop,
+            ),
+            step(
+                StepKind.WAIT_TRUST,
+                f"ca/{phase}/etcd/{r.name}",
+                f"wait until {r.name}'s etcd {proof}",
+                zone=r.zone,
+                name=r.name,
+                dropped=drop,
+            ),
+            step(
+                StepKind.WAIT_API,
+                f"ca/{phase}/api-ready/{r.name}",
+                f"wait until {r.name}'s API server is ready",
+                name=r.name,
+                ip=r.internal_ip,
+                timeout=120.0,
+            ),
+            quorum(f"ca/{phase}/quorum/{r.name}", f"{r.name} {what}"),
+        ]
+
+    if options.rotate_ca:
+        steps.append(
+            step(
+                StepKind.START_CA_ROTATION,
+                "ca/start",
+                "new cluster and etcd CAs in the PKI block, beside the current ones (they sign nothing yet)",
+            )
+        )
+        for r in order:
+            steps += trust(r, drop=False)
+        steps.append(step(StepKind.SWITCH_CAS, "ca/switch", "the new CAs sign from now on (the old ones stay trusted)"))
+        steps.append(
+            step(
+                StepKind.RENEW_OPERATOR,
+                "ca/operator",
+                "a new operator etcd client certificate, signed by the new etcd CA",
+            )
+        )
+    if options.leaves:
+        for i, r in enumerate(order, 1):
+            steps += [
+                step(
+                    StepKind.REISSUE_LEAVES,
+                    f"leaves/{r.name}",
+                    f"new keys and certificates for {r.name} ({i} of {len(order)})",
+                    zone=r.zone,
+                    name=r.name,
+                    endpoint_ip=state.endpoint_ip,
+                ),
+                step(
+                    StepKind.WAIT_SERVING,
+                    f"leaves/served/{r.name}",
+                    f"wait until {r.name}'s etcd and API server serve their new certificates",
+                    zone=r.zone,
+                    name=r.name,
+                ),
+                quorum(f"leaves/quorum/{r.name}", f"{r.name} has its new certificates"),
+            ]
+    if options.rotate_ca:
+        for r in order:
+            steps += trust(r, drop=True)
+        steps.append(
+            step(
+                StepKind.FINISH_CA_ROTATION,
+                "ca/finish",
+                "delete the old CAs' certificates and private keys: the CA rotation is complete",
+            )
+        )
+    elif options.operator:
+        steps.append(step(StepKind.RENEW_OPERATOR, "operator", "a new operator etcd client certificate"))
+    if options.service_account_key:
+        steps.append(
+            step(
+                StepKind.ROTATE_SERVICE_ACCOUNT,
+                "service-account/rotate",
+                "a new service-account signing key (the previous public key stays accepted)",
+            )
+        )
+        for r in order:  # kube-apiserver restarts on new key files: never all replicas at once
+            steps += [
+                step(
+                    StepKind.DELIVER_SERVICE_ACCOUNT,
+                    f"service-account/deliver/{r.name}",
+                    f"the service-account keys to {r.name}",
+                    zone=r.zone,
+                    name=r.name,
+                ),
+                step(
+                    StepKind.WAIT_API,
+                    f"service-account/api-ready/{r.name}",
+                    f"wait until {r.name}'s API server is ready on them",
+                    name=r.name,
+                    ip=r.internal_ip,
+                    timeout=120.0,
+                ),
+            ]
+    voting = len(state.voting)
+    deliveries = sum(
+        s.kind in (StepKind.DELIVER_TRUST, StepKind.REISSUE_LEAVES, StepKind.DELIVER_SERVICE_ACCOUNT) for s in steps
+    )
+    return Plan(
+        action="rotate-certificates",
+        cluster=state.cluster,
+        steps=tuple(steps),
+        voting_before=voting,
+        voting_after=voting,
+        expected_seconds=deliveries * GCE_SECONDS["instance_update"],
+        reason=f"one replica's etcd restarts at a time ({', '.join(r.name for r in order)}, the leader last), "
+        f"every other member healthy: quorum holds throughout",
     )
 
 

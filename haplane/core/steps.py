@@ -73,6 +73,21 @@ class StepKind(StrEnum):
     UPGRADE_REPLICA = "upgrade-replica"  # replace one replica with one at the target versions (its own plan)
     CLUSTER_VERSION = "cluster-version"  # wait for etcd's cluster version to be the one expected
     SAVE_SNAPSHOT = "save-snapshot"  # a verified snapshot of one member's local store (no quorum needed)
+    # the head of a plan (haplane.core.plans.with_preamble)
+    COMPLETE_KEYS = "complete-keys"  # keys of an old PKI block moved to Secret Manager, missing ones made
+    SNAPSHOT_BEFORE = "snapshot-before"  # a membership change's verified snapshot, before its first step
+    GROW = "grow"  # restore-cluster: one replica more through add-replica's path (a change of its own)
+    # rotate-certificates (haplane.core.rotation.plan_rotation)
+    START_CA_ROTATION = "start-ca-rotation"  # new CAs in the PKI block beside the current ones
+    DELIVER_TRUST = "deliver-trust"  # a replica's trust bundle: both CAs, or the new ones alone
+    WAIT_TRUST = "wait-trust"  # until the replica's etcd takes up its trust bundle
+    SWITCH_CAS = "switch-cas"  # the new CAs sign from now on
+    RENEW_OPERATOR = "renew-operator"  # a new operator etcd client certificate in the PKI block
+    REISSUE_LEAVES = "reissue-leaves"  # new keys and certificates for one replica
+    WAIT_SERVING = "wait-serving"  # until the replica serves the certificates in its metadata
+    FINISH_CA_ROTATION = "finish-ca-rotation"  # the old CAs and their keys deleted
+    ROTATE_SERVICE_ACCOUNT = "rotate-service-account"  # a new service-account signing key
+    DELIVER_SERVICE_ACCOUNT = "deliver-service-account"  # the service-account keys to one replica
 
 
 # Steps that destroy something that cannot be had back: refused on an unknown view (haplane.core.plans).

@@ -45,6 +45,7 @@ class Run:
     figures: dict[str, float] = field(default_factory=dict)
     down_since: float | None = None  # the endpoint stopped answering (an IP move is under way)
     pending: dict[str, Started] = field(default_factory=dict)  # steps submitted with background=True
+    started: float = field(default_factory=time.monotonic)
 
     @property
     def names(self) -> ClusterNames:

@@ -10,7 +10,12 @@ KINDS = (
     Kind(
         StepKind.WAIT_API,
         act=lambda run, s, a: wait_api_ready(
-            run.change.cluster, a["name"], a["ip"], step=s.id, connection=run.change.connection
+            run.change.cluster,
+            a["name"],
+            a["ip"],
+            step=s.id,
+            timeout=a.get("timeout", 180.0),
+            connection=run.change.connection,
         ),
     ),
 )

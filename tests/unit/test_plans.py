@@ -605,3 +605,22 @@ def test_side_by_side_steps_are_grouped_and_nothing_else():
         ("await", 1),
     ]
     assert [s.id for g in groups(plan.steps) for s in g] == list(plan.ids)
+
+
+def test_what_a_run_does_before_its_own_steps_is_at_the_head_of_its_plan():
+    """The keys of an old PKI block moved (or a missing one made) and a membership change's snapshot are steps
+    of the plan, before its first change; every id of the plan's own steps stays as it was."""
+    from haplane.core.plans import with_preamble
+
+    add = plan_add(ONE, None, "add-1", KNOWN, KNOWN[:3])
+    plan = with_preamble(add, ("snapshot", "sa"))
+    assert plan.ids == ("complete-keys", "snapshot-before", *add.ids)
+    assert [s.kind for s in plan.steps[:2]] == [StepKind.COMPLETE_KEYS, StepKind.SNAPSHOT_BEFORE]
+    assert "snapshot, sa" in plan.steps[0].text
+    assert with_preamble(add, (), snapshot=False) == add  # skip_snapshot, keys complete: nothing before
+    assert with_preamble(add).ids == ("snapshot-before", *add.ids)
+    create = plan_create("c", REGION, KNOWN[:3], 3, "create-1", KNOWN, None)
+    assert with_preamble(create).ids == create.ids  # not a membership change: no snapshot
+    nothing = plan_remove(THREE, "us-central1-a", None)
+    empty = type(nothing)(**{**nothing.__dict__, "steps": ()})
+    assert with_preamble(empty).ids == ()  # a plan that changes nothing takes no snapshot

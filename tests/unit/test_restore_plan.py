@@ -257,7 +257,10 @@ def test_the_plan_saves_the_survivor_first_deletes_with_keys_and_restores_the_ne
         f"configure/{mine}",
         f"quorum/{mine}",
         f"pool-add/{mine}",
+        "grow/1",
+        "grow/2",
     )
+    assert plan.plan.steps[-1].arguments == {"change": "restore-1-grow-2", "grow_to": 3}
     assert plan.plan.steps[3].arguments["link"] == gone_link  # a VM gone: its link, as the pool holds it
     kinds = [s.kind for s in plan.plan.steps]
     assert kinds[0] is StepKind.SAVE_SNAPSHOT and kinds.index(StepKind.SAVE_SNAPSHOT) < kinds.index(StepKind.DELETE_VM)
