@@ -26,7 +26,11 @@ if not (CHROMIUM and CHROMEDRIVER):
         allow_module_level=True,
     )
 
-from selenium.common.exceptions import TimeoutException, WebDriverException  # noqa: E402
+from selenium.common.exceptions import (  # noqa: E402
+    ElementClickInterceptedException,
+    TimeoutException,
+    WebDriverException,
+)
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support import expected_conditions as ec  # noqa: E402
@@ -77,10 +81,19 @@ def shot(driver, name: str) -> Path:
 
 
 def click(driver, xpath: str, timeout: float = 30):
-    element = WebDriverWait(driver, timeout).until(ec.element_to_be_clickable((By.XPATH, xpath)))
-    driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", element)
-    element.click()
-    return element
+    """Click the element as a person would: once it is clickable, and, while something lies over it (the
+    UI's toast after an error), again until that has gone."""
+    deadline = time.monotonic() + timeout
+    while True:
+        element = WebDriverWait(driver, timeout).until(ec.element_to_be_clickable((By.XPATH, xpath)))
+        driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", element)
+        try:
+            element.click()
+            return element
+        except ElementClickInterceptedException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
 
 
 def wait_for_run(api: str, flow: str, cluster: str, timeout: float = 90) -> dict:
