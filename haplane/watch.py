@@ -370,7 +370,7 @@ class Watcher:
             w.ca_pem,
             pki_problem=w.pki_problem,
             etcd=w.etcd,
-            api_probe=self._prober(w),
+            api_probe=w.api,
             read_versions=False,  # what the watcher judges never reads them: 3 calls a cluster a look less
         )
         quorum = None
@@ -426,10 +426,6 @@ class Watcher:
         # /readyz on a new connection each look, as a load balancer's health check asks: an established
         # connection outlives a firewall change (GCE's firewalls are stateful) and would hide a cut
         w.api = ReadyzProbe(w.ca_pem)
-
-    @staticmethod
-    def _prober(w: Watched) -> Callable[[str], tuple[bool, str | None, str | None, bool]] | None:
-        return w.api
 
     # -- the loop
     def run(self) -> None:
